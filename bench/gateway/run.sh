@@ -1,0 +1,147 @@
+#!/usr/bin/env bash
+# Gateway benchmark: one run, 50 concurrent clients, both routes, side by side:
+#   direct  = the fast local mock upstream (gateway/examples/mock_upstream.rs)
+#   gateway = our gateway in front of it (virtual-key auth + spend recording on)
+#   litellm = LiteLLM's Python proxy, same config file, same mock
+# plus the gateway's RSS under that load.
+#
+# Everything runs inside a private network namespace (unshare -rn) when
+# possible, so no byte can leave loopback.
+#
+# Env: DURATION (s, default 10), CONNS (default 50), LITELLM (path to the
+# `litellm` CLI; default: litellm on PATH, e.g. from `pip install "litellm[proxy]"` in a venv),
+# LITELLM_WORKERS (default 1), ROUNDS (direct/gateway alternations, default 3;
+# medians reported), GATEWAY_WORKER_THREADS, SKIP_BUILD=1, SKIP_LITELLM=1.
+set -euo pipefail
+HERE="$(cd "$(dirname "$0")" && pwd)"
+ROOT="$(cd "$HERE/../.." && pwd)"
+
+if [[ -z "${BENCH_IN_NETNS:-}" && -z "${BENCH_NO_NETNS:-}" ]] && unshare -rn true 2>/dev/null; then
+  if [[ -z "${SKIP_BUILD:-}" ]]; then
+    (cd "$ROOT" && cargo build --release -p gateway --bin gateway --example mock_upstream)
+  fi
+  exec unshare -rn env BENCH_IN_NETNS=1 SKIP_BUILD=1 bash -c 'ip link set lo up; exec "$0" "$@"' "$0" "$@"
+fi
+[[ -n "${BENCH_IN_NETNS:-}" ]] && echo "# running in a private network namespace (loopback only)"
+
+DURATION="${DURATION:-10}"
+CONNS="${CONNS:-50}"
+LITELLM="${LITELLM:-$(command -v litellm || echo litellm)}"
+LITELLM_WORKERS="${LITELLM_WORKERS:-1}"
+ROUNDS="${ROUNDS:-3}"
+TARGET_DIR="$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps 2>/dev/null | python3 -c 'import json,sys;print(json.load(sys.stdin)["target_directory"])' || echo "$ROOT/target")"
+BIN="$TARGET_DIR/release/gateway"
+MOCK="$TARGET_DIR/release/examples/mock_upstream"
+if [[ -z "${SKIP_BUILD:-}" ]]; then
+  (cd "$ROOT" && cargo build --release -p gateway --bin gateway --example mock_upstream)
+fi
+
+WORK="$(mktemp -d)"
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+wait_line() { # file pattern
+  for _ in $(seq 1 300); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done
+  echo "timeout waiting for $2 in $1" >&2; cat "$1" >&2; return 1
+}
+wait_http() { # url
+  for _ in $(seq 1 1500); do curl -fsS -o /dev/null "$1" 2>/dev/null && return 0; sleep 0.2; done
+  echo "timeout waiting for $1" >&2; return 1
+}
+
+MOCK_ADDR=127.0.0.1:9100
+GW_ADDR=127.0.0.1:9200
+LL_ADDR=127.0.0.1:9300
+"$MOCK" "$MOCK_ADDR" > "$WORK/mock.log" 2>&1 & PIDS+=($!)
+wait_line "$WORK/mock.log" "listening on"
+sed "s/@MOCK@/$MOCK_ADDR/g" "$HERE/config.yaml.in" > "$WORK/config.yaml"
+
+RUST_LOG=warn "$BIN" --config "$WORK/config.yaml" --listen "$GW_ADDR" --database-url "sqlite://$WORK/gateway.db" > "$WORK/gw.log" 2>&1 & GW_PID=$!; PIDS+=($GW_PID)
+wait_line "$WORK/gw.log" "listening on"
+VKEY="$(curl -fsS "http://$GW_ADDR/key/generate" -H 'Authorization: Bearer sk-bench-master' \
+  -H 'Content-Type: application/json' -d '{"max_budget": 1000000, "models": ["bench-gpt", "bench-claude"], "expires": "1d"}' \
+  | python3 -c 'import json,sys;print(json.load(sys.stdin)["key"])')"
+
+if [[ -z "${SKIP_LITELLM:-}" ]]; then
+  LITELLM_LOCAL_MODEL_COST_MAP=True LITELLM_TELEMETRY=False DISABLE_SCHEMA_UPDATE=True \
+    "$LITELLM" --config "$WORK/config.yaml" --host 127.0.0.1 --port 9300 --num_workers "$LITELLM_WORKERS" \
+    > "$WORK/litellm.log" 2>&1 & PIDS+=($!)
+  wait_http "http://$LL_ADDR/health/liveliness" || { tail -20 "$WORK/litellm.log" >&2; exit 1; }
+fi
+
+run_wrk() { # url body auth -> prints RESULT line
+  BODY_FILE="$2" AUTH="$3" wrk -t1 -c"$CONNS" -d"${4:-$DURATION}"s --latency -s "$HERE/post.lua" "$1" 2>"$WORK/wrk.err" | grep '^RESULT' || { cat "$WORK/wrk.err" >&2; echo "RESULT rps=0"; }
+  if [[ -s "$WORK/wrk.err" ]]; then head -3 "$WORK/wrk.err" >&2; fi
+}
+field() { sed -n "s/.*$1=\([0-9.]*\).*/\1/p" <<<"$2"; }
+
+rss_sampler() { # pid outfile
+  local max=0 v
+  while kill -0 "$1" 2>/dev/null; do
+    v=$(awk '/VmRSS/{print $2}' "/proc/$1/status" 2>/dev/null || echo 0)
+    (( v > max )) && max=$v && echo "$max" > "$2"
+    sleep 0.1
+  done
+}
+
+IDLE_RSS_KB=$(awk '/VmRSS/{print $2}' "/proc/$GW_PID/status")
+echo "# $(date -u +%FT%TZ)  conns=$CONNS duration=${DURATION}s x $ROUNDS rounds (median)  cores=$(nproc)  load=$(cut -d' ' -f1-3 /proc/loadavg)  litellm=$("$LITELLM" --version 2>&1 | grep -o "Version = .*" | sed "s/Version = //") workers=$LITELLM_WORKERS"
+median() { python3 -c 'import sys,statistics;v=[float(x) for x in sys.argv[1:]];print(f"{statistics.median(v):.2f}" if v else "0")' "$@"; }
+printf "%-20s %-8s %10s %9s %9s %8s  %s\n" route target req/s p50_ms p99_ms non2xx "rounds (req/s)"
+declare -A RPS
+for route in chat messages; do
+  if [[ $route == chat ]]; then path=/v1/chat/completions; body="$HERE/openai_body.json"; else path=/v1/messages; body="$HERE/anthropic_body.json"; fi
+  declare -A R_RPS=() R_P50=() R_P99=() R_BAD=()
+  targets="direct gateway"; [[ -z "${SKIP_LITELLM:-}" ]] && targets="$targets litellm"
+  for target in $targets; do
+    case $target in
+      direct) url="http://$MOCK_ADDR$path"; auth="";;
+      gateway) url="http://$GW_ADDR$path"; auth="$VKEY";;
+      litellm) url="http://$LL_ADDR$path"; auth="sk-bench-master";;
+    esac
+    run_wrk "$url" "$body" "$auth" 2 > /dev/null   # warm-up
+  done
+  # direct and gateway alternate, so background load hits both alike; litellm once.
+  for round in $(seq 1 "$ROUNDS"); do
+    for target in $targets; do
+      [[ $target == litellm && $round -gt 1 ]] && continue
+      case $target in
+        direct) url="http://$MOCK_ADDR$path"; auth="";;
+        gateway) url="http://$GW_ADDR$path"; auth="$VKEY";;
+        litellm) url="http://$LL_ADDR$path"; auth="sk-bench-master";;
+      esac
+      if [[ $target == gateway ]]; then rss_sampler "$GW_PID" "$WORK/rss_${route}_$round" & SAMPLER=$!; fi
+      r="$(run_wrk "$url" "$body" "$auth")"
+      if [[ $target == gateway ]]; then kill "$SAMPLER" 2>/dev/null || true; wait "$SAMPLER" 2>/dev/null || true; fi
+      R_RPS[$target]="${R_RPS[$target]:-} $(field rps "$r")"
+      R_P50[$target]="${R_P50[$target]:-} $(field p50_ms "$r")"
+      R_P99[$target]="${R_P99[$target]:-} $(field p99_ms "$r")"
+      R_BAD[$target]=$(( ${R_BAD[$target]:-0} + $(field non2xx "$r") ))
+    done
+  done
+  for target in $targets; do
+    RPS[$route.$target]="$(median ${R_RPS[$target]})"
+    printf "%-20s %-8s %10s %9s %9s %8s  %s\n" "$path" "$target" "${RPS[$route.$target]}" "$(median ${R_P50[$target]})" "$(median ${R_P99[$target]})" "${R_BAD[$target]}" "${R_RPS[$target]# }"
+  done
+  unset R_RPS R_P50 R_P99 R_BAD
+done
+
+echo
+echo "# ratios (throughput)"
+for route in chat messages; do
+  d=${RPS[$route.direct]}; g=${RPS[$route.gateway]}; l=${RPS[$route.litellm]:-0}
+  python3 - "$route" "$d" "$g" "$l" <<'PY'
+import sys
+route, d, g, l = sys.argv[1], *map(float, sys.argv[2:])
+vs = f"{g / l:.1f}x litellm" if l > 0 else "litellm skipped"
+print(f"{route:9s} gateway/direct = {100 * g / d:.1f}%   gateway/litellm = {vs}")
+PY
+done
+HWM_KB=$(awk '/VmHWM/{print $2}' "/proc/$GW_PID/status")
+MAX_SAMPLED=$(cat "$WORK"/rss_* 2>/dev/null | sort -n | tail -1)
+mb() { python3 -c "print(f'{int(__import__(\"sys\").argv[1]) / 1024:.1f}')" "$1"; }
+echo "# gateway RSS: idle $(mb "$IDLE_RSS_KB") MB, max sampled under load $(mb "$MAX_SAMPLED") MB, peak VmHWM $(mb "$HWM_KB") MB"
+sleep 0.5
+curl -fsS "http://$GW_ADDR/key/info?key=$VKEY" -H 'Authorization: Bearer sk-bench-master' \
+  | python3 -c 'import json,sys; i=json.load(sys.stdin)["info"]; print("# spend recorded for the virtual key:", sum(m["requests"] for m in i["model_spend"]), "requests, $%.4f" % i["spend"])'

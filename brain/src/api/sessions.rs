@@ -1,0 +1,305 @@
+//! `/v1/sessions`: start a task, follow its events (JSON or live SSE), queue follow-ups,
+//! cancel. The loop itself is `crate::sessions`.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+
+use super::extract::ApiJson;
+use crate::error::ApiError;
+use crate::sandbox::BackendKind;
+use crate::sessions::{self, EventRow, ListFilter, NewSession, SessionError, SessionView};
+use crate::state::AppState;
+
+/// Events per page (JSON) and per store read (SSE).
+const EVENTS_PAGE: i64 = 500;
+const LIST_DEFAULT: i64 = 50;
+const LIST_MAX: i64 = 500;
+/// Followers re-read the store this often even without a local wake-up (another replica may
+/// be the one writing).
+const FOLLOW_POLL: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateBody {
+    pub task: String,
+    pub model: Option<String>,
+    pub agent: Option<String>,
+    pub backend: Option<BackendKind>,
+    pub credentials: Option<Vec<String>>,
+    pub max_steps: Option<u32>,
+    pub max_cost_usd: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MessageBody {
+    pub text: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    status: Option<String>,
+    /// `origin.kind`: api, slack, github, mcp.
+    origin: Option<String>,
+    limit: Option<i64>,
+    /// RFC 3339: only sessions created before (paging).
+    before: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    after: Option<i64>,
+    limit: Option<i64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SessionList {
+    pub sessions: Vec<SessionView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EventList {
+    pub session_id: String,
+    pub status: sessions::SessionStatus,
+    pub events: Vec<EventRow>,
+}
+
+impl From<SessionError> for ApiError {
+    fn from(e: SessionError) -> Self {
+        let message = e.to_string();
+        match e {
+            SessionError::NotFound(_) => ApiError::not_found(message),
+            SessionError::Invalid(_) => ApiError::bad_request("invalid_request", message),
+            SessionError::NoModel => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_model_configured",
+                message,
+            ),
+            SessionError::Closed { .. } => ApiError::conflict("session_closed", message),
+            SessionError::Store(e) => e.into(),
+        }
+    }
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<CreateBody>,
+) -> Result<(StatusCode, Json<SessionView>), ApiError> {
+    let new = NewSession {
+        task: body.task,
+        model: body.model,
+        agent: body.agent,
+        backend: body.backend,
+        credentials: body.credentials.unwrap_or_default(),
+        max_steps: body.max_steps,
+        max_cost_usd: body.max_cost_usd,
+        origin: serde_json::json!({ "kind": "api" }),
+    };
+    let view = sessions::start(&state, new).await?;
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<SessionList>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_request", e.body_text()))?;
+    let status = match q.status.filter(|s| !s.is_empty()) {
+        Some(s) => Some(
+            s.parse()
+                .map_err(|e: String| ApiError::bad_request("invalid_request", e))?,
+        ),
+        None => None,
+    };
+    let before_ms = match q.before.filter(|s| !s.is_empty()) {
+        Some(s) => Some(
+            chrono::DateTime::parse_from_rfc3339(&s)
+                .map_err(|e| {
+                    ApiError::bad_request(
+                        "invalid_request",
+                        format!("before must be an RFC 3339 time: {e}"),
+                    )
+                })?
+                .timestamp_millis(),
+        ),
+        None => None,
+    };
+    let filter = ListFilter {
+        status,
+        origin_kind: q.origin.filter(|s| !s.is_empty()),
+        before_ms,
+        limit: q.limit.unwrap_or(LIST_DEFAULT).clamp(1, LIST_MAX),
+    };
+    Ok(Json(SessionList {
+        sessions: sessions::list(&state, &filter).await?,
+    }))
+}
+
+pub async fn show(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<SessionView>, ApiError> {
+    Ok(Json(sessions::get(&state, &id).await?))
+}
+
+pub async fn message(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<MessageBody>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    sessions::post_message(&state, &id, body.text).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({ "session_id": id, "queued": true })),
+    ))
+}
+
+pub async fn cancel(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<SessionView>, ApiError> {
+    // Spawned: a client hanging up must not stop the cancel half-way.
+    let task = tokio::spawn(async move { sessions::cancel(&state, &id).await });
+    let view = task
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))??;
+    Ok(Json(view))
+}
+
+pub async fn events(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    query: Result<Query<EventsQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_request", e.body_text()))?;
+    let row = state
+        .store
+        .get_session(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no session {id}")))?;
+    let last_event_id = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.trim().parse::<i64>().map_err(|_| {
+                ApiError::bad_request("invalid_request", "Last-Event-ID must be an event seq")
+            })
+        })
+        .transpose()?;
+    let after = last_event_id.or(q.after).unwrap_or(0).max(0);
+    let wants_sse = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/event-stream"));
+    if wants_sse {
+        return Ok(follow(state, id, after).into_response());
+    }
+    let limit = q.limit.unwrap_or(EVENTS_PAGE).clamp(1, 10 * EVENTS_PAGE);
+    let events = state.store.session_events(&id, after, limit).await?;
+    Ok(Json(EventList {
+        session_id: id,
+        status: row.status,
+        events,
+    })
+    .into_response())
+}
+
+struct Follow {
+    state: AppState,
+    id: String,
+    after: i64,
+    buffer: VecDeque<EventRow>,
+    rx: tokio::sync::watch::Receiver<i64>,
+    done: bool,
+}
+
+/// Replays events after `after`, then streams new ones as they are committed; ends once the
+/// session has settled (terminal, nothing pending) and every event up to it was sent. Each
+/// SSE event: `id: <seq>`, `event: <kind>`, `data: {"seq","ts","kind","data"}`.
+fn follow(
+    state: AppState,
+    id: String,
+    after: i64,
+) -> Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>> {
+    let rx = state.sessions.subscribe(&id);
+    let init = Follow {
+        state,
+        id,
+        after,
+        buffer: VecDeque::new(),
+        rx,
+        done: false,
+    };
+    let stream = futures_util::stream::unfold(init, |mut f| async move {
+        loop {
+            if let Some(event) = f.buffer.pop_front() {
+                f.after = event.seq;
+                let data = serde_json::to_string(&event).unwrap_or_else(|e| {
+                    format!(r#"{{"error":{{"code":"internal","message":"encoding event: {e}"}}}}"#)
+                });
+                let sse = Event::default()
+                    .id(event.seq.to_string())
+                    .event(event.kind)
+                    .data(data);
+                return Some((Ok(sse), f));
+            }
+            if f.done {
+                return None;
+            }
+            // Status first, then events: the terminal event commits with the status, so a
+            // settled row guarantees this read includes it.
+            let settled = match f.state.store.get_session(&f.id).await {
+                Ok(Some(row)) => row.status.is_terminal() && row.pending_messages == 0,
+                Ok(None) => true,
+                Err(e) => {
+                    return Some((Ok(error_event(&e.to_string())), Follow { done: true, ..f }));
+                }
+            };
+            match f
+                .state
+                .store
+                .session_events(&f.id, f.after, EVENTS_PAGE)
+                .await
+            {
+                Ok(events) => {
+                    let full = i64::try_from(events.len()).unwrap_or(0) >= EVENTS_PAGE;
+                    f.buffer.extend(events);
+                    if settled && !full {
+                        f.done = true;
+                    }
+                }
+                Err(e) => {
+                    return Some((Ok(error_event(&e.to_string())), Follow { done: true, ..f }));
+                }
+            }
+            if f.buffer.is_empty() && !f.done {
+                let shutdown = f.state.sessions.shutdown.clone();
+                tokio::select! {
+                    _ = f.rx.changed() => {}
+                    _ = tokio::time::sleep(FOLLOW_POLL) => {}
+                    _ = shutdown.cancelled() => return None,
+                }
+            }
+        }
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+fn error_event(message: &str) -> Event {
+    let body = airlock_wire::ErrorBody::new("internal", message.to_owned());
+    Event::default()
+        .event("error")
+        .data(serde_json::to_string(&body).unwrap_or_default())
+}

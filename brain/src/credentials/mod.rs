@@ -1,0 +1,267 @@
+//! Credential grants: every sandbox gets a vault-proxy grant (a per-sandbox proxy token, plus
+//! one stub per requested credential) from a [`CredentialBroker`], and [`compose`] turns it
+//! into what the sandbox sees: stub env vars, `HTTPS_PROXY` & co. with the token, and the
+//! proxy CA as a file plus the env vars tools read it from (DESIGN.md, data flow step 3).
+//!
+//! Brokers: [`vault::EmbeddedVault`] (the proxy runs inside the brain, the default) and
+//! [`vault::RemoteVault`] (a standalone `vault-proxy` by URL, through its admin API). Without a
+//! broker (`vault.mode: off`), asking for credentials is a client error and sandboxes get no
+//! proxy settings.
+
+pub mod vault;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::sandbox::{BackendKind, SandboxHandle, docker};
+
+pub use vault_proxy::audit::{AuditRecord, Filter as AuditFilter};
+
+/// Where the proxy CA is placed in every sandbox (and what the CA env vars name).
+pub const CA_PATH: &str = "/etc/airlock/ca.pem";
+/// The system trust bundle of the Debian-based sandbox image. Docker sandboxes get the proxy
+/// CA mounted over it: all TLS goes through the proxy, which verifies upstreams itself, so the
+/// proxy CA is the only root a sandbox needs.
+pub const SYSTEM_BUNDLE_PATH: &str = "/etc/ssl/certs/ca-certificates.crt";
+/// Env vars that name the CA bundle for common tools (OpenSSL/Python, requests, Node, curl,
+/// git, pip).
+pub const CA_ENV_VARS: [&str; 6] = [
+    "SSL_CERT_FILE",
+    "REQUESTS_CA_BUNDLE",
+    "NODE_EXTRA_CA_CERTS",
+    "CURL_CA_BUNDLE",
+    "GIT_SSL_CAINFO",
+    "PIP_CERT",
+];
+/// Hosts that bypass the proxy: the sandbox itself (in docker, loopback is the sandbox's own).
+pub const NO_PROXY: &str = "localhost,127.0.0.1,::1";
+
+/// Keys in [`SandboxHandle::extra`] that keep a sandbox's grant across a brain restart (the
+/// handle is never shown by the API: it already holds the agent token).
+pub const HANDLE_TOKEN_KEY: &str = "vault.token";
+pub const HANDLE_STUBS_KEY: &str = "vault.stubs";
+
+/// What a sandbox receives: env vars (`HTTPS_PROXY`, stubs, CA paths) and files (the proxy
+/// CA), merged into its [`crate::sandbox::SandboxSpec`]; plus the grant itself, persisted in
+/// the sandbox's handle so a restarted brain can re-register it.
+#[derive(Clone, Default, PartialEq)]
+pub struct CredentialGrant {
+    pub env: BTreeMap<String, String>,
+    pub files: Vec<(String, Bytes)>,
+    /// The proxy token, when the broker issued one.
+    pub token: Option<String>,
+    /// Credential name → stub.
+    pub stubs: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for CredentialGrant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CredentialGrant")
+            .field("env", &self.env.keys().collect::<Vec<_>>())
+            .field(
+                "files",
+                &self.files.iter().map(|f| &f.0).collect::<Vec<_>>(),
+            )
+            .field("token", &self.token.as_ref().map(|_| "[REDACTED]"))
+            .field("stubs", &self.stubs.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl CredentialGrant {
+    /// Records the grant in the sandbox's handle (see [`HANDLE_TOKEN_KEY`]).
+    pub fn record_in(&self, handle: &mut SandboxHandle) {
+        if let Some(token) = &self.token {
+            handle.extra.insert(HANDLE_TOKEN_KEY.into(), token.clone());
+            handle.extra.insert(
+                HANDLE_STUBS_KEY.into(),
+                serde_json::to_string(&self.stubs).unwrap_or_default(),
+            );
+        }
+    }
+}
+
+/// A grant as recorded in a handle: `(token, stubs)`.
+pub fn recorded_grant(handle: &SandboxHandle) -> Option<(String, BTreeMap<String, String>)> {
+    let token = handle.extra.get(HANDLE_TOKEN_KEY)?.clone();
+    let stubs = handle
+        .extra
+        .get(HANDLE_STUBS_KEY)
+        .and_then(|s| serde_json::from_str(s).ok())
+        .unwrap_or_default();
+    Some((token, stubs))
+}
+
+/// One grant request.
+#[derive(Debug, Clone, Copy)]
+pub struct GrantRequest<'a> {
+    pub sandbox_id: &'a str,
+    /// Credential names (e.g. `GITHUB_TOKEN`); empty = egress only.
+    pub credentials: &'a [String],
+    pub session_id: Option<&'a str>,
+    /// Decides the proxy URL and where the CA goes.
+    pub backend: BackendKind,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// A requested credential is not configured in the vault (a caller error).
+    #[error("unknown credential `{0}`")]
+    UnknownCredential(String),
+    /// The vault proxy could not be reached or refused.
+    #[error("vault proxy unavailable: {0}")]
+    Unavailable(String),
+    /// The broker cannot do this (e.g. read the audit log of a remote proxy).
+    #[error("{0}")]
+    NotSupported(String),
+}
+
+#[async_trait]
+pub trait CredentialBroker: Send + Sync {
+    /// Mints a grant for the sandbox (token and stubs) and composes what the sandbox gets.
+    async fn grant(&self, req: GrantRequest<'_>) -> Result<CredentialGrant, BrokerError>;
+
+    /// Revokes the sandbox's grant; revoking an unknown grant is `Ok`.
+    async fn revoke(&self, sandbox_id: &str) -> Result<(), BrokerError>;
+
+    /// Whether a sandbox adopted after a brain restart still has a working grant. `Err` names
+    /// why not; the caller then destroys the sandbox. Default: yes.
+    async fn readopt(&self, _handle: &SandboxHandle) -> Result<(), BrokerError> {
+        Ok(())
+    }
+
+    /// The proxy's audit log, filtered (`GET /v1/audit/egress`).
+    async fn audit(&self, _filter: AuditFilter) -> Result<Vec<AuditRecord>, BrokerError> {
+        Err(BrokerError::NotSupported(
+            "this vault proxy's audit log is not readable by the brain".into(),
+        ))
+    }
+}
+
+/// Reads `path` off the async executor.
+pub async fn read_audit(
+    path: PathBuf,
+    filter: AuditFilter,
+) -> Result<Vec<AuditRecord>, BrokerError> {
+    tokio::task::spawn_blocking(move || vault_proxy::audit::read_records(&path, &filter))
+        .await
+        .map_err(|e| BrokerError::Unavailable(format!("audit reader: {e}")))?
+        .map_err(|e| BrokerError::Unavailable(e.to_string()))
+}
+
+/// The proxy URL a sandbox uses: docker sandboxes reach the proxy through their in-sandbox
+/// forward (`127.0.0.1:3128`); other backends dial `proxy_addr` (host:port) directly.
+pub fn proxy_url(backend: BackendKind, sandbox_id: &str, token: &str, proxy_addr: &str) -> String {
+    match backend {
+        BackendKind::Docker => docker::sandbox_proxy_url(sandbox_id, token),
+        _ => format!("http://{sandbox_id}:{token}@{proxy_addr}"),
+    }
+}
+
+/// Builds the sandbox's env and files from a grant. The local backend points env values that
+/// name a file it staged (`CA_PATH`) at its copy, so the same paths work for every backend.
+pub fn compose(
+    req: GrantRequest<'_>,
+    token: &str,
+    stubs: &BTreeMap<String, String>,
+    proxy_addr: &str,
+    ca_pem: &str,
+) -> CredentialGrant {
+    let mut env = BTreeMap::new();
+    for (name, stub) in stubs {
+        env.insert(name.clone(), stub.clone());
+    }
+    let url = proxy_url(req.backend, req.sandbox_id, token, proxy_addr);
+    for key in ["HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"] {
+        env.insert(key.into(), url.clone());
+    }
+    for key in ["NO_PROXY", "no_proxy"] {
+        env.insert(key.into(), NO_PROXY.into());
+    }
+    for key in CA_ENV_VARS {
+        env.insert(key.into(), CA_PATH.into());
+    }
+    let ca = Bytes::from(ca_pem.to_string());
+    let mut files = vec![(CA_PATH.to_string(), ca.clone())];
+    if req.backend == BackendKind::Docker {
+        files.push((SYSTEM_BUNDLE_PATH.to_string(), ca));
+    }
+    CredentialGrant {
+        env,
+        files,
+        token: Some(token.to_string()),
+        stubs: stubs.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req<'a>(backend: BackendKind, creds: &'a [String]) -> GrantRequest<'a> {
+        GrantRequest {
+            sandbox_id: "sb-1",
+            credentials: creds,
+            session_id: None,
+            backend,
+        }
+    }
+
+    #[test]
+    fn docker_env_uses_the_in_sandbox_forward_and_mounts_the_ca_over_the_system_bundle() {
+        let creds = vec!["GITHUB_TOKEN".to_string()];
+        let stubs = BTreeMap::from([("GITHUB_TOKEN".to_string(), "ghp_stub".to_string())]);
+        let g = compose(
+            req(BackendKind::Docker, &creds),
+            "tok",
+            &stubs,
+            "127.0.0.1:8899",
+            "PEM",
+        );
+        assert_eq!(g.env["GITHUB_TOKEN"], "ghp_stub");
+        for key in ["HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"] {
+            assert_eq!(g.env[key], "http://sb-1:tok@127.0.0.1:3128", "{key}");
+        }
+        for key in CA_ENV_VARS {
+            assert_eq!(g.env[key], CA_PATH, "{key}");
+        }
+        assert_eq!(g.env["NO_PROXY"], NO_PROXY);
+        let paths: Vec<_> = g.files.iter().map(|f| f.0.as_str()).collect();
+        assert_eq!(paths, [CA_PATH, SYSTEM_BUNDLE_PATH]);
+        assert!(g.files.iter().all(|f| f.1 == "PEM"));
+        assert_eq!(g.token.as_deref(), Some("tok"));
+        assert!(!format!("{g:?}").contains("tok\""), "token in Debug: {g:?}");
+        assert!(!format!("{g:?}").contains("ghp_stub"));
+    }
+
+    #[test]
+    fn local_env_dials_the_proxy_directly_and_a_grant_round_trips_through_the_handle() {
+        let g = compose(
+            req(BackendKind::Local, &[]),
+            "tok",
+            &BTreeMap::new(),
+            "127.0.0.1:41000",
+            "PEM",
+        );
+        assert_eq!(g.env["HTTPS_PROXY"], "http://sb-1:tok@127.0.0.1:41000");
+        assert_eq!(g.files.len(), 1);
+        assert!(!g.env.contains_key("GITHUB_TOKEN"));
+
+        let mut handle = SandboxHandle {
+            id: "sb-1".into(),
+            backend: BackendKind::Local,
+            backend_ref: "1".into(),
+            agent_url: None,
+            agent_token: "a".into(),
+            extra: BTreeMap::new(),
+        };
+        assert_eq!(recorded_grant(&handle), None);
+        let stubs = BTreeMap::from([("A".to_string(), "s".to_string())]);
+        let g = compose(req(BackendKind::Local, &[]), "t2", &stubs, "x:1", "PEM");
+        g.record_in(&mut handle);
+        assert_eq!(recorded_grant(&handle), Some(("t2".to_string(), stubs)));
+    }
+}

@@ -1,0 +1,541 @@
+//! The two brokers: the vault proxy embedded in the brain process (default) and a standalone
+//! one reached through its admin API.
+//!
+//! Restart: an embedded proxy's dynamic grants die with the brain process. On start the brain
+//! re-registers the grants recorded in the handles of its live sandboxes as the proxy's static
+//! grants (same token, same stubs), so adopted sandboxes keep working. A grant the proxy
+//! refuses (its credential was removed from the vault config, a stub no longer fits) is
+//! dropped, and [`CredentialBroker::readopt`] then tells reconcile to destroy that sandbox.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+
+use async_trait::async_trait;
+use vault_proxy::audit::AuditLog;
+use vault_proxy::config::{Config as ProxyConfig, GrantConfig};
+use vault_proxy::{GrantError, RunningProxy, StartError, StartOptions, VaultProxy};
+
+use super::{
+    AuditFilter, AuditRecord, BrokerError, CredentialBroker, CredentialGrant, GrantRequest,
+    compose, read_audit, recorded_grant,
+};
+use crate::config::RemoteVaultConfig;
+use crate::sandbox::SandboxHandle;
+
+/// The vault config used when `vault.config` is unset: no credentials (egress still goes
+/// through the proxy, default deny), ephemeral ports, state files in the brain's directory.
+pub const DEFAULT_EMBEDDED_YAML: &str = "listen: 127.0.0.1:0\n\
+admin_listen: 127.0.0.1:0\n\
+ca: { cert: vault-ca.pem, key: vault-ca-key.pem }\n\
+audit_log: vault-audit.jsonl\n";
+
+/// Loads the embedded proxy's config: `path` (relative paths inside are relative to it), or
+/// [`DEFAULT_EMBEDDED_YAML`] with paths relative to `base_dir`.
+pub fn load_embedded_config(path: Option<&Path>, base_dir: &Path) -> Result<ProxyConfig, String> {
+    match path {
+        Some(path) => ProxyConfig::load(path).map_err(|e| format!("{}: {e}", path.display())),
+        None => {
+            ProxyConfig::from_yaml_str(DEFAULT_EMBEDDED_YAML, base_dir).map_err(|e| e.to_string())
+        }
+    }
+}
+
+/// The proxy running inside the brain; grants are direct calls.
+pub struct EmbeddedVault {
+    proxy: RwLock<Option<RunningProxy>>,
+    audit: AuditLog,
+    proxy_addr: String,
+    ca_pem: String,
+    /// Sandboxes whose recorded grant was re-registered at start.
+    restored: HashSet<String>,
+}
+
+impl EmbeddedVault {
+    /// Starts the proxy with `restore` (grants recorded in live sandboxes' handles) added as
+    /// static grants; grants the proxy refuses are dropped with a warning.
+    pub async fn start(
+        mut config: ProxyConfig,
+        mut restore: Vec<GrantConfig>,
+    ) -> Result<Self, String> {
+        let base = std::mem::take(&mut config.grants);
+        loop {
+            let mut attempt = config.clone();
+            attempt.grants = base.iter().chain(restore.iter()).cloned().collect();
+            let opts = StartOptions {
+                no_admin: true,
+                ..StartOptions::default()
+            };
+            match VaultProxy::start_with(attempt, opts).await {
+                Ok(proxy) => {
+                    let restored = restore.iter().map(|g| g.sandbox.clone()).collect();
+                    return Ok(Self {
+                        audit: proxy.audit().clone(),
+                        proxy_addr: proxy.proxy_addr().to_string(),
+                        ca_pem: proxy.ca_pem().to_string(),
+                        proxy: RwLock::new(Some(proxy)),
+                        restored,
+                    });
+                }
+                Err(StartError::Grant { sandbox, source })
+                    if restore.iter().any(|g| g.sandbox == sandbox) =>
+                {
+                    tracing::warn!(sandbox = %sandbox, error = %source,
+                        "cannot restore this sandbox's vault grant; it will be destroyed");
+                    restore.retain(|g| g.sandbox != sandbox);
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    }
+
+    /// Address of the proxy listener (`host:port`).
+    pub fn proxy_addr(&self) -> &str {
+        &self.proxy_addr
+    }
+
+    /// Stops the proxy and flushes its audit log.
+    pub async fn shutdown(&self) {
+        let proxy = self.proxy.write().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(proxy) = proxy {
+            proxy.shutdown().await;
+        }
+    }
+
+    fn with_proxy<T>(&self, f: impl FnOnce(&RunningProxy) -> T) -> Result<T, BrokerError> {
+        let guard = self.proxy.read().unwrap_or_else(|p| p.into_inner());
+        guard
+            .as_ref()
+            .map(f)
+            .ok_or_else(|| BrokerError::Unavailable("the embedded vault proxy has stopped".into()))
+    }
+}
+
+/// The grants to re-register for `handles` (live sandboxes that recorded one).
+pub fn grants_to_restore<'a>(
+    handles: impl IntoIterator<Item = (&'a SandboxHandle, Option<&'a str>)>,
+) -> Vec<GrantConfig> {
+    handles
+        .into_iter()
+        .filter_map(|(h, session)| {
+            let (token, credentials) = recorded_grant(h)?;
+            Some(GrantConfig {
+                sandbox: h.id.clone(),
+                token,
+                credentials,
+                // Audit records after a restart still name the session.
+                session: session.map(str::to_string),
+            })
+        })
+        .collect()
+}
+
+fn grant_error(e: GrantError) -> BrokerError {
+    match e {
+        GrantError::UnknownCredential(name) => BrokerError::UnknownCredential(name),
+        other => BrokerError::Unavailable(other.to_string()),
+    }
+}
+
+#[async_trait]
+impl CredentialBroker for EmbeddedVault {
+    async fn grant(&self, req: GrantRequest<'_>) -> Result<CredentialGrant, BrokerError> {
+        let issued = self
+            .with_proxy(|p| {
+                p.grant(
+                    req.sandbox_id,
+                    req.credentials,
+                    req.session_id.map(str::to_string),
+                )
+            })?
+            .map_err(grant_error)?;
+        Ok(compose(
+            req,
+            &issued.token,
+            &issued.stubs,
+            &self.proxy_addr,
+            &self.ca_pem,
+        ))
+    }
+
+    async fn revoke(&self, sandbox_id: &str) -> Result<(), BrokerError> {
+        self.with_proxy(|p| {
+            p.revoke(sandbox_id);
+        })
+    }
+
+    async fn readopt(&self, handle: &SandboxHandle) -> Result<(), BrokerError> {
+        if recorded_grant(handle).is_none() || self.restored.contains(&handle.id) {
+            return Ok(());
+        }
+        Err(BrokerError::Unavailable(
+            "its vault grant could not be restored after the brain restarted".into(),
+        ))
+    }
+
+    async fn audit(&self, filter: AuditFilter) -> Result<Vec<AuditRecord>, BrokerError> {
+        // Records still queued in the writer are on disk after this.
+        if let Err(e) = self.audit.flush().await {
+            tracing::warn!(error = %e, "flushing the audit log before reading it failed");
+        }
+        read_audit(self.audit.path().to_path_buf(), filter).await
+    }
+}
+
+/// A standalone `vault-proxy` reached through its admin API.
+pub struct RemoteVault {
+    http: reqwest::Client,
+    admin_url: String,
+    admin_token: String,
+    proxy_addr: String,
+    ca_pem: String,
+    audit_log: Option<PathBuf>,
+}
+
+impl RemoteVault {
+    /// Reads the admin token from its env var and the CA from `ca_file` or `GET /v1/ca`.
+    pub async fn connect(
+        config: &RemoteVaultConfig,
+        lookup_env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, String> {
+        let admin_token = lookup_env(&config.admin_token_env)
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                format!(
+                    "vault.remote: env {} (the proxy's admin token) is not set",
+                    config.admin_token_env
+                )
+            })?;
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .timeout(std::time::Duration::from_secs(15))
+            .build()
+            .map_err(|e| format!("vault.remote: http client: {e}"))?;
+        let admin_url = config.admin_url.trim_end_matches('/').to_string();
+        let ca_pem = match &config.ca_file {
+            Some(path) => std::fs::read_to_string(path)
+                .map_err(|e| format!("vault.remote.ca_file {}: {e}", path.display()))?,
+            None => {
+                let resp = http
+                    .get(format!("{admin_url}/v1/ca"))
+                    .bearer_auth(&admin_token)
+                    .send()
+                    .await
+                    .map_err(|e| format!("vault.remote: GET {admin_url}/v1/ca: {e}"))?;
+                if !resp.status().is_success() {
+                    return Err(format!(
+                        "vault.remote: GET {admin_url}/v1/ca answered {}",
+                        resp.status()
+                    ));
+                }
+                resp.text()
+                    .await
+                    .map_err(|e| format!("vault.remote: reading the CA: {e}"))?
+            }
+        };
+        if !ca_pem.contains("BEGIN CERTIFICATE") {
+            return Err("vault.remote: the proxy CA is not a PEM certificate".into());
+        }
+        Ok(Self {
+            http,
+            admin_url,
+            admin_token,
+            proxy_addr: config.url.clone(),
+            ca_pem,
+            audit_log: config.audit_log.clone(),
+        })
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct IssuedGrantBody {
+    token: String,
+    #[serde(default)]
+    stubs: BTreeMap<String, String>,
+}
+
+#[async_trait]
+impl CredentialBroker for RemoteVault {
+    async fn grant(&self, req: GrantRequest<'_>) -> Result<CredentialGrant, BrokerError> {
+        let resp = self
+            .http
+            .post(format!("{}/v1/grants", self.admin_url))
+            .bearer_auth(&self.admin_token)
+            .json(&serde_json::json!({
+                "sandbox": req.sandbox_id,
+                "credentials": req.credentials,
+                "session": req.session_id,
+            }))
+            .send()
+            .await
+            .map_err(|e| BrokerError::Unavailable(format!("POST /v1/grants: {e}")))?;
+        let status = resp.status();
+        if status.is_success() {
+            let body: IssuedGrantBody = resp
+                .json()
+                .await
+                .map_err(|e| BrokerError::Unavailable(format!("POST /v1/grants: {e}")))?;
+            return Ok(compose(
+                req,
+                &body.token,
+                &body.stubs,
+                &self.proxy_addr,
+                &self.ca_pem,
+            ));
+        }
+        let body: serde_json::Value = resp.json().await.unwrap_or_default();
+        let code = body["error"]["code"].as_str().unwrap_or("");
+        let message = body["error"]["message"].as_str().unwrap_or("").to_string();
+        if code == "unknown_credential" {
+            let name = req
+                .credentials
+                .iter()
+                .find(|c| message.contains(c.as_str()))
+                .cloned()
+                .unwrap_or(message);
+            return Err(BrokerError::UnknownCredential(name));
+        }
+        Err(BrokerError::Unavailable(format!(
+            "POST /v1/grants answered {status}: {code} {message}"
+        )))
+    }
+
+    async fn revoke(&self, sandbox_id: &str) -> Result<(), BrokerError> {
+        let resp = self
+            .http
+            .delete(format!("{}/v1/grants/{sandbox_id}", self.admin_url))
+            .bearer_auth(&self.admin_token)
+            .send()
+            .await
+            .map_err(|e| BrokerError::Unavailable(format!("DELETE /v1/grants: {e}")))?;
+        let status = resp.status();
+        if status.is_success() || status == reqwest::StatusCode::NOT_FOUND {
+            Ok(())
+        } else {
+            Err(BrokerError::Unavailable(format!(
+                "DELETE /v1/grants/{sandbox_id} answered {status}"
+            )))
+        }
+    }
+
+    async fn audit(&self, filter: AuditFilter) -> Result<Vec<AuditRecord>, BrokerError> {
+        match &self.audit_log {
+            Some(path) => read_audit(path.clone(), filter).await,
+            None => Err(BrokerError::NotSupported(
+                "the brain uses a remote vault proxy whose audit log it cannot read: set \
+                 vault.remote.audit_log to the proxy's audit file (shared storage), or read it \
+                 on the proxy's host"
+                    .into(),
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use axum::Router;
+    use axum::extract::{Path as UrlPath, State};
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::routing::{delete, get, post};
+
+    use super::*;
+    use crate::sandbox::BackendKind;
+
+    type Log = Arc<Mutex<Vec<String>>>;
+
+    fn authorized(headers: &HeaderMap) -> bool {
+        headers.get("authorization").and_then(|v| v.to_str().ok()) == Some("Bearer admin-tok")
+    }
+
+    /// A stand-in for `vault-proxy`'s admin API, following its routes and bodies.
+    async fn fake_admin() -> (String, Log) {
+        let log: Log = Arc::default();
+        let app = Router::new()
+            .route(
+                "/v1/ca",
+                get(|headers: HeaderMap| async move {
+                    if authorized(&headers) {
+                        (
+                            StatusCode::OK,
+                            "-----BEGIN CERTIFICATE-----\nx\n".to_string(),
+                        )
+                    } else {
+                        (StatusCode::UNAUTHORIZED, String::new())
+                    }
+                }),
+            )
+            .route(
+                "/v1/grants",
+                post(
+                    |State(log): State<Log>,
+                     headers: HeaderMap,
+                     axum::Json(body): axum::Json<serde_json::Value>| async move {
+                        assert!(authorized(&headers));
+                        log.lock().unwrap().push(format!("grant {body}"));
+                        if body["credentials"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .any(|c| c == "NOPE")
+                        {
+                            return (
+                                StatusCode::BAD_REQUEST,
+                                axum::Json(serde_json::json!({"error": {
+                                    "code": "unknown_credential",
+                                    "message": "unknown credential `NOPE`"}})),
+                            );
+                        }
+                        (
+                            StatusCode::CREATED,
+                            axum::Json(serde_json::json!({
+                                "token": "remote-tok",
+                                "stubs": {"GITHUB_TOKEN": "ghp_stub"}})),
+                        )
+                    },
+                ),
+            )
+            .route(
+                "/v1/grants/{sandbox}",
+                delete(
+                    |State(log): State<Log>, UrlPath(sandbox): UrlPath<String>| async move {
+                        log.lock().unwrap().push(format!("revoke {sandbox}"));
+                        StatusCode::NOT_FOUND
+                    },
+                ),
+            )
+            .with_state(log.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (format!("http://{addr}"), log)
+    }
+
+    #[tokio::test]
+    async fn remote_vault_uses_the_admin_api() {
+        crate::install_crypto_provider();
+        let (admin_url, log) = fake_admin().await;
+        let config = RemoteVaultConfig {
+            url: "10.9.9.9:8899".into(),
+            admin_url: admin_url.clone(),
+            admin_token_env: "X_ADMIN".into(),
+            ca_file: None,
+            audit_log: None,
+        };
+        let env = |n: &str| (n == "X_ADMIN").then(|| "admin-tok".to_string());
+        let err = RemoteVault::connect(&config, |_| None).await.err().unwrap();
+        assert!(err.contains("X_ADMIN"), "{err}");
+        let vault = RemoteVault::connect(&config, env).await.unwrap();
+
+        let creds = vec!["GITHUB_TOKEN".to_string()];
+        let req = GrantRequest {
+            sandbox_id: "sb-r",
+            credentials: &creds,
+            session_id: Some("s-1"),
+            backend: BackendKind::Local,
+        };
+        let grant = vault.grant(req).await.unwrap();
+        assert_eq!(grant.env["GITHUB_TOKEN"], "ghp_stub");
+        assert_eq!(
+            grant.env["HTTPS_PROXY"],
+            "http://sb-r:remote-tok@10.9.9.9:8899"
+        );
+        assert!(grant.files[0].1.starts_with(b"-----BEGIN CERTIFICATE-----"));
+
+        let nope = vec!["NOPE".to_string()];
+        let err = vault
+            .grant(GrantRequest {
+                credentials: &nope,
+                ..req
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, BrokerError::UnknownCredential(ref n) if n == "NOPE"),
+            "{err}"
+        );
+
+        // An unknown grant (404) is fine to revoke.
+        vault.revoke("sb-r").await.unwrap();
+        let log = log.lock().unwrap().clone();
+        assert!(log[0].contains("\"session\":\"s-1\""), "{log:?}");
+        assert_eq!(log.last().unwrap(), "revoke sb-r");
+        assert!(matches!(
+            vault.audit(AuditFilter::default()).await,
+            Err(BrokerError::NotSupported(_))
+        ));
+    }
+
+    fn handle_with(id: &str, token: Option<&str>, stubs: &str) -> SandboxHandle {
+        let mut extra = std::collections::BTreeMap::new();
+        if let Some(t) = token {
+            extra.insert(super::super::HANDLE_TOKEN_KEY.to_string(), t.to_string());
+            extra.insert(
+                super::super::HANDLE_STUBS_KEY.to_string(),
+                stubs.to_string(),
+            );
+        }
+        SandboxHandle {
+            id: id.into(),
+            backend: BackendKind::Docker,
+            backend_ref: "c".into(),
+            agent_url: None,
+            agent_token: "a".into(),
+            extra,
+        }
+    }
+
+    #[tokio::test]
+    async fn embedded_vault_restores_recorded_grants_and_refuses_the_unrestorable() {
+        crate::install_crypto_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let config = load_embedded_config(None, dir.path()).unwrap();
+        let good = handle_with("sb-good", Some("tok-good"), "{}");
+        // Its credential is not in this vault's config: the proxy refuses the grant.
+        let gone = handle_with("sb-gone", Some("tok-gone"), r#"{"GONE":"ghp_x"}"#);
+        let none = handle_with("sb-old", None, "");
+        let restore = grants_to_restore([
+            (&good, Some("s-good")),
+            (&gone, Some("s-gone")),
+            (&none, None),
+        ]);
+        assert_eq!(restore.len(), 2);
+        let vault = EmbeddedVault::start(config, restore).await.unwrap();
+        vault.readopt(&good).await.unwrap();
+        vault.readopt(&none).await.unwrap();
+        assert!(vault.readopt(&gone).await.is_err());
+
+        // The restored token authenticates at the proxy.
+        let client = |token: &str| {
+            let url = format!("http://sb-good:{token}@{}", vault.proxy_addr());
+            reqwest::Client::builder()
+                .proxy(reqwest::Proxy::all(url).unwrap())
+                .build()
+                .unwrap()
+        };
+        let denied = client("tok-good")
+            .get("http://example.invalid/")
+            .send()
+            .await
+            .unwrap();
+        assert_ne!(denied.status().as_u16(), 407, "restored token refused");
+        let wrong = client("tok-wrong")
+            .get("http://example.invalid/")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(wrong.status().as_u16(), 407);
+        // Records of the restored grant still name its session.
+        let records = vault.audit(AuditFilter::default()).await.unwrap();
+        let mine: Vec<_> = records.iter().filter(|r| r.sandbox == "sb-good").collect();
+        assert!(!mine.is_empty(), "{records:?}");
+        assert!(
+            mine.iter().all(|r| r.session.as_deref() == Some("s-good")),
+            "{records:?}"
+        );
+        vault.shutdown().await;
+    }
+}

@@ -1,0 +1,221 @@
+//! Airlock brain: sessions, the HTTP API and sandbox backends.
+//!
+//! Entry point: [`run`] takes a loaded [`config::Config`], the master key, a bound listener and
+//! a shutdown future; `main.rs` only parses flags and binds.
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod credentials;
+pub mod error;
+pub mod lifecycle;
+pub mod mcp;
+pub mod metrics;
+pub mod sandbox;
+pub mod sessions;
+pub mod state;
+pub mod store;
+pub mod triggers;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use api::app;
+pub use state::AppState;
+
+use config::{Config, MasterKey, VaultMode};
+
+/// After shutdown is requested, how long in-flight requests (a streaming exec) may take.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("opening the database: {0}")]
+    Store(#[from] store::StoreError),
+    #[error("starting the sandbox backend: {0}")]
+    Backend(#[from] sandbox::BackendError),
+    #[error("reconciling sandboxes after start: {0}")]
+    Reconcile(#[from] lifecycle::LifecycleError),
+    #[error("vault proxy: {0}")]
+    Vault(String),
+    #[error("triggers: {0}")]
+    Triggers(#[from] triggers::TriggerSetupError),
+    #[error("models: {0}")]
+    Models(String),
+    #[error("serving HTTP: {0}")]
+    Serve(#[from] std::io::Error),
+}
+
+/// Installs `ring` as rustls' process-wide provider (reqwest is built without one). Safe to
+/// call more than once.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Opens the store, starts the default backend, reconciles sandboxes left by an earlier run,
+/// then serves until `shutdown` resolves. Sandboxes are left running on shutdown; the next
+/// start adopts them.
+pub async fn run(
+    config: Config,
+    master_key: MasterKey,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    install_crypto_provider();
+    let store = store::Store::connect(&config.database_url).await?;
+    tracing::info!(
+        database = store.engine(),
+        owner = store.owner(),
+        "store ready"
+    );
+    let mut config = config;
+    let (broker, embedded) = start_vault(&mut config, &store).await?;
+    let backends = sandbox::Backends::start(config.backend, config.sandbox.clone()).await?;
+    tracing::info!(backend = %backends.default_kind(), "default sandbox backend ready");
+    let models = sessions::Models::build(&config.models, &config.state_dir(), &store, &master_key)
+        .await
+        .map_err(RunError::Models)?;
+    let mut state = AppState::new(config, store, backends, master_key);
+    if let Some(broker) = broker {
+        state = state.with_broker(broker);
+    }
+    match models {
+        Some(models) => {
+            tracing::info!(default_model = %models.default_model, "models ready");
+            state = state.with_models(models);
+        }
+        None => tracing::warn!("no models configured: POST /v1/sessions answers 503"),
+    }
+    lifecycle::reconcile(&state).await?;
+    if state.store.engine() == "sqlite" {
+        // One brain per SQLite file: every claim left in it belongs to a dead process.
+        let released = state.store.release_claims(None).await?;
+        if released > 0 {
+            tracing::info!(sessions = released, "resuming sessions of the previous run");
+        }
+    }
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let reaper = tokio::spawn(lifecycle::reaper(state.clone(), stop_rx.clone()));
+    let outbox = start_triggers(&mut state, stop_rx.clone())?;
+    let dispatcher = tokio::spawn(sessions::dispatcher(state.clone(), stop_rx.clone()));
+    tokio::spawn(async move {
+        shutdown.await;
+        tracing::info!(
+            "shutdown requested: no new connections; sandboxes stay running for adoption"
+        );
+        let _ = stop_tx.send(true);
+    });
+
+    let mut graceful_rx = stop_rx.clone();
+    let server = axum::serve(listener, app(state.clone())).with_graceful_shutdown(async move {
+        let _ = graceful_rx.wait_for(|stop| *stop).await;
+    });
+    let mut deadline_rx = stop_rx;
+    tokio::select! {
+        result = server => result?,
+        _ = async {
+            let _ = deadline_rx.wait_for(|stop| *stop).await;
+            tokio::time::sleep(DRAIN_TIMEOUT).await;
+        } => tracing::warn!("in-flight requests did not finish in {DRAIN_TIMEOUT:?}; exiting"),
+    }
+    let _ = reaper.await;
+    let _ = dispatcher.await;
+    if let Some(models) = &state.models {
+        models.gateway.flush().await;
+    }
+    if let Some(outbox) = outbox {
+        let _ = outbox.await;
+    }
+    if let Some(vault) = embedded {
+        vault.shutdown().await;
+    }
+    state.store.close().await;
+    Ok(())
+}
+
+/// Builds the Slack/GitHub triggers when configured and starts their reply outbox worker.
+fn start_triggers(
+    state: &mut AppState,
+    stop: watch::Receiver<bool>,
+) -> Result<Option<tokio::task::JoinHandle<()>>, RunError> {
+    let config = &state.config.triggers;
+    let Some(choice) = config.launcher.filter(|_| config.any()) else {
+        return Ok(None);
+    };
+    let launcher = triggers::build_launcher(state, choice);
+    let built = Arc::new(triggers::Triggers::from_config(config, launcher, |n| {
+        std::env::var(n).ok()
+    })?);
+    state.triggers = Some(built.clone());
+    tracing::info!(
+        slack = built.slack.is_some(),
+        github = built.github.is_some(),
+        "webhook triggers ready"
+    );
+    Ok(Some(tokio::spawn(triggers::outbox::run(
+        state.clone(),
+        built,
+        stop,
+    ))))
+}
+
+type StartedVault = (
+    Option<Arc<dyn credentials::CredentialBroker>>,
+    Option<Arc<credentials::vault::EmbeddedVault>>,
+);
+
+/// Starts (embedded) or connects to (remote) the vault proxy per `config.vault`, and points
+/// the docker backend's egress at it unless `sandbox.docker.egress_upstream` is set.
+async fn start_vault(config: &mut Config, store: &store::Store) -> Result<StartedVault, RunError> {
+    use credentials::vault::{self, EmbeddedVault, RemoteVault};
+    let (broker, embedded, proxy_addr): (Arc<dyn credentials::CredentialBroker>, _, String) =
+        match config.vault.mode {
+            VaultMode::Off => {
+                tracing::warn!(
+                    "vault.mode off: sandboxes get no credentials and docker sandboxes no egress"
+                );
+                return Ok((None, None));
+            }
+            VaultMode::Embedded => {
+                let proxy_config = vault::load_embedded_config(
+                    config.vault.config.as_deref(),
+                    &config.state_dir(),
+                )
+                .map_err(RunError::Vault)?;
+                // Grants of sandboxes an earlier run left alive (adopted by reconcile).
+                let rows = store.list_unfinished().await?;
+                let restore = vault::grants_to_restore(
+                    rows.iter()
+                        .filter(|r| r.status == store::SandboxStatus::Running)
+                        .filter_map(|r| Some((r.handle.as_ref()?, r.session_id.as_deref()))),
+                );
+                let vault = Arc::new(
+                    EmbeddedVault::start(proxy_config, restore)
+                        .await
+                        .map_err(RunError::Vault)?,
+                );
+                let addr = vault.proxy_addr().to_string();
+                tracing::info!(proxy = %addr, "embedded vault proxy listening");
+                (vault.clone(), Some(vault), addr)
+            }
+            VaultMode::Remote => {
+                let remote = config.vault.remote.clone().ok_or_else(|| {
+                    RunError::Vault("vault.mode remote needs vault.remote".into())
+                })?;
+                let vault = RemoteVault::connect(&remote, |n| std::env::var(n).ok())
+                    .await
+                    .map_err(RunError::Vault)?;
+                tracing::info!(proxy = %remote.url, admin = %remote.admin_url, "using a remote vault proxy");
+                (Arc::new(vault), None, remote.url)
+            }
+        };
+    if config.sandbox.docker.egress_upstream.is_none() {
+        config.sandbox.docker.egress_upstream = Some(proxy_addr);
+    }
+    Ok((Some(broker), embedded))
+}

@@ -1,0 +1,400 @@
+//! Sandbox lifecycle: provision, destroy, the TTL reaper and restart reconciliation.
+//!
+//! Every step writes its row first and acts second (DESIGN.md, "Storage"):
+//! - provision: row `provisioning` → backend creates → row `running` (or `failed`);
+//! - destroy: row `destroying` → backend destroys → row `destroyed` (a failed destroy stays
+//!   `destroying` and the reaper retries it);
+//! - on start, [`reconcile`] adopts sandboxes that are still alive, closes rows whose sandbox
+//!   is gone, and destroys anything a backend lists with our owner label but no live row.
+//!
+//! On shutdown the brain leaves sandboxes running: the next start adopts them (or the reaper
+//! destroys them once their TTL passes), so a restart does not kill agents' work.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::credentials::{BrokerError, CredentialGrant, GrantRequest};
+use crate::metrics::Outcome;
+use crate::sandbox::{
+    BackendError, BackendKind, Resources, SandboxBackend, SandboxHandle, SandboxSpec,
+};
+use crate::state::AppState;
+use crate::store::{NewSandbox, SandboxRow, SandboxStatus, StoreError};
+
+/// A `destroying` row untouched this long is retried by the reaper.
+const DESTROY_RETRY_AFTER: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum LifecycleError {
+    #[error("no sandbox {0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("credentials requested but no vault proxy is configured")]
+    NoBroker,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error("background task failed: {0}")]
+    Task(String),
+}
+
+/// A validated provision request (defaults applied), stored as the row's `request` JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProvisionParams {
+    pub backend: BackendKind,
+    pub image: Option<String>,
+    pub task_description: Option<String>,
+    pub credentials: Vec<String>,
+    pub ttl_s: u64,
+    pub resources: Resources,
+    pub session_id: Option<String>,
+}
+
+/// Creates a sandbox and returns its row (`running`, or `destroyed` if a delete won the race).
+/// Runs to completion even if the caller goes away, so nothing is left half-made.
+pub async fn provision(
+    state: &AppState,
+    params: ProvisionParams,
+) -> Result<SandboxRow, LifecycleError> {
+    if !params.credentials.is_empty() && state.broker.is_none() {
+        return Err(LifecycleError::NoBroker);
+    }
+    let backend = state.backends.get(params.backend).await?;
+    let id = format!("sb-{}", uuid::Uuid::new_v4().simple());
+    let request = serde_json::to_value(&params).map_err(|e| LifecycleError::Task(e.to_string()))?;
+    let ttl = chrono::Duration::seconds(i64::try_from(params.ttl_s).unwrap_or(i64::MAX / 1000));
+    let new = NewSandbox {
+        id: id.clone(),
+        backend: params.backend,
+        image: params.image.clone(),
+        request,
+        session_id: params.session_id.clone(),
+        expires_at: Utc::now() + ttl,
+    };
+    state.provisioning_set().insert(id.clone());
+    let state2 = state.clone();
+    // Spawned so that a dropped HTTP request cannot cancel it between "created" and "recorded".
+    let task = tokio::spawn(async move {
+        let result = provision_steps(&state2, backend, new, params).await;
+        state2.provisioning_set().remove(&id);
+        result
+    });
+    task.await
+        .map_err(|e| LifecycleError::Task(e.to_string()))?
+}
+
+async fn provision_steps(
+    state: &AppState,
+    backend: Arc<dyn SandboxBackend>,
+    new: NewSandbox,
+    params: ProvisionParams,
+) -> Result<SandboxRow, LifecycleError> {
+    let id = new.id.clone();
+    state.store.insert_sandbox(&new).await?;
+    let started = Instant::now();
+    // Every sandbox gets a grant when a vault proxy is configured: its token authenticates
+    // the sandbox's egress even when it asked for no credentials.
+    let grant = match &state.broker {
+        Some(broker) => {
+            let req = GrantRequest {
+                sandbox_id: &id,
+                credentials: &params.credentials,
+                session_id: params.session_id.as_deref(),
+                backend: params.backend,
+            };
+            match broker.grant(req).await {
+                Ok(grant) => grant,
+                Err(e) => {
+                    state.store.set_failed(&id, &e.to_string()).await?;
+                    return Err(e.into());
+                }
+            }
+        }
+        None => CredentialGrant::default(),
+    };
+    let recorded = grant.clone();
+    let spec = SandboxSpec {
+        id: id.clone(),
+        owner: state.store.owner().to_string(),
+        image: params.image.clone(),
+        resources: params.resources,
+        env: grant.env,
+        files: grant.files,
+        agent_token: random_token(),
+        ttl_s: params.ttl_s,
+    };
+    let kind = params.backend.as_str();
+    match backend.provision(&spec).await {
+        Ok(mut handle) => {
+            // Kept with the handle so a restarted brain can re-register the grant.
+            recorded.record_in(&mut handle);
+            state
+                .metrics
+                .provision(kind, Outcome::Ok, started.elapsed());
+            if !state.store.set_running(&id, &handle).await? {
+                // A delete arrived while we were creating it: we hold the handle, so we clean up.
+                tracing::info!(sandbox = %id, "deleted during provisioning; destroying");
+                backend.destroy(&handle).await?;
+                revoke(state, &id).await;
+                state
+                    .store
+                    .set_destroyed(&id, Some("deleted during provisioning"))
+                    .await?;
+            } else {
+                tracing::info!(sandbox = %id, backend = kind, "sandbox running");
+            }
+        }
+        Err(e) => {
+            state
+                .metrics
+                .provision(kind, Outcome::Error, started.elapsed());
+            tracing::warn!(sandbox = %id, backend = kind, error = %e, "provision failed");
+            state.store.set_failed(&id, &e.to_string()).await?;
+            revoke(state, &id).await;
+            return Err(e.into());
+        }
+    }
+    state
+        .store
+        .get_sandbox(&id)
+        .await?
+        .ok_or(LifecycleError::NotFound(id))
+}
+
+/// Destroys a sandbox; repeating it on a destroyed sandbox returns the row unchanged.
+pub async fn destroy(state: &AppState, id: &str) -> Result<SandboxRow, LifecycleError> {
+    let row = state
+        .store
+        .get_sandbox(id)
+        .await?
+        .ok_or_else(|| LifecycleError::NotFound(id.into()))?;
+    if !row.status.is_live() {
+        return Ok(row);
+    }
+    state.store.begin_destroy(id).await?;
+    let row = state
+        .store
+        .get_sandbox(id)
+        .await?
+        .ok_or_else(|| LifecycleError::NotFound(id.into()))?;
+    if !row.status.is_live() {
+        return Ok(row);
+    }
+    let Some(handle) = row.handle.clone() else {
+        if state.provisioning_set().contains(id) {
+            // The provisioning task owns the handle and will destroy it when it sees the row.
+            return Ok(row);
+        }
+        // Nothing was recorded as created; leftovers (if any) carry our label and are swept.
+        state
+            .store
+            .set_destroyed(id, Some("destroyed before it was created"))
+            .await?;
+        return refetch(state, id).await;
+    };
+    let backend = state.backends.get(row.backend).await?;
+    match backend.destroy(&handle).await {
+        Ok(()) => {
+            revoke(state, id).await;
+            state.store.set_destroyed(id, None).await?;
+            tracing::info!(sandbox = %id, "sandbox destroyed");
+            refetch(state, id).await
+        }
+        Err(e) => {
+            tracing::warn!(sandbox = %id, error = %e, "destroy failed; the reaper will retry");
+            state.store.set_destroy_error(id, &e.to_string()).await?;
+            Err(e.into())
+        }
+    }
+}
+
+async fn refetch(state: &AppState, id: &str) -> Result<SandboxRow, LifecycleError> {
+    state
+        .store
+        .get_sandbox(id)
+        .await?
+        .ok_or_else(|| LifecycleError::NotFound(id.into()))
+}
+
+async fn revoke(state: &AppState, id: &str) {
+    if let Some(broker) = &state.broker
+        && let Err(e) = broker.revoke(id).await
+    {
+        tracing::warn!(sandbox = %id, error = %e, "revoking the credential grant failed");
+    }
+}
+
+/// 256 random bits, hex: the per-sandbox agent bearer token.
+fn random_token() -> String {
+    let bytes: [u8; 32] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Start-up reconciliation with what the backends actually have (see module docs).
+pub async fn reconcile(state: &AppState) -> Result<(), LifecycleError> {
+    let mut live: HashSet<String> = HashSet::new();
+    for row in state.store.list_unfinished().await? {
+        let id = row.id.clone();
+        let backend = match state.backends.get(row.backend).await {
+            Ok(backend) => backend,
+            Err(e) => {
+                tracing::warn!(sandbox = %id, backend = %row.backend, error = %e,
+                    "cannot reach this sandbox's backend; leaving its row for a later start");
+                live.insert(id);
+                continue;
+            }
+        };
+        match (row.status, row.handle.as_ref()) {
+            (SandboxStatus::Running, Some(handle)) if backend.is_alive(handle).await => {
+                match readopt(state, backend.as_ref(), handle).await {
+                    Ok(()) => {
+                        tracing::info!(sandbox = %id, backend = %row.backend, "adopted running sandbox");
+                        live.insert(id);
+                    }
+                    Err(reason) => {
+                        tracing::warn!(sandbox = %id, %reason, "cannot adopt a running sandbox; destroying it");
+                        state.store.begin_destroy(&id).await?;
+                        match backend.destroy(handle).await {
+                            Ok(()) => {
+                                revoke(state, &id).await;
+                                let note = format!("not adopted after a brain restart: {reason}");
+                                state.store.set_destroyed(&id, Some(&note)).await?;
+                            }
+                            Err(e) => {
+                                // Left `destroying`: the reaper retries it.
+                                tracing::warn!(sandbox = %id, error = %e, "destroying an unadoptable sandbox failed");
+                                state.store.set_destroy_error(&id, &e.to_string()).await?;
+                                live.insert(id);
+                            }
+                        }
+                    }
+                }
+            }
+            (SandboxStatus::Running, Some(handle)) => {
+                if let Err(e) = backend.destroy(handle).await {
+                    tracing::warn!(sandbox = %id, error = %e, "cleaning up a dead sandbox failed");
+                }
+                revoke(state, &id).await;
+                state
+                    .store
+                    .set_destroyed(&id, Some("sandbox was gone when the brain restarted"))
+                    .await?;
+                tracing::info!(sandbox = %id, "sandbox gone after restart; marked destroyed");
+            }
+            (SandboxStatus::Provisioning, _) => {
+                // The brain died mid-provision; what the backend made is caught by the sweep.
+                // A remote proxy may hold its grant.
+                revoke(state, &id).await;
+                state
+                    .store
+                    .set_failed(&id, "the brain restarted while provisioning")
+                    .await?;
+                tracing::info!(sandbox = %id, "interrupted provision marked failed");
+            }
+            (SandboxStatus::Running, None) => {
+                // Not written by this code (running rows always get a handle); nothing to reach.
+                revoke(state, &id).await;
+                state
+                    .store
+                    .set_destroyed(&id, Some("running row without a handle"))
+                    .await?;
+            }
+            (SandboxStatus::Destroying, _) => {
+                if let Err(e) = destroy(state, &id).await {
+                    tracing::warn!(sandbox = %id, error = %e, "finishing an interrupted destroy failed");
+                    live.insert(id);
+                }
+            }
+            (SandboxStatus::Destroyed | SandboxStatus::Failed, _) => {}
+        }
+    }
+    sweep_labelled(state, &live).await;
+    Ok(())
+}
+
+/// Re-creates a live sandbox's host-side pieces and checks its vault grant survived.
+async fn readopt(
+    state: &AppState,
+    backend: &dyn SandboxBackend,
+    handle: &SandboxHandle,
+) -> Result<(), String> {
+    backend.adopt(handle).await.map_err(|e| e.to_string())?;
+    if let Some(broker) = &state.broker {
+        broker.readopt(handle).await.map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Destroys everything our owner label marks that has no live row.
+async fn sweep_labelled(state: &AppState, live: &HashSet<String>) {
+    let owner = state.store.owner();
+    for backend in state.backends.built().await {
+        let found = match backend.list_labelled().await {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(backend = %backend.kind(), error = %e, "listing labelled sandboxes failed");
+                continue;
+            }
+        };
+        for item in found {
+            if item.owner.as_deref() != Some(owner) || live.contains(&item.id) {
+                continue;
+            }
+            revoke(state, &item.id).await;
+            match backend.destroy_labelled(&item).await {
+                Ok(()) => {
+                    tracing::info!(sandbox = %item.id, backend = %backend.kind(), "removed orphan sandbox")
+                }
+                Err(e) => {
+                    tracing::warn!(sandbox = %item.id, error = %e, "removing an orphan sandbox failed")
+                }
+            }
+        }
+    }
+}
+
+/// One reaper pass: destroy expired sandboxes and retry stale destroys.
+pub async fn reap_once(state: &AppState, now: DateTime<Utc>) -> Result<usize, LifecycleError> {
+    let mut reaped = 0;
+    for row in state.store.list_expired(now).await? {
+        tracing::info!(sandbox = %row.id, expired_at = %row.expires_at, "TTL passed; destroying");
+        match destroy(state, &row.id).await {
+            Ok(_) => reaped += 1,
+            Err(e) => tracing::warn!(sandbox = %row.id, error = %e, "reaping failed"),
+        }
+    }
+    let retry_before = now - chrono::Duration::from_std(DESTROY_RETRY_AFTER).unwrap_or_default();
+    for row in state.store.list_stale_destroying(retry_before).await? {
+        if state.provisioning_set().contains(&row.id) {
+            continue;
+        }
+        match destroy(state, &row.id).await {
+            Ok(_) => reaped += 1,
+            Err(e) => tracing::warn!(sandbox = %row.id, error = %e, "retrying destroy failed"),
+        }
+    }
+    Ok(reaped)
+}
+
+/// Runs [`reap_once`] every `sandbox.reaper_interval_ms` until `shutdown` flips to true.
+pub async fn reaper(state: AppState, mut shutdown: watch::Receiver<bool>) {
+    let interval = Duration::from_millis(state.config.sandbox.reaper_interval_ms);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+        if let Err(e) = reap_once(&state, Utc::now()).await {
+            tracing::warn!(error = %e, "reaper pass failed");
+        }
+    }
+}

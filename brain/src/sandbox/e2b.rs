@@ -1,0 +1,1278 @@
+//! The E2B backend: Firecracker microVMs created through E2B's REST API, commands run by the
+//! in-VM daemon `envd` over Connect-RPC (no `sandbox-agent` inside).
+//!
+//! Wire formats follow E2B's published specs (e2b-dev/E2B @ b8029973, 2026-08-21):
+//! - control plane `spec/openapi.yml`: `POST /sandboxes` (`NewSandbox` → 201 `Sandbox`),
+//!   `GET /v2/sandboxes` (`ListedSandbox[]`, `metadata`/`state`/`limit`/`nextToken`, header
+//!   `X-Next-Token`), `GET|DELETE /sandboxes/{sandboxID}`, `POST /sandboxes/{id}/timeout`,
+//!   `POST /sandboxes/{id}/connect`; auth `X-API-Key`; errors `Error {code, message}`;
+//! - envd `spec/envd/process/process.proto` (`process.Process/Start`: server stream of
+//!   `StartResponse {event: ProcessEvent}` with `start{pid}`, `data{stdout|stderr}` (bytes =
+//!   base64 in proto-JSON), `end{exitCode, exited, status, error}`, `keepalive{}`), Connect
+//!   protocol with the JSON codec: every message is an envelope (1 flag byte, u32 big-endian
+//!   length, JSON), the last one flagged `0x02` carries `{}` or `{"error":{code,message}}`;
+//!   `Connect-Timeout-Ms` bounds the process's life (envd kills it at the deadline);
+//! - envd `spec/envd/envd.yaml`: `GET /health` (204), `GET|POST /files?path=&username=`
+//!   (raw `application/octet-stream` upload), `spec/envd/filesystem/filesystem.proto`
+//!   `filesystem.Filesystem/ListDir` (unary Connect, `application/json`); auth
+//!   `X-Access-Token: <envdAccessToken>` (the sandbox is created with `secure: true`).
+//!
+//! The envd address is `https://49983-{sandbox_id}.{domain}` (`sandbox.e2b.envd_url`); a
+//! template without `{sandbox_id}` (a shared host such as `https://sandbox.e2b.app`, or a
+//! local fake) routes by the `E2b-Sandbox-Id`/`E2b-Sandbox-Port` headers instead.
+//!
+//! Lifetime: the VM is created with `timeout` = the sandbox TTL plus a grace period, so E2B
+//! kills it even if the brain never comes back; `metadata` carries `airlock.sandbox` and
+//! `airlock.owner` so a restarted brain finds leftovers (`list_labelled`). CPU and memory come
+//! from the template (E2B has no per-sandbox resource fields), so `resources` are not sent.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use airlock_wire::{ExecCollector, ExecEvent, ExecRequest, ExecResult, FileEntry};
+use async_trait::async_trait;
+use base64::Engine as _;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use reqwest::StatusCode;
+use serde::{Deserialize, Serialize};
+
+use super::remote::{
+    self, Attempt, Channel, OutputCap, RetryPolicy, control_plane_error, provider_error,
+    sandbox_api_error, transport_error,
+};
+use super::{
+    BackendError, BackendKind, ExecStream, LabelledSandbox, OWNER_LABEL, SANDBOX_LABEL,
+    SandboxBackend, SandboxHandle, SandboxSpec,
+};
+
+const PROVIDER: &str = "e2b";
+/// envd's port inside every sandbox.
+pub const ENVD_PORT: u16 = 49983;
+/// Handle `extra` keys.
+const EXTRA_ENVD_URL: &str = "e2b.envd_url";
+const EXTRA_ACCESS_TOKEN: &str = "e2b.envd_access_token";
+const EXTRA_HEADER_ROUTING: &str = "e2b.header_routing";
+/// Largest envelope accepted from envd (a data event carries at most a pipe buffer or so).
+const MAX_ENVELOPE: usize = 16 * 1024 * 1024;
+/// Extra time past `Connect-Timeout-Ms` before the brain stops waiting for envd's own end.
+const EXEC_GRACE: Duration = Duration::from_secs(10);
+/// Connect envelope flag of the end-of-stream message.
+const END_STREAM: u8 = 0x02;
+
+/// `sandbox.e2b` in the config.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct E2bConfig {
+    /// Control-plane base URL.
+    pub api_url: String,
+    /// Env var holding the API key (`e2b_…`), sent as `X-API-Key`.
+    pub api_key_env: String,
+    /// Template used when a request names no `image`.
+    pub template: String,
+    /// envd base URL; `{sandbox_id}` and `{domain}` are substituted. Without `{sandbox_id}`
+    /// the sandbox is chosen by the `E2b-Sandbox-Id` header.
+    pub envd_url: String,
+    /// Domain when the create response carries none.
+    pub domain: String,
+    /// Unix user commands and files run as (`Authorization: Basic user:`).
+    pub user: String,
+    /// The vault proxy as the E2B cloud reaches it (`host:port`); the only egress allowed.
+    pub proxy_url: Option<String>,
+    /// Seconds added to the sandbox TTL for E2B's own `timeout` (the brain's reaper destroys
+    /// first; E2B's timer is the backstop when the brain is gone).
+    pub ttl_grace_seconds: u64,
+    /// Bound on create + envd ready.
+    pub ready_timeout_ms: u64,
+    /// Read timeout of control-plane calls.
+    pub request_timeout_ms: u64,
+    /// Retries of idempotent calls on 429/5xx/transport errors.
+    pub max_retries: u32,
+    /// First backoff delay; doubles per retry (capped at 5 s).
+    pub retry_base_ms: u64,
+}
+
+impl Default for E2bConfig {
+    fn default() -> Self {
+        Self {
+            api_url: "https://api.e2b.app".into(),
+            api_key_env: "E2B_API_KEY".into(),
+            template: "base".into(),
+            envd_url: format!("https://{ENVD_PORT}-{{sandbox_id}}.{{domain}}"),
+            domain: "e2b.app".into(),
+            user: "user".into(),
+            proxy_url: None,
+            ttl_grace_seconds: 300,
+            ready_timeout_ms: 60_000,
+            request_timeout_ms: 30_000,
+            max_retries: 3,
+            retry_base_ms: 200,
+        }
+    }
+}
+
+/// `NewSandbox`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct NewSandbox<'a> {
+    #[serde(rename = "templateID")]
+    template_id: &'a str,
+    timeout: i32,
+    secure: bool,
+    env_vars: &'a BTreeMap<String, String>,
+    metadata: BTreeMap<&'static str, &'a str>,
+    network: Network,
+}
+
+/// `SandboxNetworkConfig`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Network {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    allow_out: Vec<String>,
+    deny_out: Vec<String>,
+}
+
+/// `Sandbox` (create/connect response).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Sandbox {
+    #[serde(rename = "sandboxID")]
+    sandbox_id: String,
+    #[serde(default)]
+    envd_access_token: Option<String>,
+    #[serde(default)]
+    domain: Option<String>,
+}
+
+/// `ListedSandbox` / `SandboxDetail` (the fields used).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Listed {
+    #[serde(rename = "sandboxID")]
+    sandbox_id: String,
+    #[serde(default)]
+    state: Option<String>,
+    #[serde(default)]
+    metadata: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Clone)]
+pub struct E2bBackend {
+    config: E2bConfig,
+    api_url: String,
+    api_key: String,
+    http: reqwest::Client,
+    retry: RetryPolicy,
+}
+
+impl std::fmt::Debug for E2bBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("E2bBackend")
+            .field("api_url", &self.api_url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How one create attempt ended.
+enum Created {
+    Ok(Sandbox),
+    /// Worth another attempt (after the provider's `Retry-After`, else the backoff).
+    Retry(BackendError, Option<Duration>),
+    Fail(BackendError),
+}
+
+impl E2bBackend {
+    /// Reads the API key from `api_key_env`; nothing is contacted until first use.
+    pub fn new(config: E2bConfig) -> Result<Self, BackendError> {
+        let api_key = remote::api_key_from_env(PROVIDER, &config.api_key_env)?;
+        Self::with_key(config, api_key)
+    }
+
+    pub fn with_key(config: E2bConfig, api_key: String) -> Result<Self, BackendError> {
+        let http = remote::http_client()?;
+        Ok(Self {
+            api_url: config.api_url.trim_end_matches('/').to_string(),
+            retry: RetryPolicy::new(config.max_retries, config.retry_base_ms),
+            config,
+            api_key,
+            http,
+        })
+    }
+
+    fn api(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.api_url))
+            .timeout(Duration::from_millis(self.config.request_timeout_ms))
+            .header("X-API-Key", &self.api_key)
+    }
+
+    async fn create_once(&self, body: &NewSandbox<'_>, deadline: Instant) -> Created {
+        let call = "POST /sandboxes";
+        // A create may take as long as the whole ready budget (E2B answers once it runs).
+        let send = self
+            .api(reqwest::Method::POST, "/sandboxes")
+            // The deadline below decides; this only lifts `api`'s per-call bound.
+            .timeout(deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(1))
+            .json(body)
+            .send();
+        let resp = match tokio::time::timeout_at(deadline.into(), send).await {
+            Err(_) => {
+                return Created::Fail(BackendError::NotReady(format!(
+                    "{PROVIDER}: {call} did not answer within {} ms",
+                    self.config.ready_timeout_ms
+                )));
+            }
+            Ok(Err(e)) => return Created::Retry(transport_error(PROVIDER, call, e), None),
+            Ok(Ok(resp)) => resp,
+        };
+        let status = resp.status();
+        if status == StatusCode::CREATED || status == StatusCode::OK {
+            return match resp.json::<Sandbox>().await {
+                Ok(sb) => Created::Ok(sb),
+                Err(e) => Created::Fail(BackendError::Unavailable(format!(
+                    "{PROVIDER}: {call}: unreadable response: {e}"
+                ))),
+            };
+        }
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let e = provider_error(resp).await;
+        if status == StatusCode::NOT_FOUND {
+            // On create a 404 names what the request referred to (the template).
+            return Created::Fail(BackendError::Invalid(format!(
+                "{PROVIDER} {call} answered 404: {}",
+                e.message
+            )));
+        }
+        let err = control_plane_error(PROVIDER, call, e);
+        if remote::retryable(status) {
+            Created::Retry(err, retry_after.map(|s| Duration::from_secs(s.min(20))))
+        } else {
+            Created::Fail(err)
+        }
+    }
+
+    /// Creates the sandbox, retrying without ever making two: before each retry the sandbox
+    /// a failed attempt may have made anyway is looked up by its `airlock.sandbox` metadata
+    /// and taken over with `POST /sandboxes/{id}/connect`.
+    async fn create(
+        &self,
+        spec: &SandboxSpec,
+        body: &NewSandbox<'_>,
+    ) -> Result<Sandbox, BackendError> {
+        let deadline = Instant::now() + Duration::from_millis(self.config.ready_timeout_ms);
+        let mut last = None;
+        let mut wait = None;
+        for attempt in 0..self.retry.attempts {
+            if attempt > 0 {
+                tokio::time::sleep(wait.unwrap_or_else(|| self.retry_delay(attempt - 1))).await;
+                if let Some(found) = self.find(&spec.id).await? {
+                    return self.connect(&found, body.timeout).await;
+                }
+            }
+            match self.create_once(body, deadline).await {
+                Created::Ok(sb) => return Ok(sb),
+                Created::Fail(e) => return Err(e),
+                Created::Retry(e, after) => {
+                    tracing::debug!(sandbox = %spec.id, error = %e, "e2b create retried");
+                    last = Some(e);
+                    wait = after;
+                }
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+        }
+        Err(last.unwrap_or_else(|| BackendError::Unavailable(format!("{PROVIDER}: create failed"))))
+    }
+
+    fn retry_delay(&self, attempt: u32) -> Duration {
+        let factor = 1u32 << attempt.min(10);
+        self.retry
+            .base_delay
+            .saturating_mul(factor)
+            .min(self.retry.max_delay)
+    }
+
+    /// `POST /sandboxes/{id}/connect` (returns the access token of a running sandbox).
+    async fn connect(&self, sandbox_id: &str, timeout: i32) -> Result<Sandbox, BackendError> {
+        let call = "POST /sandboxes/{id}/connect";
+        let path = format!("/sandboxes/{sandbox_id}/connect");
+        let body = serde_json::json!({ "timeout": timeout });
+        let resp = self
+            .idempotent(call, || self.api(reqwest::Method::POST, &path).json(&body))
+            .await?;
+        match resp.status() {
+            StatusCode::OK | StatusCode::CREATED => resp.json().await.map_err(|e| {
+                BackendError::Unavailable(format!("{PROVIDER}: {call}: unreadable response: {e}"))
+            }),
+            _ => Err(control_plane_error(
+                PROVIDER,
+                call,
+                provider_error(resp).await,
+            )),
+        }
+    }
+
+    /// An idempotent control-plane call with retries; non-2xx answers are returned as is.
+    async fn idempotent(
+        &self,
+        call: &str,
+        make: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, BackendError> {
+        match remote::send_with_retry(self.retry, make).await {
+            Attempt::Response(resp) => Ok(resp),
+            Attempt::Transport(e) => Err(transport_error(PROVIDER, call, e)),
+        }
+    }
+
+    /// Every listed sandbox (running or paused), following `X-Next-Token`.
+    async fn list_all(&self) -> Result<Vec<Listed>, BackendError> {
+        let call = "GET /v2/sandboxes";
+        let mut out = Vec::new();
+        let mut next: Option<String> = None;
+        // Bounded: a provider that keeps returning a token cannot loop the brain forever.
+        for _ in 0..1000 {
+            let resp = self
+                .idempotent(call, || {
+                    let mut q: Vec<(&str, &str)> =
+                        vec![("state", "running,paused"), ("limit", "100")];
+                    if let Some(t) = &next {
+                        q.push(("nextToken", t.as_str()));
+                    }
+                    self.api(reqwest::Method::GET, "/v2/sandboxes").query(&q)
+                })
+                .await?;
+            if resp.status() != StatusCode::OK {
+                return Err(control_plane_error(
+                    PROVIDER,
+                    call,
+                    provider_error(resp).await,
+                ));
+            }
+            next = resp
+                .headers()
+                .get("X-Next-Token")
+                .and_then(|v| v.to_str().ok())
+                .filter(|v| !v.is_empty())
+                .map(str::to_string);
+            let page: Vec<Listed> = resp.json().await.map_err(|e| {
+                BackendError::Unavailable(format!("{PROVIDER}: {call}: unreadable response: {e}"))
+            })?;
+            out.extend(page);
+            if next.is_none() {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The provider id of the sandbox labelled `airlock.sandbox=<id>`, if any.
+    async fn find(&self, airlock_id: &str) -> Result<Option<String>, BackendError> {
+        let call = "GET /v2/sandboxes";
+        let filter = format!("{SANDBOX_LABEL}={airlock_id}");
+        let resp = self
+            .idempotent(call, || {
+                self.api(reqwest::Method::GET, "/v2/sandboxes")
+                    .query(&[("metadata", filter.as_str()), ("state", "running,paused")])
+            })
+            .await?;
+        if resp.status() != StatusCode::OK {
+            return Err(control_plane_error(
+                PROVIDER,
+                call,
+                provider_error(resp).await,
+            ));
+        }
+        let page: Vec<Listed> = resp.json().await.map_err(|e| {
+            BackendError::Unavailable(format!("{PROVIDER}: {call}: unreadable response: {e}"))
+        })?;
+        Ok(page
+            .into_iter()
+            .find(|s| {
+                s.metadata
+                    .as_ref()
+                    .and_then(|m| m.get(SANDBOX_LABEL))
+                    .is_some_and(|v| v == airlock_id)
+            })
+            .map(|s| s.sandbox_id))
+    }
+
+    async fn kill(&self, sandbox_id: &str) -> Result<(), BackendError> {
+        let call = "DELETE /sandboxes/{id}";
+        let path = format!("/sandboxes/{sandbox_id}");
+        let resp = self
+            .idempotent(call, || self.api(reqwest::Method::DELETE, &path))
+            .await;
+        let err = match resp {
+            Ok(resp) if resp.status().is_success() || resp.status() == StatusCode::NOT_FOUND => {
+                return Ok(());
+            }
+            Ok(resp) => control_plane_error(PROVIDER, call, provider_error(resp).await),
+            Err(e) => e,
+        };
+        // Second way to stop paying: let E2B's own timer kill it within a second.
+        let timeout_path = format!("/sandboxes/{sandbox_id}/timeout");
+        let body = serde_json::json!({ "timeout": 1 });
+        match self
+            .idempotent("POST /sandboxes/{id}/timeout", || {
+                self.api(reqwest::Method::POST, &timeout_path).json(&body)
+            })
+            .await
+        {
+            Ok(resp) if resp.status().is_success() || resp.status() == StatusCode::NOT_FOUND => {
+                tracing::warn!(sandbox = sandbox_id, error = %err,
+                    "e2b kill failed; the sandbox's timeout was cut to 1 s instead");
+                Ok(())
+            }
+            _ => Err(err),
+        }
+    }
+
+    /// Destroys whatever carries `airlock.sandbox=<id>` (a failed provision's leftovers).
+    async fn kill_labelled(&self, airlock_id: &str) {
+        match self.find(airlock_id).await {
+            Ok(Some(found)) => {
+                if let Err(e) = self.kill(&found).await {
+                    tracing::warn!(sandbox = airlock_id, error = %e, "e2b cleanup failed");
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(sandbox = airlock_id, error = %e, "e2b cleanup lookup failed"),
+        }
+    }
+
+    fn envd_base(&self, sandbox_id: &str, domain: Option<&str>) -> (String, bool) {
+        let domain = domain
+            .filter(|d| !d.is_empty())
+            .unwrap_or(&self.config.domain);
+        let template = &self.config.envd_url;
+        let header_routing = !template.contains("{sandbox_id}");
+        let url = template
+            .replace("{sandbox_id}", sandbox_id)
+            .replace("{domain}", domain);
+        (url.trim_end_matches('/').to_string(), header_routing)
+    }
+
+    fn envd(&self, handle: &SandboxHandle) -> Result<Envd, BackendError> {
+        let base = handle.extra.get(EXTRA_ENVD_URL).ok_or_else(|| {
+            BackendError::Invalid(format!("sandbox {} has no envd address", handle.id))
+        })?;
+        Ok(Envd {
+            http: self.http.clone(),
+            base: base.clone(),
+            sandbox_id: handle.backend_ref.clone(),
+            token: handle.extra.get(EXTRA_ACCESS_TOKEN).cloned(),
+            file_timeout: Duration::from_millis(self.config.request_timeout_ms),
+            header_routing: handle.extra.contains_key(EXTRA_HEADER_ROUTING),
+            user: self.config.user.clone(),
+        })
+    }
+
+    /// Polls envd's `/health` until it answers 204.
+    async fn wait_ready(&self, envd: &Envd, deadline: Instant) -> Result<(), BackendError> {
+        let mut last;
+        loop {
+            let probe = envd
+                .req(reqwest::Method::GET, "/health")
+                .timeout(Duration::from_secs(5));
+            match probe.send().await {
+                Ok(resp) if resp.status().is_success() => return Ok(()),
+                Ok(resp) => last = format!("answered {}", resp.status()),
+                Err(e) => last = e.to_string(),
+            }
+            if Instant::now() >= deadline {
+                return Err(BackendError::NotReady(format!(
+                    "{PROVIDER}: envd of {} not ready within {} ms ({last})",
+                    envd.sandbox_id, self.config.ready_timeout_ms
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn finish_provision(
+        &self,
+        spec: &SandboxSpec,
+        sb: &Sandbox,
+        deadline: Instant,
+    ) -> Result<SandboxHandle, BackendError> {
+        let (base, header_routing) = self.envd_base(&sb.sandbox_id, sb.domain.as_deref());
+        let mut extra = BTreeMap::from([(EXTRA_ENVD_URL.to_string(), base)]);
+        if let Some(token) = &sb.envd_access_token {
+            extra.insert(EXTRA_ACCESS_TOKEN.into(), token.clone());
+        }
+        if header_routing {
+            extra.insert(EXTRA_HEADER_ROUTING.into(), "1".into());
+        }
+        let handle = SandboxHandle {
+            id: spec.id.clone(),
+            backend: BackendKind::E2b,
+            backend_ref: sb.sandbox_id.clone(),
+            agent_url: None,
+            agent_token: String::new(),
+            extra,
+        };
+        let envd = self.envd(&handle)?;
+        self.wait_ready(&envd, deadline).await?;
+        // The CA must be in place before any command can use the proxy.
+        for (path, data) in &spec.files {
+            envd.write_file(path, data.clone()).await?;
+        }
+        Ok(handle)
+    }
+}
+
+#[async_trait]
+impl SandboxBackend for E2bBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::E2b
+    }
+
+    async fn provision(&self, spec: &SandboxSpec) -> Result<SandboxHandle, BackendError> {
+        let egress = remote::remote_egress(
+            PROVIDER,
+            "sandbox.e2b.proxy_url",
+            self.config.proxy_url.as_deref(),
+            spec,
+        )
+        .await?;
+        let template = spec.image.as_deref().unwrap_or(&self.config.template);
+        let timeout = spec
+            .ttl_s
+            .saturating_add(self.config.ttl_grace_seconds)
+            .min(i32::MAX as u64) as i32;
+        let body = NewSandbox {
+            template_id: template,
+            timeout,
+            secure: true,
+            env_vars: &egress.env,
+            metadata: BTreeMap::from([
+                (SANDBOX_LABEL, spec.id.as_str()),
+                (OWNER_LABEL, spec.owner.as_str()),
+            ]),
+            network: Network {
+                allow_out: egress.allow_cidrs,
+                deny_out: vec!["0.0.0.0/0".into()],
+            },
+        };
+        let deadline = Instant::now() + Duration::from_millis(self.config.ready_timeout_ms);
+        let sb = match self.create(spec, &body).await {
+            Ok(sb) => sb,
+            Err(e) => {
+                self.kill_labelled(&spec.id).await;
+                if matches!(e, BackendError::NotReady(_)) {
+                    late_cleanup(self.clone(), spec.id.clone());
+                }
+                return Err(e);
+            }
+        };
+        match self.finish_provision(spec, &sb, deadline).await {
+            Ok(handle) => Ok(handle),
+            Err(e) => {
+                if let Err(kill) = self.kill(&sb.sandbox_id).await {
+                    tracing::warn!(sandbox = %spec.id, error = %kill, "e2b: destroying a failed provision failed");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn destroy(&self, handle: &SandboxHandle) -> Result<(), BackendError> {
+        self.kill(&handle.backend_ref).await
+    }
+
+    async fn destroy_labelled(&self, found: &LabelledSandbox) -> Result<(), BackendError> {
+        self.kill(&found.backend_ref).await
+    }
+
+    async fn list_labelled(&self) -> Result<Vec<LabelledSandbox>, BackendError> {
+        Ok(self
+            .list_all()
+            .await?
+            .into_iter()
+            .filter_map(|s| {
+                let meta = s.metadata?;
+                Some(LabelledSandbox {
+                    id: meta.get(SANDBOX_LABEL)?.clone(),
+                    owner: meta.get(OWNER_LABEL).cloned(),
+                    backend_ref: s.sandbox_id,
+                })
+            })
+            .collect())
+    }
+
+    async fn is_alive(&self, handle: &SandboxHandle) -> bool {
+        let path = format!("/sandboxes/{}", handle.backend_ref);
+        match self
+            .idempotent("GET /sandboxes/{id}", || {
+                self.api(reqwest::Method::GET, &path)
+            })
+            .await
+        {
+            Ok(resp) if resp.status() == StatusCode::OK => resp
+                .json::<Listed>()
+                .await
+                .is_ok_and(|s| s.state.as_deref() == Some("running")),
+            _ => false,
+        }
+    }
+
+    async fn exec(
+        &self,
+        handle: &SandboxHandle,
+        req: ExecRequest,
+    ) -> Result<ExecResult, BackendError> {
+        let mut events = self.exec_stream(handle, req).await?;
+        let mut collector = ExecCollector::default();
+        while let Some(event) = events.next().await {
+            collector.push(event?);
+        }
+        collector.finish().ok_or_else(|| {
+            BackendError::AgentUnreachable(format!("{PROVIDER}: exec stream ended without an exit"))
+        })
+    }
+
+    async fn exec_stream(
+        &self,
+        handle: &SandboxHandle,
+        req: ExecRequest,
+    ) -> Result<ExecStream, BackendError> {
+        self.envd(handle)?.start(req).await
+    }
+
+    async fn read_file(&self, handle: &SandboxHandle, path: &str) -> Result<Bytes, BackendError> {
+        self.envd(handle)?.read_file(path).await
+    }
+
+    async fn write_file(
+        &self,
+        handle: &SandboxHandle,
+        path: &str,
+        data: Bytes,
+    ) -> Result<(), BackendError> {
+        self.envd(handle)?.write_file(path, data).await
+    }
+
+    async fn list_files(
+        &self,
+        handle: &SandboxHandle,
+        path: &str,
+    ) -> Result<Vec<FileEntry>, BackendError> {
+        self.envd(handle)?.list_dir(path).await
+    }
+}
+
+/// A create that timed out may still complete at E2B after the brain stopped waiting; look
+/// for it a while longer and kill it, so a failed provision leaves nothing running.
+fn late_cleanup(backend: E2bBackend, airlock_id: String) {
+    tokio::spawn(async move {
+        let window = Duration::from_millis(backend.config.ready_timeout_ms.saturating_mul(2))
+            .max(Duration::from_secs(30));
+        let until = Instant::now() + window;
+        while Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            if let Ok(Some(found)) = backend.find(&airlock_id).await {
+                match backend.kill(&found).await {
+                    Ok(()) => {
+                        tracing::info!(sandbox = %airlock_id, "e2b: killed a sandbox whose create had timed out")
+                    }
+                    Err(e) => {
+                        tracing::warn!(sandbox = %airlock_id, error = %e, "e2b: late cleanup failed")
+                    }
+                }
+                return;
+            }
+        }
+    });
+}
+
+/// A client for one sandbox's envd.
+struct Envd {
+    http: reqwest::Client,
+    base: String,
+    sandbox_id: String,
+    token: Option<String>,
+    header_routing: bool,
+    user: String,
+    /// Bound on one file or health call (exec has its own deadline).
+    file_timeout: Duration,
+}
+
+impl Envd {
+    fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let mut r = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = &self.token {
+            r = r.header("X-Access-Token", t);
+        }
+        if self.header_routing {
+            r = r
+                .header("E2b-Sandbox-Id", &self.sandbox_id)
+                .header("E2b-Sandbox-Port", ENVD_PORT.to_string());
+        }
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!("{}:", self.user));
+        r.header(reqwest::header::AUTHORIZATION, format!("Basic {basic}"))
+    }
+
+    async fn read_file(&self, path: &str) -> Result<Bytes, BackendError> {
+        let resp = self
+            .req(reqwest::Method::GET, "/files")
+            .query(&[("path", path), ("username", self.user.as_str())])
+            .timeout(self.file_timeout)
+            .send()
+            .await
+            .map_err(|e| BackendError::AgentUnreachable(format!("{PROVIDER} envd: {e}")))?;
+        if !resp.status().is_success() {
+            return Err(sandbox_api_error(PROVIDER, provider_error(resp).await));
+        }
+        resp.bytes()
+            .await
+            .map_err(|e| BackendError::AgentUnreachable(format!("{PROVIDER} envd: {e}")))
+    }
+
+    async fn write_file(&self, path: &str, data: Bytes) -> Result<(), BackendError> {
+        let resp = self
+            .req(reqwest::Method::POST, "/files")
+            .query(&[("path", path), ("username", self.user.as_str())])
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .timeout(self.file_timeout)
+            .body(data)
+            .send()
+            .await
+            .map_err(|e| BackendError::AgentUnreachable(format!("{PROVIDER} envd: {e}")))?;
+        if !resp.status().is_success() {
+            return Err(sandbox_api_error(PROVIDER, provider_error(resp).await));
+        }
+        Ok(())
+    }
+
+    async fn list_dir(&self, path: &str) -> Result<Vec<FileEntry>, BackendError> {
+        #[derive(Deserialize)]
+        struct ListDirResponse {
+            #[serde(default)]
+            entries: Vec<EntryInfo>,
+        }
+        #[derive(Deserialize)]
+        struct EntryInfo {
+            name: String,
+            #[serde(default, rename = "type")]
+            kind: Option<String>,
+            /// int64 is a JSON string in proto3-JSON; accept a number too.
+            #[serde(default)]
+            size: Option<serde_json::Value>,
+        }
+        let resp = self
+            .req(reqwest::Method::POST, "/filesystem.Filesystem/ListDir")
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header("Connect-Protocol-Version", "1")
+            .json(&serde_json::json!({ "path": path, "depth": 1 }))
+            .timeout(self.file_timeout)
+            .send()
+            .await
+            .map_err(|e| BackendError::AgentUnreachable(format!("{PROVIDER} envd: {e}")))?;
+        if !resp.status().is_success() {
+            return Err(sandbox_api_error(PROVIDER, provider_error(resp).await));
+        }
+        let body: ListDirResponse = resp
+            .json()
+            .await
+            .map_err(|e| BackendError::AgentUnreachable(format!("{PROVIDER} envd ListDir: {e}")))?;
+        Ok(body
+            .entries
+            .into_iter()
+            .map(|e| FileEntry {
+                is_dir: e.kind.as_deref() == Some("FILE_TYPE_DIRECTORY"),
+                size: match e.size {
+                    Some(serde_json::Value::String(s)) => s.parse().unwrap_or(0),
+                    Some(serde_json::Value::Number(n)) => n.as_u64().unwrap_or(0),
+                    _ => 0,
+                },
+                name: e.name,
+            })
+            .collect())
+    }
+
+    /// `process.Process/Start` as a stream of exec events.
+    async fn start(&self, req: ExecRequest) -> Result<ExecStream, BackendError> {
+        if req.stdin.is_some() {
+            return Err(BackendError::Invalid(format!(
+                "{PROVIDER}: exec stdin is not supported"
+            )));
+        }
+        let (cmd, args) = match (req.command, req.argv) {
+            (Some(command), None) => (
+                "/bin/bash".to_string(),
+                vec!["-l".into(), "-c".into(), command],
+            ),
+            (None, Some(mut argv)) if !argv.is_empty() => {
+                let cmd = argv.remove(0);
+                (cmd, argv)
+            }
+            _ => {
+                return Err(BackendError::Invalid(
+                    "exactly one of command or a non-empty argv is required".into(),
+                ));
+            }
+        };
+        let mut process = serde_json::json!({
+            "cmd": cmd,
+            "args": args,
+            "envs": req.env.unwrap_or_default(),
+        });
+        if let Some(cwd) = req.cwd {
+            process["cwd"] = cwd.into();
+        }
+        let message =
+            serde_json::to_vec(&serde_json::json!({ "process": process, "stdin": false }))
+                .map_err(|e| BackendError::Invalid(e.to_string()))?;
+        let mut r = self
+            .req(reqwest::Method::POST, "/process.Process/Start")
+            .header(reqwest::header::CONTENT_TYPE, "application/connect+json")
+            .header("Connect-Protocol-Version", "1")
+            .header("Connect-Content-Encoding", "identity")
+            .header("Connect-Accept-Encoding", "identity")
+            .body(envelope(0, &message));
+        let timeout = req.timeout_ms.filter(|t| *t > 0).map(Duration::from_millis);
+        if let Some(t) = timeout {
+            r = r.header("Connect-Timeout-Ms", t.as_millis().to_string());
+        }
+        let started = Instant::now();
+        let deadline = timeout.map(|t| tokio::time::Instant::from_std(started + t + EXEC_GRACE));
+        let send = r.send();
+        let resp = match deadline {
+            Some(d) => tokio::time::timeout_at(d, send).await.map_err(|_| {
+                BackendError::AgentUnreachable(format!("{PROVIDER} envd: Start did not answer"))
+            })?,
+            None => send.await,
+        }
+        .map_err(|e| BackendError::AgentUnreachable(format!("{PROVIDER} envd: {e}")))?;
+        if !resp.status().is_success() {
+            return Err(sandbox_api_error(PROVIDER, provider_error(resp).await));
+        }
+        let cap = OutputCap::new(req.max_output_bytes.unwrap_or(u64::MAX));
+        let state = StreamState {
+            body: Box::pin(resp.bytes_stream()),
+            decoder: Decoder::new(cap, started),
+            pending: VecDeque::new(),
+            deadline,
+            done: false,
+        };
+        Ok(Box::pin(futures_util::stream::unfold(state, next_event)))
+    }
+}
+
+type BodyStream =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<Bytes>> + Send>>;
+
+struct StreamState {
+    body: BodyStream,
+    decoder: Decoder,
+    pending: VecDeque<ExecEvent>,
+    deadline: Option<tokio::time::Instant>,
+    done: bool,
+}
+
+async fn next_event(mut s: StreamState) -> Option<(Result<ExecEvent, BackendError>, StreamState)> {
+    loop {
+        if let Some(event) = s.pending.pop_front() {
+            return Some((Ok(event), s));
+        }
+        if s.done {
+            return None;
+        }
+        let chunk = match s.deadline {
+            Some(d) => match tokio::time::timeout_at(d, s.body.next()).await {
+                Ok(c) => c,
+                Err(_) => {
+                    // envd did not end the stream at the deadline: report it as timed out.
+                    s.done = true;
+                    s.pending.extend(s.decoder.abandon());
+                    continue;
+                }
+            },
+            None => s.body.next().await,
+        };
+        match chunk {
+            Some(Ok(bytes)) => match s.decoder.feed(&bytes, &mut s.pending) {
+                Ok(finished) => s.done = finished,
+                Err(e) => {
+                    s.done = true;
+                    return Some((Err(e), s));
+                }
+            },
+            Some(Err(e)) => {
+                s.done = true;
+                return Some((
+                    Err(BackendError::AgentUnreachable(format!(
+                        "{PROVIDER} envd: {e}"
+                    ))),
+                    s,
+                ));
+            }
+            None => {
+                s.done = true;
+                return Some((
+                    Err(BackendError::AgentUnreachable(format!(
+                        "{PROVIDER} envd: stream ended before its end-of-stream message"
+                    ))),
+                    s,
+                ));
+            }
+        }
+    }
+}
+
+/// One Connect envelope: flags, u32 big-endian length, payload.
+pub fn envelope(flags: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(5 + payload.len());
+    out.push(flags);
+    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// `ProcessEvent` in proto-JSON.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ProcessEvent {
+    #[serde(default)]
+    start: Option<serde_json::Value>,
+    #[serde(default)]
+    data: Option<DataEvent>,
+    #[serde(default)]
+    end: Option<EndEvent>,
+    #[serde(default)]
+    keepalive: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+struct DataEvent {
+    #[serde(default)]
+    stdout: Option<String>,
+    #[serde(default)]
+    stderr: Option<String>,
+    #[serde(default)]
+    pty: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct EndEvent {
+    /// proto3-JSON omits zero values: a clean exit has no `exitCode`.
+    #[serde(default)]
+    exit_code: i32,
+    #[serde(default)]
+    exited: bool,
+    #[serde(default)]
+    status: String,
+    #[serde(default)]
+    error: Option<String>,
+}
+
+/// Turns envd's response bytes into exec events.
+struct Decoder {
+    buf: Vec<u8>,
+    cap: OutputCap,
+    started: Instant,
+    end: Option<EndEvent>,
+}
+
+impl Decoder {
+    fn new(cap: OutputCap, started: Instant) -> Self {
+        Self {
+            buf: Vec::new(),
+            cap,
+            started,
+            end: None,
+        }
+    }
+
+    /// Consumes a chunk; pushes events; `Ok(true)` once the end-of-stream message was read.
+    fn feed(&mut self, chunk: &[u8], out: &mut VecDeque<ExecEvent>) -> Result<bool, BackendError> {
+        // Taken out so the payload slices can be read while `self` is updated.
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.extend_from_slice(chunk);
+        let mut at = 0;
+        let result = loop {
+            let rest = &buf[at..];
+            if rest.len() < 5 {
+                break Ok(false);
+            }
+            let flags = rest[0];
+            let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
+            if len > MAX_ENVELOPE {
+                break Err(protocol(format!("envelope of {len} bytes")));
+            }
+            if rest.len() < 5 + len {
+                break Ok(false);
+            }
+            let payload = &rest[5..5 + len];
+            at += 5 + len;
+            if flags & END_STREAM != 0 {
+                break self.end_of_stream(payload, out).map(|()| true);
+            }
+            if let Err(e) = self.message(payload, out) {
+                break Err(e);
+            }
+        };
+        buf.drain(..at);
+        self.buf = buf;
+        result
+    }
+
+    fn message(
+        &mut self,
+        payload: &[u8],
+        out: &mut VecDeque<ExecEvent>,
+    ) -> Result<(), BackendError> {
+        #[derive(Deserialize)]
+        struct StartResponse {
+            event: Option<ProcessEvent>,
+        }
+        let msg: StartResponse = serde_json::from_slice(payload)
+            .map_err(|e| protocol(format!("bad StartResponse: {e}")))?;
+        let Some(event) = msg.event else {
+            return Ok(());
+        };
+        if let Some(data) = event.data {
+            let b64 = base64::engine::general_purpose::STANDARD;
+            let (channel, text) = match (data.stdout, data.stderr, data.pty) {
+                (Some(s), _, _) => (Channel::Stdout, s),
+                (None, Some(s), _) => (Channel::Stderr, s),
+                (None, None, Some(s)) => (Channel::Stdout, s),
+                _ => return Ok(()),
+            };
+            let bytes = b64
+                .decode(text.as_bytes())
+                .map_err(|e| protocol(format!("data is not base64: {e}")))?;
+            out.extend(self.cap.push(channel, &bytes));
+        } else if let Some(end) = event.end {
+            self.end = Some(end);
+        } else if event.start.is_none() && event.keepalive.is_none() {
+            tracing::debug!("e2b envd: unknown process event ignored");
+        }
+        Ok(())
+    }
+
+    fn end_of_stream(
+        &mut self,
+        payload: &[u8],
+        out: &mut VecDeque<ExecEvent>,
+    ) -> Result<(), BackendError> {
+        #[derive(Deserialize)]
+        struct EndStream {
+            #[serde(default)]
+            error: Option<ConnectError>,
+        }
+        #[derive(Deserialize)]
+        struct ConnectError {
+            #[serde(default)]
+            code: String,
+            #[serde(default)]
+            message: String,
+        }
+        let trailer: EndStream = if payload.is_empty() {
+            EndStream { error: None }
+        } else {
+            serde_json::from_slice(payload)
+                .map_err(|e| protocol(format!("bad end-of-stream: {e}")))?
+        };
+        out.extend(self.cap.flush());
+        let truncated = self.cap.truncated();
+        let end = self.end.take();
+        match (trailer.error, end) {
+            (Some(err), _) if err.code == "deadline_exceeded" => {
+                out.push_back(remote::exit_event(
+                    None,
+                    Some(9),
+                    true,
+                    truncated,
+                    self.started,
+                ));
+                Ok(())
+            }
+            (Some(err), _) => Err(BackendError::Agent {
+                status: 502,
+                code: err.code,
+                message: format!("{PROVIDER} envd: {}", err.message),
+            }),
+            (None, Some(end)) => {
+                let signal = signal_of(&end.status);
+                let exit_code = (end.exited && signal.is_none()).then_some(end.exit_code);
+                if let Some(e) = &end.error {
+                    tracing::debug!(error = %e, "e2b envd: process end carried an error");
+                }
+                out.push_back(remote::exit_event(
+                    exit_code,
+                    signal,
+                    false,
+                    truncated,
+                    self.started,
+                ));
+                Ok(())
+            }
+            (None, None) => Err(protocol("stream ended without an end event".into())),
+        }
+    }
+
+    /// The brain gave up waiting past the deadline.
+    fn abandon(&mut self) -> Vec<ExecEvent> {
+        let mut out = self.cap.flush();
+        out.push(remote::exit_event(
+            None,
+            None,
+            true,
+            self.cap.truncated(),
+            self.started,
+        ));
+        out
+    }
+}
+
+fn protocol(message: String) -> BackendError {
+    BackendError::AgentUnreachable(format!("{PROVIDER} envd protocol: {message}"))
+}
+
+/// The signal number in a Go `ProcessState.String()` (`"signal: killed"`).
+fn signal_of(status: &str) -> Option<i32> {
+    let name = status.strip_prefix("signal: ")?;
+    Some(match name.trim() {
+        "hangup" => 1,
+        "interrupt" => 2,
+        "quit" => 3,
+        "aborted" => 6,
+        "killed" => 9,
+        "segmentation fault" => 11,
+        "broken pipe" => 13,
+        "alarm clock" => 14,
+        "terminated" => 15,
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode(bytes: &[u8], cap: u64) -> (Result<bool, BackendError>, Vec<ExecEvent>) {
+        let mut d = Decoder::new(OutputCap::new(cap), Instant::now());
+        let mut out = VecDeque::new();
+        // Fed one byte at a time: envelopes split across chunks must still decode.
+        let mut last = Ok(false);
+        for b in bytes {
+            last = d.feed(std::slice::from_ref(b), &mut out);
+            if !matches!(last, Ok(false)) {
+                break;
+            }
+        }
+        (last, out.into())
+    }
+
+    fn msg(v: serde_json::Value) -> Vec<u8> {
+        envelope(0, &serde_json::to_vec(&v).unwrap())
+    }
+
+    #[test]
+    fn a_start_stream_decodes_to_output_and_exit() {
+        let mut wire = msg(serde_json::json!({"event":{"start":{"pid":7}}}));
+        wire.extend(msg(serde_json::json!({"event":{"data":{"stdout":"aGk="}}})));
+        wire.extend(msg(serde_json::json!({"event":{"keepalive":{}}})));
+        wire.extend(msg(
+            serde_json::json!({"event":{"data":{"stderr":"b29wcw=="}}}),
+        ));
+        wire.extend(msg(serde_json::json!({"event":{"end":{"exitCode":3,"exited":true,"status":"exit status 3"}}})));
+        wire.extend(envelope(END_STREAM, b"{}"));
+        let (r, events) = decode(&wire, 100);
+        assert!(matches!(r, Ok(true)));
+        assert_eq!(events[0], ExecEvent::Stdout { data: "hi".into() });
+        assert_eq!(
+            events[1],
+            ExecEvent::Stderr {
+                data: "oops".into()
+            }
+        );
+        let ExecEvent::Exit(exit) = &events[2] else {
+            panic!("{events:?}")
+        };
+        assert_eq!(
+            (exit.exit_code, exit.signal, exit.timed_out),
+            (Some(3), None, false)
+        );
+    }
+
+    #[test]
+    fn zero_exit_code_is_omitted_and_signals_and_deadlines_are_mapped() {
+        let mut wire =
+            msg(serde_json::json!({"event":{"end":{"exited":true,"status":"exit status 0"}}}));
+        wire.extend(envelope(END_STREAM, b"{}"));
+        let (_, events) = decode(&wire, 10);
+        assert!(matches!(&events[0], ExecEvent::Exit(e) if e.exit_code == Some(0)));
+
+        let mut wire =
+            msg(serde_json::json!({"event":{"end":{"exitCode":-1,"status":"signal: killed"}}}));
+        wire.extend(envelope(END_STREAM, b"{}"));
+        let (_, events) = decode(&wire, 10);
+        assert!(
+            matches!(&events[0], ExecEvent::Exit(e) if e.exit_code.is_none() && e.signal == Some(9))
+        );
+
+        let wire = envelope(
+            END_STREAM,
+            br#"{"error":{"code":"deadline_exceeded","message":"context deadline exceeded"}}"#,
+        );
+        let (_, events) = decode(&wire, 10);
+        assert!(matches!(&events[0], ExecEvent::Exit(e) if e.timed_out));
+
+        let wire = envelope(
+            END_STREAM,
+            br#"{"error":{"code":"internal","message":"boom"}}"#,
+        );
+        let (r, _) = decode(&wire, 10);
+        assert!(r.unwrap_err().to_string().contains("boom"));
+    }
+
+    #[test]
+    fn output_beyond_the_cap_is_dropped_and_flagged() {
+        let mut wire = msg(serde_json::json!({"event":{"data":{"stdout":"aGVsbG8gd29ybGQ="}}}));
+        wire.extend(msg(serde_json::json!({"event":{"end":{"exited":true}}})));
+        wire.extend(envelope(END_STREAM, b"{}"));
+        let (_, events) = decode(&wire, 5);
+        assert_eq!(
+            events[0],
+            ExecEvent::Stdout {
+                data: "hello".into()
+            }
+        );
+        assert!(matches!(&events[1], ExecEvent::Exit(e) if e.truncated));
+    }
+
+    #[test]
+    fn envd_urls_are_derived_per_sandbox_or_routed_by_header() {
+        let b = E2bBackend::with_key(E2bConfig::default(), "e2b_x".into()).unwrap();
+        assert_eq!(
+            b.envd_base("abc", None),
+            ("https://49983-abc.e2b.app".to_string(), false)
+        );
+        assert_eq!(
+            b.envd_base("abc", Some("eu.e2b.dev")).0,
+            "https://49983-abc.eu.e2b.dev"
+        );
+        let b = E2bBackend::with_key(
+            E2bConfig {
+                envd_url: "http://127.0.0.1:9/".into(),
+                ..E2bConfig::default()
+            },
+            "e2b_x".into(),
+        )
+        .unwrap();
+        assert_eq!(
+            b.envd_base("abc", None),
+            ("http://127.0.0.1:9".to_string(), true)
+        );
+        assert!(!format!("{b:?}").contains("e2b_x"));
+    }
+}

@@ -1,0 +1,347 @@
+//! Sandbox backends: one trait, one module per backend (the registry, as in Vector).
+//!
+//! Exec and file calls for backends that run `sandbox-agent` inside the sandbox (local, docker,
+//! kubernetes) are written once, in `agent_client`, and reached through the trait's default
+//! methods. Backends whose provider has its own exec API (e2b, daytona) override them.
+
+pub mod agent_client;
+pub mod daytona;
+pub mod docker;
+pub mod e2b;
+pub mod egress;
+#[cfg(test)]
+pub(crate) mod fake;
+pub mod kubernetes;
+pub mod local;
+pub(crate) mod remote;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use airlock_wire::{ExecEvent, ExecRequest, ExecResult, FileEntry};
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::Stream;
+use serde::{Deserialize, Serialize};
+
+use agent_client::AgentClient;
+
+use crate::config::{BackendChoice, SandboxConfig};
+
+/// Label (docker/kubernetes) or metadata key (e2b/daytona) every Airlock sandbox carries, so a
+/// restarted brain can find what an earlier run created.
+pub const SANDBOX_LABEL: &str = "airlock.sandbox";
+/// Label naming the brain instance that owns a sandbox (its store identity).
+pub const OWNER_LABEL: &str = "airlock.owner";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    Local,
+    Docker,
+    Kubernetes,
+    E2b,
+    Daytona,
+}
+
+impl BackendKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Local => "local",
+            BackendKind::Docker => "docker",
+            BackendKind::Kubernetes => "kubernetes",
+            BackendKind::E2b => "e2b",
+            BackendKind::Daytona => "daytona",
+        }
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for BackendKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "local" => Ok(Self::Local),
+            "docker" => Ok(Self::Docker),
+            "kubernetes" => Ok(Self::Kubernetes),
+            "e2b" => Ok(Self::E2b),
+            "daytona" => Ok(Self::Daytona),
+            other => Err(format!(
+                "unknown backend `{other}` (expected local, docker, kubernetes, e2b or daytona)"
+            )),
+        }
+    }
+}
+
+/// Resource limits requested for one sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Resources {
+    /// CPU cores (fractions allowed).
+    pub cpus: f64,
+    pub memory_mb: u64,
+    /// Maximum number of processes/threads (fork-bomb guard).
+    pub pids: u64,
+}
+
+impl Default for Resources {
+    fn default() -> Self {
+        Self {
+            cpus: 1.0,
+            memory_mb: 512,
+            pids: 256,
+        }
+    }
+}
+
+/// Everything a backend needs to create one sandbox. The brain has already committed the
+/// sandbox row (status `provisioning`) before this is handed to a backend.
+#[derive(Debug, Clone)]
+pub struct SandboxSpec {
+    /// Airlock's id for the sandbox (`sb-…`), used for labels and names.
+    pub id: String,
+    /// Identity of the brain store that owns it (label `airlock.owner`).
+    pub owner: String,
+    pub image: Option<String>,
+    pub resources: Resources,
+    /// Environment for every process in the sandbox (stub credentials, proxy URLs, CA paths).
+    pub env: BTreeMap<String, String>,
+    /// Extra files placed in the sandbox before it starts (path → bytes), e.g. the proxy CA.
+    pub files: Vec<(String, Bytes)>,
+    /// Token the in-sandbox agent must demand (`AIRLOCK_AGENT_TOKEN`).
+    pub agent_token: String,
+    pub ttl_s: u64,
+}
+
+/// What a backend returns for a created sandbox; persisted in the sandbox row so that a
+/// restarted brain can reach (re-adopt) or destroy it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxHandle {
+    pub id: String,
+    pub backend: BackendKind,
+    /// Backend-specific reference: container id, pod name, pid, remote sandbox id.
+    pub backend_ref: String,
+    /// Base URL of the in-sandbox agent (`http://10.1.2.3:7700`, or `unix:/abs/agent.sock`
+    /// for the docker backend), when there is one.
+    pub agent_url: Option<String>,
+    /// Bearer token for the agent.
+    pub agent_token: String,
+    /// Anything else the backend needs to find its resources again (network id, temp dir…).
+    #[serde(default)]
+    pub extra: BTreeMap<String, String>,
+}
+
+/// A sandbox a backend found by label when listing for reaping/adoption.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabelledSandbox {
+    pub id: String,
+    pub owner: Option<String>,
+    pub backend_ref: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The caller asked for something the backend cannot do (bad image name, limits).
+    #[error("invalid sandbox request: {0}")]
+    Invalid(String),
+    /// The sandbox no longer exists on the backend.
+    #[error("sandbox {0} not found on the backend")]
+    NotFound(String),
+    /// The backend (docker engine, cloud API) failed or is unreachable.
+    #[error("backend unavailable: {0}")]
+    Unavailable(String),
+    /// The in-sandbox agent answered with an error body.
+    #[error("sandbox agent error {code}: {message}")]
+    Agent {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    /// Transport to the agent failed (sandbox died, network).
+    #[error("cannot reach the sandbox agent: {0}")]
+    AgentUnreachable(String),
+    #[error("sandbox did not become ready: {0}")]
+    NotReady(String),
+}
+
+pub type ExecStream = Pin<Box<dyn Stream<Item = Result<ExecEvent, BackendError>> + Send>>;
+
+/// One sandbox backend. Implementations live in one module each.
+#[async_trait]
+pub trait SandboxBackend: Send + Sync {
+    fn kind(&self) -> BackendKind;
+
+    /// Create and start a sandbox and wait until its agent answers `/health`.
+    async fn provision(&self, spec: &SandboxSpec) -> Result<SandboxHandle, BackendError>;
+
+    /// Destroy the sandbox and everything created for it (container, network, temp dir).
+    /// Destroying something already gone is `Ok`.
+    async fn destroy(&self, handle: &SandboxHandle) -> Result<(), BackendError>;
+
+    /// Destroy a sandbox found by label whose handle the brain no longer has.
+    async fn destroy_labelled(&self, found: &LabelledSandbox) -> Result<(), BackendError>;
+
+    /// Every sandbox on this backend that carries the `airlock.sandbox` label.
+    async fn list_labelled(&self) -> Result<Vec<LabelledSandbox>, BackendError>;
+
+    /// Whether the sandbox still runs (used when adopting after a restart).
+    async fn is_alive(&self, handle: &SandboxHandle) -> bool {
+        match self.agent(handle) {
+            Ok(agent) => agent.health().await.is_ok(),
+            Err(_) => false,
+        }
+    }
+
+    /// Re-creates the host-side pieces of a sandbox found alive after a brain restart (the
+    /// docker backend's egress forwarder). Called after `is_alive` said yes; an error means
+    /// the sandbox cannot be used as it was provisioned. Default: nothing to do.
+    async fn adopt(&self, _handle: &SandboxHandle) -> Result<(), BackendError> {
+        Ok(())
+    }
+
+    fn agent(&self, handle: &SandboxHandle) -> Result<AgentClient, BackendError> {
+        AgentClient::for_handle(handle)
+    }
+
+    async fn exec(
+        &self,
+        handle: &SandboxHandle,
+        req: ExecRequest,
+    ) -> Result<ExecResult, BackendError> {
+        self.agent(handle)?.exec(req).await
+    }
+
+    async fn exec_stream(
+        &self,
+        handle: &SandboxHandle,
+        req: ExecRequest,
+    ) -> Result<ExecStream, BackendError> {
+        self.agent(handle)?.exec_stream(req).await
+    }
+
+    async fn read_file(&self, handle: &SandboxHandle, path: &str) -> Result<Bytes, BackendError> {
+        self.agent(handle)?.read_file(path).await
+    }
+
+    async fn write_file(
+        &self,
+        handle: &SandboxHandle,
+        path: &str,
+        data: Bytes,
+    ) -> Result<(), BackendError> {
+        self.agent(handle)?.write_file(path, data).await
+    }
+
+    async fn list_files(
+        &self,
+        handle: &SandboxHandle,
+        path: &str,
+    ) -> Result<Vec<FileEntry>, BackendError> {
+        self.agent(handle)?.list_files(path).await
+    }
+}
+
+// === registry ===
+
+/// Builds one backend from the config. Adding a backend is one module plus one arm here.
+pub async fn build(
+    kind: BackendKind,
+    config: &SandboxConfig,
+) -> Result<Arc<dyn SandboxBackend>, BackendError> {
+    match kind {
+        BackendKind::Local => Ok(Arc::new(local::LocalBackend::new(&config.local)?)),
+        BackendKind::Docker => Ok(Arc::new(
+            docker::DockerBackend::connect(config.docker.clone()).await?,
+        )),
+        BackendKind::Kubernetes => Ok(Arc::new(
+            kubernetes::KubernetesBackend::connect(config.kubernetes.clone()).await?,
+        )),
+        BackendKind::E2b => Ok(Arc::new(e2b::E2bBackend::new(config.e2b.clone())?)),
+        BackendKind::Daytona => Ok(Arc::new(daytona::DaytonaBackend::new(
+            config.daytona.clone(),
+        )?)),
+    }
+}
+
+/// The backends this brain uses: the default one, built at start, and any other built on first
+/// use (a request naming it, or rows left by an earlier run with another default).
+pub struct Backends {
+    default: BackendKind,
+    config: SandboxConfig,
+    built: tokio::sync::Mutex<HashMap<BackendKind, Arc<dyn SandboxBackend>>>,
+}
+
+impl Backends {
+    /// Builds the default backend. `auto` tries docker (a ping) and falls back to local.
+    pub async fn start(choice: BackendChoice, config: SandboxConfig) -> Result<Self, BackendError> {
+        let (kind, backend) = match choice.kind() {
+            Some(kind) => (kind, build(kind, &config).await?),
+            None => match build(BackendKind::Docker, &config).await {
+                Ok(docker) => (BackendKind::Docker, docker),
+                Err(e) => {
+                    tracing::warn!(
+                        error = %e,
+                        "backend auto: docker engine not available, falling back to the LOCAL \
+                         backend, which has NO ISOLATION"
+                    );
+                    (
+                        BackendKind::Local,
+                        build(BackendKind::Local, &config).await?,
+                    )
+                }
+            },
+        };
+        Ok(Self::with_backend(kind, backend, config))
+    }
+
+    /// A registry around an already built default backend (tests use fakes this way).
+    pub fn with_backend(
+        kind: BackendKind,
+        backend: Arc<dyn SandboxBackend>,
+        config: SandboxConfig,
+    ) -> Self {
+        let built = HashMap::from([(kind, backend)]);
+        Self {
+            default: kind,
+            config,
+            built: tokio::sync::Mutex::new(built),
+        }
+    }
+
+    pub fn default_kind(&self) -> BackendKind {
+        self.default
+    }
+
+    /// The backend for `kind`, building it on first use. Failures are not cached, so a docker
+    /// engine that comes back is picked up on the next call.
+    pub async fn get(&self, kind: BackendKind) -> Result<Arc<dyn SandboxBackend>, BackendError> {
+        if let Some(backend) = self.built.lock().await.get(&kind) {
+            return Ok(backend.clone());
+        }
+        // Built outside the lock: connecting to a slow engine must not stall requests for the
+        // backends already built. Two racing builds keep the first one inserted.
+        let backend = build(kind, &self.config).await?;
+        Ok(self
+            .built
+            .lock()
+            .await
+            .entry(kind)
+            .or_insert(backend)
+            .clone())
+    }
+
+    /// Backends built so far (for the label sweep).
+    pub async fn built(&self) -> Vec<Arc<dyn SandboxBackend>> {
+        let built = self.built.lock().await;
+        let mut list: Vec<_> = built.values().cloned().collect();
+        list.sort_by_key(|b| b.kind().as_str());
+        list
+    }
+}

@@ -1,0 +1,521 @@
+//! Sessions: the agent loop, its tools, the durable event log and work claims.
+//!
+//! - [`start`] commits a `queued` row and wakes the [`dispatcher`], which claims sessions
+//!   (this process's `instance` id + a lease; PostgreSQL `FOR UPDATE SKIP LOCKED`) and runs
+//!   each in [`agent::Driver`]. A heartbeat renews the leases; a brain that dies stops
+//!   renewing, and once the lease expires any brain (a restart, another replica) claims the
+//!   session and resumes it from its events. On SQLite only one brain uses the file, so a
+//!   starting brain releases every earlier claim at once.
+//! - Every event is committed, fenced by the claim, before the loop acts on it
+//!   ([`store::Store::append_event`]).
+//! - Follow-ups ([`post_message`]) queue in `session_messages`; the loop turns them into
+//!   `user_message` events before its next model call. A session that already answered is
+//!   re-queued and runs again.
+
+pub mod agent;
+pub mod config;
+pub mod model;
+pub mod store;
+#[cfg(test)]
+mod tests;
+pub mod tools;
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use chrono::{SecondsFormat, TimeZone, Utc};
+use serde::Serialize;
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+
+pub use config::{ModelsConfig, SessionsConfig};
+pub use model::Models;
+pub use store::{EventRow, ListFilter, SessionRow, SessionStatus};
+
+use crate::lifecycle;
+use crate::sandbox::BackendKind;
+use crate::state::AppState;
+use crate::store::{StoreError, now_ms};
+use store::{NewSessionRow, QueueOutcome};
+
+/// A task to run, from any trigger.
+#[derive(Debug, Clone, Default)]
+pub struct NewSession {
+    pub task: String,
+    pub model: Option<String>,
+    pub agent: Option<String>,
+    pub backend: Option<BackendKind>,
+    pub credentials: Vec<String>,
+    pub max_steps: Option<u32>,
+    pub max_cost_usd: Option<f64>,
+    /// where the task came from: {"kind":"api"|"slack"|"github"|"mcp", ...trigger data}
+    pub origin: serde_json::Value,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("no session {0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error(
+        "no model is configured on this brain (set `models:` in the brain config, e.g. a scripted model)"
+    )]
+    NoModel,
+    #[error("session {id} is {status}: it takes no more messages")]
+    Closed { id: String, status: SessionStatus },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Usage {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+}
+
+/// `GET /v1/sessions/{id}`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SessionView {
+    pub id: String,
+    pub status: SessionStatus,
+    pub task: String,
+    pub model: String,
+    pub agent: Option<String>,
+    pub backend: Option<BackendKind>,
+    pub credentials: Vec<String>,
+    pub result: Option<String>,
+    pub error: Option<String>,
+    pub steps: u32,
+    pub max_steps: u32,
+    pub usage: Usage,
+    pub cost_usd: f64,
+    pub max_cost_usd: Option<f64>,
+    pub sandbox_ids: Vec<String>,
+    pub last_sandbox_id: Option<String>,
+    pub pending_messages: i64,
+    pub origin: serde_json::Value,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+fn rfc3339(ms: i64) -> String {
+    Utc.timestamp_millis_opt(ms)
+        .single()
+        .unwrap_or_default()
+        .to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+impl SessionView {
+    fn new(row: SessionRow, sandbox_ids: Vec<String>) -> Self {
+        Self {
+            usage: Usage {
+                input_tokens: row.input_tokens,
+                output_tokens: row.output_tokens,
+            },
+            created_at: rfc3339(row.created_at),
+            updated_at: rfc3339(row.updated_at),
+            id: row.id,
+            status: row.status,
+            task: row.task,
+            model: row.model,
+            agent: row.agent,
+            backend: row.backend,
+            credentials: row.credentials,
+            result: row.result,
+            error: row.error,
+            steps: row.steps,
+            max_steps: row.max_steps,
+            cost_usd: row.cost_usd,
+            max_cost_usd: row.max_cost_usd,
+            sandbox_ids,
+            last_sandbox_id: row.last_sandbox_id,
+            pending_messages: row.pending_messages,
+            origin: row.origin,
+        }
+    }
+}
+
+/// Per-process session machinery, in [`AppState::sessions`].
+pub struct Runtime {
+    /// Claim owner id of this process (a store is shared by replicas, a process is not).
+    instance: String,
+    wake: Notify,
+    /// Loops running here: cancelling the token stops the loop at its next await.
+    local: Mutex<HashMap<String, CancellationToken>>,
+    /// Latest event seq per session with live followers (SSE, `wait_settled`).
+    watchers: Mutex<HashMap<String, watch::Sender<i64>>>,
+    /// Cancelled when the brain shuts down: live event streams end instead of holding the
+    /// graceful shutdown open.
+    pub(crate) shutdown: CancellationToken,
+}
+
+impl Default for Runtime {
+    fn default() -> Self {
+        Self {
+            instance: format!(
+                "brain-{}-{}",
+                std::process::id(),
+                uuid::Uuid::new_v4().simple()
+            ),
+            wake: Notify::new(),
+            local: Mutex::new(HashMap::new()),
+            watchers: Mutex::new(HashMap::new()),
+            shutdown: CancellationToken::new(),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Plain maps; a panic elsewhere cannot leave them half-updated.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Runtime {
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// Sessions whose loop runs in this process.
+    pub fn running_here(&self) -> usize {
+        lock(&self.local).len()
+    }
+
+    /// Follow a session's event seq (changes when an event is committed by this process;
+    /// followers also poll the store for other replicas' writes).
+    pub fn subscribe(&self, id: &str) -> watch::Receiver<i64> {
+        let mut map = lock(&self.watchers);
+        map.entry(id.to_owned())
+            .or_insert_with(|| watch::channel(0).0)
+            .subscribe()
+    }
+
+    pub(crate) fn published(&self, id: &str, seq: i64) {
+        let mut map = lock(&self.watchers);
+        if let Some(tx) = map.get(id) {
+            if tx.receiver_count() == 0 {
+                map.remove(id);
+            } else {
+                tx.send_replace(seq);
+            }
+        }
+    }
+
+    fn wake(&self) {
+        self.wake.notify_one();
+    }
+}
+
+fn view_err(id: &str) -> SessionError {
+    SessionError::NotFound(id.to_owned())
+}
+
+async fn view(state: &AppState, row: SessionRow) -> Result<SessionView, SessionError> {
+    let sandboxes = state.store.session_sandboxes(&row.id).await?;
+    Ok(SessionView::new(
+        row,
+        sandboxes.into_iter().map(|(id, _)| id).collect(),
+    ))
+}
+
+pub async fn start(state: &AppState, new: NewSession) -> Result<SessionView, SessionError> {
+    let config = &state.config.sessions;
+    let models = state.models.as_ref().ok_or(SessionError::NoModel)?;
+    let task = new.task.trim();
+    if task.is_empty() {
+        return Err(SessionError::Invalid("task must not be empty".into()));
+    }
+    let model = new.model.unwrap_or_else(|| models.default_model.clone());
+    if !models.knows(&model) {
+        return Err(SessionError::Invalid(format!(
+            "unknown model {model:?} (this brain serves: see GET /v1/models)"
+        )));
+    }
+    if let Some(backend) = new.backend {
+        let default = state.backends.default_kind();
+        if backend != default && !state.config.sandbox.allowed_backends.contains(&backend) {
+            return Err(SessionError::Invalid(format!(
+                "backend `{backend}` is not enabled (default is `{default}`; others must be \
+                 listed in sandbox.allowed_backends)"
+            )));
+        }
+    }
+    for name in &new.credentials {
+        let valid = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            return Err(SessionError::Invalid(format!(
+                "credential name {name:?} must be [A-Za-z0-9_]+"
+            )));
+        }
+    }
+    if !new.credentials.is_empty() && state.broker.is_none() {
+        return Err(SessionError::Invalid(
+            "no vault proxy configured: credentials cannot be granted to sandboxes".into(),
+        ));
+    }
+    let max_steps = new.max_steps.unwrap_or(config.default_max_steps);
+    if max_steps == 0 || max_steps > config.max_steps_limit {
+        return Err(SessionError::Invalid(format!(
+            "max_steps must be between 1 and {}",
+            config.max_steps_limit
+        )));
+    }
+    let max_cost_usd = new.max_cost_usd.or(config.default_max_cost_usd);
+    if max_cost_usd.is_some_and(|c| !(c > 0.0 && c.is_finite())) {
+        return Err(SessionError::Invalid(
+            "max_cost_usd must be a positive number".into(),
+        ));
+    }
+    let origin = if new.origin.is_null() {
+        serde_json::json!({ "kind": "api" })
+    } else {
+        new.origin
+    };
+    let row = NewSessionRow {
+        id: format!("ses-{}", uuid::Uuid::new_v4().simple()),
+        task: task.to_owned(),
+        model,
+        agent: new.agent,
+        backend: new.backend,
+        credentials: new.credentials,
+        max_steps,
+        max_cost_usd,
+        origin,
+        deadline_at: now_ms()
+            + i64::try_from(config.timeout_seconds.saturating_mul(1000)).unwrap_or(i64::MAX),
+    };
+    let row = state.store.insert_session(&row).await?;
+    tracing::info!(session = %row.id, model = %row.model, "session queued");
+    state.sessions.wake();
+    Ok(SessionView::new(row, Vec::new()))
+}
+
+pub async fn get(state: &AppState, id: &str) -> Result<SessionView, SessionError> {
+    let row = state
+        .store
+        .get_session(id)
+        .await?
+        .ok_or_else(|| view_err(id))?;
+    view(state, row).await
+}
+
+pub async fn list(state: &AppState, filter: &ListFilter) -> Result<Vec<SessionView>, SessionError> {
+    let rows = state.store.list_sessions(filter).await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        out.push(view(state, row).await?);
+    }
+    Ok(out)
+}
+
+pub async fn post_message(state: &AppState, id: &str, text: String) -> Result<(), SessionError> {
+    if text.trim().is_empty() {
+        return Err(SessionError::Invalid("text must not be empty".into()));
+    }
+    match state.store.queue_message(id, &text).await? {
+        QueueOutcome::NotFound => Err(view_err(id)),
+        QueueOutcome::Closed(status) => Err(SessionError::Closed {
+            id: id.to_owned(),
+            status,
+        }),
+        QueueOutcome::Queued { unclaimed } => {
+            if unclaimed {
+                state.sessions.wake();
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Requests cancellation and waits briefly for the loop to record it; returns the session
+/// as it then is (a terminal session is returned unchanged).
+pub async fn cancel(state: &AppState, id: &str) -> Result<SessionView, SessionError> {
+    let row = state
+        .store
+        .get_session(id)
+        .await?
+        .ok_or_else(|| view_err(id))?;
+    if row.status.is_terminal() {
+        return view(state, row).await;
+    }
+    state.store.request_cancel(id).await?;
+    let local = lock(&state.sessions.local).get(id).cloned();
+    match local {
+        Some(token) => token.cancel(),
+        // Queued here or running elsewhere: a claim (or the owner's heartbeat) sees the flag.
+        None => state.sessions.wake(),
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), wait_settled(state, id)).await;
+    get(state, id).await
+}
+
+/// Resolves when the session is terminal (succeeded/failed/cancelled) — or, for a session
+/// that answered and waits for follow-ups, when it has produced its latest answer.
+pub async fn wait_settled(state: &AppState, id: &str) -> Result<SessionView, SessionError> {
+    let mut rx = state.sessions.subscribe(id);
+    loop {
+        let row = state
+            .store
+            .get_session(id)
+            .await?
+            .ok_or_else(|| view_err(id))?;
+        if row.status.is_terminal() && row.pending_messages == 0 {
+            return view(state, row).await;
+        }
+        // Local commits wake us at once; another replica's are seen by the poll.
+        let _ = tokio::time::timeout(Duration::from_millis(500), rx.changed()).await;
+    }
+}
+
+/// Claims and runs sessions until `stop`; renews this process's leases and forwards cancel
+/// requests made through other replicas. On stop, running loops are dropped (as a crash
+/// would) and their claims released, so the next brain resumes them at once.
+pub async fn dispatcher(state: AppState, mut stop: watch::Receiver<bool>) {
+    let config = state.config.sessions.clone();
+    let rt = state.sessions.clone();
+    let lease = Duration::from_secs(config.lease_seconds);
+    let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
+    let mut heartbeat = tokio::time::interval(lease / 3);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let poll = Duration::from_millis(config.poll_interval_ms);
+    let mut tasks = tokio::task::JoinSet::new();
+    loop {
+        // The select only decides; the work happens after it, so no borrow of the stop
+        // receiver (a non-Send guard) lives across an await.
+        let beat = tokio::select! {
+            _ = stop.wait_for(|s| *s) => break,
+            _ = rt.wake.notified() => false,
+            _ = tokio::time::sleep(poll) => false,
+            _ = heartbeat.tick() => true,
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => false,
+        };
+        if beat {
+            match state
+                .store
+                .renew_leases(&rt.instance, now_ms() + lease_ms)
+                .await
+            {
+                Ok(cancelled) => {
+                    let local = lock(&rt.local);
+                    for id in cancelled {
+                        if let Some(token) = local.get(&id) {
+                            token.cancel();
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "renewing session leases failed"),
+            }
+            continue;
+        }
+        let free = config.max_concurrent.saturating_sub(rt.running_here());
+        if free == 0 {
+            continue;
+        }
+        let limit = i64::try_from(free).unwrap_or(i64::MAX);
+        let ids = match state
+            .store
+            .claim_sessions(&rt.instance, now_ms() + lease_ms, limit)
+            .await
+        {
+            Ok(ids) => ids,
+            Err(e) => {
+                tracing::warn!(error = %e, "claiming sessions failed");
+                continue;
+            }
+        };
+        for id in ids {
+            let token = CancellationToken::new();
+            lock(&rt.local).insert(id.clone(), token.clone());
+            let state = state.clone();
+            tasks.spawn(async move {
+                drive(&state, &id, &token).await;
+                lock(&state.sessions.local).remove(&id);
+                state.sessions.wake();
+            });
+        }
+    }
+    rt.shutdown.cancel();
+    tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
+    lock(&rt.local).clear();
+    match state.store.release_claims(Some(&rt.instance)).await {
+        Ok(n) if n > 0 => {
+            tracing::info!(sessions = n, "released session claims for the next brain")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "releasing session claims failed"),
+    }
+}
+
+async fn drive(state: &AppState, id: &str, token: &CancellationToken) {
+    let owner = state.sessions.instance.clone();
+    let driver = agent::Driver {
+        state,
+        id,
+        owner: &owner,
+        cancel: token,
+    };
+    tracing::info!(session = %id, "session claimed");
+    match driver.run().await {
+        Ok(()) => cleanup_sandboxes(state, id).await,
+        Err(agent::LoopError::ClaimLost) => {
+            tracing::warn!(session = %id, "session claim lost; another brain resumes it");
+        }
+        Err(agent::LoopError::Store(e)) => {
+            tracing::error!(session = %id, error = %e, "session loop failed");
+            let reason = format!("internal error: {e}");
+            let patch = store::Patch {
+                status: Some(SessionStatus::Failed),
+                error: Some(&reason),
+                release_claim: true,
+                ..store::Patch::default()
+            };
+            let data = serde_json::json!({ "status": "failed", "error": reason });
+            match state
+                .store
+                .append_event(id, Some(&owner), "status", &data, &patch)
+                .await
+            {
+                Ok(Some(event)) => state.sessions.published(id, event.seq),
+                // The database is what failed: leave the claim to expire and be resumed.
+                _ => {
+                    tracing::warn!(session = %id, "could not record the failure; the session will be resumed")
+                }
+            }
+            cleanup_sandboxes(state, id).await;
+        }
+    }
+}
+
+/// `origin` key: when `true`, a run's sandboxes outlive its answer (until their TTL), for a
+/// caller that still works in them afterwards (the GitHub trigger pushes from them).
+pub const KEEP_SANDBOXES: &str = "keep_sandboxes";
+
+/// A finished run's sandboxes are destroyed (their grants revoked with them). A follow-up
+/// re-provisions. A brain dying before this leaves them to the TTL reaper.
+async fn cleanup_sandboxes(state: &AppState, id: &str) {
+    let row = match state.store.get_session(id).await {
+        Ok(Some(row)) if row.status.is_terminal() => row,
+        _ => return,
+    };
+    if row.status == SessionStatus::Succeeded
+        && row.origin.get(KEEP_SANDBOXES) == Some(&serde_json::Value::Bool(true))
+    {
+        return;
+    }
+    let sandboxes = match state.store.session_sandboxes(id).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(session = %id, error = %e, "listing the session's sandboxes failed");
+            return;
+        }
+    };
+    for (sandbox, status) in sandboxes {
+        if matches!(status.as_str(), "provisioning" | "running")
+            && let Err(e) = lifecycle::destroy(state, &sandbox).await
+        {
+            tracing::warn!(session = %id, %sandbox, error = %e, "destroying a session sandbox failed");
+        }
+    }
+}

@@ -1,0 +1,689 @@
+//! Session rows, the event log and queued messages (migration `0002_sessions.sql`).
+//!
+//! Every write the loop makes goes through [`Store::append_event`]: one transaction that
+//! updates the session row *fenced by the claim* (`claim_owner = me`) and inserts the next
+//! event. A brain that lost its claim (lease expired, another replica took over) gets
+//! `Ok(None)` and stops, so no session is driven by two processes at once.
+
+use serde_json::Value;
+use sqlx::Row;
+
+use crate::sandbox::BackendKind;
+use crate::store::{Db, Store, StoreError, now_ms, on_pool};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionStatus {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl SessionStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionStatus::Queued => "queued",
+            SessionStatus::Running => "running",
+            SessionStatus::Succeeded => "succeeded",
+            SessionStatus::Failed => "failed",
+            SessionStatus::Cancelled => "cancelled",
+        }
+    }
+
+    /// No loop runs for it (a succeeded session is re-queued by a follow-up message).
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            SessionStatus::Succeeded | SessionStatus::Failed | SessionStatus::Cancelled
+        )
+    }
+}
+
+impl std::fmt::Display for SessionStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for SessionStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "queued" => SessionStatus::Queued,
+            "running" => SessionStatus::Running,
+            "succeeded" => SessionStatus::Succeeded,
+            "failed" => SessionStatus::Failed,
+            "cancelled" => SessionStatus::Cancelled,
+            other => return Err(format!("unknown session status {other:?}")),
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct NewSessionRow {
+    pub id: String,
+    pub task: String,
+    pub model: String,
+    pub agent: Option<String>,
+    pub backend: Option<BackendKind>,
+    pub credentials: Vec<String>,
+    pub max_steps: u32,
+    pub max_cost_usd: Option<f64>,
+    pub origin: Value,
+    pub deadline_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionRow {
+    pub id: String,
+    pub status: SessionStatus,
+    pub task: String,
+    pub model: String,
+    pub agent: Option<String>,
+    pub backend: Option<BackendKind>,
+    pub credentials: Vec<String>,
+    pub max_steps: u32,
+    pub max_cost_usd: Option<f64>,
+    pub origin: Value,
+    pub result: Option<String>,
+    pub error: Option<String>,
+    pub steps: u32,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cost_usd: f64,
+    pub last_sandbox_id: Option<String>,
+    pub pending_messages: i64,
+    pub cancel_requested: bool,
+    pub claim_owner: Option<String>,
+    pub lease_expires_at: Option<i64>,
+    pub deadline_at: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct EventRow {
+    pub seq: i64,
+    /// Unix milliseconds.
+    pub ts: i64,
+    pub kind: String,
+    pub data: Value,
+}
+
+/// Row changes committed together with an event.
+#[derive(Debug, Default, Clone)]
+pub struct Patch<'a> {
+    pub status: Option<SessionStatus>,
+    pub result: Option<&'a str>,
+    pub error: Option<&'a str>,
+    pub add_steps: i64,
+    pub add_input_tokens: i64,
+    pub add_output_tokens: i64,
+    pub add_cost_usd: f64,
+    pub last_sandbox_id: Option<&'a str>,
+    /// The queued message this event turns into a `user_message`.
+    pub consume_message: Option<&'a str>,
+    /// Commit only if no follow-up is pending (finishing a session that answered).
+    pub require_no_pending: bool,
+    pub release_claim: bool,
+    /// A new deadline (a re-queued session gets a fresh timeout).
+    pub deadline_at: Option<i64>,
+}
+
+/// What [`Store::queue_message`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueOutcome {
+    NotFound,
+    /// Failed or cancelled sessions take no more messages.
+    Closed(SessionStatus),
+    /// Queued; `unclaimed` when the session is `queued` (a dispatcher must pick it up: it
+    /// had answered and runs again, or had not started yet).
+    Queued {
+        unclaimed: bool,
+    },
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub status: Option<SessionStatus>,
+    /// `origin.kind` (api, slack, github, mcp).
+    pub origin_kind: Option<String>,
+    /// Only sessions created before this many unix ms (paging, newest first).
+    pub before_ms: Option<i64>,
+    pub limit: i64,
+}
+
+const SELECT_SESSION: &str = "SELECT id, status, task, model, agent, backend, credentials, max_steps, \
+     max_cost_usd, origin, result, error, steps, input_tokens, output_tokens, cost_usd, \
+     last_sandbox_id, pending_messages, cancel_requested, claim_owner, lease_expires_at, \
+     deadline_at, created_at, updated_at FROM sessions";
+
+macro_rules! read_session {
+    ($row:expr) => {{
+        let row = $row;
+        RawSession {
+            id: row.try_get("id")?,
+            status: row.try_get("status")?,
+            task: row.try_get("task")?,
+            model: row.try_get("model")?,
+            agent: row.try_get("agent")?,
+            backend: row.try_get("backend")?,
+            credentials: row.try_get("credentials")?,
+            max_steps: row.try_get("max_steps")?,
+            max_cost_usd: row.try_get("max_cost_usd")?,
+            origin: row.try_get("origin")?,
+            result: row.try_get("result")?,
+            error: row.try_get("error")?,
+            steps: row.try_get("steps")?,
+            input_tokens: row.try_get("input_tokens")?,
+            output_tokens: row.try_get("output_tokens")?,
+            cost_usd: row.try_get("cost_usd")?,
+            last_sandbox_id: row.try_get("last_sandbox_id")?,
+            pending_messages: row.try_get("pending_messages")?,
+            cancel_requested: row.try_get("cancel_requested")?,
+            claim_owner: row.try_get("claim_owner")?,
+            lease_expires_at: row.try_get("lease_expires_at")?,
+            deadline_at: row.try_get("deadline_at")?,
+            created_at: row.try_get("created_at")?,
+            updated_at: row.try_get("updated_at")?,
+        }
+    }};
+}
+
+struct RawSession {
+    id: String,
+    status: String,
+    task: String,
+    model: String,
+    agent: Option<String>,
+    backend: Option<String>,
+    credentials: String,
+    max_steps: i64,
+    max_cost_usd: Option<f64>,
+    origin: String,
+    result: Option<String>,
+    error: Option<String>,
+    steps: i64,
+    input_tokens: i64,
+    output_tokens: i64,
+    cost_usd: f64,
+    last_sandbox_id: Option<String>,
+    pending_messages: i64,
+    cancel_requested: i64,
+    claim_owner: Option<String>,
+    lease_expires_at: Option<i64>,
+    deadline_at: i64,
+    created_at: i64,
+    updated_at: i64,
+}
+
+impl RawSession {
+    fn parse(self) -> Result<SessionRow, StoreError> {
+        let id = self.id;
+        let corrupt = |message: String| StoreError::Corrupt {
+            table: "sessions",
+            message: format!("{id}: {message}"),
+        };
+        Ok(SessionRow {
+            status: self.status.parse().map_err(corrupt)?,
+            backend: self
+                .backend
+                .map(|b| b.parse::<BackendKind>())
+                .transpose()
+                .map_err(corrupt)?,
+            credentials: serde_json::from_str(&self.credentials)
+                .map_err(|e| corrupt(format!("credentials: {e}")))?,
+            origin: serde_json::from_str(&self.origin)
+                .map_err(|e| corrupt(format!("origin: {e}")))?,
+            task: self.task,
+            model: self.model,
+            agent: self.agent,
+            max_steps: u32::try_from(self.max_steps).unwrap_or(u32::MAX),
+            max_cost_usd: self.max_cost_usd,
+            result: self.result,
+            error: self.error,
+            steps: u32::try_from(self.steps).unwrap_or(u32::MAX),
+            input_tokens: u64::try_from(self.input_tokens).unwrap_or(0),
+            output_tokens: u64::try_from(self.output_tokens).unwrap_or(0),
+            cost_usd: self.cost_usd,
+            last_sandbox_id: self.last_sandbox_id,
+            pending_messages: self.pending_messages,
+            cancel_requested: self.cancel_requested != 0,
+            claim_owner: self.claim_owner,
+            lease_expires_at: self.lease_expires_at,
+            deadline_at: self.deadline_at,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            id,
+        })
+    }
+}
+
+fn encode(value: &impl serde::Serialize, what: &str) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|e| StoreError::Corrupt {
+        table: "sessions",
+        message: format!("cannot encode {what}: {e}"),
+    })
+}
+
+// === impl Store (sessions) ===
+
+impl Store {
+    pub async fn insert_session(&self, new: &NewSessionRow) -> Result<SessionRow, StoreError> {
+        let now = now_ms();
+        let credentials = encode(&new.credentials, "credentials")?;
+        let origin = encode(&new.origin, "origin")?;
+        on_pool!(self.db(), |pool| {
+            sqlx::query(
+                "INSERT INTO sessions (id, status, task, model, agent, backend, credentials, \
+                 max_steps, max_cost_usd, origin, deadline_at, created_at, updated_at) \
+                 VALUES ($1, 'queued', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11)",
+            )
+            .bind(&new.id)
+            .bind(&new.task)
+            .bind(&new.model)
+            .bind(&new.agent)
+            .bind(new.backend.map(BackendKind::as_str))
+            .bind(&credentials)
+            .bind(i64::from(new.max_steps))
+            .bind(new.max_cost_usd)
+            .bind(&origin)
+            .bind(new.deadline_at)
+            .bind(now)
+            .execute(pool)
+            .await?;
+        });
+        self.get_session(&new.id)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt {
+                table: "sessions",
+                message: format!("{} vanished right after insert", new.id),
+            })
+    }
+
+    pub async fn get_session(&self, id: &str) -> Result<Option<SessionRow>, StoreError> {
+        let sql = format!("{SELECT_SESSION} WHERE id = $1");
+        let raw = on_pool!(self.db(), |pool| {
+            match sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(id)
+                .fetch_optional(pool)
+                .await?
+            {
+                Some(row) => Some(read_session!(&row)),
+                None => None,
+            }
+        });
+        raw.map(RawSession::parse).transpose()
+    }
+
+    /// Newest first.
+    pub async fn list_sessions(&self, filter: &ListFilter) -> Result<Vec<SessionRow>, StoreError> {
+        let sql = format!(
+            "{SELECT_SESSION} WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR created_at < $2) \
+             ORDER BY created_at DESC, id DESC LIMIT $3"
+        );
+        // origin.kind is filtered here rather than in SQL: JSON operators differ per engine.
+        let mut out = Vec::new();
+        let mut before = filter.before_ms;
+        loop {
+            let raws = on_pool!(self.db(), |pool| {
+                let rows = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                    .bind(filter.status.map(SessionStatus::as_str))
+                    .bind(before)
+                    .bind(filter.limit)
+                    .fetch_all(pool)
+                    .await?;
+                let mut raws = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    raws.push(read_session!(row));
+                }
+                raws
+            });
+            let page_len = raws.len();
+            for raw in raws {
+                let row = raw.parse()?;
+                before = Some(row.created_at);
+                let keep = filter.origin_kind.as_deref().is_none_or(|kind| {
+                    row.origin.get("kind").and_then(Value::as_str) == Some(kind)
+                });
+                if keep {
+                    out.push(row);
+                }
+            }
+            let full = i64::try_from(out.len()).unwrap_or(i64::MAX) >= filter.limit;
+            if full || i64::try_from(page_len).unwrap_or(0) < filter.limit {
+                out.truncate(usize::try_from(filter.limit).unwrap_or(usize::MAX));
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Claims up to `limit` sessions that need a loop (queued, or running with no live
+    /// claim) for `owner` until `lease_until`. PostgreSQL: `FOR UPDATE SKIP LOCKED`, so
+    /// replicas claiming at the same time never get the same row.
+    pub async fn claim_sessions(
+        &self,
+        owner: &str,
+        lease_until: i64,
+        limit: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        let now = now_ms();
+        let ids: Vec<String> = match self.db() {
+            Db::Postgres(pool) => {
+                sqlx::query_scalar(
+                    "UPDATE sessions SET claim_owner = $1, lease_expires_at = $2 \
+                     WHERE id IN (SELECT id FROM sessions \
+                       WHERE status IN ('queued', 'running') \
+                       AND (claim_owner IS NULL OR lease_expires_at < $3) \
+                       ORDER BY created_at LIMIT $4 FOR UPDATE SKIP LOCKED) \
+                     AND status IN ('queued', 'running') \
+                     AND (claim_owner IS NULL OR lease_expires_at < $3) \
+                     RETURNING id",
+                )
+                .bind(owner)
+                .bind(lease_until)
+                .bind(now)
+                .bind(limit)
+                .fetch_all(pool)
+                .await?
+            }
+            // SQLite serialises writers, so the inner SELECT and the UPDATE see one state.
+            Db::Sqlite(pool) => {
+                sqlx::query_scalar(
+                    "UPDATE sessions SET claim_owner = $1, lease_expires_at = $2 \
+                     WHERE id IN (SELECT id FROM sessions \
+                       WHERE status IN ('queued', 'running') \
+                       AND (claim_owner IS NULL OR lease_expires_at < $3) \
+                       ORDER BY created_at LIMIT $4) \
+                     RETURNING id",
+                )
+                .bind(owner)
+                .bind(lease_until)
+                .bind(now)
+                .bind(limit)
+                .fetch_all(pool)
+                .await?
+            }
+        };
+        Ok(ids)
+    }
+
+    /// Extends every lease `owner` holds; returns the ids of its sessions whose cancel was
+    /// requested (possibly through another replica).
+    pub async fn renew_leases(
+        &self,
+        owner: &str,
+        lease_until: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        let ids = on_pool!(self.db(), |pool| {
+            sqlx::query(
+                "UPDATE sessions SET lease_expires_at = $2 \
+                 WHERE claim_owner = $1 AND status IN ('queued', 'running')",
+            )
+            .bind(owner)
+            .bind(lease_until)
+            .execute(pool)
+            .await?;
+            sqlx::query_scalar::<_, String>(
+                "SELECT id FROM sessions WHERE claim_owner = $1 AND cancel_requested = 1",
+            )
+            .bind(owner)
+            .fetch_all(pool)
+            .await?
+        });
+        Ok(ids)
+    }
+
+    /// Drops `owner`'s claims (graceful shutdown, or at start on SQLite where only one brain
+    /// uses the file and every earlier claim belongs to a dead process).
+    pub async fn release_claims(&self, owner: Option<&str>) -> Result<u64, StoreError> {
+        let n = on_pool!(self.db(), |pool| {
+            sqlx::query(
+                "UPDATE sessions SET claim_owner = NULL, lease_expires_at = NULL \
+                 WHERE ($1 IS NULL OR claim_owner = $1) AND claim_owner IS NOT NULL",
+            )
+            .bind(owner)
+            .execute(pool)
+            .await?
+            .rows_affected()
+        });
+        Ok(n)
+    }
+
+    /// Commits `patch` and the next event in one transaction. `owner = Some(me)` fences the
+    /// write to the claim holder; `Ok(None)` means nothing was written (claim lost, or
+    /// `require_no_pending` and a follow-up is waiting).
+    pub async fn append_event(
+        &self,
+        id: &str,
+        owner: Option<&str>,
+        kind: &str,
+        data: &Value,
+        patch: &Patch<'_>,
+    ) -> Result<Option<EventRow>, StoreError> {
+        let now = now_ms();
+        let text = encode(data, "event data")?;
+        let consume = i64::from(patch.consume_message.is_some());
+        let seq = on_pool!(self.db(), |pool| {
+            let mut tx = pool.begin().await?;
+            let updated = sqlx::query(
+                "UPDATE sessions SET status = COALESCE($3, status), result = COALESCE($4, result), \
+                 error = COALESCE($5, error), steps = steps + $6, input_tokens = input_tokens + $7, \
+                 output_tokens = output_tokens + $8, cost_usd = cost_usd + $9, \
+                 last_sandbox_id = COALESCE($10, last_sandbox_id), \
+                 pending_messages = pending_messages - $11, \
+                 claim_owner = CASE WHEN $12 = 1 THEN NULL ELSE claim_owner END, \
+                 lease_expires_at = CASE WHEN $12 = 1 THEN NULL ELSE lease_expires_at END, \
+                 deadline_at = COALESCE($15, deadline_at), updated_at = $13 \
+                 WHERE id = $1 AND ($2 IS NULL OR claim_owner = $2) \
+                 AND ($14 = 0 OR pending_messages = 0)",
+            )
+            .bind(id)
+            .bind(owner)
+            .bind(patch.status.map(SessionStatus::as_str))
+            .bind(patch.result)
+            .bind(patch.error)
+            .bind(patch.add_steps)
+            .bind(patch.add_input_tokens)
+            .bind(patch.add_output_tokens)
+            .bind(patch.add_cost_usd)
+            .bind(patch.last_sandbox_id)
+            .bind(consume)
+            .bind(i64::from(patch.release_claim))
+            .bind(now)
+            .bind(i64::from(patch.require_no_pending))
+            .bind(patch.deadline_at)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if updated == 0 {
+                tx.rollback().await?;
+                None
+            } else {
+                let last: Option<i64> =
+                    sqlx::query_scalar("SELECT MAX(seq) FROM session_events WHERE session_id = $1")
+                        .bind(id)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                let seq = last.unwrap_or(0) + 1;
+                sqlx::query(
+                    "INSERT INTO session_events (session_id, seq, ts, kind, data) \
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(id)
+                .bind(seq)
+                .bind(now)
+                .bind(kind)
+                .bind(&text)
+                .execute(&mut *tx)
+                .await?;
+                let mut ok = true;
+                if let Some(message) = patch.consume_message {
+                    let taken = sqlx::query(
+                        "UPDATE session_messages SET consumed_seq = $2 \
+                         WHERE id = $1 AND consumed_seq IS NULL",
+                    )
+                    .bind(message)
+                    .bind(seq)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    ok = taken == 1;
+                }
+                if ok {
+                    tx.commit().await?;
+                    Some(seq)
+                } else {
+                    tx.rollback().await?;
+                    None
+                }
+            }
+        });
+        Ok(seq.map(|seq| EventRow {
+            seq,
+            ts: now,
+            kind: kind.to_string(),
+            data: data.clone(),
+        }))
+    }
+
+    /// Events with `seq > after`, oldest first, at most `limit`.
+    pub async fn session_events(
+        &self,
+        id: &str,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<EventRow>, StoreError> {
+        let raws: Vec<(i64, i64, String, String)> = on_pool!(self.db(), |pool| {
+            sqlx::query_as(
+                "SELECT seq, ts, kind, data FROM session_events \
+                 WHERE session_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+            )
+            .bind(id)
+            .bind(after)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?
+        });
+        raws.into_iter()
+            .map(|(seq, ts, kind, data)| {
+                let data = serde_json::from_str(&data).map_err(|e| StoreError::Corrupt {
+                    table: "session_events",
+                    message: format!("{id}#{seq}: {e}"),
+                })?;
+                Ok(EventRow {
+                    seq,
+                    ts,
+                    kind,
+                    data,
+                })
+            })
+            .collect()
+    }
+
+    /// Queues a follow-up. Locks the session row first (the UPDATE), so a loop finishing at
+    /// the same moment either sees `pending_messages > 0` or has already finished and is
+    /// re-queued here.
+    pub async fn queue_message(&self, id: &str, text: &str) -> Result<QueueOutcome, StoreError> {
+        let now = now_ms();
+        let message_id = format!("msg-{}", uuid::Uuid::new_v4().simple());
+        let outcome = on_pool!(self.db(), |pool| {
+            let mut tx = pool.begin().await?;
+            let before: Option<String> = sqlx::query_scalar(
+                "UPDATE sessions SET pending_messages = pending_messages + 1, updated_at = $2, \
+                 status = CASE WHEN status = 'succeeded' THEN 'queued' ELSE status END, \
+                 result = CASE WHEN status = 'succeeded' THEN NULL ELSE result END, \
+                 claim_owner = CASE WHEN status = 'succeeded' THEN NULL ELSE claim_owner END, \
+                 lease_expires_at = CASE WHEN status = 'succeeded' THEN NULL ELSE lease_expires_at END \
+                 WHERE id = $1 AND status IN ('queued', 'running', 'succeeded') \
+                 RETURNING status",
+            )
+            .bind(id)
+            .bind(now)
+            .fetch_optional(&mut *tx)
+            .await?;
+            match before {
+                Some(status_after) => {
+                    sqlx::query(
+                        "INSERT INTO session_messages (id, session_id, text, created_at, consumed_seq) \
+                         VALUES ($1, $2, $3, $4, NULL)",
+                    )
+                    .bind(&message_id)
+                    .bind(id)
+                    .bind(text)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                    tx.commit().await?;
+                    Ok(status_after)
+                }
+                None => {
+                    tx.rollback().await?;
+                    let status: Option<String> =
+                        sqlx::query_scalar("SELECT status FROM sessions WHERE id = $1")
+                            .bind(id)
+                            .fetch_optional(pool)
+                            .await?;
+                    Err(status)
+                }
+            }
+        });
+        match outcome {
+            Ok(status) => Ok(QueueOutcome::Queued {
+                unclaimed: status == "queued",
+            }),
+            Err(None) => Ok(QueueOutcome::NotFound),
+            Err(Some(status)) => Ok(QueueOutcome::Closed(status.parse().map_err(|e| {
+                StoreError::Corrupt {
+                    table: "sessions",
+                    message: format!("{id}: {e}"),
+                }
+            })?)),
+        }
+    }
+
+    /// Follow-ups not yet consumed, oldest first: `(message id, text)`.
+    pub async fn pending_messages(&self, id: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = on_pool!(self.db(), |pool| {
+            sqlx::query_as(
+                "SELECT id, text FROM session_messages WHERE session_id = $1 \
+                 AND consumed_seq IS NULL ORDER BY created_at, id",
+            )
+            .bind(id)
+            .fetch_all(pool)
+            .await?
+        });
+        Ok(rows)
+    }
+
+    /// Marks a cancel request; returns whether the session was still cancellable.
+    pub async fn request_cancel(&self, id: &str) -> Result<bool, StoreError> {
+        let n = on_pool!(self.db(), |pool| {
+            sqlx::query(
+                "UPDATE sessions SET cancel_requested = 1, updated_at = $2 \
+                 WHERE id = $1 AND status IN ('queued', 'running')",
+            )
+            .bind(id)
+            .bind(now_ms())
+            .execute(pool)
+            .await?
+            .rows_affected()
+        });
+        Ok(n > 0)
+    }
+
+    /// Sandboxes provisioned for a session, oldest first: `(id, status)`.
+    pub async fn session_sandboxes(&self, id: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = on_pool!(self.db(), |pool| {
+            sqlx::query_as(
+                "SELECT id, status FROM sandboxes WHERE session_id = $1 ORDER BY created_at, id",
+            )
+            .bind(id)
+            .fetch_all(pool)
+            .await?
+        });
+        Ok(rows)
+    }
+}

@@ -1,0 +1,266 @@
+//! Durable state: SQLite by default, PostgreSQL by URL.
+//!
+//! `sqlx`'s `Any` driver does not translate placeholders, so the store holds either a
+//! `SqlitePool` or a `PgPool` and every query is written once, with `$N` placeholders (which
+//! SQLite also understands), and expanded for both pools by [`on_pool!`]. Times are unix
+//! milliseconds (`BIGINT`) and JSON is stored as text, so one SQL string fits both engines.
+//!
+//! Migrations are embedded per engine (`migrations/sqlite`, `migrations/postgres`) with versions
+//! 1..999. Other crates (the gateway, versions 2000+) add their tables to the same database, so
+//! each migrator ignores versions it does not know.
+//!
+//! Rows are committed before the action they describe: a sandbox row exists (`provisioning`)
+//! before a backend creates anything, so a brain killed at any moment finds what to reap.
+//! Sessions, events, keys and spend get their own `store/<table>.rs` files and migrations
+//! `0002_…` on; they reuse [`on_pool!`] and [`Store::owner`].
+
+mod sandboxes;
+#[cfg(test)]
+mod tests;
+
+use std::borrow::Cow;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::SqlSafeStr;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+
+pub use sandboxes::{NewSandbox, SandboxRow, SandboxStatus};
+
+/// (version, description, SQL) of every brain migration, per engine.
+const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "sandboxes",
+        include_str!("../../migrations/sqlite/0001_sandboxes.sql"),
+    ),
+    (
+        2,
+        "sessions",
+        include_str!("../../migrations/sqlite/0002_sessions.sql"),
+    ),
+    (
+        3,
+        "triggers",
+        include_str!("../../migrations/sqlite/0003_triggers.sql"),
+    ),
+    (
+        4,
+        "mcp",
+        include_str!("../../migrations/sqlite/0004_mcp.sql"),
+    ),
+];
+const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "sandboxes",
+        include_str!("../../migrations/postgres/0001_sandboxes.sql"),
+    ),
+    (
+        2,
+        "sessions",
+        include_str!("../../migrations/postgres/0002_sessions.sql"),
+    ),
+    (
+        3,
+        "triggers",
+        include_str!("../../migrations/postgres/0003_triggers.sql"),
+    ),
+    (
+        4,
+        "mcp",
+        include_str!("../../migrations/postgres/0004_mcp.sql"),
+    ),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("unsupported database url (expected sqlite:… or postgres://…)")]
+    UnsupportedUrl,
+    #[error("corrupt row in {table}: {message}")]
+    Corrupt {
+        table: &'static str,
+        message: String,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub(crate) enum Db {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Runs `$body` with `$pool` bound to whichever pool the store has. The body is expanded once
+/// per engine, so it type-checks against each driver separately.
+macro_rules! on_pool {
+    ($db:expr, |$pool:ident| $body:expr) => {
+        match $db {
+            $crate::store::Db::Sqlite($pool) => $body,
+            $crate::store::Db::Postgres($pool) => $body,
+        }
+    };
+}
+pub(crate) use on_pool;
+
+/// Handle to the database; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    db: Db,
+    owner: String,
+}
+
+// === impl Store ===
+
+impl Store {
+    /// Connects, runs migrations and loads (or creates) this store's owner id.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::connect_in_schema(url, None).await
+    }
+
+    /// Like [`Store::connect`], but on PostgreSQL every connection uses `schema` (created if
+    /// missing) as its `search_path`. Tests use it to get an isolated database each.
+    pub async fn connect_in_schema(url: &str, schema: Option<&str>) -> Result<Self, StoreError> {
+        let db = if url.starts_with("sqlite:") {
+            let options = SqliteConnectOptions::from_str(url)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .busy_timeout(Duration::from_secs(10))
+                .foreign_keys(true);
+            // An in-memory database exists per connection: keep exactly one, forever.
+            let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+            let pool = if in_memory {
+                SqlitePoolOptions::new()
+                    .max_connections(1)
+                    .min_connections(1)
+                    .idle_timeout(None)
+                    .max_lifetime(None)
+            } else {
+                SqlitePoolOptions::new().max_connections(4)
+            }
+            .connect_with(options)
+            .await?;
+            Db::Sqlite(pool)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let mut options = PgConnectOptions::from_str(url)?;
+            if let Some(schema) = schema {
+                create_pg_schema(options.clone(), schema).await?;
+                options = options.options([("search_path", schema)]);
+            }
+            let pool = PgPoolOptions::new()
+                .max_connections(8)
+                .connect_with(options)
+                .await?;
+            Db::Postgres(pool)
+        } else {
+            return Err(StoreError::UnsupportedUrl);
+        };
+        migrate(&db).await?;
+        let owner = load_owner(&db).await?;
+        Ok(Self { db, owner })
+    }
+
+    /// Stable identity of this store, used as the `airlock.owner` label on sandboxes.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    pub fn engine(&self) -> &'static str {
+        match self.db {
+            Db::Sqlite(_) => "sqlite",
+            Db::Postgres(_) => "postgres",
+        }
+    }
+
+    pub(crate) fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// Cheap round trip used by `/healthz`.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        on_pool!(&self.db, |pool| {
+            sqlx::query("SELECT 1").execute(pool).await?;
+        });
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        on_pool!(&self.db, |pool| pool.close().await)
+    }
+}
+
+async fn create_pg_schema(options: PgConnectOptions, schema: &str) -> Result<(), StoreError> {
+    use sqlx::Connection;
+    let valid = !schema.is_empty()
+        && schema
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !valid {
+        return Err(StoreError::Db(sqlx::Error::Configuration(
+            format!("invalid schema name {schema:?}").into(),
+        )));
+    }
+    let mut conn = sqlx::PgConnection::connect_with(&options).await?;
+    // The name was checked to be [A-Za-z0-9_]+ above, so quoting it is enough.
+    let sql = format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"");
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .execute(&mut conn)
+        .await?;
+    conn.close().await?;
+    Ok(())
+}
+
+fn migrator(migrations: &[(i64, &'static str, &'static str)]) -> Migrator {
+    let list = migrations
+        .iter()
+        .map(|&(version, description, sql)| {
+            Migration::new(
+                version,
+                Cow::Borrowed(description),
+                MigrationType::Simple,
+                sql.into_sql_str(),
+                false,
+            )
+        })
+        .collect();
+    let mut migrator = Migrator::with_migrations(list);
+    // Other crates keep their migrations (versions 2000+) in the same table.
+    migrator.set_ignore_missing(true);
+    migrator
+}
+
+async fn migrate(db: &Db) -> Result<(), StoreError> {
+    match db {
+        Db::Sqlite(pool) => migrator(SQLITE_MIGRATIONS).run(pool).await?,
+        Db::Postgres(pool) => migrator(POSTGRES_MIGRATIONS).run(pool).await?,
+    }
+    Ok(())
+}
+
+/// Inserts a fresh owner id the first time; every later start reads the same one back.
+async fn load_owner(db: &Db) -> Result<String, StoreError> {
+    let candidate = format!("brain-{}", uuid::Uuid::new_v4().simple());
+    let now = now_ms();
+    let owner: String = on_pool!(db, |pool| {
+        sqlx::query(
+            "INSERT INTO instance (id, owner, created_at) VALUES (1, $1, $2) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&candidate)
+        .bind(now)
+        .execute(pool)
+        .await?;
+        sqlx::query_scalar("SELECT owner FROM instance WHERE id = 1")
+            .fetch_one(pool)
+            .await?
+    });
+    Ok(owner)
+}
+
+pub(crate) fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}

@@ -1,0 +1,281 @@
+//! The same store tests on SQLite and PostgreSQL. PostgreSQL runs when
+//! `AIRLOCK_TEST_POSTGRES_URL` is set (each test in its own schema, so they run in parallel);
+//! otherwise it prints a skip line, or fails when `AIRLOCK_REQUIRE_POSTGRES=1`.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+
+use chrono::{Duration, Utc};
+use sqlx::SqlSafeStr;
+
+use super::*;
+use crate::sandbox::{BackendKind, SandboxHandle};
+
+/// A fresh database of one engine, removed when dropped (SQLite file / PG schema).
+struct TestDb {
+    url: String,
+    schema: Option<String>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestDb {
+    fn sqlite() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("brain.db").display());
+        Self {
+            url,
+            schema: None,
+            _dir: Some(dir),
+        }
+    }
+
+    fn postgres() -> Option<Self> {
+        let url = match std::env::var("AIRLOCK_TEST_POSTGRES_URL") {
+            Ok(url) if !url.is_empty() => url,
+            _ => {
+                if std::env::var("AIRLOCK_REQUIRE_POSTGRES").as_deref() == Ok("1") {
+                    panic!("AIRLOCK_REQUIRE_POSTGRES=1 but AIRLOCK_TEST_POSTGRES_URL is not set");
+                }
+                eprintln!("skipping PostgreSQL store test: AIRLOCK_TEST_POSTGRES_URL is not set");
+                return None;
+            }
+        };
+        let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
+        Some(Self {
+            url,
+            schema: Some(schema),
+            _dir: None,
+        })
+    }
+
+    async fn connect(&self) -> Store {
+        Store::connect_in_schema(&self.url, self.schema.as_deref())
+            .await
+            .unwrap()
+    }
+
+    async fn drop_schema(&self) {
+        if let Some(schema) = &self.schema {
+            let pool = sqlx::PgPool::connect(&self.url).await.unwrap();
+            let sql = format!("DROP SCHEMA \"{schema}\" CASCADE");
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+    }
+}
+
+/// Runs `scenario` against SQLite and, when configured, PostgreSQL.
+async fn check<F, Fut>(scenario: F)
+where
+    F: Fn(TestDb) -> Fut,
+    Fut: Future<Output = TestDb>,
+{
+    scenario(TestDb::sqlite()).await;
+    if let Some(db) = TestDb::postgres() {
+        let db = scenario(db).await;
+        db.drop_schema().await;
+    }
+}
+
+fn new_sandbox(id: &str, expires_in: Duration) -> NewSandbox {
+    NewSandbox {
+        id: id.into(),
+        backend: BackendKind::Local,
+        image: Some("img:1".into()),
+        request: serde_json::json!({"ttl_s": 60, "credentials": ["A"]}),
+        session_id: None,
+        expires_at: Utc::now() + expires_in,
+    }
+}
+
+fn handle(id: &str) -> SandboxHandle {
+    SandboxHandle {
+        id: id.into(),
+        backend: BackendKind::Local,
+        backend_ref: "123".into(),
+        agent_url: Some("http://127.0.0.1:1".into()),
+        agent_token: "tok".into(),
+        extra: BTreeMap::from([("root".into(), "/tmp/x".into())]),
+    }
+}
+
+#[tokio::test]
+async fn owner_is_stable_and_migrations_rerun_cleanly() {
+    check(|db| async move {
+        let first = db.connect().await;
+        let owner = first.owner().to_string();
+        assert!(owner.starts_with("brain-"));
+        first.close().await;
+        let second = db.connect().await;
+        assert_eq!(second.owner(), owner);
+        second.ping().await.unwrap();
+        db
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn foreign_migrations_in_the_same_table_are_ignored() {
+    check(|db| async move {
+        let store = db.connect().await;
+        // What the gateway will do: its own migrator, versions 2000+, same database.
+        let gateway = vec![Migration::new(
+            2000,
+            "gateway keys".into(),
+            MigrationType::Simple,
+            "CREATE TABLE gateway_keys (id TEXT PRIMARY KEY)".into_sql_str(),
+            false,
+        )];
+        let mut migrator = Migrator::with_migrations(gateway);
+        migrator.set_ignore_missing(true);
+        match store.db() {
+            Db::Sqlite(pool) => migrator.run(pool).await.unwrap(),
+            Db::Postgres(pool) => migrator.run(pool).await.unwrap(),
+        }
+        store.close().await;
+        let again = db.connect().await;
+        assert_eq!(again.list_sandboxes(false, 10).await.unwrap(), vec![]);
+        db
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn sandbox_status_moves_forward_only() {
+    check(|db| async move {
+        let store = db.connect().await;
+        let row = store
+            .insert_sandbox(&new_sandbox("sb-1", Duration::hours(1)))
+            .await
+            .unwrap();
+        assert_eq!(row.status, SandboxStatus::Provisioning);
+        assert_eq!(row.owner, store.owner());
+        assert_eq!(row.handle, None);
+        assert_eq!(row.request["credentials"][0], "A");
+
+        assert!(store.set_running("sb-1", &handle("sb-1")).await.unwrap());
+        assert!(
+            !store.set_running("sb-1", &handle("sb-1")).await.unwrap(),
+            "only from provisioning"
+        );
+        assert!(
+            !store.set_failed("sb-1", "late").await.unwrap(),
+            "running cannot fail"
+        );
+        let row = store.get_sandbox("sb-1").await.unwrap().unwrap();
+        assert_eq!(row.status, SandboxStatus::Running);
+        assert_eq!(row.handle, Some(handle("sb-1")));
+
+        assert!(store.begin_destroy("sb-1").await.unwrap());
+        assert!(!store.begin_destroy("sb-1").await.unwrap());
+        assert!(
+            store
+                .set_destroy_error("sb-1", "engine down")
+                .await
+                .unwrap()
+        );
+        assert!(store.set_destroyed("sb-1", None).await.unwrap());
+        assert!(!store.set_destroyed("sb-1", None).await.unwrap());
+        let row = store.get_sandbox("sb-1").await.unwrap().unwrap();
+        assert_eq!(row.status, SandboxStatus::Destroyed);
+        assert_eq!(row.error.as_deref(), Some("engine down"));
+        assert!(row.destroyed_at.is_some());
+
+        store
+            .insert_sandbox(&new_sandbox("sb-2", Duration::hours(1)))
+            .await
+            .unwrap();
+        assert!(store.set_failed("sb-2", "no image").await.unwrap());
+        let row = store.get_sandbox("sb-2").await.unwrap().unwrap();
+        assert_eq!(
+            (row.status, row.error.as_deref()),
+            (SandboxStatus::Failed, Some("no image"))
+        );
+
+        assert!(store.get_sandbox("sb-nope").await.unwrap().is_none());
+        assert!(
+            store
+                .insert_sandbox(&new_sandbox("sb-1", Duration::hours(1)))
+                .await
+                .is_err(),
+            "ids are unique"
+        );
+        db
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn listings_select_by_status_expiry_and_staleness() {
+    check(|db| async move {
+        let store = db.connect().await;
+        for (id, ttl) in [
+            ("sb-a", Duration::seconds(-5)),
+            ("sb-b", Duration::hours(1)),
+            ("sb-c", Duration::seconds(-1)),
+        ] {
+            store.insert_sandbox(&new_sandbox(id, ttl)).await.unwrap();
+        }
+        store.set_running("sb-a", &handle("sb-a")).await.unwrap();
+        store.set_running("sb-b", &handle("sb-b")).await.unwrap();
+        // sb-c stays provisioning: not "expired" (only running sandboxes are reaped by TTL).
+        let expired: Vec<_> = store
+            .list_expired(Utc::now())
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(expired, ["sb-a"]);
+
+        store.begin_destroy("sb-b").await.unwrap();
+        assert!(
+            store
+                .list_stale_destroying(Utc::now() - Duration::minutes(1))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let stale = store
+            .list_stale_destroying(Utc::now() + Duration::seconds(1))
+            .await
+            .unwrap();
+        assert_eq!(stale.len(), 1);
+        assert_eq!(stale[0].id, "sb-b");
+
+        let mut unfinished: Vec<_> = store
+            .list_unfinished()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        unfinished.sort();
+        assert_eq!(unfinished, ["sb-a", "sb-b", "sb-c"]);
+        assert_eq!(
+            store.count_live_by_backend().await.unwrap(),
+            vec![("local".to_string(), 2)]
+        );
+
+        store.set_destroyed("sb-b", None).await.unwrap();
+        assert_eq!(store.list_sandboxes(true, 10).await.unwrap().len(), 2);
+        assert_eq!(store.list_sandboxes(false, 10).await.unwrap().len(), 3);
+        assert_eq!(store.list_sandboxes(false, 1).await.unwrap().len(), 1);
+        db
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn in_memory_sqlite_keeps_its_data_across_queries() {
+    let store = Store::connect("sqlite::memory:").await.unwrap();
+    store
+        .insert_sandbox(&new_sandbox("sb-m", Duration::hours(1)))
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        assert!(store.get_sandbox("sb-m").await.unwrap().is_some());
+    }
+}

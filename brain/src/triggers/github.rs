@@ -1,0 +1,852 @@
+//! `POST /hooks/github`: an issue labelled `airlock` (`issues` opened/labeled) or a comment
+//! starting with `/airlock` (`issue_comment` created) from a user with write access starts a
+//! session (or continues the issue's session). When it settles, the brain — not the model —
+//! pushes the changes in the session's sandbox to `airlock/issue-N` and opens a draft PR
+//! from inside the sandbox, with the sandbox's stub credential that the vault proxy swaps
+//! for the real token toward the bound hosts only; then it comments the result on the issue.
+//! The brain's own token (comments, permission checks) never enters a sandbox.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use airlock_wire::ExecRequest;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::outbox::{Delivery, retry_after};
+use super::signature;
+use super::store::{self, ReplyPayload, Source};
+use super::{GithubConfig, Limiter, TriggerSetupError, TriggeredTask, Triggers, truncate};
+use crate::state::AppState;
+
+/// GitHub caps a comment body at 65,536 characters.
+const MAX_COMMENT_BYTES: usize = 60_000;
+/// Attempts at the API calls made inline (permission check, opening the PR).
+const INLINE_ATTEMPTS: u32 = 4;
+
+pub struct GithubTrigger {
+    pub config: GithubConfig,
+    webhook_secret: String,
+    pub client: GithubClient,
+    pub limiter: Limiter,
+}
+
+impl GithubTrigger {
+    pub fn new(
+        config: GithubConfig,
+        webhook_secret: String,
+        token: String,
+    ) -> Result<Self, TriggerSetupError> {
+        let client = GithubClient::new(&config, token)?;
+        let limiter = Limiter::new(config.max_concurrent, config.max_queued);
+        Ok(Self {
+            config,
+            webhook_secret,
+            client,
+            limiter,
+        })
+    }
+}
+
+// === webhook payloads (the fields we use) ===
+
+#[derive(Debug, Deserialize)]
+struct Payload {
+    action: String,
+    issue: Issue,
+    #[serde(default)]
+    label: Option<Label>,
+    #[serde(default)]
+    comment: Option<Comment>,
+    repository: Repository,
+    sender: User,
+}
+
+#[derive(Debug, Deserialize)]
+struct Issue {
+    number: u64,
+    title: String,
+    #[serde(default)]
+    body: Option<String>,
+    #[serde(default)]
+    labels: Vec<Label>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Label {
+    name: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct Comment {
+    body: String,
+    user: User,
+}
+
+#[derive(Debug, Deserialize)]
+struct Repository {
+    full_name: String,
+    #[serde(default)]
+    default_branch: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct User {
+    login: String,
+    #[serde(rename = "type", default)]
+    kind: Option<String>,
+}
+
+/// What a delivery asks for.
+#[derive(Debug, PartialEq)]
+struct Request {
+    repo: String,
+    issue: u64,
+    title: String,
+    /// The requester's words: the issue body, or the comment after the prefix.
+    text: String,
+    /// Who must have write access.
+    actor: String,
+    base: String,
+}
+
+fn valid_repo(full_name: &str) -> bool {
+    let part = |p: &str| {
+        !p.is_empty()
+            && !p.starts_with('.')
+            && p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    };
+    matches!(full_name.split_once('/'), Some((o, r)) if part(o) && part(r))
+}
+
+fn valid_branch(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with(['-', '.', '/'])
+        && !name.contains("..")
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
+}
+
+/// Picks the deliveries that start or continue work; `None` for everything else.
+fn classify(event: &str, p: Payload, config: &GithubConfig) -> Option<Request> {
+    if !valid_repo(&p.repository.full_name) {
+        return None;
+    }
+    let base = p
+        .repository
+        .default_branch
+        .filter(|b| valid_branch(b))
+        .unwrap_or_else(|| "main".into());
+    let text = match (event, p.action.as_str()) {
+        ("issues", "labeled") if p.label.as_ref()?.name == config.label => {
+            p.issue.body.clone().unwrap_or_default()
+        }
+        ("issues", "opened") if p.issue.labels.iter().any(|l| l.name == config.label) => {
+            p.issue.body.clone().unwrap_or_default()
+        }
+        ("issue_comment", "created") => {
+            let comment = p.comment.as_ref()?;
+            if comment.user.kind.as_deref() == Some("Bot") {
+                return None;
+            }
+            let rest = comment
+                .body
+                .trim_start()
+                .strip_prefix(&config.command_prefix)?;
+            // `/airlockfoo` is not the command.
+            if !rest.is_empty() && !rest.starts_with(char::is_whitespace) {
+                return None;
+            }
+            rest.trim().to_string()
+        }
+        _ => return None,
+    };
+    if p.sender.kind.as_deref() == Some("Bot") {
+        return None;
+    }
+    Some(Request {
+        repo: p.repository.full_name,
+        issue: p.issue.number,
+        title: p.issue.title,
+        text,
+        actor: p.sender.login,
+        base,
+    })
+}
+
+pub async fn hook(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let Some(triggers) = state.triggers.clone() else {
+        return (StatusCode::NOT_FOUND, "no github trigger configured").into_response();
+    };
+    let Some(github) = triggers.github.as_ref() else {
+        return (StatusCode::NOT_FOUND, "no github trigger configured").into_response();
+    };
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Err(e) = signature::verify_github(
+        github.webhook_secret.as_bytes(),
+        header("x-hub-signature-256"),
+        &body,
+    ) {
+        tracing::warn!(reason = %e, delivery = header("x-github-delivery"), "github webhook refused");
+        return (StatusCode::UNAUTHORIZED, "invalid signature").into_response();
+    }
+    let (Some(event), Some(delivery)) = (header("x-github-event"), header("x-github-delivery"))
+    else {
+        tracing::warn!("github webhook without X-GitHub-Event or X-GitHub-Delivery");
+        return (
+            StatusCode::BAD_REQUEST,
+            "missing X-GitHub-Event or X-GitHub-Delivery",
+        )
+            .into_response();
+    };
+    let (event, delivery) = (event.to_string(), delivery.to_string());
+    if event == "ping" {
+        return StatusCode::OK.into_response();
+    }
+    if event != "issues" && event != "issue_comment" {
+        return StatusCode::OK.into_response();
+    }
+    let payload: Payload = match serde_json::from_slice(&body) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(delivery, error = %e, "github webhook: unreadable payload");
+            return (StatusCode::BAD_REQUEST, format!("invalid payload: {e}")).into_response();
+        }
+    };
+    let Some(request) = classify(&event, payload, &github.config) else {
+        tracing::debug!(delivery, event, "github event ignored");
+        return StatusCode::OK.into_response();
+    };
+    let Some(admission) = github.limiter.try_admit() else {
+        tracing::warn!(
+            delivery,
+            in_flight = github.limiter.in_flight(),
+            "github trigger at capacity; delivery refused (redeliver it later)"
+        );
+        return (StatusCode::SERVICE_UNAVAILABLE, "busy").into_response();
+    };
+    match store::record_delivery(&state.store, Source::Github, &delivery).await {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::info!(delivery, "duplicate github delivery ignored");
+            return StatusCode::OK.into_response();
+        }
+        Err(e) => {
+            tracing::error!(delivery, error = %e, "github webhook: cannot record delivery");
+            return (StatusCode::INTERNAL_SERVER_ERROR, "store unavailable").into_response();
+        }
+    }
+    tracing::info!(delivery, repo = %request.repo, issue = request.issue, "github event accepted");
+    tokio::spawn(async move {
+        let _slot = admission.run_slot().await;
+        handle_request(&state, &triggers, request).await;
+        drop(admission);
+    });
+    StatusCode::OK.into_response()
+}
+
+async fn handle_request(state: &AppState, triggers: &Arc<Triggers>, req: Request) {
+    let Some(github) = triggers.github.as_ref() else {
+        return;
+    };
+    let config = &github.config;
+    match github
+        .client
+        .permission_with_retry(&req.repo, &req.actor)
+        .await
+    {
+        Ok(p) if p == "admin" || p == "write" || p == "maintain" => {}
+        Ok(p) => {
+            tracing::warn!(repo = %req.repo, issue = req.issue, user = %req.actor, permission = %p,
+                "github trigger refused: the requester lacks write access");
+            return;
+        }
+        Err(e) => {
+            // Fail closed: no proof of write access, no session.
+            tracing::error!(repo = %req.repo, issue = req.issue, user = %req.actor, error = %e,
+                "github trigger: permission check failed; not starting");
+            return;
+        }
+    }
+    let key = format!("{}#{}", req.repo, req.issue);
+    let comment = |body: String| ReplyPayload::GithubComment {
+        repo: req.repo.clone(),
+        issue: req.issue,
+        body: truncate(&body, MAX_COMMENT_BYTES),
+    };
+    // Held from the lookup until the new session is bound, so two events for one new
+    // thread cannot both start a session (within this brain).
+    let start_guard = triggers.thread_lock.lock().await;
+    let existing = match store::thread_session(&state.store, Source::Github, &key).await {
+        Ok(existing) => existing,
+        Err(e) => {
+            tracing::error!(error = %e, issue = %key, "github: cannot read the issue mapping");
+            return;
+        }
+    };
+    let session_id = match existing {
+        Some(session) => {
+            if let Err(e) = triggers
+                .launcher
+                .follow_up(&session, req.text.clone())
+                .await
+            {
+                triggers
+                    .reply(
+                        state,
+                        comment(format!(
+                            "Airlock could not continue session `{session}`: {e}"
+                        )),
+                    )
+                    .await;
+                return;
+            }
+            session
+        }
+        None => {
+            let clone_url = format!("https://{}/{}.git", config.git_host, req.repo);
+            let task = TriggeredTask {
+                task: format!(
+                    "GitHub issue {key}: {title}\n\n{text}\n\n\
+                     Clone {clone_url} into ./{dir} (use the {cred} credential: \
+                     https://x-access-token:${cred}@{host}/{repo}.git) and make the change there. \
+                     Do not push: Airlock pushes a branch and opens a draft pull request itself.",
+                    title = req.title,
+                    text = req.text,
+                    dir = config.repo_dir,
+                    cred = config.credential,
+                    host = config.git_host,
+                    repo = req.repo,
+                ),
+                request: req.text.clone(),
+                credentials: vec![config.credential.clone()],
+                origin: json!({"kind": "github", "repo": req.repo, "issue": req.issue,
+                               "user": req.actor}),
+            };
+            let session = match triggers.launcher.start(task).await {
+                Ok(id) => id,
+                Err(e) => {
+                    triggers
+                        .reply(
+                            state,
+                            comment(format!("Airlock could not start a session: {e}")),
+                        )
+                        .await;
+                    return;
+                }
+            };
+            if let Err(e) = store::bind_thread(&state.store, Source::Github, &key, &session).await {
+                tracing::error!(error = %e, session = %session, "github: cannot record the issue");
+            }
+            tracing::info!(session = %session, issue = %key, "github session started");
+            session
+        }
+    };
+    drop(start_guard);
+    let outcome = match triggers.launcher.wait_settled(&session_id).await {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            triggers
+                .reply(
+                    state,
+                    comment(format!("Airlock lost track of session `{session_id}`: {e}")),
+                )
+                .await;
+            return;
+        }
+    };
+    let mut body = if outcome.succeeded {
+        format!(
+            "Airlock session `{session_id}` finished:\n\n{}",
+            fenced(&outcome.summary)
+        )
+    } else {
+        format!(
+            "Airlock session `{session_id}` failed:\n\n{}",
+            fenced(&outcome.summary)
+        )
+    };
+    if let (true, Some(sandbox)) = (outcome.succeeded, outcome.sandbox_id.as_deref()) {
+        match publish(state, config, sandbox, &req).await {
+            Ok(Published::PullRequest(url)) => {
+                body.push_str(&format!("\n\nDraft pull request: {url}"))
+            }
+            Ok(Published::NoChanges) => body.push_str("\n\nNo code changes to push."),
+            Err(e) => {
+                tracing::warn!(session = %session_id, error = %e, "github: publishing the changes failed");
+                body.push_str(&format!("\n\nPushing the changes failed: {e}"));
+            }
+        }
+    }
+    triggers.reply(state, comment(body)).await;
+}
+
+fn fenced(text: &str) -> String {
+    let text = if text.trim().is_empty() {
+        "(no output)"
+    } else {
+        text.trim()
+    };
+    format!("```\n{}\n```", text.replace("```", "`\u{200b}``"))
+}
+
+#[derive(Debug, PartialEq)]
+enum Published {
+    PullRequest(String),
+    NoChanges,
+}
+
+/// Exit codes of [`PUSH_SCRIPT`] other than success.
+const NO_CLONE: i32 = 3;
+const NO_CHANGES: i32 = 4;
+
+/// Runs in the sandbox, in its working directory. Inputs come as env vars (never spliced into
+/// the script); the credential's stub is expanded inside the sandbox only.
+const PUSH_SCRIPT: &str = r#"set -eu
+export GIT_TERMINAL_PROMPT=0
+[ -d "$AIRLOCK_REPO_DIR/.git" ] || exit 3
+cd "$AIRLOCK_REPO_DIR"
+git add -A
+ahead=$(git rev-list --count "origin/$AIRLOCK_BASE..HEAD" 2>/dev/null || echo 0)
+if git diff --cached --quiet && [ "$ahead" = 0 ]; then exit 4; fi
+git checkout -q -B "$AIRLOCK_BRANCH"
+if ! git diff --cached --quiet; then
+  git -c user.name=Airlock -c user.email=airlock@localhost commit -q -m "$AIRLOCK_COMMIT_MSG"
+fi
+git push -q --force "https://x-access-token:${CREDENTIAL}@$AIRLOCK_GIT_HOST/$AIRLOCK_REPO.git" "HEAD:refs/heads/$AIRLOCK_BRANCH"
+"#;
+
+/// Opens the pull request; the body (JSON) comes on stdin. Prints the response body, then
+/// the status code on the last line.
+const PR_SCRIPT: &str = r#"curl -sS -X POST \
+  -H "Authorization: Bearer ${CREDENTIAL}" \
+  -H "Accept: application/vnd.github+json" \
+  -H "X-GitHub-Api-Version: 2022-11-28" \
+  -H "User-Agent: airlock" \
+  -H "Content-Type: application/json" \
+  --data-binary @- -w '\n%{http_code}' \
+  "$AIRLOCK_API/repos/$AIRLOCK_REPO/pulls"
+"#;
+
+/// Pushes the session's changes and opens a draft PR, both from inside the sandbox.
+async fn publish(
+    state: &AppState,
+    config: &GithubConfig,
+    sandbox_id: &str,
+    req: &Request,
+) -> Result<Published, String> {
+    let branch = format!("airlock/issue-{}", req.issue);
+    let api = config
+        .sandbox_api_base_url
+        .as_deref()
+        .unwrap_or(&config.api_base_url)
+        .trim_end_matches('/')
+        .to_string();
+    let env: BTreeMap<String, String> = [
+        ("AIRLOCK_REPO_DIR", config.repo_dir.clone()),
+        ("AIRLOCK_BRANCH", branch.clone()),
+        ("AIRLOCK_BASE", req.base.clone()),
+        ("AIRLOCK_REPO", req.repo.clone()),
+        ("AIRLOCK_GIT_HOST", config.git_host.clone()),
+        ("AIRLOCK_API", api),
+        (
+            "AIRLOCK_COMMIT_MSG",
+            format!(
+                "{} (#{})",
+                req.title.lines().next().unwrap_or("airlock"),
+                req.issue
+            ),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    // The credential name was validated as an identifier (config::validate).
+    let cred = format!("${{{}}}", config.credential);
+    let push = sandbox_exec(
+        state,
+        sandbox_id,
+        PUSH_SCRIPT.replace("${CREDENTIAL}", &cred),
+        env.clone(),
+        None,
+    )
+    .await?;
+    match push.exit_code {
+        Some(0) => {}
+        Some(NO_CLONE) => return Ok(Published::NoChanges),
+        Some(NO_CHANGES) => return Ok(Published::NoChanges),
+        other => {
+            return Err(format!(
+                "git push exited {other:?}: {}",
+                truncate(push.stderr.trim(), 2000)
+            ));
+        }
+    }
+    let pr = json!({
+        "title": req.title,
+        "head": branch,
+        "base": req.base,
+        "body": format!("Opened by Airlock for #{}.", req.issue),
+        "draft": true,
+    })
+    .to_string();
+    let mut last = String::new();
+    for attempt in 0..INLINE_ATTEMPTS {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
+        }
+        let out = sandbox_exec(
+            state,
+            sandbox_id,
+            PR_SCRIPT.replace("${CREDENTIAL}", &cred),
+            env.clone(),
+            Some(pr.clone()),
+        )
+        .await?;
+        let (body, status) = match out.stdout.trim_end().rsplit_once('\n') {
+            Some((body, code)) => (body, code.trim().parse::<u16>().unwrap_or(0)),
+            None => ("", out.stdout.trim().parse::<u16>().unwrap_or(0)),
+        };
+        let parsed: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+        match status {
+            201 => {
+                return parsed["html_url"]
+                    .as_str()
+                    .map(|u| Published::PullRequest(u.to_string()))
+                    .ok_or_else(|| {
+                        format!("the PR response has no html_url: {}", truncate(body, 500))
+                    });
+            }
+            // The branch already has a PR (a follow-up updated it): the push was the update.
+            422 if body.contains("already exists") => {
+                return Ok(Published::PullRequest(format!(
+                    "(existing pull request for branch {branch} updated)"
+                )));
+            }
+            0 | 429 | 500..=599 => {
+                last = format!(
+                    "HTTP {status}: {} {}",
+                    truncate(body, 500),
+                    truncate(out.stderr.trim(), 500)
+                );
+            }
+            _ => {
+                return Err(format!(
+                    "creating the pull request: HTTP {status}: {}",
+                    truncate(body, 1000)
+                ));
+            }
+        }
+    }
+    Err(format!(
+        "creating the pull request failed {INLINE_ATTEMPTS} times; last: {last}"
+    ))
+}
+
+async fn sandbox_exec(
+    state: &AppState,
+    sandbox_id: &str,
+    script: String,
+    env: BTreeMap<String, String>,
+    stdin: Option<String>,
+) -> Result<airlock_wire::ExecResult, String> {
+    let row = state
+        .store
+        .get_sandbox(sandbox_id)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("no sandbox {sandbox_id}"))?;
+    let handle = row
+        .handle
+        .as_ref()
+        .filter(|_| row.status == crate::store::SandboxStatus::Running)
+        .ok_or_else(|| format!("sandbox {sandbox_id} is {}", row.status))?;
+    let backend = state
+        .backends
+        .get(row.backend)
+        .await
+        .map_err(|e| e.to_string())?;
+    let request = ExecRequest {
+        argv: Some(vec!["sh".into(), "-c".into(), script]),
+        env: Some(env),
+        stdin,
+        timeout_ms: Some(300_000),
+        max_output_bytes: Some(state.config.sandbox.max_output_bytes),
+        ..ExecRequest::default()
+    };
+    backend
+        .exec(handle, request)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+// === REST client ===
+
+/// The brain's GitHub REST client (its own token): permission checks and comments.
+pub struct GithubClient {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl GithubClient {
+    pub fn new(config: &GithubConfig, token: String) -> Result<Self, TriggerSetupError> {
+        crate::install_crypto_provider();
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(20))
+            .user_agent("airlock");
+        if let Some(path) = &config.ca_file {
+            let pem = std::fs::read(path).map_err(|e| {
+                TriggerSetupError::Config(format!(
+                    "triggers.github.ca_file {}: {e}",
+                    path.display()
+                ))
+            })?;
+            let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| {
+                TriggerSetupError::Config(format!(
+                    "triggers.github.ca_file {}: {e}",
+                    path.display()
+                ))
+            })?;
+            builder = builder.tls_certs_merge([cert]);
+        }
+        let http = builder
+            .build()
+            .map_err(|e| TriggerSetupError::Config(format!("github http client: {e}")))?;
+        Ok(Self {
+            http,
+            base: config.api_base_url.trim_end_matches('/').to_string(),
+            token,
+        })
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .header("Accept", "application/vnd.github+json")
+            .header("X-GitHub-Api-Version", "2022-11-28")
+    }
+
+    /// `admin`, `write`, `read` or `none` (GitHub answers 404 for a non-collaborator).
+    pub async fn permission(&self, repo: &str, user: &str) -> Result<String, Delivery> {
+        if !user
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '[' || c == ']')
+        {
+            return Ok("none".into());
+        }
+        let path = format!("/repos/{repo}/collaborators/{user}/permission");
+        let resp = self
+            .request(reqwest::Method::GET, &path)
+            .send()
+            .await
+            .map_err(|e| Delivery::Retry {
+                error: format!("GET {path}: {e}"),
+                after: None,
+            })?;
+        let status = resp.status();
+        if status == reqwest::StatusCode::NOT_FOUND {
+            return Ok("none".into());
+        }
+        if !status.is_success() {
+            return Err(classify_failure(status, resp.headers(), &path));
+        }
+        let body: serde_json::Value = resp.json().await.map_err(|e| Delivery::Retry {
+            error: format!("GET {path}: {e}"),
+            after: None,
+        })?;
+        Ok(body["permission"].as_str().unwrap_or("none").to_string())
+    }
+
+    async fn permission_with_retry(&self, repo: &str, user: &str) -> Result<String, String> {
+        let mut last = String::new();
+        for attempt in 0..INLINE_ATTEMPTS {
+            match self.permission(repo, user).await {
+                Ok(p) => return Ok(p),
+                Err(Delivery::Retry { error, after }) => {
+                    last = error;
+                    let wait = after.unwrap_or(Duration::from_millis(500 << attempt));
+                    tokio::time::sleep(wait.min(Duration::from_secs(30))).await;
+                }
+                Err(Delivery::Fatal(error)) => return Err(error),
+                Err(Delivery::Delivered) => unreachable!("permission never reports delivered"),
+            }
+        }
+        Err(last)
+    }
+
+    /// `POST /repos/{repo}/issues/{issue}/comments`.
+    pub async fn comment(&self, repo: &str, issue: u64, body: &str) -> Delivery {
+        let path = format!("/repos/{repo}/issues/{issue}/comments");
+        let resp = match self
+            .request(reqwest::Method::POST, &path)
+            .json(&json!({ "body": body }))
+            .send()
+            .await
+        {
+            Ok(resp) => resp,
+            Err(e) => {
+                return Delivery::Retry {
+                    error: format!("POST {path}: {e}"),
+                    after: None,
+                };
+            }
+        };
+        if resp.status() == reqwest::StatusCode::CREATED {
+            return Delivery::Delivered;
+        }
+        classify_failure(resp.status(), resp.headers(), &path)
+    }
+}
+
+/// GitHub's failure statuses: 429 and 5xx are transient; 403 is a rate limit when
+/// `x-ratelimit-remaining: 0` (wait for `x-ratelimit-reset`); 401 is a bad token an operator
+/// can fix (retried); 404/410/422 will not change.
+fn classify_failure(
+    status: reqwest::StatusCode,
+    headers: &reqwest::header::HeaderMap,
+    path: &str,
+) -> Delivery {
+    let error = format!("{path}: HTTP {status}");
+    let rate_limited = headers
+        .get("x-ratelimit-remaining")
+        .and_then(|v| v.to_str().ok())
+        == Some("0");
+    if status.as_u16() == 429 || status.is_server_error() || status.as_u16() == 401 {
+        return Delivery::Retry {
+            error,
+            after: retry_after(headers),
+        };
+    }
+    if status.as_u16() == 403 && (rate_limited || headers.contains_key("retry-after")) {
+        let reset = headers
+            .get("x-ratelimit-reset")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<i64>().ok())
+            .map(|reset| {
+                Duration::from_secs(
+                    u64::try_from(reset - chrono::Utc::now().timestamp()).unwrap_or(1),
+                )
+            });
+        return Delivery::Retry {
+            error,
+            after: retry_after(headers).or(reset),
+        };
+    }
+    Delivery::Fatal(error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn payload(event: &str, v: serde_json::Value) -> Option<Request> {
+        classify(
+            event,
+            serde_json::from_value(v).unwrap(),
+            &GithubConfig::default(),
+        )
+    }
+
+    fn issue(labels: &[&str]) -> serde_json::Value {
+        json!({"number": 7, "title": "Fix it", "body": "echo hi",
+               "labels": labels.iter().map(|l| json!({"name": l})).collect::<Vec<_>>(),
+               "user": {"login": "alice"}})
+    }
+
+    #[test]
+    fn labelled_issues_and_prefixed_comments_start_work() {
+        let repo = json!({"full_name": "acme/widgets", "default_branch": "trunk"});
+        let sender = json!({"login": "alice", "type": "User"});
+        let r = payload(
+            "issues",
+            json!({"action": "labeled", "label": {"name": "airlock"},
+            "issue": issue(&["airlock"]), "repository": repo, "sender": sender}),
+        )
+        .unwrap();
+        assert_eq!(
+            (r.repo.as_str(), r.issue, r.text.as_str(), r.base.as_str()),
+            ("acme/widgets", 7, "echo hi", "trunk")
+        );
+        assert!(
+            payload(
+                "issues",
+                json!({"action": "labeled", "label": {"name": "bug"},
+            "issue": issue(&["bug"]), "repository": repo, "sender": sender})
+            )
+            .is_none()
+        );
+        assert!(
+            payload(
+                "issues",
+                json!({"action": "opened",
+            "issue": issue(&["airlock"]), "repository": repo, "sender": sender})
+            )
+            .is_some()
+        );
+        assert!(
+            payload(
+                "issues",
+                json!({"action": "opened",
+            "issue": issue(&[]), "repository": repo, "sender": sender})
+            )
+            .is_none()
+        );
+        let comment = |body: &str, kind: &str| {
+            json!({"action": "created", "issue": issue(&[]),
+            "comment": {"body": body, "user": {"login": "alice", "type": kind}},
+            "repository": repo, "sender": {"login": "alice", "type": kind}})
+        };
+        let r = payload("issue_comment", comment("/airlock  ls -la ", "User")).unwrap();
+        assert_eq!(r.text, "ls -la");
+        assert!(payload("issue_comment", comment("/airlockx", "User")).is_none());
+        assert!(payload("issue_comment", comment("please /airlock", "User")).is_none());
+        assert!(payload("issue_comment", comment("/airlock ls", "Bot")).is_none());
+        // A repository name that could escape the push URL is refused.
+        let bad = json!({"full_name": "acme/../x", "default_branch": "main"});
+        assert!(
+            payload(
+                "issues",
+                json!({"action": "labeled", "label": {"name": "airlock"},
+            "issue": issue(&["airlock"]), "repository": bad, "sender": sender})
+            )
+            .is_none()
+        );
+    }
+
+    #[test]
+    fn failures_are_classified() {
+        let h = reqwest::header::HeaderMap::new();
+        assert!(matches!(
+            classify_failure(reqwest::StatusCode::BAD_GATEWAY, &h, "/x"),
+            Delivery::Retry { .. }
+        ));
+        assert!(matches!(
+            classify_failure(reqwest::StatusCode::NOT_FOUND, &h, "/x"),
+            Delivery::Fatal(_)
+        ));
+        assert!(matches!(
+            classify_failure(reqwest::StatusCode::FORBIDDEN, &h, "/x"),
+            Delivery::Fatal(_)
+        ));
+        let mut limited = reqwest::header::HeaderMap::new();
+        limited.insert("x-ratelimit-remaining", "0".parse().unwrap());
+        limited.insert("retry-after", "7".parse().unwrap());
+        assert_eq!(
+            classify_failure(reqwest::StatusCode::FORBIDDEN, &limited, "/x"),
+            Delivery::Retry {
+                error: "/x: HTTP 403 Forbidden".into(),
+                after: Some(Duration::from_secs(7))
+            }
+        );
+    }
+}

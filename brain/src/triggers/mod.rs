@@ -1,0 +1,251 @@
+//! Slack and GitHub triggers: signed webhooks that start (or continue) sessions and post the
+//! result back (a Slack thread reply, a GitHub comment and, when code changed, a draft PR).
+//!
+//! Request path: `POST /hooks/{slack,github}` (mounted outside master-key auth: the signature
+//! is the authentication) → [`signature`] over the raw body → admission ([`Limiter`]: a
+//! semaphore plus a bounded queue; beyond it 503 and a log line, no session) → dedupe by the
+//! source's delivery id ([`store::record_delivery`], a primary key, so it holds across
+//! replicas) → 200 at once; the work runs in a spawned task through the
+//! [`SessionLauncher`] seam. Replies go into the `trigger_replies` outbox first and
+//! [`outbox::run`] delivers them with backoff, so an API outage or a restart delays a reply
+//! but never loses it.
+//!
+//! The launcher is a trait so this module does not depend on how sessions run:
+//! [`build_launcher`] picks `sessions_launcher` (the agent loop, the default) or, with
+//! `triggers.launcher: shell`,
+//! [`shell_launcher::ShellLauncher`], a test launcher that runs the user's words as a shell
+//! command in a real sandbox.
+
+pub mod config;
+pub mod github;
+pub mod outbox;
+pub mod sessions_launcher;
+pub mod shell_launcher;
+pub mod signature;
+pub mod slack;
+pub mod store;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use async_trait::async_trait;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+
+pub use config::{GithubConfig, LauncherChoice, SlackConfig, TriggersConfig};
+
+use crate::state::AppState;
+
+/// What a trigger asks a session to do.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TriggeredTask {
+    /// The full task for an agent: the request plus its context (repo, issue, thread).
+    pub task: String,
+    /// The requester's own words (mention text, issue body, comment after the prefix).
+    pub request: String,
+    /// Credentials the session's sandboxes get (e.g. `GITHUB_TOKEN` for the GitHub flow).
+    pub credentials: Vec<String>,
+    /// Where it came from, stored with the session (`{"kind":"slack","channel",…}`, as `sessions` filters by `origin.kind`).
+    pub origin: serde_json::Value,
+}
+
+/// Where a session stands once it settled (finished, or answered and waits for follow-ups).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskOutcome {
+    pub succeeded: bool,
+    /// The answer (or the error) to post back.
+    pub summary: String,
+    /// The session's latest sandbox, if any: the GitHub flow pushes from it.
+    pub sandbox_id: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error("no session {0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// The seam between triggers and sessions: start one, send it a follow-up, wait for it to
+/// settle. Kept this thin so the real sessions module implements it in a few lines.
+#[async_trait]
+pub trait SessionLauncher: Send + Sync {
+    /// Starts a session and returns its id without waiting for it to run.
+    async fn start(&self, task: TriggeredTask) -> Result<String, LaunchError>;
+    /// Adds a message to a session (a reply in its Slack thread, a new `/airlock` comment).
+    async fn follow_up(&self, session_id: &str, text: String) -> Result<(), LaunchError>;
+    /// Resolves when the session is terminal or has answered its latest message.
+    async fn wait_settled(&self, session_id: &str) -> Result<TaskOutcome, LaunchError>;
+}
+
+/// The launcher `triggers.launcher` names. The one place that knows the implementations.
+pub fn build_launcher(state: &AppState, choice: LauncherChoice) -> Arc<dyn SessionLauncher> {
+    match choice {
+        LauncherChoice::Sessions => {
+            Arc::new(sessions_launcher::SessionsLauncher::new(state.clone()))
+        }
+        LauncherChoice::Shell => {
+            tracing::warn!(
+                "triggers.launcher shell: trigger text runs as a shell command in a sandbox \
+                 (test launcher, no model)"
+            );
+            Arc::new(shell_launcher::ShellLauncher::new(state.clone()))
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TriggerSetupError {
+    #[error("{0}")]
+    Config(String),
+    #[error("env {0} is not set (needed by the {1} trigger)")]
+    MissingSecret(String, &'static str),
+}
+
+/// Everything the hooks and the outbox worker share. Held in [`AppState::triggers`].
+pub struct Triggers {
+    pub launcher: Arc<dyn SessionLauncher>,
+    pub slack: Option<slack::SlackTrigger>,
+    pub github: Option<github::GithubTrigger>,
+    /// Wakes the outbox worker when a reply is enqueued.
+    pub outbox_wakeup: Notify,
+    pub retry: outbox::RetryPolicy,
+    /// Serialises "look up the thread's session, else start one and bind it" (held for
+    /// milliseconds: starting a session does not wait for it to run).
+    pub thread_lock: tokio::sync::Mutex<()>,
+}
+
+impl Triggers {
+    /// Reads the secrets named in the config (refusing to start without them: a hook with no
+    /// secret would accept anything) and builds the clients.
+    pub fn from_config(
+        config: &TriggersConfig,
+        launcher: Arc<dyn SessionLauncher>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, TriggerSetupError> {
+        config.validate().map_err(TriggerSetupError::Config)?;
+        let secret = |name: &str, who: &'static str| {
+            env(name)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| TriggerSetupError::MissingSecret(name.to_string(), who))
+        };
+        let slack = match &config.slack {
+            Some(c) => Some(slack::SlackTrigger::new(
+                c.clone(),
+                secret(&c.signing_secret_env, "slack")?,
+                secret(&c.bot_token_env, "slack")?,
+            )?),
+            None => None,
+        };
+        let github = match &config.github {
+            Some(c) => Some(github::GithubTrigger::new(
+                c.clone(),
+                secret(&c.webhook_secret_env, "github")?,
+                secret(&c.token_env, "github")?,
+            )?),
+            None => None,
+        };
+        Ok(Self {
+            launcher,
+            slack,
+            github,
+            outbox_wakeup: Notify::new(),
+            thread_lock: tokio::sync::Mutex::new(()),
+            retry: outbox::RetryPolicy {
+                base: std::time::Duration::from_millis(config.reply_retry_base_ms),
+                max: std::time::Duration::from_millis(config.reply_retry_max_ms),
+                ..outbox::RetryPolicy::default()
+            },
+        })
+    }
+
+    /// Puts a reply in the outbox (durably) and wakes the worker.
+    pub async fn reply(&self, state: &AppState, payload: store::ReplyPayload) {
+        match store::enqueue_reply(&state.store, &payload).await {
+            Ok(id) => {
+                tracing::debug!(reply = %id, source = payload.source().as_str(), "reply queued");
+                self.outbox_wakeup.notify_one();
+            }
+            Err(e) => {
+                tracing::error!(error = %e, source = payload.source().as_str(),
+                    "cannot queue a reply; it is lost")
+            }
+        }
+    }
+}
+
+/// Caps concurrent work per trigger: `max_concurrent` run, `max_queued` wait, the rest are
+/// refused. Admission is decided synchronously in the hook, so a flood is answered with 503s
+/// instead of piling up tasks.
+pub struct Limiter {
+    permits: Arc<Semaphore>,
+    admitted: Arc<AtomicUsize>,
+    capacity: usize,
+}
+
+/// A place in the limiter; released on drop.
+pub struct Admission {
+    admitted: Arc<AtomicUsize>,
+    permits: Arc<Semaphore>,
+}
+
+impl Limiter {
+    pub fn new(max_concurrent: usize, max_queued: usize) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(max_concurrent)),
+            admitted: Arc::new(AtomicUsize::new(0)),
+            capacity: max_concurrent + max_queued,
+        }
+    }
+
+    pub fn try_admit(&self) -> Option<Admission> {
+        let capacity = self.capacity;
+        self.admitted
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < capacity).then_some(n + 1)
+            })
+            .ok()?;
+        Some(Admission {
+            admitted: self.admitted.clone(),
+            permits: self.permits.clone(),
+        })
+    }
+
+    /// Events admitted and not yet finished (running or queued).
+    pub fn in_flight(&self) -> usize {
+        self.admitted.load(Ordering::Acquire)
+    }
+}
+
+impl Admission {
+    /// Waits for a running slot.
+    pub async fn run_slot(&self) -> OwnedSemaphorePermit {
+        self.permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the limiter's semaphore is never closed")
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.admitted.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Cuts `text` to at most `max` bytes on a char boundary, saying so.
+pub(crate) fn truncate(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}\n… (truncated)", &text[..end])
+}
+
+#[cfg(test)]
+mod tests;

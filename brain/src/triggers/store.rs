@@ -1,0 +1,302 @@
+//! The trigger tables (`migrations/*/0003_triggers.sql`): delivery dedupe, thread → session
+//! mapping, and the reply outbox. Same `$N` SQL on SQLite and PostgreSQL.
+
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+
+use crate::store::{Store, StoreError, on_pool};
+
+/// Where a trigger came from; the `source` column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    Slack,
+    Github,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Slack => "slack",
+            Source::Github => "github",
+        }
+    }
+}
+
+/// A reply waiting in the outbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ReplyPayload {
+    /// `chat.postMessage` into a thread.
+    SlackMessage {
+        channel: String,
+        thread_ts: String,
+        text: String,
+    },
+    /// `POST /repos/{repo}/issues/{issue}/comments`.
+    GithubComment {
+        repo: String,
+        issue: u64,
+        body: String,
+    },
+}
+
+impl ReplyPayload {
+    pub fn source(&self) -> Source {
+        match self {
+            ReplyPayload::SlackMessage { .. } => Source::Slack,
+            ReplyPayload::GithubComment { .. } => Source::Github,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingReply {
+    pub id: String,
+    pub payload: ReplyPayload,
+    pub attempts: u32,
+}
+
+pub(crate) fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn corrupt(message: impl Into<String>) -> StoreError {
+    StoreError::Corrupt {
+        table: "trigger_replies",
+        message: message.into(),
+    }
+}
+
+/// Records a delivery; `false` when this (source, id) was seen before (a retry or replay).
+pub async fn record_delivery(
+    store: &Store,
+    source: Source,
+    delivery_id: &str,
+) -> Result<bool, StoreError> {
+    let now = now_ms();
+    let affected = on_pool!(store.db(), |pool| {
+        sqlx::query(
+            "INSERT INTO webhook_deliveries (source, delivery_id, received_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (source, delivery_id) DO NOTHING",
+        )
+        .bind(source.as_str())
+        .bind(delivery_id)
+        .bind(now)
+        .execute(pool)
+        .await?
+        .rows_affected()
+    });
+    Ok(affected == 1)
+}
+
+/// Forgets deliveries older than `before_ms` (their senders stopped retrying long ago).
+pub async fn prune_deliveries(store: &Store, before_ms: i64) -> Result<u64, StoreError> {
+    Ok(on_pool!(store.db(), |pool| {
+        sqlx::query("DELETE FROM webhook_deliveries WHERE received_at < $1")
+            .bind(before_ms)
+            .execute(pool)
+            .await?
+            .rows_affected()
+    }))
+}
+
+/// Maps a thread to a session. `false` if the thread already had one (the first wins).
+pub async fn bind_thread(
+    store: &Store,
+    source: Source,
+    thread_key: &str,
+    session_id: &str,
+) -> Result<bool, StoreError> {
+    let now = now_ms();
+    let affected = on_pool!(store.db(), |pool| {
+        sqlx::query(
+            "INSERT INTO trigger_threads (source, thread_key, session_id, created_at) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (source, thread_key) DO NOTHING",
+        )
+        .bind(source.as_str())
+        .bind(thread_key)
+        .bind(session_id)
+        .bind(now)
+        .execute(pool)
+        .await?
+        .rows_affected()
+    });
+    Ok(affected == 1)
+}
+
+pub async fn thread_session(
+    store: &Store,
+    source: Source,
+    thread_key: &str,
+) -> Result<Option<String>, StoreError> {
+    Ok(on_pool!(store.db(), |pool| {
+        sqlx::query_scalar(
+            "SELECT session_id FROM trigger_threads WHERE source = $1 AND thread_key = $2",
+        )
+        .bind(source.as_str())
+        .bind(thread_key)
+        .fetch_optional(pool)
+        .await?
+    }))
+}
+
+/// Puts a reply in the outbox, due now. Returns its id.
+pub async fn enqueue_reply(store: &Store, payload: &ReplyPayload) -> Result<String, StoreError> {
+    let id = format!("rp-{}", uuid::Uuid::new_v4().simple());
+    let json = serde_json::to_string(payload).map_err(|e| corrupt(e.to_string()))?;
+    let now = now_ms();
+    on_pool!(store.db(), |pool| {
+        sqlx::query(
+            "INSERT INTO trigger_replies (id, source, payload, attempts, next_attempt_at, created_at) \
+             VALUES ($1, $2, $3, 0, $4, $4)",
+        )
+        .bind(&id)
+        .bind(payload.source().as_str())
+        .bind(&json)
+        .bind(now)
+        .execute(pool)
+        .await?;
+    });
+    Ok(id)
+}
+
+/// Claims up to `limit` due replies: each claimed row's `next_attempt_at` moves to
+/// `now + lease_ms`, so another worker (replica) skips it while this one sends. A worker that
+/// dies mid-send leaves the row to be claimed again once the lease passes.
+pub async fn claim_due_replies(
+    store: &Store,
+    now: i64,
+    lease_ms: i64,
+    limit: i64,
+) -> Result<Vec<PendingReply>, StoreError> {
+    let rows = on_pool!(store.db(), |pool| {
+        sqlx::query(
+            "SELECT id, payload, attempts, next_attempt_at FROM trigger_replies \
+             WHERE failed_at IS NULL AND next_attempt_at <= $1 ORDER BY next_attempt_at LIMIT $2",
+        )
+        .bind(now)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?
+        .into_iter()
+        .map(|row| {
+            Ok::<_, sqlx::Error>((
+                row.try_get::<String, _>("id")?,
+                row.try_get::<String, _>("payload")?,
+                row.try_get::<i64, _>("attempts")?,
+                row.try_get::<i64, _>("next_attempt_at")?,
+            ))
+        })
+        .collect::<Result<Vec<_>, _>>()?
+    });
+    let mut claimed = Vec::with_capacity(rows.len());
+    for (id, payload, attempts, seen_due) in rows {
+        // Compare-and-set on the due time we read: only one claimant's update matches.
+        let won = on_pool!(store.db(), |pool| {
+            sqlx::query(
+                "UPDATE trigger_replies SET next_attempt_at = $1 WHERE id = $2 AND next_attempt_at = $3",
+            )
+            .bind(now + lease_ms)
+            .bind(&id)
+            .bind(seen_due)
+            .execute(pool)
+            .await?
+            .rows_affected()
+        }) == 1;
+        if !won {
+            continue;
+        }
+        let payload: ReplyPayload =
+            serde_json::from_str(&payload).map_err(|e| corrupt(format!("reply {id}: {e}")))?;
+        claimed.push(PendingReply {
+            id,
+            payload,
+            attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+        });
+    }
+    Ok(claimed)
+}
+
+/// The reply was delivered: it leaves the outbox.
+pub async fn reply_delivered(store: &Store, id: &str) -> Result<(), StoreError> {
+    on_pool!(store.db(), |pool| {
+        sqlx::query("DELETE FROM trigger_replies WHERE id = $1")
+            .bind(id)
+            .execute(pool)
+            .await?;
+    });
+    Ok(())
+}
+
+/// A failed attempt: try again at `next_attempt_at`.
+pub async fn reply_retry(
+    store: &Store,
+    id: &str,
+    next_attempt_at: i64,
+    error: &str,
+) -> Result<(), StoreError> {
+    on_pool!(store.db(), |pool| {
+        sqlx::query(
+            "UPDATE trigger_replies SET attempts = attempts + 1, next_attempt_at = $1, last_error = $2 \
+             WHERE id = $3",
+        )
+        .bind(next_attempt_at)
+        .bind(error)
+        .bind(id)
+        .execute(pool)
+        .await?;
+    });
+    Ok(())
+}
+
+/// The API refused the reply for good; it stays, marked, and is not retried.
+pub async fn reply_failed(store: &Store, id: &str, error: &str) -> Result<(), StoreError> {
+    let now = now_ms();
+    on_pool!(store.db(), |pool| {
+        sqlx::query(
+            "UPDATE trigger_replies SET attempts = attempts + 1, failed_at = $1, last_error = $2 \
+             WHERE id = $3",
+        )
+        .bind(now)
+        .bind(error)
+        .bind(id)
+        .execute(pool)
+        .await?;
+    });
+    Ok(())
+}
+
+/// Replies not yet delivered (pending or failed): `(id, attempts, failed, last_error)`.
+pub async fn undelivered_replies(
+    store: &Store,
+) -> Result<Vec<(String, u32, bool, Option<String>)>, StoreError> {
+    Ok(on_pool!(store.db(), |pool| {
+        sqlx::query(
+            "SELECT id, attempts, failed_at, last_error FROM trigger_replies ORDER BY created_at",
+        )
+        .fetch_all(pool)
+        .await?
+        .into_iter()
+        .map(|row| {
+            Ok::<_, sqlx::Error>((
+                row.try_get::<String, _>("id")?,
+                u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(u32::MAX),
+                row.try_get::<Option<i64>, _>("failed_at")?.is_some(),
+                row.try_get::<Option<String>, _>("last_error")?,
+            ))
+        })
+        .collect::<Result<Vec<_>, _>>()?
+    }))
+}
+
+/// The earliest `next_attempt_at` of a pending reply, so the worker can sleep until then.
+pub async fn next_due_at(store: &Store) -> Result<Option<i64>, StoreError> {
+    Ok(on_pool!(store.db(), |pool| {
+        sqlx::query_scalar(
+            "SELECT MIN(next_attempt_at) FROM trigger_replies WHERE failed_at IS NULL",
+        )
+        .fetch_one(pool)
+        .await?
+    }))
+}

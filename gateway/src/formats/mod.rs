@@ -1,0 +1,120 @@
+//! Wire formats: conversion between each provider's JSON and the canonical types,
+//! plus the minimal peeking/rewriting used on the pass-through path.
+
+pub mod anthropic;
+pub mod openai;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// The few fields the gateway needs from a request body, found without
+/// building a JSON tree (everything else is skipped).
+#[derive(Deserialize)]
+pub struct Peek<'a> {
+    #[serde(borrow)]
+    pub model: Option<&'a RawValue>,
+    #[serde(default)]
+    pub stream: Option<bool>,
+    #[serde(borrow, default)]
+    pub stream_options: Option<&'a RawValue>,
+}
+
+/// What the gateway learned from peeking at a request body.
+#[derive(Debug, Clone)]
+pub struct Peeked {
+    pub model: String,
+    pub stream: bool,
+    /// OpenAI: the client asked for `stream_options.include_usage`.
+    pub include_usage: bool,
+    model_span: (usize, usize),
+    stream_options_span: Option<(usize, usize)>,
+    open_brace: usize,
+}
+
+fn span(body: &[u8], raw: &RawValue) -> (usize, usize) {
+    let s = raw.get();
+    let start = s.as_ptr() as usize - body.as_ptr() as usize;
+    (start, start + s.len())
+}
+
+/// Peek at a request body: model, stream flag and where they sit.
+pub fn peek(body: &[u8]) -> Result<Peeked, String> {
+    let p: Peek<'_> =
+        serde_json::from_slice(body).map_err(|e| format!("invalid JSON body: {e}"))?;
+    let raw = p.model.ok_or_else(|| "`model` is required".to_owned())?;
+    let model: String =
+        serde_json::from_str(raw.get()).map_err(|_| "`model` must be a string".to_owned())?;
+    let include_usage = p
+        .stream_options
+        .and_then(|r| serde_json::from_str::<serde_json::Value>(r.get()).ok())
+        .and_then(|v| v.get("include_usage").and_then(|b| b.as_bool()))
+        .unwrap_or(false);
+    Ok(Peeked {
+        model,
+        stream: p.stream.unwrap_or(false),
+        include_usage,
+        model_span: span(body, raw),
+        stream_options_span: p.stream_options.map(|r| span(body, r)),
+        open_brace: body.iter().position(|&b| b == b'{').unwrap_or(0),
+    })
+}
+
+/// Rewrite a pass-through body for the upstream: swap the model name and, for
+/// OpenAI streams, ask for usage. Returns `None` when the body can go as is.
+pub fn rewrite(body: &[u8], p: &Peeked, upstream_model: &str, want_usage: bool) -> Option<Vec<u8>> {
+    let swap_model = upstream_model != p.model;
+    let add_usage = want_usage && p.stream && !p.include_usage;
+    if !swap_model && !add_usage {
+        return None;
+    }
+    let mut edits: Vec<(usize, usize, Vec<u8>)> = Vec::with_capacity(2);
+    if swap_model {
+        let mut m = Vec::with_capacity(upstream_model.len() + 2);
+        // Serializing a &str cannot fail.
+        let _ = serde_json::to_writer(&mut m, upstream_model);
+        edits.push((p.model_span.0, p.model_span.1, m));
+    }
+    if add_usage {
+        match p.stream_options_span {
+            Some((s, e)) => edits.push((s, e, b"{\"include_usage\":true}".to_vec())),
+            None => edits.push((
+                p.open_brace + 1,
+                p.open_brace + 1,
+                b"\"stream_options\":{\"include_usage\":true},".to_vec(),
+            )),
+        }
+    }
+    edits.sort_by_key(|e| e.0);
+    let mut out = Vec::with_capacity(body.len() + 64);
+    let mut pos = 0;
+    for (s, e, rep) in edits {
+        out.extend_from_slice(&body[pos..s]);
+        out.extend_from_slice(&rep);
+        pos = e;
+    }
+    out.extend_from_slice(&body[pos..]);
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rewrites_model_and_usage() {
+        let body = br#" {"messages":[],"model":"alias","stream":true}"#;
+        let p = peek(body).unwrap();
+        assert_eq!(p.model, "alias");
+        assert!(p.stream);
+        let out = rewrite(body, &p, "gpt-4o", true).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["model"], "gpt-4o");
+        assert_eq!(v["stream_options"]["include_usage"], true);
+        let body = br#"{"model":"gpt-4o","stream":false}"#;
+        assert!(rewrite(body, &peek(body).unwrap(), "gpt-4o", true).is_none());
+        let body = br#"{"model":"m","stream":true,"stream_options":{"include_usage":false}}"#;
+        let out = rewrite(body, &peek(body).unwrap(), "m", true).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["stream_options"]["include_usage"], true);
+    }
+}

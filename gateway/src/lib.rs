@@ -1,0 +1,248 @@
+//! Airlock's LLM gateway: a LiteLLM-compatible proxy (OpenAI and Anthropic
+//! wire formats, translation between them, streaming, virtual keys, budgets,
+//! spend, retries and fallbacks), usable in-process by the brain or as the
+//! standalone `gateway` binary.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let cfg = gateway::config::Config::load(std::path::Path::new("config.yaml"))?;
+//! let store = gateway::store::Store::connect("sqlite://gateway.db").await?;
+//! let gw = gateway::Gateway::from_config(cfg, store).await?;
+//! let app: axum::Router = gw.router();           // or gw.routes::<MyState>() to merge
+//! let answer = gw.chat(gateway::canonical::ChatRequest {
+//!     model: "demo".into(),
+//!     messages: vec![gateway::canonical::Message::user("hi")],
+//!     ..Default::default()
+//! }, None).await?;
+//! # let _ = (app, answer); Ok(()) }
+//! ```
+
+pub mod api;
+pub mod canonical;
+pub mod config;
+pub mod error;
+pub mod formats;
+pub mod keys;
+pub mod pricing;
+pub mod providers;
+mod proxy;
+pub mod routing;
+pub mod sse;
+pub mod store;
+
+use crate::canonical::{ChatRequest, ChatResponse, StreamCollector};
+use crate::config::{Config, ConfigError};
+use crate::error::{GatewayError, ProviderError};
+use crate::keys::{Caller, Keys};
+use crate::providers::{CallOpts, EventStream};
+use crate::store::{Store, StoreError};
+use std::sync::Arc;
+
+/// Errors from building a gateway.
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub(crate) struct Inner {
+    pub(crate) router: routing::Router,
+    pub(crate) keys: Arc<Keys>,
+    pub(crate) warnings: Vec<String>,
+}
+
+/// The gateway: cheap to clone, shares one state.
+#[derive(Clone)]
+pub struct Gateway {
+    inner: Arc<Inner>,
+}
+
+/// What the in-process API accepts: canonical requests or OpenAI-shaped JSON.
+#[derive(Debug, Clone)]
+pub enum ChatInput {
+    Canonical(ChatRequest),
+    OpenAi(serde_json::Value),
+}
+
+impl From<ChatRequest> for ChatInput {
+    fn from(r: ChatRequest) -> Self {
+        ChatInput::Canonical(r)
+    }
+}
+impl From<serde_json::Value> for ChatInput {
+    fn from(v: serde_json::Value) -> Self {
+        ChatInput::OpenAi(v)
+    }
+}
+
+impl Gateway {
+    /// Build from a parsed config and a store (migrated here; keys loaded into memory).
+    pub async fn from_config(cfg: Config, store: Store) -> Result<Gateway, InitError> {
+        store.migrate().await?;
+        let client = providers::http_client();
+        let router = routing::Router::new(&cfg, &client)?;
+        let keys = Keys::load(
+            cfg.master_key.as_ref().map(|s| s.expose().to_owned()),
+            store,
+        )
+        .await?;
+        Ok(Gateway {
+            inner: Arc::new(Inner {
+                router,
+                keys,
+                warnings: cfg.warnings,
+            }),
+        })
+    }
+
+    /// All HTTP routes, ready to serve.
+    pub fn router(&self) -> axum::Router {
+        self.routes()
+    }
+
+    /// The same routes for any outer state, to `merge` into another app.
+    pub fn routes<S: Clone + Send + Sync + 'static>(&self) -> axum::Router<S> {
+        api::routes(self.inner.clone())
+    }
+
+    /// Config warnings (unknown keys, unsupported strategies).
+    pub fn warnings(&self) -> &[String] {
+        &self.inner.warnings
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.inner.keys
+    }
+
+    /// Wait until all spend recorded so far is persisted.
+    pub async fn flush(&self) {
+        self.inner.keys.flush().await
+    }
+
+    fn caller(&self, key: Option<&str>) -> Result<Caller, GatewayError> {
+        match key {
+            // In-process callers (the brain) are trusted.
+            None => Ok(Caller::Master),
+            Some(k) => self.inner.keys.authenticate(Some(k)),
+        }
+    }
+
+    fn canonical(input: ChatInput) -> Result<ChatRequest, GatewayError> {
+        match input {
+            ChatInput::Canonical(r) => Ok(r),
+            ChatInput::OpenAi(v) => formats::openai::decode_request(&v),
+        }
+    }
+
+    /// One model call without an HTTP hop: routing, retries, fallbacks, budgets
+    /// and spend as for HTTP callers. `key` = a virtual or master key, or `None`
+    /// for a trusted in-process caller.
+    pub async fn chat(
+        &self,
+        input: impl Into<ChatInput>,
+        key: Option<&str>,
+    ) -> Result<ChatResponse, GatewayError> {
+        let caller = self.caller(key)?;
+        let req = Self::canonical(input.into())?;
+        caller.check(&req.model)?;
+        let inner = &self.inner;
+        let (req, caller) = (&req, &caller);
+        inner
+            .router
+            .execute(&req.model, move |flight, group| async move {
+                let dep = flight.deployment().clone();
+                let upstream = dep.upstream_for(&req.model, &group.name).into_owned();
+                let mut guard = proxy::SpendGuard::new(
+                    inner.clone(),
+                    caller.clone(),
+                    flight,
+                    dep.price_for(&upstream),
+                );
+                let opts = CallOpts {
+                    model: &upstream,
+                    timeout: dep.timeout,
+                    idle_timeout: dep.idle_timeout,
+                    anthropic_beta: None,
+                };
+                let r = if req.stream {
+                    // Streamed upstream, collected here (keeps idle timeouts short for long answers).
+                    use futures_util::StreamExt;
+                    let mut s = dep.provider.stream(req, opts).await?;
+                    let mut c = StreamCollector::default();
+                    while let Some(ev) = s.next().await {
+                        c.push(ev?);
+                    }
+                    c.response
+                } else {
+                    dep.provider.complete(req, opts).await?
+                };
+                guard.arm();
+                guard.usage = r.usage;
+                Ok::<_, ProviderError>(r)
+            })
+            .await
+    }
+
+    /// Streaming variant of [`Gateway::chat`]: canonical events; spend is
+    /// recorded when the stream ends or is dropped.
+    pub async fn chat_stream(
+        &self,
+        input: impl Into<ChatInput>,
+        key: Option<&str>,
+    ) -> Result<EventStream, GatewayError> {
+        let caller = self.caller(key)?;
+        let req = Self::canonical(input.into())?;
+        caller.check(&req.model)?;
+        let inner = &self.inner;
+        let (req, caller) = (&req, &caller);
+        inner
+            .router
+            .execute(&req.model, move |flight, group| async move {
+                let dep = flight.deployment().clone();
+                let upstream = dep.upstream_for(&req.model, &group.name).into_owned();
+                let mut guard = proxy::SpendGuard::new(
+                    inner.clone(),
+                    caller.clone(),
+                    flight,
+                    dep.price_for(&upstream),
+                );
+                let opts = CallOpts {
+                    model: &upstream,
+                    timeout: dep.timeout,
+                    idle_timeout: dep.idle_timeout,
+                    anthropic_beta: None,
+                };
+                let s = dep.provider.stream(req, opts).await?;
+                Ok::<EventStream, ProviderError>(Box::pin(proxy::Recorded {
+                    inner: s,
+                    guard: {
+                        guard.arm();
+                        guard
+                    },
+                }))
+            })
+            .await
+    }
+}
+
+/// Serve the gateway on a bound listener until `shutdown` resolves, then flush spend.
+pub async fn run(
+    gw: Gateway,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    let app = gw.router();
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("TCP_NODELAY: {e}");
+        }
+    });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    gw.flush().await;
+    Ok(())
+}

@@ -1,0 +1,86 @@
+//! `gateway --config config.yaml --listen 127.0.0.1:4000`
+
+use anyhow::Context;
+use clap::Parser;
+use std::io::Write;
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(name = "gateway", version, about = "LiteLLM-compatible LLM gateway")]
+struct Args {
+    /// LiteLLM config.yaml
+    #[arg(long, short, env = "GATEWAY_CONFIG")]
+    config: PathBuf,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:4000", env = "GATEWAY_LISTEN")]
+    listen: String,
+    /// sqlite://… or postgres://… (overrides general_settings.database_url;
+    /// default sqlite://gateway.db; `memory` keeps nothing).
+    #[arg(long, env = "GATEWAY_DATABASE_URL")]
+    database_url: Option<String>,
+}
+
+fn main() -> anyhow::Result<()> {
+    // Only ring is compiled in; make it the process default before any TLS use.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let workers = std::env::var("GATEWAY_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()?
+        .block_on(serve(args))
+}
+
+async fn serve(args: Args) -> anyhow::Result<()> {
+    let cfg = gateway::config::Config::load(&args.config)
+        .with_context(|| format!("loading {}", args.config.display()))?;
+    let url = args
+        .database_url
+        .clone()
+        .or_else(|| cfg.database_url.clone())
+        .unwrap_or_else(|| "sqlite://gateway.db".to_owned());
+    let store = gateway::store::Store::connect(&url)
+        .await
+        .with_context(|| format!("opening database {url}"))?;
+    let gw = gateway::Gateway::from_config(cfg, store).await?;
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "listening on {addr}")?;
+        out.flush()?;
+    }
+    gateway::run(gw, listener, shutdown()).await?;
+    Ok(())
+}
+
+async fn shutdown() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}

@@ -1,0 +1,145 @@
+//! OpenAI and OpenAI-compatible servers (`POST {api_base}/chat/completions`).
+
+use super::RawClient;
+use super::{
+    CallOpts, EventStream, Provider, RawResponse, SseDecoder, byte_stream, event_stream, read_body,
+    send,
+};
+use crate::canonical::{ChatRequest, ChatResponse, StreamEvent};
+use crate::config::{ConfigError, ModelEntry};
+use crate::error::{ProviderError, WireFormat};
+use crate::formats::openai as fmt;
+use async_trait::async_trait;
+use bytes::Bytes;
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+
+pub struct OpenAi {
+    id: String,
+    url: reqwest::Url,
+    client: reqwest::Client,
+    headers: HeaderMap,
+    raw: RawClient,
+    uri: http::Uri,
+}
+
+impl OpenAi {
+    pub fn new(
+        entry: &ModelEntry,
+        client: reqwest::Client,
+        raw: RawClient,
+    ) -> Result<Self, ConfigError> {
+        let base = entry
+            .api_base
+            .as_deref()
+            .unwrap_or("https://api.openai.com/v1");
+        let url_s = format!("{}/chat/completions", base.trim_end_matches('/'));
+        let url = reqwest::Url::parse(&url_s).map_err(|e| ConfigError::Invalid {
+            path: format!("model_list[{}].litellm_params.api_base", entry.model_name),
+            message: format!("`{url_s}` is not a URL: {e}"),
+        })?;
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Some(k) = &entry.api_key {
+            let mut v = HeaderValue::from_str(&format!("Bearer {}", k.expose())).map_err(|_| {
+                ConfigError::Invalid {
+                    path: format!("model_list[{}].litellm_params.api_key", entry.model_name),
+                    message: "not a valid header value".into(),
+                }
+            })?;
+            v.set_sensitive(true);
+            headers.insert(AUTHORIZATION, v);
+        }
+        for (k, v) in &entry.extra_headers {
+            if let (Ok(k), Ok(v)) = (HeaderName::try_from(k.as_str()), HeaderValue::from_str(v)) {
+                headers.insert(k, v);
+            }
+        }
+        let uri: http::Uri = url.as_str().parse().map_err(|e| ConfigError::Invalid {
+            path: format!("model_list[{}].litellm_params.api_base", entry.model_name),
+            message: format!("`{url}` is not a URI: {e}"),
+        })?;
+        Ok(Self {
+            id: format!("openai:{}", url),
+            url,
+            raw,
+            uri,
+            client,
+            headers,
+        })
+    }
+
+    fn post(&self, body: impl Into<reqwest::Body>) -> reqwest::RequestBuilder {
+        self.client
+            .post(self.url.clone())
+            .headers(self.headers.clone())
+            .body(body)
+    }
+}
+
+struct Decoder(fmt::StreamDecoder);
+
+impl SseDecoder for Decoder {
+    fn event(
+        &mut self,
+        ev: crate::sse::Event<'_>,
+        out: &mut Vec<StreamEvent>,
+    ) -> Result<(), String> {
+        if ev.data.is_empty() {
+            return Ok(());
+        }
+        self.0.push(&ev.data, out)
+    }
+    fn finish(&mut self, out: &mut Vec<StreamEvent>) {
+        self.0.finish(out)
+    }
+}
+
+#[async_trait]
+impl Provider for OpenAi {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn wire_format(&self) -> Option<WireFormat> {
+        Some(WireFormat::OpenAi)
+    }
+
+    async fn complete(
+        &self,
+        req: &ChatRequest,
+        o: CallOpts<'_>,
+    ) -> Result<ChatResponse, ProviderError> {
+        let body = serde_json::to_vec(&fmt::encode_request(req, o.model, false))
+            .map_err(|e| ProviderError::InvalidRequest(e.to_string()))?;
+        let resp = send(self.post(body), o.timeout).await?;
+        let bytes = read_body(resp, o.timeout).await?;
+        let v: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| ProviderError::Protocol(e.to_string()))?;
+        fmt::decode_response(&v).map_err(ProviderError::Protocol)
+    }
+
+    async fn stream(
+        &self,
+        req: &ChatRequest,
+        o: CallOpts<'_>,
+    ) -> Result<EventStream, ProviderError> {
+        let body = serde_json::to_vec(&fmt::encode_request(req, o.model, true))
+            .map_err(|e| ProviderError::InvalidRequest(e.to_string()))?;
+        let resp = send(self.post(body), o.timeout).await?;
+        Ok(event_stream(
+            byte_stream(resp, o.idle_timeout),
+            Decoder(fmt::StreamDecoder::default()),
+        ))
+    }
+
+    async fn forward(
+        &self,
+        body: Bytes,
+        stream: bool,
+        o: CallOpts<'_>,
+    ) -> Result<RawResponse, ProviderError> {
+        self.raw
+            .forward(&self.uri, &self.headers, None, body, stream, o)
+            .await
+    }
+}

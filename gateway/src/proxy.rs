@@ -1,0 +1,362 @@
+//! The request path shared by both inbound routes: peek, check the caller,
+//! route with retries/fallbacks, then either pass the body through (client
+//! format == provider format) or translate through the canonical types.
+//! Spend is recorded when the answer (or the stream) ends.
+
+use crate::Inner;
+use crate::canonical::{ChatRequest, StreamEvent, Usage};
+use crate::error::{GatewayError, ProviderError, WireFormat};
+use crate::formats::{self, anthropic as an, openai as oa};
+use crate::keys::Caller;
+use crate::pricing::Price;
+use crate::providers::{ByteStream, CallOpts, EventStream, RawResponse};
+use crate::routing::InFlight;
+use crate::sse::{self, Scanned, SseSplitter};
+use axum::body::Body;
+use axum::response::Response;
+use bytes::Bytes;
+use futures_util::Stream;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+
+/// Records usage and releases the in-flight slot when dropped (end of answer or stream).
+pub(crate) struct SpendGuard {
+    inner: Arc<Inner>,
+    caller: Caller,
+    flight: InFlight,
+    price: Price,
+    pub usage: Usage,
+    /// Only answered calls are recorded (a failed attempt is not a request).
+    armed: bool,
+}
+
+impl SpendGuard {
+    pub(crate) fn new(inner: Arc<Inner>, caller: Caller, flight: InFlight, price: Price) -> Self {
+        Self {
+            inner,
+            caller,
+            flight,
+            price,
+            usage: Usage::default(),
+            armed: false,
+        }
+    }
+
+    /// The upstream answered: record this call when the guard drops.
+    pub(crate) fn arm(&mut self) {
+        self.armed = true;
+    }
+}
+
+impl Drop for SpendGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let d = self.flight.deployment();
+        d.add_tokens(self.usage.input_tokens + self.usage.output_tokens);
+        let cost = self.price.cost(self.usage);
+        self.inner
+            .keys
+            .record(&self.caller, &d.model_name, self.usage, cost);
+    }
+}
+
+fn json_response(body: Bytes) -> Response {
+    let mut r = Response::new(Body::from(body));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn sse_response<S>(s: S) -> Response
+where
+    S: Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+{
+    let mut r = Response::new(Body::from_stream(s));
+    let h = r.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-cache"),
+    );
+    r
+}
+
+fn decode_canonical(format: WireFormat, body: &[u8]) -> Result<ChatRequest, String> {
+    let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    match format {
+        WireFormat::OpenAi => oa::decode_request(&v),
+        WireFormat::Anthropic => an::decode_request(&v),
+    }
+    .map_err(|e| e.to_string())
+}
+
+/// Handle one inbound chat request in `format`; errors come back in the same format.
+pub(crate) async fn handle(
+    inner: &Arc<Inner>,
+    format: WireFormat,
+    caller: Caller,
+    body: Bytes,
+    beta: Option<&str>,
+) -> Response {
+    match handle_inner(inner, format, caller, body, beta).await {
+        Ok(r) => r,
+        Err(e) => e.into_response_for(format),
+    }
+}
+
+async fn handle_inner(
+    inner: &Arc<Inner>,
+    format: WireFormat,
+    caller: Caller,
+    body: Bytes,
+    beta: Option<&str>,
+) -> Result<Response, GatewayError> {
+    let peek = formats::peek(&body).map_err(GatewayError::BadRequest)?;
+    caller.check(&peek.model)?;
+    let canon: OnceLock<Result<ChatRequest, String>> = OnceLock::new();
+    let (peek, body, canon, caller) = (&peek, &body, &canon, &caller);
+    inner
+        .router
+        .execute(&peek.model, move |flight, group| async move {
+            let dep = flight.deployment().clone();
+            let upstream = dep.upstream_for(&peek.model, &group.name).into_owned();
+            let price = dep.price_for(&upstream);
+            let opts = CallOpts {
+                model: &upstream,
+                timeout: dep.timeout,
+                idle_timeout: dep.idle_timeout,
+                anthropic_beta: beta,
+            };
+            let mut guard = SpendGuard::new(inner.clone(), caller.clone(), flight, price);
+            if dep.provider.wire_format() == Some(format) {
+                // Pass-through: the body goes as is, apart from the model name.
+                let out = formats::rewrite(body, peek, &upstream, format == WireFormat::OpenAi)
+                    .map(Bytes::from)
+                    .unwrap_or_else(|| body.clone());
+                match dep.provider.forward(out, peek.stream, opts).await? {
+                    RawResponse::Full(bytes) => {
+                        guard.arm();
+                        guard.usage = sse::usage_from_body(format, &bytes);
+                        Ok(json_response(bytes))
+                    }
+                    RawResponse::Stream(s) => Ok(sse_response(PassThrough {
+                        inner: Some(s),
+                        format,
+                        splitter: SseSplitter::default(),
+                        drop_usage_only: format == WireFormat::OpenAi && !peek.include_usage,
+                        guard: {
+                            guard.arm();
+                            guard
+                        },
+                    })),
+                }
+            } else {
+                let req = canon
+                    .get_or_init(|| decode_canonical(format, body))
+                    .as_ref()
+                    .map_err(|e| ProviderError::InvalidRequest(e.clone()))?;
+                if peek.stream {
+                    let events = dep.provider.stream(req, opts).await?;
+                    let encoder = match format {
+                        WireFormat::OpenAi => {
+                            Encoder::OpenAi(oa::StreamEncoder::new(&peek.model, peek.include_usage))
+                        }
+                        WireFormat::Anthropic => {
+                            Encoder::Anthropic(an::StreamEncoder::new(&peek.model))
+                        }
+                    };
+                    Ok(sse_response(Translate {
+                        inner: Some(events),
+                        encoder,
+                        guard: {
+                            guard.arm();
+                            guard
+                        },
+                    }))
+                } else {
+                    let r = dep.provider.complete(req, opts).await?;
+                    guard.arm();
+                    guard.usage = r.usage;
+                    let v = match format {
+                        WireFormat::OpenAi => oa::encode_response(&r, &peek.model),
+                        WireFormat::Anthropic => an::encode_response(&r, &peek.model),
+                    };
+                    let bytes = serde_json::to_vec(&v)
+                        .map_err(|e| ProviderError::Protocol(e.to_string()))?;
+                    Ok(json_response(Bytes::from(bytes)))
+                }
+            }
+        })
+        .await
+}
+
+/// A pass-through stream: forwards upstream chunks untouched (zero-copy) while
+/// scanning the events that can carry usage. When the gateway itself asked an
+/// OpenAI upstream for usage, the extra usage-only chunk is cut out again.
+struct PassThrough {
+    inner: Option<ByteStream>,
+    format: WireFormat,
+    splitter: SseSplitter,
+    drop_usage_only: bool,
+    guard: SpendGuard,
+}
+
+impl Stream for PassThrough {
+    type Item = Result<Bytes, std::io::Error>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            let Some(s) = this.inner.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match s.as_mut().poll_next(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => {
+                    this.inner = None;
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    this.inner = None;
+                    return Poll::Ready(Some(Ok(error_frame(this.format, e))));
+                }
+                Poll::Ready(Some(Ok(chunk))) => {
+                    let format = this.format;
+                    let usage = &mut this.guard.usage;
+                    if !this.drop_usage_only {
+                        this.splitter.push(&chunk, |ev| {
+                            sse::scan_usage(format, ev, usage);
+                        });
+                        return Poll::Ready(Some(Ok(chunk)));
+                    }
+                    let mut out = Vec::with_capacity(chunk.len());
+                    this.splitter.push(&chunk, |ev| {
+                        if sse::scan_usage(format, ev, usage) != Scanned::UsageOnly {
+                            out.extend_from_slice(ev);
+                        }
+                    });
+                    if !out.is_empty() {
+                        return Poll::Ready(Some(Ok(Bytes::from(out))));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn error_frame(format: WireFormat, e: ProviderError) -> Bytes {
+    let err = GatewayError::Provider(e);
+    let mut out = Vec::new();
+    match format {
+        WireFormat::OpenAi => oa::StreamEncoder::new("", false).error(&err, &mut out),
+        WireFormat::Anthropic => an::StreamEncoder::new("").error(&err, &mut out),
+    }
+    Bytes::from(out)
+}
+
+enum Encoder {
+    OpenAi(oa::StreamEncoder),
+    Anthropic(an::StreamEncoder),
+}
+
+impl Encoder {
+    fn push(&mut self, ev: &StreamEvent, out: &mut Vec<u8>) {
+        match self {
+            Encoder::OpenAi(e) => e.push(ev, out),
+            Encoder::Anthropic(e) => e.push(ev, out),
+        }
+    }
+    fn error(&self, err: &GatewayError, out: &mut Vec<u8>) {
+        match self {
+            Encoder::OpenAi(e) => e.error(err, out),
+            Encoder::Anthropic(e) => e.error(err, out),
+        }
+    }
+}
+
+/// A translating stream: provider events -> canonical -> the client's SSE format.
+struct Translate {
+    inner: Option<EventStream>,
+    encoder: Encoder,
+    guard: SpendGuard,
+}
+
+impl Stream for Translate {
+    type Item = Result<Bytes, std::io::Error>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        let Some(s) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let mut out = Vec::new();
+        // Drain what is ready into one chunk.
+        loop {
+            match s.as_mut().poll_next(cx) {
+                Poll::Pending => break,
+                Poll::Ready(None) => {
+                    this.inner = None;
+                    break;
+                }
+                Poll::Ready(Some(Ok(ev))) => {
+                    if let StreamEvent::Finish { usage, .. } = &ev {
+                        this.guard.usage = *usage;
+                    }
+                    if let StreamEvent::Start { input_tokens, .. } = &ev {
+                        this.guard.usage.input_tokens = *input_tokens;
+                    }
+                    this.encoder.push(&ev, &mut out);
+                    if out.len() > 16 * 1024 {
+                        break;
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    this.encoder.error(&GatewayError::Provider(e), &mut out);
+                    this.inner = None;
+                    break;
+                }
+            }
+        }
+        if out.is_empty() {
+            if this.inner.is_none() {
+                Poll::Ready(None)
+            } else {
+                Poll::Pending
+            }
+        } else {
+            Poll::Ready(Some(Ok(Bytes::from(out))))
+        }
+    }
+}
+
+/// Canonical stream wrapper for the in-process API: records spend at the end.
+pub(crate) struct Recorded {
+    pub(crate) inner: EventStream,
+    pub(crate) guard: SpendGuard,
+}
+
+impl Stream for Recorded {
+    type Item = Result<StreamEvent, ProviderError>;
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        let r = this.inner.as_mut().poll_next(cx);
+        if let Poll::Ready(Some(Ok(ev))) = &r {
+            match ev {
+                StreamEvent::Start { input_tokens, .. } => {
+                    this.guard.usage.input_tokens = *input_tokens
+                }
+                StreamEvent::Finish { usage, .. } => this.guard.usage = *usage,
+                _ => {}
+            }
+        }
+        r
+    }
+}

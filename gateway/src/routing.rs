@@ -1,0 +1,416 @@
+//! Model groups, deployment choice (simple-shuffle, least-busy,
+//! latency-based-routing), rpm/tpm limits, cooldowns, retries and fallbacks.
+
+use crate::config::{Config, ConfigError, ModelEntry, RoutingStrategy};
+use crate::error::{GatewayError, ProviderError};
+use crate::pricing::{self, Price};
+use crate::providers::{self, Provider};
+use rand::Rng;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// One upstream deployment of a model group.
+pub struct Deployment {
+    pub provider: Arc<dyn Provider>,
+    /// Client-facing group name (for spend).
+    pub model_name: Arc<str>,
+    /// Upstream model; may contain `*` (wildcard groups).
+    pub upstream: String,
+    pub rpm: Option<u64>,
+    pub tpm: Option<u64>,
+    pub timeout: Duration,
+    pub idle_timeout: Duration,
+    /// Price override from the config, or the table's price for `upstream`.
+    pub price: Option<Price>,
+    pub weight: f64,
+    in_flight: AtomicU64,
+    /// EWMA latency in microseconds (0 = never measured).
+    latency_us: AtomicU64,
+    /// Epoch millis until which this deployment is skipped.
+    cooldown_until: AtomicU64,
+    /// Minute window for rpm/tpm: (minute number, requests, tokens).
+    window_minute: AtomicU64,
+    window_requests: AtomicU64,
+    window_tokens: AtomicU64,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Deployment {
+    fn new(e: &ModelEntry, provider: Arc<dyn Provider>, cfg: &Config) -> Self {
+        let timeout = e.timeout.unwrap_or(cfg.request_timeout);
+        let price = match (e.input_cost_per_token, e.output_cost_per_token) {
+            (None, None) if e.model.contains('*') => None,
+            (None, None) => Some(pricing::lookup(&e.model)),
+            (i, o) => {
+                let base = pricing::lookup(&e.model);
+                Some(Price {
+                    input: i.unwrap_or(base.input),
+                    output: o.unwrap_or(base.output),
+                })
+            }
+        };
+        Self {
+            provider,
+            model_name: Arc::from(e.model_name.as_str()),
+            upstream: e.model.clone(),
+            rpm: e.rpm,
+            tpm: e.tpm,
+            timeout,
+            idle_timeout: e.stream_timeout.unwrap_or(timeout),
+            price,
+            weight: e
+                .weight
+                .or(e.rpm.map(|r| r as f64))
+                .or(e.tpm.map(|t| t as f64))
+                .unwrap_or(1.0)
+                .max(0.0),
+            in_flight: AtomicU64::new(0),
+            latency_us: AtomicU64::new(0),
+            cooldown_until: AtomicU64::new(0),
+            window_minute: AtomicU64::new(0),
+            window_requests: AtomicU64::new(0),
+            window_tokens: AtomicU64::new(0),
+        }
+    }
+
+    /// The upstream model name for a requested model (fills in wildcards).
+    pub fn upstream_for<'a>(
+        &'a self,
+        requested: &'a str,
+        group_pattern: &str,
+    ) -> std::borrow::Cow<'a, str> {
+        if !self.upstream.contains('*') {
+            return std::borrow::Cow::Borrowed(&self.upstream);
+        }
+        let matched = wildcard_capture(group_pattern, requested).unwrap_or(requested);
+        std::borrow::Cow::Owned(self.upstream.replacen('*', matched, 1))
+    }
+
+    pub fn price_for(&self, upstream: &str) -> Price {
+        self.price.unwrap_or_else(|| pricing::lookup(upstream))
+    }
+
+    fn roll_window(&self) -> u64 {
+        let minute = now_ms() / 60_000;
+        if self.window_minute.load(Ordering::Relaxed) != minute {
+            self.window_minute.store(minute, Ordering::Relaxed);
+            self.window_requests.store(0, Ordering::Relaxed);
+            self.window_tokens.store(0, Ordering::Relaxed);
+        }
+        minute
+    }
+
+    fn under_limits(&self) -> bool {
+        if self.rpm.is_none() && self.tpm.is_none() {
+            return true;
+        }
+        self.roll_window();
+        self.rpm
+            .is_none_or(|r| self.window_requests.load(Ordering::Relaxed) < r)
+            && self
+                .tpm
+                .is_none_or(|t| self.window_tokens.load(Ordering::Relaxed) < t)
+    }
+
+    fn cooling(&self, now: u64) -> bool {
+        self.cooldown_until.load(Ordering::Relaxed) > now
+    }
+
+    /// Count tokens against the tpm window.
+    pub fn add_tokens(&self, tokens: u64) {
+        if self.tpm.is_some() {
+            self.roll_window();
+            self.window_tokens.fetch_add(tokens, Ordering::Relaxed);
+        }
+    }
+
+    fn observe_latency(&self, d: Duration) {
+        let us = d.as_micros().min(u64::MAX as u128) as u64;
+        let old = self.latency_us.load(Ordering::Relaxed);
+        let new = if old == 0 { us } else { (old * 7 + us) / 8 };
+        self.latency_us.store(new.max(1), Ordering::Relaxed);
+    }
+}
+
+/// Guard counting a call as in flight (least-busy) until dropped.
+pub struct InFlight(Arc<Deployment>);
+
+impl InFlight {
+    pub fn new(d: Arc<Deployment>) -> Self {
+        d.in_flight.fetch_add(1, Ordering::Relaxed);
+        if d.rpm.is_some() || d.tpm.is_some() {
+            d.roll_window();
+            d.window_requests.fetch_add(1, Ordering::Relaxed);
+        }
+        Self(d)
+    }
+    pub fn deployment(&self) -> &Arc<Deployment> {
+        &self.0
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// All deployments serving one `model_name`.
+pub struct ModelGroup {
+    pub name: String,
+    pub deployments: Vec<Arc<Deployment>>,
+}
+
+/// `pattern` like `anthropic/*` or `claude-*`; returns what `*` matched.
+fn wildcard_capture<'a>(pattern: &str, name: &'a str) -> Option<&'a str> {
+    let (pre, post) = pattern.split_once('*')?;
+    if name.len() >= pre.len() + post.len() && name.starts_with(pre) && name.ends_with(post) {
+        Some(&name[pre.len()..name.len() - post.len()])
+    } else {
+        None
+    }
+}
+
+pub struct Router {
+    groups: HashMap<String, Arc<ModelGroup>>,
+    wildcards: Vec<Arc<ModelGroup>>,
+    /// Model names in config order (for /v1/models).
+    pub names: Vec<String>,
+    strategy: RoutingStrategy,
+    num_retries: u32,
+    fallbacks: HashMap<String, Vec<String>>,
+    cooldown: Duration,
+    max_retry_after: Duration,
+}
+
+impl Router {
+    pub fn new(cfg: &Config, client: &reqwest::Client) -> Result<Router, ConfigError> {
+        let raw = providers::RawClient::new();
+        let mut groups: HashMap<String, Vec<Arc<Deployment>>> = HashMap::new();
+        let mut names = Vec::new();
+        for e in &cfg.model_list {
+            let p = providers::build(e, client, &raw)?;
+            if !groups.contains_key(&e.model_name) {
+                names.push(e.model_name.clone());
+            }
+            groups
+                .entry(e.model_name.clone())
+                .or_default()
+                .push(Arc::new(Deployment::new(e, p, cfg)));
+        }
+        let mut exact = HashMap::new();
+        let mut wildcards = Vec::new();
+        for (name, deployments) in groups {
+            let g = Arc::new(ModelGroup {
+                name: name.clone(),
+                deployments,
+            });
+            if name.contains('*') {
+                wildcards.push(g);
+            } else {
+                exact.insert(name, g);
+            }
+        }
+        // Most specific wildcard first.
+        wildcards.sort_by_key(|g| std::cmp::Reverse(g.name.len()));
+        Ok(Router {
+            groups: exact,
+            wildcards,
+            names,
+            strategy: cfg.routing_strategy,
+            num_retries: cfg.num_retries,
+            fallbacks: cfg.fallbacks.clone(),
+            cooldown: cfg.cooldown_time,
+            max_retry_after: cfg.max_retry_after,
+        })
+    }
+
+    pub fn group(&self, model: &str) -> Option<&Arc<ModelGroup>> {
+        self.groups.get(model).or_else(|| {
+            self.wildcards
+                .iter()
+                .find(|g| wildcard_capture(&g.name, model).is_some())
+        })
+    }
+
+    /// Choose a deployment, avoiding those already tried, cooling down, or over rpm/tpm.
+    fn pick(&self, g: &ModelGroup, tried: u64) -> Option<usize> {
+        let n = g.deployments.len();
+        if n == 1 {
+            // The common case: no choice to make, no clock to read.
+            return g.deployments[0].under_limits().then_some(0);
+        }
+        let now = now_ms();
+        let fresh = |i: &usize| tried & (1u64 << (i % 64)) == 0;
+        let mut cands: Vec<usize> = (0..n)
+            .filter(fresh)
+            .filter(|&i| !g.deployments[i].cooling(now) && g.deployments[i].under_limits())
+            .collect();
+        if cands.is_empty() {
+            cands = (0..n)
+                .filter(fresh)
+                .filter(|&i| g.deployments[i].under_limits())
+                .collect();
+        }
+        if cands.is_empty() {
+            // Everything tried: allow a retry on any deployment under its limits.
+            cands = (0..n)
+                .filter(|&i| g.deployments[i].under_limits())
+                .collect();
+        }
+        if cands.len() <= 1 {
+            return cands.first().copied();
+        }
+        let mut rng = rand::rng();
+        let d = |i: usize| &g.deployments[i];
+        Some(match self.strategy {
+            RoutingStrategy::SimpleShuffle => {
+                let total: f64 = cands.iter().map(|&i| d(i).weight).sum();
+                if total <= 0.0 {
+                    cands[rng.random_range(0..cands.len())]
+                } else {
+                    let mut x = rng.random_range(0.0..total);
+                    let mut pick = cands[cands.len() - 1];
+                    for &i in &cands {
+                        if x < d(i).weight {
+                            pick = i;
+                            break;
+                        }
+                        x -= d(i).weight;
+                    }
+                    pick
+                }
+            }
+            RoutingStrategy::LeastBusy => {
+                let min = cands
+                    .iter()
+                    .map(|&i| d(i).in_flight.load(Ordering::Relaxed))
+                    .min()
+                    .unwrap_or(0);
+                let best: Vec<usize> = cands
+                    .into_iter()
+                    .filter(|&i| d(i).in_flight.load(Ordering::Relaxed) == min)
+                    .collect();
+                best[rng.random_range(0..best.len())]
+            }
+            RoutingStrategy::LatencyBased => {
+                // Unmeasured deployments (0) go first so each gets measured.
+                let min = cands
+                    .iter()
+                    .map(|&i| d(i).latency_us.load(Ordering::Relaxed))
+                    .min()
+                    .unwrap_or(0);
+                // Within 10% of the best counts as a tie (LiteLLM's lowest_latency_buffer idea).
+                let best: Vec<usize> = cands
+                    .into_iter()
+                    .filter(|&i| d(i).latency_us.load(Ordering::Relaxed) <= min + min / 10)
+                    .collect();
+                best[rng.random_range(0..best.len())]
+            }
+        })
+    }
+
+    /// Run `call` against the model's deployments with retries, then against
+    /// each fallback model group. Never waits longer than the attempts' own
+    /// timeouts plus bounded backoff.
+    pub async fn execute<T, F, Fut>(&self, model: &str, call: F) -> Result<T, GatewayError>
+    where
+        F: Fn(InFlight, Arc<ModelGroup>) -> Fut,
+        Fut: Future<Output = Result<T, ProviderError>>,
+    {
+        let first = self.group(model).ok_or_else(|| {
+            GatewayError::NotFound(format!(
+                "Invalid model name passed in model={model}. Call `/v1/models` to view available models."
+            ))
+        })?;
+        // The group itself, then its fallbacks (no allocation on the hot path).
+        let fallbacks = self
+            .fallbacks
+            .get(model)
+            .or_else(|| self.fallbacks.get(&first.name))
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let chain = std::iter::once(first).chain(fallbacks.iter().filter_map(|f| self.group(f)));
+        let mut last_err: Option<ProviderError> = None;
+        for (gi, g) in chain.enumerate() {
+            if gi > 0 {
+                tracing::info!(model, to = %g.name, "falling back");
+            }
+            let mut tried: u64 = 0;
+            for attempt in 0..=self.num_retries {
+                let Some(i) = self.pick(g, tried) else {
+                    if last_err.is_none() {
+                        last_err = Some(ProviderError::Status {
+                            status: 429,
+                            error_type: "rate_limit_error".into(),
+                            message: format!(
+                                "all deployments of {} are at their rpm/tpm limit",
+                                g.name
+                            ),
+                            retry_after: Some(Duration::from_secs(1)),
+                        });
+                    }
+                    break;
+                };
+                tried |= 1u64 << (i % 64);
+                let dep = g.deployments[i].clone();
+                let started = Instant::now();
+                match call(InFlight::new(dep.clone()), g.clone()).await {
+                    Ok(v) => {
+                        dep.observe_latency(started.elapsed());
+                        return Ok(v);
+                    }
+                    Err(e) => {
+                        tracing::warn!(model = %g.name, deployment = dep.provider.id(), attempt, error = %e, "upstream call failed");
+                        let retryable = e.retryable();
+                        if retryable {
+                            let cool = e
+                                .retry_after()
+                                .unwrap_or(self.cooldown)
+                                .min(self.cooldown.max(Duration::from_millis(1)));
+                            dep.cooldown_until
+                                .store(now_ms() + cool.as_millis() as u64, Ordering::Relaxed);
+                            dep.observe_latency(started.elapsed());
+                        }
+                        let ra = e.retry_after();
+                        last_err = Some(e);
+                        if !retryable {
+                            return Err(last_err
+                                .map(GatewayError::Provider)
+                                .unwrap_or_else(|| GatewayError::Internal("no error".into())));
+                        }
+                        if attempt < self.num_retries {
+                            let backoff = Duration::from_millis(50 * (1u64 << attempt.min(5)));
+                            let wait = ra.unwrap_or(backoff).min(self.max_retry_after);
+                            // Another healthy deployment needs no wait.
+                            if g.deployments.len() <= tried.count_ones() as usize
+                                || ra.is_some() && g.deployments.len() == 1
+                            {
+                                tokio::time::sleep(wait).await;
+                            } else {
+                                tokio::time::sleep(backoff.min(Duration::from_millis(50))).await;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Err(GatewayError::Provider(last_err.unwrap_or_else(|| {
+            ProviderError::Connect("no deployment available".into())
+        })))
+    }
+
+    /// Expose groups for `/v1/models`.
+    pub fn model_names(&self) -> &[String] {
+        &self.names
+    }
+}

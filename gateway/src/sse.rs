@@ -1,0 +1,256 @@
+//! Server-Sent Events framing: split a byte stream into events without
+//! copying when an event lies inside one chunk, and scan pass-through streams
+//! for usage without re-serializing them.
+
+use crate::canonical::Usage;
+use crate::error::WireFormat;
+use memchr::memmem;
+use serde::Deserialize;
+
+/// Splits an SSE byte stream into complete raw events (each ending with a blank line).
+#[derive(Debug, Default)]
+pub struct SseSplitter {
+    pending: Vec<u8>,
+}
+
+impl SseSplitter {
+    /// Calls `f` with each complete event's raw bytes (terminator included).
+    pub fn push(&mut self, chunk: &[u8], mut f: impl FnMut(&[u8])) {
+        if self.pending.is_empty() {
+            let rest = split(chunk, &mut f);
+            self.pending.extend_from_slice(&chunk[rest..]);
+        } else {
+            self.pending.extend_from_slice(chunk);
+            let buf = std::mem::take(&mut self.pending);
+            let rest = split(&buf, &mut f);
+            self.pending = buf;
+            self.pending.drain(..rest);
+        }
+    }
+
+    /// The unterminated tail, if any (a stream that ended without a blank line).
+    pub fn finish(&mut self, mut f: impl FnMut(&[u8])) {
+        if self.pending.iter().any(|b| !b.is_ascii_whitespace()) {
+            f(&self.pending);
+        }
+        self.pending.clear();
+    }
+}
+
+/// Returns the offset after the last complete event.
+fn split(buf: &[u8], f: &mut impl FnMut(&[u8])) -> usize {
+    let mut start = 0;
+    let mut line_start = 0;
+    for nl in memchr::memchr_iter(b'\n', buf) {
+        let line = &buf[line_start..nl];
+        let blank = line.is_empty() || line == b"\r";
+        line_start = nl + 1;
+        if blank {
+            if nl > start && buf[start..nl].iter().any(|b| !b.is_ascii_whitespace()) {
+                f(&buf[start..=nl]);
+            }
+            start = nl + 1;
+        }
+    }
+    start
+}
+
+/// One parsed event: its `event:` name (if any) and its `data:` lines joined.
+#[derive(Debug, PartialEq)]
+pub struct Event<'a> {
+    pub name: Option<&'a str>,
+    pub data: std::borrow::Cow<'a, str>,
+}
+
+pub fn parse_event(raw: &[u8]) -> Event<'_> {
+    let mut name = None;
+    let mut data: Option<std::borrow::Cow<'_, str>> = None;
+    for line in raw.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Ok(line) = std::str::from_utf8(line) else {
+            continue;
+        };
+        if let Some(v) = line.strip_prefix("event:") {
+            name = Some(v.trim_start());
+        } else if let Some(v) = line.strip_prefix("data:") {
+            let v = v.strip_prefix(' ').unwrap_or(v);
+            data = Some(match data {
+                None => std::borrow::Cow::Borrowed(v),
+                Some(prev) => std::borrow::Cow::Owned(format!("{prev}\n{v}")),
+            });
+        }
+    }
+    Event {
+        name,
+        data: data.unwrap_or_default(),
+    }
+}
+
+#[derive(Deserialize)]
+struct OaUsageOnly {
+    usage: Option<OaUsage>,
+    #[serde(default)]
+    choices: Option<Vec<serde::de::IgnoredAny>>,
+}
+#[derive(Deserialize)]
+struct OaUsage {
+    #[serde(default)]
+    prompt_tokens: u64,
+    #[serde(default)]
+    completion_tokens: u64,
+}
+
+#[derive(Deserialize)]
+struct AnMessageStart {
+    message: AnUsageOnly,
+}
+#[derive(Deserialize)]
+struct AnUsageOnly {
+    usage: Option<AnUsage>,
+}
+#[derive(Deserialize)]
+struct AnUsage {
+    #[serde(default)]
+    input_tokens: u64,
+    #[serde(default)]
+    output_tokens: u64,
+    #[serde(default)]
+    cache_creation_input_tokens: Option<u64>,
+    #[serde(default)]
+    cache_read_input_tokens: Option<u64>,
+}
+
+impl AnUsage {
+    fn input(&self) -> u64 {
+        self.input_tokens
+            + self.cache_creation_input_tokens.unwrap_or(0)
+            + self.cache_read_input_tokens.unwrap_or(0)
+    }
+}
+
+/// What a scanned event turned out to be.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Scanned {
+    Other,
+    /// An OpenAI usage-only chunk (`choices: []`): droppable when the client did not ask for it.
+    UsageOnly,
+}
+
+/// Usage from a non-streamed response body, parsing only the `usage` field.
+pub fn usage_from_body(format: WireFormat, body: &[u8]) -> Usage {
+    match format {
+        WireFormat::OpenAi => serde_json::from_slice::<OaUsageOnly>(body)
+            .ok()
+            .and_then(|u| u.usage)
+            .map(|u| Usage {
+                input_tokens: u.prompt_tokens,
+                output_tokens: u.completion_tokens,
+            })
+            .unwrap_or_default(),
+        WireFormat::Anthropic => serde_json::from_slice::<AnUsageOnly>(body)
+            .ok()
+            .and_then(|u| u.usage)
+            .map(|u| Usage {
+                input_tokens: u.input(),
+                output_tokens: u.output_tokens,
+            })
+            .unwrap_or_default(),
+    }
+}
+
+/// Look at one raw pass-through event and update `usage`. Only events that can
+/// carry usage are parsed at all.
+pub fn scan_usage(format: WireFormat, raw: &[u8], usage: &mut Usage) -> Scanned {
+    match format {
+        WireFormat::OpenAi => {
+            if memmem::find(raw, b"\"usage\"").is_none() {
+                return Scanned::Other;
+            }
+            let ev = parse_event(raw);
+            if let Ok(c) = serde_json::from_str::<OaUsageOnly>(&ev.data)
+                && let Some(u) = c.usage
+            {
+                usage.input_tokens = u.prompt_tokens;
+                usage.output_tokens = u.completion_tokens;
+                if c.choices.as_ref().is_some_and(|c| c.is_empty()) {
+                    return Scanned::UsageOnly;
+                }
+            }
+            Scanned::Other
+        }
+        WireFormat::Anthropic => {
+            let head = &raw[..raw.len().min(40)];
+            if memmem::find(head, b"message_start").is_some() {
+                let ev = parse_event(raw);
+                if let Ok(m) = serde_json::from_str::<AnMessageStart>(&ev.data)
+                    && let Some(u) = m.message.usage
+                {
+                    usage.input_tokens = u.input();
+                    usage.output_tokens = u.output_tokens;
+                }
+            } else if memmem::find(head, b"message_delta").is_some() {
+                let ev = parse_event(raw);
+                if let Ok(m) = serde_json::from_str::<AnUsageOnly>(&ev.data)
+                    && let Some(u) = m.usage
+                {
+                    usage.output_tokens = u.output_tokens;
+                    if u.input() > 0 {
+                        usage.input_tokens = u.input();
+                    }
+                }
+            }
+            Scanned::Other
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn collect(chunks: &[&[u8]]) -> Vec<String> {
+        let mut s = SseSplitter::default();
+        let mut out = Vec::new();
+        for c in chunks {
+            s.push(c, |e| out.push(String::from_utf8_lossy(e).into_owned()));
+        }
+        s.finish(|e| out.push(String::from_utf8_lossy(e).into_owned()));
+        out
+    }
+
+    #[test]
+    fn splits_across_chunks_and_crlf() {
+        let evs = collect(&[b"data: {\"a\"", b":1}\n\ndata: [DO", b"NE]\n\n"]);
+        assert_eq!(evs, vec!["data: {\"a\":1}\n\n", "data: [DONE]\n\n"]);
+        let evs = collect(&[b"event: ping\r\ndata: {}\r\n\r\nevent: x\r\n"]);
+        assert_eq!(evs.len(), 2);
+        assert_eq!(parse_event(evs[0].as_bytes()).name, Some("ping"));
+    }
+
+    #[test]
+    fn scans_usage() {
+        let mut u = Usage::default();
+        let raw = b"data: {\"id\":\"x\",\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":7}}\n\n";
+        assert_eq!(
+            scan_usage(WireFormat::OpenAi, raw, &mut u),
+            Scanned::UsageOnly
+        );
+        assert_eq!(
+            u,
+            Usage {
+                input_tokens: 5,
+                output_tokens: 7
+            }
+        );
+        let mut u = Usage::default();
+        scan_usage(WireFormat::Anthropic, b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":9,\"output_tokens\":1}}}\n\n", &mut u);
+        scan_usage(WireFormat::Anthropic, b"event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{},\"usage\":{\"output_tokens\":4}}\n\n", &mut u);
+        assert_eq!(
+            u,
+            Usage {
+                input_tokens: 9,
+                output_tokens: 4
+            }
+        );
+    }
+}

@@ -1,0 +1,293 @@
+//! Retries, Retry-After, fallbacks, timeouts, and provider errors translated
+//! into the caller's format.
+
+mod common;
+use common::*;
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+fn chat(model: &str) -> serde_json::Value {
+    json!({"model": model, "messages": [{"role": "user", "content": "hi"}]})
+}
+
+#[tokio::test]
+async fn retries_on_429_honouring_retry_after_then_succeeds() {
+    let oa = fake_openai().await;
+    let gw = start_gateway(
+        &format!(
+            "model_list:\n  - model_name: m\n    litellm_params: {{model: openai/gpt-4o, api_base: '{}/v1'}}\nlitellm_settings: {{num_retries: 2}}\n",
+            oa.base()
+        ),
+        gateway::store::Store::Memory,
+    )
+    .await;
+    oa.push(Behavior::Status(429, Some(1)));
+    oa.push(Behavior::Status(500, None));
+    let t = Instant::now();
+    let (s, body) = post(&format!("{}/v1/chat/completions", gw.base), "x", &chat("m")).await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(oa.count(), 3);
+    assert!(
+        t.elapsed() >= Duration::from_millis(900),
+        "Retry-After: 1 was honoured"
+    );
+    assert!(t.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn retries_exhausted_returns_provider_error_in_caller_format() {
+    let an = fake_anthropic().await;
+    let gw = start_gateway(
+        &format!(
+            "model_list:\n  - model_name: c\n    litellm_params: {{model: anthropic/claude-3-5-haiku, api_base: '{}'}}\nlitellm_settings: {{num_retries: 1}}\n",
+            an.base()
+        ),
+        gateway::store::Store::Memory,
+    )
+    .await;
+    for _ in 0..4 {
+        an.push(Behavior::Status(529, None));
+    }
+    // OpenAI client: gets an OpenAI-shaped error with the upstream's status and message.
+    let (s, body) = post(&format!("{}/v1/chat/completions", gw.base), "x", &chat("c")).await;
+    assert_eq!(s, 529);
+    let v = json(&body);
+    assert_eq!(v["error"]["message"], "Fake Anthropic error");
+    assert_eq!(v["error"]["type"], "overloaded_error");
+    assert_eq!(an.count(), 2, "1 try + 1 retry");
+    // Anthropic client: the Anthropic error envelope.
+    let r = client()
+        .post(format!("{}/v1/messages", gw.base))
+        .json(&json!({"model": "c", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 529);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["type"], "error");
+    assert_eq!(v["error"]["type"], "overloaded_error");
+}
+
+#[tokio::test]
+async fn non_retryable_error_is_not_retried_and_translated() {
+    let oa = fake_openai().await;
+    let gw = start_gateway(
+        &format!(
+            "model_list:\n  - model_name: m\n    litellm_params: {{model: openai/gpt-4o, api_base: '{}/v1'}}\nlitellm_settings: {{num_retries: 3}}\n",
+            oa.base()
+        ),
+        gateway::store::Store::Memory,
+    )
+    .await;
+    oa.push(Behavior::Status(400, None));
+    let r = client()
+        .post(format!("{}/v1/messages", gw.base))
+        .json(&json!({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["type"], "error");
+    assert_eq!(v["error"]["type"], "invalid_request_error");
+    assert_eq!(v["error"]["message"], "Invalid value for 'messages'");
+    assert_eq!(oa.count(), 1);
+}
+
+#[tokio::test]
+async fn fallback_to_other_model_group_after_retries() {
+    let oa = fake_openai().await;
+    let an = fake_anthropic().await;
+    let gw = start_gateway(
+        &format!(
+            r#"
+model_list:
+  - model_name: primary
+    litellm_params: {{model: openai/gpt-4o, api_base: '{}/v1'}}
+  - model_name: backup
+    litellm_params: {{model: anthropic/claude-3-5-haiku, api_base: '{}'}}
+litellm_settings:
+  num_retries: 1
+  fallbacks: [{{primary: [backup]}}]
+"#,
+            oa.base(),
+            an.base()
+        ),
+        gateway::store::Store::Memory,
+    )
+    .await;
+    oa.push(Behavior::Status(500, None));
+    oa.push(Behavior::Status(503, None));
+    let (s, body) = post(
+        &format!("{}/v1/chat/completions", gw.base),
+        "x",
+        &chat("primary"),
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(
+        json(&body)["choices"][0]["message"]["content"],
+        "Hello from fake-anthropic"
+    );
+    assert_eq!(oa.count(), 2);
+    assert_eq!(an.count(), 1);
+}
+
+#[tokio::test]
+async fn timeout_never_hangs_and_falls_back() {
+    let slow = fake_openai().await;
+    let fast = fake_openai().await;
+    let gw = start_gateway(
+        &format!(
+            r#"
+model_list:
+  - model_name: slow
+    litellm_params: {{model: openai/gpt-4o, api_base: '{}/v1', timeout: 0.3}}
+  - model_name: fast
+    litellm_params: {{model: openai/gpt-4o-mini, api_base: '{}/v1'}}
+litellm_settings: {{num_retries: 0, request_timeout: 0.3, fallbacks: [{{slow: [fast]}}]}}
+"#,
+            slow.base(),
+            fast.base()
+        ),
+        gateway::store::Store::Memory,
+    )
+    .await;
+    slow.push(Behavior::Delay(Duration::from_secs(30)));
+    let t = Instant::now();
+    let (s, _) = post(
+        &format!("{}/v1/chat/completions", gw.base),
+        "x",
+        &chat("slow"),
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert!(t.elapsed() < Duration::from_secs(3));
+    assert_eq!(fast.count(), 1);
+    // Without a fallback: a 504 in the caller's format, quickly.
+    slow.push(Behavior::Delay(Duration::from_secs(30)));
+    let t = Instant::now();
+    let r = client()
+        .post(format!("{}/v1/messages", gw.base))
+        .json(&json!({"model": "fast-missing", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_client_error(), "unknown model is a 4xx");
+    let gw2 = start_gateway(
+        &format!(
+            "model_list:\n  - model_name: slow\n    litellm_params: {{model: openai/gpt-4o, api_base: '{}/v1'}}\nlitellm_settings: {{request_timeout: 0.3}}\n",
+            slow.base()
+        ),
+        gateway::store::Store::Memory,
+    )
+    .await;
+    let (s, body) = post(
+        &format!("{}/v1/chat/completions", gw2.base),
+        "x",
+        &chat("slow"),
+    )
+    .await;
+    assert_eq!(s, 504, "{body}");
+    assert_eq!(json(&body)["error"]["type"], "timeout");
+    assert!(t.elapsed() < Duration::from_secs(3));
+}
+
+#[tokio::test]
+async fn load_balancing_strategies_spread_and_skip_failing() {
+    for strategy in [
+        "simple-shuffle",
+        "least-busy",
+        "latency-based-routing",
+        "usage-based-routing",
+    ] {
+        let a = fake_openai().await;
+        let b = fake_openai().await;
+        let gw = start_gateway(
+            &format!(
+                r#"
+model_list:
+  - model_name: m
+    litellm_params: {{model: openai/gpt-4o, api_base: '{}/v1'}}
+  - model_name: m
+    litellm_params: {{model: openai/gpt-4o, api_base: '{}/v1'}}
+router_settings: {{routing_strategy: {strategy}, num_retries: 1}}
+"#,
+                a.base(),
+                b.base()
+            ),
+            gateway::store::Store::Memory,
+        )
+        .await;
+        for _ in 0..20 {
+            let (s, _) = post(&format!("{}/v1/chat/completions", gw.base), "x", &chat("m")).await;
+            assert_eq!(s, 200);
+        }
+        assert_eq!(a.count() + b.count(), 20, "{strategy}");
+        if strategy != "latency-based-routing" {
+            assert!(
+                a.count() > 0 && b.count() > 0,
+                "{strategy}: both used ({} / {})",
+                a.count(),
+                b.count()
+            );
+        }
+        // A failing deployment is retried on the other one.
+        a.push(Behavior::Status(500, None));
+        for _ in 0..3 {
+            let (s, _) = post(&format!("{}/v1/chat/completions", gw.base), "x", &chat("m")).await;
+            assert_eq!(s, 200, "{strategy}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn rpm_limit_is_enforced() {
+    let oa = fake_openai().await;
+    let gw = start_gateway(
+        &format!(
+            "model_list:\n  - model_name: m\n    litellm_params: {{model: openai/gpt-4o, api_base: '{}/v1', rpm: 2}}\n",
+            oa.base()
+        ),
+        gateway::store::Store::Memory,
+    )
+    .await;
+    for _ in 0..2 {
+        assert_eq!(
+            post(&format!("{}/v1/chat/completions", gw.base), "x", &chat("m"))
+                .await
+                .0,
+            200
+        );
+    }
+    let (s, body) = post(&format!("{}/v1/chat/completions", gw.base), "x", &chat("m")).await;
+    assert_eq!(s, 429, "{body}");
+    assert_eq!(oa.count(), 2);
+}
+
+#[tokio::test]
+async fn failed_attempts_are_not_counted_as_spend() {
+    let oa = fake_openai().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store =
+        gateway::store::Store::connect(&format!("sqlite://{}", dir.path().join("s.db").display()))
+            .await
+            .unwrap();
+    let gw = start_gateway(
+        &format!(
+            "model_list:\n  - model_name: m\n    litellm_params: {{model: openai/gpt-4o, api_base: '{}/v1'}}\nlitellm_settings: {{num_retries: 2}}\n",
+            oa.base()
+        ),
+        store.clone(),
+    )
+    .await;
+    oa.push(Behavior::Status(500, None));
+    oa.push(Behavior::Status(502, None));
+    let (s, _) = post(&format!("{}/v1/chat/completions", gw.base), "x", &chat("m")).await;
+    assert_eq!(s, 200);
+    gw.gw.flush().await;
+    let spend = store.model_spend("anonymous").await.unwrap();
+    assert_eq!(spend.len(), 1);
+    assert_eq!(spend[0].requests, 1, "three attempts, one answered request");
+    assert_eq!(spend[0].input_tokens, 11);
+}

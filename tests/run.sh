@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# The project's test command:  bash tests/run.sh [extra cargo test args...]
+#
+# 1. As root, installs what is missing with apt-get (postgresql for pg_virtualenv,
+#    mmdebstrap for the offline image build); `apt-get update` runs once, only if needed.
+# 2. If a Docker engine answers, builds airlock-sandbox:latest with
+#    images/build-offline.sh (cached: seconds when nothing changed) and sets
+#    AIRLOCK_REQUIRE_DOCKER=1, so docker tests fail instead of skipping.
+# 3. Runs `cargo build --workspace --bins` then `cargo test --workspace [args]` inside a
+#    throwaway PostgreSQL cluster (pg_virtualenv) with AIRLOCK_TEST_POSTGRES_URL and
+#    AIRLOCK_REQUIRE_POSTGRES=1 exported. Without PostgreSQL, postgres tests skip.
+# Exit code: cargo's (or non-zero if a step before it fails).
+#
+# Env: AIRLOCK_SKIP_IMAGES=1 skips step 2 (docker tests then skip too, unless
+# AIRLOCK_REQUIRE_DOCKER is set by you); AIRLOCK_NO_INSTALL=1 never runs apt-get.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+log() { printf '[tests/run.sh] %s\n' "$*" >&2; }
+
+# --- inner stage: runs inside pg_virtualenv (or directly without PostgreSQL) ----------
+if [ "${AIRLOCK_RUN_SH_INNER:-}" = 1 ]; then
+    unset AIRLOCK_RUN_SH_INNER
+    if [ -n "${PGPORT:-}" ] && [ -n "${PGUSER:-}" ]; then
+        host="${PGHOST:-localhost}"
+        case "$host" in /*|"") host=localhost ;; esac   # a socket dir: use TCP on loopback
+        export AIRLOCK_TEST_POSTGRES_URL="postgres://${PGUSER}:${PGPASSWORD:-}@${host}:${PGPORT}/${PGDATABASE:-postgres}"
+        export AIRLOCK_REQUIRE_POSTGRES=1
+        log "PostgreSQL: postgres://${PGUSER}:***@${host}:${PGPORT}/${PGDATABASE:-postgres} (AIRLOCK_REQUIRE_POSTGRES=1)"
+    fi
+    log "cargo build --workspace --bins"
+    cargo build --workspace --bins
+    log "cargo test --workspace $*"
+    set +e
+    cargo test --workspace "$@"
+    rc=$?
+    set -e
+    log "cargo test exited with $rc"
+    exit "$rc"
+fi
+
+START=$(date +%s)
+IS_ROOT=0; [ "$(id -u)" = 0 ] && IS_ROOT=1
+
+docker_ok() {
+    command -v docker >/dev/null 2>&1 && timeout 30 docker version --format '{{.Server.Version}}' >/dev/null 2>&1
+}
+DOCKER=0
+if [ "${AIRLOCK_SKIP_IMAGES:-}" != 1 ] && docker_ok; then DOCKER=1; fi
+
+# --- 1. prerequisites -----------------------------------------------------------------
+missing=()
+command -v pg_virtualenv >/dev/null 2>&1 && ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 \
+    || missing+=(postgresql)
+if [ "$DOCKER" = 1 ]; then
+    command -v mmdebstrap >/dev/null 2>&1 || missing+=(mmdebstrap)
+    command -v readelf >/dev/null 2>&1 || missing+=(binutils)
+fi
+if [ "${#missing[@]}" -gt 0 ]; then
+    if [ "$IS_ROOT" = 1 ] && [ "${AIRLOCK_NO_INSTALL:-}" != 1 ] && command -v apt-get >/dev/null 2>&1; then
+        log "installing missing prerequisites: ${missing[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    else
+        log "missing prerequisites (not installing: not root, no apt-get or AIRLOCK_NO_INSTALL=1): ${missing[*]}"
+    fi
+fi
+
+# --- 2. sandbox image -----------------------------------------------------------------
+if [ "${AIRLOCK_SKIP_IMAGES:-}" = 1 ]; then
+    log "AIRLOCK_SKIP_IMAGES=1: not building images"
+elif [ "$DOCKER" = 1 ]; then
+    if command -v mmdebstrap >/dev/null 2>&1 || docker image inspect airlock-sandbox-base:bookworm >/dev/null 2>&1; then
+        log "building the sandbox image (images/build-offline.sh)"
+        bash "$ROOT/images/build-offline.sh"
+        export AIRLOCK_REQUIRE_DOCKER=1
+        log "docker tests enabled (AIRLOCK_REQUIRE_DOCKER=1, image airlock-sandbox:latest)"
+    else
+        log "mmdebstrap is not installed: cannot build the sandbox image; docker tests will skip"
+    fi
+else
+    log "no Docker engine answers: sandbox image not built, docker tests will skip"
+fi
+
+# --- 3. the suite, under a throwaway PostgreSQL ---------------------------------------
+export AIRLOCK_RUN_SH_INNER=1
+set +e
+if command -v pg_virtualenv >/dev/null 2>&1 && ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then
+    # -t: cluster in a temp dir even as root, so parallel runs do not collide.
+    pg_virtualenv -t -o fsync=off -o synchronous_commit=off -o max_connections=300 \
+        bash "$ROOT/tests/run.sh" "$@"
+    rc=$?
+else
+    log "PostgreSQL (pg_virtualenv) not available: postgres tests will skip"
+    bash "$ROOT/tests/run.sh" "$@"
+    rc=$?
+fi
+set -e
+log "finished in $(( $(date +%s) - START ))s with exit code $rc"
+exit "$rc"

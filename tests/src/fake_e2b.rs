@@ -1,0 +1,1182 @@
+//! A local stand-in for E2B (control-plane API + envd), following E2B's published specs field
+//! for field (e2b-dev/E2B @ b8029973: `spec/openapi.yml`, `spec/envd/envd.yaml`,
+//! `spec/envd/process/process.proto`, `spec/envd/filesystem/filesystem.proto`), so the brain's
+//! E2B client is exercised exactly as against the real service, by URL + key.
+//!
+//! - API (`api_url`): `POST /sandboxes` (201 `Sandbox`), `GET /v2/sandboxes` (metadata/state
+//!   filters, `limit`/`nextToken` paging, `X-Next-Token`), `GET|DELETE /sandboxes/{id}`,
+//!   `POST /sandboxes/{id}/timeout` (204), `POST /sandboxes/{id}/connect` (200); `X-API-Key`
+//!   auth (401 `Error`); request bodies validated against the schema (unknown or missing
+//!   fields → 400 `Error`); configurable slow create; injected 429 (`Retry-After`) and 5xx.
+//! - envd (`envd_url`, one listener for all sandboxes, routed by `E2b-Sandbox-Id` as the real
+//!   edge does for IP hosts): `GET /health` (204), `POST /process.Process/Start` (Connect
+//!   server stream, JSON codec, real envelopes; runs the command for real; honours
+//!   `Connect-Timeout-Ms` by killing the process group and ending with `deadline_exceeded`),
+//!   `GET|POST /files`, `POST /filesystem.Filesystem/ListDir`; `X-Access-Token` auth.
+//!
+//! Not a VM: each sandbox is a temp directory (`root`); file paths map under it, commands run
+//! with `bash` on the host with cwd under it (home = `root/home/user`) and `AIRLOCK_FAKE_ROOT`
+//! naming it, so absolute paths *inside commands* still see the host. Expired sandboxes
+//! (their `timeout` passed) are killed by a background sweep, as E2B does.
+
+// Early returns carry the provider's error response itself; these are test-only paths.
+#![allow(clippy::result_large_err)]
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path as UrlPath, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine as _;
+use serde_json::{Value, json};
+use tokio::io::AsyncReadExt;
+use tokio::task::JoinHandle;
+
+/// A control-plane route, for injecting failures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Route {
+    Create,
+    List,
+    Get,
+    Delete,
+    Timeout,
+    Connect,
+}
+
+/// What a recorded sandbox was created with (tests assert egress was restricted).
+#[derive(Debug, Clone)]
+pub struct SandboxInfo {
+    pub id: String,
+    pub template_id: String,
+    pub timeout_s: i64,
+    pub metadata: BTreeMap<String, String>,
+    pub env_vars: BTreeMap<String, String>,
+    pub network: Value,
+    pub secure: bool,
+    pub root: PathBuf,
+}
+
+struct Sandbox {
+    info: SandboxInfo,
+    token: String,
+    started_at: chrono::DateTime<chrono::Utc>,
+    end_at: chrono::DateTime<chrono::Utc>,
+    /// Process groups of running commands (killed with the sandbox).
+    groups: Vec<i32>,
+}
+
+#[derive(Default)]
+struct Inner {
+    sandboxes: BTreeMap<String, Sandbox>,
+    failures: HashMap<Route, VecDeque<(u16, Option<u64>)>>,
+    create_delay: Duration,
+    /// Creates that build the sandbox and then answer this status anyway (a lost response).
+    lost_creates: VecDeque<u16>,
+    creates: usize,
+    killed: Vec<String>,
+    expired: Vec<String>,
+    /// Counted per call: (route, status).
+    calls: Vec<(Route, u16)>,
+}
+
+struct Shared {
+    api_key: String,
+    inner: Mutex<Inner>,
+    dir: tempfile::TempDir,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A running fake; its listeners stop and its processes die on drop.
+pub struct FakeE2b {
+    pub api_url: String,
+    pub envd_url: String,
+    pub api_key: String,
+    shared: Arc<Shared>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for FakeE2b {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        let mut inner = self.shared.lock();
+        for sb in inner.sandboxes.values_mut() {
+            kill_groups(&mut sb.groups);
+        }
+    }
+}
+
+impl FakeE2b {
+    pub async fn start() -> Self {
+        let api_key = format!("e2b_{}", hex(20));
+        let shared = Arc::new(Shared {
+            api_key: api_key.clone(),
+            inner: Mutex::new(Inner::default()),
+            dir: tempfile::Builder::new()
+                .prefix("fake-e2b-")
+                .tempdir()
+                .expect("temp dir"),
+        });
+        let api = Router::new()
+            .route("/sandboxes", post(create))
+            .route("/v2/sandboxes", get(list))
+            .route("/sandboxes/{id}", get(get_one).delete(delete))
+            .route("/sandboxes/{id}/timeout", post(set_timeout))
+            .route("/sandboxes/{id}/connect", post(connect))
+            .with_state(shared.clone());
+        let envd = Router::new()
+            .route("/health", get(|| async { StatusCode::NO_CONTENT }))
+            .route("/process.Process/Start", post(start_process))
+            .route("/files", get(read_file).post(write_file))
+            .route("/filesystem.Filesystem/ListDir", post(list_dir))
+            .with_state(shared.clone());
+        let (api_addr, api_task) = serve(api).await;
+        let (envd_addr, envd_task) = serve(envd).await;
+        let sweeper = tokio::spawn(expire_loop(shared.clone()));
+        Self {
+            api_url: format!("http://{api_addr}"),
+            envd_url: format!("http://{envd_addr}"),
+            api_key,
+            shared,
+            tasks: vec![api_task, envd_task, sweeper],
+        }
+    }
+
+    /// The next `times` calls of `route` answer `status` (with `Retry-After` when given).
+    pub fn fail_next(&self, route: Route, status: u16, times: usize, retry_after: Option<u64>) {
+        let mut inner = self.shared.lock();
+        let q = inner.failures.entry(route).or_default();
+        for _ in 0..times {
+            q.push_back((status, retry_after));
+        }
+    }
+
+    /// The next `times` creates build the sandbox but answer `status` (the response is lost,
+    /// as when a gateway times out after the VM was made).
+    pub fn lose_next_creates(&self, status: u16, times: usize) {
+        let mut inner = self.shared.lock();
+        for _ in 0..times {
+            inner.lost_creates.push_back(status);
+        }
+    }
+
+    /// How long `POST /sandboxes` takes before the sandbox exists and the 201 is sent.
+    pub fn set_create_delay(&self, delay: Duration) {
+        self.shared.lock().create_delay = delay;
+    }
+
+    pub fn sandboxes(&self) -> Vec<SandboxInfo> {
+        self.shared
+            .lock()
+            .sandboxes
+            .values()
+            .map(|s| s.info.clone())
+            .collect()
+    }
+
+    /// Sandboxes created so far (including killed ones).
+    pub fn creates(&self) -> usize {
+        self.shared.lock().creates
+    }
+
+    /// Ids killed through `DELETE`.
+    pub fn killed(&self) -> Vec<String> {
+        self.shared.lock().killed.clone()
+    }
+
+    /// Ids whose timeout passed.
+    pub fn expired(&self) -> Vec<String> {
+        self.shared.lock().expired.clone()
+    }
+
+    /// Statuses answered per route so far.
+    pub fn calls(&self, route: Route) -> Vec<u16> {
+        self.shared
+            .lock()
+            .calls
+            .iter()
+            .filter(|(r, _)| *r == route)
+            .map(|(_, s)| *s)
+            .collect()
+    }
+
+    /// A file inside a sandbox (`path` as the sandbox sees it).
+    pub fn file(&self, sandbox_id: &str, path: &str) -> Option<Vec<u8>> {
+        let root = self
+            .shared
+            .lock()
+            .sandboxes
+            .get(sandbox_id)?
+            .info
+            .root
+            .clone();
+        std::fs::read(map_path(&root, path)).ok()
+    }
+}
+
+pub(crate) async fn serve(router: Router) -> (SocketAddr, JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("binding a fake");
+    let addr = listener.local_addr().expect("local addr");
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    (addr, task)
+}
+
+pub(crate) fn hex(n: usize) -> String {
+    (0..n).map(|_| format!("{:x}", rand_u8() & 0x0f)).collect()
+}
+
+fn rand_u8() -> u8 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static STATE: AtomicU64 = AtomicU64::new(0);
+    // xorshift seeded from time and address; good enough for ids in tests.
+    let mut x = STATE.load(Ordering::Relaxed);
+    if x == 0 {
+        x = (std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1))
+            | 1;
+    }
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    STATE.store(x, Ordering::Relaxed);
+    (x >> 24) as u8
+}
+
+/// 20 lowercase alphanumerics, like E2B sandbox ids.
+fn sandbox_id() -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    (0..20)
+        .map(|_| ALPHABET[rand_u8() as usize % ALPHABET.len()] as char)
+        .collect()
+}
+
+/// E2B's `Error` body.
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (
+        status,
+        axum::Json(json!({"code": status.as_u16(), "message": message.into()})),
+    )
+        .into_response()
+}
+
+/// Checks `X-API-Key` and pops an injected failure for `route`.
+fn gate(shared: &Shared, headers: &HeaderMap, route: Route) -> Result<(), Response> {
+    let key = headers.get("X-API-Key").and_then(|v| v.to_str().ok());
+    let mut inner = shared.lock();
+    let result = match key {
+        None => Err(error(
+            StatusCode::UNAUTHORIZED,
+            "authorization header is missing",
+        )),
+        Some(k) if k != shared.api_key => Err(error(StatusCode::UNAUTHORIZED, "Invalid API key")),
+        Some(_) => match inner.failures.get_mut(&route).and_then(|q| q.pop_front()) {
+            Some((status, retry_after)) => {
+                let status =
+                    StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                let message = match status {
+                    StatusCode::TOO_MANY_REQUESTS => "Rate limit exceeded, please try again later.",
+                    _ => "Internal server error: injected failure",
+                };
+                let mut resp = error(status, message);
+                if let Some(s) = retry_after {
+                    resp.headers_mut()
+                        .insert(header::RETRY_AFTER, s.to_string().parse().expect("header"));
+                }
+                Err(resp)
+            }
+            None => Ok(()),
+        },
+    };
+    let status = match &result {
+        Ok(()) => 0,
+        Err(r) => r.status().as_u16(),
+    };
+    if status != 0 {
+        inner.calls.push((route, status));
+    }
+    result
+}
+
+fn record(shared: &Shared, route: Route, status: StatusCode) {
+    shared.lock().calls.push((route, status.as_u16()));
+}
+
+/// Validates a JSON object against the field list of a schema: unknown → 400, missing
+/// required → 400, each as kin-openapi (E2B's validator) words it.
+fn check_fields(body: &Value, known: &[&str], required: &[&str]) -> Result<(), Response> {
+    let Some(obj) = body.as_object() else {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "request body has an error: doesn't match schema: value must be an object",
+        ));
+    };
+    for k in obj.keys() {
+        if !known.contains(&k.as_str()) {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "request body has an error: doesn't match schema: property \"{k}\" is unsupported"
+                ),
+            ));
+        }
+    }
+    for r in required {
+        if !obj.contains_key(*r) {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "request body has an error: doesn't match schema: property \"{r}\" is missing"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn string_map(v: Option<&Value>, field: &str) -> Result<BTreeMap<String, String>, Response> {
+    let Some(v) = v else {
+        return Ok(BTreeMap::new());
+    };
+    let bad = || {
+        error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "request body has an error: doesn't match schema: property \"{field}\": value must be a map of strings"
+            ),
+        )
+    };
+    let obj = v.as_object().ok_or_else(bad)?;
+    obj.iter()
+        .map(|(k, v)| Ok((k.clone(), v.as_str().ok_or_else(bad)?.to_string())))
+        .collect()
+}
+
+fn parse_json(body: &Bytes) -> Result<Value, Response> {
+    serde_json::from_slice(body).map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            format!("request body has an error: failed to decode request body: {e}"),
+        )
+    })
+}
+
+fn timeout_field(body: &Value) -> Result<i64, Response> {
+    match body.get("timeout") {
+        None => Ok(15),
+        Some(v) => v.as_i64().filter(|t| *t >= 0 && *t <= i32::MAX as i64).ok_or_else(|| {
+            error(
+                StatusCode::BAD_REQUEST,
+                "request body has an error: doesn't match schema: property \"timeout\": number must be an int32 >= 0",
+            )
+        }),
+    }
+}
+
+fn sandbox_json(sb: &Sandbox) -> Value {
+    json!({
+        "templateID": sb.info.template_id,
+        "sandboxID": sb.info.id,
+        "alias": sb.info.template_id,
+        "clientID": "6532622b",
+        "envdVersion": "0.6.4",
+        "envdAccessToken": sb.token,
+        "trafficAccessToken": null,
+        "domain": null,
+    })
+}
+
+fn listed_json(sb: &Sandbox) -> Value {
+    json!({
+        "templateID": sb.info.template_id,
+        "alias": sb.info.template_id,
+        "sandboxID": sb.info.id,
+        "clientID": "6532622b",
+        "startedAt": sb.started_at.to_rfc3339(),
+        "endAt": sb.end_at.to_rfc3339(),
+        "cpuCount": 2,
+        "memoryMB": 512,
+        "diskSizeMB": 1024,
+        "state": "running",
+        "envdVersion": "0.6.4",
+        "metadata": sb.info.metadata,
+    })
+}
+
+async fn create(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(r) = gate(&shared, &headers, Route::Create) {
+        return r;
+    }
+    let body = match parse_json(&body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let known = [
+        "templateID",
+        "timeout",
+        "autoPause",
+        "autoPauseMemory",
+        "autoResume",
+        "secure",
+        "allow_internet_access",
+        "network",
+        "metadata",
+        "envVars",
+        "mcp",
+        "iam",
+        "volumeMounts",
+    ];
+    if let Err(r) = check_fields(&body, &known, &["templateID"]) {
+        return r;
+    }
+    let Some(template) = body["templateID"].as_str().filter(|t| !t.is_empty()) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "request body has an error: doesn't match schema: property \"templateID\": value must be a string",
+        );
+    };
+    if template == "missing-template" {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("template '{template}' not found"),
+        );
+    }
+    let timeout = match timeout_field(&body) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let (metadata, env_vars) = match (
+        string_map(body.get("metadata"), "metadata"),
+        string_map(body.get("envVars"), "envVars"),
+    ) {
+        (Ok(m), Ok(e)) => (m, e),
+        (Err(r), _) | (_, Err(r)) => return r,
+    };
+    let network = body.get("network").cloned().unwrap_or(Value::Null);
+    if !network.is_null() {
+        let known = [
+            "allowPublicTraffic",
+            "allowOut",
+            "denyOut",
+            "egressProxy",
+            "maskRequestHost",
+            "rules",
+        ];
+        if let Err(r) = check_fields(&network, &known, &[]) {
+            return r;
+        }
+        for k in ["allowOut", "denyOut"] {
+            if let Some(v) = network.get(k)
+                && !v.as_array().is_some_and(|a| a.iter().all(Value::is_string))
+            {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "request body has an error: doesn't match schema: property \"{k}\": value must be an array of strings"
+                    ),
+                );
+            }
+        }
+    }
+    let secure = body.get("secure").and_then(Value::as_bool).unwrap_or(false);
+    let delay = shared.lock().create_delay;
+    // E2B builds the VM whether or not the caller is still waiting: spawned, so a client that
+    // gives up does not cancel it.
+    let shared2 = shared.clone();
+    let template = template.to_string();
+    let made = tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
+        let id = sandbox_id();
+        let root = shared2.dir.path().join(&id);
+        std::fs::create_dir_all(root.join("home/user")).expect("sandbox home");
+        let now = chrono::Utc::now();
+        let sb = Sandbox {
+            info: SandboxInfo {
+                id: id.clone(),
+                template_id: template,
+                timeout_s: timeout,
+                metadata,
+                env_vars,
+                network,
+                secure,
+                root,
+            },
+            token: hex(32),
+            started_at: now,
+            end_at: now + chrono::Duration::seconds(timeout),
+            groups: Vec::new(),
+        };
+        let reply = sandbox_json(&sb);
+        let mut inner = shared2.lock();
+        inner.creates += 1;
+        inner.sandboxes.insert(id, sb);
+        let lost = inner.lost_creates.pop_front();
+        inner.calls.push((Route::Create, lost.unwrap_or(201)));
+        (reply, lost)
+    });
+    match made.await {
+        Ok((reply, None)) => (StatusCode::CREATED, axum::Json(reply)).into_response(),
+        Ok((_, Some(status))) => error(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+            "Backend timeout",
+        ),
+        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "create failed"),
+    }
+}
+
+async fn list(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    if let Err(r) = gate(&shared, &headers, Route::List) {
+        return r;
+    }
+    // `metadata` is itself a URL-encoded query string: `k=v&k2=v2`.
+    let mut wanted = Vec::new();
+    if let Some(m) = q.get("metadata") {
+        for pair in m.split('&').filter(|p| !p.is_empty()) {
+            let Some((k, v)) = pair.split_once('=') else {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("invalid metadata filter `{pair}`"),
+                );
+            };
+            wanted.push((pct_decode(k), pct_decode(v)));
+        }
+    }
+    if let Some(states) = q.get("state") {
+        for s in states.split(',') {
+            if s != "running" && s != "paused" {
+                return error(StatusCode::BAD_REQUEST, format!("invalid state `{s}`"));
+            }
+        }
+        if !states.split(',').any(|s| s == "running") {
+            record(&shared, Route::List, StatusCode::OK);
+            return axum::Json(json!([])).into_response();
+        }
+    }
+    let limit = match q.get("limit").map(|l| l.parse::<usize>()) {
+        None => 100,
+        Some(Ok(l)) if (1..=100).contains(&l) => l,
+        _ => return error(StatusCode::BAD_REQUEST, "limit must be between 1 and 100"),
+    };
+    let after = q.get("nextToken").cloned();
+    let inner = shared.lock();
+    let matching: Vec<&Sandbox> = inner
+        .sandboxes
+        .values()
+        .filter(|s| {
+            wanted
+                .iter()
+                .all(|(k, v)| s.info.metadata.get(k) == Some(v))
+        })
+        .filter(|s| {
+            after
+                .as_ref()
+                .is_none_or(|a| s.info.id.as_str() > a.as_str())
+        })
+        .collect();
+    let page: Vec<Value> = matching
+        .iter()
+        .take(limit)
+        .map(|s| listed_json(s))
+        .collect();
+    let running = inner.sandboxes.len();
+    let next = (matching.len() > limit).then(|| matching[limit - 1].info.id.clone());
+    drop(inner);
+    record(&shared, Route::List, StatusCode::OK);
+    let mut resp = axum::Json(page).into_response();
+    resp.headers_mut().insert(
+        "X-Total-Running",
+        running.to_string().parse().expect("header"),
+    );
+    if let Some(n) = next {
+        resp.headers_mut()
+            .insert("X-Next-Token", n.parse().expect("header"));
+    }
+    resp
+}
+
+fn pct_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => match u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                Ok(b) => {
+                    out.push(b);
+                    i += 3;
+                    continue;
+                }
+                Err(_) => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn not_found(id: &str) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        format!("sandbox \"{id}\" doesn't exist or you don't have access to it"),
+    )
+}
+
+async fn get_one(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<String>,
+) -> Response {
+    if let Err(r) = gate(&shared, &headers, Route::Get) {
+        return r;
+    }
+    let inner = shared.lock();
+    let Some(sb) = inner.sandboxes.get(&id) else {
+        return not_found(&id);
+    };
+    let mut v = listed_json(sb);
+    v["envdAccessToken"] = sb.token.clone().into();
+    v["domain"] = Value::Null;
+    axum::Json(v).into_response()
+}
+
+async fn delete(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<String>,
+) -> Response {
+    if let Err(r) = gate(&shared, &headers, Route::Delete) {
+        return r;
+    }
+    let mut inner = shared.lock();
+    match inner.sandboxes.remove(&id) {
+        Some(mut sb) => {
+            kill_groups(&mut sb.groups);
+            inner.killed.push(id);
+            inner.calls.push((Route::Delete, 204));
+            StatusCode::NO_CONTENT.into_response()
+        }
+        None => not_found(&id),
+    }
+}
+
+async fn set_timeout(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<String>,
+    body: Bytes,
+) -> Response {
+    if let Err(r) = gate(&shared, &headers, Route::Timeout) {
+        return r;
+    }
+    let body = match parse_json(&body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    if let Err(r) = check_fields(&body, &["timeout"], &["timeout"]) {
+        return r;
+    }
+    let timeout = match timeout_field(&body) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let mut inner = shared.lock();
+    let Some(sb) = inner.sandboxes.get_mut(&id) else {
+        return not_found(&id);
+    };
+    sb.end_at = chrono::Utc::now() + chrono::Duration::seconds(timeout);
+    sb.info.timeout_s = timeout;
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn connect(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<String>,
+    body: Bytes,
+) -> Response {
+    if let Err(r) = gate(&shared, &headers, Route::Connect) {
+        return r;
+    }
+    let body = match parse_json(&body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    if let Err(r) = check_fields(&body, &["timeout"], &["timeout"]) {
+        return r;
+    }
+    let timeout = match timeout_field(&body) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let mut inner = shared.lock();
+    let Some(sb) = inner.sandboxes.get_mut(&id) else {
+        return not_found(&id);
+    };
+    // "TTL is only extended".
+    let end = chrono::Utc::now() + chrono::Duration::seconds(timeout);
+    if end > sb.end_at {
+        sb.end_at = end;
+    }
+    (StatusCode::OK, axum::Json(sandbox_json(sb))).into_response()
+}
+
+async fn expire_loop(shared: Arc<Shared>) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = chrono::Utc::now();
+        let mut inner = shared.lock();
+        let gone: Vec<String> = inner
+            .sandboxes
+            .iter()
+            .filter(|(_, s)| s.end_at <= now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in gone {
+            if let Some(mut sb) = inner.sandboxes.remove(&id) {
+                kill_groups(&mut sb.groups);
+            }
+            inner.expired.push(id);
+        }
+    }
+}
+
+pub(crate) fn kill_groups(groups: &mut Vec<i32>) {
+    for g in groups.drain(..) {
+        // SAFETY: killpg with a group id we created (process_group(0)); a stale one is ESRCH.
+        unsafe {
+            libc::killpg(g, libc::SIGKILL);
+        }
+    }
+}
+
+/// A sandbox path under `root` (relative paths are relative to the home directory).
+pub(crate) fn map_path(root: &Path, path: &str) -> PathBuf {
+    map_path_home(root, "home/user", path)
+}
+
+/// As [`map_path`], with the home directory `home` (relative to `root`).
+pub(crate) fn map_path_home(root: &Path, home: &str, path: &str) -> PathBuf {
+    let rel = match path.strip_prefix('/') {
+        Some(abs) => PathBuf::from(abs),
+        None => PathBuf::from(home).join(path),
+    };
+    // `..` would leave the sandbox's directory: drop such components.
+    let clean: PathBuf = rel
+        .components()
+        .filter(|c| matches!(c, std::path::Component::Normal(_)))
+        .collect();
+    root.join(clean)
+}
+
+// === envd ===
+
+/// envd's JSON error (`{"code": <int>, "message"}`) for plain HTTP routes.
+fn envd_error(status: StatusCode, message: impl Into<String>) -> Response {
+    error(status, message)
+}
+
+/// Connect's unary error: `{"code": "<connect code>", "message"}`.
+fn connect_error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    (
+        status,
+        axum::Json(json!({"code": code, "message": message.into()})),
+    )
+        .into_response()
+}
+
+/// The sandbox a request is for: by `E2b-Sandbox-Id`, with its access token checked.
+fn envd_sandbox(
+    shared: &Shared,
+    headers: &HeaderMap,
+) -> Result<(String, PathBuf, BTreeMap<String, String>), Response> {
+    let id = headers
+        .get("E2b-Sandbox-Id")
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| envd_error(StatusCode::BAD_REQUEST, "missing E2b-Sandbox-Id header"))?;
+    let port = headers
+        .get("E2b-Sandbox-Port")
+        .and_then(|v| v.to_str().ok());
+    if port != Some("49983") {
+        return Err(envd_error(
+            StatusCode::BAD_GATEWAY,
+            "The sandbox is running but port is not open",
+        ));
+    }
+    let inner = shared.lock();
+    let sb = inner.sandboxes.get(id).ok_or_else(|| {
+        envd_error(
+            StatusCode::NOT_FOUND,
+            format!("The sandbox {id} was not found"),
+        )
+    })?;
+    let token = headers.get("X-Access-Token").and_then(|v| v.to_str().ok());
+    if sb.info.secure && token != Some(sb.token.as_str()) {
+        return Err(envd_error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized access, please provide a valid access token or method signing if supported",
+        ));
+    }
+    Ok((
+        id.to_string(),
+        sb.info.root.clone(),
+        sb.info.env_vars.clone(),
+    ))
+}
+
+fn envelope(flags: u8, payload: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(5 + payload.len());
+    out.push(flags);
+    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    out.extend_from_slice(payload);
+    Bytes::from(out)
+}
+
+fn event(v: Value) -> Bytes {
+    envelope(0, &serde_json::to_vec(&json!({"event": v})).expect("json"))
+}
+
+async fn start_process(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (id, root, sandbox_env) = match envd_sandbox(&shared, &headers) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if ct != "application/connect+json" {
+        return connect_error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unimplemented",
+            format!("unsupported content type {ct:?}"),
+        );
+    }
+    if body.len() < 5 || body[0] != 0 {
+        return connect_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+            "request is not one uncompressed envelope",
+        );
+    }
+    let len = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
+    if body.len() != 5 + len {
+        return connect_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+            "envelope length mismatch",
+        );
+    }
+    let req: Value = match serde_json::from_slice(&body[5..]) {
+        Ok(v) => v,
+        Err(e) => {
+            return connect_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_argument",
+                format!("unmarshal StartRequest: {e}"),
+            );
+        }
+    };
+    let process = &req["process"];
+    let Some(cmd) = process["cmd"].as_str().filter(|c| !c.is_empty()) else {
+        return connect_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+            "process.cmd is required",
+        );
+    };
+    let args: Vec<String> = process["args"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    let home = root.join("home/user");
+    let cwd = match process["cwd"].as_str() {
+        Some(c) => map_path(&root, c),
+        None => home.clone(),
+    };
+    if !cwd.is_dir() {
+        return connect_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+            format!(
+                "cwd '{}' does not exist",
+                process["cwd"].as_str().unwrap_or("")
+            ),
+        );
+    }
+    let timeout = headers
+        .get("Connect-Timeout-Ms")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|t| *t > 0)
+        .map(Duration::from_millis);
+    let keepalive = headers
+        .get("Keepalive-Ping-Interval")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(Duration::from_secs(90));
+    let mut command = tokio::process::Command::new(cmd);
+    command
+        .args(&args)
+        .current_dir(&cwd)
+        .env("HOME", &home)
+        .env("AIRLOCK_FAKE_ROOT", &root)
+        .envs(&sandbox_env)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(false);
+    if let Some(envs) = process["envs"].as_object() {
+        for (k, v) in envs {
+            if let Some(v) = v.as_str() {
+                command.env(k, v);
+            }
+        }
+    }
+    let mut child = match command.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            return connect_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_argument",
+                format!("error starting process: {e}"),
+            );
+        }
+    };
+    let pid = child.id().unwrap_or(0) as i32;
+    if let Some(sb) = shared.lock().sandboxes.get_mut(&id) {
+        sb.groups.push(pid);
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+    let mut stdout = child.stdout.take().expect("piped");
+    let mut stderr = child.stderr.take().expect("piped");
+    tokio::spawn(async move {
+        // Sends are ignored when the client left: the process keeps running, as in envd.
+        let _ = tx.send(event(json!({"start": {"pid": pid}}))).await;
+        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let (mut out_open, mut err_open) = (true, true);
+        let mut buf_o = vec![0u8; 32 * 1024];
+        let mut buf_e = vec![0u8; 32 * 1024];
+        let mut timed_out = false;
+        let far = tokio::time::Instant::now() + Duration::from_secs(365 * 86400);
+        while out_open || err_open {
+            tokio::select! {
+                n = stdout.read(&mut buf_o), if out_open => match n {
+                    Ok(0) | Err(_) => out_open = false,
+                    Ok(n) => { let _ = tx.send(event(json!({"data": {"stdout": b64.encode(&buf_o[..n])}}))).await; }
+                },
+                n = stderr.read(&mut buf_e), if err_open => match n {
+                    Ok(0) | Err(_) => err_open = false,
+                    Ok(n) => { let _ = tx.send(event(json!({"data": {"stderr": b64.encode(&buf_e[..n])}}))).await; }
+                },
+                _ = tokio::time::sleep(keepalive) => { let _ = tx.send(event(json!({"keepalive": {}}))).await; }
+                _ = tokio::time::sleep_until(deadline.unwrap_or(far)) => {
+                    timed_out = true;
+                    // SAFETY: the group this command leads.
+                    unsafe { libc::killpg(pid, libc::SIGKILL); }
+                    break;
+                }
+            }
+        }
+        let status = child.wait().await;
+        let end = match status {
+            Ok(s) => match (s.code(), std::os::unix::process::ExitStatusExt::signal(&s)) {
+                (Some(0), _) => json!({"exited": true, "status": "exit status 0"}),
+                (Some(c), _) => {
+                    json!({"exitCode": c, "exited": true, "status": format!("exit status {c}")})
+                }
+                (None, Some(sig)) => {
+                    json!({"exitCode": -1, "status": format!("signal: {}", signal_name(sig))})
+                }
+                (None, None) => json!({"exitCode": -1, "status": "unknown"}),
+            },
+            Err(e) => json!({"exitCode": -1, "status": "unknown", "error": e.to_string()}),
+        };
+        let _ = tx.send(event(json!({"end": end}))).await;
+        let trailer = if timed_out {
+            json!({"error": {"code": "deadline_exceeded", "message": "context deadline exceeded"}})
+        } else {
+            json!({})
+        };
+        let _ = tx
+            .send(envelope(0x02, &serde_json::to_vec(&trailer).expect("json")))
+            .await;
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|b| (Ok::<_, std::io::Error>(b), rx))
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/connect+json")
+        .body(Body::from_stream(stream))
+        .expect("response")
+}
+
+pub(crate) fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        1 => "hangup",
+        2 => "interrupt",
+        9 => "killed",
+        15 => "terminated",
+        _ => "unknown signal",
+    }
+}
+
+async fn read_file(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let (_, root, _) = match envd_sandbox(&shared, &headers) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let Some(path) = q.get("path") else {
+        return envd_error(StatusCode::BAD_REQUEST, "path is required");
+    };
+    let real = map_path(&root, path);
+    if real.is_dir() {
+        return envd_error(
+            StatusCode::BAD_REQUEST,
+            format!("path '{path}' is a directory"),
+        );
+    }
+    match std::fs::read(&real) {
+        Ok(data) => ([(header::CONTENT_TYPE, "application/octet-stream")], data).into_response(),
+        Err(_) => envd_error(
+            StatusCode::NOT_FOUND,
+            format!("path '{path}' does not exist"),
+        ),
+    }
+}
+
+async fn write_file(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+    body: Bytes,
+) -> Response {
+    let (_, root, _) = match envd_sandbox(&shared, &headers) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let Some(path) = q.get("path") else {
+        return envd_error(
+            StatusCode::BAD_REQUEST,
+            "path is required for application/octet-stream",
+        );
+    };
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if ct != "application/octet-stream" {
+        // The real envd also takes multipart/form-data; this fake only the raw form.
+        return envd_error(
+            StatusCode::BAD_REQUEST,
+            format!("fake envd: unsupported content type {ct:?}"),
+        );
+    }
+    let real = map_path(&root, path);
+    if real.is_dir() {
+        return envd_error(
+            StatusCode::BAD_REQUEST,
+            format!("path '{path}' is a directory"),
+        );
+    }
+    if let Some(parent) = real.parent() {
+        let _ = std::fs::create_dir_all(parent);
+    }
+    if let Err(e) = std::fs::write(&real, &body) {
+        return envd_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("error writing file '{path}': {e}"),
+        );
+    }
+    let name = Path::new(path)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    axum::Json(json!([{"path": path, "name": name, "type": "file"}])).into_response()
+}
+
+async fn list_dir(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    let (_, root, _) = match envd_sandbox(&shared, &headers) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let req: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return connect_error(StatusCode::BAD_REQUEST, "invalid_argument", e.to_string()),
+    };
+    let Some(path) = req["path"].as_str() else {
+        return connect_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+            "path is required",
+        );
+    };
+    let real = map_path(&root, path);
+    let rd = match std::fs::read_dir(&real) {
+        Ok(rd) => rd,
+        Err(_) => {
+            return connect_error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("directory '{path}' does not exist"),
+            );
+        }
+    };
+    let mut entries = Vec::new();
+    for e in rd.flatten() {
+        let meta = match e.metadata() {
+            Ok(m) => m,
+            Err(_) => continue,
+        };
+        let name = e.file_name().to_string_lossy().into_owned();
+        entries.push(json!({
+            "name": name,
+            "type": if meta.is_dir() { "FILE_TYPE_DIRECTORY" } else { "FILE_TYPE_FILE" },
+            "path": format!("{}/{name}", path.trim_end_matches('/')),
+            // int64 → JSON string in proto3-JSON.
+            "size": meta.len().to_string(),
+            "owner": "user",
+            "group": "user",
+        }));
+    }
+    axum::Json(json!({"entries": entries})).into_response()
+}

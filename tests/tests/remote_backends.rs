@@ -1,0 +1,1189 @@
+//! The E2B and Daytona backends against local fakes that follow the providers' published APIs
+//! (`airlock_tests::fake_e2b`, `fake_daytona`).
+//!
+//! Two layers: the brain's clients driven directly (`e2b_*`, `daytona_*`: provider errors,
+//! retries, slow starts, timeouts, caps, cleanup), and the real `brain serve` pointed at the
+//! fakes over its HTTP API (`brain_*`; needs `cargo build -p brain` first).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use airlock_tests::fake_daytona::{self, FakeDaytona};
+use airlock_tests::fake_e2b::{self, FakeE2b};
+use airlock_tests::{BrainOptions, BrainProcess, StatusCode, eventually};
+use airlock_wire::{ExecCollector, ExecEvent, ExecRequest};
+use brain::sandbox::daytona::{DaytonaBackend, DaytonaConfig};
+use brain::sandbox::e2b::{E2bBackend, E2bConfig};
+use brain::sandbox::{BackendError, Resources, SandboxBackend, SandboxSpec};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+
+const CA: &str = "-----BEGIN CERTIFICATE-----\nfake\n-----END CERTIFICATE-----\n";
+const PROXY: &str = "127.0.0.1:3128";
+
+/// A spec as the brain builds it with a vault grant and one credential.
+fn spec(id: &str, ttl_s: u64) -> SandboxSpec {
+    let mut env = BTreeMap::new();
+    for k in ["HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"] {
+        env.insert(k.to_string(), format!("http://{id}:tok@127.0.0.1:41000"));
+    }
+    env.insert("NO_PROXY".into(), "localhost,127.0.0.1,::1".into());
+    env.insert("SSL_CERT_FILE".into(), "/etc/airlock/ca.pem".into());
+    env.insert("GITHUB_TOKEN".into(), "ghp_stubstubstub".into());
+    SandboxSpec {
+        id: id.into(),
+        owner: "owner-1".into(),
+        image: None,
+        resources: Resources::default(),
+        env,
+        files: vec![(
+            "/etc/airlock/ca.pem".into(),
+            Bytes::from_static(CA.as_bytes()),
+        )],
+        agent_token: "unused".into(),
+        ttl_s,
+    }
+}
+
+fn cmd(command: &str) -> ExecRequest {
+    ExecRequest {
+        command: Some(command.into()),
+        timeout_ms: Some(10_000),
+        max_output_bytes: Some(1 << 20),
+        ..ExecRequest::default()
+    }
+}
+
+// === E2B client ===
+
+fn e2b_config(fake: &FakeE2b) -> E2bConfig {
+    E2bConfig {
+        api_url: fake.api_url.clone(),
+        envd_url: fake.envd_url.clone(),
+        proxy_url: Some(PROXY.into()),
+        ready_timeout_ms: 5_000,
+        max_retries: 2,
+        retry_base_ms: 10,
+        ..E2bConfig::default()
+    }
+}
+
+fn e2b(fake: &FakeE2b) -> E2bBackend {
+    E2bBackend::with_key(e2b_config(fake), fake.api_key.clone()).unwrap()
+}
+
+#[tokio::test]
+async fn e2b_provision_restricts_egress_runs_commands_moves_files_and_destroys() {
+    let fake = FakeE2b::start().await;
+    let backend = e2b(&fake);
+    let handle = backend.provision(&spec("sb-e1", 600)).await.unwrap();
+
+    let [sb] = fake.sandboxes().try_into().expect("one sandbox");
+    assert_eq!(handle.backend_ref, sb.id);
+    assert_eq!(sb.template_id, "base");
+    assert!(
+        sb.secure,
+        "created with secure: true (envd needs the access token)"
+    );
+    assert_eq!(sb.timeout_s, 600 + 300, "TTL plus grace set at creation");
+    assert_eq!(sb.metadata["airlock.sandbox"], "sb-e1");
+    assert_eq!(sb.metadata["airlock.owner"], "owner-1");
+    assert_eq!(
+        sb.network,
+        json!({"allowOut": ["127.0.0.1/32"], "denyOut": ["0.0.0.0/0"]}),
+        "egress only to the vault proxy"
+    );
+    assert_eq!(
+        sb.env_vars["HTTPS_PROXY"],
+        "http://sb-e1:tok@127.0.0.1:3128"
+    );
+    assert_eq!(sb.env_vars["GITHUB_TOKEN"], "ghp_stubstubstub");
+    assert_eq!(
+        fake.file(&sb.id, "/etc/airlock/ca.pem").as_deref(),
+        Some(CA.as_bytes()),
+        "CA written through envd /files before first use"
+    );
+    // Handles keep the envd access token; it never shows in Debug of the backend.
+    assert!(handle.extra.contains_key("e2b.envd_access_token"));
+
+    let r = backend
+        .exec(
+            &handle,
+            cmd("echo out; echo err >&2; echo $GITHUB_TOKEN; exit 3"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.stdout, "out\nghp_stubstubstub\n");
+    assert_eq!(r.stderr, "err\n");
+    assert_eq!(
+        (r.exit_code, r.signal, r.timed_out, r.truncated),
+        (Some(3), None, false, false)
+    );
+
+    let ok = backend.exec(&handle, cmd("true")).await.unwrap();
+    assert_eq!(ok.exit_code, Some(0), "proto3 omits exitCode 0");
+
+    let mut req = cmd("pwd; ls");
+    req.cwd = Some("/work".into());
+    let err = backend.exec(&handle, req.clone()).await.unwrap_err();
+    assert!(err.to_string().contains("does not exist"), "{err}");
+    backend
+        .write_file(&handle, "/work/a.txt", Bytes::from_static(b"payload"))
+        .await
+        .unwrap();
+    let r = backend.exec(&handle, req).await.unwrap();
+    assert!(r.stdout.ends_with("/work\na.txt\n"), "{}", r.stdout);
+
+    let mut events = backend
+        .exec_stream(&handle, cmd("echo one; sleep 0.2; echo two >&2"))
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    while let Some(e) = events.next().await {
+        seen.push(e.unwrap());
+    }
+    assert_eq!(
+        seen[0],
+        ExecEvent::Stdout {
+            data: "one\n".into()
+        }
+    );
+    assert_eq!(
+        seen[1],
+        ExecEvent::Stderr {
+            data: "two\n".into()
+        }
+    );
+    assert!(matches!(&seen[2], ExecEvent::Exit(e) if e.exit_code == Some(0)));
+
+    assert_eq!(
+        backend.read_file(&handle, "/work/a.txt").await.unwrap(),
+        Bytes::from_static(b"payload")
+    );
+    let missing = backend.read_file(&handle, "/nope").await.unwrap_err();
+    assert!(
+        matches!(missing, BackendError::Agent { status: 404, .. }),
+        "{missing}"
+    );
+    let listed = backend.list_files(&handle, "/work").await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        (listed[0].name.as_str(), listed[0].size, listed[0].is_dir),
+        ("a.txt", 7, false)
+    );
+
+    let mut forged = handle.clone();
+    forged
+        .extra
+        .insert("e2b.envd_access_token".into(), "wrong".into());
+    let err = backend.exec(&forged, cmd("true")).await.unwrap_err();
+    assert!(matches!(err, BackendError::Unavailable(_)), "{err}");
+    assert!(err.to_string().contains("401"), "{err}");
+
+    assert!(backend.is_alive(&handle).await);
+    let labelled = backend.list_labelled().await.unwrap();
+    assert_eq!(labelled.len(), 1);
+    assert_eq!(labelled[0].id, "sb-e1");
+    assert_eq!(labelled[0].owner.as_deref(), Some("owner-1"));
+
+    backend.destroy(&handle).await.unwrap();
+    assert!(fake.sandboxes().is_empty());
+    assert_eq!(fake.killed(), std::slice::from_ref(&sb.id));
+    backend.destroy(&handle).await.unwrap();
+    assert!(!backend.is_alive(&handle).await);
+    let gone = backend.exec(&handle, cmd("true")).await.unwrap_err();
+    assert!(matches!(gone, BackendError::NotFound(_)), "{gone}");
+}
+
+#[tokio::test]
+async fn e2b_wrong_key_and_provider_errors_carry_the_providers_message() {
+    let fake = FakeE2b::start().await;
+    let wrong = E2bBackend::with_key(e2b_config(&fake), "e2b_0000".into()).unwrap();
+    let err = wrong.provision(&spec("sb-k", 60)).await.unwrap_err();
+    assert!(matches!(err, BackendError::Unavailable(_)), "{err}");
+    assert!(
+        err.to_string().contains("401") && err.to_string().contains("Invalid API key"),
+        "{err}"
+    );
+
+    let mut s = spec("sb-t", 60);
+    s.image = Some("missing-template".into());
+    let err = e2b(&fake).provision(&s).await.unwrap_err();
+    assert!(matches!(err, BackendError::Invalid(_)), "{err}");
+    assert!(
+        err.to_string()
+            .contains("template 'missing-template' not found"),
+        "{err}"
+    );
+    assert_eq!(fake.creates(), 0);
+}
+
+#[tokio::test]
+async fn e2b_retries_429_and_5xx_without_creating_twice_and_gives_up_cleanly() {
+    let fake = FakeE2b::start().await;
+    let backend = e2b(&fake);
+    fake.fail_next(fake_e2b::Route::Create, 429, 1, Some(0));
+    fake.fail_next(fake_e2b::Route::List, 503, 1, None);
+    let h = backend.provision(&spec("sb-r1", 60)).await.unwrap();
+    assert_eq!(fake.creates(), 1);
+    assert_eq!(fake.calls(fake_e2b::Route::Create), [429, 201]);
+    // The retry looked for a sandbox the failed attempt might have made (and retried that 503).
+    assert_eq!(fake.calls(fake_e2b::Route::List)[0], 503);
+    backend.destroy(&h).await.unwrap();
+
+    fake.fail_next(fake_e2b::Route::Create, 500, 3, None);
+    let started = Instant::now();
+    let err = backend.provision(&spec("sb-r2", 60)).await.unwrap_err();
+    assert!(
+        err.to_string().contains("500") && err.to_string().contains("injected failure"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "bounded backoff"
+    );
+    assert_eq!(fake.creates(), 1, "no second sandbox");
+    assert!(fake.sandboxes().is_empty());
+
+    // A create whose answer was lost after the VM was made: the retry finds it by metadata
+    // and takes it over (`/connect` gives its envd token) instead of making a second.
+    fake.lose_next_creates(504, 1);
+    let h = backend.provision(&spec("sb-lost", 60)).await.unwrap();
+    assert_eq!(fake.creates(), 2, "one sandbox for sb-lost");
+    assert_eq!(fake.sandboxes().len(), 1);
+    let r = backend.exec(&h, cmd("echo adopted")).await.unwrap();
+    assert_eq!(r.stdout, "adopted\n");
+    backend.destroy(&h).await.unwrap();
+
+    // DELETE retried through a 502.
+    let h = backend.provision(&spec("sb-r3", 60)).await.unwrap();
+    fake.fail_next(fake_e2b::Route::Delete, 502, 1, None);
+    backend.destroy(&h).await.unwrap();
+    assert!(fake.sandboxes().is_empty());
+}
+
+#[tokio::test]
+async fn e2b_slow_start_within_and_over_the_ready_timeout() {
+    let fake = FakeE2b::start().await;
+    fake.set_create_delay(Duration::from_millis(300));
+    let h = e2b(&fake).provision(&spec("sb-s1", 60)).await.unwrap();
+    assert_eq!(fake.sandboxes().len(), 1);
+    e2b(&fake).destroy(&h).await.unwrap();
+
+    fake.set_create_delay(Duration::from_millis(1500));
+    let impatient = E2bBackend::with_key(
+        E2bConfig {
+            ready_timeout_ms: 400,
+            ..e2b_config(&fake)
+        },
+        fake.api_key.clone(),
+    )
+    .unwrap();
+    let err = impatient.provision(&spec("sb-s2", 60)).await.unwrap_err();
+    assert!(matches!(err, BackendError::NotReady(_)), "{err}");
+    // The VM is built anyway after the brain gave up; it must not stay.
+    assert!(eventually(Duration::from_secs(5), || fake.creates() == 2).await);
+    assert!(
+        eventually(Duration::from_secs(5), || fake.sandboxes().is_empty()).await,
+        "late sandbox left running: {:?}",
+        fake.sandboxes()
+    );
+    assert_eq!(fake.killed().len(), 2);
+}
+
+#[tokio::test]
+async fn e2b_exec_timeout_output_cap_and_expiry() {
+    let fake = FakeE2b::start().await;
+    let backend = E2bBackend::with_key(
+        E2bConfig {
+            ttl_grace_seconds: 0,
+            ..e2b_config(&fake)
+        },
+        fake.api_key.clone(),
+    )
+    .unwrap();
+    let h = backend.provision(&spec("sb-x", 3)).await.unwrap();
+    let mut slow = cmd("echo started; sleep 5; echo never");
+    slow.timeout_ms = Some(400);
+    let started = Instant::now();
+    let r = backend.exec(&h, slow).await.unwrap();
+    assert!(r.timed_out, "{r:?}");
+    assert_eq!(r.stdout, "started\n");
+    assert_eq!(r.exit_code, None);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+
+    let mut big = cmd("head -c 100000 /dev/zero | tr '\\0' a; echo done >&2");
+    big.max_output_bytes = Some(1000);
+    let r = backend.exec(&h, big).await.unwrap();
+    assert_eq!(r.stdout.len(), 1000);
+    assert!(r.truncated);
+    assert_eq!(r.exit_code, Some(0));
+
+    // E2B kills it when its timeout (TTL, no grace here) passes.
+    assert!(eventually(Duration::from_secs(6), || fake.sandboxes().is_empty()).await);
+    assert_eq!(fake.expired().len(), 1);
+    assert!(!backend.is_alive(&h).await);
+}
+
+#[tokio::test]
+async fn e2b_failed_provision_leaves_nothing_and_credentials_need_a_reachable_proxy() {
+    let fake = FakeE2b::start().await;
+    let backend = e2b(&fake);
+    let mut s = spec("sb-f", 60);
+    // envd refuses to write over a directory: the provision fails after the VM exists.
+    s.files
+        .push(("/home/user".into(), Bytes::from_static(b"x")));
+    let err = backend.provision(&s).await.unwrap_err();
+    assert!(err.to_string().contains("is a directory"), "{err}");
+    assert_eq!(fake.creates(), 1);
+    assert!(fake.sandboxes().is_empty(), "the failed sandbox was killed");
+
+    let no_proxy = E2bBackend::with_key(
+        E2bConfig {
+            proxy_url: None,
+            ..e2b_config(&fake)
+        },
+        fake.api_key.clone(),
+    )
+    .unwrap();
+    let err = no_proxy.provision(&spec("sb-np", 60)).await.unwrap_err();
+    assert!(matches!(err, BackendError::Invalid(_)), "{err}");
+    assert!(err.to_string().contains("sandbox.e2b.proxy_url"), "{err}");
+    assert_eq!(fake.creates(), 1, "refused before anything was created");
+
+    // Without credentials, no proxy means no egress at all.
+    let mut s = spec("sb-np2", 60);
+    s.env.remove("GITHUB_TOKEN");
+    let h = no_proxy.provision(&s).await.unwrap();
+    let sb = fake.sandboxes().pop().unwrap();
+    assert_eq!(sb.network, json!({"denyOut": ["0.0.0.0/0"]}));
+    assert!(!sb.env_vars.contains_key("HTTPS_PROXY"));
+    no_proxy.destroy(&h).await.unwrap();
+}
+
+// === Daytona client ===
+
+fn daytona_config(fake: &FakeDaytona) -> DaytonaConfig {
+    DaytonaConfig {
+        api_url: fake.api_url.clone(),
+        proxy_url: Some(PROXY.into()),
+        ready_timeout_ms: 5_000,
+        max_retries: 2,
+        retry_base_ms: 10,
+        ..DaytonaConfig::default()
+    }
+}
+
+fn daytona(fake: &FakeDaytona) -> DaytonaBackend {
+    DaytonaBackend::with_key(daytona_config(fake), fake.api_key.clone()).unwrap()
+}
+
+#[tokio::test]
+async fn daytona_provision_waits_for_started_restricts_egress_runs_commands_and_destroys() {
+    let fake = FakeDaytona::start(Duration::from_secs(60)).await;
+    fake.set_start_delay(Duration::from_millis(400));
+    let backend = daytona(&fake);
+    let handle = backend.provision(&spec("sb-d1", 600)).await.unwrap();
+    assert!(fake.gets() >= 2, "polled GET /sandbox/{{id}} until started");
+
+    let [sb] = fake.sandboxes().try_into().expect("one sandbox");
+    assert_eq!(handle.backend_ref, sb.id);
+    assert_eq!(sb.labels["airlock.sandbox"], "sb-d1");
+    assert_eq!(sb.labels["airlock.owner"], "owner-1");
+    assert!(!sb.network_block_all);
+    assert_eq!(sb.network_allow_list.as_deref(), Some("127.0.0.1/32"));
+    assert_eq!(
+        sb.request["ttlMinutes"], 15,
+        "(600 + 300 grace) s in whole minutes"
+    );
+    assert_eq!(sb.request["autoStopInterval"], 15);
+    assert_eq!(sb.request["autoDeleteInterval"], 0, "deleted when stopped");
+    assert_eq!(sb.env["HTTPS_PROXY"], "http://sb-d1:tok@127.0.0.1:3128");
+    assert_eq!(
+        fake.file(&sb.id, "/etc/airlock/ca.pem").as_deref(),
+        Some(CA.as_bytes())
+    );
+
+    let r = backend
+        .exec(
+            &handle,
+            cmd("echo out; echo err >&2; echo $GITHUB_TOKEN; exit 3"),
+        )
+        .await
+        .unwrap();
+    // Daytona's execute returns one combined output.
+    assert_eq!(r.stdout, "out\nerr\nghp_stubstubstub\n");
+    assert_eq!(r.stderr, "");
+    assert_eq!(r.exit_code, Some(3));
+
+    let mut argv = ExecRequest {
+        argv: Some(vec![
+            "printf".into(),
+            "%s|".into(),
+            "a b".into(),
+            "it's".into(),
+        ]),
+        ..ExecRequest::default()
+    };
+    argv.cwd = Some("/tmp".into());
+    backend
+        .write_file(&handle, "/tmp/x", Bytes::from_static(b"1"))
+        .await
+        .unwrap();
+    let r = backend.exec(&handle, argv).await.unwrap();
+    assert_eq!(r.stdout, "a b|it's|");
+
+    let events: Vec<_> = backend
+        .exec_stream(&handle, cmd("echo streamed"))
+        .await
+        .unwrap()
+        .collect()
+        .await;
+    let mut c = ExecCollector::default();
+    for e in events {
+        c.push(e.unwrap());
+    }
+    let r = c.finish().unwrap();
+    assert_eq!((r.stdout.as_str(), r.exit_code), ("streamed\n", Some(0)));
+
+    backend
+        .write_file(&handle, "/work/f.bin", Bytes::from_static(b"\x00\x01data"))
+        .await
+        .unwrap();
+    assert_eq!(
+        backend.read_file(&handle, "/work/f.bin").await.unwrap(),
+        Bytes::from_static(b"\x00\x01data")
+    );
+    let listed = backend.list_files(&handle, "/work").await.unwrap();
+    assert_eq!((listed[0].name.as_str(), listed[0].size), ("f.bin", 6));
+    let err = backend.read_file(&handle, "/work/none").await.unwrap_err();
+    assert!(
+        matches!(err, BackendError::Agent { status: 404, ref code, .. } if code == "FILE_NOT_FOUND"),
+        "{err}"
+    );
+
+    assert!(backend.is_alive(&handle).await);
+    let labelled = backend.list_labelled().await.unwrap();
+    assert_eq!(labelled.len(), 1);
+    assert_eq!(labelled[0].id, "sb-d1");
+
+    backend.destroy(&handle).await.unwrap();
+    assert!(fake.sandboxes().is_empty());
+    assert_eq!(fake.deleted(), [sb.id]);
+    backend.destroy(&handle).await.unwrap();
+    assert!(!backend.is_alive(&handle).await);
+}
+
+#[tokio::test]
+async fn daytona_wrong_key_validation_errors_and_failed_starts_leave_nothing() {
+    let fake = FakeDaytona::start(Duration::from_secs(60)).await;
+    let wrong = DaytonaBackend::with_key(daytona_config(&fake), "dtn_wrong".into()).unwrap();
+    let err = wrong.provision(&spec("sb-k", 60)).await.unwrap_err();
+    assert!(
+        err.to_string().contains("401") && err.to_string().contains("Unauthorized"),
+        "{err}"
+    );
+
+    // A start the provider fails surfaces with the provider's words.
+    let s = spec("sb-v", 60);
+    let backend = daytona(&fake);
+    fake.set_fail_start(Some("Failed to pull snapshot: not found"));
+    let err = backend.provision(&s).await.unwrap_err();
+    assert!(matches!(err, BackendError::NotReady(_)), "{err}");
+    assert!(err.to_string().contains("Failed to pull snapshot"), "{err}");
+    assert_eq!(fake.creates(), 1);
+    assert!(
+        fake.sandboxes().is_empty(),
+        "the errored sandbox was deleted"
+    );
+    fake.set_fail_start(None);
+
+    fake.set_start_delay(Duration::from_secs(5));
+    let impatient = DaytonaBackend::with_key(
+        DaytonaConfig {
+            ready_timeout_ms: 500,
+            ..daytona_config(&fake)
+        },
+        fake.api_key.clone(),
+    )
+    .unwrap();
+    let err = impatient.provision(&spec("sb-slow", 60)).await.unwrap_err();
+    assert!(err.to_string().contains("still `creating`"), "{err}");
+    assert!(fake.sandboxes().is_empty());
+
+    let no_proxy = DaytonaBackend::with_key(
+        DaytonaConfig {
+            proxy_url: None,
+            ..daytona_config(&fake)
+        },
+        fake.api_key.clone(),
+    )
+    .unwrap();
+    let err = no_proxy.provision(&spec("sb-np", 60)).await.unwrap_err();
+    assert!(
+        err.to_string().contains("sandbox.daytona.proxy_url"),
+        "{err}"
+    );
+    assert_eq!(fake.creates(), 2);
+}
+
+#[tokio::test]
+async fn daytona_retries_429_and_5xx_and_reuses_a_sandbox_a_failed_attempt_made() {
+    let fake = FakeDaytona::start(Duration::from_secs(60)).await;
+    let backend = daytona(&fake);
+    fake.set_start_delay(Duration::from_millis(200));
+    fake.fail_next(fake_daytona::Route::Create, 429, 1, Some(0));
+    fake.fail_next(fake_daytona::Route::Get, 503, 2, None);
+    let h = backend.provision(&spec("sb-r1", 60)).await.unwrap();
+    assert_eq!(fake.creates(), 1);
+    backend.destroy(&h).await.unwrap();
+
+    fake.fail_next(fake_daytona::Route::Create, 502, 3, None);
+    let err = backend.provision(&spec("sb-r2", 60)).await.unwrap_err();
+    assert!(
+        err.to_string().contains("502") && err.to_string().contains("Internal server error"),
+        "{err}"
+    );
+    assert_eq!(fake.creates(), 1);
+    assert!(fake.sandboxes().is_empty());
+
+    // The answer of a create that did make the sandbox is lost: the retry finds it by label.
+    fake.lose_next_creates(503, 1);
+    let h = backend.provision(&spec("sb-lost", 60)).await.unwrap();
+    assert_eq!(fake.creates(), 2);
+    let [sb] = fake
+        .sandboxes()
+        .try_into()
+        .expect("exactly one sandbox for sb-lost");
+    assert_eq!(h.backend_ref, sb.id);
+    let r = backend.exec(&h, cmd("echo adopted")).await.unwrap();
+    assert_eq!(r.stdout, "adopted\n");
+    backend.destroy(&h).await.unwrap();
+    assert!(fake.sandboxes().is_empty());
+}
+
+#[tokio::test]
+async fn daytona_exec_timeout_output_cap_and_ttl_expiry() {
+    // One Daytona "minute" lasts 300 ms here.
+    let fake = FakeDaytona::start(Duration::from_millis(300)).await;
+    let backend = DaytonaBackend::with_key(
+        DaytonaConfig {
+            ttl_grace_seconds: 0,
+            ..daytona_config(&fake)
+        },
+        fake.api_key.clone(),
+    )
+    .unwrap();
+    // 600 s = 10 fake minutes = 3 s.
+    let h = backend.provision(&spec("sb-x", 600)).await.unwrap();
+    let mut slow = cmd("sleep 5");
+    slow.timeout_ms = Some(1000);
+    let started = Instant::now();
+    let r = backend.exec(&h, slow).await.unwrap();
+    assert!(r.timed_out && r.exit_code.is_none(), "{r:?}");
+    assert!(started.elapsed() < Duration::from_secs(4));
+
+    let mut big = cmd("head -c 50000 /dev/zero | tr '\\0' b");
+    big.max_output_bytes = Some(100);
+    let r = backend.exec(&h, big).await.unwrap();
+    assert_eq!((r.stdout.len(), r.truncated), (100, true));
+
+    assert!(eventually(Duration::from_secs(5), || fake.sandboxes().is_empty()).await);
+    assert_eq!(fake.expired().len(), 1);
+}
+
+// === the real brain ===
+
+fn e2b_brain_options(fake: &FakeE2b, extra: &str) -> BrainOptions {
+    BrainOptions {
+        backend: "e2b".into(),
+        extra_yaml: format!(
+            "sandbox:\n  e2b:\n    api_url: {}\n    envd_url: {}\n    proxy_url: \"{PROXY}\"\n    retry_base_ms: 10\n{extra}",
+            fake.api_url, fake.envd_url
+        ),
+        env: vec![("E2B_API_KEY".into(), fake.api_key.clone())],
+        ..BrainOptions::default()
+    }
+}
+
+async fn create(brain: &BrainProcess, body: Value) -> Value {
+    let (status, reply) = brain.post_json("/v1/sandboxes", &body).await;
+    assert_eq!(status, StatusCode::CREATED, "{reply}\n{}", brain.log());
+    reply
+}
+
+#[tokio::test]
+async fn brain_serve_e2b_provisions_execs_streams_and_deletes_through_the_api() {
+    let fake = FakeE2b::start().await;
+    let brain = BrainProcess::start(e2b_brain_options(&fake, "")).await;
+    let created = create(&brain, json!({"task_description": "e2e"})).await;
+    assert_eq!(created["backend"], "e2b");
+    assert_eq!(created["status"], "running");
+    let id = created["id"].as_str().unwrap().to_string();
+
+    let [sb] = fake.sandboxes().try_into().expect("one sandbox");
+    assert_eq!(sb.metadata["airlock.sandbox"], id);
+    assert_eq!(sb.network["allowOut"], json!(["127.0.0.1/32"]));
+    let ca = fake
+        .file(&sb.id, "/etc/airlock/ca.pem")
+        .expect("CA uploaded");
+    assert!(String::from_utf8_lossy(&ca).contains("BEGIN CERTIFICATE"));
+    assert!(sb.env_vars["HTTPS_PROXY"].ends_with(&format!("@{PROXY}")));
+    assert!(sb.env_vars["HTTPS_PROXY"].starts_with(&format!("http://{id}:")));
+
+    let (status, r) = brain
+        .post_json(
+            &format!("/v1/sandboxes/{id}/exec"),
+            json!({"command": "echo hi; echo no >&2; exit 4"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{r}");
+    assert_eq!(
+        (
+            r["stdout"].as_str(),
+            r["stderr"].as_str(),
+            r["exit_code"].as_i64()
+        ),
+        (Some("hi\n"), Some("no\n"), Some(4))
+    );
+
+    let (_, r) = brain
+        .post_json(
+            &format!("/v1/sandboxes/{id}/exec"),
+            json!({"command": "sleep 10", "timeout_s": 1}),
+        )
+        .await;
+    assert_eq!(r["timed_out"], true, "{r}");
+
+    let (status, events) = brain
+        .post_sse(
+            &format!("/v1/sandboxes/{id}/exec?stream=1"),
+            json!({"command": "echo a; sleep 0.1; echo b >&2"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let kinds: Vec<&str> = events.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(kinds, ["stdout", "stderr", "exit"], "{events:?}");
+
+    // The provider's message reaches the caller (and so the model) as the tool error.
+    let (status, err) = brain
+        .post_json("/v1/sandboxes", json!({"image": "missing-template"}))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{err}");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("template 'missing-template' not found"),
+        "{err}"
+    );
+
+    let (status, _) = brain.delete(&format!("/v1/sandboxes/{id}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(fake.sandboxes().is_empty());
+    assert!(
+        !brain.log().contains(&fake.api_key),
+        "API key in the brain log"
+    );
+}
+
+#[tokio::test]
+async fn brain_e2b_credentials_need_a_reachable_proxy_and_only_stubs_reach_the_cloud() {
+    let fake = FakeE2b::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let vault = dir.path().join("vault.yaml");
+    std::fs::write(
+        &vault,
+        "listen: 127.0.0.1:0\nca: { cert: ca.pem, key: ca-key.pem }\naudit_log: audit.jsonl\n\
+         egress: { default: deny }\ncredentials:\n  GITHUB_TOKEN:\n    value_env: REAL_GITHUB_TOKEN\n\
+         \x20   allowed_hosts: [api.github.com]\n",
+    )
+    .unwrap();
+    let real = format!("ghp_{}", "R".repeat(36));
+    let options = |proxy: &str| BrainOptions {
+        backend: "e2b".into(),
+        extra_yaml: format!(
+            "vault:\n  config: {}\nsandbox:\n  e2b:\n    api_url: {}\n    envd_url: {}\n{proxy}",
+            vault.display(),
+            fake.api_url,
+            fake.envd_url
+        ),
+        env: vec![
+            ("E2B_API_KEY".into(), fake.api_key.clone()),
+            ("REAL_GITHUB_TOKEN".into(), real.clone()),
+        ],
+        ..BrainOptions::default()
+    };
+
+    // No proxy the cloud can reach: credentials are refused before anything is created.
+    let brain = BrainProcess::start(options("")).await;
+    let (status, err) = brain
+        .post_json("/v1/sandboxes", json!({"credentials": ["GITHUB_TOKEN"]}))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{err}");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("sandbox.e2b.proxy_url"),
+        "{err}"
+    );
+    assert_eq!(fake.creates(), 0);
+    // Without credentials it runs, with no egress at all.
+    let id = create(&brain, json!({})).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let sb = fake.sandboxes().pop().unwrap();
+    assert_eq!(sb.metadata["airlock.sandbox"], id);
+    assert_eq!(sb.network, json!({"denyOut": ["0.0.0.0/0"]}));
+    assert!(!sb.env_vars.contains_key("HTTPS_PROXY"));
+    brain.delete(&format!("/v1/sandboxes/{id}")).await;
+    drop(brain);
+
+    // With one: the sandbox gets a stub, never the real token, and egress only to the proxy.
+    let brain = BrainProcess::start(options(&format!("    proxy_url: \"{PROXY}\"\n"))).await;
+    let created = create(&brain, json!({"credentials": ["GITHUB_TOKEN"]})).await;
+    assert_eq!(created["credentials"], json!(["GITHUB_TOKEN"]));
+    let id = created["id"].as_str().unwrap();
+    let sb = fake.sandboxes().pop().unwrap();
+    let stub = sb.env_vars["GITHUB_TOKEN"].clone();
+    assert!(
+        stub.starts_with("ghp_") && stub.len() == real.len() && stub != real,
+        "{stub}"
+    );
+    assert!(!format!("{:?}", sb.env_vars).contains(&real));
+    assert_eq!(sb.network["allowOut"], json!(["127.0.0.1/32"]));
+    let (_, r) = brain
+        .post_json(
+            &format!("/v1/sandboxes/{id}/exec"),
+            json!({"command": "echo $GITHUB_TOKEN"}),
+        )
+        .await;
+    assert_eq!(r["stdout"], format!("{stub}\n"));
+}
+
+#[tokio::test]
+async fn brain_restart_adopts_its_e2b_sandbox_and_reaps_labelled_leftovers() {
+    let fake = FakeE2b::start().await;
+    let mut brain = BrainProcess::start(e2b_brain_options(&fake, "")).await;
+    let id = create(&brain, json!({})).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let owner = fake.sandboxes()[0].metadata["airlock.owner"].clone();
+
+    // Leftovers as a crashed brain leaves them: ours (no row) and another brain's.
+    let http = airlock_tests::http_client();
+    for (sandbox, owner) in [("sb-ghost", owner.as_str()), ("sb-other", "someone-else")] {
+        let resp = http
+            .post(format!("{}/sandboxes", fake.api_url))
+            .header("X-API-Key", &fake.api_key)
+            .json(&json!({"templateID": "base", "timeout": 600,
+                "metadata": {"airlock.sandbox": sandbox, "airlock.owner": owner}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::CREATED);
+    }
+    assert_eq!(fake.sandboxes().len(), 3);
+
+    brain.kill9();
+    brain.restart().await;
+    let labels = || -> Vec<String> {
+        let mut v: Vec<String> = fake
+            .sandboxes()
+            .iter()
+            .map(|s| s.metadata["airlock.sandbox"].clone())
+            .collect();
+        v.sort();
+        v
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || labels()
+            == [id.clone(), "sb-other".to_string()])
+        .await,
+        "{:?}\n{}",
+        labels(),
+        brain.log()
+    );
+    // The adopted sandbox still works.
+    let (status, r) = brain
+        .post_json(
+            &format!("/v1/sandboxes/{id}/exec"),
+            json!({"command": "echo again"}),
+        )
+        .await;
+    assert_eq!(
+        (status, r["stdout"].as_str()),
+        (StatusCode::OK, Some("again\n")),
+        "{r}"
+    );
+}
+
+#[tokio::test]
+async fn brain_serve_local_default_with_daytona_per_request_and_reaper_on_restart() {
+    let fake = FakeDaytona::start(Duration::from_secs(60)).await;
+    fake.set_start_delay(Duration::from_millis(200));
+    let opts = BrainOptions {
+        backend: "local".into(),
+        extra_yaml: format!(
+            "sandbox:\n  allowed_backends: [daytona]\n  daytona:\n    api_url: {}\n    proxy_url: \"{PROXY}\"\n    retry_base_ms: 10\n",
+            fake.api_url
+        ),
+        env: vec![("DAYTONA_API_KEY".into(), fake.api_key.clone())],
+        ..BrainOptions::default()
+    };
+    let mut brain = BrainProcess::start(opts).await;
+    let created = create(&brain, json!({"backend": "daytona"})).await;
+    assert_eq!(created["backend"], "daytona");
+    let id = created["id"].as_str().unwrap().to_string();
+    let sb = fake.sandboxes().pop().unwrap();
+    assert_eq!(sb.labels["airlock.sandbox"], id);
+    assert_eq!(sb.network_allow_list.as_deref(), Some("127.0.0.1/32"));
+    assert!(fake.file(&sb.id, "/etc/airlock/ca.pem").is_some());
+
+    let (status, r) = brain
+        .post_json(
+            &format!("/v1/sandboxes/{id}/exec"),
+            json!({"command": "echo hi; exit 2"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{r}");
+    assert_eq!(
+        (r["stdout"].as_str(), r["exit_code"].as_i64()),
+        (Some("hi\n"), Some(2))
+    );
+    let (_, r) = brain
+        .post_json(
+            &format!("/v1/sandboxes/{id}/exec"),
+            json!({"command": "sleep 10", "timeout_s": 1}),
+        )
+        .await;
+    assert_eq!(r["timed_out"], true, "{r}");
+
+    // A leftover labelled with this brain's owner but without a row is removed on restart.
+    let http = airlock_tests::http_client();
+    let owner = sb.labels["airlock.owner"].clone();
+    let resp = http
+        .post(format!("{}/sandbox", fake.api_url))
+        .bearer_auth(&fake.api_key)
+        .json(&json!({"labels": {"airlock.sandbox": "sb-ghost", "airlock.owner": owner}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    brain.kill9();
+    brain.restart().await;
+    // Daytona is not this brain's default backend: its row makes the brain build it again.
+    assert!(
+        eventually(Duration::from_secs(10), || fake.sandboxes().len() == 1).await,
+        "{:?}\n{}",
+        fake.sandboxes(),
+        brain.log()
+    );
+    assert_eq!(fake.sandboxes()[0].labels["airlock.sandbox"], id);
+    let (status, _) = brain.delete(&format!("/v1/sandboxes/{id}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(fake.sandboxes().is_empty());
+}
+
+// === overhead bench (run by bench/remote-backends/run.sh) ===
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn summary(name: &str, mut direct: Vec<f64>, mut brain: Vec<f64>) -> String {
+    direct.sort_by(f64::total_cmp);
+    brain.sort_by(f64::total_cmp);
+    let (d50, b50) = (percentile(&direct, 0.5), percentile(&brain, 0.5));
+    let (d99, b99) = (percentile(&direct, 0.99), percentile(&brain, 0.99));
+    format!(
+        "{name:<18} fake p50 {d50:8.2} ms  p99 {d99:8.2} ms | brain p50 {b50:8.2} ms  p99 {b99:8.2} ms | added p50 {:+8.2} ms ({:.2}x)",
+        b50 - d50,
+        b50 / d50
+    )
+}
+
+/// Mean of a brain histogram for `backend` from `/metrics` (sum / count), in ms.
+async fn metric_mean_ms(brain: &BrainProcess, name: &str, backend: &str) -> f64 {
+    let text = brain
+        .http
+        .get(brain.url("/metrics"))
+        .bearer_auth(&brain.master_key)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |suffix: &str| -> f64 {
+        let prefix = format!("{name}_{suffix}{{backend=\"{backend}\"");
+        text.lines()
+            .filter(|l| l.starts_with(&prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    value("sum") / value("count") * 1000.0
+}
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len() as f64
+}
+
+fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1000.0
+}
+
+/// The calls the brain makes to the fake for one E2B provision, made directly.
+async fn e2b_direct_provision(
+    http: &reqwest::Client,
+    fake: &FakeE2b,
+    i: usize,
+) -> (String, String) {
+    let sb: Value = http
+        .post(format!("{}/sandboxes", fake.api_url))
+        .header("X-API-Key", &fake.api_key)
+        .json(
+            &json!({"templateID": "base", "timeout": 600, "secure": true,
+            "envVars": {"HTTPS_PROXY": "http://x:y@127.0.0.1:3128"},
+            "metadata": {"airlock.sandbox": format!("sb-bench-{i}"), "airlock.owner": "bench"},
+            "network": {"allowOut": ["127.0.0.1/32"], "denyOut": ["0.0.0.0/0"]}}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = sb["sandboxID"].as_str().unwrap().to_string();
+    let token = sb["envdAccessToken"].as_str().unwrap().to_string();
+    let envd = |r: reqwest::RequestBuilder| {
+        r.header("E2b-Sandbox-Id", &id)
+            .header("E2b-Sandbox-Port", "49983")
+            .header("X-Access-Token", &token)
+    };
+    let s = envd(http.get(format!("{}/health", fake.envd_url)))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let s = envd(http.post(format!(
+        "{}/files?path=/etc/airlock/ca.pem&username=user",
+        fake.envd_url
+    )))
+    .header("Content-Type", "application/octet-stream")
+    .body(CA)
+    .send()
+    .await
+    .unwrap()
+    .status();
+    assert!(s.is_success());
+    (id, token)
+}
+
+async fn e2b_direct_exec(http: &reqwest::Client, fake: &FakeE2b, id: &str, token: &str) {
+    let msg = serde_json::to_vec(&json!({"process": {"cmd": "/bin/bash", "args": ["-l", "-c", "true"], "envs": {}}, "stdin": false})).unwrap();
+    let body = brain::sandbox::e2b::envelope(0, &msg);
+    let resp = http
+        .post(format!("{}/process.Process/Start", fake.envd_url))
+        .header("E2b-Sandbox-Id", id)
+        .header("E2b-Sandbox-Port", "49983")
+        .header("X-Access-Token", token)
+        .header("Content-Type", "application/connect+json")
+        .header("Connect-Protocol-Version", "1")
+        .header("Connect-Timeout-Ms", "60000")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let bytes = resp.bytes().await.unwrap();
+    assert!(bytes.len() > 5);
+}
+
+#[tokio::test]
+#[ignore = "benchmark: bench/remote-backends/run.sh"]
+async fn bench_brain_overhead_over_the_fakes() {
+    let n: usize = std::env::var("BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30);
+    let http = airlock_tests::http_client();
+    let mut lines = Vec::new();
+
+    // E2B.
+    let fake = FakeE2b::start().await;
+    let brain = BrainProcess::start(e2b_brain_options(&fake, "")).await;
+    let (mut direct_p, mut brain_p, mut direct_x, mut brain_x) = (vec![], vec![], vec![], vec![]);
+    // Warm both paths (connections, the brain's first build of the client).
+    let (wid, wtok) = e2b_direct_provision(&http, &fake, 9999).await;
+    e2b_direct_exec(&http, &fake, &wid, &wtok).await;
+    let warm = create(&brain, json!({})).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for i in 0..n {
+        let t = Instant::now();
+        let (id, tok) = e2b_direct_provision(&http, &fake, i).await;
+        direct_p.push(ms(t));
+        let t = Instant::now();
+        e2b_direct_exec(&http, &fake, &id, &tok).await;
+        direct_x.push(ms(t));
+        let t = Instant::now();
+        let sid = create(&brain, json!({})).await["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        brain_p.push(ms(t));
+        let t = Instant::now();
+        let (s, _) = brain
+            .post_json(
+                &format!("/v1/sandboxes/{sid}/exec"),
+                json!({"command": "true"}),
+            )
+            .await;
+        brain_x.push(ms(t));
+        assert_eq!(s, StatusCode::OK);
+        brain.delete(&format!("/v1/sandboxes/{sid}")).await;
+    }
+    let _ = brain.delete(&format!("/v1/sandboxes/{warm}")).await;
+    let inside = metric_mean_ms(&brain, "airlock_sandbox_provision_duration_seconds", "e2b").await;
+    lines.push(format!(
+        "e2b provision split: brain mean {:.2} ms = grant + provider calls {:.2} ms (/metrics) + API/store/task {:.2} ms; direct provider calls mean {:.2} ms",
+        mean(&brain_p),
+        inside,
+        mean(&brain_p) - inside,
+        mean(&direct_p)
+    ));
+    lines.push(summary("e2b provision", direct_p, brain_p));
+    lines.push(summary("e2b exec true", direct_x, brain_x));
+    drop(brain);
+    drop(fake);
+
+    // Daytona.
+    let fake = FakeDaytona::start(Duration::from_secs(60)).await;
+    let brain = BrainProcess::start(BrainOptions {
+        backend: "daytona".into(),
+        extra_yaml: format!(
+            "sandbox:\n  daytona:\n    api_url: {}\n    proxy_url: \"{PROXY}\"\n",
+            fake.api_url
+        ),
+        env: vec![("DAYTONA_API_KEY".into(), fake.api_key.clone())],
+        ..BrainOptions::default()
+    })
+    .await;
+    let (mut direct_p, mut brain_p, mut direct_x, mut brain_x) = (vec![], vec![], vec![], vec![]);
+    let direct_provision = |i: usize| {
+        let http = http.clone();
+        let url = fake.api_url.clone();
+        let key = fake.api_key.clone();
+        async move {
+            let sb: Value = http
+                .post(format!("{url}/sandbox"))
+                .bearer_auth(&key)
+                .json(&json!({"env": {"HTTPS_PROXY": "http://x:y@127.0.0.1:3128"},
+                    "labels": {"airlock.sandbox": format!("sb-bench-{i}"), "airlock.owner": "bench"},
+                    "autoStopInterval": 15, "autoDeleteInterval": 0, "ttlMinutes": 15,
+                    "networkBlockAll": false, "networkAllowList": "127.0.0.1/32"}))
+                .send().await.unwrap().json().await.unwrap();
+            let id = sb["id"].as_str().unwrap().to_string();
+            let got: Value = http
+                .get(format!("{url}/sandbox/{id}"))
+                .bearer_auth(&key)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(got["state"], "started");
+            let tb = format!("{}/{id}", got["toolboxProxyUrl"].as_str().unwrap());
+            let s = http
+                .post(format!("{tb}/files/upload-v2?path=/etc/airlock/ca.pem"))
+                .bearer_auth(&key)
+                .header("Content-Type", "application/octet-stream")
+                .body(CA)
+                .send()
+                .await
+                .unwrap()
+                .status();
+            assert!(s.is_success());
+            tb
+        }
+    };
+    let direct_exec = |tb: String| {
+        let http = http.clone();
+        let key = fake.api_key.clone();
+        async move {
+            let r: Value = http
+                .post(format!("{tb}/process/execute"))
+                .bearer_auth(&key)
+                .json(&json!({"command": "true", "timeout": 60}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(r["exitCode"], 0);
+        }
+    };
+    let wtb = direct_provision(9999).await;
+    direct_exec(wtb).await;
+    let warm = create(&brain, json!({})).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for i in 0..n {
+        let t = Instant::now();
+        let tb = direct_provision(i).await;
+        direct_p.push(ms(t));
+        let t = Instant::now();
+        direct_exec(tb).await;
+        direct_x.push(ms(t));
+        let t = Instant::now();
+        let sid = create(&brain, json!({})).await["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        brain_p.push(ms(t));
+        let t = Instant::now();
+        let (s, _) = brain
+            .post_json(
+                &format!("/v1/sandboxes/{sid}/exec"),
+                json!({"command": "true"}),
+            )
+            .await;
+        brain_x.push(ms(t));
+        assert_eq!(s, StatusCode::OK);
+        brain.delete(&format!("/v1/sandboxes/{sid}")).await;
+    }
+    let _ = brain.delete(&format!("/v1/sandboxes/{warm}")).await;
+    let inside = metric_mean_ms(
+        &brain,
+        "airlock_sandbox_provision_duration_seconds",
+        "daytona",
+    )
+    .await;
+    lines.push(format!(
+        "daytona provision split: brain mean {:.2} ms = grant + provider calls {:.2} ms (/metrics) + API/store/task {:.2} ms; direct provider calls mean {:.2} ms",
+        mean(&brain_p),
+        inside,
+        mean(&brain_p) - inside,
+        mean(&direct_p)
+    ));
+    lines.push(summary("daytona provision", direct_p, brain_p));
+    lines.push(summary("daytona exec true", direct_x, brain_x));
+    println!("\n== brain overhead over the fakes (n = {n}) ==");
+    for l in lines {
+        println!("{l}");
+    }
+}

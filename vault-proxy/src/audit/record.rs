@@ -1,0 +1,288 @@
+//! The audit record and its canonical form.
+//!
+//! # Canonical form and hash (relied on by `audit verify` and external tools)
+//!
+//! A line of the log is the compact JSON (no whitespace, as `serde_json`
+//! writes it) of an object with exactly these keys, in this order:
+//!
+//! `seq, ts, sandbox, session, event, host, port, method, path, credential,
+//! decision, reason, status, prev, hash`
+//!
+//! - optional values (`session`, `credential`, `status`) are written as `null`,
+//!   never omitted;
+//! - strings are escaped as serde_json does: `"` and `\` backslash-escaped,
+//!   `\n \r \t \b \f` short forms, other control characters `\u00XX`
+//!   (lower-case hex), everything else literal UTF-8 (Python's
+//!   `json.dumps(obj, separators=(",", ":"), ensure_ascii=False)` agrees);
+//! - `seq`, `port` and `status` are plain integers.
+//!
+//! The **body** of a record is that same JSON without the `hash` key (so it
+//! ends `…,"prev":"<64 hex>"}`). Then
+//!
+//! `hash = lower-hex( SHA-256( prev ‖ body ) )`
+//!
+//! where `prev` is the 64 ASCII hex characters of the previous record's hash
+//! (64 `0`s for seq 1) and `‖` is concatenation of bytes. Equivalently: take
+//! the line, cut the trailing `,"hash":"…"}` and put back `}` to get the body.
+//! `seq` starts at 1 and increases by exactly 1 per line. `ts` is RFC 3339 in
+//! UTC with milliseconds (`2026-11-23T14:05:09.123Z`).
+//!
+//! An independent checker (checked against this writer, including escapes
+//! and non-ASCII text):
+//!
+//! ```python
+//! import json, hashlib, sys
+//! prev = "0" * 64
+//! for n, line in enumerate(open(sys.argv[1], encoding="utf-8"), 1):
+//!     line = line.rstrip("\n"); rec = json.loads(line); h = rec.pop("hash")
+//!     body = json.dumps(rec, separators=(",", ":"), ensure_ascii=False)
+//!     assert rec["seq"] == n and rec["prev"] == prev, n
+//!     assert hashlib.sha256((prev + body).encode()).hexdigest() == h, n
+//!     prev = h
+//! ```
+
+use std::fmt;
+use std::str::FromStr;
+
+use ring::digest::{Context, SHA256};
+use serde::{Deserialize, Serialize};
+
+/// `prev` of the first record.
+pub const GENESIS_PREV: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// What a record is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventKind {
+    /// Connection / tunnel level decision (CONNECT, proxy auth, destination checks).
+    Connect,
+    /// A stub was swapped for the real value.
+    Swap,
+    /// A request was blocked.
+    Block,
+    /// A real value was scrubbed from a response.
+    Scrub,
+    /// A request without stubs was let through by the egress policy.
+    Allow,
+}
+
+/// The outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Decision {
+    /// Let through.
+    Allow,
+    /// Refused.
+    Deny,
+}
+
+macro_rules! lowercase_enum_text {
+    ($ty:ty, $($variant:ident => $text:literal),+) => {
+        impl $ty {
+            /// The wire spelling.
+            pub fn as_str(&self) -> &'static str {
+                match self { $(Self::$variant => $text),+ }
+            }
+        }
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+        impl FromStr for $ty {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s {
+                    $($text => Ok(Self::$variant),)+
+                    other => Err(format!("unknown value `{other}`")),
+                }
+            }
+        }
+    };
+}
+
+lowercase_enum_text!(EventKind, Connect => "connect", Swap => "swap", Block => "block", Scrub => "scrub", Allow => "allow");
+lowercase_enum_text!(Decision, Allow => "allow", Deny => "deny");
+
+/// What the proxy reports. The writer adds `seq`, `ts`, `prev`, `hash`, and
+/// strips query values from `path`. There is deliberately no field that
+/// could hold a secret value or a stub: credentials are named, never shown.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEvent {
+    /// Sandbox id (empty when the client could not be identified, e.g. a 407).
+    pub sandbox: String,
+    /// Session id, when the grant carries one.
+    pub session: Option<String>,
+    /// What the record is about.
+    pub event: EventKind,
+    /// Destination host (CONNECT authority host).
+    pub host: String,
+    /// Destination port.
+    pub port: u16,
+    /// HTTP method (`CONNECT` for tunnel-level records).
+    pub method: String,
+    /// Request path; the writer keeps query *keys* and drops their values
+    /// (`/x?a=1&b=2` → `/x?a=&b=`) and drops any `#fragment`. Callers must not
+    /// put stubs into paths or query keys (the pipeline redacts them first).
+    pub path: String,
+    /// Credential NAME involved (never its value or stub).
+    pub credential: Option<String>,
+    /// The outcome.
+    pub decision: Decision,
+    /// Short machine-readable reason, e.g. `credential_not_allowed_for_host`.
+    pub reason: String,
+    /// HTTP status returned to the sandbox, if any.
+    pub status: Option<u16>,
+}
+
+/// One line of the audit log (see the module docs for the canonical form).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditRecord {
+    /// 1-based, contiguous.
+    pub seq: u64,
+    /// RFC 3339 UTC with milliseconds.
+    pub ts: String,
+    /// Sandbox id.
+    pub sandbox: String,
+    /// Session id.
+    pub session: Option<String>,
+    /// Event kind.
+    pub event: EventKind,
+    /// Destination host.
+    pub host: String,
+    /// Destination port.
+    pub port: u16,
+    /// HTTP method.
+    pub method: String,
+    /// Path with query keys only.
+    pub path: String,
+    /// Credential name.
+    pub credential: Option<String>,
+    /// Outcome.
+    pub decision: Decision,
+    /// Reason code.
+    pub reason: String,
+    /// HTTP status.
+    pub status: Option<u16>,
+    /// Hash of the previous record ([`GENESIS_PREV`] for seq 1).
+    pub prev: String,
+    /// `hex(SHA-256(prev ‖ body))`.
+    pub hash: String,
+}
+
+/// The record without `hash`, borrowed, in canonical key order.
+#[derive(Serialize)]
+struct Body<'a> {
+    seq: u64,
+    ts: &'a str,
+    sandbox: &'a str,
+    session: Option<&'a str>,
+    event: EventKind,
+    host: &'a str,
+    port: u16,
+    method: &'a str,
+    path: &'a str,
+    credential: Option<&'a str>,
+    decision: Decision,
+    reason: &'a str,
+    status: Option<u16>,
+    prev: &'a str,
+}
+
+impl AuditRecord {
+    /// The canonical body (JSON without `hash`).
+    pub fn canonical_body(&self) -> String {
+        let body = Body {
+            seq: self.seq,
+            ts: &self.ts,
+            sandbox: &self.sandbox,
+            session: self.session.as_deref(),
+            event: self.event,
+            host: &self.host,
+            port: self.port,
+            method: &self.method,
+            path: &self.path,
+            credential: self.credential.as_deref(),
+            decision: self.decision,
+            reason: &self.reason,
+            status: self.status,
+            prev: &self.prev,
+        };
+        // Serialising a struct of strings, integers and unit enums cannot fail.
+        serde_json::to_string(&body).unwrap_or_default()
+    }
+
+    /// Recomputes the hash from `prev` and the body.
+    pub fn compute_hash(&self) -> String {
+        chain_hash(&self.prev, &self.canonical_body())
+    }
+
+    /// The full canonical line (without the trailing newline).
+    pub fn to_line(&self) -> String {
+        // Same invariant as canonical_body.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Builds a record from an event; `hash` is computed.
+    pub(crate) fn seal(seq: u64, ts: String, prev: String, ev: AuditEvent) -> AuditRecord {
+        let mut r = AuditRecord {
+            seq,
+            ts,
+            sandbox: clip(ev.sandbox, 256),
+            session: ev.session.map(|s| clip(s, 256)),
+            event: ev.event,
+            host: clip(ev.host, 255),
+            port: ev.port,
+            method: clip(ev.method, 32),
+            path: clip(sanitize_path(&ev.path), 2048),
+            credential: ev.credential.map(|c| clip(c, 128)),
+            decision: ev.decision,
+            reason: clip(ev.reason, 512),
+            status: ev.status,
+            prev,
+            hash: String::new(),
+        };
+        r.hash = r.compute_hash();
+        r
+    }
+}
+
+/// `hex(SHA-256(prev ‖ body))`.
+pub fn chain_hash(prev: &str, body: &str) -> String {
+    let mut ctx = Context::new(&SHA256);
+    ctx.update(prev.as_bytes());
+    ctx.update(body.as_bytes());
+    hex::encode(ctx.finish().as_ref())
+}
+
+/// Keeps the path and the query *keys*, drops query values and fragments:
+/// `/x?a=1&b=2#f` → `/x?a=&b=`, `/x?flag&k=v` → `/x?flag&k=`.
+pub fn sanitize_path(path: &str) -> String {
+    let path = path.split_once('#').map_or(path, |(p, _)| p);
+    match path.split_once('?') {
+        None => path.to_string(),
+        Some((p, query)) => {
+            let keys: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((k, _)) => format!("{k}="),
+                    None => pair.to_string(),
+                })
+                .collect();
+            format!("{p}?{}", keys.join("&"))
+        }
+    }
+}
+
+/// Truncates to at most `max` bytes on a char boundary.
+fn clip(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
+}

@@ -1,0 +1,390 @@
+use std::path::{Path, PathBuf};
+
+use super::*;
+
+const SECRET: &str = "ghp_REALsecretVALUE0123456789abcdefXYZW";
+
+fn event(i: usize) -> AuditEvent {
+    AuditEvent {
+        sandbox: format!("sb-{}", i % 3),
+        session: i.is_multiple_of(2).then(|| format!("sess-{i}")),
+        event: if i.is_multiple_of(4) {
+            EventKind::Block
+        } else {
+            EventKind::Swap
+        },
+        host: "api.github.com".into(),
+        port: 443,
+        method: "GET".into(),
+        path: format!("/repos/x/y?page={i}&access_token={SECRET}"),
+        credential: Some("GITHUB_TOKEN".into()),
+        decision: if i.is_multiple_of(4) {
+            Decision::Deny
+        } else {
+            Decision::Allow
+        },
+        reason: if i.is_multiple_of(4) {
+            "credential_not_allowed_for_host".into()
+        } else {
+            "bound_host".into()
+        },
+        status: (i.is_multiple_of(4)).then_some(403),
+    }
+}
+
+/// Writes `n` records to a fresh log and returns (dir, path).
+async fn log_with(n: usize) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let log = AuditLog::open(&path).await.unwrap();
+    for i in 0..n {
+        log.append(event(i)).await.unwrap();
+    }
+    log.close().await.unwrap();
+    (dir, path)
+}
+
+fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn write_lines(path: &Path, lines: &[String]) {
+    let mut s = lines.join("\n");
+    s.push('\n');
+    std::fs::write(path, s).unwrap();
+}
+
+#[test]
+fn sanitize_path_keeps_keys_only() {
+    for (input, want) in [
+        ("/x", "/x"),
+        ("/x?a=1&b=2", "/x?a=&b="),
+        ("/x?a=1&b=2#frag", "/x?a=&b="),
+        ("/x?flag&k=v=w", "/x?flag&k="),
+        ("/x?", "/x?"),
+        ("/x#a=1", "/x"),
+        (&format!("/x?token={SECRET}"), "/x?token="),
+    ] {
+        assert_eq!(sanitize_path(input), want, "{input}");
+    }
+}
+
+#[test]
+fn canonical_form_and_hash_are_as_documented() {
+    let r = AuditRecord::seal(
+        1,
+        "2026-11-23T14:05:09.123Z".into(),
+        GENESIS_PREV.into(),
+        event(1),
+    );
+    let body = r.canonical_body();
+    assert!(body.starts_with(r#"{"seq":1,"ts":"2026-11-23T14:05:09.123Z","sandbox":"sb-1","session":null,"event":"swap","host":"api.github.com","port":443,"method":"GET","path":"/repos/x/y?page=&access_token=","credential":"GITHUB_TOKEN","decision":"allow","reason":"bound_host","status":null,"prev":"000"#), "{body}");
+    // hash = sha256(prev ‖ body), independently computed
+    let mut input = GENESIS_PREV.as_bytes().to_vec();
+    input.extend_from_slice(body.as_bytes());
+    let digest = ring::digest::digest(&ring::digest::SHA256, &input);
+    assert_eq!(r.hash, hex::encode(digest.as_ref()));
+    // the line is the body with `,"hash":…` before the final brace
+    let line = r.to_line();
+    assert_eq!(
+        line,
+        format!("{},\"hash\":\"{}\"}}", &body[..body.len() - 1], r.hash)
+    );
+}
+
+#[tokio::test]
+async fn intact_chain_verifies_and_continues_across_reopen() {
+    let (_dir, path) = log_with(5).await;
+    let report = verify(&path).unwrap();
+    assert_eq!(report.records, 5);
+    assert!(report.is_ok());
+
+    let log = AuditLog::open(&path).await.unwrap();
+    log.append(event(5)).await.unwrap();
+    log.append(event(6)).await.unwrap();
+    log.flush().await.unwrap();
+    assert_eq!(verify(&path).unwrap().records, 7);
+    log.close().await.unwrap();
+    assert!(
+        log.append(event(7)).await.is_err(),
+        "closed log refuses appends"
+    );
+
+    let recs = read_records(&path, &Filter::default()).unwrap();
+    let seqs: Vec<u64> = recs.iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, (1..=7).collect::<Vec<_>>());
+    assert_eq!(recs[0].prev, GENESIS_PREV);
+    assert!(
+        recs[0].ts.ends_with('Z') && recs[0].ts.len() == 24,
+        "{}",
+        recs[0].ts
+    );
+}
+
+#[tokio::test]
+async fn empty_log_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.jsonl");
+    std::fs::write(&path, "").unwrap();
+    assert_eq!(verify(&path).unwrap().records, 0);
+    let log = AuditLog::open(&path).await.unwrap();
+    log.close().await.unwrap();
+}
+
+/// Applies `tamper` to the lines of a 6-record log; verify must report `seq`.
+async fn check_tamper(name: &str, tamper: impl FnOnce(&mut Vec<String>), seq: u64) {
+    let (_dir, path) = log_with(6).await;
+    let mut l = lines(&path);
+    tamper(&mut l);
+    write_lines(&path, &l);
+    let report = verify(&path).unwrap();
+    let broken = report
+        .broken
+        .unwrap_or_else(|| panic!("{name}: tampering not detected"));
+    assert_eq!(broken.seq, seq, "{name}: {}", broken.reason);
+    // the proxy refuses to continue a broken log
+    match AuditLog::open(&path).await {
+        Err(AuditError::Broken { seq: s, .. }) => assert_eq!(s, seq, "{name}"),
+        other => panic!("{name}: open should refuse, got {other:?}"),
+    }
+    // and the CLI says so
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let code = audit_cli_with(
+        AuditCommand::Verify { file: path.clone() },
+        &mut out,
+        &mut err,
+    );
+    assert_eq!(code, 1, "{name}");
+    let out = String::from_utf8(out).unwrap();
+    assert!(
+        out.starts_with(&format!("audit log broken at seq {seq}: ")),
+        "{name}: {out}"
+    );
+}
+
+#[tokio::test]
+async fn tampering_is_detected_at_the_right_seq() {
+    check_tamper(
+        "edit a field",
+        |l| l[2] = l[2].replace("api.github.com", "evil.test"),
+        3,
+    )
+    .await;
+    check_tamper(
+        "edit the decision",
+        |l| l[3] = l[3].replace("\"allow\"", "\"deny\""),
+        4,
+    )
+    .await;
+    check_tamper(
+        "edit and recompute hash",
+        |l| {
+            let mut r: AuditRecord = serde_json::from_str(&l[1]).unwrap();
+            r.host = "evil.test".into();
+            r.hash = r.compute_hash();
+            l[1] = r.to_line();
+        },
+        3,
+    )
+    .await;
+    check_tamper(
+        "delete a line",
+        |l| {
+            l.remove(3);
+        },
+        4,
+    )
+    .await;
+    check_tamper(
+        "delete the first line",
+        |l| {
+            l.remove(0);
+        },
+        1,
+    )
+    .await;
+    check_tamper("swap two lines", |l| l.swap(1, 2), 2).await;
+    check_tamper(
+        "duplicate a line",
+        |l| {
+            let dup = l[2].clone();
+            l.insert(3, dup);
+        },
+        4,
+    )
+    .await;
+    check_tamper(
+        "non-canonical whitespace",
+        |l| l[4] = l[4].replacen(':', ": ", 1),
+        5,
+    )
+    .await;
+    check_tamper("blank line", |l| l.insert(2, String::new()), 3).await;
+}
+
+#[tokio::test]
+async fn truncated_last_line_is_detected() {
+    let (_dir, path) = log_with(4).await;
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, &text[..text.len() - 20]).unwrap();
+    let b = verify(&path).unwrap().broken.unwrap();
+    assert_eq!(b.seq, 4, "{}", b.reason);
+    // a complete last line without its newline is also refused
+    std::fs::write(&path, &text[..text.len() - 1]).unwrap();
+    assert_eq!(verify(&path).unwrap().broken.unwrap().seq, 4);
+    // read_records skips a partial trailing line (it may be being written)
+    assert_eq!(read_records(&path, &Filter::default()).unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn cli_ok() {
+    let (_dir, path) = log_with(3).await;
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    assert_eq!(
+        audit_cli_with(AuditCommand::Verify { file: path }, &mut out, &mut err),
+        0
+    );
+    assert_eq!(String::from_utf8(out).unwrap(), "ok: 3 records\n");
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let missing = AuditCommand::Verify {
+        file: "/nonexistent/a.jsonl".into(),
+    };
+    assert_eq!(audit_cli_with(missing, &mut out, &mut err), 1);
+    assert!(String::from_utf8(err).unwrap().contains("cannot verify"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_appends_are_contiguous_and_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let log = AuditLog::open(&path).await.unwrap();
+    let mut tasks = Vec::new();
+    for t in 0..32 {
+        let log = log.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..200 {
+                log.append(event(t * 1000 + i)).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    log.flush().await.unwrap();
+    let report = verify(&path).unwrap();
+    assert!(report.is_ok(), "{report:?}");
+    assert_eq!(report.records, 32 * 200);
+    drop(log); // last handle: the writer syncs and stops
+}
+
+#[tokio::test]
+async fn second_writer_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let log = AuditLog::open(&path).await.unwrap();
+    assert!(matches!(
+        AuditLog::open(&path).await,
+        Err(AuditError::Locked { .. })
+    ));
+    log.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn no_record_ever_contains_a_secret_value() {
+    // By construction: AuditEvent has no field for a value; the only
+    // free-form field that could carry one, the query, loses its values.
+    let (_dir, path) = log_with(20).await;
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(!text.contains(SECRET), "secret leaked into the audit log");
+    assert!(!text.contains("REALsecret"));
+    assert!(text.contains("access_token="));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+}
+
+#[tokio::test]
+async fn read_records_filters() {
+    let (_dir, path) = log_with(12).await;
+    let all = read_records(&path, &Filter::default()).unwrap();
+    assert_eq!(all.len(), 12);
+    let check = |f: Filter, want: usize| {
+        let got = read_records(&path, &f).unwrap();
+        assert_eq!(got.len(), want, "{f:?}");
+        got
+    };
+    for r in check(
+        Filter {
+            sandbox: Some("sb-1".into()),
+            ..Default::default()
+        },
+        4,
+    ) {
+        assert_eq!(r.sandbox, "sb-1");
+    }
+    check(
+        Filter {
+            session: Some("sess-4".into()),
+            ..Default::default()
+        },
+        1,
+    );
+    check(
+        Filter {
+            decision: Some(Decision::Deny),
+            ..Default::default()
+        },
+        3,
+    );
+    check(
+        Filter {
+            credential: Some("GITHUB_TOKEN".into()),
+            ..Default::default()
+        },
+        12,
+    );
+    check(
+        Filter {
+            credential: Some("OTHER".into()),
+            ..Default::default()
+        },
+        0,
+    );
+    let last = check(
+        Filter {
+            limit: Some(2),
+            ..Default::default()
+        },
+        2,
+    );
+    assert_eq!(last[1].seq, 12);
+    let future = chrono::Utc::now() + chrono::Duration::hours(1);
+    check(
+        Filter {
+            since: Some(future),
+            ..Default::default()
+        },
+        0,
+    );
+    let past = chrono::Utc::now() - chrono::Duration::hours(1);
+    check(
+        Filter {
+            since: Some(past),
+            ..Default::default()
+        },
+        12,
+    );
+    assert!(
+        read_records(Path::new("/nonexistent/x.jsonl"), &Filter::default())
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!("deny".parse::<Decision>().unwrap(), Decision::Deny);
+    assert_eq!("scrub".parse::<EventKind>().unwrap(), EventKind::Scrub);
+}

@@ -1,0 +1,161 @@
+//! Why a request or tunnel was refused, and the one place that turns a
+//! refusal into a response (like linkerd's `HttpRescue`).
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+
+use crate::body::{ProxyBody, full};
+
+/// A refusal from one of the pipeline phases. Every variant is audited by the
+/// caller with [`Deny::reason`] as the record's `reason`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Deny {
+    /// Rule 1: no, malformed or unknown `Proxy-Authorization` (→ 407).
+    #[error("proxy authentication required: {0}")]
+    ProxyAuth(&'static str),
+    /// The grant was revoked while the tunnel was open (→ 407).
+    #[error("grant revoked")]
+    Revoked,
+    /// Rule 2: CONNECT target, SNI, `Host`, `:authority` or URI disagree (→ 403).
+    #[error("destination mismatch: {0}")]
+    Mismatch(&'static str),
+    /// Malformed request or authority (→ 400).
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    /// Rule 3: the destination address is not allowed (→ 403).
+    #[error("destination address not allowed: {0}")]
+    Address(&'static str),
+    /// DNS resolution failed (→ 502).
+    #[error("cannot resolve destination")]
+    Resolve,
+    /// Rule 4: a stub going anywhere it may not (→ 403 `credential_not_allowed_for_host`).
+    #[error("credential not allowed for host: {reason}")]
+    Credential {
+        /// Credential name (never the value or the stub).
+        credential: Option<String>,
+        /// Short code: `unbound_host`, `plain_http`, `ip_literal`, `foreign_stub`, …
+        reason: &'static str,
+    },
+    /// Rule 6: request without stub to a host not in `egress.allow_hosts` (→ 403).
+    #[error("egress to this host is not allowed")]
+    Egress,
+    /// The upstream could not be reached or failed (→ 502).
+    #[error("upstream error: {0}")]
+    Upstream(&'static str),
+    /// A response we cannot scrub (unknown content-encoding) (→ 502).
+    #[error("response cannot be scrubbed: {0}")]
+    Unscrubbable(&'static str),
+    /// Limits: too many tunnels/connections (→ 503).
+    #[error("overloaded: {0}")]
+    Overloaded(&'static str),
+}
+
+impl Deny {
+    /// HTTP status for this refusal.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Deny::ProxyAuth(_) | Deny::Revoked => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+            Deny::Mismatch(_) | Deny::Address(_) | Deny::Credential { .. } | Deny::Egress => {
+                StatusCode::FORBIDDEN
+            }
+            Deny::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Deny::Resolve | Deny::Upstream(_) | Deny::Unscrubbable(_) => StatusCode::BAD_GATEWAY,
+            Deny::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// Machine-readable error code (the JSON body's `error.code`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Deny::ProxyAuth(_) => "proxy_auth_required",
+            Deny::Revoked => "grant_revoked",
+            Deny::Mismatch(_) => "destination_mismatch",
+            Deny::BadRequest(_) => "bad_request",
+            Deny::Address(_) => "destination_not_allowed",
+            Deny::Resolve => "resolve_failed",
+            Deny::Credential { .. } => "credential_not_allowed_for_host",
+            Deny::Egress => "egress_denied",
+            Deny::Upstream(_) => "upstream_error",
+            Deny::Unscrubbable(_) => "response_not_scrubbable",
+            Deny::Overloaded(_) => "overloaded",
+        }
+    }
+
+    /// The audit record's `reason`: the code plus the phase's short detail.
+    pub fn reason(&self) -> String {
+        match self {
+            Deny::ProxyAuth(d)
+            | Deny::Mismatch(d)
+            | Deny::BadRequest(d)
+            | Deny::Address(d)
+            | Deny::Upstream(d)
+            | Deny::Unscrubbable(d)
+            | Deny::Overloaded(d) => format!("{}: {d}", self.code()),
+            Deny::Credential { reason, .. } => format!("{}: {reason}", self.code()),
+            Deny::Revoked | Deny::Resolve | Deny::Egress => self.code().to_string(),
+        }
+    }
+
+    /// The credential involved, if any (for the audit record).
+    pub fn credential(&self) -> Option<String> {
+        match self {
+            Deny::Credential { credential, .. } => credential.clone(),
+            _ => None,
+        }
+    }
+
+    /// The response sent to the sandbox: JSON `{"error":{"code","message"}}`.
+    pub fn to_response(&self) -> Response<ProxyBody> {
+        let body = serde_json::json!({
+            "error": { "code": self.code(), "message": self.to_string() }
+        });
+        let mut resp = Response::new(full(Bytes::from(body.to_string())));
+        *resp.status_mut() = self.status();
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if self.status() == StatusCode::PROXY_AUTHENTICATION_REQUIRED {
+            h.insert(
+                header::PROXY_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"airlock-vault\""),
+            );
+        }
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_and_codes() {
+        let check = |d: Deny, status: u16, code: &str| {
+            assert_eq!(d.status().as_u16(), status, "{d:?}");
+            assert_eq!(d.code(), code);
+            let r = d.to_response();
+            assert_eq!(r.status().as_u16(), status);
+            assert_eq!(
+                r.headers().contains_key(header::PROXY_AUTHENTICATE),
+                status == 407
+            );
+        };
+        check(Deny::ProxyAuth("missing"), 407, "proxy_auth_required");
+        check(Deny::Revoked, 407, "grant_revoked");
+        check(Deny::Mismatch("sni"), 403, "destination_mismatch");
+        check(Deny::Address("loopback"), 403, "destination_not_allowed");
+        check(
+            Deny::Credential {
+                credential: Some("GH".into()),
+                reason: "unbound_host",
+            },
+            403,
+            "credential_not_allowed_for_host",
+        );
+        check(Deny::Egress, 403, "egress_denied");
+        check(Deny::Upstream("connect"), 502, "upstream_error");
+        check(Deny::BadRequest("x"), 400, "bad_request");
+    }
+}

@@ -1,0 +1,512 @@
+//! One proxied request: runs the pipeline phases in order, forwards to the
+//! checked destination, scrubs the response, and writes exactly the audit
+//! records its decisions call for.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderName};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
+use http_body::{Body, Frame};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use tokio::sync::OnceCell;
+
+use crate::audit::{AuditEvent, Decision, EventKind};
+use crate::body::{BoxError, ProxyBody, boxed, full};
+use crate::deny::Deny;
+use crate::grants::{Grant, StubIndex};
+use crate::pipeline::check_address::check_address;
+use crate::pipeline::find_stubs::{find_in_body, find_in_head};
+use crate::pipeline::pin_destination::pin_inner;
+use crate::pipeline::scrub_response::{
+    ScrubBody, ScrubPlan, prepare_response, restrict_accept_encoding,
+};
+use crate::pipeline::swap_or_block::{apply_to_body, apply_to_head, decide, egress};
+use crate::pipeline::{CheckedDest, PinnedDest, audit_path, redact_stubs};
+use crate::proxy::Shared;
+
+/// Bodies up to this size are buffered and scanned before anything is sent,
+/// so a stub in them is refused with a clean 403.
+const SMALL_BODY: u64 = 64 * 1024;
+
+/// What one tunnel (or one plain request) is pinned to.
+pub(crate) struct Target {
+    pub shared: Arc<Shared>,
+    pub grant: Arc<Grant>,
+    pub pinned: PinnedDest,
+    /// Resolved and checked once, on first use.
+    pub checked: OnceCell<Result<CheckedDest, Deny>>,
+    /// Egress `allow` is audited once per tunnel (connection level).
+    pub allow_audited: AtomicBool,
+    /// True inside a CONNECT tunnel (audit allow once); false for absolute-form.
+    pub tunnel: bool,
+}
+
+/// Request facts kept for the audit record (never values).
+#[derive(Clone)]
+struct Facts {
+    method: String,
+    path: String,
+}
+
+impl Target {
+    fn event(
+        &self,
+        f: &Facts,
+        event: EventKind,
+        decision: Decision,
+        reason: String,
+        credential: Option<String>,
+        status: Option<u16>,
+    ) -> AuditEvent {
+        AuditEvent {
+            sandbox: self.grant.sandbox.clone(),
+            session: self.grant.session.clone(),
+            event,
+            host: redact_stubs(&self.shared.grants.index(), self.pinned.host()),
+            port: self.pinned.port(),
+            method: f.method.clone(),
+            path: f.path.clone(),
+            credential,
+            decision,
+            reason,
+            status,
+        }
+    }
+
+    async fn audit(&self, ev: AuditEvent) {
+        if let Err(e) = self.shared.audit.append(ev).await {
+            tracing::error!(error = %e, "audit append failed");
+        }
+    }
+
+    async fn deny(&self, f: &Facts, d: Deny) -> Response<ProxyBody> {
+        let status = d.status().as_u16();
+        let ev = self.event(
+            f,
+            EventKind::Block,
+            Decision::Deny,
+            d.reason(),
+            d.credential(),
+            Some(status),
+        );
+        self.audit(ev).await;
+        let mut resp = d.to_response();
+        if matches!(d, Deny::Revoked) {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        resp
+    }
+}
+
+/// Entry point for one request (inside a tunnel, or absolute-form plain HTTP).
+pub(crate) async fn handle(
+    t: Arc<Target>,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let facts = Facts {
+        method: req.method().as_str().to_string(),
+        path: redact_stubs(
+            &t.shared.grants.index(),
+            &audit_path(req.uri().path_and_query().map_or("/", |p| p.as_str())),
+        ),
+    };
+    match process(&t, &facts, req).await {
+        Ok(resp) => Ok(resp),
+        Err(d) => Ok(t.deny(&facts, d).await),
+    }
+}
+
+fn is_websocket(headers: &HeaderMap) -> bool {
+    let upgrade = headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"));
+    let conn = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    upgrade && conn
+}
+
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1) and the proxy's own.
+fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        if keep_upgrade && n == header::UPGRADE {
+            continue;
+        }
+        headers.remove(n);
+    }
+    for n in [
+        header::PROXY_AUTHORIZATION,
+        header::PROXY_AUTHENTICATE,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+    ] {
+        headers.remove(n);
+    }
+    headers.remove("proxy-connection");
+    headers.remove("keep-alive");
+    if !keep_upgrade {
+        headers.remove(header::CONNECTION);
+        headers.remove(header::UPGRADE);
+    }
+}
+
+async fn process(
+    t: &Arc<Target>,
+    f: &Facts,
+    mut req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Deny> {
+    let grant = &t.grant;
+    if grant.is_revoked() {
+        return Err(Deny::Revoked);
+    }
+    if req.method() == Method::CONNECT {
+        return Err(Deny::BadRequest("CONNECT inside a tunnel"));
+    }
+    let websocket =
+        t.tunnel && req.version() <= http::Version::HTTP_11 && is_websocket(req.headers());
+    let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+
+    // Rule 2: every request names the pinned destination.
+    pin_inner(&t.pinned, &parts)?;
+
+    // Rule 4: stubs of any sandbox, anywhere in the head, small bodies.
+    let index = t.shared.grants.index();
+    let mut found = find_in_head(&index, &parts);
+    let len = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let empty_body = body.is_end_stream() || len == Some(0);
+    let buffer_limit = if grant.has_body_swaps() {
+        t.shared.limits.max_buffered_body as u64
+    } else {
+        SMALL_BODY
+    };
+    let (buffered, stream_body): (Option<Bytes>, Option<Incoming>) = if empty_body {
+        (Some(Bytes::new()), None)
+    } else if grant.has_body_swaps() || len.is_some_and(|l| l <= SMALL_BODY) {
+        let collected = Limited::new(body, buffer_limit as usize)
+            .collect()
+            .await
+            .map_err(|_| Deny::BadRequest("request body too large or broken"))?
+            .to_bytes();
+        found.extend(find_in_body(&index, &collected));
+        (Some(collected), None)
+    } else {
+        // Large body: streamed, and aborted if any stub shows up in it.
+        (None, Some(body))
+    };
+
+    // Rules 4 and 6.
+    let swaps = if found.is_empty() {
+        egress(&t.shared.egress, &t.pinned)?;
+        Vec::new()
+    } else {
+        decide(grant, &t.pinned, &found)?
+    };
+    apply_to_head(grant, &swaps, &mut parts)?;
+    let out_body: ProxyBody = match (buffered, stream_body) {
+        (Some(b), _) => {
+            let b = apply_to_body(grant, &swaps, b);
+            if !empty_body {
+                parts
+                    .headers
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(b.len()));
+            }
+            if b.is_empty() {
+                crate::body::empty()
+            } else {
+                full(b)
+            }
+        }
+        (None, Some(b)) => {
+            let t2 = t.clone();
+            let f2 = f.clone();
+            boxed(StubGuard::new(
+                boxed(b),
+                index.clone(),
+                Box::new(move || {
+                    let ev = t2.event(
+                        &f2,
+                        EventKind::Block,
+                        Decision::Deny,
+                        "credential_not_allowed_for_host: stub_in_streamed_body".into(),
+                        None,
+                        None,
+                    );
+                    tokio::spawn(async move { t2.audit(ev).await });
+                }),
+            ))
+        }
+        (None, None) => crate::body::empty(),
+    };
+
+    // Rule 3: resolve once per tunnel and dial only the checked address.
+    let dest = t
+        .checked
+        .get_or_init(|| check_address(&t.shared.net, t.pinned.clone()))
+        .await
+        .clone()?;
+
+    strip_hop_by_hop(&mut parts.headers, websocket);
+    if websocket {
+        parts.headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
+    }
+    restrict_accept_encoding(&mut parts.headers);
+    parts.headers.insert(
+        header::HOST,
+        HeaderValue::from_str(&t.pinned.host_header()).map_err(|_| Deny::BadRequest("host"))?,
+    );
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    parts.uri = pq
+        .parse::<Uri>()
+        .map_err(|_| Deny::BadRequest("invalid uri"))?;
+    let upstream_req = Request::from_parts(parts, out_body);
+
+    let result = if websocket {
+        t.shared.upstream.send_upgrade(&dest, upstream_req).await
+    } else {
+        t.shared.upstream.send(&dest, upstream_req).await
+    };
+    let mut resp = match result {
+        Ok(r) => r,
+        Err(d) => {
+            // The decision stands (swap/allow); the record says it failed upstream.
+            audit_decision(t, f, &swaps, Some(d.status().as_u16()), Some(d.reason())).await;
+            return Ok(d.to_response());
+        }
+    };
+    let status = resp.status();
+    audit_decision(t, f, &swaps, Some(status.as_u16()), None).await;
+
+    if websocket
+        && status == StatusCode::SWITCHING_PROTOCOLS
+        && let Some(client_upgrade) = client_upgrade
+    {
+        {
+            let server_upgrade = hyper::upgrade::on(&mut resp);
+            let (tb, fb) = (t.clone(), f.clone());
+            let on_block = move |reason: &str| {
+                let ev = tb.event(
+                    &fb,
+                    EventKind::Block,
+                    Decision::Deny,
+                    reason.to_string(),
+                    None,
+                    None,
+                );
+                tokio::spawn(async move { tb.audit(ev).await });
+            };
+            let (ts, fs) = (t.clone(), f.clone());
+            let on_scrub = move || {
+                let ev = ts.event(
+                    &fs,
+                    EventKind::Scrub,
+                    Decision::Allow,
+                    "secret_in_websocket_frame".into(),
+                    None,
+                    None,
+                );
+                tokio::spawn(async move { ts.audit(ev).await });
+            };
+            let t2 = t.clone();
+            tokio::spawn(async move {
+                crate::websocket::pump(
+                    t2.clone(),
+                    client_upgrade,
+                    server_upgrade,
+                    on_block,
+                    on_scrub,
+                )
+                .await;
+            });
+        }
+    }
+
+    // Rule 5: scrub the response.
+    let (mut rparts, rbody) = resp.into_parts();
+    strip_hop_by_hop(
+        &mut rparts.headers,
+        websocket && status == StatusCode::SWITCHING_PROTOCOLS,
+    );
+    let replacer = grant.scrubber().clone();
+    let (header_scrubs, plan) = match prepare_response(&replacer, &mut rparts.headers) {
+        Ok(x) => x,
+        Err(d) => return Err(d),
+    };
+    let scrub_audited = Arc::new(AtomicBool::new(false));
+    if header_scrubs > 0 {
+        scrub_audited.store(true, Ordering::SeqCst);
+        let ev = t.event(
+            f,
+            EventKind::Scrub,
+            Decision::Allow,
+            "secret_in_response_headers".into(),
+            None,
+            Some(status.as_u16()),
+        );
+        t.audit(ev).await;
+    }
+    let body = match plan {
+        ScrubPlan::PassThrough => boxed(rbody),
+        ScrubPlan::Scrub(decoder) => {
+            let t2 = t.clone();
+            let f2 = f.clone();
+            let on_scrub: Box<dyn FnOnce() + Send> = Box::new(move || {
+                if !scrub_audited.swap(true, Ordering::SeqCst) {
+                    let ev = t2.event(
+                        &f2,
+                        EventKind::Scrub,
+                        Decision::Allow,
+                        "secret_in_response_body".into(),
+                        None,
+                        Some(status.as_u16()),
+                    );
+                    tokio::spawn(async move { t2.audit(ev).await });
+                }
+            });
+            boxed(ScrubBody::new(
+                boxed(rbody),
+                replacer,
+                decoder,
+                Some(on_scrub),
+            ))
+        }
+    };
+    Ok(Response::from_parts(rparts, body))
+}
+
+/// Writes the swap records (one per credential) or the egress allow record
+/// (once per tunnel).
+async fn audit_decision(
+    t: &Arc<Target>,
+    f: &Facts,
+    swaps: &[String],
+    status: Option<u16>,
+    err: Option<String>,
+) {
+    if swaps.is_empty() {
+        if t.tunnel && t.allow_audited.swap(true, Ordering::SeqCst) && err.is_none() {
+            return;
+        }
+        let reason = err.unwrap_or_else(|| "egress_allowed".into());
+        let ev = t.event(f, EventKind::Allow, Decision::Allow, reason, None, status);
+        t.audit(ev).await;
+    } else {
+        for name in swaps {
+            let reason = err
+                .clone()
+                .unwrap_or_else(|| "stub_swapped_for_bound_host".into());
+            let ev = t.event(
+                f,
+                EventKind::Swap,
+                Decision::Allow,
+                reason,
+                Some(name.clone()),
+                status,
+            );
+            t.audit(ev).await;
+        }
+    }
+}
+
+/// A streamed request body that fails (aborting the upstream request) as
+/// soon as any known stub appears in it. Holds back `max_len - 1` bytes so a
+/// stub split across chunks is never partly forwarded.
+pub(crate) struct StubGuard {
+    inner: ProxyBody,
+    index: Arc<StubIndex>,
+    buf: BytesMut,
+    done: bool,
+    on_block: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl StubGuard {
+    pub(crate) fn new(
+        inner: ProxyBody,
+        index: Arc<StubIndex>,
+        on_block: Box<dyn FnOnce() + Send>,
+    ) -> Self {
+        StubGuard {
+            inner,
+            index,
+            buf: BytesMut::new(),
+            done: false,
+            on_block: Some(on_block),
+        }
+    }
+}
+
+impl Body for StubGuard {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        loop {
+            if this.done {
+                return Poll::Ready(None);
+            }
+            let hold = this.index.max_len().saturating_sub(1);
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => {
+                        this.buf.extend_from_slice(&data);
+                        if this.index.contains_any(&this.buf) {
+                            this.done = true;
+                            if let Some(f) = this.on_block.take() {
+                                f();
+                            }
+                            return Poll::Ready(Some(Err("stub in request body".into())));
+                        }
+                        if this.buf.len() > hold {
+                            let out = this.buf.split_to(this.buf.len() - hold).freeze();
+                            return Poll::Ready(Some(Ok(Frame::data(out))));
+                        }
+                    }
+                    Err(_trailers) => {
+                        // Trailers are not forwarded on guarded bodies.
+                    }
+                },
+                Poll::Ready(None) => {
+                    this.done = true;
+                    if this.buf.is_empty() {
+                        return Poll::Ready(None);
+                    }
+                    let out = this.buf.split().freeze();
+                    return Poll::Ready(Some(Ok(Frame::data(out))));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,290 @@
+//! Airlock vault proxy: a TLS-terminating HTTP proxy that swaps per-sandbox
+//! stub credentials for real secrets only toward the hosts each secret is
+//! bound to, blocks everything else, scrubs secrets from responses, and
+//! audits every decision in a hash-chained log.
+//!
+//! Built directly on hyper 1 + tokio-rustls + rcgen (not hudsucker, which
+//! passes unparseable tunnels through raw and does not pin HTTP/2
+//! `:authority`). Entry points: [`VaultProxy::start`] (embedded, used by the
+//! brain) and [`run`] (the `vault-proxy serve` binary); request handling is
+//! in [`pipeline`].
+
+pub mod admin;
+pub mod audit;
+pub mod body;
+pub mod ca;
+pub mod config;
+pub mod connect;
+pub mod deny;
+pub mod grants;
+pub(crate) mod handler;
+pub mod pipeline;
+pub mod proxy;
+pub mod secrets;
+#[cfg(test)]
+pub(crate) mod testutil;
+pub(crate) mod websocket;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use crate::grants::{GrantError, IssuedGrant};
+pub use crate::pipeline::check_address::ResolveFn;
+pub use crate::proxy::Limits;
+
+use crate::audit::AuditLog;
+use crate::ca::{CertificateAuthority, LeafCache};
+use crate::config::Config;
+use crate::grants::Grants;
+use crate::pipeline::check_address::{NetPolicy, system_resolver};
+use crate::proxy::Shared;
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Credentials could not be resolved.
+    #[error("credentials: {0}")]
+    Secrets(#[from] secrets::SecretError),
+    /// The CA could not be loaded or created.
+    #[error("ca: {0}")]
+    Ca(#[from] ca::CaError),
+    /// The audit log could not be opened.
+    #[error("audit log: {0}")]
+    Audit(#[from] audit::AuditError),
+    /// `upstream_roots` could not be loaded.
+    #[error("upstream roots: {0}")]
+    Upstream(#[from] connect::UpstreamConfigError),
+    /// A static grant is invalid.
+    #[error("static grant for `{sandbox}`: {source}")]
+    Grant {
+        /// The sandbox.
+        sandbox: String,
+        /// The cause.
+        #[source]
+        source: GrantError,
+    },
+    /// A listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Options beyond the config file (embedding, tests).
+#[derive(Default)]
+pub struct StartOptions {
+    /// Resource limits.
+    pub limits: Limits,
+    /// A pre-bound proxy listener (otherwise `config.listen` is bound).
+    pub listener: Option<TcpListener>,
+    /// A pre-bound admin listener (otherwise `config.admin_listen`).
+    pub admin_listener: Option<TcpListener>,
+    /// Do not serve the admin API (embedded use grants directly).
+    pub no_admin: bool,
+    /// Replace the system resolver (tests).
+    pub resolver: Option<ResolveFn>,
+}
+
+/// Namespace for starting an embedded proxy.
+pub struct VaultProxy;
+
+impl VaultProxy {
+    /// Starts the proxy (and admin API) from a loaded config.
+    pub async fn start(config: Config) -> Result<RunningProxy, StartError> {
+        Self::start_with(config, StartOptions::default()).await
+    }
+
+    /// Starts with explicit options.
+    pub async fn start_with(
+        config: Config,
+        opts: StartOptions,
+    ) -> Result<RunningProxy, StartError> {
+        // Ring is the only provider; install it as the process default for
+        // any component that asks for one (ignored if already installed).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+
+        let creds = Arc::new(secrets::resolve_credentials(&config)?);
+        let grants = Arc::new(Grants::new(creds));
+        for g in &config.grants {
+            grants.add_static(g).map_err(|source| StartError::Grant {
+                sandbox: g.sandbox.clone(),
+                source,
+            })?;
+        }
+        let ca = Arc::new(CertificateAuthority::load_or_create(
+            &config.ca.cert,
+            &config.ca.key,
+        )?);
+        let ca_pem = ca.ca_pem().to_string();
+        let leaves = LeafCache::new(ca, 1024);
+        let audit = AuditLog::open(&config.audit_log).await?;
+        let upstream = connect::Upstream::new(&config.upstream_roots, opts.limits.connect_timeout)?;
+
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind { addr, source })
+        };
+        let listener = match opts.listener {
+            Some(l) => l,
+            None => bind(config.listen).await?,
+        };
+        let proxy_addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let admin_listener = if opts.no_admin {
+            None
+        } else {
+            Some(match opts.admin_listener {
+                Some(l) => l,
+                None => bind(config.admin_listen).await?,
+            })
+        };
+        let admin_addr = match &admin_listener {
+            Some(l) => Some(l.local_addr().map_err(|source| StartError::Bind {
+                addr: config.admin_listen,
+                source,
+            })?),
+            None => None,
+        };
+        let mut own = vec![proxy_addr];
+        own.extend(admin_addr);
+
+        let net = NetPolicy {
+            allow_private: config.network.allow_private,
+            resolve: config.network.resolve.clone(),
+            own,
+            resolver: opts.resolver.unwrap_or_else(system_resolver),
+            timeout: Duration::from_secs(5),
+        };
+        let shared = Arc::new(Shared {
+            grants: grants.clone(),
+            egress: config.egress.clone(),
+            net,
+            upstream,
+            audit: audit.clone(),
+            leaves,
+            conn_limit: Arc::new(Semaphore::new(opts.limits.max_connections)),
+            limits: opts.limits,
+        });
+        let shutdown = CancellationToken::new();
+        let mut tasks = vec![tokio::spawn(proxy::serve(
+            shared.clone(),
+            listener,
+            shutdown.clone(),
+        ))];
+        if let Some(l) = admin_listener {
+            let token_digest = std::env::var(&config.admin_token_env)
+                .ok()
+                .filter(|t| !t.trim().is_empty())
+                .map(|t| admin::digest(t.trim()));
+            if token_digest.is_none() {
+                tracing::warn!(env = %config.admin_token_env, "admin token not set: admin API refuses every request");
+            }
+            let admin = Arc::new(admin::Admin {
+                grants: grants.clone(),
+                token_digest,
+                ca_pem: ca_pem.clone(),
+            });
+            tasks.push(tokio::spawn(admin::serve(admin, l, shutdown.clone())));
+        }
+        Ok(RunningProxy {
+            grants,
+            audit,
+            ca_pem,
+            proxy_addr,
+            admin_addr,
+            shutdown,
+            tasks,
+        })
+    }
+}
+
+/// A running proxy. Dropping it does not stop it; call [`RunningProxy::shutdown`].
+pub struct RunningProxy {
+    grants: Arc<Grants>,
+    audit: AuditLog,
+    ca_pem: String,
+    proxy_addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunningProxy {
+    /// Address of the HTTP proxy (for `HTTPS_PROXY`).
+    pub fn proxy_addr(&self) -> SocketAddr {
+        self.proxy_addr
+    }
+
+    /// Address of the admin API, if served.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// The CA certificate (PEM) to install in sandboxes.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    /// Issues a grant (fresh token and stubs); replaces any grant of `sandbox`.
+    pub fn grant(
+        &self,
+        sandbox: &str,
+        credentials: &[String],
+        session: Option<String>,
+    ) -> Result<IssuedGrant, GrantError> {
+        self.grants.issue(sandbox, session, credentials)
+    }
+
+    /// Revokes the sandbox's grant; open tunnels close. Returns whether one existed.
+    pub fn revoke(&self, sandbox: &str) -> bool {
+        self.grants.revoke(sandbox)
+    }
+
+    /// The audit log handle (flush before reading the file).
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
+    }
+
+    /// Stops accepting, closes tunnels, flushes the audit log.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        self.grants.revoke_all();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        if let Err(e) = self.audit.close().await {
+            tracing::error!(error = %e, "audit close failed");
+        }
+    }
+}
+
+/// Runs the proxy from `config` until `shutdown` resolves (the binary's entry).
+/// Prints `listening on <addr>` and `admin listening on <addr>`.
+pub async fn run(
+    config: Config,
+    opts: StartOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), StartError> {
+    let running = VaultProxy::start_with(config, opts).await?;
+    println!("listening on {}", running.proxy_addr());
+    if let Some(a) = running.admin_addr() {
+        println!("admin listening on {a}");
+    }
+    shutdown.await;
+    running.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,87 @@
+//! `vault-proxy`: thin binary over the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use vault_proxy::audit::{AuditCommand, audit_cli};
+use vault_proxy::config::Config;
+use vault_proxy::secrets::{SecretsCommand, secrets_cli};
+
+#[derive(Parser)]
+#[command(
+    name = "vault-proxy",
+    version,
+    about = "Airlock credential-swapping TLS proxy"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the proxy and its admin API.
+    Serve {
+        /// Config file (YAML).
+        #[arg(long, default_value = "vault.yaml")]
+        config: PathBuf,
+    },
+    /// Manage the encrypted secret store.
+    Secrets {
+        /// Config file naming the store.
+        #[arg(long, default_value = "vault.yaml", global = true)]
+        config: PathBuf,
+        #[command(subcommand)]
+        cmd: SecretsCommand,
+    },
+    /// Audit log tools.
+    Audit {
+        #[command(subcommand)]
+        cmd: AuditCommand,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Serve { config } => serve(config),
+        Cmd::Secrets { config, cmd } => match secrets_cli(cmd, &config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Cmd::Audit { cmd } => audit_cli(cmd),
+    }
+}
+
+fn serve(config_path: PathBuf) -> ExitCode {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = (|| -> anyhow::Result<()> {
+        let config = Config::load(&config_path)?;
+        let rt = tokio::runtime::Runtime::new()?;
+        rt.block_on(async {
+            let shutdown = async {
+                let _ = tokio::signal::ctrl_c().await;
+            };
+            vault_proxy::run(config, vault_proxy::StartOptions::default(), shutdown).await
+        })?;
+        Ok(())
+    })();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,453 @@
+//! Rule 5: responses are scrubbed. Every real secret value (of *all*
+//! credentials, plus its standard base64 form) in response headers and body
+//! is replaced by this grant's stub for it (or a same-length mask for
+//! credentials the grant does not hold). Bodies are scrubbed while
+//! streaming; a match split across chunks is caught by holding back only a
+//! tail that could still become a secret. gzip/deflate bodies are decoded,
+//! scrubbed and sent on uncompressed (`content-encoding` and
+//! `content-length` removed); other encodings fail closed (502).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use aho_corasick::{AhoCorasick, MatchKind};
+use base64::Engine;
+use bytes::{Bytes, BytesMut};
+use http::header::{CONTENT_ENCODING, CONTENT_LENGTH};
+use http::{HeaderMap, HeaderValue};
+use http_body::{Body, Frame};
+
+use crate::body::{BoxError, ProxyBody};
+use crate::deny::Deny;
+use crate::secrets::Credentials;
+
+/// Shortest secret value that is scrubbed (shorter ones would hit ordinary text).
+pub const MIN_SCRUB_LEN: usize = 8;
+
+/// Multi-pattern replacer: patterns → replacements.
+pub struct Replacer {
+    ac: Option<AhoCorasick>,
+    patterns: Vec<Vec<u8>>,
+    replacements: Vec<Vec<u8>>,
+    same_length: bool,
+}
+
+impl Replacer {
+    /// A replacer over explicit pairs (pattern, replacement).
+    pub fn new(pairs: Vec<(Vec<u8>, Vec<u8>)>) -> Replacer {
+        let pairs: Vec<_> = pairs.into_iter().filter(|(p, _)| !p.is_empty()).collect();
+        let same_length = pairs.iter().all(|(p, r)| p.len() == r.len());
+        let (patterns, replacements): (Vec<_>, Vec<_>) = pairs.into_iter().unzip();
+        let ac = if patterns.is_empty() {
+            None
+        } else {
+            AhoCorasick::builder()
+                .match_kind(MatchKind::LeftmostLongest)
+                .build(&patterns)
+                .ok()
+        };
+        Replacer {
+            ac,
+            patterns,
+            replacements,
+            same_length,
+        }
+    }
+
+    /// The scrubber of one grant: every credential's real value (and its
+    /// base64) → the grant's stub (and its base64), or a mask of `*`.
+    pub fn for_grant(creds: &Credentials, stubs: &BTreeMap<String, String>) -> Replacer {
+        let b64 = |b: &[u8]| {
+            base64::engine::general_purpose::STANDARD
+                .encode(b)
+                .into_bytes()
+        };
+        let mut pairs = Vec::new();
+        for c in creds.iter() {
+            let real = c.value.expose().as_bytes();
+            if real.len() < MIN_SCRUB_LEN {
+                continue;
+            }
+            let repl = match stubs.get(&c.name) {
+                Some(s) => s.as_bytes().to_vec(),
+                None => vec![b'*'; real.len()],
+            };
+            pairs.push((b64(real), b64(&repl)));
+            pairs.push((real.to_vec(), repl));
+        }
+        Replacer::new(pairs)
+    }
+
+    /// True when there is nothing to scrub.
+    pub fn is_empty(&self) -> bool {
+        self.ac.is_none()
+    }
+
+    /// Whether every replacement has its pattern's length (content-length stays valid).
+    pub fn same_length(&self) -> bool {
+        self.same_length
+    }
+
+    /// Replaces all occurrences in `hay`; `None` when nothing matched.
+    pub fn replace_all(&self, hay: &[u8]) -> Option<Vec<u8>> {
+        let ac = self.ac.as_ref()?;
+        if !ac.is_match(hay) {
+            return None;
+        }
+        let mut out = Vec::with_capacity(hay.len());
+        ac.replace_all_with_bytes(hay, &mut out, |m, _, dst| {
+            dst.extend_from_slice(&self.replacements[m.pattern().as_usize()]);
+            true
+        });
+        Some(out)
+    }
+
+    /// Length of the longest pattern (0 when there is none).
+    pub fn max_pattern_len(&self) -> usize {
+        self.patterns.iter().map(Vec::len).max().unwrap_or(0)
+    }
+
+    /// Whether a pattern occurrence in `hay` starts before `boundary` and ends after it
+    /// (a value split between two separately delivered pieces).
+    pub fn straddles(&self, hay: &[u8], boundary: usize) -> bool {
+        let Some(ac) = self.ac.as_ref() else {
+            return false;
+        };
+        ac.find_iter(hay)
+            .any(|m| m.start() < boundary && m.end() > boundary)
+    }
+
+    /// Length of the longest suffix of `buf` that is a proper prefix of a pattern.
+    fn held_tail(&self, buf: &[u8]) -> usize {
+        let mut best = 0;
+        for p in &self.patterns {
+            let max = (p.len() - 1).min(buf.len());
+            for k in (best + 1..=max).rev() {
+                if p[..k] == buf[buf.len() - k..] {
+                    best = k;
+                    break;
+                }
+            }
+        }
+        best
+    }
+}
+
+/// Streaming state over one body: feed chunks, get scrubbed output.
+pub struct StreamReplacer<'a> {
+    r: &'a Replacer,
+    buf: BytesMut,
+    /// How many replacements were made.
+    pub count: usize,
+}
+
+impl<'a> StreamReplacer<'a> {
+    /// A fresh stream.
+    pub fn new(r: &'a Replacer) -> Self {
+        StreamReplacer {
+            r,
+            buf: BytesMut::new(),
+            count: 0,
+        }
+    }
+
+    /// Feeds one chunk; returns what can be emitted now.
+    pub fn feed(&mut self, chunk: &[u8]) -> Bytes {
+        self.buf.extend_from_slice(chunk);
+        self.drain(false)
+    }
+
+    /// End of stream: everything that is left.
+    pub fn finish(&mut self) -> Bytes {
+        self.drain(true)
+    }
+
+    fn drain(&mut self, last: bool) -> Bytes {
+        let Some(ac) = self.r.ac.as_ref() else {
+            return self.buf.split().freeze();
+        };
+        let buf = &self.buf[..];
+        let mut out = Vec::with_capacity(buf.len());
+        let mut pos = 0;
+        for m in ac.find_iter(buf) {
+            out.extend_from_slice(&buf[pos..m.start()]);
+            out.extend_from_slice(&self.r.replacements[m.pattern().as_usize()]);
+            pos = m.end();
+            self.count += 1;
+        }
+        let hold = if last {
+            0
+        } else {
+            self.r.held_tail(&buf[pos..])
+        };
+        let emit_end = buf.len() - hold;
+        out.extend_from_slice(&buf[pos..emit_end]);
+        let rest = self.buf.split_off(emit_end);
+        self.buf = rest;
+        Bytes::from(out)
+    }
+}
+
+/// Scrubs header values in place; returns how many values changed.
+pub fn scrub_headers(r: &Replacer, headers: &mut HeaderMap) -> usize {
+    if r.is_empty() {
+        return 0;
+    }
+    let mut n = 0;
+    for v in headers.values_mut() {
+        if let Some(new) = r.replace_all(v.as_bytes()) {
+            // Replacements are stubs or `*`: valid header bytes; if not, drop the value.
+            *v = HeaderValue::from_bytes(&new).unwrap_or_else(|_| HeaderValue::from_static(""));
+            n += 1;
+        }
+    }
+    n
+}
+
+enum Decoder {
+    Gzip(flate2::write::GzDecoder<Vec<u8>>),
+    Zlib(flate2::write::ZlibDecoder<Vec<u8>>),
+}
+
+impl Decoder {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<Vec<u8>> {
+        match self {
+            Decoder::Gzip(d) => {
+                d.write_all(data)?;
+                Ok(std::mem::take(d.get_mut()))
+            }
+            Decoder::Zlib(d) => {
+                d.write_all(data)?;
+                Ok(std::mem::take(d.get_mut()))
+            }
+        }
+    }
+    fn finish(&mut self) -> std::io::Result<Vec<u8>> {
+        match self {
+            Decoder::Gzip(d) => {
+                d.try_finish()?;
+                Ok(std::mem::take(d.get_mut()))
+            }
+            Decoder::Zlib(d) => {
+                d.try_finish()?;
+                Ok(std::mem::take(d.get_mut()))
+            }
+        }
+    }
+}
+
+/// Prepares a response for scrubbing: scrubs headers, picks a decoder for
+/// the content-encoding and fixes the framing headers. Returns the number of
+/// header values scrubbed, or `Deny::Unscrubbable` for an encoding we
+/// cannot decode.
+pub fn prepare_response(
+    r: &std::sync::Arc<Replacer>,
+    headers: &mut HeaderMap,
+) -> Result<(usize, ScrubPlan), Deny> {
+    let scrubbed = scrub_headers(r, headers);
+    if r.is_empty() {
+        return Ok((scrubbed, ScrubPlan::PassThrough));
+    }
+    let encodings: Vec<String> = headers
+        .get_all(CONTENT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().to_ascii_lowercase())
+        .filter(|s| !s.is_empty() && s != "identity")
+        .collect();
+    let decoder = match encodings.as_slice() {
+        [] => None,
+        [e] if e == "gzip" || e == "x-gzip" => Some(DecoderKind::Gzip),
+        [e] if e == "deflate" => Some(DecoderKind::Zlib),
+        _ => return Err(Deny::Unscrubbable("content-encoding")),
+    };
+    if decoder.is_some() {
+        headers.remove(CONTENT_ENCODING);
+        headers.remove(CONTENT_LENGTH);
+    } else if !r.same_length() {
+        headers.remove(CONTENT_LENGTH);
+    }
+    Ok((scrubbed, ScrubPlan::Scrub(decoder)))
+}
+
+/// What [`prepare_response`] decided for the body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScrubPlan {
+    /// Nothing to scrub.
+    PassThrough,
+    /// Scrub, decoding first if given.
+    Scrub(Option<DecoderKind>),
+}
+
+/// Supported content-encodings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecoderKind {
+    /// gzip / x-gzip.
+    Gzip,
+    /// deflate (zlib-wrapped).
+    Zlib,
+}
+
+/// Keeps only the encodings we can decode in a request's `Accept-Encoding`.
+pub fn restrict_accept_encoding(headers: &mut HeaderMap) {
+    let keep: Vec<String> = headers
+        .get_all(http::header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().to_string())
+        .filter(|s| {
+            let name = s
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
+            matches!(name.as_str(), "gzip" | "x-gzip" | "deflate" | "identity")
+        })
+        .collect();
+    headers.remove(http::header::ACCEPT_ENCODING);
+    if !keep.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&keep.join(", "))
+    {
+        headers.insert(http::header::ACCEPT_ENCODING, v);
+    }
+}
+
+/// A response body scrubbed while streaming.
+pub struct ScrubBody {
+    inner: ProxyBody,
+    replacer: std::sync::Arc<Replacer>,
+    buf: BytesMut,
+    decoder: Option<Decoder>,
+    pending_trailers: Option<HeaderMap>,
+    done: bool,
+    saw_data: bool,
+    count: usize,
+    on_first_scrub: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl ScrubBody {
+    /// Wraps `inner`; `on_first_scrub` runs once, at the first replacement.
+    pub fn new(
+        inner: ProxyBody,
+        replacer: std::sync::Arc<Replacer>,
+        decoder: Option<DecoderKind>,
+        on_first_scrub: Option<Box<dyn FnOnce() + Send>>,
+    ) -> ScrubBody {
+        let decoder = decoder.map(|k| match k {
+            DecoderKind::Gzip => Decoder::Gzip(flate2::write::GzDecoder::new(Vec::new())),
+            DecoderKind::Zlib => Decoder::Zlib(flate2::write::ZlibDecoder::new(Vec::new())),
+        });
+        ScrubBody {
+            inner,
+            replacer,
+            buf: BytesMut::new(),
+            decoder,
+            pending_trailers: None,
+            done: false,
+            saw_data: false,
+            count: 0,
+            on_first_scrub,
+        }
+    }
+
+    fn process(&mut self, data: &[u8], last: bool) -> Result<Bytes, BoxError> {
+        if !data.is_empty() {
+            self.saw_data = true;
+        }
+        let plain = match &mut self.decoder {
+            Some(d) => {
+                let mut v = d.write(data)?;
+                // An empty body (HEAD, 304) has no gzip stream to finish.
+                if last && self.saw_data {
+                    v.extend(d.finish()?);
+                }
+                v
+            }
+            None => data.to_vec(),
+        };
+        let mut s = StreamReplacer {
+            r: &self.replacer,
+            buf: std::mem::take(&mut self.buf),
+            count: 0,
+        };
+        let mut out = s.feed(&plain);
+        if last {
+            let tail = s.finish();
+            if !tail.is_empty() {
+                let mut v = BytesMut::from(&out[..]);
+                v.extend_from_slice(&tail);
+                out = v.freeze();
+            }
+        }
+        self.buf = s.buf;
+        if s.count > 0 {
+            self.count += s.count;
+            if let Some(f) = self.on_first_scrub.take() {
+                f();
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Body for ScrubBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        loop {
+            if let Some(t) = this.pending_trailers.take() {
+                this.done = true;
+                return Poll::Ready(Some(Ok(Frame::trailers(t))));
+            }
+            if this.done {
+                return Poll::Ready(None);
+            }
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => {
+                        let out = this.process(&data, false)?;
+                        if !out.is_empty() {
+                            return Poll::Ready(Some(Ok(Frame::data(out))));
+                        }
+                    }
+                    Err(frame) => {
+                        let mut trailers = frame.into_trailers().unwrap_or_default();
+                        scrub_headers(&this.replacer, &mut trailers);
+                        this.pending_trailers = Some(trailers);
+                        let out = this.process(&[], true)?;
+                        if !out.is_empty() {
+                            return Poll::Ready(Some(Ok(Frame::data(out))));
+                        }
+                    }
+                },
+                Poll::Ready(None) => {
+                    this.done = true;
+                    let out = this.process(&[], true)?;
+                    if !out.is_empty() {
+                        return Poll::Ready(Some(Ok(Frame::data(out))));
+                    }
+                    return Poll::Ready(None);
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done && self.pending_trailers.is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests;
