@@ -31,9 +31,10 @@ if [ "${AIRLOCK_RUN_SH_INNER:-}" = 1 ]; then
     fi
     log "cargo build --workspace --bins"
     cargo build --workspace --bins
-    log "cargo test --workspace $*"
+    log "cargo test --workspace --no-fail-fast $*"
     set +e
-    cargo test --workspace "$@"
+    # --no-fail-fast: one failing crate must not hide the results of the others.
+    cargo test --workspace --no-fail-fast "$@"
     rc=$?
     set -e
     log "cargo test exited with $rc"

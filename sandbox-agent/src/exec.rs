@@ -15,6 +15,7 @@
 //! the above; the sandbox's lifetime bounds it.
 
 use std::collections::BTreeMap;
+use std::os::fd::AsRawFd;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
@@ -26,7 +27,6 @@ use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
-use futures_util::FutureExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, ChildStderr, ChildStdout, Command};
 use tokio::sync::mpsc;
@@ -576,7 +576,12 @@ async fn forward<R>(
 
 /// Forwards what is already readable in `pipe` without waiting for more. Returns false
 /// when a streaming client went away.
-async fn drain_ready<R: AsyncRead + Unpin>(
+///
+/// This reads the descriptor directly instead of polling the tokio reader: tokio only tries
+/// the syscall once its reactor has seen the readiness event, and on a loaded machine the
+/// drain timer can win before that event is processed, which used to drop the last output.
+/// The pipe is non-blocking (tokio set it so), so `read` returns EAGAIN instead of waiting.
+async fn drain_ready<R: AsyncRead + AsRawFd + Unpin>(
     pipe: &mut Pipe<R>,
     buf: &mut [u8],
     budget: &mut Budget,
@@ -587,8 +592,26 @@ async fn drain_ready<R: AsyncRead + Unpin>(
         if !pipe.open {
             break;
         }
-        let Some(read) = pipe.reader.read(buf).now_or_never() else {
+        let fd = pipe.reader.as_raw_fd();
+        // SAFETY: F_GETFL only reads the descriptor's flags.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+        if flags < 0 || flags & libc::O_NONBLOCK == 0 {
+            // Never block the executor; tokio's child pipes are always non-blocking.
             break;
+        }
+        // SAFETY: `fd` is owned by `pipe.reader`, which outlives this call; `buf` is a valid
+        // writable buffer of `buf.len()` bytes.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        let read = match usize::try_from(n) {
+            Ok(n) => Ok(n),
+            Err(_) => {
+                let e = std::io::Error::last_os_error();
+                match e.kind() {
+                    std::io::ErrorKind::WouldBlock => break,
+                    std::io::ErrorKind::Interrupted => continue,
+                    _ => Err(e),
+                }
+            }
         };
         if !forward(pipe, read, buf, budget, sink, deadline).await {
             return false;

@@ -84,13 +84,42 @@ pub async fn run() {
 }
 
 /// One pass over /proc: wait for every zombie child of ours that no exec is waiting for.
+///
+/// The scan runs without the [`TRACKED`] lock (it reads all of /proc, and `spawn_tracked`
+/// must not wait behind it: a spawn delayed by a busy reaper used to eat the command's own
+/// timeout). The lock is taken only to check candidates and wait for them. That is enough:
+/// `spawn_tracked` spawns and registers under the lock, so any exec child that exists while
+/// we hold it is registered; a candidate whose pid was reused since the scan is either
+/// registered (skipped) or not a zombie (WNOHANG returns 0).
 pub(crate) fn reap_once() -> usize {
-    let me = std::process::id().to_string();
-    let set = tracked();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
+    let candidates = zombie_children();
+    if candidates.is_empty() {
         return 0;
-    };
+    }
+    let set = tracked();
     let mut reaped = 0;
+    for pid in candidates {
+        if set.as_ref().is_some_and(|s| s.contains(&pid)) {
+            continue;
+        }
+        let mut status = 0;
+        // SAFETY: waitpid on a specific child; WNOHANG so it never blocks.
+        let rc = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if rc == pid {
+            reaped += 1;
+            tracing::debug!(pid, "reaped orphan");
+        }
+    }
+    reaped
+}
+
+/// Pids of this process's children that are zombies right now.
+fn zombie_children() -> Vec<i32> {
+    let me = std::process::id().to_string();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut zombies = Vec::new();
     for entry in dir.flatten() {
         let Some(pid) = entry
             .file_name()
@@ -99,9 +128,6 @@ pub(crate) fn reap_once() -> usize {
         else {
             continue;
         };
-        if set.as_ref().is_some_and(|s| s.contains(&pid)) {
-            continue;
-        }
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
             continue;
         };
@@ -111,19 +137,11 @@ pub(crate) fn reap_once() -> usize {
             .map(|(_, r)| r)
             .unwrap_or("")
             .split_whitespace();
-        let (Some("Z"), Some(ppid)) = (fields.next(), fields.next()) else {
-            continue;
-        };
-        if ppid != me {
-            continue;
-        }
-        let mut status = 0;
-        // SAFETY: waitpid on a specific zombie child; WNOHANG so it never blocks.
-        let rc = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
-        if rc == pid {
-            reaped += 1;
-            tracing::debug!(pid, "reaped orphan");
+        if let (Some("Z"), Some(ppid)) = (fields.next(), fields.next())
+            && ppid == me
+        {
+            zombies.push(pid);
         }
     }
-    reaped
+    zombies
 }
