@@ -221,14 +221,10 @@ impl Upstream {
                     .send_request(req)
                     .await
                     .map_err(|_| Deny::Upstream("request failed"))?;
-                // Back to the pool once the response body is consumed and the
-                // connection can take another request (dropped if it closed).
-                let pool = self.pool.clone();
-                tokio::spawn(async move {
-                    if s.ready().await.is_ok() {
-                        checkin(&pool, key, Sender::H1(s));
-                    }
-                });
+                // Back to the pool at once: `checkout` only hands out a connection that
+                // is ready (its previous response fully read) and drops closed ones, so
+                // no task per request has to wait for the body to finish first.
+                self.checkin(key, Sender::H1(s));
                 Ok(resp)
             }
         }

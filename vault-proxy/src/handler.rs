@@ -45,6 +45,8 @@ pub(crate) struct Target {
     pub allow_audited: AtomicBool,
     /// True inside a CONNECT tunnel (audit allow once); false for absolute-form.
     pub tunnel: bool,
+    /// The host as audit records show it (stubs redacted), computed once per tunnel.
+    audit_host: String,
 }
 
 /// Request facts kept for the audit record (never values).
@@ -55,6 +57,24 @@ struct Facts {
 }
 
 impl Target {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        grant: Arc<Grant>,
+        pinned: PinnedDest,
+        tunnel: bool,
+    ) -> Target {
+        let audit_host = redact_stubs(&shared.grants.index(), pinned.host());
+        Target {
+            shared,
+            grant,
+            pinned,
+            checked: OnceCell::new(),
+            allow_audited: AtomicBool::new(false),
+            tunnel,
+            audit_host,
+        }
+    }
+
     fn event(
         &self,
         f: &Facts,
@@ -68,7 +88,7 @@ impl Target {
             sandbox: self.grant.sandbox.clone(),
             session: self.grant.session.clone(),
             event,
-            host: redact_stubs(&self.shared.grants.index(), self.pinned.host()),
+            host: self.audit_host.clone(),
             port: self.pinned.port(),
             method: f.method.clone(),
             path: f.path.clone(),

@@ -7,7 +7,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -19,7 +19,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OnceCell, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::{AuditEvent, AuditLog, Decision, EventKind};
@@ -237,14 +237,7 @@ async fn outer(
             .await;
         }
     };
-    let target = Arc::new(Target {
-        shared,
-        grant,
-        pinned,
-        checked: OnceCell::new(),
-        allow_audited: AtomicBool::new(false),
-        tunnel: false,
-    });
+    let target = Arc::new(Target::new(shared, grant, pinned, false));
     handle(target, Request::from_parts(parts, body)).await
 }
 
@@ -353,14 +346,7 @@ async fn connect(
             Ok(u) => u,
             Err(_) => return,
         };
-        let target = Arc::new(Target {
-            shared: shared.clone(),
-            grant: grant.clone(),
-            pinned,
-            checked: OnceCell::new(),
-            allow_audited: AtomicBool::new(false),
-            tunnel: true,
-        });
+        let target = Arc::new(Target::new(shared.clone(), grant.clone(), pinned, true));
         tokio::select! {
             _ = tunnel(target, TokioIo::new(upgraded)) => {}
             _ = grant.revoked() => {}
@@ -449,14 +435,12 @@ where
             .await;
         }
         Sniff::Http => {
-            let plain = Arc::new(Target {
-                shared: shared.clone(),
-                grant: t.grant.clone(),
-                pinned: PinnedDest::new(t.pinned.authority().clone(), Scheme::Http),
-                checked: OnceCell::new(),
-                allow_audited: AtomicBool::new(false),
-                tunnel: true,
-            });
+            let plain = Arc::new(Target::new(
+                shared.clone(),
+                t.grant.clone(),
+                PinnedDest::new(t.pinned.authority().clone(), Scheme::Http),
+                true,
+            ));
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.header_read_timeout)

@@ -193,7 +193,41 @@ struct Body<'a> {
 impl AuditRecord {
     /// The canonical body (JSON without `hash`).
     pub fn canonical_body(&self) -> String {
-        let body = Body {
+        // Serialising a struct of strings, integers and unit enums cannot fail.
+        serde_json::to_string(&self.body()).unwrap_or_default()
+    }
+
+    /// Recomputes the hash from `prev` and the body.
+    pub fn compute_hash(&self) -> String {
+        chain_hash(&self.prev, &self.canonical_body())
+    }
+
+    /// The full canonical line (without the trailing newline).
+    pub fn to_line(&self) -> String {
+        // Same invariant as canonical_body.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Appends the canonical line (with `hash`, without the newline) to `out` and returns
+    /// the hash. Serialises once: the line is the body with `,"hash":"…"` put before its
+    /// closing brace (module docs), which is what the writer does for every record.
+    pub(crate) fn write_line(&self, out: &mut Vec<u8>) -> [u8; 64] {
+        let start = out.len();
+        // Serialising a struct of strings, integers and unit enums into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, &self.body());
+        let mut ctx = Context::new(&SHA256);
+        ctx.update(self.prev.as_bytes());
+        ctx.update(&out[start..]);
+        let hash = hex_lower(ctx.finish().as_ref());
+        out.pop(); // the body's closing `}`
+        out.extend_from_slice(b",\"hash\":\"");
+        out.extend_from_slice(&hash);
+        out.extend_from_slice(b"\"}");
+        hash
+    }
+
+    fn body(&self) -> Body<'_> {
+        Body {
             seq: self.seq,
             ts: &self.ts,
             sandbox: &self.sandbox,
@@ -208,25 +242,12 @@ impl AuditRecord {
             reason: &self.reason,
             status: self.status,
             prev: &self.prev,
-        };
-        // Serialising a struct of strings, integers and unit enums cannot fail.
-        serde_json::to_string(&body).unwrap_or_default()
+        }
     }
 
-    /// Recomputes the hash from `prev` and the body.
-    pub fn compute_hash(&self) -> String {
-        chain_hash(&self.prev, &self.canonical_body())
-    }
-
-    /// The full canonical line (without the trailing newline).
-    pub fn to_line(&self) -> String {
-        // Same invariant as canonical_body.
-        serde_json::to_string(self).unwrap_or_default()
-    }
-
-    /// Builds a record from an event; `hash` is computed.
-    pub(crate) fn seal(seq: u64, ts: String, prev: String, ev: AuditEvent) -> AuditRecord {
-        let mut r = AuditRecord {
+    /// Builds a record from an event; `hash` is left empty (the writer fills the line).
+    pub(crate) fn unsealed(seq: u64, ts: String, prev: String, ev: AuditEvent) -> AuditRecord {
+        AuditRecord {
             seq,
             ts,
             sandbox: clip(ev.sandbox, 256),
@@ -242,10 +263,27 @@ impl AuditRecord {
             status: ev.status,
             prev,
             hash: String::new(),
-        };
+        }
+    }
+
+    /// Builds a record from an event; `hash` is computed.
+    #[cfg(test)]
+    pub(crate) fn seal(seq: u64, ts: String, prev: String, ev: AuditEvent) -> AuditRecord {
+        let mut r = AuditRecord::unsealed(seq, ts, prev, ev);
         r.hash = r.compute_hash();
         r
     }
+}
+
+/// Lower-case hex of a SHA-256 digest, without an allocation per character.
+fn hex_lower(digest: &[u8]) -> [u8; 64] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 64];
+    for (i, b) in digest.iter().take(32).enumerate() {
+        out[2 * i] = HEX[usize::from(b >> 4)];
+        out[2 * i + 1] = HEX[usize::from(b & 0x0f)];
+    }
+    out
 }
 
 /// `hex(SHA-256(prev ‖ body))`.
