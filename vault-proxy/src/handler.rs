@@ -47,6 +47,8 @@ pub(crate) struct Target {
     pub tunnel: bool,
     /// The host as audit records show it (stubs redacted), computed once per tunnel.
     audit_host: String,
+    /// The `Host` header every request of this tunnel is sent upstream with.
+    host_header: Option<HeaderValue>,
 }
 
 /// Request facts kept for the audit record (never values).
@@ -64,7 +66,9 @@ impl Target {
         tunnel: bool,
     ) -> Target {
         let audit_host = redact_stubs(&shared.grants.index(), pinned.host());
+        let host_header = HeaderValue::from_str(&pinned.host_header()).ok();
         Target {
+            host_header,
             shared,
             grant,
             pinned,
@@ -296,16 +300,18 @@ async fn process(
     restrict_accept_encoding(&mut parts.headers);
     parts.headers.insert(
         header::HOST,
-        HeaderValue::from_str(&t.pinned.host_header()).map_err(|_| Deny::BadRequest("host"))?,
+        t.host_header.clone().ok_or(Deny::BadRequest("host"))?,
     );
-    let pq = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
-    parts.uri = pq
-        .parse::<Uri>()
-        .map_err(|_| Deny::BadRequest("invalid uri"))?;
+    // Origin-form toward the upstream: only the path and query are kept (shared, not copied).
+    let mut uri = http::uri::Parts::default();
+    uri.path_and_query = Some(
+        parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+    );
+    parts.uri = Uri::from_parts(uri).map_err(|_| Deny::BadRequest("invalid uri"))?;
     let upstream_req = Request::from_parts(parts, out_body);
 
     let result = if websocket {

@@ -155,38 +155,54 @@ impl<'a> StreamReplacer<'a> {
 
     /// Feeds one chunk; returns what can be emitted now.
     pub fn feed(&mut self, chunk: &[u8]) -> Bytes {
-        self.buf.extend_from_slice(chunk);
-        self.drain(false)
+        self.feed_bytes(Bytes::copy_from_slice(chunk), false)
     }
 
     /// End of stream: everything that is left.
     pub fn finish(&mut self) -> Bytes {
-        self.drain(true)
+        self.feed_bytes(Bytes::new(), true)
     }
 
-    fn drain(&mut self, last: bool) -> Bytes {
-        let Some(ac) = self.r.ac.as_ref() else {
-            return self.buf.split().freeze();
+    /// Feeds one chunk (`last`: and ends the stream). Copies only when it must: a chunk
+    /// with nothing to replace and no held tail before it comes back as a slice of itself;
+    /// a replacement builds the output once.
+    pub fn feed_bytes(&mut self, chunk: Bytes, last: bool) -> Bytes {
+        // What to scan: the tail held back from the previous chunk, then this one.
+        let input = if self.buf.is_empty() {
+            chunk
+        } else {
+            let mut joined = std::mem::take(&mut self.buf);
+            joined.extend_from_slice(&chunk);
+            joined.freeze()
         };
-        let buf = &self.buf[..];
-        let mut out = Vec::with_capacity(buf.len());
+        let Some(ac) = self.r.ac.as_ref() else {
+            return input;
+        };
+        let mut out: Option<BytesMut> = None;
         let mut pos = 0;
-        for m in ac.find_iter(buf) {
-            out.extend_from_slice(&buf[pos..m.start()]);
-            out.extend_from_slice(&self.r.replacements[m.pattern().as_usize()]);
+        for m in ac.find_iter(&input[..]) {
+            let o = out.get_or_insert_with(|| BytesMut::with_capacity(input.len()));
+            o.extend_from_slice(&input[pos..m.start()]);
+            o.extend_from_slice(&self.r.replacements[m.pattern().as_usize()]);
             pos = m.end();
             self.count += 1;
         }
         let hold = if last {
             0
         } else {
-            self.r.held_tail(&buf[pos..])
+            self.r.held_tail(&input[pos..])
         };
-        let emit_end = buf.len() - hold;
-        out.extend_from_slice(&buf[pos..emit_end]);
-        let rest = self.buf.split_off(emit_end);
-        self.buf = rest;
-        Bytes::from(out)
+        let emit_end = input.len() - hold;
+        if hold > 0 {
+            self.buf = BytesMut::from(&input[emit_end..]);
+        }
+        match out {
+            None => input.slice(..emit_end),
+            Some(mut o) => {
+                o.extend_from_slice(&input[pos..emit_end]);
+                o.freeze()
+            }
+        }
     }
 }
 
@@ -355,35 +371,27 @@ impl ScrubBody {
         }
     }
 
-    fn process(&mut self, data: &[u8], last: bool) -> Result<Bytes, BoxError> {
+    fn process(&mut self, data: Bytes, last: bool) -> Result<Bytes, BoxError> {
         if !data.is_empty() {
             self.saw_data = true;
         }
         let plain = match &mut self.decoder {
             Some(d) => {
-                let mut v = d.write(data)?;
+                let mut v = d.write(&data)?;
                 // An empty body (HEAD, 304) has no gzip stream to finish.
                 if last && self.saw_data {
                     v.extend(d.finish()?);
                 }
-                v
+                Bytes::from(v)
             }
-            None => data.to_vec(),
+            None => data,
         };
         let mut s = StreamReplacer {
             r: &self.replacer,
             buf: std::mem::take(&mut self.buf),
             count: 0,
         };
-        let mut out = s.feed(&plain);
-        if last {
-            let tail = s.finish();
-            if !tail.is_empty() {
-                let mut v = BytesMut::from(&out[..]);
-                v.extend_from_slice(&tail);
-                out = v.freeze();
-            }
-        }
+        let out = s.feed_bytes(plain, last);
         self.buf = s.buf;
         if s.count > 0 {
             self.count += s.count;
@@ -417,7 +425,7 @@ impl Body for ScrubBody {
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                     Ok(data) => {
-                        let out = this.process(&data, false)?;
+                        let out = this.process(data, false)?;
                         if !out.is_empty() {
                             return Poll::Ready(Some(Ok(Frame::data(out))));
                         }
@@ -426,7 +434,7 @@ impl Body for ScrubBody {
                         let mut trailers = frame.into_trailers().unwrap_or_default();
                         scrub_headers(&this.replacer, &mut trailers);
                         this.pending_trailers = Some(trailers);
-                        let out = this.process(&[], true)?;
+                        let out = this.process(Bytes::new(), true)?;
                         if !out.is_empty() {
                             return Poll::Ready(Some(Ok(Frame::data(out))));
                         }
@@ -434,7 +442,7 @@ impl Body for ScrubBody {
                 },
                 Poll::Ready(None) => {
                     this.done = true;
-                    let out = this.process(&[], true)?;
+                    let out = this.process(Bytes::new(), true)?;
                     if !out.is_empty() {
                         return Poll::Ready(Some(Ok(Frame::data(out))));
                     }
