@@ -157,6 +157,12 @@ fn start_triggers(
         github = built.github.is_some(),
         "webhook triggers ready"
     );
+    // Owed replies: renew ours, take over those a stopped brain left (waits.rs).
+    tokio::spawn(triggers::waits::run(
+        state.clone(),
+        built.clone(),
+        stop.clone(),
+    ));
     Ok(Some(tokio::spawn(triggers::outbox::run(
         state.clone(),
         built,

@@ -736,6 +736,93 @@ async fn slack_mention_through_the_agent_loop_answers_in_the_thread() {
     );
 }
 
+/// A brain SIGKILLed while a Slack-triggered session runs: the restarted brain resumes the
+/// session and still posts its answer in the thread, once (the owed reply is a leased row in
+/// `trigger_waits`, taken over by the next brain).
+#[tokio::test]
+async fn slack_reply_survives_a_brain_killed_while_the_session_runs() {
+    let fake = FakeSlack::start(BOT_TOKEN).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let marker = dir.path().join("ran");
+    let script = dir.path().join("script.json");
+    std::fs::write(
+        &script,
+        json!({"when_exhausted": "error", "responses": [
+            {"tool_calls": [{"id": "p", "name": "sandbox_provision",
+                             "arguments": {"task_description": "a slow slack task"}}]},
+            {"tool_calls": [{"id": "slow", "name": "sandbox_execute",
+                             "arguments": {"command": format!("echo ran >> {}; sleep 30", marker.display())}}]},
+            {"text": "Finished despite the crash."}
+        ]})
+        .to_string(),
+    )
+    .expect("script");
+    let mut brain = BrainProcess::start(BrainOptions {
+        extra_yaml: format!(
+            "models:\n  model_list:\n    - model_name: scripted\n      litellm_params:\n        \
+             model: scripted/{}\n\
+             triggers:\n  reply_retry_base_ms: 100\n  reply_retry_max_ms: 1000\n  \
+             slack:\n    api_base_url: {}\n    bot_user_id: UBOT\n",
+            script.display(),
+            fake.base_url
+        ),
+        env: vec![
+            ("SLACK_SIGNING_SECRET".into(), SIGNING_SECRET.into()),
+            ("SLACK_BOT_TOKEN".into(), BOT_TOKEN.into()),
+        ],
+        ..Default::default()
+    })
+    .await;
+
+    let ts = "1700000300.000100";
+    let (status, _) = send_slack(
+        &brain,
+        &mention("EvCrash1", ts, "<@UBOT> run the slow thing"),
+        SIGNING_SECRET,
+        now(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    wait_for("the slow command to start", Duration::from_secs(60), || {
+        std::fs::read_to_string(&marker)
+            .ok()
+            .filter(|s| !s.is_empty())
+    })
+    .await;
+    // The session is mid-tool and its reply is owed: crash.
+    brain.kill9();
+    brain.restart().await;
+    wait_for(
+        "the answer after the restart",
+        Duration::from_secs(90),
+        || {
+            fake.thread("C1", ts)
+                .iter()
+                .any(|m| m.text.contains("Finished despite the crash"))
+                .then_some(())
+        },
+    )
+    .await;
+    // Give a duplicate the chance to show up before counting.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let thread = fake.thread("C1", ts);
+    assert_eq!(
+        thread
+            .iter()
+            .filter(|m| m.text.contains("Finished despite the crash"))
+            .count(),
+        1,
+        "{thread:?}\n{}",
+        brain.log()
+    );
+    assert!(thread.len() >= 2, "'On it' then the answer: {thread:?}");
+    assert_eq!(
+        std::fs::read_to_string(&marker).unwrap().lines().count(),
+        1,
+        "the interrupted command ran again"
+    );
+}
+
 /// The production launcher: a labelled issue becomes an agent-loop session (scripted model)
 /// that clones the repo with the stub, changes a file and answers; the brain then pushes
 /// from that session's sandbox and opens the draft PR, the push carrying the real token only

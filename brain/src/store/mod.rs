@@ -51,6 +51,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "mcp",
         include_str!("../../migrations/sqlite/0004_mcp.sql"),
     ),
+    (
+        5,
+        "trigger_waits",
+        include_str!("../../migrations/sqlite/0005_trigger_waits.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -72,6 +77,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         4,
         "mcp",
         include_str!("../../migrations/postgres/0004_mcp.sql"),
+    ),
+    (
+        5,
+        "trigger_waits",
+        include_str!("../../migrations/postgres/0005_trigger_waits.sql"),
     ),
 ];
 

@@ -15,13 +15,17 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::outbox::{Delivery, retry_after};
 use super::signature;
 use super::store::{self, ReplyPayload, Source};
-use super::{GithubConfig, Limiter, TriggerSetupError, TriggeredTask, Triggers, truncate};
+use super::waits::{self, WaitContext};
+use super::{
+    GithubConfig, LaunchError, Limiter, TaskOutcome, TriggerSetupError, TriggeredTask, Triggers,
+    truncate,
+};
 use crate::state::AppState;
 
 /// GitHub caps a comment body at 65,536 characters.
@@ -102,9 +106,9 @@ struct User {
     kind: Option<String>,
 }
 
-/// What a delivery asks for.
-#[derive(Debug, PartialEq)]
-struct Request {
+/// What a delivery asks for. Serialised into `trigger_waits` so another brain can finish it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Request {
     repo: String,
     issue: u64,
     title: String,
@@ -350,16 +354,34 @@ async fn handle_request(state: &AppState, triggers: &Arc<Triggers>, req: Request
         }
     };
     drop(start_guard);
-    let outcome = match triggers.launcher.wait_settled(&session_id).await {
+    // The comment (and the push) are owed from here on; `waits` keeps that across a restart.
+    waits::begin_and_complete(
+        state,
+        triggers,
+        &session_id,
+        WaitContext::Github { request: req },
+    )
+    .await;
+}
+
+/// For a settled session: pushes its changes and opens a draft PR when it succeeded, and
+/// returns the issue comment that reports it.
+pub(crate) async fn settled_reply(
+    state: &AppState,
+    triggers: &Arc<Triggers>,
+    req: &Request,
+    session_id: &str,
+    outcome: Result<TaskOutcome, LaunchError>,
+) -> ReplyPayload {
+    let comment = |body: String| ReplyPayload::GithubComment {
+        repo: req.repo.clone(),
+        issue: req.issue,
+        body: truncate(&body, MAX_COMMENT_BYTES),
+    };
+    let outcome = match outcome {
         Ok(outcome) => outcome,
         Err(e) => {
-            triggers
-                .reply(
-                    state,
-                    comment(format!("Airlock lost track of session `{session_id}`: {e}")),
-                )
-                .await;
-            return;
+            return comment(format!("Airlock lost track of session `{session_id}`: {e}"));
         }
     };
     let mut body = if outcome.succeeded {
@@ -373,8 +395,12 @@ async fn handle_request(state: &AppState, triggers: &Arc<Triggers>, req: Request
             fenced(&outcome.summary)
         )
     };
-    if let (true, Some(sandbox)) = (outcome.succeeded, outcome.sandbox_id.as_deref()) {
-        match publish(state, config, sandbox, &req).await {
+    if let (true, Some(sandbox), Some(github)) = (
+        outcome.succeeded,
+        outcome.sandbox_id.as_deref(),
+        triggers.github.as_ref(),
+    ) {
+        match publish(state, &github.config, sandbox, req).await {
             Ok(Published::PullRequest(url)) => {
                 body.push_str(&format!("\n\nDraft pull request: {url}"))
             }
@@ -385,7 +411,7 @@ async fn handle_request(state: &AppState, triggers: &Arc<Triggers>, req: Request
             }
         }
     }
-    triggers.reply(state, comment(body)).await;
+    comment(body)
 }
 
 fn fenced(text: &str) -> String {

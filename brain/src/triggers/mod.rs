@@ -8,7 +8,9 @@
 //! replicas) → 200 at once; the work runs in a spawned task through the
 //! [`SessionLauncher`] seam. Replies go into the `trigger_replies` outbox first and
 //! [`outbox::run`] delivers them with backoff, so an API outage or a restart delays a reply
-//! but never loses it.
+//! but never loses it. The reply a session owes once it settles is itself a row
+//! ([`waits`], leased): a brain killed while a triggered session runs leaves it to be taken
+//! over by the next brain, which queues the reply when the resumed session settles.
 //!
 //! The launcher is a trait so this module does not depend on how sessions run:
 //! [`build_launcher`] picks `sessions_launcher` (the agent loop, the default) or, with
@@ -24,6 +26,7 @@ pub mod shell_launcher;
 pub mod signature;
 pub mod slack;
 pub mod store;
+pub mod waits;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -16,7 +16,11 @@ use serde_json::json;
 use super::outbox::{Delivery, retry_after};
 use super::signature;
 use super::store::{self, ReplyPayload, Source};
-use super::{Limiter, SlackConfig, TriggerSetupError, TriggeredTask, Triggers, truncate};
+use super::waits::{self, WaitContext};
+use super::{
+    LaunchError, Limiter, SlackConfig, TaskOutcome, TriggerSetupError, TriggeredTask, Triggers,
+    truncate,
+};
 use crate::state::AppState;
 
 /// Slack caps a message's `text` at 40,000 characters; stay well below.
@@ -277,12 +281,31 @@ async fn handle_event(state: &AppState, triggers: &Arc<Triggers>, event: Event, 
         }
     };
     drop(start_guard);
-    let text = match triggers.launcher.wait_settled(&session_id).await {
+    // The answer is owed from here on; `waits` keeps that promise across a restart.
+    let context = WaitContext::Slack {
+        channel: event.channel.clone(),
+        thread_ts,
+    };
+    waits::begin_and_complete(state, triggers, &session_id, context).await;
+}
+
+/// The thread reply for a settled session.
+pub(crate) fn settled_reply(
+    channel: &str,
+    thread_ts: &str,
+    session_id: &str,
+    outcome: Result<TaskOutcome, LaunchError>,
+) -> ReplyPayload {
+    let text = match outcome {
         Ok(outcome) if outcome.succeeded => outcome.summary,
         Ok(outcome) => format!(":x: the task failed:\n{}", outcome.summary),
         Err(e) => format!(":warning: lost track of session `{session_id}`: {e}"),
     };
-    triggers.reply(state, reply(text)).await;
+    ReplyPayload::SlackMessage {
+        channel: channel.to_string(),
+        thread_ts: thread_ts.to_string(),
+        text: truncate(&text, MAX_REPLY_BYTES),
+    }
 }
 
 // === chat.postMessage ===

@@ -207,6 +207,93 @@ async fn outbox_claims_are_exclusive_and_retries_are_scheduled() {
     .await;
 }
 
+#[tokio::test]
+async fn owed_replies_are_taken_over_after_the_lease_and_queued_once() {
+    each_store(async |s: Store| {
+        let wait = waits::Wait {
+            id: format!("tw-{}", uuid::Uuid::new_v4().simple()),
+            session_id: "se-1".into(),
+            context: waits::WaitContext::Slack {
+                channel: "C1".into(),
+                thread_ts: "1.2".into(),
+            },
+        };
+        let now = store::now_ms();
+        waits::insert(&s, &wait, "brain-dead", now + 30_000)
+            .await
+            .unwrap();
+        // A live lease is nobody else's to take.
+        assert!(
+            waits::claim_expired(&s, "brain-b", now, now + 30_000, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        // The owner stops renewing; once the lease passes, exactly one of two brains takes it.
+        let later = now + 30_001;
+        let (b, c) = tokio::join!(
+            waits::claim_expired(&s, "brain-b", later, later + 30_000, 10),
+            waits::claim_expired(&s, "brain-c", later, later + 30_000, 10),
+        );
+        let (b, c) = (b.unwrap(), c.unwrap());
+        assert_eq!(b.len() + c.len(), 1, "one taker: {b:?} {c:?}");
+        let (taker, loser) = if b.len() == 1 {
+            ("brain-b", "brain-c")
+        } else {
+            ("brain-c", "brain-b")
+        };
+        let taken = b.into_iter().chain(c).next().unwrap();
+        assert_eq!(taken, wait, "the context survives the round trip");
+
+        let payload = ReplyPayload::SlackMessage {
+            channel: "C1".into(),
+            thread_ts: "1.2".into(),
+            text: "done".into(),
+        };
+        // The dead brain (or the loser) finishing late queues nothing.
+        assert!(
+            !waits::finish(&s, "brain-dead", &wait.id, &payload)
+                .await
+                .unwrap()
+        );
+        assert!(!waits::finish(&s, loser, &wait.id, &payload).await.unwrap());
+        assert!(store::undelivered_replies(&s).await.unwrap().is_empty());
+        // The owner's finish queues the reply and removes the wait, once.
+        assert!(waits::finish(&s, taker, &wait.id, &payload).await.unwrap());
+        assert!(!waits::finish(&s, taker, &wait.id, &payload).await.unwrap());
+        let due = store::claim_due_replies(&s, i64::MAX / 2, 1, 10)
+            .await
+            .unwrap();
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].payload, payload);
+
+        // Renewing keeps a wait ours; a clean release hands it over at once.
+        let w2 = waits::Wait {
+            id: format!("tw-{}", uuid::Uuid::new_v4().simple()),
+            ..wait.clone()
+        };
+        waits::insert(&s, &w2, "brain-a", now + 1_000)
+            .await
+            .unwrap();
+        assert_eq!(waits::renew(&s, "brain-a", now + 90_000).await.unwrap(), 1);
+        assert!(
+            waits::claim_expired(&s, "brain-b", now + 60_000, now + 90_000, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(waits::release(&s, "brain-a").await.unwrap(), 1);
+        assert_eq!(
+            waits::claim_expired(&s, "brain-b", now, now + 30_000, 10)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+    })
+    .await;
+}
+
 #[test]
 fn backoff_doubles_up_to_the_cap_and_honours_hints() {
     let p = RetryPolicy {
