@@ -803,6 +803,10 @@ mod tests {
             (r.repo.as_str(), r.issue, r.text.as_str(), r.base.as_str()),
             ("acme/widgets", 7, "echo hi", "trunk")
         );
+        // What another brain needs to finish the request after a crash survives the store.
+        let ctx = WaitContext::Github { request: r.clone() };
+        let stored = serde_json::to_string(&ctx).unwrap();
+        assert_eq!(serde_json::from_str::<WaitContext>(&stored).unwrap(), ctx);
         assert!(
             payload(
                 "issues",
