@@ -30,6 +30,22 @@ cargo build --quiet -p brain -p sandbox-agent -p vault-proxy
 cargo build --quiet -p airlock-tests --example demo
 if [ "${AIRLOCK_DEMO_BACKEND:-}" != local ] && command -v docker >/dev/null 2>&1 \
     && timeout 20 docker info >/dev/null 2>&1; then
+    # The offline image build needs mmdebstrap unless its base layer is already cached; on a
+    # fresh machine install it as tests/run.sh does (root + apt-get), else fall back to local.
+    if ! command -v mmdebstrap >/dev/null 2>&1 \
+        && ! docker image inspect airlock-sandbox-base:bookworm >/dev/null 2>&1; then
+        if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+            say "installing mmdebstrap (needed once to build the sandbox image without a registry)"
+            export DEBIAN_FRONTEND=noninteractive
+            { apt-get update -qq && apt-get install -y -qq --no-install-recommends mmdebstrap binutils; } >/dev/null
+        else
+            say "mmdebstrap is missing and cannot be installed here (not root): using the local backend (no isolation)"
+            export AIRLOCK_DEMO_BACKEND=local
+        fi
+    fi
+fi
+if [ "${AIRLOCK_DEMO_BACKEND:-}" != local ] && command -v docker >/dev/null 2>&1 \
+    && timeout 20 docker info >/dev/null 2>&1; then
     say "docker engine found: building the sandbox image (minutes the first time, then cached; log shown on failure)"
     LOG="$(mktemp)"
     trap 'rm -f "$LOG"' EXIT

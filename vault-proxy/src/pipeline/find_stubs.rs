@@ -76,8 +76,9 @@ pub fn find_in_head(index: &StubIndex, parts: &Parts) -> Vec<FoundStub> {
     if let Some(pq) = parts.uri.path_and_query() {
         let raw = pq.as_str().as_bytes();
         scan(index, raw, SwapSurface::Query, &mut out);
-        let dec: Vec<u8> = percent_encoding::percent_decode(raw).collect();
-        if dec != raw {
+        // Without a `%` the decoded form is the raw one: skip the copy.
+        if raw.contains(&b'%') {
+            let dec: Vec<u8> = percent_encoding::percent_decode(raw).collect();
             scan(index, &dec, SwapSurface::Query, &mut out);
         }
     }
