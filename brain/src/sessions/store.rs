@@ -275,32 +275,35 @@ impl Store {
         let now = now_ms();
         let credentials = encode(&new.credentials, "credentials")?;
         let origin = encode(&new.origin, "origin")?;
-        on_pool!(self.db(), |pool| {
-            sqlx::query(
-                "INSERT INTO sessions (id, status, task, model, agent, backend, credentials, \
-                 max_steps, max_cost_usd, origin, deadline_at, created_at, updated_at) \
-                 VALUES ($1, 'queued', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11)",
-            )
-            .bind(&new.id)
-            .bind(&new.task)
-            .bind(&new.model)
-            .bind(&new.agent)
-            .bind(new.backend.map(BackendKind::as_str))
-            .bind(&credentials)
-            .bind(i64::from(new.max_steps))
-            .bind(new.max_cost_usd)
-            .bind(&origin)
-            .bind(new.deadline_at)
-            .bind(now)
-            .execute(pool)
-            .await?;
+        // RETURNING, not a second SELECT: the row as this insert created it (`queued`). A
+        // replica may claim it the moment it commits, and the caller's answer must not
+        // depend on that race.
+        let sql = format!(
+            "INSERT INTO sessions (id, status, task, model, agent, backend, credentials, \
+             max_steps, max_cost_usd, origin, deadline_at, created_at, updated_at) \
+             VALUES ($1, 'queued', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11) RETURNING {}",
+            SELECT_SESSION
+                .trim_start_matches("SELECT ")
+                .trim_end_matches(" FROM sessions")
+        );
+        let raw = on_pool!(self.db(), |pool| {
+            let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(&new.id)
+                .bind(&new.task)
+                .bind(&new.model)
+                .bind(&new.agent)
+                .bind(new.backend.map(BackendKind::as_str))
+                .bind(&credentials)
+                .bind(i64::from(new.max_steps))
+                .bind(new.max_cost_usd)
+                .bind(&origin)
+                .bind(new.deadline_at)
+                .bind(now)
+                .fetch_one(pool)
+                .await?;
+            read_session!(&row)
         });
-        self.get_session(&new.id)
-            .await?
-            .ok_or_else(|| StoreError::Corrupt {
-                table: "sessions",
-                message: format!("{} vanished right after insert", new.id),
-            })
+        raw.parse()
     }
 
     pub async fn get_session(&self, id: &str) -> Result<Option<SessionRow>, StoreError> {
