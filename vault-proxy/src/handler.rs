@@ -68,7 +68,6 @@ impl Target {
         let audit_host = redact_stubs(&shared.grants.index(), pinned.host());
         let host_header = HeaderValue::from_str(&pinned.host_header()).ok();
         Target {
-            host_header,
             shared,
             grant,
             pinned,
@@ -76,6 +75,7 @@ impl Target {
             allow_audited: AtomicBool::new(false),
             tunnel,
             audit_host,
+            host_header,
         }
     }
 

@@ -215,10 +215,7 @@ impl AuditRecord {
         let start = out.len();
         // Serialising a struct of strings, integers and unit enums into a Vec cannot fail.
         let _ = serde_json::to_writer(&mut *out, &self.body());
-        let mut ctx = Context::new(&SHA256);
-        ctx.update(self.prev.as_bytes());
-        ctx.update(&out[start..]);
-        let hash = hex_lower(ctx.finish().as_ref());
+        let hash = chain_digest(self.prev.as_bytes(), &out[start..]);
         out.pop(); // the body's closing `}`
         out.extend_from_slice(b",\"hash\":\"");
         out.extend_from_slice(&hash);
@@ -275,23 +272,22 @@ impl AuditRecord {
     }
 }
 
-/// Lower-case hex of a SHA-256 digest, without an allocation per character.
-fn hex_lower(digest: &[u8]) -> [u8; 64] {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = [0u8; 64];
-    for (i, b) in digest.iter().take(32).enumerate() {
-        out[2 * i] = HEX[usize::from(b >> 4)];
-        out[2 * i + 1] = HEX[usize::from(b & 0x0f)];
-    }
-    out
-}
-
 /// `hex(SHA-256(prev ‖ body))`.
 pub fn chain_hash(prev: &str, body: &str) -> String {
+    let digest = chain_digest(prev.as_bytes(), body.as_bytes());
+    // Invariant: chain_digest yields ASCII hex digits only.
+    String::from_utf8_lossy(&digest).into_owned()
+}
+
+/// [`chain_hash`] as 64 ASCII hex bytes, without allocating (the writer's per-record path).
+fn chain_digest(prev: &[u8], body: &[u8]) -> [u8; 64] {
     let mut ctx = Context::new(&SHA256);
-    ctx.update(prev.as_bytes());
-    ctx.update(body.as_bytes());
-    hex::encode(ctx.finish().as_ref())
+    ctx.update(prev);
+    ctx.update(body);
+    let mut hex = [0u8; 64];
+    // A SHA-256 digest is 32 bytes: exactly 64 hex digits, so this cannot fail.
+    let _ = hex::encode_to_slice(ctx.finish().as_ref(), &mut hex);
+    hex
 }
 
 /// Keeps the path and the query *keys*, drops query values and fragments:
