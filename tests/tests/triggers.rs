@@ -38,6 +38,27 @@ async fn slack_brain(fake: &FakeSlack) -> BrainProcess {
     .await
 }
 
+/// A brain with the production launcher (the agent loop) and a scripted model, wired to the
+/// fake Slack.
+async fn agent_loop_slack_brain(fake: &FakeSlack, script: &Path) -> BrainProcess {
+    BrainProcess::start(BrainOptions {
+        extra_yaml: format!(
+            "models:\n  model_list:\n    - model_name: scripted\n      litellm_params:\n        \
+             model: scripted/{}\n\
+             triggers:\n  reply_retry_base_ms: 100\n  reply_retry_max_ms: 1000\n  \
+             slack:\n    api_base_url: {}\n    bot_user_id: UBOT\n",
+            script.display(),
+            fake.base_url
+        ),
+        env: vec![
+            ("SLACK_SIGNING_SECRET".into(), SIGNING_SECRET.into()),
+            ("SLACK_BOT_TOKEN".into(), BOT_TOKEN.into()),
+        ],
+        ..Default::default()
+    })
+    .await
+}
+
 /// Posts a signed Events API request (`secret`, `timestamp` as given).
 async fn send_slack(
     brain: &BrainProcess,
@@ -657,22 +678,7 @@ async fn slack_mention_through_the_agent_loop_answers_in_the_thread() {
         .to_string(),
     )
     .expect("script");
-    let brain = BrainProcess::start(BrainOptions {
-        extra_yaml: format!(
-            "models:\n  model_list:\n    - model_name: scripted\n      litellm_params:\n        \
-             model: scripted/{}\n\
-             triggers:\n  reply_retry_base_ms: 100\n  reply_retry_max_ms: 1000\n  \
-             slack:\n    api_base_url: {}\n    bot_user_id: UBOT\n",
-            script.display(),
-            fake.base_url
-        ),
-        env: vec![
-            ("SLACK_SIGNING_SECRET".into(), SIGNING_SECRET.into()),
-            ("SLACK_BOT_TOKEN".into(), BOT_TOKEN.into()),
-        ],
-        ..Default::default()
-    })
-    .await;
+    let brain = agent_loop_slack_brain(&fake, &script).await;
 
     let ts = "1700000100.000100";
     let (status, _) = send_slack(
@@ -757,22 +763,7 @@ async fn slack_reply_survives_a_brain_killed_while_the_session_runs() {
         .to_string(),
     )
     .expect("script");
-    let mut brain = BrainProcess::start(BrainOptions {
-        extra_yaml: format!(
-            "models:\n  model_list:\n    - model_name: scripted\n      litellm_params:\n        \
-             model: scripted/{}\n\
-             triggers:\n  reply_retry_base_ms: 100\n  reply_retry_max_ms: 1000\n  \
-             slack:\n    api_base_url: {}\n    bot_user_id: UBOT\n",
-            script.display(),
-            fake.base_url
-        ),
-        env: vec![
-            ("SLACK_SIGNING_SECRET".into(), SIGNING_SECRET.into()),
-            ("SLACK_BOT_TOKEN".into(), BOT_TOKEN.into()),
-        ],
-        ..Default::default()
-    })
-    .await;
+    let mut brain = agent_loop_slack_brain(&fake, &script).await;
 
     let ts = "1700000300.000100";
     let (status, _) = send_slack(

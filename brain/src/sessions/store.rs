@@ -155,10 +155,17 @@ pub struct ListFilter {
     pub limit: i64,
 }
 
-const SELECT_SESSION: &str = "SELECT id, status, task, model, agent, backend, credentials, max_steps, \
-     max_cost_usd, origin, result, error, steps, input_tokens, output_tokens, cost_usd, \
-     last_sandbox_id, pending_messages, cancel_requested, claim_owner, lease_expires_at, \
-     deadline_at, created_at, updated_at FROM sessions";
+/// The columns `read_session!` reads, for SELECT and RETURNING alike.
+macro_rules! session_columns {
+    () => {
+        "id, status, task, model, agent, backend, credentials, max_steps, \
+         max_cost_usd, origin, result, error, steps, input_tokens, output_tokens, cost_usd, \
+         last_sandbox_id, pending_messages, cancel_requested, claim_owner, lease_expires_at, \
+         deadline_at, created_at, updated_at"
+    };
+}
+
+const SELECT_SESSION: &str = concat!("SELECT ", session_columns!(), " FROM sessions");
 
 macro_rules! read_session {
     ($row:expr) => {{
@@ -278,16 +285,14 @@ impl Store {
         // RETURNING, not a second SELECT: the row as this insert created it (`queued`). A
         // replica may claim it the moment it commits, and the caller's answer must not
         // depend on that race.
-        let sql = format!(
+        const SQL: &str = concat!(
             "INSERT INTO sessions (id, status, task, model, agent, backend, credentials, \
              max_steps, max_cost_usd, origin, deadline_at, created_at, updated_at) \
-             VALUES ($1, 'queued', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11) RETURNING {}",
-            SELECT_SESSION
-                .trim_start_matches("SELECT ")
-                .trim_end_matches(" FROM sessions")
+             VALUES ($1, 'queued', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11) RETURNING ",
+            session_columns!()
         );
         let raw = on_pool!(self.db(), |pool| {
-            let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            let row = sqlx::query(SQL)
                 .bind(&new.id)
                 .bind(&new.task)
                 .bind(&new.model)

@@ -141,22 +141,30 @@ pub async fn thread_session(
     }))
 }
 
-/// Puts a reply in the outbox, due now. Returns its id.
-pub async fn enqueue_reply(store: &Store, payload: &ReplyPayload) -> Result<String, StoreError> {
+/// Inserts one outbox row; binds: id, source, payload JSON, now. Shared by
+/// [`enqueue_reply`] and the transaction in `waits::finish`.
+pub(crate) const INSERT_REPLY: &str = "INSERT INTO trigger_replies (id, source, payload, attempts, next_attempt_at, created_at) \
+     VALUES ($1, $2, $3, 0, $4, $4)";
+
+/// A fresh reply id and the payload's stored JSON, for [`INSERT_REPLY`].
+pub(crate) fn reply_row(payload: &ReplyPayload) -> Result<(String, String), StoreError> {
     let id = format!("rp-{}", uuid::Uuid::new_v4().simple());
     let json = serde_json::to_string(payload).map_err(|e| corrupt(e.to_string()))?;
+    Ok((id, json))
+}
+
+/// Puts a reply in the outbox, due now. Returns its id.
+pub async fn enqueue_reply(store: &Store, payload: &ReplyPayload) -> Result<String, StoreError> {
+    let (id, json) = reply_row(payload)?;
     let now = now_ms();
     on_pool!(store.db(), |pool| {
-        sqlx::query(
-            "INSERT INTO trigger_replies (id, source, payload, attempts, next_attempt_at, created_at) \
-             VALUES ($1, $2, $3, 0, $4, $4)",
-        )
-        .bind(&id)
-        .bind(payload.source().as_str())
-        .bind(&json)
-        .bind(now)
-        .execute(pool)
-        .await?;
+        sqlx::query(INSERT_REPLY)
+            .bind(&id)
+            .bind(payload.source().as_str())
+            .bind(&json)
+            .bind(now)
+            .execute(pool)
+            .await?;
     });
     Ok(id)
 }

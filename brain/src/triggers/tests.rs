@@ -282,7 +282,7 @@ async fn owed_replies_are_taken_over_after_the_lease_and_queued_once() {
                 .unwrap()
                 .is_empty()
         );
-        assert_eq!(waits::release(&s, "brain-a").await.unwrap(), 1);
+        assert_eq!(waits::release(&s, Some("brain-a")).await.unwrap(), 1);
         assert_eq!(
             waits::claim_expired(&s, "brain-b", now, now + 30_000, 10)
                 .await

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use tokio::sync::watch;
 
-use super::store::{ReplyPayload, Source, now_ms};
+use super::store::{self, ReplyPayload, Source, now_ms};
 use super::{LaunchError, TaskOutcome, Triggers, github, slack};
 use crate::state::AppState;
 use crate::store::{Store, StoreError, on_pool};
@@ -61,6 +61,7 @@ fn corrupt(message: impl Into<String>) -> StoreError {
     }
 }
 
+/// The wait lease: the sessions lease, in milliseconds.
 fn lease_ms(state: &AppState) -> i64 {
     i64::try_from(state.config.sessions.lease_seconds.saturating_mul(1000)).unwrap_or(i64::MAX)
 }
@@ -113,8 +114,7 @@ pub async fn finish(
     wait_id: &str,
     payload: &ReplyPayload,
 ) -> Result<bool, StoreError> {
-    let reply_id = format!("rp-{}", uuid::Uuid::new_v4().simple());
-    let json = serde_json::to_string(payload).map_err(|e| corrupt(e.to_string()))?;
+    let (reply_id, json) = store::reply_row(payload)?;
     let now = now_ms();
     Ok(on_pool!(store.db(), |pool| {
         let mut tx = pool.begin().await?;
@@ -126,16 +126,13 @@ pub async fn finish(
             .rows_affected()
             == 1;
         if owned {
-            sqlx::query(
-                "INSERT INTO trigger_replies (id, source, payload, attempts, next_attempt_at, created_at) \
-                 VALUES ($1, $2, $3, 0, $4, $4)",
-            )
-            .bind(&reply_id)
-            .bind(payload.source().as_str())
-            .bind(&json)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+            sqlx::query(store::INSERT_REPLY)
+                .bind(&reply_id)
+                .bind(payload.source().as_str())
+                .bind(&json)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         owned
@@ -154,24 +151,17 @@ pub async fn renew(store: &Store, owner: &str, until: i64) -> Result<u64, StoreE
     }))
 }
 
-/// Lets any brain take this brain's waits over now (clean shutdown).
-pub async fn release(store: &Store, owner: &str) -> Result<u64, StoreError> {
+/// Makes waits claimable now: `owner`'s on a clean stop, or all of them (`None`) when a
+/// brain starts on SQLite, where no other brain can be alive.
+pub async fn release(store: &Store, owner: Option<&str>) -> Result<u64, StoreError> {
     Ok(on_pool!(store.db(), |pool| {
-        sqlx::query("UPDATE trigger_waits SET lease_expires_at = 0 WHERE owner = $1")
-            .bind(owner)
-            .execute(pool)
-            .await?
-            .rows_affected()
-    }))
-}
-
-/// Makes every wait claimable now (SQLite start: no other brain can be alive).
-pub async fn release_all(store: &Store) -> Result<u64, StoreError> {
-    Ok(on_pool!(store.db(), |pool| {
-        sqlx::query("UPDATE trigger_waits SET lease_expires_at = 0")
-            .execute(pool)
-            .await?
-            .rows_affected()
+        sqlx::query(
+            "UPDATE trigger_waits SET lease_expires_at = 0 WHERE ($1 IS NULL OR owner = $1)",
+        )
+        .bind(owner)
+        .execute(pool)
+        .await?
+        .rows_affected()
     }))
 }
 
@@ -286,14 +276,14 @@ pub async fn begin_and_complete(
 
 /// Renews this brain's wait leases and takes over expired ones until `stop`.
 pub async fn run(state: AppState, triggers: Arc<Triggers>, mut stop: watch::Receiver<bool>) {
-    let lease = Duration::from_millis(u64::try_from(lease_ms(&state)).unwrap_or(30_000));
+    let lease = Duration::from_secs(state.config.sessions.lease_seconds);
     let mut tick = tokio::time::interval((lease / 3).max(Duration::from_millis(200)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let owner = state.sessions.instance().to_string();
     if state.store.engine() == "sqlite" {
         // One brain per SQLite file: every wait in it belongs to a dead process; take them
         // over now rather than after their leases (the sessions dispatcher does the same).
-        match release_all(&state.store).await {
+        match release(&state.store, None).await {
             Ok(n) if n > 0 => {
                 tracing::info!(waits = n, "finishing trigger replies of the previous run")
             }
@@ -308,7 +298,7 @@ pub async fn run(state: AppState, triggers: Arc<Triggers>, mut stop: watch::Rece
         };
         if stopping {
             // A clean stop hands our waits to the next brain at once, as sessions do.
-            match release(&state.store, &owner).await {
+            match release(&state.store, Some(&owner)).await {
                 Ok(n) if n > 0 => tracing::info!(waits = n, "released owed trigger replies"),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "releasing trigger waits failed"),
