@@ -66,15 +66,24 @@ pub struct SandboxInfo {
 struct Sandbox {
     info: SandboxInfo,
     token: String,
+    envd_version: String,
     started_at: chrono::DateTime<chrono::Utc>,
     end_at: chrono::DateTime<chrono::Utc>,
     /// Process groups of running commands (killed with the sandbox).
     groups: Vec<i32>,
 }
 
-#[derive(Default)]
 struct Inner {
     sandboxes: BTreeMap<String, Sandbox>,
+    /// The team's longest sandbox lifetime (`team.Limits.MaxLengthHours`): 1 h on the base
+    /// tier, 24 h on Pro (infra `packages/api/internal/handlers/timeout_helper.go`
+    /// `getTeamPlanLimit`); a longer `timeout` is refused with 400.
+    max_timeout_s: i64,
+    /// `envdVersion` of new sandboxes (gates the upload form and the user header).
+    envd_version: String,
+    /// Per envd request: whether it carried `Authorization: Basic` (tests assert the client
+    /// follows the SDK and omits it for envd >= 0.4.0).
+    basic_auth_seen: Vec<bool>,
     failures: HashMap<Route, VecDeque<(u16, Option<u64>)>>,
     create_delay: Duration,
     /// Creates that build the sandbox and then answer this status anyway (a lost response).
@@ -84,6 +93,24 @@ struct Inner {
     expired: Vec<String>,
     /// Counted per call: (route, status).
     calls: Vec<(Route, u16)>,
+}
+
+impl Default for Inner {
+    fn default() -> Self {
+        Self {
+            sandboxes: BTreeMap::new(),
+            max_timeout_s: 3600,
+            envd_version: "0.6.4".into(),
+            basic_auth_seen: Vec::new(),
+            failures: HashMap::new(),
+            create_delay: Duration::ZERO,
+            lost_creates: VecDeque::new(),
+            creates: 0,
+            killed: Vec::new(),
+            expired: Vec::new(),
+            calls: Vec::new(),
+        }
+    }
 }
 
 struct Shared {
@@ -171,6 +198,21 @@ impl FakeE2b {
         for _ in 0..times {
             inner.lost_creates.push_back(status);
         }
+    }
+
+    /// The team's lifetime cap in seconds (default 3600, the base tier).
+    pub fn set_max_timeout(&self, secs: i64) {
+        self.shared.lock().max_timeout_s = secs;
+    }
+
+    /// The `envdVersion` of sandboxes created from now on (default `0.6.4`).
+    pub fn set_envd_version(&self, version: &str) {
+        self.shared.lock().envd_version = version.into();
+    }
+
+    /// Per envd request so far: whether it carried a Basic user header.
+    pub fn basic_auth_seen(&self) -> Vec<bool> {
+        self.shared.lock().basic_auth_seen.clone()
     }
 
     /// How long `POST /sandboxes` takes before the sandbox exists and the 201 is sent.
@@ -379,16 +421,26 @@ fn parse_json(body: &Bytes) -> Result<Value, Response> {
     })
 }
 
-fn timeout_field(body: &Value) -> Result<i64, Response> {
-    match body.get("timeout") {
-        None => Ok(15),
+fn timeout_field(body: &Value, max_s: i64) -> Result<i64, Response> {
+    let t = match body.get("timeout") {
+        None => 15,
         Some(v) => v.as_i64().filter(|t| *t >= 0 && *t <= i32::MAX as i64).ok_or_else(|| {
             error(
                 StatusCode::BAD_REQUEST,
                 "request body has an error: doesn't match schema: property \"timeout\": number must be an int32 >= 0",
             )
-        }),
+        })?,
+    };
+    // The plan cap (`timeout_helper.go` getTeamPlanLimit = MaxLengthHours); the API answers
+    // 400 "Timeout cannot be greater than N hours" (wording as E2B answers it, quoted in
+    // issue 11 and by SDK users; not found in the stored infra snapshot).
+    if t > max_s {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("Timeout cannot be greater than {} hours", max_s / 3600),
+        ));
     }
+    Ok(t)
 }
 
 fn sandbox_json(sb: &Sandbox) -> Value {
@@ -397,7 +449,7 @@ fn sandbox_json(sb: &Sandbox) -> Value {
         "sandboxID": sb.info.id,
         "alias": sb.info.template_id,
         "clientID": "6532622b",
-        "envdVersion": "0.6.4",
+        "envdVersion": sb.envd_version,
         "envdAccessToken": sb.token,
         "trafficAccessToken": null,
         "domain": null,
@@ -416,7 +468,7 @@ fn listed_json(sb: &Sandbox) -> Value {
         "memoryMB": 512,
         "diskSizeMB": 1024,
         "state": "running",
-        "envdVersion": "0.6.4",
+        "envdVersion": sb.envd_version,
         "metadata": sb.info.metadata,
     })
 }
@@ -459,7 +511,8 @@ async fn create(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byt
             format!("template '{template}' not found"),
         );
     }
-    let timeout = match timeout_field(&body) {
+    let max_s = shared.lock().max_timeout_s;
+    let timeout = match timeout_field(&body, max_s) {
         Ok(t) => t,
         Err(r) => return r,
     };
@@ -520,6 +573,7 @@ async fn create(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byt
                 root,
             },
             token: hex(32),
+            envd_version: shared2.lock().envd_version.clone(),
             started_at: now,
             end_at: now + chrono::Duration::seconds(timeout),
             groups: Vec::new(),
@@ -699,7 +753,8 @@ async fn set_timeout(
     if let Err(r) = check_fields(&body, &["timeout"], &["timeout"]) {
         return r;
     }
-    let timeout = match timeout_field(&body) {
+    let max_s = shared.lock().max_timeout_s;
+    let timeout = match timeout_field(&body, max_s) {
         Ok(t) => t,
         Err(r) => return r,
     };
@@ -728,7 +783,8 @@ async fn connect(
     if let Err(r) = check_fields(&body, &["timeout"], &["timeout"]) {
         return r;
     }
-    let timeout = match timeout_field(&body) {
+    let max_s = shared.lock().max_timeout_s;
+    let timeout = match timeout_field(&body, max_s) {
         Ok(t) => t,
         Err(r) => return r,
     };
@@ -808,11 +864,29 @@ fn connect_error(status: StatusCode, code: &str, message: impl Into<String>) -> 
         .into_response()
 }
 
+/// What an envd handler needs of its sandbox.
+struct EnvdTarget {
+    id: String,
+    root: PathBuf,
+    env: BTreeMap<String, String>,
+    /// `(major, minor, patch)` of the sandbox's envd.
+    version: (u64, u64, u64),
+}
+
+/// `"0.5.7"` → `(0, 5, 7)`; pre-release/build suffixes ignored.
+pub fn parse_version(v: &str) -> (u64, u64, u64) {
+    let core = v.trim().trim_start_matches('v');
+    let core = core.split(['-', '+']).next().unwrap_or("");
+    let mut parts = core.split('.').map(|p| p.parse::<u64>().unwrap_or(0));
+    (
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+    )
+}
+
 /// The sandbox a request is for: by `E2b-Sandbox-Id`, with its access token checked.
-fn envd_sandbox(
-    shared: &Shared,
-    headers: &HeaderMap,
-) -> Result<(String, PathBuf, BTreeMap<String, String>), Response> {
+fn envd_sandbox(shared: &Shared, headers: &HeaderMap) -> Result<EnvdTarget, Response> {
     let id = headers
         .get("E2b-Sandbox-Id")
         .and_then(|v| v.to_str().ok())
@@ -826,13 +900,28 @@ fn envd_sandbox(
             "The sandbox is running but port is not open",
         ));
     }
-    let inner = shared.lock();
-    let sb = inner.sandboxes.get(id).ok_or_else(|| {
-        envd_error(
-            StatusCode::NOT_FOUND,
-            format!("The sandbox {id} was not found"),
+    let mut inner = shared.lock();
+    let basic = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+        .map(|raw| String::from_utf8_lossy(&raw).into_owned());
+    inner.basic_auth_seen.push(basic.is_some());
+    // The edge's answer for an id it cannot route (killed, expired, never existed): JSON
+    // `{sandboxId, message, code}` with status 502, as E2B's edge serves it (the template's
+    // vars carry the status: infra@131b8014:packages/shared/pkg/proxy/template/template.go;
+    // message from packages/shared/pkg/proxy/template/sandbox_not_found.go; the live edge
+    // answers 502 — the JS SDK maps that body to NotFoundError).
+    let Some(sb) = inner.sandboxes.get(id) else {
+        return Err((
+            StatusCode::BAD_GATEWAY,
+            axum::Json(
+                json!({"sandboxId": id, "message": "The sandbox was not found", "code": 502}),
+            ),
         )
-    })?;
+            .into_response());
+    };
     let token = headers.get("X-Access-Token").and_then(|v| v.to_str().ok());
     if sb.info.secure && token != Some(sb.token.as_str()) {
         return Err(envd_error(
@@ -840,11 +929,24 @@ fn envd_sandbox(
             "unauthorized access, please provide a valid access token or method signing if supported",
         ));
     }
-    Ok((
-        id.to_string(),
-        sb.info.root.clone(),
-        sb.info.env_vars.clone(),
-    ))
+    let version = parse_version(&sb.envd_version);
+    let user = basic.map(|u| u.trim_end_matches(':').to_string());
+    // envd < 0.4.0 has no default user: every call must name one (js-sdk
+    // e2b-dev/E2B@b8029973:packages/js-sdk/src/envd/versions.ts ENVD_DEFAULT_USER = 0.4.0;
+    // wording of the refusal unverified).
+    if version < (0, 4, 0) && user.is_none() {
+        return Err(connect_error(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "no user specified",
+        ));
+    }
+    Ok(EnvdTarget {
+        id: id.to_string(),
+        root: sb.info.root.clone(),
+        env: sb.info.env_vars.clone(),
+        version,
+    })
 }
 
 fn envelope(flags: u8, payload: &[u8]) -> Bytes {
@@ -865,7 +967,7 @@ async fn start_process(
     body: Bytes,
 ) -> Response {
     let (id, root, sandbox_env) = match envd_sandbox(&shared, &headers) {
-        Ok(x) => x,
+        Ok(t) => (t.id, t.root, t.env),
         Err(r) => return r,
     };
     let ct = headers
@@ -926,13 +1028,20 @@ async fn start_process(
         None => home.clone(),
     };
     if !cwd.is_dir() {
-        return connect_error(
-            StatusCode::BAD_REQUEST,
+        // envd rejects the cwd before any event (handler.New: CodeInvalidArgument "cwd '%s'
+        // does not exist", infra@0000635f:packages/envd/internal/services/process/handler/
+        // handler.go), but the stream has already begun: connect-go answers HTTP 200 and
+        // carries the error in the end-of-stream message (connectrpc/connect-go
+        // protocol_connect.go, connectStreamingHandlerConn: errors of a streaming handler go
+        // into the EndStreamMessage, never into the status line).
+        let resolved = match process["cwd"].as_str() {
+            Some(c) if c.starts_with('/') => c.to_string(),
+            Some(c) => format!("/home/user/{c}"),
+            None => "/home/user".into(),
+        };
+        return end_stream_error(
             "invalid_argument",
-            format!(
-                "cwd '{}' does not exist",
-                process["cwd"].as_str().unwrap_or("")
-            ),
+            &format!("cwd '{resolved}' does not exist"),
         );
     }
     let timeout = headers
@@ -969,10 +1078,10 @@ async fn start_process(
     let mut child = match command.spawn() {
         Ok(c) => c,
         Err(e) => {
-            return connect_error(
-                StatusCode::BAD_REQUEST,
+            // start.go: `proc.Start()` failing → CodeInvalidArgument, in the end-of-stream.
+            return end_stream_error(
                 "invalid_argument",
-                format!("error starting process: {e}"),
+                &format!("error starting process '{cmd}': {e}"),
             );
         }
     };
@@ -1046,6 +1155,20 @@ async fn start_process(
         .expect("response")
 }
 
+/// A Connect server stream that failed before its first message: HTTP 200, one
+/// end-of-stream envelope (flag 0x02) carrying `{"error": {code, message}}`.
+fn end_stream_error(code: &str, message: &str) -> Response {
+    let trailer = json!({"error": {"code": code, "message": message}});
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/connect+json")
+        .body(Body::from(envelope(
+            0x02,
+            &serde_json::to_vec(&trailer).expect("json"),
+        )))
+        .expect("response")
+}
+
 pub(crate) fn signal_name(sig: i32) -> &'static str {
     match sig {
         1 => "hangup",
@@ -1061,8 +1184,8 @@ async fn read_file(
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let (_, root, _) = match envd_sandbox(&shared, &headers) {
-        Ok(x) => x,
+    let root = match envd_sandbox(&shared, &headers) {
+        Ok(t) => t.root,
         Err(r) => return r,
     };
     let Some(path) = q.get("path") else {
@@ -1090,10 +1213,11 @@ async fn write_file(
     Query(q): Query<HashMap<String, String>>,
     body: Bytes,
 ) -> Response {
-    let (_, root, _) = match envd_sandbox(&shared, &headers) {
-        Ok(x) => x,
+    let target = match envd_sandbox(&shared, &headers) {
+        Ok(t) => t,
         Err(r) => return r,
     };
+    let root = target.root;
     let Some(path) = q.get("path") else {
         return envd_error(
             StatusCode::BAD_REQUEST,
@@ -1104,13 +1228,27 @@ async fn write_file(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    if ct != "application/octet-stream" {
-        // The real envd also takes multipart/form-data; this fake only the raw form.
+    // envd takes multipart/form-data (field `file`) always, and a raw octet-stream body only
+    // from 0.5.7 on (js-sdk envd/versions.ts ENVD_OCTET_STREAM_UPLOAD = 0.5.7); older envd
+    // parses every upload as multipart and fails on anything else.
+    let body = if ct == "application/octet-stream" && target.version >= (0, 5, 7) {
+        body
+    } else if ct.starts_with("multipart/form-data") {
+        match multipart_file(ct, &body) {
+            Some(data) => data,
+            None => {
+                return envd_error(
+                    StatusCode::BAD_REQUEST,
+                    "error parsing multipart form: no part named \"file\"",
+                );
+            }
+        }
+    } else {
         return envd_error(
             StatusCode::BAD_REQUEST,
-            format!("fake envd: unsupported content type {ct:?}"),
+            "error parsing multipart form: request Content-Type isn't multipart/form-data",
         );
-    }
+    };
     let real = map_path(&root, path);
     if real.is_dir() {
         return envd_error(
@@ -1135,8 +1273,8 @@ async fn write_file(
 }
 
 async fn list_dir(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
-    let (_, root, _) = match envd_sandbox(&shared, &headers) {
-        Ok(x) => x,
+    let root = match envd_sandbox(&shared, &headers) {
+        Ok(t) => t.root,
         Err(r) => return r,
     };
     let req: Value = match serde_json::from_slice(&body) {
@@ -1151,13 +1289,36 @@ async fn list_dir(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: B
         );
     };
     let real = map_path(&root, path);
+    // ListDir: followSymlink → NotFound "path not found: <err>", checkIfDirectory → NotFound
+    // "directory not found: <err>" / InvalidArgument "path is not a directory: <p>"
+    // (infra@05634ddb:packages/envd/internal/services/filesystem/dir.go). A unary Connect
+    // error: HTTP 404 / 400 with `{code, message}`.
+    let shown = if path.starts_with('/') {
+        path.to_string()
+    } else {
+        format!("/home/user/{path}")
+    };
+    if !real.exists() {
+        return connect_error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("path not found: lstat {shown}: no such file or directory"),
+        );
+    }
+    if !real.is_dir() {
+        return connect_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+            format!("path is not a directory: {shown}"),
+        );
+    }
     let rd = match std::fs::read_dir(&real) {
         Ok(rd) => rd,
-        Err(_) => {
+        Err(e) => {
             return connect_error(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("directory '{path}' does not exist"),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("error reading directory {shown}: {e}"),
             );
         }
     };
@@ -1179,4 +1340,37 @@ async fn list_dir(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: B
         }));
     }
     axum::Json(json!({"entries": entries})).into_response()
+}
+
+/// The `file` part of a `multipart/form-data` body (enough of RFC 7578 for one file part).
+pub(crate) fn multipart_file(content_type: &str, body: &[u8]) -> Option<Bytes> {
+    let boundary = content_type
+        .split(';')
+        .map(str::trim)
+        .find_map(|p| p.strip_prefix("boundary="))?
+        .trim_matches('"');
+    let delim = format!("--{boundary}");
+    let text = body;
+    let mut parts = Vec::new();
+    let mut at = 0;
+    while let Some(pos) = find(&text[at..], delim.as_bytes()) {
+        parts.push(at + pos);
+        at += pos + delim.len();
+    }
+    for w in parts.windows(2) {
+        let part = &text[w[0] + delim.len()..w[1]];
+        let part = part.strip_prefix(b"\r\n")?;
+        let split = find(part, b"\r\n\r\n")?;
+        let head = String::from_utf8_lossy(&part[..split]).to_ascii_lowercase();
+        if head.contains("name=\"file\"") {
+            let data = &part[split + 4..];
+            let data = data.strip_suffix(b"\r\n").unwrap_or(data);
+            return Some(Bytes::copy_from_slice(data));
+        }
+    }
+    None
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
 }

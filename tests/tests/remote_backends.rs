@@ -330,6 +330,110 @@ async fn e2b_exec_timeout_output_cap_and_expiry() {
     assert!(!backend.is_alive(&h).await);
 }
 
+/// Issue 11 item 1: E2B refuses a `timeout` over the team's cap (1 h on the base tier); the
+/// brain clamps TTL + grace to `max_timeout_seconds`, on create and on `/connect`.
+#[tokio::test]
+async fn e2b_lifetime_is_clamped_to_the_teams_cap_on_create_and_connect() {
+    let fake = FakeE2b::start().await;
+    let backend = e2b(&fake);
+    // Default TTL (3600) + grace (300) is over the base tier's hour.
+    let h = backend.provision(&spec("sb-cap", 3600)).await.unwrap();
+    assert_eq!(fake.sandboxes()[0].timeout_s, 3600);
+    backend.destroy(&h).await.unwrap();
+    // A lost create is taken over through /connect, with the same clamp.
+    fake.lose_next_creates(502, 1);
+    let h = backend.provision(&spec("sb-cap2", 3600)).await.unwrap();
+    assert!(!h.backend_ref.is_empty());
+    assert_eq!(fake.creates(), 2, "taken over, not created twice");
+    // A Pro team may ask for more.
+    fake.set_max_timeout(24 * 3600);
+    let pro = E2bBackend::with_key(
+        E2bConfig {
+            max_timeout_seconds: 24 * 3600,
+            ..e2b_config(&fake)
+        },
+        fake.api_key.clone(),
+    )
+    .unwrap();
+    pro.provision(&spec("sb-pro", 3600)).await.unwrap();
+    let sb = fake
+        .sandboxes()
+        .into_iter()
+        .find(|s| s.metadata["airlock.sandbox"] == "sb-pro")
+        .unwrap();
+    assert_eq!(sb.timeout_s, 3900);
+}
+
+/// Issue 11 items 2-4: the edge's 502 "sandbox was not found" is `sandbox_lost`; a bad cwd
+/// (an end-of-stream error inside HTTP 200) is the caller's mistake; ListDir's "path not
+/// found" is a missing path, not a lost sandbox.
+#[tokio::test]
+async fn e2b_errors_are_classified_as_the_real_envd_and_edge_send_them() {
+    let fake = FakeE2b::start().await;
+    let backend = e2b(&fake);
+    let h = backend.provision(&spec("sb-err", 60)).await.unwrap();
+    let mut req = cmd("pwd");
+    req.cwd = Some("/no/such/dir".into());
+    let err = backend.exec(&h, req).await.unwrap_err();
+    assert!(matches!(err, BackendError::Invalid(_)), "{err:?}");
+    assert!(err.to_string().contains("does not exist"), "{err}");
+    let err = backend.list_files(&h, "/no/such/dir").await.unwrap_err();
+    assert!(
+        matches!(&err, BackendError::Agent { status: 404, .. }),
+        "{err:?}"
+    );
+    let err = backend.read_file(&h, "/no/such/file").await.unwrap_err();
+    assert!(
+        matches!(&err, BackendError::Agent { status: 404, .. }),
+        "{err:?}"
+    );
+    backend.destroy(&h).await.unwrap();
+    for err in [
+        backend.exec(&h, cmd("true")).await.unwrap_err(),
+        backend.read_file(&h, "/etc/hostname").await.unwrap_err(),
+        backend.list_files(&h, "/").await.unwrap_err(),
+        backend
+            .write_file(&h, "/tmp/x", Bytes::from_static(b"x"))
+            .await
+            .unwrap_err(),
+    ] {
+        assert!(matches!(err, BackendError::NotFound(_)), "{err:?}");
+    }
+}
+
+/// Issue 11 item 5: raw uploads only for envd >= 0.5.7 (multipart before), the Basic user
+/// header only for envd < 0.4.0 (the SDK omits it from 0.4.0 on).
+#[tokio::test]
+async fn e2b_follows_the_envd_version_gates() {
+    let fake = FakeE2b::start().await;
+    let backend = e2b(&fake);
+    for (version, header) in [("0.3.9", true), ("0.5.6", false), ("0.6.4", false)] {
+        fake.set_envd_version(version);
+        let before = fake.basic_auth_seen().len();
+        let id = format!("sb-v{}", version.replace('.', ""));
+        let h = backend.provision(&spec(&id, 60)).await.unwrap();
+        let sb = fake
+            .sandboxes()
+            .into_iter()
+            .find(|s| s.id == h.backend_ref)
+            .unwrap();
+        assert_eq!(
+            fake.file(&sb.id, "/etc/airlock/ca.pem").as_deref(),
+            Some(CA.as_bytes()),
+            "envd {version}: CA uploaded"
+        );
+        let r = backend.exec(&h, cmd("echo ok")).await.unwrap();
+        assert_eq!(r.stdout, "ok\n", "envd {version}");
+        let seen = fake.basic_auth_seen()[before..].to_vec();
+        assert!(!seen.is_empty());
+        assert!(
+            seen.iter().all(|s| *s == header),
+            "envd {version}: Basic header sent {seen:?}"
+        );
+        backend.destroy(&h).await.unwrap();
+    }
+}
+
 #[tokio::test]
 async fn e2b_failed_provision_leaves_nothing_and_credentials_need_a_reachable_proxy() {
     let fake = FakeE2b::start().await;

@@ -456,7 +456,9 @@ impl DaytonaBackend {
     }
 
     async fn toolbox_error(resp: reqwest::Response) -> BackendError {
-        sandbox_api_error(PROVIDER, provider_error(resp).await)
+        let e = provider_error(resp).await;
+        let gone = e.status == 404 && e.message.to_ascii_lowercase().contains("sandbox");
+        sandbox_api_error(PROVIDER, e, gone)
     }
 
     fn unreachable(e: reqwest::Error) -> BackendError {

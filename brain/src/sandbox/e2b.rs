@@ -38,8 +38,8 @@ use reqwest::StatusCode;
 use serde::{Deserialize, Serialize};
 
 use super::remote::{
-    self, Attempt, Channel, OutputCap, RetryPolicy, control_plane_error, provider_error,
-    sandbox_api_error, transport_error,
+    self, Attempt, Channel, OutputCap, ProviderError, RetryPolicy, control_plane_error,
+    provider_error, sandbox_api_error, transport_error,
 };
 use super::{
     BackendError, BackendKind, ExecStream, LabelledSandbox, OWNER_LABEL, SANDBOX_LABEL,
@@ -53,6 +53,13 @@ pub const ENVD_PORT: u16 = 49983;
 const EXTRA_ENVD_URL: &str = "e2b.envd_url";
 const EXTRA_ACCESS_TOKEN: &str = "e2b.envd_access_token";
 const EXTRA_HEADER_ROUTING: &str = "e2b.header_routing";
+const EXTRA_ENVD_VERSION: &str = "e2b.envd_version";
+/// envd from which a call may omit the user (the template's default user applies), and from
+/// which `/files` takes a raw `application/octet-stream` body (js-sdk
+/// e2b-dev/E2B@b8029973:packages/js-sdk/src/envd/versions.ts `ENVD_DEFAULT_USER`,
+/// `ENVD_OCTET_STREAM_UPLOAD`).
+const ENVD_DEFAULT_USER: (u64, u64, u64) = (0, 4, 0);
+const ENVD_OCTET_STREAM_UPLOAD: (u64, u64, u64) = (0, 5, 7);
 /// Largest envelope accepted from envd (a data event carries at most a pipe buffer or so).
 const MAX_ENVELOPE: usize = 16 * 1024 * 1024;
 /// Extra time past `Connect-Timeout-Ms` before the brain stops waiting for envd's own end.
@@ -75,13 +82,18 @@ pub struct E2bConfig {
     pub envd_url: String,
     /// Domain when the create response carries none.
     pub domain: String,
-    /// Unix user commands and files run as (`Authorization: Basic user:`).
-    pub user: String,
+    /// Unix user commands and files run as (`Authorization: Basic user:`). Unset = the
+    /// template's default user (envd >= 0.4.0, which the SDK then leaves unnamed) or `user`
+    /// for older envd, which needs one named.
+    pub user: Option<String>,
     /// The vault proxy as the E2B cloud reaches it (`host:port`); the only egress allowed.
     pub proxy_url: Option<String>,
     /// Seconds added to the sandbox TTL for E2B's own `timeout` (the brain's reaper destroys
     /// first; E2B's timer is the backstop when the brain is gone).
     pub ttl_grace_seconds: u64,
+    /// The team's longest sandbox lifetime: E2B refuses a `timeout` above it with 400
+    /// (1 h on the base tier, 24 h on Pro). TTL + grace is clamped to it.
+    pub max_timeout_seconds: u64,
     /// Bound on create + envd ready.
     pub ready_timeout_ms: u64,
     /// Read timeout of control-plane calls.
@@ -100,9 +112,10 @@ impl Default for E2bConfig {
             template: "base".into(),
             envd_url: format!("https://{ENVD_PORT}-{{sandbox_id}}.{{domain}}"),
             domain: "e2b.app".into(),
-            user: "user".into(),
+            user: None,
             proxy_url: None,
             ttl_grace_seconds: 300,
+            max_timeout_seconds: 3600,
             ready_timeout_ms: 60_000,
             request_timeout_ms: 30_000,
             max_retries: 3,
@@ -143,6 +156,9 @@ struct Sandbox {
     envd_access_token: Option<String>,
     #[serde(default)]
     domain: Option<String>,
+    /// Required in the schema; absent is treated as the oldest envd.
+    #[serde(default)]
+    envd_version: Option<String>,
 }
 
 /// `ListedSandbox` / `SandboxDetail` (the fields used).
@@ -469,6 +485,13 @@ impl E2bBackend {
             token: handle.extra.get(EXTRA_ACCESS_TOKEN).cloned(),
             file_timeout: Duration::from_millis(self.config.request_timeout_ms),
             header_routing: handle.extra.contains_key(EXTRA_HEADER_ROUTING),
+            version: parse_version(
+                handle
+                    .extra
+                    .get(EXTRA_ENVD_VERSION)
+                    .map(String::as_str)
+                    .unwrap_or(""),
+            ),
             user: self.config.user.clone(),
         })
     }
@@ -509,6 +532,9 @@ impl E2bBackend {
         if header_routing {
             extra.insert(EXTRA_HEADER_ROUTING.into(), "1".into());
         }
+        if let Some(v) = &sb.envd_version {
+            extra.insert(EXTRA_ENVD_VERSION.into(), v.clone());
+        }
         let handle = SandboxHandle {
             id: spec.id.clone(),
             backend: BackendKind::E2b,
@@ -542,10 +568,16 @@ impl SandboxBackend for E2bBackend {
         )
         .await?;
         let template = spec.image.as_deref().unwrap_or(&self.config.template);
-        let timeout = spec
-            .ttl_s
-            .saturating_add(self.config.ttl_grace_seconds)
+        let wanted = spec.ttl_s.saturating_add(self.config.ttl_grace_seconds);
+        let timeout = wanted
+            .min(self.config.max_timeout_seconds)
             .min(i32::MAX as u64) as i32;
+        if wanted > timeout as u64 {
+            // E2B refuses a timeout above the team's cap; the brain's reaper still destroys
+            // at TTL, but E2B's own backstop timer is shorter than TTL + grace.
+            tracing::info!(sandbox = %spec.id, wanted, clamped = timeout,
+                "e2b: lifetime clamped to sandbox.e2b.max_timeout_seconds (the team's cap)");
+        }
         let body = NewSandbox {
             template_id: template,
             timeout,
@@ -698,7 +730,10 @@ struct Envd {
     sandbox_id: String,
     token: Option<String>,
     header_routing: bool,
-    user: String,
+    /// `(major, minor, patch)` of the sandbox's envd (`0.0.0` when unknown).
+    version: (u64, u64, u64),
+    /// The configured user, if any.
+    user: Option<String>,
     /// Bound on one file or health call (exec has its own deadline).
     file_timeout: Duration,
 }
@@ -714,20 +749,44 @@ impl Envd {
                 .header("E2b-Sandbox-Id", &self.sandbox_id)
                 .header("E2b-Sandbox-Port", ENVD_PORT.to_string());
         }
-        let basic = base64::engine::general_purpose::STANDARD.encode(format!("{}:", self.user));
-        r.header(reqwest::header::AUTHORIZATION, format!("Basic {basic}"))
+        match self.user() {
+            Some(user) => {
+                let basic = base64::engine::general_purpose::STANDARD.encode(format!("{user}:"));
+                r.header(reqwest::header::AUTHORIZATION, format!("Basic {basic}"))
+            }
+            None => r,
+        }
+    }
+
+    /// The user to name: the configured one, else `user` for envd < 0.4.0 (which has no
+    /// default), else none (the SDK omits it, envd picks the template's default user).
+    fn user(&self) -> Option<&str> {
+        match &self.user {
+            Some(u) => Some(u),
+            None if self.version < ENVD_DEFAULT_USER => Some("user"),
+            None => None,
+        }
+    }
+
+    /// `?path=` plus `username=` when a user is named.
+    fn file_query<'a>(&'a self, path: &'a str) -> Vec<(&'static str, &'a str)> {
+        let mut q = vec![("path", path)];
+        if let Some(u) = self.user() {
+            q.push(("username", u));
+        }
+        q
     }
 
     async fn read_file(&self, path: &str) -> Result<Bytes, BackendError> {
         let resp = self
             .req(reqwest::Method::GET, "/files")
-            .query(&[("path", path), ("username", self.user.as_str())])
+            .query(&self.file_query(path))
             .timeout(self.file_timeout)
             .send()
             .await
             .map_err(|e| BackendError::AgentUnreachable(format!("{PROVIDER} envd: {e}")))?;
         if !resp.status().is_success() {
-            return Err(sandbox_api_error(PROVIDER, provider_error(resp).await));
+            return Err(envd_error(provider_error(resp).await));
         }
         resp.bytes()
             .await
@@ -735,17 +794,23 @@ impl Envd {
     }
 
     async fn write_file(&self, path: &str, data: Bytes) -> Result<(), BackendError> {
+        // Raw bodies need envd >= 0.5.7; older templates take multipart only.
+        let (content_type, body) = if self.version >= ENVD_OCTET_STREAM_UPLOAD {
+            ("application/octet-stream".to_string(), data)
+        } else {
+            remote::multipart_file("file", path, &data)
+        };
         let resp = self
             .req(reqwest::Method::POST, "/files")
-            .query(&[("path", path), ("username", self.user.as_str())])
-            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .query(&self.file_query(path))
+            .header(reqwest::header::CONTENT_TYPE, content_type)
             .timeout(self.file_timeout)
-            .body(data)
+            .body(body)
             .send()
             .await
             .map_err(|e| BackendError::AgentUnreachable(format!("{PROVIDER} envd: {e}")))?;
         if !resp.status().is_success() {
-            return Err(sandbox_api_error(PROVIDER, provider_error(resp).await));
+            return Err(envd_error(provider_error(resp).await));
         }
         Ok(())
     }
@@ -775,7 +840,7 @@ impl Envd {
             .await
             .map_err(|e| BackendError::AgentUnreachable(format!("{PROVIDER} envd: {e}")))?;
         if !resp.status().is_success() {
-            return Err(sandbox_api_error(PROVIDER, provider_error(resp).await));
+            return Err(envd_error(provider_error(resp).await));
         }
         let body: ListDirResponse = resp
             .json()
@@ -851,7 +916,7 @@ impl Envd {
         }
         .map_err(|e| BackendError::AgentUnreachable(format!("{PROVIDER} envd: {e}")))?;
         if !resp.status().is_success() {
-            return Err(sandbox_api_error(PROVIDER, provider_error(resp).await));
+            return Err(envd_error(provider_error(resp).await));
         }
         let cap = OutputCap::new(req.max_output_bytes.unwrap_or(u64::MAX));
         let state = StreamState {
@@ -1095,11 +1160,7 @@ impl Decoder {
                 ));
                 Ok(())
             }
-            (Some(err), _) => Err(BackendError::Agent {
-                status: 502,
-                code: err.code,
-                message: format!("{PROVIDER} envd: {}", err.message),
-            }),
+            (Some(err), _) => Err(stream_error(err.code, err.message)),
             (None, Some(end)) => {
                 let signal = signal_of(&end.status);
                 let exit_code = (end.exited && signal.is_none()).then_some(end.exit_code);
@@ -1131,6 +1192,58 @@ impl Decoder {
         ));
         out
     }
+}
+
+/// An error in Connect's end-of-stream message. connect-go sends a streaming handler's error
+/// there, inside an HTTP 200, even when the call failed before it started (a bad `cwd` is
+/// `invalid_argument`): the code, not the status line, says whose fault it is.
+fn stream_error(code: String, message: String) -> BackendError {
+    let message = format!("{PROVIDER} envd: {message}");
+    match code.as_str() {
+        "invalid_argument" | "failed_precondition" | "out_of_range" | "already_exists" => {
+            BackendError::Invalid(message)
+        }
+        "not_found" => BackendError::Agent {
+            status: 404,
+            code,
+            message,
+        },
+        "permission_denied" => BackendError::Agent {
+            status: 403,
+            code,
+            message,
+        },
+        "unauthenticated" => BackendError::Unavailable(message),
+        _ => BackendError::Agent {
+            status: 502,
+            code,
+            message,
+        },
+    }
+}
+
+/// An envd (or edge) error answer. The edge answers a sandbox it cannot route — killed,
+/// expired — with `{"sandboxId", "message": "The sandbox was not found", "code": 502}` (404
+/// in later infra; both seen): that is `sandbox_lost`. envd's own 404s (a missing path:
+/// "path not found", "directory not found", "… does not exist") are not.
+fn envd_error(e: ProviderError) -> BackendError {
+    let gone = matches!(e.status, 404 | 502)
+        && (e.code == remote::SANDBOX_NOT_FOUND
+            || (e.message.starts_with("The sandbox") && e.message.contains("not found")));
+    sandbox_api_error(PROVIDER, e, gone)
+}
+
+/// `"0.5.7"` → `(0, 5, 7)`; suffixes ignored; unknown → `(0, 0, 0)` (the oldest, whose
+/// behaviour every envd accepts).
+fn parse_version(v: &str) -> (u64, u64, u64) {
+    let core = v.trim().trim_start_matches('v');
+    let core = core.split(['-', '+']).next().unwrap_or("");
+    let mut parts = core.split('.').map(|p| p.parse::<u64>().unwrap_or(0));
+    (
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+    )
 }
 
 fn protocol(message: String) -> BackendError {

@@ -9,6 +9,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use airlock_wire::{ExecEvent, ExecExit};
+use bytes::Bytes;
 use reqwest::{Response, StatusCode};
 
 use super::{BackendError, SandboxSpec};
@@ -143,8 +144,21 @@ pub(crate) async fn provider_error(resp: Response) -> ProviderError {
     parse_error_body(status, &text)
 }
 
+/// `code` of an answer that carries a `sandboxId` (E2B's edge: the sandbox is not routable).
+pub(crate) const SANDBOX_NOT_FOUND: &str = "sandbox_not_found";
+
 pub(crate) fn parse_error_body(status: StatusCode, text: &str) -> ProviderError {
     let value: serde_json::Value = serde_json::from_str(text).unwrap_or_default();
+    if value["sandboxId"].is_string() {
+        return ProviderError {
+            status: status.as_u16(),
+            code: SANDBOX_NOT_FOUND.into(),
+            message: value["message"]
+                .as_str()
+                .unwrap_or("The sandbox was not found")
+                .to_string(),
+        };
+    }
     let message = match &value["message"] {
         serde_json::Value::String(s) => s.clone(),
         serde_json::Value::Array(items) => items
@@ -202,8 +216,13 @@ pub(crate) fn transport_error(provider: &str, call: &str, e: reqwest::Error) -> 
     BackendError::Unavailable(format!("{provider} {call}: {e}"))
 }
 
-/// Maps an error from the in-sandbox API (envd, toolbox) to a backend error.
-pub(crate) fn sandbox_api_error(provider: &str, e: ProviderError) -> BackendError {
+/// Maps an error from the in-sandbox API (envd, toolbox) to a backend error. `gone` is the
+/// provider's own judgement that the answer means "this sandbox no longer exists" (each
+/// provider words it differently, and a missing *file* is a 404 too).
+pub(crate) fn sandbox_api_error(provider: &str, e: ProviderError, gone: bool) -> BackendError {
+    if gone {
+        return BackendError::NotFound(format!("{provider}: {}", e.message));
+    }
     if matches!(e.status, 401 | 403) {
         // The brain's credentials for the sandbox were refused: a backend fault, not the
         // caller's (passing the status on would tell an authenticated caller "401").
@@ -212,15 +231,37 @@ pub(crate) fn sandbox_api_error(provider: &str, e: ProviderError) -> BackendErro
             e.status, e.message
         ));
     }
-    if e.status == 404 && e.code != "FILE_NOT_FOUND" && !e.message.contains("does not exist") {
-        // The edge answers 404 for a sandbox that no longer exists.
-        return BackendError::NotFound(format!("{provider}: {}", e.message));
-    }
     BackendError::Agent {
         status: e.status,
         code: e.code,
         message: format!("{provider}: {}", e.message),
     }
+}
+
+/// A `multipart/form-data` body with one file part `field` (the form every envd and Daytona
+/// daemon generation accepts); returns the content type (with its boundary) and the body.
+pub(crate) fn multipart_file(field: &str, path: &str, data: &[u8]) -> (String, Bytes) {
+    use std::fmt::Write as _;
+    // 96 random bits: the data cannot be expected to contain it.
+    let mut boundary = String::from("airlock-");
+    for b in rand::random::<[u8; 12]>() {
+        let _ = write!(boundary, "{b:02x}");
+    }
+    let name = path.rsplit('/').next().unwrap_or("file").replace('"', "");
+    let mut body = Vec::with_capacity(data.len() + 256);
+    body.extend_from_slice(
+        format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{name}\"\r\n\
+             Content-Type: application/octet-stream\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    body.extend_from_slice(data);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    (
+        format!("multipart/form-data; boundary={boundary}"),
+        Bytes::from(body),
+    )
 }
 
 /// How a cloud sandbox reaches the vault proxy.
@@ -553,21 +594,42 @@ mod tests {
             message: message.into(),
         };
         assert!(matches!(
-            sandbox_api_error("e2b", e(401, "unauthenticated", "bad token")),
+            sandbox_api_error("e2b", e(401, "unauthenticated", "bad token"), false),
             BackendError::Unavailable(m) if m.contains("bad token")
         ));
         assert!(matches!(
-            sandbox_api_error("e2b", e(404, "not_found", "The sandbox x was not found")),
+            sandbox_api_error(
+                "e2b",
+                e(502, SANDBOX_NOT_FOUND, "The sandbox was not found"),
+                true
+            ),
             BackendError::NotFound(_)
         ));
         assert!(matches!(
-            sandbox_api_error("daytona", e(404, "FILE_NOT_FOUND", "file not found: /a")),
+            sandbox_api_error(
+                "daytona",
+                e(404, "FILE_NOT_FOUND", "file not found: /a"),
+                false
+            ),
             BackendError::Agent { status: 404, .. }
         ));
-        assert!(matches!(
-            sandbox_api_error("e2b", e(400, "invalid_argument", "cwd '/x' does not exist")),
-            BackendError::Agent { status: 400, .. }
-        ));
+        // The edge's body is recognised by its `sandboxId`, whatever its status.
+        let edge = parse_error_body(
+            StatusCode::BAD_GATEWAY,
+            r#"{"sandboxId":"abc","message":"The sandbox was not found","code":502}"#,
+        );
+        assert_eq!(edge.code, SANDBOX_NOT_FOUND);
+    }
+
+    #[test]
+    fn multipart_bodies_carry_one_file_part() {
+        let (ct, body) = multipart_file("file", "/etc/airlock/ca.pem", b"PEM\r\n--x");
+        let boundary = ct.strip_prefix("multipart/form-data; boundary=").unwrap();
+        let text = String::from_utf8_lossy(&body);
+        assert!(text.starts_with(&format!("--{boundary}\r\n")));
+        assert!(text.contains("name=\"file\"; filename=\"ca.pem\""));
+        assert!(text.contains("\r\n\r\nPEM\r\n--x\r\n"));
+        assert!(text.ends_with(&format!("--{boundary}--\r\n")));
     }
 
     #[test]
