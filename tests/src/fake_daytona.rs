@@ -49,6 +49,7 @@ pub enum Route {
 #[derive(Debug, Clone)]
 pub struct SandboxInfo {
     pub id: String,
+    pub name: String,
     pub request: Value,
     pub labels: BTreeMap<String, String>,
     pub env: BTreeMap<String, String>,
@@ -79,6 +80,13 @@ struct Inner {
     deleted: Vec<String>,
     expired: Vec<String>,
     gets: usize,
+    /// Act as the v0.190.0 daemon (the last public release): no `/files/upload-v2`, only the
+    /// multipart `/files/upload`, and gin's bare `AbortWithError` answers (empty-body 404 for
+    /// a missing file or directory).
+    legacy_daemon: bool,
+    /// How long a new sandbox stays invisible to `GET /sandbox` (the list is eventually
+    /// consistent; `GET /sandbox/{idOrName}` is not).
+    list_lag: Duration,
 }
 
 struct Shared {
@@ -137,6 +145,7 @@ impl FakeDaytona {
             .route("/toolbox/{id}/files", get(list_files))
             .route("/toolbox/{id}/files/download", get(download))
             .route("/toolbox/{id}/files/upload-v2", post(upload))
+            .route("/toolbox/{id}/files/upload", post(upload))
             .with_state(shared.clone());
         let (api_addr, api_task) = serve(api).await;
         let (tb_addr, tb_task) = serve(toolbox).await;
@@ -149,6 +158,16 @@ impl FakeDaytona {
             shared,
             tasks: vec![api_task, tb_task, sweeper],
         }
+    }
+
+    /// Serve files as the v0.190.0 daemon does (see `Inner::legacy_daemon`).
+    pub fn set_legacy_daemon(&self, on: bool) {
+        self.shared.lock().legacy_daemon = on;
+    }
+
+    /// New sandboxes show in `GET /sandbox` only after `lag`.
+    pub fn set_list_lag(&self, lag: Duration) {
+        self.shared.lock().list_lag = lag;
     }
 
     pub fn fail_next(&self, route: Route, status: u16, times: usize, retry_after: Option<u64>) {
@@ -307,7 +326,7 @@ fn sandbox_json(sb: &Sandbox, toolbox_url: &str) -> Value {
     let mut v = json!({
         "id": sb.info.id,
         "organizationId": "org-fake",
-        "name": sb.info.id,
+        "name": sb.info.name,
         "snapshot": r.get("snapshot").cloned().unwrap_or_else(|| json!("daytonaio/sandbox:latest")),
         "user": "daytona",
         "env": sb.info.env,
@@ -424,12 +443,10 @@ fn validate_create(body: &Value) -> Vec<String> {
             errors.push(format!("{k} must be a string"));
         }
     }
-    if let Some(list) = obj.get("networkAllowList").and_then(Value::as_str) {
-        for cidr in list.split(',') {
-            if !valid_cidr(cidr.trim()) {
-                errors.push(format!("networkAllowList: `{cidr}` is not a valid CIDR"));
-            }
-        }
+    if let Some(list) = obj.get("networkAllowList").and_then(Value::as_str)
+        && let Err(e) = validate_network_allow_list(list)
+    {
+        errors.push(e);
     }
     if obj.contains_key("snapshot")
         && ["cpu", "gpu", "memory", "disk"]
@@ -441,15 +458,40 @@ fn validate_create(body: &Value) -> Vec<String> {
     errors
 }
 
-fn valid_cidr(s: &str) -> bool {
-    let Some((ip, bits)) = s.split_once('/') else {
-        return false;
-    };
-    match (ip.parse::<std::net::IpAddr>(), bits.parse::<u8>()) {
-        (Ok(std::net::IpAddr::V4(_)), Ok(b)) => b <= 32,
-        (Ok(std::net::IpAddr::V6(_)), Ok(b)) => b <= 128,
-        _ => false,
+/// Daytona's `validateNetworkAllowList` (daytonaio/daytona@v0.190.0:
+/// apps/api/src/sandbox/utils/network-validation.util.ts): comma-separated IPv4 CIDRs with a
+/// prefix, empty entries skipped, at most 10; the first failure is reported, in its words.
+pub fn validate_network_allow_list(list: &str) -> Result<(), String> {
+    let networks: Vec<&str> = list.split(',').map(str::trim).collect();
+    for network in networks.iter().filter(|n| !n.is_empty()) {
+        let mut parts = network.split('/');
+        let ip = parts.next().unwrap_or("");
+        let prefix = parts.next();
+        if parts.next().is_some() {
+            return Err(format!(
+                "Invalid network format: \"{network}\". Must be CIDR notation (e.g., 192.168.1.0/24)"
+            ));
+        }
+        if ip.parse::<std::net::Ipv4Addr>().is_err() {
+            return Err(format!(
+                "Invalid IP address: \"{ip}\" in network \"{network}\". Must be a valid IPv4 address"
+            ));
+        }
+        let Some(prefix) = prefix.filter(|p| !p.is_empty()) else {
+            return Err(format!(
+                "Invalid network format: \"{network}\". Missing CIDR prefix length (e.g., /24)"
+            ));
+        };
+        if !prefix.parse::<u8>().is_ok_and(|p| p <= 32) {
+            return Err(format!(
+                "Invalid CIDR prefix length: {network}. Prefix must be between 0 and 32"
+            ));
+        }
     }
+    if networks.iter().filter(|n| !n.is_empty()).count() > 10 {
+        return Err("Network allow list cannot contain more than 10 networks".into());
+    }
+    Ok(())
 }
 
 fn toolbox_url(shared: &Shared) -> String {
@@ -505,6 +547,11 @@ async fn create(
     let sb = Sandbox {
         info: SandboxInfo {
             id: id.clone(),
+            name: body
+                .get("name")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .unwrap_or_else(|| id.clone()),
             labels: strings("labels"),
             env: strings("env"),
             network_block_all: body
@@ -581,11 +628,19 @@ async fn list(
         }
     };
     let cursor = q.get("cursor").cloned();
+    // Errored (and deleted) sandboxes are listed only with `includeErroredDeleted=true`
+    // (daytona/clients@d94a1281:api-client-go/api/openapi.yaml, `GET /sandbox`).
+    let errored_too = q.get("includeErroredDeleted").map(String::as_str) == Some("true");
     let tb = toolbox_url(&shared);
     let inner = shared.lock();
+    let lag = inner.list_lag;
     let matching: Vec<&Sandbox> = inner
         .sandboxes
         .values()
+        // The list is served from an eventually consistent read: a sandbox just created may
+        // be missing for a while (issue 11 item 8).
+        .filter(|s| s.created.elapsed() >= lag)
+        .filter(|s| errored_too || state_of(s).0 != "error")
         .filter(|s| wanted.iter().all(|(k, v)| s.info.labels.get(k) == Some(v)))
         .filter(|s| {
             cursor
@@ -614,7 +669,12 @@ async fn get_one(
     let tb = toolbox_url(&shared);
     let mut inner = shared.lock();
     inner.gets += 1;
-    match inner.sandboxes.get(&id) {
+    // `{sandboxIdOrName}`: a read of one row, consistent right after the create.
+    let found = inner
+        .sandboxes
+        .get(&id)
+        .or_else(|| inner.sandboxes.values().find(|s| s.info.name == id));
+    match found {
         Some(sb) => axum::Json(sandbox_json(sb, &tb)).into_response(),
         None => api_error(
             StatusCode::NOT_FOUND,
@@ -819,19 +879,30 @@ fn run_combined(
 ) -> std::io::Result<Outcome> {
     use std::os::unix::process::CommandExt;
     let (mut reader, writer) = std::io::pipe()?;
-    let mut cmd = std::process::Command::new("bash");
-    cmd.arg("-c")
-        .arg(command)
-        .current_dir(cwd)
+    // The daemon runs the first of zsh or bash listed in /etc/shells (else $SHELL, else sh)
+    // and pipes the command into its stdin (to stay clear of ARG_MAX): a command that reads
+    // stdin eats the rest of the script, and zsh's globbing/word splitting apply
+    // (daytonaio/daytona@074ef700:apps/daemon/pkg/common/get_shell.go; execute.go at
+    // v0.190.0 as described in /work/shared/reference/sandboxes.md §2.2 and issue 11).
+    let mut cmd = std::process::Command::new(daemon_shell());
+    cmd.current_dir(cwd)
         .env("HOME", home)
         .env("AIRLOCK_FAKE_ROOT", root)
         .envs(env)
         .envs(envs)
-        .stdin(std::process::Stdio::null())
+        .stdin(std::process::Stdio::piped())
         .stdout(writer.try_clone()?)
         .stderr(writer)
         .process_group(0);
     let mut child = cmd.spawn()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        let script = format!("{command}\n");
+        // A thread: a script longer than the pipe buffer must not block the wait below.
+        std::thread::spawn(move || {
+            use std::io::Write as _;
+            let _ = stdin.write_all(script.as_bytes());
+        });
+    }
     // The parent's copies of the write end must close, or the read never ends.
     drop(cmd);
     let pgid = child.id() as i32;
@@ -872,6 +943,22 @@ fn run_combined(
     }
 }
 
+/// `GetShell()`: zsh, then bash, from /etc/shells; else `$SHELL`; else `sh`.
+fn daemon_shell() -> String {
+    let shells = std::fs::read_to_string("/etc/shells").unwrap_or_default();
+    let listed: Vec<&str> = shells
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(str::trim)
+        .collect();
+    for s in ["/usr/bin/zsh", "/bin/zsh", "/usr/bin/bash", "/bin/bash"] {
+        if listed.contains(&s) {
+            return s.to_string();
+        }
+    }
+    std::env::var("SHELL").unwrap_or_else(|_| "sh".into())
+}
+
 async fn download(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
@@ -894,10 +981,15 @@ async fn download(
         );
     };
     let real = map_path_home(&root, "home/daytona", path);
+    let legacy = shared.lock().legacy_daemon;
     match std::fs::read(&real) {
         Ok(data) if real.is_file() => {
             ([(header::CONTENT_TYPE, "application/octet-stream")], data).into_response()
         }
+        // v0.190.0: `c.AbortWithError(http.StatusNotFound, err)` with no error renderer:
+        // status only, empty body (daytonaio/daytona@0bcb2561:apps/daemon/pkg/toolbox/fs/
+        // download_file.go).
+        _ if legacy => StatusCode::NOT_FOUND.into_response(),
         _ => toolbox_error(
             StatusCode::NOT_FOUND,
             &method,
@@ -934,16 +1026,44 @@ async fn upload(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    if ct.starts_with("multipart/") {
-        // The real daemon also takes multipart (field `file`); this fake only the raw form.
+    let legacy = shared.lock().legacy_daemon;
+    let v2 = uri.path().ends_with("/upload-v2");
+    if legacy && v2 {
+        // v0.190.0 has no such route: gin's NoRoute answer.
+        return (
+            StatusCode::NOT_FOUND,
+            [(header::CONTENT_TYPE, "text/plain")],
+            "404 page not found",
+        )
+            .into_response();
+    }
+    // Newer daemons take multipart (field `file`) or a raw body on both routes
+    // (daytonaio/daytona@064fc96b:apps/daemon/pkg/toolbox/fs/upload_file.go); v0.190.0's
+    // `/files/upload` is multipart only (`c.FormFile("file")` → 400 otherwise).
+    let body = if ct.starts_with("multipart/form-data") {
+        match crate::fake_e2b::multipart_file(ct, &body) {
+            Some(b) => b,
+            None => {
+                return toolbox_error(
+                    StatusCode::BAD_REQUEST,
+                    &method,
+                    uri.path(),
+                    "BAD_REQUEST",
+                    "http: no such file",
+                );
+            }
+        }
+    } else if legacy {
         return toolbox_error(
             StatusCode::BAD_REQUEST,
             &method,
             uri.path(),
             "BAD_REQUEST",
-            "fake toolbox: multipart not supported",
+            "request Content-Type isn't multipart/form-data",
         );
-    }
+    } else {
+        body
+    };
     let real = map_path_home(&root, "home/daytona", path);
     if let Some(parent) = real.parent() {
         let _ = std::fs::create_dir_all(parent);
@@ -956,6 +1076,10 @@ async fn upload(
             "BAD_REQUEST",
             &e.to_string(),
         );
+    }
+    if !v2 {
+        // The legacy handler answers a bare 200.
+        return StatusCode::OK.into_response();
     }
     let name = Path::new(path)
         .file_name()
@@ -979,6 +1103,10 @@ async fn list_files(
     let path = q.get("path").cloned().unwrap_or_default();
     let real = map_path_home(&root, "home/daytona", &path);
     let Ok(rd) = std::fs::read_dir(&real) else {
+        if shared.lock().legacy_daemon {
+            // list_files.go at the same commit: AbortWithError(404), empty body.
+            return StatusCode::NOT_FOUND.into_response();
+        }
         return toolbox_error(
             StatusCode::NOT_FOUND,
             &method,

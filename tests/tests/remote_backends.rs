@@ -20,7 +20,9 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 
 const CA: &str = "-----BEGIN CERTIFICATE-----\nfake\n-----END CERTIFICATE-----\n";
-const PROXY: &str = "127.0.0.1:3128";
+/// The vault proxy as the cloud reaches it: a public IPv4 address (a documentation range;
+/// the fakes run commands on this host and never dial it).
+const PROXY: &str = "203.0.113.7:3128";
 
 /// A spec as the brain builds it with a vault grant and one credential.
 fn spec(id: &str, ttl_s: u64) -> SandboxSpec {
@@ -91,12 +93,12 @@ async fn e2b_provision_restricts_egress_runs_commands_moves_files_and_destroys()
     assert_eq!(sb.metadata["airlock.owner"], "owner-1");
     assert_eq!(
         sb.network,
-        json!({"allowOut": ["127.0.0.1/32"], "denyOut": ["0.0.0.0/0"]}),
+        json!({"allowOut": ["203.0.113.7/32"], "denyOut": ["0.0.0.0/0"]}),
         "egress only to the vault proxy"
     );
     assert_eq!(
         sb.env_vars["HTTPS_PROXY"],
-        "http://sb-e1:tok@127.0.0.1:3128"
+        "http://sb-e1:tok@203.0.113.7:3128"
     );
     assert_eq!(sb.env_vars["GITHUB_TOKEN"], "ghp_stubstubstub");
     assert_eq!(
@@ -500,14 +502,14 @@ async fn daytona_provision_waits_for_started_restricts_egress_runs_commands_and_
     assert_eq!(sb.labels["airlock.sandbox"], "sb-d1");
     assert_eq!(sb.labels["airlock.owner"], "owner-1");
     assert!(!sb.network_block_all);
-    assert_eq!(sb.network_allow_list.as_deref(), Some("127.0.0.1/32"));
+    assert_eq!(sb.network_allow_list.as_deref(), Some("203.0.113.7/32"));
     assert_eq!(
         sb.request["ttlMinutes"], 15,
         "(600 + 300 grace) s in whole minutes"
     );
     assert_eq!(sb.request["autoStopInterval"], 15);
     assert_eq!(sb.request["autoDeleteInterval"], 0, "deleted when stopped");
-    assert_eq!(sb.env["HTTPS_PROXY"], "http://sb-d1:tok@127.0.0.1:3128");
+    assert_eq!(sb.env["HTTPS_PROXY"], "http://sb-d1:tok@203.0.113.7:3128");
     assert_eq!(
         fake.file(&sb.id, "/etc/airlock/ca.pem").as_deref(),
         Some(CA.as_bytes())
@@ -671,6 +673,130 @@ async fn daytona_retries_429_and_5xx_and_reuses_a_sandbox_a_failed_attempt_made(
     assert!(fake.sandboxes().is_empty());
 }
 
+/// Issue 11 item 6: the daemon pipes the command into whichever shell it picks; the brain
+/// wraps it so it runs under `bash -c` with stdin from /dev/null.
+#[tokio::test]
+async fn daytona_commands_run_under_bash_without_stdin_whatever_shell_the_daemon_picks() {
+    let fake = FakeDaytona::start(Duration::from_secs(60)).await;
+    let backend = daytona(&fake);
+    let h = backend.provision(&spec("sb-sh", 60)).await.unwrap();
+    // A command that reads stdin must not swallow the rest of the script.
+    let r = backend
+        .exec(&h, cmd("read x\necho \"got:$x\"\necho after"))
+        .await
+        .unwrap();
+    assert_eq!(r.stdout, "got:\nafter\n");
+    // Quotes, substitutions and bash-only syntax survive the wrapping.
+    let r = backend
+        .exec(
+            &h,
+            cmd("echo 'it'\"'\"'s' \"$(echo ok)\"; [[ a == a ]] && echo bash; exit 4"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.stdout, "it's ok\nbash\n");
+    assert_eq!(r.exit_code, Some(4));
+    let argv = ExecRequest {
+        argv: Some(vec![
+            "printf".into(),
+            "%s|".into(),
+            "a b".into(),
+            "it's *".into(),
+        ]),
+        ..cmd("x")
+    };
+    let argv = ExecRequest {
+        command: None,
+        ..argv
+    };
+    let r = backend.exec(&h, argv).await.unwrap();
+    assert_eq!(r.stdout, "a b|it's *|");
+    backend.destroy(&h).await.unwrap();
+}
+
+/// Issue 11 item 7: the v0.190.0 daemon has no `/files/upload-v2` (multipart `/files/upload`
+/// only) and answers a missing file with an empty 404; both daemon generations work.
+#[tokio::test]
+async fn daytona_files_work_against_both_daemon_generations() {
+    let fake = FakeDaytona::start(Duration::from_secs(60)).await;
+    let backend = daytona(&fake);
+    for legacy in [true, false] {
+        fake.set_legacy_daemon(legacy);
+        let id = format!("sb-gen-{legacy}");
+        let h = backend.provision(&spec(&id, 60)).await.unwrap();
+        let sb = fake
+            .sandboxes()
+            .into_iter()
+            .find(|s| s.id == h.backend_ref)
+            .unwrap();
+        assert_eq!(
+            fake.file(&sb.id, "/etc/airlock/ca.pem").as_deref(),
+            Some(CA.as_bytes()),
+            "legacy={legacy}: CA written"
+        );
+        backend
+            .write_file(&h, "/tmp/w/a.bin", Bytes::from_static(b"\x00\xffdata"))
+            .await
+            .unwrap();
+        assert_eq!(
+            backend.read_file(&h, "/tmp/w/a.bin").await.unwrap(),
+            Bytes::from_static(b"\x00\xffdata")
+        );
+        for err in [
+            backend.read_file(&h, "/no/such/file").await.unwrap_err(),
+            backend.list_files(&h, "/no/such/dir").await.unwrap_err(),
+        ] {
+            assert!(
+                matches!(&err, BackendError::Agent { status: 404, .. }),
+                "legacy={legacy}: {err:?}"
+            );
+        }
+        backend.destroy(&h).await.unwrap();
+        let gone = backend.read_file(&h, "/tmp/w/a.bin").await.unwrap_err();
+        assert!(matches!(gone, BackendError::NotFound(_)), "{gone:?}");
+    }
+}
+
+/// Issue 11 item 8: `GET /sandbox` lags behind creates and hides errored sandboxes unless
+/// asked: the lost-create takeover must not create twice, and the sweep must see them.
+#[tokio::test]
+async fn daytona_lost_create_and_sweep_allow_for_a_lagging_list_and_errored_sandboxes() {
+    let fake = FakeDaytona::start(Duration::from_secs(60)).await;
+    let backend = daytona(&fake);
+    fake.set_list_lag(Duration::from_secs(30));
+    fake.lose_next_creates(503, 1);
+    let h = backend.provision(&spec("sb-lag", 60)).await.unwrap();
+    assert_eq!(
+        fake.creates(),
+        1,
+        "the first attempt's sandbox was taken over"
+    );
+    assert_eq!(fake.sandboxes().len(), 1);
+    backend.destroy(&h).await.unwrap();
+
+    // An errored sandbox a crashed brain left behind.
+    fake.set_list_lag(Duration::ZERO);
+    fake.set_fail_start(Some("no capacity"));
+    let http = reqwest::Client::new();
+    let resp = http
+        .post(format!("{}/sandbox", fake.api_url))
+        .bearer_auth(&fake.api_key)
+        .json(&json!({"labels": {"airlock.sandbox": "sb-orphan", "airlock.owner": "o"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    fake.set_fail_start(None);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let found = backend.list_labelled().await.unwrap();
+    assert_eq!(
+        found.iter().map(|f| f.id.as_str()).collect::<Vec<_>>(),
+        ["sb-orphan"]
+    );
+    backend.destroy_labelled(&found[0]).await.unwrap();
+    assert!(fake.sandboxes().is_empty());
+}
+
 #[tokio::test]
 async fn daytona_exec_timeout_output_cap_and_ttl_expiry() {
     // One Daytona "minute" lasts 300 ms here.
@@ -732,7 +858,7 @@ async fn brain_serve_e2b_provisions_execs_streams_and_deletes_through_the_api() 
 
     let [sb] = fake.sandboxes().try_into().expect("one sandbox");
     assert_eq!(sb.metadata["airlock.sandbox"], id);
-    assert_eq!(sb.network["allowOut"], json!(["127.0.0.1/32"]));
+    assert_eq!(sb.network["allowOut"], json!(["203.0.113.7/32"]));
     let ca = fake
         .file(&sb.id, "/etc/airlock/ca.pem")
         .expect("CA uploaded");
@@ -862,7 +988,7 @@ async fn brain_e2b_credentials_need_a_reachable_proxy_and_only_stubs_reach_the_c
         "{stub}"
     );
     assert!(!format!("{:?}", sb.env_vars).contains(&real));
-    assert_eq!(sb.network["allowOut"], json!(["127.0.0.1/32"]));
+    assert_eq!(sb.network["allowOut"], json!(["203.0.113.7/32"]));
     let (_, r) = brain
         .post_json(
             &format!("/v1/sandboxes/{id}/exec"),
@@ -949,7 +1075,7 @@ async fn brain_serve_local_default_with_daytona_per_request_and_reaper_on_restar
     let id = created["id"].as_str().unwrap().to_string();
     let sb = fake.sandboxes().pop().unwrap();
     assert_eq!(sb.labels["airlock.sandbox"], id);
-    assert_eq!(sb.network_allow_list.as_deref(), Some("127.0.0.1/32"));
+    assert_eq!(sb.network_allow_list.as_deref(), Some("203.0.113.7/32"));
     assert!(fake.file(&sb.id, "/etc/airlock/ca.pem").is_some());
 
     let (status, r) = brain
@@ -1289,5 +1415,77 @@ async fn bench_brain_overhead_over_the_fakes() {
     println!("\n== brain overhead over the fakes (n = {n}) ==");
     for l in lines {
         println!("{l}");
+    }
+}
+
+/// Issue 11 item 9: `proxy_url` is checked when the backend is built: a public IPv4 address
+/// (or a host name, checked after each resolution), with a clear error naming the key.
+#[tokio::test]
+async fn cloud_backends_refuse_a_proxy_the_cloud_cannot_reach() {
+    for bad in [
+        "127.0.0.1:3128",
+        "10.0.0.5:3128",
+        "100.64.0.1:3128",
+        "[2001:db8::1]:3128",
+    ] {
+        let e = E2bBackend::with_key(
+            E2bConfig {
+                proxy_url: Some(bad.into()),
+                ..E2bConfig::default()
+            },
+            "e2b_x".into(),
+        )
+        .unwrap_err();
+        assert!(matches!(e, BackendError::Invalid(_)), "{e}");
+        assert!(e.to_string().contains("sandbox.e2b.proxy_url"), "{e}");
+        let e = DaytonaBackend::with_key(
+            DaytonaConfig {
+                proxy_url: Some(bad.into()),
+                ..DaytonaConfig::default()
+            },
+            "k".into(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("sandbox.daytona.proxy_url"), "{e}");
+    }
+    // A host name resolving to a private address is refused at provision, before any create.
+    let fake = FakeDaytona::start(Duration::from_secs(60)).await;
+    let backend = DaytonaBackend::with_key(
+        DaytonaConfig {
+            proxy_url: Some("localhost:3128".into()),
+            ..daytona_config(&fake)
+        },
+        fake.api_key.clone(),
+    )
+    .unwrap();
+    let err = backend.provision(&spec("sb-lh", 60)).await.unwrap_err();
+    assert!(err.to_string().contains("public IPv4"), "{err}");
+    assert_eq!(fake.creates(), 0);
+}
+
+/// Daytona's allow-list rules as the API applies them (the fake ports them from
+/// `network-validation.util.ts`), table-driven.
+#[test]
+fn daytona_network_allow_list_rules() {
+    let eleven = ["203.0.113.7/32"; 11].join(",");
+    let ten_and_blanks = format!("{},,,", ["203.0.113.7/32"; 10].join(","));
+    let table: &[(&str, Result<(), &str>)] = &[
+        ("203.0.113.7/32", Ok(())),
+        ("10.0.0.0/8,172.16.0.0/12", Ok(())),
+        ("0.0.0.0/0", Ok(())),
+        (&ten_and_blanks, Ok(())),
+        ("203.0.113.7", Err("Missing CIDR prefix length")),
+        ("2001:db8::1/128", Err("Must be a valid IPv4 address")),
+        ("10.0.0.0/33", Err("Prefix must be between 0 and 32")),
+        ("10.0.0.0/24/extra", Err("Must be CIDR notation")),
+        (&eleven, Err("cannot contain more than 10 networks")),
+    ];
+    for (list, want) in table {
+        let got = fake_daytona::validate_network_allow_list(list);
+        match (want, &got) {
+            (Ok(()), Ok(())) => {}
+            (Err(w), Err(g)) if g.contains(w) => {}
+            _ => panic!("{list}: want {want:?}, got {got:?}"),
+        }
     }
 }

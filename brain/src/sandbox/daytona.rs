@@ -25,7 +25,8 @@
 //! plus a grace period; `labels` carry `airlock.sandbox`/`airlock.owner` for the reaper.
 //! CPU/memory are not sent: Daytona rejects resources together with a snapshot.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use airlock_wire::{ExecEvent, ExecRequest, ExecResult, FileEntry};
@@ -45,6 +46,9 @@ use super::{
 
 const PROVIDER: &str = "daytona";
 const EXTRA_TOOLBOX_URL: &str = "daytona.toolbox_url";
+/// Daytona refuses a `networkAllowList` of more than 10 entries (daytonaio/daytona@v0.190.0:
+/// apps/api/src/sandbox/utils/network-validation.util.ts).
+const DAYTONA_MAX_ALLOW_LIST: usize = 10;
 /// Extra time past the command's own timeout before the brain stops waiting for the answer.
 const EXEC_GRACE: Duration = Duration::from_secs(10);
 
@@ -95,6 +99,9 @@ impl Default for DaytonaConfig {
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 struct CreateSandbox<'a> {
+    /// `airlock-<id>`: unique per organisation, and readable with `GET /sandbox/{name}` right
+    /// after the create (the list is eventually consistent).
+    name: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     snapshot: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -157,6 +164,9 @@ pub struct DaytonaBackend {
     api_key: String,
     http: reqwest::Client,
     retry: RetryPolicy,
+    /// Sandboxes whose daemon has no `/files/upload-v2` (v0.190.0 and older): their uploads
+    /// go straight to the multipart `/files/upload`.
+    legacy_upload: Arc<Mutex<HashSet<String>>>,
 }
 
 impl std::fmt::Debug for DaytonaBackend {
@@ -175,7 +185,13 @@ impl DaytonaBackend {
     }
 
     pub fn with_key(config: DaytonaConfig, api_key: String) -> Result<Self, BackendError> {
+        remote::validate_proxy_url(
+            PROVIDER,
+            "sandbox.daytona.proxy_url",
+            config.proxy_url.as_deref(),
+        )?;
         Ok(Self {
+            legacy_upload: Arc::default(),
             api_url: config.api_url.trim_end_matches('/').to_string(),
             retry: RetryPolicy::new(config.max_retries, config.retry_base_ms),
             http: remote::http_client()?,
@@ -288,7 +304,12 @@ impl DaytonaBackend {
                     .min(self.retry.max_delay);
                 tokio::time::sleep(wait.unwrap_or(backoff)).await;
                 if let Some(found) = self.find(&spec.id).await? {
-                    return Ok(found);
+                    if found.state.as_deref() == Some("error") {
+                        // The lost attempt made a sandbox that failed: replace it.
+                        let _ = self.delete(&found.id).await;
+                    } else {
+                        return Ok(found);
+                    }
                 }
             }
             if let Some(sb) = self.create_once(body, &mut last).await? {
@@ -331,7 +352,10 @@ impl DaytonaBackend {
         for _ in 0..1000 {
             let resp = self
                 .idempotent(call, || {
-                    let mut q: Vec<(&str, &str)> = vec![("limit", "200")];
+                    // Errored sandboxes are hidden unless asked for; the sweep and the
+                    // lost-create lookup need them.
+                    let mut q: Vec<(&str, &str)> =
+                        vec![("limit", "200"), ("includeErroredDeleted", "true")];
                     if let Some(l) = &labels {
                         q.push(("labels", l.as_str()));
                     }
@@ -358,13 +382,43 @@ impl DaytonaBackend {
         Ok(out)
     }
 
+    /// The sandbox made for `airlock_id`, if any: first by its name (a read of one row,
+    /// consistent right after the create), then by label in the list (which may lag, but also
+    /// finds sandboxes created without a name).
     async fn find(&self, airlock_id: &str) -> Result<Option<Sandbox>, BackendError> {
+        let live = |s: &Sandbox| !matches!(s.state.as_deref(), Some("destroyed" | "destroying"));
+        let call = "GET /sandbox/{name}";
+        let path = format!("/sandbox/{}", sandbox_name(airlock_id));
+        let resp = self
+            .idempotent(call, || self.api(reqwest::Method::GET, &path))
+            .await?;
+        match resp.status() {
+            StatusCode::OK => {
+                let sb: Sandbox = Self::json(call, resp).await?;
+                if live(&sb)
+                    && sb
+                        .labels
+                        .get(SANDBOX_LABEL)
+                        .is_some_and(|v| v == airlock_id)
+                {
+                    return Ok(Some(sb));
+                }
+            }
+            StatusCode::NOT_FOUND => {}
+            _ => {
+                return Err(control_plane_error(
+                    PROVIDER,
+                    call,
+                    provider_error(resp).await,
+                ));
+            }
+        }
         let labels = BTreeMap::from([(SANDBOX_LABEL, airlock_id)]);
         Ok(self
             .list(Some(&labels))
             .await?
             .into_iter()
-            .find(|s| s.labels.get(SANDBOX_LABEL).is_some_and(|v| v == airlock_id)))
+            .find(|s| live(s) && s.labels.get(SANDBOX_LABEL).is_some_and(|v| v == airlock_id)))
     }
 
     async fn delete(&self, id: &str) -> Result<(), BackendError> {
@@ -455,9 +509,17 @@ impl DaytonaBackend {
         Ok(handle)
     }
 
-    async fn toolbox_error(resp: reqwest::Response) -> BackendError {
-        let e = provider_error(resp).await;
-        let gone = e.status == 404 && e.message.to_ascii_lowercase().contains("sandbox");
+    /// A toolbox error answer. The proxy's 404 for a sandbox that is gone names the sandbox;
+    /// the daemon's 404 for a missing path is `FILE_NOT_FOUND` (newer) or an empty body
+    /// (v0.190.0, gin's bare `AbortWithError`) and stays a per-call error.
+    async fn toolbox_error(resp: reqwest::Response, path: &str) -> BackendError {
+        let mut e = provider_error(resp).await;
+        let gone = e.status == 404
+            && e.code != "FILE_NOT_FOUND"
+            && e.message.to_ascii_lowercase().contains("sandbox");
+        if e.status == 404 && !gone && e.message == "Not Found" {
+            e.message = format!("no such file or directory: {path}");
+        }
         sandbox_api_error(PROVIDER, e, gone)
     }
 
@@ -469,6 +531,23 @@ impl DaytonaBackend {
 /// Minutes covering `secs`, at least 1.
 fn minutes(secs: u64) -> u64 {
     secs.div_ceil(60).max(1)
+}
+
+/// The name a sandbox is created with.
+fn sandbox_name(airlock_id: &str) -> String {
+    format!("airlock-{airlock_id}").to_ascii_lowercase()
+}
+
+/// The daemon pipes `command` into the first of zsh, bash or sh it finds (newer daemons; the
+/// older ones split it on spaces and quotes and exec it with no shell): a command that reads
+/// stdin would swallow the rest of the script, and zsh globbing and word splitting would
+/// apply. So the command runs as `bash -c` with stdin from /dev/null, and travels base64 so
+/// no quoting rule of either daemon generation can touch it (base64 has no quote, space or
+/// shell metacharacter).
+fn wrap_command(command: &str) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(command);
+    format!("bash -c 'eval \"$(printf %s {b64} | base64 -d)\"' < /dev/null")
 }
 
 /// POSIX single-quoting, for running an argv through the toolbox's shell.
@@ -494,11 +573,13 @@ impl SandboxBackend for DaytonaBackend {
             PROVIDER,
             "sandbox.daytona.proxy_url",
             self.config.proxy_url.as_deref(),
+            DAYTONA_MAX_ALLOW_LIST,
             spec,
         )
         .await?;
         let lifetime = minutes(spec.ttl_s.saturating_add(self.config.ttl_grace_seconds));
         let body = CreateSandbox {
+            name: sandbox_name(&spec.id),
             snapshot: spec.image.as_deref().or(self.config.snapshot.as_deref()),
             target: self.config.target.as_deref(),
             env: &egress.env,
@@ -591,7 +672,7 @@ impl SandboxBackend for DaytonaBackend {
             }
         };
         let timeout_s = req.timeout_ms.filter(|t| *t > 0).map(|t| t.div_ceil(1000));
-        let mut body = serde_json::json!({ "command": command });
+        let mut body = serde_json::json!({ "command": wrap_command(&command) });
         if let Some(cwd) = req.cwd {
             body["cwd"] = cwd.into();
         }
@@ -627,7 +708,7 @@ impl SandboxBackend for DaytonaBackend {
             });
         }
         if !status.is_success() {
-            return Err(Self::toolbox_error(resp).await);
+            return Err(Self::toolbox_error(resp, "").await);
         }
         let out: ExecuteResponse = resp.json().await.map_err(|e| {
             BackendError::AgentUnreachable(format!("{PROVIDER} toolbox: bad ExecuteResponse: {e}"))
@@ -682,7 +763,7 @@ impl SandboxBackend for DaytonaBackend {
             .await
             .map_err(Self::unreachable)?;
         if !resp.status().is_success() {
-            return Err(Self::toolbox_error(resp).await);
+            return Err(Self::toolbox_error(resp, path).await);
         }
         resp.bytes().await.map_err(Self::unreachable)
     }
@@ -693,17 +774,49 @@ impl SandboxBackend for DaytonaBackend {
         path: &str,
         data: Bytes,
     ) -> Result<(), BackendError> {
+        let legacy = self
+            .legacy_upload
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&handle.backend_ref);
+        if !legacy {
+            let resp = self
+                .toolbox(handle, reqwest::Method::POST, "/files/upload-v2")?
+                .query(&[("path", path)])
+                .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+                .timeout(self.request_timeout())
+                .body(data.clone())
+                .send()
+                .await
+                .map_err(Self::unreachable)?;
+            if resp.status().is_success() {
+                return Ok(());
+            }
+            match Self::toolbox_error(resp, path).await {
+                // Uploads create parent directories: a 404 that is not "sandbox gone" means
+                // the route is missing (a v0.190.0 daemon).
+                BackendError::Agent { status: 404, .. } => {
+                    self.legacy_upload
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(handle.backend_ref.clone());
+                }
+                e => return Err(e),
+            }
+        }
+        // Every daemon generation takes multipart on `/files/upload` (field `file`).
+        let (content_type, body) = remote::multipart_file("file", path, &data);
         let resp = self
-            .toolbox(handle, reqwest::Method::POST, "/files/upload-v2")?
+            .toolbox(handle, reqwest::Method::POST, "/files/upload")?
             .query(&[("path", path)])
-            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .header(reqwest::header::CONTENT_TYPE, content_type)
             .timeout(self.request_timeout())
-            .body(data)
+            .body(body)
             .send()
             .await
             .map_err(Self::unreachable)?;
         if !resp.status().is_success() {
-            return Err(Self::toolbox_error(resp).await);
+            return Err(Self::toolbox_error(resp, path).await);
         }
         Ok(())
     }
@@ -721,7 +834,7 @@ impl SandboxBackend for DaytonaBackend {
             .await
             .map_err(Self::unreachable)?;
         if !resp.status().is_success() {
-            return Err(Self::toolbox_error(resp).await);
+            return Err(Self::toolbox_error(resp, path).await);
         }
         let list: Vec<FileInfo> = resp.json().await.map_err(|e| {
             BackendError::AgentUnreachable(format!("{PROVIDER} toolbox: bad FileInfo list: {e}"))
@@ -751,6 +864,25 @@ mod tests {
     }
 
     #[test]
+    fn wrapped_commands_run_under_bash_with_no_stdin_and_survive_any_quoting() {
+        let cmd = "echo 'a b' \"$HOME\" `x`; read y\nexit 3";
+        let w = wrap_command(cmd);
+        assert!(w.starts_with("bash -c 'eval \"$(printf %s "), "{w}");
+        assert!(w.ends_with(" | base64 -d)\"' < /dev/null"), "{w}");
+        // The payload has no character any shell or the old quote-splitter would act on.
+        let b64 = w.split(' ').nth(5).unwrap();
+        assert!(
+            b64.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b))
+        );
+        use base64::Engine as _;
+        let back = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap();
+        assert_eq!(back, cmd.as_bytes());
+    }
+
+    #[test]
     fn lifetimes_round_up_to_whole_minutes() {
         assert_eq!(minutes(0), 1);
         assert_eq!(minutes(60), 1);
@@ -761,6 +893,7 @@ mod tests {
     fn the_create_body_uses_the_published_field_names() {
         let env = BTreeMap::from([("A".to_string(), "b".to_string())]);
         let body = CreateSandbox {
+            name: "airlock-sb-1".into(),
             snapshot: Some("snap"),
             target: None,
             env: &env,
@@ -774,7 +907,7 @@ mod tests {
         let v = serde_json::to_value(&body).unwrap();
         assert_eq!(
             v,
-            serde_json::json!({"snapshot":"snap","env":{"A":"b"},"labels":{"airlock.sandbox":"sb-1"},
+            serde_json::json!({"name":"airlock-sb-1","snapshot":"snap","env":{"A":"b"},"labels":{"airlock.sandbox":"sb-1"},
                 "autoStopInterval":2,"autoDeleteInterval":0,"ttlMinutes":2,
                 "networkBlockAll":false,"networkAllowList":"203.0.113.7/32"})
         );

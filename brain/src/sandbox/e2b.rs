@@ -206,6 +206,11 @@ impl E2bBackend {
     }
 
     pub fn with_key(config: E2bConfig, api_key: String) -> Result<Self, BackendError> {
+        remote::validate_proxy_url(
+            PROVIDER,
+            "sandbox.e2b.proxy_url",
+            config.proxy_url.as_deref(),
+        )?;
         let http = remote::http_client()?;
         Ok(Self {
             api_url: config.api_url.trim_end_matches('/').to_string(),
@@ -564,6 +569,7 @@ impl SandboxBackend for E2bBackend {
             PROVIDER,
             "sandbox.e2b.proxy_url",
             self.config.proxy_url.as_deref(),
+            usize::MAX,
             spec,
         )
         .await?;

@@ -5,7 +5,7 @@
 //! in-sandbox API, so these backends override every agent-based method of the trait.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use airlock_wire::{ExecEvent, ExecExit};
@@ -273,6 +273,63 @@ pub(crate) struct RemoteEgress {
     pub allow_cidrs: Vec<String>,
 }
 
+/// Whether a cloud sandbox can be pointed at `ip` as its vault proxy: a public IPv4 address.
+/// Both providers' firewalls are IPv4-only (Daytona's `networkAllowList` takes IPv4 CIDRs;
+/// E2B's nftables sets are IPv4) and E2B drops private ranges before any allow-list
+/// (e2b-dev/infra `packages/shared/pkg/sandbox-network/firewall.go` `DeniedSandboxCIDRs`:
+/// 10/8, 127/8, 169.254/16, 172.16/12, 192.168/16); carrier-grade NAT (100.64/10) and the
+/// other special-purpose ranges are not reachable from a cloud either. The documentation
+/// ranges (192.0.2/24, 198.51.100/24, 203.0.113/24) are accepted so examples and tests can use
+/// them; they fail closed (nothing answers there).
+pub(crate) fn public_ipv4(ip: IpAddr) -> Result<Ipv4Addr, &'static str> {
+    let IpAddr::V4(v4) = ip else {
+        return Err("an IPv6 address (the providers' firewalls are IPv4-only)");
+    };
+    let [a, b, c, _] = v4.octets();
+    let why = match (a, b, c) {
+        _ if v4.is_loopback() => "a loopback address",
+        _ if v4.is_private() => "a private (RFC 1918) address",
+        _ if v4.is_link_local() => "a link-local address",
+        _ if v4.is_unspecified() || a == 0 => "an unspecified (0.0.0.0/8) address",
+        _ if v4.is_broadcast() || v4.is_multicast() || a >= 240 => {
+            "a multicast, broadcast or reserved address"
+        }
+        (100, 64..=127, _) => "a carrier-grade NAT (100.64.0.0/10) address",
+        (192, 0, 0) => "an IETF protocol assignment (192.0.0.0/24)",
+        (198, 18..=19, _) => "a benchmarking (198.18.0.0/15) address",
+        _ => return Ok(v4),
+    };
+    Err(why)
+}
+
+/// Checks `proxy_url` when the backend is built, so a brain does not start creating sandboxes
+/// that can never reach the proxy: `host:port`, and an IP literal must be a public IPv4
+/// address. A host name is checked again after each resolution (at provision).
+pub(crate) fn validate_proxy_url(
+    provider: &str,
+    config_key: &str,
+    proxy_url: Option<&str>,
+) -> Result<(), BackendError> {
+    let Some(proxy) = proxy_url.map(str::trim).filter(|p| !p.is_empty()) else {
+        return Ok(());
+    };
+    let (host, _) = split_host_port(proxy).ok_or_else(|| {
+        BackendError::Invalid(format!(
+            "{provider}: `{config_key}` must be host:port, got `{proxy}`"
+        ))
+    })?;
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        public_ipv4(ip).map_err(|why| {
+            BackendError::Invalid(format!(
+                "{provider}: `{config_key}` = `{proxy}` is {why}; the {provider} cloud reaches \
+                 only public IPv4 addresses, so name the vault proxy's public IPv4 address or \
+                 host name"
+            ))
+        })?;
+    }
+    Ok(())
+}
+
 /// Decides a cloud sandbox's egress. The brain's proxy URL names an address the cloud cannot
 /// reach (loopback, embedded proxy), so it is rewritten to `proxy_url` (`host:port`, the
 /// proxy as the cloud reaches it), resolved here to IPs so the sandbox needs no DNS and the
@@ -282,6 +339,7 @@ pub(crate) async fn remote_egress(
     provider: &str,
     config_key: &str,
     proxy_url: Option<&str>,
+    max_allow_entries: usize,
     spec: &SandboxSpec,
 ) -> Result<RemoteEgress, BackendError> {
     let mut env = spec.env.clone();
@@ -334,15 +392,34 @@ pub(crate) async fn remote_egress(
             ips
         }
     };
-    let Some(first) = ips.first().copied() else {
-        return Err(BackendError::Unavailable(format!(
-            "{provider}: the vault proxy `{host}` has no address"
+    // Only public IPv4 addresses can be allowed (see `public_ipv4`); IPv6 ones are dropped,
+    // a non-public one is a configuration error (the sandbox could never reach it).
+    let mut v4 = Vec::new();
+    for ip in &ips {
+        match public_ipv4(*ip) {
+            Ok(a) => v4.push(a),
+            Err(_) if ip.is_ipv6() => {}
+            Err(why) => {
+                return Err(BackendError::Invalid(format!(
+                    "{provider}: the vault proxy `{host}` (`{config_key}`) resolves to {ip}, \
+                     {why}; the {provider} cloud reaches only public IPv4 addresses"
+                )));
+            }
+        }
+    }
+    let Some(first) = v4.first().copied() else {
+        return Err(BackendError::Invalid(format!(
+            "{provider}: the vault proxy `{host}` (`{config_key}`) has no public IPv4 address"
         )));
     };
-    let authority = match first {
-        IpAddr::V4(ip) => format!("{ip}:{port}"),
-        IpAddr::V6(ip) => format!("[{ip}]:{port}"),
-    };
+    if v4.len() > max_allow_entries {
+        return Err(BackendError::Invalid(format!(
+            "{provider}: the vault proxy `{host}` resolves to {} addresses; the {provider} \
+             allow-list takes at most {max_allow_entries}: name one address in `{config_key}`",
+            v4.len()
+        )));
+    }
+    let authority = format!("{first}:{port}");
     for k in PROXY_ENV {
         if let Some(url) = env.get_mut(k) {
             *url = with_authority(url, &authority);
@@ -351,13 +428,7 @@ pub(crate) async fn remote_egress(
     for k in NO_PROXY_ENV {
         env.insert(k.into(), NO_PROXY.into());
     }
-    let allow_cidrs = ips
-        .iter()
-        .map(|ip| match ip {
-            IpAddr::V4(ip) => format!("{ip}/32"),
-            IpAddr::V6(ip) => format!("{ip}/128"),
-        })
-        .collect();
+    let allow_cidrs = v4.iter().map(|ip| format!("{ip}/32")).collect();
     Ok(RemoteEgress { env, allow_cidrs })
 }
 
@@ -516,9 +587,15 @@ mod tests {
     #[tokio::test]
     async fn egress_points_the_proxy_env_at_the_public_proxy_and_allows_only_it() {
         let s = spec(&GRANT);
-        let e = remote_egress("e2b", "sandbox.e2b.proxy_url", Some("203.0.113.7:8899"), &s)
-            .await
-            .unwrap();
+        let e = remote_egress(
+            "e2b",
+            "sandbox.e2b.proxy_url",
+            Some("203.0.113.7:8899"),
+            10,
+            &s,
+        )
+        .await
+        .unwrap();
         assert_eq!(e.env["HTTPS_PROXY"], "http://sb-1:tok@203.0.113.7:8899");
         assert_eq!(e.env["SSL_CERT_FILE"], "/etc/airlock/ca.pem");
         assert_eq!(e.allow_cidrs, ["203.0.113.7/32"]);
@@ -528,27 +605,92 @@ mod tests {
     async fn credentials_without_a_reachable_proxy_are_refused_and_no_proxy_means_no_egress() {
         let mut env = GRANT.to_vec();
         env.push(("GITHUB_TOKEN", "ghp_stub"));
-        let err = remote_egress("e2b", "sandbox.e2b.proxy_url", None, &spec(&env))
+        let err = remote_egress("e2b", "sandbox.e2b.proxy_url", None, 10, &spec(&env))
             .await
             .unwrap_err();
         assert!(matches!(err, BackendError::Invalid(_)), "{err}");
         assert!(err.to_string().contains("GITHUB_TOKEN"), "{err}");
         assert!(err.to_string().contains("sandbox.e2b.proxy_url"), "{err}");
 
-        let e = remote_egress("e2b", "k", None, &spec(&GRANT))
+        let e = remote_egress("e2b", "k", None, 10, &spec(&GRANT))
             .await
             .unwrap();
         assert!(e.allow_cidrs.is_empty());
         assert!(!e.env.contains_key("HTTPS_PROXY"));
         // No grant at all (vault off): a configured proxy is not opened either.
-        let e = remote_egress("e2b", "k", Some("203.0.113.7:1"), &spec(&[]))
+        let e = remote_egress("e2b", "k", Some("203.0.113.7:1"), 10, &spec(&[]))
             .await
             .unwrap();
         assert!(e.allow_cidrs.is_empty());
-        let err = remote_egress("e2b", "k", Some("no-port"), &spec(&GRANT))
+        let err = remote_egress("e2b", "k", Some("no-port"), 10, &spec(&GRANT))
             .await
             .unwrap_err();
         assert!(err.to_string().contains("host:port"), "{err}");
+    }
+
+    /// E2B's always-denied ranges (infra `sandbox-network/firewall.go` `DeniedSandboxCIDRs`),
+    /// carrier-grade NAT, IPv6 (both providers' firewalls are IPv4-only), and public ones.
+    #[test]
+    fn only_public_ipv4_proxies_are_accepted() {
+        let table: &[(&str, bool)] = &[
+            ("10.0.0.1", false),
+            ("10.255.255.255", false),
+            ("127.0.0.1", false),
+            ("169.254.169.254", false),
+            ("172.16.0.1", false),
+            ("172.31.255.254", false),
+            ("192.168.1.1", false),
+            ("100.64.0.1", false),
+            ("100.127.255.254", false),
+            ("0.0.0.0", false),
+            ("0.1.2.3", false),
+            ("224.0.0.1", false),
+            ("255.255.255.255", false),
+            ("240.0.0.1", false),
+            ("192.0.0.8", false),
+            ("198.18.0.1", false),
+            ("::1", false),
+            ("2001:4860:4860::8888", false),
+            ("fc00::1", false),
+            ("172.32.0.1", true),
+            ("100.128.0.1", true),
+            ("8.8.8.8", true),
+            ("203.0.113.7", true),
+            ("198.51.100.1", true),
+        ];
+        for (ip, public) in table {
+            let got = public_ipv4(ip.parse().unwrap());
+            assert_eq!(got.is_ok(), *public, "{ip}: {got:?}");
+        }
+        for (url, ok) in [
+            (Some("203.0.113.7:8899"), true),
+            (Some("http://203.0.113.7:8899/"), true),
+            (Some("vault.example.com:8899"), true),
+            (None, true),
+            (Some("127.0.0.1:3128"), false),
+            (Some("10.1.2.3:3128"), false),
+            (Some("100.64.1.1:3128"), false),
+            (Some("[2001:db8::1]:3128"), false),
+            (Some("203.0.113.7"), false),
+        ] {
+            let r = validate_proxy_url("daytona", "sandbox.daytona.proxy_url", url);
+            assert_eq!(r.is_ok(), ok, "{url:?}: {r:?}");
+            if let Err(e) = r {
+                assert!(e.to_string().contains("sandbox.daytona.proxy_url"), "{e}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn resolved_proxies_must_be_public_and_fit_the_allow_list() {
+        let err = remote_egress("daytona", "k", Some("localhost:3128"), 10, &spec(&GRANT))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("public IPv4"), "{err}");
+        let e = remote_egress("e2b", "k", Some("203.0.113.7:1"), 0, &spec(&GRANT))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("at most 0"), "{e}");
     }
 
     #[test]
