@@ -35,6 +35,21 @@ enum Command {
     Audit(AuditArgs),
     /// List sandboxes.
     Sandboxes(SandboxesArgs),
+    /// Live smoke test of a cloud or cluster backend (skipped without its credentials).
+    Doctor(DoctorArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct DoctorArgs {
+    /// e2b|daytona|kubernetes
+    #[arg(long)]
+    backend: BackendChoice,
+    /// Config file [default: airlock.yaml in the working directory, if present].
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// host:port the sandbox must NOT reach directly (the "blocked call" step).
+    #[arg(long, default_value = brain::cli::doctor::DEFAULT_BLOCKED_PROBE)]
+    blocked_probe: String,
 }
 
 /// Where the brain is; the key comes from AIRLOCK_MASTER_KEY.
@@ -153,6 +168,7 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Serve(args) => serve(args).map(|()| true),
+        Command::Doctor(args) => doctor(args),
         other => client_command(other),
     };
     match result {
@@ -165,6 +181,25 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// `brain doctor`: exit 0 when every step passed or the run was skipped (no credentials).
+fn doctor(args: DoctorArgs) -> anyhow::Result<bool> {
+    let config = Config::load(args.config.as_deref())?;
+    let kind = args
+        .backend
+        .kind()
+        .context("doctor needs a concrete backend: e2b, daytona or kubernetes")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    let report = runtime.block_on(async {
+        let mut out = std::io::stdout();
+        brain::cli::doctor::run(kind, &config.sandbox, &args.blocked_probe, &mut out).await
+    });
+    Ok(report.ok())
 }
 
 fn client_command(command: Command) -> anyhow::Result<bool> {
@@ -184,7 +219,9 @@ fn client_command(command: Command) -> anyhow::Result<bool> {
         .context("starting the tokio runtime")?;
     runtime.block_on(async move {
         match command {
-            Command::Serve(_) => anyhow::bail!("`serve` is not a client command"),
+            Command::Serve(_) | Command::Doctor(_) => {
+                anyhow::bail!("not a client command")
+            }
             Command::Run(a) => {
                 let client = cli::Client::new(&a.client.url, key)?;
                 cli::run(

@@ -1489,3 +1489,98 @@ fn daytona_network_allow_list_rules() {
         }
     }
 }
+
+/// `brain doctor --backend B` (the real binary) runs every smoke step against the fakes, by
+/// URL + key, and without the key says so and exits 0.
+#[tokio::test]
+async fn brain_doctor_smoke_tests_e2b_and_daytona_and_skips_without_credentials() {
+    let e2b_fake = FakeE2b::start().await;
+    let daytona_fake = FakeDaytona::start(Duration::from_secs(60)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("airlock.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "sandbox:\n  e2b:\n    api_url: {}\n    envd_url: {}\n    retry_base_ms: 10\n  \
+             daytona:\n    api_url: {}\n    retry_base_ms: 10\n",
+            e2b_fake.api_url, e2b_fake.envd_url, daytona_fake.api_url
+        ),
+    )
+    .unwrap();
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let doctor = |backend: &str, env: Vec<(&str, String)>| {
+        let mut c = std::process::Command::new(airlock_tests::bin_path("brain"));
+        // The fakes run commands on this host and do not emulate the providers' firewalls:
+        // the "blocked" probe targets a closed loopback port, so no traffic leaves the host.
+        c.args([
+            "doctor",
+            "--backend",
+            backend,
+            "--blocked-probe",
+            &closed,
+            "--config",
+        ])
+        .arg(&config)
+        .env_remove("E2B_API_KEY")
+        .env_remove("DAYTONA_API_KEY");
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c
+    };
+    for (backend, key_env, key) in [
+        ("e2b", "E2B_API_KEY", e2b_fake.api_key.clone()),
+        ("daytona", "DAYTONA_API_KEY", daytona_fake.api_key.clone()),
+    ] {
+        let mut c = doctor(backend, vec![(key_env, key)]);
+        let out = tokio::task::spawn_blocking(move || c.output().unwrap())
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{backend}:\n{text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for step in [
+            "provision",
+            "exec echo",
+            "exec with a bad cwd",
+            "exec that times out",
+            "write file",
+            "read file back",
+            "list directory",
+            "read a missing file is not found",
+            "list a missing directory is not found",
+            "direct egress is blocked",
+            "destroy",
+            "exec after destroy is sandbox_lost",
+            "sweep doctor leftovers",
+        ] {
+            assert!(
+                text.lines()
+                    .any(|l| l.starts_with("ok ") && l.contains(step) && l.contains(" ms")),
+                "{backend}: step {step:?} not ok:\n{text}"
+            );
+        }
+        assert!(text.contains("skip  egress to the vault proxy"), "{text}");
+        assert!(text.contains(" 0 failed"), "{text}");
+        let mut c = doctor(backend, vec![]);
+        let out = tokio::task::spawn_blocking(move || c.output().unwrap())
+            .await
+            .unwrap();
+        assert!(out.status.success());
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.starts_with(&format!(
+                "skipped: no credentials (env {key_env} is not set)"
+            )),
+            "{text}"
+        );
+    }
+    assert!(e2b_fake.sandboxes().is_empty());
+    assert!(daytona_fake.sandboxes().is_empty());
+}

@@ -2,6 +2,7 @@
 //! a running brain over its HTTP API. Output is plain text meant for a terminal; `--json`
 //! where a script wants the API's own shape.
 
+pub mod doctor;
 mod render;
 
 use std::io::{IsTerminal, Write};
