@@ -36,6 +36,13 @@ use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
 use crate::fake_e2b::{hex, kill_groups, map_path_home, serve};
+use crate::spec_schemas::{self, Body as Spec};
+
+/// Checks `value` against the spec's schema for `body`, keeping any violation.
+fn conform(shared: &Shared, body: Spec, value: &Value) {
+    let errors = spec_schemas::check(body, value);
+    shared.lock().spec_violations.extend(errors);
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Route {
@@ -87,6 +94,8 @@ struct Inner {
     /// How long a new sandbox stays invisible to `GET /sandbox` (the list is eventually
     /// consistent; `GET /sandbox/{idOrName}` is not).
     list_lag: Duration,
+    /// Requests received and responses sent that break the spec's schemas.
+    spec_violations: Vec<String>,
 }
 
 struct Shared {
@@ -158,6 +167,11 @@ impl FakeDaytona {
             shared,
             tasks: vec![api_task, tb_task, sweeper],
         }
+    }
+
+    /// Every request or response so far that broke the spec's schemas (`spec_schemas`).
+    pub fn spec_violations(&self) -> Vec<String> {
+        self.shared.lock().spec_violations.clone()
     }
 
     /// Serve files as the v0.190.0 daemon does (see `Inner::legacy_daemon`).
@@ -521,6 +535,7 @@ async fn create(
             );
         }
     };
+    conform(&shared, Spec::DaytonaCreateSandbox, &body);
     let errors = validate_create(&body);
     if !errors.is_empty() {
         return api_error(StatusCode::BAD_REQUEST, uri.path(), json!(errors));
@@ -579,6 +594,8 @@ async fn create(
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
         return api_error(status, uri.path(), json!("Internal server error"));
     }
+    drop(inner);
+    conform(&shared, Spec::DaytonaSandbox, &reply);
     (StatusCode::OK, axum::Json(reply)).into_response()
 }
 
@@ -654,7 +671,10 @@ async fn list(
         .map(|s| sandbox_json(s, &tb))
         .collect();
     let next = (matching.len() > limit).then(|| matching[limit - 1].info.id.clone());
-    axum::Json(json!({"items": items, "nextCursor": next})).into_response()
+    drop(inner);
+    let reply = json!({"items": items, "nextCursor": next});
+    conform(&shared, Spec::DaytonaListSandboxesResponse, &reply);
+    axum::Json(reply).into_response()
 }
 
 async fn get_one(
@@ -675,7 +695,12 @@ async fn get_one(
         .get(&id)
         .or_else(|| inner.sandboxes.values().find(|s| s.info.name == id));
     match found {
-        Some(sb) => axum::Json(sandbox_json(sb, &tb)).into_response(),
+        Some(sb) => {
+            let reply = sandbox_json(sb, &tb);
+            drop(inner);
+            conform(&shared, Spec::DaytonaSandbox, &reply);
+            axum::Json(reply).into_response()
+        }
         None => api_error(
             StatusCode::NOT_FOUND,
             uri.path(),
@@ -796,6 +821,7 @@ async fn execute(
             );
         }
     };
+    conform(&shared, Spec::DaytonaExecuteRequest, &req);
     if let Some(obj) = req.as_object()
         && let Some(k) = obj
             .keys()
@@ -839,8 +865,9 @@ async fn execute(
     });
     match run.await {
         Ok(Ok(Outcome::Exited(code, output))) => {
-            axum::Json(json!({"exitCode": code, "result": String::from_utf8_lossy(&output)}))
-                .into_response()
+            let reply = json!({"exitCode": code, "result": String::from_utf8_lossy(&output)});
+            conform(&shared, Spec::DaytonaExecuteResponse, &reply);
+            axum::Json(reply).into_response()
         }
         Ok(Ok(Outcome::TimedOut)) => toolbox_error(
             StatusCode::REQUEST_TIMEOUT,
@@ -1134,5 +1161,7 @@ async fn list_files(
             "group": "daytona",
         }));
     }
-    axum::Json(out).into_response()
+    let reply = Value::Array(out);
+    conform(&shared, Spec::DaytonaFileInfoList, &reply);
+    axum::Json(reply).into_response()
 }

@@ -39,6 +39,8 @@ use serde_json::{Value, json};
 use tokio::io::AsyncReadExt;
 use tokio::task::JoinHandle;
 
+use crate::spec_schemas::{self, Body as Spec};
+
 /// A control-plane route, for injecting failures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Route {
@@ -84,6 +86,8 @@ struct Inner {
     /// Per envd request: whether it carried `Authorization: Basic` (tests assert the client
     /// follows the SDK and omits it for envd >= 0.4.0).
     basic_auth_seen: Vec<bool>,
+    /// Requests received and responses sent that break the spec's schemas.
+    spec_violations: Vec<String>,
     failures: HashMap<Route, VecDeque<(u16, Option<u64>)>>,
     create_delay: Duration,
     /// Creates that build the sandbox and then answer this status anyway (a lost response).
@@ -102,6 +106,7 @@ impl Default for Inner {
             max_timeout_s: 3600,
             envd_version: "0.6.4".into(),
             basic_auth_seen: Vec::new(),
+            spec_violations: Vec::new(),
             failures: HashMap::new(),
             create_delay: Duration::ZERO,
             lost_creates: VecDeque::new(),
@@ -208,6 +213,11 @@ impl FakeE2b {
     /// The `envdVersion` of sandboxes created from now on (default `0.6.4`).
     pub fn set_envd_version(&self, version: &str) {
         self.shared.lock().envd_version = version.into();
+    }
+
+    /// Every request or response so far that broke the spec's schemas (`spec_schemas`).
+    pub fn spec_violations(&self) -> Vec<String> {
+        self.shared.lock().spec_violations.clone()
     }
 
     /// Per envd request so far: whether it carried a Basic user header.
@@ -358,6 +368,20 @@ fn gate(shared: &Shared, headers: &HeaderMap, route: Route) -> Result<(), Respon
     result
 }
 
+/// Checks `value` against the spec's schema for `body`, keeping any violation.
+fn conform(shared: &Shared, body: Spec, value: &Value) -> bool {
+    let errors = spec_schemas::check(body, value);
+    let ok = errors.is_empty();
+    shared.lock().spec_violations.extend(errors);
+    ok
+}
+
+/// A JSON response whose body is checked against the spec first.
+fn checked(shared: &Shared, status: StatusCode, body: Spec, value: Value) -> Response {
+    conform(shared, body, &value);
+    (status, axum::Json(value)).into_response()
+}
+
 fn record(shared: &Shared, route: Route, status: StatusCode) {
     shared.lock().calls.push((route, status.as_u16()));
 }
@@ -499,6 +523,7 @@ async fn create(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byt
     if let Err(r) = check_fields(&body, &known, &["templateID"]) {
         return r;
     }
+    conform(&shared, Spec::E2bNewSandbox, &body);
     let Some(template) = body["templateID"].as_str().filter(|t| !t.is_empty()) else {
         return error(
             StatusCode::BAD_REQUEST,
@@ -587,7 +612,7 @@ async fn create(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byt
         (reply, lost)
     });
     match made.await {
-        Ok((reply, None)) => (StatusCode::CREATED, axum::Json(reply)).into_response(),
+        Ok((reply, None)) => checked(&shared, StatusCode::CREATED, Spec::E2bSandbox, reply),
         Ok((_, Some(status))) => error(
             StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
             "Backend timeout",
@@ -654,9 +679,14 @@ async fn list(
         .take(limit)
         .map(|s| listed_json(s))
         .collect();
+    let errors: Vec<String> = page
+        .iter()
+        .flat_map(|v| spec_schemas::check(Spec::E2bListedSandbox, v))
+        .collect();
     let running = inner.sandboxes.len();
     let next = (matching.len() > limit).then(|| matching[limit - 1].info.id.clone());
     drop(inner);
+    shared.lock().spec_violations.extend(errors);
     record(&shared, Route::List, StatusCode::OK);
     let mut resp = axum::Json(page).into_response();
     resp.headers_mut().insert(
@@ -714,7 +744,8 @@ async fn get_one(
     let mut v = listed_json(sb);
     v["envdAccessToken"] = sb.token.clone().into();
     v["domain"] = Value::Null;
-    axum::Json(v).into_response()
+    drop(inner);
+    checked(&shared, StatusCode::OK, Spec::E2bSandboxDetail, v)
 }
 
 async fn delete(
@@ -753,6 +784,7 @@ async fn set_timeout(
     if let Err(r) = check_fields(&body, &["timeout"], &["timeout"]) {
         return r;
     }
+    conform(&shared, Spec::E2bConnectSandbox, &body);
     let max_s = shared.lock().max_timeout_s;
     let timeout = match timeout_field(&body, max_s) {
         Ok(t) => t,
@@ -783,6 +815,7 @@ async fn connect(
     if let Err(r) = check_fields(&body, &["timeout"], &["timeout"]) {
         return r;
     }
+    conform(&shared, Spec::E2bConnectSandbox, &body);
     let max_s = shared.lock().max_timeout_s;
     let timeout = match timeout_field(&body, max_s) {
         Ok(t) => t,
@@ -797,7 +830,9 @@ async fn connect(
     if end > sb.end_at {
         sb.end_at = end;
     }
-    (StatusCode::OK, axum::Json(sandbox_json(sb))).into_response()
+    let reply = sandbox_json(sb);
+    drop(inner);
+    checked(&shared, StatusCode::OK, Spec::E2bSandbox, reply)
 }
 
 async fn expire_loop(shared: Arc<Shared>) {
@@ -1006,6 +1041,7 @@ async fn start_process(
             );
         }
     };
+    conform(&shared, Spec::EnvdStartRequest, &req);
     let process = &req["process"];
     let Some(cmd) = process["cmd"].as_str().filter(|c| !c.is_empty()) else {
         return connect_error(
@@ -1281,6 +1317,7 @@ async fn list_dir(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: B
         Ok(v) => v,
         Err(e) => return connect_error(StatusCode::BAD_REQUEST, "invalid_argument", e.to_string()),
     };
+    conform(&shared, Spec::EnvdListDirRequest, &req);
     let Some(path) = req["path"].as_str() else {
         return connect_error(
             StatusCode::BAD_REQUEST,
@@ -1339,7 +1376,12 @@ async fn list_dir(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: B
             "group": "user",
         }));
     }
-    axum::Json(json!({"entries": entries})).into_response()
+    checked(
+        &shared,
+        StatusCode::OK,
+        Spec::EnvdListDirResponse,
+        json!({"entries": entries}),
+    )
 }
 
 /// The `file` part of a `multipart/form-data` body (enough of RFC 7578 for one file part).

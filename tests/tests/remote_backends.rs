@@ -196,6 +196,8 @@ async fn e2b_provision_restricts_egress_runs_commands_moves_files_and_destroys()
     assert!(!backend.is_alive(&handle).await);
     let gone = backend.exec(&handle, cmd("true")).await.unwrap_err();
     assert!(matches!(gone, BackendError::NotFound(_)), "{gone}");
+    // Every body the brain sent and the fake answered matches the provider spec.
+    assert_eq!(fake.spec_violations(), Vec::<String>::new());
 }
 
 #[tokio::test]
@@ -364,6 +366,8 @@ async fn e2b_lifetime_is_clamped_to_the_teams_cap_on_create_and_connect() {
         .find(|s| s.metadata["airlock.sandbox"] == "sb-pro")
         .unwrap();
     assert_eq!(sb.timeout_s, 3900);
+    // Every body the brain sent and the fake answered matches the provider spec.
+    assert_eq!(fake.spec_violations(), Vec::<String>::new());
 }
 
 /// Issue 11 items 2-4: the edge's 502 "sandbox was not found" is `sandbox_lost`; a bad cwd
@@ -401,6 +405,8 @@ async fn e2b_errors_are_classified_as_the_real_envd_and_edge_send_them() {
     ] {
         assert!(matches!(err, BackendError::NotFound(_)), "{err:?}");
     }
+    // Every body the brain sent and the fake answered matches the provider spec.
+    assert_eq!(fake.spec_violations(), Vec::<String>::new());
 }
 
 /// Issue 11 item 5: raw uploads only for envd >= 0.5.7 (multipart before), the Basic user
@@ -434,6 +440,8 @@ async fn e2b_follows_the_envd_version_gates() {
         );
         backend.destroy(&h).await.unwrap();
     }
+    // Every body the brain sent and the fake answered matches the provider spec.
+    assert_eq!(fake.spec_violations(), Vec::<String>::new());
 }
 
 #[tokio::test]
@@ -583,6 +591,8 @@ async fn daytona_provision_waits_for_started_restricts_egress_runs_commands_and_
     assert_eq!(fake.deleted(), [sb.id]);
     backend.destroy(&handle).await.unwrap();
     assert!(!backend.is_alive(&handle).await);
+    // Every body the brain sent and the fake answered matches the provider spec.
+    assert_eq!(fake.spec_violations(), Vec::<String>::new());
 }
 
 #[tokio::test]
@@ -712,6 +722,8 @@ async fn daytona_commands_run_under_bash_without_stdin_whatever_shell_the_daemon
     let r = backend.exec(&h, argv).await.unwrap();
     assert_eq!(r.stdout, "a b|it's *|");
     backend.destroy(&h).await.unwrap();
+    // Every body the brain sent and the fake answered matches the provider spec.
+    assert_eq!(fake.spec_violations(), Vec::<String>::new());
 }
 
 /// Issue 11 item 7: the v0.190.0 daemon has no `/files/upload-v2` (multipart `/files/upload`
@@ -755,6 +767,8 @@ async fn daytona_files_work_against_both_daemon_generations() {
         let gone = backend.read_file(&h, "/tmp/w/a.bin").await.unwrap_err();
         assert!(matches!(gone, BackendError::NotFound(_)), "{gone:?}");
     }
+    // Every body the brain sent and the fake answered matches the provider spec.
+    assert_eq!(fake.spec_violations(), Vec::<String>::new());
 }
 
 /// Issue 11 item 8: `GET /sandbox` lags behind creates and hides errored sandboxes unless
@@ -795,6 +809,8 @@ async fn daytona_lost_create_and_sweep_allow_for_a_lagging_list_and_errored_sand
     );
     backend.destroy_labelled(&found[0]).await.unwrap();
     assert!(fake.sandboxes().is_empty());
+    // Every body the brain sent and the fake answered matches the provider spec.
+    assert_eq!(fake.spec_violations(), Vec::<String>::new());
 }
 
 #[tokio::test]
@@ -1583,4 +1599,8 @@ async fn brain_doctor_smoke_tests_e2b_and_daytona_and_skips_without_credentials(
     }
     assert!(e2b_fake.sandboxes().is_empty());
     assert!(daytona_fake.sandboxes().is_empty());
+    // Every body the brain sent and the fake answered matches the provider spec.
+    assert_eq!(e2b_fake.spec_violations(), Vec::<String>::new());
+    // Every body the brain sent and the fake answered matches the provider spec.
+    assert_eq!(daytona_fake.spec_violations(), Vec::<String>::new());
 }
