@@ -808,9 +808,14 @@ fn manifests_parse_into_kubernetes_types_and_policy_confines_sandboxes() {
         |ns: &str| BTreeMap::from([("kubernetes.io/metadata.name".to_string(), ns.to_string())]);
 
     let egress = pspec.egress.as_ref().unwrap();
-    assert_eq!(egress.len(), 2, "exactly: the vault proxy, DNS");
+    assert_eq!(
+        egress.len(),
+        3,
+        "exactly: the vault proxy, DNS pods, NodeLocal DNSCache"
+    );
     let mut saw_vault = false;
     let mut saw_dns = false;
+    let mut saw_nodelocal = false;
     for rule in egress {
         let peers = rule
             .to
@@ -818,7 +823,20 @@ fn manifests_parse_into_kubernetes_types_and_policy_confines_sandboxes() {
             .expect("no rule may allow every destination");
         let ports = rule.ports.as_ref().expect("no rule may allow every port");
         for peer in peers {
-            assert!(peer.ip_block.is_none(), "no IP blocks: {peer:?}");
+            if let Some(block) = &peer.ip_block {
+                // Only NodeLocal DNSCache's link-local address, only DNS.
+                assert_eq!(block.cidr, "169.254.20.10/32", "{peer:?}");
+                assert!(block.except.is_none());
+                assert!(peer.namespace_selector.is_none() && peer.pod_selector.is_none());
+                for p in ports {
+                    assert_eq!(
+                        p.port,
+                        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(53))
+                    );
+                }
+                saw_nodelocal = true;
+                continue;
+            }
             let ns_sel = peer.namespace_selector.as_ref().expect("namespace pinned");
             let pod_sel = peer.pod_selector.as_ref().expect("pods pinned");
             if selects(ns_sel, &ns_labels(&vault_ns)) && selects(pod_sel, &vault_labels) {
@@ -859,7 +877,7 @@ fn manifests_parse_into_kubernetes_types_and_policy_confines_sandboxes() {
             }
         }
     }
-    assert!(saw_vault && saw_dns);
+    assert!(saw_vault && saw_dns && saw_nodelocal);
     // The policy must not also let sandboxes reach the brain or each other.
     assert!(!selects(
         pspec.pod_selector.as_ref().expect("podSelector"),
