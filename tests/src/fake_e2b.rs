@@ -445,6 +445,70 @@ fn parse_json(body: &Bytes) -> Result<Value, Response> {
     })
 }
 
+/// E2B's egress rules (e2b-dev/E2B@b8029973:spec/openapi.yml `SandboxNetworkConfig`):
+/// `allowOut` entries are an IPv4 CIDR, a bare IPv4 address or a domain (`example.com`,
+/// `*.example.com`); `denyOut` entries are CIDRs or addresses only ("Domain names are not
+/// supported for deny rules"). The firewall sets are IPv4-only (issue 11), so IPv6 is refused.
+pub fn validate_egress_rules(allow_out: &[String], deny_out: &[String]) -> Result<(), String> {
+    fn ipv4_or_cidr(s: &str) -> bool {
+        match s.split_once('/') {
+            Some((ip, bits)) => {
+                ip.parse::<std::net::Ipv4Addr>().is_ok()
+                    && bits.parse::<u8>().is_ok_and(|b| b <= 32)
+            }
+            None => s.parse::<std::net::Ipv4Addr>().is_ok(),
+        }
+    }
+    fn domain(s: &str) -> bool {
+        let s = s.strip_prefix("*.").unwrap_or(s);
+        s.contains('.')
+            && s.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    && !l.starts_with('-')
+                    && !l.ends_with('-')
+            })
+            && s.rsplit('.')
+                .next()
+                .is_some_and(|tld| tld.bytes().any(|b| b.is_ascii_alphabetic()))
+    }
+    for (i, e) in allow_out.iter().enumerate() {
+        if !(ipv4_or_cidr(e) || domain(e)) {
+            return Err(format!(
+                "network.allowOut[{i}]: `{e}` is not an IPv4 address, IPv4 CIDR or domain name"
+            ));
+        }
+    }
+    for (i, e) in deny_out.iter().enumerate() {
+        if domain(e) {
+            return Err(format!(
+                "network.denyOut[{i}]: domain names are not supported for deny rules"
+            ));
+        }
+        if !ipv4_or_cidr(e) {
+            return Err(format!(
+                "network.denyOut[{i}]: `{e}` is not an IPv4 address or CIDR"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The team cap check of a `timeout` (seconds): `Ok` when within `max_s`.
+pub fn check_timeout(t: i64, max_s: i64) -> Result<i64, String> {
+    if !(0..=i32::MAX as i64).contains(&t) {
+        return Err("timeout: number must be an int32 >= 0".into());
+    }
+    if t > max_s {
+        return Err(format!(
+            "Timeout cannot be greater than {} hours",
+            max_s / 3600
+        ));
+    }
+    Ok(t)
+}
+
 fn timeout_field(body: &Value, max_s: i64) -> Result<i64, Response> {
     let t = match body.get("timeout") {
         None => 15,
@@ -458,13 +522,7 @@ fn timeout_field(body: &Value, max_s: i64) -> Result<i64, Response> {
     // The plan cap (`timeout_helper.go` getTeamPlanLimit = MaxLengthHours); the API answers
     // 400 "Timeout cannot be greater than N hours" (wording as E2B answers it, quoted in
     // issue 11 and by SDK users; not found in the stored infra snapshot).
-    if t > max_s {
-        return Err(error(
-            StatusCode::BAD_REQUEST,
-            format!("Timeout cannot be greater than {} hours", max_s / 3600),
-        ));
-    }
-    Ok(t)
+    check_timeout(t, max_s).map_err(|m| error(StatusCode::BAD_REQUEST, m))
 }
 
 fn sandbox_json(sb: &Sandbox) -> Value {
@@ -561,17 +619,25 @@ async fn create(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byt
         if let Err(r) = check_fields(&network, &known, &[]) {
             return r;
         }
-        for k in ["allowOut", "denyOut"] {
-            if let Some(v) = network.get(k)
-                && !v.as_array().is_some_and(|a| a.iter().all(Value::is_string))
-            {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    format!(
-                        "request body has an error: doesn't match schema: property \"{k}\": value must be an array of strings"
-                    ),
-                );
+        let mut lists: [Vec<String>; 2] = Default::default();
+        for (i, k) in ["allowOut", "denyOut"].into_iter().enumerate() {
+            if let Some(v) = network.get(k) {
+                let Some(items) = v
+                    .as_array()
+                    .and_then(|a| a.iter().map(|x| x.as_str().map(str::to_string)).collect())
+                else {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        format!(
+                            "request body has an error: doesn't match schema: property \"{k}\": value must be an array of strings"
+                        ),
+                    );
+                };
+                lists[i] = items;
             }
+        }
+        if let Err(m) = validate_egress_rules(&lists[0], &lists[1]) {
+            return error(StatusCode::BAD_REQUEST, m);
         }
     }
     let secure = body.get("secure").and_then(Value::as_bool).unwrap_or(false);

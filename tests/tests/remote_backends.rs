@@ -1604,3 +1604,49 @@ async fn brain_doctor_smoke_tests_e2b_and_daytona_and_skips_without_credentials(
     // Every body the brain sent and the fake answered matches the provider spec.
     assert_eq!(daytona_fake.spec_violations(), Vec::<String>::new());
 }
+
+/// E2B's timeout cap and egress-rule validation as the fake applies them, table-driven.
+#[test]
+fn e2b_timeout_and_egress_rule_validation() {
+    for (t, cap, ok) in [
+        (0, 3600, true),
+        (3600, 3600, true),
+        (3601, 3600, false),
+        (3900, 3600, false),
+        (86_400, 86_400, true),
+        (86_401, 86_400, false),
+        (-1, 3600, false),
+    ] {
+        let r = fake_e2b::check_timeout(t, cap);
+        assert_eq!(r.is_ok(), ok, "{t} under {cap}: {r:?}");
+        if t > cap {
+            assert!(r.unwrap_err().contains("Timeout cannot be greater than"));
+        }
+    }
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    for (allow, deny, want) in [
+        (s(&["203.0.113.7/32"]), s(&["0.0.0.0/0"]), None),
+        (
+            s(&["8.8.8.8", "example.com", "*.example.com"]),
+            s(&[]),
+            None,
+        ),
+        (s(&[]), s(&["10.0.0.0/8", "1.2.3.4"]), None),
+        (
+            s(&[]),
+            s(&["example.com"]),
+            Some("not supported for deny rules"),
+        ),
+        (s(&["2001:db8::1/128"]), s(&[]), Some("allowOut[0]")),
+        (s(&["10.0.0.0/33"]), s(&[]), Some("allowOut[0]")),
+        (s(&[""]), s(&[]), Some("allowOut[0]")),
+        (s(&[]), s(&["::/0"]), Some("denyOut[0]")),
+    ] {
+        let r = fake_e2b::validate_egress_rules(&allow, &deny);
+        match (want, &r) {
+            (None, Ok(())) => {}
+            (Some(w), Err(e)) if e.contains(w) => {}
+            _ => panic!("{allow:?} / {deny:?}: want {want:?}, got {r:?}"),
+        }
+    }
+}
