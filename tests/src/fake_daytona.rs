@@ -837,6 +837,16 @@ async fn execute(
         Some(c) => map_path_home(&root, "home/daytona", c),
         None => home.clone(),
     };
+    if !cwd.is_dir() {
+        // `cmd.Start()` fails on the chdir; the daemon answers 200 with exit code -1 and Go's
+        // error text as the result (daytonaio/daytona@36a5c188:apps/daemon/pkg/toolbox/
+        // process/execute/execute.go).
+        let shown = req["cwd"].as_str().unwrap_or("");
+        let reply =
+            json!({"exitCode": -1, "result": format!("chdir {shown}: no such file or directory")});
+        conform(&shared, Spec::DaytonaExecuteResponse, &reply);
+        return axum::Json(reply).into_response();
+    }
     let timeout = match req.get("timeout") {
         None | Some(Value::Null) => None,
         Some(v) => match v.as_u64() {

@@ -696,6 +696,12 @@ async fn daytona_commands_run_under_bash_without_stdin_whatever_shell_the_daemon
         .await
         .unwrap();
     assert_eq!(r.stdout, "got:\nafter\n");
+    // A cwd that does not exist is the caller's mistake (400-class), as on E2B.
+    let mut bad = cmd("pwd");
+    bad.cwd = Some("/no/such/dir".into());
+    let err = backend.exec(&h, bad).await.unwrap_err();
+    assert!(matches!(err, BackendError::Invalid(_)), "{err:?}");
+    assert!(err.to_string().contains("/no/such/dir"), "{err}");
     // Quotes, substitutions and bash-only syntax survive the wrapping.
     let r = backend
         .exec(

@@ -243,8 +243,6 @@ async fn exec_steps(step: &mut Stepper<'_>, b: &dyn SandboxBackend, h: &SandboxH
             Err(BackendError::Agent {
                 status, message, ..
             }) if (400..500).contains(&status) => Ok(((), message)),
-            // Daytona's daemon runs the command anyway and reports the shell's failure.
-            Ok(r) if r.exit_code != Some(0) => Ok(((), format!("exit {:?}", r.exit_code))),
             other => Err(format!("expected a 4xx tool error, got {other:?}")),
         }
     })

@@ -713,6 +713,14 @@ impl SandboxBackend for DaytonaBackend {
         let out: ExecuteResponse = resp.json().await.map_err(|e| {
             BackendError::AgentUnreachable(format!("{PROVIDER} toolbox: bad ExecuteResponse: {e}"))
         })?;
+        if out.exit_code == Some(-1) && out.result.starts_with("chdir ") {
+            // The daemon could not start the command in `cwd` (Go's `cmd.Start` error, exit
+            // -1): the caller's mistake, as E2B's invalid_argument is.
+            return Err(BackendError::Invalid(format!(
+                "{PROVIDER}: {}",
+                out.result.trim()
+            )));
+        }
         let mut stdout = String::new();
         for event in cap
             .push(Channel::Stdout, out.result.as_bytes())
