@@ -1019,3 +1019,34 @@ async fn bench_provision_and_exec_overhead() {
         backend.destroy(h).await.unwrap();
     }
 }
+
+/// `brain doctor --backend kubernetes` (the library entry point the binary calls) against the
+/// fake API server: every step passes, each with its latency.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_smoke_tests_the_kubernetes_backend() {
+    let fake = fake(|_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut sandbox = brain::config::SandboxConfig::default();
+    sandbox.kubernetes = config(&fake, dir.path(), fake.token());
+    // The fake runs agents on this host without a pod network: the blocked probe is a closed
+    // loopback port, so nothing leaves the host.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let mut out = Vec::new();
+    let report = brain::cli::doctor::run(
+        brain::sandbox::BackendKind::Kubernetes,
+        &sandbox,
+        &closed,
+        &mut out,
+    )
+    .await;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    assert!(report.ok() && report.skipped.is_none(), "{text}");
+    assert!(report.passed >= 14, "{text}");
+    assert!(
+        text.contains("ok    exec after destroy is sandbox_lost"),
+        "{text}"
+    );
+}

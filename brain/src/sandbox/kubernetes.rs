@@ -587,6 +587,37 @@ impl KubernetesBackend {
         &self.config
     }
 
+    /// `r`, except that an unreachable agent whose pod is gone (absent, finished, or being
+    /// deleted) becomes `NotFound` (`sandbox_lost`). An API error leaves `r` as it was.
+    async fn or_lost<T>(
+        &self,
+        handle: &SandboxHandle,
+        r: Result<T, BackendError>,
+    ) -> Result<T, BackendError> {
+        let Err(BackendError::AgentUnreachable(why)) = r else {
+            return r;
+        };
+        let name = &handle.backend_ref;
+        let gone = match tokio::time::timeout(self.api_timeout, self.pods.get_opt(name)).await {
+            Ok(Ok(None)) => true,
+            Ok(Ok(Some(pod))) => {
+                pod.metadata.deletion_timestamp.is_some()
+                    || pod
+                        .status
+                        .and_then(|s| s.phase)
+                        .is_some_and(|p| p == "Succeeded" || p == "Failed")
+            }
+            _ => false,
+        };
+        if gone {
+            Err(BackendError::NotFound(format!(
+                "kubernetes: pod {name} is gone ({why})"
+            )))
+        } else {
+            Err(BackendError::AgentUnreachable(why))
+        }
+    }
+
     /// One API call, bounded in time; retried with backoff if `idempotent` and retryable.
     async fn call<T, F, Fut>(&self, what: &str, idempotent: bool, f: F) -> Result<T, BackendError>
     where
@@ -806,6 +837,54 @@ impl SandboxBackend for KubernetesBackend {
 
     async fn destroy(&self, handle: &SandboxHandle) -> Result<(), BackendError> {
         self.delete_objects(&handle.backend_ref).await
+    }
+
+    // The agent calls: when the agent cannot be reached, a pod that is gone (deleted,
+    // finished, being deleted) makes it `sandbox_lost` rather than a transport error.
+    async fn exec(
+        &self,
+        handle: &SandboxHandle,
+        req: airlock_wire::ExecRequest,
+    ) -> Result<airlock_wire::ExecResult, BackendError> {
+        let r = self.agent(handle)?.exec(req).await;
+        self.or_lost(handle, r).await
+    }
+
+    async fn exec_stream(
+        &self,
+        handle: &SandboxHandle,
+        req: airlock_wire::ExecRequest,
+    ) -> Result<super::ExecStream, BackendError> {
+        let r = self.agent(handle)?.exec_stream(req).await;
+        self.or_lost(handle, r).await
+    }
+
+    async fn read_file(
+        &self,
+        handle: &SandboxHandle,
+        path: &str,
+    ) -> Result<bytes::Bytes, BackendError> {
+        let r = self.agent(handle)?.read_file(path).await;
+        self.or_lost(handle, r).await
+    }
+
+    async fn write_file(
+        &self,
+        handle: &SandboxHandle,
+        path: &str,
+        data: bytes::Bytes,
+    ) -> Result<(), BackendError> {
+        let r = self.agent(handle)?.write_file(path, data).await;
+        self.or_lost(handle, r).await
+    }
+
+    async fn list_files(
+        &self,
+        handle: &SandboxHandle,
+        path: &str,
+    ) -> Result<Vec<airlock_wire::FileEntry>, BackendError> {
+        let r = self.agent(handle)?.list_files(path).await;
+        self.or_lost(handle, r).await
     }
 
     async fn destroy_labelled(&self, found: &LabelledSandbox) -> Result<(), BackendError> {
