@@ -1026,8 +1026,10 @@ async fn bench_provision_and_exec_overhead() {
 async fn doctor_smoke_tests_the_kubernetes_backend() {
     let fake = fake(|_| {}).await;
     let dir = tempfile::tempdir().unwrap();
-    let mut sandbox = brain::config::SandboxConfig::default();
-    sandbox.kubernetes = config(&fake, dir.path(), fake.token());
+    let sandbox = brain::config::SandboxConfig {
+        kubernetes: config(&fake, dir.path(), fake.token()),
+        ..Default::default()
+    };
     // The fake runs agents on this host without a pod network: the blocked probe is a closed
     // loopback port, so nothing leaves the host.
     let closed = {
