@@ -120,6 +120,22 @@ pub struct RemoteVaultConfig {
     /// `GET /v1/audit/egress` answers 501.
     #[serde(default)]
     pub audit_log: Option<PathBuf>,
+    /// Remote mode over TLS (`admin_url: https://…`): SHA-256 fingerprint (hex, `:` allowed)
+    /// of the proxy's admin certificate. The brain trusts exactly that certificate.
+    #[serde(default)]
+    pub pin_sha256: Option<String>,
+    /// Or the proxy's admin certificate itself (PEM): its SHA-256 is the pin.
+    #[serde(default)]
+    pub pin_cert: Option<PathBuf>,
+    /// Client certificate and key (one PEM file) for an admin API with `tls.client_ca`.
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    /// The proxy's `listen_tls` (`host:port`): sandboxes get `HTTPS_PROXY=https://…` there.
+    #[serde(default)]
+    pub tls_url: Option<String>,
+    /// PEM added to the sandbox CA bundle so sandboxes trust the `listen_tls` certificate.
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 fn default_admin_token_env() -> String {
@@ -362,6 +378,16 @@ impl Config {
                 abs(p);
             }
             if let Some(p) = &mut remote.audit_log {
+                abs(p);
+            }
+            for p in [
+                &mut remote.pin_cert,
+                &mut remote.client_cert,
+                &mut remote.tls_ca_file,
+            ]
+            .into_iter()
+            .flatten()
+            {
                 abs(p);
             }
         }

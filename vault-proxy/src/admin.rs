@@ -1,6 +1,8 @@
 //! Admin API (bearer admin token): grants for the brain, the CA certificate.
 //!
-//! - `GET /healthz` (no auth) → `{"status":"ok"}`
+//! - `GET /healthz` (no auth) → `{"status":"ok"}`, or 503
+//!   `{"status":"audit_unavailable"}` while the audit log cannot be written
+//! - `GET /v1/audit/head` → `{"seq","hash"}` of the last record written
 //! - `POST /v1/grants {"sandbox","credentials":[names],"session"?}` → `{"token","stubs"}`
 //! - `DELETE /v1/grants/{sandbox}` → 204 (404 if none)
 //! - `GET /v1/ca` → the CA certificate PEM (public part only)
@@ -24,6 +26,7 @@ use crate::grants::{GrantError, Grants};
 /// Admin state.
 pub(crate) struct Admin {
     pub grants: Arc<Grants>,
+    pub audit: crate::audit::AuditLog,
     /// SHA-256 of the admin token; `None` = no token configured: every
     /// authenticated route answers 401 (fail closed).
     pub token_digest: Option<[u8; 32]>,
@@ -89,6 +92,12 @@ impl Admin {
     ) -> Result<Response<ProxyBody>, Infallible> {
         let path = req.uri().path().to_string();
         if req.method() == Method::GET && path == "/healthz" {
+            if !self.audit.is_healthy() {
+                return Ok(json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    serde_json::json!({"status": "audit_unavailable"}),
+                ));
+            }
             return Ok(json(StatusCode::OK, serde_json::json!({"status": "ok"})));
         }
         if !self.authorized(&req) {
@@ -103,6 +112,13 @@ impl Admin {
         }
         let method = req.method().clone();
         Ok(match (method, path.as_str()) {
+            (Method::GET, "/v1/audit/head") => {
+                let h = self.audit.head();
+                json(
+                    StatusCode::OK,
+                    serde_json::json!({"seq": h.seq, "hash": h.hash}),
+                )
+            }
             (Method::GET, "/v1/ca") => {
                 let mut r = Response::new(full(Bytes::from(self.ca_pem.clone())));
                 r.headers_mut().insert(
@@ -172,7 +188,14 @@ impl Admin {
 }
 
 /// Serves the admin API until `shutdown`.
-pub(crate) async fn serve(admin: Arc<Admin>, listener: TcpListener, shutdown: CancellationToken) {
+/// With `tls` (remote mode) every connection completes a TLS handshake
+/// first (and presents a client certificate when `client_ca` is set).
+pub(crate) async fn serve(
+    admin: Arc<Admin>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     loop {
         let stream = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -186,16 +209,37 @@ pub(crate) async fn serve(admin: Arc<Admin>, listener: TcpListener, shutdown: Ca
         };
         let admin = admin.clone();
         let sd = shutdown.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let svc = service_fn(move |req| admin.clone().route(req));
-            let conn = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(std::time::Duration::from_secs(10))
-                .serve_connection(TokioIo::new(stream), svc);
-            tokio::select! {
-                _ = conn => {}
-                _ = sd.cancelled() => {}
+            match tls {
+                None => serve_conn(admin, stream, sd).await,
+                Some(acceptor) => {
+                    let hs = tokio::time::timeout(
+                        std::time::Duration::from_secs(10),
+                        acceptor.accept(stream),
+                    );
+                    match hs.await {
+                        Ok(Ok(s)) => serve_conn(admin, s, sd).await,
+                        Ok(Err(e)) => tracing::debug!(error = %e, "admin tls handshake failed"),
+                        Err(_) => tracing::debug!("admin tls handshake timed out"),
+                    }
+                }
             }
         });
+    }
+}
+
+async fn serve_conn<S>(admin: Arc<Admin>, stream: S, sd: CancellationToken)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req| admin.clone().route(req));
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(std::time::Duration::from_secs(10))
+        .serve_connection(TokioIo::new(stream), svc);
+    tokio::select! {
+        _ = conn => {}
+        _ = sd.cancelled() => {}
     }
 }

@@ -50,6 +50,17 @@ pub struct Config {
     pub credentials: BTreeMap<String, CredentialConfig>,
     /// Static grants for standalone use; the brain adds its own via the admin API.
     pub grants: Vec<GrantConfig>,
+    /// `limits:` (tunnels per sandbox, unauthenticated timeout).
+    pub limits: LimitsConfig,
+    /// `tls:` remote mode: admin API over TLS (client certs with `client_ca`).
+    pub tls: Option<TlsConfig>,
+    /// `listen_tls:` the HTTPS proxy listener (needs `tls`).
+    pub listen_tls: Option<SocketAddr>,
+    /// `audit_key_env:` env var whose value keys the HMAC audit chain.
+    pub audit_key_env: Option<String>,
+    /// `audit_new_chain: true` (or `serve --new-audit-chain`): start a new
+    /// chain although the log does not reach the head in its sidecar.
+    pub audit_new_chain: bool,
 }
 
 /// Where the interception CA lives.
@@ -306,6 +317,12 @@ struct RawConfig {
     credentials: BTreeMap<String, RawCredential>,
     #[serde(default)]
     grants: Vec<RawGrant>,
+    limits: Option<ops::RawLimits>,
+    tls: Option<ops::RawTls>,
+    listen_tls: Option<SocketAddr>,
+    audit_key_env: Option<String>,
+    #[serde(default)]
+    audit_new_chain: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -511,7 +528,16 @@ impl RawConfig {
             });
         }
 
+        let tls = ops::tls(self.tls, base);
+        if self.listen_tls.is_some() && tls.is_none() {
+            return Err(invalid("listen_tls", "needs `tls: {cert, key}`"));
+        }
         Ok(Config {
+            limits: ops::limits(self.limits)?,
+            tls,
+            listen_tls: self.listen_tls,
+            audit_key_env: ops::audit_key_env(self.audit_key_env)?,
+            audit_new_chain: self.audit_new_chain,
             listen: self
                 .listen
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8899))),
@@ -758,6 +784,9 @@ impl serde::Serialize for HostPattern {
         s.serialize_str(&self.text)
     }
 }
+
+mod ops;
+pub use ops::{LimitsConfig, TlsConfig};
 
 #[cfg(test)]
 mod tests;

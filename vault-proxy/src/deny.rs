@@ -48,6 +48,15 @@ pub enum Deny {
     /// Limits: too many tunnels/connections (→ 503).
     #[error("overloaded: {0}")]
     Overloaded(&'static str),
+    /// The sandbox holds `limits.tunnels_per_sandbox` open tunnels (→ 429).
+    #[error("too many open tunnels for this sandbox")]
+    TooManyTunnels,
+    /// The sandbox is at another per-sandbox limit (requests in flight, buffered bytes) (→ 429).
+    #[error("sandbox limit reached: {0}")]
+    TooManyRequests(&'static str),
+    /// The audit log cannot be written: nothing that needs a record is sent (→ 503).
+    #[error("the audit log cannot be written; refusing (fail closed)")]
+    AuditUnavailable,
 }
 
 impl Deny {
@@ -60,7 +69,8 @@ impl Deny {
             }
             Deny::BadRequest(_) => StatusCode::BAD_REQUEST,
             Deny::Resolve | Deny::Upstream(_) | Deny::Unscrubbable(_) => StatusCode::BAD_GATEWAY,
-            Deny::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Deny::Overloaded(_) | Deny::AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Deny::TooManyTunnels | Deny::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -78,6 +88,9 @@ impl Deny {
             Deny::Upstream(_) => "upstream_error",
             Deny::Unscrubbable(_) => "response_not_scrubbable",
             Deny::Overloaded(_) => "overloaded",
+            Deny::TooManyTunnels => "too_many_tunnels",
+            Deny::TooManyRequests(_) => "too_many_requests",
+            Deny::AuditUnavailable => "audit_unavailable",
         }
     }
 
@@ -90,9 +103,14 @@ impl Deny {
             | Deny::Address(d)
             | Deny::Upstream(d)
             | Deny::Unscrubbable(d)
-            | Deny::Overloaded(d) => format!("{}: {d}", self.code()),
+            | Deny::Overloaded(d)
+            | Deny::TooManyRequests(d) => format!("{}: {d}", self.code()),
             Deny::Credential { reason, .. } => format!("{}: {reason}", self.code()),
-            Deny::Revoked | Deny::Resolve | Deny::Egress => self.code().to_string(),
+            Deny::Revoked
+            | Deny::Resolve
+            | Deny::Egress
+            | Deny::TooManyTunnels
+            | Deny::AuditUnavailable => self.code().to_string(),
         }
     }
 
@@ -157,5 +175,7 @@ mod tests {
         check(Deny::Egress, 403, "egress_denied");
         check(Deny::Upstream("connect"), 502, "upstream_error");
         check(Deny::BadRequest("x"), 400, "bad_request");
+        check(Deny::TooManyTunnels, 429, "too_many_tunnels");
+        check(Deny::AuditUnavailable, 503, "audit_unavailable");
     }
 }

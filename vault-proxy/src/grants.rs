@@ -68,6 +68,10 @@ pub struct Grant {
     revoked: CancellationToken,
     /// Open tunnels, for the per-sandbox limit.
     pub(crate) open_tunnels: AtomicUsize,
+    /// Requests in flight (all tunnels and HTTP/2 streams), for the per-sandbox limit.
+    pub(crate) inflight: AtomicUsize,
+    /// Request body bytes buffered right now, for the per-sandbox limit.
+    pub(crate) buffered: AtomicUsize,
 }
 
 impl std::fmt::Debug for Grant {
@@ -199,8 +203,11 @@ impl StubIndex {
 #[derive(Default)]
 struct State {
     by_sandbox: HashMap<String, Arc<Grant>>,
-    /// Every stub ever minted or configured → its owner (never shrinks).
+    /// Stubs of live grants → their owner (what the index is built from:
+    /// revoked stubs leave it, so the scan does not grow with churn).
     owners: HashMap<String, Arc<StubOwner>>,
+    /// SHA-256 of every stub ever minted or configured: never reused.
+    used: std::collections::HashSet<[u8; 32]>,
 }
 
 /// The registry. Cheap reads (`authenticate`, `index`); writes rebuild the index.
@@ -244,7 +251,7 @@ impl Grants {
             if self.creds.get(name).is_none() {
                 return Err(GrantError::UnknownCredential(name.clone()));
             }
-            if st.owners.contains_key(stub) {
+            if st.used.contains(&digest(stub)) {
                 return Err(GrantError::StubInUse(name.clone()));
             }
         }
@@ -285,7 +292,7 @@ impl Grants {
             for _ in 0..32 {
                 let s = mint_stub(c.value.expose(), &mut rng);
                 if s != c.value.expose()
-                    && !st.owners.contains_key(&s)
+                    && !st.used.contains(&digest(&s))
                     && !stubs.values().any(|v| v == &s)
                 {
                     minted = Some(s);
@@ -324,11 +331,14 @@ impl Grants {
             scrubber,
             revoked: CancellationToken::new(),
             open_tunnels: AtomicUsize::new(0),
+            inflight: AtomicUsize::new(0),
+            buffered: AtomicUsize::new(0),
         }
     }
 
     fn install(&self, st: &mut State, grant: Grant) {
         for (name, stub) in &grant.stubs {
+            st.used.insert(digest(stub));
             st.owners.insert(
                 stub.clone(),
                 Arc::new(StubOwner {
@@ -340,7 +350,20 @@ impl Grants {
         }
         if let Some(old) = st.by_sandbox.insert(grant.sandbox.clone(), Arc::new(grant)) {
             old.revoked.cancel();
+            Self::forget_stubs(st, &old);
         }
+        self.rebuild_index(st);
+    }
+
+    fn forget_stubs(st: &mut State, g: &Grant) {
+        for stub in g.stubs.values() {
+            if st.owners.get(stub).is_some_and(|o| o.grant_id == g.id) {
+                st.owners.remove(stub);
+            }
+        }
+    }
+
+    fn rebuild_index(&self, st: &State) {
         let idx = Arc::new(StubIndex::build(&st.owners));
         match self.index.write() {
             Ok(mut g) => *g = idx,
@@ -355,6 +378,8 @@ impl Grants {
         match st.by_sandbox.remove(sandbox) {
             Some(g) => {
                 g.revoked.cancel();
+                Self::forget_stubs(&mut st, &g);
+                self.rebuild_index(&st);
                 true
             }
             None => false,
@@ -367,6 +392,8 @@ impl Grants {
         for (_, g) in st.by_sandbox.drain() {
             g.revoked.cancel();
         }
+        st.owners.clear();
+        self.rebuild_index(&st);
     }
 
     /// The live grant of `sandbox` if `token` is its token.

@@ -49,13 +49,15 @@ pub(crate) struct Target {
     audit_host: String,
     /// The `Host` header every request of this tunnel is sent upstream with.
     host_header: Option<HeaderValue>,
+    /// Requests of this tunnel: an HTTP/2 tunnel is idle by requests, not frames.
+    pub(crate) clock: Arc<crate::sandbox_limits::RequestClock>,
 }
 
 /// Request facts kept for the audit record (never values).
 #[derive(Clone)]
-struct Facts {
-    method: String,
-    path: String,
+pub(crate) struct Facts {
+    pub(crate) method: String,
+    pub(crate) path: String,
 }
 
 impl Target {
@@ -76,10 +78,11 @@ impl Target {
             tunnel,
             audit_host,
             host_header,
+            clock: crate::sandbox_limits::RequestClock::new(),
         }
     }
 
-    fn event(
+    pub(crate) fn event(
         &self,
         f: &Facts,
         event: EventKind,
@@ -141,8 +144,14 @@ pub(crate) async fn handle(
             &audit_path(req.uri().path_and_query().map_or("/", |p| p.as_str())),
         ),
     };
+    // Per-sandbox fairness: counted until the response body is done.
+    let guard =
+        match crate::sandbox_limits::RequestGuard::enter(&t.grant, &t.clock, &t.shared.limits) {
+            Ok(g) => g,
+            Err(d) => return Ok(t.deny(&facts, d).await),
+        };
     match process(&t, &facts, req).await {
-        Ok(resp) => Ok(resp),
+        Ok(resp) => Ok(resp.map(|b| guard.track(b))),
         Err(d) => Ok(t.deny(&facts, d).await),
     }
 }
@@ -230,6 +239,12 @@ async fn process(
     let (buffered, stream_body): (Option<Bytes>, Option<Incoming>) = if empty_body {
         (Some(Bytes::new()), None)
     } else if grant.has_body_swaps() || len.is_some_and(|l| l <= SMALL_BODY) {
+        // Buffered bytes count against the sandbox's budget (429 beyond it).
+        let _slot = crate::sandbox_limits::BufferSlot::reserve(
+            grant,
+            len.unwrap_or(buffer_limit).min(buffer_limit) as usize,
+            &t.shared.limits,
+        )?;
         let collected = Limited::new(body, buffer_limit as usize)
             .collect()
             .await
@@ -313,6 +328,10 @@ async fn process(
     );
     parts.uri = Uri::from_parts(uri).map_err(|_| Deny::BadRequest("invalid uri"))?;
     let upstream_req = Request::from_parts(parts, out_body);
+
+    // Audit fails closed: the swap records are in the log before the secret
+    // leaves, and the grant is checked again after that write (revocation).
+    crate::audit_gate::before_send(t, f, &swaps).await?;
 
     let result = if websocket {
         t.shared.upstream.send_upgrade(&dest, upstream_req).await
@@ -427,8 +446,8 @@ async fn process(
     Ok(Response::from_parts(rparts, body))
 }
 
-/// Writes the swap records (one per credential) or the egress allow record
-/// (once per tunnel).
+/// Writes the egress allow record (once per tunnel). Swap records are not
+/// written here: `audit_gate::before_send` wrote them before the request left.
 async fn audit_decision(
     t: &Arc<Target>,
     f: &Facts,
@@ -436,29 +455,15 @@ async fn audit_decision(
     status: Option<u16>,
     err: Option<String>,
 ) {
-    if swaps.is_empty() {
-        if t.tunnel && t.allow_audited.swap(true, Ordering::SeqCst) && err.is_none() {
-            return;
-        }
-        let reason = err.unwrap_or_else(|| "egress_allowed".into());
-        let ev = t.event(f, EventKind::Allow, Decision::Allow, reason, None, status);
-        t.audit(ev).await;
-    } else {
-        for name in swaps {
-            let reason = err
-                .clone()
-                .unwrap_or_else(|| "stub_swapped_for_bound_host".into());
-            let ev = t.event(
-                f,
-                EventKind::Swap,
-                Decision::Allow,
-                reason,
-                Some(name.clone()),
-                status,
-            );
-            t.audit(ev).await;
-        }
+    if !swaps.is_empty() {
+        return;
     }
+    if t.tunnel && t.allow_audited.swap(true, Ordering::SeqCst) && err.is_none() {
+        return;
+    }
+    let reason = err.unwrap_or_else(|| "egress_allowed".into());
+    let ev = t.event(f, EventKind::Allow, Decision::Allow, reason, None, status);
+    t.audit(ev).await;
 }
 
 /// A streamed request body that fails (aborting the upstream request) as

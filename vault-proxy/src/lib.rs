@@ -11,6 +11,7 @@
 
 pub mod admin;
 pub mod audit;
+pub(crate) mod audit_gate;
 pub mod body;
 pub mod ca;
 pub mod config;
@@ -20,6 +21,8 @@ pub mod grants;
 pub(crate) mod handler;
 pub mod pipeline;
 pub mod proxy;
+pub mod remote_tls;
+pub(crate) mod sandbox_limits;
 pub mod secrets;
 #[cfg(test)]
 pub(crate) mod testutil;
@@ -58,6 +61,9 @@ pub enum StartError {
     /// The audit log could not be opened.
     #[error("audit log: {0}")]
     Audit(#[from] audit::AuditError),
+    /// `audit_key_env` names a variable that is not set.
+    #[error("audit_key_env: environment variable {0} is not set (refusing an unkeyed chain)")]
+    AuditKey(String),
     /// `upstream_roots` could not be loaded.
     #[error("upstream roots: {0}")]
     Upstream(#[from] connect::UpstreamConfigError),
@@ -70,6 +76,9 @@ pub enum StartError {
         #[source]
         source: GrantError,
     },
+    /// The `tls` material could not be loaded.
+    #[error("tls: {0}")]
+    Tls(#[from] remote_tls::TlsError),
     /// A listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -128,8 +137,30 @@ impl VaultProxy {
         )?);
         let ca_pem = ca.ca_pem().to_string();
         let leaves = LeafCache::new(ca, 1024);
-        let audit = AuditLog::open(&config.audit_log).await?;
-        let upstream = connect::Upstream::new(&config.upstream_roots, opts.limits.connect_timeout)?;
+        let hasher = match &config.audit_key_env {
+            None => audit::ChainHasher::Sha256,
+            Some(env) => match std::env::var(env) {
+                Ok(k) if !k.is_empty() => audit::ChainHasher::hmac(k.as_bytes()),
+                // A keyed chain was asked for: never fall back to an unkeyed one.
+                _ => return Err(StartError::AuditKey(env.clone())),
+            },
+        };
+        let audit = AuditLog::open_with(
+            &config.audit_log,
+            audit::AuditOpenOptions {
+                hasher,
+                new_chain: config.audit_new_chain,
+            },
+        )
+        .await?;
+        let mut limits = opts.limits;
+        limits.max_tunnels_per_sandbox = limits
+            .max_tunnels_per_sandbox
+            .min(config.limits.tunnels_per_sandbox);
+        limits.unauthenticated_timeout = limits.unauthenticated_timeout.min(Duration::from_millis(
+            config.limits.unauthenticated_timeout_ms,
+        ));
+        let upstream = connect::Upstream::new(&config.upstream_roots, limits.connect_timeout)?;
 
         let bind = |addr: SocketAddr| async move {
             TcpListener::bind(addr)
@@ -159,8 +190,27 @@ impl VaultProxy {
             })?),
             None => None,
         };
+        let (tls_admin, tls_proxy) = match &config.tls {
+            Some(t) => {
+                let (a, p) = remote_tls::acceptors(t)?;
+                (Some(a), Some(p))
+            }
+            None => (None, None),
+        };
+        let tls_listener = match config.listen_tls {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
+        let tls_addr = match &tls_listener {
+            Some(l) => Some(l.local_addr().map_err(|source| StartError::Bind {
+                addr: config.listen_tls.unwrap_or(config.listen),
+                source,
+            })?),
+            None => None,
+        };
         let mut own = vec![proxy_addr];
         own.extend(admin_addr);
+        own.extend(tls_addr);
 
         let net = NetPolicy {
             allow_private: config.network.allow_private,
@@ -176,15 +226,25 @@ impl VaultProxy {
             upstream,
             audit: audit.clone(),
             leaves,
-            conn_limit: Arc::new(Semaphore::new(opts.limits.max_connections)),
-            limits: opts.limits,
+            conn_limit: Arc::new(Semaphore::new(limits.max_connections)),
+            unauth_limit: Arc::new(Semaphore::new(limits.max_connections)),
+            limits,
         });
         let shutdown = CancellationToken::new();
         let mut tasks = vec![tokio::spawn(proxy::serve(
             shared.clone(),
             listener,
             shutdown.clone(),
+            None,
         ))];
+        if let Some(l) = tls_listener {
+            tasks.push(tokio::spawn(proxy::serve(
+                shared.clone(),
+                l,
+                shutdown.clone(),
+                tls_proxy.clone(),
+            )));
+        }
         if let Some(l) = admin_listener {
             let token_digest = std::env::var(&config.admin_token_env)
                 .ok()
@@ -195,10 +255,16 @@ impl VaultProxy {
             }
             let admin = Arc::new(admin::Admin {
                 grants: grants.clone(),
+                audit: audit.clone(),
                 token_digest,
                 ca_pem: ca_pem.clone(),
             });
-            tasks.push(tokio::spawn(admin::serve(admin, l, shutdown.clone())));
+            tasks.push(tokio::spawn(admin::serve(
+                admin,
+                l,
+                shutdown.clone(),
+                tls_admin,
+            )));
         }
         Ok(RunningProxy {
             grants,
@@ -206,6 +272,7 @@ impl VaultProxy {
             ca_pem,
             proxy_addr,
             admin_addr,
+            tls_addr,
             shutdown,
             tasks,
         })
@@ -219,6 +286,7 @@ pub struct RunningProxy {
     ca_pem: String,
     proxy_addr: SocketAddr,
     admin_addr: Option<SocketAddr>,
+    tls_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -232,6 +300,11 @@ impl RunningProxy {
     /// Address of the admin API, if served.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin_addr
+    }
+
+    /// Address of the HTTPS proxy listener (`listen_tls`), if configured.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
     }
 
     /// The CA certificate (PEM) to install in sandboxes.
@@ -283,6 +356,9 @@ pub async fn run(
     println!("listening on {}", running.proxy_addr());
     if let Some(a) = running.admin_addr() {
         println!("admin listening on {a}");
+    }
+    if let Some(a) = running.tls_addr() {
+        println!("tls listening on {a}");
     }
     shutdown.await;
     running.shutdown().await;

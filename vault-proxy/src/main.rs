@@ -26,6 +26,10 @@ enum Cmd {
         /// Config file (YAML).
         #[arg(long, default_value = "vault.yaml")]
         config: PathBuf,
+        /// Start a new audit chain although the log does not reach the head
+        /// kept in `<audit_log>.head` (the log was removed or cut).
+        #[arg(long)]
+        new_audit_chain: bool,
     },
     /// Manage the encrypted secret store.
     Secrets {
@@ -45,7 +49,10 @@ enum Cmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Serve { config } => serve(config),
+        Cmd::Serve {
+            config,
+            new_audit_chain,
+        } => serve(config, new_audit_chain),
         Cmd::Secrets { config, cmd } => match secrets_cli(cmd, &config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -57,8 +64,16 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(config_path: PathBuf) -> ExitCode {
+fn serve(config_path: PathBuf, new_audit_chain: bool) -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
+    // A file-size limit (RLIMIT_FSIZE) reached by the audit log must be an
+    // EFBIG write error the writer fails closed on, not SIGXFSZ killing
+    // the process.
+    // SAFETY: setting a signal disposition to SIG_IGN at start, before any
+    // other thread exists.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -67,7 +82,8 @@ fn serve(config_path: PathBuf) -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let result = (|| -> anyhow::Result<()> {
-        let config = Config::load(&config_path)?;
+        let mut config = Config::load(&config_path)?;
+        config.audit_new_chain |= new_audit_chain;
         let rt = tokio::runtime::Runtime::new()?;
         rt.block_on(async {
             let shutdown = async {

@@ -18,7 +18,7 @@ use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
@@ -54,6 +54,17 @@ pub struct Limits {
     pub max_buffered_body: usize,
     /// Upstream connect + TLS handshake timeout.
     pub connect_timeout: Duration,
+    /// A client connection that has not authenticated by then is closed
+    /// (`limits.unauthenticated_timeout_ms`; the smaller of this and the config wins).
+    pub unauthenticated_timeout: Duration,
+    /// Requests one sandbox may have in flight at once (all its tunnels and
+    /// HTTP/2 streams together); more get `429 too_many_requests`.
+    pub max_requests_per_sandbox: usize,
+    /// Request body bytes one sandbox may have buffered at once; more → 429.
+    pub max_buffered_per_sandbox: usize,
+    /// Test hook: a pause between a swap's audit write and the last grant
+    /// check before sending (zero outside tests), so a test can revoke there.
+    pub pause_after_audit: Duration,
 }
 
 impl Default for Limits {
@@ -67,6 +78,10 @@ impl Default for Limits {
             max_header_bytes: 64 * 1024,
             max_buffered_body: 8 * 1024 * 1024,
             connect_timeout: Duration::from_secs(10),
+            unauthenticated_timeout: Duration::from_millis(5000),
+            max_requests_per_sandbox: 512,
+            max_buffered_per_sandbox: 32 * 1024 * 1024,
+            pause_after_audit: Duration::ZERO,
         }
     }
 }
@@ -80,11 +95,23 @@ pub(crate) struct Shared {
     pub audit: AuditLog,
     pub leaves: LeafCache,
     pub limits: Limits,
+    /// Permits of authenticated client connections (taken at authentication).
     pub conn_limit: Arc<Semaphore>,
+    /// Permits of connections that have not authenticated yet: a flood of
+    /// them exhausts only this pool, never `conn_limit`.
+    pub unauth_limit: Arc<Semaphore>,
 }
 
-/// Accepts connections until `shutdown`.
-pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener, shutdown: CancellationToken) {
+/// Accepts connections until `shutdown`. With `tls`, each connection first
+/// completes a TLS handshake (the `listen_tls` listener of remote mode:
+/// `Proxy-Authorization` never crosses the network in clear), then speaks
+/// the same proxy protocol inside.
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -98,32 +125,104 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener, shutdown: 
                 }
             },
         };
-        let Ok(permit) = shared.conn_limit.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "connection limit reached; closing");
+        // Unauthenticated connections draw from their own pool: a flood of
+        // them never holds a permit an authenticated sandbox needs.
+        let Ok(unauth) = shared.unauth_limit.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "unauthenticated connection limit reached; closing");
             drop(stream);
             continue;
         };
         let shared = shared.clone();
         let shutdown = shutdown.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            // The permit lives as long as the client connection, including a
-            // CONNECT tunnel it turned into (tunnels hold a clone).
-            serve_client(shared, stream, shutdown, Arc::new(permit)).await;
+            let _ = stream.set_nodelay(true);
+            let gate = Arc::new(ConnGate::new(unauth));
+            match tls {
+                None => serve_client(shared, stream, shutdown, gate).await,
+                Some(acceptor) => {
+                    let deadline = shared.limits.handshake_timeout;
+                    match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => serve_client(shared, s, shutdown, gate).await,
+                        _ => tracing::debug!(%peer, "tls proxy handshake failed"),
+                    }
+                }
+            }
         });
     }
 }
 
-async fn serve_client(
+/// A client connection's admission: unauthenticated until its first
+/// request with valid proxy credentials, which takes a permit of the global
+/// connection limit (kept by every tunnel the connection opens) and frees
+/// the unauthenticated one.
+pub(crate) struct ConnGate {
+    state: std::sync::Mutex<GateState>,
+}
+
+struct GateState {
+    unauth: Option<OwnedSemaphorePermit>,
+    permit: Option<Arc<OwnedSemaphorePermit>>,
+}
+
+impl ConnGate {
+    fn new(unauth: OwnedSemaphorePermit) -> ConnGate {
+        ConnGate {
+            state: std::sync::Mutex::new(GateState {
+                unauth: Some(unauth),
+                permit: None,
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The connection's permit, taken on first authentication.
+    fn admit(&self, shared: &Shared) -> Result<Arc<OwnedSemaphorePermit>, Deny> {
+        let mut st = self.lock();
+        if let Some(p) = &st.permit {
+            return Ok(p.clone());
+        }
+        let p = Arc::new(
+            shared
+                .conn_limit
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| Deny::Overloaded("connection limit reached"))?,
+        );
+        st.permit = Some(p.clone());
+        st.unauth = None;
+        Ok(p)
+    }
+
+    fn is_authenticated(&self) -> bool {
+        self.lock().permit.is_some()
+    }
+}
+
+/// Resolves when the connection has not authenticated within `timeout`.
+async fn unauthenticated_deadline(gate: Arc<ConnGate>, timeout: Duration) {
+    tokio::time::sleep(timeout).await;
+    if gate.is_authenticated() {
+        std::future::pending::<()>().await;
+    }
+}
+
+async fn serve_client<S>(
     shared: Arc<Shared>,
-    stream: TcpStream,
+    stream: S,
     shutdown: CancellationToken,
-    permit: Arc<OwnedSemaphorePermit>,
-) {
-    let _ = stream.set_nodelay(true);
+    gate: Arc<ConnGate>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let (io, activity) = IdleIo::new(stream);
     let s2 = shared.clone();
     let sd = shutdown.clone();
-    let svc = service_fn(move |req| outer(s2.clone(), req, sd.clone(), permit.clone()));
+    let g2 = gate.clone();
+    let svc = service_fn(move |req| outer(s2.clone(), req, sd.clone(), g2.clone()));
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(shared.limits.header_read_timeout)
@@ -133,6 +232,7 @@ async fn serve_client(
     tokio::select! {
         _ = conn => {}
         _ = idle(activity, shared.limits.idle_timeout) => {}
+        _ = unauthenticated_deadline(gate, shared.limits.unauthenticated_timeout) => {}
         _ = shutdown.cancelled() => {}
     }
 }
@@ -176,10 +276,10 @@ async fn outer(
     shared: Arc<Shared>,
     req: Request<Incoming>,
     shutdown: CancellationToken,
-    permit: Arc<OwnedSemaphorePermit>,
+    gate: Arc<ConnGate>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     if req.method() == Method::CONNECT {
-        return Ok(connect(shared, req, shutdown, permit).await);
+        return Ok(connect(shared, req, shutdown, gate).await);
     }
     // Absolute-form plain HTTP.
     let (sandbox_hint, auth) = match authenticate(&shared.grants, req.headers()) {
@@ -217,7 +317,7 @@ async fn outer(
     let host = redact_stubs(&index, req.uri().host().unwrap_or_default());
     let port = req.uri().port_u16().unwrap_or(80);
     let method = req.method().to_string();
-    let grant = match auth {
+    let grant = match auth.and_then(|g| gate.admit(&shared).map(|_| g)) {
         Ok(g) => g,
         Err(d) => return fail(shared, sandbox_hint, None, method, host, port, d).await,
     };
@@ -254,7 +354,7 @@ async fn connect(
     shared: Arc<Shared>,
     req: Request<Incoming>,
     shutdown: CancellationToken,
-    permit: Arc<OwnedSemaphorePermit>,
+    gate: Arc<ConnGate>,
 ) -> Response<ProxyBody> {
     let raw_target = req.uri().to_string();
     let pinned = pin_connect(req.uri());
@@ -286,6 +386,14 @@ async fn connect(
             d.reason(),
             d.status().as_u16(),
         )
+    };
+    // Authenticated: only now does the connection take a global permit.
+    let permit = match gate.admit(&shared) {
+        Ok(p) => p,
+        Err(d) => {
+            audit(&shared, deny(d.clone(), pinned.as_ref().ok())).await;
+            return d.to_response();
+        }
     };
     let pinned = match pinned {
         Ok(p) => p,
@@ -320,7 +428,7 @@ async fn connect(
     let open = grant.open_tunnels.fetch_add(1, Ordering::SeqCst);
     let slot = TunnelSlot(grant.clone());
     if open >= shared.limits.max_tunnels_per_sandbox {
-        let d = Deny::Overloaded("too many tunnels for this sandbox");
+        let d = Deny::TooManyTunnels;
         audit(&shared, deny(d.clone(), Some(&pinned))).await;
         return d.to_response();
     }
@@ -490,9 +598,12 @@ where
                     .max_header_list_size(limits.max_header_bytes as u32)
                     .keep_alive_interval(Some(Duration::from_secs(30)))
                     .serve_connection(TokioIo::new(tls), svc);
+                // Idle by requests, not frames: PINGs (either side's) and
+                // WINDOW_UPDATEs move bytes but do not keep the tunnel open.
+                drop(activity);
                 tokio::select! {
                     _ = conn => {}
-                    _ = idle(activity, limits.idle_timeout) => {}
+                    _ = t.clock.idle(limits.idle_timeout) => {}
                 }
             } else {
                 let conn = http1::Builder::new()
@@ -559,7 +670,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
 }
 
 /// Milliseconds since a process-wide start instant.
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     START.get_or_init(Instant::now).elapsed().as_millis() as u64
 }

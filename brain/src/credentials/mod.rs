@@ -9,6 +9,7 @@
 //! proxy settings.
 
 pub mod vault;
+pub mod vault_tls;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -157,7 +158,11 @@ pub async fn read_audit(
 pub fn proxy_url(backend: BackendKind, sandbox_id: &str, token: &str, proxy_addr: &str) -> String {
     match backend {
         BackendKind::Docker => docker::sandbox_proxy_url(sandbox_id, token),
-        _ => format!("http://{sandbox_id}:{token}@{proxy_addr}"),
+        // Remote mode over TLS: `proxy_addr` is `https://host:port` (the proxy's `listen_tls`).
+        _ => match proxy_addr.strip_prefix("https://") {
+            Some(addr) => format!("https://{sandbox_id}:{token}@{addr}"),
+            None => format!("http://{sandbox_id}:{token}@{proxy_addr}"),
+        },
     }
 }
 

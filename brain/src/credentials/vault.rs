@@ -207,12 +207,9 @@ impl RemoteVault {
                     config.admin_token_env
                 )
             })?;
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .connect_timeout(std::time::Duration::from_secs(5))
-            .timeout(std::time::Duration::from_secs(15))
-            .build()
-            .map_err(|e| format!("vault.remote: http client: {e}"))?;
+        // https with the pinned certificate (or plain http on loopback only): the admin
+        // token and the CA never cross a network in clear.
+        let http = super::vault_tls::admin_client(config)?;
         let admin_url = config.admin_url.trim_end_matches('/').to_string();
         let ca_pem = match &config.ca_file {
             Some(path) => std::fs::read_to_string(path)
@@ -238,11 +235,26 @@ impl RemoteVault {
         if !ca_pem.contains("BEGIN CERTIFICATE") {
             return Err("vault.remote: the proxy CA is not a PEM certificate".into());
         }
+        let mut ca_pem = ca_pem;
+        if let Some(path) = &config.tls_ca_file {
+            // Sandboxes must also trust the `listen_tls` certificate they speak TLS to.
+            let extra = std::fs::read_to_string(path)
+                .map_err(|e| format!("vault.remote.tls_ca_file {}: {e}", path.display()))?;
+            if !ca_pem.ends_with('\n') {
+                ca_pem.push('\n');
+            }
+            ca_pem.push_str(&extra);
+        }
+        // With `listen_tls`, sandboxes speak TLS to the proxy (`HTTPS_PROXY=https://…`).
+        let proxy_addr = match &config.tls_url {
+            Some(t) => format!("https://{}", t.trim_start_matches("https://")),
+            None => config.url.clone(),
+        };
         Ok(Self {
             http,
             admin_url,
             admin_token,
-            proxy_addr: config.url.clone(),
+            proxy_addr,
             ca_pem,
             audit_log: config.audit_log.clone(),
         })
@@ -414,6 +426,135 @@ mod tests {
         (format!("http://{addr}"), log)
     }
 
+    /// Remote mode over TLS against the real proxy: the brain pins the
+    /// proxy's admin certificate, presents its client certificate, fetches
+    /// the CA over TLS, and gives sandboxes an `https://` proxy URL; a wrong
+    /// pin, a missing client certificate or plain http to a non-loopback
+    /// admin API are refused.
+    #[tokio::test]
+    async fn remote_vault_over_pinned_tls() {
+        crate::install_crypto_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let mk_ca = |cn: &str| {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+            rcgen::CertifiedIssuer::self_signed(p, key).unwrap()
+        };
+        let server_ca = mk_ca("vault server CA");
+        let client_ca = mk_ca("brain client CA");
+        let skey = rcgen::KeyPair::generate().unwrap();
+        let scert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .unwrap()
+            .signed_by(&skey, &server_ca)
+            .unwrap();
+        let ckey = rcgen::KeyPair::generate().unwrap();
+        let ccert = rcgen::CertificateParams::new(vec!["brain".to_string()])
+            .unwrap()
+            .signed_by(&ckey, &client_ca)
+            .unwrap();
+        std::fs::write(d.join("server.pem"), scert.pem()).unwrap();
+        std::fs::write(d.join("server-key.pem"), skey.serialize_pem()).unwrap();
+        std::fs::write(d.join("client-ca.pem"), client_ca.pem()).unwrap();
+        std::fs::write(d.join("server-ca.pem"), server_ca.pem()).unwrap();
+        std::fs::write(
+            d.join("client.pem"),
+            format!("{}{}", ccert.pem(), ckey.serialize_pem()),
+        )
+        .unwrap();
+        std::fs::write(
+            d.join("gh.secret"),
+            "ghp_R3alT0kenR3alT0kenR3alT0kenR3alT0ken",
+        )
+        .unwrap();
+        std::fs::write(
+            d.join("vault.yaml"),
+            "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\nadmin_token_env: BRAIN_IT_TLS_ADMIN\n\
+             audit_log: audit.jsonl\n\
+             tls: { cert: server.pem, key: server-key.pem, client_ca: client-ca.pem }\n\
+             listen_tls: 127.0.0.1:0\n\
+             credentials:\n  GITHUB_TOKEN: { value_file: gh.secret, allowed_hosts: [api.github.com] }\n",
+        )
+        .unwrap();
+        // SAFETY: a name only this test uses, set before the proxy reads it.
+        unsafe { std::env::set_var("BRAIN_IT_TLS_ADMIN", "admin-tls-token") };
+        let cfg = vault_proxy::config::Config::load(d.join("vault.yaml")).unwrap();
+        let proxy = vault_proxy::VaultProxy::start(cfg).await.unwrap();
+        let admin = proxy.admin_addr().unwrap();
+        let tls = proxy.tls_addr().unwrap();
+        let env = |n: &str| (n == "X_ADMIN").then(|| "admin-tls-token".to_string());
+        let config = RemoteVaultConfig {
+            url: "10.9.9.9:8899".into(),
+            admin_url: format!("https://{admin}"),
+            admin_token_env: "X_ADMIN".into(),
+            ca_file: None,
+            audit_log: None,
+            pin_sha256: None,
+            pin_cert: Some(d.join("server.pem")),
+            client_cert: Some(d.join("client.pem")),
+            tls_url: Some(tls.to_string()),
+            tls_ca_file: Some(d.join("server-ca.pem")),
+        };
+        let vault = RemoteVault::connect(&config, env).await.unwrap();
+        assert!(
+            vault.ca_pem.contains(proxy.ca_pem().trim()),
+            "CA fetched over TLS"
+        );
+        assert!(
+            vault.ca_pem.contains(server_ca.pem().trim()),
+            "listen_tls CA added"
+        );
+        let creds = vec!["GITHUB_TOKEN".to_string()];
+        let grant = vault
+            .grant(GrantRequest {
+                sandbox_id: "sb-t",
+                credentials: &creds,
+                session_id: None,
+                backend: BackendKind::Local,
+            })
+            .await
+            .unwrap();
+        let url = &grant.env["HTTPS_PROXY"];
+        assert!(
+            url.starts_with("https://sb-t:") && url.ends_with(&format!("@{tls}")),
+            "{url}"
+        );
+        vault.revoke("sb-t").await.unwrap();
+
+        // A wrong pin: refused in the handshake, the token never sent.
+        let wrong = RemoteVaultConfig {
+            pin_cert: None,
+            pin_sha256: Some("00".repeat(32)),
+            ..config.clone()
+        };
+        let err = RemoteVault::connect(&wrong, env).await.err().unwrap();
+        assert!(err.contains("/v1/ca"), "{err}");
+        // No client certificate: the proxy refuses.
+        let no_cert = RemoteVaultConfig {
+            client_cert: None,
+            ..config.clone()
+        };
+        assert!(RemoteVault::connect(&no_cert, env).await.is_err());
+        // https without a pin, and plain http across a network: refused before any request.
+        let no_pin = RemoteVaultConfig {
+            pin_cert: None,
+            ..config.clone()
+        };
+        let err = RemoteVault::connect(&no_pin, env).await.err().unwrap();
+        assert!(err.contains("pin"), "{err}");
+        let clear = RemoteVaultConfig {
+            admin_url: "http://10.9.9.9:8898".into(),
+            pin_cert: None,
+            client_cert: None,
+            ..config.clone()
+        };
+        let err = RemoteVault::connect(&clear, env).await.err().unwrap();
+        assert!(err.contains("in clear"), "{err}");
+        proxy.shutdown().await;
+    }
+
     #[tokio::test]
     async fn remote_vault_uses_the_admin_api() {
         crate::install_crypto_provider();
@@ -424,6 +565,11 @@ mod tests {
             admin_token_env: "X_ADMIN".into(),
             ca_file: None,
             audit_log: None,
+            pin_sha256: None,
+            pin_cert: None,
+            client_cert: None,
+            tls_url: None,
+            tls_ca_file: None,
         };
         let env = |n: &str| (n == "X_ADMIN").then(|| "admin-tok".to_string());
         let err = RemoteVault::connect(&config, |_| None).await.err().unwrap();

@@ -19,13 +19,15 @@ pub mod writer;
 use std::path::PathBuf;
 
 pub use record::{
-    AuditEvent, AuditRecord, Decision, EventKind, GENESIS_PREV, chain_hash, sanitize_path,
+    AuditEvent, AuditRecord, ChainHasher, Decision, EventKind, GENESIS_PREV, chain_hash,
+    sanitize_path,
 };
 pub use verify::{
-    AuditCommand, ChainBreak, Filter, VerifyReport, audit_cli, audit_cli_with, read_records,
-    verify, verify_reader,
+    AuditCommand, ChainBreak, DEFAULT_KEY_ENV, Filter, Head, VerifyReport, audit_cli,
+    audit_cli_with, hasher_from_env, read_records, verify, verify_reader, verify_reader_with,
+    verify_with,
 };
-pub use writer::{AuditLog, QUEUE_CAPACITY};
+pub use writer::{AuditLog, OpenOptions as AuditOpenOptions, QUEUE_CAPACITY, head_path};
 
 /// Audit errors.
 #[derive(Debug, thiserror::Error)]

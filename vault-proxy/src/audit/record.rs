@@ -24,6 +24,8 @@
 //! where `prev` is the 64 ASCII hex characters of the previous record's hash
 //! (64 `0`s for seq 1) and `‖` is concatenation of bytes. Equivalently: take
 //! the line, cut the trailing `,"hash":"…"}` and put back `}` to get the body.
+//! With `audit_key_env` set, `SHA-256(…)` becomes `HMAC-SHA256(key, prev ‖ body)`
+//! (key = the env var's bytes), so only a key holder can produce a valid chain.
 //! `seq` starts at 1 and increases by exactly 1 per line. `ts` is RFC 3339 in
 //! UTC with milliseconds (`2026-11-23T14:05:09.123Z`).
 //!
@@ -202,6 +204,14 @@ impl AuditRecord {
         chain_hash(&self.prev, &self.canonical_body())
     }
 
+    /// [`AuditRecord::compute_hash`] under `hasher` (plain SHA-256 or the
+    /// `audit_key_env` HMAC).
+    pub fn compute_hash_with(&self, hasher: &ChainHasher) -> String {
+        let digest = hasher.digest(self.prev.as_bytes(), self.canonical_body().as_bytes());
+        // Invariant: digest yields ASCII hex digits only.
+        String::from_utf8_lossy(&digest).into_owned()
+    }
+
     /// The full canonical line (without the trailing newline).
     pub fn to_line(&self) -> String {
         // Same invariant as canonical_body.
@@ -211,11 +221,11 @@ impl AuditRecord {
     /// Appends the canonical line (with `hash`, without the newline) to `out` and returns
     /// the hash. Serialises once: the line is the body with `,"hash":"…"` put before its
     /// closing brace (module docs), which is what the writer does for every record.
-    pub(crate) fn write_line(&self, out: &mut Vec<u8>) -> [u8; 64] {
+    pub(crate) fn write_line(&self, out: &mut Vec<u8>, hasher: &ChainHasher) -> [u8; 64] {
         let start = out.len();
         // Serialising a struct of strings, integers and unit enums into a Vec cannot fail.
         let _ = serde_json::to_writer(&mut *out, &self.body());
-        let hash = chain_digest(self.prev.as_bytes(), &out[start..]);
+        let hash = hasher.digest(self.prev.as_bytes(), &out[start..]);
         out.pop(); // the body's closing `}`
         out.extend_from_slice(b",\"hash\":\"");
         out.extend_from_slice(&hash);
@@ -280,6 +290,51 @@ pub fn chain_hash(prev: &str, body: &str) -> String {
 }
 
 /// [`chain_hash`] as 64 ASCII hex bytes, without allocating (the writer's per-record path).
+/// How the chain's `hash` is computed: plain SHA-256, or HMAC-SHA256 under
+/// the `audit_key_env` key. With a key, a log rewritten and re-hashed by
+/// someone without the key no longer verifies.
+#[derive(Clone, Default)]
+pub enum ChainHasher {
+    /// `hash = hex(SHA-256(prev ‖ body))`.
+    #[default]
+    Sha256,
+    /// `hash = hex(HMAC-SHA256(key, prev ‖ body))`.
+    Hmac(ring::hmac::Key),
+}
+
+impl std::fmt::Debug for ChainHasher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.write_str(match self {
+            ChainHasher::Sha256 => "ChainHasher::Sha256",
+            ChainHasher::Hmac(_) => "ChainHasher::Hmac(..)",
+        })
+    }
+}
+
+impl ChainHasher {
+    /// An HMAC-SHA256 chain under `key` (the raw bytes of the env var's value).
+    pub fn hmac(key: &[u8]) -> ChainHasher {
+        ChainHasher::Hmac(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key))
+    }
+
+    /// The chain hash of `body` after `prev`, as 64 lower-case hex digits.
+    pub fn digest(&self, prev: &[u8], body: &[u8]) -> [u8; 64] {
+        match self {
+            ChainHasher::Sha256 => chain_digest(prev, body),
+            ChainHasher::Hmac(key) => {
+                let mut ctx = ring::hmac::Context::with_key(key);
+                ctx.update(prev);
+                ctx.update(body);
+                let mut hex = [0u8; 64];
+                // An HMAC-SHA256 tag is 32 bytes: exactly 64 hex digits.
+                let _ = hex::encode_to_slice(ctx.sign().as_ref(), &mut hex);
+                hex
+            }
+        }
+    }
+}
+
 fn chain_digest(prev: &[u8], body: &[u8]) -> [u8; 64] {
     let mut ctx = Context::new(&SHA256);
     ctx.update(prev);

@@ -1,5 +1,6 @@
 use std::path::{Path, PathBuf};
 
+use super::verify::Head;
 use super::*;
 
 const SECRET: &str = "ghp_REALsecretVALUE0123456789abcdefXYZW";
@@ -154,7 +155,11 @@ async fn check_tamper(name: &str, tamper: impl FnOnce(&mut Vec<String>), seq: u6
     // and the CLI says so
     let (mut out, mut err) = (Vec::new(), Vec::new());
     let code = audit_cli_with(
-        AuditCommand::Verify { file: path.clone() },
+        AuditCommand::Verify {
+            file: path.clone(),
+            head: None,
+            key_env: None,
+        },
         &mut out,
         &mut err,
     );
@@ -245,13 +250,27 @@ async fn cli_ok() {
     let (_dir, path) = log_with(3).await;
     let (mut out, mut err) = (Vec::new(), Vec::new());
     assert_eq!(
-        audit_cli_with(AuditCommand::Verify { file: path }, &mut out, &mut err),
+        audit_cli_with(
+            AuditCommand::Verify {
+                file: path,
+                head: None,
+                key_env: None,
+            },
+            &mut out,
+            &mut err
+        ),
         0
     );
-    assert_eq!(String::from_utf8(out).unwrap(), "ok: 3 records\n");
+    assert!(
+        String::from_utf8(out)
+            .unwrap()
+            .starts_with("ok: 3 records, head 3:")
+    );
     let (mut out, mut err) = (Vec::new(), Vec::new());
     let missing = AuditCommand::Verify {
         file: "/nonexistent/a.jsonl".into(),
+        head: None,
+        key_env: None,
     };
     assert_eq!(audit_cli_with(missing, &mut out, &mut err), 1);
     assert!(String::from_utf8(err).unwrap().contains("cannot verify"));
@@ -387,4 +406,183 @@ async fn read_records_filters() {
     );
     assert_eq!("deny".parse::<Decision>().unwrap(), Decision::Deny);
     assert_eq!("scrub".parse::<EventKind>().unwrap(), EventKind::Scrub);
+}
+
+fn last_hash(path: &Path) -> String {
+    let l = lines(path);
+    let rec: AuditRecord = serde_json::from_str(l.last().unwrap()).unwrap();
+    rec.hash
+}
+
+/// A commit returns once its line is in the file; the head (memory,
+/// sidecar) names it.
+#[tokio::test]
+async fn commit_is_in_the_file_when_it_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let log = AuditLog::open(&path).await.unwrap();
+    log.append(event(1)).await.unwrap();
+    let head = log.commit(vec![event(2), event(3)]).await.unwrap();
+    // No flush: the commit itself guarantees the write.
+    assert_eq!(lines(&path).len(), 3);
+    assert_eq!(head.seq, 3);
+    assert_eq!(head.hash, last_hash(&path));
+    assert_eq!(log.head(), head);
+    let side = std::fs::read_to_string(head_path(&path)).unwrap();
+    assert_eq!(side.parse::<Head>().unwrap(), head);
+    log.close().await.unwrap();
+}
+
+/// `--head` detects a cut-off tail; the proxy refuses to continue such a
+/// log, or a vanished one, unless told to start a new chain.
+#[tokio::test]
+async fn cut_tail_and_vanished_log_are_detected() {
+    let (_dir, path) = log_with(5).await;
+    let head: Head = std::fs::read_to_string(head_path(&path))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(head.seq, 5);
+    let mut l = lines(&path);
+    l.truncate(3);
+    write_lines(&path, &l);
+    // Without a head the shorter chain verifies; with it, it does not.
+    assert!(verify(&path).unwrap().is_ok());
+    let r = verify_with(&path, &ChainHasher::Sha256, Some(&head)).unwrap();
+    let b = r.broken.unwrap();
+    assert_eq!(b.seq, 4, "{}", b.reason);
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let code = audit_cli_with(
+        AuditCommand::Verify {
+            file: path.clone(),
+            head: Some(head.clone()),
+            key_env: None,
+        },
+        &mut out,
+        &mut err,
+    );
+    assert_eq!(code, 1);
+    assert!(
+        String::from_utf8(out)
+            .unwrap()
+            .starts_with("audit log broken at seq 4: ")
+    );
+    match AuditLog::open(&path).await {
+        Err(AuditError::Broken { seq: 4, reason, .. }) => {
+            assert!(reason.contains("--new-audit-chain"), "{reason}")
+        }
+        other => panic!("cut log must be refused, got {other:?}"),
+    }
+    std::fs::remove_file(&path).unwrap();
+    match AuditLog::open(&path).await {
+        Err(AuditError::Broken { seq: 1, .. }) => {}
+        other => panic!("vanished log must be refused, got {other:?}"),
+    }
+    let opts = AuditOpenOptions {
+        new_chain: true,
+        ..Default::default()
+    };
+    let log = AuditLog::open_with(&path, opts).await.unwrap();
+    assert_eq!(log.head().seq, 0);
+    log.commit(vec![event(1)]).await.unwrap();
+    log.close().await.unwrap();
+    // The new chain is now the known one: a plain restart continues it.
+    let log = AuditLog::open(&path).await.unwrap();
+    assert_eq!(log.head().seq, 1);
+    log.close().await.unwrap();
+}
+
+/// With a key the chain is an HMAC chain: a log rewritten and re-hashed
+/// without the key does not verify.
+#[tokio::test]
+async fn hmac_chain_needs_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let key = ChainHasher::hmac(b"k3y-for-the-audit-chain");
+    let log = AuditLog::open_with(
+        &path,
+        AuditOpenOptions {
+            hasher: key.clone(),
+            new_chain: false,
+        },
+    )
+    .await
+    .unwrap();
+    for i in 0..4 {
+        log.append(event(i)).await.unwrap();
+    }
+    log.close().await.unwrap();
+    assert!(verify_with(&path, &key, None).unwrap().is_ok());
+    assert_eq!(verify(&path).unwrap().broken.unwrap().seq, 1);
+    // Rewrite record 2 and re-hash the whole chain as an attacker without the key can.
+    let mut prev = GENESIS_PREV.to_string();
+    let mut out = Vec::new();
+    for line in lines(&path) {
+        let mut r: AuditRecord = serde_json::from_str(&line).unwrap();
+        if r.seq == 2 {
+            r.decision = Decision::Allow;
+            r.reason = "nothing to see".into();
+        }
+        r.prev = prev.clone();
+        r.hash = r.compute_hash_with(&ChainHasher::hmac(b"guessed key"));
+        prev = r.hash.clone();
+        out.push(r.to_line());
+    }
+    write_lines(&path, &out);
+    assert_eq!(
+        verify_with(&path, &key, None).unwrap().broken.unwrap().seq,
+        1
+    );
+    // And the proxy (with its key) refuses to continue it.
+    let refused = AuditLog::open_with(
+        &path,
+        AuditOpenOptions {
+            hasher: key,
+            new_chain: true,
+        },
+    )
+    .await;
+    assert!(matches!(refused, Err(AuditError::Broken { seq: 1, .. })));
+}
+
+/// A log that cannot be written fails closed: the commit errs, the log is
+/// unhealthy for good, and the file is cut back to complete lines that
+/// verify. A tiny tmpfs gives a real ENOSPC (the suite runs as root).
+#[tokio::test]
+async fn full_disk_fails_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let st = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=16k", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .unwrap();
+    assert!(st.success(), "mount tmpfs (needs root)");
+    struct Umount(PathBuf);
+    impl Drop for Umount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _u = Umount(mnt.clone());
+    let path = mnt.join("audit.jsonl");
+    let log = AuditLog::open(&path).await.unwrap();
+    let mut failed = None;
+    for i in 0..1000 {
+        if let Err(e) = log.commit(vec![event(i)]).await {
+            failed = Some((i, e));
+            break;
+        }
+    }
+    let (n, e) = failed.expect("a 16k filesystem fills up");
+    assert!(n > 5, "some records fit first");
+    assert!(e.to_string().contains("write failed"), "{e}");
+    assert!(!log.is_healthy());
+    assert!(log.commit(vec![event(1)]).await.is_err());
+    assert!(log.append(event(1)).await.is_err());
+    let r = verify(&path).unwrap();
+    assert!(r.is_ok(), "{r:?}");
+    assert_eq!(r.records as usize, n);
+    assert_eq!(log.head().seq as usize, n);
 }

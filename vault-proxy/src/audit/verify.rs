@@ -16,8 +16,13 @@
 //! | last line cut short             | its seq (truncated)           |
 //!
 //! Removing whole records from the *end* leaves a valid shorter chain; to
-//! detect that, keep the reported last hash (`VerifyReport::last_hash`)
-//! somewhere the proxy cannot write and compare.
+//! detect that, keep a head (`seq:hash`, `GET /v1/audit/head`; the brain
+//! records it periodically) somewhere the proxy's host cannot rewrite and
+//! pass it as `--head`: a log that ends before that seq, or whose record at
+//! that seq has another hash, fails at the first missing/differing seq.
+//! With `audit_key_env`, the chain is an HMAC chain: `verify` needs the key
+//! (`AIRLOCK_AUDIT_KEY`, or `--key-env NAME`) and a chain re-hashed without
+//! it fails at seq 1.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};
@@ -26,7 +31,43 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 
 use super::AuditError;
-use super::record::{AuditRecord, Decision, GENESIS_PREV};
+use super::record::{AuditRecord, ChainHasher, Decision, GENESIS_PREV};
+
+/// A recorded chain head: the log must reach `seq` with this `hash`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    /// The record's seq (0 = empty log).
+    pub seq: u64,
+    /// Its hash (64 hex digits; 64 zeros for seq 0).
+    pub hash: String,
+}
+
+impl std::str::FromStr for Head {
+    type Err = String;
+    /// `SEQ:HASH`.
+    fn from_str(s: &str) -> Result<Head, String> {
+        let (seq, hash) = s
+            .trim()
+            .split_once(':')
+            .ok_or_else(|| format!("head `{s}` is not SEQ:HASH"))?;
+        let seq = seq
+            .parse::<u64>()
+            .map_err(|_| format!("head seq `{seq}` is not a number"))?;
+        if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err("head hash must be 64 hex digits".into());
+        }
+        Ok(Head {
+            seq,
+            hash: hash.to_ascii_lowercase(),
+        })
+    }
+}
+
+impl std::fmt::Display for Head {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.seq, self.hash)
+    }
+}
 
 /// Result of verifying a log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,22 +99,45 @@ pub struct ChainBreak {
 /// Verifies the chain of the log at `path`. I/O problems are errors; a
 /// broken chain is a report with `broken` set.
 pub fn verify(path: &Path) -> Result<VerifyReport, AuditError> {
+    verify_with(path, &ChainHasher::Sha256, None)
+}
+
+/// [`verify`] under `hasher`, and (with `head`) requiring the log to reach
+/// that head: a cut-off tail is reported at the first missing seq.
+pub fn verify_with(
+    path: &Path,
+    hasher: &ChainHasher,
+    head: Option<&Head>,
+) -> Result<VerifyReport, AuditError> {
     let file = File::open(path).map_err(|source| AuditError::Io {
         path: path.to_path_buf(),
         source,
     })?;
-    verify_file(&file).map_err(|source| AuditError::Io {
+    verify_file(&file, hasher, head).map_err(|source| AuditError::Io {
         path: path.to_path_buf(),
         source,
     })
 }
 
-pub(crate) fn verify_file(file: &File) -> std::io::Result<VerifyReport> {
-    verify_reader(BufReader::new(file))
+pub(crate) fn verify_file(
+    file: &File,
+    hasher: &ChainHasher,
+    head: Option<&Head>,
+) -> std::io::Result<VerifyReport> {
+    verify_reader_with(BufReader::new(file), hasher, head)
 }
 
 /// Verifies a log read from any reader (tests, tools).
-pub fn verify_reader(mut reader: impl BufRead) -> std::io::Result<VerifyReport> {
+pub fn verify_reader(reader: impl BufRead) -> std::io::Result<VerifyReport> {
+    verify_reader_with(reader, &ChainHasher::Sha256, None)
+}
+
+/// [`verify_reader`] under `hasher`, checking `head` when given.
+pub fn verify_reader_with(
+    mut reader: impl BufRead,
+    hasher: &ChainHasher,
+    head: Option<&Head>,
+) -> std::io::Result<VerifyReport> {
     let mut prev = GENESIS_PREV.to_string();
     let mut count: u64 = 0;
     let mut buf = Vec::new();
@@ -138,15 +202,44 @@ pub fn verify_reader(mut reader: impl BufRead) -> std::io::Result<VerifyReport> 
                 prev,
             ));
         }
-        if rec.compute_hash() != rec.hash {
+        if rec.compute_hash_with(hasher) != rec.hash {
+            let why = match hasher {
+                ChainHasher::Sha256 => "hash mismatch: the record was edited",
+                ChainHasher::Hmac(_) => {
+                    "hash mismatch: the record was edited, or the chain was not written under this key"
+                }
+            };
+            return Ok(report(broken(why.into()), count, prev));
+        }
+        if let Some(h) = head
+            && h.seq == seq
+            && h.hash != rec.hash
+        {
             return Ok(report(
-                broken("hash mismatch: the record was edited".into()),
+                broken(format!(
+                    "record {seq} differs from the recorded head {h}: the log was replaced"
+                )),
                 count,
                 prev,
             ));
         }
         prev = rec.hash;
         count = seq;
+    }
+    if let Some(h) = head
+        && count < h.seq
+    {
+        return Ok(VerifyReport {
+            records: count,
+            last_hash: (count > 0).then_some(prev),
+            broken: Some(ChainBreak {
+                seq: count + 1,
+                reason: format!(
+                    "the log ends at seq {count} but the recorded head is seq {}: its tail was cut off",
+                    h.seq
+                ),
+            }),
+        });
     }
     Ok(VerifyReport {
         records: count,
@@ -249,7 +342,33 @@ pub enum AuditCommand {
     Verify {
         /// The audit log (JSON lines).
         file: PathBuf,
+        /// A head recorded earlier (`SEQ:HASH`, from `GET /v1/audit/head`):
+        /// the log must reach it, so a cut-off tail fails.
+        #[arg(long)]
+        head: Option<Head>,
+        /// Env var holding the HMAC key of an `audit_key_env` chain
+        /// (default: `AIRLOCK_AUDIT_KEY` when set; else plain SHA-256).
+        #[arg(long)]
+        key_env: Option<String>,
     },
+}
+
+/// The env var `audit verify` reads the HMAC key from by default.
+pub const DEFAULT_KEY_ENV: &str = "AIRLOCK_AUDIT_KEY";
+
+/// The hasher `audit verify` uses: the key in `key_env` (which must be set),
+/// else in `AIRLOCK_AUDIT_KEY` if set, else plain SHA-256.
+pub fn hasher_from_env(key_env: Option<&str>) -> Result<ChainHasher, String> {
+    match key_env {
+        Some(name) => match std::env::var(name) {
+            Ok(k) if !k.is_empty() => Ok(ChainHasher::hmac(k.as_bytes())),
+            _ => Err(format!("--key-env {name}: the variable is not set")),
+        },
+        None => Ok(match std::env::var(DEFAULT_KEY_ENV) {
+            Ok(k) if !k.is_empty() => ChainHasher::hmac(k.as_bytes()),
+            _ => ChainHasher::Sha256,
+        }),
+    }
 }
 
 /// Runs an `audit` subcommand, printing its report to stdout (errors to
@@ -266,13 +385,21 @@ pub fn audit_cli_with(
     err: &mut dyn std::io::Write,
 ) -> u8 {
     match cmd {
-        AuditCommand::Verify { file } => match verify(&file) {
+        AuditCommand::Verify {
+            file,
+            head,
+            key_env,
+        } => match hasher_from_env(key_env.as_deref())
+            .map_err(|e| e.to_string())
+            .and_then(|h| verify_with(&file, &h, head.as_ref()).map_err(|e| e.to_string()))
+        {
             Ok(VerifyReport {
                 records,
+                last_hash,
                 broken: None,
-                ..
             }) => {
-                let _ = writeln!(out, "ok: {records} records");
+                let head = last_hash.unwrap_or_else(|| GENESIS_PREV.to_string());
+                let _ = writeln!(out, "ok: {records} records, head {records}:{head}");
                 0
             }
             Ok(VerifyReport {

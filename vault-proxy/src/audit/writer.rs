@@ -1,36 +1,51 @@
 //! The audit writer: one OS thread owns the file and the chain state.
 //!
-//! - [`AuditLog::append`] only queues the event on a bounded channel
-//!   ([`QUEUE_CAPACITY`]); when the queue is full it **waits** (back-pressure)
-//!   rather than drop: an audit record is never silently lost. It fails only
-//!   when the writer has stopped (I/O error or [`AuditLog::close`]) — callers
-//!   must then fail closed (refuse the request).
-//! - The writer assigns `seq`, `ts`, `prev`, `hash`, and writes lines through
-//!   a `BufWriter`. After every batch (whatever was queued, up to 256
-//!   records) the buffer is flushed to the OS, then the writer waits
-//!   [`COALESCE`] (2 ms) before taking the next batch, so a line reaches the
-//!   file within a few milliseconds even under load, and a busy proxy does
-//!   not wake this thread once per record.
-//! - fsync policy: `sync_data` at most once per second while records flow,
-//!   on [`AuditLog::flush`] / [`AuditLog::close`], and when the writer stops
-//!   (all handles dropped). A process crash loses nothing already flushed;
-//!   a power loss can lose up to about a second of records.
+//! - [`AuditLog::commit`] is the swap path: it hands the records to the
+//!   writer and **waits** until their line has been written to the file
+//!   (`write(2)` returned for the whole batch). Only then may the request
+//!   carrying the secret leave. Commits group: every commit queued while the
+//!   writer works on a batch goes out in the next single `write`, and the
+//!   writer is woken at once for a commit (no coalescing delay).
+//! - [`AuditLog::append`] (blocks, connects, allows, scrubs) only queues the
+//!   event on a bounded channel ([`QUEUE_CAPACITY`]); when the queue is full
+//!   it **waits** (back-pressure) rather than drop. Between batches the
+//!   writer waits [`COALESCE`] (2 ms) so a busy proxy does not wake it once
+//!   per record.
+//! - Durability: a committed record has been written to the kernel (it
+//!   survives a crash of the proxy, and the write's own errors — `ENOSPC`,
+//!   `EFBIG` from `RLIMIT_FSIZE`, `EIO` — are seen before anything is sent).
+//!   `fsync` (`sync_data`) happens at most once per second while records
+//!   flow, on [`AuditLog::flush`] / [`AuditLog::close`] and when the writer
+//!   stops: a power loss can lose up to about a second of records. An fsync
+//!   per group would cost milliseconds per swap on ordinary disks.
+//! - Fail closed: when a write fails, the file is cut back to its last
+//!   complete line (so it still verifies), the writer stops for good and
+//!   the log is unhealthy: commits and appends fail, swaps are refused
+//!   (`503 audit_unavailable`), `/healthz` answers 503. A restart after the
+//!   disk was fixed continues the chain.
+//! - Head: after every batch the last record's `seq:hash` is kept in memory
+//!   ([`AuditLog::head`], `GET /v1/audit/head`) and in the sidecar file
+//!   `<log>.head` (one fixed-width line rewritten in place). On open, a log
+//!   that does not reach the sidecar's head (removed, emptied, tail cut off)
+//!   is refused unless [`OpenOptions::new_chain`] says to start a new chain.
 //! - The file is opened in append mode (created 0600) and locked
-//!   (`File::try_lock`) so two proxies cannot interleave one chain.
-//! - On open, an existing log is verified end to end; if it does not verify
-//!   the proxy refuses to start (fail closed) and says how to inspect it.
+//!   (`File::try_lock`) so two proxies cannot interleave one chain. On open,
+//!   an existing log is verified end to end; if it does not verify the proxy
+//!   refuses to start (fail closed) and says how to inspect it.
 
-use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::record::{AuditEvent, AuditRecord, GENESIS_PREV};
-use super::{AuditError, verify::verify_file};
+use super::record::{AuditEvent, AuditRecord, ChainHasher, GENESIS_PREV};
+use super::verify::{Head, verify_file};
+use super::{AuditError, ChainBreak};
 
 /// Records that may wait in the queue before `append` applies back-pressure.
 pub const QUEUE_CAPACITY: usize = 4096;
@@ -39,10 +54,24 @@ const SYNC_INTERVAL: Duration = Duration::from_secs(1);
 /// How long the writer lets records collect after draining the queue.
 const COALESCE: Duration = Duration::from_millis(2);
 
+type Ack<T> = oneshot::Sender<Result<T, String>>;
+
 enum Msg {
     Record(AuditEvent),
-    Flush(oneshot::Sender<Result<(), String>>),
-    Close(oneshot::Sender<Result<(), String>>),
+    Commit(Vec<AuditEvent>, Ack<Head>),
+    Flush(Ack<()>),
+    Close(Ack<()>),
+}
+
+/// How to open the log.
+#[derive(Debug, Clone, Default)]
+pub struct OpenOptions {
+    /// Plain SHA-256 chain, or HMAC under the `audit_key_env` key.
+    pub hasher: ChainHasher,
+    /// Start a new chain even though the log does not reach the head in its
+    /// sidecar (the log was removed or cut): an explicit operator decision
+    /// (`vault-proxy serve --new-audit-chain`).
+    pub new_chain: bool,
 }
 
 /// Handle to the audit log. Cheap to clone; the writer stops (after a final
@@ -57,6 +86,12 @@ struct Shared {
     path: PathBuf,
     /// Set when the writer stopped because of an I/O error.
     failure: Mutex<Option<String>>,
+    /// False once a write failed: fail closed.
+    healthy: AtomicBool,
+    /// The last record written.
+    head: Mutex<Head>,
+    /// The writer thread, unparked by commits so they skip the coalescing wait.
+    writer: OnceLock<std::thread::Thread>,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -67,33 +102,58 @@ impl std::fmt::Debug for AuditLog {
     }
 }
 
+/// The sidecar holding the last head: `<log>.head`.
+pub fn head_path(log: &Path) -> PathBuf {
+    let mut s = log.as_os_str().to_os_string();
+    s.push(".head");
+    PathBuf::from(s)
+}
+
+/// Fixed width, so rewriting it in place never leaves a longer old tail.
+fn head_line(h: &Head) -> String {
+    format!("{:020}:{}\n", h.seq, h.hash)
+}
+
 impl AuditLog {
     /// Opens the log at `path` (creating it, mode 0600, or continuing an
     /// existing one after verifying its whole chain) and starts the writer
     /// thread. Refuses an existing log that does not verify.
     pub async fn open(path: impl AsRef<Path>) -> Result<AuditLog, AuditError> {
+        Self::open_with(path, OpenOptions::default()).await
+    }
+
+    /// [`AuditLog::open`] with options (HMAC key, new chain).
+    pub async fn open_with(
+        path: impl AsRef<Path>,
+        opts: OpenOptions,
+    ) -> Result<AuditLog, AuditError> {
         let path = path.as_ref().to_path_buf();
-        tokio::task::spawn_blocking(move || AuditLog::open_blocking(&path))
+        tokio::task::spawn_blocking(move || AuditLog::open_blocking_with(&path, opts))
             .await
             .map_err(|e| AuditError::Writer(format!("open task failed: {e}")))?
     }
 
     /// [`AuditLog::open`] for synchronous callers (no runtime needed).
     pub fn open_blocking(path: &Path) -> Result<AuditLog, AuditError> {
-        let io_err = |source| AuditError::Io {
-            path: path.to_path_buf(),
-            source,
+        Self::open_blocking_with(path, OpenOptions::default())
+    }
+
+    /// [`AuditLog::open_with`] for synchronous callers.
+    pub fn open_blocking_with(path: &Path, opts: OpenOptions) -> Result<AuditLog, AuditError> {
+        let io_err = |p: &Path| {
+            let p = p.to_path_buf();
+            move |source| AuditError::Io { path: p, source }
         };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(io_err)?;
+            std::fs::create_dir_all(dir).map_err(io_err(path))?;
         }
-        let file = OpenOptions::new()
+        let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .read(true)
             .mode(0o600)
             .open(path)
-            .map_err(io_err)?;
+            .map_err(io_err(path))?;
         match file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
@@ -101,32 +161,94 @@ impl AuditLog {
                     path: path.to_path_buf(),
                 });
             }
-            Err(std::fs::TryLockError::Error(e)) => return Err(io_err(e)),
+            Err(std::fs::TryLockError::Error(e)) => return Err(io_err(path)(e)),
         }
+        let hpath = head_path(path);
+        let known_head = match std::fs::read_to_string(&hpath) {
+            Ok(s) => match s.parse::<Head>() {
+                Ok(h) => Some(h),
+                Err(e) if !opts.new_chain => {
+                    return Err(AuditError::Broken {
+                        path: hpath,
+                        seq: 0,
+                        reason: format!("head file is unreadable ({e})"),
+                    });
+                }
+                Err(_) => None,
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(io_err(&hpath)(e)),
+        };
+        let expect = known_head.as_ref().filter(|_| !opts.new_chain);
         // Verify what is there (under the lock, so nobody appends meanwhile).
-        let report = verify_file(&file).map_err(io_err)?;
-        if let Some(b) = report.broken {
+        let report = verify_file(&file, &opts.hasher, expect).map_err(io_err(path))?;
+        if let Some(ChainBreak { seq, reason }) = report.broken {
+            let reason = if expect.is_some_and(|h| report.records < h.seq) {
+                format!(
+                    "{reason}. The log was removed or cut; refusing to start a new chain \
+                     (start with --new-audit-chain to do so deliberately)"
+                )
+            } else {
+                reason
+            };
             return Err(AuditError::Broken {
                 path: path.to_path_buf(),
-                seq: b.seq,
-                reason: b.reason,
+                seq,
+                reason,
             });
         }
+        if opts.new_chain && known_head.is_some() {
+            tracing::warn!(log = %path.display(), "starting a new audit chain as told (--new-audit-chain); the previous head is replaced");
+        }
+        let good_len = file.metadata().map_err(io_err(path))?.len();
+        let head = Head {
+            seq: report.records,
+            hash: report.last_hash.unwrap_or_else(|| GENESIS_PREV.to_string()),
+        };
+        let head_file = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&hpath)
+            .map_err(io_err(&hpath))?;
+        head_file
+            .write_all_at(head_line(&head).as_bytes(), 0)
+            .and_then(|()| head_file.set_len(head_line(&head).len() as u64))
+            .and_then(|()| head_file.sync_data())
+            .map_err(io_err(&hpath))?;
         let state = ChainState {
-            next_seq: report.records + 1,
-            prev: report.last_hash.unwrap_or_else(|| GENESIS_PREV.to_string()),
+            next_seq: head.seq + 1,
+            prev: head.hash.clone(),
+            good_len,
         };
 
         let shared = Arc::new(Shared {
             path: path.to_path_buf(),
             failure: Mutex::new(None),
+            healthy: AtomicBool::new(true),
+            head: Mutex::new(head),
+            writer: OnceLock::new(),
         });
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         let thread_shared = shared.clone();
-        std::thread::Builder::new()
+        let hasher = opts.hasher;
+        let handle = std::thread::Builder::new()
             .name("audit-writer".into())
-            .spawn(move || writer_thread(file, state, rx, thread_shared))
-            .map_err(io_err)?;
+            .spawn(move || {
+                writer_thread(
+                    Files {
+                        log: file,
+                        head: head_file,
+                    },
+                    state,
+                    hasher,
+                    rx,
+                    thread_shared,
+                )
+            })
+            .map_err(io_err(path))?;
+        let _ = shared.writer.set(handle.thread().clone());
         Ok(AuditLog { tx, shared })
     }
 
@@ -136,12 +258,35 @@ impl AuditLog {
     }
 
     /// Queues one record; waits while the queue is full (never drops).
-    /// Errors only if the writer has stopped — then fail closed.
+    /// Errors if the writer has stopped or a write failed — then fail closed.
     pub async fn append(&self, event: AuditEvent) -> Result<(), AuditError> {
+        if !self.is_healthy() {
+            return Err(self.stopped());
+        }
         self.tx
             .send(Msg::Record(event))
             .await
             .map_err(|_| self.stopped())
+    }
+
+    /// Writes `events` and waits until their lines are in the file (see the
+    /// module doc for what that guarantees). Returns the head after them.
+    /// An error means nothing may be sent on their account.
+    pub async fn commit(&self, events: Vec<AuditEvent>) -> Result<Head, AuditError> {
+        if !self.is_healthy() {
+            return Err(self.stopped());
+        }
+        let (ack, done) = oneshot::channel();
+        self.tx
+            .send(Msg::Commit(events, ack))
+            .await
+            .map_err(|_| self.stopped())?;
+        if let Some(t) = self.shared.writer.get() {
+            t.unpark();
+        }
+        done.await
+            .map_err(|_| self.stopped())?
+            .map_err(AuditError::Writer)
     }
 
     /// Waits until everything appended before this call is written and
@@ -152,6 +297,9 @@ impl AuditLog {
             .send(Msg::Flush(ack))
             .await
             .map_err(|_| self.stopped())?;
+        if let Some(t) = self.shared.writer.get() {
+            t.unpark();
+        }
         done.await
             .map_err(|_| self.stopped())?
             .map_err(AuditError::Writer)
@@ -165,14 +313,25 @@ impl AuditLog {
             .send(Msg::Close(ack))
             .await
             .map_err(|_| self.stopped())?;
+        if let Some(t) = self.shared.writer.get() {
+            t.unpark();
+        }
         done.await
             .map_err(|_| self.stopped())?
             .map_err(AuditError::Writer)
     }
 
-    /// True while the writer accepts records.
+    /// True while the writer accepts records and no write has failed.
     pub fn is_healthy(&self) -> bool {
-        !self.tx.is_closed()
+        self.shared.healthy.load(Ordering::Acquire) && !self.tx.is_closed()
+    }
+
+    /// The last record written (`seq` 0 and 64 zeros for an empty log).
+    pub fn head(&self) -> Head {
+        match self.shared.head.lock() {
+            Ok(h) => h.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
     }
 
     fn stopped(&self) -> AuditError {
@@ -189,55 +348,119 @@ impl AuditLog {
 struct ChainState {
     next_seq: u64,
     prev: String,
+    /// File length after the last successful write: where a failed write is cut back to.
+    good_len: u64,
+}
+
+struct Files {
+    log: File,
+    head: File,
 }
 
 fn now_ts() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
+/// Acks waiting on the batch being written.
+#[derive(Default)]
+struct Waiting {
+    commits: Vec<Ack<Head>>,
+    flushes: Vec<Ack<()>>,
+    closes: Vec<Ack<()>>,
+}
+
+impl Waiting {
+    fn fail(&mut self, msg: &str) {
+        for a in self.commits.drain(..) {
+            let _ = a.send(Err(msg.to_string()));
+        }
+        for a in self.flushes.drain(..) {
+            let _ = a.send(Err(msg.to_string()));
+        }
+        for a in self.closes.drain(..) {
+            let _ = a.send(Err(msg.to_string()));
+        }
+    }
+}
+
 fn writer_thread(
-    file: File,
+    files: Files,
     mut state: ChainState,
+    hasher: ChainHasher,
     mut rx: mpsc::Receiver<Msg>,
     shared: Arc<Shared>,
 ) {
-    let mut close_acks = Vec::new();
-    let result = write_loop(file, &mut state, &mut rx, &mut close_acks);
+    let mut waiting = Waiting::default();
+    let result = write_loop(&files, &mut state, &hasher, &mut rx, &mut waiting, &shared);
     match result {
         Ok(()) => {
-            for ack in close_acks {
+            // Release the file (and its lock) before anyone hears "closed",
+            // so a reopen right after close() does not find it locked.
+            drop(files);
+            for ack in waiting.closes.drain(..) {
                 let _ = ack.send(Ok(()));
             }
         }
         Err(e) => {
             let msg = format!("audit log {} write failed: {e}", shared.path.display());
-            tracing::error!(error = %msg, "audit writer stopped; requests must fail closed");
+            tracing::error!(error = %msg, "audit writer stopped; requests fail closed");
+            // Cut a partly written line back off, so the file still verifies
+            // and a restart (once the disk is fixed) continues the chain.
+            if let Err(e) = files.log.set_len(state.good_len) {
+                tracing::error!(error = %e, "could not cut the audit log back to its last complete line");
+            }
+            drop(files);
             if let Ok(mut f) = shared.failure.lock() {
                 *f = Some(msg.clone());
             }
+            shared.healthy.store(false, Ordering::Release);
             rx.close();
-            for ack in close_acks {
-                let _ = ack.send(Err(msg.clone()));
+            waiting.fail(&msg);
+            // Whatever is still queued is answered too, never left hanging.
+            while let Ok(m) = rx.try_recv() {
+                match m {
+                    Msg::Record(_) => {}
+                    Msg::Commit(_, a) => {
+                        let _ = a.send(Err(msg.clone()));
+                    }
+                    Msg::Flush(a) | Msg::Close(a) => {
+                        let _ = a.send(Err(msg.clone()));
+                    }
+                }
             }
         }
     }
 }
 
 fn write_loop(
-    file: File,
+    files: &Files,
     state: &mut ChainState,
+    hasher: &ChainHasher,
     rx: &mut mpsc::Receiver<Msg>,
-    close_acks: &mut Vec<oneshot::Sender<Result<(), String>>>,
+    waiting: &mut Waiting,
+    shared: &Shared,
 ) -> std::io::Result<()> {
-    let sync_handle = file.try_clone()?;
-    let mut out = BufWriter::with_capacity(64 * 1024, file);
+    let mut log = &files.log;
     let mut batch = Vec::with_capacity(BATCH);
-    let mut line = Vec::with_capacity(1024);
+    let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut last_sync = Instant::now();
     let mut dirty = false;
-    let sync = |out: &mut BufWriter<File>| -> std::io::Result<()> {
-        out.flush()?;
-        sync_handle.sync_data()
+    let sync = || -> std::io::Result<()> {
+        files.log.sync_data()?;
+        files.head.sync_data()
+    };
+    let seal = |ev: AuditEvent, state: &mut ChainState, buf: &mut Vec<u8>| {
+        let rec = AuditRecord::unsealed(
+            state.next_seq,
+            now_ts(),
+            std::mem::take(&mut state.prev),
+            ev,
+        );
+        let hash = rec.write_line(buf, hasher);
+        buf.push(b'\n');
+        state.next_seq += 1;
+        // Invariant: write_line returns 64 ASCII hex digits.
+        state.prev = String::from_utf8_lossy(&hash).into_owned();
     };
 
     loop {
@@ -245,54 +468,68 @@ fn write_loop(
         // dropped) and everything still queued has been received.
         let received = rx.blocking_recv_many(&mut batch, BATCH);
         if received == 0 {
-            return sync(&mut out);
+            return sync();
         }
+        buf.clear();
+        let mut commits_at = Vec::new();
+        let mut want_sync = false;
         for msg in batch.drain(..) {
             match msg {
-                Msg::Record(ev) => {
-                    let rec = AuditRecord::unsealed(
-                        state.next_seq,
-                        now_ts(),
-                        std::mem::take(&mut state.prev),
-                        ev,
-                    );
-                    line.clear();
-                    let hash = rec.write_line(&mut line);
-                    line.push(b'\n');
-                    out.write_all(&line)?;
-                    state.next_seq += 1;
-                    // Invariant: write_line returns 64 ASCII hex digits.
-                    state.prev = String::from_utf8_lossy(&hash).into_owned();
-                    dirty = true;
+                Msg::Record(ev) => seal(ev, state, &mut buf),
+                Msg::Commit(evs, ack) => {
+                    for ev in evs {
+                        seal(ev, state, &mut buf);
+                    }
+                    commits_at.push(Head {
+                        seq: state.next_seq - 1,
+                        hash: state.prev.clone(),
+                    });
+                    waiting.commits.push(ack);
                 }
                 Msg::Flush(ack) => {
-                    if let Err(e) = sync(&mut out) {
-                        let _ = ack.send(Err(e.to_string()));
-                        return Err(e);
-                    }
-                    let _ = ack.send(Ok(()));
-                    dirty = false;
-                    last_sync = Instant::now();
+                    want_sync = true;
+                    waiting.flushes.push(ack);
                 }
                 Msg::Close(ack) => {
                     // Stop accepting; what is already queued is still written.
+                    want_sync = true;
                     rx.close();
-                    close_acks.push(ack);
+                    waiting.closes.push(ack);
                 }
             }
         }
-        out.flush()?;
-        if dirty && last_sync.elapsed() >= SYNC_INTERVAL {
-            sync(&mut out)?;
+        if !buf.is_empty() {
+            // One write(2) for the whole group; an error here (ENOSPC, EFBIG,
+            // EIO) fails every commit of the group: their requests are not sent.
+            log.write_all(&buf)?;
+            state.good_len += buf.len() as u64;
+            let head = Head {
+                seq: state.next_seq - 1,
+                hash: state.prev.clone(),
+            };
+            files.head.write_all_at(head_line(&head).as_bytes(), 0)?;
+            if let Ok(mut h) = shared.head.lock() {
+                *h = head;
+            }
+            dirty = true;
+        }
+        if want_sync || (dirty && last_sync.elapsed() >= SYNC_INTERVAL) {
+            sync()?;
             dirty = false;
             last_sync = Instant::now();
         }
-        if received < BATCH {
-            // The queue is drained. Let records collect for a moment instead of parking at
-            // once: a parked writer is woken by every single `append` (a futex call on the
-            // request path plus a context switch here), which under load cost more than
-            // writing the record. Appends never wait for this; lines land COALESCE later.
-            std::thread::sleep(COALESCE);
+        for (ack, head) in waiting.commits.drain(..).zip(commits_at) {
+            let _ = ack.send(Ok(head));
+        }
+        for ack in waiting.flushes.drain(..) {
+            let _ = ack.send(Ok(()));
+        }
+        if received < BATCH && waiting.closes.is_empty() {
+            // The queue is drained. Let records collect for a moment instead of parking on
+            // the channel at once: a parked writer is woken by every single `append` (a
+            // futex call on the request path plus a context switch here). A commit (or
+            // flush/close) unparks this wait at once: swaps never wait for it.
+            std::thread::park_timeout(COALESCE);
         }
     }
 }

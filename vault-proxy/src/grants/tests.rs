@@ -74,11 +74,18 @@ fn issue_authenticate_revoke() {
     assert!(grant.is_revoked(), "open tunnels see the revocation");
     assert!(g.authenticate("sb-1", &issued.token).is_none());
     assert!(!g.revoke("sb-1"));
-    // The revoked stub is still recognised (and attributed).
+    // The revoked stub left the index (the scan does not grow with churn)...
     let idx = g.index();
-    let hits: Vec<_> = idx.find_all(issued.stubs["GH"].as_bytes()).collect();
-    assert_eq!(hits.len(), 1);
-    assert_eq!(hits[0].1.sandbox, "sb-1");
+    assert_eq!(idx.find_all(issued.stubs["GH"].as_bytes()).count(), 0);
+    assert_eq!(idx.max_len(), 0);
+    // ...but is never minted or accepted again.
+    let stat = crate::config::GrantConfig {
+        sandbox: "sb-9".into(),
+        token: "static-token-123".into(),
+        credentials: [("GH".to_string(), issued.stubs["GH"].clone())].into(),
+        session: None,
+    };
+    assert!(matches!(g.add_static(&stat), Err(GrantError::StubInUse(_))));
 }
 
 #[test]

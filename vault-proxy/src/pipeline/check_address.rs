@@ -74,8 +74,55 @@ fn in_v4(ip: Ipv4Addr, net: [u8; 4], bits: u32) -> bool {
     (u32::from(ip) & mask) == (u32::from(Ipv4Addr::from(net)) & mask)
 }
 
+/// Cloud metadata and instance-service addresses: refused whatever
+/// `allow_private` says, in every form (also embedded in IPv6, below).
+/// AWS IMDS / ECS task metadata / EKS Pod Identity / Time Sync / DNS, GCP and Azure IMDS
+/// (169.254.169.254), Azure WireServer (168.63.129.16), Alibaba
+/// (100.100.100.200), Oracle (192.0.0.192), Tencent (169.254.0.23).
+pub const METADATA_V4: &[Ipv4Addr] = &[
+    Ipv4Addr::new(169, 254, 169, 254),
+    Ipv4Addr::new(169, 254, 170, 2),
+    Ipv4Addr::new(169, 254, 170, 23),
+    Ipv4Addr::new(169, 254, 169, 123),
+    Ipv4Addr::new(169, 254, 169, 253),
+    Ipv4Addr::new(169, 254, 0, 23),
+    Ipv4Addr::new(168, 63, 129, 16),
+    Ipv4Addr::new(100, 100, 100, 200),
+    Ipv4Addr::new(192, 0, 0, 192),
+];
+
+/// The IPv4 addresses an IPv6 address carries in a well-known embedding:
+/// mapped `::ffff:a.b.c.d`, compatible `::a.b.c.d`, SIIT-translated
+/// `::ffff:0:a.b.c.d`, NAT64 `64:ff9b::/96` and local-use `64:ff9b:1::/48`
+/// (RFC 6052 positions for /48, /56, /64, /96), 6to4 `2002::/16`, Teredo
+/// (server and obfuscated client).
+pub fn embedded_v4(ip: Ipv6Addr) -> Vec<Ipv4Addr> {
+    let o = ip.octets();
+    let v4 = |b: &[u8]| Ipv4Addr::new(b[0], b[1], b[2], b[3]);
+    let s = ip.segments();
+    let mut out = Vec::new();
+    if s[0..5] == [0, 0, 0, 0, 0] || (s[0..4] == [0, 0, 0, 0] && s[4] == 0xffff && s[5] == 0) {
+        out.push(v4(&o[12..16]));
+    }
+    if s[0] == 0x64 && s[1] == 0xff9b {
+        out.push(v4(&o[12..16])); // /96
+        // RFC 6052 §2.2: /48 → octets 6,7,9,10; /56 → 7,9,10,11; /64 → 9..13.
+        out.push(Ipv4Addr::new(o[6], o[7], o[9], o[10]));
+        out.push(Ipv4Addr::new(o[7], o[9], o[10], o[11]));
+        out.push(v4(&o[9..13]));
+    }
+    if s[0] == 0x2002 {
+        out.push(v4(&o[2..6]));
+    }
+    if s[0] == 0x2001 && s[1] == 0 {
+        out.push(v4(&o[4..8]));
+        out.push(Ipv4Addr::new(!o[12], !o[13], !o[14], !o[15]));
+    }
+    out
+}
+
 fn classify_v4(ip: Ipv4Addr) -> IpClass {
-    if ip == Ipv4Addr::new(169, 254, 169, 254) || ip == Ipv4Addr::new(169, 254, 170, 2) {
+    if METADATA_V4.contains(&ip) {
         return IpClass::Never("metadata");
     }
     if in_v4(ip, [0, 0, 0, 0], 8) {
@@ -125,8 +172,17 @@ fn classify_v6(ip: Ipv6Addr) -> IpClass {
     if s[0] & 0xff00 == 0xff00 {
         return IpClass::Never("multicast");
     }
+    // Metadata in any IPv4-embedding form (AWS IMDS and Time Sync over IPv6 too).
+    if (s[0] == 0xfd00 && s[1] == 0x0ec2)
+        || embedded_v4(ip).iter().any(|v4| METADATA_V4.contains(v4))
+    {
+        return IpClass::Never("metadata");
+    }
     if ip.to_ipv4_mapped().is_some() || (s[0..6] == [0, 0, 0, 0, 0, 0]) {
         return IpClass::Never("ipv4-mapped/compatible");
+    }
+    if s[0..4] == [0, 0, 0, 0] && s[4] == 0xffff && s[5] == 0 {
+        return IpClass::Never("ipv4-translated");
     }
     if s[0] == 0x64 && s[1] == 0xff9b {
         return IpClass::Never("nat64");
@@ -234,6 +290,44 @@ mod tests {
         check("fe80::1", IpClass::Private("link-local"));
         check("ff02::1", IpClass::Never("multicast"));
         check("2606:4700::1111", IpClass::Public);
+        check("::ffff:0:8.8.8.8", IpClass::Never("ipv4-translated"));
+    }
+
+    /// Every metadata address, in every IPv4-embedding IPv6 form, is refused
+    /// even with `allow_private`.
+    #[test]
+    fn metadata_refused_in_every_form() {
+        let p = policy(true, fixed(vec![]));
+        for v4 in METADATA_V4 {
+            let [a, b, c, d] = v4.octets();
+            let hi = u16::from_be_bytes([a, b]);
+            let lo = u16::from_be_bytes([c, d]);
+            let forms = [
+                v4.to_string(),
+                format!("::ffff:{v4}"),
+                format!("::{v4}"),
+                format!("::ffff:0:{v4}"),
+                format!("64:ff9b::{v4}"),
+                format!("64:ff9b:1:{a:02x}{b:02x}:{c:02x}:{d:02x}00::"),
+                format!("64:ff9b:1::{hi:x}:{lo:x}"),
+                format!("2002:{hi:x}:{lo:x}::1"),
+                format!("2001:0:{hi:x}:{lo:x}::1"),
+                format!("2001:0:4136:e378:8000:63bf:{:x}:{:x}", !hi, !lo),
+            ];
+            for f in forms {
+                let ip: IpAddr = f.parse().unwrap_or_else(|_| panic!("{f}"));
+                assert_eq!(classify(ip), IpClass::Never("metadata"), "{f}");
+                assert!(check_ip(&p, SocketAddr::new(ip, 80)).is_err(), "{f}");
+            }
+        }
+        assert_eq!(
+            classify("fd00:ec2::254".parse().unwrap()),
+            IpClass::Never("metadata")
+        );
+        assert_eq!(
+            classify("fd00:ec2::23".parse().unwrap()),
+            IpClass::Never("metadata")
+        );
     }
 
     fn policy(allow_private: bool, resolver: ResolveFn) -> NetPolicy {

@@ -228,6 +228,7 @@ async fn echo(
             .collect(),
         body: body.to_vec(),
     };
+    probe_audit_log(tls_port);
     seen.lock().unwrap().push(s.clone());
     let auth = s.header("authorization").unwrap_or_default();
     let echo_json = serde_json::json!({
@@ -560,3 +561,31 @@ pub async fn tls_over(
 }
 
 use rustls::pki_types::pem::PemObject;
+
+/// Audit-log probes: the upstream (keyed by its TLS port) reads the named
+/// log the moment it receives a request, to prove what was written before
+/// the request arrived.
+static PROBES: Mutex<Vec<(u16, PathBuf, Vec<String>)>> = Mutex::new(Vec::new());
+
+pub fn probe_audit_log_at(up: &Upstream, log: PathBuf) {
+    PROBES.lock().unwrap().push((up.port, log, Vec::new()));
+}
+
+/// The log contents read at each receipt on `up`.
+pub fn audit_log_at_receipts(up: &Upstream) -> Vec<String> {
+    PROBES
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(p, _, _)| *p == up.port)
+        .flat_map(|(_, _, r)| r.clone())
+        .collect()
+}
+
+fn probe_audit_log(port: u16) {
+    for (p, log, reads) in PROBES.lock().unwrap().iter_mut() {
+        if *p == port {
+            reads.push(std::fs::read_to_string(log).unwrap_or_default());
+        }
+    }
+}
