@@ -10,6 +10,7 @@
 //! in [`pipeline`].
 
 pub mod admin;
+pub mod approvals;
 pub mod audit;
 pub mod body;
 pub mod ca;
@@ -169,9 +170,11 @@ impl VaultProxy {
             resolver: opts.resolver.unwrap_or_else(system_resolver),
             timeout: Duration::from_secs(5),
         };
+        let approvals = Arc::new(approvals::Approvals::new());
         let shared = Arc::new(Shared {
             grants: grants.clone(),
             egress: config.egress.clone(),
+            approvals: approvals.clone(),
             net,
             upstream,
             audit: audit.clone(),
@@ -195,6 +198,7 @@ impl VaultProxy {
             }
             let admin = Arc::new(admin::Admin {
                 grants: grants.clone(),
+                approvals: approvals.clone(),
                 token_digest,
                 ca_pem: ca_pem.clone(),
             });
@@ -202,6 +206,7 @@ impl VaultProxy {
         }
         Ok(RunningProxy {
             grants,
+            approvals,
             audit,
             ca_pem,
             proxy_addr,
@@ -215,6 +220,7 @@ impl VaultProxy {
 /// A running proxy. Dropping it does not stop it; call [`RunningProxy::shutdown`].
 pub struct RunningProxy {
     grants: Arc<Grants>,
+    approvals: Arc<approvals::Approvals>,
     audit: AuditLog,
     ca_pem: String,
     proxy_addr: SocketAddr,
@@ -251,7 +257,14 @@ impl RunningProxy {
 
     /// Revokes the sandbox's grant; open tunnels close. Returns whether one existed.
     pub fn revoke(&self, sandbox: &str) -> bool {
+        self.approvals.forget(sandbox);
         self.grants.revoke(sandbox)
+    }
+
+    /// Held `ask` requests and per-sandbox egress (what the admin API's
+    /// `/v1/approvals` and `/v1/grants/{sandbox}/egress` serve).
+    pub fn approvals(&self) -> &Arc<approvals::Approvals> {
+        &self.approvals
     }
 
     /// The audit log handle (flush before reading the file).
