@@ -3,6 +3,7 @@
 //! Auth: every `/v1/*` route needs `Authorization: Bearer <master key>` (compared in constant
 //! time); `/healthz` and `/metrics` are open (they reveal counts, no data).
 
+pub(crate) mod approvals;
 mod audit;
 mod extract;
 mod health;
@@ -32,6 +33,8 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/sandboxes/{id}/exec", post(sandboxes::exec))
         .route("/audit/egress", get(audit::egress))
+        .route("/approvals", get(approvals::list))
+        .route("/approvals/{id}", post(approvals::decide))
         .route("/sessions", post(sessions::create).get(sessions::list))
         .route("/sessions/{id}", get(sessions::show))
         .route("/sessions/{id}/events", get(sessions::events))
