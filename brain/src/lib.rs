@@ -16,6 +16,7 @@ pub mod sessions;
 pub mod state;
 pub mod store;
 pub mod triggers;
+pub mod ui;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -199,3 +199,222 @@ async fn a_session_allow_list_lets_its_hosts_through_without_asking() {
     let (_, v) = brain.get_json("/v1/approvals").await;
     assert_eq!(v["approvals"], json!([]));
 }
+
+/// `application/x-www-form-urlencoded` as a browser sends it.
+fn enc(pairs: &[(&str, &str)]) -> String {
+    let pct = |v: &str| -> String {
+        v.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect()
+    };
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{}={}", pct(k), pct(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// The value of `name="csrf"` in a page.
+fn csrf_of(html: &str) -> String {
+    let i = html.find("name=\"csrf\" value=\"").expect("a csrf field") + 19;
+    html[i..i + html[i..].find('"').unwrap()].to_string()
+}
+
+fn set_cookie(resp: &reqwest::Response, name: &str) -> Option<String> {
+    resp.headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with(&format!("{name}=")))
+        .map(str::to_string)
+}
+
+/// The console over plain HTTP (no browser): sign-in, CSRF, the approvals inbox answering a
+/// held request, the audit filter showing who decided.
+#[tokio::test]
+async fn console_signs_in_refuses_forms_without_csrf_and_answers_approvals() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Upstream::start("unused").await;
+    let script = json!({"responses": [
+        {"tool_calls": [{"id": "c1", "name": "sandbox_provision", "arguments": {"task_description": "ui"}}]},
+        {"tool_calls": [{"id": "c2", "name": "sandbox_execute", "arguments": curl(up.port, "/from-ui")}]},
+        {"text": "done"}
+    ]});
+    let brain = brain(dir.path(), &up, &script).await;
+    airlock_tests::install_crypto_provider();
+    let c = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+
+    // Not signed in: every page redirects to the sign-in form.
+    let r = c.get(brain.url("/ui/sessions")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(r.headers()["location"], "/ui/login");
+
+    let r = c.get(brain.url("/ui/login")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let csp = r.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        csp.starts_with("default-src 'self'") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
+    let login_cookie = set_cookie(&r, "airlock_ui_login").unwrap();
+    let login_cookie = login_cookie.split(';').next().unwrap().to_string();
+    let html = r.text().await.unwrap();
+    assert!(!html.contains("<script>") && html.contains("/ui/static/app.js"));
+    let token = csrf_of(&html);
+
+    // Without the form's CSRF token: refused. With a wrong key: 401.
+    let r = c
+        .post(brain.url("/ui/login"))
+        .header("cookie", &login_cookie)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(enc(&[("key", brain.master_key.as_str())]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = c
+        .post(brain.url("/ui/login"))
+        .header("cookie", &login_cookie)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(enc(&[("key", "wrong"), ("csrf", token.as_str())]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let r = c
+        .post(brain.url("/ui/login"))
+        .header("cookie", &login_cookie)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(enc(&[
+            ("key", brain.master_key.as_str()),
+            ("csrf", token.as_str()),
+        ]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let sc = set_cookie(&r, "airlock_ui").unwrap();
+    assert!(
+        sc.contains("HttpOnly") && sc.contains("SameSite=Strict"),
+        "{sc}"
+    );
+    assert!(
+        !sc.contains(&brain.master_key),
+        "the key is never in the cookie"
+    );
+    let cookie = sc.split(';').next().unwrap().to_string();
+    let get = |path: &str| c.get(brain.url(path)).header("cookie", &cookie).send();
+
+    let (_, v) = brain
+        .post_json(
+            "/v1/sessions",
+            json!({"task": "fetch from the ui", "egress": "ask"}),
+        )
+        .await;
+    let session = v["id"].as_str().unwrap().to_string();
+    let html = get("/ui/sessions").await.unwrap().text().await.unwrap();
+    assert!(
+        html.contains(&session) && html.contains("fetch from the ui"),
+        "{html}"
+    );
+    let a = pending(&brain, "/from-ui").await;
+    let id = a["id"].as_str().unwrap();
+    let html = get("/ui/approvals").await.unwrap().text().await.unwrap();
+    assert!(html.contains(id) && html.contains(UNBOUND_HOST), "{html}");
+    let csrf = csrf_of(&html);
+
+    // A decision without the CSRF token is refused and changes nothing.
+    let r = c
+        .post(brain.url(&format!("/ui/approvals/{id}")))
+        .header("cookie", &cookie)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(enc(&[("decision", "allow_once")]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert_eq!(pending(&brain, "/from-ui").await["id"], id);
+    let r = c
+        .post(brain.url(&format!("/ui/approvals/{id}")))
+        .header("cookie", &cookie)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(enc(&[("decision", "allow_once"), ("csrf", csrf.as_str())]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, s) = brain.get_json(&format!("/v1/sessions/{session}")).await;
+        if s["status"] == "succeeded" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{s}\n{}", brain.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(up.with_path("/from-ui").len(), 1);
+    let html = get(&format!("/ui/sessions/{session}"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        html.contains("tool_result") && html.contains("200"),
+        "{html}"
+    );
+
+    // The audit page, filtered to this session's allowed records, shows who decided.
+    let html = get(&format!("/ui/audit?session={session}&decision=allow"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(html.contains("allow_once by console:master"), "{html}");
+    let html = get(&format!("/ui/audit?session={session}&decision=deny"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!html.contains("allow_once by console:master"));
+    let jsonl = get(&format!("/ui/audit.jsonl?session={session}"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        jsonl
+            .lines()
+            .all(|l| serde_json::from_str::<Value>(l).is_ok())
+    );
+    assert!(jsonl.contains("\"event\":\"approval\""));
+
+    // Sign-out ends the sign-in (needs the CSRF token too).
+    let r = c
+        .post(brain.url("/ui/logout"))
+        .header("cookie", &cookie)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(enc(&[("csrf", csrf.as_str())]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let r = get("/ui/sessions").await.unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+}

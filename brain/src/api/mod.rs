@@ -4,11 +4,11 @@
 //! time); `/healthz` and `/metrics` are open (they reveal counts, no data).
 
 pub(crate) mod approvals;
-mod audit;
+pub(crate) mod audit;
 mod extract;
 mod health;
 pub(crate) mod sandboxes;
-mod sessions;
+pub(crate) mod sessions;
 #[cfg(test)]
 mod tests;
 
@@ -51,7 +51,10 @@ pub fn app(state: AppState) -> Router {
         Some(models) => models.gateway.routes(),
         None => Router::new(),
     };
-    let mut router = Router::new().merge(gateway).nest("/v1", v1);
+    let mut router = Router::new()
+        .merge(gateway)
+        .nest("/v1", v1)
+        .merge(crate::ui::routes());
     if state.config.mcp.enabled {
         router = router.merge(crate::mcp::routes());
     }
