@@ -193,9 +193,10 @@ pub fn sandboxes(list: &[SandboxRow], csrf: &str) -> Markup {
                             @for n in c { (n.as_str().unwrap_or("")) " " } } }
                         td { (time_dt(&s.expires_at)) }
                         td { (time_dt(&s.created_at)) }
-                        td { form.inline method="post" action={ "/ui/sandboxes/" (s.id) "/destroy" } {
-                            input type="hidden" name="csrf" value=(csrf);
-                            button.danger type="submit" { "Destroy" } } }
+                        td { @if s.destroyed_at.is_none() {
+                            form.inline method="post" action={ "/ui/sandboxes/" (s.id) "/destroy" } {
+                                input type="hidden" name="csrf" value=(csrf);
+                                button.danger type="submit" { "Destroy" } } } }
                     }
                 } }
             }
