@@ -164,6 +164,14 @@ fn start_triggers(
         built.clone(),
         stop.clone(),
     ));
+    // Pending egress approvals of Slack-started sessions, posted in their threads.
+    if built.slack.is_some() {
+        tokio::spawn(ui::slack::notify(
+            state.clone(),
+            built.clone(),
+            stop.clone(),
+        ));
+    }
     Ok(Some(tokio::spawn(triggers::outbox::run(
         state.clone(),
         built,

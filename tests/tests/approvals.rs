@@ -418,3 +418,136 @@ async fn console_signs_in_refuses_forms_without_csrf_and_answers_approvals() {
     let r = get("/ui/sessions").await.unwrap();
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
 }
+
+/// Slack: a Slack-started session's held request is posted in its thread with buttons; a
+/// signed `block_actions` click on `/hooks/slack/interactive` answers it (an unsigned one is
+/// refused), and the audit names the Slack user.
+#[tokio::test]
+async fn a_slack_thread_gets_the_approval_and_its_button_answers_it() {
+    use airlock_tests::fake_slack::{FakeSlack, sign};
+    const SECRET: &str = "approvals-slack-secret";
+    const BOT: &str = "xoxb-approvals-bot";
+    let dir = tempfile::tempdir().unwrap();
+    let up = Upstream::start("unused").await;
+    let vault = write_vault_config(dir.path(), &up);
+    let yaml = std::fs::read_to_string(&vault)
+        .unwrap()
+        .replace("default: deny", "default: ask");
+    std::fs::write(&vault, yaml).unwrap();
+    let script = json!({"responses": [
+        {"tool_calls": [{"id": "c1", "name": "sandbox_provision", "arguments": {"task_description": "slack"}}]},
+        {"tool_calls": [{"id": "c2", "name": "sandbox_execute", "arguments": curl(up.port, "/from-slack")}]},
+        {"text": "done"}
+    ]});
+    std::fs::write(dir.path().join("script.json"), script.to_string()).unwrap();
+    let fake = FakeSlack::start(BOT).await;
+    let brain = BrainProcess::start(BrainOptions {
+        extra_yaml: format!(
+            "models:\n  model_list:\n    - model_name: scripted\n      litellm_params:\n        model: scripted/{}\nvault:\n  config: {}\ntriggers:\n  slack:\n    api_base_url: {}\n    bot_user_id: UBOT\n",
+            dir.path().join("script.json").display(),
+            vault.display(),
+            fake.base_url
+        ),
+        env: vec![
+            (REAL_TOKEN_ENV.into(), "ghp_realrealrealrealrealrealrealrealreal".into()),
+            ("SLACK_SIGNING_SECRET".into(), SECRET.into()),
+            ("SLACK_BOT_TOKEN".into(), BOT.into()),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            .to_string()
+    };
+    let send = |path: &'static str, ctype: &'static str, body: String, secret: &'static str| {
+        let ts = now();
+        brain
+            .http
+            .post(brain.url(path))
+            .header("content-type", ctype)
+            .header("x-slack-request-timestamp", &ts)
+            .header("x-slack-signature", sign(secret, &ts, body.as_bytes()))
+            .body(body)
+            .send()
+    };
+    let mention = json!({"type": "event_callback", "token": "unused", "team_id": "T1",
+        "api_app_id": "A1", "event_id": "Ev1", "event_time": 1,
+        "event": {"type": "app_mention", "user": "U1", "text": "<@UBOT> fetch it", "ts": "100.1",
+                  "channel": "C1", "event_ts": "100.1"}});
+    let r = send(
+        "/hooks/slack",
+        "application/json",
+        mention.to_string(),
+        SECRET,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let a = pending(&brain, "/from-slack").await;
+    let id = a["id"].as_str().unwrap().to_string();
+    // Posted in the session's thread, naming the host.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !fake
+        .thread("C1", "100.1")
+        .iter()
+        .any(|m| m.text.contains(&format!("wants to reach {UNBOUND_HOST}")))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{:?}\n{}",
+            fake.posted(),
+            brain.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let payload = json!({"type": "block_actions", "user": {"id": "U7", "username": "alice"},
+        "channel": {"id": "C1"}, "container": {"type": "message", "thread_ts": "100.1"},
+        "actions": [{"type": "button", "action_id": "airlock_approval_allow_once",
+                     "value": format!("{id}:allow_once")}]});
+    let form = enc(&[("payload", &payload.to_string())]);
+    let ct = "application/x-www-form-urlencoded";
+    // A wrong signature changes nothing.
+    let r = send(
+        "/hooks/slack/interactive",
+        ct,
+        form.clone(),
+        "not-the-secret",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(pending(&brain, "/from-slack").await["id"], id.as_str());
+    // From another channel: refused.
+    let other = enc(&[("payload", &payload.to_string().replace("\"C1\"", "\"C9\""))]);
+    let r = send("/hooks/slack/interactive", ct, other, SECRET)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = send("/hooks/slack/interactive", ct, form, SECRET)
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::OK,
+        "{}",
+        r.text().await.unwrap_or_default()
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while up.with_path("/from-slack").is_empty() {
+        assert!(Instant::now() < deadline, "{}", brain.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, recs) = brain.get_json("/v1/audit/egress").await;
+    assert!(
+        recs.as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["event"] == "approval" && r["reason"] == "allow_once by slack:U7"),
+        "{recs}"
+    );
+}

@@ -63,6 +63,10 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", get(health::metrics))
         // Outside the master-key layer: webhooks authenticate by their signature.
         .route("/hooks/slack", post(crate::triggers::slack::hook))
+        .route(
+            "/hooks/slack/interactive",
+            post(crate::ui::slack::interactive),
+        )
         .route("/hooks/github", post(crate::triggers::github::hook))
         .fallback(not_found)
         .layer(middleware::from_fn(log_internal_errors))

@@ -13,6 +13,7 @@
 
 mod auth;
 mod pages;
+pub mod slack;
 
 use axum::Router;
 use axum::extract::{Form, Path, Query, Request, State};
