@@ -54,6 +54,9 @@ if [ "${AIRLOCK_SKIP_IMAGES:-}" != 1 ] && docker_ok; then DOCKER=1; fi
 missing=()
 command -v pg_virtualenv >/dev/null 2>&1 && ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 \
     || missing+=(postgresql)
+# Browser tests of the console (tests/tests/console_browser.rs): headless Chromium over WebDriver.
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 if [ "$DOCKER" = 1 ]; then
     command -v mmdebstrap >/dev/null 2>&1 || missing+=(mmdebstrap)
     command -v readelf >/dev/null 2>&1 || missing+=(binutils)
@@ -67,6 +70,10 @@ if [ "${#missing[@]}" -gt 0 ]; then
     else
         log "missing prerequisites (not installing: not root, no apt-get or AIRLOCK_NO_INSTALL=1): ${missing[*]}"
     fi
+fi
+
+if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then
+    export AIRLOCK_REQUIRE_BROWSER=1
 fi
 
 # --- 2. sandbox image -----------------------------------------------------------------

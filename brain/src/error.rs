@@ -154,6 +154,7 @@ impl From<BrokerError> for ApiError {
             BrokerError::NotSupported(_) => {
                 ApiError::new(StatusCode::NOT_IMPLEMENTED, "not_available", message)
             }
+            BrokerError::Invalid(_) => ApiError::bad_request("invalid_request", message),
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod sessions;
 pub mod state;
 pub mod store;
 pub mod triggers;
+pub mod ui;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -163,6 +164,14 @@ fn start_triggers(
         built.clone(),
         stop.clone(),
     ));
+    // Pending egress approvals of Slack-started sessions, posted in their threads.
+    if built.slack.is_some() {
+        tokio::spawn(ui::slack::notify(
+            state.clone(),
+            built.clone(),
+            stop.clone(),
+        ));
+    }
     Ok(Some(tokio::spawn(triggers::outbox::run(
         state.clone(),
         built,

@@ -59,6 +59,28 @@ pub struct ProvisionParams {
     pub session_id: Option<String>,
 }
 
+/// Sets the sandbox's egress from its session's `egress` (kept in the session's origin, see
+/// `api::sessions::create`), if it has one.
+async fn apply_session_egress(
+    state: &AppState,
+    broker: &dyn crate::credentials::CredentialBroker,
+    new: &NewSandbox,
+) -> Result<(), LifecycleError> {
+    let Some(session_id) = &new.session_id else {
+        return Ok(());
+    };
+    let Some(row) = state.store.get_session(session_id).await? else {
+        return Ok(());
+    };
+    let Some(egress) = row.origin.get("egress") else {
+        return Ok(());
+    };
+    let policy: crate::credentials::EgressPolicy = serde_json::from_value(egress.clone())
+        .map_err(|e| LifecycleError::Invalid(format!("session egress: {e}")))?;
+    broker.set_egress(&new.id, &policy).await?;
+    Ok(())
+}
+
 /// Creates a sandbox and returns its row (`running`, or `destroyed` if a delete won the race).
 /// Runs to completion even if the caller goes away, so nothing is left half-made.
 pub async fn provision(
@@ -112,7 +134,16 @@ async fn provision_steps(
                 backend: params.backend,
             };
             match broker.grant(req).await {
-                Ok(grant) => grant,
+                Ok(grant) => {
+                    // A session started with its own egress: applied before the sandbox
+                    // exists, so its first request already follows it (fail closed).
+                    if let Err(e) = apply_session_egress(state, broker.as_ref(), &new).await {
+                        broker.revoke(&id).await.ok();
+                        state.store.set_failed(&id, &e.to_string()).await?;
+                        return Err(e);
+                    }
+                    grant
+                }
                 Err(e) => {
                     state.store.set_failed(&id, &e.to_string()).await?;
                     return Err(e.into());

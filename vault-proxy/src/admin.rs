@@ -6,6 +6,7 @@
 //! - `POST /v1/grants {"sandbox","credentials":[names],"session"?}` → `{"token","stubs"}`
 //! - `DELETE /v1/grants/{sandbox}` → 204 (404 if none)
 //! - `GET /v1/ca` → the CA certificate PEM (public part only)
+//! - approvals and per-sandbox egress: see [`crate::approvals::api`]
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -27,6 +28,7 @@ use crate::grants::{GrantError, Grants};
 pub(crate) struct Admin {
     pub grants: Arc<Grants>,
     pub audit: crate::audit::AuditLog,
+    pub approvals: Arc<crate::approvals::Approvals>,
     /// SHA-256 of the admin token; `None` = no token configured: every
     /// authenticated route answers 401 (fail closed).
     pub token_digest: Option<[u8; 32]>,
@@ -111,6 +113,21 @@ impl Admin {
             return Ok(r);
         }
         let method = req.method().clone();
+        if crate::approvals::api::handles(&method, &path) {
+            let body = match Limited::new(req.into_body(), 64 * 1024).collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(_) => {
+                    return Ok(error(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "body_too_large",
+                        "request body too large",
+                    ));
+                }
+            };
+            let (status, v) =
+                crate::approvals::api::route(&self.approvals, &self.grants, &method, &path, &body);
+            return Ok(json(status, v));
+        }
         Ok(match (method, path.as_str()) {
             (Method::GET, "/v1/audit/head") => {
                 let h = self.audit.head();
@@ -170,6 +187,7 @@ impl Admin {
             }
             (Method::DELETE, p) if p.starts_with("/v1/grants/") => {
                 let sandbox = &p["/v1/grants/".len()..];
+                self.approvals.forget(sandbox);
                 if self.grants.revoke(sandbox) {
                     let mut r = Response::new(crate::body::empty());
                     *r.status_mut() = StatusCode::NO_CONTENT;

@@ -79,10 +79,13 @@ pub struct EgressConfig {
     pub default: EgressDefault,
     /// Hosts reachable without a credential (exact names or `*.` wildcards).
     pub allow_hosts: Vec<HostPattern>,
+    /// How long `ask` holds a request for an answer; unanswered = deny.
+    /// `egress.ask_timeout_s`, default 120.
+    pub ask_timeout_s: u64,
 }
 
 /// Default egress decision.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EgressDefault {
     /// Refuse anything not explicitly allowed (the default).
@@ -90,6 +93,9 @@ pub enum EgressDefault {
     Deny,
     /// Let anything through (still subject to `network` and stub rules).
     Allow,
+    /// Hold the request while a person approves or denies the host
+    /// (see [`crate::approvals`]).
+    Ask,
 }
 
 impl EgressConfig {
@@ -98,7 +104,11 @@ impl EgressConfig {
     pub fn allows(&self, host: &str) -> bool {
         match self.default {
             EgressDefault::Allow => true,
-            EgressDefault::Deny => self.allow_hosts.iter().any(|p| p.matches(host)),
+            // `ask` lets through only what is listed; the rest is asked
+            // about by the caller (`approvals`), never let through here.
+            EgressDefault::Deny | EgressDefault::Ask => {
+                self.allow_hosts.iter().any(|p| p.matches(host))
+            }
         }
     }
 }
@@ -339,6 +349,7 @@ struct RawEgress {
     default: EgressDefault,
     #[serde(default)]
     allow_hosts: Vec<String>,
+    ask_timeout_s: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -396,6 +407,16 @@ impl RawConfig {
         let egress = EgressConfig {
             default: raw_egress.default,
             allow_hosts: parse_patterns("egress.allow_hosts", &raw_egress.allow_hosts)?,
+            ask_timeout_s: match raw_egress.ask_timeout_s {
+                None => 120,
+                Some(s) if (1..=3600).contains(&s) => s,
+                Some(_) => {
+                    return Err(invalid(
+                        "egress.ask_timeout_s",
+                        "must be between 1 and 3600 seconds",
+                    ));
+                }
+            },
         };
 
         let raw_net = self.network.unwrap_or_default();

@@ -402,6 +402,11 @@ impl Grants {
         (g.token_matches(token) && !g.is_revoked()).then_some(g)
     }
 
+    /// Whether `sandbox` has a live grant.
+    pub fn contains(&self, sandbox: &str) -> bool {
+        self.lock().by_sandbox.contains_key(sandbox)
+    }
+
     /// Number of live grants.
     pub fn len(&self) -> usize {
         self.lock().by_sandbox.len()

@@ -26,7 +26,7 @@ use crate::pipeline::pin_destination::pin_inner;
 use crate::pipeline::scrub_response::{
     ScrubBody, ScrubPlan, prepare_response, restrict_accept_encoding,
 };
-use crate::pipeline::swap_or_block::{apply_to_body, apply_to_head, decide, egress};
+use crate::pipeline::swap_or_block::{apply_to_body, apply_to_head, decide};
 use crate::pipeline::{CheckedDest, PinnedDest, audit_path, redact_stubs};
 use crate::proxy::Shared;
 
@@ -259,7 +259,7 @@ async fn process(
 
     // Rules 4 and 6.
     let swaps = if found.is_empty() {
-        egress(&t.shared.egress, &t.pinned)?;
+        gate_egress(t, f).await?;
         Vec::new()
     } else {
         decide(grant, &t.pinned, &found)?
@@ -444,6 +444,54 @@ async fn process(
         }
     };
     Ok(Response::from_parts(rparts, body))
+}
+
+/// Rule 6 for a request with no stub: the egress lists, and under `ask` a held request
+/// answered through [`crate::approvals`] (audited as an `approval` record naming the
+/// decision and who made it).
+async fn gate_egress(t: &Arc<Target>, f: &Facts) -> Result<(), Deny> {
+    use crate::approvals::{Answer, ApprovalDecision, PendingApproval, Verdict};
+    let sh = &t.shared;
+    match sh
+        .approvals
+        .verdict(&sh.egress, &t.grant.sandbox, t.pinned.host())
+    {
+        Verdict::Allow => return Ok(()),
+        Verdict::Deny => return Err(Deny::Egress),
+        Verdict::Ask => {}
+    }
+    let now = chrono::Utc::now();
+    let info = PendingApproval {
+        id: String::new(),
+        sandbox: t.grant.sandbox.clone(),
+        session: t.grant.session.clone(),
+        host: t.pinned.host().to_string(),
+        port: t.pinned.port(),
+        method: f.method.clone(),
+        path: f.path.clone(),
+        created_at: now,
+        expires_at: now,
+    };
+    let timeout = std::time::Duration::from_secs(sh.egress.ask_timeout_s);
+    let answer = tokio::select! {
+        a = sh.approvals.ask(info, timeout) => a,
+        _ = t.grant.revoked() => Answer { decision: ApprovalDecision::Deny, by: "revoked".into() },
+    };
+    let allowed = answer.decision.allows();
+    let ev = t.event(
+        f,
+        EventKind::Approval,
+        if allowed {
+            Decision::Allow
+        } else {
+            Decision::Deny
+        },
+        format!("{} by {}", answer.decision.as_str(), answer.by),
+        None,
+        None,
+    );
+    t.audit(ev).await;
+    if allowed { Ok(()) } else { Err(Deny::Egress) }
 }
 
 /// Writes the egress allow record (once per tunnel). Swap records are not

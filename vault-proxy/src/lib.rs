@@ -10,6 +10,7 @@
 //! in [`pipeline`].
 
 pub mod admin;
+pub mod approvals;
 pub mod audit;
 pub(crate) mod audit_gate;
 pub mod body;
@@ -219,9 +220,11 @@ impl VaultProxy {
             resolver: opts.resolver.unwrap_or_else(system_resolver),
             timeout: Duration::from_secs(5),
         };
+        let approvals = Arc::new(approvals::Approvals::new());
         let shared = Arc::new(Shared {
             grants: grants.clone(),
             egress: config.egress.clone(),
+            approvals: approvals.clone(),
             net,
             upstream,
             audit: audit.clone(),
@@ -256,6 +259,7 @@ impl VaultProxy {
             let admin = Arc::new(admin::Admin {
                 grants: grants.clone(),
                 audit: audit.clone(),
+                approvals: approvals.clone(),
                 token_digest,
                 ca_pem: ca_pem.clone(),
             });
@@ -268,6 +272,7 @@ impl VaultProxy {
         }
         Ok(RunningProxy {
             grants,
+            approvals,
             audit,
             ca_pem,
             proxy_addr,
@@ -282,6 +287,7 @@ impl VaultProxy {
 /// A running proxy. Dropping it does not stop it; call [`RunningProxy::shutdown`].
 pub struct RunningProxy {
     grants: Arc<Grants>,
+    approvals: Arc<approvals::Approvals>,
     audit: AuditLog,
     ca_pem: String,
     proxy_addr: SocketAddr,
@@ -324,7 +330,14 @@ impl RunningProxy {
 
     /// Revokes the sandbox's grant; open tunnels close. Returns whether one existed.
     pub fn revoke(&self, sandbox: &str) -> bool {
+        self.approvals.forget(sandbox);
         self.grants.revoke(sandbox)
+    }
+
+    /// Held `ask` requests and per-sandbox egress (what the admin API's
+    /// `/v1/approvals` and `/v1/grants/{sandbox}/egress` serve).
+    pub fn approvals(&self) -> &Arc<approvals::Approvals> {
+        &self.approvals
     }
 
     /// The audit log handle (flush before reading the file).

@@ -90,6 +90,8 @@ impl Default for Limits {
 pub(crate) struct Shared {
     pub grants: Arc<Grants>,
     pub egress: EgressConfig,
+    /// Held `ask` requests and run-time per-sandbox egress.
+    pub approvals: Arc<crate::approvals::Approvals>,
     pub net: NetPolicy,
     pub upstream: Upstream,
     pub audit: AuditLog,
@@ -415,7 +417,11 @@ async fn connect(
     // IP literals never carry a swap, so they are decided right here:
     // only if egress allows them and the address class is allowed.
     if let Some(ip) = pinned.authority().ip() {
-        let verdict = if !shared.egress.allows(pinned.host()) {
+        // `ask` is decided per request, in the tunnel (`approvals`).
+        let policy = shared
+            .approvals
+            .verdict(&shared.egress, &sandbox, pinned.host());
+        let verdict = if policy == crate::approvals::Verdict::Deny {
             Err(Deny::Egress)
         } else {
             check_ip(&shared.net, SocketAddr::new(ip, pinned.port())).map_err(Deny::Address)

@@ -3,11 +3,12 @@
 //! Auth: every `/v1/*` route needs `Authorization: Bearer <master key>` (compared in constant
 //! time); `/healthz` and `/metrics` are open (they reveal counts, no data).
 
-mod audit;
+pub(crate) mod approvals;
+pub(crate) mod audit;
 mod extract;
 mod health;
 pub(crate) mod sandboxes;
-mod sessions;
+pub(crate) mod sessions;
 #[cfg(test)]
 mod tests;
 
@@ -32,6 +33,8 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/sandboxes/{id}/exec", post(sandboxes::exec))
         .route("/audit/egress", get(audit::egress))
+        .route("/approvals", get(approvals::list))
+        .route("/approvals/{id}", post(approvals::decide))
         .route("/sessions", post(sessions::create).get(sessions::list))
         .route("/sessions/{id}", get(sessions::show))
         .route("/sessions/{id}/events", get(sessions::events))
@@ -48,7 +51,10 @@ pub fn app(state: AppState) -> Router {
         Some(models) => models.gateway.routes(),
         None => Router::new(),
     };
-    let mut router = Router::new().merge(gateway).nest("/v1", v1);
+    let mut router = Router::new()
+        .merge(gateway)
+        .nest("/v1", v1)
+        .merge(crate::ui::routes());
     if state.config.mcp.enabled {
         router = router.merge(crate::mcp::routes());
     }
@@ -57,6 +63,10 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", get(health::metrics))
         // Outside the master-key layer: webhooks authenticate by their signature.
         .route("/hooks/slack", post(crate::triggers::slack::hook))
+        .route(
+            "/hooks/slack/interactive",
+            post(crate::ui::slack::interactive),
+        )
         .route("/hooks/github", post(crate::triggers::github::hook))
         .fallback(not_found)
         .layer(middleware::from_fn(log_internal_errors))

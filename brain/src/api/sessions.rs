@@ -14,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
 use super::extract::ApiJson;
+use crate::credentials::EgressPolicy;
 use crate::error::ApiError;
 use crate::sandbox::BackendKind;
 use crate::sessions::{self, EventRow, ListFilter, NewSession, SessionError, SessionView};
@@ -37,6 +38,9 @@ pub struct CreateBody {
     pub credentials: Option<Vec<String>>,
     pub max_steps: Option<u32>,
     pub max_cost_usd: Option<f64>,
+    /// `"ask"`, `"deny"`, or `{"allow_hosts":[…], "default"?}`: the egress of the session's
+    /// sandboxes (see [`session_egress`]).
+    pub egress: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -106,8 +110,63 @@ pub async fn create(
         max_cost_usd: body.max_cost_usd,
         origin: serde_json::json!({ "kind": "api" }),
     };
+    let mut new = new;
+    if let Some(egress) = body.egress {
+        if state.broker.is_none() {
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                "egress needs a vault proxy (vault.mode is off)",
+            ));
+        }
+        // Kept with the origin (no schema change): `lifecycle` applies it to each sandbox.
+        new.origin["egress"] = serde_json::to_value(session_egress(egress)?)
+            .map_err(|e| ApiError::bad_request("invalid_request", e.to_string()))?;
+    }
     let view = sessions::start(&state, new).await?;
     Ok((StatusCode::CREATED, Json(view)))
+}
+
+/// Validates a session's `egress` into the proxy's per-sandbox policy.
+pub fn session_egress(v: serde_json::Value) -> Result<EgressPolicy, ApiError> {
+    let bad = |m: String| ApiError::bad_request("invalid_request", format!("egress: {m}"));
+    let policy = match v {
+        serde_json::Value::String(s) if s == "ask" || s == "deny" => EgressPolicy {
+            default: Some(s),
+            allow_hosts: Vec::new(),
+        },
+        v @ serde_json::Value::Object(_) => {
+            #[derive(Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct Obj {
+                #[serde(default)]
+                allow_hosts: Vec<String>,
+                default: Option<String>,
+            }
+            let o: Obj = serde_json::from_value(v).map_err(|e| bad(e.to_string()))?;
+            EgressPolicy {
+                default: o.default,
+                allow_hosts: o.allow_hosts,
+            }
+        }
+        _ => {
+            return Err(bad(
+                "must be \"ask\", \"deny\" or {\"allow_hosts\":[…]}".into()
+            ));
+        }
+    };
+    if let Some(d) = &policy.default
+        && d != "ask"
+        && d != "deny"
+    {
+        return Err(bad(format!("default must be ask or deny, not `{d}`")));
+    }
+    if policy.allow_hosts.len() > 256 {
+        return Err(bad("at most 256 hosts".into()));
+    }
+    for h in &policy.allow_hosts {
+        vault_proxy::config::HostPattern::parse(h).map_err(|e| bad(e.to_string()))?;
+    }
+    Ok(policy)
 }
 
 pub async fn list(

@@ -19,7 +19,18 @@ use bytes::Bytes;
 
 use crate::sandbox::{BackendKind, SandboxHandle, docker};
 
+pub use vault_proxy::approvals::{ApprovalDecision, PendingApproval};
 pub use vault_proxy::audit::{AuditRecord, Filter as AuditFilter};
+
+/// A sandbox's own egress (`PUT /v1/grants/{sandbox}/egress` on the proxy): `default`
+/// `ask`/`deny` overrides the proxy's, `allow_hosts` adds to its list.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct EgressPolicy {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<String>,
+    #[serde(default)]
+    pub allow_hosts: Vec<String>,
+}
 
 /// Where the proxy CA is placed in every sandbox (and what the CA env vars name).
 pub const CA_PATH: &str = "/etc/airlock/ca.pem";
@@ -118,6 +129,9 @@ pub enum BrokerError {
     /// The broker cannot do this (e.g. read the audit log of a remote proxy).
     #[error("{0}")]
     NotSupported(String),
+    /// The request is malformed (e.g. a bad egress host pattern).
+    #[error("{0}")]
+    Invalid(String),
 }
 
 #[async_trait]
@@ -132,6 +146,32 @@ pub trait CredentialBroker: Send + Sync {
     /// why not; the caller then destroys the sandbox. Default: yes.
     async fn readopt(&self, _handle: &SandboxHandle) -> Result<(), BrokerError> {
         Ok(())
+    }
+
+    /// Pending egress approvals (`GET /v1/approvals` on the proxy).
+    async fn approvals(&self) -> Result<Vec<PendingApproval>, BrokerError> {
+        Err(BrokerError::NotSupported(
+            "this vault proxy does not serve approvals".into(),
+        ))
+    }
+
+    /// Answers one; `Ok(None)` = it is no longer pending. `by` names who decided (audited).
+    async fn decide_approval(
+        &self,
+        _id: &str,
+        _decision: ApprovalDecision,
+        _by: &str,
+    ) -> Result<Option<PendingApproval>, BrokerError> {
+        Err(BrokerError::NotSupported(
+            "this vault proxy does not serve approvals".into(),
+        ))
+    }
+
+    /// Sets a sandbox's own egress.
+    async fn set_egress(&self, _sandbox_id: &str, _p: &EgressPolicy) -> Result<(), BrokerError> {
+        Err(BrokerError::NotSupported(
+            "this vault proxy cannot set a sandbox's egress".into(),
+        ))
     }
 
     /// The proxy's audit log, filtered (`GET /v1/audit/egress`).

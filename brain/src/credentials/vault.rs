@@ -17,8 +17,8 @@ use vault_proxy::config::{Config as ProxyConfig, GrantConfig};
 use vault_proxy::{GrantError, RunningProxy, StartError, StartOptions, VaultProxy};
 
 use super::{
-    AuditFilter, AuditRecord, BrokerError, CredentialBroker, CredentialGrant, GrantRequest,
-    compose, read_audit, recorded_grant,
+    ApprovalDecision, AuditFilter, AuditRecord, BrokerError, CredentialBroker, CredentialGrant,
+    EgressPolicy, GrantRequest, PendingApproval, compose, read_audit, recorded_grant,
 };
 use crate::config::RemoteVaultConfig;
 use crate::sandbox::SandboxHandle;
@@ -173,6 +173,24 @@ impl CredentialBroker for EmbeddedVault {
         ))
     }
 
+    async fn approvals(&self) -> Result<Vec<PendingApproval>, BrokerError> {
+        self.with_proxy(|p| p.approvals().pending())
+    }
+
+    async fn decide_approval(
+        &self,
+        id: &str,
+        decision: ApprovalDecision,
+        by: &str,
+    ) -> Result<Option<PendingApproval>, BrokerError> {
+        self.with_proxy(|p| p.approvals().decide(id, decision, by).ok())
+    }
+
+    async fn set_egress(&self, sandbox_id: &str, p: &EgressPolicy) -> Result<(), BrokerError> {
+        let egress = sandbox_egress(p)?;
+        self.with_proxy(|proxy| proxy.approvals().set_sandbox_egress(sandbox_id, egress))
+    }
+
     async fn audit(&self, filter: AuditFilter) -> Result<Vec<AuditRecord>, BrokerError> {
         // Records still queued in the writer are on disk after this.
         if let Err(e) = self.audit.flush().await {
@@ -180,6 +198,30 @@ impl CredentialBroker for EmbeddedVault {
         }
         read_audit(self.audit.path().to_path_buf(), filter).await
     }
+}
+
+/// The proxy's form of a brain [`EgressPolicy`] (validated like the admin API does).
+fn sandbox_egress(p: &EgressPolicy) -> Result<vault_proxy::approvals::SandboxEgress, BrokerError> {
+    use vault_proxy::config::{EgressDefault, HostPattern};
+    let default = match p.default.as_deref() {
+        None => None,
+        Some("ask") => Some(EgressDefault::Ask),
+        Some("deny") => Some(EgressDefault::Deny),
+        Some(other) => {
+            return Err(BrokerError::Invalid(format!(
+                "egress default must be ask or deny, not `{other}`"
+            )));
+        }
+    };
+    let allow_hosts = p
+        .allow_hosts
+        .iter()
+        .map(|h| HostPattern::parse(h).map_err(|e| BrokerError::Invalid(e.to_string())))
+        .collect::<Result<_, _>>()?;
+    Ok(vault_proxy::approvals::SandboxEgress {
+        default,
+        allow_hosts,
+    })
 }
 
 /// A standalone `vault-proxy` reached through its admin API.
@@ -328,6 +370,84 @@ impl CredentialBroker for RemoteVault {
         } else {
             Err(BrokerError::Unavailable(format!(
                 "DELETE /v1/grants/{sandbox_id} answered {status}"
+            )))
+        }
+    }
+
+    async fn approvals(&self) -> Result<Vec<PendingApproval>, BrokerError> {
+        #[derive(serde::Deserialize)]
+        struct List {
+            approvals: Vec<PendingApproval>,
+        }
+        let resp = self
+            .http
+            .get(format!("{}/v1/approvals", self.admin_url))
+            .bearer_auth(&self.admin_token)
+            .send()
+            .await
+            .map_err(|e| BrokerError::Unavailable(format!("GET /v1/approvals: {e}")))?;
+        if !resp.status().is_success() {
+            return Err(BrokerError::Unavailable(format!(
+                "GET /v1/approvals answered {}",
+                resp.status()
+            )));
+        }
+        let list: List = resp
+            .json()
+            .await
+            .map_err(|e| BrokerError::Unavailable(format!("GET /v1/approvals: {e}")))?;
+        Ok(list.approvals)
+    }
+
+    async fn decide_approval(
+        &self,
+        id: &str,
+        decision: ApprovalDecision,
+        by: &str,
+    ) -> Result<Option<PendingApproval>, BrokerError> {
+        #[derive(serde::Deserialize)]
+        struct Decided {
+            approval: PendingApproval,
+        }
+        let resp = self
+            .http
+            .post(format!("{}/v1/approvals/{id}", self.admin_url))
+            .bearer_auth(&self.admin_token)
+            .json(&serde_json::json!({"decision": decision, "by": by}))
+            .send()
+            .await
+            .map_err(|e| BrokerError::Unavailable(format!("POST /v1/approvals: {e}")))?;
+        match resp.status() {
+            s if s.is_success() => {
+                let d: Decided = resp
+                    .json()
+                    .await
+                    .map_err(|e| BrokerError::Unavailable(format!("POST /v1/approvals: {e}")))?;
+                Ok(Some(d.approval))
+            }
+            reqwest::StatusCode::NOT_FOUND => Ok(None),
+            s => Err(BrokerError::Unavailable(format!(
+                "POST /v1/approvals/{id} answered {s}"
+            ))),
+        }
+    }
+
+    async fn set_egress(&self, sandbox_id: &str, p: &EgressPolicy) -> Result<(), BrokerError> {
+        sandbox_egress(p)?;
+        let resp = self
+            .http
+            .put(format!("{}/v1/grants/{sandbox_id}/egress", self.admin_url))
+            .bearer_auth(&self.admin_token)
+            .json(p)
+            .send()
+            .await
+            .map_err(|e| BrokerError::Unavailable(format!("PUT egress: {e}")))?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(BrokerError::Unavailable(format!(
+                "PUT /v1/grants/{sandbox_id}/egress answered {}",
+                resp.status()
             )))
         }
     }

@@ -34,6 +34,11 @@ pub struct SlackTrigger {
 }
 
 impl SlackTrigger {
+    /// The v0 signing secret (also checks `/hooks/slack/interactive`, see `ui::slack`).
+    pub(crate) fn signing_secret(&self) -> &str {
+        &self.signing_secret
+    }
+
     pub fn new(
         config: SlackConfig,
         signing_secret: String,
@@ -331,6 +336,35 @@ impl SlackClient {
             base: base.trim_end_matches('/').to_string(),
             token,
         })
+    }
+
+    /// `chat.postMessage` with Block Kit `blocks` (and `text` as the fallback); `Err` names why
+    /// it was not posted (the caller retries on its next pass).
+    pub async fn post_blocks(
+        &self,
+        channel: &str,
+        thread_ts: &str,
+        text: &str,
+        blocks: &serde_json::Value,
+    ) -> Result<(), String> {
+        let url = format!("{}/chat.postMessage", self.base);
+        let resp = self
+            .http
+            .post(&url)
+            .bearer_auth(&self.token)
+            .json(
+                &json!({ "channel": channel, "thread_ts": thread_ts, "text": text,
+                           "blocks": blocks }),
+            )
+            .send()
+            .await
+            .map_err(|e| format!("POST {url}: {e}"))?;
+        let body: serde_json::Value = resp.json().await.map_err(|e| e.to_string())?;
+        if body["ok"] == true {
+            Ok(())
+        } else {
+            Err(format!("chat.postMessage: {}", body["error"]))
+        }
     }
 
     pub async fn post_message(&self, channel: &str, thread_ts: &str, text: &str) -> Delivery {

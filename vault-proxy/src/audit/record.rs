@@ -66,6 +66,8 @@ pub enum EventKind {
     Scrub,
     /// A request without stubs was let through by the egress policy.
     Allow,
+    /// A person (or the timeout) answered an egress `ask`.
+    Approval,
 }
 
 /// The outcome.
@@ -103,7 +105,7 @@ macro_rules! lowercase_enum_text {
     };
 }
 
-lowercase_enum_text!(EventKind, Connect => "connect", Swap => "swap", Block => "block", Scrub => "scrub", Allow => "allow");
+lowercase_enum_text!(EventKind, Connect => "connect", Swap => "swap", Block => "block", Scrub => "scrub", Allow => "allow", Approval => "approval");
 lowercase_enum_text!(Decision, Allow => "allow", Deny => "deny");
 
 /// What the proxy reports. The writer adds `seq`, `ts`, `prev`, `hash`, and

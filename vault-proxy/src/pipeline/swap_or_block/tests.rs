@@ -216,6 +216,7 @@ fn egress_table() {
             HostPattern::parse("*.pypi.test").unwrap(),
             HostPattern::parse("pypi.test").unwrap(),
         ],
+        ask_timeout_s: 120,
     };
     let check =
         |h: &str, ok: bool| assert_eq!(egress(&cfg, &dest(h, Scheme::Https)).is_ok(), ok, "{h}");
@@ -227,6 +228,7 @@ fn egress_table() {
     let open = EgressConfig {
         default: EgressDefault::Allow,
         allow_hosts: vec![],
+        ask_timeout_s: 120,
     };
     assert!(egress(&open, &dest("anything.test:443", Scheme::Https)).is_ok());
 }

@@ -1,0 +1,568 @@
+//! The web console at `/ui/` (DESIGN.md, "Contract: console and approvals").
+//!
+//! Server-rendered HTML ([`pages`], maud), a small script and stylesheet served from
+//! `/ui/static/` (no external assets, no inline script: the CSP is `default-src 'self'`), and
+//! readable without JavaScript. Sign-in with the master key sets an opaque, server-side
+//! session cookie ([`auth`]); every state-changing form carries that sign-in's CSRF token,
+//! and a POST without it is refused (403). Live views: a session's transcript follows the
+//! brain's SSE event stream; the approvals inbox re-fetches its table.
+
+// Handlers return the error page itself as `Err(Response)`, the axum idiom; boxing it would
+// only add an allocation per error.
+#![allow(clippy::result_large_err)]
+
+mod auth;
+mod pages;
+pub mod slack;
+
+use axum::Router;
+use axum::extract::{Form, Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use maud::Markup;
+use serde::Deserialize;
+use std::collections::HashMap;
+
+use crate::credentials::{ApprovalDecision, AuditFilter};
+use crate::sessions::{self, ListFilter};
+use crate::state::AppState;
+
+const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; \
+                   connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+const PAGE: i64 = 50;
+const AUDIT_PAGE: usize = 200;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/ui", get(|| async { Redirect::to("/ui/sessions") }))
+        .route("/ui/", get(|| async { Redirect::to("/ui/sessions") }))
+        .route("/ui/static/app.js", get(js))
+        .route("/ui/static/app.css", get(css))
+        .route("/ui/login", get(login_form).post(login))
+        .route("/ui/logout", post(logout))
+        .route("/ui/sessions", get(sessions_page))
+        .route("/ui/sessions/{id}", get(session_page))
+        .route("/ui/sessions/{id}/events", get(session_events))
+        .route("/ui/sessions/{id}/cancel", post(session_cancel))
+        .route("/ui/sessions/{id}/messages", post(session_message))
+        .route("/ui/sandboxes", get(sandboxes_page))
+        .route("/ui/sandboxes/{id}/destroy", post(sandbox_destroy))
+        .route("/ui/audit", get(audit_page))
+        .route("/ui/audit.jsonl", get(audit_export))
+        .route("/ui/approvals", get(approvals_page))
+        .route("/ui/approvals/inbox", get(approvals_inbox))
+        .route("/ui/approvals/{id}", post(approval_decide))
+        .layer(middleware::from_fn(security_headers))
+}
+
+async fn security_headers(req: Request, next: Next) -> Response {
+    let mut resp = next.run(req).await;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    if !h.contains_key(header::CACHE_CONTROL) {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    resp
+}
+
+async fn js() -> Response {
+    static_file(
+        "text/javascript; charset=utf-8",
+        include_str!("static/app.js"),
+    )
+}
+
+async fn css() -> Response {
+    static_file("text/css; charset=utf-8", include_str!("static/app.css"))
+}
+
+fn static_file(ct: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, ct),
+            (header::CACHE_CONTROL, "public, max-age=300"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// A page for the signed-in user, or a redirect to the sign-in form.
+type Page = Result<Response, Response>;
+
+fn signed_in(headers: &HeaderMap) -> Result<(String, auth::Signin), Response> {
+    auth::current(headers).ok_or_else(|| Redirect::to("/ui/login").into_response())
+}
+
+/// For POSTs: signed in and the form's CSRF token matches (else 403, nothing done).
+fn checked(headers: &HeaderMap, form: &HashMap<String, String>) -> Result<auth::Signin, Response> {
+    let (_, s) = signed_in(headers)?;
+    if !auth::csrf_ok(&s, form.get("csrf").map(String::as_str)) {
+        return Err(forbidden("missing or wrong CSRF token"));
+    }
+    Ok(s)
+}
+
+fn forbidden(msg: &str) -> Response {
+    (
+        StatusCode::FORBIDDEN,
+        Html(format!(
+            "<p>403: {}</p>",
+            maud::html! { (msg) }.into_string()
+        )),
+    )
+        .into_response()
+}
+
+fn page(title: &str, active: &str, s: &auth::Signin, body: Markup) -> Response {
+    Html(pages::layout(title, active, Some(&s.who), &s.csrf, body).into_string()).into_response()
+}
+
+fn error_page(s: &auth::Signin, status: StatusCode, msg: &str) -> Response {
+    let body = maud::html! { h1 { (status.as_u16()) } div.flash { (msg) } };
+    (status, page("Error", "", s, body)).into_response()
+}
+
+async fn login_form(headers: HeaderMap) -> Response {
+    login_page(&headers, None, StatusCode::OK)
+}
+
+fn login_page(headers: &HeaderMap, error: Option<&str>, status: StatusCode) -> Response {
+    // Double-submit token for the sign-in form (there is no sign-in to hold one yet).
+    let token = auth::cookie(headers, auth::LOGIN_COOKIE)
+        .filter(|t| t.len() == 32 && t.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map(str::to_string)
+        .unwrap_or_else(|| auth::random_hex(16));
+    let html = pages::layout("Sign in", "", None, "", pages::login(&token, error));
+    (
+        status,
+        [(
+            header::SET_COOKIE,
+            auth::set_cookie(auth::LOGIN_COOKIE, &token, 3600),
+        )],
+        Html(html.into_string()),
+    )
+        .into_response()
+}
+
+async fn login(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let want = auth::cookie(&headers, auth::LOGIN_COOKIE);
+    let got = form.get("csrf").map(String::as_str);
+    if want.is_none() || want != got {
+        return forbidden("missing or wrong CSRF token");
+    }
+    let key = form.get("key").map(|k| k.trim()).unwrap_or("");
+    if key.is_empty() || !state.master_key.matches(key.as_bytes()) {
+        tracing::warn!("console sign-in refused");
+        return login_page(
+            &headers,
+            Some("That key was not accepted."),
+            StatusCode::UNAUTHORIZED,
+        );
+    }
+    let id = auth::sign_in("master");
+    (
+        [(header::SET_COOKIE, auth::signin_cookie(&id))],
+        Redirect::to("/ui/sessions"),
+    )
+        .into_response()
+}
+
+async fn logout(headers: HeaderMap, Form(form): Form<HashMap<String, String>>) -> Page {
+    checked(&headers, &form)?;
+    if let Some(id) = auth::cookie(&headers, auth::COOKIE) {
+        auth::sign_out(id);
+    }
+    Ok((
+        [(header::SET_COOKIE, auth::set_cookie(auth::COOKIE, "", 0))],
+        Redirect::to("/ui/login"),
+    )
+        .into_response())
+}
+
+#[derive(Deserialize)]
+struct SessionsQ {
+    #[serde(default)]
+    status: String,
+    #[serde(default)]
+    origin: String,
+    #[serde(default)]
+    q: String,
+    #[serde(default)]
+    before: String,
+}
+
+async fn sessions_page(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<SessionsQ>,
+) -> Page {
+    let (_, s) = signed_in(&headers)?;
+    let status = match q.status.as_str() {
+        "" => None,
+        v => Some(
+            v.parse()
+                .map_err(|e: String| error_page(&s, StatusCode::BAD_REQUEST, &e))?,
+        ),
+    };
+    let before_ms = match q.before.as_str() {
+        "" => None,
+        v => Some(
+            chrono::DateTime::parse_from_rfc3339(v)
+                .map_err(|e| error_page(&s, StatusCode::BAD_REQUEST, &e.to_string()))?
+                .timestamp_millis(),
+        ),
+    };
+    // One page from the database (newest first, keyset on created_at).
+    let filter = ListFilter {
+        status,
+        origin_kind: (!q.origin.is_empty()).then(|| q.origin.clone()),
+        before_ms,
+        limit: PAGE,
+    };
+    let mut list = sessions::list(&state, &filter)
+        .await
+        .map_err(|e| error_page(&s, StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()))?;
+    let next = (list.len() as i64 == PAGE)
+        .then(|| list.last().map(|v| v.created_at.clone()))
+        .flatten();
+    let needle = q.q.trim().to_lowercase();
+    if !needle.is_empty() {
+        list.retain(|v| v.task.to_lowercase().contains(&needle) || v.id.contains(&needle));
+    }
+    let f = pages::SessionsQuery {
+        status: &q.status,
+        origin: &q.origin,
+        q: &q.q,
+    };
+    Ok(page(
+        "Sessions",
+        "sessions",
+        &s,
+        pages::sessions(&list, &f, next.as_deref()),
+    ))
+}
+
+async fn session_page(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Page {
+    let (_, s) = signed_in(&headers)?;
+    let view = sessions::get(&state, &id)
+        .await
+        .map_err(|e| error_page(&s, StatusCode::NOT_FOUND, &e.to_string()))?;
+    let events = state
+        .store
+        .session_events(&id, 0, 500)
+        .await
+        .map_err(|e| error_page(&s, StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()))?;
+    Ok(page(
+        "Session",
+        "sessions",
+        &s,
+        pages::session(&view, &events, &s.csrf),
+    ))
+}
+
+/// The session's live event stream (the API's SSE endpoint, cookie-authenticated).
+async fn session_events(
+    state: State<AppState>,
+    mut headers: HeaderMap,
+    id: Path<String>,
+    query: Result<
+        Query<crate::api::sessions::EventsQuery>,
+        axum::extract::rejection::QueryRejection,
+    >,
+) -> Page {
+    signed_in(&headers)?;
+    headers.insert(
+        header::ACCEPT,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    crate::api::sessions::events(state, id, headers, query)
+        .await
+        .map_err(IntoResponse::into_response)
+}
+
+async fn session_cancel(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Page {
+    let s = checked(&headers, &form)?;
+    let st = state.clone();
+    let id2 = id.clone();
+    tokio::spawn(async move { sessions::cancel(&st, &id2).await })
+        .await
+        .map_err(|e| error_page(&s, StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()))?
+        .map_err(|e| error_page(&s, StatusCode::CONFLICT, &e.to_string()))?;
+    Ok(Redirect::to(&format!("/ui/sessions/{id}")).into_response())
+}
+
+async fn session_message(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Page {
+    let s = checked(&headers, &form)?;
+    let text = form.get("text").map(|t| t.trim()).unwrap_or("");
+    if text.is_empty() {
+        return Err(error_page(
+            &s,
+            StatusCode::BAD_REQUEST,
+            "the message is empty",
+        ));
+    }
+    sessions::post_message(&state, &id, text.to_string())
+        .await
+        .map_err(|e| error_page(&s, StatusCode::CONFLICT, &e.to_string()))?;
+    Ok(Redirect::to(&format!("/ui/sessions/{id}")).into_response())
+}
+
+async fn sandboxes_page(State(state): State<AppState>, headers: HeaderMap) -> Page {
+    let (_, s) = signed_in(&headers)?;
+    let list = state
+        .store
+        .list_sandboxes(false, 200)
+        .await
+        .map_err(|e| error_page(&s, StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()))?;
+    Ok(page(
+        "Sandboxes",
+        "sandboxes",
+        &s,
+        pages::sandboxes(&list, &s.csrf),
+    ))
+}
+
+async fn sandbox_destroy(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Page {
+    let s = checked(&headers, &form)?;
+    let st = state.clone();
+    tokio::spawn(async move { crate::lifecycle::destroy(&st, &id).await })
+        .await
+        .map_err(|e| error_page(&s, StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()))?
+        .map_err(|e| error_page(&s, StatusCode::CONFLICT, &e.to_string()))?;
+    Ok(Redirect::to("/ui/sandboxes").into_response())
+}
+
+#[derive(Deserialize, Default)]
+struct AuditQ {
+    #[serde(default)]
+    session: String,
+    #[serde(default)]
+    sandbox: String,
+    #[serde(default)]
+    credential: String,
+    #[serde(default)]
+    decision: String,
+    #[serde(default)]
+    host: String,
+    #[serde(default)]
+    since: String,
+}
+
+impl AuditQ {
+    fn filter(&self, limit: usize) -> Result<AuditFilter, String> {
+        let opt = |v: &str| (!v.is_empty()).then(|| v.to_string());
+        Ok(AuditFilter {
+            sandbox: opt(&self.sandbox),
+            session: opt(&self.session),
+            credential: opt(&self.credential),
+            decision: match self.decision.as_str() {
+                "" => None,
+                d => Some(
+                    d.parse()
+                        .map_err(|_| "decision must be allow or deny".to_string())?,
+                ),
+            },
+            since: match self.since.as_str() {
+                "" => None,
+                v => Some(
+                    chrono::DateTime::parse_from_rfc3339(v)
+                        .map_err(|e| format!("since: {e}"))?
+                        .with_timezone(&chrono::Utc),
+                ),
+            },
+            limit: Some(limit),
+        })
+    }
+
+    fn query_string(&self) -> String {
+        let mut out = Vec::new();
+        for (k, v) in [
+            ("session", &self.session),
+            ("sandbox", &self.sandbox),
+            ("credential", &self.credential),
+            ("decision", &self.decision),
+            ("host", &self.host),
+            ("since", &self.since),
+        ] {
+            if !v.is_empty() {
+                out.push(format!("{k}={}", percent(v)));
+            }
+        }
+        out.join("&")
+    }
+}
+
+async fn audit_records(
+    state: &AppState,
+    q: &AuditQ,
+    limit: usize,
+) -> Result<Vec<crate::credentials::AuditRecord>, (StatusCode, String)> {
+    let broker = state.broker.as_ref().ok_or((
+        StatusCode::NOT_IMPLEMENTED,
+        "no vault proxy is configured: there is no egress audit log".to_string(),
+    ))?;
+    let filter = q.filter(limit).map_err(|e| (StatusCode::BAD_REQUEST, e))?;
+    let mut recs = broker
+        .audit(filter)
+        .await
+        .map_err(|e| (StatusCode::BAD_GATEWAY, e.to_string()))?;
+    if !q.host.is_empty() {
+        let h = q.host.to_lowercase();
+        recs.retain(|r| r.host.to_lowercase().contains(&h));
+    }
+    Ok(recs)
+}
+
+async fn audit_page(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<AuditQ>,
+) -> Page {
+    let (_, s) = signed_in(&headers)?;
+    let mut recs = audit_records(&state, &q, AUDIT_PAGE)
+        .await
+        .map_err(|(st, e)| error_page(&s, st, &e))?;
+    recs.reverse();
+    let f = pages::AuditQuery {
+        session: &q.session,
+        sandbox: &q.sandbox,
+        credential: &q.credential,
+        decision: &q.decision,
+        host: &q.host,
+        since: &q.since,
+    };
+    let export = format!("/ui/audit.jsonl?{}", q.query_string());
+    Ok(page(
+        "Egress audit",
+        "audit",
+        &s,
+        pages::audit(&recs, &f, &export),
+    ))
+}
+
+async fn audit_export(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<AuditQ>,
+) -> Page {
+    let (_, s) = signed_in(&headers)?;
+    let recs = audit_records(&state, &q, crate::api::audit::MAX_RECORDS)
+        .await
+        .map_err(|(st, e)| error_page(&s, st, &e))?;
+    let mut out = String::new();
+    for r in &recs {
+        out.push_str(&serde_json::to_string(r).unwrap_or_default());
+        out.push('\n');
+    }
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/x-ndjson"),
+            (
+                header::CONTENT_DISPOSITION,
+                "attachment; filename=\"egress-audit.jsonl\"",
+            ),
+        ],
+        out,
+    )
+        .into_response())
+}
+
+async fn approvals_page(State(state): State<AppState>, headers: HeaderMap) -> Page {
+    let (_, s) = signed_in(&headers)?;
+    let list = pending(&state, &s).await?;
+    Ok(page(
+        "Approvals",
+        "approvals",
+        &s,
+        pages::approvals(&list, &s.csrf),
+    ))
+}
+
+/// The inbox table alone (what app.js re-fetches).
+async fn approvals_inbox(State(state): State<AppState>, headers: HeaderMap) -> Page {
+    let (_, s) = signed_in(&headers)?;
+    let list = pending(&state, &s).await?;
+    Ok(Html(pages::inbox(&list, &s.csrf).into_string()).into_response())
+}
+
+async fn pending(
+    state: &AppState,
+    s: &auth::Signin,
+) -> Result<Vec<crate::credentials::PendingApproval>, Response> {
+    let broker = crate::api::approvals::broker(state).map_err(IntoResponse::into_response)?;
+    broker
+        .approvals()
+        .await
+        .map_err(|e| error_page(s, StatusCode::BAD_GATEWAY, &e.to_string()))
+}
+
+async fn approval_decide(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Page {
+    let s = checked(&headers, &form)?;
+    let decision: ApprovalDecision = match form.get("decision").map(String::as_str) {
+        Some("allow_once") => ApprovalDecision::AllowOnce,
+        Some("allow_session") => ApprovalDecision::AllowSession,
+        Some("allow_always") => ApprovalDecision::AllowAlways,
+        Some("deny") => ApprovalDecision::Deny,
+        _ => return Err(error_page(&s, StatusCode::BAD_REQUEST, "unknown decision")),
+    };
+    let by = format!("console:{}", s.who);
+    crate::api::approvals::decide_as(&state, &id, decision, &by)
+        .await
+        .map_err(IntoResponse::into_response)?;
+    Ok(Redirect::to("/ui/approvals").into_response())
+}
+
+/// Percent-encodes a query value (everything but unreserved characters).
+fn percent(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

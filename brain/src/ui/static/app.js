@@ -1,0 +1,84 @@
+// Airlock console: progressive enhancement only (every page works without it).
+// - <time data-rel> shows a relative time (absolute stays in the title on hover);
+// - #events[data-stream] follows the session's SSE stream and appends new events;
+// - #inbox[data-poll] refreshes the approvals inbox.
+"use strict";
+function rel(iso) {
+  const s = Math.round((Date.now() - Date.parse(iso)) / 1000);
+  const a = Math.abs(s), f = s >= 0 ? " ago" : " from now";
+  if (a < 60) return a + "s" + f;
+  if (a < 3600) return Math.round(a / 60) + "m" + f;
+  if (a < 86400) return Math.round(a / 3600) + "h" + f;
+  return Math.round(a / 86400) + "d" + f;
+}
+function relTimes() {
+  document.querySelectorAll("time[data-rel]").forEach(t => {
+    t.title = t.getAttribute("datetime");
+    t.textContent = rel(t.getAttribute("datetime"));
+  });
+}
+function el(tag, cls, text) {
+  const e = document.createElement(tag);
+  if (cls) e.className = cls;
+  if (text !== undefined) e.textContent = text;
+  return e;
+}
+function renderEvent(ev) {
+  const d = el("div", "ev ev-" + ev.kind);
+  d.dataset.seq = ev.seq;
+  const head = el("div", "mut");
+  head.appendChild(el("span", "mono", "#" + ev.seq + " " + ev.kind + " "));
+  const t = el("time");
+  t.setAttribute("datetime", new Date(ev.ts).toISOString());
+  t.setAttribute("data-rel", "");
+  head.appendChild(t);
+  d.appendChild(head);
+  const body = JSON.stringify(ev.data, null, 2);
+  if (body.length > 600) {
+    const det = el("details");
+    det.appendChild(el("summary", "", body.slice(0, 120).replace(/\s+/g, " ") + " …"));
+    det.appendChild(el("pre", "mono", body));
+    d.appendChild(det);
+  } else {
+    d.appendChild(el("pre", "mono", body));
+  }
+  return d;
+}
+function follow(box) {
+  const url = box.dataset.stream + "?after=" + (box.dataset.after || "0");
+  const src = new EventSource(url);
+  src.onmessage = null;
+  const onEvent = m => {
+    let ev;
+    try { ev = JSON.parse(m.data); } catch (_) { return; }
+    if (!ev || ev.seq === undefined) return;
+    if (box.querySelector('[data-seq="' + ev.seq + '"]')) return;
+    box.appendChild(renderEvent(ev));
+    box.dataset.after = ev.seq;
+    relTimes();
+    const st = document.getElementById("status");
+    if (st && ev.kind === "status" && ev.data && ev.data.status) {
+      st.textContent = ev.data.status;
+      st.className = "st st-" + ev.data.status;
+    }
+  };
+  ["message", "status", "user_message", "model_request", "model_response", "model_error",
+   "tool_calls", "tool_started", "tool_result", "error"].forEach(k => src.addEventListener(k, onEvent));
+  src.onerror = () => { src.close(); };
+}
+function pollInbox(box) {
+  setInterval(async () => {
+    try {
+      const r = await fetch(box.dataset.poll, { credentials: "same-origin" });
+      if (r.ok) { box.innerHTML = await r.text(); relTimes(); }
+    } catch (_) { /* keep the last view */ }
+  }, 2000);
+}
+document.addEventListener("DOMContentLoaded", () => {
+  relTimes();
+  setInterval(relTimes, 15000);
+  const ev = document.getElementById("events");
+  if (ev && ev.dataset.stream) follow(ev);
+  const inbox = document.getElementById("inbox");
+  if (inbox && inbox.dataset.poll) pollInbox(inbox);
+});
