@@ -14,6 +14,8 @@
 //! Sessions, events, keys and spend get their own `store/<table>.rs` files and migrations
 //! `0002_…` on; they reuse [`on_pool!`] and [`Store::owner`].
 
+#[cfg(test)]
+pub(crate) mod faults;
 mod sandboxes;
 #[cfg(test)]
 mod tests;
@@ -100,6 +102,40 @@ pub enum StoreError {
     },
 }
 
+impl StoreError {
+    /// The database could not be reached (connection lost, pool exhausted, server shutting
+    /// down, SQLite busy): the same call may succeed later. Callers that run long work (the
+    /// session loop) wait and retry these instead of failing: a database outage pauses work.
+    pub fn is_transient(&self) -> bool {
+        let StoreError::Db(e) = self else {
+            return false;
+        };
+        match e {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::WorkerCrashed => true,
+            sqlx::Error::Database(db) => {
+                let code = db.code().unwrap_or_default();
+                // PostgreSQL: 08xxx connection exceptions, 57P01-03 shutdown / cannot
+                // connect now, 40001/40P01 serialization failure / deadlock.
+                // SQLite: 5 SQLITE_BUSY, 6 SQLITE_LOCKED (and their extended codes).
+                code.starts_with("08")
+                    || code.starts_with("57P")
+                    || code == "40001"
+                    || code == "40P01"
+                    || code == "5"
+                    || code == "6"
+                    || code
+                        .parse::<i64>()
+                        .is_ok_and(|c| c & 0xff == 5 || c & 0xff == 6)
+            }
+            _ => false,
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub(crate) enum Db {
     Sqlite(SqlitePool),
@@ -123,6 +159,9 @@ pub(crate) use on_pool;
 pub struct Store {
     db: Db,
     owner: String,
+    /// Test-only fault injection (see [`faults`]).
+    #[cfg(test)]
+    pub(crate) faults: faults::FaultPlan,
 }
 
 // === impl Store ===
@@ -172,7 +211,12 @@ impl Store {
         };
         migrate(&db).await?;
         let owner = load_owner(&db).await?;
-        Ok(Self { db, owner })
+        Ok(Self {
+            db,
+            owner,
+            #[cfg(test)]
+            faults: faults::FaultPlan::default(),
+        })
     }
 
     /// Stable identity of this store, used as the `airlock.owner` label on sandboxes.
@@ -189,6 +233,31 @@ impl Store {
 
     pub(crate) fn db(&self) -> &Db {
         &self.db
+    }
+
+    /// SQL for "now" in unix milliseconds on the database's clock. Leases are written and
+    /// compared with it, so brains whose clocks disagree still agree on who holds what.
+    pub(crate) fn db_now_sql(&self) -> &'static str {
+        match self.db {
+            Db::Sqlite(_) => "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
+            Db::Postgres(_) => "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
+        }
+    }
+
+    /// The injected fault for this call, if a test armed one (always `Ok` outside tests).
+    #[cfg(test)]
+    pub(crate) fn fault(&self, op: &str, kind: Option<&str>) -> Result<(), StoreError> {
+        match self.faults.take(op, kind, false) {
+            Some(faults::Action::FailTransient) => Err(faults::transient()),
+            Some(faults::Action::FailPermanent) => Err(faults::permanent()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether a test armed "commit, then lose the answer" for this call.
+    #[cfg(test)]
+    pub(crate) fn fault_after_commit(&self, op: &str, kind: Option<&str>) -> bool {
+        self.faults.take(op, kind, true) == Some(faults::Action::FailAfterCommit)
     }
 
     /// Cheap round trip used by `/healthz`.
@@ -271,6 +340,18 @@ async fn load_owner(db: &Db) -> Result<String, StoreError> {
     Ok(owner)
 }
 
+/// This brain's clock, in unix milliseconds. `AIRLOCK_TEST_CLOCK_SKEW_MS` (read once; for
+/// chaos tests only) shifts it, to show that leases do not depend on it.
 pub(crate) fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
+    chrono::Utc::now().timestamp_millis() + clock_skew_ms()
+}
+
+fn clock_skew_ms() -> i64 {
+    static SKEW: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *SKEW.get_or_init(|| {
+        std::env::var("AIRLOCK_TEST_CLOCK_SKEW_MS")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    })
 }
