@@ -66,6 +66,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
     install_crypto_provider();
+    // Held until `run` returns: a second brain on the same SQLite file refuses to start.
+    let _sqlite_lock = store::lock_sqlite_file(&config.database_url)?;
     let store = store::Store::connect(&config.database_url).await?;
     tracing::info!(
         database = store.engine(),

@@ -95,6 +95,13 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("unsupported database url (expected sqlite:… or postgres://…)")]
     UnsupportedUrl,
+    #[error(
+        "the SQLite database {path} is in use by another brain (lock file {path}.lock): one \
+         brain per SQLite file; use PostgreSQL for replicas"
+    )]
+    Locked { path: String },
+    #[error("locking the SQLite database {path}: {error}")]
+    Lock { path: String, error: std::io::Error },
     #[error("corrupt row in {table}: {message}")]
     Corrupt {
         table: &'static str,
@@ -338,6 +345,44 @@ async fn load_owner(db: &Db) -> Result<String, StoreError> {
             .await?
     });
     Ok(owner)
+}
+
+/// Takes the exclusive lock `<db file>.lock` of a SQLite database for as long as the returned
+/// file is kept open (`None` for in-memory databases and PostgreSQL). A brain on SQLite
+/// treats every claim in the file as its dead predecessor's, so a second brain on the same
+/// file must not start: it would release the first's claims and sweep its sandboxes.
+pub fn lock_sqlite_file(url: &str) -> Result<Option<std::fs::File>, StoreError> {
+    let Some(rest) = url.strip_prefix("sqlite:") else {
+        return Ok(None);
+    };
+    if rest.contains(":memory:") || rest.contains("mode=memory") {
+        return Ok(None);
+    }
+    let path = rest.trim_start_matches("//");
+    let path = path.split('?').next().unwrap_or_default();
+    if path.is_empty() {
+        return Ok(None);
+    }
+    let lock_path = format!("{path}.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|error| StoreError::Lock {
+            path: path.to_owned(),
+            error,
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Locked {
+            path: path.to_owned(),
+        }),
+        Err(std::fs::TryLockError::Error(error)) => Err(StoreError::Lock {
+            path: path.to_owned(),
+            error,
+        }),
+    }
 }
 
 /// This brain's clock, in unix milliseconds. `AIRLOCK_TEST_CLOCK_SKEW_MS` (read once; for
