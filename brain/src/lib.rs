@@ -126,7 +126,9 @@ pub async fn run(
         } => tracing::warn!("in-flight requests did not finish in {DRAIN_TIMEOUT:?}; exiting"),
     }
     let _ = reaper.await;
+    tracing::debug!("reaper stopped");
     let _ = dispatcher.await;
+    tracing::debug!("dispatcher stopped");
     if let Some(models) = &state.models {
         models.gateway.flush().await;
     }
@@ -136,6 +138,7 @@ pub async fn run(
     if let Some(vault) = embedded {
         vault.shutdown().await;
     }
+    tracing::debug!("closing the store");
     state.store.close().await;
     Ok(())
 }

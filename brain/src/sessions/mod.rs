@@ -439,16 +439,27 @@ pub async fn dispatcher(state: AppState, mut stop: watch::Receiver<bool>) {
     }
     rt.shutdown.cancel();
     tasks.abort_all();
+    tracing::debug!(loops = tasks.len(), "stopping session loops");
     while tasks.join_next().await.is_some() {}
     lock(&rt.local).clear();
-    match state.store.release_claims(Some(&rt.instance)).await {
-        Ok(n) if n > 0 => {
+    tracing::debug!("session loops stopped");
+    // Bounded: a stop must not hang on the database (seen on PostgreSQL after an outage);
+    // unreleased claims lapse with their lease instead.
+    let release = state.store.release_claims(Some(&rt.instance));
+    match tokio::time::timeout(RELEASE_TIMEOUT, release).await {
+        Ok(Ok(n)) if n > 0 => {
             tracing::info!(sessions = n, "released session claims for the next brain")
         }
-        Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "releasing session claims failed"),
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "releasing session claims failed"),
+        Err(_) => tracing::warn!(
+            "releasing session claims took over {RELEASE_TIMEOUT:?}; they lapse with their lease"
+        ),
     }
 }
+
+/// How long a stopping dispatcher tries to hand its claims over.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Renews the leases of the loops alive here, and only those. Cancels the token of a loop
 /// whose cancel was requested, or whose claim another brain took (it stops at its next
