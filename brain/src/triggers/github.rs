@@ -274,7 +274,7 @@ pub async fn hook(State(state): State<AppState>, headers: HeaderMap, body: Bytes
             tracing::info!(
                 delivery,
                 key,
-                "duplicate (or replayed) github delivery ignored"
+                "duplicate github delivery ignored (same signed key: a redelivery or a replay)"
             );
             return StatusCode::OK.into_response();
         }
