@@ -67,6 +67,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
     install_crypto_provider();
+    // Held until `run` returns: a second brain on the same SQLite file refuses to start.
+    let _sqlite_lock = store::lock_sqlite_file(&config.database_url)?;
     let store = store::Store::connect(&config.database_url).await?;
     tracing::info!(
         database = store.engine(),
@@ -125,7 +127,9 @@ pub async fn run(
         } => tracing::warn!("in-flight requests did not finish in {DRAIN_TIMEOUT:?}; exiting"),
     }
     let _ = reaper.await;
+    tracing::debug!("reaper stopped");
     let _ = dispatcher.await;
+    tracing::debug!("dispatcher stopped");
     if let Some(models) = &state.models {
         models.gateway.flush().await;
     }
@@ -135,6 +139,7 @@ pub async fn run(
     if let Some(vault) = embedded {
         vault.shutdown().await;
     }
+    tracing::debug!("closing the store");
     state.store.close().await;
     Ok(())
 }

@@ -174,8 +174,10 @@ async fn provision_steps(
             if !state.store.set_running(&id, &handle).await? {
                 // A delete arrived while we were creating it: we hold the handle, so we clean up.
                 tracing::info!(sandbox = %id, "deleted during provisioning; destroying");
-                backend.destroy(&handle).await?;
+                // Revoke first: if the destroy fails the row stays `destroying` for the
+                // reaper, but the grant must not outlive the delete that was asked for.
                 revoke(state, &id).await;
+                backend.destroy(&handle).await?;
                 state
                     .store
                     .set_destroyed(&id, Some("deleted during provisioning"))
@@ -285,7 +287,7 @@ pub async fn reconcile(state: &AppState) -> Result<(), LifecycleError> {
             }
         };
         match (row.status, row.handle.as_ref()) {
-            (SandboxStatus::Running, Some(handle)) if backend.is_alive(handle).await => {
+            (SandboxStatus::Running, Some(handle)) if alive(backend.as_ref(), handle).await => {
                 match readopt(state, backend.as_ref(), handle).await {
                     Ok(()) => {
                         tracing::info!(sandbox = %id, backend = %row.backend, "adopted running sandbox");
@@ -350,6 +352,23 @@ pub async fn reconcile(state: &AppState) -> Result<(), LifecycleError> {
     }
     sweep_labelled(state, &live).await;
     Ok(())
+}
+
+/// Health checks before a sandbox is concluded gone: one failed check (a 3 s timeout on a busy
+/// host) must not destroy a working sandbox.
+const ALIVE_ATTEMPTS: u32 = 3;
+const ALIVE_PAUSE: Duration = Duration::from_secs(1);
+
+async fn alive(backend: &dyn SandboxBackend, handle: &SandboxHandle) -> bool {
+    for attempt in 1..=ALIVE_ATTEMPTS {
+        if backend.is_alive(handle).await {
+            return true;
+        }
+        if attempt < ALIVE_ATTEMPTS {
+            tokio::time::sleep(ALIVE_PAUSE).await;
+        }
+    }
+    false
 }
 
 /// Re-creates a live sandbox's host-side pieces and checks its vault grant survived.

@@ -320,7 +320,7 @@ fn follow(
             // Status first, then events: the terminal event commits with the status, so a
             // settled row guarantees this read includes it.
             let settled = match f.state.store.get_session(&f.id).await {
-                Ok(Some(row)) => row.status.is_terminal() && row.pending_messages == 0,
+                Ok(Some(row)) => row.is_settled(),
                 Ok(None) => true,
                 Err(e) => {
                     return Some((Ok(error_event(&e.to_string())), Follow { done: true, ..f }));

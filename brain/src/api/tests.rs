@@ -812,3 +812,38 @@ async fn restart_restores_vault_grants_and_destroys_sandboxes_whose_grant_is_los
     assert_eq!(h.fake.lock().destroyed, vec![lost]);
     second.shutdown().await;
 }
+
+#[tokio::test]
+async fn delete_during_provisioning_revokes_the_grant_even_when_destroy_fails() {
+    let mut h = harness().await;
+    let broker = Arc::new(FakeBroker::default());
+    h.state = h.state.clone().with_broker(broker.clone());
+    {
+        let mut fake = h.fake.lock();
+        fake.provision_delay_ms = 300;
+        fake.fail_destroy = true;
+    }
+    let app = crate::app(h.state.clone());
+    let request = Request::post("/v1/sandboxes")
+        .header(header::AUTHORIZATION, format!("Bearer {KEY}"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from("{}"))
+        .unwrap();
+    let pending = tokio::spawn(app.oneshot(request));
+    let id = loop {
+        let rows = h.state.store.list_sandboxes(true, 10).await.unwrap();
+        if let Some(row) = rows.first() {
+            break row.id.clone();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
+    h.call("DELETE", &format!("/v1/sandboxes/{id}"), None).await;
+    let _ = pending.await.unwrap();
+    let row = h.state.store.get_sandbox(&id).await.unwrap().unwrap();
+    assert_eq!(row.status, SandboxStatus::Destroying, "left for the reaper");
+    let log = broker.log.lock().unwrap().clone();
+    assert!(
+        log.contains(&format!("revoke {id}")),
+        "the grant outlived the delete: {log:?}"
+    );
+}

@@ -5,8 +5,17 @@
 //! On resume the conversation is rebuilt from the events alone: a tool call with a
 //! `tool_started` but no `tool_result` is never re-run — the model is told it was interrupted
 //! and may or may not have taken effect; tool calls never started are run; a model request
-//! without a response is simply asked again (model calls have no side effects).
+//! without a response is asked again (model calls have no side effects), but the abandoned
+//! call is accounted first: it counts as a step and is charged at the session's costliest
+//! call so far (its real usage is unknown), so `max_steps` and `max_cost_usd` bound a crash
+//! loop, and a session resumed more than `sessions.max_resumes` times fails.
+//!
+//! Store errors that are transient (the database is unreachable) pause the loop: each write
+//! is retried with backoff until it succeeds, the claim is lost, or the brain stops. A retry
+//! after a lost answer first checks whether the write had committed (the session's last
+//! event is the one being written), so no event is written twice.
 
+use std::future::Future;
 use std::time::Duration;
 
 use gateway::canonical::{ChatRequest, Message, Part, Role, ToolCall};
@@ -51,6 +60,12 @@ pub struct Conversation {
     pub last_sandbox: Option<String>,
     /// Tool calls of the latest model response.
     calls: Vec<PendingCall>,
+    /// A `model_request` with no response, error or resume accounting after it.
+    open_request: bool,
+    /// Costliest model call so far (what an abandoned call is charged).
+    max_call_cost: f64,
+    /// Resumes after the brain stopped mid-run (not re-queues for follow-ups).
+    crash_resumes: u32,
 }
 
 impl Conversation {
@@ -69,8 +84,25 @@ impl Conversation {
                 let text = d.get("text").and_then(Value::as_str).unwrap_or_default();
                 self.messages.push(Message::user(text));
             }
+            "model_request" => self.open_request = true,
+            "model_error" => self.open_request = false,
+            "resumed" => {
+                self.open_request = false;
+                let abandoned = d
+                    .get("abandoned_model_calls")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0);
+                self.steps += u32::try_from(abandoned).unwrap_or(u32::MAX);
+                if d.get("restart").and_then(Value::as_bool).unwrap_or(true) {
+                    self.crash_resumes += 1;
+                }
+            }
             "model_response" => {
+                self.open_request = false;
                 self.steps += 1;
+                if let Some(cost) = d.get("cost_usd").and_then(Value::as_f64) {
+                    self.max_call_cost = self.max_call_cost.max(cost);
+                }
                 let mut content = Vec::new();
                 if let Some(text) = d.get("text").and_then(Value::as_str)
                     && !text.is_empty()
@@ -183,6 +215,10 @@ fn str_field(v: &Value, key: &str) -> String {
         .to_owned()
 }
 
+/// First and longest pause between retries of a store call that failed transiently.
+const RETRY_FIRST: Duration = Duration::from_millis(200);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
 /// One claimed session being driven by this process.
 pub struct Driver<'a> {
     pub state: &'a AppState,
@@ -192,28 +228,78 @@ pub struct Driver<'a> {
 }
 
 impl Driver<'_> {
+    /// Runs a store call, retrying transient failures (a database outage pauses the loop
+    /// rather than failing the session). Other errors are returned.
+    async fn retry<T, F, Fut>(&self, what: &str, mut op: F) -> Result<T, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        let mut delay = RETRY_FIRST;
+        loop {
+            match op().await {
+                Err(e) if e.is_transient() => {
+                    tracing::warn!(session = %self.id, error = %e, "{what} failed; retrying in {delay:?}");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(RETRY_MAX);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// [`Store::append_event`] fenced by our claim, retried while the database is
+    /// unreachable. After a failure the commit may have happened with only its answer lost:
+    /// our last event being exactly this one means it did (only the claim holder writes).
+    async fn try_append(
+        &self,
+        kind: &str,
+        data: &Value,
+        patch: &Patch<'_>,
+    ) -> Result<Option<EventRow>, StoreError> {
+        let store = &self.state.store;
+        let mut failed = false;
+        let written = self
+            .retry("writing an event", || {
+                let retried = failed;
+                failed = true;
+                async move {
+                    if retried
+                        && let Some(last) = store.last_event(self.id).await?
+                        && last.kind == kind
+                        && &last.data == data
+                    {
+                        return Ok(Some(last));
+                    }
+                    store
+                        .append_event(self.id, Some(self.owner), kind, data, patch)
+                        .await
+                }
+            })
+            .await?;
+        if let Some(event) = &written {
+            self.state.sessions.published(self.id, event.seq);
+        }
+        Ok(written)
+    }
+
     async fn append(
         &self,
         kind: &str,
         data: Value,
         patch: Patch<'_>,
     ) -> Result<EventRow, LoopError> {
-        match self
-            .state
-            .store
-            .append_event(self.id, Some(self.owner), kind, &data, &patch)
+        self.try_append(kind, &data, &patch)
             .await?
-        {
-            Some(event) => {
-                self.state.sessions.published(self.id, event.seq);
-                Ok(event)
-            }
-            None => Err(LoopError::ClaimLost),
-        }
+            .ok_or(LoopError::ClaimLost)
     }
 
     async fn row(&self) -> Result<SessionRow, LoopError> {
-        match self.state.store.get_session(self.id).await? {
+        let store = &self.state.store;
+        match self
+            .retry("reading the session", || store.get_session(self.id))
+            .await?
+        {
             Some(row) if row.claim_owner.as_deref() == Some(self.owner) => Ok(row),
             _ => Err(LoopError::ClaimLost),
         }
@@ -236,14 +322,8 @@ impl Driver<'_> {
             require_no_pending: status == SessionStatus::Succeeded,
             ..Patch::default()
         };
-        match self
-            .state
-            .store
-            .append_event(self.id, Some(self.owner), "status", &data, &patch)
-            .await?
-        {
-            Some(event) => {
-                self.state.sessions.published(self.id, event.seq);
+        match self.try_append("status", &data, &patch).await? {
+            Some(_) => {
                 tracing::info!(session = %self.id, %status, error = error.unwrap_or(""), "session finished");
                 Ok(true)
             }
@@ -258,10 +338,11 @@ impl Driver<'_> {
 
     pub async fn run(&self) -> Result<(), LoopError> {
         let row = self.row().await?;
+        let store = &self.state.store;
         let events = self
-            .state
-            .store
-            .session_events(self.id, 0, i64::MAX)
+            .retry("reading the events", || {
+                store.session_events(self.id, 0, i64::MAX)
+            })
             .await?;
         let mut conv = Conversation::replay(&events);
         let config = &self.state.config.sessions;
@@ -291,19 +372,56 @@ impl Driver<'_> {
         } else {
             let interrupted = conv.interrupted();
             let requeued = row.status == SessionStatus::Queued;
-            self.append(
-                "resumed",
-                json!({
-                    "instance": self.owner,
-                    "interrupted_tool_calls": interrupted.iter().map(|c| &c.id).collect::<Vec<_>>(),
-                }),
-                Patch {
-                    status: Some(SessionStatus::Running),
-                    deadline_at: requeued.then(|| now_ms() + secs_ms(config.timeout_seconds)),
-                    ..Patch::default()
-                },
-            )
-            .await?;
+            // A model call in flight when the last run stopped was (probably) billed by the
+            // provider: count it as a step and charge it at the costliest call so far.
+            let abandoned = u32::from(conv.open_request);
+            let charge = if abandoned > 0 {
+                conv.max_call_cost
+            } else {
+                0.0
+            };
+            let event = self
+                .append(
+                    "resumed",
+                    json!({
+                        "instance": self.owner,
+                        "interrupted_tool_calls": interrupted.iter().map(|c| &c.id).collect::<Vec<_>>(),
+                        "restart": !requeued,
+                        "abandoned_model_calls": abandoned,
+                        "abandoned_cost_usd": charge,
+                    }),
+                    Patch {
+                        status: Some(SessionStatus::Running),
+                        deadline_at: requeued.then(|| now_ms() + secs_ms(config.timeout_seconds)),
+                        add_steps: i64::from(abandoned),
+                        add_cost_usd: charge,
+                        ..Patch::default()
+                    },
+                )
+                .await?;
+            conv.apply(&event);
+            if conv.crash_resumes > config.max_resumes {
+                let reason = format!(
+                    "resumed {} times after its brain stopped mid-run (sessions.max_resumes is {}): \
+                     giving up rather than running it again",
+                    conv.crash_resumes, config.max_resumes
+                );
+                self.finish(SessionStatus::Failed, None, Some(&reason))
+                    .await?;
+                return Ok(());
+            }
+            if !conv.messages.iter().any(|m| m.role == Role::User) {
+                // The last run stopped between `session_started` and the task's
+                // `user_message`: write the task now, or the model would get nothing.
+                let event = self
+                    .append(
+                        "user_message",
+                        json!({ "text": row.task }),
+                        Patch::default(),
+                    )
+                    .await?;
+                conv.apply(&event);
+            }
             for call in interrupted {
                 let event = self
                     .append(
@@ -345,7 +463,10 @@ impl Driver<'_> {
                 continue;
             }
             if row.pending_messages > 0 {
-                for (message_id, text) in self.state.store.pending_messages(self.id).await? {
+                let pending = self
+                    .retry("reading follow-ups", || store.pending_messages(self.id))
+                    .await?;
+                for (message_id, text) in pending {
                     let event = self
                         .append(
                             "user_message",
@@ -479,10 +600,15 @@ impl Driver<'_> {
     ) -> Result<EventRow, LoopError> {
         let arguments: Value = serde_json::from_str(&call.arguments)
             .unwrap_or_else(|_| Value::String(call.arguments.clone()));
+        // Only with a live lease: an expired one may already be another brain's, which would
+        // run the tool too.
         self.append(
             "tool_started",
             json!({ "call_id": call.id, "name": call.name, "arguments": arguments }),
-            Patch::default(),
+            Patch {
+                require_live_lease: true,
+                ..Patch::default()
+            },
         )
         .await?;
         let ctx = tools::Ctx {

@@ -60,6 +60,9 @@ pub struct SessionsConfig {
     pub system_prompt: Option<String>,
     /// `max_tokens` per model call.
     pub max_tokens: u64,
+    /// A session resumed more often than this after its brain stopped mid-run (a crash
+    /// loop) fails with a reason instead of being billed without bound.
+    pub max_resumes: u32,
 }
 
 impl Default for SessionsConfig {
@@ -75,6 +78,7 @@ impl Default for SessionsConfig {
             poll_interval_ms: 1000,
             system_prompt: None,
             max_tokens: 4096,
+            max_resumes: 5,
         }
     }
 }

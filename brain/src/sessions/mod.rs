@@ -14,6 +14,8 @@
 
 pub mod agent;
 pub mod config;
+#[cfg(test)]
+mod failures;
 pub mod model;
 pub mod store;
 #[cfg(test)]
@@ -180,6 +182,11 @@ impl Runtime {
     /// Sessions whose loop runs in this process.
     pub fn running_here(&self) -> usize {
         lock(&self.local).len()
+    }
+
+    /// Ids of the sessions whose loop runs in this process.
+    pub fn live_ids(&self) -> Vec<String> {
+        lock(&self.local).keys().cloned().collect()
     }
 
     /// Follow a session's event seq (changes when an event is committed by this process;
@@ -360,7 +367,7 @@ pub async fn wait_settled(state: &AppState, id: &str) -> Result<SessionView, Ses
             .get_session(id)
             .await?
             .ok_or_else(|| view_err(id))?;
-        if row.status.is_terminal() && row.pending_messages == 0 {
+        if row.is_settled() {
             return view(state, row).await;
         }
         // Local commits wake us at once; another replica's are seen by the poll.
@@ -368,9 +375,9 @@ pub async fn wait_settled(state: &AppState, id: &str) -> Result<SessionView, Ses
     }
 }
 
-/// Claims and runs sessions until `stop`; renews this process's leases and forwards cancel
-/// requests made through other replicas. On stop, running loops are dropped (as a crash
-/// would) and their claims released, so the next brain resumes them at once.
+/// Claims and runs sessions until `stop`; renews the leases of the loops running here and
+/// forwards cancel requests made through other replicas. On stop, running loops are dropped
+/// (as a crash would) and their claims released, so the next brain resumes them at once.
 pub async fn dispatcher(state: AppState, mut stop: watch::Receiver<bool>) {
     let config = state.config.sessions.clone();
     let rt = state.sessions.clone();
@@ -391,21 +398,7 @@ pub async fn dispatcher(state: AppState, mut stop: watch::Receiver<bool>) {
             Some(_) = tasks.join_next(), if !tasks.is_empty() => false,
         };
         if beat {
-            match state
-                .store
-                .renew_leases(&rt.instance, now_ms() + lease_ms)
-                .await
-            {
-                Ok(cancelled) => {
-                    let local = lock(&rt.local);
-                    for id in cancelled {
-                        if let Some(token) = local.get(&id) {
-                            token.cancel();
-                        }
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "renewing session leases failed"),
-            }
+            heartbeat_once(&state, lease_ms).await;
             continue;
         }
         let free = config.max_concurrent.saturating_sub(rt.running_here());
@@ -413,9 +406,10 @@ pub async fn dispatcher(state: AppState, mut stop: watch::Receiver<bool>) {
             continue;
         }
         let limit = i64::try_from(free).unwrap_or(i64::MAX);
+        let here = rt.live_ids();
         let ids = match state
             .store
-            .claim_sessions(&rt.instance, now_ms() + lease_ms, limit)
+            .claim_sessions(&rt.instance, lease_ms, limit, &here)
             .await
         {
             Ok(ids) => ids,
@@ -426,10 +420,18 @@ pub async fn dispatcher(state: AppState, mut stop: watch::Receiver<bool>) {
         };
         for id in ids {
             let token = CancellationToken::new();
-            lock(&rt.local).insert(id.clone(), token.clone());
+            {
+                let mut local = lock(&rt.local);
+                if local.contains_key(&id) {
+                    // Never a second loop for a session this process runs (the claim query
+                    // excludes them; this covers a loop that registered meanwhile).
+                    continue;
+                }
+                local.insert(id.clone(), token.clone());
+            }
             let state = state.clone();
             tasks.spawn(async move {
-                drive(&state, &id, &token).await;
+                run_claimed(&state, &id, &token).await;
                 lock(&state.sessions.local).remove(&id);
                 state.sessions.wake();
             });
@@ -437,14 +439,74 @@ pub async fn dispatcher(state: AppState, mut stop: watch::Receiver<bool>) {
     }
     rt.shutdown.cancel();
     tasks.abort_all();
+    tracing::debug!(loops = tasks.len(), "stopping session loops");
     while tasks.join_next().await.is_some() {}
     lock(&rt.local).clear();
-    match state.store.release_claims(Some(&rt.instance)).await {
-        Ok(n) if n > 0 => {
+    tracing::debug!("session loops stopped");
+    // Bounded: a stop must not hang on the database (seen on PostgreSQL after an outage);
+    // unreleased claims lapse with their lease instead.
+    let release = state.store.release_claims(Some(&rt.instance));
+    match tokio::time::timeout(RELEASE_TIMEOUT, release).await {
+        Ok(Ok(n)) if n > 0 => {
             tracing::info!(sessions = n, "released session claims for the next brain")
         }
-        Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "releasing session claims failed"),
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "releasing session claims failed"),
+        Err(_) => tracing::warn!(
+            "releasing session claims took over {RELEASE_TIMEOUT:?}; they lapse with their lease"
+        ),
+    }
+}
+
+/// How long a stopping dispatcher tries to hand its claims over.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Renews the leases of the loops alive here, and only those. Cancels the token of a loop
+/// whose cancel was requested, or whose claim another brain took (it stops at its next
+/// write instead of running a tool for a session it no longer owns).
+pub(crate) async fn heartbeat_once(state: &AppState, lease_ms: i64) {
+    let rt = &state.sessions;
+    let live = rt.live_ids();
+    if live.is_empty() {
+        return;
+    }
+    match state
+        .store
+        .renew_leases(&rt.instance, &live, lease_ms)
+        .await
+    {
+        Ok(renewal) => {
+            let local = lock(&rt.local);
+            for id in &live {
+                let lost = !renewal.held.contains(id);
+                if (lost || renewal.cancelled.contains(id))
+                    && let Some(token) = local.get(id)
+                {
+                    token.cancel();
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "renewing session leases failed"),
+    }
+}
+
+/// Drives one claimed session to its end, whatever that end is: a panic in the loop fails
+/// the session (with a reference to the log) and releases the claim, rather than leaving a
+/// claim whose loop is gone.
+async fn run_claimed(state: &AppState, id: &str, token: &CancellationToken) {
+    use futures_util::FutureExt;
+    let outcome = std::panic::AssertUnwindSafe(drive(state, id, token))
+        .catch_unwind()
+        .await;
+    if let Err(panic) = outcome {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "non-string panic".into());
+        let owner = state.sessions.instance.clone();
+        fail_internal(state, id, &owner, &format!("panic: {message}")).await;
+        cleanup_sandboxes(state, id).await;
     }
 }
 
@@ -463,27 +525,40 @@ async fn drive(state: &AppState, id: &str, token: &CancellationToken) {
             tracing::warn!(session = %id, "session claim lost; another brain resumes it");
         }
         Err(agent::LoopError::Store(e)) => {
-            tracing::error!(session = %id, error = %e, "session loop failed");
-            let reason = format!("internal error: {e}");
-            let patch = store::Patch {
-                status: Some(SessionStatus::Failed),
-                error: Some(&reason),
-                release_claim: true,
-                ..store::Patch::default()
-            };
-            let data = serde_json::json!({ "status": "failed", "error": reason });
-            match state
-                .store
-                .append_event(id, Some(&owner), "status", &data, &patch)
-                .await
-            {
-                Ok(Some(event)) => state.sessions.published(id, event.seq),
-                // The database is what failed: leave the claim to expire and be resumed.
-                _ => {
-                    tracing::warn!(session = %id, "could not record the failure; the session will be resumed")
-                }
-            }
+            fail_internal(state, id, &owner, &e.to_string()).await;
             cleanup_sandboxes(state, id).await;
+        }
+    }
+}
+
+/// Fails a session for an internal error. The session's `error` (which triggers post to
+/// Slack threads and GitHub comments, possibly public) carries only a reference; the details
+/// go to the log under it. If even that cannot be written the claim is released (or, with the
+/// database gone, left to lapse: no heartbeat renews it once its loop has ended) so another
+/// loop resumes the session.
+async fn fail_internal(state: &AppState, id: &str, owner: &str, detail: &str) {
+    let reference = format!("err-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    tracing::error!(session = %id, reference = %reference, error = %detail, "session loop failed");
+    let reason = format!("internal error (reference {reference}; details are in the brain's log)");
+    let patch = store::Patch {
+        status: Some(SessionStatus::Failed),
+        error: Some(&reason),
+        release_claim: true,
+        ..store::Patch::default()
+    };
+    let data = serde_json::json!({ "status": "failed", "error": reason });
+    match state
+        .store
+        .append_event(id, Some(owner), "status", &data, &patch)
+        .await
+    {
+        Ok(Some(event)) => state.sessions.published(id, event.seq),
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(session = %id, error = %e, "could not record the failure; the session will be resumed");
+            if let Err(e) = state.store.release_claim(id, owner).await {
+                tracing::warn!(session = %id, error = %e, "releasing the claim failed; it lapses with its lease");
+            }
         }
     }
 }

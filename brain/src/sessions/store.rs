@@ -103,6 +103,23 @@ pub struct SessionRow {
     pub updated_at: i64,
 }
 
+impl SessionRow {
+    /// Nothing more will happen without a new request: failed or cancelled (a follow-up
+    /// queued before that is never consumed), or succeeded with no follow-up pending.
+    pub fn is_settled(&self) -> bool {
+        settled(self.status, self.pending_messages)
+    }
+}
+
+/// See [`SessionRow::is_settled`].
+pub fn settled(status: SessionStatus, pending_messages: i64) -> bool {
+    match status {
+        SessionStatus::Failed | SessionStatus::Cancelled => true,
+        SessionStatus::Succeeded => pending_messages == 0,
+        SessionStatus::Queued | SessionStatus::Running => false,
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct EventRow {
     pub seq: i64,
@@ -130,6 +147,19 @@ pub struct Patch<'a> {
     pub release_claim: bool,
     /// A new deadline (a re-queued session gets a fresh timeout).
     pub deadline_at: Option<i64>,
+    /// Commit only if the claim's lease has not expired by the database clock (before an
+    /// action with effects outside the database, such as starting a tool: an expired lease
+    /// may already be another brain's).
+    pub require_live_lease: bool,
+}
+
+/// What [`Store::renew_leases`] found.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Renewal {
+    /// Sessions whose claim this brain still holds (renewed).
+    pub held: Vec<String>,
+    /// Of those, the ones whose cancel was requested (possibly through another replica).
+    pub cancelled: Vec<String>,
 }
 
 /// What [`Store::queue_message`] found.
@@ -368,80 +398,152 @@ impl Store {
         }
     }
 
+    /// SQL for "id is one of the JSON list of strings in `$n`", per engine.
+    fn id_in_json(&self, n: u8) -> String {
+        match self.db() {
+            Db::Sqlite(_) => format!("id IN (SELECT value FROM json_each(${n}))"),
+            Db::Postgres(_) => {
+                format!("id IN (SELECT jsonb_array_elements_text(CAST(${n} AS jsonb)))")
+            }
+        }
+    }
+
     /// Claims up to `limit` sessions that need a loop (queued, or running with no live
-    /// claim) for `owner` until `lease_until`. PostgreSQL: `FOR UPDATE SKIP LOCKED`, so
-    /// replicas claiming at the same time never get the same row.
+    /// claim) for `owner`, for `lease_ms` from now on the *database* clock (brains' clocks may
+    /// disagree; the database's is the one they share). `running_here` are sessions whose
+    /// loop runs in this process: never claimed again, even when their lease lapsed (a
+    /// second loop with the same owner would pass the owner fence). PostgreSQL: `FOR UPDATE
+    /// SKIP LOCKED`, so replicas claiming at the same time never get the same row.
     pub async fn claim_sessions(
         &self,
         owner: &str,
-        lease_until: i64,
+        lease_ms: i64,
         limit: i64,
+        running_here: &[String],
     ) -> Result<Vec<String>, StoreError> {
-        let now = now_ms();
+        let now = self.db_now_sql();
+        let here = encode(&running_here, "running sessions")?;
+        let not_here = format!("NOT {}", self.id_in_json(4));
         let ids: Vec<String> = match self.db() {
             Db::Postgres(pool) => {
-                sqlx::query_scalar(
-                    "UPDATE sessions SET claim_owner = $1, lease_expires_at = $2 \
+                let sql = format!(
+                    "UPDATE sessions SET claim_owner = $1, lease_expires_at = {now} + $2 \
                      WHERE id IN (SELECT id FROM sessions \
                        WHERE status IN ('queued', 'running') \
-                       AND (claim_owner IS NULL OR lease_expires_at < $3) \
-                       ORDER BY created_at LIMIT $4 FOR UPDATE SKIP LOCKED) \
+                       AND (claim_owner IS NULL OR lease_expires_at < {now}) AND {not_here} \
+                       ORDER BY created_at LIMIT $3 FOR UPDATE SKIP LOCKED) \
                      AND status IN ('queued', 'running') \
-                     AND (claim_owner IS NULL OR lease_expires_at < $3) \
-                     RETURNING id",
-                )
-                .bind(owner)
-                .bind(lease_until)
-                .bind(now)
-                .bind(limit)
-                .fetch_all(pool)
-                .await?
+                     AND (claim_owner IS NULL OR lease_expires_at < {now}) \
+                     RETURNING id"
+                );
+                sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                    .bind(owner)
+                    .bind(lease_ms)
+                    .bind(limit)
+                    .bind(&here)
+                    .fetch_all(pool)
+                    .await?
             }
             // SQLite serialises writers, so the inner SELECT and the UPDATE see one state.
             Db::Sqlite(pool) => {
-                sqlx::query_scalar(
-                    "UPDATE sessions SET claim_owner = $1, lease_expires_at = $2 \
+                let sql = format!(
+                    "UPDATE sessions SET claim_owner = $1, lease_expires_at = {now} + $2 \
                      WHERE id IN (SELECT id FROM sessions \
                        WHERE status IN ('queued', 'running') \
-                       AND (claim_owner IS NULL OR lease_expires_at < $3) \
-                       ORDER BY created_at LIMIT $4) \
-                     RETURNING id",
-                )
-                .bind(owner)
-                .bind(lease_until)
-                .bind(now)
-                .bind(limit)
-                .fetch_all(pool)
-                .await?
+                       AND (claim_owner IS NULL OR lease_expires_at < {now}) AND {not_here} \
+                       ORDER BY created_at LIMIT $3) \
+                     RETURNING id"
+                );
+                sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                    .bind(owner)
+                    .bind(lease_ms)
+                    .bind(limit)
+                    .bind(&here)
+                    .fetch_all(pool)
+                    .await?
             }
         };
         Ok(ids)
     }
 
-    /// Extends every lease `owner` holds; returns the ids of its sessions whose cancel was
-    /// requested (possibly through another replica).
+    /// Extends, by `lease_ms` on the database clock, the leases of the sessions in `live`
+    /// (whose loops run in this process) that `owner` still holds — and only those: a claim
+    /// whose loop is gone (it panicked, or failed and could not record it) must lapse so that
+    /// another loop resumes it.
     pub async fn renew_leases(
         &self,
         owner: &str,
-        lease_until: i64,
-    ) -> Result<Vec<String>, StoreError> {
-        let ids = on_pool!(self.db(), |pool| {
-            sqlx::query(
-                "UPDATE sessions SET lease_expires_at = $2 \
-                 WHERE claim_owner = $1 AND status IN ('queued', 'running')",
-            )
-            .bind(owner)
-            .bind(lease_until)
-            .execute(pool)
-            .await?;
-            sqlx::query_scalar::<_, String>(
-                "SELECT id FROM sessions WHERE claim_owner = $1 AND cancel_requested = 1",
-            )
-            .bind(owner)
-            .fetch_all(pool)
-            .await?
+        live: &[String],
+        lease_ms: i64,
+    ) -> Result<Renewal, StoreError> {
+        #[cfg(test)]
+        self.fault("renew_leases", None)?;
+        let now = self.db_now_sql();
+        let ids = encode(&live, "live sessions")?;
+        let in_live = self.id_in_json(3);
+        let sql = format!(
+            "UPDATE sessions SET lease_expires_at = {now} + $2 \
+             WHERE claim_owner = $1 AND status IN ('queued', 'running') AND {in_live} \
+             RETURNING id, cancel_requested"
+        );
+        let rows: Vec<(String, i64)> = on_pool!(self.db(), |pool| {
+            sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
+                .bind(owner)
+                .bind(lease_ms)
+                .bind(&ids)
+                .fetch_all(pool)
+                .await?
         });
-        Ok(ids)
+        let mut renewal = Renewal::default();
+        for (id, cancel) in rows {
+            if cancel != 0 {
+                renewal.cancelled.push(id.clone());
+            }
+            renewal.held.push(id);
+        }
+        Ok(renewal)
+    }
+
+    /// The database clock, in unix milliseconds (what leases are compared with).
+    pub async fn db_now_ms(&self) -> Result<i64, StoreError> {
+        let sql = format!("SELECT {}", self.db_now_sql());
+        Ok(on_pool!(self.db(), |pool| {
+            sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql.clone()))
+                .fetch_one(pool)
+                .await?
+        }))
+    }
+
+    /// The latest event of a session, if any.
+    pub async fn last_event(&self, id: &str) -> Result<Option<EventRow>, StoreError> {
+        let seq: Option<i64> = on_pool!(self.db(), |pool| {
+            sqlx::query_scalar("SELECT MAX(seq) FROM session_events WHERE session_id = $1")
+                .bind(id)
+                .fetch_one(pool)
+                .await?
+        });
+        match seq {
+            Some(seq) => Ok(self.session_events(id, seq - 1, 1).await?.pop()),
+            None => Ok(None),
+        }
+    }
+
+    /// Drops one claim if `owner` holds it (a loop that ended without recording it).
+    pub async fn release_claim(&self, id: &str, owner: &str) -> Result<bool, StoreError> {
+        #[cfg(test)]
+        self.fault("release_claim", None)?;
+        let n = on_pool!(self.db(), |pool| {
+            sqlx::query(
+                "UPDATE sessions SET claim_owner = NULL, lease_expires_at = NULL \
+                 WHERE id = $1 AND claim_owner = $2",
+            )
+            .bind(id)
+            .bind(owner)
+            .execute(pool)
+            .await?
+            .rows_affected()
+        });
+        Ok(n > 0)
     }
 
     /// Drops `owner`'s claims (graceful shutdown, or at start on SQLite where only one brain
@@ -471,41 +573,48 @@ impl Store {
         data: &Value,
         patch: &Patch<'_>,
     ) -> Result<Option<EventRow>, StoreError> {
+        #[cfg(test)]
+        self.fault("append_event", Some(kind))?;
         let now = now_ms();
         let text = encode(data, "event data")?;
         let consume = i64::from(patch.consume_message.is_some());
+        // `$16`: the lease check, on the database clock.
+        let update_sql = format!(
+            "UPDATE sessions SET status = COALESCE($3, status), result = COALESCE($4, result), \
+             error = COALESCE($5, error), steps = steps + $6, input_tokens = input_tokens + $7, \
+             output_tokens = output_tokens + $8, cost_usd = cost_usd + $9, \
+             last_sandbox_id = COALESCE($10, last_sandbox_id), \
+             pending_messages = pending_messages - $11, \
+             claim_owner = CASE WHEN $12 = 1 THEN NULL ELSE claim_owner END, \
+             lease_expires_at = CASE WHEN $12 = 1 THEN NULL ELSE lease_expires_at END, \
+             deadline_at = COALESCE($15, deadline_at), updated_at = $13 \
+             WHERE id = $1 AND ($2 IS NULL OR claim_owner = $2) \
+             AND ($14 = 0 OR pending_messages = 0) \
+             AND ($16 = 0 OR lease_expires_at > {})",
+            self.db_now_sql()
+        );
         let seq = on_pool!(self.db(), |pool| {
             let mut tx = pool.begin().await?;
-            let updated = sqlx::query(
-                "UPDATE sessions SET status = COALESCE($3, status), result = COALESCE($4, result), \
-                 error = COALESCE($5, error), steps = steps + $6, input_tokens = input_tokens + $7, \
-                 output_tokens = output_tokens + $8, cost_usd = cost_usd + $9, \
-                 last_sandbox_id = COALESCE($10, last_sandbox_id), \
-                 pending_messages = pending_messages - $11, \
-                 claim_owner = CASE WHEN $12 = 1 THEN NULL ELSE claim_owner END, \
-                 lease_expires_at = CASE WHEN $12 = 1 THEN NULL ELSE lease_expires_at END, \
-                 deadline_at = COALESCE($15, deadline_at), updated_at = $13 \
-                 WHERE id = $1 AND ($2 IS NULL OR claim_owner = $2) \
-                 AND ($14 = 0 OR pending_messages = 0)",
-            )
-            .bind(id)
-            .bind(owner)
-            .bind(patch.status.map(SessionStatus::as_str))
-            .bind(patch.result)
-            .bind(patch.error)
-            .bind(patch.add_steps)
-            .bind(patch.add_input_tokens)
-            .bind(patch.add_output_tokens)
-            .bind(patch.add_cost_usd)
-            .bind(patch.last_sandbox_id)
-            .bind(consume)
-            .bind(i64::from(patch.release_claim))
-            .bind(now)
-            .bind(i64::from(patch.require_no_pending))
-            .bind(patch.deadline_at)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+            let updated = sqlx::query(sqlx::AssertSqlSafe(update_sql.clone()))
+                .bind(id)
+                .bind(owner)
+                .bind(patch.status.map(SessionStatus::as_str))
+                .bind(patch.result)
+                .bind(patch.error)
+                .bind(patch.add_steps)
+                .bind(patch.add_input_tokens)
+                .bind(patch.add_output_tokens)
+                .bind(patch.add_cost_usd)
+                .bind(patch.last_sandbox_id)
+                .bind(consume)
+                .bind(i64::from(patch.release_claim))
+                .bind(now)
+                .bind(i64::from(patch.require_no_pending))
+                .bind(patch.deadline_at)
+                .bind(i64::from(patch.require_live_lease))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
             if updated == 0 {
                 tx.rollback().await?;
                 None
@@ -542,6 +651,10 @@ impl Store {
                 }
                 if ok {
                     tx.commit().await?;
+                    #[cfg(test)]
+                    if self.fault_after_commit("append_event", Some(kind)) {
+                        return Err(crate::store::faults::transient());
+                    }
                     Some(seq)
                 } else {
                     tx.rollback().await?;

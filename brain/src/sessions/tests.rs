@@ -29,15 +29,12 @@ async fn store_with_session(id: &str) -> Store {
 #[tokio::test]
 async fn only_the_claim_holder_can_append_events() {
     let store = store_with_session("s1").await;
-    let claimed = store
-        .claim_sessions("a", now_ms() + 60_000, 10)
-        .await
-        .unwrap();
+    let claimed = store.claim_sessions("a", 60_000, 10, &[]).await.unwrap();
     assert_eq!(claimed, vec!["s1".to_string()]);
     // A live lease is not claimable by anyone else.
     assert!(
         store
-            .claim_sessions("b", now_ms() + 60_000, 10)
+            .claim_sessions("b", 60_000, 10, &[])
             .await
             .unwrap()
             .is_empty()
@@ -78,12 +75,9 @@ async fn only_the_claim_holder_can_append_events() {
 async fn an_expired_lease_is_taken_over_and_the_old_holder_is_fenced_out() {
     let store = store_with_session("s1").await;
     // A lease already in the past: as if the holder died.
-    store
-        .claim_sessions("dead", now_ms() - 1, 10)
-        .await
-        .unwrap();
+    store.claim_sessions("dead", -1, 10, &[]).await.unwrap();
     let claimed = store
-        .claim_sessions("alive", now_ms() + 60_000, 10)
+        .claim_sessions("alive", 60_000, 10, &[])
         .await
         .unwrap();
     assert_eq!(claimed, vec!["s1".to_string()]);
@@ -97,10 +91,7 @@ async fn an_expired_lease_is_taken_over_and_the_old_holder_is_fenced_out() {
 #[tokio::test]
 async fn a_follow_up_blocks_finishing_and_reopens_an_answered_session() {
     let store = store_with_session("s1").await;
-    store
-        .claim_sessions("a", now_ms() + 60_000, 10)
-        .await
-        .unwrap();
+    store.claim_sessions("a", 60_000, 10, &[]).await.unwrap();
     assert_eq!(
         store.queue_message("s1", "more").await.unwrap(),
         QueueOutcome::Queued { unclaimed: true }
@@ -153,10 +144,7 @@ async fn a_follow_up_blocks_finishing_and_reopens_an_answered_session() {
         (SessionStatus::Queued, 1)
     );
     assert_eq!(
-        store
-            .claim_sessions("b", now_ms() + 60_000, 10)
-            .await
-            .unwrap(),
+        store.claim_sessions("b", 60_000, 10, &[]).await.unwrap(),
         vec!["s1".to_string()]
     );
 }
@@ -164,10 +152,7 @@ async fn a_follow_up_blocks_finishing_and_reopens_an_answered_session() {
 #[tokio::test]
 async fn failed_and_cancelled_sessions_take_no_messages() {
     let store = store_with_session("s1").await;
-    store
-        .claim_sessions("a", now_ms() + 60_000, 10)
-        .await
-        .unwrap();
+    store.claim_sessions("a", 60_000, 10, &[]).await.unwrap();
     store
         .append_event(
             "s1",
@@ -193,7 +178,7 @@ async fn failed_and_cancelled_sessions_take_no_messages() {
     );
     assert!(
         store
-            .claim_sessions("b", now_ms() + 60_000, 10)
+            .claim_sessions("b", 60_000, 10, &[])
             .await
             .unwrap()
             .is_empty()

@@ -14,6 +14,8 @@
 //! Sessions, events, keys and spend get their own `store/<table>.rs` files and migrations
 //! `0002_…` on; they reuse [`on_pool!`] and [`Store::owner`].
 
+#[cfg(test)]
+pub(crate) mod faults;
 mod sandboxes;
 #[cfg(test)]
 mod tests;
@@ -93,11 +95,52 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("unsupported database url (expected sqlite:… or postgres://…)")]
     UnsupportedUrl,
+    #[error(
+        "the SQLite database {path} is in use by another brain (lock file {path}.lock): one \
+         brain per SQLite file; use PostgreSQL for replicas"
+    )]
+    Locked { path: String },
+    #[error("locking the SQLite database {path}: {error}")]
+    Lock { path: String, error: std::io::Error },
     #[error("corrupt row in {table}: {message}")]
     Corrupt {
         table: &'static str,
         message: String,
     },
+}
+
+impl StoreError {
+    /// The database could not be reached (connection lost, pool exhausted, server shutting
+    /// down, SQLite busy): the same call may succeed later. Callers that run long work (the
+    /// session loop) wait and retry these instead of failing: a database outage pauses work.
+    pub fn is_transient(&self) -> bool {
+        let StoreError::Db(e) = self else {
+            return false;
+        };
+        match e {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::WorkerCrashed => true,
+            sqlx::Error::Database(db) => {
+                let code = db.code().unwrap_or_default();
+                // PostgreSQL: 08xxx connection exceptions, 57P01-03 shutdown / cannot
+                // connect now, 40001/40P01 serialization failure / deadlock.
+                // SQLite: 5 SQLITE_BUSY, 6 SQLITE_LOCKED (and their extended codes).
+                code.starts_with("08")
+                    || code.starts_with("57P")
+                    || code == "40001"
+                    || code == "40P01"
+                    || code == "5"
+                    || code == "6"
+                    || code
+                        .parse::<i64>()
+                        .is_ok_and(|c| c & 0xff == 5 || c & 0xff == 6)
+            }
+            _ => false,
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -123,6 +166,9 @@ pub(crate) use on_pool;
 pub struct Store {
     db: Db,
     owner: String,
+    /// Test-only fault injection (see [`faults`]).
+    #[cfg(test)]
+    pub(crate) faults: faults::FaultPlan,
 }
 
 // === impl Store ===
@@ -172,7 +218,12 @@ impl Store {
         };
         migrate(&db).await?;
         let owner = load_owner(&db).await?;
-        Ok(Self { db, owner })
+        Ok(Self {
+            db,
+            owner,
+            #[cfg(test)]
+            faults: faults::FaultPlan::default(),
+        })
     }
 
     /// Stable identity of this store, used as the `airlock.owner` label on sandboxes.
@@ -189,6 +240,31 @@ impl Store {
 
     pub(crate) fn db(&self) -> &Db {
         &self.db
+    }
+
+    /// SQL for "now" in unix milliseconds on the database's clock. Leases are written and
+    /// compared with it, so brains whose clocks disagree still agree on who holds what.
+    pub(crate) fn db_now_sql(&self) -> &'static str {
+        match self.db {
+            Db::Sqlite(_) => "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
+            Db::Postgres(_) => "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
+        }
+    }
+
+    /// The injected fault for this call, if a test armed one (always `Ok` outside tests).
+    #[cfg(test)]
+    pub(crate) fn fault(&self, op: &str, kind: Option<&str>) -> Result<(), StoreError> {
+        match self.faults.take(op, kind, false) {
+            Some(faults::Action::FailTransient) => Err(faults::transient()),
+            Some(faults::Action::FailPermanent) => Err(faults::permanent()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether a test armed "commit, then lose the answer" for this call.
+    #[cfg(test)]
+    pub(crate) fn fault_after_commit(&self, op: &str, kind: Option<&str>) -> bool {
+        self.faults.take(op, kind, true) == Some(faults::Action::FailAfterCommit)
     }
 
     /// Cheap round trip used by `/healthz`.
@@ -271,6 +347,56 @@ async fn load_owner(db: &Db) -> Result<String, StoreError> {
     Ok(owner)
 }
 
+/// Takes the exclusive lock `<db file>.lock` of a SQLite database for as long as the returned
+/// file is kept open (`None` for in-memory databases and PostgreSQL). A brain on SQLite
+/// treats every claim in the file as its dead predecessor's, so a second brain on the same
+/// file must not start: it would release the first's claims and sweep its sandboxes.
+pub fn lock_sqlite_file(url: &str) -> Result<Option<std::fs::File>, StoreError> {
+    let Some(rest) = url.strip_prefix("sqlite:") else {
+        return Ok(None);
+    };
+    if rest.contains(":memory:") || rest.contains("mode=memory") {
+        return Ok(None);
+    }
+    let path = rest.trim_start_matches("//");
+    let path = path.split('?').next().unwrap_or_default();
+    if path.is_empty() {
+        return Ok(None);
+    }
+    let lock_path = format!("{path}.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|error| StoreError::Lock {
+            path: path.to_owned(),
+            error,
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Locked {
+            path: path.to_owned(),
+        }),
+        Err(std::fs::TryLockError::Error(error)) => Err(StoreError::Lock {
+            path: path.to_owned(),
+            error,
+        }),
+    }
+}
+
+/// This brain's clock, in unix milliseconds. `AIRLOCK_TEST_CLOCK_SKEW_MS` (read once; for
+/// chaos tests only) shifts it, to show that leases do not depend on it.
 pub(crate) fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
+    chrono::Utc::now().timestamp_millis() + clock_skew_ms()
+}
+
+fn clock_skew_ms() -> i64 {
+    static SKEW: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *SKEW.get_or_init(|| {
+        std::env::var("AIRLOCK_TEST_CLOCK_SKEW_MS")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    })
 }

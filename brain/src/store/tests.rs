@@ -279,3 +279,23 @@ async fn in_memory_sqlite_keeps_its_data_across_queries() {
         assert!(store.get_sandbox("sb-m").await.unwrap().is_some());
     }
 }
+
+#[test]
+fn a_second_brain_cannot_lock_the_same_sqlite_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("brain.db").display()
+    );
+    let first = lock_sqlite_file(&url).unwrap().expect("a file lock");
+    let err = lock_sqlite_file(&url).unwrap_err();
+    assert!(matches!(err, StoreError::Locked { .. }), "{err}");
+    assert!(err.to_string().contains("another brain"), "{err}");
+    drop(first);
+    assert!(
+        lock_sqlite_file(&url).unwrap().is_some(),
+        "free again once the first exits"
+    );
+    assert!(lock_sqlite_file("sqlite::memory:").unwrap().is_none());
+    assert!(lock_sqlite_file("postgres://x/y").unwrap().is_none());
+}

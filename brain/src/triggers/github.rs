@@ -73,6 +73,9 @@ struct Payload {
 
 #[derive(Debug, Deserialize)]
 struct Issue {
+    /// GitHub's global id (absent only in hand-made payloads).
+    #[serde(default)]
+    id: Option<u64>,
     number: u64,
     title: String,
     #[serde(default)]
@@ -88,6 +91,8 @@ struct Label {
 
 #[derive(Debug, Deserialize)]
 struct Comment {
+    #[serde(default)]
+    id: Option<u64>,
     body: String,
     user: User,
 }
@@ -136,6 +141,27 @@ fn valid_branch(name: &str) -> bool {
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
+}
+
+/// The deduplication key of a delivery, built from fields the signature covers (the
+/// `X-GitHub-Delivery` header is not signed: a captured body resent with a fresh delivery id
+/// must not start another session). A comment is one request (its id); a label or an opening
+/// is one request per issue, action and label.
+fn replay_key(event: &str, p: &Payload) -> String {
+    let repo = &p.repository.full_name;
+    let issue = p
+        .issue
+        .id
+        .map_or_else(|| format!("#{}", p.issue.number), |id| id.to_string());
+    match (event, p.comment.as_ref()) {
+        ("issue_comment", Some(Comment { id: Some(id), .. })) => format!("comment:{id}"),
+        ("issue_comment", Some(c)) => format!("comment:{repo}:{issue}:{}", c.body),
+        _ => format!(
+            "issue:{repo}:{issue}:{}:{}",
+            p.action,
+            p.label.as_ref().map_or("", |l| l.name.as_str())
+        ),
+    }
 }
 
 /// Picks the deliveries that start or continue work; `None` for everything else.
@@ -224,6 +250,7 @@ pub async fn hook(State(state): State<AppState>, headers: HeaderMap, body: Bytes
             return (StatusCode::BAD_REQUEST, format!("invalid payload: {e}")).into_response();
         }
     };
+    let key = replay_key(&event, &payload);
     let Some(request) = classify(&event, payload, &github.config) else {
         tracing::debug!(delivery, event, "github event ignored");
         return StatusCode::OK.into_response();
@@ -236,10 +263,19 @@ pub async fn hook(State(state): State<AppState>, headers: HeaderMap, body: Bytes
         );
         return (StatusCode::SERVICE_UNAVAILABLE, "busy").into_response();
     };
-    match store::record_delivery(&state.store, Source::Github, &delivery).await {
-        Ok(true) => {}
+    match store::record_delivery(&state.store, Source::Github, &key).await {
+        Ok(true) => {
+            // Kept for tracing a delivery; the signed key above is what deduplicates.
+            if let Err(e) = store::record_delivery(&state.store, Source::Github, &delivery).await {
+                tracing::warn!(delivery, error = %e, "github webhook: cannot record delivery id");
+            }
+        }
         Ok(false) => {
-            tracing::info!(delivery, "duplicate github delivery ignored");
+            tracing::info!(
+                delivery,
+                key,
+                "duplicate github delivery ignored (same signed key: a redelivery or a replay)"
+            );
             return StatusCode::OK.into_response();
         }
         Err(e) => {

@@ -760,8 +760,21 @@ async fn github_hook_refuses_bad_signatures_and_dedupes_deliveries() {
             .unwrap()
     );
     assert_eq!(
-        h.post("/hooks/github", &headers(good, "d1"), &body).await.0,
+        h.post("/hooks/github", &headers(good.clone(), "d1"), &body)
+            .await
+            .0,
         StatusCode::OK
+    );
+    // A replay: the captured signed body with a fresh (unsigned) delivery id is a duplicate.
+    assert_eq!(
+        h.post("/hooks/github", &headers(good, "d2"), &body).await.0,
+        StatusCode::OK
+    );
+    assert!(
+        store::record_delivery(&h.state.store, Source::Github, "d2")
+            .await
+            .unwrap(),
+        "the replay was processed as a new delivery"
     );
     // The permission check cannot reach GitHub (nothing listens), so it fails closed.
     tokio::time::sleep(Duration::from_millis(100)).await;
