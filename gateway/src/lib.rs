@@ -45,6 +45,8 @@ pub enum InitError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Pricing(#[from] pricing::PricingError),
 }
 
 pub(crate) struct Inner {
@@ -79,7 +81,30 @@ impl From<serde_json::Value> for ChatInput {
 
 impl Gateway {
     /// Build from a parsed config and a store (migrated here; keys loaded into memory).
-    pub async fn from_config(cfg: Config, store: Store) -> Result<Gateway, InitError> {
+    pub async fn from_config(mut cfg: Config, store: Store) -> Result<Gateway, InitError> {
+        let prices = pricing::init()?;
+        // An unpriced model is said at startup, not discovered as a silent $0 later.
+        for e in &cfg.model_list {
+            if e.input_cost_per_token.is_none()
+                && e.output_cost_per_token.is_none()
+                && !e.model.contains('*')
+                && !matches!(e.provider, config::ProviderKind::Scripted(_))
+                && prices
+                    .find(pricing::provider_prefix(&e.provider), &e.model)
+                    .is_none()
+            {
+                let w = format!(
+                    "model_list `{}`: no price for `{}` in the price table; its spend counts as $0 \
+                     and keys with a budget are refused for it (set litellm_params.input_cost_per_token/\
+                     output_cost_per_token, or {})",
+                    e.model_name,
+                    e.model,
+                    pricing::COST_MAP_ENV
+                );
+                tracing::warn!("{w}");
+                cfg.warnings.push(w);
+            }
+        }
         store.migrate().await?;
         let client = providers::http_client();
         let router = routing::Router::new(&cfg, &client)?;
