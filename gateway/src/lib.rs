@@ -23,6 +23,8 @@ pub mod config;
 pub mod error;
 pub mod formats;
 pub mod keys;
+pub mod limits;
+pub mod metrics;
 pub mod pricing;
 pub mod providers;
 mod proxy;
@@ -53,6 +55,7 @@ pub(crate) struct Inner {
     pub(crate) router: routing::Router,
     pub(crate) keys: Arc<Keys>,
     pub(crate) warnings: Vec<String>,
+    pub(crate) metrics: metrics::Metrics,
 }
 
 /// The gateway: cheap to clone, shares one state.
@@ -108,16 +111,24 @@ impl Gateway {
         store.migrate().await?;
         let client = providers::http_client();
         let router = routing::Router::new(&cfg, &client)?;
-        let keys = Keys::load(
-            cfg.master_key.as_ref().map(|s| s.expose().to_owned()),
-            store,
-        )
-        .await?;
+        // LITELLM_MASTER_KEY when the config names none (the config side may also apply it).
+        let master = cfg
+            .master_key
+            .as_ref()
+            .map(|s| s.expose().to_owned())
+            .or_else(|| {
+                std::env::var("LITELLM_MASTER_KEY")
+                    .ok()
+                    .filter(|k| !k.is_empty())
+            });
+        let keys = Keys::load(master, store).await?;
+        let metrics = metrics::Metrics::new(cfg.model_list.iter().map(|e| e.model_name.as_str()));
         Ok(Gateway {
             inner: Arc::new(Inner {
                 router,
                 keys,
                 warnings: cfg.warnings,
+                metrics,
             }),
         })
     }
@@ -146,11 +157,11 @@ impl Gateway {
         self.inner.keys.flush().await
     }
 
-    fn caller(&self, key: Option<&str>) -> Result<Caller, GatewayError> {
+    async fn caller(&self, key: Option<&str>) -> Result<Caller, GatewayError> {
         match key {
             // In-process callers (the brain) are trusted.
             None => Ok(Caller::Master),
-            Some(k) => self.inner.keys.authenticate(Some(k)),
+            Some(k) => self.inner.keys.authenticate(Some(k)).await,
         }
     }
 
@@ -169,9 +180,12 @@ impl Gateway {
         input: impl Into<ChatInput>,
         key: Option<&str>,
     ) -> Result<ChatResponse, GatewayError> {
-        let caller = self.caller(key)?;
+        let caller = self.caller(key).await?;
         let req = Self::canonical(input.into())?;
         caller.check(&req.model)?;
+        let (_rate, parallel) = self.inner.keys.admit(&caller)?;
+        let parallel = parallel.map(Arc::new);
+        let parallel = &parallel;
         let inner = &self.inner;
         let (req, caller) = (&req, &caller);
         inner
@@ -179,11 +193,17 @@ impl Gateway {
             .execute(&req.model, move |flight, group| async move {
                 let dep = flight.deployment().clone();
                 let upstream = dep.upstream_for(&req.model, &group.name).into_owned();
+                let price = dep.price_for(&upstream);
+                caller
+                    .check_priced(&upstream, &price)
+                    .map_err(|e| ProviderError::InvalidRequest(e.to_string()))?;
                 let mut guard = proxy::SpendGuard::new(
                     inner.clone(),
                     caller.clone(),
                     flight,
-                    dep.price_for(&upstream),
+                    price,
+                    &upstream,
+                    parallel.clone(),
                 );
                 let opts = CallOpts {
                     model: &upstream,
@@ -217,9 +237,12 @@ impl Gateway {
         input: impl Into<ChatInput>,
         key: Option<&str>,
     ) -> Result<EventStream, GatewayError> {
-        let caller = self.caller(key)?;
+        let caller = self.caller(key).await?;
         let req = Self::canonical(input.into())?;
         caller.check(&req.model)?;
+        let (_rate, parallel) = self.inner.keys.admit(&caller)?;
+        let parallel = parallel.map(Arc::new);
+        let parallel = &parallel;
         let inner = &self.inner;
         let (req, caller) = (&req, &caller);
         inner
@@ -227,11 +250,17 @@ impl Gateway {
             .execute(&req.model, move |flight, group| async move {
                 let dep = flight.deployment().clone();
                 let upstream = dep.upstream_for(&req.model, &group.name).into_owned();
+                let price = dep.price_for(&upstream);
+                caller
+                    .check_priced(&upstream, &price)
+                    .map_err(|e| ProviderError::InvalidRequest(e.to_string()))?;
                 let mut guard = proxy::SpendGuard::new(
                     inner.clone(),
                     caller.clone(),
                     flight,
-                    dep.price_for(&upstream),
+                    price,
+                    &upstream,
+                    parallel.clone(),
                 );
                 let opts = CallOpts {
                     model: &upstream,
