@@ -148,7 +148,7 @@ impl Gateway {
         &self.inner.warnings
     }
 
-    pub fn keys(&self) -> &Keys {
+    pub fn keys(&self) -> &Arc<Keys> {
         &self.inner.keys
     }
 
