@@ -133,14 +133,20 @@ impl Gateway {
         })
     }
 
-    /// All HTTP routes, ready to serve.
+    /// All HTTP routes, ready to serve (with `/metrics`).
     pub fn router(&self) -> axum::Router {
-        self.routes()
+        self.routes().merge(api::metrics_routes(self.inner.clone()))
     }
 
-    /// The same routes for any outer state, to `merge` into another app.
+    /// The same routes for any outer state, to `merge` into another app; `/metrics` is
+    /// left to that app, which can include [`Gateway::metrics_text`].
     pub fn routes<S: Clone + Send + Sync + 'static>(&self) -> axum::Router<S> {
         api::routes(self.inner.clone())
+    }
+
+    /// The gateway's counters in Prometheus text format.
+    pub fn metrics_text(&self) -> String {
+        api::health::metrics_text(&self.inner)
     }
 
     /// Config warnings (unknown keys, unsupported strategies).

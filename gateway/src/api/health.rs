@@ -36,12 +36,17 @@ pub(crate) async fn readiness(
     .into_response()
 }
 
-pub(crate) async fn metrics(axum::extract::State(inner): axum::extract::State<State>) -> Response {
+/// The gateway's Prometheus text.
+pub(crate) fn metrics_text(inner: &crate::Inner) -> String {
     let err_at = inner.keys.db_error_at.load(Ordering::Relaxed);
     let age = (err_at > 0).then(|| (chrono::Utc::now().timestamp_millis() - err_at) / 1000);
-    let body = inner
+    inner
         .metrics
-        .render(inner.keys.limits.degraded.load(Ordering::Relaxed), age);
+        .render(inner.keys.limits.degraded.load(Ordering::Relaxed), age)
+}
+
+pub(crate) async fn metrics(axum::extract::State(inner): axum::extract::State<State>) -> Response {
+    let body = metrics_text(&inner);
     (
         [(
             http::header::CONTENT_TYPE,

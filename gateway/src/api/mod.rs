@@ -19,6 +19,15 @@ const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
 
 pub(crate) type State = Arc<Inner>;
 
+/// `/metrics` is the standalone binary's; an embedding app serves
+/// [`crate::Gateway::metrics_text`] in its own.
+pub(crate) fn metrics_routes<S: Clone + Send + Sync + 'static>(inner: State) -> Router<S> {
+    Router::new()
+        .route("/metrics", get(health::metrics))
+        .route("/metrics/", get(health::metrics))
+        .with_state(inner)
+}
+
 pub(crate) fn routes<S: Clone + Send + Sync + 'static>(inner: State) -> Router<S> {
     Router::new()
         .route("/v1/chat/completions", post(openai::chat_completions))
@@ -30,8 +39,6 @@ pub(crate) fn routes<S: Clone + Send + Sync + 'static>(inner: State) -> Router<S
         .route("/health/liveliness", get(health::liveliness))
         .route("/health/liveness", get(health::liveliness))
         .route("/health/readiness", get(health::readiness))
-        .route("/metrics", get(health::metrics))
-        .route("/metrics/", get(health::metrics))
         .route("/key/generate", post(keys::generate))
         .route("/key/info", get(keys::info))
         .route("/key/update", post(keys::update))
