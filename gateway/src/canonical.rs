@@ -151,6 +151,11 @@ pub struct Usage {
     /// All prompt tokens (for Anthropic: input + cache creation + cache read).
     pub input_tokens: u64,
     pub output_tokens: u64,
+    /// Of `input_tokens`, read from the prompt cache (Anthropic `cache_read_input_tokens`,
+    /// OpenAI `prompt_tokens_details.cached_tokens`); priced at the cache-read price.
+    pub cache_read_tokens: u64,
+    /// Of `input_tokens`, written to the prompt cache (Anthropic `cache_creation_input_tokens`).
+    pub cache_creation_tokens: u64,
 }
 
 /// A complete (non-streamed) answer.

@@ -1,74 +1,170 @@
-//! Virtual keys: in-memory cache (the hot path never touches the database),
-//! authentication, budgets, and the batched spend writer.
+//! Virtual keys: authentication, budgets, model lists, rpm/tpm/parallel limits.
+//!
+//! Keys live in the database (Airlock's `gateway_keys`, or a LiteLLM proxy's
+//! `LiteLLM_VerificationToken` used as is), so every replica sees the same keys. Each
+//! replica keeps a short-lived cache: a key is re-read at most every [`KEY_TTL`] and
+//! in the background (the request uses the cached copy meanwhile), so a deleted or
+//! changed key takes effect everywhere within seconds while a slow database never
+//! holds a request whose key is cached. Only a key never seen before waits for the
+//! database, at most [`COLD_LOOKUP_TIMEOUT`], and fails closed.
+//!
+//! Spend is written off the request path by a batching writer (`UPDATE … SET spend =
+//! spend + $1`, atomic in the database); each replica adds its own not-yet-written
+//! spend to the database's figure, so budgets hold across replicas up to one cache
+//! period of traffic.
 
 use crate::canonical::Usage;
 use crate::error::GatewayError;
-use crate::store::{KeyRow, SpendDelta, Store};
+use crate::limits::{Limiter, ParallelGuard, RateStatus};
+use crate::store::{KeyRow, KeySchema, SpendDelta, SpendLog, Store};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 /// Spend is kept in nano-dollars so it can be an atomic integer.
 const NANO: f64 = 1e9;
+/// How long a cached key is used before it is re-read (in the background).
+pub const KEY_TTL: Duration = Duration::from_secs(2);
+/// How long a request with a never-seen key waits for the database.
+pub const COLD_LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Parse LiteLLM's `budget_duration` / `duration` strings: `30s`, `15m`, `1h`, `1d`,
+/// `2w`, `1mo`, `1y`.
+pub fn duration_secs(s: &str) -> Option<i64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit())?;
+    let (num, unit) = s.split_at(split);
+    let n: i64 = num.parse().ok()?;
+    let mult = match unit {
+        "s" => 1,
+        "m" | "min" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        "w" => 7 * 86400,
+        "mo" => 30 * 86400,
+        "y" => 365 * 86400,
+        _ => return None,
+    };
+    (n > 0).then_some(n * mult)
+}
+
+/// `*` matches any run of characters (LiteLLM model wildcards: `gpt-*`, `openai/*`).
+pub fn wildcard_match(pattern: &str, name: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == name,
+        Some((prefix, rest)) => {
+            if !name.starts_with(prefix) {
+                return false;
+            }
+            let tail = &name[prefix.len()..];
+            if !rest.contains('*') {
+                return tail.len() >= rest.len() && tail.ends_with(rest);
+            }
+            (0..=tail.len())
+                .filter(|&i| tail.is_char_boundary(i))
+                .any(|i| wildcard_match(rest, &tail[i..]))
+        }
+    }
+}
+
+fn models_allow(models: &[String], model: &str) -> bool {
+    models.is_empty()
+        || models.iter().any(|m| {
+            m == "*"
+                || m == "all-proxy-models"
+                || m == "all-team-models"
+                || wildcard_match(m, model)
+        })
+}
 
 /// A virtual key as cached in memory.
 #[derive(Debug)]
 pub struct VirtualKey {
     pub token_hash: Arc<str>,
-    pub key_name: String,
-    pub key_alias: Option<String>,
-    pub max_budget: Option<f64>,
-    /// Allowed model names; empty = all.
+    pub row: KeyRow,
+    /// Allowed model names (wildcards allowed); empty = all.
     pub models: Vec<String>,
     pub metadata: serde_json::Value,
-    pub expires_at: Option<i64>,
-    pub created_at: i64,
+    team_models: Vec<String>,
+    /// Spend as read from the database plus this replica's spend since (nano-USD).
     spend_nano: AtomicU64,
+    team_spend_nano: AtomicU64,
 }
 
 impl VirtualKey {
-    pub fn spend(&self) -> f64 {
-        self.spend_nano.load(Ordering::Relaxed) as f64 / NANO
-    }
-    fn add_spend(&self, usd: f64) {
-        self.spend_nano
-            .fetch_add((usd * NANO).round().max(0.0) as u64, Ordering::Relaxed);
-    }
-    pub fn allows(&self, model: &str) -> bool {
-        self.models.is_empty()
-            || self
-                .models
-                .iter()
-                .any(|m| m == model || m == "*" || m == "all-proxy-models")
-    }
-
-    fn from_row(r: KeyRow) -> Self {
+    fn from_row(r: KeyRow, pending_nano: u64) -> Self {
+        let to_nano = |usd: f64| (usd * NANO).round().max(0.0) as u64;
         Self {
-            token_hash: r.token_hash.into(),
-            key_name: r.key_name,
-            key_alias: r.key_alias,
-            max_budget: r.max_budget,
+            token_hash: r.token_hash.as_str().into(),
             models: serde_json::from_str(&r.models).unwrap_or_default(),
-            metadata: serde_json::from_str(&r.metadata).unwrap_or_default(),
-            expires_at: r.expires_at,
-            created_at: r.created_at,
-            spend_nano: AtomicU64::new((r.spend * NANO).round().max(0.0) as u64),
+            metadata: serde_json::from_str(&r.metadata).unwrap_or_else(|_| serde_json::json!({})),
+            team_models: r
+                .team
+                .as_ref()
+                .and_then(|t| serde_json::from_str(&t.models).ok())
+                .unwrap_or_default(),
+            spend_nano: AtomicU64::new(to_nano(r.spend) + pending_nano),
+            team_spend_nano: AtomicU64::new(
+                r.team.as_ref().map_or(0, |t| to_nano(t.spend)) + pending_nano,
+            ),
+            row: r,
         }
     }
 
+    pub fn spend(&self) -> f64 {
+        self.spend_nano.load(Ordering::Relaxed) as f64 / NANO
+    }
+
+    fn add_spend(&self, usd: f64) {
+        let n = (usd * NANO).round().max(0.0) as u64;
+        self.spend_nano.fetch_add(n, Ordering::Relaxed);
+        self.team_spend_nano.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn key_name(&self) -> &str {
+        &self.row.key_name
+    }
+
+    pub fn allows(&self, model: &str) -> bool {
+        models_allow(&self.models, model) && models_allow(&self.team_models, model)
+    }
+
+    /// Has a budget that unpriced spend would silently escape?
+    pub fn has_budget(&self) -> bool {
+        self.row.max_budget.is_some()
+            || self
+                .row
+                .team
+                .as_ref()
+                .is_some_and(|t| t.max_budget.is_some())
+    }
+
     pub fn info_json(&self) -> serde_json::Value {
+        let ts = |t: Option<i64>| {
+            t.and_then(|t| chrono::DateTime::from_timestamp(t, 0))
+                .map(|d| d.to_rfc3339())
+        };
+        let r = &self.row;
         serde_json::json!({
-            "key_name": self.key_name,
-            "key_alias": self.key_alias,
+            "key_name": r.key_name,
+            "key_alias": r.key_alias,
             "token": &*self.token_hash,
             "spend": self.spend(),
-            "max_budget": self.max_budget,
+            "max_budget": r.max_budget,
+            "budget_duration": r.budget_duration,
+            "budget_reset_at": ts(r.budget_reset_at),
             "models": self.models,
             "metadata": self.metadata,
-            "expires": self.expires_at.and_then(|t| chrono::DateTime::from_timestamp(t, 0)).map(|d| d.to_rfc3339()),
-            "created_at": chrono::DateTime::from_timestamp(self.created_at, 0).map(|d| d.to_rfc3339()),
+            "rpm_limit": r.rpm_limit,
+            "tpm_limit": r.tpm_limit,
+            "max_parallel_requests": r.max_parallel_requests,
+            "team_id": r.team_id,
+            "user_id": r.user_id,
+            "blocked": r.blocked,
+            "expires": ts(r.expires_at),
+            "created_at": ts(Some(r.created_at)),
         })
     }
 }
@@ -92,26 +188,36 @@ impl Caller {
         }
     }
 
-    /// Pre-flight checks before any upstream call: expiry, model, budget.
+    /// Pre-flight checks before any upstream call: block, expiry, model, budgets.
     pub fn check(&self, model: &str) -> Result<(), GatewayError> {
         let Caller::Key(k) = self else {
             return Ok(());
         };
-        if let Some(exp) = k.expires_at
+        let r = &k.row;
+        if r.blocked || r.team.as_ref().is_some_and(|t| t.blocked) {
+            return Err(GatewayError::Unauthorized(format!(
+                "Authentication Error - Key is blocked. Key={}",
+                r.key_name
+            )));
+        }
+        if let Some(exp) = r.expires_at
             && chrono::Utc::now().timestamp() >= exp
         {
             return Err(GatewayError::Unauthorized(format!(
-                "Authentication Error - virtual key {} expired",
-                k.key_name
+                "Authentication Error - Expired Key. Key Expiry time {} and current time {}",
+                chrono::DateTime::from_timestamp(exp, 0)
+                    .map(|d| d.to_rfc3339())
+                    .unwrap_or_default(),
+                chrono::Utc::now().to_rfc3339()
             )));
         }
         if !k.allows(model) {
-            return Err(GatewayError::Forbidden(format!(
-                "key {} is not allowed to access model {model}; allowed models: {:?}",
-                k.key_name, k.models
+            return Err(GatewayError::Unauthorized(format!(
+                "key not allowed to access model. This key can only access models={:?}. Tried to access {model}",
+                k.models
             )));
         }
-        if let Some(b) = k.max_budget {
+        if let Some(b) = r.max_budget {
             let spend = k.spend();
             if spend >= b {
                 return Err(GatewayError::BudgetExceeded(format!(
@@ -119,17 +225,48 @@ impl Caller {
                 )));
             }
         }
+        if let Some(t) = &r.team
+            && let Some(b) = t.max_budget
+        {
+            let spend = k.team_spend_nano.load(Ordering::Relaxed) as f64 / NANO;
+            if spend >= b {
+                return Err(GatewayError::BudgetExceeded(format!(
+                    "Budget has been exceeded! Team={} Current cost: {spend}, Max budget: {b}",
+                    r.team_id.as_deref().unwrap_or("")
+                )));
+            }
+        }
         Ok(())
+    }
+
+    /// Fail closed on unpriced models: a key with a budget may not spend untracked money.
+    pub fn check_priced(
+        &self,
+        model: &str,
+        price: &crate::pricing::Price,
+    ) -> Result<(), GatewayError> {
+        match self {
+            Caller::Key(k) if !price.known && k.has_budget() => {
+                Err(GatewayError::BadRequest(format!(
+                    "model {model} has no price (not in the price table, no input_cost_per_token in the config), \
+                 so its spend cannot count toward this key's budget; refused"
+                )))
+            }
+            _ => Ok(()),
+        }
     }
 }
 
 pub fn sha256_hex(s: &str) -> String {
+    hex(ring::digest::digest(&ring::digest::SHA256, s.as_bytes()).as_ref())
+}
+
+fn hex(b: &[u8]) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let d = ring::digest::digest(&ring::digest::SHA256, s.as_bytes());
-    let mut out = String::with_capacity(64);
-    for &b in d.as_ref() {
-        out.push(HEX[(b >> 4) as usize] as char);
-        out.push(HEX[(b & 15) as usize] as char);
+    let mut out = String::with_capacity(b.len() * 2);
+    for &x in b {
+        out.push(HEX[(x >> 4) as usize] as char);
+        out.push(HEX[(x & 15) as usize] as char);
     }
     out
 }
@@ -141,63 +278,174 @@ fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// A plaintext key or its stored hash (64 hex digits) → the hash.
+pub fn hash_of(k: &str) -> String {
+    if k.len() == 64 && k.bytes().all(|b| b.is_ascii_hexdigit()) {
+        k.to_ascii_lowercase()
+    } else {
+        sha256_hex(k)
+    }
+}
+
+/// One usage record on its way to the database.
+pub(crate) struct SpendRecord {
+    pub bucket: Arc<str>,
+    pub model: Arc<str>,
+    pub upstream: String,
+    pub usage: Usage,
+    pub cost: f64,
+    pub start_ms: i64,
+    pub end_ms: i64,
+    pub team_id: Option<String>,
+    pub user_id: Option<String>,
+}
+
 enum SpendMsg {
-    Spend {
-        bucket: Arc<str>,
-        model: Arc<str>,
-        usage: Usage,
-        cost: f64,
-    },
+    Spend(Box<SpendRecord>),
     Flush(oneshot::Sender<()>),
 }
 
-/// Keys, master key and the spend channel.
+struct Slot {
+    key: Option<Arc<VirtualKey>>,
+    fetched: Instant,
+    refreshing: AtomicBool,
+}
+
+/// Settable fields of `/key/generate` and `/key/update` (None = unchanged on update).
+#[derive(Debug, Default, Clone)]
+pub struct KeySpec {
+    pub max_budget: Option<Option<f64>>,
+    pub models: Option<Vec<String>>,
+    pub expires_at: Option<Option<i64>>,
+    pub metadata: Option<serde_json::Value>,
+    pub key_alias: Option<Option<String>>,
+    pub budget_duration: Option<Option<String>>,
+    pub rpm_limit: Option<Option<i64>>,
+    pub tpm_limit: Option<Option<i64>>,
+    pub max_parallel_requests: Option<Option<i64>>,
+    pub team_id: Option<Option<String>>,
+    pub user_id: Option<Option<String>>,
+    pub blocked: Option<bool>,
+}
+
+impl KeySpec {
+    fn apply(self, r: &mut KeyRow, now: i64) {
+        if let Some(v) = self.max_budget {
+            r.max_budget = v;
+        }
+        if let Some(v) = self.models {
+            r.models = serde_json::to_string(&v).unwrap_or_else(|_| "[]".into());
+        }
+        if let Some(v) = self.expires_at {
+            r.expires_at = v;
+        }
+        if let Some(v) = self.metadata {
+            r.metadata = v.to_string();
+        }
+        if let Some(v) = self.key_alias {
+            r.key_alias = v;
+        }
+        if let Some(v) = self.budget_duration {
+            // A new period starts now (LiteLLM sets budget_reset_at the same way).
+            r.budget_reset_at = v.as_deref().and_then(duration_secs).map(|s| now + s);
+            r.budget_duration = v;
+        }
+        if let Some(v) = self.rpm_limit {
+            r.rpm_limit = v;
+        }
+        if let Some(v) = self.tpm_limit {
+            r.tpm_limit = v;
+        }
+        if let Some(v) = self.max_parallel_requests {
+            r.max_parallel_requests = v;
+        }
+        if let Some(v) = self.team_id {
+            r.team_id = v;
+        }
+        if let Some(v) = self.user_id {
+            r.user_id = v;
+        }
+        if let Some(v) = self.blocked {
+            r.blocked = v;
+        }
+    }
+}
+
+/// Keys, master key, limits and the spend channel.
 pub struct Keys {
     master: Option<String>,
-    cache: RwLock<HashMap<String, Arc<VirtualKey>>>,
+    schema: KeySchema,
+    cache: RwLock<HashMap<String, Arc<Slot>>>,
+    /// Spend recorded on this replica and not yet in the database, per key hash (nano-USD).
+    pending: Mutex<HashMap<Arc<str>, u64>>,
     store: Store,
+    pub(crate) limits: Arc<Limiter>,
     tx: mpsc::UnboundedSender<SpendMsg>,
     /// Wakes the spend writer early for a flush.
     notify: Arc<tokio::sync::Notify>,
+    /// Unix ms of the last failed database write or read (0 = none): readiness/metrics.
+    pub(crate) db_error_at: AtomicI64,
 }
 
 impl Keys {
-    /// Load all keys into memory and start the spend writer task.
+    /// Detect the key schema, start the spend writer, the budget resetter and the
+    /// rate-limit synchroniser.
     pub async fn load(
         master: Option<String>,
         store: Store,
     ) -> Result<Arc<Keys>, crate::store::StoreError> {
-        let rows = store.load_keys().await?;
-        let cache = rows
-            .into_iter()
-            .map(|r| (r.token_hash.clone(), Arc::new(VirtualKey::from_row(r))))
-            .collect();
+        let schema = store.key_schema().await?;
+        if schema == KeySchema::LiteLlm {
+            tracing::info!(
+                "using the LiteLLM proxy's key tables (LiteLLM_VerificationToken) as is"
+            );
+        }
         let (tx, rx) = mpsc::unbounded_channel();
         let notify = Arc::new(tokio::sync::Notify::new());
-        tokio::spawn(spend_writer(store.clone(), rx, notify.clone()));
-        Ok(Arc::new(Keys {
+        let limits = Limiter::new(store.clone());
+        let keys = Arc::new(Keys {
             master,
-            cache: RwLock::new(cache),
-            store,
+            schema,
+            cache: RwLock::new(HashMap::new()),
+            pending: Mutex::new(HashMap::new()),
+            store: store.clone(),
+            limits: limits.clone(),
             tx,
-            notify,
-        }))
+            notify: notify.clone(),
+            db_error_at: AtomicI64::new(0),
+        });
+        tokio::spawn(spend_writer(Arc::downgrade(&keys), store, rx, notify));
+        tokio::spawn(budget_resetter(Arc::downgrade(&keys)));
+        Limiter::spawn_sync(&limits);
+        Ok(keys)
     }
 
     pub fn store(&self) -> &Store {
         &self.store
     }
 
+    pub fn schema(&self) -> KeySchema {
+        self.schema
+    }
+
     pub fn has_master(&self) -> bool {
         self.master.is_some()
     }
 
+    fn note_db_error(&self) {
+        self.db_error_at
+            .store(chrono::Utc::now().timestamp_millis(), Ordering::Relaxed);
+    }
+
     /// Authenticate a presented key (already stripped of `Bearer `).
-    pub fn authenticate(&self, presented: Option<&str>) -> Result<Caller, GatewayError> {
+    pub async fn authenticate(
+        self: &Arc<Keys>,
+        presented: Option<&str>,
+    ) -> Result<Caller, GatewayError> {
         let Some(master) = &self.master else {
             // Open gateway, but a presented virtual key still gets its limits.
-            if let Some(p) = presented
-                && let Some(k) = self.lookup(p)
+            if let Some(p) = presented.filter(|p| !p.is_empty())
+                && let Ok(Some(k)) = self.lookup(p).await
             {
                 return Ok(Caller::Key(k));
             }
@@ -205,120 +453,267 @@ impl Keys {
         };
         let Some(p) = presented.filter(|p| !p.is_empty()) else {
             return Err(GatewayError::Unauthorized(
-                "Authentication Error, no api key passed in.".into(),
+                "Authentication Error, No api key passed in.".into(),
             ));
         };
         if ct_eq(p.as_bytes(), master.as_bytes()) {
             return Ok(Caller::Master);
         }
-        self.lookup(p).map(Caller::Key).ok_or_else(|| {
-            GatewayError::Unauthorized("Authentication Error, invalid api key.".into())
-        })
+        match self.lookup(p).await {
+            Ok(Some(k)) => Ok(Caller::Key(k)),
+            Ok(None) => Err(GatewayError::Unauthorized(
+                "Authentication Error, Invalid proxy server token passed. Unable to find token in cache or `LiteLLM_VerificationTokenTable`".into(),
+            )),
+            Err(e) => Err(GatewayError::Unauthorized(format!(
+                "Authentication Error, the key could not be verified: {e}"
+            ))),
+        }
     }
 
-    pub fn lookup(&self, key: &str) -> Option<Arc<VirtualKey>> {
-        let h = sha256_hex(key);
+    /// A key by its plaintext.
+    pub async fn lookup(
+        self: &Arc<Keys>,
+        key: &str,
+    ) -> Result<Option<Arc<VirtualKey>>, GatewayError> {
+        self.get_by_hash(&sha256_hex(key)).await
+    }
+
+    fn cached(&self, h: &str) -> Option<Arc<Slot>> {
         // A poisoned lock only means a writer panicked mid-insert; the map is still usable.
-        let cache = self.cache.read().unwrap_or_else(|e| e.into_inner());
-        cache.get(&h).cloned()
+        self.cache
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(h)
+            .cloned()
     }
 
-    pub fn get_by_hash(&self, h: &str) -> Option<Arc<VirtualKey>> {
-        let cache = self.cache.read().unwrap_or_else(|e| e.into_inner());
-        cache.get(h).cloned()
+    fn put(&self, h: &str, key: Option<Arc<VirtualKey>>) {
+        self.cache
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                h.to_owned(),
+                Arc::new(Slot {
+                    key,
+                    fetched: Instant::now(),
+                    refreshing: AtomicBool::new(false),
+                }),
+            );
+    }
+
+    fn pending_of(&self, h: &str) -> u64 {
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(h)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    async fn fetch(&self, h: &str) -> Result<Option<Arc<VirtualKey>>, crate::store::StoreError> {
+        let row = self.store.get_key(self.schema, h).await?;
+        let vk = row.map(|r| Arc::new(VirtualKey::from_row(r, self.pending_of(h))));
+        self.put(h, vk.clone());
+        Ok(vk)
+    }
+
+    /// A key by its hash: from the cache (refreshed in the background when older than
+    /// [`KEY_TTL`]), or from the database for a key not seen before.
+    pub async fn get_by_hash(
+        self: &Arc<Keys>,
+        h: &str,
+    ) -> Result<Option<Arc<VirtualKey>>, GatewayError> {
+        if let Some(slot) = self.cached(h) {
+            if slot.fetched.elapsed() >= KEY_TTL && !slot.refreshing.swap(true, Ordering::AcqRel) {
+                let me = self.clone();
+                let h = h.to_owned();
+                tokio::spawn(async move {
+                    if let Err(e) = me.fetch(&h).await {
+                        tracing::warn!(
+                            "refreshing a virtual key failed (cached copy stays in use): {e}"
+                        );
+                        me.note_db_error();
+                        if let Some(s) = me.cached(&h) {
+                            s.refreshing.store(false, Ordering::Release);
+                        }
+                    }
+                });
+            }
+            return Ok(slot.key.clone());
+        }
+        match tokio::time::timeout(COLD_LOOKUP_TIMEOUT, self.fetch(h)).await {
+            Ok(Ok(k)) => Ok(k),
+            Ok(Err(e)) => {
+                self.note_db_error();
+                Err(GatewayError::Internal(e.to_string()))
+            }
+            Err(_) => {
+                self.note_db_error();
+                Err(GatewayError::Internal(format!(
+                    "database did not answer within {COLD_LOOKUP_TIMEOUT:?}"
+                )))
+            }
+        }
     }
 
     /// Create and persist a key; returns (plaintext key, cached entry).
     pub async fn generate(
         &self,
-        max_budget: Option<f64>,
-        models: Vec<String>,
-        expires_at: Option<i64>,
-        metadata: serde_json::Value,
-        key_alias: Option<String>,
+        spec: KeySpec,
         explicit_key: Option<String>,
     ) -> Result<(String, Arc<VirtualKey>), GatewayError> {
         let key = explicit_key.unwrap_or_else(|| {
-            use rand::Rng;
-            const CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-            let mut rng = rand::rng();
-            let s: String = (0..32)
-                .map(|_| CHARS[rng.random_range(0..CHARS.len())] as char)
-                .collect();
-            format!("sk-{s}")
+            let mut b = [0u8; 16];
+            use rand::RngCore;
+            rand::rng().fill_bytes(&mut b);
+            format!("sk-{}", hex(&b))
         });
-        let tail: String = key
-            .chars()
-            .rev()
-            .take(4)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
-        let row = KeyRow {
+        if !key.starts_with("sk-") {
+            // LiteLLM: "key must start with 'sk-'".
+            return Err(GatewayError::BadRequest(
+                "Invalid key format. LiteLLM Virtual Key must start with 'sk-'".into(),
+            ));
+        }
+        let tail = &key[key.len().saturating_sub(4)..];
+        let now = chrono::Utc::now().timestamp();
+        let mut row = KeyRow {
             token_hash: sha256_hex(&key),
             key_name: format!("sk-...{tail}"),
-            key_alias,
-            max_budget,
-            models: serde_json::to_string(&models).unwrap_or_else(|_| "[]".into()),
-            metadata: metadata.to_string(),
-            spend: 0.0,
-            expires_at,
-            created_at: chrono::Utc::now().timestamp(),
+            models: "[]".into(),
+            metadata: "{}".into(),
+            created_at: now,
+            ..Default::default()
         };
-        if self.get_by_hash(&row.token_hash).is_some() {
+        spec.apply(&mut row, now);
+        if self
+            .store
+            .get_key(self.schema, &row.token_hash)
+            .await
+            .map_err(|e| GatewayError::Internal(e.to_string()))?
+            .is_some()
+        {
             return Err(GatewayError::BadRequest("key already exists".into()));
         }
         self.store
-            .insert_key(&row)
+            .insert_key(self.schema, &row)
             .await
             .map_err(|e| GatewayError::Internal(e.to_string()))?;
-        let vk = Arc::new(VirtualKey::from_row(row));
-        self.cache
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(vk.token_hash.to_string(), vk.clone());
+        // Re-read so team columns (LiteLLM) are joined in.
+        let h = row.token_hash.clone();
+        let vk = match self.fetch(&h).await {
+            Ok(Some(k)) => k,
+            _ => {
+                let vk = Arc::new(VirtualKey::from_row(row, 0));
+                self.put(&h, Some(vk.clone()));
+                vk
+            }
+        };
         Ok((key, vk))
+    }
+
+    /// Change a key's settings (plaintext key or hash). Spend is kept.
+    pub async fn update(&self, key: &str, spec: KeySpec) -> Result<Arc<VirtualKey>, GatewayError> {
+        let h = hash_of(key);
+        let internal = |e: crate::store::StoreError| GatewayError::Internal(e.to_string());
+        let Some(mut row) = self
+            .store
+            .get_key(self.schema, &h)
+            .await
+            .map_err(internal)?
+        else {
+            return Err(GatewayError::NotFound(format!(
+                "Key not found: {}",
+                redact(key)
+            )));
+        };
+        spec.apply(&mut row, chrono::Utc::now().timestamp());
+        self.store
+            .update_key(self.schema, &row)
+            .await
+            .map_err(internal)?;
+        self.fetch(&h)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| GatewayError::NotFound("key deleted concurrently".into()))
     }
 
     /// Delete keys given in plaintext or as their hash; returns the ones deleted.
     pub async fn delete(&self, keys: &[String]) -> Result<Vec<String>, GatewayError> {
         let mut deleted = Vec::new();
         for k in keys {
-            let h = if k.len() == 64 && k.bytes().all(|b| b.is_ascii_hexdigit()) {
-                k.clone()
-            } else {
-                sha256_hex(k)
-            };
-            let removed = self
+            let h = hash_of(k);
+            let in_db = self
+                .store
+                .delete_key(self.schema, &h)
+                .await
+                .map_err(|e| GatewayError::Internal(e.to_string()))?;
+            let was_cached = self
                 .cache
                 .write()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&h)
-                .is_some();
-            let in_db = self
-                .store
-                .delete_key(&h)
-                .await
-                .map_err(|e| GatewayError::Internal(e.to_string()))?;
-            if removed || (in_db && !matches!(self.store, Store::Memory)) {
+                .is_some_and(|s| s.key.is_some());
+            if (in_db && !matches!(self.store, Store::Memory)) || was_cached {
                 deleted.push(k.clone());
             }
+            // Remembered as absent so a racing refresh cannot resurrect it here.
+            self.put(&h, None);
         }
         Ok(deleted)
     }
 
-    /// Record usage: the in-memory spend (budgets) at once, the database later.
-    pub fn record(&self, caller: &Caller, model: &Arc<str>, usage: Usage, cost: f64) {
+    /// rpm/tpm/parallel admission for one request (no database on this path).
+    pub fn admit(
+        &self,
+        caller: &Caller,
+    ) -> Result<(Option<RateStatus>, Option<ParallelGuard>), GatewayError> {
+        let Caller::Key(k) = caller else {
+            return Ok((None, None));
+        };
+        let r = &k.row;
+        let parallel = match r.max_parallel_requests {
+            Some(n) if n >= 0 => Some(self.limits.acquire_parallel(&k.token_hash, n as u64).ok_or_else(|| {
+                GatewayError::RateLimited(format!(
+                    "Max parallel request limit reached. Hit limit for api_key: {}. Current limit: {n}",
+                    r.key_name
+                ))
+            })?),
+            _ => None,
+        };
+        let status = if r.rpm_limit.is_some() || r.tpm_limit.is_some() {
+            Some(self.limits.admit(
+                &k.token_hash,
+                r.rpm_limit.map(|v| v.max(0) as u64),
+                r.tpm_limit.map(|v| v.max(0) as u64),
+            ).map_err(|which| GatewayError::RateLimited(format!(
+                "LiteLLM Rate Limit Handler for rate limit type = key. Crossed TPM / RPM / Max Parallel Request Limit. {which} limit reached for key {}",
+                r.key_name
+            )))?)
+        } else {
+            None
+        };
+        Ok((status, parallel))
+    }
+
+    /// Record usage: the in-memory spend (budgets) and limits at once, the database later.
+    pub(crate) fn record(&self, caller: &Caller, rec: SpendRecord) {
         if let Caller::Key(k) = caller {
-            k.add_spend(cost);
+            k.add_spend(rec.cost);
+            let n = (rec.cost * NANO).round().max(0.0) as u64;
+            *self
+                .pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(k.token_hash.clone())
+                .or_insert(0) += n;
+            if k.row.tpm_limit.is_some() {
+                self.limits.add_tokens(
+                    &k.token_hash,
+                    rec.usage.input_tokens + rec.usage.output_tokens,
+                );
+            }
         }
-        let _ = self.tx.send(SpendMsg::Spend {
-            bucket: caller.bucket(),
-            model: model.clone(),
-            usage,
-            cost,
-        });
+        let _ = self.tx.send(SpendMsg::Spend(Box::new(rec)));
     }
 
     /// Wait until everything recorded so far is in the database.
@@ -329,27 +724,76 @@ impl Keys {
             let _ = rx.await;
         }
     }
+
+    /// Forget cached copies (after a budget reset), so the next use re-reads them.
+    fn invalidate(&self, hashes: &[String]) {
+        let mut c = self.cache.write().unwrap_or_else(|e| e.into_inner());
+        for h in hashes {
+            c.remove(h);
+        }
+    }
 }
 
-/// Batches spend messages (aggregated per key and model) into one transaction
-/// at most every 250 ms, off the request path.
+pub(crate) fn redact(k: &str) -> String {
+    if k.len() > 8 {
+        format!("{}...{}", &k[..3], &k[k.len() - 4..])
+    } else {
+        "***".into()
+    }
+}
+
+/// Resets budgets whose period ended (every second; a compare-and-set per key, so one
+/// replica does each reset).
+async fn budget_resetter(keys: std::sync::Weak<Keys>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(k) = keys.upgrade() else { return };
+        let now = chrono::Utc::now().timestamp();
+        match tokio::time::timeout(
+            Duration::from_secs(10),
+            k.store.reset_due_budgets(k.schema, now),
+        )
+        .await
+        {
+            Ok(Ok(reset)) if !reset.is_empty() => {
+                tracing::info!(count = reset.len(), "budgets reset for the new period");
+                k.invalidate(&reset);
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!("budget reset check failed: {e}");
+                k.note_db_error();
+            }
+            Err(_) => k.note_db_error(),
+        }
+    }
+}
+
+/// Batches spend messages (aggregated per key and model, plus one log row per request)
+/// into one transaction at most every 250 ms, off the request path. A failed write
+/// keeps its batch for the next attempt.
 async fn spend_writer(
+    keys: std::sync::Weak<Keys>,
     store: Store,
     mut rx: mpsc::UnboundedReceiver<SpendMsg>,
     notify: Arc<tokio::sync::Notify>,
 ) {
     let mut buf = Vec::with_capacity(1024);
     let mut agg: HashMap<(Arc<str>, Arc<str>), SpendDelta> = HashMap::new();
+    let mut logs: Vec<SpendLog> = Vec::new();
     let mut waiters: Vec<oneshot::Sender<()>> = Vec::new();
+    let schema = match keys.upgrade() {
+        Some(k) => k.schema,
+        None => return,
+    };
     loop {
         if rx.recv_many(&mut buf, 4096).await == 0 {
             break;
         }
-        // Collect a little more so bursts become one transaction, unless someone
-        // waits. Sleeping (rather than waking per message) keeps this task off
-        // the CPU while requests stream in.
+        // Collect a little more so bursts become one transaction, unless someone waits.
         if !buf.iter().any(|m| matches!(m, SpendMsg::Flush(_))) {
-            // A flush request cuts the wait short; other messages just queue.
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(250)) => {}
                 _ = notify.notified() => {}
@@ -360,44 +804,130 @@ async fn spend_writer(
         }
         for m in buf.drain(..) {
             match m {
-                SpendMsg::Spend {
-                    bucket,
-                    model,
-                    usage,
-                    cost,
-                } => {
+                SpendMsg::Spend(r) => {
                     let d = agg
-                        .entry((bucket.clone(), model.clone()))
+                        .entry((r.bucket.clone(), r.model.clone()))
                         .or_insert_with(|| SpendDelta {
-                            token_hash: bucket.to_string(),
-                            model: model.to_string(),
+                            token_hash: r.bucket.to_string(),
+                            model: r.model.to_string(),
+                            team_id: r.team_id.clone(),
+                            user_id: r.user_id.clone(),
                             ..Default::default()
                         });
                     d.requests += 1;
-                    d.input_tokens += usage.input_tokens as i64;
-                    d.output_tokens += usage.output_tokens as i64;
-                    d.cost += cost;
+                    d.input_tokens += r.usage.input_tokens as i64;
+                    d.output_tokens += r.usage.output_tokens as i64;
+                    d.cost += r.cost;
+                    // Logs are bounded while the database is away: aggregates are what budgets need.
+                    if logs.len() < 100_000 {
+                        logs.push(SpendLog {
+                            request_id: format!("airlock-{}", uuid::Uuid::new_v4().simple()),
+                            api_key: r.bucket.to_string(),
+                            model: r.upstream,
+                            model_group: r.model.to_string(),
+                            prompt_tokens: r.usage.input_tokens as i64,
+                            completion_tokens: r.usage.output_tokens as i64,
+                            cache_read_tokens: r.usage.cache_read_tokens as i64,
+                            cache_creation_tokens: r.usage.cache_creation_tokens as i64,
+                            spend: r.cost,
+                            start_ms: r.start_ms,
+                            end_ms: r.end_ms,
+                            team_id: r.team_id,
+                            user_id: r.user_id,
+                        });
+                    }
                 }
                 SpendMsg::Flush(w) => waiters.push(w),
             }
         }
-        if !agg.is_empty() {
+        if !agg.is_empty() || !logs.is_empty() {
             let batch: Vec<SpendDelta> = agg.drain().map(|(_, d)| d).collect();
-            if let Err(e) = store.write_spend(&batch).await {
-                tracing::error!("writing spend failed: {e}; retrying with the next batch");
-                for d in batch {
-                    agg.insert(
-                        (
-                            Arc::from(d.token_hash.as_str()),
-                            Arc::from(d.model.as_str()),
+            let res = tokio::time::timeout(
+                Duration::from_secs(30),
+                store.write_spend(schema, &batch, &logs),
+            )
+            .await;
+            match res {
+                Ok(Ok(())) => {
+                    logs.clear();
+                    if let Some(k) = keys.upgrade() {
+                        let mut p = k.pending.lock().unwrap_or_else(|e| e.into_inner());
+                        for d in &batch {
+                            if let Some(v) = p.get_mut(d.token_hash.as_str()) {
+                                *v = v.saturating_sub((d.cost * NANO).round().max(0.0) as u64);
+                                if *v == 0 {
+                                    p.remove(d.token_hash.as_str());
+                                }
+                            }
+                        }
+                    }
+                }
+                failed => {
+                    match failed {
+                        Ok(Err(e)) => tracing::error!(
+                            "writing spend failed: {e}; retrying with the next batch"
                         ),
-                        d,
-                    );
+                        _ => {
+                            tracing::error!("writing spend timed out; retrying with the next batch")
+                        }
+                    }
+                    if let Some(k) = keys.upgrade() {
+                        k.note_db_error();
+                    }
+                    for d in batch {
+                        let e = agg
+                            .entry((
+                                Arc::from(d.token_hash.as_str()),
+                                Arc::from(d.model.as_str()),
+                            ))
+                            .or_insert_with(|| SpendDelta {
+                                token_hash: d.token_hash.clone(),
+                                model: d.model.clone(),
+                                team_id: d.team_id.clone(),
+                                user_id: d.user_id.clone(),
+                                ..Default::default()
+                            });
+                        e.requests += d.requests;
+                        e.input_tokens += d.input_tokens;
+                        e.output_tokens += d.output_tokens;
+                        e.cost += d.cost;
+                    }
+                    // Do not spin on a dead database.
+                    tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
         }
         for w in waiters.drain(..) {
             let _ = w.send(());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcards() {
+        assert!(wildcard_match("gpt-*", "gpt-4o"));
+        assert!(!wildcard_match("gpt-*", "claude"));
+        assert!(wildcard_match("openai/*", "openai/gpt-4o"));
+        assert!(wildcard_match("*-mini", "gpt-4o-mini"));
+        assert!(wildcard_match("a*b*c", "axxbyyc"));
+        assert!(!wildcard_match("a*b*c", "axxbyy"));
+        assert!(models_allow(&[], "x"));
+        assert!(models_allow(&["all-proxy-models".into()], "x"));
+        assert!(!models_allow(&["gpt-4o".into()], "gpt-4o-mini"));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(duration_secs("30s"), Some(30));
+        assert_eq!(duration_secs("1h"), Some(3600));
+        assert_eq!(duration_secs("1d"), Some(86400));
+        assert_eq!(duration_secs("30d"), Some(30 * 86400));
+        assert_eq!(duration_secs("1mo"), Some(30 * 86400));
+        assert_eq!(duration_secs("soon"), None);
+        assert_eq!(duration_secs("0s"), None);
     }
 }

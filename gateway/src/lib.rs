@@ -23,6 +23,8 @@ pub mod config;
 pub mod error;
 pub mod formats;
 pub mod keys;
+pub mod limits;
+pub mod metrics;
 pub mod pricing;
 pub mod providers;
 mod proxy;
@@ -45,12 +47,15 @@ pub enum InitError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Pricing(#[from] pricing::PricingError),
 }
 
 pub(crate) struct Inner {
     pub(crate) router: routing::Router,
     pub(crate) keys: Arc<Keys>,
     pub(crate) warnings: Vec<String>,
+    pub(crate) metrics: metrics::Metrics,
 }
 
 /// The gateway: cheap to clone, shares one state.
@@ -79,32 +84,69 @@ impl From<serde_json::Value> for ChatInput {
 
 impl Gateway {
     /// Build from a parsed config and a store (migrated here; keys loaded into memory).
-    pub async fn from_config(cfg: Config, store: Store) -> Result<Gateway, InitError> {
+    pub async fn from_config(mut cfg: Config, store: Store) -> Result<Gateway, InitError> {
+        let prices = pricing::init()?;
+        // An unpriced model is said at startup, not discovered as a silent $0 later.
+        for e in &cfg.model_list {
+            if e.input_cost_per_token.is_none()
+                && e.output_cost_per_token.is_none()
+                && !e.model.contains('*')
+                && !matches!(e.provider, config::ProviderKind::Scripted(_))
+                && prices
+                    .find(pricing::provider_prefix(&e.provider), &e.model)
+                    .is_none()
+            {
+                let w = format!(
+                    "model_list `{}`: no price for `{}` in the price table; its spend counts as $0 \
+                     and keys with a budget are refused for it (set litellm_params.input_cost_per_token/\
+                     output_cost_per_token, or {})",
+                    e.model_name,
+                    e.model,
+                    pricing::COST_MAP_ENV
+                );
+                tracing::warn!("{w}");
+                cfg.warnings.push(w);
+            }
+        }
         store.migrate().await?;
         let client = providers::http_client();
         let router = routing::Router::new(&cfg, &client)?;
-        let keys = Keys::load(
-            cfg.master_key.as_ref().map(|s| s.expose().to_owned()),
-            store,
-        )
-        .await?;
+        // LITELLM_MASTER_KEY when the config names none (the config side may also apply it).
+        let master = cfg
+            .master_key
+            .as_ref()
+            .map(|s| s.expose().to_owned())
+            .or_else(|| {
+                std::env::var("LITELLM_MASTER_KEY")
+                    .ok()
+                    .filter(|k| !k.is_empty())
+            });
+        let keys = Keys::load(master, store).await?;
+        let metrics = metrics::Metrics::new(cfg.model_list.iter().map(|e| e.model_name.as_str()));
         Ok(Gateway {
             inner: Arc::new(Inner {
                 router,
                 keys,
                 warnings: cfg.warnings,
+                metrics,
             }),
         })
     }
 
-    /// All HTTP routes, ready to serve.
+    /// All HTTP routes, ready to serve (with `/metrics`).
     pub fn router(&self) -> axum::Router {
-        self.routes()
+        self.routes().merge(api::metrics_routes(self.inner.clone()))
     }
 
-    /// The same routes for any outer state, to `merge` into another app.
+    /// The same routes for any outer state, to `merge` into another app; `/metrics` is
+    /// left to that app, which can include [`Gateway::metrics_text`].
     pub fn routes<S: Clone + Send + Sync + 'static>(&self) -> axum::Router<S> {
         api::routes(self.inner.clone())
+    }
+
+    /// The gateway's counters in Prometheus text format.
+    pub fn metrics_text(&self) -> String {
+        api::health::metrics_text(&self.inner)
     }
 
     /// Config warnings (unknown keys, unsupported strategies).
@@ -112,7 +154,7 @@ impl Gateway {
         &self.inner.warnings
     }
 
-    pub fn keys(&self) -> &Keys {
+    pub fn keys(&self) -> &Arc<Keys> {
         &self.inner.keys
     }
 
@@ -121,11 +163,11 @@ impl Gateway {
         self.inner.keys.flush().await
     }
 
-    fn caller(&self, key: Option<&str>) -> Result<Caller, GatewayError> {
+    async fn caller(&self, key: Option<&str>) -> Result<Caller, GatewayError> {
         match key {
             // In-process callers (the brain) are trusted.
             None => Ok(Caller::Master),
-            Some(k) => self.inner.keys.authenticate(Some(k)),
+            Some(k) => self.inner.keys.authenticate(Some(k)).await,
         }
     }
 
@@ -144,9 +186,12 @@ impl Gateway {
         input: impl Into<ChatInput>,
         key: Option<&str>,
     ) -> Result<ChatResponse, GatewayError> {
-        let caller = self.caller(key)?;
+        let caller = self.caller(key).await?;
         let req = Self::canonical(input.into())?;
         caller.check(&req.model)?;
+        let (_rate, parallel) = self.inner.keys.admit(&caller)?;
+        let parallel = parallel.map(Arc::new);
+        let parallel = &parallel;
         let inner = &self.inner;
         let (req, caller) = (&req, &caller);
         inner
@@ -154,11 +199,17 @@ impl Gateway {
             .execute(&req.model, move |flight, group| async move {
                 let dep = flight.deployment().clone();
                 let upstream = dep.upstream_for(&req.model, &group.name).into_owned();
+                let price = dep.price_for(&upstream);
+                caller
+                    .check_priced(&upstream, &price)
+                    .map_err(|e| ProviderError::InvalidRequest(e.to_string()))?;
                 let mut guard = proxy::SpendGuard::new(
                     inner.clone(),
                     caller.clone(),
                     flight,
-                    dep.price_for(&upstream),
+                    price,
+                    &upstream,
+                    parallel.clone(),
                 );
                 let opts = CallOpts {
                     model: &upstream,
@@ -192,9 +243,12 @@ impl Gateway {
         input: impl Into<ChatInput>,
         key: Option<&str>,
     ) -> Result<EventStream, GatewayError> {
-        let caller = self.caller(key)?;
+        let caller = self.caller(key).await?;
         let req = Self::canonical(input.into())?;
         caller.check(&req.model)?;
+        let (_rate, parallel) = self.inner.keys.admit(&caller)?;
+        let parallel = parallel.map(Arc::new);
+        let parallel = &parallel;
         let inner = &self.inner;
         let (req, caller) = (&req, &caller);
         inner
@@ -202,11 +256,17 @@ impl Gateway {
             .execute(&req.model, move |flight, group| async move {
                 let dep = flight.deployment().clone();
                 let upstream = dep.upstream_for(&req.model, &group.name).into_owned();
+                let price = dep.price_for(&upstream);
+                caller
+                    .check_priced(&upstream, &price)
+                    .map_err(|e| ProviderError::InvalidRequest(e.to_string()))?;
                 let mut guard = proxy::SpendGuard::new(
                     inner.clone(),
                     caller.clone(),
                     flight,
-                    dep.price_for(&upstream),
+                    price,
+                    &upstream,
+                    parallel.clone(),
                 );
                 let opts = CallOpts {
                     model: &upstream,

@@ -7,7 +7,8 @@ use crate::Inner;
 use crate::canonical::{ChatRequest, StreamEvent, Usage};
 use crate::error::{GatewayError, ProviderError, WireFormat};
 use crate::formats::{self, anthropic as an, openai as oa};
-use crate::keys::Caller;
+use crate::keys::{Caller, SpendRecord};
+use crate::limits::{ParallelGuard, RateStatus};
 use crate::pricing::Price;
 use crate::providers::{ByteStream, CallOpts, EventStream, RawResponse};
 use crate::routing::InFlight;
@@ -26,21 +27,40 @@ pub(crate) struct SpendGuard {
     caller: Caller,
     flight: InFlight,
     price: Price,
+    upstream: String,
+    start_ms: i64,
     pub usage: Usage,
     /// Only answered calls are recorded (a failed attempt is not a request).
     armed: bool,
+    /// The request's `max_parallel_requests` slot, held until the answer ends.
+    _parallel: Option<Arc<ParallelGuard>>,
 }
 
 impl SpendGuard {
-    pub(crate) fn new(inner: Arc<Inner>, caller: Caller, flight: InFlight, price: Price) -> Self {
+    pub(crate) fn new(
+        inner: Arc<Inner>,
+        caller: Caller,
+        flight: InFlight,
+        price: Price,
+        upstream: &str,
+        parallel: Option<Arc<ParallelGuard>>,
+    ) -> Self {
         Self {
             inner,
             caller,
             flight,
             price,
+            upstream: upstream.to_owned(),
+            start_ms: chrono::Utc::now().timestamp_millis(),
             usage: Usage::default(),
             armed: false,
+            _parallel: parallel,
         }
+    }
+
+    /// Cost of the usage so far.
+    pub(crate) fn cost(&self) -> f64 {
+        self.price.cost(self.usage)
     }
 
     /// The upstream answered: record this call when the guard drops.
@@ -57,9 +77,25 @@ impl Drop for SpendGuard {
         let d = self.flight.deployment();
         d.add_tokens(self.usage.input_tokens + self.usage.output_tokens);
         let cost = self.price.cost(self.usage);
-        self.inner
-            .keys
-            .record(&self.caller, &d.model_name, self.usage, cost);
+        let (team_id, user_id) = match &self.caller {
+            Caller::Key(k) => (k.row.team_id.clone(), k.row.user_id.clone()),
+            _ => (None, None),
+        };
+        self.inner.metrics.record(&d.model_name, self.usage, cost);
+        self.inner.keys.record(
+            &self.caller,
+            SpendRecord {
+                bucket: self.caller.bucket(),
+                model: d.model_name.clone(),
+                upstream: std::mem::take(&mut self.upstream),
+                usage: self.usage,
+                cost,
+                start_ms: self.start_ms,
+                end_ms: chrono::Utc::now().timestamp_millis(),
+                team_id,
+                user_id,
+            },
+        );
     }
 }
 
@@ -108,7 +144,10 @@ pub(crate) async fn handle(
 ) -> Response {
     match handle_inner(inner, format, caller, body, beta).await {
         Ok(r) => r,
-        Err(e) => e.into_response_for(format),
+        Err(e) => {
+            inner.metrics.error(&e);
+            e.into_response_for(format)
+        }
     }
 }
 
@@ -121,21 +160,72 @@ async fn handle_inner(
 ) -> Result<Response, GatewayError> {
     let peek = formats::peek(&body).map_err(GatewayError::BadRequest)?;
     caller.check(&peek.model)?;
+    let (rate, parallel) = inner.keys.admit(&caller)?;
+    let parallel = parallel.map(Arc::new);
+    let mut resp = route(inner, format, &caller, &body, beta, &peek, parallel).await?;
+    set_rate_headers(resp.headers_mut(), rate);
+    Ok(resp)
+}
+
+/// LiteLLM's `x-ratelimit-*` response headers for a key with rpm/tpm limits.
+pub(crate) fn set_rate_headers(h: &mut http::HeaderMap, rate: Option<RateStatus>) {
+    let Some(r) = rate else { return };
+    let mut put = |name: &'static str, v: Option<u64>| {
+        if let Some(v) = v {
+            h.insert(name, http::HeaderValue::from(v));
+        }
+    };
+    put("x-ratelimit-limit-requests", r.rpm_limit);
+    put("x-ratelimit-remaining-requests", r.remaining_requests);
+    put("x-ratelimit-limit-tokens", r.tpm_limit);
+    put("x-ratelimit-remaining-tokens", r.remaining_tokens);
+    if let Ok(v) = http::HeaderValue::from_str(&format!("{}s", r.reset_secs)) {
+        h.insert("x-ratelimit-reset-requests", v);
+    }
+}
+
+/// `x-litellm-response-cost` (USD) for an answer whose usage is known.
+pub(crate) fn set_cost_header(h: &mut http::HeaderMap, cost: f64) {
+    if let Ok(v) = http::HeaderValue::from_str(&format!("{cost}")) {
+        h.insert("x-litellm-response-cost", v);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn route(
+    inner: &Arc<Inner>,
+    format: WireFormat,
+    caller: &Caller,
+    body: &Bytes,
+    beta: Option<&str>,
+    peek: &formats::Peeked,
+    parallel: Option<Arc<ParallelGuard>>,
+) -> Result<Response, GatewayError> {
     let canon: OnceLock<Result<ChatRequest, String>> = OnceLock::new();
-    let (peek, body, canon, caller) = (&peek, &body, &canon, &caller);
+    let (canon, parallel) = (&canon, &parallel);
     inner
         .router
         .execute(&peek.model, move |flight, group| async move {
             let dep = flight.deployment().clone();
             let upstream = dep.upstream_for(&peek.model, &group.name).into_owned();
             let price = dep.price_for(&upstream);
+            caller
+                .check_priced(&upstream, &price)
+                .map_err(|e| ProviderError::InvalidRequest(e.to_string()))?;
             let opts = CallOpts {
                 model: &upstream,
                 timeout: dep.timeout,
                 idle_timeout: dep.idle_timeout,
                 anthropic_beta: beta,
             };
-            let mut guard = SpendGuard::new(inner.clone(), caller.clone(), flight, price);
+            let mut guard = SpendGuard::new(
+                inner.clone(),
+                caller.clone(),
+                flight,
+                price,
+                &upstream,
+                parallel.clone(),
+            );
             if dep.provider.wire_format() == Some(format) {
                 // Pass-through: the body goes as is, apart from the model name.
                 let out = formats::rewrite(body, peek, &upstream, format == WireFormat::OpenAi)
@@ -145,7 +235,9 @@ async fn handle_inner(
                     RawResponse::Full(bytes) => {
                         guard.arm();
                         guard.usage = sse::usage_from_body(format, &bytes);
-                        Ok(json_response(bytes))
+                        let mut r = json_response(bytes);
+                        set_cost_header(r.headers_mut(), guard.cost());
+                        Ok(r)
                     }
                     RawResponse::Stream(s) => Ok(sse_response(PassThrough {
                         inner: Some(s),
@@ -191,7 +283,9 @@ async fn handle_inner(
                     };
                     let bytes = serde_json::to_vec(&v)
                         .map_err(|e| ProviderError::Protocol(e.to_string()))?;
-                    Ok(json_response(Bytes::from(bytes)))
+                    let mut r = json_response(Bytes::from(bytes));
+                    set_cost_header(r.headers_mut(), guard.cost());
+                    Ok(r)
                 }
             }
         })

@@ -25,6 +25,8 @@ pub struct Deployment {
     pub idle_timeout: Duration,
     /// Price override from the config, or the table's price for `upstream`.
     pub price: Option<Price>,
+    /// LiteLLM provider name for price lookups (`openai`, `bedrock`, …).
+    pub provider_prefix: Option<&'static str>,
     pub weight: f64,
     in_flight: AtomicU64,
     /// EWMA latency in microseconds (0 = never measured).
@@ -47,16 +49,15 @@ fn now_ms() -> u64 {
 impl Deployment {
     fn new(e: &ModelEntry, provider: Arc<dyn Provider>, cfg: &Config) -> Self {
         let timeout = e.timeout.unwrap_or(cfg.request_timeout);
+        let provider_prefix = pricing::provider_prefix(&e.provider);
         let price = match (e.input_cost_per_token, e.output_cost_per_token) {
+            // Wildcard deployments are priced per request, by the upstream name.
             (None, None) if e.model.contains('*') => None,
-            (None, None) => Some(pricing::lookup(&e.model)),
-            (i, o) => {
-                let base = pricing::lookup(&e.model);
-                Some(Price {
-                    input: i.unwrap_or(base.input),
-                    output: o.unwrap_or(base.output),
-                })
+            // A scripted replay costs nothing, and knowingly so.
+            (None, None) if matches!(e.provider, crate::config::ProviderKind::Scripted(_)) => {
+                Some(Price::new(0.0, 0.0))
             }
+            (i, o) => Some(pricing::for_deployment(provider_prefix, &e.model, i, o)),
         };
         Self {
             provider,
@@ -67,6 +68,7 @@ impl Deployment {
             timeout,
             idle_timeout: e.stream_timeout.unwrap_or(timeout),
             price,
+            provider_prefix,
             weight: e
                 .weight
                 .or(e.rpm.map(|r| r as f64))
@@ -96,7 +98,11 @@ impl Deployment {
     }
 
     pub fn price_for(&self, upstream: &str) -> Price {
-        self.price.unwrap_or_else(|| pricing::lookup(upstream))
+        self.price.unwrap_or_else(|| {
+            pricing::table()
+                .find(self.provider_prefix, upstream)
+                .unwrap_or_default()
+        })
     }
 
     fn roll_window(&self) -> u64 {

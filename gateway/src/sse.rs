@@ -98,6 +98,28 @@ struct OaUsage {
     prompt_tokens: u64,
     #[serde(default)]
     completion_tokens: u64,
+    #[serde(default)]
+    prompt_tokens_details: Option<OaPromptDetails>,
+}
+#[derive(Deserialize)]
+struct OaPromptDetails {
+    #[serde(default)]
+    cached_tokens: Option<u64>,
+}
+
+impl OaUsage {
+    fn usage(&self) -> Usage {
+        Usage {
+            input_tokens: self.prompt_tokens,
+            output_tokens: self.completion_tokens,
+            cache_read_tokens: self
+                .prompt_tokens_details
+                .as_ref()
+                .and_then(|d| d.cached_tokens)
+                .unwrap_or(0),
+            cache_creation_tokens: 0,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -126,6 +148,14 @@ impl AnUsage {
             + self.cache_creation_input_tokens.unwrap_or(0)
             + self.cache_read_input_tokens.unwrap_or(0)
     }
+    fn usage(&self) -> Usage {
+        Usage {
+            input_tokens: self.input(),
+            output_tokens: self.output_tokens,
+            cache_read_tokens: self.cache_read_input_tokens.unwrap_or(0),
+            cache_creation_tokens: self.cache_creation_input_tokens.unwrap_or(0),
+        }
+    }
 }
 
 /// What a scanned event turned out to be.
@@ -142,18 +172,12 @@ pub fn usage_from_body(format: WireFormat, body: &[u8]) -> Usage {
         WireFormat::OpenAi => serde_json::from_slice::<OaUsageOnly>(body)
             .ok()
             .and_then(|u| u.usage)
-            .map(|u| Usage {
-                input_tokens: u.prompt_tokens,
-                output_tokens: u.completion_tokens,
-            })
+            .map(|u| u.usage())
             .unwrap_or_default(),
         WireFormat::Anthropic => serde_json::from_slice::<AnUsageOnly>(body)
             .ok()
             .and_then(|u| u.usage)
-            .map(|u| Usage {
-                input_tokens: u.input(),
-                output_tokens: u.output_tokens,
-            })
+            .map(|u| u.usage())
             .unwrap_or_default(),
     }
 }
@@ -170,8 +194,7 @@ pub fn scan_usage(format: WireFormat, raw: &[u8], usage: &mut Usage) -> Scanned 
             if let Ok(c) = serde_json::from_str::<OaUsageOnly>(&ev.data)
                 && let Some(u) = c.usage
             {
-                usage.input_tokens = u.prompt_tokens;
-                usage.output_tokens = u.completion_tokens;
+                *usage = u.usage();
                 if c.choices.as_ref().is_some_and(|c| c.is_empty()) {
                     return Scanned::UsageOnly;
                 }
@@ -185,8 +208,7 @@ pub fn scan_usage(format: WireFormat, raw: &[u8], usage: &mut Usage) -> Scanned 
                 if let Ok(m) = serde_json::from_str::<AnMessageStart>(&ev.data)
                     && let Some(u) = m.message.usage
                 {
-                    usage.input_tokens = u.input();
-                    usage.output_tokens = u.output_tokens;
+                    *usage = u.usage();
                 }
             } else if memmem::find(head, b"message_delta").is_some() {
                 let ev = parse_event(raw);
@@ -195,7 +217,9 @@ pub fn scan_usage(format: WireFormat, raw: &[u8], usage: &mut Usage) -> Scanned 
                 {
                     usage.output_tokens = u.output_tokens;
                     if u.input() > 0 {
-                        usage.input_tokens = u.input();
+                        let out = usage.output_tokens;
+                        *usage = u.usage();
+                        usage.output_tokens = out;
                     }
                 }
             }
@@ -239,7 +263,8 @@ mod tests {
             u,
             Usage {
                 input_tokens: 5,
-                output_tokens: 7
+                output_tokens: 7,
+                ..Default::default()
             }
         );
         let mut u = Usage::default();
@@ -249,8 +274,21 @@ mod tests {
             u,
             Usage {
                 input_tokens: 9,
-                output_tokens: 4
+                output_tokens: 4,
+                ..Default::default()
             }
+        );
+        // Cache counts survive the scan (Anthropic streams, OpenAI cached_tokens).
+        let mut u = Usage::default();
+        scan_usage(WireFormat::Anthropic, b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":5,\"cache_read_input_tokens\":80,\"cache_creation_input_tokens\":10,\"output_tokens\":1}}}\n\n", &mut u);
+        assert_eq!(
+            (u.input_tokens, u.cache_read_tokens, u.cache_creation_tokens),
+            (95, 80, 10)
+        );
+        let body = br#"{"usage":{"prompt_tokens":100,"completion_tokens":3,"prompt_tokens_details":{"cached_tokens":64}}}"#;
+        assert_eq!(
+            usage_from_body(WireFormat::OpenAi, body).cache_read_tokens,
+            64
         );
     }
 }

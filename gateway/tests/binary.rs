@@ -75,7 +75,7 @@ async fn binary_serves_scripted_agent_conversation_on_both_routes() {
     let p = start(&db);
     let c = client();
     let health: Value = c
-        .get(format!("{}/health", p.base))
+        .get(format!("{}/health/readiness", p.base))
         .send()
         .await
         .unwrap()

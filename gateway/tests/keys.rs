@@ -70,14 +70,15 @@ async fn lifecycle(store_a: Store, store_b: Store) {
     let (s, _) = post(&format!("{base}/key/generate"), &key, &json!({})).await;
     assert_eq!(s, 401);
 
-    // Model not allowed -> 403 in the caller's format, upstream untouched.
+    // Model not allowed -> 401 as LiteLLM answers it, in the caller's format, upstream untouched.
     let (s, b) = post(
         &format!("{base}/v1/chat/completions"),
         &key,
         &chat("gpt-4o"),
     )
     .await;
-    assert_eq!(s, 403, "{b}");
+    assert_eq!(s, 401, "{b}");
+    assert!(b.contains("key not allowed to access model"), "{b}");
     assert_eq!(oa.count(), 0);
     // /v1/models only lists allowed models.
     let models: Value = client()
@@ -250,7 +251,7 @@ async fn expired_key_is_refused() {
     )
     .await;
     assert_eq!(s, 401, "{b}");
-    assert!(b.contains("expired"));
+    assert!(b.contains("Expired Key"), "{b}");
     assert_eq!(oa.count(), 0);
     let (s, b) = post(
         &format!("{}/key/generate", gw.base),

@@ -38,7 +38,11 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
         active.push((default.to_string(), 0));
         active.sort();
     }
-    let text = state.metrics.render(&active);
+    let mut text = state.metrics.render(&active);
+    // The embedded gateway's own counters (its routes leave /metrics to the brain).
+    if let Some(models) = &state.models {
+        text.push_str(&models.gateway.metrics_text());
+    }
     Ok((
         [(
             header::CONTENT_TYPE,

@@ -58,15 +58,14 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Princ
             kind: PrincipalKind::Master,
         });
     }
-    if let Some(key) = state
-        .models
-        .as_ref()
-        .and_then(|m| m.gateway.keys().lookup(token))
+    if let Some(m) = state.models.as_ref()
+        && let Ok(Some(key)) = m.gateway.keys().lookup(token).await
     {
         let expired = key
+            .row
             .expires_at
             .is_some_and(|at| at <= chrono::Utc::now().timestamp());
-        if !expired {
+        if !expired && !key.row.blocked {
             return Ok(Principal {
                 id: format!("vk:{}", key.token_hash),
                 kind: PrincipalKind::VirtualKey,

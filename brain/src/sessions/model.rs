@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use gateway::canonical::{ChatRequest, ChatResponse, Usage};
+use gateway::canonical::{ChatRequest, ChatResponse};
 use gateway::pricing::{self, Price};
 
 use super::config::ModelsConfig;
@@ -57,11 +57,14 @@ impl Models {
             if !names.contains(&entry.model_name) {
                 names.push(entry.model_name.clone());
             }
-            let base = pricing::lookup(&entry.model);
-            prices.entry(entry.model_name.clone()).or_insert(Price {
-                input: entry.input_cost_per_token.unwrap_or(base.input),
-                output: entry.output_cost_per_token.unwrap_or(base.output),
-            });
+            prices
+                .entry(entry.model_name.clone())
+                .or_insert(pricing::for_deployment(
+                    pricing::provider_prefix(&entry.provider),
+                    &entry.model,
+                    entry.input_cost_per_token,
+                    entry.output_cost_per_token,
+                ));
         }
         let default_model = match &config.default_model {
             Some(m) => m.clone(),
@@ -96,10 +99,7 @@ impl Models {
             .get(requested)
             .copied()
             .unwrap_or_else(|| pricing::lookup(&response.model));
-        price.cost(Usage {
-            input_tokens: response.usage.input_tokens,
-            output_tokens: response.usage.output_tokens,
-        })
+        price.cost(response.usage)
     }
 
     pub async fn chat(

@@ -10,7 +10,7 @@ pub(crate) async fn messages(
     req: Request,
 ) -> Response {
     let (parts, body) = req.into_parts();
-    let caller = match authenticate(&inner, &parts.headers) {
+    let caller = match authenticate(&inner, &parts.headers).await {
         Ok(c) => c,
         Err(e) => return e.into_response_for(WireFormat::Anthropic),
     };

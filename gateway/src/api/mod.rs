@@ -1,6 +1,7 @@
 //! Inbound HTTP routes: one module per wire format, plus key management.
 
 pub mod anthropic;
+pub mod health;
 pub mod keys;
 pub mod openai;
 
@@ -18,6 +19,15 @@ const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
 
 pub(crate) type State = Arc<Inner>;
 
+/// `/metrics` is the standalone binary's; an embedding app serves
+/// [`crate::Gateway::metrics_text`] in its own.
+pub(crate) fn metrics_routes<S: Clone + Send + Sync + 'static>(inner: State) -> Router<S> {
+    Router::new()
+        .route("/metrics", get(health::metrics))
+        .route("/metrics/", get(health::metrics))
+        .with_state(inner)
+}
+
 pub(crate) fn routes<S: Clone + Send + Sync + 'static>(inner: State) -> Router<S> {
     Router::new()
         .route("/v1/chat/completions", post(openai::chat_completions))
@@ -25,18 +35,17 @@ pub(crate) fn routes<S: Clone + Send + Sync + 'static>(inner: State) -> Router<S
         .route("/v1/messages", post(anthropic::messages))
         .route("/v1/models", get(openai::models))
         .route("/models", get(openai::models))
-        .route("/health", get(health))
-        .route("/health/liveliness", get(health))
-        .route("/health/readiness", get(health))
+        .route("/health", get(health::models))
+        .route("/health/liveliness", get(health::liveliness))
+        .route("/health/liveness", get(health::liveliness))
+        .route("/health/readiness", get(health::readiness))
         .route("/key/generate", post(keys::generate))
         .route("/key/info", get(keys::info))
+        .route("/key/update", post(keys::update))
         .route("/key/delete", post(keys::delete))
+        .route("/spend/logs", get(keys::spend_logs))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(inner)
-}
-
-async fn health() -> axum::Json<serde_json::Value> {
-    axum::Json(serde_json::json!({"status": "healthy", "version": env!("CARGO_PKG_VERSION")}))
 }
 
 /// The key a client presented: `Authorization: Bearer`, else `x-api-key`, else `api-key`.
@@ -61,8 +70,9 @@ pub(crate) fn presented_key(h: &HeaderMap) -> Option<&str> {
         .map(str::trim)
 }
 
-pub(crate) fn authenticate(inner: &Inner, h: &HeaderMap) -> Result<Caller, GatewayError> {
-    inner.keys.authenticate(presented_key(h))
+/// Who is calling (cached key check; only a never-seen key waits for the database).
+pub(crate) async fn authenticate(inner: &Inner, h: &HeaderMap) -> Result<Caller, GatewayError> {
+    inner.keys.authenticate(presented_key(h)).await
 }
 
 /// Read a request body (limit enforced by the layer) or answer in `format`.

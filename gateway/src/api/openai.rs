@@ -11,7 +11,7 @@ pub(crate) async fn chat_completions(
     req: Request,
 ) -> Response {
     let (parts, body) = req.into_parts();
-    let caller = match authenticate(&inner, &parts.headers) {
+    let caller = match authenticate(&inner, &parts.headers).await {
         Ok(c) => c,
         Err(e) => return e.into_response_for(WireFormat::OpenAi),
     };
@@ -26,7 +26,7 @@ pub(crate) async fn models(
     axum::extract::State(inner): axum::extract::State<State>,
     headers: http::HeaderMap,
 ) -> Response {
-    let caller = match authenticate(&inner, &headers) {
+    let caller = match authenticate(&inner, &headers).await {
         Ok(c) => c,
         Err(e) => return e.into_response_for(WireFormat::OpenAi),
     };

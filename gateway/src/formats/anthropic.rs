@@ -357,6 +357,8 @@ pub fn decode_usage(u: Option<&Value>) -> Usage {
             + g("cache_creation_input_tokens")
             + g("cache_read_input_tokens"),
         output_tokens: g("output_tokens"),
+        cache_read_tokens: g("cache_read_input_tokens"),
+        cache_creation_tokens: g("cache_creation_input_tokens"),
     }
 }
 

@@ -391,6 +391,11 @@ pub fn decode_usage(u: Option<&Value>) -> Usage {
             .get("completion_tokens")
             .and_then(Value::as_u64)
             .unwrap_or(0),
+        cache_read_tokens: u
+            .pointer("/prompt_tokens_details/cached_tokens")
+            .and_then(Value::as_u64)
+            .unwrap_or(0),
+        cache_creation_tokens: 0,
     }
 }
 

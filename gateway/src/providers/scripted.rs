@@ -206,6 +206,7 @@ impl Scripted {
             Some(u) => Usage {
                 input_tokens: u.input_tokens,
                 output_tokens: u.output_tokens,
+                ..Default::default()
             },
             None => Usage {
                 input_tokens: estimate_input(req),
@@ -215,6 +216,7 @@ impl Scripted {
                     .sum::<usize>()
                     .div_ceil(4)
                     .max(1) as u64,
+                ..Default::default()
             },
         };
         Ok((
