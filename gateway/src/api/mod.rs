@@ -25,6 +25,8 @@ pub(crate) fn routes<S: Clone + Send + Sync + 'static>(inner: State) -> Router<S
         .route("/v1/messages", post(anthropic::messages))
         .route("/v1/models", get(openai::models))
         .route("/models", get(openai::models))
+        .route("/model/info", get(openai::model_info))
+        .route("/v1/model/info", get(openai::model_info))
         .route("/health", get(health))
         .route("/health/liveliness", get(health))
         .route("/health/readiness", get(health))

@@ -80,7 +80,15 @@ pub fn build(
     raw: &RawClient,
 ) -> Result<Arc<dyn Provider>, crate::config::ConfigError> {
     Ok(match &entry.provider {
-        ProviderKind::OpenAi => Arc::new(openai::OpenAi::new(entry, client.clone(), raw.clone())?),
+        ProviderKind::OpenAi | ProviderKind::Azure => {
+            Arc::new(openai::OpenAi::new(entry, client.clone(), raw.clone())?)
+        }
+        ProviderKind::Gemini | ProviderKind::VertexAi | ProviderKind::Bedrock => {
+            return Err(crate::config::ConfigError::Invalid {
+                path: format!("model_list[{}].litellm_params.model", entry.model_name),
+                message: "provider not built yet".into(),
+            });
+        }
         ProviderKind::Anthropic => Arc::new(anthropic::Anthropic::new(
             entry,
             client.clone(),
