@@ -3,8 +3,10 @@
 //! One module per provider; `build` is the registry.
 
 pub mod anthropic;
+pub mod gemini;
 pub mod openai;
 pub mod scripted;
+pub mod vertex;
 
 use crate::canonical::{ChatRequest, ChatResponse, StreamEvent};
 use crate::config::{ModelEntry, ProviderKind};
@@ -83,7 +85,9 @@ pub fn build(
         ProviderKind::OpenAi | ProviderKind::Azure => {
             Arc::new(openai::OpenAi::new(entry, client.clone(), raw.clone())?)
         }
-        ProviderKind::Gemini | ProviderKind::VertexAi | ProviderKind::Bedrock => {
+        ProviderKind::Gemini => Arc::new(gemini::Gemini::new(entry, client.clone())?),
+        ProviderKind::VertexAi => Arc::new(vertex::Vertex::new(entry, client.clone())?),
+        ProviderKind::Bedrock => {
             return Err(crate::config::ConfigError::Invalid {
                 path: format!("model_list[{}].litellm_params.model", entry.model_name),
                 message: "provider not built yet".into(),
