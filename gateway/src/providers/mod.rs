@@ -6,6 +6,7 @@ pub mod anthropic;
 pub mod gemini;
 pub mod openai;
 pub mod scripted;
+pub mod sigv4;
 pub mod vertex;
 
 use crate::canonical::{ChatRequest, ChatResponse, StreamEvent};
