@@ -1059,7 +1059,7 @@ fn parse_entry(
         if a.access_key_id.is_none() || a.secret_access_key.is_none() {
             return Err(ConfigError::Invalid {
                 path: format!("{pp}.aws_access_key_id"),
-                message: "bedrock/ needs aws_access_key_id and aws_secret_access_key (or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)".into(),
+                message: "provider `bedrock` needs aws_access_key_id and aws_secret_access_key (or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)".into(),
             });
         }
         a
@@ -1083,7 +1083,13 @@ fn parse_entry(
                     }
                 })?))
             }
-            None => None,
+            None => {
+                // LiteLLM would fall back to Google's ADC; without a key file there is nothing to sign with.
+                return Err(ConfigError::Invalid {
+                    path: format!("{pp}.vertex_credentials"),
+                    message: "provider `vertex_ai` needs vertex_credentials or GOOGLE_APPLICATION_CREDENTIALS".into(),
+                });
+            }
         };
         VertexParams {
             project: s(cx, "vertex_project")?

@@ -14,7 +14,14 @@ async fn env_only_config_serves_every_provider_with_env_keys() {
     let oa = common::fake_openai().await;
     let an = common::fake_anthropic().await;
     let (az, az_state) = azure::start("az-secret", &["my-gpt4o-deployment"]).await;
+    // gemini-pro infers vertex_ai, which needs a service account.
+    let (sa, _) =
+        google::service_account("http://127.0.0.1:9/token", "sa@p.iam.gserviceaccount.com");
+    let dir = tempfile::tempdir().unwrap();
+    let sa_path = dir.path().join("sa.json");
+    std::fs::write(&sa_path, sa).unwrap();
     let env = env(&[
+        ("GOOGLE_APPLICATION_CREDENTIALS", sa_path.to_str().unwrap()),
         ("OPENAI_API_KEY", "sk-env-openai"),
         ("OPENAI_API_BASE", &format!("{}/v1", oa.base())),
         ("ANTHROPIC_API_KEY", "sk-ant-env"),
@@ -26,7 +33,7 @@ async fn env_only_config_serves_every_provider_with_env_keys() {
         ("LITELLM_MASTER_KEY", "sk-master-from-env"),
         ("DATABASE_URL", "postgresql://u:p@db:5432/litellm"),
     ]);
-    let mut cfg = load_with_env(&fixture("env_only.yaml"), &env);
+    let cfg = load_with_env(&fixture("env_only.yaml"), &env);
     assert_eq!(
         cfg.master_key.as_ref().unwrap().expose(),
         "sk-master-from-env"
@@ -70,8 +77,6 @@ async fn env_only_config_serves_every_provider_with_env_keys() {
         "azure-1"
     );
     assert_eq!(by("gpt-4o").max_retries, Some(2));
-    cfg.model_list
-        .retain(|m| m.provider != ProviderKind::VertexAi);
     let gw = serve_config(cfg).await;
 
     // The master key from LITELLM_MASTER_KEY is enforced.

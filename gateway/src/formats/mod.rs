@@ -2,6 +2,7 @@
 //! plus the minimal peeking/rewriting used on the pass-through path.
 
 pub mod anthropic;
+pub mod bedrock;
 pub mod gemini;
 pub mod openai;
 

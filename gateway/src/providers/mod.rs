@@ -3,6 +3,7 @@
 //! One module per provider; `build` is the registry.
 
 pub mod anthropic;
+pub mod bedrock;
 pub mod gemini;
 pub mod openai;
 pub mod scripted;
@@ -86,19 +87,14 @@ pub fn build(
         ProviderKind::OpenAi | ProviderKind::Azure => {
             Arc::new(openai::OpenAi::new(entry, client.clone(), raw.clone())?)
         }
-        ProviderKind::Gemini => Arc::new(gemini::Gemini::new(entry, client.clone())?),
-        ProviderKind::VertexAi => Arc::new(vertex::Vertex::new(entry, client.clone())?),
-        ProviderKind::Bedrock => {
-            return Err(crate::config::ConfigError::Invalid {
-                path: format!("model_list[{}].litellm_params.model", entry.model_name),
-                message: "provider not built yet".into(),
-            });
-        }
         ProviderKind::Anthropic => Arc::new(anthropic::Anthropic::new(
             entry,
             client.clone(),
             raw.clone(),
         )?),
+        ProviderKind::Gemini => Arc::new(gemini::Gemini::new(entry, client.clone())?),
+        ProviderKind::VertexAi => Arc::new(vertex::Vertex::new(entry, client.clone())?),
+        ProviderKind::Bedrock => Arc::new(bedrock::Bedrock::new(entry, client.clone())?),
         ProviderKind::Scripted(path) => Arc::new(scripted::Scripted::load(path)?),
     })
 }

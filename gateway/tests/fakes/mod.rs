@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod azure;
+pub mod bedrock;
 pub mod google;
 
 use std::collections::HashMap;
