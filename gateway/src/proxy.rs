@@ -137,10 +137,14 @@ async fn handle_inner(
             };
             let mut guard = SpendGuard::new(inner.clone(), caller.clone(), flight, price);
             if dep.provider.wire_format() == Some(format) {
-                // Pass-through: the body goes as is, apart from the model name.
+                // Pass-through: the body goes as is, apart from the model name
+                // (and LiteLLM-only fields, which the upstream would reject).
                 let out = formats::rewrite(body, peek, &upstream, format == WireFormat::OpenAi)
                     .map(Bytes::from)
                     .unwrap_or_else(|| body.clone());
+                let out = formats::strip_litellm_fields(&out, format == WireFormat::OpenAi)
+                    .map(Bytes::from)
+                    .unwrap_or(out);
                 match dep.provider.forward(out, peek.stream, opts).await? {
                     RawResponse::Full(bytes) => {
                         guard.arm();

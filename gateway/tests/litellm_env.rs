@@ -197,3 +197,44 @@ fn general_settings_win_over_env_and_unset_env_ref_fails_closed() {
     let c = yaml_with_env("model_list: []\n", &env(&[]));
     assert!(c.master_key.is_none());
 }
+
+#[tokio::test]
+async fn litellm_only_fields_stripped_and_reasoning_models_get_max_completion_tokens() {
+    let oa = common::fake_openai().await;
+    let cfg = yaml_with_env(
+        &format!(
+            "model_list:\n  - model_name: o3\n    litellm_params: {{model: openai/o3, api_base: '{0}/v1', api_key: k}}\n  - model_name: gpt-4o\n    litellm_params: {{model: openai/gpt-4o, api_base: '{0}/v1', api_key: k}}\n",
+            oa.base()
+        ),
+        &env(&[]),
+    );
+    let gw = serve_config(cfg).await;
+    // OpenAI client, pass-through: LiteLLM's router fields never reach OpenAI.
+    let body = json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}],
+        "fallbacks": ["o3"], "num_retries": 2, "mock_testing_fallbacks": false,
+        "metadata": {"generation_name": "x"}, "temperature": 0.5});
+    let (s, b) = post(&format!("{}/v1/chat/completions", gw.base), "x", &body).await;
+    assert_eq!(s, 200, "{b}");
+    let sent = oa.last_body();
+    for k in [
+        "fallbacks",
+        "num_retries",
+        "mock_testing_fallbacks",
+        "metadata",
+    ] {
+        assert!(sent.get(k).is_none(), "{k} reached the upstream: {sent}");
+    }
+    assert_eq!(sent["temperature"], 0.5);
+    // Anthropic client to a reasoning model: max_tokens becomes max_completion_tokens.
+    let body =
+        json!({"model": "o3", "max_tokens": 300, "messages": [{"role": "user", "content": "hi"}]});
+    let (s, b) = post(&format!("{}/v1/messages", gw.base), "x", &body).await;
+    assert_eq!(s, 200, "{b}");
+    let sent = oa.last_body();
+    assert_eq!(sent["max_completion_tokens"], 300, "{sent}");
+    assert!(sent.get("max_tokens").is_none());
+    let body = json!({"model": "gpt-4o", "max_tokens": 300, "messages": [{"role": "user", "content": "hi"}]});
+    let (s, _) = post(&format!("{}/v1/messages", gw.base), "x", &body).await;
+    assert_eq!(s, 200);
+    assert_eq!(oa.last_body()["max_tokens"], 300);
+}

@@ -98,9 +98,72 @@ pub fn rewrite(body: &[u8], p: &Peeked, upstream_model: &str, want_usage: bool) 
     Some(out)
 }
 
+/// Body fields only LiteLLM understands (router and proxy controls); a real
+/// upstream rejects them, so they never leave the gateway. OpenAI's own
+/// `metadata` is also LiteLLM's (its proxy never forwards it); Anthropic's
+/// `metadata` is a real field and stays.
+const LITELLM_ONLY: &[&str] = &[
+    "fallbacks",
+    "context_window_fallbacks",
+    "num_retries",
+    "mock_testing_fallbacks",
+    "mock_response",
+    "mock_timeout",
+    "caching",
+    "cache",
+    "user_api_key",
+    "user_api_key_alias",
+    "user_api_key_team_id",
+    "user_api_key_user_id",
+    "litellm_metadata",
+    "proxy_server_request",
+    "tags",
+    "guardrails",
+];
+
+/// `body` without LiteLLM-only fields, or `None` when it has none (the
+/// common case: only a substring scan, no parse).
+pub fn strip_litellm_fields(body: &[u8], openai: bool) -> Option<Vec<u8>> {
+    let present = |k: &str| memchr::memmem::find(body, format!("\"{k}\"").as_bytes()).is_some();
+    if !LITELLM_ONLY.iter().any(|k| present(k)) && !(openai && present("metadata")) {
+        return None;
+    }
+    let mut v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let o = v.as_object_mut()?;
+    let before = o.len();
+    for k in LITELLM_ONLY {
+        o.remove(*k);
+    }
+    if openai {
+        o.remove("metadata");
+    }
+    if o.len() == before {
+        return None;
+    }
+    serde_json::to_vec(&v).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn strips_litellm_only_fields() {
+        let b = br#"{"model":"m","messages":[],"fallbacks":["x"],"num_retries":2,"mock_testing_fallbacks":true,"metadata":{"a":1}}"#;
+        let out: serde_json::Value =
+            serde_json::from_slice(&strip_litellm_fields(b, true).unwrap()).unwrap();
+        assert_eq!(out, serde_json::json!({"model":"m","messages":[]}));
+        let b = br#"{"model":"m","messages":[],"metadata":{"user_id":"u"}}"#;
+        assert!(
+            strip_litellm_fields(b, false).is_none(),
+            "Anthropic metadata is real"
+        );
+        let b = br#"{"model":"m","messages":[{"role":"user","content":"the \"tags\" word"}]}"#;
+        assert!(
+            strip_litellm_fields(b, true).is_none(),
+            "only top-level keys count"
+        );
+    }
 
     #[test]
     fn rewrites_model_and_usage() {
