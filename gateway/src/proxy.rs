@@ -142,9 +142,13 @@ async fn handle_inner(
                 let out = formats::rewrite(body, peek, &upstream, format == WireFormat::OpenAi)
                     .map(Bytes::from)
                     .unwrap_or_else(|| body.clone());
-                let out = formats::strip_litellm_fields(&out, format == WireFormat::OpenAi)
-                    .map(Bytes::from)
-                    .unwrap_or(out);
+                let openai = format == WireFormat::OpenAi;
+                let out = match peek.litellm_fields || (openai && peek.metadata) {
+                    true => formats::strip_litellm_fields(&out, openai)
+                        .map(Bytes::from)
+                        .unwrap_or(out),
+                    false => out,
+                };
                 match dep.provider.forward(out, peek.stream, opts).await? {
                     RawResponse::Full(bytes) => {
                         guard.arm();
