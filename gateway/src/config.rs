@@ -56,8 +56,37 @@ pub enum ProviderKind {
     /// OpenAI or any OpenAI-compatible server (vLLM, Ollama, Groq, DeepSeek, …).
     OpenAi,
     Anthropic,
+    /// Azure OpenAI: `{api_base}/openai/deployments/{model}/chat/completions?api-version=…`.
+    Azure,
+    /// Google AI Studio (`generativelanguage.googleapis.com`), API key.
+    Gemini,
+    /// AWS Bedrock Converse API, SigV4-signed.
+    Bedrock,
+    /// Google Vertex AI (Gemini and Anthropic models), service-account OAuth.
+    VertexAi,
     /// Replays a canned JSON script (path resolved against the config's directory).
     Scripted(PathBuf),
+}
+
+/// AWS settings of a `bedrock/` deployment (`litellm_params.aws_*` or the `AWS_*` env vars).
+#[derive(Debug, Clone, Default)]
+pub struct AwsParams {
+    pub access_key_id: Option<Secret>,
+    pub secret_access_key: Option<Secret>,
+    pub session_token: Option<Secret>,
+    /// `aws_region_name`, `AWS_REGION_NAME`, `AWS_REGION`; LiteLLM's default is us-west-2.
+    pub region: String,
+}
+
+/// Vertex AI settings of a `vertex_ai/` deployment.
+#[derive(Debug, Clone, Default)]
+pub struct VertexParams {
+    pub project: Option<String>,
+    /// `vertex_location`, `VERTEXAI_LOCATION`; default us-central1.
+    pub location: String,
+    /// The service-account JSON (read from `vertex_credentials`, which may be a
+    /// path or the JSON itself, or from `GOOGLE_APPLICATION_CREDENTIALS`).
+    pub credentials: Option<Secret>,
 }
 
 /// One `model_list` entry (a deployment).
@@ -83,6 +112,18 @@ pub struct ModelEntry {
     /// `api_version` for Anthropic (`anthropic-version` header).
     pub api_version: Option<String>,
     pub extra_headers: Vec<(String, String)>,
+    /// The provider prefix as written (`openai`, `groq`, `azure`, …).
+    pub provider_name: String,
+    /// OpenAI `OpenAI-Organization` header (`organization` or `OPENAI_ORGANIZATION`).
+    pub organization: Option<String>,
+    /// Extra attempts on this same deployment before the router moves on.
+    pub max_retries: Option<u32>,
+    /// Drop request parameters the provider cannot take instead of answering 400.
+    pub drop_params: bool,
+    /// `model_info` as given (exposed by `/v1/models` and `/model/info`).
+    pub model_info: Option<Value>,
+    pub aws: AwsParams,
+    pub vertex: VertexParams,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -102,6 +143,10 @@ pub struct Config {
     pub num_retries: u32,
     /// `model_name` -> fallback model names, tried in order.
     pub fallbacks: HashMap<String, Vec<String>>,
+    /// `litellm_settings.default_fallbacks`: tried for any group without its own fallbacks.
+    pub default_fallbacks: Vec<String>,
+    /// `litellm_settings.drop_params`: the default for every deployment.
+    pub drop_params: bool,
     /// Overall default per-attempt timeout.
     pub request_timeout: Duration,
     /// How long a failing deployment is skipped.
@@ -121,6 +166,8 @@ impl Default for Config {
             routing_strategy: RoutingStrategy::SimpleShuffle,
             num_retries: 0,
             fallbacks: HashMap::new(),
+            default_fallbacks: Vec::new(),
+            drop_params: false,
             request_timeout: Duration::from_secs(600),
             cooldown_time: Duration::from_secs(5),
             max_retry_after: Duration::from_secs(5),
@@ -142,12 +189,34 @@ fn type_name(v: &Value) -> String {
     }
 }
 
+/// Where environment variables come from: the process, or a fixed map (tests,
+/// embedding). `environment_variables:` in the config is consulted first either way.
+pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
 struct Ctx<'a> {
     env_overlay: &'a HashMap<String, String>,
+    env: EnvLookup<'a>,
     warnings: Vec<String>,
 }
 
 impl Ctx<'_> {
+    /// An environment variable, as LiteLLM's `get_secret` sees it.
+    fn var(&self, name: &str) -> Option<String> {
+        self.env_overlay
+            .get(name)
+            .cloned()
+            .or_else(|| (self.env)(name))
+    }
+
+    /// The first of `names` that is set.
+    fn first_var(&self, names: &[&str]) -> Option<String> {
+        names.iter().find_map(|n| self.var(n))
+    }
+
     fn warn(&mut self, msg: String) {
         tracing::warn!("config: {msg}");
         self.warnings.push(msg);
@@ -166,15 +235,10 @@ impl Ctx<'_> {
     /// Resolve `os.environ/NAME`.
     fn resolve(&self, path: &str, s: &str) -> Result<Option<String>, ConfigError> {
         match s.strip_prefix("os.environ/") {
-            Some(var) => Ok(self
-                .env_overlay
-                .get(var)
-                .cloned()
-                .or_else(|| std::env::var(var).ok())
-                .or_else(|| {
-                    tracing::warn!("config: `{path}` refers to unset environment variable {var}");
-                    None
-                })),
+            Some(var) => Ok(self.var(var).or_else(|| {
+                tracing::warn!("config: `{path}` refers to unset environment variable {var}");
+                None
+            })),
             None => Ok(Some(s.to_owned())),
         }
     }
@@ -307,6 +371,7 @@ const NOT_OPENAI_COMPATIBLE: &[&str] = &[
 ];
 
 const TOP_KEYS: &[&str] = &[
+    "include",
     "model_list",
     "litellm_settings",
     "general_settings",
@@ -331,6 +396,15 @@ const PARAM_KEYS: &[&str] = &[
     "max_retries",
     "drop_params",
     "custom_llm_provider",
+    "organization",
+    "aws_access_key_id",
+    "aws_secret_access_key",
+    "aws_session_token",
+    "aws_region_name",
+    "aws_bedrock_runtime_endpoint",
+    "vertex_project",
+    "vertex_location",
+    "vertex_credentials",
 ];
 const LITELLM_KEYS: &[&str] = &[
     "num_retries",
@@ -351,29 +425,51 @@ const ROUTER_KEYS: &[&str] = &[
 const GENERAL_KEYS: &[&str] = &["master_key", "database_url"];
 
 impl Config {
-    /// Read and parse a config file; `scripted/` paths resolve against its directory.
+    /// Read and parse a config file (and its `include`s); `scripted/` and
+    /// `include` paths resolve against its directory. Environment: the process's.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Self::load_with_env(path, &process_env)
+    }
+
+    /// As [`Config::load`], with environment variables from `env` only.
+    pub fn load_with_env(path: &Path, env: EnvLookup<'_>) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        Self::from_yaml_str(&text, base)
+        Self::from_yaml_str_with_env(&text, base, env)
     }
 
-    /// Parse a LiteLLM `config.yaml` text.
+    /// Parse a LiteLLM `config.yaml` text (process environment).
     pub fn from_yaml_str(text: &str, base_dir: &Path) -> Result<Config, ConfigError> {
-        let root: Value = if text.trim().is_empty() {
-            Value::Object(Map::new())
-        } else {
-            serde_saphyr::from_str(text).map_err(|e| ConfigError::Yaml(e.to_string()))?
-        };
-        Self::from_value(&root, base_dir)
+        Self::from_yaml_str_with_env(text, base_dir, &process_env)
+    }
+
+    /// Parse a LiteLLM `config.yaml` text with environment variables from `env`.
+    pub fn from_yaml_str_with_env(
+        text: &str,
+        base_dir: &Path,
+        env: EnvLookup<'_>,
+    ) -> Result<Config, ConfigError> {
+        let root = parse_yaml(text)?;
+        Self::from_value_with_env(&root, base_dir, env)
     }
 
     /// Extract the configuration from an already-parsed document.
     pub fn from_value(root: &Value, base_dir: &Path) -> Result<Config, ConfigError> {
-        let root = map("(root)", Some(root))?.ok_or_else(|| ConfigError::Missing {
+        Self::from_value_with_env(root, base_dir, &process_env)
+    }
+
+    /// Extract the configuration with environment variables from `env`.
+    pub fn from_value_with_env(
+        root: &Value,
+        base_dir: &Path,
+        env: EnvLookup<'_>,
+    ) -> Result<Config, ConfigError> {
+        let mut merged = root.clone();
+        resolve_includes(&mut merged, base_dir, 0)?;
+        let root = map("(root)", Some(&merged))?.ok_or_else(|| ConfigError::Missing {
             path: "(root)".into(),
         })?;
         let mut overlay = HashMap::new();
@@ -396,6 +492,7 @@ impl Config {
         }
         let mut cx = Ctx {
             env_overlay: &overlay,
+            env,
             warnings: Vec::new(),
         };
         cx.unknown("(root)", root, TOP_KEYS);
@@ -417,6 +514,13 @@ impl Config {
                 "litellm_settings.fallbacks",
                 ls.get("fallbacks"),
                 &mut cfg.fallbacks,
+            )?;
+            if let Some(b) = boolean("litellm_settings.drop_params", ls.get("drop_params"))? {
+                cfg.drop_params = b;
+            }
+            cfg.default_fallbacks = string_list(
+                "litellm_settings.default_fallbacks",
+                ls.get("default_fallbacks"),
             )?;
         }
         // router_settings
@@ -458,13 +562,12 @@ impl Config {
                 &mut cfg.fallbacks,
             )?;
         }
-        // general_settings
+        // general_settings (LITELLM_MASTER_KEY / DATABASE_URL as LiteLLM's fallbacks)
         if let Some(gs) = map("general_settings", root.get("general_settings"))? {
             cx.unknown("general_settings", gs, GENERAL_KEYS);
             if let Some(Value::String(s)) = gs.get("master_key")
                 && let Some(var) = s.strip_prefix("os.environ/")
-                && !overlay.contains_key(var)
-                && std::env::var(var).is_err()
+                && cx.var(var).is_none()
             {
                 // An unset master key would silently open the gateway: refuse.
                 return Err(ConfigError::Env {
@@ -478,16 +581,25 @@ impl Config {
             cfg.database_url =
                 cx.string("general_settings.database_url", gs.get("database_url"))?;
         }
+        if cfg.master_key.is_none() {
+            cfg.master_key = cx.var("LITELLM_MASTER_KEY").map(Secret);
+        }
+        if cfg.database_url.is_none() {
+            cfg.database_url = cx.var("DATABASE_URL");
+        }
         // model_list
         match root.get("model_list") {
             None | Some(Value::Null) => {}
             Some(Value::Array(list)) => {
                 for (i, e) in list.iter().enumerate() {
-                    match parse_entry(&mut cx, &format!("model_list[{i}]"), e, base_dir) {
+                    let drop = cfg.drop_params;
+                    match parse_entry(&mut cx, &format!("model_list[{i}]"), e, base_dir, drop) {
                         Ok(entry) => cfg.model_list.push(entry),
-                        // A provider we cannot speak: skip that deployment, keep the rest.
+                        // A provider we cannot speak, or a bare name we cannot place:
+                        // skip that deployment, keep the rest.
                         Err(ConfigError::Invalid { path, message })
-                            if message.starts_with("provider `") =>
+                            if message.starts_with("provider `")
+                                || message.contains("needs a provider prefix") =>
                         {
                             cx.warn(format!("`{path}`: {message}; deployment skipped"));
                         }
@@ -516,6 +628,104 @@ impl Config {
         }
         cfg.warnings = cx.warnings;
         Ok(cfg)
+    }
+}
+
+fn parse_yaml(text: &str) -> Result<Value, ConfigError> {
+    if text.trim().is_empty() {
+        Ok(Value::Object(Map::new()))
+    } else {
+        serde_saphyr::from_str(text).map_err(|e| ConfigError::Yaml(e.to_string()))
+    }
+}
+
+/// LiteLLM's `include: [file.yaml, …]` (paths relative to the including
+/// file): lists are appended, mappings merged, other keys set when absent.
+fn resolve_includes(root: &mut Value, base_dir: &Path, depth: usize) -> Result<(), ConfigError> {
+    let Some(obj) = root.as_object_mut() else {
+        return Ok(());
+    };
+    let Some(inc) = obj.remove("include") else {
+        return Ok(());
+    };
+    if depth > 8 {
+        return Err(ConfigError::Invalid {
+            path: "include".into(),
+            message: "includes nested more than 8 deep (a cycle?)".into(),
+        });
+    }
+    for (i, f) in string_list("include", Some(&inc))?.into_iter().enumerate() {
+        let path = base_dir.join(&f);
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let mut sub = parse_yaml(&text).map_err(|e| ConfigError::Invalid {
+            path: format!("include[{i}]"),
+            message: format!("{}: {e}", path.display()),
+        })?;
+        resolve_includes(&mut sub, path.parent().unwrap_or(base_dir), depth + 1)?;
+        let Value::Object(sub) = sub else {
+            return Err(ConfigError::Type {
+                path: format!("include[{i}]"),
+                expected: "a YAML mapping",
+                found: type_name(&sub),
+            });
+        };
+        for (k, v) in sub {
+            match (obj.get_mut(&k), v) {
+                (Some(Value::Array(a)), Value::Array(b)) => a.extend(b),
+                (Some(Value::Object(a)), Value::Object(b)) => {
+                    for (bk, bv) in b {
+                        a.entry(bk).or_insert(bv);
+                    }
+                }
+                (Some(_), _) => {}
+                (None, v) => {
+                    obj.insert(k, v);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn boolean(path: &str, v: Option<&Value>) -> Result<Option<bool>, ConfigError> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(Value::String(s)) if s.eq_ignore_ascii_case("true") => Ok(Some(true)),
+        Some(Value::String(s)) if s.eq_ignore_ascii_case("false") => Ok(Some(false)),
+        Some(other) => Err(ConfigError::Type {
+            path: path.into(),
+            expected: "a boolean",
+            found: type_name(other),
+        }),
+    }
+}
+
+fn string_list(path: &str, v: Option<&Value>) -> Result<Vec<String>, ConfigError> {
+    match v {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::String(s)) => Ok(vec![s.clone()]),
+        Some(Value::Array(a)) => a
+            .iter()
+            .enumerate()
+            .map(|(i, x)| {
+                x.as_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| ConfigError::Type {
+                        path: format!("{path}[{i}]"),
+                        expected: "a string",
+                        found: type_name(x),
+                    })
+            })
+            .collect(),
+        Some(other) => Err(ConfigError::Type {
+            path: path.into(),
+            expected: "a list of strings",
+            found: type_name(other),
+        }),
     }
 }
 
@@ -576,11 +786,143 @@ fn parse_fallbacks(
     }
 }
 
+/// LiteLLM's inference for a model name without a `provider/` prefix.
+/// LiteLLM matches against its model lists (BerriAI/litellm@001a933:
+/// litellm/litellm_core_utils/get_llm_provider_logic.py, `get_llm_provider`:
+/// open_ai_chat_completion_models → openai, anthropic_models → anthropic,
+/// cohere_chat_models → cohere_chat, vertex_language_models (`gemini-pro`, …)
+/// → vertex_ai, bedrock_models → bedrock, open_ai_embedding_models → openai);
+/// these are the families those lists hold.
+pub fn infer_provider(model: &str) -> Option<&'static str> {
+    let m = model.to_ascii_lowercase();
+    let starts = |ps: &[&str]| ps.iter().any(|p| m.starts_with(p));
+    if starts(&[
+        "ft:gpt-",
+        "gpt-",
+        "chatgpt",
+        "o1",
+        "o3",
+        "o4",
+        "whisper-",
+        "tts-",
+        "dall-e",
+        "text-embedding-",
+        "omni-moderation",
+        "text-moderation",
+        "codex-",
+        "computer-use-",
+    ]) {
+        Some("openai")
+    } else if starts(&["babbage-", "davinci-", "gpt-3.5-turbo-instruct"]) {
+        Some("text-completion-openai")
+    } else if starts(&["claude"]) {
+        Some("anthropic")
+    } else if starts(&[
+        "command-r",
+        "command-a",
+        "command-light",
+        "command-nightly",
+        "command",
+    ]) {
+        Some("cohere_chat")
+    } else if starts(&["embed-english", "embed-multilingual"]) {
+        Some("cohere")
+    } else if starts(&[
+        "gemini-",
+        "chat-bison",
+        "codechat-bison",
+        "text-bison",
+        "code-bison",
+        "text-embedding-00",
+        "textembedding-gecko",
+        "text-multilingual-embedding",
+        "imagegeneration",
+        "imagen-",
+    ]) {
+        Some("vertex_ai")
+    } else if starts(&[
+        "anthropic.",
+        "amazon.",
+        "meta.llama",
+        "mistral.",
+        "cohere.",
+        "ai21.",
+        "us.anthropic.",
+        "eu.anthropic.",
+        "apac.anthropic.",
+        "us.amazon.",
+        "us.meta.",
+    ]) {
+        Some("bedrock")
+    } else {
+        None
+    }
+}
+
+/// The env vars LiteLLM reads a provider's key (and base URL) from when
+/// `api_key` (`api_base`) is absent, first match wins.
+fn env_key_vars(prefix: &str) -> (&'static [&'static str], &'static [&'static str]) {
+    match prefix {
+        "openai" | "text-completion-openai" => {
+            (&["OPENAI_API_KEY"], &["OPENAI_BASE_URL", "OPENAI_API_BASE"])
+        }
+        "anthropic" => (
+            &["ANTHROPIC_API_KEY"],
+            &["ANTHROPIC_API_BASE", "ANTHROPIC_BASE_URL"],
+        ),
+        "azure" => (
+            &["AZURE_API_KEY", "AZURE_OPENAI_API_KEY"],
+            &["AZURE_API_BASE", "AZURE_OPENAI_ENDPOINT"],
+        ),
+        "gemini" => (&["GEMINI_API_KEY", "GOOGLE_API_KEY"], &["GEMINI_API_BASE"]),
+        "groq" => (&["GROQ_API_KEY"], &["GROQ_API_BASE"]),
+        "deepseek" => (&["DEEPSEEK_API_KEY"], &["DEEPSEEK_API_BASE"]),
+        "mistral" => (&["MISTRAL_API_KEY"], &["MISTRAL_API_BASE"]),
+        "together_ai" => (
+            &[
+                "TOGETHERAI_API_KEY",
+                "TOGETHER_AI_API_KEY",
+                "TOGETHER_API_KEY",
+                "TOGETHER_AI_TOKEN",
+            ],
+            &["TOGETHERAI_API_BASE"],
+        ),
+        "fireworks_ai" => (
+            &[
+                "FIREWORKS_API_KEY",
+                "FIREWORKS_AI_API_KEY",
+                "FIREWORKSAI_API_KEY",
+                "FIREWORKS_AI_TOKEN",
+            ],
+            &["FIREWORKS_API_BASE"],
+        ),
+        "openrouter" => (
+            &["OPENROUTER_API_KEY", "OR_API_KEY"],
+            &["OPENROUTER_API_BASE"],
+        ),
+        "xai" => (&["XAI_API_KEY"], &["XAI_API_BASE"]),
+        "perplexity" => (
+            &["PERPLEXITYAI_API_KEY", "PERPLEXITY_API_KEY"],
+            &["PERPLEXITY_API_BASE"],
+        ),
+        "deepinfra" => (&["DEEPINFRA_API_KEY"], &["DEEPINFRA_API_BASE"]),
+        "cerebras" => (&["CEREBRAS_API_KEY"], &["CEREBRAS_API_BASE"]),
+        "nvidia_nim" => (&["NVIDIA_NIM_API_KEY"], &["NVIDIA_NIM_API_BASE"]),
+        "hosted_vllm" | "vllm" => (&["HOSTED_VLLM_API_KEY"], &["HOSTED_VLLM_API_BASE"]),
+        "lm_studio" => (&["LM_STUDIO_API_KEY"], &["LM_STUDIO_API_BASE"]),
+        "ollama" | "ollama_chat" => (&["OLLAMA_API_KEY"], &["OLLAMA_API_BASE"]),
+        "cohere" | "cohere_chat" => (&["COHERE_API_KEY", "CO_API_KEY"], &["COHERE_API_BASE"]),
+        "openai_like" | "custom_openai" => (&["OPENAI_LIKE_API_KEY"], &[]),
+        _ => (&[], &[]),
+    }
+}
+
 fn parse_entry(
     cx: &mut Ctx<'_>,
     path: &str,
     e: &Value,
     base_dir: &Path,
+    drop_params_default: bool,
 ) -> Result<ModelEntry, ConfigError> {
     let m = map(path, Some(e))?.ok_or_else(|| ConfigError::Missing { path: path.into() })?;
     cx.unknown(path, m, ENTRY_KEYS);
@@ -593,59 +935,61 @@ fn parse_entry(
     let p = map(&pp, m.get("litellm_params"))?
         .ok_or_else(|| ConfigError::Missing { path: pp.clone() })?;
     cx.unknown(&pp, p, PARAM_KEYS);
-    let full = cx
-        .string(&format!("{pp}.model"), p.get("model"))?
-        .ok_or_else(|| ConfigError::Missing {
-            path: format!("{pp}.model"),
-        })?;
-    let explicit = cx.string(
-        &format!("{pp}.custom_llm_provider"),
-        p.get("custom_llm_provider"),
-    )?;
+    let s = |cx: &Ctx<'_>, k: &str| cx.string(&format!("{pp}.{k}"), p.get(k));
+    let full = s(cx, "model")?.ok_or_else(|| ConfigError::Missing {
+        path: format!("{pp}.model"),
+    })?;
+    let explicit = s(cx, "custom_llm_provider")?;
     let (prefix, model) = match (&explicit, full.split_once('/')) {
         (Some(pfx), _) => (pfx.clone(), full.clone()),
-        (None, Some((pfx, rest))) => (pfx.to_owned(), rest.to_owned()),
-        (None, None) => {
-            // LiteLLM infers well-known model families.
-            let inferred = if full.starts_with("claude") {
-                "anthropic"
-            } else if ["gpt-", "o1", "o3", "o4", "chatgpt", "text-embedding"]
-                .iter()
-                .any(|p| full.starts_with(p))
-            {
-                "openai"
-            } else {
+        (None, Some((pfx, rest))) if known_prefix(pfx) => (pfx.to_owned(), rest.to_owned()),
+        // `org/model` with an unknown first part: a bare (e.g. HF-style) name.
+        (None, _) => match infer_provider(&full) {
+            Some(inferred) => (inferred.to_owned(), full.clone()),
+            None if full.contains('/') => {
+                let (pfx, rest) = full.split_once('/').unwrap_or_default();
+                (pfx.to_owned(), rest.to_owned())
+            }
+            None => {
                 return Err(ConfigError::Invalid {
                     path: format!("{pp}.model"),
                     message: format!("`{full}` needs a provider prefix like `openai/{full}`"),
                 });
-            };
-            (inferred.to_owned(), full.clone())
-        }
+            }
+        },
     };
+    let has_base = p.contains_key("api_base") || p.contains_key("base_url");
     let provider = match prefix.as_str() {
         "anthropic" => ProviderKind::Anthropic,
+        "azure" => ProviderKind::Azure,
+        "gemini" => ProviderKind::Gemini,
+        "bedrock" => ProviderKind::Bedrock,
+        "vertex_ai" | "vertex_ai_beta" => ProviderKind::VertexAi,
         "scripted" => ProviderKind::Scripted(base_dir.join(&model)),
+        // Cohere serves an OpenAI-compatible API (docs.cohere.com "Compatibility API").
+        "cohere" | "cohere_chat" => ProviderKind::OpenAi,
         p if OPENAI_COMPATIBLE.iter().any(|(n, _)| *n == p) => ProviderKind::OpenAi,
         // An OpenAI-compatible server under another name works when api_base is given.
-        other
-            if !NOT_OPENAI_COMPATIBLE.contains(&other)
-                && (p.contains_key("api_base") || p.contains_key("base_url")) =>
-        {
-            ProviderKind::OpenAi
-        }
+        other if !NOT_OPENAI_COMPATIBLE.contains(&other) && has_base => ProviderKind::OpenAi,
         other => {
             return Err(ConfigError::Invalid {
                 path: format!("{pp}.model"),
                 message: format!(
-                    "provider `{other}` is not supported (use openai/, anthropic/, scripted/ or an OpenAI-compatible provider with api_base)"
+                    "provider `{other}` is not supported (use openai/, anthropic/, azure/, gemini/, bedrock/, vertex_ai/, scripted/ or an OpenAI-compatible provider with api_base)"
                 ),
             });
         }
     };
-    let mut api_base = cx.string(&format!("{pp}.api_base"), p.get("api_base"))?;
+    let (key_vars, base_vars) = env_key_vars(&prefix);
+    let mut api_base = s(cx, "api_base")?;
     if api_base.is_none() {
-        api_base = cx.string(&format!("{pp}.base_url"), p.get("base_url"))?;
+        api_base = s(cx, "base_url")?;
+    }
+    if api_base.is_none() {
+        api_base = cx.first_var(base_vars);
+    }
+    if api_base.is_none() && prefix.starts_with("cohere") {
+        api_base = Some("https://api.cohere.ai/compatibility/v1".into());
     }
     if api_base.is_none() && provider == ProviderKind::OpenAi {
         api_base = default_openai_base(&prefix).map(str::to_owned);
@@ -655,12 +999,30 @@ fn parse_entry(
             });
         }
     }
+    if provider == ProviderKind::Azure && api_base.is_none() {
+        return Err(ConfigError::Invalid {
+            path: format!("{pp}.api_base"),
+            message: "azure/ needs api_base (or AZURE_API_BASE)".into(),
+        });
+    }
     if prefix.starts_with("ollama")
         && let Some(b) = &api_base
         && !b.trim_end_matches('/').ends_with("/v1")
     {
         // Ollama's OpenAI-compatible API lives under /v1.
         api_base = Some(format!("{}/v1", b.trim_end_matches('/')));
+    }
+    let mut api_key = s(cx, "api_key")?;
+    if api_key.is_none() {
+        api_key = cx.first_var(key_vars);
+    }
+    let mut api_version = s(cx, "api_version")?;
+    if api_version.is_none() && provider == ProviderKind::Azure {
+        api_version = cx.var("AZURE_API_VERSION");
+    }
+    let mut organization = s(cx, "organization")?;
+    if organization.is_none() && provider == ProviderKind::OpenAi && prefix == "openai" {
+        organization = cx.var("OPENAI_ORGANIZATION");
     }
     let mut extra_headers = Vec::new();
     if let Some(h) = map(&format!("{pp}.extra_headers"), p.get("extra_headers"))? {
@@ -678,13 +1040,84 @@ fn parse_entry(
         Some(r) => Some(r),
         None => cx.uint(&format!("{path}.tpm"), m.get("tpm"))?,
     };
+    let secret = |cx: &Ctx<'_>, k: &str, vars: &[&str]| -> Result<Option<Secret>, ConfigError> {
+        Ok(s(cx, k)?.or_else(|| cx.first_var(vars)).map(Secret))
+    };
+    let aws = if provider == ProviderKind::Bedrock {
+        let a = AwsParams {
+            access_key_id: secret(cx, "aws_access_key_id", &["AWS_ACCESS_KEY_ID"])?,
+            secret_access_key: secret(cx, "aws_secret_access_key", &["AWS_SECRET_ACCESS_KEY"])?,
+            session_token: secret(cx, "aws_session_token", &["AWS_SESSION_TOKEN"])?,
+            region: s(cx, "aws_region_name")?
+                .or_else(|| cx.first_var(&["AWS_REGION_NAME", "AWS_REGION"]))
+                .unwrap_or_else(|| "us-west-2".into()),
+        };
+        if api_base.is_none() {
+            api_base = s(cx, "aws_bedrock_runtime_endpoint")?
+                .or_else(|| cx.var("AWS_BEDROCK_RUNTIME_ENDPOINT"));
+        }
+        if a.access_key_id.is_none() || a.secret_access_key.is_none() {
+            return Err(ConfigError::Invalid {
+                path: format!("{pp}.aws_access_key_id"),
+                message: "provider `bedrock` needs aws_access_key_id and aws_secret_access_key (or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)".into(),
+            });
+        }
+        a
+    } else {
+        AwsParams::default()
+    };
+    let vertex = if provider == ProviderKind::VertexAi {
+        let creds = match s(cx, "vertex_credentials")? {
+            Some(c) => Some(c),
+            None => cx.var("GOOGLE_APPLICATION_CREDENTIALS"),
+        };
+        let credentials = match creds {
+            // Inline JSON, as LiteLLM accepts it.
+            Some(c) if c.trim_start().starts_with('{') => Some(Secret(c)),
+            Some(c) => {
+                let f = base_dir.join(&c);
+                Some(Secret(std::fs::read_to_string(&f).map_err(|source| {
+                    ConfigError::Read {
+                        path: f.clone(),
+                        source,
+                    }
+                })?))
+            }
+            None => {
+                // LiteLLM would fall back to Google's ADC; without a key file there is nothing to sign with.
+                return Err(ConfigError::Invalid {
+                    path: format!("{pp}.vertex_credentials"),
+                    message: "provider `vertex_ai` needs vertex_credentials or GOOGLE_APPLICATION_CREDENTIALS".into(),
+                });
+            }
+        };
+        VertexParams {
+            project: s(cx, "vertex_project")?
+                .or_else(|| cx.first_var(&["VERTEXAI_PROJECT", "VERTEX_PROJECT"])),
+            location: s(cx, "vertex_location")?
+                .or_else(|| cx.first_var(&["VERTEXAI_LOCATION", "VERTEX_LOCATION"]))
+                .unwrap_or_else(|| "us-central1".into()),
+            credentials,
+        }
+    } else {
+        VertexParams::default()
+    };
+    let model_info = match m.get("model_info") {
+        None | Some(Value::Null) => None,
+        Some(v @ Value::Object(_)) => Some(v.clone()),
+        Some(other) => {
+            return Err(ConfigError::Type {
+                path: format!("{path}.model_info"),
+                expected: "a mapping",
+                found: type_name(other),
+            });
+        }
+    };
     Ok(ModelEntry {
         model_name,
         provider,
         model,
-        api_key: cx
-            .string(&format!("{pp}.api_key"), p.get("api_key"))?
-            .map(Secret),
+        api_key: api_key.map(Secret),
         api_base,
         rpm,
         tpm,
@@ -699,9 +1132,26 @@ fn parse_entry(
             p.get("output_cost_per_token"),
         )?,
         weight: cx.number(&format!("{pp}.weight"), p.get("weight"))?,
-        api_version: cx.string(&format!("{pp}.api_version"), p.get("api_version"))?,
+        api_version,
         extra_headers,
+        provider_name: prefix,
+        organization,
+        max_retries: cx
+            .uint(&format!("{pp}.max_retries"), p.get("max_retries"))?
+            .map(|n| n.min(10) as u32),
+        drop_params: boolean(&format!("{pp}.drop_params"), p.get("drop_params"))?
+            .unwrap_or(drop_params_default),
+        model_info,
+        aws,
+        vertex,
     })
+}
+
+/// A provider prefix LiteLLM knows (so `prefix/rest` splits there).
+fn known_prefix(p: &str) -> bool {
+    OPENAI_COMPATIBLE.iter().any(|(n, _)| *n == p)
+        || NOT_OPENAI_COMPATIBLE.contains(&p)
+        || matches!(p, "anthropic" | "scripted" | "cohere_chat")
 }
 
 #[cfg(test)]

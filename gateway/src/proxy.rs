@@ -227,10 +227,18 @@ async fn route(
                 parallel.clone(),
             );
             if dep.provider.wire_format() == Some(format) {
-                // Pass-through: the body goes as is, apart from the model name.
+                // Pass-through: the body goes as is, apart from the model name
+                // (and LiteLLM-only fields, which the upstream would reject).
                 let out = formats::rewrite(body, peek, &upstream, format == WireFormat::OpenAi)
                     .map(Bytes::from)
                     .unwrap_or_else(|| body.clone());
+                let openai = format == WireFormat::OpenAi;
+                let out = match peek.litellm_fields || (openai && peek.metadata) {
+                    true => formats::strip_litellm_fields(&out, openai)
+                        .map(Bytes::from)
+                        .unwrap_or(out),
+                    false => out,
+                };
                 match dep.provider.forward(out, peek.stream, opts).await? {
                     RawResponse::Full(bytes) => {
                         guard.arm();

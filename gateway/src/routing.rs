@@ -28,6 +28,14 @@ pub struct Deployment {
     /// LiteLLM provider name for price lookups (`openai`, `bedrock`, …).
     pub provider_prefix: Option<&'static str>,
     pub weight: f64,
+    /// `litellm_params.max_retries`: extra attempts on this deployment itself.
+    pub max_retries: u32,
+    /// `model_info` from the config, as given.
+    pub model_info: Option<serde_json::Value>,
+    /// Drop request parameters this provider cannot take instead of a 400.
+    pub drop_params: bool,
+    /// The provider prefix (`openai`, `azure`, `bedrock`, …).
+    pub provider_name: Arc<str>,
     in_flight: AtomicU64,
     /// EWMA latency in microseconds (0 = never measured).
     latency_us: AtomicU64,
@@ -75,6 +83,10 @@ impl Deployment {
                 .or(e.tpm.map(|t| t as f64))
                 .unwrap_or(1.0)
                 .max(0.0),
+            max_retries: e.max_retries.unwrap_or(0),
+            model_info: e.model_info.clone(),
+            drop_params: e.drop_params,
+            provider_name: Arc::from(e.provider_name.as_str()),
             in_flight: AtomicU64::new(0),
             latency_us: AtomicU64::new(0),
             cooldown_until: AtomicU64::new(0),
@@ -194,6 +206,7 @@ pub struct Router {
     strategy: RoutingStrategy,
     num_retries: u32,
     fallbacks: HashMap<String, Vec<String>>,
+    default_fallbacks: Vec<String>,
     cooldown: Duration,
     max_retry_after: Duration,
 }
@@ -235,6 +248,7 @@ impl Router {
             strategy: cfg.routing_strategy,
             num_retries: cfg.num_retries,
             fallbacks: cfg.fallbacks.clone(),
+            default_fallbacks: cfg.default_fallbacks.clone(),
             cooldown: cfg.cooldown_time,
             max_retry_after: cfg.max_retry_after,
         })
@@ -344,8 +358,13 @@ impl Router {
             .get(model)
             .or_else(|| self.fallbacks.get(&first.name))
             .map(Vec::as_slice)
-            .unwrap_or_default();
-        let chain = std::iter::once(first).chain(fallbacks.iter().filter_map(|f| self.group(f)));
+            .unwrap_or(&self.default_fallbacks);
+        let chain = std::iter::once(first).chain(
+            fallbacks
+                .iter()
+                .filter(|f| **f != first.name)
+                .filter_map(|f| self.group(f)),
+        );
         let mut last_err: Option<ProviderError> = None;
         for (gi, g) in chain.enumerate() {
             if gi > 0 {
@@ -369,8 +388,25 @@ impl Router {
                 };
                 tried |= 1u64 << (i % 64);
                 let dep = g.deployments[i].clone();
-                let started = Instant::now();
-                match call(InFlight::new(dep.clone()), g.clone()).await {
+                let mut started = Instant::now();
+                let mut outcome = call(InFlight::new(dep.clone()), g.clone()).await;
+                // `max_retries`: the deployment's own retries (LiteLLM hands it to the
+                // provider client), before the router's retries and fallbacks.
+                for _ in 0..dep.max_retries {
+                    match &outcome {
+                        Err(e) if e.retryable() => {
+                            let wait = e
+                                .retry_after()
+                                .unwrap_or(Duration::from_millis(50))
+                                .min(self.max_retry_after);
+                            tokio::time::sleep(wait).await;
+                            started = Instant::now();
+                            outcome = call(InFlight::new(dep.clone()), g.clone()).await;
+                        }
+                        _ => break,
+                    }
+                }
+                match outcome {
                     Ok(v) => {
                         dep.observe_latency(started.elapsed());
                         return Ok(v);
@@ -413,6 +449,13 @@ impl Router {
         Err(GatewayError::Provider(last_err.unwrap_or_else(|| {
             ProviderError::Connect("no deployment available".into())
         })))
+    }
+
+    /// `model_info` of each deployment of a model group (for `/v1/models`, `/model/info`).
+    pub fn deployments(&self, model: &str) -> &[Arc<Deployment>] {
+        self.group(model)
+            .map(|g| g.deployments.as_slice())
+            .unwrap_or_default()
     }
 
     /// Expose groups for `/v1/models`.

@@ -39,6 +39,8 @@ pub(crate) fn routes<S: Clone + Send + Sync + 'static>(inner: State) -> Router<S
         .route("/health/liveliness", get(health::liveliness))
         .route("/health/liveness", get(health::liveliness))
         .route("/health/readiness", get(health::readiness))
+        .route("/model/info", get(openai::model_info))
+        .route("/v1/model/info", get(openai::model_info))
         .route("/key/generate", post(keys::generate))
         .route("/key/info", get(keys::info))
         .route("/key/update", post(keys::update))

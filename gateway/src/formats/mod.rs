@@ -2,6 +2,8 @@
 //! plus the minimal peeking/rewriting used on the pass-through path.
 
 pub mod anthropic;
+pub mod bedrock;
+pub mod gemini;
 pub mod openai;
 
 use serde::Deserialize;
@@ -17,6 +19,62 @@ pub struct Peek<'a> {
     pub stream: Option<bool>,
     #[serde(borrow, default)]
     pub stream_options: Option<&'a RawValue>,
+    // LiteLLM-only fields: noticed in the same pass, never materialized.
+    #[serde(default)]
+    metadata: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    fallbacks: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    context_window_fallbacks: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    num_retries: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    mock_testing_fallbacks: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    mock_response: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    mock_timeout: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    caching: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    cache: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    user_api_key: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    user_api_key_alias: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    user_api_key_team_id: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    user_api_key_user_id: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    litellm_metadata: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    proxy_server_request: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    tags: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    guardrails: Option<serde::de::IgnoredAny>,
+}
+
+impl Peek<'_> {
+    fn has_litellm_only(&self) -> bool {
+        self.fallbacks.is_some()
+            || self.context_window_fallbacks.is_some()
+            || self.num_retries.is_some()
+            || self.mock_testing_fallbacks.is_some()
+            || self.mock_response.is_some()
+            || self.mock_timeout.is_some()
+            || self.caching.is_some()
+            || self.cache.is_some()
+            || self.user_api_key.is_some()
+            || self.user_api_key_alias.is_some()
+            || self.user_api_key_team_id.is_some()
+            || self.user_api_key_user_id.is_some()
+            || self.litellm_metadata.is_some()
+            || self.proxy_server_request.is_some()
+            || self.tags.is_some()
+            || self.guardrails.is_some()
+    }
 }
 
 /// What the gateway learned from peeking at a request body.
@@ -26,6 +84,10 @@ pub struct Peeked {
     pub stream: bool,
     /// OpenAI: the client asked for `stream_options.include_usage`.
     pub include_usage: bool,
+    /// LiteLLM-only fields are present: strip before a pass-through.
+    pub litellm_fields: bool,
+    /// `metadata` is present (LiteLLM's on OpenAI requests, a real field on Anthropic's).
+    pub metadata: bool,
     model_span: (usize, usize),
     stream_options_span: Option<(usize, usize)>,
     open_brace: usize,
@@ -50,6 +112,8 @@ pub fn peek(body: &[u8]) -> Result<Peeked, String> {
         .and_then(|v| v.get("include_usage").and_then(|b| b.as_bool()))
         .unwrap_or(false);
     Ok(Peeked {
+        litellm_fields: p.has_litellm_only(),
+        metadata: p.metadata.is_some(),
         model,
         stream: p.stream.unwrap_or(false),
         include_usage,
@@ -96,9 +160,68 @@ pub fn rewrite(body: &[u8], p: &Peeked, upstream_model: &str, want_usage: bool) 
     Some(out)
 }
 
+/// Body fields only LiteLLM understands (router and proxy controls); a real
+/// upstream rejects them, so they never leave the gateway. OpenAI's own
+/// `metadata` is also LiteLLM's (its proxy never forwards it); Anthropic's
+/// `metadata` is a real field and stays.
+const LITELLM_ONLY: &[&str] = &[
+    "fallbacks",
+    "context_window_fallbacks",
+    "num_retries",
+    "mock_testing_fallbacks",
+    "mock_response",
+    "mock_timeout",
+    "caching",
+    "cache",
+    "user_api_key",
+    "user_api_key_alias",
+    "user_api_key_team_id",
+    "user_api_key_user_id",
+    "litellm_metadata",
+    "proxy_server_request",
+    "tags",
+    "guardrails",
+];
+
+/// `body` without LiteLLM-only fields, or `None` when it has none. Called
+/// only when [`Peeked::litellm_fields`] says some are there.
+pub fn strip_litellm_fields(body: &[u8], openai: bool) -> Option<Vec<u8>> {
+    let mut v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let o = v.as_object_mut()?;
+    let before = o.len();
+    for k in LITELLM_ONLY {
+        o.remove(*k);
+    }
+    if openai {
+        o.remove("metadata");
+    }
+    if o.len() == before {
+        return None;
+    }
+    serde_json::to_vec(&v).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn strips_litellm_only_fields() {
+        let b = br#"{"model":"m","messages":[],"fallbacks":["x"],"num_retries":2,"mock_testing_fallbacks":true,"metadata":{"a":1}}"#;
+        let out: serde_json::Value =
+            serde_json::from_slice(&strip_litellm_fields(b, true).unwrap()).unwrap();
+        assert_eq!(out, serde_json::json!({"model":"m","messages":[]}));
+        let b = br#"{"model":"m","messages":[],"metadata":{"user_id":"u"}}"#;
+        assert!(
+            strip_litellm_fields(b, false).is_none(),
+            "Anthropic metadata is real"
+        );
+        let b = br#"{"model":"m","messages":[{"role":"user","content":"the \"tags\" word"}]}"#;
+        assert!(
+            strip_litellm_fields(b, true).is_none(),
+            "only top-level keys count"
+        );
+    }
 
     #[test]
     fn rewrites_model_and_usage() {

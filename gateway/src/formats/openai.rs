@@ -298,7 +298,13 @@ pub fn encode_request(req: &ChatRequest, upstream_model: &str, stream: bool) -> 
         o.insert("parallel_tool_calls".into(), p.into());
     }
     if let Some(m) = req.max_tokens {
-        o.insert("max_tokens".into(), m.into());
+        // OpenAI's reasoning models reject `max_tokens` (LiteLLM renames it the same way).
+        let key = if is_reasoning_model(upstream_model) {
+            "max_completion_tokens"
+        } else {
+            "max_tokens"
+        };
+        o.insert(key.into(), m.into());
     }
     if let Some(t) = req.temperature {
         o.insert("temperature".into(), t.into());
@@ -317,6 +323,13 @@ pub fn encode_request(req: &ChatRequest, upstream_model: &str, stream: bool) -> 
         o.insert("stream_options".into(), json!({"include_usage": true}));
     }
     Value::Object(o)
+}
+
+/// o-series and gpt-5 models take `max_completion_tokens` only.
+pub fn is_reasoning_model(model: &str) -> bool {
+    let m = model.rsplit('/').next().unwrap_or(model);
+    m.starts_with("gpt-5")
+        || (m.len() >= 2 && m.as_bytes()[0] == b'o' && m.as_bytes()[1].is_ascii_digit())
 }
 
 /// Decode an OpenAI (non-streamed) response.

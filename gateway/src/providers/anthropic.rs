@@ -92,7 +92,7 @@ impl Anthropic {
     }
 }
 
-struct Decoder(fmt::StreamDecoder);
+pub(crate) struct Decoder(pub(crate) fmt::StreamDecoder);
 
 impl SseDecoder for Decoder {
     fn event(

@@ -3,8 +3,12 @@
 //! One module per provider; `build` is the registry.
 
 pub mod anthropic;
+pub mod bedrock;
+pub mod gemini;
 pub mod openai;
 pub mod scripted;
+pub mod sigv4;
+pub mod vertex;
 
 use crate::canonical::{ChatRequest, ChatResponse, StreamEvent};
 use crate::config::{ModelEntry, ProviderKind};
@@ -80,12 +84,17 @@ pub fn build(
     raw: &RawClient,
 ) -> Result<Arc<dyn Provider>, crate::config::ConfigError> {
     Ok(match &entry.provider {
-        ProviderKind::OpenAi => Arc::new(openai::OpenAi::new(entry, client.clone(), raw.clone())?),
+        ProviderKind::OpenAi | ProviderKind::Azure => {
+            Arc::new(openai::OpenAi::new(entry, client.clone(), raw.clone())?)
+        }
         ProviderKind::Anthropic => Arc::new(anthropic::Anthropic::new(
             entry,
             client.clone(),
             raw.clone(),
         )?),
+        ProviderKind::Gemini => Arc::new(gemini::Gemini::new(entry, client.clone())?),
+        ProviderKind::VertexAi => Arc::new(vertex::Vertex::new(entry, client.clone())?),
+        ProviderKind::Bedrock => Arc::new(bedrock::Bedrock::new(entry, client.clone())?),
         ProviderKind::Scripted(path) => Arc::new(scripted::Scripted::load(path)?),
     })
 }

@@ -1,4 +1,8 @@
-//! OpenAI and OpenAI-compatible servers (`POST {api_base}/chat/completions`).
+//! OpenAI and OpenAI-compatible servers (`POST {api_base}/chat/completions`),
+//! and Azure OpenAI, which speaks the same body at a per-deployment URL:
+//! `POST {api_base}/openai/deployments/{deployment}/chat/completions?api-version=…`
+//! with an `api-key` header (learn.microsoft.com/azure/ai-services/openai/reference,
+//! "Chat completions"; LiteLLM's azure.py builds the same URL).
 
 use super::RawClient;
 use super::{
@@ -13,8 +17,14 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 
+/// LiteLLM's default `api_version` for Azure when none is configured
+/// (litellm/constants.py `AZURE_DEFAULT_API_VERSION`).
+pub const AZURE_DEFAULT_API_VERSION: &str = "2025-02-01-preview";
+
 pub struct OpenAi {
     id: String,
+    /// Azure: (api_base, api-version); the URL then depends on the deployment.
+    azure: Option<(String, String)>,
     url: reqwest::Url,
     client: reqwest::Client,
     headers: HeaderMap,
@@ -32,7 +42,20 @@ impl OpenAi {
             .api_base
             .as_deref()
             .unwrap_or("https://api.openai.com/v1");
-        let url_s = format!("{}/chat/completions", base.trim_end_matches('/'));
+        let is_azure = entry.provider == crate::config::ProviderKind::Azure;
+        let azure = is_azure.then(|| {
+            (
+                base.trim_end_matches('/').to_owned(),
+                entry
+                    .api_version
+                    .clone()
+                    .unwrap_or_else(|| AZURE_DEFAULT_API_VERSION.to_owned()),
+            )
+        });
+        let url_s = match &azure {
+            Some((b, v)) => azure_url(b, &entry.model, v),
+            None => format!("{}/chat/completions", base.trim_end_matches('/')),
+        };
         let url = reqwest::Url::parse(&url_s).map_err(|e| ConfigError::Invalid {
             path: format!("model_list[{}].litellm_params.api_base", entry.model_name),
             message: format!("`{url_s}` is not a URL: {e}"),
@@ -40,14 +63,22 @@ impl OpenAi {
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         if let Some(k) = &entry.api_key {
-            let mut v = HeaderValue::from_str(&format!("Bearer {}", k.expose())).map_err(|_| {
-                ConfigError::Invalid {
-                    path: format!("model_list[{}].litellm_params.api_key", entry.model_name),
-                    message: "not a valid header value".into(),
-                }
+            let text = if is_azure {
+                k.expose().to_owned()
+            } else {
+                format!("Bearer {}", k.expose())
+            };
+            let mut v = HeaderValue::from_str(&text).map_err(|_| ConfigError::Invalid {
+                path: format!("model_list[{}].litellm_params.api_key", entry.model_name),
+                message: "not a valid header value".into(),
             })?;
             v.set_sensitive(true);
-            headers.insert(AUTHORIZATION, v);
+            headers.insert(if is_azure { AZURE_KEY } else { AUTHORIZATION }, v);
+        }
+        if let Some(org) = &entry.organization
+            && let Ok(v) = HeaderValue::from_str(org)
+        {
+            headers.insert("openai-organization", v);
         }
         for (k, v) in &entry.extra_headers {
             if let (Ok(k), Ok(v)) = (HeaderName::try_from(k.as_str()), HeaderValue::from_str(v)) {
@@ -59,7 +90,8 @@ impl OpenAi {
             message: format!("`{url}` is not a URI: {e}"),
         })?;
         Ok(Self {
-            id: format!("openai:{}", url),
+            id: format!("{}:{}", entry.provider_name, url),
+            azure,
             url,
             raw,
             uri,
@@ -68,12 +100,51 @@ impl OpenAi {
         })
     }
 
-    fn post(&self, body: impl Into<reqwest::Body>) -> reqwest::RequestBuilder {
-        self.client
-            .post(self.url.clone())
-            .headers(self.headers.clone())
-            .body(body)
+    /// The URL for one call: fixed, except for Azure where it names the deployment.
+    fn url_for(&self, model: &str) -> Result<reqwest::Url, ProviderError> {
+        match &self.azure {
+            None => Ok(self.url.clone()),
+            Some((b, v)) => reqwest::Url::parse(&azure_url(b, model, v))
+                .map_err(|e| ProviderError::InvalidRequest(format!("azure URL: {e}"))),
+        }
     }
+
+    fn post(
+        &self,
+        model: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> Result<reqwest::RequestBuilder, ProviderError> {
+        Ok(self
+            .client
+            .post(self.url_for(model)?)
+            .headers(self.headers.clone())
+            .body(body))
+    }
+}
+
+const AZURE_KEY: HeaderName = HeaderName::from_static("api-key");
+
+fn azure_url(base: &str, deployment: &str, version: &str) -> String {
+    let base = base
+        .split_once("/openai/deployments")
+        .map(|(b, _)| b)
+        .unwrap_or(base);
+    let enc = |s: &str| -> String {
+        s.bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect()
+    };
+    format!(
+        "{base}/openai/deployments/{}/chat/completions?api-version={}",
+        enc(deployment),
+        enc(version)
+    )
 }
 
 struct Decoder(fmt::StreamDecoder);
@@ -111,7 +182,7 @@ impl Provider for OpenAi {
     ) -> Result<ChatResponse, ProviderError> {
         let body = serde_json::to_vec(&fmt::encode_request(req, o.model, false))
             .map_err(|e| ProviderError::InvalidRequest(e.to_string()))?;
-        let resp = send(self.post(body), o.timeout).await?;
+        let resp = send(self.post(o.model, body)?, o.timeout).await?;
         let bytes = read_body(resp, o.timeout).await?;
         let v: serde_json::Value =
             serde_json::from_slice(&bytes).map_err(|e| ProviderError::Protocol(e.to_string()))?;
@@ -125,7 +196,7 @@ impl Provider for OpenAi {
     ) -> Result<EventStream, ProviderError> {
         let body = serde_json::to_vec(&fmt::encode_request(req, o.model, true))
             .map_err(|e| ProviderError::InvalidRequest(e.to_string()))?;
-        let resp = send(self.post(body), o.timeout).await?;
+        let resp = send(self.post(o.model, body)?, o.timeout).await?;
         Ok(event_stream(
             byte_stream(resp, o.idle_timeout),
             Decoder(fmt::StreamDecoder::default()),
@@ -138,8 +209,20 @@ impl Provider for OpenAi {
         stream: bool,
         o: CallOpts<'_>,
     ) -> Result<RawResponse, ProviderError> {
+        let owned: http::Uri;
+        let uri = match &self.azure {
+            None => &self.uri,
+            Some(_) => {
+                owned = self
+                    .url_for(o.model)?
+                    .as_str()
+                    .parse()
+                    .map_err(|e| ProviderError::InvalidRequest(format!("azure URL: {e}")))?;
+                &owned
+            }
+        };
         self.raw
-            .forward(&self.uri, &self.headers, None, body, stream, o)
+            .forward(uri, &self.headers, None, body, stream, o)
             .await
     }
 }
