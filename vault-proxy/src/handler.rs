@@ -24,7 +24,8 @@ use crate::pipeline::check_address::check_address;
 use crate::pipeline::find_stubs::{BodyKind, body_may_hold_stub, find_in_body, find_in_head};
 use crate::pipeline::pin_destination::pin_inner;
 use crate::pipeline::scrub_response::{
-    ScrubBody, ScrubPlan, prepare_response, restrict_accept_encoding,
+    ScrubBody, ScrubPlan, prepare_response, restrict_accept_encoding, scrub_reason,
+    transfer_codings,
 };
 use crate::pipeline::swap_or_block::{RequestFacts, apply_to_body, apply_to_head, decide, egress};
 use crate::pipeline::{CheckedDest, PinnedDest, audit_path, redact_stubs};
@@ -56,11 +57,12 @@ async fn read_body(mut body: Incoming, index: &StubIndex, cap: usize) -> Result<
         match body.frame().await {
             None => return Ok(BodyRead::Whole(buf.freeze())),
             Some(Err(_)) => return Err(Deny::BadRequest("request body broken")),
-            Some(Ok(frame)) => match frame.into_data() {
-                Ok(d) => buf.extend_from_slice(&d),
-                // Trailers of a request are not forwarded (hop-by-hop framing is rebuilt).
-                Err(_) => {}
-            },
+            Some(Ok(frame)) => {
+                // Trailers of a request are not forwarded (framing is rebuilt).
+                if let Ok(d) = frame.into_data() {
+                    buf.extend_from_slice(&d);
+                }
+            }
         }
         if buf.len() > limit {
             if limit == cap || cap <= SMALL_BODY {
@@ -453,15 +455,20 @@ async fn process(
 
     // Rule 5: scrub the response.
     let (mut rparts, rbody) = resp.into_parts();
+    let codings = transfer_codings(&rparts.headers);
     strip_hop_by_hop(
         &mut rparts.headers,
         websocket && status == StatusCode::SWITCHING_PROTOCOLS,
     );
     let replacer = grant.scrubber().clone();
-    let (header_scrubs, plan) = match prepare_response(&replacer, &mut rparts.headers) {
+    let (mut header_scrubs, plan) = match prepare_response(&replacer, &mut rparts.headers, &codings)
+    {
         Ok(x) => x,
         Err(d) => return Err(d),
     };
+    if scrub_reason(&replacer, &mut rparts.extensions) {
+        header_scrubs += 1;
+    }
     let scrub_audited = Arc::new(AtomicBool::new(false));
     if header_scrubs > 0 {
         scrub_audited.store(true, Ordering::SeqCst);
@@ -477,7 +484,7 @@ async fn process(
     }
     let body = match plan {
         ScrubPlan::PassThrough => boxed(rbody),
-        ScrubPlan::Scrub(decoder) => {
+        ScrubPlan::Scrub(decoders) => {
             let t2 = t.clone();
             let f2 = f.clone();
             let on_scrub: Box<dyn FnOnce() + Send> = Box::new(move || {
@@ -496,7 +503,7 @@ async fn process(
             boxed(ScrubBody::new(
                 boxed(rbody),
                 replacer,
-                decoder,
+                decoders,
                 Some(on_scrub),
             ))
         }

@@ -327,7 +327,7 @@ async fn responses_are_scrubbed() {
     let seen = up.seen();
     assert_eq!(
         seen.last().unwrap().header("accept-encoding").as_deref(),
-        Some("gzip")
+        Some("gzip, br")
     );
     let (_, recs) = p.audit().await;
     assert_eq!(
