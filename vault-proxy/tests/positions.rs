@@ -426,3 +426,117 @@ async fn echoed_basic_credentials_are_scrubbed_at_every_alignment() {
     }));
     p.shutdown().await;
 }
+
+/// A raw HTTP/1.1 upstream (plain TCP) answering every request with `resp`.
+async fn raw_upstream(resp: Vec<u8>) -> u16 {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let resp = resp.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut b = [0u8; 1024];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut b).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&b[..n]),
+                    }
+                }
+                let _ = s.write_all(&resp).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    port
+}
+
+/// Rule 5 on the wire: the real value in the reason phrase, in a body sent
+/// with `Transfer-Encoding: gzip, chunked` (split across chunks) and in a
+/// chunked trailer reaches the sandbox as the stub; an unknown transfer
+/// coding is refused.
+#[tokio::test]
+async fn status_line_transfer_codings_and_trailers_are_scrubbed() {
+    use std::io::Write;
+    let up = start_upstream().await;
+    let p = start_proxy(&up, ProxyOpts::default()).await;
+    let (token, stubs) = p.grant("sb-a", &["GITHUB_TOKEN"]);
+    let stub = &stubs["GITHUB_TOKEN"];
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(format!("echo {GH_REAL} and {}", b64(&format!("git:{GH_REAL}"))).as_bytes())
+        .unwrap();
+    let gz = gz.finish().unwrap();
+    let mut resp = format!(
+        "HTTP/1.1 200 Hello {GH_REAL}\r\nTransfer-Encoding: gzip, chunked\r\nTrailer: x-t\r\n\r\n"
+    )
+    .into_bytes();
+    for c in gz.chunks(7) {
+        resp.extend_from_slice(format!("{:x}\r\n", c.len()).as_bytes());
+        resp.extend_from_slice(c);
+        resp.extend_from_slice(b"\r\n");
+    }
+    resp.extend_from_slice(format!("0\r\nx-t: {GH_REAL}\r\n\r\n").as_bytes());
+    let port = raw_upstream(resp).await;
+    let mut s = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+    s.write_all(
+        format!(
+            "GET http://allowed.test:{port}/ HTTP/1.1\r\nHost: allowed.test:{port}\r\nProxy-Authorization: {}\r\nTE: trailers\r\nConnection: close\r\n\r\n",
+            basic("sb-a", &token)
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(
+        text.starts_with(&format!("HTTP/1.1 200 Hello {stub}\r\n")),
+        "{text}"
+    );
+    assert!(!text.contains(GH_REAL), "{text}");
+    let body = dechunk(&text);
+    assert!(
+        body.starts_with(&format!("echo {stub} and")),
+        "decoded and scrubbed: {body}"
+    );
+    assert!(!text.contains(&b64(&format!("git:{GH_REAL}"))), "{text}");
+    assert!(
+        !text
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: gzip"),
+        "{text}"
+    );
+
+    // An unknown transfer coding: refused, never passed through.
+    let port = raw_upstream(
+        format!(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: compress, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+        )
+        .into_bytes(),
+    )
+    .await;
+    let c = p.client("sb-a", &token);
+    let r = c
+        .get(format!("http://allowed.test:{port}/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(code(r).await, (502, "response_not_scrubbable".into()));
+    p.shutdown().await;
+}
+
+/// The body of a chunked HTTP/1.1 response text (trailers dropped).
+fn dechunk(text: &str) -> String {
+    let (_, mut rest) = text.split_once("\r\n\r\n").unwrap_or(("", ""));
+    let mut out = String::new();
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || after.len() < n {
+            break;
+        }
+        out.push_str(&after[..n]);
+        rest = after[n..].strip_prefix("\r\n").unwrap_or("");
+    }
+    out
+}

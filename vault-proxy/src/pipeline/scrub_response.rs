@@ -3,8 +3,8 @@
 //! is replaced by this grant's stub for it (or a same-length mask for
 //! credentials the grant does not hold). Bodies are scrubbed while
 //! streaming; a match split across chunks is caught by holding back only a
-//! tail that could still become a secret. gzip/deflate bodies are decoded,
-//! scrubbed and sent on uncompressed (`content-encoding` and
+//! tail that could still become a secret. Bodies in gzip/deflate/br (content or
+//! transfer codings) are decoded, scrubbed and sent on decoded (`content-encoding` and
 //! `content-length` removed); other encodings fail closed (502).
 
 use std::collections::BTreeMap;
