@@ -510,10 +510,8 @@ async fn status_line_transfer_codings_and_trailers_are_scrubbed() {
 
     // An unknown transfer coding: refused, never passed through.
     let port = raw_upstream(
-        format!(
-            "HTTP/1.1 200 OK\r\nTransfer-Encoding: compress, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
-        )
-        .into_bytes(),
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: compress, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+            .to_vec(),
     )
     .await;
     let c = p.client("sb-a", &token);

@@ -1,5 +1,5 @@
 //! Rule 5: responses are scrubbed. Every real secret value (of *all*
-//! credentials, plus its standard base64 form) in response headers and body
+//! credentials, plus its base64 and percent-encoded forms) in response status line, headers and body
 //! is replaced by this grant's stub for it (or a same-length mask for
 //! credentials the grant does not hold). Bodies are scrubbed while
 //! streaming; a match split across chunks is caught by holding back only a
