@@ -17,7 +17,9 @@ pub const REAL_TOKEN_ENV: &str = "REAL_GITHUB_TOKEN";
 /// A vault config in `dir` (`vault.yaml`, the upstream CA next to it, the proxy CA and the
 /// audit log `audit.jsonl` created there by the proxy):
 ///
-/// - `GITHUB_TOKEN` (value from [`REAL_TOKEN_ENV`]) bound to `api.github.test` only;
+/// - `GITHUB_TOKEN` (value from [`REAL_TOKEN_ENV`]) bound to `api.github.test` on the
+///   upstream's port only, at the default position (`header:Authorization`, which covers
+///   Bearer and git's Basic with any user name);
 /// - egress default deny, with `api.github.test` allowed without credentials too (git's first,
 ///   credential-less request only gets credentials sent after a 401); `evil.test` stays deny;
 /// - both names resolve to `127.0.0.1` (`network.resolve`, `allow_private`) and the upstream's
@@ -34,7 +36,8 @@ pub fn write_vault_config(dir: &Path, upstream: &Upstream) -> PathBuf {
          audit_log: audit.jsonl\n\
          egress: {{ default: deny, allow_hosts: [{BOUND_HOST}] }}\n\
          network:\n  allow_private: true\n  resolve: {{ \"{BOUND_HOST}\": \"127.0.0.1\", \"{UNBOUND_HOST}\": \"127.0.0.1\" }}\n\
-         credentials:\n  GITHUB_TOKEN:\n    value_env: {REAL_TOKEN_ENV}\n    allowed_hosts: [{BOUND_HOST}]\n"
+         credentials:\n  GITHUB_TOKEN:\n    value_env: {REAL_TOKEN_ENV}\n    allowed_hosts: [\"{BOUND_HOST}:{port}\"]\n",
+        port = upstream.port,
     );
     std::fs::write(&path, yaml).expect("writing vault config");
     path

@@ -372,7 +372,8 @@ async fn github_setup_with(head: impl FnOnce(&FakeGithub) -> String) -> GithubSe
              audit_log: audit.jsonl\n\
              egress: {{ default: deny, allow_hosts: [{GIT_HOST}, {API_HOST}] }}\n\
              network:\n  allow_private: true\n  resolve: {{ \"{GIT_HOST}\": \"127.0.0.1\", \"{API_HOST}\": \"127.0.0.1\" }}\n\
-             credentials:\n  GITHUB_TOKEN:\n    value_env: REAL_GITHUB_TOKEN\n    allowed_hosts: [{GIT_HOST}, {API_HOST}]\n"
+             credentials:\n  GITHUB_TOKEN:\n    value_env: REAL_GITHUB_TOKEN\n    allowed_hosts: [\"{GIT_HOST}:{port}\", \"{API_HOST}:{port}\"]\n",
+            port = github.port,
         ),
     )
     .unwrap();

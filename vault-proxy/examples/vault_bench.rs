@@ -325,8 +325,9 @@ async fn main() -> anyhow::Result<()> {
         format!(
             "listen: 127.0.0.1:{vport}\nadmin_listen: 127.0.0.1:{aport}\nupstream_roots: [upstream-ca.pem]\naudit_log: audit.jsonl\n\
              egress: {{ default: deny, allow_hosts: [] }}\nnetwork: {{ allow_private: true, resolve: {{ {HOST}: 127.0.0.1 }} }}\n\
-             credentials:\n  GITHUB_TOKEN: {{ value_file: gh.secret, allowed_hosts: [{HOST}] }}\n\
-             grants:\n  - sandbox: sb-bench\n    token: bench-token-123\n    credentials: {{ GITHUB_TOKEN: {STUB} }}\n"
+             credentials:\n  GITHUB_TOKEN: {{ value_file: gh.secret, allowed_hosts: [\"{HOST}:{uport}\"] }}\n\
+             grants:\n  - sandbox: sb-bench\n    token: bench-token-123\n    credentials: {{ GITHUB_TOKEN: {STUB} }}\n",
+            uport = up.port(),
         ),
     )?;
     let vp = Kill(

@@ -18,6 +18,10 @@ use std::str::FromStr;
 
 use serde::Deserialize;
 
+mod public_suffix;
+mod scope;
+pub use scope::{PathGlob, Position, Scope, normalize_path};
+
 // === public types ===
 
 /// The whole vault proxy configuration, validated, with absolute paths.
@@ -140,9 +144,8 @@ pub struct CredentialConfig {
     /// For `Stored` it may be empty, meaning "use the bindings kept in the
     /// store"; when given it replaces the store's bindings.
     pub allowed_hosts: Vec<HostPattern>,
-    /// Request surfaces in which stubs are looked for and swapped.
-    /// Default `[header, query]`.
-    pub swap_in: SwapIn,
+    /// Where its stub may stand, and the paths and methods it may be used on.
+    pub scope: Scope,
 }
 
 /// Where a credential's real value lives. Exactly one per credential.
@@ -155,60 +158,6 @@ pub enum CredentialSource {
     File(PathBuf),
     /// `stored: name` — read from the encrypted store (`secrets_store`).
     Stored(String),
-}
-
-/// A request surface where a stub may be swapped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SwapSurface {
-    /// Header values, including inside `Basic` credentials.
-    Header,
-    /// The URL (path and query).
-    Query,
-    /// The request body (opt in only: a body may be stored by the bound host
-    /// and read back).
-    Body,
-}
-
-/// The set of surfaces a credential opts into (`swap_in`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SwapIn {
-    /// Header values (including `Basic` credentials).
-    pub header: bool,
-    /// URL path and query.
-    pub query: bool,
-    /// Request body.
-    pub body: bool,
-}
-
-impl Default for SwapIn {
-    /// `[header, query]`, as DESIGN.md says: bodies only where a credential opts in.
-    fn default() -> Self {
-        SwapIn {
-            header: true,
-            query: true,
-            body: false,
-        }
-    }
-}
-
-impl SwapIn {
-    /// Whether this set contains `surface`.
-    pub fn allows(&self, surface: SwapSurface) -> bool {
-        match surface {
-            SwapSurface::Header => self.header,
-            SwapSurface::Query => self.query,
-            SwapSurface::Body => self.body,
-        }
-    }
-
-    fn from_list(list: &[SwapSurface]) -> SwapIn {
-        SwapIn {
-            header: list.contains(&SwapSurface::Header),
-            query: list.contains(&SwapSurface::Query),
-            body: list.contains(&SwapSurface::Body),
-        }
-    }
 }
 
 /// A static grant: a sandbox identity, its proxy token and its stubs.
@@ -368,7 +317,9 @@ struct RawCredential {
     value_file: Option<PathBuf>,
     stored: Option<String>,
     allowed_hosts: Option<Vec<String>>,
-    swap_in: Option<Vec<SwapSurface>>,
+    positions: Option<Vec<String>>,
+    paths: Option<Vec<String>>,
+    methods: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -489,19 +440,22 @@ impl RawConfig {
                     ));
                 }
             }
-            let swap_in = match rc.swap_in {
-                None => SwapIn::default(),
-                Some(list) if list.is_empty() => {
-                    return Err(invalid(format!("{key}.swap_in"), "must not be empty"));
+            for (i, p) in allowed_hosts.iter().enumerate() {
+                if p.covers_public_suffix() {
+                    return Err(invalid(
+                        format!("{hosts_key}[{i}]"),
+                        "this wildcard covers a public suffix or a shared multi-tenant domain \
+                         (anyone can own a name under it); bind exact names",
+                    ));
                 }
-                Some(list) => SwapIn::from_list(&list),
-            };
+            }
+            let scope = parse_scope(&key, rc.positions, rc.paths, rc.methods)?;
             credentials.insert(
                 name,
                 CredentialConfig {
                     source,
                     allowed_hosts,
-                    swap_in,
+                    scope,
                 },
             );
         }
@@ -588,6 +542,60 @@ impl RawConfig {
     }
 }
 
+fn parse_scope(
+    key: &str,
+    positions: Option<Vec<String>>,
+    paths: Option<Vec<String>>,
+    methods: Option<Vec<String>>,
+) -> Result<Scope, ConfigError> {
+    let mut scope = Scope::default();
+    if let Some(list) = positions {
+        if list.is_empty() {
+            return Err(invalid(format!("{key}.positions"), "must not be empty"));
+        }
+        scope.positions = list
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                Position::parse(p).map_err(|e| invalid(format!("{key}.positions[{i}]"), e))
+            })
+            .collect::<Result<_, _>>()?;
+    }
+    if let Some(list) = paths {
+        if list.is_empty() {
+            return Err(invalid(
+                format!("{key}.paths"),
+                "must not be empty (omit it for any path)",
+            ));
+        }
+        scope.paths = list
+            .iter()
+            .enumerate()
+            .map(|(i, p)| PathGlob::parse(p).map_err(|e| invalid(format!("{key}.paths[{i}]"), e)))
+            .collect::<Result<_, _>>()?;
+    }
+    if let Some(list) = methods {
+        if list.is_empty() {
+            return Err(invalid(
+                format!("{key}.methods"),
+                "must not be empty (omit it for any method)",
+            ));
+        }
+        for (i, m) in list.iter().enumerate() {
+            let up = m.trim().to_ascii_uppercase();
+            if http::Method::from_bytes(up.as_bytes()).is_err() || up == "CONNECT" || up == "TRACE"
+            {
+                return Err(invalid(
+                    format!("{key}.methods[{i}]"),
+                    format!("`{m}` is not a method a credential can be used with"),
+                ));
+            }
+            scope.methods.push(up);
+        }
+    }
+    Ok(scope)
+}
+
 fn parse_patterns(key: &str, list: &[String]) -> Result<Vec<HostPattern>, ConfigError> {
     list.iter()
         .enumerate()
@@ -633,10 +641,18 @@ pub(crate) fn is_credential_name(s: &str) -> bool {
 /// of `[a-z0-9-_]`, at most 253 characters, `*` only as the whole first label,
 /// and a wildcard must leave at least two labels (`*.com` is refused: a
 /// credential bound to a whole TLD is almost certainly a mistake).
+///
+/// A pattern may name a port (`api.example.com:8443`); for credential
+/// bindings ([`HostPattern::matches_dest`]) no port means 443. Egress rules
+/// ([`HostPattern::matches`]) compare the host only.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct HostPattern {
-    /// Normalised text: lower-case, no trailing dot, `*.` kept for wildcards.
+    /// Normalised text: lower-case, no trailing dot, `*.` kept for wildcards,
+    /// `:port` when one was given.
     text: String,
+    /// The host part of `text`.
+    host: String,
+    port: Option<u16>,
     kind: PatternKind,
 }
 
@@ -676,8 +692,31 @@ impl HostPattern {
         if let Ok(ip) = IpAddr::from_str(unbracketed) {
             return Ok(HostPattern {
                 text: ip.to_string(),
+                host: ip.to_string(),
+                port: None,
                 kind: PatternKind::Ip(ip),
             });
+        }
+        // `host:port` (or `[v6]:port`).
+        if let Some((h, p)) = trimmed.rsplit_once(':')
+            && !h.is_empty()
+            && (!h.contains(':') || (h.starts_with('[') && h.ends_with(']')))
+        {
+            let port: u16 = p
+                .parse()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| err("the port must be a number from 1 to 65535"))?;
+            let mut pat = HostPattern::parse(h)?;
+            if pat.port.is_some() {
+                return Err(err("two ports"));
+            }
+            pat.port = Some(port);
+            pat.text = match pat.kind {
+                PatternKind::Ip(IpAddr::V6(_)) => format!("[{}]:{port}", pat.host),
+                _ => format!("{}:{port}", pat.host),
+            };
+            return Ok(pat);
         }
         if !trimmed.is_ascii() {
             return Err(err("non-ASCII name: write it in punycode (xn--…)"));
@@ -706,10 +745,12 @@ impl HostPattern {
                 "a wildcard must keep at least two labels (`*.example.com`)",
             ));
         }
-        if kind == PatternKind::Exact && name.contains(':') {
-            return Err(err("give a host name without a port"));
-        }
-        Ok(HostPattern { text: lower, kind })
+        Ok(HostPattern {
+            text: lower.clone(),
+            host: lower,
+            port: None,
+            kind,
+        })
     }
 
     /// Whether `host` (a bare host name or IP literal, no port) matches.
@@ -724,17 +765,35 @@ impl HostPattern {
             }
             PatternKind::Exact => {
                 let h = normalize_host(host);
-                valid_name(&h) && h == self.text
+                valid_name(&h) && h == self.host
             }
             PatternKind::Wildcard => {
                 let h = normalize_host(host);
-                let suffix = &self.text[1..]; // ".example.com"
+                let suffix = &self.host[1..]; // ".example.com"
                 valid_name(&h)
                     && h.len() > suffix.len()
                     && h.ends_with(suffix)
                     && IpAddr::from_str(&h).is_err()
             }
         }
+    }
+
+    /// Whether a credential bound to this pattern may go to `host:port`:
+    /// the host matches and the port is the pattern's (443 when it names none).
+    pub fn matches_dest(&self, host: &str, port: u16) -> bool {
+        port == self.port.unwrap_or(443) && self.matches(host)
+    }
+
+    /// The port named by the pattern, if any.
+    pub fn port(&self) -> Option<u16> {
+        self.port
+    }
+
+    /// True for a wildcard whose domain is a public suffix or has public
+    /// suffixes below it (`*.com`, `*.co.uk`, `*.github.io`, `*.amazonaws.com`):
+    /// names under it belong to unrelated parties.
+    pub fn covers_public_suffix(&self) -> bool {
+        self.kind == PatternKind::Wildcard && public_suffix::covers_public_suffix(&self.host[2..])
     }
 
     /// True for `*.` patterns.

@@ -36,6 +36,28 @@ pub enum Deny {
         /// Short code: `unbound_host`, `plain_http`, `ip_literal`, `foreign_stub`, …
         reason: &'static str,
     },
+    /// Rule 4: a stub of this grant outside the credential's `positions` (→ 403
+    /// `credential_position_not_allowed`).
+    #[error("credential not allowed at this position: {reason}")]
+    Position {
+        /// Credential name.
+        credential: String,
+        /// Where the stub stood.
+        reason: String,
+    },
+    /// Rule 4: a stub of this grant on a path or method out of its scope (→ 403
+    /// `credential_path_not_allowed`).
+    #[error("credential not allowed on this path or method: {reason}")]
+    Scope {
+        /// Credential name.
+        credential: String,
+        /// `method_not_allowed: X`, `path_not_allowed`, …
+        reason: String,
+    },
+    /// A body holding a stub is larger than can be buffered to check its
+    /// positions (→ 413, nothing sent).
+    #[error("request body with a stub is too large to inspect")]
+    BodyTooLarge,
     /// Rule 6: request without stub to a host not in `egress.allow_hosts` (→ 403).
     #[error("egress to this host is not allowed")]
     Egress,
@@ -64,9 +86,13 @@ impl Deny {
     pub fn status(&self) -> StatusCode {
         match self {
             Deny::ProxyAuth(_) | Deny::Revoked => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
-            Deny::Mismatch(_) | Deny::Address(_) | Deny::Credential { .. } | Deny::Egress => {
-                StatusCode::FORBIDDEN
-            }
+            Deny::Mismatch(_)
+            | Deny::Address(_)
+            | Deny::Credential { .. }
+            | Deny::Position { .. }
+            | Deny::Scope { .. }
+            | Deny::Egress => StatusCode::FORBIDDEN,
+            Deny::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Deny::BadRequest(_) => StatusCode::BAD_REQUEST,
             Deny::Resolve | Deny::Upstream(_) | Deny::Unscrubbable(_) => StatusCode::BAD_GATEWAY,
             Deny::Overloaded(_) | Deny::AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -84,6 +110,9 @@ impl Deny {
             Deny::Address(_) => "destination_not_allowed",
             Deny::Resolve => "resolve_failed",
             Deny::Credential { .. } => "credential_not_allowed_for_host",
+            Deny::Position { .. } => "credential_position_not_allowed",
+            Deny::Scope { .. } => "credential_path_not_allowed",
+            Deny::BodyTooLarge => "request_body_too_large",
             Deny::Egress => "egress_denied",
             Deny::Upstream(_) => "upstream_error",
             Deny::Unscrubbable(_) => "response_not_scrubbable",
@@ -106,9 +135,13 @@ impl Deny {
             | Deny::Overloaded(d)
             | Deny::TooManyRequests(d) => format!("{}: {d}", self.code()),
             Deny::Credential { reason, .. } => format!("{}: {reason}", self.code()),
+            Deny::Position { reason, .. } | Deny::Scope { reason, .. } => {
+                format!("{}: {reason}", self.code())
+            }
             Deny::Revoked
             | Deny::Resolve
             | Deny::Egress
+            | Deny::BodyTooLarge
             | Deny::TooManyTunnels
             | Deny::AuditUnavailable => self.code().to_string(),
         }
@@ -118,6 +151,9 @@ impl Deny {
     pub fn credential(&self) -> Option<String> {
         match self {
             Deny::Credential { credential, .. } => credential.clone(),
+            Deny::Position { credential, .. } | Deny::Scope { credential, .. } => {
+                Some(credential.clone())
+            }
             _ => None,
         }
     }
@@ -173,6 +209,23 @@ mod tests {
             "credential_not_allowed_for_host",
         );
         check(Deny::Egress, 403, "egress_denied");
+        check(
+            Deny::Position {
+                credential: "GH".into(),
+                reason: "header:x-note".into(),
+            },
+            403,
+            "credential_position_not_allowed",
+        );
+        check(
+            Deny::Scope {
+                credential: "GH".into(),
+                reason: "path_not_allowed".into(),
+            },
+            403,
+            "credential_path_not_allowed",
+        );
+        check(Deny::BodyTooLarge, 413, "request_body_too_large");
         check(Deny::Upstream("connect"), 502, "upstream_error");
         check(Deny::BadRequest("x"), 400, "bad_request");
         check(Deny::TooManyTunnels, 429, "too_many_tunnels");

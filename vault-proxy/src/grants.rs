@@ -106,9 +106,9 @@ impl Grant {
         self.creds.get(name)
     }
 
-    /// Whether any credential of this grant opts into body swapping.
-    pub fn has_body_swaps(&self) -> bool {
-        self.creds.values().any(|c| c.swap_in.body)
+    /// Whether any credential of this grant has a body position (`form:`, `json:`).
+    pub fn has_body_positions(&self) -> bool {
+        self.creds.values().any(|c| c.scope.has_body_positions())
     }
 
     /// Replacer of real values → stubs for responses.

@@ -12,7 +12,7 @@ use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body::{Body, Frame};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::sync::OnceCell;
 
@@ -21,18 +21,99 @@ use crate::body::{BoxError, ProxyBody, boxed, full};
 use crate::deny::Deny;
 use crate::grants::{Grant, StubIndex};
 use crate::pipeline::check_address::check_address;
-use crate::pipeline::find_stubs::{find_in_body, find_in_head};
+use crate::pipeline::find_stubs::{BodyKind, body_may_hold_stub, find_in_body, find_in_head};
 use crate::pipeline::pin_destination::pin_inner;
 use crate::pipeline::scrub_response::{
-    ScrubBody, ScrubPlan, prepare_response, restrict_accept_encoding,
+    ScrubBody, ScrubPlan, prepare_response, restrict_accept_encoding, scrub_reason,
+    transfer_codings,
 };
-use crate::pipeline::swap_or_block::{apply_to_body, apply_to_head, decide};
+use crate::pipeline::swap_or_block::{RequestFacts, apply_to_body, apply_to_head, decide};
 use crate::pipeline::{CheckedDest, PinnedDest, audit_path, redact_stubs};
 use crate::proxy::Shared;
 
-/// Bodies up to this size are buffered and scanned before anything is sent,
-/// so a stub in them is refused with a clean 403.
-const SMALL_BODY: u64 = 64 * 1024;
+/// Request bodies up to this size are read whole and scanned before anything
+/// is sent, so a stub anywhere in them is checked against its positions (and
+/// refused with a clean 403). A longer body whose first `SMALL_BODY` bytes hold
+/// a stub is read on, up to `limits.max_buffered_body` (beyond: 413, nothing
+/// sent); one whose prefix holds none is streamed, guarded by [`StubGuard`]:
+/// a stub first appearing past this point aborts the upload (the stub never
+/// leaves, but the head and the bytes before it did).
+const SMALL_BODY: usize = 64 * 1024;
+
+/// How a request body was read.
+enum BodyRead {
+    /// Read to its end.
+    Whole(Bytes),
+    /// Too long to hold: its stub-free prefix followed by the rest, streamed.
+    Stream(ProxyBody),
+}
+
+/// Reads a request body per [`SMALL_BODY`]: cheap when it has no stub
+/// (chunks are only collected, one scan at the end).
+async fn read_body(mut body: Incoming, index: &StubIndex, cap: usize) -> Result<BodyRead, Deny> {
+    let mut buf = BytesMut::new();
+    let mut limit = SMALL_BODY;
+    loop {
+        match body.frame().await {
+            None => return Ok(BodyRead::Whole(buf.freeze())),
+            Some(Err(_)) => return Err(Deny::BadRequest("request body broken")),
+            Some(Ok(frame)) => {
+                // Trailers of a request are not forwarded (framing is rebuilt).
+                if let Ok(d) = frame.into_data() {
+                    buf.extend_from_slice(&d);
+                }
+            }
+        }
+        if buf.len() > limit {
+            if limit == cap || cap <= SMALL_BODY {
+                return Err(Deny::BodyTooLarge);
+            }
+            if body_may_hold_stub(index, &buf) {
+                // A stub in the prefix: its positions need the whole body.
+                limit = cap;
+                continue;
+            }
+            // No stub so far: stream the rest behind the guard, holding back
+            // a possible stub prefix at the end of what was read.
+            let prefix = buf.freeze();
+            let rest = boxed(body);
+            let chained =
+                http_body_util::StreamBody::new(futures_util::stream::iter([Ok::<_, BoxError>(
+                    Frame::data(prefix),
+                )]))
+                .boxed_unsync();
+            return Ok(BodyRead::Stream(boxed(Chain {
+                first: Some(chained),
+                second: rest,
+            })));
+        }
+    }
+}
+
+/// Two bodies, one after the other.
+struct Chain {
+    first: Option<ProxyBody>,
+    second: ProxyBody,
+}
+
+impl Body for Chain {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if let Some(f) = this.first.as_mut() {
+            match Pin::new(f).poll_frame(cx) {
+                Poll::Ready(None) => this.first = None,
+                other => return other,
+            }
+        }
+        Pin::new(&mut this.second).poll_frame(cx)
+    }
+}
 
 /// What one tunnel (or one plain request) is pinned to.
 pub(crate) struct Target {
@@ -222,7 +303,7 @@ async fn process(
     // Rule 2: every request names the pinned destination.
     pin_inner(&t.pinned, &parts)?;
 
-    // Rule 4: stubs of any sandbox, anywhere in the head, small bodies.
+    // Rule 4: stubs of any sandbox, anywhere in the head and the body.
     let index = t.shared.grants.index();
     let mut found = find_in_head(&index, &parts);
     let len = parts
@@ -231,30 +312,25 @@ async fn process(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     let empty_body = body.is_end_stream() || len == Some(0);
-    let buffer_limit = if grant.has_body_swaps() {
-        t.shared.limits.max_buffered_body as u64
-    } else {
-        SMALL_BODY
-    };
-    let (buffered, stream_body): (Option<Bytes>, Option<Incoming>) = if empty_body {
+    let kind = BodyKind::of(&parts.headers);
+    let (buffered, stream_body) = if empty_body {
         (Some(Bytes::new()), None)
-    } else if grant.has_body_swaps() || len.is_some_and(|l| l <= SMALL_BODY) {
+    } else {
+        let cap = t.shared.limits.max_buffered_body;
         // Buffered bytes count against the sandbox's budget (429 beyond it).
         let _slot = crate::sandbox_limits::BufferSlot::reserve(
             grant,
-            len.unwrap_or(buffer_limit).min(buffer_limit) as usize,
+            len.map_or(SMALL_BODY, |l| usize::try_from(l).unwrap_or(usize::MAX))
+                .min(cap),
             &t.shared.limits,
         )?;
-        let collected = Limited::new(body, buffer_limit as usize)
-            .collect()
-            .await
-            .map_err(|_| Deny::BadRequest("request body too large or broken"))?
-            .to_bytes();
-        found.extend(find_in_body(&index, &collected));
-        (Some(collected), None)
-    } else {
-        // Large body: streamed, and aborted if any stub shows up in it.
-        (None, Some(body))
+        match read_body(body, &index, cap).await? {
+            BodyRead::Whole(b) => {
+                find_in_body(&index, kind, &b, &mut found);
+                (Some(b), None)
+            }
+            BodyRead::Stream(s) => (None, Some(s)),
+        }
     };
 
     // Rules 4 and 6.
@@ -262,13 +338,18 @@ async fn process(
         gate_egress(t, f).await?;
         Vec::new()
     } else {
-        decide(grant, &t.pinned, &found)?
+        let facts = RequestFacts {
+            method: parts.method.as_str(),
+            path: parts.uri.path(),
+        };
+        decide(grant, &t.pinned, &facts, &found)?
     };
     apply_to_head(grant, &swaps, &mut parts)?;
     let out_body: ProxyBody = match (buffered, stream_body) {
         (Some(b), _) => {
-            let b = apply_to_body(grant, &swaps, b);
+            let b = apply_to_body(grant, &swaps, kind, b);
             if !empty_body {
+                parts.headers.remove(header::TRANSFER_ENCODING);
                 parts
                     .headers
                     .insert(header::CONTENT_LENGTH, HeaderValue::from(b.len()));
@@ -283,14 +364,14 @@ async fn process(
             let t2 = t.clone();
             let f2 = f.clone();
             boxed(StubGuard::new(
-                boxed(b),
+                b,
                 index.clone(),
                 Box::new(move || {
                     let ev = t2.event(
                         &f2,
                         EventKind::Block,
                         Decision::Deny,
-                        "credential_not_allowed_for_host: stub_in_streamed_body".into(),
+                        "credential_position_not_allowed: stub_in_streamed_body".into(),
                         None,
                         None,
                     );
@@ -395,15 +476,20 @@ async fn process(
 
     // Rule 5: scrub the response.
     let (mut rparts, rbody) = resp.into_parts();
+    let codings = transfer_codings(&rparts.headers);
     strip_hop_by_hop(
         &mut rparts.headers,
         websocket && status == StatusCode::SWITCHING_PROTOCOLS,
     );
     let replacer = grant.scrubber().clone();
-    let (header_scrubs, plan) = match prepare_response(&replacer, &mut rparts.headers) {
+    let (mut header_scrubs, plan) = match prepare_response(&replacer, &mut rparts.headers, &codings)
+    {
         Ok(x) => x,
         Err(d) => return Err(d),
     };
+    if scrub_reason(&replacer, &mut rparts.extensions) {
+        header_scrubs += 1;
+    }
     let scrub_audited = Arc::new(AtomicBool::new(false));
     if header_scrubs > 0 {
         scrub_audited.store(true, Ordering::SeqCst);
@@ -419,7 +505,7 @@ async fn process(
     }
     let body = match plan {
         ScrubPlan::PassThrough => boxed(rbody),
-        ScrubPlan::Scrub(decoder) => {
+        ScrubPlan::Scrub(decoders) => {
             let t2 = t.clone();
             let f2 = f.clone();
             let on_scrub: Box<dyn FnOnce() + Send> = Box::new(move || {
@@ -438,7 +524,7 @@ async fn process(
             boxed(ScrubBody::new(
                 boxed(rbody),
                 replacer,
-                decoder,
+                decoders,
                 Some(on_scrub),
             ))
         }

@@ -50,7 +50,7 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// Largest request head accepted (HTTP/1 buffer, HTTP/2 header list).
     pub max_header_bytes: usize,
-    /// Largest body buffered for `swap_in: body` credentials.
+    /// Largest request body buffered to check the positions of a stub in it.
     pub max_buffered_body: usize,
     /// Upstream connect + TLS handshake timeout.
     pub connect_timeout: Duration,

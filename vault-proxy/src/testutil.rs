@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use crate::config::{HostPattern, SwapIn};
+use crate::config::{HostPattern, Position, Scope};
 use crate::grants::Grants;
 use crate::secrets::{Credential, Credentials, SecretValue};
 
@@ -11,7 +11,7 @@ pub const GH_REAL: &str = "ghp_REALREALREALREALREALREALREALREAL1234";
 pub const ANT_REAL: &str = "sk-ant-api03-realrealrealrealrealrealreal-abcdEFGH";
 pub const BODY_REAL: &str = "body_secret_value_0123456789abcdef";
 
-pub fn cred(name: &str, value: &str, hosts: &[&str], swap_in: SwapIn) -> Credential {
+pub fn cred(name: &str, value: &str, hosts: &[&str], positions: &[&str]) -> Credential {
     Credential {
         name: name.to_string(),
         value: SecretValue::new(value.to_string()),
@@ -19,39 +19,38 @@ pub fn cred(name: &str, value: &str, hosts: &[&str], swap_in: SwapIn) -> Credent
             .iter()
             .map(|h| HostPattern::parse(h).unwrap())
             .collect(),
-        swap_in,
+        scope: Scope {
+            positions: positions
+                .iter()
+                .map(|p| Position::parse(p).unwrap())
+                .collect(),
+            ..Scope::default()
+        },
     }
 }
 
-/// Credentials: GH (api.github.test, *.github.test; header+query), ANT
-/// (api.anthropic.test; header), BODY (api.github.test; header+body).
+/// Credentials: GH (api.github.test, *.github.test; header:authorization,
+/// query:access_token), ANT (api.anthropic.test; header:x-api-key), BODY
+/// (api.github.test; header:authorization, form:token, json:/auth/token).
 pub fn creds() -> Arc<Credentials> {
     let mut c = Credentials::default();
     c.insert(cred(
         "GH",
         GH_REAL,
         &["api.github.test", "*.github.test"],
-        SwapIn::default(),
+        &["header:authorization", "query:access_token"],
     ));
     c.insert(cred(
         "ANT",
         ANT_REAL,
         &["api.anthropic.test"],
-        SwapIn {
-            header: true,
-            query: false,
-            body: false,
-        },
+        &["header:x-api-key"],
     ));
     c.insert(cred(
         "BODY",
         BODY_REAL,
         &["api.github.test"],
-        SwapIn {
-            header: true,
-            query: false,
-            body: true,
-        },
+        &["header:authorization", "form:token", "json:/auth/token"],
     ));
     Arc::new(c)
 }

@@ -327,7 +327,7 @@ async fn responses_are_scrubbed() {
     let seen = up.seen();
     assert_eq!(
         seen.last().unwrap().header("accept-encoding").as_deref(),
-        Some("gzip")
+        Some("gzip, br")
     );
     let (_, recs) = p.audit().await;
     assert_eq!(
@@ -814,7 +814,7 @@ async fn audit_never_contains_secret_or_stub() {
     let cb = p.client("sb-b", &tb);
     let base = format!("https://api.github.test:{}", up.port);
     let _ = ca
-        .get(format!("{base}/echo?token={stub}"))
+        .get(format!("{base}/echo?access_token={stub}"))
         .send()
         .await
         .unwrap();
@@ -832,7 +832,8 @@ async fn audit_never_contains_secret_or_stub() {
     let _ = cb.get(format!("{base}/x?k={stub}")).send().await.unwrap();
     let _ = ca
         .post(format!("https://other.github.test:{}/echo", up.port))
-        .body(format!("secret={}", sa["OTHER"]))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={}", sa["OTHER"]))
         .send()
         .await
         .unwrap();
@@ -843,12 +844,12 @@ async fn audit_never_contains_secret_or_stub() {
     }
     let report = vault_proxy::audit::verify(&p.audit_path).unwrap();
     assert!(report.broken.is_none(), "{report:?}");
-    // The body-opted credential was swapped in the body.
+    // The credential with a `form:token` position was swapped in the body.
     let seen = up.seen_for("other.github.test");
     assert_eq!(seen.len(), 1);
     assert_eq!(
         String::from_utf8_lossy(&seen[0].body),
-        format!("secret={OTHER_REAL}")
+        format!("token={OTHER_REAL}")
     );
     p.shutdown().await;
 }

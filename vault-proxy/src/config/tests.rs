@@ -16,6 +16,9 @@ credentials:
   GITHUB_TOKEN:
     value_env: REAL_GITHUB_TOKEN   # or value_file: path, or stored: name (encrypted store)
     allowed_hosts: [api.github.com, github.com]   # exact names or leading "*." wildcards
+    positions: [header:Authorization]   # where the stub may stand (this is the default); see rule 4
+    paths: ["/repos/acme/**"]      # optional: request paths it may be used on ("*" one segment, "**" any)
+    methods: [GET, POST, PATCH]    # optional: methods it may be used with
 grants:                            # static grants for standalone use; the brain adds its own via admin API
   - sandbox: sb-demo
     token: demo-token
@@ -49,10 +52,13 @@ fn design_example_parses() {
     let gh = &c.credentials["GITHUB_TOKEN"];
     assert_eq!(gh.source, CredentialSource::Env("REAL_GITHUB_TOKEN".into()));
     assert_eq!(gh.allowed_hosts.len(), 2);
-    assert_eq!(gh.swap_in, SwapIn::default());
-    assert!(gh.swap_in.allows(SwapSurface::Header));
-    assert!(gh.swap_in.allows(SwapSurface::Query));
-    assert!(!gh.swap_in.allows(SwapSurface::Body));
+    assert_eq!(gh.scope.positions, Scope::default().positions);
+    assert!(gh.scope.allows(&Position::Header("authorization".into())));
+    assert!(!gh.scope.allows(&Position::Query("access_token".into())));
+    assert!(gh.scope.allows_path("/repos/acme/x/issues"));
+    assert!(!gh.scope.allows_path("/repos/acme/../other"));
+    assert!(gh.scope.allows_method("PATCH"));
+    assert!(!gh.scope.allows_method("DELETE"));
     assert_eq!(c.grants.len(), 1);
     assert_eq!(c.grants[0].sandbox, "sb-demo");
     let dbg = format!("{:?}", c.grants[0]);
@@ -89,11 +95,11 @@ fn absolute_paths_are_kept_and_secrets_store_is_configurable() {
 }
 
 #[test]
-fn credential_sources_and_swap_in() {
+fn credential_sources_and_scope() {
     let c = parse(
         r#"
 credentials:
-  A: { value_file: a.txt, allowed_hosts: ["*.example.com"], swap_in: [header, body] }
+  A: { value_file: a.txt, allowed_hosts: ["*.example.com", "api.example.com:8443"], positions: ["header:X-Api-Key", "form:token", "json:/auth/token", path, "query:key"] }
   B: { stored: b-entry }
   C: { stored: c, allowed_hosts: [c.example.com] }
 "#,
@@ -103,14 +109,25 @@ credentials:
         c.credentials["A"].source,
         CredentialSource::File("/etc/vault/a.txt".into())
     );
+    let a = &c.credentials["A"];
     assert_eq!(
-        c.credentials["A"].swap_in,
-        SwapIn {
-            header: true,
-            query: false,
-            body: true
-        }
+        a.scope.positions,
+        vec![
+            Position::Header("x-api-key".into()),
+            Position::Form("token".into()),
+            Position::Json("/auth/token".into()),
+            Position::Path,
+            Position::Query("key".into()),
+        ]
     );
+    assert!(a.scope.has_body_positions());
+    assert!(a.scope.paths.is_empty() && a.scope.methods.is_empty());
+    // Ports: given → that port only; none → 443.
+    assert!(a.allowed_hosts[1].matches_dest("api.example.com", 8443));
+    assert!(!a.allowed_hosts[1].matches_dest("api.example.com", 443));
+    assert!(a.allowed_hosts[0].matches_dest("x.example.com", 443));
+    assert!(!a.allowed_hosts[0].matches_dest("x.example.com", 8443));
+    assert_eq!(a.allowed_hosts[1].as_str(), "api.example.com:8443");
     assert_eq!(
         c.credentials["B"].source,
         CredentialSource::Stored("b-entry".into())
@@ -179,8 +196,44 @@ fn invalid_configs_name_the_key() {
             "value_env",
         ),
         (
-            "credentials: { A: { value_env: X, allowed_hosts: [a.com], swap_in: [cookies] } }",
-            "invalid config",
+            "credentials: { A: { value_env: X, allowed_hosts: [a.com], swap_in: [header] } }",
+            "swap_in",
+        ),
+        (
+            "credentials: { A: { value_env: X, allowed_hosts: [a.com], positions: [cookie:x] } }",
+            "credentials.A.positions[0]",
+        ),
+        (
+            "credentials: { A: { value_env: X, allowed_hosts: [a.com], positions: [] } }",
+            "credentials.A.positions",
+        ),
+        (
+            "credentials: { A: { value_env: X, allowed_hosts: [a.com], paths: ['repos/**'] } }",
+            "credentials.A.paths[0]",
+        ),
+        (
+            "credentials: { A: { value_env: X, allowed_hosts: [a.com], methods: [TRACE] } }",
+            "credentials.A.methods[0]",
+        ),
+        (
+            "credentials: { A: { value_env: X, allowed_hosts: ['*.amazonaws.com'] } }",
+            "credentials.A.allowed_hosts[0]",
+        ),
+        (
+            "credentials: { A: { value_env: X, allowed_hosts: [ok.example.com, '*.github.io'] } }",
+            "credentials.A.allowed_hosts[1]",
+        ),
+        (
+            "credentials: { A: { value_env: X, allowed_hosts: ['*.co.uk'] } }",
+            "credentials.A.allowed_hosts[0]",
+        ),
+        (
+            "credentials: { A: { value_env: X, allowed_hosts: ['*.herokuapp.com'] } }",
+            "public suffix",
+        ),
+        (
+            "credentials: { A: { value_env: X, allowed_hosts: ['a.com:0'] } }",
+            "credentials.A.allowed_hosts[0]",
         ),
         (
             "credentials: { A: { value_env: X, allowed_hosts: [a.com], extra: 1 } }",
@@ -292,7 +345,9 @@ fn host_pattern_validation() {
         ".example.com",
         "exa mple.com",
         "bücher.example",
-        "example.com:443",
+        "example.com:0",
+        "example.com:99999",
+        "example.com:x",
         "https://example.com",
         &format!("{}.com", "a".repeat(64)),
     ] {
@@ -307,6 +362,8 @@ fn host_pattern_validation() {
         ("localhost", "localhost"),
         ("[::1]", "::1"),
         ("_acme.example.com", "_acme.example.com"),
+        ("API.example.com:8443", "api.example.com:8443"),
+        ("*.example.com:8443", "*.example.com:8443"),
     ] {
         assert_eq!(HostPattern::parse(good).unwrap().as_str(), normal);
     }
@@ -315,18 +372,14 @@ fn host_pattern_validation() {
 #[test]
 fn example_config_file_parses() {
     let c = parse(include_str!("../../vault.example.yaml")).unwrap();
-    assert_eq!(c.credentials.len(), 3);
+    assert_eq!(c.credentials.len(), 7);
     assert_eq!(
         c.credentials["NPM_TOKEN"].source,
         CredentialSource::Stored("npm".into())
     );
     assert_eq!(
-        c.credentials["ANTHROPIC_API_KEY"].swap_in,
-        SwapIn {
-            header: true,
-            query: false,
-            body: false
-        }
+        c.credentials["ANTHROPIC_API_KEY"].scope.positions,
+        vec![Position::Header("x-api-key".into())]
     );
     assert!(c.egress.allows("objects.githubusercontent.com"));
 }

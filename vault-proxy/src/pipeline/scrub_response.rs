@@ -1,10 +1,10 @@
 //! Rule 5: responses are scrubbed. Every real secret value (of *all*
-//! credentials, plus its standard base64 form) in response headers and body
+//! credentials, plus its base64 and percent-encoded forms) in response status line, headers and body
 //! is replaced by this grant's stub for it (or a same-length mask for
 //! credentials the grant does not hold). Bodies are scrubbed while
 //! streaming; a match split across chunks is caught by holding back only a
-//! tail that could still become a secret. gzip/deflate bodies are decoded,
-//! scrubbed and sent on uncompressed (`content-encoding` and
+//! tail that could still become a secret. Bodies in gzip/deflate/br (content or
+//! transfer codings) are decoded, scrubbed and sent on decoded (`content-encoding` and
 //! `content-length` removed); other encodings fail closed (502).
 
 use std::collections::BTreeMap;
@@ -56,14 +56,13 @@ impl Replacer {
         }
     }
 
-    /// The scrubber of one grant: every credential's real value (and its
-    /// base64) → the grant's stub (and its base64), or a mask of `*`.
+    /// The scrubber of one grant: every credential's real value → the
+    /// grant's stub (or a same-length mask of `*` for credentials the grant
+    /// does not hold), and so are the value's encodings: standard and
+    /// URL-safe base64 at each of the three alignments (the value inside
+    /// `Basic user:password` for any user name) and percent-encoding
+    /// (reserved characters only, or every byte; upper- and lower-case hex).
     pub fn for_grant(creds: &Credentials, stubs: &BTreeMap<String, String>) -> Replacer {
-        let b64 = |b: &[u8]| {
-            base64::engine::general_purpose::STANDARD
-                .encode(b)
-                .into_bytes()
-        };
         let mut pairs = Vec::new();
         for c in creds.iter() {
             let real = c.value.expose().as_bytes();
@@ -74,7 +73,11 @@ impl Replacer {
                 Some(s) => s.as_bytes().to_vec(),
                 None => vec![b'*'; real.len()],
             };
-            pairs.push((b64(real), b64(&repl)));
+            for (p, r) in encodings(real, &repl) {
+                if p != real && !pairs.iter().any(|(q, _): &(Vec<u8>, Vec<u8>)| *q == p) {
+                    pairs.push((p, r));
+                }
+            }
             pairs.push((real.to_vec(), repl));
         }
         Replacer::new(pairs)
@@ -133,6 +136,82 @@ impl Replacer {
         }
         best
     }
+}
+
+/// The encoded forms of `real`, each paired with the same encoding of `repl`.
+fn encodings(real: &[u8], repl: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE, URL_SAFE_NO_PAD};
+    let mut out = Vec::new();
+    for engine in [&STANDARD, &URL_SAFE] {
+        // Whole value at offset 0, with its padding.
+        out.push((
+            engine.encode(real).into_bytes(),
+            engine.encode(repl).into_bytes(),
+        ));
+        // Three alignments: after k filler bytes, the characters that depend only on
+        // the value's bytes (bits [8k, 8(k+n)) fully covering 6-bit groups).
+        for k in 0..3usize {
+            let slice = |v: &[u8]| -> Vec<u8> {
+                let mut buf = vec![0u8; k];
+                buf.extend_from_slice(v);
+                let enc = URL_SAFE_NO_PAD.encode(&buf);
+                let enc = if std::ptr::eq(engine, &STANDARD) {
+                    enc.replace('-', "+").replace('_', "/")
+                } else {
+                    enc
+                };
+                let start = (8 * k).div_ceil(6);
+                let end = (8 * (k + v.len())) / 6;
+                enc.as_bytes()[start.min(end)..end].to_vec()
+            };
+            let (p, r) = (slice(real), slice(repl));
+            if p.len() >= MIN_SCRUB_LEN {
+                out.push((p, r));
+            }
+        }
+    }
+    const COMPONENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+    let pct = |v: &[u8]| percent_encoding::percent_encode(v, COMPONENT).to_string();
+    let all = |v: &[u8], lower: bool| -> String {
+        v.iter()
+            .map(|b| {
+                if lower {
+                    format!("%{b:02x}")
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect()
+    };
+    out.push((pct(real).into_bytes(), pct(repl).into_bytes()));
+    // Lower-case hex: only the escapes change case, never the value's own characters.
+    let lower_escapes = |v: &[u8]| -> String {
+        let e = pct(v);
+        let mut o = String::with_capacity(e.len());
+        let mut it = e.chars().peekable();
+        while let Some(c) = it.next() {
+            o.push(c);
+            if c == '%' {
+                for _ in 0..2 {
+                    if let Some(h) = it.next() {
+                        o.push(h.to_ascii_lowercase());
+                    }
+                }
+            }
+        }
+        o
+    };
+    out.push((
+        lower_escapes(real).into_bytes(),
+        lower_escapes(repl).into_bytes(),
+    ));
+    out.push((all(real, false).into_bytes(), all(repl, false).into_bytes()));
+    out.push((all(real, true).into_bytes(), all(repl, true).into_bytes()));
+    out
 }
 
 /// Streaming state over one body: feed chunks, get scrubbed output.
@@ -225,6 +304,7 @@ pub fn scrub_headers(r: &Replacer, headers: &mut HeaderMap) -> usize {
 enum Decoder {
     Gzip(flate2::write::GzDecoder<Vec<u8>>),
     Zlib(flate2::write::ZlibDecoder<Vec<u8>>),
+    Brotli(Box<brotli_decompressor::DecompressorWriter<Vec<u8>>>),
 }
 
 impl Decoder {
@@ -235,6 +315,10 @@ impl Decoder {
                 Ok(std::mem::take(d.get_mut()))
             }
             Decoder::Zlib(d) => {
+                d.write_all(data)?;
+                Ok(std::mem::take(d.get_mut()))
+            }
+            Decoder::Brotli(d) => {
                 d.write_all(data)?;
                 Ok(std::mem::take(d.get_mut()))
             }
@@ -250,23 +334,30 @@ impl Decoder {
                 d.try_finish()?;
                 Ok(std::mem::take(d.get_mut()))
             }
+            Decoder::Brotli(d) => {
+                d.close()?;
+                Ok(std::mem::take(d.get_mut()))
+            }
         }
     }
 }
 
-/// Prepares a response for scrubbing: scrubs headers, picks a decoder for
-/// the content-encoding and fixes the framing headers. Returns the number of
-/// header values scrubbed, or `Deny::Unscrubbable` for an encoding we
-/// cannot decode.
+/// Prepares a response for scrubbing: scrubs headers, picks the decoders for
+/// its `Transfer-Encoding` codings other than `chunked` (`transfer_codings`,
+/// read before hop-by-hop headers were stripped) and its `Content-Encoding`s,
+/// and fixes the framing headers (the body goes on decoded). Returns the
+/// number of header values scrubbed, or `Deny::Unscrubbable` for a coding we
+/// cannot decode (fail closed: the response is refused with 502).
 pub fn prepare_response(
     r: &std::sync::Arc<Replacer>,
     headers: &mut HeaderMap,
+    transfer_codings: &[String],
 ) -> Result<(usize, ScrubPlan), Deny> {
     let scrubbed = scrub_headers(r, headers);
-    if r.is_empty() {
+    if r.is_empty() && transfer_codings.is_empty() {
         return Ok((scrubbed, ScrubPlan::PassThrough));
     }
-    let encodings: Vec<String> = headers
+    let content: Vec<String> = headers
         .get_all(CONTENT_ENCODING)
         .iter()
         .filter_map(|v| v.to_str().ok())
@@ -274,28 +365,71 @@ pub fn prepare_response(
         .map(|s| s.trim().to_ascii_lowercase())
         .filter(|s| !s.is_empty() && s != "identity")
         .collect();
-    let decoder = match encodings.as_slice() {
-        [] => None,
-        [e] if e == "gzip" || e == "x-gzip" => Some(DecoderKind::Gzip),
-        [e] if e == "deflate" => Some(DecoderKind::Zlib),
-        _ => return Err(Deny::Unscrubbable("content-encoding")),
-    };
-    if decoder.is_some() {
+    // Applied in order content codings, then transfer codings: decode in reverse.
+    let mut chain = Vec::new();
+    for e in transfer_codings.iter().rev().chain(content.iter().rev()) {
+        chain.push(match e.as_str() {
+            "gzip" | "x-gzip" => DecoderKind::Gzip,
+            "deflate" => DecoderKind::Zlib,
+            "br" => DecoderKind::Brotli,
+            _ => return Err(Deny::Unscrubbable("unknown content or transfer coding")),
+        });
+    }
+    if chain.len() > 4 {
+        return Err(Deny::Unscrubbable("too many codings"));
+    }
+    if !chain.is_empty() {
         headers.remove(CONTENT_ENCODING);
         headers.remove(CONTENT_LENGTH);
     } else if !r.same_length() {
         headers.remove(CONTENT_LENGTH);
     }
-    Ok((scrubbed, ScrubPlan::Scrub(decoder)))
+    Ok((scrubbed, ScrubPlan::Scrub(chain)))
+}
+
+/// Transfer codings other than `chunked`/`identity` named by `Transfer-Encoding`
+/// (empty, without allocating, for the usual response).
+pub fn transfer_codings(headers: &HeaderMap) -> Vec<String> {
+    let Some(_) = headers.get(http::header::TRANSFER_ENCODING) else {
+        return Vec::new();
+    };
+    headers
+        .get_all(http::header::TRANSFER_ENCODING)
+        .iter()
+        .map(|v| v.to_str().unwrap_or("unreadable"))
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().to_ascii_lowercase())
+        .filter(|s| !s.is_empty() && s != "chunked" && s != "identity")
+        .collect()
+}
+
+/// Scrubs a non-standard HTTP/1 reason phrase (kept by hyper in the
+/// response extensions and sent on as is). Returns whether it changed.
+pub fn scrub_reason(r: &Replacer, ext: &mut http::Extensions) -> bool {
+    let Some(reason) = ext.get::<hyper::ext::ReasonPhrase>() else {
+        return false;
+    };
+    let Some(new) = r.replace_all(reason.as_bytes()) else {
+        return false;
+    };
+    match hyper::ext::ReasonPhrase::try_from(new) {
+        Ok(p) => {
+            ext.insert(p);
+        }
+        Err(_) => {
+            ext.remove::<hyper::ext::ReasonPhrase>();
+        }
+    }
+    true
 }
 
 /// What [`prepare_response`] decided for the body.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ScrubPlan {
     /// Nothing to scrub.
     PassThrough,
-    /// Scrub, decoding first if given.
-    Scrub(Option<DecoderKind>),
+    /// Scrub, decoding first through these (in order).
+    Scrub(Vec<DecoderKind>),
 }
 
 /// Supported content-encodings.
@@ -305,6 +439,8 @@ pub enum DecoderKind {
     Gzip,
     /// deflate (zlib-wrapped).
     Zlib,
+    /// br.
+    Brotli,
 }
 
 /// Keeps only the encodings we can decode in a request's `Accept-Encoding`.
@@ -322,7 +458,10 @@ pub fn restrict_accept_encoding(headers: &mut HeaderMap) {
                 .unwrap_or("")
                 .trim()
                 .to_ascii_lowercase();
-            matches!(name.as_str(), "gzip" | "x-gzip" | "deflate" | "identity")
+            matches!(
+                name.as_str(),
+                "gzip" | "x-gzip" | "deflate" | "br" | "identity"
+            )
         })
         .collect();
     headers.remove(http::header::ACCEPT_ENCODING);
@@ -338,7 +477,7 @@ pub struct ScrubBody {
     inner: ProxyBody,
     replacer: std::sync::Arc<Replacer>,
     buf: BytesMut,
-    decoder: Option<Decoder>,
+    decoders: Vec<Decoder>,
     pending_trailers: Option<HeaderMap>,
     done: bool,
     saw_data: bool,
@@ -351,18 +490,24 @@ impl ScrubBody {
     pub fn new(
         inner: ProxyBody,
         replacer: std::sync::Arc<Replacer>,
-        decoder: Option<DecoderKind>,
+        decoders: Vec<DecoderKind>,
         on_first_scrub: Option<Box<dyn FnOnce() + Send>>,
     ) -> ScrubBody {
-        let decoder = decoder.map(|k| match k {
-            DecoderKind::Gzip => Decoder::Gzip(flate2::write::GzDecoder::new(Vec::new())),
-            DecoderKind::Zlib => Decoder::Zlib(flate2::write::ZlibDecoder::new(Vec::new())),
-        });
+        let decoders = decoders
+            .into_iter()
+            .map(|k| match k {
+                DecoderKind::Gzip => Decoder::Gzip(flate2::write::GzDecoder::new(Vec::new())),
+                DecoderKind::Zlib => Decoder::Zlib(flate2::write::ZlibDecoder::new(Vec::new())),
+                DecoderKind::Brotli => Decoder::Brotli(Box::new(
+                    brotli_decompressor::DecompressorWriter::new(Vec::new(), 4096),
+                )),
+            })
+            .collect();
         ScrubBody {
             inner,
             replacer,
             buf: BytesMut::new(),
-            decoder,
+            decoders,
             pending_trailers: None,
             done: false,
             saw_data: false,
@@ -375,17 +520,15 @@ impl ScrubBody {
         if !data.is_empty() {
             self.saw_data = true;
         }
-        let plain = match &mut self.decoder {
-            Some(d) => {
-                let mut v = d.write(&data)?;
-                // An empty body (HEAD, 304) has no gzip stream to finish.
-                if last && self.saw_data {
-                    v.extend(d.finish()?);
-                }
-                Bytes::from(v)
+        let mut plain = data;
+        for d in &mut self.decoders {
+            let mut v = d.write(&plain)?;
+            // An empty body (HEAD, 304) has no compressed stream to finish.
+            if last && self.saw_data {
+                v.extend(d.finish()?);
             }
-            None => data,
-        };
+            plain = Bytes::from(v);
+        }
         let mut s = StreamReplacer {
             r: &self.replacer,
             buf: std::mem::take(&mut self.buf),

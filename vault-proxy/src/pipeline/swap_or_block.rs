@@ -1,22 +1,57 @@
-//! Rule 4 (decision) and rule 6: a stub of *this* grant going over TLS to a
-//! host in its credential's `allowed_hosts`, in a surface the credential opts
-//! into, is swapped for the real value. Any other stub blocks the request.
-//! A request with no stub follows `egress`.
+//! Rule 4 (decision) and rule 6: a stub of *this* grant is swapped for the
+//! real value only when all hold: TLS, a bound `host:port`, the path and
+//! method in the credential's scope, and every occurrence at one of its
+//! `positions`. Any other stub blocks the request; a request with no stub
+//! follows `egress`.
 
 use bytes::Bytes;
 use http::HeaderValue;
 use http::request::Parts;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
-use super::find_stubs::{FoundStub, basic_decoded};
+use super::find_stubs::{BodyKind, FoundStub, basic_decoded};
 use super::{PinnedDest, Scheme};
-use crate::config::{EgressConfig, SwapSurface};
+use crate::config::{EgressConfig, Position};
 use crate::deny::Deny;
 use crate::grants::Grant;
 
+/// Characters percent-encoded when a real value goes into a URL or form
+/// field: everything but RFC 3986 unreserved characters.
+const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// The request facts a decision needs besides the stubs.
+pub struct RequestFacts<'a> {
+    /// The HTTP method.
+    pub method: &'a str,
+    /// The raw path (no query).
+    pub path: &'a str,
+}
+
+fn position_kind(p: &Position) -> &'static str {
+    // Only the kind goes into reasons: names are the client's text and may carry anything.
+    match p {
+        Position::Header(_) => "header",
+        Position::Query(_) => "query",
+        Position::Path => "path",
+        Position::Form(_) => "form",
+        Position::Json(_) => "json",
+    }
+}
+
 /// Decides what to do with the stubs found in a request. Returns the names
 /// of this grant's credentials to swap (sorted, deduplicated).
-pub fn decide(grant: &Grant, dest: &PinnedDest, found: &[FoundStub]) -> Result<Vec<String>, Deny> {
+pub fn decide(
+    grant: &Grant,
+    dest: &PinnedDest,
+    req: &RequestFacts<'_>,
+    found: &[FoundStub],
+) -> Result<Vec<String>, Deny> {
     let mut swaps: Vec<String> = Vec::new();
+    // Host-level refusals first (whoever's stub), then scope, then positions.
     for f in found {
         let name = f.owner.credential.clone();
         let block = |reason| Deny::Credential {
@@ -42,18 +77,59 @@ pub fn decide(grant: &Grant, dest: &PinnedDest, found: &[FoundStub]) -> Result<V
         if dest.is_ip_literal() {
             return Err(block("ip_literal"));
         }
-        if !cred.allowed_hosts.iter().any(|p| p.matches(dest.host())) {
+        if !cred
+            .allowed_hosts
+            .iter()
+            .any(|p| p.matches_dest(dest.host(), dest.port()))
+        {
             return Err(block("unbound_host"));
         }
-        if !cred.swap_in.allows(f.surface) {
-            return Err(block(match f.surface {
-                SwapSurface::Header => "surface_not_allowed: header",
-                SwapSurface::Query => "surface_not_allowed: query",
-                SwapSurface::Body => "surface_not_allowed: body",
-            }));
+    }
+    for f in found {
+        let name = &f.owner.credential;
+        let Some(cred) = grant.credential(name) else {
+            continue;
+        };
+        let scope = &cred.scope;
+        let deny = |reason: String| Deny::Scope {
+            credential: name.clone(),
+            reason,
+        };
+        // TRACE echoes the request (real value included) back: never with a stub.
+        if req.method.eq_ignore_ascii_case("TRACE") || !scope.allows_method(req.method) {
+            return Err(deny(format!(
+                "method_not_allowed: {}",
+                if req.method.len() <= 16 && req.method.bytes().all(|b| b.is_ascii_alphabetic()) {
+                    req.method
+                } else {
+                    "other"
+                }
+            )));
         }
-        if !swaps.contains(&name) {
-            swaps.push(name);
+        if !scope.allows_path(req.path) {
+            return Err(deny("path_not_allowed".into()));
+        }
+    }
+    for f in found {
+        let name = &f.owner.credential;
+        let Some(cred) = grant.credential(name) else {
+            continue;
+        };
+        let deny = |reason: String| Deny::Position {
+            credential: name.clone(),
+            reason,
+        };
+        if let Some(p) = f.sites.iter().find(|p| !cred.scope.allows(p)) {
+            return Err(deny(format!("position_not_allowed: {}", position_kind(p))));
+        }
+        if f.count > f.sites.len() {
+            return Err(deny(format!(
+                "stub_outside_positions: {}",
+                f.stray.unwrap_or("request")
+            )));
+        }
+        if !swaps.contains(name) {
+            swaps.push(name.clone());
         }
     }
     swaps.sort();
@@ -102,7 +178,8 @@ fn pairs<'a>(
 }
 
 /// Swaps the decided stubs into real values in headers (and inside `Basic`
-/// credentials) and in the URL, per each credential's `swap_in`.
+/// credentials) and in the URL (percent-encoded). `decide` has checked that
+/// every occurrence stands at an allowed position.
 pub fn apply_to_head(grant: &Grant, names: &[String], parts: &mut Parts) -> Result<(), Deny> {
     for (stub, real) in pairs(grant, names) {
         let (s, r) = (stub.as_bytes(), real.as_bytes());
@@ -123,8 +200,9 @@ pub fn apply_to_head(grant: &Grant, names: &[String], parts: &mut Parts) -> Resu
                 *value = v;
             }
         }
+        let r_url = utf8_percent_encode(real, COMPONENT).to_string();
         if let Some(pq) = parts.uri.path_and_query()
-            && let Some(new) = replace_bytes(pq.as_str().as_bytes(), s, r)
+            && let Some(new) = replace_bytes(pq.as_str().as_bytes(), s, r_url.as_bytes())
         {
             let new = String::from_utf8(new)
                 .map_err(|_| Deny::BadRequest("secret not valid in a URL"))?;
@@ -140,11 +218,20 @@ pub fn apply_to_head(grant: &Grant, names: &[String], parts: &mut Parts) -> Resu
     Ok(())
 }
 
-/// Swaps the decided stubs of body-opted credentials in a buffered body.
-pub fn apply_to_body(grant: &Grant, names: &[String], body: Bytes) -> Bytes {
+/// Swaps the decided stubs in a buffered body, encoded for its kind (a form
+/// field is percent-encoded, a JSON string escaped).
+pub fn apply_to_body(grant: &Grant, names: &[String], kind: BodyKind, body: Bytes) -> Bytes {
     let mut cur = body;
     for (stub, real) in pairs(grant, names) {
-        if let Some(new) = replace_bytes(&cur, stub.as_bytes(), real.as_bytes()) {
+        let enc = match kind {
+            BodyKind::Form => utf8_percent_encode(real, COMPONENT).to_string(),
+            BodyKind::Json => {
+                let q = serde_json::to_string(real).unwrap_or_default();
+                q[1..q.len().saturating_sub(1).max(1)].to_string()
+            }
+            BodyKind::Other => real.to_string(),
+        };
+        if let Some(new) = replace_bytes(&cur, stub.as_bytes(), enc.as_bytes()) {
             cur = Bytes::from(new);
         }
     }

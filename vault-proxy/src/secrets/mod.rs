@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use zeroize::Zeroizing;
 
-use crate::config::{Config, CredentialSource, HostPattern, HostPatternError, SwapIn};
+use crate::config::{Config, CredentialSource, HostPattern, HostPatternError, Scope};
 
 pub use cli::{SecretsCommand, secrets_cli, secrets_cli_with};
 pub use store::{SecretStore, StoreKey, StoredEntryInfo, VAULT_KEY_ENV};
@@ -118,8 +118,8 @@ pub struct Credential {
     pub value: SecretValue,
     /// Hosts the real value may be sent to (never empty).
     pub allowed_hosts: Vec<HostPattern>,
-    /// Surfaces where stubs of this credential are swapped.
-    pub swap_in: SwapIn,
+    /// Where its stub may stand, and the paths and methods it may be used on.
+    pub scope: Scope,
 }
 
 impl Credential {
@@ -214,6 +214,16 @@ pub enum SecretError {
     NoAllowedHosts {
         /// Credential name.
         credential: String,
+    },
+    /// A binding (from the store) is a wildcard over a public suffix.
+    #[error(
+        "credential `{credential}`: the wildcard binding `{pattern}` covers a public suffix or a shared multi-tenant domain"
+    )]
+    SharedWildcard {
+        /// Credential name.
+        credential: String,
+        /// The binding.
+        pattern: String,
     },
     /// `AIRLOCK_VAULT_KEY` missing or malformed.
     #[error("store key: {0}")]
@@ -348,11 +358,17 @@ pub fn resolve_credentials_with(
                 credential: name.clone(),
             });
         }
+        if let Some(p) = allowed_hosts.iter().find(|p| p.covers_public_suffix()) {
+            return Err(SecretError::SharedWildcard {
+                credential: name.clone(),
+                pattern: p.to_string(),
+            });
+        }
         out.insert(Credential {
             name: name.clone(),
             value,
             allowed_hosts,
-            swap_in: cc.swap_in,
+            scope: cc.scope.clone(),
         });
     }
     Ok(out)

@@ -32,7 +32,7 @@ fn secret_value_is_redacted() {
         name: "GH".into(),
         value: v,
         allowed_hosts: vec![HostPattern::parse("api.github.com").unwrap()],
-        swap_in: SwapIn::default(),
+        scope: Scope::default(),
     };
     let dbg = format!("{c:?} {:?}", Credentials::default());
     assert!(!dbg.contains(REAL), "{dbg}");
@@ -46,7 +46,7 @@ fn resolves_env_and_file() {
     std::fs::write(dir.path().join("tok.txt"), format!("{REAL}-file\n")).unwrap();
     let cfg = config(
         dir.path(),
-        "credentials:\n  A: { value_env: REAL_A, allowed_hosts: [a.example.com] }\n  B: { value_file: tok.txt, allowed_hosts: ['*.b.example'], swap_in: [body] }\n",
+        "credentials:\n  A: { value_env: REAL_A, allowed_hosts: [a.example.com] }\n  B: { value_file: tok.txt, allowed_hosts: ['*.b.example'], positions: ['form:token'] }\n",
     );
     let creds = resolve_credentials_with(&cfg, &env_of(&[("REAL_A", REAL)])).unwrap();
     assert_eq!(creds.len(), 2);
@@ -55,7 +55,7 @@ fn resolves_env_and_file() {
     assert_eq!(a.name, "A");
     let b = creds.get("B").unwrap();
     assert_eq!(b.value.expose(), format!("{REAL}-file"));
-    assert!(b.swap_in.body && !b.swap_in.header);
+    assert!(b.scope.has_body_positions());
     assert!(b.allows_host("x.b.example"));
 }
 

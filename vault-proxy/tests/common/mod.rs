@@ -464,12 +464,14 @@ network:
 {resolve}credentials:
   GITHUB_TOKEN:
     value_file: gh.secret
-    allowed_hosts: [api.github.test]
+    allowed_hosts: ["api.github.test:{port}"]
+    positions: [header:Authorization, "query:access_token"]
   OTHER:
     value_file: other.secret
-    allowed_hosts: [other.github.test]
-    swap_in: [header, body]
+    allowed_hosts: ["other.github.test:{port}"]
+    positions: [header:Authorization, "form:token", "json:/auth/token"]
 {extra}"#,
+        port = up.port,
         allow_private = opts.allow_private,
         extra = opts.extra_yaml,
     );

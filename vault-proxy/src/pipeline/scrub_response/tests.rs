@@ -97,7 +97,7 @@ async fn body_plain_chunked_and_gzip() {
     let want = format!("hello {GH_STUB} bye").repeat(100);
 
     // Plain.
-    let body = ScrubBody::new(full(text.clone()), r.clone(), None, None);
+    let body = ScrubBody::new(full(text.clone()), r.clone(), vec![], None);
     let got = body.collect().await.unwrap().to_bytes();
     assert_eq!(got, want.as_bytes());
 
@@ -117,7 +117,7 @@ async fn body_plain_chunked_and_gzip() {
     let body = ScrubBody::new(
         inner,
         r.clone(),
-        Some(DecoderKind::Gzip),
+        vec![DecoderKind::Gzip],
         Some(Box::new(move || {
             f2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         })),
@@ -144,7 +144,7 @@ fn prepare_headers_and_encodings() {
         if let Some(e) = enc {
             h.insert(CONTENT_ENCODING, HeaderValue::from_str(e).unwrap());
         }
-        let res = prepare_response(&r, &mut h);
+        let res = prepare_response(&r, &mut h, &[]);
         assert_eq!(res.is_ok(), ok, "{enc:?}");
         if ok {
             assert_eq!(res.unwrap().0, 1);
@@ -159,8 +159,8 @@ fn prepare_headers_and_encodings() {
     check(Some("identity"), true, true);
     check(Some("gzip"), true, false);
     check(Some("deflate"), true, false);
-    check(Some("br"), false, false);
-    check(Some("gzip, br"), false, false);
+    check(Some("br"), true, false);
+    check(Some("gzip, br"), true, false);
     check(Some("zstd"), false, false);
 
     let mut h = HeaderMap::new();
@@ -169,14 +169,73 @@ fn prepare_headers_and_encodings() {
         HeaderValue::from_static("gzip, deflate, br, zstd;q=0.5"),
     );
     restrict_accept_encoding(&mut h);
-    assert_eq!(h[http::header::ACCEPT_ENCODING], "gzip, deflate");
+    assert_eq!(h[http::header::ACCEPT_ENCODING], "gzip, deflate, br");
     let mut h = HeaderMap::new();
     h.insert(
         http::header::ACCEPT_ENCODING,
-        HeaderValue::from_static("br"),
+        HeaderValue::from_static("zstd"),
     );
     restrict_accept_encoding(&mut h);
     assert!(!h.contains_key(http::header::ACCEPT_ENCODING));
+    // Transfer codings: decoded too; an unknown one fails closed.
+    let mut h = HeaderMap::new();
+    assert!(matches!(
+        prepare_response(&r, &mut h, &["gzip".into()]),
+        Ok((_, ScrubPlan::Scrub(ref c))) if c == &vec![DecoderKind::Gzip]
+    ));
+    assert!(prepare_response(&r, &mut h, &["compress".into()]).is_err());
+}
+
+#[test]
+fn encodings_of_the_value_are_scrubbed() {
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE};
+    let r = replacer();
+    let scrubbed = |s: String| {
+        let out = r
+            .replace_all(s.as_bytes())
+            .map(|v| String::from_utf8(v).unwrap());
+        out.unwrap_or(s)
+    };
+    // Basic credentials with users of every length modulo 3, both alphabets.
+    for user in ["", "g", "gi", "git", "oauth2", "x-access-token", "ab"] {
+        for engine in [&STANDARD, &URL_SAFE] {
+            let enc = engine.encode(format!("{user}:{GH_REAL}"));
+            let out = scrubbed(format!("Basic {enc}"));
+            let dec = engine
+                .decode(out.trim_start_matches("Basic "))
+                .map(|d| String::from_utf8_lossy(&d).to_string())
+                .unwrap_or_default();
+            assert!(!dec.contains(GH_REAL), "{user}: {out}");
+            assert!(!out.contains(&enc), "{user}");
+        }
+    }
+    // Percent-encoded, partly or fully, either hex case.
+    let all_upper: String = GH_REAL.bytes().map(|b| format!("%{b:02X}")).collect();
+    let all_lower: String = GH_REAL.bytes().map(|b| format!("%{b:02x}")).collect();
+    for s in [all_upper, all_lower] {
+        assert!(!scrubbed(format!("q={s}&")).contains(&s));
+    }
+}
+
+#[test]
+fn percent_encoded_special_characters() {
+    let real = "sk/live+key=value&more==1234";
+    let mut c = Credentials::default();
+    c.insert(crate::testutil::cred(
+        "X",
+        real,
+        &["a.test"],
+        &["header:authorization"],
+    ));
+    let stubs = BTreeMap::from([("X".to_string(), "sk/stub+stb=stubst&stub==5678".to_string())]);
+    let r = Replacer::for_grant(&c, &stubs);
+    for enc in [
+        "sk%2Flive%2Bkey%3Dvalue%26more%3D%3D1234",
+        "sk%2flive%2bkey%3dvalue%26more%3d%3d1234",
+    ] {
+        let out = String::from_utf8(r.replace_all(enc.as_bytes()).unwrap()).unwrap();
+        assert!(!out.contains(enc), "{out}");
+    }
 }
 
 #[tokio::test]
@@ -185,7 +244,7 @@ async fn empty_gzip_body_is_fine() {
     let body = ScrubBody::new(
         crate::body::empty(),
         replacer(),
-        Some(DecoderKind::Gzip),
+        vec![DecoderKind::Gzip],
         None,
     );
     assert!(body.collect().await.unwrap().to_bytes().is_empty());
@@ -193,7 +252,7 @@ async fn empty_gzip_body_is_fine() {
     let body = ScrubBody::new(
         full("not gzip at all, but with a secret"),
         replacer(),
-        Some(DecoderKind::Gzip),
+        vec![DecoderKind::Gzip],
         None,
     );
     assert!(body.collect().await.is_err());

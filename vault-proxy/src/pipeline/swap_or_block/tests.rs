@@ -5,7 +5,7 @@ use super::*;
 use crate::config::EgressDefault;
 use crate::config::HostPattern;
 use crate::grants::Grants;
-use crate::pipeline::find_stubs::{find_in_body, find_in_head};
+use crate::pipeline::find_stubs::{BodyKind, find_in_body, find_in_head};
 use crate::pipeline::pin_destination::parse_authority;
 use crate::testutil::{BODY_REAL, GH_REAL, grants};
 
@@ -29,17 +29,28 @@ fn check(
     body: &str,
 ) -> Result<(String, String, String), String> {
     let grant = g.authenticate(sb, token).unwrap();
-    let mut b = Request::builder().uri(uri);
+    let method = if body.is_empty() { "GET" } else { "POST" };
+    let mut b = Request::builder().method(method).uri(uri);
     if let Some(a) = auth {
         b = b.header("authorization", a);
     }
+    if body.starts_with('{') {
+        b = b.header("content-type", "application/json");
+    } else if !body.is_empty() {
+        b = b.header("content-type", "application/x-www-form-urlencoded");
+    }
     let mut parts = b.body(()).unwrap().into_parts().0;
     let idx = g.index();
+    let kind = BodyKind::of(&parts.headers);
     let mut found = find_in_head(&idx, &parts);
-    found.extend(find_in_body(&idx, body.as_bytes()));
-    let swaps = decide(&grant, to, &found).map_err(|d| d.reason())?;
+    find_in_body(&idx, kind, body.as_bytes(), &mut found);
+    let facts = RequestFacts {
+        method,
+        path: parts.uri.path(),
+    };
+    let swaps = decide(&grant, to, &facts, &found).map_err(|d| d.reason())?;
     apply_to_head(&grant, &swaps, &mut parts).map_err(|d| d.reason())?;
-    let body = apply_to_body(&grant, &swaps, Bytes::from(body.to_string()));
+    let body = apply_to_body(&grant, &swaps, kind, Bytes::from(body.to_string()));
     let auth = parts
         .headers
         .get("authorization")
@@ -106,15 +117,86 @@ fn decision_table() {
         Ok(("".into(), format!("/x?access_token={GH_REAL}"), "".into()))
     );
     assert!(check(&g, "sb-a", t, &sub, "/", Some(format!("Bearer {gh}")), "").is_ok());
-    // Body only where opted in.
+    // Body positions: form:token and json:/auth/token only.
+    assert_eq!(
+        check(&g, "sb-a", t, &bound, "/", None, &format!("token={body}")),
+        Ok(("".into(), "/".into(), format!("token={BODY_REAL}")))
+    );
+    assert_eq!(
+        check(
+            &g,
+            "sb-a",
+            t,
+            &bound,
+            "/",
+            None,
+            &format!(r#"{{"auth":{{"token":"{body}"}}}}"#)
+        ),
+        Ok((
+            "".into(),
+            "/".into(),
+            format!(r#"{{"auth":{{"token":"{BODY_REAL}"}}}}"#)
+        ))
+    );
+    let pos = |r: &str| Err(format!("credential_position_not_allowed: {r}"));
     assert_eq!(
         check(&g, "sb-a", t, &bound, "/", None, &format!("k={body}")),
-        Ok(("".into(), "/".into(), format!("k={BODY_REAL}")))
+        pos("position_not_allowed: form")
     );
-    let deny = |r: &str| Err(format!("credential_not_allowed_for_host: {r}"));
+    assert_eq!(
+        check(
+            &g,
+            "sb-a",
+            t,
+            &bound,
+            "/",
+            None,
+            &format!("token={body}&note={body}")
+        ),
+        pos("position_not_allowed: form")
+    );
     assert_eq!(
         check(&g, "sb-a", t, &bound, "/", None, &format!("k={gh}")),
-        deny("surface_not_allowed: body")
+        pos("position_not_allowed: form")
+    );
+    // Reflection: the right header plus the stub in a query parameter.
+    assert_eq!(
+        check(
+            &g,
+            "sb-a",
+            t,
+            &bound,
+            &format!("/chat?text={gh}"),
+            Some(format!("Bearer {gh}")),
+            ""
+        ),
+        pos("position_not_allowed: query")
+    );
+    assert_eq!(
+        check(
+            &g,
+            "sb-a",
+            t,
+            &bound,
+            &format!("/a{gh}/x"),
+            Some(format!("Bearer {gh}")),
+            ""
+        ),
+        pos("stub_outside_positions: path")
+    );
+    // A bound host on another port than the binding's (443).
+    let deny = |r: &str| Err(format!("credential_not_allowed_for_host: {r}"));
+    assert_eq!(
+        check(
+            &g,
+            "sb-a",
+            t,
+            &dest("api.github.test:8443", Scheme::Https),
+            "/",
+            Some(format!("Bearer {gh}")),
+            ""
+        ),
+        deny("unbound_host")
     );
     // ANT does not opt into query.
     assert_eq!(
@@ -127,7 +209,7 @@ fn decision_table() {
             None,
             ""
         ),
-        deny("surface_not_allowed: query")
+        pos("position_not_allowed: query")
     );
     // Unbound host, look-alikes, apex of a wildcard only via exact entry.
     for h in [
