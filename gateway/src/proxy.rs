@@ -99,7 +99,7 @@ impl Drop for SpendGuard {
     }
 }
 
-fn json_response(body: Bytes) -> Response {
+pub(crate) fn json_response(body: Bytes) -> Response {
     let mut r = Response::new(Body::from(body));
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,
@@ -298,6 +298,24 @@ async fn route(
             }
         })
         .await
+}
+
+/// An armed pass-through stream as an SSE response (for the other endpoints,
+/// e.g. `/v1/completions`): spend is recorded when it ends.
+pub(crate) fn pass_through_response(
+    s: ByteStream,
+    format: WireFormat,
+    drop_usage_only: bool,
+    mut guard: SpendGuard,
+) -> Response {
+    guard.arm();
+    sse_response(PassThrough {
+        inner: Some(s),
+        format,
+        splitter: SseSplitter::default(),
+        drop_usage_only,
+        guard,
+    })
 }
 
 /// A pass-through stream: forwards upstream chunks untouched (zero-copy) while

@@ -1,6 +1,7 @@
 //! Inbound HTTP routes: one module per wire format, plus key management.
 
 pub mod anthropic;
+pub mod endpoints;
 pub mod health;
 pub mod keys;
 pub mod openai;
@@ -33,6 +34,12 @@ pub(crate) fn routes<S: Clone + Send + Sync + 'static>(inner: State) -> Router<S
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/chat/completions", post(openai::chat_completions))
         .route("/v1/messages", post(anthropic::messages))
+        .route("/v1/embeddings", post(endpoints::embeddings))
+        .route("/embeddings", post(endpoints::embeddings))
+        .route("/v1/completions", post(endpoints::completions))
+        .route("/completions", post(endpoints::completions))
+        .route("/v1/messages/count_tokens", post(endpoints::count_tokens))
+        .route("/messages/count_tokens", post(endpoints::count_tokens))
         .route("/v1/models", get(openai::models))
         .route("/models", get(openai::models))
         .route("/health", get(health::models))

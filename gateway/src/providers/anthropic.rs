@@ -2,8 +2,8 @@
 
 use super::RawClient;
 use super::{
-    CallOpts, EventStream, Provider, RawResponse, SseDecoder, byte_stream, event_stream, read_body,
-    send,
+    CallOpts, Endpoint, EventStream, Provider, RawResponse, SseDecoder, byte_stream, event_stream,
+    read_body, send,
 };
 use crate::canonical::{ChatRequest, ChatResponse, StreamEvent};
 use crate::config::{ConfigError, ModelEntry};
@@ -22,6 +22,8 @@ pub struct Anthropic {
     headers: HeaderMap,
     raw: RawClient,
     uri: http::Uri,
+    /// `{api_base}/v1/messages/count_tokens` (docs.anthropic.com, "Count message tokens").
+    count_uri: http::Uri,
 }
 
 impl Anthropic {
@@ -69,7 +71,13 @@ impl Anthropic {
             path: format!("model_list[{}].litellm_params.api_base", entry.model_name),
             message: format!("`{url}` is not a URI: {e}"),
         })?;
+        let count_s = format!("{url_s}/count_tokens");
+        let count_uri: http::Uri = count_s.parse().map_err(|e| ConfigError::Invalid {
+            path: format!("model_list[{}].litellm_params.api_base", entry.model_name),
+            message: format!("`{count_s}` is not a URI: {e}"),
+        })?;
         Ok(Self {
+            count_uri,
             id: format!("anthropic:{}", url),
             url,
             raw,
@@ -157,6 +165,34 @@ impl Provider for Anthropic {
         self.raw
             .forward(
                 &self.uri,
+                &self.headers,
+                o.anthropic_beta.map(|b| ("anthropic-beta", b)),
+                body,
+                stream,
+                o,
+            )
+            .await
+    }
+
+    fn has_endpoint(&self, ep: Endpoint) -> bool {
+        ep == Endpoint::CountTokens
+    }
+
+    async fn forward_endpoint(
+        &self,
+        ep: Endpoint,
+        body: Bytes,
+        stream: bool,
+        o: CallOpts<'_>,
+    ) -> Result<RawResponse, ProviderError> {
+        if ep != Endpoint::CountTokens {
+            return Err(ProviderError::InvalidRequest(format!(
+                "Anthropic has no {ep:?} endpoint"
+            )));
+        }
+        self.raw
+            .forward(
+                &self.count_uri,
                 &self.headers,
                 o.anthropic_beta.map(|b| ("anthropic-beta", b)),
                 body,

@@ -36,6 +36,18 @@ pub struct CallOpts<'a> {
     pub anthropic_beta: Option<&'a str>,
 }
 
+/// Inference endpoints besides chat that some providers serve natively
+/// (pass-through only; see `Provider::forward_endpoint`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// OpenAI `POST /embeddings`.
+    Embeddings,
+    /// OpenAI legacy `POST /completions`.
+    Completions,
+    /// Anthropic `POST /v1/messages/count_tokens`.
+    CountTokens,
+}
+
 /// A raw upstream answer on the pass-through path (status already 2xx).
 pub enum RawResponse {
     Full(Bytes),
@@ -74,6 +86,26 @@ pub trait Provider: Send + Sync {
         Err(ProviderError::InvalidRequest(
             "this provider has no pass-through".into(),
         ))
+    }
+
+    /// Whether `forward_endpoint` serves `ep` for this provider.
+    fn has_endpoint(&self, _ep: Endpoint) -> bool {
+        false
+    }
+
+    /// Send a body already in the endpoint's wire format (model already rewritten)
+    /// to that endpoint of this upstream, with the same auth headers as chat.
+    async fn forward_endpoint(
+        &self,
+        ep: Endpoint,
+        _body: Bytes,
+        _stream: bool,
+        _opts: CallOpts<'_>,
+    ) -> Result<RawResponse, ProviderError> {
+        Err(ProviderError::InvalidRequest(format!(
+            "provider {} does not serve {ep:?}",
+            self.id()
+        )))
     }
 }
 

@@ -6,8 +6,8 @@
 
 use super::RawClient;
 use super::{
-    CallOpts, EventStream, Provider, RawResponse, SseDecoder, byte_stream, event_stream, read_body,
-    send,
+    CallOpts, Endpoint, EventStream, Provider, RawResponse, SseDecoder, byte_stream, event_stream,
+    read_body, send,
 };
 use crate::canonical::{ChatRequest, ChatResponse, StreamEvent};
 use crate::config::{ConfigError, ModelEntry};
@@ -53,7 +53,7 @@ impl OpenAi {
             )
         });
         let url_s = match &azure {
-            Some((b, v)) => azure_url(b, &entry.model, v),
+            Some((b, v)) => azure_url(b, &entry.model, v, "chat/completions"),
             None => format!("{}/chat/completions", base.trim_end_matches('/')),
         };
         let url = reqwest::Url::parse(&url_s).map_err(|e| ConfigError::Invalid {
@@ -104,7 +104,7 @@ impl OpenAi {
     fn url_for(&self, model: &str) -> Result<reqwest::Url, ProviderError> {
         match &self.azure {
             None => Ok(self.url.clone()),
-            Some((b, v)) => reqwest::Url::parse(&azure_url(b, model, v))
+            Some((b, v)) => reqwest::Url::parse(&azure_url(b, model, v, "chat/completions"))
                 .map_err(|e| ProviderError::InvalidRequest(format!("azure URL: {e}"))),
         }
     }
@@ -124,7 +124,36 @@ impl OpenAi {
 
 const AZURE_KEY: HeaderName = HeaderName::from_static("api-key");
 
-fn azure_url(base: &str, deployment: &str, version: &str) -> String {
+/// The URI of another OpenAI endpoint (`embeddings`, `completions`) of this upstream:
+/// the chat URL with its last path (`chat/completions`) swapped.
+impl OpenAi {
+    fn endpoint_uri(&self, ep: Endpoint, model: &str) -> Result<http::Uri, ProviderError> {
+        let path = match ep {
+            Endpoint::Embeddings => "embeddings",
+            Endpoint::Completions => "completions",
+            Endpoint::CountTokens => {
+                return Err(ProviderError::InvalidRequest(
+                    "OpenAI-compatible providers have no count_tokens endpoint".into(),
+                ));
+            }
+        };
+        let s = match &self.azure {
+            Some((b, v)) => azure_url(b, model, v, path),
+            None => {
+                let chat = self.url.as_str();
+                match chat.strip_suffix("chat/completions") {
+                    Some(base) => format!("{base}{path}"),
+                    // An api_base that already named some other path: append ours.
+                    None => format!("{}/{path}", chat.trim_end_matches('/')),
+                }
+            }
+        };
+        s.parse()
+            .map_err(|e| ProviderError::InvalidRequest(format!("endpoint URL `{s}`: {e}")))
+    }
+}
+
+fn azure_url(base: &str, deployment: &str, version: &str, path: &str) -> String {
     let base = base
         .split_once("/openai/deployments")
         .map(|(b, _)| b)
@@ -141,7 +170,7 @@ fn azure_url(base: &str, deployment: &str, version: &str) -> String {
             .collect()
     };
     format!(
-        "{base}/openai/deployments/{}/chat/completions?api-version={}",
+        "{base}/openai/deployments/{}/{path}?api-version={}",
         enc(deployment),
         enc(version)
     )
@@ -223,6 +252,23 @@ impl Provider for OpenAi {
         };
         self.raw
             .forward(uri, &self.headers, None, body, stream, o)
+            .await
+    }
+
+    fn has_endpoint(&self, ep: Endpoint) -> bool {
+        matches!(ep, Endpoint::Embeddings | Endpoint::Completions)
+    }
+
+    async fn forward_endpoint(
+        &self,
+        ep: Endpoint,
+        body: Bytes,
+        stream: bool,
+        o: CallOpts<'_>,
+    ) -> Result<RawResponse, ProviderError> {
+        let uri = self.endpoint_uri(ep, o.model)?;
+        self.raw
+            .forward(&uri, &self.headers, None, body, stream, o)
             .await
     }
 }
