@@ -385,16 +385,32 @@ async fn completions_translated_for_anthropic() {
     assert_eq!(up["max_tokens"], 20);
     assert_eq!(up["stop_sequences"], json!(["\n"]));
 
-    // Streaming on a translated provider: a clear 400, upstream untouched.
-    let n = an.count();
+    // Streaming on a translated provider: text_completion chunks, then usage if asked, [DONE].
     let (s, _, b) = call(
         &format!("{base}/v1/completions"),
         "sk-master",
-        &json!({"model": "claude", "prompt": "Say hi", "stream": true}),
+        &json!({"model": "claude", "prompt": "Say hi", "stream": true, "echo": true,
+                "stream_options": {"include_usage": true}}),
     )
     .await;
-    assert_eq!(s, 400, "{b}");
-    assert!(b.contains("use /v1/chat/completions to stream"), "{b}");
+    assert_eq!(s, 200, "{b}");
+    let events = sse_events(&b);
+    assert_eq!(events.last().unwrap().1, "[DONE]");
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|(_, d)| json(d))
+        .collect();
+    assert!(chunks.iter().all(|c| c["object"] == "text_completion"));
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["text"].as_str())
+        .collect();
+    assert_eq!(text, "Say hiHello from fake-anthropic");
+    let usage = &chunks.last().unwrap()["usage"];
+    assert_eq!(usage["prompt_tokens"], 13);
+    assert_eq!(usage["completion_tokens"], 9);
+    assert!(an.last_body()["stream"] == true);
+    let n = an.count();
     // Several prompts cannot be one chat turn.
     let (s, _, b) = call(
         &format!("{base}/v1/completions"),

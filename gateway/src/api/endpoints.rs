@@ -7,16 +7,16 @@
 //! endpoint natively gets the body passed through; otherwise:
 //! - embeddings: 400 (LiteLLM maps them per provider; we only pass through);
 //! - completions: `prompt` becomes one user message on the canonical chat
-//!   path, answered in the `text_completion` shape (no streaming: 400);
+//!   path, answered in the `text_completion` shape (streamed as its chunks);
 //! - count_tokens: an estimate, see [`estimate_tokens`].
 
 use super::{State, authenticate, body_bytes};
 use crate::Inner;
-use crate::canonical::{ChatRequest, ChatResponse, Message};
+use crate::canonical::{ChatRequest, ChatResponse, Message, StreamEvent};
 use crate::error::{GatewayError, ProviderError, WireFormat};
 use crate::formats::{self, Peeked};
 use crate::keys::Caller;
-use crate::providers::{CallOpts, Endpoint, RawResponse};
+use crate::providers::{CallOpts, Endpoint, EventStream, RawResponse};
 use crate::proxy::{
     SpendGuard, json_response, pass_through_response, set_cost_header, set_rate_headers,
 };
@@ -157,14 +157,22 @@ async fn run(
                     peek.model, dep.provider_name
                 )));
             }
+            let (mut req, echo) =
+                completion_to_chat(body).map_err(ProviderError::InvalidRequest)?;
             if peek.stream {
-                return Err(ProviderError::InvalidRequest(format!(
-                    "stream: true on /v1/completions is only supported for OpenAI-compatible deployments; \
-                     model `{}` is served by provider `{}`: use /v1/chat/completions to stream",
-                    peek.model, dep.provider_name
-                )));
+                req.stream = true;
+                let events = dep.provider.stream(&req, opts).await?;
+                guard.arm();
+                return Ok(sse_response(TextStream {
+                    inner: Some(events),
+                    guard,
+                    model: peek.model.clone(),
+                    id: String::new(),
+                    echo,
+                    include_usage: peek.include_usage,
+                    done: false,
+                }));
             }
-            let (req, echo) = completion_to_chat(body).map_err(ProviderError::InvalidRequest)?;
             let r = dep.provider.complete(&req, opts).await?;
             guard.arm();
             guard.usage = r.usage;
@@ -274,6 +282,119 @@ fn completion_to_chat(body: &[u8]) -> Result<(ChatRequest, Option<String>), Stri
         ..ChatRequest::default()
     };
     Ok((req, echo))
+}
+
+fn sse_response<S>(s: S) -> Response
+where
+    S: futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+{
+    let mut r = Response::new(axum::body::Body::from_stream(s));
+    let h = r.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-cache"),
+    );
+    r
+}
+
+/// A translated stream as legacy completion chunks (`text_completion` objects
+/// with `choices[].text`), the usage-only chunk if asked for, then `[DONE]`.
+/// Spend is recorded when it ends (the guard drops).
+struct TextStream {
+    inner: Option<EventStream>,
+    guard: SpendGuard,
+    model: String,
+    id: String,
+    echo: Option<String>,
+    include_usage: bool,
+    done: bool,
+}
+
+impl TextStream {
+    fn chunk(&self, choices: Value, usage: Option<Value>, out: &mut Vec<u8>) {
+        let mut v = json!({"id": format!("cmpl-{}", self.id), "object": "text_completion",
+            "created": chrono::Utc::now().timestamp(), "model": self.model, "choices": choices});
+        if let Some(u) = usage {
+            v["usage"] = u;
+        }
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(v.to_string().as_bytes());
+        out.extend_from_slice(b"\n\n");
+    }
+
+    fn text(&self, text: &str, finish: Option<&str>, out: &mut Vec<u8>) {
+        let c = json!([{"text": text, "index": 0, "logprobs": null, "finish_reason": finish}]);
+        self.chunk(c, None, out);
+    }
+}
+
+impl futures_util::Stream for TextStream {
+    type Item = Result<Bytes, std::io::Error>;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        let mut out = Vec::new();
+        while let Some(s) = this.inner.as_mut() {
+            match s.as_mut().poll_next(cx) {
+                Poll::Pending => break,
+                Poll::Ready(None) => {
+                    this.inner = None;
+                    if !this.done {
+                        this.done = true;
+                        out.extend_from_slice(b"data: [DONE]\n\n");
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    this.inner = None;
+                    this.done = true;
+                    crate::formats::openai::StreamEncoder::new(&this.model, false)
+                        .error(&GatewayError::Provider(e), &mut out);
+                }
+                Poll::Ready(Some(Ok(ev))) => match ev {
+                    StreamEvent::Start {
+                        id, input_tokens, ..
+                    } => {
+                        this.id = id;
+                        this.guard.usage.input_tokens = input_tokens;
+                        if let Some(p) = this.echo.take() {
+                            this.text(&p, None, &mut out);
+                        }
+                    }
+                    StreamEvent::TextDelta(t) => this.text(&t, None, &mut out),
+                    StreamEvent::Finish { stop_reason, usage } => {
+                        this.guard.usage = usage;
+                        this.text("", Some(stop_reason.openai()), &mut out);
+                        if this.include_usage {
+                            let u = json!({"prompt_tokens": usage.input_tokens,
+                                "completion_tokens": usage.output_tokens,
+                                "total_tokens": usage.input_tokens + usage.output_tokens});
+                            this.chunk(json!([]), Some(u), &mut out);
+                        }
+                    }
+                    // Thinking and tool calls have no place in a text completion.
+                    _ => {}
+                },
+            }
+            if out.len() > 16 * 1024 {
+                break;
+            }
+        }
+        if !out.is_empty() {
+            Poll::Ready(Some(Ok(Bytes::from(out))))
+        } else if this.inner.is_none() {
+            Poll::Ready(None)
+        } else {
+            Poll::Pending
+        }
+    }
 }
 
 /// OpenAI's legacy completion object (platform.openai.com/docs/api-reference/completions/object).
