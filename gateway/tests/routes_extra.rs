@@ -487,3 +487,32 @@ async fn count_tokens_pass_through_and_estimate() {
     let info: Value = r.json().await.unwrap();
     assert_eq!(info["info"]["spend"].as_f64().unwrap(), 0.0, "{info}");
 }
+
+#[tokio::test]
+async fn translated_completion_stream_records_spend() {
+    let (gw, _seen, _an) = setup().await;
+    let base = &gw.base;
+    let key = new_key(base, json!(["claude"])).await;
+    let (s, _, b) = call(
+        &format!("{base}/v1/completions"),
+        &key,
+        &json!({"model": "claude", "prompt": "Say hi", "stream": true}),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    assert!(!b.contains("\"usage\""), "usage only when asked: {b}");
+    gw.gw.flush().await;
+    let r = client()
+        .get(format!("{base}/key/info"))
+        .query(&[("key", key.as_str())])
+        .bearer_auth("sk-master")
+        .send()
+        .await
+        .unwrap();
+    let info: Value = r.json().await.unwrap();
+    // 13 input tokens at 0.001 + 9 output tokens at 0.002.
+    assert!(
+        close(info["info"]["spend"].as_f64().unwrap(), 0.031),
+        "{info}"
+    );
+}
