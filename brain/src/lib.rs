@@ -32,6 +32,8 @@ use config::{Config, MasterKey, VaultMode};
 
 /// After shutdown is requested, how long in-flight requests (a streaming exec) may take.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long each last shutdown write (gateway spend, closing the store) may take.
+const SHUTDOWN_STEP_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -130,8 +132,17 @@ pub async fn run(
     tracing::debug!("reaper stopped");
     let _ = dispatcher.await;
     tracing::debug!("dispatcher stopped");
-    if let Some(models) = &state.models {
-        models.gateway.flush().await;
+    // A query stuck on a connection the database (or the network) dropped during an outage
+    // has no end of its own: the last writes get a bounded wait, then the process exits. What
+    // they did not write is what a crash would lose, and the next start recovers from that.
+    if let Some(models) = &state.models
+        && tokio::time::timeout(SHUTDOWN_STEP_TIMEOUT, models.gateway.flush())
+            .await
+            .is_err()
+    {
+        tracing::warn!(
+            "flushing gateway spend took over {SHUTDOWN_STEP_TIMEOUT:?}; exiting without it"
+        );
     }
     if let Some(outbox) = outbox {
         let _ = outbox.await;
@@ -140,7 +151,12 @@ pub async fn run(
         vault.shutdown().await;
     }
     tracing::debug!("closing the store");
-    state.store.close().await;
+    if tokio::time::timeout(SHUTDOWN_STEP_TIMEOUT, state.store.close())
+        .await
+        .is_err()
+    {
+        tracing::warn!("closing the store took over {SHUTDOWN_STEP_TIMEOUT:?}; exiting without it");
+    }
     Ok(())
 }
 

@@ -52,9 +52,10 @@ fn bin_yaml(up: &Upstream, extra: &str) -> String {
          ca: {{ cert: ca.pem, key: ca-key.pem }}\nupstream_roots: [upstream-ca.pem]\n\
          audit_log: log/audit.jsonl\negress: {{ default: deny, allow_hosts: [allowed.test] }}\n\
          network: {{ allow_private: true, resolve: {{ api.github.test: 127.0.0.1, allowed.test: 127.0.0.1 }} }}\n\
-         credentials:\n  GITHUB_TOKEN: {{ value_file: gh.secret, allowed_hosts: [api.github.test] }}\n\
+         credentials:\n  GITHUB_TOKEN: {{ value_file: gh.secret, allowed_hosts: [\"api.github.test:{port}\"] }}\n\
          grants:\n  - {{ sandbox: sb-a, token: token-sb-a-0123, credentials: {{ GITHUB_TOKEN: {STUB} }} }}\n\
          {extra}",
+        port = up.port,
     )
     .replace("upstream-ca.pem", &format!("upstream-ca-{}.pem", up.port))
 }
