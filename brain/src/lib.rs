@@ -11,6 +11,7 @@ pub mod error;
 pub mod lifecycle;
 pub mod mcp;
 pub mod metrics;
+pub mod replicas;
 pub mod sandbox;
 pub mod sessions;
 pub mod state;
@@ -95,6 +96,7 @@ pub async fn run(
         }
         None => tracing::warn!("no models configured: POST /v1/sessions answers 503"),
     }
+    replicas::register(&state).await?;
     lifecycle::reconcile(&state).await?;
     if state.store.engine() == "sqlite" {
         // One brain per SQLite file: every claim left in it belongs to a dead process.
@@ -106,6 +108,7 @@ pub async fn run(
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let reaper = tokio::spawn(lifecycle::reaper(state.clone(), stop_rx.clone()));
+    let replica = tokio::spawn(replicas::run(state.clone(), stop_rx.clone()));
     let outbox = start_triggers(&mut state, stop_rx.clone())?;
     let dispatcher = tokio::spawn(sessions::dispatcher(state.clone(), stop_rx.clone()));
     tokio::spawn(async move {
@@ -132,6 +135,8 @@ pub async fn run(
     tracing::debug!("reaper stopped");
     let _ = dispatcher.await;
     tracing::debug!("dispatcher stopped");
+    let _ = replica.await;
+    replicas::retire(&state).await;
     // A query stuck on a connection the database (or the network) dropped during an outage
     // has no end of its own: the last writes get a bounded wait, then the process exits. What
     // they did not write is what a crash would lose, and the next start recovers from that.

@@ -10,7 +10,6 @@
 //! On shutdown the brain leaves sandboxes running: the next start adopts them (or the reaper
 //! destroys them once their TTL passes), so a restart does not kill agents' work.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -272,17 +271,43 @@ fn random_token() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Start-up reconciliation with what the backends actually have (see module docs).
+// --- Replica ownership (issue 12) -------------------------------------------------------
+// A replica acts only on rows it looks after (`sandboxes.replica`) and on orphans, rows of a
+// replica whose lease lapsed, which it first takes over (`Store::claim_orphan_sandboxes`).
+// The sweep re-reads each labelled leftover's row *after* listing, so a sandbox another
+// replica created meanwhile (its row is committed before the backend acts) is never swept.
+
+/// Start-up reconciliation with what the backends actually have (see module docs): this
+/// replica's rows and orphans only, never a live replica's.
 pub async fn reconcile(state: &AppState) -> Result<(), LifecycleError> {
-    let mut live: HashSet<String> = HashSet::new();
-    for row in state.store.list_unfinished().await? {
+    let rows = state.store.claim_orphan_sandboxes(true).await?;
+    reconcile_rows(state, rows).await?;
+    sweep_labelled(state).await;
+    Ok(())
+}
+
+/// Takes over the sandboxes of replicas whose lease lapsed and settles them as a restart
+/// would (adopt the live ones, close the rest). Run periodically by every replica, so
+/// survivors clean up after a dead one. Returns how many rows were taken over.
+pub async fn adopt_orphans(state: &AppState) -> Result<usize, LifecycleError> {
+    let rows = state.store.claim_orphan_sandboxes(false).await?;
+    let n = rows.len();
+    if n > 0 {
+        tracing::info!(sandboxes = n, "taking over the sandboxes of a replica that stopped");
+        reconcile_rows(state, rows).await?;
+        sweep_labelled(state).await;
+    }
+    Ok(n)
+}
+
+async fn reconcile_rows(state: &AppState, rows: Vec<SandboxRow>) -> Result<(), LifecycleError> {
+    for row in rows {
         let id = row.id.clone();
         let backend = match state.backends.get(row.backend).await {
             Ok(backend) => backend,
             Err(e) => {
                 tracing::warn!(sandbox = %id, backend = %row.backend, error = %e,
                     "cannot reach this sandbox's backend; leaving its row for a later start");
-                live.insert(id);
                 continue;
             }
         };
@@ -291,7 +316,6 @@ pub async fn reconcile(state: &AppState) -> Result<(), LifecycleError> {
                 match readopt(state, backend.as_ref(), handle).await {
                     Ok(()) => {
                         tracing::info!(sandbox = %id, backend = %row.backend, "adopted running sandbox");
-                        live.insert(id);
                     }
                     Err(reason) => {
                         tracing::warn!(sandbox = %id, %reason, "cannot adopt a running sandbox; destroying it");
@@ -306,7 +330,6 @@ pub async fn reconcile(state: &AppState) -> Result<(), LifecycleError> {
                                 // Left `destroying`: the reaper retries it.
                                 tracing::warn!(sandbox = %id, error = %e, "destroying an unadoptable sandbox failed");
                                 state.store.set_destroy_error(&id, &e.to_string()).await?;
-                                live.insert(id);
                             }
                         }
                     }
@@ -344,13 +367,11 @@ pub async fn reconcile(state: &AppState) -> Result<(), LifecycleError> {
             (SandboxStatus::Destroying, _) => {
                 if let Err(e) = destroy(state, &id).await {
                     tracing::warn!(sandbox = %id, error = %e, "finishing an interrupted destroy failed");
-                    live.insert(id);
                 }
             }
             (SandboxStatus::Destroyed | SandboxStatus::Failed, _) => {}
         }
     }
-    sweep_labelled(state, &live).await;
     Ok(())
 }
 
@@ -384,8 +405,10 @@ async fn readopt(
     Ok(())
 }
 
-/// Destroys everything our owner label marks that has no live row.
-async fn sweep_labelled(state: &AppState, live: &HashSet<String>) {
+/// Destroys everything our owner label marks whose row is finished or missing. The row is
+/// read after the listing: a live row (this replica's, another live replica's, or one created
+/// since) keeps its sandbox.
+async fn sweep_labelled(state: &AppState) {
     let owner = state.store.owner();
     for backend in state.backends.built().await {
         let found = match backend.list_labelled().await {
@@ -396,8 +419,16 @@ async fn sweep_labelled(state: &AppState, live: &HashSet<String>) {
             }
         };
         for item in found {
-            if item.owner.as_deref() != Some(owner) || live.contains(&item.id) {
+            if item.owner.as_deref() != Some(owner) {
                 continue;
+            }
+            match state.store.get_sandbox(&item.id).await {
+                Ok(Some(row)) if row.status.is_live() => continue,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(sandbox = %item.id, error = %e, "cannot read a labelled sandbox's row; leaving it");
+                    continue;
+                }
             }
             revoke(state, &item.id).await;
             match backend.destroy_labelled(&item).await {

@@ -16,6 +16,7 @@
 
 #[cfg(test)]
 pub(crate) mod faults;
+pub mod replicas;
 mod sandboxes;
 #[cfg(test)]
 mod tests;
@@ -58,6 +59,16 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "trigger_waits",
         include_str!("../../migrations/sqlite/0005_trigger_waits.sql"),
     ),
+    (
+        120,
+        "replicas",
+        include_str!("../../migrations/sqlite/0120_replicas.sql"),
+    ),
+    (
+        121,
+        "trigger_inbox",
+        include_str!("../../migrations/sqlite/0121_trigger_inbox.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -84,6 +95,16 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         5,
         "trigger_waits",
         include_str!("../../migrations/postgres/0005_trigger_waits.sql"),
+    ),
+    (
+        120,
+        "replicas",
+        include_str!("../../migrations/postgres/0120_replicas.sql"),
+    ),
+    (
+        121,
+        "trigger_inbox",
+        include_str!("../../migrations/postgres/0121_trigger_inbox.sql"),
     ),
 ];
 
@@ -166,6 +187,9 @@ pub(crate) use on_pool;
 pub struct Store {
     db: Db,
     owner: String,
+    /// This process's replica id (`replicas.id`): fresh per connect, so a restarted brain is a
+    /// new replica and its predecessor's rows are adopted once that one's lease lapsed.
+    replica: String,
     /// Test-only fault injection (see [`faults`]).
     #[cfg(test)]
     pub(crate) faults: faults::FaultPlan,
@@ -221,6 +245,11 @@ impl Store {
         Ok(Self {
             db,
             owner,
+            replica: format!(
+                "replica-{}-{}",
+                std::process::id(),
+                uuid::Uuid::new_v4().simple()
+            ),
             #[cfg(test)]
             faults: faults::FaultPlan::default(),
         })
@@ -229,6 +258,11 @@ impl Store {
     /// Stable identity of this store, used as the `airlock.owner` label on sandboxes.
     pub fn owner(&self) -> &str {
         &self.owner
+    }
+
+    /// This process's replica id (see [`replicas`]).
+    pub fn replica(&self) -> &str {
+        &self.replica
     }
 
     pub fn engine(&self) -> &'static str {

@@ -79,6 +79,8 @@ pub struct NewSandbox {
 pub struct SandboxRow {
     pub id: String,
     pub owner: String,
+    /// The replica that looks after it (`replicas.id`); `None` on rows from before replicas.
+    pub replica: Option<String>,
     pub backend: BackendKind,
     pub status: SandboxStatus,
     pub image: Option<String>,
@@ -96,8 +98,8 @@ pub struct SandboxRow {
 macro_rules! select_sandboxes {
     ($tail:literal) => {
         concat!(
-            "SELECT id, owner, backend, status, image, handle, request, session_id, error, \
-             created_at, updated_at, expires_at, destroyed_at FROM sandboxes ",
+            "SELECT id, owner, replica, backend, status, image, handle, request, session_id, \
+             error, created_at, updated_at, expires_at, destroyed_at FROM sandboxes ",
             $tail
         )
     };
@@ -112,11 +114,14 @@ const SELECT_LIVE: &str = select_sandboxes!(
     "WHERE owner = $1 AND created_at <= $2 AND status IN ('provisioning', 'running', 'destroying') \
      ORDER BY created_at DESC, id LIMIT $3"
 );
+// The reaper's queries also take $4 = this replica: it reaps only the rows it looks after.
 const SELECT_EXPIRED: &str = select_sandboxes!(
-    "WHERE owner = $1 AND status = 'running' AND expires_at <= $2 ORDER BY expires_at, id LIMIT $3"
+    "WHERE owner = $1 AND replica = $4 AND status = 'running' AND expires_at <= $2 \
+     ORDER BY expires_at, id LIMIT $3"
 );
 const SELECT_STALE_DESTROYING: &str = select_sandboxes!(
-    "WHERE owner = $1 AND status = 'destroying' AND updated_at <= $2 ORDER BY updated_at, id LIMIT $3"
+    "WHERE owner = $1 AND replica = $4 AND status = 'destroying' AND updated_at <= $2 \
+     ORDER BY updated_at, id LIMIT $3"
 );
 
 /// Reads a row from either driver; expanded inside each [`on_pool!`] arm.
@@ -126,6 +131,7 @@ macro_rules! read_row {
         RawRow {
             id: row.try_get("id")?,
             owner: row.try_get("owner")?,
+            replica: row.try_get("replica")?,
             backend: row.try_get("backend")?,
             status: row.try_get("status")?,
             image: row.try_get("image")?,
@@ -145,6 +151,7 @@ macro_rules! read_row {
 struct RawRow {
     id: String,
     owner: String,
+    replica: Option<String>,
     backend: String,
     status: String,
     image: Option<String>,
@@ -187,6 +194,7 @@ impl RawRow {
             session_id: self.session_id,
             error: self.error,
             owner: self.owner,
+            replica: self.replica,
             created_at: from_ms(self.created_at),
             updated_at: from_ms(self.updated_at),
             expires_at: from_ms(self.expires_at),
@@ -212,8 +220,8 @@ impl Store {
         on_pool!(self.db(), |pool| {
             sqlx::query(
                 "INSERT INTO sandboxes (id, owner, backend, status, image, handle, request, session_id, \
-                 error, created_at, updated_at, expires_at, destroyed_at) \
-                 VALUES ($1, $2, $3, 'provisioning', $4, NULL, $5, $6, NULL, $7, $7, $8, NULL)",
+                 error, created_at, updated_at, expires_at, destroyed_at, replica) \
+                 VALUES ($1, $2, $3, 'provisioning', $4, NULL, $5, $6, NULL, $7, $7, $8, NULL, $9)",
             )
             .bind(&new.id)
             .bind(self.owner())
@@ -223,6 +231,7 @@ impl Store {
             .bind(&new.session_id)
             .bind(now)
             .bind(new.expires_at.timestamp_millis())
+            .bind(self.replica())
             .execute(pool)
             .await?;
         });
@@ -342,25 +351,70 @@ impl Store {
         self.select_many(sql, i64::MAX, limit).await
     }
 
-    /// Rows of this owner that may still hold backend resources (restart reconciliation).
+    /// Rows of this store (all replicas) that may still hold backend resources.
     pub async fn list_unfinished(&self) -> Result<Vec<SandboxRow>, StoreError> {
         self.select_many(SELECT_LIVE, i64::MAX, i64::MAX).await
     }
 
-    /// Running rows of this owner whose TTL has passed at `now`.
+    /// Running rows of this replica whose TTL has passed at `now`.
     pub async fn list_expired(&self, now: DateTime<Utc>) -> Result<Vec<SandboxRow>, StoreError> {
-        self.select_many(SELECT_EXPIRED, now.timestamp_millis(), i64::MAX)
-            .await
+        self.select_mine(SELECT_EXPIRED, now.timestamp_millis()).await
     }
 
-    /// `destroying` rows of this owner not touched since `before` (a destroy that failed or
+    /// `destroying` rows of this replica not touched since `before` (a destroy that failed or
     /// whose brain died mid-way).
     pub async fn list_stale_destroying(
         &self,
         before: DateTime<Utc>,
     ) -> Result<Vec<SandboxRow>, StoreError> {
-        self.select_many(SELECT_STALE_DESTROYING, before.timestamp_millis(), i64::MAX)
+        self.select_mine(SELECT_STALE_DESTROYING, before.timestamp_millis())
             .await
+    }
+
+    /// Takes over the unfinished rows no live replica looks after: those of replicas whose
+    /// lease lapsed (or that are gone), and rows from before replicas. Compare-and-set on the
+    /// replica each row had, so of two survivors one gets a row. Never this replica's own rows
+    /// (it acts on those itself) nor a live replica's, except with `include_own` at start,
+    /// when nothing of this replica is in flight yet. Returns the rows taken over.
+    pub async fn claim_orphan_sandboxes(
+        &self,
+        include_own: bool,
+    ) -> Result<Vec<SandboxRow>, StoreError> {
+        let own = if include_own { "replica = $2 OR " } else { "" };
+        let sql = format!(
+            "SELECT id, replica FROM sandboxes WHERE owner = $1 \
+             AND status IN ('provisioning', 'running', 'destroying') \
+             AND ({own}replica IS NULL OR (replica <> $2 AND replica NOT IN \
+                  (SELECT id FROM replicas WHERE lease_expires_at > {})))",
+            self.db_now_sql()
+        );
+        let candidates: Vec<(String, Option<String>)> = on_pool!(self.db(), |pool| {
+            sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
+                .bind(self.owner())
+                .bind(self.replica())
+                .fetch_all(pool)
+                .await?
+        });
+        let mut claimed = Vec::new();
+        for (id, seen) in candidates {
+            let won = on_pool!(self.db(), |pool| {
+                sqlx::query(
+                    "UPDATE sandboxes SET replica = $2 WHERE id = $1 \
+                     AND status IN ('provisioning', 'running', 'destroying') \
+                     AND ((replica IS NULL AND $3 IS NULL) OR replica = $3)",
+                )
+                .bind(&id)
+                .bind(self.replica())
+                .bind(&seen)
+                .execute(pool)
+                .await?
+                .rows_affected()
+            }) == 1;
+            if won && let Some(row) = self.get_sandbox(&id).await? {
+                claimed.push(row);
+            }
+        }
+        Ok(claimed)
     }
 
     /// Live sandboxes per backend (for the `/metrics` gauge).
@@ -374,6 +428,25 @@ impl Store {
             .await?
         });
         Ok(rows)
+    }
+
+    /// Like `select_many` with $4 = this replica, no limit.
+    async fn select_mine(&self, sql: &'static str, at: i64) -> Result<Vec<SandboxRow>, StoreError> {
+        let raws: Vec<RawRow> = on_pool!(self.db(), |pool| {
+            let rows = sqlx::query(sql)
+                .bind(self.owner())
+                .bind(at)
+                .bind(i64::MAX)
+                .bind(self.replica())
+                .fetch_all(pool)
+                .await?;
+            let mut raws = Vec::with_capacity(rows.len());
+            for row in &rows {
+                raws.push(read_row!(row));
+            }
+            raws
+        });
+        raws.into_iter().map(RawRow::parse).collect()
     }
 
     async fn select_many(

@@ -19,9 +19,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::outbox::{Delivery, retry_after};
+use super::inbox;
 use super::signature;
 use super::store::{self, ReplyPayload, Source};
-use super::waits::{self, WaitContext};
+use super::waits::WaitContext;
 use super::{
     GithubConfig, LaunchError, Limiter, TaskOutcome, TriggerSetupError, TriggeredTask, Triggers,
     truncate,
@@ -263,14 +264,28 @@ pub async fn hook(State(state): State<AppState>, headers: HeaderMap, body: Bytes
         );
         return (StatusCode::SERVICE_UNAVAILABLE, "busy").into_response();
     };
-    match store::record_delivery(&state.store, Source::Github, &key).await {
-        Ok(true) => {
+    // Durable before the 200 (the signed key and the event in one transaction): a crash right
+    // after the ack loses nothing, and a store failure answers 500 so GitHub can redeliver.
+    let (repo, issue) = (request.repo.clone(), request.issue);
+    let payload = inbox::Payload::Github { request };
+    let owner = state.sessions.instance();
+    let claimed = match inbox::accept(
+        &state.store,
+        &key,
+        &payload,
+        owner,
+        inbox::lease_ms(&state),
+    )
+    .await
+    {
+        Ok(Some(claimed)) => {
             // Kept for tracing a delivery; the signed key above is what deduplicates.
             if let Err(e) = store::record_delivery(&state.store, Source::Github, &delivery).await {
                 tracing::warn!(delivery, error = %e, "github webhook: cannot record delivery id");
             }
+            claimed
         }
-        Ok(false) => {
+        Ok(None) => {
             tracing::info!(
                 delivery,
                 key,
@@ -282,20 +297,29 @@ pub async fn hook(State(state): State<AppState>, headers: HeaderMap, body: Bytes
             tracing::error!(delivery, error = %e, "github webhook: cannot record delivery");
             return (StatusCode::INTERNAL_SERVER_ERROR, "store unavailable").into_response();
         }
-    }
-    tracing::info!(delivery, repo = %request.repo, issue = request.issue, "github event accepted");
-    tokio::spawn(async move {
-        let _slot = admission.run_slot().await;
-        handle_request(&state, &triggers, request).await;
-        drop(admission);
-    });
+    };
+    tracing::info!(delivery, repo = %repo, issue, "github event accepted");
+    tokio::spawn(inbox::process(state, triggers, claimed, admission));
     StatusCode::OK.into_response()
 }
 
-async fn handle_request(state: &AppState, triggers: &Arc<Triggers>, req: Request) {
-    let Some(github) = triggers.github.as_ref() else {
-        return;
-    };
+/// Checks the requester, then starts or continues the issue's session. Returns the comment
+/// (and push) then owed, if any.
+pub(crate) async fn handle_request(
+    state: &AppState,
+    triggers: &Arc<Triggers>,
+    ev: &inbox::Claimed,
+    req: Request,
+) -> Option<(String, WaitContext)> {
+    let github = triggers.github.as_ref()?;
+    let key = format!("{}#{}", req.repo, req.issue);
+    if let Some(session) = &ev.session_id {
+        // Taken over after it had started or continued its session: only the reply is left.
+        store::bind_thread(&state.store, Source::Github, &key, session)
+            .await
+            .ok();
+        return Some((session.clone(), WaitContext::Github { request: req }));
+    }
     let config = &github.config;
     match github
         .client
@@ -306,16 +330,15 @@ async fn handle_request(state: &AppState, triggers: &Arc<Triggers>, req: Request
         Ok(p) => {
             tracing::warn!(repo = %req.repo, issue = req.issue, user = %req.actor, permission = %p,
                 "github trigger refused: the requester lacks write access");
-            return;
+            return None;
         }
         Err(e) => {
             // Fail closed: no proof of write access, no session.
             tracing::error!(repo = %req.repo, issue = req.issue, user = %req.actor, error = %e,
                 "github trigger: permission check failed; not starting");
-            return;
+            return None;
         }
     }
-    let key = format!("{}#{}", req.repo, req.issue);
     let comment = |body: String| ReplyPayload::GithubComment {
         repo: req.repo.clone(),
         issue: req.issue,
@@ -328,7 +351,7 @@ async fn handle_request(state: &AppState, triggers: &Arc<Triggers>, req: Request
         Ok(existing) => existing,
         Err(e) => {
             tracing::error!(error = %e, issue = %key, "github: cannot read the issue mapping");
-            return;
+            return None;
         }
     };
     let session_id = match existing {
@@ -346,7 +369,7 @@ async fn handle_request(state: &AppState, triggers: &Arc<Triggers>, req: Request
                         )),
                     )
                     .await;
-                return;
+                return None;
             }
             session
         }
@@ -379,7 +402,7 @@ async fn handle_request(state: &AppState, triggers: &Arc<Triggers>, req: Request
                             comment(format!("Airlock could not start a session: {e}")),
                         )
                         .await;
-                    return;
+                    return None;
                 }
             };
             if let Err(e) = store::bind_thread(&state.store, Source::Github, &key, &session).await {
@@ -390,14 +413,12 @@ async fn handle_request(state: &AppState, triggers: &Arc<Triggers>, req: Request
         }
     };
     drop(start_guard);
+    // A takeover of this event from here on only owes the comment.
+    if let Err(e) = inbox::set_session(&state.store, &ev.id, &session_id).await {
+        tracing::warn!(event = %ev.id, error = %e, "cannot record the event's session");
+    }
     // The comment (and the push) are owed from here on; `waits` keeps that across a restart.
-    waits::begin_and_complete(
-        state,
-        triggers,
-        &session_id,
-        WaitContext::Github { request: req },
-    )
-    .await;
+    Some((session_id, WaitContext::Github { request: req }))
 }
 
 /// For a settled session: pushes its changes and opens a draft PR when it succeeded, and

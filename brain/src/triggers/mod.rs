@@ -20,6 +20,7 @@
 
 pub mod config;
 pub mod github;
+pub mod inbox;
 pub mod outbox;
 pub mod sessions_launcher;
 pub mod shell_launcher;
@@ -59,6 +60,10 @@ pub struct TaskOutcome {
     pub summary: String,
     /// The session's latest sandbox, if any: the GitHub flow pushes from it.
     pub sandbox_id: Option<String>,
+    /// Identifies the settled state (the session's last update): two waits that see the same
+    /// settle owe one reply between them, so it keys the reply (`waits::complete`). `None`:
+    /// no key, every wait replies (launchers without a durable session).
+    pub settled_at: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -116,6 +121,25 @@ pub struct Triggers {
     /// Serialises "look up the thread's session, else start one and bind it" (held for
     /// milliseconds: starting a session does not wait for it to run).
     pub thread_lock: tokio::sync::Mutex<()>,
+    /// Webhook events ([`inbox`]) whose task lives in this process: only their leases are
+    /// renewed, so an event whose task died is taken over once its lease lapses.
+    live_events: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+}
+
+/// Keeps an event's lease renewed while alive (dropped on every exit of its task, panics
+/// included).
+pub struct EventGuard {
+    id: String,
+    live: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+}
+
+impl Drop for EventGuard {
+    fn drop(&mut self) {
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+    }
 }
 
 impl Triggers {
@@ -155,12 +179,35 @@ impl Triggers {
             github,
             outbox_wakeup: Notify::new(),
             thread_lock: tokio::sync::Mutex::new(()),
+            live_events: Arc::default(),
             retry: outbox::RetryPolicy {
                 base: std::time::Duration::from_millis(config.reply_retry_base_ms),
                 max: std::time::Duration::from_millis(config.reply_retry_max_ms),
                 ..outbox::RetryPolicy::default()
             },
         })
+    }
+
+    /// Marks a webhook event as handled by a live task here (see [`EventGuard`]).
+    pub fn hold_event(&self, id: &str) -> EventGuard {
+        self.live_events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string());
+        EventGuard {
+            id: id.to_string(),
+            live: self.live_events.clone(),
+        }
+    }
+
+    /// Ids of the webhook events handled by live tasks here.
+    pub fn live_events(&self) -> Vec<String> {
+        self.live_events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect()
     }
 
     /// Puts a reply in the outbox (durably) and wakes the worker.
@@ -213,6 +260,16 @@ impl Limiter {
             admitted: self.admitted.clone(),
             permits: self.permits.clone(),
         })
+    }
+
+    /// Admits an event taken over from a stopped brain whatever the queue holds: it was
+    /// acknowledged already, so it cannot be refused any more; it still waits for a run slot.
+    pub fn admit_taken_over(&self) -> Admission {
+        self.admitted.fetch_add(1, Ordering::AcqRel);
+        Admission {
+            admitted: self.admitted.clone(),
+            permits: self.permits.clone(),
+        }
     }
 
     /// Events admitted and not yet finished (running or queued).

@@ -112,10 +112,26 @@ pub async fn pass(
     state: &AppState,
     triggers: &Triggers,
 ) -> Result<usize, crate::store::StoreError> {
-    let due =
-        store::claim_due_replies(&state.store, store::now_ms(), CLAIM_LEASE_MS, BATCH).await?;
+    pass_with(state, triggers, CLAIM_LEASE_MS, BATCH).await
+}
+
+/// [`pass`] with a given claim lease and batch size. Each reply's lease is renewed right
+/// before its send (one send takes at most the client timeout, 25 s, well inside the lease),
+/// so a long batch never sends a reply whose lease lapsed meanwhile: another worker may have
+/// claimed it, and then only that worker sends it.
+pub async fn pass_with(
+    state: &AppState,
+    triggers: &Triggers,
+    lease_ms: i64,
+    batch: i64,
+) -> Result<usize, crate::store::StoreError> {
+    let due = store::claim_due_replies(&state.store, store::now_ms(), lease_ms, batch).await?;
     let n = due.len();
-    for reply in due {
+    for mut reply in due {
+        if !store::extend_reply_lease(&state.store, &mut reply, store::now_ms() + lease_ms).await? {
+            tracing::info!(reply = %reply.id, "reply lease lapsed during the batch; another worker sends it");
+            continue;
+        }
         let outcome = deliver(triggers, &reply).await;
         settle(state, &triggers.retry, &reply, outcome).await?;
     }

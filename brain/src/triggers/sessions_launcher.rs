@@ -74,6 +74,7 @@ impl SessionLauncher for SessionsLauncher {
             succeeded,
             summary,
             sandbox_id: view.last_sandbox_id,
+            settled_at: Some(view.updated_at),
         })
     }
 }

@@ -87,6 +87,7 @@ async fn run_turn(
         succeeded: false,
         summary,
         sandbox_id,
+        settled_at: None,
     };
     if sandbox.is_none() {
         let params = ProvisionParams {
@@ -140,6 +141,7 @@ async fn run_turn(
                 succeeded,
                 summary: truncate(summary.trim(), MAX_SUMMARY_BYTES),
                 sandbox_id,
+                settled_at: None,
             }
         }
         Err(e) => failed(format!("exec failed: {e}"), sandbox_id),

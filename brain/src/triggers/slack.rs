@@ -10,13 +10,14 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::outbox::{Delivery, retry_after};
 use super::signature;
 use super::store::{self, ReplyPayload, Source};
-use super::waits::{self, WaitContext};
+use super::inbox;
+use super::waits::WaitContext;
 use super::{
     LaunchError, Limiter, SlackConfig, TaskOutcome, TriggerSetupError, TriggeredTask, Triggers,
     truncate,
@@ -71,8 +72,8 @@ enum Envelope {
     Other,
 }
 
-#[derive(Debug, Deserialize)]
-struct Event {
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Event {
     #[serde(rename = "type")]
     kind: String,
     #[serde(default)]
@@ -92,8 +93,8 @@ struct Event {
 }
 
 /// What an event asks for, once filtered.
-#[derive(Debug, PartialEq)]
-enum Intent {
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Intent {
     /// A mention or DM: a new session, or a follow-up if its thread has one.
     Task,
     /// A plain message in a channel thread: only a follow-up, if the thread has a session.
@@ -186,27 +187,44 @@ pub async fn hook(State(state): State<AppState>, headers: HeaderMap, body: Bytes
         );
         return (StatusCode::SERVICE_UNAVAILABLE, "busy").into_response();
     };
-    match store::record_delivery(&state.store, Source::Slack, &event_id).await {
-        Ok(true) => {}
-        Ok(false) => {
+    // Durable before the 200 (the delivery id and the event in one transaction): a crash
+    // right after the ack loses nothing, and a store failure answers 500 so Slack retries.
+    let channel = event.channel.clone();
+    let payload = inbox::Payload::Slack { event, intent };
+    let owner = state.sessions.instance();
+    let claimed = match inbox::accept(
+        &state.store,
+        &event_id,
+        &payload,
+        owner,
+        inbox::lease_ms(&state),
+    )
+    .await
+    {
+        Ok(Some(claimed)) => claimed,
+        Ok(None) => {
             tracing::info!(event_id, "duplicate slack event ignored");
             return StatusCode::OK.into_response();
         }
         Err(e) => {
-            tracing::error!(event_id, error = %e, "slack webhook: cannot record delivery");
+            tracing::error!(event_id, error = %e, "slack webhook: cannot record the event");
             return (StatusCode::INTERNAL_SERVER_ERROR, "store unavailable").into_response();
         }
-    }
-    tracing::info!(event_id, channel = %event.channel, "slack event accepted");
-    tokio::spawn(async move {
-        let _slot = admission.run_slot().await;
-        handle_event(&state, &triggers, event, intent).await;
-        drop(admission);
-    });
+    };
+    tracing::info!(event_id, channel = %channel, "slack event accepted");
+    tokio::spawn(inbox::process(state, triggers, claimed, admission));
     StatusCode::OK.into_response()
 }
 
-async fn handle_event(state: &AppState, triggers: &Arc<Triggers>, event: Event, intent: Intent) {
+/// Starts or continues the thread's session. Returns the reply then owed, if any (`None`
+/// when handling ended here, with or without a message).
+pub(crate) async fn handle_event(
+    state: &AppState,
+    triggers: &Arc<Triggers>,
+    ev: &inbox::Claimed,
+    event: Event,
+    intent: Intent,
+) -> Option<(String, WaitContext)> {
     let thread_ts = event.thread_ts.clone().unwrap_or_else(|| event.ts.clone());
     let key = format!("{}:{thread_ts}", event.channel);
     let text = strip_mentions(&event.text);
@@ -217,6 +235,19 @@ async fn handle_event(state: &AppState, triggers: &Arc<Triggers>, event: Event, 
     };
     // Held from the lookup until the new session is bound, so two events for one new
     // thread cannot both start a session (within this brain).
+    if let Some(session) = &ev.session_id {
+        // Taken over after it had started or continued its session: only the reply is left.
+        if intent == Intent::Task {
+            store::bind_thread(&state.store, Source::Slack, &key, session)
+                .await
+                .ok();
+        }
+        let context = WaitContext::Slack {
+            channel: event.channel.clone(),
+            thread_ts,
+        };
+        return Some((session.clone(), context));
+    }
     let start_guard = triggers.thread_lock.lock().await;
     let existing = match store::thread_session(&state.store, Source::Slack, &key).await {
         Ok(existing) => existing,
@@ -225,7 +256,7 @@ async fn handle_event(state: &AppState, triggers: &Arc<Triggers>, event: Event, 
             triggers
                 .reply(state, reply(format!(":warning: could not start: {e}")))
                 .await;
-            return;
+            return None;
         }
     };
     let session_id = match (existing, intent) {
@@ -235,18 +266,18 @@ async fn handle_event(state: &AppState, triggers: &Arc<Triggers>, event: Event, 
                 triggers
                     .reply(state, reply(format!(":warning: could not continue: {e}")))
                     .await;
-                return;
+                return None;
             }
             tracing::info!(session = %session, thread = %key, "slack follow-up delivered");
             session
         }
-        (None, Intent::ThreadReplyOnly) => return,
+        (None, Intent::ThreadReplyOnly) => return None,
         (None, Intent::Task) => {
             if text.is_empty() {
                 triggers
                     .reply(state, reply("Mention me with a task to run.".into()))
                     .await;
-                return;
+                return None;
             }
             let task = TriggeredTask {
                 task: format!(
@@ -272,7 +303,7 @@ async fn handle_event(state: &AppState, triggers: &Arc<Triggers>, event: Event, 
                     triggers
                         .reply(state, reply(format!(":warning: could not start: {e}")))
                         .await;
-                    return;
+                    return None;
                 }
             };
             if let Err(e) = store::bind_thread(&state.store, Source::Slack, &key, &session).await {
@@ -286,12 +317,16 @@ async fn handle_event(state: &AppState, triggers: &Arc<Triggers>, event: Event, 
         }
     };
     drop(start_guard);
+    // A takeover of this event from here on only owes the reply.
+    if let Err(e) = inbox::set_session(&state.store, &ev.id, &session_id).await {
+        tracing::warn!(event = %ev.id, error = %e, "cannot record the event's session");
+    }
     // The answer is owed from here on; `waits` keeps that promise across a restart.
     let context = WaitContext::Slack {
         channel: event.channel.clone(),
         thread_ts,
     };
-    waits::begin_and_complete(state, triggers, &session_id, context).await;
+    Some((session_id, context))
 }
 
 /// The thread reply for a settled session.

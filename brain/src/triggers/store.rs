@@ -55,6 +55,9 @@ pub struct PendingReply {
     pub id: String,
     pub payload: ReplyPayload,
     pub attempts: u32,
+    /// The `next_attempt_at` this worker's claim wrote: its lease, renewed (compare-and-set on
+    /// this value) right before each send by [`extend_reply_lease`].
+    pub lease: i64,
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -93,6 +96,11 @@ pub async fn record_delivery(
 /// Forgets deliveries older than `before_ms` (their senders stopped retrying long ago).
 pub async fn prune_deliveries(store: &Store, before_ms: i64) -> Result<u64, StoreError> {
     Ok(on_pool!(store.db(), |pool| {
+        // Reply keys (one per settle of a session) age out with the deliveries.
+        sqlx::query("DELETE FROM trigger_reply_keys WHERE created_at < $1")
+            .bind(before_ms)
+            .execute(pool)
+            .await?;
         sqlx::query("DELETE FROM webhook_deliveries WHERE received_at < $1")
             .bind(before_ms)
             .execute(pool)
@@ -218,12 +226,41 @@ pub async fn claim_due_replies(
         let payload: ReplyPayload =
             serde_json::from_str(&payload).map_err(|e| corrupt(format!("reply {id}: {e}")))?;
         claimed.push(PendingReply {
+            lease: now + lease_ms,
             id,
             payload,
             attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
         });
     }
     Ok(claimed)
+}
+
+/// Renews a claimed reply's lease to `until` right before sending it, if this worker still
+/// holds it (`next_attempt_at` is still the value its claim wrote). A batch can outlast one
+/// lease (16 sends of up to 25 s each); renewing per send keeps every send inside a lease, so
+/// a reply whose lease lapsed while earlier ones were sent is either still ours (renewed
+/// here) or another worker's (skipped here): never sent by both.
+pub async fn extend_reply_lease(
+    store: &Store,
+    reply: &mut PendingReply,
+    until: i64,
+) -> Result<bool, StoreError> {
+    let won = on_pool!(store.db(), |pool| {
+        sqlx::query(
+            "UPDATE trigger_replies SET next_attempt_at = $1 \
+             WHERE id = $2 AND next_attempt_at = $3 AND failed_at IS NULL",
+        )
+        .bind(until)
+        .bind(&reply.id)
+        .bind(reply.lease)
+        .execute(pool)
+        .await?
+        .rows_affected()
+    }) == 1;
+    if won {
+        reply.lease = until;
+    }
+    Ok(won)
 }
 
 /// The reply was delivered: it leaves the outbox.

@@ -218,22 +218,20 @@ async fn owed_replies_are_taken_over_after_the_lease_and_queued_once() {
                 thread_ts: "1.2".into(),
             },
         };
-        let now = store::now_ms();
-        waits::insert(&s, &wait, "brain-dead", now + 30_000)
-            .await
-            .unwrap();
+        // Leases are on the database clock: the callers pass lengths, never their own time.
+        waits::insert(&s, &wait, "brain-dead", 300).await.unwrap();
         // A live lease is nobody else's to take.
         assert!(
-            waits::claim_expired(&s, "brain-b", now, now + 30_000, 10)
+            waits::claim_expired(&s, "brain-b", 30_000, 10)
                 .await
                 .unwrap()
                 .is_empty()
         );
         // The owner stops renewing; once the lease passes, exactly one of two brains takes it.
-        let later = now + 30_001;
+        tokio::time::sleep(Duration::from_millis(400)).await;
         let (b, c) = tokio::join!(
-            waits::claim_expired(&s, "brain-b", later, later + 30_000, 10),
-            waits::claim_expired(&s, "brain-c", later, later + 30_000, 10),
+            waits::claim_expired(&s, "brain-b", 30_000, 10),
+            waits::claim_expired(&s, "brain-c", 30_000, 10),
         );
         let (b, c) = (b.unwrap(), c.unwrap());
         assert_eq!(b.len() + c.len(), 1, "one taker: {b:?} {c:?}");
@@ -272,19 +270,18 @@ async fn owed_replies_are_taken_over_after_the_lease_and_queued_once() {
             id: format!("tw-{}", uuid::Uuid::new_v4().simple()),
             ..wait.clone()
         };
-        waits::insert(&s, &w2, "brain-a", now + 1_000)
-            .await
-            .unwrap();
-        assert_eq!(waits::renew(&s, "brain-a", now + 90_000).await.unwrap(), 1);
+        waits::insert(&s, &w2, "brain-a", 300).await.unwrap();
+        assert_eq!(waits::renew(&s, "brain-a", 90_000).await.unwrap(), 1);
+        tokio::time::sleep(Duration::from_millis(400)).await;
         assert!(
-            waits::claim_expired(&s, "brain-b", now + 60_000, now + 90_000, 10)
+            waits::claim_expired(&s, "brain-b", 30_000, 10)
                 .await
                 .unwrap()
                 .is_empty()
         );
         assert_eq!(waits::release(&s, Some("brain-a")).await.unwrap(), 1);
         assert_eq!(
-            waits::claim_expired(&s, "brain-b", now, now + 30_000, 10)
+            waits::claim_expired(&s, "brain-b", 30_000, 10)
                 .await
                 .unwrap()
                 .len(),
@@ -338,6 +335,8 @@ struct FakeSlackApi {
     failures: Arc<Mutex<VecDeque<Failure>>>,
     posted: Arc<Mutex<Vec<Value>>>,
     calls: Arc<Mutex<usize>>,
+    /// How long each post takes (a slow API).
+    delay_ms: Arc<Mutex<u64>>,
 }
 
 impl FakeSlackApi {
@@ -360,6 +359,8 @@ impl FakeSlackApi {
     ) -> axum::response::Response {
         use axum::response::IntoResponse;
         *fake.calls.lock().unwrap() += 1;
+        let delay = *fake.delay_ms.lock().unwrap();
+        tokio::time::sleep(Duration::from_millis(delay)).await;
         let auth = headers.get("authorization").and_then(|v| v.to_str().ok());
         if auth != Some(&format!("Bearer {BOT_TOKEN}")) {
             return axum::Json(json!({"ok": false, "error": "invalid_auth"})).into_response();
@@ -406,12 +407,20 @@ impl SessionLauncher for Recording {
             .find(|(s, _)| s == id)
             .map(|(_, t)| t.clone());
         let index: usize = id.trim_start_matches("ses-").parse().unwrap();
+        let answered = self
+            .follow_ups
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(s, _)| s == id)
+            .count();
         let text = last_follow_up
             .unwrap_or_else(|| self.started.lock().unwrap()[index - 1].request.clone());
         Ok(TaskOutcome {
             succeeded: true,
             summary: format!("did: {text}"),
             sandbox_id: None,
+            settled_at: Some(format!("{id}:{answered}")),
         })
     }
 }
@@ -859,4 +868,84 @@ fn trigger_config_requires_a_launcher_and_safe_names() {
     .err()
     .unwrap();
     assert!(err.to_string().contains("SLACK_SIGNING_SECRET"), "{err}");
+}
+
+#[tokio::test]
+async fn a_batch_longer_than_its_lease_sends_each_reply_once() {
+    let h = hooks(Vec::new()).await;
+    *h.slack_api.delay_ms.lock().unwrap() = 150;
+    for i in 0..4 {
+        let payload = ReplyPayload::SlackMessage {
+            channel: "C1".into(),
+            thread_ts: "1.0".into(),
+            text: format!("r{i}"),
+        };
+        store::enqueue_reply(&h.state.store, &payload).await.unwrap();
+    }
+    // Two workers (replicas); a claim lasts 200 ms, a batch of four sends takes 600 ms: the
+    // second worker starts while the first is mid-batch with lapsed leases.
+    let (a, b) = tokio::join!(
+        outbox::pass_with(&h.state, h.triggers(), 200, 16),
+        async {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            outbox::pass_with(&h.state, h.triggers(), 200, 16).await
+        },
+    );
+    a.unwrap();
+    b.unwrap();
+    while !store::undelivered_replies(&h.state.store)
+        .await
+        .unwrap()
+        .is_empty()
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        outbox::pass_with(&h.state, h.triggers(), 200, 16)
+            .await
+            .unwrap();
+    }
+    let mut texts: Vec<String> = h
+        .slack_api
+        .posted
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|p| p["text"].as_str().unwrap().to_string())
+        .collect();
+    texts.sort();
+    assert_eq!(texts, ["r0", "r1", "r2", "r3"], "each reply sent exactly once");
+}
+
+#[tokio::test]
+async fn two_waits_on_one_settle_reply_once() {
+    let h = hooks(Vec::new()).await;
+    let triggers = h.state.triggers.clone().unwrap();
+    let session = triggers
+        .launcher
+        .start(TriggeredTask {
+            task: "t".into(),
+            request: "echo hi".into(),
+            credentials: Vec::new(),
+            origin: json!({}),
+        })
+        .await
+        .unwrap();
+    let context = || waits::WaitContext::Slack {
+        channel: "C1".into(),
+        thread_ts: "1.0".into(),
+    };
+    // A mention and a follow-up in its thread both owe "the answer" of the same settle.
+    tokio::join!(
+        waits::begin_and_complete(&h.state, &triggers, &session, context(), None),
+        waits::begin_and_complete(&h.state, &triggers, &session, context(), None),
+    );
+    let owed = store::undelivered_replies(&h.state.store).await.unwrap();
+    assert_eq!(owed.len(), 1, "one reply per settle: {owed:?}");
+    // A later settle (after another follow-up) is answered again.
+    triggers
+        .launcher
+        .follow_up(&session, "echo again".into())
+        .await
+        .unwrap();
+    waits::begin_and_complete(&h.state, &triggers, &session, context(), None).await;
+    assert_eq!(store::undelivered_replies(&h.state.store).await.unwrap().len(), 2);
 }

@@ -24,7 +24,7 @@ use sqlx::Row;
 use tokio::sync::watch;
 
 use super::store::{self, ReplyPayload, Source, now_ms};
-use super::{LaunchError, TaskOutcome, Triggers, github, slack};
+use super::{LaunchError, TaskOutcome, Triggers, github, inbox, slack};
 use crate::state::AppState;
 use crate::store::{Store, StoreError, on_pool};
 
@@ -66,42 +66,80 @@ fn lease_ms(state: &AppState) -> i64 {
     i64::try_from(state.config.sessions.lease_seconds.saturating_mul(1000)).unwrap_or(i64::MAX)
 }
 
-/// Records an owed reply, owned by this brain. On a store error the caller still waits in
-/// memory (the reply then only survives as long as this process).
+/// Records an owed reply, owned by this brain; when it is owed for a webhook event
+/// (`event_id`), the event leaves the inbox in the same transaction. On a store error the
+/// caller still waits in memory (the reply then only survives as long as this process; the
+/// event, if any, stays and is taken over after its lease).
 pub async fn begin(
     state: &AppState,
     session_id: &str,
     context: WaitContext,
+    event_id: Option<&str>,
 ) -> Result<Wait, (Wait, StoreError)> {
     let wait = Wait {
         id: format!("tw-{}", uuid::Uuid::new_v4().simple()),
         session_id: session_id.to_string(),
         context,
     };
-    let until = now_ms() + lease_ms(state);
-    match insert(&state.store, &wait, state.sessions.instance(), until).await {
+    match insert_consuming(
+        &state.store,
+        &wait,
+        state.sessions.instance(),
+        lease_ms(state),
+        event_id,
+    )
+    .await
+    {
         Ok(()) => Ok(wait),
         Err(e) => Err((wait, e)),
     }
 }
 
-/// Writes a wait row owned by `owner` with its lease running until `until`.
-pub async fn insert(store: &Store, wait: &Wait, owner: &str, until: i64) -> Result<(), StoreError> {
+/// Writes a wait row owned by `owner` with a lease of `lease_ms` from now on the database
+/// clock (leases never use a brain's own clock: a skewed one would take healthy leases).
+pub async fn insert(
+    store: &Store,
+    wait: &Wait,
+    owner: &str,
+    lease_ms: i64,
+) -> Result<(), StoreError> {
+    insert_consuming(store, wait, owner, lease_ms, None).await
+}
+
+/// [`insert`], deleting the webhook event `event_id` (the inbox row it answers) in the same
+/// transaction.
+async fn insert_consuming(
+    store: &Store,
+    wait: &Wait,
+    owner: &str,
+    lease_ms: i64,
+    event_id: Option<&str>,
+) -> Result<(), StoreError> {
     let json = serde_json::to_string(&wait.context).map_err(|e| corrupt(e.to_string()))?;
+    let sql = format!(
+        "INSERT INTO trigger_waits (id, source, session_id, context, owner, lease_expires_at, created_at) \
+         VALUES ($1, $2, $3, $4, $5, {} + $6, $7)",
+        store.db_now_sql()
+    );
     on_pool!(store.db(), |pool| {
-        sqlx::query(
-            "INSERT INTO trigger_waits (id, source, session_id, context, owner, lease_expires_at, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(&wait.id)
-        .bind(wait.context.source().as_str())
-        .bind(&wait.session_id)
-        .bind(&json)
-        .bind(owner)
-        .bind(until)
-        .bind(now_ms())
-        .execute(pool)
-        .await?;
+        let mut tx = pool.begin().await?;
+        sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+            .bind(&wait.id)
+            .bind(wait.context.source().as_str())
+            .bind(&wait.session_id)
+            .bind(&json)
+            .bind(owner)
+            .bind(lease_ms)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
+        if let Some(event_id) = event_id {
+            sqlx::query("DELETE FROM trigger_events WHERE id = $1")
+                .bind(event_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
     });
     Ok(())
 }
@@ -139,11 +177,48 @@ pub async fn finish(
     }))
 }
 
-/// Extends the lease of every wait this brain owns.
-pub async fn renew(store: &Store, owner: &str, until: i64) -> Result<u64, StoreError> {
+/// Claims `key` (one settle of one session) for `wait_id` unless another wait has it; returns
+/// the wait that holds it. A wait re-run after a takeover keeps its id, so it still wins.
+pub async fn claim_reply_key(store: &Store, key: &str, wait_id: &str) -> Result<String, StoreError> {
     Ok(on_pool!(store.db(), |pool| {
-        sqlx::query("UPDATE trigger_waits SET lease_expires_at = $1 WHERE owner = $2")
-            .bind(until)
+        sqlx::query(
+            "INSERT INTO trigger_reply_keys (reply_key, wait_id, created_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (reply_key) DO NOTHING",
+        )
+        .bind(key)
+        .bind(wait_id)
+        .bind(now_ms())
+        .execute(pool)
+        .await?;
+        sqlx::query_scalar("SELECT wait_id FROM trigger_reply_keys WHERE reply_key = $1")
+            .bind(key)
+            .fetch_one(pool)
+            .await?
+    }))
+}
+
+/// Deletes a wait that owes nothing (another wait replies), if this brain still owns it.
+pub async fn abandon(store: &Store, owner: &str, wait_id: &str) -> Result<bool, StoreError> {
+    Ok(on_pool!(store.db(), |pool| {
+        sqlx::query("DELETE FROM trigger_waits WHERE id = $1 AND owner = $2")
+            .bind(wait_id)
+            .bind(owner)
+            .execute(pool)
+            .await?
+            .rows_affected()
+            == 1
+    }))
+}
+
+/// Extends, by `lease_ms` on the database clock, the lease of every wait this brain owns.
+pub async fn renew(store: &Store, owner: &str, lease_ms: i64) -> Result<u64, StoreError> {
+    let sql = format!(
+        "UPDATE trigger_waits SET lease_expires_at = {} + $1 WHERE owner = $2",
+        store.db_now_sql()
+    );
+    Ok(on_pool!(store.db(), |pool| {
+        sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+            .bind(lease_ms)
             .bind(owner)
             .execute(pool)
             .await?
@@ -166,20 +241,25 @@ pub async fn release(store: &Store, owner: Option<&str>) -> Result<u64, StoreErr
 }
 
 /// Takes over up to `limit` waits whose lease expired (their brain died). Each is claimed by
-/// compare-and-set on the lease value read, so two brains never take the same one.
+/// compare-and-set on the lease value read, so two brains never take the same one. Expiry and
+/// the new lease (`lease_ms`) are on the database clock.
 pub async fn claim_expired(
     store: &Store,
     owner: &str,
-    now: i64,
-    until: i64,
+    lease_ms: i64,
     limit: i64,
 ) -> Result<Vec<Wait>, StoreError> {
+    let now = store.db_now_sql();
+    let select = format!(
+        "SELECT id, session_id, context, lease_expires_at FROM trigger_waits \
+         WHERE lease_expires_at < {now} ORDER BY created_at LIMIT $1"
+    );
+    let update = format!(
+        "UPDATE trigger_waits SET owner = $1, lease_expires_at = {now} + $2 \
+         WHERE id = $3 AND lease_expires_at = $4"
+    );
     let rows = on_pool!(store.db(), |pool| {
-        sqlx::query(
-            "SELECT id, session_id, context, lease_expires_at FROM trigger_waits \
-             WHERE lease_expires_at < $1 ORDER BY created_at LIMIT $2",
-        )
-        .bind(now)
+        sqlx::query(sqlx::AssertSqlSafe(select.clone()))
         .bind(limit)
         .fetch_all(pool)
         .await?
@@ -197,12 +277,9 @@ pub async fn claim_expired(
     let mut claimed = Vec::new();
     for (id, session_id, context, seen) in rows {
         let won = on_pool!(store.db(), |pool| {
-            sqlx::query(
-                "UPDATE trigger_waits SET owner = $1, lease_expires_at = $2 \
-                 WHERE id = $3 AND lease_expires_at = $4",
-            )
+            sqlx::query(sqlx::AssertSqlSafe(update.clone()))
             .bind(owner)
-            .bind(until)
+            .bind(lease_ms)
             .bind(&id)
             .bind(seen)
             .execute(pool)
@@ -228,6 +305,33 @@ pub async fn claim_expired(
 pub async fn complete(state: &AppState, triggers: &Arc<Triggers>, wait: Wait, durable: bool) {
     let outcome: Result<TaskOutcome, LaunchError> =
         triggers.launcher.wait_settled(&wait.session_id).await;
+    // Two waits on one session (a follow-up while the first was still owed) see the same
+    // settle: one reply (and one GitHub publish) between them.
+    if durable
+        && let Ok(TaskOutcome {
+            settled_at: Some(settled_at),
+            ..
+        }) = &outcome
+    {
+        let key = format!("{}@{settled_at}", wait.session_id);
+        match claim_reply_key(&state.store, &key, &wait.id).await {
+            Ok(winner) if winner == wait.id => {}
+            Ok(winner) => {
+                tracing::info!(session = %wait.session_id, wait = %wait.id, other = %winner,
+                    "another wait answers this settle of the session; not replying twice");
+                if let Err(e) = abandon(&state.store, state.sessions.instance(), &wait.id).await {
+                    tracing::warn!(wait = %wait.id, error = %e, "removing a redundant wait failed; it is retried after its lease");
+                }
+                return;
+            }
+            Err(e) => {
+                // The row stays: once its lease lapses a brain claims it and tries again.
+                tracing::error!(session = %wait.session_id, error = %e,
+                    "cannot claim the reply key now; it will be retried after the lease");
+                return;
+            }
+        }
+    }
     let payload = match &wait.context {
         WaitContext::Slack { channel, thread_ts } => {
             slack::settled_reply(channel, thread_ts, &wait.session_id, outcome)
@@ -257,14 +361,16 @@ pub async fn complete(state: &AppState, triggers: &Arc<Triggers>, wait: Wait, du
     }
 }
 
-/// Records the wait, then completes it (the whole life of one owed reply in this brain).
+/// Records the wait (consuming the webhook event it answers, if any), then completes it (the
+/// whole life of one owed reply in this brain).
 pub async fn begin_and_complete(
     state: &AppState,
     triggers: &Arc<Triggers>,
     session_id: &str,
     context: WaitContext,
+    event_id: Option<&str>,
 ) {
-    match begin(state, session_id, context).await {
+    match begin(state, session_id, context, event_id).await {
         Ok(wait) => complete(state, triggers, wait, true).await,
         Err((wait, e)) => {
             tracing::error!(session = %session_id, error = %e,
@@ -290,6 +396,11 @@ pub async fn run(state: AppState, triggers: Arc<Triggers>, mut stop: watch::Rece
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "releasing earlier trigger waits failed"),
         }
+        match inbox::release(&state.store, None).await {
+            Ok(n) if n > 0 => tracing::info!(events = n, "handling webhook events of the previous run"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "releasing earlier webhook events failed"),
+        }
     }
     loop {
         let stopping = tokio::select! {
@@ -303,13 +414,17 @@ pub async fn run(state: AppState, triggers: Arc<Triggers>, mut stop: watch::Rece
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "releasing trigger waits failed"),
             }
+            if let Err(e) = inbox::release(&state.store, Some(&owner)).await {
+                tracing::warn!(error = %e, "releasing webhook events failed");
+            }
             return;
         }
-        let now = now_ms();
-        if let Err(e) = renew(&state.store, &owner, now + lease_ms(&state)).await {
+        // Acknowledged webhook events: renew ours, take over those a stopped brain left.
+        inbox::take_over(&state, &triggers).await;
+        if let Err(e) = renew(&state.store, &owner, lease_ms(&state)).await {
             tracing::warn!(error = %e, "renewing trigger wait leases failed");
         }
-        match claim_expired(&state.store, &owner, now, now + lease_ms(&state), 100).await {
+        match claim_expired(&state.store, &owner, lease_ms(&state), 100).await {
             Ok(waits) => {
                 for wait in waits {
                     tracing::info!(session = %wait.session_id, wait = %wait.id,
