@@ -429,16 +429,27 @@ struct Hooks {
     state: AppState,
     launcher: Arc<Recording>,
     slack_api: FakeSlackApi,
-    _dir: tempfile::TempDir,
+    url: String,
+    _dir: Option<tempfile::TempDir>,
 }
 
 async fn hooks(failures: Vec<Failure>) -> Hooks {
     let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("b.db").display());
+    let mut h = hooks_on(&url, failures).await;
+    h._dir = Some(dir);
+    h
+}
+
+/// A brain (state, triggers, launcher) on the database at `url`; two of them on one file are
+/// two replicas. Leases last 2 s, so a brain that stops renewing is taken over quickly.
+async fn hooks_on(url: &str, failures: Vec<Failure>) -> Hooks {
     let (slack_api, base) = FakeSlackApi::start(failures).await;
     let mut config = Config {
-        database_url: format!("sqlite://{}", dir.path().join("b.db").display()),
+        database_url: url.to_string(),
         ..Config::default()
     };
+    config.sessions.lease_seconds = 2;
     config.triggers = TriggersConfig {
         slack: Some(SlackConfig {
             api_base_url: base,
@@ -481,7 +492,8 @@ async fn hooks(failures: Vec<Failure>) -> Hooks {
         state,
         launcher,
         slack_api,
-        _dir: dir,
+        url: url.to_string(),
+        _dir: None,
     }
 }
 
@@ -948,4 +960,60 @@ async fn two_waits_on_one_settle_reply_once() {
         .unwrap();
     waits::begin_and_complete(&h.state, &triggers, &session, context(), None).await;
     assert_eq!(store::undelivered_replies(&h.state.store).await.unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn an_acknowledged_slack_event_survives_the_brain_that_acked_it() {
+    let a = hooks(Vec::new()).await;
+    // Brain A answers 200 but never gets to handle the event (its only run slot is busy),
+    // then is gone: it stops renewing anything.
+    let slack = a.triggers().slack.as_ref().unwrap();
+    let busy = slack.limiter.try_admit().unwrap();
+    let _slot = busy.run_slot().await;
+    let ev = mention("EvD", "<@UBOT> echo durable", "7.0", None);
+    assert_eq!(a.slack(&ev, now(), SLACK_SECRET).await.0, StatusCode::OK);
+    assert!(a.launcher.started.lock().unwrap().is_empty());
+
+    // Brain B on the same database takes the event over once A's lease lapsed.
+    let b = hooks_on(&a.url, Vec::new()).await;
+    let triggers_b = b.state.triggers.clone().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while b.launcher.started.lock().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "the acknowledged event was lost");
+        inbox::take_over(&b.state, &triggers_b).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        b.launcher.started.lock().unwrap()[0].request,
+        "echo durable"
+    );
+    // Its replies ("On it", then the answer) go out; the event became an owed reply.
+    b.deliver_until(2).await;
+    let posted = b.slack_api.posted.lock().unwrap().clone();
+    assert_eq!(posted[1]["text"], "did: echo durable", "{posted:?}");
+    // Slack's retry of the same event is a duplicate, whichever brain gets it.
+    assert_eq!(b.slack(&ev, now(), SLACK_SECRET).await.0, StatusCode::OK);
+    inbox::take_over(&b.state, &triggers_b).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(b.launcher.started.lock().unwrap().len(), 1);
+    assert!(a.launcher.started.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_store_failure_answers_500_and_the_retry_is_accepted() {
+    let h = hooks(Vec::new()).await;
+    h.state.store.faults.arm(
+        "accept_event",
+        None,
+        crate::store::faults::Action::FailTransient,
+        1,
+    );
+    let ev = mention("EvS", "<@UBOT> echo retried", "8.0", None);
+    assert_eq!(
+        h.slack(&ev, now(), SLACK_SECRET).await.0,
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
+    // Nothing was recorded: Slack's retry is a new delivery, not a duplicate.
+    assert_eq!(h.slack(&ev, now(), SLACK_SECRET).await.0, StatusCode::OK);
+    eventually(|| h.launcher.started.lock().unwrap().len() == 1).await;
 }
