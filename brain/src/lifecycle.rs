@@ -293,7 +293,10 @@ pub async fn adopt_orphans(state: &AppState) -> Result<usize, LifecycleError> {
     let rows = state.store.claim_orphan_sandboxes(false).await?;
     let n = rows.len();
     if n > 0 {
-        tracing::info!(sandboxes = n, "taking over the sandboxes of a replica that stopped");
+        tracing::info!(
+            sandboxes = n,
+            "taking over the sandboxes of a replica that stopped"
+        );
         reconcile_rows(state, rows).await?;
         sweep_labelled(state).await;
     }

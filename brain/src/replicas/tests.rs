@@ -37,12 +37,48 @@ struct Replica {
     broker: Arc<RecordingBroker>,
 }
 
-async fn replica(url: &str) -> Replica {
+/// Where the replicas meet: a SQLite file, or (when `AIRLOCK_TEST_POSTGRES_URL` is set) a
+/// fresh PostgreSQL schema shared by every replica of the test.
+struct Db {
+    url: String,
+    schema: Option<String>,
+    _dir: tempfile::TempDir,
+}
+
+fn databases() -> Vec<Db> {
+    let dir = || tempfile::tempdir().unwrap();
+    let sqlite = {
+        let d = dir();
+        Db {
+            url: format!("sqlite://{}", d.path().join("b.db").display()),
+            schema: None,
+            _dir: d,
+        }
+    };
+    let mut all = vec![sqlite];
+    match std::env::var("AIRLOCK_TEST_POSTGRES_URL") {
+        Ok(url) if !url.is_empty() => all.push(Db {
+            url,
+            schema: Some(format!("rep_{}", uuid::Uuid::new_v4().simple())),
+            _dir: dir(),
+        }),
+        _ => assert!(
+            std::env::var("AIRLOCK_REQUIRE_POSTGRES").as_deref() != Ok("1"),
+            "AIRLOCK_REQUIRE_POSTGRES=1 but AIRLOCK_TEST_POSTGRES_URL is not set"
+        ),
+    }
+    all
+}
+
+async fn replica(db: &Db) -> Replica {
+    let url = db.url.as_str();
     let config = Config {
         database_url: url.to_string(),
         ..Config::default()
     };
-    let store = Store::connect(url).await.unwrap();
+    let store = Store::connect_in_schema(url, db.schema.as_deref())
+        .await
+        .unwrap();
     let fake = Arc::new(FakeBackend::default());
     let backends = Backends::with_backend(BackendKind::Local, fake.clone(), config.sandbox.clone());
     let broker = Arc::new(RecordingBroker::default());
@@ -90,8 +126,12 @@ async fn status(store: &Store, id: &str) -> SandboxStatus {
 
 #[tokio::test]
 async fn a_starting_replica_leaves_a_live_replicas_sandboxes_alone() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("b.db").display());
+    for db in databases() {
+        a_starting_replica_leaves_a_live_replicas_sandboxes_alone_on(&db).await;
+    }
+}
+
+async fn a_starting_replica_leaves_a_live_replicas_sandboxes_alone_on(url: &Db) {
     let a = replica(&url).await;
     let running = lifecycle::provision(&a.state, params()).await.unwrap().id;
     provisioning_row(&a, "sb-halfway").await;
@@ -107,7 +147,10 @@ async fn a_starting_replica_leaves_a_live_replicas_sandboxes_alone() {
     }
     lifecycle::reconcile(&b.state).await.unwrap();
 
-    assert_eq!(status(&b.state.store, &running).await, SandboxStatus::Running);
+    assert_eq!(
+        status(&b.state.store, &running).await,
+        SandboxStatus::Running
+    );
     assert_eq!(
         status(&b.state.store, "sb-halfway").await,
         SandboxStatus::Provisioning
@@ -123,8 +166,12 @@ async fn a_starting_replica_leaves_a_live_replicas_sandboxes_alone() {
 
 #[tokio::test]
 async fn the_reaper_reaps_only_its_own_replicas_sandboxes() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("b.db").display());
+    for db in databases() {
+        the_reaper_reaps_only_its_own_replicas_sandboxes_on(&db).await;
+    }
+}
+
+async fn the_reaper_reaps_only_its_own_replicas_sandboxes_on(url: &Db) {
     let a = replica(&url).await;
     let id = lifecycle::provision(&a.state, params()).await.unwrap().id;
     let b = replica(&url).await;
@@ -138,8 +185,12 @@ async fn the_reaper_reaps_only_its_own_replicas_sandboxes() {
 
 #[tokio::test]
 async fn survivors_take_over_a_dead_replicas_sandboxes_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("b.db").display());
+    for db in databases() {
+        survivors_take_over_a_dead_replicas_sandboxes_once_on(&db).await;
+    }
+}
+
+async fn survivors_take_over_a_dead_replicas_sandboxes_once_on(url: &Db) {
     let a = replica(&url).await;
     let running = lifecycle::provision(&a.state, params()).await.unwrap().id;
     let gone = lifecycle::provision(&a.state, params()).await.unwrap().id;
@@ -157,19 +208,39 @@ async fn survivors_take_over_a_dead_replicas_sandboxes_once() {
 
     // A dies: its lease lapses (here: ends at once).
     a.state.store.retire_replicas(false).await.unwrap();
-    assert!(!b.state.store.replica_alive(a.state.store.replica()).await.unwrap());
+    assert!(
+        !b.state
+            .store
+            .replica_alive(a.state.store.replica())
+            .await
+            .unwrap()
+    );
     assert_eq!(lifecycle::adopt_orphans(&b.state).await.unwrap(), 3);
-    assert_eq!(lifecycle::adopt_orphans(&c.state).await.unwrap(), 0, "taken once");
+    assert_eq!(
+        lifecycle::adopt_orphans(&c.state).await.unwrap(),
+        0,
+        "taken once"
+    );
 
     let row = b.state.store.get_sandbox(&running).await.unwrap().unwrap();
-    assert_eq!(row.status, SandboxStatus::Running, "the live one is adopted");
+    assert_eq!(
+        row.status,
+        SandboxStatus::Running,
+        "the live one is adopted"
+    );
     assert_eq!(row.replica.as_deref(), Some(b.state.store.replica()));
-    assert_eq!(status(&b.state.store, &gone).await, SandboxStatus::Destroyed);
+    assert_eq!(
+        status(&b.state.store, &gone).await,
+        SandboxStatus::Destroyed
+    );
     assert_eq!(
         status(&b.state.store, "sb-halfway").await,
         SandboxStatus::Failed
     );
-    assert_eq!(b.fake.lock().destroyed, vec![gone.clone(), "sb-halfway".to_string()]);
+    assert_eq!(
+        b.fake.lock().destroyed,
+        vec![gone.clone(), "sb-halfway".to_string()]
+    );
     let mut revoked = b.broker.revoked.lock().unwrap().clone();
     revoked.sort();
     revoked.dedup();

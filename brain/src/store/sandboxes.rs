@@ -358,7 +358,8 @@ impl Store {
 
     /// Running rows of this replica whose TTL has passed at `now`.
     pub async fn list_expired(&self, now: DateTime<Utc>) -> Result<Vec<SandboxRow>, StoreError> {
-        self.select_mine(SELECT_EXPIRED, now.timestamp_millis()).await
+        self.select_mine(SELECT_EXPIRED, now.timestamp_millis())
+            .await
     }
 
     /// `destroying` rows of this replica not touched since `before` (a destroy that failed or

@@ -18,8 +18,8 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::outbox::{Delivery, retry_after};
 use super::inbox;
+use super::outbox::{Delivery, retry_after};
 use super::signature;
 use super::store::{self, ReplyPayload, Source};
 use super::waits::WaitContext;
@@ -269,14 +269,8 @@ pub async fn hook(State(state): State<AppState>, headers: HeaderMap, body: Bytes
     let (repo, issue) = (request.repo.clone(), request.issue);
     let payload = inbox::Payload::Github { request };
     let owner = state.sessions.instance();
-    let claimed = match inbox::accept(
-        &state.store,
-        &key,
-        &payload,
-        owner,
-        inbox::lease_ms(&state),
-    )
-    .await
+    let claimed = match inbox::accept(&state.store, &key, &payload, owner, inbox::lease_ms(&state))
+        .await
     {
         Ok(Some(claimed)) => {
             // Kept for tracing a delivery; the signed key above is what deduplicates.

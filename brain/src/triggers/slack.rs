@@ -13,10 +13,10 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::inbox;
 use super::outbox::{Delivery, retry_after};
 use super::signature;
 use super::store::{self, ReplyPayload, Source};
-use super::inbox;
 use super::waits::WaitContext;
 use super::{
     LaunchError, Limiter, SlackConfig, TaskOutcome, TriggerSetupError, TriggeredTask, Triggers,

@@ -892,17 +892,16 @@ async fn a_batch_longer_than_its_lease_sends_each_reply_once() {
             thread_ts: "1.0".into(),
             text: format!("r{i}"),
         };
-        store::enqueue_reply(&h.state.store, &payload).await.unwrap();
+        store::enqueue_reply(&h.state.store, &payload)
+            .await
+            .unwrap();
     }
     // Two workers (replicas); a claim lasts 200 ms, a batch of four sends takes 600 ms: the
     // second worker starts while the first is mid-batch with lapsed leases.
-    let (a, b) = tokio::join!(
-        outbox::pass_with(&h.state, h.triggers(), 200, 16),
-        async {
-            tokio::time::sleep(Duration::from_millis(250)).await;
-            outbox::pass_with(&h.state, h.triggers(), 200, 16).await
-        },
-    );
+    let (a, b) = tokio::join!(outbox::pass_with(&h.state, h.triggers(), 200, 16), async {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        outbox::pass_with(&h.state, h.triggers(), 200, 16).await
+    },);
     a.unwrap();
     b.unwrap();
     while !store::undelivered_replies(&h.state.store)
@@ -924,7 +923,11 @@ async fn a_batch_longer_than_its_lease_sends_each_reply_once() {
         .map(|p| p["text"].as_str().unwrap().to_string())
         .collect();
     texts.sort();
-    assert_eq!(texts, ["r0", "r1", "r2", "r3"], "each reply sent exactly once");
+    assert_eq!(
+        texts,
+        ["r0", "r1", "r2", "r3"],
+        "each reply sent exactly once"
+    );
 }
 
 #[tokio::test]
@@ -959,7 +962,13 @@ async fn two_waits_on_one_settle_reply_once() {
         .await
         .unwrap();
     waits::begin_and_complete(&h.state, &triggers, &session, context(), None).await;
-    assert_eq!(store::undelivered_replies(&h.state.store).await.unwrap().len(), 2);
+    assert_eq!(
+        store::undelivered_replies(&h.state.store)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
 }
 
 #[tokio::test]
@@ -1016,4 +1025,62 @@ async fn a_store_failure_answers_500_and_the_retry_is_accepted() {
     // Nothing was recorded: Slack's retry is a new delivery, not a duplicate.
     assert_eq!(h.slack(&ev, now(), SLACK_SECRET).await.0, StatusCode::OK);
     eventually(|| h.launcher.started.lock().unwrap().len() == 1).await;
+}
+
+#[tokio::test]
+async fn inbox_events_are_durable_deduped_and_taken_over_once() {
+    each_store(async |s: Store| {
+        let payload: inbox::Payload = serde_json::from_value(json!({"kind": "github",
+            "request": {"repo": "o/r", "issue": 7, "title": "t", "text": "fix", "actor": "u",
+                        "base": "main"}}))
+        .unwrap();
+        let ev = inbox::accept(&s, "comment:1", &payload, "brain-a", 300)
+            .await
+            .unwrap()
+            .expect("fresh");
+        assert!(
+            inbox::accept(&s, "comment:1", &payload, "brain-b", 300)
+                .await
+                .unwrap()
+                .is_none(),
+            "a redelivery is a duplicate"
+        );
+        assert!(inbox::still_owned(&s, &ev.id, "brain-a").await.unwrap());
+        inbox::set_session(&s, &ev.id, "ses-9").await.unwrap();
+        assert!(
+            inbox::claim_expired(&s, "brain-b", 30_000, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        inbox::renew(&s, "brain-a", std::slice::from_ref(&ev.id), 300)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let (b, c) = tokio::join!(
+            inbox::claim_expired(&s, "brain-b", 30_000, 10),
+            inbox::claim_expired(&s, "brain-c", 30_000, 10),
+        );
+        let taken: Vec<_> = b.unwrap().into_iter().chain(c.unwrap()).collect();
+        assert_eq!(taken.len(), 1, "one taker");
+        assert_eq!(taken[0].session_id.as_deref(), Some("ses-9"));
+        assert!(!inbox::still_owned(&s, &ev.id, "brain-a").await.unwrap());
+        // The owed reply consumes the event.
+        inbox::done(&s, &ev.id).await.unwrap();
+        assert_eq!(inbox::release(&s, None).await.unwrap(), 0);
+        // One reply key per settle: the first wait holds it, a re-run of it still wins.
+        assert_eq!(
+            waits::claim_reply_key(&s, "ses-9@1", "tw-1").await.unwrap(),
+            "tw-1"
+        );
+        assert_eq!(
+            waits::claim_reply_key(&s, "ses-9@1", "tw-2").await.unwrap(),
+            "tw-1"
+        );
+        assert_eq!(
+            waits::claim_reply_key(&s, "ses-9@1", "tw-1").await.unwrap(),
+            "tw-1"
+        );
+    })
+    .await;
 }

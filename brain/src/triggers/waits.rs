@@ -179,7 +179,11 @@ pub async fn finish(
 
 /// Claims `key` (one settle of one session) for `wait_id` unless another wait has it; returns
 /// the wait that holds it. A wait re-run after a takeover keeps its id, so it still wins.
-pub async fn claim_reply_key(store: &Store, key: &str, wait_id: &str) -> Result<String, StoreError> {
+pub async fn claim_reply_key(
+    store: &Store,
+    key: &str,
+    wait_id: &str,
+) -> Result<String, StoreError> {
     Ok(on_pool!(store.db(), |pool| {
         sqlx::query(
             "INSERT INTO trigger_reply_keys (reply_key, wait_id, created_at) VALUES ($1, $2, $3) \
@@ -260,31 +264,31 @@ pub async fn claim_expired(
     );
     let rows = on_pool!(store.db(), |pool| {
         sqlx::query(sqlx::AssertSqlSafe(select.clone()))
-        .bind(limit)
-        .fetch_all(pool)
-        .await?
-        .into_iter()
-        .map(|row| {
-            Ok::<_, sqlx::Error>((
-                row.try_get::<String, _>("id")?,
-                row.try_get::<String, _>("session_id")?,
-                row.try_get::<String, _>("context")?,
-                row.try_get::<i64, _>("lease_expires_at")?,
-            ))
-        })
-        .collect::<Result<Vec<_>, _>>()?
+            .bind(limit)
+            .fetch_all(pool)
+            .await?
+            .into_iter()
+            .map(|row| {
+                Ok::<_, sqlx::Error>((
+                    row.try_get::<String, _>("id")?,
+                    row.try_get::<String, _>("session_id")?,
+                    row.try_get::<String, _>("context")?,
+                    row.try_get::<i64, _>("lease_expires_at")?,
+                ))
+            })
+            .collect::<Result<Vec<_>, _>>()?
     });
     let mut claimed = Vec::new();
     for (id, session_id, context, seen) in rows {
         let won = on_pool!(store.db(), |pool| {
             sqlx::query(sqlx::AssertSqlSafe(update.clone()))
-            .bind(owner)
-            .bind(lease_ms)
-            .bind(&id)
-            .bind(seen)
-            .execute(pool)
-            .await?
-            .rows_affected()
+                .bind(owner)
+                .bind(lease_ms)
+                .bind(&id)
+                .bind(seen)
+                .execute(pool)
+                .await?
+                .rows_affected()
         }) == 1;
         if !won {
             continue;
@@ -397,7 +401,9 @@ pub async fn run(state: AppState, triggers: Arc<Triggers>, mut stop: watch::Rece
             Err(e) => tracing::warn!(error = %e, "releasing earlier trigger waits failed"),
         }
         match inbox::release(&state.store, None).await {
-            Ok(n) if n > 0 => tracing::info!(events = n, "handling webhook events of the previous run"),
+            Ok(n) if n > 0 => {
+                tracing::info!(events = n, "handling webhook events of the previous run")
+            }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "releasing earlier webhook events failed"),
         }
