@@ -280,7 +280,8 @@ fn random_token() -> String {
 /// Start-up reconciliation with what the backends actually have (see module docs): this
 /// replica's rows and orphans only, never a live replica's.
 pub async fn reconcile(state: &AppState) -> Result<(), LifecycleError> {
-    let rows = state.store.claim_orphan_sandboxes(true).await?;
+    let grace = crate::replicas::lease_ms(state);
+    let rows = state.store.claim_orphan_sandboxes(true, grace).await?;
     reconcile_rows(state, rows).await?;
     sweep_labelled(state).await;
     Ok(())
@@ -290,7 +291,8 @@ pub async fn reconcile(state: &AppState) -> Result<(), LifecycleError> {
 /// would (adopt the live ones, close the rest). Run periodically by every replica, so
 /// survivors clean up after a dead one. Returns how many rows were taken over.
 pub async fn adopt_orphans(state: &AppState) -> Result<usize, LifecycleError> {
-    let rows = state.store.claim_orphan_sandboxes(false).await?;
+    let grace = crate::replicas::lease_ms(state);
+    let rows = state.store.claim_orphan_sandboxes(false, grace).await?;
     let n = rows.len();
     if n > 0 {
         tracing::info!(

@@ -1,8 +1,10 @@
 //! Replica liveness (issue 12, DESIGN.md "Storage": a replica never touches another live
 //! replica's sandboxes). Each brain process registers in `replicas` and renews its lease on the
 //! database clock every third of `sessions.lease_seconds`; after each renewal it takes over
-//! the sandboxes of replicas whose lease lapsed ([`lifecycle::adopt_orphans`]). A clean stop
-//! ends the lease at once, so survivors adopt without waiting.
+//! the sandboxes of replicas whose lease lapsed over a lease ago ([`lifecycle::adopt_orphans`];
+//! the grace keeps a database outage, which lapses every lease, from handing live replicas'
+//! sandboxes to whoever reconnects first). A clean stop ends the lease at once (to 0), so
+//! survivors adopt without waiting.
 
 use std::time::Duration;
 

@@ -376,23 +376,28 @@ impl Store {
     /// lease lapsed (or that are gone), and rows from before replicas. Compare-and-set on the
     /// replica each row had, so of two survivors one gets a row. Never this replica's own rows
     /// (it acts on those itself) nor a live replica's, except with `include_own` at start,
-    /// when nothing of this replica is in flight yet. Returns the rows taken over.
+    /// when nothing of this replica is in flight yet. A replica counts as dead once its lease
+    /// lapsed more than `grace_ms` ago: a database outage lapses every lease at once, and the
+    /// first replica back must not take over the others' sandboxes before they could renew.
+    /// Returns the rows taken over.
     pub async fn claim_orphan_sandboxes(
         &self,
         include_own: bool,
+        grace_ms: i64,
     ) -> Result<Vec<SandboxRow>, StoreError> {
         let own = if include_own { "replica = $2 OR " } else { "" };
         let sql = format!(
             "SELECT id, replica FROM sandboxes WHERE owner = $1 \
              AND status IN ('provisioning', 'running', 'destroying') \
              AND ({own}replica IS NULL OR (replica <> $2 AND replica NOT IN \
-                  (SELECT id FROM replicas WHERE lease_expires_at > {})))",
+                  (SELECT id FROM replicas WHERE lease_expires_at > {} - $3)))",
             self.db_now_sql()
         );
         let candidates: Vec<(String, Option<String>)> = on_pool!(self.db(), |pool| {
             sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
                 .bind(self.owner())
                 .bind(self.replica())
+                .bind(grace_ms)
                 .fetch_all(pool)
                 .await?
         });
