@@ -131,14 +131,14 @@ async fn a_starting_replica_leaves_a_live_replicas_sandboxes_alone() {
     }
 }
 
-async fn a_starting_replica_leaves_a_live_replicas_sandboxes_alone_on(url: &Db) {
-    let a = replica(&url).await;
+async fn a_starting_replica_leaves_a_live_replicas_sandboxes_alone_on(db: &Db) {
+    let a = replica(db).await;
     let running = lifecycle::provision(&a.state, params()).await.unwrap().id;
     provisioning_row(&a, "sb-halfway").await;
 
     // B starts on another host: it cannot see A's sandboxes alive, but its engine lists them
     // (shared labels), as after A created them while B was listing.
-    let b = replica(&url).await;
+    let b = replica(db).await;
     {
         let owner = b.state.store.owner().to_string();
         let mut fake = b.fake.lock();
@@ -176,10 +176,10 @@ async fn the_reaper_reaps_only_its_own_replicas_sandboxes() {
     }
 }
 
-async fn the_reaper_reaps_only_its_own_replicas_sandboxes_on(url: &Db) {
-    let a = replica(&url).await;
+async fn the_reaper_reaps_only_its_own_replicas_sandboxes_on(db: &Db) {
+    let a = replica(db).await;
     let id = lifecycle::provision(&a.state, params()).await.unwrap().id;
-    let b = replica(&url).await;
+    let b = replica(db).await;
     let later = chrono::Utc::now() + chrono::Duration::hours(2);
 
     assert_eq!(lifecycle::reap_once(&b.state, later).await.unwrap(), 0);
@@ -195,13 +195,13 @@ async fn survivors_take_over_a_dead_replicas_sandboxes_once() {
     }
 }
 
-async fn survivors_take_over_a_dead_replicas_sandboxes_once_on(url: &Db) {
-    let a = replica(&url).await;
+async fn survivors_take_over_a_dead_replicas_sandboxes_once_on(db: &Db) {
+    let a = replica(db).await;
     let running = lifecycle::provision(&a.state, params()).await.unwrap().id;
     let gone = lifecycle::provision(&a.state, params()).await.unwrap().id;
     provisioning_row(&a, "sb-halfway").await;
-    let b = replica(&url).await;
-    let c = replica(&url).await;
+    let b = replica(db).await;
+    let c = replica(db).await;
     {
         // B shares A's host: it sees `running` alive and the half-made leftover.
         let owner = b.state.store.owner().to_string();
