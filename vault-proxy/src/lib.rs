@@ -12,6 +12,7 @@
 pub mod admin;
 pub mod approvals;
 pub mod audit;
+pub mod aws_sigv4;
 pub(crate) mod audit_gate;
 pub mod body;
 pub mod ca;
