@@ -94,7 +94,8 @@ fn main() {
     let pair = split_pair(&issued.stubs["AWS"]).unwrap();
     let now = chrono::Utc::now();
     let amz_date = now.format("%Y%m%dT%H%M%SZ").to_string();
-    let scope = CredentialScope::parse(&format!("{}/us-east-1/s3/aws4_request", &amz_date[..8])).unwrap();
+    let scope =
+        CredentialScope::parse(&format!("{}/us-east-1/s3/aws4_request", &amz_date[..8])).unwrap();
     let mut s3 = Request::get("/bucket/some/key.txt")
         .header("host", "s3.amazonaws.test")
         .header("x-amz-date", &amz_date)
@@ -104,7 +105,9 @@ fn main() {
         .unwrap()
         .into_parts()
         .0;
-    let signed: Vec<String> = ["host", "x-amz-content-sha256", "x-amz-date"].map(String::from).into();
+    let signed: Vec<String> = ["host", "x-amz-content-sha256", "x-amz-date"]
+        .map(String::from)
+        .into();
     let creq = canonical_request(
         &RequestToSign {
             method: "GET",
@@ -151,7 +154,9 @@ fn main() {
         apply_to_head(&grant, &names, &mut p).unwrap();
         std::hint::black_box(p);
     };
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     let sigv4 = || {
         let mut p = s3.clone();
         let mut found = find_in_head(&index, &p);
@@ -220,8 +225,14 @@ fn main() {
     let (a, b, ch, h) = (a / r, b / r, ch / r, h / r);
     println!("per request, {n} x {rounds} rounds (ns/op):");
     println!("  plain stub swap (baseline)     {a:>10.0}");
-    println!("  aws_sigv4 verify + re-sign     {b:>10.0}   ratio {:.2}x", b / a);
+    println!(
+        "  aws_sigv4 verify + re-sign     {b:>10.0}   ratio {:.2}x",
+        b / a
+    );
     println!("per 64 KiB aws-chunked chunk (ns/op):");
     println!("  sha256 of the chunk (baseline) {h:>10.0}");
-    println!("  verify + re-sign the chunk     {ch:>10.0}   ratio {:.2}x", ch / h);
+    println!(
+        "  verify + re-sign the chunk     {ch:>10.0}   ratio {:.2}x",
+        ch / h
+    );
 }

@@ -22,7 +22,9 @@ mod public_suffix;
 mod scope;
 mod typed;
 pub use scope::{PathGlob, Position, Scope, normalize_path};
-pub use typed::{AwsKeyIdSource, AwsSigv4Config, CredentialType, is_access_key_id as typed_is_access_key_id};
+pub use typed::{
+    AwsKeyIdSource, AwsSigv4Config, CredentialType, is_access_key_id as typed_is_access_key_id,
+};
 
 // === public types ===
 

@@ -18,9 +18,9 @@ use aho_corasick::{AhoCorasick, MatchKind};
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::CredentialType;
 use crate::config::GrantConfig;
 use crate::pipeline::scrub_response::Replacer;
-use crate::config::CredentialType;
 use crate::secrets::{Credential, Credentials, SecretValue};
 
 /// Why a grant could not be created.
@@ -335,7 +335,11 @@ impl Grants {
         for c in &real {
             let mut minted = None;
             for _ in 0..32 {
-                let (s, searched) = match c.aws.as_ref().filter(|_| c.kind == CredentialType::AwsSigv4) {
+                let (s, searched) = match c
+                    .aws
+                    .as_ref()
+                    .filter(|_| c.kind == CredentialType::AwsSigv4)
+                {
                     Some(keys) => {
                         let pair = crate::aws_sigv4::mint_pair(keys, &mut rng);
                         let id = pair.split(':').next().unwrap_or_default().to_string();
@@ -385,7 +389,9 @@ impl Grants {
         let mut stubs = stubs;
         let mut aws_stub_secrets = BTreeMap::new();
         for (name, stub) in stubs.iter_mut() {
-            if creds.get(name).is_some_and(|c| c.kind == CredentialType::AwsSigv4)
+            if creds
+                .get(name)
+                .is_some_and(|c| c.kind == CredentialType::AwsSigv4)
                 && let Some(p) = crate::aws_sigv4::split_pair(stub)
             {
                 aws_stub_secrets.insert(

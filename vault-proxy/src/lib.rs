@@ -12,8 +12,8 @@
 pub mod admin;
 pub mod approvals;
 pub mod audit;
-pub mod aws_sigv4;
 pub(crate) mod audit_gate;
+pub mod aws_sigv4;
 pub mod body;
 pub mod ca;
 pub mod config;

@@ -213,14 +213,26 @@ pub fn proxy_url(backend: BackendKind, sandbox_id: &str, token: &str, proxy_addr
 /// profile file (unless `--profile` is given), so no profile variable is set
 /// (botocore refuses an `AWS_PROFILE` missing from `~/.aws/config`); the
 /// instance metadata service is switched off (the proxy refuses it anyway).
-fn aws_env(env: &mut BTreeMap<String, String>, name: &str, pair: vault_proxy::aws_sigv4::StubPair<'_>) {
+fn aws_env(
+    env: &mut BTreeMap<String, String>,
+    name: &str,
+    pair: vault_proxy::aws_sigv4::StubPair<'_>,
+) {
+    // Before the named pair: with a credential named `AWS` they are the same variables.
+    let first = !env.contains_key("AWS_ACCESS_KEY_ID");
     env.insert(format!("{name}_ACCESS_KEY_ID"), pair.access_key_id.into());
-    env.insert(format!("{name}_SECRET_ACCESS_KEY"), pair.secret_access_key.into());
-    if env.contains_key("AWS_ACCESS_KEY_ID") {
+    env.insert(
+        format!("{name}_SECRET_ACCESS_KEY"),
+        pair.secret_access_key.into(),
+    );
+    if !first {
         return;
     }
     env.insert("AWS_ACCESS_KEY_ID".into(), pair.access_key_id.into());
-    env.insert("AWS_SECRET_ACCESS_KEY".into(), pair.secret_access_key.into());
+    env.insert(
+        "AWS_SECRET_ACCESS_KEY".into(),
+        pair.secret_access_key.into(),
+    );
     env.insert("AWS_EC2_METADATA_DISABLED".into(), "true".into());
     env.insert("AWS_CA_BUNDLE".into(), CA_PATH.into());
     if let Some(region) = pair.region {
@@ -316,7 +328,13 @@ mod tests {
         let creds = vec!["AWS".to_string()];
         let pair = "AKIAABCDEFGHIJKLMNOP:abcdefghijABCDEFGHIJ0123456789+/abcdefgh:eu-west-1";
         let stubs = BTreeMap::from([("AWS".to_string(), pair.to_string())]);
-        let g = compose(req(BackendKind::Docker, &creds), "tok", &stubs, "127.0.0.1:1", "PEM");
+        let g = compose(
+            req(BackendKind::Docker, &creds),
+            "tok",
+            &stubs,
+            "127.0.0.1:1",
+            "PEM",
+        );
         assert_eq!(g.env["AWS_ACCESS_KEY_ID"], "AKIAABCDEFGHIJKLMNOP");
         assert_eq!(
             g.env["AWS_SECRET_ACCESS_KEY"],
@@ -328,7 +346,10 @@ mod tests {
         assert_eq!(g.env["AWS_EC2_METADATA_DISABLED"], "true");
         // botocore fails on a named profile missing from ~/.aws/config: none is set.
         assert!(!g.env.contains_key("AWS_PROFILE"));
-        assert!(!g.env.contains_key("AWS"), "the one-string form is not an env var");
+        assert!(
+            !g.env.contains_key("AWS"),
+            "the one-string form is not an env var"
+        );
         // The grant record keeps the one-string form (restored as a static grant).
         assert_eq!(g.stubs["AWS"], pair);
     }

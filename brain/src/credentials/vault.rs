@@ -321,7 +321,9 @@ impl IssuedGrantBody {
                     other => vault_proxy::aws_sigv4::pair_from_json(other),
                 };
                 s.map(|s| (name.clone(), s)).ok_or_else(|| {
-                    BrokerError::Unavailable(format!("POST /v1/grants: stub of `{name}` has an unknown form"))
+                    BrokerError::Unavailable(format!(
+                        "POST /v1/grants: stub of `{name}` has an unknown form"
+                    ))
                 })
             })
             .collect()

@@ -122,9 +122,10 @@ fn check_amz_date(s: &str) -> Result<String, ParseError> {
 /// Reads the signature of a request (header form first, then query form;
 /// both at once is refused, as AWS does).
 pub fn parse(headers: &HeaderMap, query: &str) -> Result<Signature, ParseError> {
-    let header = headers
-        .get(http::header::AUTHORIZATION)
-        .map(|v| v.to_str().map_err(|_| ParseError::Malformed("authorization")));
+    let header = headers.get(http::header::AUTHORIZATION).map(|v| {
+        v.to_str()
+            .map_err(|_| ParseError::Malformed("authorization"))
+    });
     let presigned = count_param(query, "X-Amz-Signature") > 0
         || count_param(query, "X-Amz-Algorithm") > 0
         || count_param(query, "X-Amz-Credential") > 0;
@@ -169,10 +170,14 @@ fn parse_header(value: &str, headers: &HeaderMap) -> Result<Signature, ParseErro
     }
     let (access_key_id, scope) =
         split_credential(cred.ok_or(ParseError::Malformed("credential"))?)?;
-    let signed_headers = parse_signed_headers(signed.ok_or(ParseError::Malformed("signed headers"))?)?;
+    let signed_headers =
+        parse_signed_headers(signed.ok_or(ParseError::Malformed("signed headers"))?)?;
     let signature = check_hex_sig(sig.ok_or(ParseError::Malformed("signature"))?)?;
     let amz_date = match headers.get("x-amz-date") {
-        Some(v) => check_amz_date(v.to_str().map_err(|_| ParseError::Malformed("x-amz-date"))?)?,
+        Some(v) => check_amz_date(
+            v.to_str()
+                .map_err(|_| ParseError::Malformed("x-amz-date"))?,
+        )?,
         None => {
             // Without x-amz-date, SigV4 takes the `Date` header (RFC 7231).
             let d = headers
@@ -193,7 +198,9 @@ fn parse_header(value: &str, headers: &HeaderMap) -> Result<Signature, ParseErro
         return Err(ParseError::Malformed("x-amz-date is not signed"));
     }
     if amz_date[..8] != scope.date {
-        return Err(ParseError::Malformed("scope date differs from request date"));
+        return Err(ParseError::Malformed(
+            "scope date differs from request date",
+        ));
     }
     Ok(Signature {
         form: Form::Header,
@@ -216,7 +223,9 @@ fn parse_query(query: &str) -> Result<Signature, ParseError> {
         "X-Amz-Signature",
     ] {
         if count_param(query, name) != 1 {
-            return Err(ParseError::Malformed("presigned parameters missing or repeated"));
+            return Err(ParseError::Malformed(
+                "presigned parameters missing or repeated",
+            ));
         }
     }
     let get = |n: &str| query_param(query, n).ok_or(ParseError::Malformed("presigned parameter"));
@@ -226,7 +235,9 @@ fn parse_query(query: &str) -> Result<Signature, ParseError> {
     let (access_key_id, scope) = split_credential(&get("X-Amz-Credential")?)?;
     let amz_date = check_amz_date(&get("X-Amz-Date")?)?;
     if amz_date[..8] != scope.date {
-        return Err(ParseError::Malformed("scope date differs from request date"));
+        return Err(ParseError::Malformed(
+            "scope date differs from request date",
+        ));
     }
     let expires: u64 = get("X-Amz-Expires")?
         .parse()

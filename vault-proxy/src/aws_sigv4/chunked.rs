@@ -123,8 +123,7 @@ impl ChunkResigner {
                         return Err("chunk header too long");
                     }
                     let line = std::str::from_utf8(&self.buf[..nl]).map_err(|_| "chunk header")?;
-                    let (size_text, ext) =
-                        line.split_once(';').ok_or("chunk without signature")?;
+                    let (size_text, ext) = line.split_once(';').ok_or("chunk without signature")?;
                     let size = size_text;
                     let sig = ext
                         .strip_prefix("chunk-signature=")
@@ -132,11 +131,14 @@ impl ChunkResigner {
                     if sig.len() != 64 || !sig.bytes().all(|b| b.is_ascii_hexdigit()) {
                         return Err("chunk signature malformed");
                     }
-                    if size.is_empty() || size.len() > 8 || !size.bytes().all(|b| b.is_ascii_hexdigit())
+                    if size.is_empty()
+                        || size.len() > 8
+                        || !size.bytes().all(|b| b.is_ascii_hexdigit())
                     {
                         return Err("chunk size malformed");
                     }
-                    let size = usize::from_str_radix(size, 16).map_err(|_| "chunk size malformed")?;
+                    let size =
+                        usize::from_str_radix(size, 16).map_err(|_| "chunk size malformed")?;
                     if size > MAX_CHUNK {
                         return Err("chunk too large");
                     }

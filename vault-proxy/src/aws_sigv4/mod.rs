@@ -225,7 +225,10 @@ pub fn verify(
         .map_err(|_| refuse(&name, "aws_signature_malformed"))?;
     if declared.is_some()
         && sig.form == Form::Header
-        && !sig.signed_headers.iter().any(|h| h == "x-amz-content-sha256")
+        && !sig
+            .signed_headers
+            .iter()
+            .any(|h| h == "x-amz-content-sha256")
     {
         return Err(refuse(&name, "aws_payload_hash_not_signed"));
     }
@@ -240,15 +243,13 @@ pub fn verify(
     };
     let payload = match payload_hash.as_str() {
         "UNSIGNED-PAYLOAD" => Payload::Unsigned,
-        "STREAMING-AWS4-HMAC-SHA256-PAYLOAD" if sig.form == Form::Header => {
-            Payload::SignedChunks {
-                decoded_len: parts
-                    .headers
-                    .get("x-amz-decoded-content-length")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse().ok()),
-            }
-        }
+        "STREAMING-AWS4-HMAC-SHA256-PAYLOAD" if sig.form == Form::Header => Payload::SignedChunks {
+            decoded_len: parts
+                .headers
+                .get("x-amz-decoded-content-length")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok()),
+        },
         "STREAMING-UNSIGNED-PAYLOAD-TRAILER" => Payload::UnsignedTrailer,
         h if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) => {
             let hex = h.to_ascii_lowercase();
@@ -360,10 +361,8 @@ pub fn resign(
         }
         Form::Presigned => {
             let query = parts.uri.query().unwrap_or("");
-            let credential = sign::uri_encode(
-                format!("{}/{scope}", keys.access_key_id).as_bytes(),
-                false,
-            );
+            let credential =
+                sign::uri_encode(format!("{}/{scope}", keys.access_key_id).as_bytes(), false);
             let mut q = String::with_capacity(query.len());
             for kv in query.split('&').filter(|kv| !kv.is_empty()) {
                 let k = kv.split_once('=').map_or(kv, |(k, _)| k);
@@ -408,7 +407,10 @@ pub fn resign(
 
     Ok(match v.payload {
         Payload::Unsigned | Payload::UnsignedTrailer | Payload::Hash { checked: true, .. } => body,
-        Payload::Hash { hex, checked: false } => boxed(HashCheck::new(body, hex, on_fail)),
+        Payload::Hash {
+            hex,
+            checked: false,
+        } => boxed(HashCheck::new(body, hex, on_fail)),
         Payload::SignedChunks { decoded_len } => boxed(ChunkResigner::new(
             body,
             Chain {

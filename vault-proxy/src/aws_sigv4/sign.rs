@@ -58,7 +58,10 @@ impl CredentialScope {
 
     /// The scope string.
     pub fn as_string(&self) -> String {
-        format!("{}/{}/{}/aws4_request", self.date, self.region, self.service)
+        format!(
+            "{}/{}/{}/aws4_request",
+            self.date, self.region, self.service
+        )
     }
 
     /// S3 signs the path as sent (no second encoding, no normalisation).

@@ -57,47 +57,174 @@ struct Case {
 }
 
 const CASES: &[Case] = &[
-    Case { name: "get-vanilla", method: "GET", path: "/", query: "", extra: &[], body: b"",
-        sig: "5fa00fa31553b73ebf1942676e86291e8372ff2a2260956d9b8aae1d763fbf31" },
-    Case { name: "get-vanilla-query-order-key-case", method: "GET", path: "/", query: "Param2=value2&Param1=value1", extra: &[], body: b"",
-        sig: "b97d918cfa904a5beff61c982a1b6f458b799221646efd99d3219ec94cdf2500" },
-    Case { name: "get-vanilla-empty-query-key", method: "GET", path: "/", query: "Param1=value1", extra: &[], body: b"",
-        sig: "a67d582fa61cc504c4bae71f336f98b97f1ea3c7a6bfe1b6e45aec72011b9aeb" },
-    Case { name: "get-vanilla-query-unreserved", method: "GET", path: "/",
+    Case {
+        name: "get-vanilla",
+        method: "GET",
+        path: "/",
+        query: "",
+        extra: &[],
+        body: b"",
+        sig: "5fa00fa31553b73ebf1942676e86291e8372ff2a2260956d9b8aae1d763fbf31",
+    },
+    Case {
+        name: "get-vanilla-query-order-key-case",
+        method: "GET",
+        path: "/",
+        query: "Param2=value2&Param1=value1",
+        extra: &[],
+        body: b"",
+        sig: "b97d918cfa904a5beff61c982a1b6f458b799221646efd99d3219ec94cdf2500",
+    },
+    Case {
+        name: "get-vanilla-empty-query-key",
+        method: "GET",
+        path: "/",
+        query: "Param1=value1",
+        extra: &[],
+        body: b"",
+        sig: "a67d582fa61cc504c4bae71f336f98b97f1ea3c7a6bfe1b6e45aec72011b9aeb",
+    },
+    Case {
+        name: "get-vanilla-query-unreserved",
+        method: "GET",
+        path: "/",
         query: "-._~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz=-._~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz",
-        extra: &[], body: b"", sig: "9c3e54bfcdf0b19771a7f523ee5669cdf59bc7cc0884027167c21bb143a40197" },
-    Case { name: "get-vanilla-utf8-query", method: "GET", path: "/", query: "%E1%88%B4=bar", extra: &[], body: b"",
-        sig: "2cdec8eed098649ff3a119c94853b13c643bcf08f8b0a1d91e12c9027818dd04" },
-    Case { name: "get-unreserved", method: "GET", path: "/-._~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz", query: "", extra: &[], body: b"",
-        sig: "07ef7494c76fa4850883e2b006601f940f8a34d404d0cfa977f52a65bbf5f24f" },
-    Case { name: "get-utf8", method: "GET", path: "/\u{1234}", query: "", extra: &[], body: b"",
-        sig: "8318018e0b0f223aa2bbf98705b62bb787dc9c0e678f255a891fd03141be5d85" },
-    Case { name: "get-header-key-duplicate", method: "GET", path: "/", query: "",
-        extra: &[("my-header1", "value2"), ("my-header1", "value2"), ("my-header1", "value1")], body: b"",
-        sig: "c9d5ea9f3f72853aea855b47ea873832890dbdd183b4468f858259531a5138ea" },
-    Case { name: "get-header-value-order", method: "GET", path: "/", query: "",
-        extra: &[("my-header1", "value4"), ("my-header1", "value1"), ("my-header1", "value3"), ("my-header1", "value2")], body: b"",
-        sig: "08c7e5a9acfcfeb3ab6b2185e75ce8b1deb5e634ec47601a50643f830c755c01" },
-    Case { name: "get-header-value-trim", method: "GET", path: "/", query: "",
-        extra: &[("my-header1", " value1"), ("my-header2", "\"a   b   c\"")], body: b"",
-        sig: "acc3ed3afb60bb290fc8d2dd0098b9911fcaa05412b367055dee359757a9c736" },
-    Case { name: "post-vanilla", method: "POST", path: "/", query: "", extra: &[], body: b"",
-        sig: "5da7c1a2acd57cee7505fc6676e4e544621c30862966e37dddb68e92efbe5d6b" },
-    Case { name: "post-vanilla-query", method: "POST", path: "/", query: "Param1=value1", extra: &[], body: b"",
-        sig: "28038455d6de14eafc1f9222cf5aa6f1a96197d7deb8263271d420d138af7f11" },
-    Case { name: "post-header-key-sort", method: "POST", path: "/", query: "", extra: &[("my-header1", "value1")], body: b"",
-        sig: "c5410059b04c1ee005303aed430f6e6645f61f4dc9e1461ec8f8916fdf18852c" },
-    Case { name: "post-header-value-case", method: "POST", path: "/", query: "", extra: &[("my-header1", "VALUE1")], body: b"",
-        sig: "cdbc9802e29d2942e5e10b5bccfdd67c5f22c7c4e8ae67b53629efa58b974b7d" },
-    Case { name: "post-sts-header-before", method: "POST", path: "/", query: "",
-        extra: &[("x-amz-security-token", "AQoDYXdzEPT//////////wEXAMPLEtc764bNrC9SAPBSM22wDOk4x4HIZ8j4FZTwdQWLWsKWHGBuFqwAeMicRXmxfpSPfIeoIYRqTflfKD8YUuwthAx7mSEI/qkPpKPi/kMcGdQrmGdeehM4IC1NtBmUpp2wUE8phUZampKsburEDy0KPkyQDYwT7WZ0wq5VSXDvp75YU9HFvlRd8Tx6q6fE8YQcHNVXAkiY9q6d+xo0rKwT38xVqr7ZD0u0iPPkUL64lIZbqBAz+scqKmlzm8FDrypNC9Yjc8fPOLn9FX9KSYvKTr4rvx3iSIlTJabIQwj2ICCR/oLxBA==")],
-        body: b"", sig: "85d96828115b5dc0cfc3bd16ad9e210dd772bbebba041836c64533a82be05ead" },
-    Case { name: "post-x-www-form-urlencoded", method: "POST", path: "/", query: "",
-        extra: &[("content-type", "application/x-www-form-urlencoded")], body: b"Param1=value1",
-        sig: "ff11897932ad3f4e8b18135d722051e5ac45fc38421b1da7b9d196a0fe09473a" },
-    Case { name: "post-x-www-form-urlencoded-parameters", method: "POST", path: "/", query: "",
-        extra: &[("content-type", "application/x-www-form-urlencoded; charset=utf8")], body: b"Param1=value1",
-        sig: "1a72ec8f64bd914b0e42e42607c7fbce7fb2c7465f63e3092b3b0d39fa77a6fe" },
+        extra: &[],
+        body: b"",
+        sig: "9c3e54bfcdf0b19771a7f523ee5669cdf59bc7cc0884027167c21bb143a40197",
+    },
+    Case {
+        name: "get-vanilla-utf8-query",
+        method: "GET",
+        path: "/",
+        query: "%E1%88%B4=bar",
+        extra: &[],
+        body: b"",
+        sig: "2cdec8eed098649ff3a119c94853b13c643bcf08f8b0a1d91e12c9027818dd04",
+    },
+    Case {
+        name: "get-unreserved",
+        method: "GET",
+        path: "/-._~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz",
+        query: "",
+        extra: &[],
+        body: b"",
+        sig: "07ef7494c76fa4850883e2b006601f940f8a34d404d0cfa977f52a65bbf5f24f",
+    },
+    Case {
+        name: "get-utf8",
+        method: "GET",
+        path: "/\u{1234}",
+        query: "",
+        extra: &[],
+        body: b"",
+        sig: "8318018e0b0f223aa2bbf98705b62bb787dc9c0e678f255a891fd03141be5d85",
+    },
+    Case {
+        name: "get-header-key-duplicate",
+        method: "GET",
+        path: "/",
+        query: "",
+        extra: &[
+            ("my-header1", "value2"),
+            ("my-header1", "value2"),
+            ("my-header1", "value1"),
+        ],
+        body: b"",
+        sig: "c9d5ea9f3f72853aea855b47ea873832890dbdd183b4468f858259531a5138ea",
+    },
+    Case {
+        name: "get-header-value-order",
+        method: "GET",
+        path: "/",
+        query: "",
+        extra: &[
+            ("my-header1", "value4"),
+            ("my-header1", "value1"),
+            ("my-header1", "value3"),
+            ("my-header1", "value2"),
+        ],
+        body: b"",
+        sig: "08c7e5a9acfcfeb3ab6b2185e75ce8b1deb5e634ec47601a50643f830c755c01",
+    },
+    Case {
+        name: "get-header-value-trim",
+        method: "GET",
+        path: "/",
+        query: "",
+        extra: &[("my-header1", " value1"), ("my-header2", "\"a   b   c\"")],
+        body: b"",
+        sig: "acc3ed3afb60bb290fc8d2dd0098b9911fcaa05412b367055dee359757a9c736",
+    },
+    Case {
+        name: "post-vanilla",
+        method: "POST",
+        path: "/",
+        query: "",
+        extra: &[],
+        body: b"",
+        sig: "5da7c1a2acd57cee7505fc6676e4e544621c30862966e37dddb68e92efbe5d6b",
+    },
+    Case {
+        name: "post-vanilla-query",
+        method: "POST",
+        path: "/",
+        query: "Param1=value1",
+        extra: &[],
+        body: b"",
+        sig: "28038455d6de14eafc1f9222cf5aa6f1a96197d7deb8263271d420d138af7f11",
+    },
+    Case {
+        name: "post-header-key-sort",
+        method: "POST",
+        path: "/",
+        query: "",
+        extra: &[("my-header1", "value1")],
+        body: b"",
+        sig: "c5410059b04c1ee005303aed430f6e6645f61f4dc9e1461ec8f8916fdf18852c",
+    },
+    Case {
+        name: "post-header-value-case",
+        method: "POST",
+        path: "/",
+        query: "",
+        extra: &[("my-header1", "VALUE1")],
+        body: b"",
+        sig: "cdbc9802e29d2942e5e10b5bccfdd67c5f22c7c4e8ae67b53629efa58b974b7d",
+    },
+    Case {
+        name: "post-sts-header-before",
+        method: "POST",
+        path: "/",
+        query: "",
+        extra: &[(
+            "x-amz-security-token",
+            "AQoDYXdzEPT//////////wEXAMPLEtc764bNrC9SAPBSM22wDOk4x4HIZ8j4FZTwdQWLWsKWHGBuFqwAeMicRXmxfpSPfIeoIYRqTflfKD8YUuwthAx7mSEI/qkPpKPi/kMcGdQrmGdeehM4IC1NtBmUpp2wUE8phUZampKsburEDy0KPkyQDYwT7WZ0wq5VSXDvp75YU9HFvlRd8Tx6q6fE8YQcHNVXAkiY9q6d+xo0rKwT38xVqr7ZD0u0iPPkUL64lIZbqBAz+scqKmlzm8FDrypNC9Yjc8fPOLn9FX9KSYvKTr4rvx3iSIlTJabIQwj2ICCR/oLxBA==",
+        )],
+        body: b"",
+        sig: "85d96828115b5dc0cfc3bd16ad9e210dd772bbebba041836c64533a82be05ead",
+    },
+    Case {
+        name: "post-x-www-form-urlencoded",
+        method: "POST",
+        path: "/",
+        query: "",
+        extra: &[("content-type", "application/x-www-form-urlencoded")],
+        body: b"Param1=value1",
+        sig: "ff11897932ad3f4e8b18135d722051e5ac45fc38421b1da7b9d196a0fe09473a",
+    },
+    Case {
+        name: "post-x-www-form-urlencoded-parameters",
+        method: "POST",
+        path: "/",
+        query: "",
+        extra: &[(
+            "content-type",
+            "application/x-www-form-urlencoded; charset=utf8",
+        )],
+        body: b"Param1=value1",
+        sig: "1a72ec8f64bd914b0e42e42607c7fbce7fb2c7465f63e3092b3b0d39fa77a6fe",
+    },
 ];
 
 #[test]
@@ -105,7 +232,10 @@ fn aws_sig_v4_test_suite() {
     let scope = suite_scope();
     let key = SigningKey::derive(SUITE_SECRET, &scope);
     for c in CASES {
-        let mut list = vec![("host", "example.amazonaws.com"), ("x-amz-date", SUITE_DATE)];
+        let mut list = vec![
+            ("host", "example.amazonaws.com"),
+            ("x-amz-date", SUITE_DATE),
+        ];
         list.extend_from_slice(c.extra);
         let h = headers(&list);
         let signed = signed_names(&h);
@@ -138,7 +268,10 @@ fn aws_sig_v4_test_suite() {
 fn get_vanilla_canonical_request_and_string_to_sign() {
     // The suite's get-vanilla .creq and .sts files.
     let scope = suite_scope();
-    let h = headers(&[("Host", "example.amazonaws.com"), ("X-Amz-Date", SUITE_DATE)]);
+    let h = headers(&[
+        ("Host", "example.amazonaws.com"),
+        ("X-Amz-Date", SUITE_DATE),
+    ]);
     let creq = canonical_request(
         &RequestToSign {
             method: "GET",
@@ -218,7 +351,10 @@ fn s3_presigned_get() {
     )
     .unwrap();
     let key = SigningKey::derive(S3_SECRET, &sig.scope);
-    assert!(key.verify(&string_to_sign(&sig.amz_date, &sig.scope, &creq), &sig.signature));
+    assert!(key.verify(
+        &string_to_sign(&sig.amz_date, &sig.scope, &creq),
+        &sig.signature
+    ));
     // Valid from its date for 86400 s.
     let t = auth::amz_date_secs("20130524T000000Z").unwrap();
     assert!(auth::in_time(&sig, t + 86_400));
@@ -274,7 +410,11 @@ fn s3_streaming_seed_signature() {
     )
     .unwrap();
     assert_eq!(
-        SigningKey::derive(S3_SECRET, &scope).sign(&string_to_sign("20130524T000000Z", &scope, &creq)),
+        SigningKey::derive(S3_SECRET, &scope).sign(&string_to_sign(
+            "20130524T000000Z",
+            &scope,
+            &creq
+        )),
         SEED
     );
     assert_eq!(streaming_example_body().len(), 66824);
@@ -357,27 +497,45 @@ async fn chunk_resigner_verifies_the_published_chunks_and_resigns_them() {
 #[tokio::test]
 async fn chunk_resigner_refuses_tampering() {
     let cases: Vec<(&str, Bytes, Option<u64>)> = vec![
-        ("data changed", {
-            let mut b = BytesMut::from(&streaming_example_body()[..]);
-            let i = 200;
-            b[i] = b'b';
-            b.freeze()
-        }, None),
-        ("chunk signature changed", {
-            let s = std::str::from_utf8(&streaming_example_body()[..100]).unwrap_or("").to_string();
-            let _ = s;
-            let mut b = BytesMut::from(&streaming_example_body()[..]);
-            b[30] = if b[30] == b'0' { b'1' } else { b'0' };
-            b.freeze()
-        }, None),
+        (
+            "data changed",
+            {
+                let mut b = BytesMut::from(&streaming_example_body()[..]);
+                let i = 200;
+                b[i] = b'b';
+                b.freeze()
+            },
+            None,
+        ),
+        (
+            "chunk signature changed",
+            {
+                let s = std::str::from_utf8(&streaming_example_body()[..100])
+                    .unwrap_or("")
+                    .to_string();
+                let _ = s;
+                let mut b = BytesMut::from(&streaming_example_body()[..]);
+                b[30] = if b[30] == b'0' { b'1' } else { b'0' };
+                b.freeze()
+            },
+            None,
+        ),
         ("truncated", streaming_example_body().slice(..66000), None),
-        ("trailing bytes", {
-            let mut b = BytesMut::from(&streaming_example_body()[..]);
-            b.extend_from_slice(b"x");
-            b.freeze()
-        }, None),
+        (
+            "trailing bytes",
+            {
+                let mut b = BytesMut::from(&streaming_example_body()[..]);
+                b.extend_from_slice(b"x");
+                b.freeze()
+            },
+            None,
+        ),
         ("decoded length", streaming_example_body(), Some(1)),
-        ("unsigned chunks", Bytes::from_static(b"5\r\nhello\r\n0\r\n\r\n"), None),
+        (
+            "unsigned chunks",
+            Bytes::from_static(b"5\r\nhello\r\n0\r\n\r\n"),
+            None,
+        ),
     ];
     for (name, body, decoded) in cases {
         let failed = std::sync::Arc::new(std::sync::Mutex::new(None));
@@ -448,9 +606,18 @@ fn header_signatures_parse_strictly() {
         "AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20130524/us-east-1/s3/aws4_request, SignedHeaders=host;x-amz-date, Signature=f0e8",
         "AWS4-ECDSA-P256-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20130524/s3/aws4_request, SignedHeaders=host;x-amz-date, Signature=3045",
     ] {
-        assert!(matches!(auth::parse(&h(bad), ""), Err(auth::ParseError::Malformed(_))), "{bad}");
+        assert!(
+            matches!(
+                auth::parse(&h(bad), ""),
+                Err(auth::ParseError::Malformed(_))
+            ),
+            "{bad}"
+        );
     }
-    assert_eq!(auth::parse(&h("Bearer x"), ""), Err(auth::ParseError::Missing));
+    assert_eq!(
+        auth::parse(&h("Bearer x"), ""),
+        Err(auth::ParseError::Missing)
+    );
     // Header and query signatures at once.
     assert!(auth::parse(&h(ok), PRESIGNED_QUERY).is_err());
 }

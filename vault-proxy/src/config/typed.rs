@@ -59,7 +59,8 @@ pub struct AwsSigv4Config {
 /// upper-case letters and digits).
 pub fn is_access_key_id(s: &str) -> bool {
     (16..=128).contains(&s.len())
-        && s.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+        && s.bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
 }
 
 /// Checks the type-specific keys of one credential; for `aws_sigv4` moves
