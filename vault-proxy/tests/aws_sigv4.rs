@@ -134,13 +134,15 @@ fn verify_real(seen: &Seen, path: &str) {
     }
     let names: Vec<String> = signed.split(';').map(String::from).collect();
     let payload = seen.header("x-amz-content-sha256").unwrap();
+    // An HTTP/2 upstream sees `:authority`, not `Host`.
+    let host = seen.host();
     let creq = canonical_request(
         &RequestToSign {
             method: &seen.method,
             path,
             query: "",
             headers: &h,
-            host_fallback: "",
+            host_fallback: &host,
             signed_headers: &names,
             payload_hash: &payload,
             skip_query: &[],
