@@ -137,17 +137,18 @@ pub fn verify(
         // An AWS signature with a key this grant does not hold, toward a host
         // one of its aws_sigv4 credentials is bound to (e.g. a presigned URL
         // of a revoked grant): refuse rather than pass it on as egress.
-        if found.is_empty() && auth::looks_signed(&parts.headers, query) {
-            if let Some(name) = grant.credential_names().find(|n| {
+        if found.is_empty()
+            && auth::looks_signed(&parts.headers, query)
+            && let Some(name) = grant.credential_names().find(|n| {
                 grant.credential(n).is_some_and(|c| {
                     is_aws(c)
                         && c.allowed_hosts
                             .iter()
                             .any(|p| p.matches_dest(dest.host(), dest.port()))
                 })
-            }) {
-                return Err(refuse(name, "aws_key_not_granted"));
-            }
+            })
+        {
+            return Err(refuse(name, "aws_key_not_granted"));
         }
         return Ok(None);
     };
