@@ -168,7 +168,7 @@ impl Admin {
                 match self.grants.issue(&g.sandbox, g.session, &g.credentials) {
                     Ok(issued) => json(
                         StatusCode::CREATED,
-                        serde_json::json!({"token": issued.token, "stubs": issued.stubs}),
+                        serde_json::json!({"token": issued.token, "stubs": issued.stubs_json()}),
                     ),
                     Err(e @ GrantError::UnknownCredential(_)) => error(
                         StatusCode::BAD_REQUEST,

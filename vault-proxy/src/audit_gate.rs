@@ -35,7 +35,11 @@ pub(crate) async fn before_send(t: &Arc<Target>, f: &Facts, swaps: &[String]) ->
                     f,
                     EventKind::Swap,
                     Decision::Allow,
-                    "stub_swapped_for_bound_host".into(),
+                    // Typed credentials name their type and upstream key id.
+                    t.grant
+                        .credential(name)
+                        .and_then(|c| crate::aws_sigv4::swap_reason(c))
+                        .unwrap_or_else(|| "stub_swapped_for_bound_host".into()),
                     Some(name.clone()),
                     None,
                 )

@@ -20,7 +20,11 @@ use serde::Deserialize;
 
 mod public_suffix;
 mod scope;
+mod typed;
 pub use scope::{PathGlob, Position, Scope, normalize_path};
+pub use typed::{
+    AwsKeyIdSource, AwsSigv4Config, CredentialType, is_access_key_id as typed_is_access_key_id,
+};
 
 // === public types ===
 
@@ -146,6 +150,10 @@ pub struct CredentialConfig {
     pub allowed_hosts: Vec<HostPattern>,
     /// Where its stub may stand, and the paths and methods it may be used on.
     pub scope: Scope,
+    /// `type:` what the proxy does with it (default: the plain stub swap).
+    pub kind: CredentialType,
+    /// `type: aws_sigv4`: the access key id and region (the secret is `source`).
+    pub aws: Option<typed::AwsSigv4Config>,
 }
 
 /// Where a credential's real value lives. Exactly one per credential.
@@ -320,6 +328,15 @@ struct RawCredential {
     positions: Option<Vec<String>>,
     paths: Option<Vec<String>>,
     methods: Option<Vec<String>>,
+    /// `type:` (see [`CredentialType`]).
+    #[serde(rename = "type", default)]
+    kind: CredentialType,
+    // --- type: aws_sigv4 (config/typed.rs) ---
+    access_key_id: Option<String>,
+    access_key_id_env: Option<String>,
+    secret_access_key_env: Option<String>,
+    secret_access_key_file: Option<PathBuf>,
+    region: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -388,7 +405,7 @@ impl RawConfig {
         };
 
         let mut credentials = BTreeMap::new();
-        for (name, rc) in self.credentials {
+        for (name, mut rc) in self.credentials {
             let key = format!("credentials.{name}");
             if !is_credential_name(&name) {
                 return Err(invalid(
@@ -396,6 +413,7 @@ impl RawConfig {
                     "credential names use letters, digits, `_`, `-` and `.` (max 128)",
                 ));
             }
+            let aws = typed::aws_fields(&key, &mut rc)?;
             let source = match (rc.value_env, rc.value_file, rc.stored) {
                 (Some(env), None, None) => {
                     if !is_env_name(&env) {
@@ -456,6 +474,8 @@ impl RawConfig {
                     source,
                     allowed_hosts,
                     scope,
+                    kind: rc.kind,
+                    aws,
                 },
             );
         }

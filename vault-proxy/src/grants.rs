@@ -18,9 +18,10 @@ use aho_corasick::{AhoCorasick, MatchKind};
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::CredentialType;
 use crate::config::GrantConfig;
 use crate::pipeline::scrub_response::Replacer;
-use crate::secrets::{Credential, Credentials};
+use crate::secrets::{Credential, Credentials, SecretValue};
 
 /// Why a grant could not be created.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -37,6 +38,9 @@ pub enum GrantError {
     /// Could not mint a unique stub (should not happen).
     #[error("could not mint a unique stub for `{0}`")]
     Mint(String),
+    /// A configured stub of an `aws_sigv4` credential is not `ACCESS_KEY_ID:SECRET`.
+    #[error("stub for `{0}` must be `ACCESS_KEY_ID:SECRET_ACCESS_KEY` (aws_sigv4)")]
+    BadStub(String),
 }
 
 /// Who a stub belongs to.
@@ -59,8 +63,10 @@ pub struct Grant {
     /// Session id, if the brain gave one (audit only).
     pub session: Option<String>,
     token_digest: [u8; 32],
-    /// Credential name → stub.
+    /// Credential name → stub (for `aws_sigv4`, the stub access key id).
     stubs: BTreeMap<String, String>,
+    /// `aws_sigv4` credential name → the stub secret key.
+    aws_stub_secrets: BTreeMap<String, SecretValue>,
     /// Credential name → real credential.
     creds: BTreeMap<String, Arc<Credential>>,
     /// Real values of *all* credentials → this grant's stub (or a mask).
@@ -106,6 +112,16 @@ impl Grant {
         self.creds.get(name)
     }
 
+    /// This grant's credential names.
+    pub fn credential_names(&self) -> impl Iterator<Item = &str> {
+        self.creds.keys().map(String::as_str)
+    }
+
+    /// The stub secret key of one of this grant's `aws_sigv4` credentials.
+    pub fn aws_stub_secret(&self, name: &str) -> Option<&SecretValue> {
+        self.aws_stub_secrets.get(name)
+    }
+
     /// Whether any credential of this grant has a body position (`form:`, `json:`).
     pub fn has_body_positions(&self) -> bool {
         self.creds.values().any(|c| c.scope.has_body_positions())
@@ -139,8 +155,28 @@ fn digest(s: &str) -> [u8; 32] {
 pub struct IssuedGrant {
     /// Proxy token (password of `Proxy-Authorization: Basic sandbox:token`).
     pub token: String,
-    /// Credential name → stub.
+    /// Credential name → stub (for `aws_sigv4`, the pair as
+    /// `ACCESS_KEY_ID:SECRET`, see [`crate::aws_sigv4::join_pair`]).
     pub stubs: BTreeMap<String, String>,
+    /// Names of the `aws_sigv4` credentials among `stubs`.
+    pub aws: std::collections::BTreeSet<String>,
+}
+
+impl IssuedGrant {
+    /// `stubs` as the admin API shows them: an `aws_sigv4` pair as
+    /// `{"access_key_id","secret_access_key"}`, others as strings.
+    pub fn stubs_json(&self) -> serde_json::Value {
+        self.stubs
+            .iter()
+            .map(|(n, s)| {
+                (
+                    n.clone(),
+                    crate::aws_sigv4::stub_json(s, self.aws.contains(n)),
+                )
+            })
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    }
 }
 
 impl std::fmt::Debug for IssuedGrant {
@@ -248,10 +284,19 @@ impl Grants {
         check_sandbox(&g.sandbox)?;
         let mut st = self.lock();
         for (name, stub) in &g.credentials {
-            if self.creds.get(name).is_none() {
+            let Some(c) = self.creds.get(name) else {
                 return Err(GrantError::UnknownCredential(name.clone()));
-            }
-            if st.used.contains(&digest(stub)) {
+            };
+            // An aws_sigv4 stub is written `ACCESS_KEY_ID:SECRET`.
+            let searched = match c.kind {
+                CredentialType::AwsSigv4 => {
+                    crate::aws_sigv4::split_pair(stub)
+                        .ok_or_else(|| GrantError::BadStub(name.clone()))?
+                        .access_key_id
+                }
+                _ => stub.as_str(),
+            };
+            if st.used.contains(&digest(searched)) {
                 return Err(GrantError::StubInUse(name.clone()));
             }
         }
@@ -290,10 +335,24 @@ impl Grants {
         for c in &real {
             let mut minted = None;
             for _ in 0..32 {
-                let s = mint_stub(c.value.expose(), &mut rng);
+                let (s, searched) = match c
+                    .aws
+                    .as_ref()
+                    .filter(|_| c.kind == CredentialType::AwsSigv4)
+                {
+                    Some(keys) => {
+                        let pair = crate::aws_sigv4::mint_pair(keys, &mut rng);
+                        let id = pair.split(':').next().unwrap_or_default().to_string();
+                        (pair, id)
+                    }
+                    None => {
+                        let s = mint_stub(c.value.expose(), &mut rng);
+                        (s.clone(), s)
+                    }
+                };
                 if s != c.value.expose()
-                    && !st.used.contains(&digest(&s))
-                    && !stubs.values().any(|v| v == &s)
+                    && !st.used.contains(&digest(&searched))
+                    && !stubs.values().any(|v: &String| v.starts_with(&searched))
                 {
                     minted = Some(s);
                     break;
@@ -304,9 +363,14 @@ impl Grants {
             };
             stubs.insert(c.name.clone(), s);
         }
+        let aws = real
+            .iter()
+            .filter(|c| c.kind == CredentialType::AwsSigv4)
+            .map(|c| c.name.clone())
+            .collect();
         let grant = self.build_grant(sandbox, session, &token, stubs.clone());
         self.install(&mut st, grant);
-        Ok(IssuedGrant { token, stubs })
+        Ok(IssuedGrant { token, stubs, aws })
     }
 
     fn build_grant(
@@ -321,12 +385,29 @@ impl Grants {
             .filter_map(|n| self.creds.get(n).map(|c| (n.clone(), c.clone())))
             .collect();
         let scrubber = Arc::new(Replacer::for_grant(&self.creds, &stubs));
+        // aws_sigv4: requests carry the stub key id; the stub secret stays here.
+        let mut stubs = stubs;
+        let mut aws_stub_secrets = BTreeMap::new();
+        for (name, stub) in stubs.iter_mut() {
+            if creds
+                .get(name)
+                .is_some_and(|c| c.kind == CredentialType::AwsSigv4)
+                && let Some(p) = crate::aws_sigv4::split_pair(stub)
+            {
+                aws_stub_secrets.insert(
+                    name.clone(),
+                    SecretValue::new(p.secret_access_key.to_string()),
+                );
+                *stub = p.access_key_id.to_string();
+            }
+        }
         Grant {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             sandbox: sandbox.to_string(),
             session,
             token_digest: digest(token),
             stubs,
+            aws_stub_secrets,
             creds,
             scrubber,
             revoked: CancellationToken::new(),

@@ -333,9 +333,22 @@ async fn process(
         }
     };
 
+    // --- aws_sigv4: the stub signature is verified before any decision ---
+    let aws = crate::aws_sigv4::verify(
+        grant,
+        &t.pinned,
+        &parts,
+        &mut found,
+        buffered.as_ref(),
+        chrono::Utc::now().timestamp(),
+    )?;
+    // --- end aws_sigv4 ---
+
     // Rules 4 and 6.
-    let swaps = if found.is_empty() {
-        gate_egress(t, f).await?;
+    let mut swaps = if found.is_empty() {
+        if aws.is_none() {
+            gate_egress(t, f).await?;
+        }
         Vec::new()
     } else {
         let facts = RequestFacts {
@@ -381,6 +394,9 @@ async fn process(
         }
         (None, None) => crate::body::empty(),
     };
+    if let Some(v) = &aws {
+        swaps.push(v.credential().to_string());
+    }
 
     // Rule 3: resolve once per tunnel and dial only the checked address.
     let dest = t
@@ -408,6 +424,26 @@ async fn process(
             .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
     );
     parts.uri = Uri::from_parts(uri).map_err(|_| Deny::BadRequest("invalid uri"))?;
+    // --- aws_sigv4: re-sign the head as it will be sent, with the real keys ---
+    let out_body = match aws {
+        Some(v) => {
+            let (t2, f2) = (t.clone(), f.clone());
+            let on_fail: crate::aws_sigv4::chunked::OnFail = Box::new(move |reason| {
+                let ev = t2.event(
+                    &f2,
+                    EventKind::Block,
+                    Decision::Deny,
+                    format!("credential_not_allowed_for_host: aws_body_not_as_signed: {reason}"),
+                    None,
+                    None,
+                );
+                tokio::spawn(async move { t2.audit(ev).await });
+            });
+            crate::aws_sigv4::resign(v, grant, &mut parts, out_body, on_fail)?
+        }
+        None => out_body,
+    };
+    // --- end aws_sigv4 ---
     let upstream_req = Request::from_parts(parts, out_body);
 
     // Audit fails closed: the swap records are in the log before the secret

@@ -13,6 +13,7 @@ pub mod admin;
 pub mod approvals;
 pub mod audit;
 pub(crate) mod audit_gate;
+pub mod aws_sigv4;
 pub mod body;
 pub mod ca;
 pub mod config;

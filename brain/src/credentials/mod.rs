@@ -206,6 +206,41 @@ pub fn proxy_url(backend: BackendKind, sandbox_id: &str, token: &str, proxy_addr
     }
 }
 
+/// The env of an `aws_sigv4` stub pair: `AWS_ACCESS_KEY_ID` /
+/// `AWS_SECRET_ACCESS_KEY` (the first such credential by name wins), the
+/// region when the credential names one, and `<NAME>_ACCESS_KEY_ID` /
+/// `<NAME>_SECRET_ACCESS_KEY` for each. The SDKs take env keys before any
+/// profile file (unless `--profile` is given), so no profile variable is set
+/// (botocore refuses an `AWS_PROFILE` missing from `~/.aws/config`); the
+/// instance metadata service is switched off (the proxy refuses it anyway).
+fn aws_env(
+    env: &mut BTreeMap<String, String>,
+    name: &str,
+    pair: vault_proxy::aws_sigv4::StubPair<'_>,
+) {
+    // Before the named pair: with a credential named `AWS` they are the same variables.
+    let first = !env.contains_key("AWS_ACCESS_KEY_ID");
+    env.insert(format!("{name}_ACCESS_KEY_ID"), pair.access_key_id.into());
+    env.insert(
+        format!("{name}_SECRET_ACCESS_KEY"),
+        pair.secret_access_key.into(),
+    );
+    if !first {
+        return;
+    }
+    env.insert("AWS_ACCESS_KEY_ID".into(), pair.access_key_id.into());
+    env.insert(
+        "AWS_SECRET_ACCESS_KEY".into(),
+        pair.secret_access_key.into(),
+    );
+    env.insert("AWS_EC2_METADATA_DISABLED".into(), "true".into());
+    env.insert("AWS_CA_BUNDLE".into(), CA_PATH.into());
+    if let Some(region) = pair.region {
+        env.insert("AWS_REGION".into(), region.into());
+        env.insert("AWS_DEFAULT_REGION".into(), region.into());
+    }
+}
+
 /// Builds the sandbox's env and files from a grant. The local backend points env values that
 /// name a file it staged (`CA_PATH`) at its copy, so the same paths work for every backend.
 pub fn compose(
@@ -217,7 +252,13 @@ pub fn compose(
 ) -> CredentialGrant {
     let mut env = BTreeMap::new();
     for (name, stub) in stubs {
-        env.insert(name.clone(), stub.clone());
+        match vault_proxy::aws_sigv4::split_pair(stub) {
+            // aws_sigv4: the stub key pair, as every AWS SDK and the CLI read it.
+            Some(pair) => aws_env(&mut env, name, pair),
+            None => {
+                env.insert(name.clone(), stub.clone());
+            }
+        }
     }
     let url = proxy_url(req.backend, req.sandbox_id, token, proxy_addr);
     for key in ["HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"] {
@@ -280,6 +321,37 @@ mod tests {
         assert_eq!(g.token.as_deref(), Some("tok"));
         assert!(!format!("{g:?}").contains("tok\""), "token in Debug: {g:?}");
         assert!(!format!("{g:?}").contains("ghp_stub"));
+    }
+
+    #[test]
+    fn an_aws_sigv4_pair_becomes_the_sdk_env() {
+        let creds = vec!["AWS".to_string()];
+        let pair = "AKIAABCDEFGHIJKLMNOP:abcdefghijABCDEFGHIJ0123456789+/abcdefgh:eu-west-1";
+        let stubs = BTreeMap::from([("AWS".to_string(), pair.to_string())]);
+        let g = compose(
+            req(BackendKind::Docker, &creds),
+            "tok",
+            &stubs,
+            "127.0.0.1:1",
+            "PEM",
+        );
+        assert_eq!(g.env["AWS_ACCESS_KEY_ID"], "AKIAABCDEFGHIJKLMNOP");
+        assert_eq!(
+            g.env["AWS_SECRET_ACCESS_KEY"],
+            "abcdefghijABCDEFGHIJ0123456789+/abcdefgh"
+        );
+        assert_eq!(g.env["AWS_REGION"], "eu-west-1");
+        assert_eq!(g.env["AWS_DEFAULT_REGION"], "eu-west-1");
+        assert_eq!(g.env["AWS_CA_BUNDLE"], CA_PATH);
+        assert_eq!(g.env["AWS_EC2_METADATA_DISABLED"], "true");
+        // botocore fails on a named profile missing from ~/.aws/config: none is set.
+        assert!(!g.env.contains_key("AWS_PROFILE"));
+        assert!(
+            !g.env.contains_key("AWS"),
+            "the one-string form is not an env var"
+        );
+        // The grant record keeps the one-string form (restored as a static grant).
+        assert_eq!(g.stubs["AWS"], pair);
     }
 
     #[test]

@@ -306,8 +306,28 @@ impl RemoteVault {
 #[derive(serde::Deserialize)]
 struct IssuedGrantBody {
     token: String,
+    /// A string, or an `aws_sigv4` pair object (kept in its one-string form).
     #[serde(default)]
-    stubs: BTreeMap<String, String>,
+    stubs: BTreeMap<String, serde_json::Value>,
+}
+
+impl IssuedGrantBody {
+    fn stubs(&self) -> Result<BTreeMap<String, String>, BrokerError> {
+        self.stubs
+            .iter()
+            .map(|(name, v)| {
+                let s = match v {
+                    serde_json::Value::String(s) => Some(s.clone()),
+                    other => vault_proxy::aws_sigv4::pair_from_json(other),
+                };
+                s.map(|s| (name.clone(), s)).ok_or_else(|| {
+                    BrokerError::Unavailable(format!(
+                        "POST /v1/grants: stub of `{name}` has an unknown form"
+                    ))
+                })
+            })
+            .collect()
+    }
 }
 
 #[async_trait]
@@ -334,7 +354,7 @@ impl CredentialBroker for RemoteVault {
             return Ok(compose(
                 req,
                 &body.token,
-                &body.stubs,
+                &body.stubs()?,
                 &self.proxy_addr,
                 &self.ca_pem,
             ));

@@ -65,20 +65,28 @@ impl Replacer {
     pub fn for_grant(creds: &Credentials, stubs: &BTreeMap<String, String>) -> Replacer {
         let mut pairs = Vec::new();
         for c in creds.iter() {
-            let real = c.value.expose().as_bytes();
-            if real.len() < MIN_SCRUB_LEN {
-                continue;
-            }
-            let repl = match stubs.get(&c.name) {
-                Some(s) => s.as_bytes().to_vec(),
-                None => vec![b'*'; real.len()],
+            // aws_sigv4: the secret key and the access key id (crate::aws_sigv4).
+            let typed = crate::aws_sigv4::scrub_pairs(c, stubs.get(&c.name).map(String::as_str));
+            let plain = || {
+                let real = c.value.expose().as_bytes().to_vec();
+                let repl = match stubs.get(&c.name) {
+                    Some(s) => s.as_bytes().to_vec(),
+                    None => vec![b'*'; real.len()],
+                };
+                vec![(real, repl)]
             };
-            for (p, r) in encodings(real, &repl) {
-                if p != real && !pairs.iter().any(|(q, _): &(Vec<u8>, Vec<u8>)| *q == p) {
-                    pairs.push((p, r));
+            let own = if typed.is_empty() { plain() } else { typed };
+            for (real, repl) in own {
+                if real.len() < MIN_SCRUB_LEN {
+                    continue;
                 }
+                for (p, r) in encodings(&real, &repl) {
+                    if p != real && !pairs.iter().any(|(q, _): &(Vec<u8>, Vec<u8>)| *q == p) {
+                        pairs.push((p, r));
+                    }
+                }
+                pairs.push((real, repl));
             }
-            pairs.push((real.to_vec(), repl));
         }
         Replacer::new(pairs)
     }

@@ -25,7 +25,9 @@ use std::sync::Arc;
 
 use zeroize::Zeroizing;
 
-use crate::config::{Config, CredentialSource, HostPattern, HostPatternError, Scope};
+use crate::config::{
+    AwsKeyIdSource, Config, CredentialSource, CredentialType, HostPattern, HostPatternError, Scope,
+};
 
 pub use cli::{SecretsCommand, secrets_cli, secrets_cli_with};
 pub use store::{SecretStore, StoreKey, StoredEntryInfo, VAULT_KEY_ENV};
@@ -120,6 +122,10 @@ pub struct Credential {
     pub allowed_hosts: Vec<HostPattern>,
     /// Where its stub may stand, and the paths and methods it may be used on.
     pub scope: Scope,
+    /// `type:` from the config.
+    pub kind: CredentialType,
+    /// `type: aws_sigv4`: the real access key id (`value` is the secret key).
+    pub aws: Option<Arc<crate::aws_sigv4::AwsKeys>>,
 }
 
 impl Credential {
@@ -364,11 +370,29 @@ pub fn resolve_credentials_with(
                 pattern: p.to_string(),
             });
         }
+        let aws = match &cc.aws {
+            None => None,
+            Some(a) => Some(Arc::new(crate::aws_sigv4::AwsKeys {
+                access_key_id: match &a.access_key_id {
+                    AwsKeyIdSource::Literal(id) => id.clone(),
+                    AwsKeyIdSource::Env(var) => env(var)
+                        .and_then(|v| v.into_string().ok())
+                        .filter(|v| crate::config::typed_is_access_key_id(v))
+                        .ok_or_else(|| SecretError::InvalidValue {
+                            credential: name.clone(),
+                            reason: "access_key_id_env is unset or not an AWS access key id",
+                        })?,
+                },
+                region: a.region.clone(),
+            })),
+        };
         out.insert(Credential {
             name: name.clone(),
             value,
             allowed_hosts,
             scope: cc.scope.clone(),
+            kind: cc.kind,
+            aws,
         });
     }
     Ok(out)
