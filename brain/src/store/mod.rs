@@ -58,6 +58,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "trigger_waits",
         include_str!("../../migrations/sqlite/0005_trigger_waits.sql"),
     ),
+    (
+        16,
+        "pools",
+        include_str!("../../migrations/sqlite/0016_pools.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -84,6 +89,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         5,
         "trigger_waits",
         include_str!("../../migrations/postgres/0005_trigger_waits.sql"),
+    ),
+    (
+        16,
+        "pools",
+        include_str!("../../migrations/postgres/0016_pools.sql"),
     ),
 ];
 
