@@ -137,8 +137,13 @@ pub async fn run(
     tracing::debug!("reaper stopped");
     let _ = dispatcher.await;
     tracing::debug!("dispatcher stopped");
-    if tokio::time::timeout(POOL_DRAIN_TIMEOUT, pools).await.is_err() {
-        tracing::warn!("draining the warm pools took over {POOL_DRAIN_TIMEOUT:?}; the next start finishes it");
+    if tokio::time::timeout(POOL_DRAIN_TIMEOUT, pools)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "draining the warm pools took over {POOL_DRAIN_TIMEOUT:?}; the next start finishes it"
+        );
     }
     // A query stuck on a connection the database (or the network) dropped during an outage
     // has no end of its own: the last writes get a bounded wait, then the process exits. What

@@ -137,8 +137,16 @@ impl Metrics {
             );
         }
         for (name, help, hit) in [
-            ("airlock_brain_pool_claims_total", "Provisions served from a warm pool.", true),
-            ("airlock_brain_pool_misses_total", "Provisions a warm pool could not serve (empty).", false),
+            (
+                "airlock_brain_pool_claims_total",
+                "Provisions served from a warm pool.",
+                true,
+            ),
+            (
+                "airlock_brain_pool_misses_total",
+                "Provisions a warm pool could not serve (empty).",
+                false,
+            ),
         ] {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
             for ((backend, h), n) in &inner.pool_claims {

@@ -285,9 +285,8 @@ async fn attach(
         return Err(Attach::Sandbox(e.into()));
     }
     grant.record_in(&mut handle);
-    let request = serde_json::to_value(params).map_err(|e| {
-        Attach::Sandbox(LifecycleError::Task(format!("encode request: {e}")))
-    })?;
+    let request = serde_json::to_value(params)
+        .map_err(|e| Attach::Sandbox(LifecycleError::Task(format!("encode request: {e}"))))?;
     let ttl = chrono::Duration::seconds(i64::try_from(params.ttl_s).unwrap_or(i64::MAX / 1000));
     let claimed = state
         .store
@@ -465,7 +464,11 @@ pub async fn destroy_pooled(
     match result {
         Ok(()) => {
             lifecycle::revoke(state, id).await;
-            if let Err(e) = state.store.set_destroyed(id, Some("warm pool drained")).await {
+            if let Err(e) = state
+                .store
+                .set_destroyed(id, Some("warm pool drained"))
+                .await
+            {
                 tracing::warn!(sandbox = %id, error = %e, "recording a pooled sandbox destroyed failed");
             }
         }
@@ -524,14 +527,17 @@ pub async fn adopt_row(state: &AppState, backend: &dyn SandboxBackend, row: &San
                     .get(&key)
                     .is_some_and(|p| p.ready.len() < size)
             });
-            if room
-                && pristine(backend, handle).await
-                && backend.adopt(handle).await.is_ok()
-            {
-                state.pools.lock().entry(key.clone()).or_default().ready.push_back(Ready {
-                    id: row.id.clone(),
-                    handle: handle.clone(),
-                });
+            if room && pristine(backend, handle).await && backend.adopt(handle).await.is_ok() {
+                state
+                    .pools
+                    .lock()
+                    .entry(key.clone())
+                    .or_default()
+                    .ready
+                    .push_back(Ready {
+                        id: row.id.clone(),
+                        handle: handle.clone(),
+                    });
                 tracing::info!(sandbox = %row.id, pool = %key, "adopted pooled sandbox");
                 return true;
             }

@@ -137,7 +137,11 @@ fn metric(text: &str, line_prefix: &str) -> Option<u64> {
 async fn wait_ready(brain: &BrainProcess, n: u64) {
     for _ in 0..600 {
         let text = metrics(brain).await;
-        if metric(&text, "airlock_brain_pool_ready_sandboxes{backend=\"docker\"}") == Some(n) {
+        if metric(
+            &text,
+            "airlock_brain_pool_ready_sandboxes{backend=\"docker\"}",
+        ) == Some(n)
+        {
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -183,8 +187,7 @@ async fn live_ids(brain: &BrainProcess) -> BTreeSet<String> {
 }
 
 #[tokio::test]
-async fn pooled_sandbox_first_exec_sees_stubs_proxy_and_ca_and_its_egress_is_swapped_and_audited()
-{
+async fn pooled_sandbox_first_exec_sees_stubs_proxy_and_ca_and_its_egress_is_swapped_and_audited() {
     if !docker_ready() {
         return;
     }
@@ -215,7 +218,10 @@ async fn pooled_sandbox_first_exec_sees_stubs_proxy_and_ca_and_its_egress_is_swa
     }
 
     let id = provision(&brain, json!({"credentials": ["GITHUB_TOKEN"]})).await;
-    assert!(pooled.contains(&id), "{id} was not claimed from the pool {pooled:?}");
+    assert!(
+        pooled.contains(&id),
+        "{id} was not claimed from the pool {pooled:?}"
+    );
     let text = metrics(&brain).await;
     assert_eq!(
         metric(&text, "airlock_brain_pool_claims_total{backend=\"docker\"}"),
@@ -237,8 +243,16 @@ async fn pooled_sandbox_first_exec_sees_stubs_proxy_and_ca_and_its_egress_is_swa
         env.contains(&format!("HTTPS_PROXY=http://{id}:")) && env.contains("@127.0.0.1:3128"),
         "{env}"
     );
-    for key in ["SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "GIT_SSL_CAINFO"] {
-        assert!(env.contains(&format!("{key}=/etc/airlock/ca.pem")), "{key}: {env}");
+    for key in [
+        "SSL_CERT_FILE",
+        "REQUESTS_CA_BUNDLE",
+        "CURL_CA_BUNDLE",
+        "GIT_SSL_CAINFO",
+    ] {
+        assert!(
+            env.contains(&format!("{key}=/etc/airlock/ca.pem")),
+            "{key}: {env}"
+        );
     }
     assert!(!env.contains("AIRLOCK_AGENT_TOKEN"), "{env}");
     let (code, out, _) = sh(
@@ -247,7 +261,11 @@ async fn pooled_sandbox_first_exec_sees_stubs_proxy_and_ca_and_its_egress_is_swa
         "cmp /etc/airlock/ca.pem /etc/ssl/certs/ca-certificates.crt && grep -c BEGIN /etc/airlock/ca.pem",
     )
     .await;
-    assert_eq!((code, out.trim()), (0, "1"), "the proxy CA is the trust store");
+    assert_eq!(
+        (code, out.trim()),
+        (0, "1"),
+        "the proxy CA is the trust store"
+    );
     // Read-only for the sandbox user, like a cold sandbox's.
     let (code, _, _) = sh(&brain, &id, "echo x >> /etc/airlock/ca.pem").await;
     assert_ne!(code, 0);
@@ -261,7 +279,12 @@ async fn pooled_sandbox_first_exec_sees_stubs_proxy_and_ca_and_its_egress_is_swa
         ),
     )
     .await;
-    assert_eq!((code, out.trim()), (0, "ok /user"), "{err}\n{}", brain.log());
+    assert_eq!(
+        (code, out.trim()),
+        (0, "ok /user"),
+        "{err}\n{}",
+        brain.log()
+    );
     let seen = upstream.with_path("/user");
     assert_eq!(seen.len(), 1, "{seen:?}");
     assert_eq!(
@@ -323,7 +346,10 @@ async fn claimed_sandboxes_never_return_to_the_pool() {
     for round in 0..3 {
         let before = naming.sandbox_ids();
         let id = provision(&brain, json!({})).await;
-        assert!(before.contains(&id), "round {round}: {id} not from the pool");
+        assert!(
+            before.contains(&id),
+            "round {round}: {id} not from the pool"
+        );
         assert!(claimed.insert(id.clone()), "{id} handed out twice");
         // Used, then deleted: it must never show up again.
         let (code, _, _) = sh(&brain, &id, "echo used > /workspace/mark").await;
@@ -332,7 +358,10 @@ async fn claimed_sandboxes_never_return_to_the_pool() {
         assert_eq!(status, StatusCode::OK);
         wait_ready(&brain, 2).await;
         let now = naming.sandbox_ids();
-        assert!(now.is_disjoint(&claimed), "a claimed sandbox is back: {now:?} {claimed:?}");
+        assert!(
+            now.is_disjoint(&claimed),
+            "a claimed sandbox is back: {now:?} {claimed:?}"
+        );
         assert_eq!(now.len(), 2, "{now:?}");
     }
     // A claimed sandbox still running is not in the pool either.
@@ -346,7 +375,10 @@ async fn claimed_sandboxes_never_return_to_the_pool() {
         let (status, _) = brain.get_json(&format!("/v1/sandboxes/{id}")).await;
         assert_eq!(status, StatusCode::NOT_FOUND);
         let (status, _) = brain
-            .post_json(&format!("/v1/sandboxes/{id}/exec"), json!({"command": "true"}))
+            .post_json(
+                &format!("/v1/sandboxes/{id}/exec"),
+                json!({"command": "true"}),
+            )
             .await;
         assert_eq!(status, StatusCode::NOT_FOUND, "exec into a pooled sandbox");
     }
@@ -390,7 +422,11 @@ async fn pool_survives_a_brain_sigkill_with_no_orphan_and_drains_on_shutdown() {
     // Graceful shutdown drains the pool; claimed sandboxes stay for adoption.
     brain.terminate();
     let left = naming.sandbox_ids();
-    assert_eq!(left, BTreeSet::from([claimed.clone(), id.clone()]), "pool not drained");
+    assert_eq!(
+        left,
+        BTreeSet::from([claimed.clone(), id.clone()]),
+        "pool not drained"
+    );
 
     // The next start adopts the claimed ones and refills the pool with new sandboxes.
     brain.restart().await;
@@ -402,6 +438,10 @@ async fn pool_survives_a_brain_sigkill_with_no_orphan_and_drains_on_shutdown() {
         assert_eq!(status, StatusCode::OK);
     }
     brain.terminate();
-    assert!(naming.sandbox_ids().is_empty(), "{:?}", naming.sandbox_ids());
+    assert!(
+        naming.sandbox_ids().is_empty(),
+        "{:?}",
+        naming.sandbox_ids()
+    );
     assert_eq!(naming.networks(), 0);
 }

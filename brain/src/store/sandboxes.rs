@@ -396,11 +396,7 @@ impl Store {
         id: &str,
     ) -> Result<Option<SandboxRow>, StoreError> {
         let raw = on_pool!(self.db(), |pool| {
-            match sqlx::query(sql)
-                .bind(id)
-                .fetch_optional(pool)
-                .await?
-            {
+            match sqlx::query(sql).bind(id).fetch_optional(pool).await? {
                 Some(row) => Some(read_row!(&row)),
                 None => None,
             }
