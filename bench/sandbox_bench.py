@@ -66,7 +66,9 @@ class Brain:
         config = os.path.join(self.dir, "airlock.yaml")
         with open(config, "w") as f:
             # JSON is YAML.
-            doc = {"sandbox": {"docker": {"image": IMAGE}}}
+            # Own address range: the engine's default pools hold only ~30 bridge networks,
+            # fewer than a burst needs (one network per sandbox).
+            doc = {"sandbox": {"docker": {"image": IMAGE, "subnet_pool": "10.213.0.0/16"}}}
             if pool_size:
                 doc["pools"] = [{"backend": "docker", "size": pool_size}]
             json.dump(doc, f)
