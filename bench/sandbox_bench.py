@@ -11,11 +11,20 @@ and, on the same image in the same run:
   - docker run --rm --entrypoint true IMAGE     (create + start + wait + remove)
   - docker exec CONTAINER true
 
+and, with a warm pool (`pools: [{backend: docker, size: --pool-size}]`, a second brain):
+  - warm provision: POST /v1/sandboxes claimed from a ready pool (the pool refilled between
+    claims, untimed)
+  - burst: --burst concurrent provisions against the full pool: per-request latency, pool
+    hits/misses, and the refill rate (sandboxes/s until the pool is full again)
+  - pause / resume: POST /v1/sandboxes/{id}/pause and /resume (docker pause/unpause)
+
 Prints p50/p99 for each and the ratios. Usage:
   python3 bench/sandbox_bench.py [--provisions 20] [--execs 200] [--profile release]
+      [--pool-size 8] [--burst 50] [--image airlock-sandbox:latest]
 """
 
 import argparse
+import concurrent.futures
 import http.client
 import json
 import os
@@ -28,7 +37,7 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-IMAGE = "airlock-sandbox:latest"
+IMAGE = os.environ.get("AIRLOCK_SANDBOX_IMAGE", "airlock-sandbox:latest")
 
 
 def pct(samples, p):
@@ -49,13 +58,23 @@ def summary(name, samples_s):
 
 
 class Brain:
-    def __init__(self, profile):
+    def __init__(self, profile, pool_size=0):
         self.dir = tempfile.mkdtemp(prefix="airlock-bench-")
         self.key = "bench-" + secrets.token_hex(12)
         env = dict(os.environ, AIRLOCK_MASTER_KEY=self.key, RUST_LOG="warn")
         binary = os.path.join(ROOT, "target", profile, "brain")
+        config = os.path.join(self.dir, "airlock.yaml")
+        with open(config, "w") as f:
+            # JSON is YAML.
+            # Own address range: the engine's default pools hold only ~30 bridge networks,
+            # fewer than a burst needs (one network per sandbox).
+            doc = {"sandbox": {"docker": {"image": IMAGE, "subnet_pool": "10.213.0.0/16"}}}
+            if pool_size:
+                doc["pools"] = [{"backend": "docker", "size": pool_size}]
+            json.dump(doc, f)
+        self.pool_size = pool_size
         self.proc = subprocess.Popen(
-            [binary, "serve", "--listen", "127.0.0.1:0", "--backend", "docker",
+            [binary, "serve", "--config", config, "--listen", "127.0.0.1:0", "--backend", "docker",
              "--database-url", f"sqlite://{self.dir}/airlock.db"],
             stdout=subprocess.PIPE, stderr=open(os.path.join(self.dir, "brain.log"), "w"),
             env=env, text=True)
@@ -63,7 +82,42 @@ class Brain:
         if not line.startswith("listening on "):
             raise SystemExit(f"brain did not start: {line!r}; see {self.dir}/brain.log")
         host, port = line.split()[-1].rsplit(":", 1)
+        self.addr = (host, int(port))
         self.conn = http.client.HTTPConnection(host, int(port))
+
+    def metric(self, prefix):
+        conn = http.client.HTTPConnection(*self.addr)
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode()
+        conn.close()
+        for line in text.splitlines():
+            if line.startswith(prefix):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    def ready(self):
+        return self.metric('airlock_brain_pool_ready_sandboxes{backend="docker"}')
+
+    def wait_full(self, timeout=300):
+        t0 = time.perf_counter()
+        while self.ready() < self.pool_size:
+            if time.perf_counter() - t0 > timeout:
+                raise SystemExit(f"pool did not refill in {timeout}s; see {self.dir}/brain.log")
+            time.sleep(0.02)
+        return time.perf_counter() - t0
+
+    def call_new_conn(self, method, path, body=None):
+        """For concurrent callers: one connection per call."""
+        conn = http.client.HTTPConnection(*self.addr, timeout=300)
+        headers = {"Authorization": f"Bearer {self.key}", "Content-Type": "application/json"}
+        conn.request(method, path, body=json.dumps(body) if body is not None else None,
+                     headers=headers)
+        resp = conn.getresponse()
+        payload = resp.read()
+        conn.close()
+        if resp.status >= 300:
+            raise SystemExit(f"{method} {path} -> {resp.status} {payload[:300]!r}")
+        return json.loads(payload) if payload else None
 
     def call(self, method, path, body=None):
         headers = {"Authorization": f"Bearer {self.key}"}
@@ -100,7 +154,14 @@ def main():
     ap.add_argument("--execs", type=int, default=200)
     ap.add_argument("--profile", default="release", choices=["release", "debug"])
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--pool-size", type=int, default=8)
+    ap.add_argument("--burst", type=int, default=50)
+    ap.add_argument("--image", help="sandbox image (default $AIRLOCK_SANDBOX_IMAGE or "
+                    "airlock-sandbox:latest); needs an agent with POST /configure")
     a = ap.parse_args()
+    global IMAGE
+    if a.image:
+        IMAGE = a.image
 
     if subprocess.run(["docker", "image", "inspect", IMAGE], capture_output=True).returncode:
         raise SystemExit(f"{IMAGE} missing: run bash images/build-offline.sh")
@@ -137,6 +198,57 @@ def main():
     finally:
         brain.close()
 
+    pool = Brain(a.profile, pool_size=a.pool_size)
+    extra = {}
+    try:
+        pool.wait_full()
+        warm = []
+        for _ in range(a.provisions):
+            t0 = time.perf_counter()
+            sb = pool.call("POST", "/v1/sandboxes", {"task_description": "bench warm"})
+            warm.append(time.perf_counter() - t0)
+            pool.call("DELETE", f"/v1/sandboxes/{sb['id']}")
+            pool.wait_full()
+        results.append(summary("warm pool provision", warm))
+
+        # Burst: all at once against a full pool; then how fast it is full again.
+        claims0 = pool.metric('airlock_brain_pool_claims_total{backend="docker"}')
+        misses0 = pool.metric('airlock_brain_pool_misses_total{backend="docker"}')
+
+        def one(_):
+            t = time.perf_counter()
+            sb = pool.call_new_conn("POST", "/v1/sandboxes", {"task_description": "burst"})
+            return time.perf_counter() - t, sb["id"]
+
+        t_burst = time.perf_counter()
+        with concurrent.futures.ThreadPoolExecutor(max_workers=a.burst) as ex:
+            out = list(ex.map(one, range(a.burst)))
+        burst_wall = time.perf_counter() - t_burst
+        results.append(summary(f"burst of {a.burst} provisions", [d for d, _ in out]))
+        hits = pool.metric('airlock_brain_pool_claims_total{backend="docker"}') - claims0
+        misses = pool.metric('airlock_brain_pool_misses_total{backend="docker"}') - misses0
+        refill = pool.wait_full()
+        extra["burst"] = {
+            "provisions": a.burst, "pool_hits": hits, "pool_misses": misses,
+            "wall_s": round(burst_wall, 3),
+            "refill_after_burst_s": round(refill, 3),
+            "refill_rate_per_s": round(a.pool_size / max(refill + burst_wall, 1e-9), 2),
+        }
+        for _, sid in out:
+            pool.call("DELETE", f"/v1/sandboxes/{sid}")
+
+        sb = pool.call("POST", "/v1/sandboxes", {"task_description": "pause bench"})
+        pauses, resumes = [], []
+        for _ in range(a.provisions):
+            pauses.append(timed(lambda: pool.call("POST", f"/v1/sandboxes/{sb['id']}/pause"))[0])
+            resumes.append(timed(lambda: pool.call("POST", f"/v1/sandboxes/{sb['id']}/resume"))[0])
+        r = pool.call("POST", f"/v1/sandboxes/{sb['id']}/exec", {"command": "echo back"})
+        assert r["stdout"] == "back\n", r
+        results += [summary("pause", pauses), summary("resume", resumes)]
+        pool.call("DELETE", f"/v1/sandboxes/{sb['id']}")
+    finally:
+        pool.close()
+
     run_d, run_rm = [], []
     for _ in range(a.provisions):
         name = "airlock-bench-" + secrets.token_hex(4)
@@ -169,13 +281,21 @@ def main():
             by["brain provision+delete"]["p50_ms"] / by["docker run --rm true"]["p50_ms"],
         "exec / docker exec (p50)": by["brain exec `true`"]["p50_ms"] / by["docker exec true"]["p50_ms"],
         "exec / docker exec (p99)": by["brain exec `true`"]["p99_ms"] / by["docker exec true"]["p99_ms"],
+        "warm provision / docker run -d (p50)":
+            by["warm pool provision"]["p50_ms"] / by["docker run -d"]["p50_ms"],
+        "warm provision / cold provision (p50)":
+            by["warm pool provision"]["p50_ms"] / by["brain provision"]["p50_ms"],
     }
     print()
     for k, v in ratios.items():
         print(f"{k:44} {v:.3f}")
+    print()
+    for k, v in extra.get("burst", {}).items():
+        print(f"burst {k:38} {v}")
+    print("snapshot/restore of a 200 MB workspace: not measured (snapshots not implemented yet)")
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"results": results, "ratios": ratios}, f, indent=2)
+            json.dump({"results": results, "ratios": ratios, **extra}, f, indent=2)
     return 0
 
 

@@ -52,6 +52,8 @@ pub struct Config {
     pub models: crate::sessions::ModelsConfig,
     /// Agent-loop limits, concurrency and claims.
     pub sessions: crate::sessions::SessionsConfig,
+    /// Warm pools: sandboxes kept started, with no grant, for `sandbox_provision` to claim.
+    pub pools: Vec<crate::pool::PoolConfig>,
     /// Directory of the file this was read from (not a key).
     #[serde(skip)]
     pub base_dir: Option<PathBuf>,
@@ -71,6 +73,7 @@ impl Default for Config {
             mcp: crate::mcp::McpConfig::default(),
             models: Default::default(),
             sessions: Default::default(),
+            pools: Vec::new(),
             base_dir: None,
         }
     }
@@ -462,6 +465,7 @@ impl Config {
             ));
         }
         self.sessions.validate().map_err(ConfigError::Invalid)?;
+        crate::pool::validate(&self.pools).map_err(ConfigError::Invalid)?;
         Ok(())
     }
 

@@ -137,6 +137,9 @@ impl From<BackendError> for ApiError {
             BackendError::NotReady(_) => {
                 ApiError::new(StatusCode::BAD_GATEWAY, "sandbox_not_ready", message)
             }
+            BackendError::NotSupported(_) => {
+                ApiError::new(StatusCode::NOT_IMPLEMENTED, "not_supported", message)
+            }
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod error;
 pub mod lifecycle;
 pub mod mcp;
 pub mod metrics;
+pub mod pool;
 pub mod replicas;
 pub mod sandbox;
 pub mod sessions;
@@ -33,6 +34,8 @@ use config::{Config, MasterKey, VaultMode};
 
 /// After shutdown is requested, how long in-flight requests (a streaming exec) may take.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long destroying the warm pools' sandboxes may take on shutdown.
+const POOL_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long each last shutdown write (gateway spend, closing the store) may take.
 const SHUTDOWN_STEP_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -111,6 +114,8 @@ pub async fn run(
     let replica = tokio::spawn(replicas::run(state.clone(), stop_rx.clone()));
     let outbox = start_triggers(&mut state, stop_rx.clone())?;
     let dispatcher = tokio::spawn(sessions::dispatcher(state.clone(), stop_rx.clone()));
+    // Refills the warm pools; drains them once shutdown is requested.
+    let pools = tokio::spawn(pool::run(state.clone(), stop_rx.clone()));
     tokio::spawn(async move {
         shutdown.await;
         tracing::info!(
@@ -135,6 +140,14 @@ pub async fn run(
     tracing::debug!("reaper stopped");
     let _ = dispatcher.await;
     tracing::debug!("dispatcher stopped");
+    if tokio::time::timeout(POOL_DRAIN_TIMEOUT, pools)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "draining the warm pools took over {POOL_DRAIN_TIMEOUT:?}; the next start finishes it"
+        );
+    }
     let _ = replica.await;
     replicas::retire(&state).await;
     // A query stuck on a connection the database (or the network) dropped during an outage

@@ -60,7 +60,7 @@ pub struct ProvisionParams {
 
 /// Sets the sandbox's egress from its session's `egress` (kept in the session's origin, see
 /// `api::sessions::create`), if it has one.
-async fn apply_session_egress(
+pub(crate) async fn apply_session_egress(
     state: &AppState,
     broker: &dyn crate::credentials::CredentialBroker,
     new: &NewSandbox,
@@ -88,6 +88,9 @@ pub async fn provision(
 ) -> Result<SandboxRow, LifecycleError> {
     if !params.credentials.is_empty() && state.broker.is_none() {
         return Err(LifecycleError::NoBroker);
+    }
+    if let Some(row) = crate::pool::claim(state, &params).await? {
+        return Ok(row);
     }
     let backend = state.backends.get(params.backend).await?;
     let id = format!("sb-{}", uuid::Uuid::new_v4().simple());
@@ -257,7 +260,7 @@ async fn refetch(state: &AppState, id: &str) -> Result<SandboxRow, LifecycleErro
         .ok_or_else(|| LifecycleError::NotFound(id.into()))
 }
 
-async fn revoke(state: &AppState, id: &str) {
+pub(crate) async fn revoke(state: &AppState, id: &str) {
     if let Some(broker) = &state.broker
         && let Err(e) = broker.revoke(id).await
     {
@@ -266,7 +269,7 @@ async fn revoke(state: &AppState, id: &str) {
 }
 
 /// 256 random bits, hex: the per-sandbox agent bearer token.
-fn random_token() -> String {
+pub(crate) fn random_token() -> String {
     let bytes: [u8; 32] = rand::random();
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -316,6 +319,11 @@ async fn reconcile_rows(state: &AppState, rows: Vec<SandboxRow>) -> Result<(), L
                 continue;
             }
         };
+        if row.pool.is_some() {
+            // Adopted back into its pool, or destroyed: either way settled here.
+            let _adopted = crate::pool::adopt_row(state, backend.as_ref(), &row).await;
+            continue;
+        }
         match (row.status, row.handle.as_ref()) {
             (SandboxStatus::Running, Some(handle)) if alive(backend.as_ref(), handle).await => {
                 match readopt(state, backend.as_ref(), handle).await {
@@ -461,6 +469,14 @@ pub async fn reap_once(state: &AppState, now: DateTime<Utc>) -> Result<usize, Li
     let retry_before = now - chrono::Duration::from_std(DESTROY_RETRY_AFTER).unwrap_or_default();
     for row in state.store.list_stale_destroying(retry_before).await? {
         if state.provisioning_set().contains(&row.id) {
+            continue;
+        }
+        if row.pool.is_some() {
+            if let Ok(backend) = state.backends.get(row.backend).await {
+                crate::pool::destroy_pooled(state, backend.as_ref(), &row.id, row.handle.as_ref())
+                    .await;
+                reaped += 1;
+            }
             continue;
         }
         match destroy(state, &row.id).await {

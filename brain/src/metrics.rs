@@ -78,6 +78,8 @@ struct Inner {
     execs: BTreeMap<(String, Outcome), u64>,
     provision_seconds: BTreeMap<String, Histogram>,
     exec_seconds: BTreeMap<String, Histogram>,
+    /// Warm-pool claims by (backend, hit): a hit got a pooled sandbox, a miss provisions cold.
+    pool_claims: BTreeMap<(String, bool), u64>,
 }
 
 #[derive(Debug, Default)]
@@ -110,6 +112,50 @@ impl Metrics {
             .entry(backend.to_string())
             .or_insert_with(|| Histogram::new(EXEC_BUCKETS))
             .observe(took.as_secs_f64());
+    }
+
+    /// A provision that asked a warm pool: `hit` = it got a pooled sandbox.
+    pub fn pool_claim(&self, backend: &str, hit: bool) {
+        *self
+            .lock()
+            .pool_claims
+            .entry((backend.to_string(), hit))
+            .or_default() += 1;
+    }
+
+    /// Pool lines: the ready gauge (`depth`, backend → ready sandboxes) and claims/misses.
+    pub fn render_pools(&self, depth: &BTreeMap<String, usize>) -> String {
+        let inner = self.lock();
+        let mut out = String::new();
+        out.push_str("# HELP airlock_brain_pool_ready_sandboxes Warm-pool sandboxes ready to claim, by backend.\n");
+        out.push_str("# TYPE airlock_brain_pool_ready_sandboxes gauge\n");
+        for (backend, n) in depth {
+            let _ = writeln!(
+                out,
+                "airlock_brain_pool_ready_sandboxes{{backend=\"{}\"}} {n}",
+                escape(backend)
+            );
+        }
+        for (name, help, hit) in [
+            (
+                "airlock_brain_pool_claims_total",
+                "Provisions served from a warm pool.",
+                true,
+            ),
+            (
+                "airlock_brain_pool_misses_total",
+                "Provisions a warm pool could not serve (empty).",
+                false,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for ((backend, h), n) in &inner.pool_claims {
+                if *h == hit {
+                    let _ = writeln!(out, "{name}{{backend=\"{}\"}} {n}", escape(backend));
+                }
+            }
+        }
+        out
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {

@@ -28,11 +28,15 @@ pub struct AppState {
     pub models: Option<Arc<crate::sessions::Models>>,
     /// Claims, running loops and event followers of this process.
     pub sessions: Arc<crate::sessions::Runtime>,
+    /// Warm pools (`pools:` in the config).
+    pub pools: Arc<crate::pool::Pools>,
 }
 
 impl AppState {
     pub fn new(config: Config, store: Store, backends: Backends, master_key: MasterKey) -> Self {
+        let pools = Arc::new(crate::pool::Pools::new(config.pools.clone()));
         Self {
+            pools,
             config: Arc::new(config),
             store,
             backends: Arc::new(backends),

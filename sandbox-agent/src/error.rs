@@ -33,6 +33,9 @@ pub enum ApiError {
     PayloadTooLarge(String),
     #[error("{0}")]
     MethodNotAllowed(String),
+    /// The request conflicts with the sandbox's state (`already_configured`, `already_used`).
+    #[error("{1}")]
+    Conflict(&'static str, String),
     /// Something failed on our side; the message is logged, the body stays generic.
     #[error("internal error: {0}")]
     Internal(String),
@@ -49,6 +52,7 @@ impl ApiError {
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ApiError::Conflict(code, _) => (StatusCode::CONFLICT, code),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }

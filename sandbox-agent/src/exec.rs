@@ -19,6 +19,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use airlock_wire::{AGENT_TOKEN_ENV, ExecEvent, ExecExit, ExecRequest, ExecResult, NDJSON};
@@ -51,7 +52,8 @@ pub async fn handle(
     headers: HeaderMap,
     ApiJson(req): ApiJson<ExecRequest>,
 ) -> Result<Response, ApiError> {
-    let plan = Plan::from_request(req, &state.config)?;
+    let mut plan = Plan::from_request(req, &state.config)?;
+    plan.inherited = state.setup.begin_use();
     let running = plan.spawn()?;
     if wants_ndjson(&headers) {
         let (tx, rx) = mpsc::channel::<Bytes>(STREAM_BUFFER);
@@ -124,6 +126,8 @@ struct Plan {
     args: Vec<String>,
     cwd: PathBuf,
     env: BTreeMap<String, String>,
+    /// Env set by `POST /configure`; the request's own `env` wins on a clash.
+    inherited: Option<Arc<BTreeMap<String, String>>>,
     stdin: Option<String>,
     timeout: Duration,
     max_output: u64,
@@ -183,6 +187,7 @@ impl Plan {
             args,
             cwd,
             env: req.env.unwrap_or_default(),
+            inherited: None,
             stdin: req.stdin,
             timeout: Duration::from_millis(timeout_ms.min(config.max_timeout_ms)),
             max_output: req
@@ -195,6 +200,9 @@ impl Plan {
 
     fn spawn(self) -> Result<Running, ApiError> {
         let mut cmd = Command::new(&self.program);
+        if let Some(inherited) = &self.inherited {
+            cmd.envs(inherited.iter());
+        }
         cmd.args(&self.args)
             .current_dir(&self.cwd)
             .envs(&self.env)

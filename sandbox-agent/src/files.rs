@@ -95,6 +95,7 @@ pub async fn write(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    state.setup.begin_use();
     let path = resolve_path(&state.config.workdir, &q.path)?;
     let limit = state.config.max_upload_bytes;
     let too_large =

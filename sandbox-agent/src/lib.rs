@@ -7,6 +7,7 @@
 //! Deliberately absent: TLS, DNS/NSS lookups (addresses are parsed, never resolved, so the
 //! static glibc build is safe), and any credential other than the agent token.
 
+mod configure;
 mod error;
 mod exec;
 mod files;
@@ -122,6 +123,8 @@ impl Config {
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub config: Arc<Config>,
+    /// `/configure` state: the env every exec inherits, and whether anything ran yet.
+    pub setup: Arc<configure::Setup>,
     /// Flips to `true` on shutdown so running commands are killed instead of holding the
     /// graceful shutdown open until their timeout.
     shutdown: watch::Receiver<bool>,
@@ -134,6 +137,7 @@ impl AppState {
         let (_tx, rx) = watch::channel(false);
         AppState {
             config: Arc::new(config),
+            setup: Arc::default(),
             shutdown: rx,
         }
     }
@@ -141,6 +145,7 @@ impl AppState {
     fn with_shutdown(config: Config, shutdown: watch::Receiver<bool>) -> Self {
         AppState {
             config: Arc::new(config),
+            setup: Arc::default(),
             shutdown,
         }
     }
@@ -166,6 +171,7 @@ pub fn app(state: AppState) -> Router {
     let exec_limit = axum::extract::DefaultBodyLimit::max(state.config.max_exec_body_bytes);
     let protected = Router::new()
         .route("/exec", post(exec::handle).layer(exec_limit))
+        .route("/configure", post(configure::handle))
         .route("/files", get(files::read).put(files::write))
         .route("/files/list", get(files::list))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
@@ -207,10 +213,13 @@ where
         .await
 }
 
-async fn health() -> Json<Health> {
+async fn health(State(state): State<AppState>) -> Json<Health> {
+    let (configured, used) = state.setup.status();
     Json(Health {
         status: "ok".into(),
         version: VERSION.into(),
+        configured: Some(configured),
+        used: Some(used),
     })
 }
 

@@ -902,3 +902,104 @@ async fn reaper_collects_orphans_but_never_an_exec_child() {
         assert_eq!(r.exit_code, Some(i as i32 + 1), "exec {i}: {r:?}");
     }
 }
+
+// === /configure ===
+
+async fn health(app: &Router) -> Health {
+    let req = Request::builder()
+        .uri("/health")
+        .body(Body::empty())
+        .unwrap();
+    let (status, body) = send(app, req).await;
+    assert_eq!(status, StatusCode::OK);
+    serde_json::from_slice(&body).unwrap()
+}
+
+#[tokio::test]
+async fn configure_once_then_every_exec_inherits_env_and_files_are_written() {
+    let (app, dir) = setup();
+    let h = health(&app).await;
+    assert_eq!((h.configured, h.used), (Some(false), Some(false)));
+    let ca = dir.path().join("etc/airlock/ca.pem");
+    let body = json!({
+        "env": {"GITHUB_TOKEN": "ghp_stub", "HTTPS_PROXY": "http://sb:tok@127.0.0.1:3128"},
+        "files": {ca.display().to_string(): "-----BEGIN CERTIFICATE-----\n"},
+    });
+    let (status, bytes) = send(&app, request(Method::POST, "/configure", body.to_string())).await;
+    assert_eq!(
+        status,
+        StatusCode::NO_CONTENT,
+        "{}",
+        String::from_utf8_lossy(&bytes)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&ca).unwrap(),
+        "-----BEGIN CERTIFICATE-----\n"
+    );
+    let out = exec(&app, json!({"command": "echo $GITHUB_TOKEN $HTTPS_PROXY"})).await;
+    assert_eq!(out.stdout, "ghp_stub http://sb:tok@127.0.0.1:3128\n");
+    // The request's own env wins over the configured one.
+    let out = exec(
+        &app,
+        json!({"command": "echo $GITHUB_TOKEN", "env": {"GITHUB_TOKEN": "mine"}}),
+    )
+    .await;
+    assert_eq!(out.stdout, "mine\n");
+    let h = health(&app).await;
+    assert_eq!((h.configured, h.used), (Some(true), Some(true)));
+
+    // A second configure is refused and changes nothing.
+    let again = json!({"env": {"GITHUB_TOKEN": "other"}});
+    let (status, bytes) = send(&app, request(Method::POST, "/configure", again.to_string())).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let err: ErrorBody = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(err.error.code, "already_configured");
+    let out = exec(&app, json!({"command": "echo $GITHUB_TOKEN"})).await;
+    assert_eq!(out.stdout, "ghp_stub\n");
+}
+
+#[tokio::test]
+async fn configure_is_refused_after_a_command_ran_or_a_file_was_written() {
+    for first in ["exec", "file"] {
+        let (app, _dir) = setup();
+        match first {
+            "exec" => {
+                exec(&app, json!({"command": "true"})).await;
+            }
+            _ => {
+                let (status, _) = send(&app, request(Method::PUT, "/files?path=a.txt", "x")).await;
+                assert_eq!(status, StatusCode::OK);
+            }
+        }
+        let body = json!({"env": {"A": "b"}});
+        let (status, bytes) =
+            send(&app, request(Method::POST, "/configure", body.to_string())).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{first}");
+        let err: ErrorBody = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(err.error.code, "already_used", "{first}");
+        assert_eq!(health(&app).await.configured, Some(false));
+    }
+}
+
+#[tokio::test]
+async fn configure_rejects_bad_input_and_needs_the_token() {
+    let (app, _dir) = setup();
+    for body in [
+        json!({"env": {"A=B": "x"}}),
+        json!({"env": {"AIRLOCK_AGENT_TOKEN": "x"}}),
+        json!({"files": {"relative/ca.pem": "x"}}),
+        json!({"files": {"/etc/../x": "x"}}),
+        json!({"envs": {}}),
+    ] {
+        let (status, _) = send(&app, request(Method::POST, "/configure", body.to_string())).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    }
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri("/configure")
+        .body(Body::from("{}"))
+        .unwrap();
+    assert_eq!(send(&app, req).await.0, StatusCode::UNAUTHORIZED);
+    // None of these configured it.
+    assert_eq!(health(&app).await.configured, Some(false));
+}

@@ -115,8 +115,10 @@ async fn mcp_client_lists_provisions_executes_and_uses_files() {
             "sandbox_destroy",
             "sandbox_execute",
             "sandbox_list_files",
+            "sandbox_pause",
             "sandbox_provision",
             "sandbox_read_file",
+            "sandbox_resume",
             "sandbox_write_file"
         ]
     );

@@ -39,6 +39,9 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
         active.sort();
     }
     let mut text = state.metrics.render(&active);
+    if !state.pools.configs().is_empty() {
+        text.push_str(&state.metrics.render_pools(&state.pools.depth_by_backend()));
+    }
     // The embedded gateway's own counters (its routes leave /metrics to the brain).
     if let Some(models) = &state.models {
         text.push_str(&models.gateway.metrics_text());

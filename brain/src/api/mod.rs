@@ -32,6 +32,8 @@ pub fn app(state: AppState) -> Router {
             get(sandboxes::show).delete(sandboxes::destroy),
         )
         .route("/sandboxes/{id}/exec", post(sandboxes::exec))
+        .route("/sandboxes/{id}/pause", post(sandboxes::pause))
+        .route("/sandboxes/{id}/resume", post(sandboxes::resume))
         .route("/audit/egress", get(audit::egress))
         .route("/approvals", get(approvals::list))
         .route("/approvals/{id}", post(approvals::decide))

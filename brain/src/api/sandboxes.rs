@@ -285,6 +285,42 @@ pub async fn exec(
     Ok(sse_response(events, on_exit).into_response())
 }
 
+/// `POST /v1/sandboxes/{id}/pause`: freezes the sandbox (memory kept); its TTL keeps counting.
+pub async fn pause(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<SandboxView>, ApiError> {
+    pause_or_resume(&state, &id, true).await
+}
+
+/// `POST /v1/sandboxes/{id}/resume`.
+pub async fn resume(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<SandboxView>, ApiError> {
+    pause_or_resume(&state, &id, false).await
+}
+
+pub(crate) async fn pause_or_resume(
+    state: &AppState,
+    id: &str,
+    pause: bool,
+) -> Result<Json<SandboxView>, ApiError> {
+    let row = state
+        .store
+        .get_sandbox(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no sandbox {id}")))?;
+    let handle = usable_handle(&row)?;
+    let backend = state.backends.get(row.backend).await?;
+    if pause {
+        backend.pause(&handle).await?;
+    } else {
+        backend.resume(&handle).await?;
+    }
+    Ok(Json(SandboxView::from(&row)))
+}
+
 /// The handle of a sandbox that can take commands and file operations now, or why not
 /// (shared by the HTTP API and the MCP tools).
 pub(crate) fn usable_handle(row: &SandboxRow) -> Result<SandboxHandle, ApiError> {

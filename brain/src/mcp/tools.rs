@@ -188,6 +188,35 @@ const TOOLS: &[Tool] = &[
         read_only: false,
         destructive: true,
     },
+    Tool {
+        name: "sandbox_pause",
+        title: "Pause a sandbox",
+        description: "Freeze every process of a sandbox of this session, memory kept (docker); \
+                      its TTL keeps counting. Backends without pause answer not_supported.",
+        args: &[Arg {
+            name: "sandbox_id",
+            kind: Kind::String,
+            required: true,
+            description: "A sandbox created in this MCP session.",
+        }],
+        output: destroy_output_schema,
+        read_only: false,
+        destructive: false,
+    },
+    Tool {
+        name: "sandbox_resume",
+        title: "Resume a paused sandbox",
+        description: "Undo sandbox_pause.",
+        args: &[Arg {
+            name: "sandbox_id",
+            kind: Kind::String,
+            required: true,
+            description: "A sandbox created in this MCP session.",
+        }],
+        output: destroy_output_schema,
+        read_only: false,
+        destructive: false,
+    },
 ];
 
 fn provision_output_schema() -> Value {
@@ -433,6 +462,8 @@ pub async fn call(
         "sandbox_write_file" => write_file(state, session, args).await,
         "sandbox_list_files" => list_files(state, session, args).await,
         "sandbox_destroy" => destroy(state, session, args).await,
+        "sandbox_pause" => pause_or_resume(state, session, args, true).await,
+        "sandbox_resume" => pause_or_resume(state, session, args, false).await,
         other => {
             tracing::error!(tool = other, "tool listed but not dispatched");
             return Err(RpcError::internal());
@@ -634,6 +665,20 @@ async fn destroy(state: &AppState, session: &McpSession, args: &Map<String, Valu
         .map_err(|e| api_error(ApiError::internal(e.to_string())))?
         .map_err(|e| api_error(e.into()))?;
     Ok(json!({"sandbox_id": row.id, "status": row.status.to_string()}))
+}
+
+async fn pause_or_resume(
+    state: &AppState,
+    session: &McpSession,
+    args: &Map<String, Value>,
+    pause: bool,
+) -> Outcome {
+    let row = resolve(state, session, args).await?;
+    let _view = crate::api::sandboxes::pause_or_resume(state, &row.id, pause)
+        .await
+        .map_err(api_error)?;
+    let status = if pause { "paused" } else { "running" };
+    Ok(json!({"sandbox_id": row.id, "status": status}))
 }
 
 #[cfg(test)]

@@ -190,6 +190,23 @@ impl AgentClient {
         Ok(Box::pin(ndjson_events(resp.bytes_stream())))
     }
 
+    /// `POST /configure`: the one-time env and files of a pooled sandbox.
+    pub async fn configure(
+        &self,
+        req: &airlock_wire::ConfigureRequest,
+    ) -> Result<(), BackendError> {
+        let resp = self
+            .http
+            .post(format!("{}/configure", self.base))
+            .bearer_auth(&self.token)
+            .json(req)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .map_err(unreachable)?;
+        check(resp).await.map(drop)
+    }
+
     pub async fn read_file(&self, path: &str) -> Result<Bytes, BackendError> {
         let resp = self
             .http

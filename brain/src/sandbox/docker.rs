@@ -84,6 +84,9 @@ pub const EXTRA_NETWORK_NAME: &str = "network_name";
 /// The container's own address on its network (no one else on the network answers).
 pub const EXTRA_SANDBOX_IP: &str = "sandbox_ip";
 pub const EXTRA_FILES_DIR: &str = "files_dir";
+/// JSON map: target path in the sandbox → staged host file bind-mounted there (read-only).
+/// A pooled sandbox's CA placeholders are filled through it at the claim.
+pub const EXTRA_STAGED_FILES: &str = "staged_files";
 /// Host path of the sandbox's runtime directory (mounted at [`SANDBOX_RUNTIME_DIR`]).
 pub const EXTRA_RUNTIME_DIR: &str = "runtime_dir";
 /// Host interface name prefix of every sandbox bridge, so host tooling can recognise them.
@@ -592,6 +595,16 @@ impl DockerBackend {
         }
         if let Some(dir) = &created.files_dir {
             extra.insert(EXTRA_FILES_DIR.to_string(), dir.display().to_string());
+            let staged: BTreeMap<&str, String> = spec
+                .files
+                .iter()
+                .enumerate()
+                .map(|(n, (target, _))| (target.as_str(), staged_name(dir, n)))
+                .collect();
+            extra.insert(
+                EXTRA_STAGED_FILES.to_string(),
+                serde_json::to_string(&staged).unwrap_or_default(),
+            );
         }
         extra.insert(
             EXTRA_RUNTIME_DIR.to_string(),
@@ -981,16 +994,19 @@ impl SandboxBackend for DockerBackend {
     }
 
     async fn is_alive(&self, handle: &SandboxHandle) -> bool {
-        let running = self
+        let state = self
             .docker
             .inspect_container(&handle.backend_ref, None)
             .await
             .ok()
-            .and_then(|i| i.state)
-            .and_then(|s| s.running)
-            .unwrap_or(false);
+            .and_then(|i| i.state);
+        let running = state.as_ref().and_then(|s| s.running).unwrap_or(false);
         if !running {
             return false;
+        }
+        // A paused sandbox's agent cannot answer; it is alive (and resumable) all the same.
+        if state.and_then(|s| s.paused).unwrap_or(false) {
+            return self.adopt(handle).await.is_ok();
         }
         let healthy = match self.agent(handle) {
             Ok(agent) => agent.health().await.is_ok(),
@@ -999,6 +1015,63 @@ impl SandboxBackend for DockerBackend {
         // Adoption after a restart checks liveness first; re-creating the egress listener here
         // too means a caller that never calls `adopt` still gets a working sandbox.
         healthy && self.adopt(handle).await.is_ok()
+    }
+
+    fn supports_pool(&self) -> bool {
+        true
+    }
+
+    /// Files bind-mounted at creation (the CA placeholders of a pooled sandbox) are filled on
+    /// the host, since the root file system is read-only inside; the env and any other file
+    /// go to the agent's one-time `POST /configure`.
+    async fn configure(
+        &self,
+        handle: &SandboxHandle,
+        env: &BTreeMap<String, String>,
+        files: &[(String, bytes::Bytes)],
+    ) -> Result<(), BackendError> {
+        let staged: BTreeMap<String, String> = handle
+            .extra
+            .get(EXTRA_STAGED_FILES)
+            .and_then(|s| serde_json::from_str(s).ok())
+            .unwrap_or_default();
+        let mut rest = Vec::new();
+        for (target, data) in files {
+            match staged.get(target) {
+                Some(source) => rewrite_staged(source, data).await?,
+                None => rest.push((target.clone(), data.clone())),
+            }
+        }
+        self.agent(handle)?
+            .configure(&airlock_wire::ConfigureRequest {
+                env: env.clone(),
+                files: super::files_as_text(&rest)?,
+            })
+            .await
+    }
+
+    async fn pause(&self, handle: &SandboxHandle) -> Result<(), BackendError> {
+        match self.docker.pause_container(&handle.backend_ref).await {
+            Ok(()) => Ok(()),
+            Err(e) if status(&e) == Some(404) => Err(BackendError::NotFound(handle.id.clone())),
+            Err(e) if status(&e) == Some(409) => Err(BackendError::Invalid(format!(
+                "sandbox {} cannot be paused now: {e}",
+                handle.id
+            ))),
+            Err(e) => Err(engine("pause container", e)),
+        }
+    }
+
+    async fn resume(&self, handle: &SandboxHandle) -> Result<(), BackendError> {
+        match self.docker.unpause_container(&handle.backend_ref).await {
+            Ok(()) => Ok(()),
+            Err(e) if status(&e) == Some(404) => Err(BackendError::NotFound(handle.id.clone())),
+            Err(e) if status(&e) == Some(409) => Err(BackendError::Invalid(format!(
+                "sandbox {} is not paused: {e}",
+                handle.id
+            ))),
+            Err(e) => Err(engine("unpause container", e)),
+        }
     }
 
     /// Re-establishes the brain side of the egress socket (a new brain process has none).
@@ -1105,7 +1178,7 @@ async fn stage_files(
         .map_err(|e| io("chmod dir", e))?;
     let mut mounts = Vec::with_capacity(files.len());
     for (n, (target, data)) in files.iter().enumerate() {
-        let source = dir.join(format!("f{n}"));
+        let source = PathBuf::from(staged_name(dir, n));
         tokio::fs::write(&source, data)
             .await
             .map_err(|e| io("write", e))?;
@@ -1121,6 +1194,35 @@ async fn stage_files(
         });
     }
     Ok(mounts)
+}
+
+/// Host path of the `n`th staged file.
+fn staged_name(dir: &Path, n: usize) -> String {
+    dir.join(format!("f{n}")).display().to_string()
+}
+
+/// Replaces a staged file's content in place (same inode: the container's bind mount sees it).
+async fn rewrite_staged(source: &str, data: &[u8]) -> Result<(), BackendError> {
+    use std::os::unix::fs::PermissionsExt;
+    use tokio::io::AsyncWriteExt;
+    let io = |what: &str, e: std::io::Error| {
+        BackendError::Unavailable(format!("fill staged file {source}: {what}: {e}"))
+    };
+    tokio::fs::set_permissions(source, std::fs::Permissions::from_mode(0o644))
+        .await
+        .map_err(|e| io("chmod", e))?;
+    let mut f = tokio::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(source)
+        .await
+        .map_err(|e| io("open", e))?;
+    f.write_all(data).await.map_err(|e| io("write", e))?;
+    f.flush().await.map_err(|e| io("flush", e))?;
+    drop(f);
+    tokio::fs::set_permissions(source, std::fs::Permissions::from_mode(0o444))
+        .await
+        .map_err(|e| io("chmod", e))
 }
 
 /// `$XDG_RUNTIME_DIR/airlock`, else `/tmp/airlock-runtime`.

@@ -120,6 +120,19 @@ pub struct SandboxSpec {
     pub ttl_s: u64,
 }
 
+/// `configure` files as the agent takes them (UTF-8 text: CA bundles, config files).
+pub fn files_as_text(files: &[(String, Bytes)]) -> Result<BTreeMap<String, String>, BackendError> {
+    files
+        .iter()
+        .map(|(path, data)| {
+            let text = std::str::from_utf8(data).map_err(|_| {
+                BackendError::Invalid(format!("file {path} for configure is not UTF-8 text"))
+            })?;
+            Ok((path.clone(), text.to_string()))
+        })
+        .collect()
+}
+
 /// What a backend returns for a created sandbox; persisted in the sandbox row so that a
 /// restarted brain can reach (re-adopt) or destroy it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -169,6 +182,16 @@ pub enum BackendError {
     AgentUnreachable(String),
     #[error("sandbox did not become ready: {0}")]
     NotReady(String),
+    /// The backend does not have this feature (named in the message): `501 not_supported`.
+    #[error("{0}")]
+    NotSupported(String),
+}
+
+impl BackendError {
+    /// `NotSupported` naming `feature` on `kind`.
+    pub fn not_supported(kind: BackendKind, feature: &str) -> Self {
+        BackendError::NotSupported(format!("the {kind} backend does not support {feature}"))
+    }
 }
 
 pub type ExecStream = Pin<Box<dyn Stream<Item = Result<ExecEvent, BackendError>> + Send>>;
@@ -208,6 +231,67 @@ pub trait SandboxBackend: Send + Sync {
 
     fn agent(&self, handle: &SandboxHandle) -> Result<AgentClient, BackendError> {
         AgentClient::for_handle(handle)
+    }
+
+    /// Whether this backend's sandboxes can wait in a warm pool: started with no grant, then
+    /// given one by [`SandboxBackend::configure`] when claimed.
+    fn supports_pool(&self) -> bool {
+        false
+    }
+
+    /// Gives a sandbox started without its grant (a pooled one) its env and files, once,
+    /// before anything runs in it: the agent's `POST /configure`. Backends that pre-mount
+    /// some of the files (docker) fill those themselves.
+    async fn configure(
+        &self,
+        handle: &SandboxHandle,
+        env: &BTreeMap<String, String>,
+        files: &[(String, Bytes)],
+    ) -> Result<(), BackendError> {
+        if !self.supports_pool() {
+            return Err(BackendError::not_supported(self.kind(), "warm pools"));
+        }
+        let files = files_as_text(files)?;
+        self.agent(handle)?
+            .configure(&airlock_wire::ConfigureRequest {
+                env: env.clone(),
+                files,
+            })
+            .await
+    }
+
+    /// Freezes every process of the sandbox (memory kept); its TTL keeps counting.
+    async fn pause(&self, _handle: &SandboxHandle) -> Result<(), BackendError> {
+        Err(BackendError::not_supported(self.kind(), "pause"))
+    }
+
+    /// Undoes [`SandboxBackend::pause`].
+    async fn resume(&self, _handle: &SandboxHandle) -> Result<(), BackendError> {
+        Err(BackendError::not_supported(self.kind(), "resume"))
+    }
+
+    /// Captures the sandbox's workspace (never its env: grants live there) and returns a
+    /// backend reference [`SandboxBackend::restore_snapshot`] takes.
+    async fn snapshot(
+        &self,
+        _handle: &SandboxHandle,
+        _snapshot_id: &str,
+    ) -> Result<String, BackendError> {
+        Err(BackendError::not_supported(self.kind(), "snapshots"))
+    }
+
+    /// Fills a fresh sandbox's workspace from a snapshot, before it is handed out.
+    async fn restore_snapshot(
+        &self,
+        _handle: &SandboxHandle,
+        _backend_ref: &str,
+    ) -> Result<(), BackendError> {
+        Err(BackendError::not_supported(self.kind(), "snapshots"))
+    }
+
+    /// Removes what [`SandboxBackend::snapshot`] stored.
+    async fn delete_snapshot(&self, _backend_ref: &str) -> Result<(), BackendError> {
+        Err(BackendError::not_supported(self.kind(), "snapshots"))
     }
 
     async fn exec(

@@ -60,6 +60,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0005_trigger_waits.sql"),
     ),
     (
+        16,
+        "pools",
+        include_str!("../../migrations/sqlite/0016_pools.sql"),
+    ),
+    (
         120,
         "replicas",
         include_str!("../../migrations/sqlite/0120_replicas.sql"),
@@ -95,6 +100,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         5,
         "trigger_waits",
         include_str!("../../migrations/postgres/0005_trigger_waits.sql"),
+    ),
+    (
+        16,
+        "pools",
+        include_str!("../../migrations/postgres/0016_pools.sql"),
     ),
     (
         120,

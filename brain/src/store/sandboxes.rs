@@ -92,6 +92,9 @@ pub struct SandboxRow {
     pub updated_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
     pub destroyed_at: Option<DateTime<Utc>>,
+    /// The warm pool holding this sandbox until it is claimed (`crate::pool`); such rows are
+    /// invisible to [`Store::get_sandbox`] and the API lists.
+    pub pool: Option<String>,
 }
 
 /// `SELECT <all columns> FROM sandboxes <tail>` as one static string.
@@ -99,24 +102,31 @@ macro_rules! select_sandboxes {
     ($tail:literal) => {
         concat!(
             "SELECT id, owner, replica, backend, status, image, handle, request, session_id, \
-             error, created_at, updated_at, expires_at, destroyed_at FROM sandboxes ",
+             error, created_at, updated_at, expires_at, destroyed_at, pool FROM sandboxes ",
             $tail
         )
     };
 }
 
-const SELECT_BY_ID: &str = select_sandboxes!("WHERE id = $1");
+const SELECT_BY_ID: &str = select_sandboxes!("WHERE id = $1 AND pool IS NULL");
+const SELECT_BY_ID_ANY: &str = select_sandboxes!("WHERE id = $1");
 // The list queries all take $1 = owner, $2 = a time bound (ms), $3 = limit.
 const SELECT_ALL: &str = select_sandboxes!(
-    "WHERE owner = $1 AND created_at <= $2 ORDER BY created_at DESC, id LIMIT $3"
+    "WHERE owner = $1 AND created_at <= $2 AND pool IS NULL ORDER BY created_at DESC, id LIMIT $3"
 );
 const SELECT_LIVE: &str = select_sandboxes!(
+    "WHERE owner = $1 AND created_at <= $2 AND pool IS NULL \
+     AND status IN ('provisioning', 'running', 'destroying') ORDER BY created_at DESC, id LIMIT $3"
+);
+/// Live rows including pooled ones (restart reconciliation).
+const SELECT_UNFINISHED: &str = select_sandboxes!(
     "WHERE owner = $1 AND created_at <= $2 AND status IN ('provisioning', 'running', 'destroying') \
      ORDER BY created_at DESC, id LIMIT $3"
 );
 // The reaper's queries also take $4 = this replica: it reaps only the rows it looks after.
 const SELECT_EXPIRED: &str = select_sandboxes!(
-    "WHERE owner = $1 AND replica = $4 AND status = 'running' AND expires_at <= $2 \
+    "WHERE owner = $1 AND replica = $4 AND status = 'running' AND pool IS NULL \
+     AND expires_at <= $2 \
      ORDER BY expires_at, id LIMIT $3"
 );
 const SELECT_STALE_DESTROYING: &str = select_sandboxes!(
@@ -143,6 +153,7 @@ macro_rules! read_row {
             updated_at: row.try_get("updated_at")?,
             expires_at: row.try_get("expires_at")?,
             destroyed_at: row.try_get("destroyed_at")?,
+            pool: row.try_get("pool")?,
         }
     }};
 }
@@ -163,6 +174,7 @@ struct RawRow {
     updated_at: i64,
     expires_at: i64,
     destroyed_at: Option<i64>,
+    pool: Option<String>,
 }
 
 impl RawRow {
@@ -199,6 +211,7 @@ impl RawRow {
             updated_at: from_ms(self.updated_at),
             expires_at: from_ms(self.expires_at),
             destroyed_at: self.destroyed_at.map(from_ms),
+            pool: self.pool,
             id: self.id,
         })
     }
@@ -327,13 +340,72 @@ impl Store {
         Ok(affected > 0)
     }
 
+    /// A sandbox by id; `None` for a pooled sandbox nobody has claimed (see [`SandboxRow::pool`]).
     pub async fn get_sandbox(&self, id: &str) -> Result<Option<SandboxRow>, StoreError> {
+        self.select_one(SELECT_BY_ID, id).await
+    }
+
+    /// A sandbox by id, pooled or not (the pool's own bookkeeping).
+    pub async fn get_sandbox_any(&self, id: &str) -> Result<Option<SandboxRow>, StoreError> {
+        self.select_one(SELECT_BY_ID_ANY, id).await
+    }
+
+    /// Commits a `provisioning` row for a warm-pool sandbox; `expires_at` only bounds how long
+    /// it may wait unclaimed (the reaper ignores pooled rows; the pool drains them).
+    pub async fn insert_pooled(&self, new: &NewSandbox, pool: &str) -> Result<(), StoreError> {
+        self.insert_sandbox(new).await?;
+        self.update(
+            "UPDATE sandboxes SET pool = $2, updated_at = $3 WHERE id = $1",
+            &new.id,
+            Some(pool),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Hands a pooled `running` sandbox out: it leaves its pool for good and takes the
+    /// claimant's request, session, TTL and handle (now carrying the grant). `false`: it was
+    /// not pooled and running any more (drained meanwhile); nothing changed.
+    pub async fn claim_pooled(
+        &self,
+        id: &str,
+        request: &serde_json::Value,
+        session_id: Option<&str>,
+        expires_at: DateTime<Utc>,
+        handle: &SandboxHandle,
+    ) -> Result<bool, StoreError> {
+        let handle = serde_json::to_string(handle).map_err(|e| StoreError::Corrupt {
+            table: "sandboxes",
+            message: format!("{id}: cannot encode handle: {e}"),
+        })?;
+        let request = request.to_string();
+        let now = now_ms();
+        let affected = on_pool!(self.db(), |pool| {
+            sqlx::query(
+                "UPDATE sandboxes SET pool = NULL, request = $2, session_id = $3, \
+                 expires_at = $4, handle = $5, created_at = $6, updated_at = $6 \
+                 WHERE id = $1 AND pool IS NOT NULL AND status = 'running'",
+            )
+            .bind(id)
+            .bind(&request)
+            .bind(session_id)
+            .bind(expires_at.timestamp_millis())
+            .bind(&handle)
+            .bind(now)
+            .execute(pool)
+            .await?
+            .rows_affected()
+        });
+        Ok(affected > 0)
+    }
+
+    async fn select_one(
+        &self,
+        sql: &'static str,
+        id: &str,
+    ) -> Result<Option<SandboxRow>, StoreError> {
         let raw = on_pool!(self.db(), |pool| {
-            match sqlx::query(SELECT_BY_ID)
-                .bind(id)
-                .fetch_optional(pool)
-                .await?
-            {
+            match sqlx::query(sql).bind(id).fetch_optional(pool).await? {
                 Some(row) => Some(read_row!(&row)),
                 None => None,
             }
@@ -353,7 +425,8 @@ impl Store {
 
     /// Rows of this store (all replicas) that may still hold backend resources.
     pub async fn list_unfinished(&self) -> Result<Vec<SandboxRow>, StoreError> {
-        self.select_many(SELECT_LIVE, i64::MAX, i64::MAX).await
+        self.select_many(SELECT_UNFINISHED, i64::MAX, i64::MAX)
+            .await
     }
 
     /// Running rows of this replica whose TTL has passed at `now`.
@@ -428,7 +501,8 @@ impl Store {
         let rows: Vec<(String, i64)> = on_pool!(self.db(), |pool| {
             sqlx::query_as(
                 "SELECT backend, COUNT(*) FROM sandboxes \
-                 WHERE status IN ('provisioning', 'running') GROUP BY backend ORDER BY backend",
+                 WHERE status IN ('provisioning', 'running') AND pool IS NULL \
+                 GROUP BY backend ORDER BY backend",
             )
             .fetch_all(pool)
             .await?

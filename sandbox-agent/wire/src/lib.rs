@@ -115,6 +115,26 @@ pub struct FileEntry {
 pub struct Health {
     pub status: String,
     pub version: String,
+    /// Whether `POST /configure` has been applied (absent from older agents = unknown).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub configured: Option<bool>,
+    /// Whether a command has run or a file was written through the API (absent from older
+    /// agents = unknown). A warm-pool sandbox must show `false` before it is handed out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub used: Option<bool>,
+}
+
+/// `POST /configure` body: applied once, before the first command, to a sandbox started
+/// without its grant (a warm pool). Every later exec inherits `env` (a request's own `env`
+/// wins on a clash); each entry of `files` (absolute path → UTF-8 text, e.g. the proxy CA)
+/// is written, parents created.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigureRequest {
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub files: BTreeMap<String, String>,
 }
 
 /// Error body shared by the agent and the brain: `{"error":{"code","message"}}`.
