@@ -33,6 +33,7 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/sandboxes/{id}/exec", post(sandboxes::exec))
         .route("/audit/egress", get(audit::egress))
+        .route("/audit/verify", get(audit::verify))
         .route("/approvals", get(approvals::list))
         .route("/approvals/{id}", post(approvals::decide))
         .route("/sessions", post(sessions::create).get(sessions::list))
