@@ -112,9 +112,9 @@ pub async fn verify(broker: &dyn CredentialBroker, store: &Store) -> Result<Valu
         })
         .collect();
     let report = broker.verify_audit(heads).await?;
-    let latest = recorded.last().map(|h| {
-        json!({"seq": h.seq, "hash": h.hash, "recorded_at": h.recorded_at.to_rfc3339()})
-    });
+    let latest = recorded
+        .last()
+        .map(|h| json!({"seq": h.seq, "hash": h.hash, "recorded_at": h.recorded_at.to_rfc3339()}));
     Ok(json!({
         "ok": report.is_ok(),
         "records": report.records,

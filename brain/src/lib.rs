@@ -161,8 +161,11 @@ pub async fn run(
     }
     // The last head, so a tail cut while the brain is down is caught too.
     if let Some(broker) = &state.broker
-        && let Ok(Err(e)) =
-            tokio::time::timeout(SHUTDOWN_STEP_TIMEOUT, audit_heads::record(broker.as_ref(), &state.store)).await
+        && let Ok(Err(e)) = tokio::time::timeout(
+            SHUTDOWN_STEP_TIMEOUT,
+            audit_heads::record(broker.as_ref(), &state.store),
+        )
+        .await
     {
         tracing::warn!(error = %e, "recording the final audit head failed");
     }

@@ -76,18 +76,16 @@ async fn brain_audit_verify_detects_a_cut_off_tail() {
     let audit = dir.path().join("audit.jsonl");
     let lines = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default();
     assert!(
-        airlock_tests::eventually(Duration::from_secs(10), || lines(&audit).lines().count() >= 6)
-            .await,
+        airlock_tests::eventually(Duration::from_secs(10), || lines(&audit).lines().count()
+            >= 6)
+        .await,
         "the blocks were not audited: {}",
         lines(&audit)
     );
     let total = lines(&audit).lines().count();
 
     // The recorder picks the head up on its own (interval 1 s), without a verify call.
-    let db = format!(
-        "sqlite://{}?mode=ro",
-        brain.data_dir().join("brain.db").display()
-    );
+    let db = format!("sqlite://{}", brain.data_dir().join("brain.db").display());
     let pool = sqlx::SqlitePool::connect(&db).await.unwrap();
     let mut recorded = 0i64;
     for _ in 0..100 {
@@ -100,7 +98,10 @@ async fn brain_audit_verify_detects_a_cut_off_tail() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(recorded, total as i64, "the periodic recorder did not record the head");
+    assert_eq!(
+        recorded, total as i64,
+        "the periodic recorder did not record the head"
+    );
     pool.close().await;
 
     // Intact: the API and the CLI agree.

@@ -109,13 +109,14 @@ impl GitServer {
         self.seen.lock().unwrap().clone()
     }
 
-    async fn handle(
-        &self,
-        req: hyper::Request<hyper::body::Incoming>,
-    ) -> hyper::Response<Body> {
+    async fn handle(&self, req: hyper::Request<hyper::body::Incoming>) -> hyper::Response<Body> {
         use http_body_util::BodyExt;
         let (parts, body) = req.into_parts();
-        let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let body = body
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
         let authorization = parts
             .headers
             .get("authorization")
@@ -126,7 +127,10 @@ impl GitServer {
             .and_then(|a| a.strip_prefix("Basic "))
             .and_then(|b| STANDARD.decode(b).ok())
             .and_then(|b| String::from_utf8(b).ok())
-            .and_then(|s| s.split_once(':').map(|(u, p)| (u.to_string(), p.to_string())));
+            .and_then(|s| {
+                s.split_once(':')
+                    .map(|(u, p)| (u.to_string(), p.to_string()))
+            });
         let path = parts.uri.path().to_string();
         self.seen.lock().unwrap().push(Seen {
             method: parts.method.to_string(),
@@ -159,7 +163,12 @@ impl GitServer {
     }
 
     /// Runs `git http-backend` as a CGI program (git-http-backend(1)).
-    async fn cgi(&self, parts: &http::request::Parts, user: &str, body: Bytes) -> hyper::Response<Body> {
+    async fn cgi(
+        &self,
+        parts: &http::request::Parts,
+        user: &str,
+        body: Bytes,
+    ) -> hyper::Response<Body> {
         let header = |name: &str| {
             parts
                 .headers
@@ -263,10 +272,12 @@ fn encodings(secret: &str) -> Vec<String> {
 fn leak_markers(secret: &str) -> Vec<String> {
     encodings(secret)
         .into_iter()
-        .map(|e| if e.len() > 16 && !e.starts_with('%') && e != secret {
-            e[4..e.len() - 4].to_string()
-        } else {
-            e
+        .map(|e| {
+            if e.len() > 16 && !e.starts_with('%') && e != secret {
+                e[4..e.len() - 4].to_string()
+            } else {
+                e
+            }
         })
         .collect()
 }
@@ -282,7 +293,10 @@ fn reflect(kind: &str, got: &str) -> hyper::Response<Body> {
         .header("Content-Type", "text/plain")
         .header("X-Echo", got)
         .header("X-Echo-B64", STANDARD.encode(got))
-        .header("Set-Cookie", format!("t={}; Path=/", URL_SAFE_NO_PAD.encode(got)));
+        .header(
+            "Set-Cookie",
+            format!("t={}; Path=/", URL_SAFE_NO_PAD.encode(got)),
+        );
     if let Ok(reason) = hyper::ext::ReasonPhrase::try_from(format!("OK {got}").into_bytes()) {
         resp = resp.extension(reason);
     }
@@ -323,21 +337,43 @@ fn seed_repo(root: &Path) {
     let git = |dir: &Path, args: &[&str]| {
         let out = Command::new("git")
             .current_dir(dir)
-            .args(["-c", "user.name=seed", "-c", "user.email=seed@test", "-c", "init.defaultBranch=main"])
+            .args([
+                "-c",
+                "user.name=seed",
+                "-c",
+                "user.email=seed@test",
+                "-c",
+                "init.defaultBranch=main",
+            ])
             .args(args)
             .output()
             .unwrap();
-        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
     git(root, &["init", "-q", "--bare", "repo.git"]);
-    git(&root.join("repo.git"), &["config", "http.receivepack", "true"]);
+    git(
+        &root.join("repo.git"),
+        &["config", "http.receivepack", "true"],
+    );
     let work = root.join("seed");
     std::fs::create_dir(&work).unwrap();
     git(&work, &["init", "-q"]);
     std::fs::write(work.join("README"), "seeded\n").unwrap();
     git(&work, &["add", "README"]);
     git(&work, &["commit", "-q", "-m", "seed"]);
-    git(&work, &["push", "-q", root.join("repo.git").to_str().unwrap(), "HEAD:refs/heads/main"]);
+    git(
+        &work,
+        &[
+            "push",
+            "-q",
+            root.join("repo.git").to_str().unwrap(),
+            "HEAD:refs/heads/main",
+        ],
+    );
 }
 
 fn tls_config() -> (String, Arc<rustls::ServerConfig>) {
@@ -401,7 +437,12 @@ async fn provision(brain: &BrainProcess) -> (String, DockerCleanup) {
     let (status, v) = brain
         .post_json("/v1/sandboxes", &json!({"credentials": ["GITHUB_TOKEN"]}))
         .await;
-    assert_eq!(status, StatusCode::CREATED, "provision: {v}\n{}", brain.log());
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "provision: {v}\n{}",
+        brain.log()
+    );
     let id = v["id"].as_str().unwrap().to_string();
     (id.clone(), DockerCleanup(id))
 }
@@ -423,7 +464,10 @@ async fn sh(brain: &BrainProcess, id: &str, command: &str) -> (i64, String, Stri
 
 fn assert_no_leak(what: &str, text: &str) {
     for m in leak_markers(REAL_TOKEN) {
-        assert!(!text.contains(&m), "{what}: the sandbox saw the real secret ({m}):\n{text}");
+        assert!(
+            !text.contains(&m),
+            "{what}: the sandbox saw the real secret ({m}):\n{text}"
+        );
     }
 }
 
@@ -441,7 +485,10 @@ async fn git_over_https_clones_and_pushes_with_only_a_stub_in_the_sandbox() {
     assert!(stub.starts_with("ghp_") && stub.len() == REAL_TOKEN.len() && stub != REAL_TOKEN);
     let port = server.port;
 
-    for (user, branch) in [("x-access-token", "from-x-access-token"), ("git", "from-git")] {
+    for (user, branch) in [
+        ("x-access-token", "from-x-access-token"),
+        ("git", "from-git"),
+    ] {
         let script = format!(
             "set -e; cd \"$(mktemp -d)\"; export GIT_TERMINAL_PROMPT=0 HOME=\"$PWD\"; \
              git clone -q https://{user}:$GITHUB_TOKEN@{HOST}:{port}/repo.git r; cd r; \
@@ -454,7 +501,10 @@ async fn git_over_https_clones_and_pushes_with_only_a_stub_in_the_sandbox() {
         assert_eq!(code, 0, "git as {user}: {out}\n{err}\n{}", brain.log());
         assert!(out.contains("seeded"), "{out}");
         assert!(out.contains(&format!("refs/heads/{branch}")), "{out}");
-        assert!(out.contains("stub-in-config"), "the sandbox's remote holds the stub: {out}");
+        assert!(
+            out.contains("stub-in-config"),
+            "the sandbox's remote holds the stub: {out}"
+        );
         assert_no_leak(&format!("git as {user}"), &format!("{out}{err}"));
         // The server (git's own http-backend) saw the real token, as the password, under
         // this user name, for the fetch and for the push.
@@ -468,22 +518,36 @@ async fn git_over_https_clones_and_pushes_with_only_a_stub_in_the_sandbox() {
             "no authenticated fetch as {user}: {seen:?}"
         );
         assert!(
-            authed.iter().any(|s| s.path.ends_with("/git-receive-pack") && s.method == "POST"),
+            authed
+                .iter()
+                .any(|s| s.path.ends_with("/git-receive-pack") && s.method == "POST"),
             "no authenticated push as {user}: {seen:?}"
         );
         for s in &authed {
             assert_eq!(s.basic.as_ref().unwrap().1, REAL_TOKEN, "{s:?}");
         }
-        assert!(seen.iter().all(|s| !s.authorization.as_deref().unwrap_or("").contains(&stub)
-            && !s.basic.as_ref().is_some_and(|(_, p)| *p == stub)), "a stub reached the server");
+        assert!(
+            seen.iter().all(
+                |s| !s.authorization.as_deref().unwrap_or("").contains(&stub)
+                    && !s.basic.as_ref().is_some_and(|(_, p)| *p == stub)
+            ),
+            "a stub reached the server"
+        );
     }
     // The pushes landed in the server's repository.
     let refs = Command::new("git")
-        .args(["--git-dir", server.root.path().join("repo.git").to_str().unwrap(), "branch"])
+        .args([
+            "--git-dir",
+            server.root.path().join("repo.git").to_str().unwrap(),
+            "branch",
+        ])
         .output()
         .unwrap();
     let refs = String::from_utf8_lossy(&refs.stdout);
-    assert!(refs.contains("from-x-access-token") && refs.contains("from-git"), "{refs}");
+    assert!(
+        refs.contains("from-x-access-token") && refs.contains("from-git"),
+        "{refs}"
+    );
 }
 
 #[tokio::test]
@@ -500,13 +564,24 @@ async fn a_reflected_secret_never_reaches_the_sandbox_in_any_encoding() {
     let url = format!("https://{HOST}:{}", server.port);
     let auth = "-H \"Authorization: Bearer $GITHUB_TOKEN\"";
     for (what, cmd) in [
-        ("plain", format!("curl -sS -i --http1.1 {auth} {url}/reflect")),
-        ("gzip, decoded by curl", format!("curl -sS -i --compressed {auth} {url}/reflect-gzip")),
+        (
+            "plain",
+            format!("curl -sS -i --http1.1 {auth} {url}/reflect"),
+        ),
+        (
+            "gzip, decoded by curl",
+            format!("curl -sS -i --compressed {auth} {url}/reflect-gzip"),
+        ),
         (
             "gzip, raw bytes decoded in the sandbox",
-            format!("curl -sS -D - {auth} {url}/reflect-gzip -o body; (gzip -dc body 2>/dev/null || cat body)"),
+            format!(
+                "curl -sS -D - {auth} {url}/reflect-gzip -o body; (gzip -dc body 2>/dev/null || cat body)"
+            ),
         ),
-        ("split across chunks", format!("curl -sS -i {auth} {url}/reflect-split")),
+        (
+            "split across chunks",
+            format!("curl -sS -i {auth} {url}/reflect-split"),
+        ),
         (
             "python",
             format!(
@@ -520,7 +595,9 @@ async fn a_reflected_secret_never_reaches_the_sandbox_in_any_encoding() {
         // The server did get the real value (else this proves nothing) and sent it back.
         let seen = server.seen();
         assert!(
-            seen[before..].iter().any(|s| s.authorization.as_deref() == Some(&format!("Bearer {REAL_TOKEN}"))),
+            seen[before..]
+                .iter()
+                .any(|s| s.authorization.as_deref() == Some(&format!("Bearer {REAL_TOKEN}"))),
             "{what}: the server did not receive the real token: {:?}",
             &seen[before..]
         );
@@ -569,7 +646,12 @@ async fn a_full_audit_disk_refuses_the_swap_and_sends_nothing() {
     let url = format!("https://{HOST}:{}", server.port);
     let auth = "-H \"Authorization: Bearer $GITHUB_TOKEN\"";
     // Works while there is room.
-    let (code, out, err) = sh(&brain, &id, &format!("curl -sS -o /dev/null -w '%{{http_code}}' {auth} {url}/reflect")).await;
+    let (code, out, err) = sh(
+        &brain,
+        &id,
+        &format!("curl -sS -o /dev/null -w '%{{http_code}}' {auth} {url}/reflect"),
+    )
+    .await;
     assert_eq!((code, out.as_str()), (0, "200"), "{err}");
 
     // Fill the filesystem: big blocks, then single bytes, until nothing fits. The log's last

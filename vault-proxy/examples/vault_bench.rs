@@ -559,7 +559,9 @@ async fn main() -> anyhow::Result<()> {
     if let (Some(v), Some(sc)) = (get(&p50, "vault"), get(&p50, "vault-scoped")) {
         println!(
             "position checking, 5 positions + paths + methods vs the default (c=1 p50): {:.3} vs {:.3} ms, ratio {:.3}",
-            sc.0, v.0, sc.0 / v.0
+            sc.0,
+            v.0,
+            sc.0 / v.0
         );
     }
     let r = |n: &str| rps.iter().find(|x| x.0 == n).map(|x| x.1);

@@ -100,7 +100,11 @@ async fn requests_in_flight_are_bounded_per_sandbox() {
             .unwrap();
         assert_eq!(r.status(), 200);
     }
-    assert!(start.elapsed() < Duration::from_secs(5), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
 
     // One hanging request goes away: sb-a has room again.
     drop(hanging.pop());
@@ -116,8 +120,9 @@ async fn requests_in_flight_are_bounded_per_sandbox() {
 
     let (text, recs) = p.audit().await;
     assert!(
-        recs.iter()
-            .any(|r| r.sandbox == "sb-a" && r.status == Some(429) && r.reason.contains("too_many_requests")),
+        recs.iter().any(|r| r.sandbox == "sb-a"
+            && r.status == Some(429)
+            && r.reason.contains("too_many_requests")),
         "the 429 is audited: {text}"
     );
     drop(hanging);
@@ -164,7 +169,11 @@ async fn buffered_request_bytes_are_bounded_per_sandbox() {
     let url = format!("https://allowed.test:{}/small", up.port);
     let (status, code) = status_and_code(a.post(&url).body("x").send().await.unwrap()).await;
     assert_eq!((status, code.as_str()), (429, "too_many_requests"));
-    assert!(up.seen().iter().all(|s| !s.uri.contains("/small") && !s.uri.contains("/hang")));
+    assert!(
+        up.seen()
+            .iter()
+            .all(|s| !s.uri.contains("/small") && !s.uri.contains("/hang"))
+    );
     // A request without a body buffers nothing.
     assert_eq!(a.get(&url).send().await.unwrap().status(), 200);
 
@@ -220,7 +229,9 @@ async fn http2_pings_do_not_keep_an_idle_tunnel_open() {
     let target = format!("allowed.test:{}", up.port);
     let (s, head) = raw_connect(p.addr, &target, Some(&basic("sb-a", &ta))).await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    let tls = tls_over(s, "allowed.test", &p.ca_pem, &[b"h2"]).await.unwrap();
+    let tls = tls_over(s, "allowed.test", &p.ca_pem, &[b"h2"])
+        .await
+        .unwrap();
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
     let (mut rd, mut wr) = tokio::io::split(tls);
 
@@ -233,7 +244,9 @@ async fn http2_pings_do_not_keep_an_idle_tunnel_open() {
         f.extend_from_slice(payload);
         f
     };
-    wr.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
+    wr.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
     wr.write_all(&frame(4, 0, &[])).await.unwrap();
     let pinger = tokio::spawn(async move {
         for i in 0u64.. {
@@ -277,7 +290,10 @@ async fn http2_pings_do_not_keep_an_idle_tunnel_open() {
         acks >= 3,
         "the proxy answered only {acks} PINGs: the test did not exercise PINGs"
     );
-    assert!(elapsed >= idle / 2, "closed too early ({elapsed:?}): not the idle timer");
+    assert!(
+        elapsed >= idle / 2,
+        "closed too early ({elapsed:?}): not the idle timer"
+    );
     pinger.abort();
     p.shutdown().await;
 }

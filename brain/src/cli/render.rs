@@ -232,7 +232,9 @@ mod tests {
             "recorded_at": "2026-01-01T00:00:00+00:00"}, "broken": null});
         assert_eq!(
             verify_line(&ok),
-            format!("ok: 5 records, head 5:{h}; reaches all 2 recorded heads (latest 4:{h} recorded 2026-01-01T00:00:00+00:00)")
+            format!(
+                "ok: 5 records, head 5:{h}; reaches all 2 recorded heads (latest 4:{h} recorded 2026-01-01T00:00:00+00:00)"
+            )
         );
         let broken = json!({"ok": false, "records": 3, "head": {"seq": 3, "hash": h},
             "recorded_heads": 1, "latest_recorded": {"seq": 5, "hash": h, "recorded_at": "x"},

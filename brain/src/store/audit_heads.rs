@@ -1,9 +1,9 @@
 //! The `audit_heads` table: the vault proxy's audit heads as the brain saw them (see
 //! `crate::audit_heads`). Rows are only ever added; the first hash seen for a seq stays.
 
-use chrono::{DateTime, Utc};
 use super::sandboxes::from_ms;
 use super::{Store, StoreError, now_ms, on_pool};
+use chrono::{DateTime, Utc};
 
 /// One recorded head.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -319,7 +319,9 @@ async fn audit_heads_keep_the_first_hash_per_seq_and_list_by_seq() {
         );
         assert_eq!(
             store.record_audit_head("log1", 7, &b).await.unwrap(),
-            HeadRecord::Conflicts { recorded: a.clone() }
+            HeadRecord::Conflicts {
+                recorded: a.clone()
+            }
         );
         store.record_audit_head("log2", 1, &b).await.unwrap();
         let heads = store.audit_heads("log1").await.unwrap();

@@ -596,7 +596,9 @@ async fn verify_live_checks_every_recorded_head() {
     let all = lines(&path);
     let head_at = |n: usize| Head {
         seq: n as u64,
-        hash: serde_json::from_str::<AuditRecord>(&all[n - 1]).unwrap().hash,
+        hash: serde_json::from_str::<AuditRecord>(&all[n - 1])
+            .unwrap()
+            .hash,
     };
     let heads = vec![head_at(4), head_at(2), head_at(6)];
     let h = ChainHasher::Sha256;
@@ -634,5 +636,8 @@ async fn verify_live_checks_every_recorded_head() {
     // No heads at all: a plain chain check; an empty file is zero records.
     std::fs::write(&path, b"").unwrap();
     assert_eq!(verify_live(&path, &h, &[]).unwrap().records, 0);
-    assert_eq!(verify_live(&path, &h, &heads).unwrap().broken.unwrap().seq, 1);
+    assert_eq!(
+        verify_live(&path, &h, &heads).unwrap().broken.unwrap().seq,
+        1
+    );
 }
