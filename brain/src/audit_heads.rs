@@ -127,3 +127,108 @@ pub async fn verify(broker: &dyn CredentialBroker, store: &Store) -> Result<Valu
         "broken": report.broken.map(|b| json!({"seq": b.seq, "reason": b.reason})),
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+    use vault_proxy::audit::{AuditEvent, AuditLog, ChainHasher, Decision, EventKind};
+
+    use super::*;
+    use crate::credentials::{CredentialGrant, GrantRequest, VerifyReport, verify_audit_file};
+
+    /// A proxy whose head the test sets, over a real audit file.
+    struct Fixed {
+        head: Mutex<AuditHead>,
+        path: PathBuf,
+    }
+
+    #[async_trait]
+    impl CredentialBroker for Fixed {
+        async fn grant(&self, _: GrantRequest<'_>) -> Result<CredentialGrant, BrokerError> {
+            Err(BrokerError::NotSupported("test".into()))
+        }
+        async fn revoke(&self, _: &str) -> Result<(), BrokerError> {
+            Ok(())
+        }
+        fn audit_log_id(&self) -> String {
+            "test-log".into()
+        }
+        async fn audit_head(&self) -> Result<AuditHead, BrokerError> {
+            Ok(self.head.lock().unwrap().clone())
+        }
+        async fn verify_audit(&self, heads: Vec<AuditHead>) -> Result<VerifyReport, BrokerError> {
+            verify_audit_file(self.path.clone(), ChainHasher::Sha256, heads).await
+        }
+    }
+
+    fn event(i: usize) -> AuditEvent {
+        AuditEvent {
+            sandbox: "sb".into(),
+            session: None,
+            event: EventKind::Swap,
+            host: "api.github.com".into(),
+            port: 443,
+            method: "GET".into(),
+            path: format!("/r/{i}"),
+            credential: Some("GITHUB_TOKEN".into()),
+            decision: Decision::Allow,
+            reason: "bound_host".into(),
+            status: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn recorded_heads_catch_a_cut_tail_and_a_head_that_goes_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let log = AuditLog::open(&path).await.unwrap();
+        let store = Store::connect("sqlite::memory:").await.unwrap();
+        let broker = Fixed {
+            head: Mutex::new(log.head()),
+            path: path.clone(),
+        };
+        // An empty log records nothing.
+        record(&broker, &store).await.unwrap();
+        assert!(store.audit_heads("test-log").await.unwrap().is_empty());
+
+        let h3 = log.commit((0..3).map(event).collect()).await.unwrap();
+        *broker.head.lock().unwrap() = h3.clone();
+        record(&broker, &store).await.unwrap();
+        let h5 = log.commit((3..5).map(event).collect()).await.unwrap();
+        *broker.head.lock().unwrap() = h5.clone();
+        let v = verify(&broker, &store).await.unwrap();
+        assert_eq!(v["ok"], true, "{v}");
+        assert_eq!(v["records"], 5);
+        assert_eq!(v["recorded_heads"], 2);
+        assert_eq!(v["latest_recorded"]["seq"], 5);
+        log.close().await.unwrap();
+
+        // The tail cut off (the proxy restarted on the shorter file as a new chain would):
+        // the recorded head 5 is not reached.
+        let text = std::fs::read_to_string(&path).unwrap();
+        let keep: String = text.split_inclusive('\n').take(4).collect();
+        std::fs::write(&path, keep).unwrap();
+        *broker.head.lock().unwrap() = AuditHead {
+            seq: 4,
+            hash: "c".repeat(64),
+        };
+        let v = verify(&broker, &store).await.unwrap();
+        assert_eq!(v["ok"], false, "{v}");
+        // Seq 4 now has a recorded head whose hash the file does not have: the first break.
+        assert_eq!(v["broken"]["seq"], 4, "{v}");
+        assert_eq!(v["recorded_heads"], 3);
+        // And the first hash recorded for a seq stays.
+        assert_eq!(
+            store
+                .record_audit_head("test-log", 3, &"d".repeat(64))
+                .await
+                .unwrap(),
+            HeadRecord::Conflicts {
+                recorded: h3.hash.clone()
+            }
+        );
+    }
+}
