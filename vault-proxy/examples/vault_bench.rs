@@ -365,6 +365,7 @@ async fn main() -> anyhow::Result<()> {
              \x20 SCOPED: {{ value_file: scoped.secret, allowed_hosts: [\"{HOST}:{uport}\"], \
              positions: [\"header:X-Api-Key\", \"query:key\", \"path\", \"json:/token\", \"header:Authorization\"], \
              paths: [\"/v1/**\", \"/repos/*/x/**\", \"/**\"], methods: [GET, POST] }}\n\
+             limits: {{ tunnels_per_sandbox: 4096 }}\n\
              grants:\n  - sandbox: sb-bench\n    token: bench-token-123\n    credentials: {{ GITHUB_TOKEN: {STUB}, SCOPED: {SCOPED_STUB} }}\n",
             uport = up.port(),
         ),
