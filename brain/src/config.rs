@@ -90,6 +90,17 @@ pub struct VaultConfig {
     pub config: Option<PathBuf>,
     /// Remote mode: where the standalone proxy is.
     pub remote: Option<RemoteVaultConfig>,
+    /// How often the brain records the proxy's audit head (`brain audit verify`); default 30.
+    pub audit_head_interval_s: Option<u64>,
+}
+
+impl VaultConfig {
+    /// `audit_head_interval_s`, or its default.
+    pub fn audit_head_interval(&self) -> std::time::Duration {
+        self.audit_head_interval_s
+            .map(std::time::Duration::from_secs)
+            .unwrap_or(crate::audit_heads::DEFAULT_INTERVAL)
+    }
 }
 
 /// `vault.mode`.
@@ -448,6 +459,9 @@ impl Config {
             || self.database_url.starts_with("postgresql://"))
         {
             return bad("database_url must start with sqlite:, postgres:// or postgresql://");
+        }
+        if self.vault.audit_head_interval_s == Some(0) {
+            return bad("vault.audit_head_interval_s must be at least 1");
         }
         if self.vault.mode == VaultMode::Remote && self.vault.remote.is_none() {
             return bad("vault.mode remote needs vault.remote (url, admin_url)");

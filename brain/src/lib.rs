@@ -4,6 +4,7 @@
 //! a shutdown future; `main.rs` only parses flags and binds.
 
 pub mod api;
+pub mod audit_heads;
 pub mod cli;
 pub mod config;
 pub mod credentials;
@@ -112,6 +113,14 @@ pub async fn run(
     let (stop_tx, stop_rx) = watch::channel(false);
     let reaper = tokio::spawn(lifecycle::reaper(state.clone(), stop_rx.clone()));
     let replica = tokio::spawn(replicas::run(state.clone(), stop_rx.clone()));
+    if let Some(broker) = &state.broker {
+        tokio::spawn(audit_heads::run(
+            broker.clone(),
+            state.store.clone(),
+            state.config.vault.audit_head_interval(),
+            stop_rx.clone(),
+        ));
+    }
     let outbox = start_triggers(&mut state, stop_rx.clone())?;
     let dispatcher = tokio::spawn(sessions::dispatcher(state.clone(), stop_rx.clone()));
     // Refills the warm pools; drains them once shutdown is requested.
@@ -167,6 +176,16 @@ pub async fn run(
     }
     if let Some(vault) = embedded {
         vault.shutdown().await;
+    }
+    // The last head, so a tail cut while the brain is down is caught too.
+    if let Some(broker) = &state.broker
+        && let Ok(Err(e)) = tokio::time::timeout(
+            SHUTDOWN_STEP_TIMEOUT,
+            audit_heads::record(broker.as_ref(), &state.store),
+        )
+        .await
+    {
+        tracing::warn!(error = %e, "recording the final audit head failed");
     }
     tracing::debug!("closing the store");
     if tokio::time::timeout(SHUTDOWN_STEP_TIMEOUT, state.store.close())

@@ -107,7 +107,10 @@ struct LogsArgs {
 }
 
 #[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
 struct AuditArgs {
+    #[command(subcommand)]
+    action: Option<AuditAction>,
     #[arg(long)]
     sandbox: Option<String>,
     #[arg(long)]
@@ -123,6 +126,22 @@ struct AuditArgs {
     #[arg(long)]
     limit: Option<usize>,
     /// One JSON record per line.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditAction {
+    /// Verify the proxy's audit log against the heads the brain recorded: exit 0 "ok: …",
+    /// exit 1 "audit log broken at seq N: <reason>" (edited, reordered, or its tail cut off).
+    Verify(AuditVerifyArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct AuditVerifyArgs {
+    /// Print the API's JSON.
     #[arg(long)]
     json: bool,
     #[command(flatten)]
@@ -246,6 +265,13 @@ fn client_command(command: Command) -> anyhow::Result<bool> {
             Command::Logs(a) => {
                 let client = cli::Client::new(&a.client.url, key)?;
                 cli::logs(&client, &a.id, a.follow).await.map(|()| true)
+            }
+            Command::Audit(AuditArgs {
+                action: Some(AuditAction::Verify(v)),
+                ..
+            }) => {
+                let client = cli::Client::new(&v.client.url, key)?;
+                cli::audit_verify(&client, v.json).await
             }
             Command::Audit(a) => {
                 let client = cli::Client::new(&a.client.url, key)?;

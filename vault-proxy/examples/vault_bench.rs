@@ -25,6 +25,12 @@ use tokio::net::{TcpListener, TcpStream};
 const REAL: &str = "ghp_BenchRealTokenBenchRealTokenBenchReal";
 const STUB: &str = "ghp_stubAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
 const HOST: &str = "bench.test";
+/// A second credential with a full scope (five positions, path globs, methods): what
+/// position checking costs over the default single position is `vault-scoped` vs `vault`.
+const SCOPED_REAL: &str = "sk-ScopedRealKeyScopedRealKeyScopedRealK";
+const SCOPED_STUB: &str = "sk-stubBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB";
+/// No stub at all: egress allowed, audited once per tunnel (no write-before-send).
+const NO_STUB: &str = "anonymous";
 
 #[derive(Parser, Clone)]
 struct Args {
@@ -297,9 +303,38 @@ impl Drop for Kill {
     }
 }
 
+/// p50, p99 (ms) and count of `AuditLog::commit` of one swap record, one after the other.
+async fn audit_commit_latency(path: &std::path::Path, n: usize) -> Option<(f64, f64, usize)> {
+    use vault_proxy::audit::{AuditEvent, AuditLog, Decision, EventKind};
+    let log = AuditLog::open(path).await.ok()?;
+    let mut lat = Vec::with_capacity(n);
+    for i in 0..n {
+        let ev = AuditEvent {
+            sandbox: "sb-bench".into(),
+            session: None,
+            event: EventKind::Swap,
+            host: HOST.into(),
+            port: 443,
+            method: "GET".into(),
+            path: format!("/repos/a/b/{i}"),
+            credential: Some("GITHUB_TOKEN".into()),
+            decision: Decision::Allow,
+            reason: "bound_host".into(),
+            status: None,
+        };
+        let t = Instant::now();
+        log.commit(vec![ev]).await.ok()?;
+        lat.push(t.elapsed().as_micros() as u64);
+    }
+    let _ = log.close().await;
+    lat.sort_unstable();
+    let pct = |p: f64| lat[((lat.len() - 1) as f64 * p) as usize] as f64 / 1000.0;
+    Some((pct(0.5), pct(0.99), n))
+}
+
 fn report(name: &str, mode: &str, s: &Stats) {
     println!(
-        "{name:<8} {mode:<22} req/s {:>9.0}  p50 {:>7.3} ms  p99 {:>7.3} ms  n={} errors={}",
+        "{name:<12} {mode:<22} req/s {:>9.0}  p50 {:>7.3} ms  p99 {:>7.3} ms  n={} errors={}",
         s.rps(),
         s.pct(0.5),
         s.pct(0.99),
@@ -316,6 +351,7 @@ async fn main() -> anyhow::Result<()> {
     let (up, up_pem) = upstream().await;
     std::fs::write(dir.path().join("upstream-ca.pem"), &up_pem)?;
     std::fs::write(dir.path().join("gh.secret"), REAL)?;
+    std::fs::write(dir.path().join("scoped.secret"), SCOPED_REAL)?;
 
     // --- vault proxy (release binary) ---
     let vport = free_port();
@@ -324,9 +360,13 @@ async fn main() -> anyhow::Result<()> {
         dir.path().join("vault.yaml"),
         format!(
             "listen: 127.0.0.1:{vport}\nadmin_listen: 127.0.0.1:{aport}\nupstream_roots: [upstream-ca.pem]\naudit_log: audit.jsonl\n\
-             egress: {{ default: deny, allow_hosts: [] }}\nnetwork: {{ allow_private: true, resolve: {{ {HOST}: 127.0.0.1 }} }}\n\
+             egress: {{ default: deny, allow_hosts: [{HOST}] }}\nnetwork: {{ allow_private: true, resolve: {{ {HOST}: 127.0.0.1 }} }}\n\
              credentials:\n  GITHUB_TOKEN: {{ value_file: gh.secret, allowed_hosts: [\"{HOST}:{uport}\"] }}\n\
-             grants:\n  - sandbox: sb-bench\n    token: bench-token-123\n    credentials: {{ GITHUB_TOKEN: {STUB} }}\n",
+             \x20 SCOPED: {{ value_file: scoped.secret, allowed_hosts: [\"{HOST}:{uport}\"], \
+             positions: [\"header:X-Api-Key\", \"query:key\", \"path\", \"json:/token\", \"header:Authorization\"], \
+             paths: [\"/v1/**\", \"/repos/*/x/**\", \"/**\"], methods: [GET, POST] }}\n\
+             limits: {{ tunnels_per_sandbox: 4096 }}\n\
+             grants:\n  - sandbox: sb-bench\n    token: bench-token-123\n    credentials: {{ GITHUB_TOKEN: {STUB}, SCOPED: {SCOPED_STUB} }}\n",
             uport = up.port(),
         ),
     )?;
@@ -411,7 +451,22 @@ async fn main() -> anyhow::Result<()> {
         roots: client_config(&vault_ca),
         auth: STUB,
     };
-    let mut targets = vec![direct.clone(), vault.clone()];
+    let vault_scoped = Target {
+        name: "vault-scoped",
+        auth: SCOPED_STUB,
+        ..vault.clone()
+    };
+    let vault_nostub = Target {
+        name: "vault-nostub",
+        auth: NO_STUB,
+        ..vault.clone()
+    };
+    let mut targets = vec![
+        direct.clone(),
+        vault.clone(),
+        vault_scoped.clone(),
+        vault_nostub.clone(),
+    ];
     targets.extend(mitm_target.clone());
     let dur = Duration::from_secs(args.duration);
 
@@ -453,7 +508,7 @@ async fn main() -> anyhow::Result<()> {
         rps.push((t.name, s.rps()));
     }
     println!("## new tunnel per request, c=8");
-    for t in &targets {
+    for t in targets.iter().filter(|t| !t.name.starts_with("vault-")) {
         let s = run(t, 8, Duration::from_secs(args.duration.min(5)), false).await;
         report(t.name, "c=8 new connection", &s);
     }
@@ -476,6 +531,9 @@ async fn main() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_tunnels = rss_kb(vpid);
     let mitm_rss = mitm.as_ref().map(|m| rss_kb(m.0.id()));
+    // The write-before-send itself: sequential single-record commits on an idle log, in this
+    // process (the proxy does the same call before it sends a swapped request).
+    let commit = audit_commit_latency(&dir.path().join("commit-bench.jsonl"), 2000).await;
     println!("## summary");
     let get = |v: &Vec<(&str, f64, f64)>, n: &str| v.iter().find(|x| x.0 == n).map(|x| (x.1, x.2));
     if let (Some(d), Some(v)) = (get(&p50, "direct"), get(&p50, "vault")) {
@@ -492,7 +550,34 @@ async fn main() -> anyhow::Result<()> {
             m.1 - d.1
         );
     }
+    if let (Some(v), Some(n)) = (get(&p50, "vault"), get(&p50, "vault-nostub")) {
+        println!(
+            "swap + scrub + audit write-before-send (vault - vault-nostub, c=1 keep-alive): p50 {:+.3} ms, p99 {:+.3} ms",
+            v.0 - n.0,
+            v.1 - n.1
+        );
+    }
+    if let (Some(v), Some(sc)) = (get(&p50, "vault"), get(&p50, "vault-scoped")) {
+        println!(
+            "position checking, 5 positions + paths + methods vs the default (c=1 p50): {:.3} vs {:.3} ms, ratio {:.3}",
+            sc.0,
+            v.0,
+            sc.0 / v.0
+        );
+    }
     let r = |n: &str| rps.iter().find(|x| x.0 == n).map(|x| x.1);
+    if let (Some(v), Some(sc)) = (r("vault"), r("vault-scoped")) {
+        println!(
+            "position checking throughput ratio vault-scoped / vault: {:.3} ({sc:.0} vs {v:.0} req/s)",
+            sc / v
+        );
+    }
+    if let Some(c) = &commit {
+        println!(
+            "audit commit (write-before-send) alone, sequential: p50 {:.3} ms, p99 {:.3} ms over {} commits",
+            c.0, c.1, c.2
+        );
+    }
     if let (Some(v), Some(m)) = (r("vault"), r("mitmdump")) {
         println!(
             "throughput vault / mitmdump: {:.1}x ({v:.0} vs {m:.0} req/s)",

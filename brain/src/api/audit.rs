@@ -1,4 +1,5 @@
-//! `GET /v1/audit/egress`: the vault proxy's audit records (DESIGN.md, brain HTTP API).
+//! `GET /v1/audit/egress`: the vault proxy's audit records (DESIGN.md, brain HTTP API), and
+//! `GET /v1/audit/verify`: its chain checked against the heads the brain recorded.
 //!
 //! Records name credentials, never values or stubs, so they are returned as stored.
 
@@ -42,6 +43,24 @@ pub async fn egress(
         ));
     };
     Ok(Json(broker.audit(filter).await?))
+}
+
+/// `GET /v1/audit/verify`: records the proxy's current audit head, then verifies its log
+/// against every head the brain recorded (`brain audit verify`). 200 with `"ok": false` and
+/// `broken` when the chain breaks or a recorded head is not reached.
+pub async fn verify(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    let Some(broker) = &state.broker else {
+        return Err(ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "not_available",
+            "no vault proxy is configured (vault.mode off): there is no egress audit log",
+        ));
+    };
+    match crate::audit_heads::verify(broker.as_ref(), &state.store).await {
+        Ok(v) => Ok(Json(v)),
+        Err(crate::audit_heads::HeadError::Broker(e)) => Err(e.into()),
+        Err(crate::audit_heads::HeadError::Store(e)) => Err(e.into()),
+    }
 }
 
 fn to_filter(q: EgressQuery) -> Result<AuditFilter, ApiError> {

@@ -35,6 +35,7 @@ pub fn app(state: AppState) -> Router {
         .route("/sandboxes/{id}/pause", post(sandboxes::pause))
         .route("/sandboxes/{id}/resume", post(sandboxes::resume))
         .route("/audit/egress", get(audit::egress))
+        .route("/audit/verify", get(audit::verify))
         .route("/approvals", get(approvals::list))
         .route("/approvals/{id}", post(approvals::decide))
         .route("/sessions", post(sessions::create).get(sessions::list))

@@ -359,6 +359,19 @@ pub async fn audit(client: &Client, args: AuditArgs) -> Result<()> {
     Ok(())
 }
 
+/// `brain audit verify`: the proxy's audit chain checked against the heads the brain
+/// recorded. `Ok(true)` = intact (exit 0), `Ok(false)` = broken (exit 1).
+pub async fn audit_verify(client: &Client, json: bool) -> Result<bool> {
+    let report = client.get("/v1/audit/verify", &[]).await?;
+    let ok = report.get("ok").and_then(Value::as_bool).unwrap_or(false);
+    if json {
+        println!("{report}");
+    } else {
+        println!("{}", render::verify_line(&report));
+    }
+    Ok(ok)
+}
+
 /// The one-line progress indicator: a spinner redrawn in place on a TTY, nothing otherwise.
 struct Progress {
     inner: Option<Arc<ProgressInner>>,

@@ -192,10 +192,58 @@ pub fn audit_line(r: &Value) -> String {
     )
 }
 
+/// `brain audit verify`'s line, worded like `vault-proxy audit verify`'s.
+pub fn verify_line(r: &Value) -> String {
+    if let Some(b) = r["broken"].as_object() {
+        return format!(
+            "audit log broken at seq {}: {}",
+            b.get("seq").unwrap_or(&Value::Null),
+            b.get("reason").and_then(Value::as_str).unwrap_or("-")
+        );
+    }
+    let latest = match r["latest_recorded"].as_object() {
+        Some(h) => format!(
+            "; reaches all {} recorded heads (latest {}:{} recorded {})",
+            r["recorded_heads"],
+            h.get("seq").unwrap_or(&Value::Null),
+            h.get("hash").and_then(Value::as_str).unwrap_or("-"),
+            h.get("recorded_at").and_then(Value::as_str).unwrap_or("-"),
+        ),
+        None => "; no head recorded yet (a cut-off tail cannot be ruled out)".into(),
+    };
+    format!(
+        "ok: {} records, head {}:{}{latest}",
+        r["records"],
+        r["head"]["seq"],
+        r["head"]["hash"].as_str().unwrap_or("-"),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn verify_lines_name_the_head_or_the_first_bad_seq() {
+        let h = "ab".repeat(32);
+        let ok = json!({"ok": true, "records": 5, "head": {"seq": 5, "hash": h},
+            "recorded_heads": 2, "latest_recorded": {"seq": 4, "hash": h,
+            "recorded_at": "2026-01-01T00:00:00+00:00"}, "broken": null});
+        assert_eq!(
+            verify_line(&ok),
+            format!(
+                "ok: 5 records, head 5:{h}; reaches all 2 recorded heads (latest 4:{h} recorded 2026-01-01T00:00:00+00:00)"
+            )
+        );
+        let broken = json!({"ok": false, "records": 3, "head": {"seq": 3, "hash": h},
+            "recorded_heads": 1, "latest_recorded": {"seq": 5, "hash": h, "recorded_at": "x"},
+            "broken": {"seq": 4, "reason": "its tail was cut off"}});
+        assert_eq!(
+            verify_line(&broken),
+            "audit log broken at seq 4: its tail was cut off"
+        );
+    }
 
     #[test]
     fn exec_results_render_exit_code_and_output() {

@@ -20,7 +20,9 @@ use bytes::Bytes;
 use crate::sandbox::{BackendKind, SandboxHandle, docker};
 
 pub use vault_proxy::approvals::{ApprovalDecision, PendingApproval};
-pub use vault_proxy::audit::{AuditRecord, Filter as AuditFilter};
+pub use vault_proxy::audit::{
+    AuditRecord, ChainHasher, Filter as AuditFilter, Head as AuditHead, VerifyReport,
+};
 
 /// A sandbox's own egress (`PUT /v1/grants/{sandbox}/egress` on the proxy): `default`
 /// `ask`/`deny` overrides the proxy's, `allow_hosts` adds to its list.
@@ -180,6 +182,37 @@ pub trait CredentialBroker: Send + Sync {
             "this vault proxy's audit log is not readable by the brain".into(),
         ))
     }
+
+    /// Names the proxy's audit log: the key its heads are recorded under.
+    fn audit_log_id(&self) -> String {
+        "vault".into()
+    }
+
+    /// The proxy's audit head (`GET /v1/audit/head`): seq and hash of the last record written.
+    async fn audit_head(&self) -> Result<AuditHead, BrokerError> {
+        Err(BrokerError::NotSupported(
+            "this vault proxy does not report its audit head".into(),
+        ))
+    }
+
+    /// Verifies the proxy's audit log (still being written) against `heads`.
+    async fn verify_audit(&self, _heads: Vec<AuditHead>) -> Result<VerifyReport, BrokerError> {
+        Err(BrokerError::NotSupported(
+            "this vault proxy's audit log is not readable by the brain".into(),
+        ))
+    }
+}
+
+/// Verifies the log at `path` off the async executor (see [`CredentialBroker::verify_audit`]).
+pub async fn verify_audit_file(
+    path: PathBuf,
+    hasher: ChainHasher,
+    heads: Vec<AuditHead>,
+) -> Result<VerifyReport, BrokerError> {
+    tokio::task::spawn_blocking(move || vault_proxy::audit::verify_live(&path, &hasher, &heads))
+        .await
+        .map_err(|e| BrokerError::Unavailable(format!("audit verifier: {e}")))?
+        .map_err(|e| BrokerError::Unavailable(e.to_string()))
 }
 
 /// Reads `path` off the async executor.

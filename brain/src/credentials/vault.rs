@@ -16,9 +16,12 @@ use vault_proxy::audit::AuditLog;
 use vault_proxy::config::{Config as ProxyConfig, GrantConfig};
 use vault_proxy::{GrantError, RunningProxy, StartError, StartOptions, VaultProxy};
 
+use vault_proxy::audit::hasher_from_env;
+
 use super::{
-    ApprovalDecision, AuditFilter, AuditRecord, BrokerError, CredentialBroker, CredentialGrant,
-    EgressPolicy, GrantRequest, PendingApproval, compose, read_audit, recorded_grant,
+    ApprovalDecision, AuditFilter, AuditHead, AuditRecord, BrokerError, ChainHasher,
+    CredentialBroker, CredentialGrant, EgressPolicy, GrantRequest, PendingApproval, VerifyReport,
+    compose, read_audit, recorded_grant, verify_audit_file,
 };
 use crate::config::RemoteVaultConfig;
 use crate::sandbox::SandboxHandle;
@@ -45,6 +48,8 @@ pub fn load_embedded_config(path: Option<&Path>, base_dir: &Path) -> Result<Prox
 pub struct EmbeddedVault {
     proxy: RwLock<Option<RunningProxy>>,
     audit: AuditLog,
+    /// The env var keying the audit chain (`audit_key_env`), if any.
+    audit_key_env: Option<String>,
     proxy_addr: String,
     ca_pem: String,
     /// Sandboxes whose recorded grant was re-registered at start.
@@ -71,6 +76,7 @@ impl EmbeddedVault {
                     let restored = restore.iter().map(|g| g.sandbox.clone()).collect();
                     return Ok(Self {
                         audit: proxy.audit().clone(),
+                        audit_key_env: config.audit_key_env.clone(),
                         proxy_addr: proxy.proxy_addr().to_string(),
                         ca_pem: proxy.ca_pem().to_string(),
                         proxy: RwLock::new(Some(proxy)),
@@ -198,6 +204,36 @@ impl CredentialBroker for EmbeddedVault {
         }
         read_audit(self.audit.path().to_path_buf(), filter).await
     }
+
+    fn audit_log_id(&self) -> String {
+        // Replicas each embed a proxy with its own file: the host tells them apart.
+        let path = std::path::absolute(self.audit.path())
+            .unwrap_or_else(|_| self.audit.path().to_path_buf());
+        format!("embedded:{}:{}", host_name(), path.display())
+    }
+
+    async fn audit_head(&self) -> Result<AuditHead, BrokerError> {
+        Ok(self.audit.head())
+    }
+
+    async fn verify_audit(&self, heads: Vec<AuditHead>) -> Result<VerifyReport, BrokerError> {
+        let hasher = match &self.audit_key_env {
+            // The proxy started with this key, so it is set.
+            Some(name) => hasher_from_env(Some(name)).map_err(BrokerError::Unavailable)?,
+            None => ChainHasher::Sha256,
+        };
+        verify_audit_file(self.audit.path().to_path_buf(), hasher, heads).await
+    }
+}
+
+/// This machine's name (`/proc/sys/kernel/hostname`), or `localhost`.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 /// The proxy's form of a brain [`EgressPolicy`] (validated like the admin API does).
@@ -482,6 +518,54 @@ impl CredentialBroker for RemoteVault {
                     .into(),
             )),
         }
+    }
+
+    fn audit_log_id(&self) -> String {
+        format!("remote:{}", self.admin_url)
+    }
+
+    async fn audit_head(&self) -> Result<AuditHead, BrokerError> {
+        #[derive(serde::Deserialize)]
+        struct Body {
+            seq: u64,
+            hash: String,
+        }
+        let url = format!("{}/v1/audit/head", self.admin_url);
+        let resp = self
+            .http
+            .get(&url)
+            .bearer_auth(&self.admin_token)
+            .send()
+            .await
+            .map_err(|e| BrokerError::Unavailable(format!("GET {url}: {e}")))?;
+        if !resp.status().is_success() {
+            return Err(BrokerError::Unavailable(format!(
+                "GET {url} answered {}",
+                resp.status()
+            )));
+        }
+        let body: Body = resp
+            .json()
+            .await
+            .map_err(|e| BrokerError::Unavailable(format!("GET {url}: {e}")))?;
+        // Parsed like `--head`, so a malformed hash is refused rather than recorded.
+        format!("{}:{}", body.seq, body.hash)
+            .parse()
+            .map_err(|e| BrokerError::Unavailable(format!("GET {url}: {e}")))
+    }
+
+    async fn verify_audit(&self, heads: Vec<AuditHead>) -> Result<VerifyReport, BrokerError> {
+        let Some(path) = &self.audit_log else {
+            return Err(BrokerError::NotSupported(
+                "the brain uses a remote vault proxy whose audit log it cannot read: set \
+                 vault.remote.audit_log to the proxy's audit file (shared storage)"
+                    .into(),
+            ));
+        };
+        // The remote proxy's key, if it keys its chain, is given to the brain as to
+        // `vault-proxy audit verify`: AIRLOCK_AUDIT_KEY.
+        let hasher = hasher_from_env(None).map_err(BrokerError::Unavailable)?;
+        verify_audit_file(path.clone(), hasher, heads).await
     }
 }
 

@@ -14,6 +14,7 @@
 //! Sessions, events, keys and spend get their own `store/<table>.rs` files and migrations
 //! `0002_…` on; they reuse [`on_pool!`] and [`Store::owner`].
 
+mod audit_heads;
 #[cfg(test)]
 pub(crate) mod faults;
 pub mod replicas;
@@ -30,6 +31,7 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 
+pub use audit_heads::{HeadRecord, RecordedHead};
 pub use sandboxes::{NewSandbox, SandboxRow, SandboxStatus};
 
 /// (version, description, SQL) of every brain migration, per engine.
@@ -58,6 +60,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         5,
         "trigger_waits",
         include_str!("../../migrations/sqlite/0005_trigger_waits.sql"),
+    ),
+    (
+        6,
+        "audit_heads",
+        include_str!("../../migrations/sqlite/0006_audit_heads.sql"),
     ),
     (
         16,
@@ -100,6 +107,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         5,
         "trigger_waits",
         include_str!("../../migrations/postgres/0005_trigger_waits.sql"),
+    ),
+    (
+        6,
+        "audit_heads",
+        include_str!("../../migrations/postgres/0006_audit_heads.sql"),
     ),
     (
         16,

@@ -299,3 +299,37 @@ fn a_second_brain_cannot_lock_the_same_sqlite_file() {
     assert!(lock_sqlite_file("sqlite::memory:").unwrap().is_none());
     assert!(lock_sqlite_file("postgres://x/y").unwrap().is_none());
 }
+
+#[tokio::test]
+async fn audit_heads_keep_the_first_hash_per_seq_and_list_by_seq() {
+    check(|db| async move {
+        let store = db.connect().await;
+        let (a, b) = ("a".repeat(64), "b".repeat(64));
+        assert_eq!(
+            store.record_audit_head("log1", 7, &a).await.unwrap(),
+            HeadRecord::Added
+        );
+        assert_eq!(
+            store.record_audit_head("log1", 3, &b).await.unwrap(),
+            HeadRecord::Added
+        );
+        assert_eq!(
+            store.record_audit_head("log1", 7, &a).await.unwrap(),
+            HeadRecord::Known
+        );
+        assert_eq!(
+            store.record_audit_head("log1", 7, &b).await.unwrap(),
+            HeadRecord::Conflicts {
+                recorded: a.clone()
+            }
+        );
+        store.record_audit_head("log2", 1, &b).await.unwrap();
+        let heads = store.audit_heads("log1").await.unwrap();
+        let seqs: Vec<(u64, &str)> = heads.iter().map(|h| (h.seq, h.hash.as_str())).collect();
+        assert_eq!(seqs, vec![(3, b.as_str()), (7, a.as_str())]);
+        assert!(store.audit_heads("nope").await.unwrap().is_empty());
+        store.close().await;
+        db
+    })
+    .await;
+}

@@ -24,8 +24,8 @@ pub use record::{
 };
 pub use verify::{
     AuditCommand, ChainBreak, DEFAULT_KEY_ENV, Filter, Head, VerifyReport, audit_cli,
-    audit_cli_with, hasher_from_env, read_records, verify, verify_reader, verify_reader_with,
-    verify_with,
+    audit_cli_with, hasher_from_env, read_records, verify, verify_live, verify_reader,
+    verify_reader_heads, verify_reader_with, verify_with,
 };
 pub use writer::{AuditLog, OpenOptions as AuditOpenOptions, QUEUE_CAPACITY, head_path};
 

@@ -586,3 +586,58 @@ async fn full_disk_fails_closed() {
     assert_eq!(r.records as usize, n);
     assert_eq!(log.head().seq as usize, n);
 }
+
+/// `verify_live` (the brain's `brain audit verify`) checks every recorded
+/// head, skips a last line still being written, and reports a cut tail or a
+/// replaced record at the first bad seq.
+#[tokio::test]
+async fn verify_live_checks_every_recorded_head() {
+    let (_dir, path) = log_with(6).await;
+    let all = lines(&path);
+    let head_at = |n: usize| Head {
+        seq: n as u64,
+        hash: serde_json::from_str::<AuditRecord>(&all[n - 1])
+            .unwrap()
+            .hash,
+    };
+    let heads = vec![head_at(4), head_at(2), head_at(6)];
+    let h = ChainHasher::Sha256;
+    let ok = verify_live(&path, &h, &heads).unwrap();
+    assert!(ok.is_ok(), "{ok:?}");
+    assert_eq!(ok.records, 6);
+
+    // A record being written (no newline yet) is not read.
+    let mut partial = std::fs::read(&path).unwrap();
+    partial.extend_from_slice(br#"{"seq":7,"ts":"#);
+    std::fs::write(&path, &partial).unwrap();
+    let ok = verify_live(&path, &h, &heads).unwrap();
+    assert!(ok.is_ok(), "{ok:?}");
+    assert_eq!(ok.records, 6);
+
+    // The last two records cut off: the chain still verifies on its own,
+    // but the head recorded at seq 6 is not reached.
+    write_lines(&path, &all[..4]);
+    assert!(verify(&path).unwrap().is_ok());
+    let cut = verify_live(&path, &h, &heads).unwrap();
+    let b = cut.broken.expect("a cut tail must fail");
+    assert_eq!(b.seq, 5);
+    assert!(b.reason.contains("cut off"), "{}", b.reason);
+
+    // A head whose hash the log does not reproduce (the log was replaced
+    // by another chain) fails at that head's seq.
+    write_lines(&path, &all);
+    let mut other_heads = heads.clone();
+    other_heads[1].hash = "a".repeat(64);
+    let replaced = verify_live(&path, &h, &other_heads).unwrap();
+    let b = replaced.broken.expect("replaced");
+    assert_eq!(b.seq, 2);
+    assert!(b.reason.contains("replaced"), "{}", b.reason);
+
+    // No heads at all: a plain chain check; an empty file is zero records.
+    std::fs::write(&path, b"").unwrap();
+    assert_eq!(verify_live(&path, &h, &[]).unwrap().records, 0);
+    assert_eq!(
+        verify_live(&path, &h, &heads).unwrap().broken.unwrap().seq,
+        1
+    );
+}

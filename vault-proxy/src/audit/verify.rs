@@ -119,6 +119,52 @@ pub fn verify_with(
     })
 }
 
+/// Verifies a log that is still being written against every head recorded
+/// for it (the brain's `brain audit verify`): the chain must reach each head
+/// with the same hash. A last line without its newline is a record being
+/// written right now and is not read (a head never names it: the head moves
+/// only after the whole write returned).
+pub fn verify_live(
+    path: &Path,
+    hasher: &ChainHasher,
+    heads: &[Head],
+) -> Result<VerifyReport, AuditError> {
+    let io_err = |source| AuditError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = File::open(path).map_err(io_err)?;
+    let complete = complete_lines_len(&mut file).map_err(io_err)?;
+    let mut heads = heads.to_vec();
+    heads.sort_by_key(|h| h.seq);
+    verify_reader_heads(
+        BufReader::new(std::io::Read::take(file, complete)),
+        hasher,
+        &heads,
+    )
+    .map_err(io_err)
+}
+
+/// Length of `file` up to and including its last newline.
+fn complete_lines_len(file: &mut File) -> std::io::Result<u64> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut end = file.metadata()?.len();
+    let mut block = vec![0u8; 64 * 1024];
+    while end > 0 {
+        let start = end.saturating_sub(block.len() as u64);
+        let n = (end - start) as usize;
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(&mut block[..n])?;
+        if let Some(i) = block[..n].iter().rposition(|&b| b == b'\n') {
+            file.seek(SeekFrom::Start(0))?;
+            return Ok(start + i as u64 + 1);
+        }
+        end = start;
+    }
+    file.seek(SeekFrom::Start(0))?;
+    Ok(0)
+}
+
 pub(crate) fn verify_file(
     file: &File,
     hasher: &ChainHasher,
@@ -134,10 +180,21 @@ pub fn verify_reader(reader: impl BufRead) -> std::io::Result<VerifyReport> {
 
 /// [`verify_reader`] under `hasher`, checking `head` when given.
 pub fn verify_reader_with(
-    mut reader: impl BufRead,
+    reader: impl BufRead,
     hasher: &ChainHasher,
     head: Option<&Head>,
 ) -> std::io::Result<VerifyReport> {
+    verify_reader_heads(reader, hasher, head.cloned().as_slice())
+}
+
+/// [`verify_reader`] under `hasher`, requiring the log to reach every head
+/// in `heads` (sorted by seq) with its hash.
+pub fn verify_reader_heads(
+    mut reader: impl BufRead,
+    hasher: &ChainHasher,
+    heads: &[Head],
+) -> std::io::Result<VerifyReport> {
+    let mut pending = heads.iter().peekable();
     let mut prev = GENESIS_PREV.to_string();
     let mut count: u64 = 0;
     let mut buf = Vec::new();
@@ -211,22 +268,21 @@ pub fn verify_reader_with(
             };
             return Ok(report(broken(why.into()), count, prev));
         }
-        if let Some(h) = head
-            && h.seq == seq
-            && h.hash != rec.hash
-        {
-            return Ok(report(
-                broken(format!(
-                    "record {seq} differs from the recorded head {h}: the log was replaced"
-                )),
-                count,
-                prev,
-            ));
+        while let Some(h) = pending.next_if(|h| h.seq <= seq) {
+            if h.seq == seq && h.hash != rec.hash {
+                return Ok(report(
+                    broken(format!(
+                        "record {seq} differs from the recorded head {h}: the log was replaced"
+                    )),
+                    count,
+                    prev,
+                ));
+            }
         }
         prev = rec.hash;
         count = seq;
     }
-    if let Some(h) = head
+    if let Some(h) = heads.iter().max_by_key(|h| h.seq)
         && count < h.seq
     {
         return Ok(VerifyReport {
