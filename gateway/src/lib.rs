@@ -68,13 +68,14 @@ pub struct Gateway {
 /// What the in-process API accepts: canonical requests or OpenAI-shaped JSON.
 #[derive(Debug, Clone)]
 pub enum ChatInput {
-    Canonical(ChatRequest),
+    /// Boxed: a request is large next to a JSON value, and moved once per call.
+    Canonical(Box<ChatRequest>),
     OpenAi(serde_json::Value),
 }
 
 impl From<ChatRequest> for ChatInput {
     fn from(r: ChatRequest) -> Self {
-        ChatInput::Canonical(r)
+        ChatInput::Canonical(Box::new(r))
     }
 }
 impl From<serde_json::Value> for ChatInput {
@@ -174,7 +175,7 @@ impl Gateway {
 
     fn canonical(input: ChatInput) -> Result<ChatRequest, GatewayError> {
         match input {
-            ChatInput::Canonical(r) => Ok(r),
+            ChatInput::Canonical(r) => Ok(*r),
             ChatInput::OpenAi(v) => formats::openai::decode_request(&v),
         }
     }
