@@ -22,6 +22,60 @@ pub struct ChatRequest {
     pub parallel_tool_calls: Option<bool>,
     /// End-user id (OpenAI `user`, Anthropic `metadata.user_id`).
     pub user: Option<String>,
+    /// OpenAI `response_format` as sent (`{"type": "json_object"}`, `{"type": "json_schema",
+    /// "json_schema": {...}}`); see [`ResponseFormat`].
+    pub response_format: Option<Value>,
+    /// OpenAI `reasoning_effort` (`minimal`/`low`/`medium`/`high`), or the effort an
+    /// Anthropic `thinking` budget maps to.
+    pub reasoning_effort: Option<String>,
+    /// Anthropic `thinking` config as sent (`{"type": "enabled", "budget_tokens": N}`).
+    pub thinking: Option<Value>,
+    /// Request parameters with no canonical field (`seed`, `frequency_penalty`, `n`,
+    /// `top_k`, …), by their OpenAI name; each provider takes the ones it supports
+    /// (`crate::params`), the rest are refused or dropped (`drop_params`).
+    pub extra: serde_json::Map<String, Value>,
+    /// LiteLLM's per-request `drop_params`.
+    pub drop_params: Option<bool>,
+    /// LiteLLM's per-request `additional_drop_params`.
+    pub additional_drop_params: Vec<String>,
+}
+
+/// What `response_format` asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ResponseFormat {
+    /// Any JSON object.
+    JsonObject,
+    /// JSON matching `schema`.
+    JsonSchema {
+        name: String,
+        schema: Value,
+        strict: Option<bool>,
+    },
+}
+
+impl ResponseFormat {
+    /// Read an OpenAI `response_format` value; `None` for `text` (the default) or unknown types.
+    pub fn parse(v: &Value) -> Option<ResponseFormat> {
+        match v.get("type").and_then(Value::as_str)? {
+            "json_object" => Some(ResponseFormat::JsonObject),
+            "json_schema" => {
+                let js = v.get("json_schema").unwrap_or(&Value::Null);
+                Some(ResponseFormat::JsonSchema {
+                    name: js
+                        .get("name")
+                        .and_then(Value::as_str)
+                        .unwrap_or("response")
+                        .to_owned(),
+                    schema: js
+                        .get("schema")
+                        .cloned()
+                        .unwrap_or_else(|| serde_json::json!({"type": "object"})),
+                    strict: js.get("strict").and_then(Value::as_bool),
+                })
+            }
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -276,6 +330,8 @@ impl StreamCollector {
                     r.usage.input_tokens = usage.input_tokens;
                 }
                 r.usage.output_tokens = usage.output_tokens;
+                r.usage.cache_read_tokens = usage.cache_read_tokens;
+                r.usage.cache_creation_tokens = usage.cache_creation_tokens;
             }
         }
     }

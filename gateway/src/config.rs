@@ -120,6 +120,8 @@ pub struct ModelEntry {
     pub max_retries: Option<u32>,
     /// Drop request parameters the provider cannot take instead of answering 400.
     pub drop_params: bool,
+    /// `additional_drop_params`: parameters always removed before the upstream.
+    pub additional_drop_params: Vec<String>,
     /// `model_info` as given (exposed by `/v1/models` and `/model/info`).
     pub model_info: Option<Value>,
     pub aws: AwsParams,
@@ -395,6 +397,7 @@ const PARAM_KEYS: &[&str] = &[
     "extra_headers",
     "max_retries",
     "drop_params",
+    "additional_drop_params",
     "custom_llm_provider",
     "organization",
     "aws_access_key_id",
@@ -1141,6 +1144,10 @@ fn parse_entry(
             .map(|n| n.min(10) as u32),
         drop_params: boolean(&format!("{pp}.drop_params"), p.get("drop_params"))?
             .unwrap_or(drop_params_default),
+        additional_drop_params: string_list(
+            &format!("{pp}.additional_drop_params"),
+            p.get("additional_drop_params"),
+        )?,
         model_info,
         aws,
         vertex,

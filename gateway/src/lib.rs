@@ -25,6 +25,7 @@ pub mod formats;
 pub mod keys;
 pub mod limits;
 pub mod metrics;
+pub mod params;
 pub mod pricing;
 pub mod providers;
 mod proxy;
@@ -67,13 +68,14 @@ pub struct Gateway {
 /// What the in-process API accepts: canonical requests or OpenAI-shaped JSON.
 #[derive(Debug, Clone)]
 pub enum ChatInput {
-    Canonical(ChatRequest),
+    /// Boxed: a request is large next to a JSON value, and moved once per call.
+    Canonical(Box<ChatRequest>),
     OpenAi(serde_json::Value),
 }
 
 impl From<ChatRequest> for ChatInput {
     fn from(r: ChatRequest) -> Self {
-        ChatInput::Canonical(r)
+        ChatInput::Canonical(Box::new(r))
     }
 }
 impl From<serde_json::Value> for ChatInput {
@@ -173,7 +175,7 @@ impl Gateway {
 
     fn canonical(input: ChatInput) -> Result<ChatRequest, GatewayError> {
         match input {
-            ChatInput::Canonical(r) => Ok(r),
+            ChatInput::Canonical(r) => Ok(*r),
             ChatInput::OpenAi(v) => formats::openai::decode_request(&v),
         }
     }
@@ -217,17 +219,30 @@ impl Gateway {
                     idle_timeout: dep.idle_timeout,
                     anthropic_beta: None,
                 };
+                let policy = params::DropPolicy::new(
+                    dep.drop_params,
+                    &dep.additional_drop_params,
+                    req.drop_params,
+                );
+                let prepared = params::prepare(req, dep.family, &upstream, policy)?;
                 let r = if req.stream {
                     // Streamed upstream, collected here (keeps idle timeouts short for long answers).
                     use futures_util::StreamExt;
-                    let mut s = dep.provider.stream(req, opts).await?;
+                    let mut s = dep.provider.stream(&prepared.req, opts).await?;
+                    if prepared.json_mode {
+                        s = params::json_mode_stream(s);
+                    }
                     let mut c = StreamCollector::default();
                     while let Some(ev) = s.next().await {
                         c.push(ev?);
                     }
                     c.response
                 } else {
-                    dep.provider.complete(req, opts).await?
+                    let r = dep.provider.complete(&prepared.req, opts).await?;
+                    match prepared.json_mode {
+                        true => params::json_mode_response(r),
+                        false => r,
+                    }
                 };
                 guard.arm();
                 guard.usage = r.usage;
@@ -274,7 +289,16 @@ impl Gateway {
                     idle_timeout: dep.idle_timeout,
                     anthropic_beta: None,
                 };
-                let s = dep.provider.stream(req, opts).await?;
+                let policy = params::DropPolicy::new(
+                    dep.drop_params,
+                    &dep.additional_drop_params,
+                    req.drop_params,
+                );
+                let prepared = params::prepare(req, dep.family, &upstream, policy)?;
+                let mut s = dep.provider.stream(&prepared.req, opts).await?;
+                if prepared.json_mode {
+                    s = params::json_mode_stream(s);
+                }
                 Ok::<EventStream, ProviderError>(Box::pin(proxy::Recorded {
                     inner: s,
                     guard: {

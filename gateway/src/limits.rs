@@ -1,5 +1,5 @@
-//! Per-key rpm/tpm limits over fixed one-minute windows, shared by replicas through the
-//! database, and per-replica `max_parallel_requests`.
+//! Per-key rpm/tpm limits over fixed one-minute windows and `max_parallel_requests`,
+//! both shared by replicas through the database.
 //!
 //! The request path never waits for the database: it counts locally and compares
 //! against the window's total over all replicas as last synchronised. A background task
@@ -8,6 +8,11 @@
 //! answer. If the database is slow or away, counting goes on per replica (a warning
 //! says so) and sharing resumes when it answers again. Replicas may overshoot a limit
 //! by what they admit within one sync period.
+//!
+//! `max_parallel_requests` works the same way: each replica counts its own requests in
+//! flight per key, publishes the count every sync as a lease (`gateway_parallel`, one
+//! row per key and replica, expiring after [`PARALLEL_LEASE`] so a replica that died
+//! stops counting) and learns the other replicas' sum, which admission adds to its own.
 
 use crate::store::Store;
 use std::collections::HashMap;
@@ -16,6 +21,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub const SYNC_EVERY: Duration = Duration::from_millis(100);
+/// How long a replica's published in-flight count holds without renewal.
+pub const PARALLEL_LEASE: Duration = Duration::from_secs(5);
 /// A sync slower than this counts as the database being unavailable.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -56,21 +63,32 @@ pub struct RateStatus {
     pub reset_secs: u64,
 }
 
+/// One key's requests in flight: this replica's, and the others' as last synced.
+#[derive(Debug, Default)]
+pub struct InFlight {
+    local: AtomicU64,
+    others: AtomicU64,
+    /// What this replica last published (0 = nothing to withdraw).
+    published: AtomicU64,
+}
+
 pub struct Limiter {
     store: Store,
+    /// This process's name in `gateway_parallel`.
+    replica: String,
     windows: Mutex<HashMap<Arc<str>, Window>>,
-    parallel: Mutex<HashMap<Arc<str>, Arc<AtomicU64>>>,
+    parallel: Mutex<HashMap<Arc<str>, Arc<InFlight>>>,
     /// True while the database cannot be reached: limits are per replica.
     pub degraded: AtomicBool,
 }
 
 /// Holds one `max_parallel_requests` slot until dropped (end of the answer or stream).
 #[derive(Debug)]
-pub struct ParallelGuard(Arc<AtomicU64>);
+pub struct ParallelGuard(Arc<InFlight>);
 
 impl Drop for ParallelGuard {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.0.local.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -78,6 +96,7 @@ impl Limiter {
     pub fn new(store: Store) -> Arc<Limiter> {
         Arc::new(Limiter {
             store,
+            replica: uuid::Uuid::new_v4().simple().to_string(),
             windows: Mutex::new(HashMap::new()),
             parallel: Mutex::new(HashMap::new()),
             degraded: AtomicBool::new(false),
@@ -130,9 +149,9 @@ impl Limiter {
             .entry(key.clone())
             .or_default()
             .clone();
-        let prev = c.fetch_add(1, Ordering::AcqRel);
-        if prev >= max {
-            c.fetch_sub(1, Ordering::AcqRel);
+        let prev = c.local.fetch_add(1, Ordering::AcqRel);
+        if prev + c.others.load(Ordering::Acquire) >= max {
+            c.local.fetch_sub(1, Ordering::AcqRel);
             return None;
         }
         Some(ParallelGuard(c))
@@ -156,13 +175,89 @@ impl Limiter {
                     last_prune = now;
                     let _ =
                         tokio::time::timeout(SYNC_TIMEOUT, l.store.prune_windows(now - 120)).await;
+                    let _ = tokio::time::timeout(
+                        SYNC_TIMEOUT,
+                        l.store
+                            .prune_parallel(chrono::Utc::now().timestamp_millis() - 60_000),
+                    )
+                    .await;
                 }
             }
         });
     }
 
+    /// Publish this replica's in-flight counts, learn the others' (one query for all
+    /// keys). Keys with nothing in flight here and nothing published cost nothing.
+    /// `false` if the database failed.
+    async fn sync_parallel(&self) -> bool {
+        let publish: Vec<(Arc<str>, Arc<InFlight>)> = {
+            let mut ps = self.parallel.lock().unwrap_or_else(|e| e.into_inner());
+            // A key idle everywhere is forgotten (its entry comes back on next use).
+            ps.retain(|_, c| {
+                Arc::strong_count(c) > 1
+                    || c.local.load(Ordering::Acquire) > 0
+                    || c.published.load(Ordering::Acquire) > 0
+                    || c.others.load(Ordering::Acquire) > 0
+            });
+            ps.iter()
+                .filter(|(_, c)| {
+                    c.local.load(Ordering::Acquire) > 0 || c.published.load(Ordering::Acquire) > 0
+                })
+                .map(|(k, c)| (k.clone(), c.clone()))
+                .collect()
+        };
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let expires = now_ms + PARALLEL_LEASE.as_millis() as i64;
+        let work = async {
+            for (key, c) in &publish {
+                let local = c.local.load(Ordering::Acquire);
+                self.store
+                    .publish_parallel(key, &self.replica, local as i64, expires)
+                    .await?;
+                c.published.store(local, Ordering::Release);
+            }
+            self.store.parallel_elsewhere(&self.replica, now_ms).await
+        };
+        let elsewhere = match tokio::time::timeout(SYNC_TIMEOUT, work).await {
+            Ok(Ok(v)) => v,
+            _ => {
+                // Per-replica counting until the database answers (the others'
+                // leases expire meanwhile anyway).
+                for c in self
+                    .parallel
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .values()
+                {
+                    c.others.store(0, Ordering::Release);
+                }
+                return false;
+            }
+        };
+        let mut ps = self.parallel.lock().unwrap_or_else(|e| e.into_inner());
+        for c in ps.values() {
+            c.others.store(0, Ordering::Release);
+        }
+        for (key, n) in elsewhere {
+            let c = match ps.get(key.as_str()) {
+                Some(c) => c,
+                None => ps.entry(Arc::from(key)).or_default(),
+            };
+            c.others.store(n.max(0) as u64, Ordering::Release);
+        }
+        true
+    }
+
     /// Push local counts, pull everyone's totals. Keys idle this minute cost nothing.
     async fn sync_once(&self) {
+        if !self.sync_parallel().await {
+            if !self.degraded.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    "rate and parallel limits degraded to per-replica counting: database unavailable"
+                );
+            }
+            return;
+        }
         let now = minute_now();
         let todo: Vec<(Arc<str>, u64, u64)> = {
             let mut ws = self.windows.lock().unwrap_or_else(|e| e.into_inner());
@@ -233,5 +328,10 @@ mod tests {
         assert!(l.acquire_parallel(&k, 1).is_none());
         drop(g);
         assert!(l.acquire_parallel(&k, 1).is_some());
+        // Other replicas' requests in flight count against the same limit.
+        let c = l.parallel.lock().unwrap().get(&k).unwrap().clone();
+        c.others.store(2, Ordering::Release);
+        assert!(l.acquire_parallel(&k, 3).is_some());
+        assert!(l.acquire_parallel(&k, 2).is_none());
     }
 }

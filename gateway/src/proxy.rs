@@ -9,8 +9,9 @@ use crate::error::{GatewayError, ProviderError, WireFormat};
 use crate::formats::{self, anthropic as an, openai as oa};
 use crate::keys::{Caller, SpendRecord};
 use crate::limits::{ParallelGuard, RateStatus};
+use crate::params;
 use crate::pricing::Price;
-use crate::providers::{ByteStream, CallOpts, EventStream, RawResponse};
+use crate::providers::{self, ByteStream, CallOpts, EventStream, RawResponse};
 use crate::routing::InFlight;
 use crate::sse::{self, Scanned, SseSplitter};
 use axum::body::Body;
@@ -184,6 +185,45 @@ pub(crate) fn set_rate_headers(h: &mut http::HeaderMap, rate: Option<RateStatus>
     }
 }
 
+/// The rate-limit headers OpenAI-style upstreams send, which LiteLLM returns as they are.
+const UPSTREAM_RATE_HEADERS: &[&str] = &[
+    "x-ratelimit-limit-requests",
+    "x-ratelimit-remaining-requests",
+    "x-ratelimit-limit-tokens",
+    "x-ratelimit-remaining-tokens",
+];
+
+/// The upstream's response headers as LiteLLM passes them on: every one again as
+/// `llm_provider-<name>`, and OpenAI's `x-ratelimit-*` also under their own names
+/// (a key's own limits, set afterwards, take precedence). Framing headers and
+/// cookies describe the upstream connection, not this response, and stay behind.
+pub(crate) fn set_upstream_headers(out: &mut http::HeaderMap, upstream: Option<&http::HeaderMap>) {
+    let Some(up) = upstream else { return };
+    let mut name = String::with_capacity(48);
+    for (k, v) in up {
+        if matches!(
+            *k,
+            http::header::CONTENT_LENGTH
+                | http::header::TRANSFER_ENCODING
+                | http::header::CONNECTION
+                | http::header::CONTENT_ENCODING
+                | http::header::SET_COOKIE
+                | http::header::CONTENT_TYPE
+        ) {
+            continue;
+        }
+        if UPSTREAM_RATE_HEADERS.contains(&k.as_str()) {
+            out.insert(k.clone(), v.clone());
+        }
+        name.clear();
+        name.push_str("llm_provider-");
+        name.push_str(k.as_str());
+        if let Ok(n) = http::HeaderName::from_bytes(name.as_bytes()) {
+            out.append(n, v.clone());
+        }
+    }
+}
+
 /// `x-litellm-response-cost` (USD) for an answer whose usage is known.
 pub(crate) fn set_cost_header(h: &mut http::HeaderMap, cost: f64) {
     if let Ok(v) = http::HeaderValue::from_str(&format!("{cost}")) {
@@ -239,15 +279,35 @@ async fn route(
                         .unwrap_or(out),
                     false => out,
                 };
-                match dep.provider.forward(out, peek.stream, opts).await? {
+                let policy = params::DropPolicy::new(
+                    dep.drop_params,
+                    &dep.additional_drop_params,
+                    peek.drop_params,
+                );
+                let out = match params::passthrough_drops(
+                    dep.family,
+                    &upstream,
+                    peek.temperature,
+                    policy,
+                    &peek.additional_drop_params,
+                )? {
+                    Some(fields) => params::remove_fields(&out, &fields)
+                        .map(Bytes::from)
+                        .unwrap_or(out),
+                    None => out,
+                };
+                let (raw, up_headers) =
+                    providers::capturing_headers(dep.provider.forward(out, peek.stream, opts))
+                        .await;
+                let mut resp = match raw? {
                     RawResponse::Full(bytes) => {
                         guard.arm();
                         guard.usage = sse::usage_from_body(format, &bytes);
                         let mut r = json_response(bytes);
                         set_cost_header(r.headers_mut(), guard.cost());
-                        Ok(r)
+                        r
                     }
-                    RawResponse::Stream(s) => Ok(sse_response(PassThrough {
+                    RawResponse::Stream(s) => sse_response(PassThrough {
                         inner: Some(s),
                         format,
                         splitter: SseSplitter::default(),
@@ -256,15 +316,29 @@ async fn route(
                             guard.arm();
                             guard
                         },
-                    })),
-                }
+                    }),
+                };
+                set_upstream_headers(resp.headers_mut(), up_headers.as_ref());
+                Ok(resp)
             } else {
                 let req = canon
                     .get_or_init(|| decode_canonical(format, body))
                     .as_ref()
                     .map_err(|e| ProviderError::InvalidRequest(e.clone()))?;
+                let policy = params::DropPolicy::new(
+                    dep.drop_params,
+                    &dep.additional_drop_params,
+                    req.drop_params,
+                );
+                let prepared = params::prepare(req, dep.family, &upstream, policy)?;
+                let req = prepared.req.as_ref();
                 if peek.stream {
-                    let events = dep.provider.stream(req, opts).await?;
+                    let (events, up_headers) =
+                        providers::capturing_headers(dep.provider.stream(req, opts)).await;
+                    let mut events = events?;
+                    if prepared.json_mode {
+                        events = params::json_mode_stream(events);
+                    }
                     let encoder = match format {
                         WireFormat::OpenAi => {
                             Encoder::OpenAi(oa::StreamEncoder::new(&peek.model, peek.include_usage))
@@ -273,16 +347,23 @@ async fn route(
                             Encoder::Anthropic(an::StreamEncoder::new(&peek.model))
                         }
                     };
-                    Ok(sse_response(Translate {
+                    let mut resp = sse_response(Translate {
                         inner: Some(events),
                         encoder,
                         guard: {
                             guard.arm();
                             guard
                         },
-                    }))
+                    });
+                    set_upstream_headers(resp.headers_mut(), up_headers.as_ref());
+                    Ok(resp)
                 } else {
-                    let r = dep.provider.complete(req, opts).await?;
+                    let (r, up_headers) =
+                        providers::capturing_headers(dep.provider.complete(req, opts)).await;
+                    let mut r = r?;
+                    if prepared.json_mode {
+                        r = params::json_mode_response(r);
+                    }
                     guard.arm();
                     guard.usage = r.usage;
                     let v = match format {
@@ -293,6 +374,7 @@ async fn route(
                         .map_err(|e| ProviderError::Protocol(e.to_string()))?;
                     let mut r = json_response(Bytes::from(bytes));
                     set_cost_header(r.headers_mut(), guard.cost());
+                    set_upstream_headers(r.headers_mut(), up_headers.as_ref());
                     Ok(r)
                 }
             }
@@ -429,6 +511,9 @@ impl Stream for Translate {
                 Poll::Ready(Some(Ok(ev))) => {
                     if let StreamEvent::Finish { usage, .. } = &ev {
                         this.guard.usage = *usage;
+                        if let Encoder::OpenAi(e) = &mut this.encoder {
+                            e.cost = Some(this.guard.cost());
+                        }
                     }
                     if let StreamEvent::Start { input_tokens, .. } = &ev {
                         this.guard.usage.input_tokens = *input_tokens;

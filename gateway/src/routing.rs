@@ -34,6 +34,10 @@ pub struct Deployment {
     pub model_info: Option<serde_json::Value>,
     /// Drop request parameters this provider cannot take instead of a 400.
     pub drop_params: bool,
+    /// Parameters always removed before this upstream.
+    pub additional_drop_params: Vec<String>,
+    /// Which parameters this deployment's provider takes.
+    pub family: crate::params::Family,
     /// The provider prefix (`openai`, `azure`, `bedrock`, …).
     pub provider_name: Arc<str>,
     in_flight: AtomicU64,
@@ -86,6 +90,8 @@ impl Deployment {
             max_retries: e.max_retries.unwrap_or(0),
             model_info: e.model_info.clone(),
             drop_params: e.drop_params,
+            additional_drop_params: e.additional_drop_params.clone(),
+            family: crate::params::Family::of(&e.provider, &e.provider_name, &e.model),
             provider_name: Arc::from(e.provider_name.as_str()),
             in_flight: AtomicU64::new(0),
             latency_us: AtomicU64::new(0),

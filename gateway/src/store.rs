@@ -181,6 +181,18 @@ CREATE TABLE IF NOT EXISTS gateway_spend_logs (
 CREATE INDEX IF NOT EXISTS gateway_spend_logs_key_time ON gateway_spend_logs (api_key, start_ms);
 ";
 
+/// `max_parallel_requests` across replicas: each replica's in-flight count per key,
+/// as a lease renewed every sync (a replica that dies stops counting when it expires).
+const MIGRATION_2010: &str = "
+CREATE TABLE IF NOT EXISTS gateway_parallel (
+    token_hash TEXT NOT NULL,
+    replica TEXT NOT NULL,
+    in_flight BIGINT NOT NULL,
+    expires_ms BIGINT NOT NULL,
+    PRIMARY KEY (token_hash, replica)
+);
+";
+
 fn migration(v: i64, name: &'static str, sql: &'static str) -> Migration {
     Migration::new(
         v,
@@ -199,6 +211,7 @@ fn migrator() -> Migrator {
             "gateway key limits, rate windows, spend logs",
             MIGRATION_2001,
         ),
+        migration(2010, "gateway parallel-request leases", MIGRATION_2010),
     ]);
     // The brain's migrations (1..999) live in the same table.
     m.set_ignore_missing(true);
@@ -536,6 +549,50 @@ impl Store {
             .bind(tokens)
             .fetch_one(p)
             .await?, memory => (requests, tokens)))
+    }
+
+    /// Publish this replica's in-flight count for a key, as a lease until `expires_ms`.
+    pub async fn publish_parallel(
+        &self,
+        token_hash: &str,
+        replica: &str,
+        in_flight: i64,
+        expires_ms: i64,
+    ) -> Result<(), StoreError> {
+        const UPSERT: &str = "INSERT INTO gateway_parallel (token_hash, replica, in_flight, expires_ms) VALUES ($1, $2, $3, $4) \
+            ON CONFLICT (token_hash, replica) DO UPDATE SET in_flight = excluded.in_flight, expires_ms = excluded.expires_ms";
+        on_pool!(self, p => {
+            sqlx::query(UPSERT)
+                .bind(token_hash)
+                .bind(replica)
+                .bind(in_flight)
+                .bind(expires_ms)
+                .execute(p)
+                .await?;
+        }, memory => {});
+        Ok(())
+    }
+
+    /// The other replicas' unexpired in-flight counts, summed per key (keys with none
+    /// left out): one query for all keys, so a key this replica never saw counts too.
+    pub async fn parallel_elsewhere(
+        &self,
+        replica: &str,
+        now_ms: i64,
+    ) -> Result<Vec<(String, i64)>, StoreError> {
+        const Q: &str = "SELECT token_hash, CAST(SUM(in_flight) AS BIGINT) FROM gateway_parallel \
+            WHERE replica <> $1 AND expires_ms > $2 AND in_flight > 0 GROUP BY token_hash";
+        Ok(on_pool!(self, p => sqlx::query_as(Q)
+            .bind(replica)
+            .bind(now_ms)
+            .fetch_all(p)
+            .await?, memory => Vec::new()))
+    }
+
+    /// Drop parallel-request leases that expired before `before_ms`.
+    pub async fn prune_parallel(&self, before_ms: i64) -> Result<(), StoreError> {
+        on_pool!(self, p => { sqlx::query("DELETE FROM gateway_parallel WHERE expires_ms < $1").bind(before_ms).execute(p).await?; }, memory => {});
+        Ok(())
     }
 
     /// Drop rate-limit windows that ended before `before`.

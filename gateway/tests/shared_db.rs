@@ -464,6 +464,45 @@ async fn two_replicas_share_keys_limits_and_spend_postgres() {
 }
 
 #[tokio::test]
+async fn max_parallel_requests_hold_across_replicas_postgres() {
+    let Some((url, schema, admin)) = pg_schema("gw_parallel").await else {
+        return;
+    };
+    let up = upstream().await;
+    up.delay_ms.store(1500, Ordering::SeqCst);
+    let a = start_gateway(&config(&up), Store::connect(&url).await.unwrap()).await;
+    let b = start_gateway(&config(&up), Store::connect(&url).await.unwrap()).await;
+    let key = generate(&a.base, json!({"max_parallel_requests": 2})).await;
+    // Two slow requests in flight on A use up the key's two slots…
+    let (k1, k2) = (key.clone(), key.clone());
+    let (a1, a2) = (a.base.clone(), a.base.clone());
+    let r1 = tokio::spawn(async move { call(&a1, &k1, "gpt-4o").await.status() });
+    let r2 = tokio::spawn(async move { call(&a2, &k2, "gpt-4o").await.status() });
+    // …which B learns at its next sync (every 100 ms).
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let r = call(&b.base, &key, "gpt-4o").await;
+    assert_eq!(r.status(), 429, "{}", r.text().await.unwrap());
+    assert_eq!(r1.await.unwrap(), 200);
+    assert_eq!(r2.await.unwrap(), 200);
+    // Once A's requests end, B admits again.
+    up.delay_ms.store(0, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(call(&b.base, &key, "gpt-4o").await.status(), 200);
+    // The slots were leases in the database, one row per replica.
+    let (rows,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT COUNT(*) FROM {schema}.gateway_parallel"
+    )))
+    .fetch_one(&admin)
+    .await
+    .unwrap();
+    assert!(rows >= 1, "{rows}");
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+        .execute(&admin)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
 async fn litellm_database_works_as_is_postgres() {
     let Some((url, schema, admin)) = pg_schema("litellm_db").await else {
         return;

@@ -123,7 +123,34 @@ pub fn decode_request(v: &Value) -> Result<ChatRequest, GatewayError> {
             .pointer("/metadata/user_id")
             .and_then(Value::as_str)
             .map(str::to_owned),
+        // Anthropic structured outputs (`output_format`) read as OpenAI's `response_format`.
+        response_format: v
+            .get("output_format")
+            .filter(|f| f.get("type").and_then(Value::as_str) == Some("json_schema"))
+            .map(|f| {
+                json!({"type": "json_schema", "json_schema": {"name": "output",
+                    "schema": f.get("schema").cloned().unwrap_or(json!({"type": "object"}))}})
+            }),
+        reasoning_effort: None,
+        thinking: v.get("thinking").filter(|t| t.is_object()).cloned(),
+        extra: crate::formats::openai::extra_params(v, &["top_k"]),
+        drop_params: v.get("drop_params").and_then(Value::as_bool),
+        additional_drop_params: crate::formats::openai::string_list(
+            v.get("additional_drop_params"),
+        ),
     })
+}
+
+/// LiteLLM's `reasoning_effort` → Anthropic `thinking` budgets.
+fn thinking_for_effort(effort: &str) -> Option<Value> {
+    let budget = match effort {
+        "minimal" => 128,
+        "low" => 1024,
+        "medium" => 2048,
+        "high" => 4096,
+        _ => return None,
+    };
+    Some(json!({"type": "enabled", "budget_tokens": budget}))
 }
 
 fn decode_block(b: &Value) -> Option<Part> {
@@ -209,7 +236,18 @@ fn input_of(arguments: &str) -> Value {
     }
 }
 
+/// A content block for a request (replayed history): unsigned thinking cannot be replayed.
 fn encode_block(p: &Part) -> Option<Value> {
+    encode_block_for(p, false)
+}
+
+/// A content block of an answer: thinking is shown even without a signature (an
+/// OpenAI-compatible model's `reasoning_content`), as the streamed answer shows it.
+fn encode_answer_block(p: &Part) -> Option<Value> {
+    encode_block_for(p, true)
+}
+
+fn encode_block_for(p: &Part, answer: bool) -> Option<Value> {
     Some(match p {
         Part::Text(t) if t.is_empty() => return None,
         Part::Text(t) => json!({"type": "text", "text": t}),
@@ -237,7 +275,7 @@ fn encode_block(p: &Part) -> Option<Value> {
             v
         }
         Part::Thinking { text, signature } => {
-            if signature.is_empty() {
+            if signature.is_empty() && !answer {
                 // Thinking without a signature (e.g. OpenAI reasoning) cannot be replayed.
                 return None;
             }
@@ -341,10 +379,36 @@ pub fn encode_request(req: &ChatRequest, upstream_model: &str, stream: bool) -> 
     if let Some(u) = &req.user {
         o.insert("metadata".into(), json!({"user_id": u}));
     }
+    if let Some(t) = req.thinking.clone().or_else(|| {
+        req.reasoning_effort
+            .as_deref()
+            .and_then(thinking_for_effort)
+    }) {
+        // Anthropic wants max_tokens above the thinking budget.
+        if let Some(b) = t.get("budget_tokens").and_then(Value::as_u64)
+            && o.get("max_tokens").and_then(Value::as_u64).unwrap_or(0) <= b
+        {
+            o.insert("max_tokens".into(), (b + DEFAULT_MAX_TOKENS).into());
+        }
+        o.insert("thinking".into(), t);
+    }
+    if let Some(k) = req.extra.get("top_k") {
+        o.insert("top_k".into(), k.clone());
+    }
     if stream {
         o.insert("stream".into(), true.into());
     }
     Value::Object(o)
+}
+
+/// Anthropic's usage object: `input_tokens` excludes the cache, which is counted apart.
+fn usage_json(u: Usage) -> Value {
+    json!({
+        "input_tokens": u.input_tokens.saturating_sub(u.cache_read_tokens + u.cache_creation_tokens),
+        "output_tokens": u.output_tokens,
+        "cache_creation_input_tokens": u.cache_creation_tokens,
+        "cache_read_input_tokens": u.cache_read_tokens,
+    })
 }
 
 pub fn decode_usage(u: Option<&Value>) -> Usage {
@@ -399,11 +463,11 @@ fn msg_id(id: &str) -> String {
 
 /// Encode a canonical response as an Anthropic `message` object.
 pub fn encode_response(r: &ChatResponse, model: &str) -> Value {
-    let content: Vec<Value> = r.content.iter().filter_map(encode_block).collect();
+    let content: Vec<Value> = r.content.iter().filter_map(encode_answer_block).collect();
     json!({
         "id": msg_id(&r.id), "type": "message", "role": "assistant", "model": model,
         "content": content, "stop_reason": r.stop_reason.anthropic(), "stop_sequence": null,
-        "usage": {"input_tokens": r.usage.input_tokens, "output_tokens": r.usage.output_tokens},
+        "usage": usage_json(r.usage),
     })
 }
 
@@ -510,8 +574,11 @@ impl StreamDecoder {
                 if let Some(u) = v.get("usage") {
                     let nu = decode_usage(Some(u));
                     self.usage.output_tokens = nu.output_tokens;
+                    // Newer API versions repeat the (cumulative) input and cache counts here.
                     if nu.input_tokens > 0 {
                         self.usage.input_tokens = nu.input_tokens;
+                        self.usage.cache_read_tokens = nu.cache_read_tokens;
+                        self.usage.cache_creation_tokens = nu.cache_creation_tokens;
                     }
                 }
             }
@@ -676,7 +743,7 @@ impl StreamEncoder {
                     "message_delta",
                     &json!({"type": "message_delta",
                             "delta": {"stop_reason": stop_reason.anthropic(), "stop_sequence": null},
-                            "usage": {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens}}),
+                            "usage": usage_json(*usage)}),
                     out,
                 );
                 event("message_stop", &json!({"type": "message_stop"}), out);

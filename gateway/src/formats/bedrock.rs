@@ -84,6 +84,27 @@ pub fn encode_request(req: &ChatRequest) -> Value {
     if !inf.is_empty() {
         o.insert("inferenceConfig".into(), Value::Object(inf));
     }
+    // Model-specific fields go in additionalModelRequestFields (Claude's `thinking`,
+    // `top_k`), as LiteLLM's Converse transformation sends them.
+    let mut add = Map::new();
+    if let Some(t) = req.thinking.clone().or_else(|| {
+        let budget = match req.reasoning_effort.as_deref()? {
+            "minimal" => 128,
+            "low" => 1024,
+            "medium" => 2048,
+            "high" => 4096,
+            _ => return None,
+        };
+        Some(json!({"type": "enabled", "budget_tokens": budget}))
+    }) {
+        add.insert("thinking".into(), t);
+    }
+    if let Some(k) = req.extra.get("top_k") {
+        add.insert("top_k".into(), k.clone());
+    }
+    if !add.is_empty() {
+        o.insert("additionalModelRequestFields".into(), Value::Object(add));
+    }
     // Converse has no "none" tool choice: leaving the tools out is the equivalent.
     if !req.tools.is_empty() && req.tool_choice != Some(ToolChoice::None) {
         let tools: Vec<Value> = req

@@ -136,6 +136,49 @@ pub fn encode_request(req: &ChatRequest) -> Value {
     if !req.stop.is_empty() {
         g.insert("stopSequences".into(), req.stop.clone().into());
     }
+    // JSON mode is native: a MIME type, and the schema when one is given.
+    match req.response_format.as_ref().and_then(ResponseFormat::parse) {
+        Some(ResponseFormat::JsonObject) => {
+            g.insert("responseMimeType".into(), "application/json".into());
+        }
+        Some(ResponseFormat::JsonSchema { schema, .. }) => {
+            g.insert("responseMimeType".into(), "application/json".into());
+            g.insert("responseSchema".into(), clean_schema(&schema));
+        }
+        None => {}
+    }
+    // OpenAI sampling parameters Gemini has (LiteLLM's VertexGeminiConfig mapping).
+    for (openai, gemini) in [
+        ("seed", "seed"),
+        ("frequency_penalty", "frequencyPenalty"),
+        ("presence_penalty", "presencePenalty"),
+        ("n", "candidateCount"),
+        ("logprobs", "responseLogprobs"),
+        ("top_logprobs", "logprobs"),
+        ("top_k", "topK"),
+    ] {
+        if let Some(v) = req.extra.get(openai) {
+            g.insert(gemini.into(), v.clone());
+        }
+    }
+    let budget = match (&req.reasoning_effort, &req.thinking) {
+        (Some(e), _) => match e.as_str() {
+            "none" | "disable" => Some(0),
+            "minimal" => Some(128),
+            "low" => Some(1024),
+            "medium" => Some(2048),
+            "high" => Some(4096),
+            _ => None,
+        },
+        (None, Some(t)) => t.get("budget_tokens").and_then(Value::as_u64),
+        (None, None) => None,
+    };
+    if let Some(b) = budget {
+        g.insert(
+            "thinkingConfig".into(),
+            json!({"thinkingBudget": b, "includeThoughts": b > 0}),
+        );
+    }
     if !g.is_empty() {
         o.insert("generationConfig".into(), Value::Object(g));
     }

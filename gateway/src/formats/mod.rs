@@ -54,6 +54,13 @@ pub struct Peek<'a> {
     tags: Option<serde::de::IgnoredAny>,
     #[serde(default)]
     guardrails: Option<serde::de::IgnoredAny>,
+    // Read for the pass-through parameter checks (`crate::params`).
+    #[serde(default)]
+    temperature: Option<f64>,
+    #[serde(default)]
+    drop_params: Option<bool>,
+    #[serde(default)]
+    additional_drop_params: Option<Vec<String>>,
 }
 
 impl Peek<'_> {
@@ -74,6 +81,8 @@ impl Peek<'_> {
             || self.proxy_server_request.is_some()
             || self.tags.is_some()
             || self.guardrails.is_some()
+            || self.drop_params.is_some()
+            || self.additional_drop_params.is_some()
     }
 }
 
@@ -88,6 +97,10 @@ pub struct Peeked {
     pub litellm_fields: bool,
     /// `metadata` is present (LiteLLM's on OpenAI requests, a real field on Anthropic's).
     pub metadata: bool,
+    pub temperature: Option<f64>,
+    /// LiteLLM's per-request `drop_params` / `additional_drop_params`.
+    pub drop_params: Option<bool>,
+    pub additional_drop_params: Vec<String>,
     model_span: (usize, usize),
     stream_options_span: Option<(usize, usize)>,
     open_brace: usize,
@@ -113,6 +126,9 @@ pub fn peek(body: &[u8]) -> Result<Peeked, String> {
         .unwrap_or(false);
     Ok(Peeked {
         litellm_fields: p.has_litellm_only(),
+        temperature: p.temperature,
+        drop_params: p.drop_params,
+        additional_drop_params: p.additional_drop_params.clone().unwrap_or_default(),
         metadata: p.metadata.is_some(),
         model,
         stream: p.stream.unwrap_or(false),
@@ -181,6 +197,8 @@ const LITELLM_ONLY: &[&str] = &[
     "proxy_server_request",
     "tags",
     "guardrails",
+    "drop_params",
+    "additional_drop_params",
 ];
 
 /// `body` without LiteLLM-only fields, or `None` when it has none. Called

@@ -80,7 +80,22 @@ pub fn decode_request(v: &Value) -> Result<ChatRequest, GatewayError> {
             }
             "user" => push(&mut messages, Role::User, content_parts(content)),
             "assistant" => {
-                let mut parts = content_parts(content);
+                let mut parts = Vec::new();
+                // LiteLLM's `thinking_blocks` (signed Anthropic thinking) come first, as
+                // Anthropic wants them replayed before the text and tool calls.
+                if let Some(blocks) = m.get("thinking_blocks").and_then(Value::as_array) {
+                    for b in blocks {
+                        if b.get("type").and_then(Value::as_str) != Some("thinking") {
+                            continue;
+                        }
+                        let g = |k: &str| b.get(k).and_then(Value::as_str).unwrap_or_default();
+                        parts.push(Part::Thinking {
+                            text: g("thinking").to_owned(),
+                            signature: g("signature").to_owned(),
+                        });
+                    }
+                }
+                parts.extend(content_parts(content));
                 parts.retain(|p| !matches!(p, Part::Text(t) if t.is_empty()));
                 if let Some(calls) = m.get("tool_calls").and_then(Value::as_array) {
                     for c in calls {
@@ -185,7 +200,61 @@ pub fn decode_request(v: &Value) -> Result<ChatRequest, GatewayError> {
         stream: v.get("stream").and_then(Value::as_bool).unwrap_or(false),
         parallel_tool_calls: v.get("parallel_tool_calls").and_then(Value::as_bool),
         user: v.get("user").and_then(Value::as_str).map(str::to_owned),
+        response_format: v.get("response_format").filter(|f| !f.is_null()).cloned(),
+        reasoning_effort: v
+            .get("reasoning_effort")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        thinking: v.get("thinking").filter(|t| t.is_object()).cloned(),
+        extra: extra_params(v, OPENAI_EXTRA_PARAMS),
+        drop_params: v.get("drop_params").and_then(Value::as_bool),
+        additional_drop_params: string_list(v.get("additional_drop_params")),
     })
+}
+
+/// OpenAI chat parameters with no canonical field: carried in `ChatRequest::extra`
+/// so each provider takes, refuses or drops them (LiteLLM's `drop_params`).
+pub const OPENAI_EXTRA_PARAMS: &[&str] = &[
+    "frequency_penalty",
+    "presence_penalty",
+    "seed",
+    "n",
+    "logprobs",
+    "top_logprobs",
+    "logit_bias",
+    "service_tier",
+    "modalities",
+    "audio",
+    "prediction",
+    "store",
+    "web_search_options",
+    "verbosity",
+    "top_k",
+];
+
+/// The top-level fields of `v` named in `names` (nulls left out: LiteLLM treats a
+/// `null` parameter as not sent).
+pub(crate) fn extra_params(v: &Value, names: &[&str]) -> Map<String, Value> {
+    let mut m = Map::new();
+    if let Some(o) = v.as_object() {
+        for n in names {
+            if let Some(x) = o.get(*n).filter(|x| !x.is_null()) {
+                m.insert((*n).to_owned(), x.clone());
+            }
+        }
+    }
+    m
+}
+
+pub(crate) fn string_list(v: Option<&Value>) -> Vec<String> {
+    match v {
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|s| s.as_str().map(str::to_owned))
+            .collect(),
+        Some(Value::String(s)) => vec![s.clone()],
+        _ => Vec::new(),
+    }
 }
 
 /// Append parts to the last message if it has the same role, else start a new one.
@@ -318,11 +387,41 @@ pub fn encode_request(req: &ChatRequest, upstream_model: &str, stream: bool) -> 
     if let Some(u) = &req.user {
         o.insert("user".into(), u.clone().into());
     }
+    if let Some(f) = &req.response_format {
+        o.insert("response_format".into(), f.clone());
+    }
+    if let Some(e) = req
+        .reasoning_effort
+        .clone()
+        .or_else(|| req.thinking.as_ref().and_then(effort_of_thinking))
+    {
+        o.insert("reasoning_effort".into(), e.into());
+    }
+    for (k, v) in &req.extra {
+        o.entry(k.clone()).or_insert_with(|| v.clone());
+    }
     if stream {
         o.insert("stream".into(), true.into());
         o.insert("stream_options".into(), json!({"include_usage": true}));
     }
     Value::Object(o)
+}
+
+/// An Anthropic `thinking` budget as an OpenAI `reasoning_effort` (LiteLLM's
+/// thresholds: up to 1024 tokens is low, up to 2048 medium, above high).
+pub fn effort_of_thinking(t: &Value) -> Option<String> {
+    if t.get("type").and_then(Value::as_str) != Some("enabled") {
+        return None;
+    }
+    let b = t.get("budget_tokens").and_then(Value::as_u64).unwrap_or(0);
+    Some(
+        match b {
+            0..=1024 => "low",
+            1025..=2048 => "medium",
+            _ => "high",
+        }
+        .to_owned(),
+    )
 }
 
 /// o-series and gpt-5 models take `max_completion_tokens` only.
@@ -339,7 +438,20 @@ pub fn decode_response(v: &Value) -> Result<ChatResponse, String> {
         .ok_or_else(|| "response has no choices".to_owned())?;
     let msg = choice.get("message").unwrap_or(&Value::Null);
     let mut content = Vec::new();
-    if let Some(r) = msg.get("reasoning_content").and_then(Value::as_str)
+    if let Some(blocks) = msg.get("thinking_blocks").and_then(Value::as_array)
+        && !blocks.is_empty()
+    {
+        for b in blocks {
+            let g = |k: &str| b.get(k).and_then(Value::as_str).unwrap_or_default();
+            content.push(Part::Thinking {
+                text: g("thinking").to_owned(),
+                signature: g("signature").to_owned(),
+            });
+        }
+    } else if let Some(r) = msg
+        .get("reasoning_content")
+        .or_else(|| msg.get("reasoning"))
+        .and_then(Value::as_str)
         && !r.is_empty()
     {
         content.push(Part::Thinking {
@@ -408,13 +520,48 @@ pub fn decode_usage(u: Option<&Value>) -> Usage {
             .pointer("/prompt_tokens_details/cached_tokens")
             .and_then(Value::as_u64)
             .unwrap_or(0),
-        cache_creation_tokens: 0,
+        // LiteLLM's own field (another LiteLLM, or a gateway like this one, upstream).
+        cache_creation_tokens: u
+            .get("cache_creation_input_tokens")
+            .and_then(Value::as_u64)
+            .unwrap_or(0),
     }
 }
 
-fn usage_json(u: Usage) -> Value {
-    json!({"prompt_tokens": u.input_tokens, "completion_tokens": u.output_tokens,
-           "total_tokens": u.input_tokens + u.output_tokens})
+/// OpenAI usage, with cache counts where LiteLLM puts them: OpenAI's
+/// `prompt_tokens_details.cached_tokens`, plus Anthropic-style
+/// `cache_read_input_tokens` / `cache_creation_input_tokens` (LiteLLM's `Usage`).
+pub(crate) fn usage_json(u: Usage) -> Value {
+    let mut v = json!({"prompt_tokens": u.input_tokens, "completion_tokens": u.output_tokens,
+           "total_tokens": u.input_tokens + u.output_tokens,
+           "prompt_tokens_details": {"cached_tokens": u.cache_read_tokens}});
+    if u.cache_read_tokens > 0 || u.cache_creation_tokens > 0 {
+        v["cache_read_input_tokens"] = u.cache_read_tokens.into();
+        v["cache_creation_input_tokens"] = u.cache_creation_tokens.into();
+    }
+    v
+}
+
+/// Reasoning as LiteLLM returns it: all thinking text joined in `reasoning_content`,
+/// and `thinking_blocks` keeping each block's signature (so the client can send
+/// them back to an Anthropic model).
+fn reasoning_fields(parts: &[Part], msg: &mut Value) {
+    let mut text = String::new();
+    let mut blocks = Vec::new();
+    for p in parts {
+        if let Part::Thinking { text: t, signature } = p {
+            text.push_str(t);
+            let mut b = json!({"type": "thinking", "thinking": t});
+            if !signature.is_empty() {
+                b["signature"] = signature.clone().into();
+            }
+            blocks.push(b);
+        }
+    }
+    if !blocks.is_empty() {
+        msg["reasoning_content"] = text.into();
+        msg["thinking_blocks"] = blocks.into();
+    }
 }
 
 fn openai_id(id: &str) -> String {
@@ -443,6 +590,7 @@ pub fn encode_response(r: &ChatResponse, model: &str) -> Value {
     if !calls.is_empty() {
         msg["tool_calls"] = calls.into();
     }
+    reasoning_fields(&r.content, &mut msg);
     json!({
         "id": openai_id(&r.id),
         "object": "chat.completion",
@@ -501,10 +649,23 @@ impl StreamDecoder {
         }
         if let Some(choice) = v.pointer("/choices/0") {
             if let Some(d) = choice.get("delta") {
-                if let Some(t) = d.get("reasoning_content").and_then(Value::as_str)
+                if let Some(t) = d
+                    .get("reasoning_content")
+                    .or_else(|| d.get("reasoning"))
+                    .and_then(Value::as_str)
                     && !t.is_empty()
                 {
                     out.push(StreamEvent::ThinkingDelta(t.to_owned()));
+                }
+                // A LiteLLM upstream streams the thinking signature in `thinking_blocks`.
+                if let Some(blocks) = d.get("thinking_blocks").and_then(Value::as_array) {
+                    for b in blocks {
+                        if let Some(sig) = b.get("signature").and_then(Value::as_str)
+                            && !sig.is_empty()
+                        {
+                            out.push(StreamEvent::SignatureDelta(sig.to_owned()));
+                        }
+                    }
                 }
                 if let Some(t) = d.get("content").and_then(Value::as_str)
                     && !t.is_empty()
@@ -571,6 +732,10 @@ pub struct StreamEncoder {
     model: String,
     created: i64,
     include_usage: bool,
+    /// The answer's cost, set by the gateway before `Finish`: LiteLLM's
+    /// `include_cost_in_streaming_usage` puts it in the usage chunk as `cost`, since
+    /// a streamed response's headers leave before the cost is known.
+    pub cost: Option<f64>,
 }
 
 impl StreamEncoder {
@@ -580,6 +745,7 @@ impl StreamEncoder {
             model: model.to_owned(),
             created: chrono::Utc::now().timestamp(),
             include_usage,
+            cost: None,
         }
     }
 
@@ -598,8 +764,20 @@ impl StreamEncoder {
                 self.chunk(json!({"role": "assistant", "content": ""}), None, out)
             }
             StreamEvent::TextDelta(t) => self.chunk(json!({"content": t}), None, out),
-            StreamEvent::ThinkingDelta(t) => self.chunk(json!({"reasoning_content": t}), None, out),
-            StreamEvent::SignatureDelta(_) => {}
+            // As LiteLLM streams them: the text in `reasoning_content`, and the same
+            // delta (then the signature) in `thinking_blocks`, matching the unstreamed shape.
+            StreamEvent::ThinkingDelta(t) => self.chunk(
+                json!({"reasoning_content": t,
+                       "thinking_blocks": [{"type": "thinking", "thinking": t}]}),
+                None,
+                out,
+            ),
+            StreamEvent::SignatureDelta(sig) => self.chunk(
+                json!({"reasoning_content": "",
+                       "thinking_blocks": [{"type": "thinking", "thinking": "", "signature": sig}]}),
+                None,
+                out,
+            ),
             StreamEvent::ToolCallStart { index, id, name } => self.chunk(
                 json!({"tool_calls": [{"index": index, "id": id, "type": "function",
                                         "function": {"name": name, "arguments": ""}}]}),
@@ -614,9 +792,13 @@ impl StreamEncoder {
             StreamEvent::Finish { stop_reason, usage } => {
                 self.chunk(json!({}), Some(stop_reason.openai()), out);
                 if self.include_usage {
+                    let mut u = usage_json(*usage);
+                    if let Some(c) = self.cost {
+                        u["cost"] = c.into();
+                    }
                     let v = json!({
                         "id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                        "model": self.model, "choices": [], "usage": usage_json(*usage),
+                        "model": self.model, "choices": [], "usage": u,
                     });
                     frame(&v, out);
                 }

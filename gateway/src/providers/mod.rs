@@ -162,6 +162,30 @@ fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
         .map(|s| Duration::from_secs_f64(s.max(0.0)))
 }
 
+tokio::task_local! {
+    /// The response headers of the last upstream call made inside [`capturing_headers`].
+    static UPSTREAM_HEADERS: std::cell::RefCell<Option<http::HeaderMap>>;
+}
+
+/// Run a provider call and also return the headers its upstream answered with
+/// (LiteLLM hands them to the client as `llm_provider-*`). Providers need no
+/// plumbing for this: [`send`] and [`RawClient`] record what they receive.
+pub async fn capturing_headers<F: std::future::Future>(
+    f: F,
+) -> (F::Output, Option<http::HeaderMap>) {
+    UPSTREAM_HEADERS
+        .scope(std::cell::RefCell::new(None), async move {
+            let out = f.await;
+            let h = UPSTREAM_HEADERS.with(|c| c.borrow_mut().take());
+            (out, h)
+        })
+        .await
+}
+
+fn record_headers(h: &http::HeaderMap) {
+    let _ = UPSTREAM_HEADERS.try_with(|c| *c.borrow_mut() = Some(h.clone()));
+}
+
 /// Send a request with a timeout; map non-2xx to `ProviderError::Status`.
 pub(crate) async fn send(
     rb: reqwest::RequestBuilder,
@@ -174,6 +198,7 @@ pub(crate) async fn send(
         Ok(Ok(r)) => r,
     };
     if resp.status().is_success() {
+        record_headers(resp.headers());
         return Ok(resp);
     }
     let status = resp.status().as_u16();
@@ -351,6 +376,7 @@ impl RawClient {
             .await
             .map_err(|e| ProviderError::Connect(e.to_string()))?;
         if resp.status().is_success() {
+            record_headers(resp.headers());
             return Ok(resp);
         }
         let status = resp.status().as_u16();
