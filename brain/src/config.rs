@@ -52,6 +52,8 @@ pub struct Config {
     pub models: crate::sessions::ModelsConfig,
     /// Agent-loop limits, concurrency and claims.
     pub sessions: crate::sessions::SessionsConfig,
+    /// Code interpreter interception on the gateway routes.
+    pub code_interpreter: crate::code_interpreter::CodeInterpreterConfig,
     /// Directory of the file this was read from (not a key).
     #[serde(skip)]
     pub base_dir: Option<PathBuf>,
@@ -71,6 +73,7 @@ impl Default for Config {
             mcp: crate::mcp::McpConfig::default(),
             models: Default::default(),
             sessions: Default::default(),
+            code_interpreter: Default::default(),
             base_dir: None,
         }
     }

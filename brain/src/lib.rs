@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod code_interpreter;
 pub mod config;
 pub mod credentials;
 pub mod error;
@@ -94,6 +95,14 @@ pub async fn run(
             state = state.with_models(models);
         }
         None => tracing::warn!("no models configured: POST /v1/sessions answers 503"),
+    }
+    if let Some(models) = &state.models
+        && state.config.code_interpreter.enabled
+    {
+        models.gateway.enable_code_interpreter_with(
+            code_interpreter::BrainHost::new(state.clone()),
+            state.config.code_interpreter.settings(),
+        );
     }
     lifecycle::reconcile(&state).await?;
     if state.store.engine() == "sqlite" {

@@ -1,6 +1,7 @@
 //! Inbound HTTP routes: one module per wire format, plus key management.
 
 pub mod anthropic;
+pub mod code_execution;
 pub mod code_interpreter;
 pub mod endpoints;
 pub mod health;

@@ -130,7 +130,7 @@ async fn release(ci: &CodeInterpreter, inner: &Inner, e: &Entry) {
         SpendRecord {
             bucket: e.owner.bucket(),
             model: Arc::from(SPEND_MODEL),
-            upstream: e.sandbox_id.clone(),
+            upstream: SPEND_MODEL.to_owned(),
             usage: Usage::default(),
             cost: 0.0,
             start_ms: e.created_ms,
