@@ -66,6 +66,10 @@ fn unavailable(e: impl std::fmt::Display) -> HostError {
     HostError::Unavailable(e.to_string())
 }
 
+fn api_unavailable(e: crate::error::ApiError) -> HostError {
+    HostError::Unavailable(format!("{}: {}", e.code, e.message))
+}
+
 #[async_trait]
 impl SandboxHost for BrainHost {
     async fn create(&self, req: &SandboxRequest) -> Result<String, HostError> {
@@ -78,7 +82,7 @@ impl SandboxHost for BrainHost {
             ttl_s: Some(req.ttl.as_secs().clamp(1, limits.max_ttl_seconds)),
             resources: None,
         };
-        let params = sandboxes::validate_provision(&self.state, body).map_err(unavailable)?;
+        let params = sandboxes::validate_provision(&self.state, body).map_err(api_unavailable)?;
         let row = crate::lifecycle::provision(&self.state, params)
             .await
             .map_err(unavailable)?;
@@ -98,7 +102,8 @@ impl SandboxHost for BrainHost {
             .await
             .map_err(unavailable)?
             .ok_or_else(|| HostError::Gone(sandbox_id.to_owned()))?;
-        let handle = sandboxes::usable_handle(&row).map_err(|_| HostError::Gone(sandbox_id.to_owned()))?;
+        let handle =
+            sandboxes::usable_handle(&row).map_err(|_| HostError::Gone(sandbox_id.to_owned()))?;
         let request = sandboxes::exec_request(
             &self.state,
             ExecBody {
@@ -107,10 +112,10 @@ impl SandboxHost for BrainHost {
                 timeout_s: Some(timeout.as_secs().max(1)),
             },
         )
-        .map_err(unavailable)?;
+        .map_err(api_unavailable)?;
         let r = sandboxes::exec_collect(&self.state, &row, &handle, request)
             .await
-            .map_err(unavailable)?;
+            .map_err(api_unavailable)?;
         Ok(ExecOutput {
             exit_code: r.exit_code,
             stdout: r.stdout,

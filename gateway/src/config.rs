@@ -620,9 +620,12 @@ impl Config {
             cfg.code_interpreter = Some(CodeInterpreterConfig {
                 brain_url,
                 key,
-                max_iterations: cx.uint("code_interpreter.max_iterations", ci.get("max_iterations"))?,
-                idle_ttl_seconds: cx
-                    .uint("code_interpreter.idle_ttl_seconds", ci.get("idle_ttl_seconds"))?,
+                max_iterations: cx
+                    .uint("code_interpreter.max_iterations", ci.get("max_iterations"))?,
+                idle_ttl_seconds: cx.uint(
+                    "code_interpreter.idle_ttl_seconds",
+                    ci.get("idle_ttl_seconds"),
+                )?,
                 exec_timeout_seconds: cx.uint(
                     "code_interpreter.exec_timeout_seconds",
                     ci.get("exec_timeout_seconds"),

@@ -143,12 +143,14 @@ impl Gateway {
                     ci_settings.exec_timeout = std::time::Duration::from_secs(s.max(1));
                 }
                 match (&c.brain_url, &c.key) {
-                    (Some(url), Some(key)) => Some(Arc::new(code_interpreter::http_host::BrainHttp::new(
-                        url,
-                        key.expose().to_owned(),
-                        client.clone(),
-                    ))
-                        as Arc<dyn code_interpreter::SandboxHost>),
+                    (Some(url), Some(key)) => {
+                        Some(Arc::new(code_interpreter::http_host::BrainHttp::new(
+                            url,
+                            key.expose().to_owned(),
+                            client.clone(),
+                        ))
+                            as Arc<dyn code_interpreter::SandboxHost>)
+                    }
                     _ => None,
                 }
             }

@@ -197,9 +197,17 @@ async fn code_interpreter_with_the_official_sdks() {
     assert_eq!(calls[0]["code"], "print(sum(range(10)))");
     assert_eq!(logs(calls[0]).trim(), "45", "{r}");
     assert_eq!(calls[0]["status"], "completed");
-    assert!(calls[0]["container_id"].as_str().unwrap().starts_with("cntr_"));
+    assert!(
+        calls[0]["container_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("cntr_")
+    );
     let last = r["output"].as_array().unwrap().last().unwrap();
-    assert_eq!(last["type"], "message", "the message comes after the call: {r}");
+    assert_eq!(
+        last["type"], "message",
+        "the message comes after the call: {r}"
+    );
     assert_eq!(r["text"], "The sum of 0..9 is 45.");
     assert_eq!(r["status"], "completed");
     assert!(r["usage"]["input_tokens"].as_u64().unwrap() > 0, "{r}");

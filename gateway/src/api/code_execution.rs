@@ -49,7 +49,10 @@ fn take_tool(v: &mut Value) -> Option<Found> {
     }
     tools.remove(pos);
     let o = v.as_object_mut()?;
-    if o.get("tools").and_then(Value::as_array).is_some_and(Vec::is_empty) {
+    if o.get("tools")
+        .and_then(Value::as_array)
+        .is_some_and(Vec::is_empty)
+    {
         o.remove("tools");
         o.remove("tool_choice");
     }
@@ -87,10 +90,16 @@ pub(crate) async fn messages(
                 "type": "server_tool_use", "id": server_id(&item_id),
                 "name": "code_execution", "input": {"code": code},
             })),
-            Step::CodeDone { item_id, result, .. } => {
+            Step::CodeDone {
+                item_id, result, ..
+            } => {
                 let mut stderr = result.stderr.clone();
                 if let Some(e) = &result.error {
-                    stderr.push_str(if e.traceback.is_empty() { &e.value } else { &e.traceback });
+                    stderr.push_str(if e.traceback.is_empty() {
+                        &e.value
+                    } else {
+                        &e.traceback
+                    });
                 }
                 content.push(json!({
                     "type": "code_execution_tool_result", "tool_use_id": server_id(&item_id),
@@ -110,8 +119,8 @@ pub(crate) async fn messages(
             &mut sink,
         )
         .await?;
-        let expires = chrono::Utc::now()
-            + chrono::Duration::seconds(ci.settings.idle_ttl.as_secs() as i64);
+        let expires =
+            chrono::Utc::now() + chrono::Duration::seconds(ci.settings.idle_ttl.as_secs() as i64);
         let msg = json!({
             "id": format!("msg_{}", uuid::Uuid::new_v4().simple()),
             "type": "message", "role": "assistant", "model": model,
@@ -157,7 +166,11 @@ fn encode_stream(msg: &Value, out: &mut Vec<u8>) {
     start["content"] = json!([]);
     start["stop_reason"] = Value::Null;
     start["usage"]["output_tokens"] = 0.into();
-    event("message_start", json!({"type": "message_start", "message": start}), out);
+    event(
+        "message_start",
+        json!({"type": "message_start", "message": start}),
+        out,
+    );
     for (i, b) in msg["content"].as_array().into_iter().flatten().enumerate() {
         let ty = b["type"].as_str().unwrap_or_default();
         let (head, delta) = match ty {
@@ -170,7 +183,9 @@ fn encode_stream(msg: &Value, out: &mut Vec<u8>) {
                 h["input"] = json!({});
                 (
                     h,
-                    Some(json!({"type": "input_json_delta", "partial_json": b["input"].to_string()})),
+                    Some(
+                        json!({"type": "input_json_delta", "partial_json": b["input"].to_string()}),
+                    ),
                 )
             }
             _ => (b.clone(), None),

@@ -34,8 +34,7 @@ fn take_code_tool(v: &mut Value) -> Option<Value> {
     if empty {
         o.remove("tools");
     }
-    if o
-        .get("tool_choice")
+    if o.get("tool_choice")
         .and_then(|c| c.get("type"))
         .and_then(Value::as_str)
         == Some("code_interpreter")
@@ -176,7 +175,11 @@ pub(crate) async fn create_container(
     };
     let v: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
-        Err(e) => return answer(Err(GatewayError::BadRequest(format!("invalid JSON body: {e}")))),
+        Err(e) => {
+            return answer(Err(GatewayError::BadRequest(format!(
+                "invalid JSON body: {e}"
+            ))));
+        }
     };
     let Some(name) = v.get("name").and_then(Value::as_str) else {
         return answer(Err(GatewayError::BadRequest("`name` is required".into())));
@@ -237,7 +240,10 @@ mod tests {
         let mut v = serde_json::json!({"model": "m", "messages": [],
             "tools": [{"type": "code_interpreter", "container": {"type": "auto"}}],
             "tool_choice": "auto"});
-        assert_eq!(take_code_tool(&mut v), Some(serde_json::json!({"type": "auto"})));
+        assert_eq!(
+            take_code_tool(&mut v),
+            Some(serde_json::json!({"type": "auto"}))
+        );
         assert!(v.get("tools").is_none() && v.get("tool_choice").is_none());
         let mut v = serde_json::json!({"model": "m", "messages": [],
             "tools": [{"type": "function", "function": {"name": "f"}}]});

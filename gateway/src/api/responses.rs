@@ -353,7 +353,10 @@ async fn intercept(
         let mut sink = move |step: Step| {
             let _ = tx2.send(Msg::Step(step));
         };
-        let r = run::run(&ci, &inner2, &caller, request, &container, parallel, &mut sink).await;
+        let r = run::run(
+            &ci, &inner2, &caller, request, &container, parallel, &mut sink,
+        )
+        .await;
         let _ = tx.send(Msg::Done(r.err()));
     });
     let mut enc = rs::StreamEncoder::new(&model, echo);
@@ -389,7 +392,10 @@ async fn intercept(
                 true
             }
         };
-        Some((Ok::<_, std::io::Error>(Bytes::from(out)), (rx, enc, None, done)))
+        Some((
+            Ok::<_, std::io::Error>(Bytes::from(out)),
+            (rx, enc, None, done),
+        ))
     });
     Ok(sse_response(s))
 }

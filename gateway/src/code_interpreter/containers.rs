@@ -146,7 +146,9 @@ impl Containers {
         let map = lock(&self.map);
         match map.get(id) {
             Some(e) if same_owner(&e.owner, caller) => Ok(e.clone()),
-            _ => Err(GatewayError::NotFound(format!("No container found with id '{id}'."))),
+            _ => Err(GatewayError::NotFound(format!(
+                "No container found with id '{id}'."
+            ))),
         }
     }
 
@@ -170,7 +172,8 @@ impl Containers {
             Value::Object(o) => match o.get("type").and_then(Value::as_str) {
                 Some("auto") => Self::auto(ci, inner, caller).await,
                 _ => Err(GatewayError::BadRequest(
-                    "code_interpreter `container` must be {\"type\":\"auto\"} or a container id".into(),
+                    "code_interpreter `container` must be {\"type\":\"auto\"} or a container id"
+                        .into(),
                 )),
             },
             _ => Err(GatewayError::BadRequest(
@@ -259,7 +262,8 @@ impl Containers {
         }
         let weak = Arc::downgrade(ci);
         let inner = Arc::downgrade(inner);
-        let every = (ci.settings.idle_ttl / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
+        let every =
+            (ci.settings.idle_ttl / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;

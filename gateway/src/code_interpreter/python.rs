@@ -89,7 +89,10 @@ impl CellResult {
     pub fn for_model(&self) -> String {
         let mut s = self.logs();
         for i in &self.images {
-            s.push_str(&format!("\n[image {} ({}) shown to the user]", i.name, i.mime));
+            s.push_str(&format!(
+                "\n[image {} ({}) shown to the user]",
+                i.name, i.mime
+            ));
         }
         if s.trim().is_empty() {
             s.push_str("(no output)");
@@ -168,7 +171,11 @@ pub async fn run_cell(
     // The sandbox command gets a margin over the cell's own timeout, so the driver
     // can interrupt the cell and still answer.
     let out = host
-        .exec(sandbox_id, &command(code, timeout), timeout + Duration::from_secs(10))
+        .exec(
+            sandbox_id,
+            &command(code, timeout),
+            timeout + Duration::from_secs(10),
+        )
         .await?;
     Ok(parse(&out))
 }
@@ -200,7 +207,10 @@ mod tests {
     #[test]
     fn command_embeds_code_as_base64_only() {
         let c = command("print('it''s')\n$(rm -rf /)", Duration::from_secs(5));
-        assert!(!c.contains("rm -rf"), "code must not reach the shell as text");
+        assert!(
+            !c.contains("rm -rf"),
+            "code must not reach the shell as text"
+        );
         assert!(c.ends_with(" 5"));
     }
 

@@ -5,9 +5,9 @@
 //! Every model call goes through the gateway's routing with the caller's key:
 //! retries, fallbacks, budgets and spend apply to each, as for a client's own.
 
+use super::CodeInterpreter;
 use super::containers::{Containers, Lease};
 use super::python::{self, CellResult};
-use super::CodeInterpreter;
 use crate::Inner;
 use crate::canonical::{ChatRequest, ChatResponse, Message, Part, Role, Tool, ToolChoice, Usage};
 use crate::error::{GatewayError, ProviderError};
@@ -215,7 +215,11 @@ pub(crate) async fn run(
                     (r, code)
                 }
             };
-            let status = if result.error.as_ref().is_some_and(|e| e.name == "SandboxError") {
+            let status = if result
+                .error
+                .as_ref()
+                .is_some_and(|e| e.name == "SandboxError")
+            {
                 "failed"
             } else {
                 "completed"

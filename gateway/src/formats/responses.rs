@@ -151,7 +151,12 @@ pub fn decode_request(v: &Value) -> Result<Decoded, GatewayError> {
     }
     let mut tools = Vec::new();
     let mut code_interpreter = None;
-    for t in v.get("tools").and_then(Value::as_array).into_iter().flatten() {
+    for t in v
+        .get("tools")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         match t.get("type").and_then(Value::as_str) {
             Some("function") => tools.push(Tool {
                 name: t
@@ -573,7 +578,8 @@ impl StreamEncoder {
         match self.open.take() {
             None => {}
             Some(Open::Message { id, text }) => {
-                let part = json!({"type": "output_text", "text": text, "annotations": [], "logprobs": []});
+                let part =
+                    json!({"type": "output_text", "text": text, "annotations": [], "logprobs": []});
                 self.event(
                     "response.output_text.done",
                     json!({"item_id": id, "output_index": idx, "content_index": 0, "text": text, "logprobs": []}),
@@ -850,13 +856,16 @@ mod tests {
         assert_eq!(r.system.as_deref(), Some("be brief\n\nmore rules"));
         assert_eq!(r.messages.len(), 4);
         assert_eq!(r.messages[1].role, Role::Assistant);
-        assert!(matches!(&r.messages[2].content[0], Part::ToolResult { tool_call_id, .. } if tool_call_id == "c1"));
+        assert!(
+            matches!(&r.messages[2].content[0], Part::ToolResult { tool_call_id, .. } if tool_call_id == "c1")
+        );
         assert_eq!(r.tools.len(), 1);
         assert_eq!(d.code_interpreter, Some(json!({"type": "auto"})));
         assert_eq!(r.max_tokens, Some(50));
         assert_eq!(r.tool_choice, Some(ToolChoice::Required));
-        let e = decode_request(&json!({"model": "m", "input": "x", "tools": [{"type": "web_search"}]}))
-            .unwrap_err();
+        let e =
+            decode_request(&json!({"model": "m", "input": "x", "tools": [{"type": "web_search"}]}))
+                .unwrap_err();
         assert!(e.to_string().contains("web_search"), "{e}");
         assert!(decode_request(&json!({"model": "m"})).is_err());
         assert!(
