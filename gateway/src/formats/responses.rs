@@ -916,7 +916,7 @@ mod tests {
         let last: Value = serde_json::from_str(
             s.lines()
                 .filter_map(|l| l.strip_prefix("data: "))
-                .last()
+                .next_back()
                 .unwrap(),
         )
         .unwrap();
