@@ -54,6 +54,8 @@ pub struct Config {
     pub sessions: crate::sessions::SessionsConfig,
     /// Warm pools: sandboxes kept started, with no grant, for `sandbox_provision` to claim.
     pub pools: Vec<crate::pool::PoolConfig>,
+    /// Code interpreter interception on the gateway routes.
+    pub code_interpreter: crate::code_interpreter::CodeInterpreterConfig,
     /// Directory of the file this was read from (not a key).
     #[serde(skip)]
     pub base_dir: Option<PathBuf>,
@@ -74,6 +76,7 @@ impl Default for Config {
             models: Default::default(),
             sessions: Default::default(),
             pools: Vec::new(),
+            code_interpreter: Default::default(),
             base_dir: None,
         }
     }

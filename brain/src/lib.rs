@@ -6,6 +6,7 @@
 pub mod api;
 pub mod audit_heads;
 pub mod cli;
+pub mod code_interpreter;
 pub mod config;
 pub mod credentials;
 pub mod error;
@@ -101,6 +102,14 @@ pub async fn run(
         None => tracing::warn!("no models configured: POST /v1/sessions answers 503"),
     }
     replicas::register(&state).await?;
+    if let Some(models) = &state.models
+        && state.config.code_interpreter.enabled
+    {
+        models.gateway.enable_code_interpreter_with(
+            code_interpreter::BrainHost::new(state.clone()),
+            state.config.code_interpreter.settings(),
+        );
+    }
     lifecycle::reconcile(&state).await?;
     if state.store.engine() == "sqlite" {
         // One brain per SQLite file: every claim left in it belongs to a dead process.

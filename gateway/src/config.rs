@@ -157,6 +157,8 @@ pub struct Config {
     pub max_retry_after: Duration,
     pub master_key: Option<Secret>,
     pub database_url: Option<String>,
+    /// `code_interpreter:` (an Airlock extension; see `code_interpreter/`).
+    pub code_interpreter: Option<CodeInterpreterConfig>,
     /// Non-fatal findings (unknown keys, unsupported strategies), also logged.
     pub warnings: Vec<String>,
 }
@@ -175,6 +177,7 @@ impl Default for Config {
             max_retry_after: Duration::from_secs(5),
             master_key: None,
             database_url: None,
+            code_interpreter: None,
             warnings: Vec::new(),
         }
     }
@@ -379,7 +382,27 @@ const TOP_KEYS: &[&str] = &[
     "general_settings",
     "router_settings",
     "environment_variables",
+    "code_interpreter",
 ];
+const CODE_INTERPRETER_KEYS: &[&str] = &[
+    "brain_url",
+    "key_env",
+    "max_iterations",
+    "idle_ttl_seconds",
+    "exec_timeout_seconds",
+];
+
+/// `code_interpreter:`: where sandboxes come from for intercepted
+/// `code_interpreter` tools (a brain's HTTP API), and the loop's bounds.
+#[derive(Debug, Clone, Default)]
+pub struct CodeInterpreterConfig {
+    pub brain_url: Option<String>,
+    /// The brain key, read from this environment variable (default `AIRLOCK_BRAIN_KEY`).
+    pub key: Option<Secret>,
+    pub max_iterations: Option<u64>,
+    pub idle_ttl_seconds: Option<u64>,
+    pub exec_timeout_seconds: Option<u64>,
+}
 const ENTRY_KEYS: &[&str] = &["model_name", "litellm_params", "model_info", "rpm", "tpm"];
 const PARAM_KEYS: &[&str] = &[
     "model",
@@ -583,6 +606,34 @@ impl Config {
                 .map(Secret);
             cfg.database_url =
                 cx.string("general_settings.database_url", gs.get("database_url"))?;
+        }
+        if let Some(ci) = map("code_interpreter", root.get("code_interpreter"))? {
+            cx.unknown("code_interpreter", ci, CODE_INTERPRETER_KEYS);
+            let key_env = cx
+                .string("code_interpreter.key_env", ci.get("key_env"))?
+                .unwrap_or_else(|| "AIRLOCK_BRAIN_KEY".to_owned());
+            let brain_url = cx.string("code_interpreter.brain_url", ci.get("brain_url"))?;
+            let key = cx.var(&key_env).map(Secret);
+            if brain_url.is_some() && key.is_none() {
+                return Err(ConfigError::Env {
+                    path: "code_interpreter.key_env".into(),
+                    var: key_env,
+                });
+            }
+            cfg.code_interpreter = Some(CodeInterpreterConfig {
+                brain_url,
+                key,
+                max_iterations: cx
+                    .uint("code_interpreter.max_iterations", ci.get("max_iterations"))?,
+                idle_ttl_seconds: cx.uint(
+                    "code_interpreter.idle_ttl_seconds",
+                    ci.get("idle_ttl_seconds"),
+                )?,
+                exec_timeout_seconds: cx.uint(
+                    "code_interpreter.exec_timeout_seconds",
+                    ci.get("exec_timeout_seconds"),
+                )?,
+            });
         }
         if cfg.master_key.is_none() {
             cfg.master_key = cx.var("LITELLM_MASTER_KEY").map(Secret);

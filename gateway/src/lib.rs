@@ -19,6 +19,7 @@
 
 pub mod api;
 pub mod canonical;
+pub mod code_interpreter;
 pub mod config;
 pub mod error;
 pub mod formats;
@@ -57,6 +58,11 @@ pub(crate) struct Inner {
     pub(crate) keys: Arc<Keys>,
     pub(crate) warnings: Vec<String>,
     pub(crate) metrics: metrics::Metrics,
+    /// Code interpreter interception, when a sandbox host is known (the brain
+    /// in-process, or `code_interpreter.brain_url`).
+    pub(crate) code_interpreter: std::sync::OnceLock<Arc<code_interpreter::CodeInterpreter>>,
+    /// `code_interpreter:` bounds from the config (applied to whichever host is set).
+    pub(crate) code_interpreter_settings: code_interpreter::Settings,
 }
 
 /// The gateway: cheap to clone, shares one state.
@@ -125,14 +131,68 @@ impl Gateway {
             });
         let keys = Keys::load(master, store).await?;
         let metrics = metrics::Metrics::new(cfg.model_list.iter().map(|e| e.model_name.as_str()));
-        Ok(Gateway {
+        let mut ci_settings = code_interpreter::Settings::default();
+        let ci_host = match &cfg.code_interpreter {
+            None => None,
+            Some(c) => {
+                if let Some(n) = c.max_iterations {
+                    ci_settings.max_iterations = (n as usize).max(1);
+                }
+                if let Some(s) = c.idle_ttl_seconds {
+                    ci_settings.idle_ttl = std::time::Duration::from_secs(s.max(1));
+                }
+                if let Some(s) = c.exec_timeout_seconds {
+                    ci_settings.exec_timeout = std::time::Duration::from_secs(s.max(1));
+                }
+                match (&c.brain_url, &c.key) {
+                    (Some(url), Some(key)) => {
+                        Some(Arc::new(code_interpreter::http_host::BrainHttp::new(
+                            url,
+                            key.expose().to_owned(),
+                            client.clone(),
+                        ))
+                            as Arc<dyn code_interpreter::SandboxHost>)
+                    }
+                    _ => None,
+                }
+            }
+        };
+        let gw = Gateway {
             inner: Arc::new(Inner {
                 router,
                 keys,
                 warnings: cfg.warnings,
                 metrics,
+                code_interpreter: std::sync::OnceLock::new(),
+                code_interpreter_settings: ci_settings,
             }),
-        })
+        };
+        if let Some(host) = ci_host {
+            gw.enable_code_interpreter(host);
+        }
+        Ok(gw)
+    }
+
+    /// Serve `code_interpreter` tools with sandboxes from `host` (the brain
+    /// passes its own backends). Only the first call takes effect.
+    pub fn enable_code_interpreter(&self, host: Arc<dyn code_interpreter::SandboxHost>) {
+        let ci = code_interpreter::CodeInterpreter::new(
+            host,
+            self.inner.code_interpreter_settings.clone(),
+        );
+        let _ = self.inner.code_interpreter.set(ci);
+    }
+
+    /// Override the `code_interpreter` bounds (the brain's own config section).
+    pub fn enable_code_interpreter_with(
+        &self,
+        host: Arc<dyn code_interpreter::SandboxHost>,
+        settings: code_interpreter::Settings,
+    ) {
+        let _ = self
+            .inner
+            .code_interpreter
+            .set(code_interpreter::CodeInterpreter::new(host, settings));
     }
 
     /// All HTTP routes, ready to serve (with `/metrics`).

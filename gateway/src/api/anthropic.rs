@@ -18,6 +18,9 @@ pub(crate) async fn messages(
         Ok(b) => b,
         Err(r) => return r,
     };
+    if let Some(r) = super::code_execution::messages(&inner, &caller, &body).await {
+        return r;
+    }
     let beta = parts
         .headers
         .get("anthropic-beta")

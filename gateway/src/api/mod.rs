@@ -1,10 +1,13 @@
 //! Inbound HTTP routes: one module per wire format, plus key management.
 
 pub mod anthropic;
+pub mod code_execution;
+pub mod code_interpreter;
 pub mod endpoints;
 pub mod health;
 pub mod keys;
 pub mod openai;
+pub mod responses;
 
 use crate::Inner;
 use crate::error::{GatewayError, WireFormat};
@@ -34,6 +37,16 @@ pub(crate) fn routes<S: Clone + Send + Sync + 'static>(inner: State) -> Router<S
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/chat/completions", post(openai::chat_completions))
         .route("/v1/messages", post(anthropic::messages))
+        .route("/v1/responses", post(responses::create))
+        .route("/responses", post(responses::create))
+        .route(
+            "/v1/containers",
+            post(code_interpreter::create_container).get(code_interpreter::list_containers),
+        )
+        .route(
+            "/v1/containers/{id}",
+            get(code_interpreter::show_container).delete(code_interpreter::delete_container),
+        )
         .route("/v1/embeddings", post(endpoints::embeddings))
         .route("/embeddings", post(endpoints::embeddings))
         .route("/v1/completions", post(endpoints::completions))

@@ -19,6 +19,9 @@ pub(crate) async fn chat_completions(
         Ok(b) => b,
         Err(r) => return r,
     };
+    if let Some(r) = super::code_interpreter::chat(&inner, &caller, &body).await {
+        return r;
+    }
     crate::proxy::handle(&inner, WireFormat::OpenAi, caller, body, None).await
 }
 

@@ -5,6 +5,7 @@ pub mod anthropic;
 pub mod bedrock;
 pub mod gemini;
 pub mod openai;
+pub mod responses;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;

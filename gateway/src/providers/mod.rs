@@ -46,6 +46,8 @@ pub enum Endpoint {
     Completions,
     /// Anthropic `POST /v1/messages/count_tokens`.
     CountTokens,
+    /// OpenAI `POST /responses` (the Responses API).
+    Responses,
 }
 
 /// A raw upstream answer on the pass-through path (status already 2xx).

@@ -131,6 +131,12 @@ impl OpenAi {
         let path = match ep {
             Endpoint::Embeddings => "embeddings",
             Endpoint::Completions => "completions",
+            Endpoint::Responses if self.azure.is_none() => "responses",
+            Endpoint::Responses => {
+                return Err(ProviderError::InvalidRequest(
+                    "Azure deployments take /v1/responses translated, not passed through".into(),
+                ));
+            }
             Endpoint::CountTokens => {
                 return Err(ProviderError::InvalidRequest(
                     "OpenAI-compatible providers have no count_tokens endpoint".into(),
@@ -257,6 +263,7 @@ impl Provider for OpenAi {
 
     fn has_endpoint(&self, ep: Endpoint) -> bool {
         matches!(ep, Endpoint::Embeddings | Endpoint::Completions)
+            || (ep == Endpoint::Responses && self.azure.is_none())
     }
 
     async fn forward_endpoint(

@@ -1,0 +1,258 @@
+//! The interception loop: model turn → run its `code_interpreter` calls in the
+//! container's sandbox → feed the outputs back → … until a turn makes no code
+//! call (the final answer) or `max_iterations` model calls were made.
+//!
+//! Every model call goes through the gateway's routing with the caller's key:
+//! retries, fallbacks, budgets and spend apply to each, as for a client's own.
+
+use super::CodeInterpreter;
+use super::containers::{Containers, Lease};
+use super::python::{self, CellResult};
+use crate::Inner;
+use crate::canonical::{ChatRequest, ChatResponse, Message, Part, Role, Tool, ToolChoice, Usage};
+use crate::error::{GatewayError, ProviderError};
+use crate::formats::responses::CODE_TOOL;
+use crate::keys::Caller;
+use crate::limits::ParallelGuard;
+use crate::providers::CallOpts;
+use serde_json::{Value, json};
+use std::sync::Arc;
+
+/// What the loop reports as it goes (the encoders turn these into wire events).
+#[derive(Debug)]
+pub enum Step {
+    /// A model turn, without its code calls (text and the client's own tool calls).
+    Turn(ChatResponse),
+    /// A code call is about to run.
+    CodeStart {
+        item_id: String,
+        code: String,
+        container_id: String,
+    },
+    /// It ran: `item` is the finished `code_interpreter_call` output item.
+    CodeDone {
+        item_id: String,
+        code: String,
+        item: Value,
+        result: CellResult,
+    },
+}
+
+/// The loop's end.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The last model turn (the final answer, or the turn that called client tools).
+    pub last: ChatResponse,
+    /// Usage summed over all model calls.
+    pub usage: Usage,
+    pub container_id: String,
+}
+
+/// The function tool the model sees instead of the hosted one.
+pub fn code_tool() -> Tool {
+    Tool {
+        name: CODE_TOOL.to_owned(),
+        description: Some(
+            "Run Python 3 code in a persistent sandboxed interpreter (state is kept between calls; \
+             numpy, pandas and matplotlib are installed). stdout, stderr, errors with tracebacks and \
+             images (open matplotlib figures, or files written to $TMPDIR/airlock-ci/outputs) are \
+             returned. The value of a trailing expression is printed. Network access is restricted."
+                .into(),
+        ),
+        parameters: json!({
+            "type": "object",
+            "properties": {"code": {"type": "string", "description": "The Python code to run."}},
+            "required": ["code"],
+            "additionalProperties": false,
+        }),
+    }
+}
+
+/// One model call with the caller's key: routing, retries, fallbacks, budget
+/// checks and spend, as `Gateway::chat` does for in-process callers.
+pub(crate) async fn model_call(
+    inner: &Arc<Inner>,
+    caller: &Caller,
+    req: &ChatRequest,
+    parallel: &Option<Arc<ParallelGuard>>,
+) -> Result<ChatResponse, GatewayError> {
+    caller.check(&req.model)?;
+    inner
+        .router
+        .execute(&req.model, move |flight, group| async move {
+            let dep = flight.deployment().clone();
+            let upstream = dep.upstream_for(&req.model, &group.name).into_owned();
+            let price = dep.price_for(&upstream);
+            caller
+                .check_priced(&upstream, &price)
+                .map_err(|e| ProviderError::InvalidRequest(e.to_string()))?;
+            let mut guard = crate::proxy::SpendGuard::new(
+                inner.clone(),
+                caller.clone(),
+                flight,
+                price,
+                &upstream,
+                parallel.clone(),
+            );
+            let opts = CallOpts {
+                model: &upstream,
+                timeout: dep.timeout,
+                idle_timeout: dep.idle_timeout,
+                anthropic_beta: None,
+            };
+            let mut req = req.clone();
+            req.stream = false;
+            let r = dep.provider.complete(&req, opts).await?;
+            guard.arm();
+            guard.usage = r.usage;
+            Ok::<_, ProviderError>(r)
+        })
+        .await
+}
+
+fn code_of(arguments: &str) -> Result<String, String> {
+    let v: Value = serde_json::from_str(arguments)
+        .map_err(|e| format!("the arguments are not JSON ({e}); pass {{\"code\": \"...\"}}"))?;
+    match v.get("code") {
+        Some(Value::String(s)) => Ok(s.clone()),
+        // Some models send the code as the whole argument string.
+        _ => match v {
+            Value::String(s) => Ok(s),
+            _ => Err("missing `code` (a string) in the arguments".into()),
+        },
+    }
+}
+
+/// Run the loop for `req` (whose `code_interpreter` tool was taken out) in the
+/// container named by `container`. `parallel` is the request's parallel slot.
+pub(crate) async fn run(
+    ci: &Arc<CodeInterpreter>,
+    inner: &Arc<Inner>,
+    caller: &Caller,
+    mut req: ChatRequest,
+    container: &Value,
+    parallel: Option<Arc<ParallelGuard>>,
+    sink: &mut (dyn FnMut(Step) + Send),
+) -> Result<Outcome, GatewayError> {
+    let lease: Lease = Containers::lease(ci, inner, caller, container).await?;
+    let container_id = lease.entry.id.clone();
+    req.tools.retain(|t| t.name != CODE_TOOL);
+    req.tools.push(code_tool());
+    let mut usage = Usage::default();
+    let max = ci.settings.max_iterations.max(1);
+    for iteration in 1..=max {
+        if iteration == max {
+            // The last call allowed: ask for an answer, not more code.
+            req.tool_choice = Some(ToolChoice::None);
+        }
+        let turn = model_call(inner, caller, &req, &parallel).await?;
+        usage.input_tokens += turn.usage.input_tokens;
+        usage.output_tokens += turn.usage.output_tokens;
+        usage.cache_read_tokens += turn.usage.cache_read_tokens;
+        usage.cache_creation_tokens += turn.usage.cache_creation_tokens;
+        let code_calls: Vec<_> = turn
+            .tool_calls()
+            .filter(|c| c.name == CODE_TOOL)
+            .cloned()
+            .collect();
+        let client_calls = turn.tool_calls().any(|c| c.name != CODE_TOOL);
+        let mut shown = turn.clone();
+        shown
+            .content
+            .retain(|p| !matches!(p, Part::ToolCall(c) if c.name == CODE_TOOL));
+        let last_allowed = iteration == max;
+        if code_calls.is_empty() || last_allowed {
+            sink(Step::Turn(shown.clone()));
+            return Ok(Outcome {
+                last: shown,
+                usage,
+                container_id,
+            });
+        }
+        sink(Step::Turn(shown.clone()));
+        req.messages.push(Message {
+            role: Role::Assistant,
+            content: turn.content.clone(),
+        });
+        let mut results = Vec::with_capacity(code_calls.len());
+        for call in &code_calls {
+            let item_id = format!("ci_{}", uuid::Uuid::new_v4().simple());
+            let parsed = code_of(&call.arguments);
+            sink(Step::CodeStart {
+                item_id: item_id.clone(),
+                code: parsed.as_deref().unwrap_or(&call.arguments).to_owned(),
+                container_id: container_id.clone(),
+            });
+            let (result, code) = match parsed {
+                Err(msg) => (
+                    CellResult {
+                        error: Some(python::CellError {
+                            name: "ArgumentError".into(),
+                            value: msg,
+                            traceback: String::new(),
+                        }),
+                        ..Default::default()
+                    },
+                    call.arguments.clone(),
+                ),
+                Ok(code) => {
+                    let _one_at_a_time = lease.entry.busy.lock().await;
+                    let r = python::run_cell(
+                        ci.host.as_ref(),
+                        &lease.entry.sandbox_id,
+                        &code,
+                        ci.settings.exec_timeout,
+                    )
+                    .await
+                    .map_err(|e| {
+                        GatewayError::Provider(ProviderError::Status {
+                            status: 503,
+                            error_type: "sandbox_unavailable".into(),
+                            message: e.to_string(),
+                            retry_after: None,
+                        })
+                    })?;
+                    (r, code)
+                }
+            };
+            let status = if result
+                .error
+                .as_ref()
+                .is_some_and(|e| e.name == "SandboxError")
+            {
+                "failed"
+            } else {
+                "completed"
+            };
+            let item = json!({
+                "id": item_id, "type": "code_interpreter_call", "status": status,
+                "code": code, "container_id": container_id, "outputs": result.outputs(),
+            });
+            results.push(Part::ToolResult {
+                tool_call_id: call.id.clone(),
+                content: result.for_model(),
+                is_error: result.error.is_some(),
+            });
+            sink(Step::CodeDone {
+                item_id,
+                code,
+                item,
+                result,
+            });
+        }
+        if client_calls {
+            // The client's own tools were called too: it answers those; the code
+            // outputs travel back with it as `code_interpreter_call` items.
+            return Ok(Outcome {
+                last: shown,
+                usage,
+                container_id,
+            });
+        }
+        req.messages.push(Message {
+            role: Role::User,
+            content: results,
+        });
+    }
+    unreachable!("the last iteration returns")
+}
