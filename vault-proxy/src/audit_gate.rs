@@ -21,7 +21,12 @@ use crate::handler::{Facts, Target};
 
 /// Commits the swap records (if any) and re-checks the grant. `Err` means
 /// nothing may be sent.
-pub(crate) async fn before_send(t: &Arc<Target>, f: &Facts, swaps: &[String]) -> Result<(), Deny> {
+pub(crate) async fn before_send(
+    t: &Arc<Target>,
+    f: &Facts,
+    swaps: &[String],
+    minted: &crate::credentials::MintedSwaps,
+) -> Result<(), Deny> {
     let audit = &t.shared.audit;
     if swaps.is_empty() {
         if !audit.is_healthy() {
@@ -35,7 +40,10 @@ pub(crate) async fn before_send(t: &Arc<Target>, f: &Facts, swaps: &[String]) ->
                     f,
                     EventKind::Swap,
                     Decision::Allow,
-                    "stub_swapped_for_bound_host".into(),
+                    // Minted: the type, token fingerprint and expiry, never the value.
+                    minted
+                        .audit_reason(name)
+                        .unwrap_or_else(|| "stub_swapped_for_bound_host".into()),
                     Some(name.clone()),
                     None,
                 )

@@ -21,6 +21,10 @@ use serde::Deserialize;
 mod public_suffix;
 mod scope;
 pub use scope::{PathGlob, Position, Scope, normalize_path};
+// --- typed credentials: github_app, oauth2_refresh (branch `tokens`) ---
+pub mod typed;
+pub use typed::CredentialType;
+// --- end typed credentials ---
 
 // === public types ===
 
@@ -146,6 +150,9 @@ pub struct CredentialConfig {
     pub allowed_hosts: Vec<HostPattern>,
     /// Where its stub may stand, and the paths and methods it may be used on.
     pub scope: Scope,
+    /// `type:` (static when absent). Typed credentials keep their long-lived
+    /// secret (private key, refresh token) in `source`.
+    pub kind: CredentialType,
 }
 
 /// Where a credential's real value lives. Exactly one per credential.
@@ -320,6 +327,27 @@ struct RawCredential {
     positions: Option<Vec<String>>,
     paths: Option<Vec<String>>,
     methods: Option<Vec<String>>,
+    // --- typed credentials (config/typed.rs) ---
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    app_id: Option<u64>,
+    installation_id: Option<u64>,
+    private_key_file: Option<PathBuf>,
+    private_key_env: Option<String>,
+    private_key_stored: Option<String>,
+    api_base: Option<String>,
+    repositories: Option<Vec<String>>,
+    permissions: Option<BTreeMap<String, String>>,
+    token_url: Option<String>,
+    client_id: Option<String>,
+    client_id_env: Option<String>,
+    client_secret_env: Option<String>,
+    client_auth: Option<String>,
+    scope: Option<String>,
+    refresh_token_env: Option<String>,
+    refresh_token_file: Option<PathBuf>,
+    refresh_token_stored: Option<String>,
+    // --- end typed credentials ---
 }
 
 #[derive(Debug, Deserialize)]
@@ -396,7 +424,9 @@ impl RawConfig {
                     "credential names use letters, digits, `_`, `-` and `.` (max 128)",
                 ));
             }
+            let (kind, typed_source) = typed::parse(&key, &rc, base)?;
             let source = match (rc.value_env, rc.value_file, rc.stored) {
+                _ if typed_source.is_some() => typed_source.expect("checked"),
                 (Some(env), None, None) => {
                     if !is_env_name(&env) {
                         return Err(invalid(
@@ -456,6 +486,7 @@ impl RawConfig {
                     source,
                     allowed_hosts,
                     scope,
+                    kind,
                 },
             );
         }

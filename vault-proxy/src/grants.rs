@@ -63,8 +63,10 @@ pub struct Grant {
     stubs: BTreeMap<String, String>,
     /// Credential name → real credential.
     creds: BTreeMap<String, Arc<Credential>>,
-    /// Real values of *all* credentials → this grant's stub (or a mask).
-    scrubber: Arc<Replacer>,
+    /// Real values of *all* credentials → this grant's stub (or a mask), with the
+    /// scrub generation it was built at (minted tokens grow the set: rebuilt lazily).
+    scrubber: RwLock<(u64, Arc<Replacer>)>,
+    all_creds: Arc<Credentials>,
     revoked: CancellationToken,
     /// Open tunnels, for the per-sandbox limit.
     pub(crate) open_tunnels: AtomicUsize,
@@ -111,9 +113,19 @@ impl Grant {
         self.creds.values().any(|c| c.scope.has_body_positions())
     }
 
-    /// Replacer of real values → stubs for responses.
-    pub fn scrubber(&self) -> &Arc<Replacer> {
-        &self.scrubber
+    /// Replacer of real values → stubs for responses (rebuilt when a minted token or a
+    /// rotated refresh token joined the set since it was built).
+    pub fn scrubber(&self) -> Arc<Replacer> {
+        let generation = self.all_creds.scrub_generation();
+        {
+            let g = self.scrubber.read().unwrap_or_else(|p| p.into_inner());
+            if g.0 == generation {
+                return g.1.clone();
+            }
+        }
+        let fresh = Arc::new(Replacer::for_grant(&self.all_creds, &self.stubs));
+        *self.scrubber.write().unwrap_or_else(|p| p.into_inner()) = (generation, fresh.clone());
+        fresh
     }
 
     fn token_matches(&self, token: &str) -> bool {
@@ -141,6 +153,10 @@ pub struct IssuedGrant {
     pub token: String,
     /// Credential name → stub.
     pub stubs: BTreeMap<String, String>,
+    /// Extra env vars the sandbox gets for typed credentials (`GH_TOKEN`/`GITHUB_TOKEN`
+    /// = the `github_app` stub); a credential's own name always wins over these.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
 }
 
 impl std::fmt::Debug for IssuedGrant {
@@ -289,8 +305,11 @@ impl Grants {
         let mut stubs = BTreeMap::new();
         for c in &real {
             let mut minted = None;
+            // Minted credentials: the stub has the shape of the tokens it stands for.
+            let template = c.minter.as_ref().map(|m| m.stub_template());
+            let shape = template.as_deref().unwrap_or(c.value.expose());
             for _ in 0..32 {
-                let s = mint_stub(c.value.expose(), &mut rng);
+                let s = mint_stub(shape, &mut rng);
                 if s != c.value.expose()
                     && !st.used.contains(&digest(&s))
                     && !stubs.values().any(|v| v == &s)
@@ -306,7 +325,8 @@ impl Grants {
         }
         let grant = self.build_grant(sandbox, session, &token, stubs.clone());
         self.install(&mut st, grant);
-        Ok(IssuedGrant { token, stubs })
+        let env = stub_env_aliases(&self.creds, &stubs);
+        Ok(IssuedGrant { token, stubs, env })
     }
 
     fn build_grant(
@@ -321,6 +341,7 @@ impl Grants {
             .filter_map(|n| self.creds.get(n).map(|c| (n.clone(), c.clone())))
             .collect();
         let scrubber = Arc::new(Replacer::for_grant(&self.creds, &stubs));
+        let generation = self.creds.scrub_generation();
         Grant {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             sandbox: sandbox.to_string(),
@@ -328,7 +349,8 @@ impl Grants {
             token_digest: digest(token),
             stubs,
             creds,
-            scrubber,
+            scrubber: RwLock::new((generation, scrubber)),
+            all_creds: self.creds.clone(),
             revoked: CancellationToken::new(),
             open_tunnels: AtomicUsize::new(0),
             inflight: AtomicUsize::new(0),
@@ -416,6 +438,28 @@ impl Grants {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// The env vars a typed credential's stub is also known by: the names its clients
+/// read (`gh` reads `GH_TOKEN`, Actions-style tools `GITHUB_TOKEN`). Never one that is
+/// itself a granted credential's name.
+pub fn stub_env_aliases(
+    creds: &Credentials,
+    stubs: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    let mut env = BTreeMap::new();
+    for (name, stub) in stubs {
+        let aliases: &[&str] = match creds.get(name).map(|c| &c.kind) {
+            Some(crate::config::CredentialType::GithubApp(_)) => &["GH_TOKEN", "GITHUB_TOKEN"],
+            _ => &[],
+        };
+        for a in aliases {
+            if !stubs.contains_key(*a) {
+                env.entry(a.to_string()).or_insert_with(|| stub.clone());
+            }
+        }
+    }
+    env
 }
 
 fn check_sandbox(s: &str) -> Result<(), GrantError> {

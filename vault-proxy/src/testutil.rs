@@ -26,6 +26,8 @@ pub fn cred(name: &str, value: &str, hosts: &[&str], positions: &[&str]) -> Cred
                 .collect(),
             ..Scope::default()
         },
+        kind: Default::default(),
+        minter: None,
     }
 }
 

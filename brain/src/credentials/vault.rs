@@ -149,13 +149,15 @@ impl CredentialBroker for EmbeddedVault {
                 )
             })?
             .map_err(grant_error)?;
-        Ok(compose(
+        let mut grant = compose(
             req,
             &issued.token,
             &issued.stubs,
             &self.proxy_addr,
             &self.ca_pem,
-        ))
+        );
+        super::add_stub_aliases(&mut grant, &issued.env);
+        Ok(grant)
     }
 
     async fn revoke(&self, sandbox_id: &str) -> Result<(), BrokerError> {
@@ -308,6 +310,9 @@ struct IssuedGrantBody {
     token: String,
     #[serde(default)]
     stubs: BTreeMap<String, String>,
+    /// Extra stub env vars of typed credentials (`GH_TOKEN`/`GITHUB_TOKEN` for `github_app`).
+    #[serde(default)]
+    env: BTreeMap<String, String>,
 }
 
 #[async_trait]
@@ -331,13 +336,15 @@ impl CredentialBroker for RemoteVault {
                 .json()
                 .await
                 .map_err(|e| BrokerError::Unavailable(format!("POST /v1/grants: {e}")))?;
-            return Ok(compose(
+            let mut grant = compose(
                 req,
                 &body.token,
                 &body.stubs,
                 &self.proxy_addr,
                 &self.ca_pem,
-            ));
+            );
+            super::add_stub_aliases(&mut grant, &body.env);
+            return Ok(grant);
         }
         let body: serde_json::Value = resp.json().await.unwrap_or_default();
         let code = body["error"]["code"].as_str().unwrap_or("");

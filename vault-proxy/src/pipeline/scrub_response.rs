@@ -65,20 +65,22 @@ impl Replacer {
     pub fn for_grant(creds: &Credentials, stubs: &BTreeMap<String, String>) -> Replacer {
         let mut pairs = Vec::new();
         for c in creds.iter() {
-            let real = c.value.expose().as_bytes();
-            if real.len() < MIN_SCRUB_LEN {
-                continue;
-            }
-            let repl = match stubs.get(&c.name) {
-                Some(s) => s.as_bytes().to_vec(),
-                None => vec![b'*'; real.len()],
-            };
-            for (p, r) in encodings(real, &repl) {
-                if p != real && !pairs.iter().any(|(q, _): &(Vec<u8>, Vec<u8>)| *q == p) {
-                    pairs.push((p, r));
+            let stub = stubs.get(&c.name).map(String::as_str);
+            match &c.minter {
+                None => push_value(&mut pairs, c.value.expose().as_bytes(), stub),
+                // Minted: tokens map to the stub; the long-lived material (private key,
+                // refresh tokens, client secret) is masked.
+                Some(m) => {
+                    push_value(&mut pairs, c.value.expose().as_bytes(), None);
+                    let (tokens, secrets) = m.scrub_values();
+                    for t in &tokens {
+                        push_value(&mut pairs, t.expose().as_bytes(), stub);
+                    }
+                    for s in &secrets {
+                        push_value(&mut pairs, s.expose().as_bytes(), None);
+                    }
                 }
             }
-            pairs.push((real.to_vec(), repl));
         }
         Replacer::new(pairs)
     }
@@ -136,6 +138,23 @@ impl Replacer {
         }
         best
     }
+}
+
+/// Adds `real` and its encodings → the stub (or a same-length mask).
+fn push_value(pairs: &mut Vec<(Vec<u8>, Vec<u8>)>, real: &[u8], stub: Option<&str>) {
+    if real.len() < MIN_SCRUB_LEN || pairs.iter().any(|(q, _)| q == real) {
+        return;
+    }
+    let repl = match stub {
+        Some(s) => s.as_bytes().to_vec(),
+        None => vec![b'*'; real.len()],
+    };
+    for (p, r) in encodings(real, &repl) {
+        if p != real && !pairs.iter().any(|(q, _)| *q == p) {
+            pairs.push((p, r));
+        }
+    }
+    pairs.push((real.to_vec(), repl));
 }
 
 /// The encoded forms of `real`, each paired with the same encoding of `repl`.

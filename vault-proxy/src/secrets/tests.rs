@@ -33,6 +33,8 @@ fn secret_value_is_redacted() {
         value: v,
         allowed_hosts: vec![HostPattern::parse("api.github.com").unwrap()],
         scope: Scope::default(),
+        kind: Default::default(),
+        minter: None,
     };
     let dbg = format!("{c:?} {:?}", Credentials::default());
     assert!(!dbg.contains(REAL), "{dbg}");
