@@ -762,7 +762,9 @@ pub mod app {
     }
 
     fn b64(s: &str) -> Option<Vec<u8>> {
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(s).ok()
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(s)
+            .ok()
     }
 
     /// Verifies the App JWT as GitHub does; `Err` is GitHub's 401 message.
@@ -772,8 +774,8 @@ pub mod app {
         if parts.len() != 3 {
             return Err(undecodable());
         }
-        let header: Value =
-            serde_json::from_slice(&b64(parts[0]).ok_or_else(undecodable)?).map_err(|_| undecodable())?;
+        let header: Value = serde_json::from_slice(&b64(parts[0]).ok_or_else(undecodable)?)
+            .map_err(|_| undecodable())?;
         if header["alg"] != "RS256" {
             return Err(undecodable());
         }
@@ -784,8 +786,8 @@ pub mod app {
         );
         key.verify(format!("{}.{}", parts[0], parts[1]).as_bytes(), &sig)
             .map_err(|_| "A JSON web token could not be decoded".to_string())?;
-        let claims: Value =
-            serde_json::from_slice(&b64(parts[1]).ok_or_else(undecodable)?).map_err(|_| undecodable())?;
+        let claims: Value = serde_json::from_slice(&b64(parts[1]).ok_or_else(undecodable)?)
+            .map_err(|_| undecodable())?;
         let iss_ok = match &claims["iss"] {
             Value::String(s) => s == &app.app_id.to_string(),
             Value::Number(n) => n.as_u64() == Some(app.app_id),
@@ -854,6 +856,9 @@ pub mod app {
         let mut bytes = vec![0u8; n];
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
             .expect("random");
-        bytes.iter().map(|b| A[*b as usize % A.len()] as char).collect()
+        bytes
+            .iter()
+            .map(|b| A[*b as usize % A.len()] as char)
+            .collect()
     }
 }

@@ -61,10 +61,18 @@ fn random(n: usize) -> String {
 
 impl FakeOAuth {
     /// Starts the fake with one client and one refresh token; access tokens live `ttl`.
-    pub async fn start(client_id: &str, client_secret: &str, refresh_token: &str, ttl: Duration) -> Self {
+    pub async fn start(
+        client_id: &str,
+        client_secret: &str,
+        refresh_token: &str,
+        ttl: Duration,
+    ) -> Self {
         crate::install_crypto_provider();
-        let (ca_pem, tls) = crate::fake_github::tls_config_for(&[TOKEN_HOST, API_HOST, "127.0.0.1"]);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let (ca_pem, tls) =
+            crate::fake_github::tls_config_for(&[TOKEN_HOST, API_HOST, "127.0.0.1"]);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let inner = Arc::new(Mutex::new(Inner {
             client_id: client_id.into(),
@@ -83,7 +91,11 @@ impl FakeOAuth {
             tokio_rustls::TlsAcceptor::from(tls),
             app,
         ));
-        FakeOAuth { port, ca_pem, inner }
+        FakeOAuth {
+            port,
+            ca_pem,
+            inner,
+        }
     }
 
     /// The refresh token currently valid (None once revoked).
@@ -93,7 +105,13 @@ impl FakeOAuth {
 
     /// Access tokens issued so far, oldest first.
     pub fn access_tokens(&self) -> Vec<String> {
-        self.inner.lock().unwrap().access.iter().map(|(t, _)| t.clone()).collect()
+        self.inner
+            .lock()
+            .unwrap()
+            .access
+            .iter()
+            .map(|(t, _)| t.clone())
+            .collect()
     }
 
     /// Successful refreshes.
@@ -117,7 +135,12 @@ impl FakeOAuth {
 }
 
 fn oauth_error(status: StatusCode, code: &str) -> Response {
-    (status, [("cache-control", "no-store")], axum::Json(json!({"error": code}))).into_response()
+    (
+        status,
+        [("cache-control", "no-store")],
+        axum::Json(json!({"error": code})),
+    )
+        .into_response()
 }
 
 fn form(body: &str) -> std::collections::HashMap<String, String> {
@@ -147,9 +170,16 @@ fn pct_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-async fn token(State(inner): State<Arc<Mutex<Inner>>>, headers: HeaderMap, body: String) -> Response {
+async fn token(
+    State(inner): State<Arc<Mutex<Inner>>>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
     let mut i = inner.lock().unwrap();
-    let ct = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let ct = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     if !ct.starts_with("application/x-www-form-urlencoded") {
         i.refused.push("invalid_request".into());
         return oauth_error(StatusCode::BAD_REQUEST, "invalid_request");
@@ -160,7 +190,11 @@ async fn token(State(inner): State<Arc<Mutex<Inner>>>, headers: HeaderMap, body:
         Some(a) => {
             let dec = a
                 .strip_prefix("Basic ")
-                .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b.trim()).ok())
+                .and_then(|b| {
+                    base64::engine::general_purpose::STANDARD
+                        .decode(b.trim())
+                        .ok()
+                })
                 .and_then(|b| String::from_utf8(b).ok())
                 .unwrap_or_default();
             let (id, secret) = dec.split_once(':').unwrap_or(("", ""));

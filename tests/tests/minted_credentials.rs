@@ -4,7 +4,7 @@
 //! - the fake GitHub issues installation tokens only for a JWT that verifies with the App's
 //!   public key (generated here by `openssl`, never committed) and accepts them until they
 //!   expire;
-//! - the fake OAuth server expires access tokens after 2 s and rotates refresh tokens (an
+//! - the fake OAuth server expires access tokens after 4 s and rotates refresh tokens (an
 //!   old one → `invalid_grant`).
 //!
 //! Skips (printing why) when no engine answers or the image is missing, unless
@@ -47,7 +47,11 @@ fn app_key(dir: &Path) -> (PathBuf, Vec<u8>) {
         .arg("2048")
         .output()
         .expect("openssl genrsa");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let public = std::process::Command::new("openssl")
         .args(["rsa", "-RSAPublicKey_out", "-outform", "DER", "-in"])
         .arg(&key)
@@ -61,7 +65,12 @@ async fn provision(brain: &BrainProcess, credentials: &[&str]) -> (String, Clean
     let (status, v) = brain
         .post_json("/v1/sandboxes", &json!({"credentials": credentials}))
         .await;
-    assert_eq!(status, StatusCode::CREATED, "provision: {v}\n{}", brain.log());
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "provision: {v}\n{}",
+        brain.log()
+    );
     let id = v["id"].as_str().expect("sandbox id").to_string();
     (id.clone(), Cleanup(id))
 }
@@ -152,7 +161,7 @@ async fn github_app_tokens_are_minted_renewed_and_swapped_for_git_push_and_the_a
     let (key_file, public_der) = app_key(dir.path());
     let github = FakeGithub::start(&["brain-token-unused-0123456789"]).await;
     // Short-lived installation tokens, so the test sees a renewal (GitHub: one hour).
-    github.install_app(APP_ID, INSTALLATION_ID, public_der, Duration::from_secs(6));
+    github.install_app(APP_ID, INSTALLATION_ID, public_der, Duration::from_secs(20));
     github.create_repo("acme", "widgets");
     std::fs::write(dir.path().join("github-ca.pem"), &github.ca_pem).unwrap();
     let port = github.port;
@@ -175,12 +184,20 @@ async fn github_app_tokens_are_minted_renewed_and_swapped_for_git_push_and_the_a
     let (id, _cleanup) = provision(&brain, &["GH_APP"]).await;
 
     // One stable `ghs_` stub under three names.
-    let (_, env, _) = sh(&brain, &id, "printf '%s %s %s' \"$GH_APP\" \"$GH_TOKEN\" \"$GITHUB_TOKEN\"").await;
+    let (_, env, _) = sh(
+        &brain,
+        &id,
+        "printf '%s %s %s' \"$GH_APP\" \"$GH_TOKEN\" \"$GITHUB_TOKEN\"",
+    )
+    .await;
     let names: Vec<&str> = env.split(' ').collect();
     let stub = names[0].to_string();
     assert!(stub.starts_with("ghs_") && stub.len() == 40, "{env}");
     assert_eq!(names, vec![stub.as_str(); 3], "{env}");
-    assert!(github.installation_tokens().is_empty(), "minted lazily, on first use");
+    assert!(
+        github.installation_tokens().is_empty(),
+        "minted lazily, on first use"
+    );
 
     // git clone + push and the REST API, with the stub.
     let git = format!("{GIT_HOST}:{port}");
@@ -201,22 +218,40 @@ async fn github_app_tokens_are_minted_renewed_and_swapped_for_git_push_and_the_a
     let (_, out, err) = sh(&brain, &id, &pr).await;
     assert!(out.ends_with("\n201"), "{out} {err}");
     let first = github.installation_tokens();
-    assert_eq!(first.len(), 1, "one token for all requests so far");
-    assert_eq!(github.pulls()[0].token, first[0], "the PR reached GitHub with the minted token");
-    assert!(github.jwt_rejections().is_empty(), "{:?}", github.jwt_rejections());
+    // Renewal happens after half of the 20 s lifetime: clone, push and PR ran well before.
+    assert_eq!(
+        first.len(),
+        1,
+        "one token for all requests so far: {first:?}"
+    );
+    assert_eq!(
+        github.pulls()[0].token,
+        first[0],
+        "the PR reached GitHub with the minted token"
+    );
+    assert!(
+        github.jwt_rejections().is_empty(),
+        "{:?}",
+        github.jwt_rejections()
+    );
     let seen = github.seen();
     assert!(
-        seen.iter().filter(|s| s.path.ends_with("/git-receive-pack")).all(|s| s.token.as_deref() == Some(first[0].as_str())),
+        seen.iter()
+            .filter(|s| s.path.ends_with("/git-receive-pack"))
+            .all(|s| s.token.as_deref() == Some(first[0].as_str())),
         "{seen:?}"
     );
     assert!(
-        seen.iter().all(|s| s.authorization.as_deref().is_none_or(|a| !a.contains(&stub))),
+        seen.iter().all(|s| s
+            .authorization
+            .as_deref()
+            .is_none_or(|a| !a.contains(&stub))),
         "the stub never reached GitHub"
     );
 
-    // Renewal before expiry: after half the lifetime, the next request gets a new token,
+    // Renewal before expiry: past half the lifetime, the next request gets a new token and
     // the sandbox keeps its stub.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    tokio::time::sleep(Duration::from_secs(11)).await;
     let (code, out, err) = sh(
         &brain,
         &id,
@@ -226,7 +261,23 @@ async fn github_app_tokens_are_minted_renewed_and_swapped_for_git_push_and_the_a
     assert_eq!((code, out.trim()), (0, "pushed"), "{err}");
     let tokens = github.installation_tokens();
     assert_eq!(tokens.len(), 2, "renewed once: {tokens:?}");
-    assert_eq!(github.file_on_branch("acme", "widgets", "feature", "TWO.md").as_deref(), Some("two\n"));
+    let last_push = github
+        .seen()
+        .into_iter()
+        .filter(|s| s.path.ends_with("/git-receive-pack"))
+        .last()
+        .unwrap();
+    assert_eq!(
+        last_push.token.as_deref(),
+        Some(tokens[1].as_str()),
+        "the new token was used"
+    );
+    assert_eq!(
+        github
+            .file_on_branch("acme", "widgets", "feature", "TWO.md")
+            .as_deref(),
+        Some("two\n")
+    );
     let (_, env2, _) = sh(&brain, &id, "printf %s \"$GH_TOKEN\"").await;
     assert_eq!(env2, stub);
 
@@ -237,7 +288,10 @@ async fn github_app_tokens_are_minted_renewed_and_swapped_for_git_push_and_the_a
         &format!("curl -sS -X POST -H \"Authorization: Bearer $GH_TOKEN\" -H 'User-Agent: t' -w '\\n%{{http_code}}' {api}/app/installations/{INSTALLATION_ID}/access_tokens"),
     )
     .await;
-    assert!(out.ends_with("\n403") && out.contains("credential_path_not_allowed"), "{out}");
+    assert!(
+        out.ends_with("\n403") && out.contains("credential_path_not_allowed"),
+        "{out}"
+    );
     // A made-up JWT (no stub) is only egress: GitHub refuses it (401), nothing is minted.
     let (_, out, _) = sh(
         &brain,
@@ -254,11 +308,26 @@ async fn github_app_tokens_are_minted_renewed_and_swapped_for_git_push_and_the_a
     assert!(!swaps.is_empty());
     for s in &swaps {
         let reason = s["reason"].as_str().unwrap();
-        assert!(reason.contains("type=github_app") && reason.contains("token=sha256:") && reason.contains("expires_at="), "{s}");
+        assert!(
+            reason.contains("type=github_app")
+                && reason.contains("token=sha256:")
+                && reason.contains("expires_at="),
+            "{s}"
+        );
     }
     let fps: std::collections::BTreeSet<&str> = swaps
         .iter()
-        .map(|s| s["reason"].as_str().unwrap().split("token=").nth(1).unwrap().split(' ').next().unwrap())
+        .map(|s| {
+            s["reason"]
+                .as_str()
+                .unwrap()
+                .split("token=")
+                .nth(1)
+                .unwrap()
+                .split(' ')
+                .next()
+                .unwrap()
+        })
         .collect();
     assert_eq!(fps.len(), 2, "two tokens named: {fps:?}");
     assert!(records.iter().any(|r| r["event"] == "block"
@@ -266,8 +335,14 @@ async fn github_app_tokens_are_minted_renewed_and_swapped_for_git_push_and_the_a
         && r["reason"].as_str().unwrap().contains("token_endpoint")));
     let raw = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
     for t in tokens.iter().chain([&stub]) {
-        assert!(!raw.contains(t.as_str()), "a token or the stub is in the audit log");
-        assert!(!brain.log().contains(t.as_str()), "a token or the stub is in the brain log");
+        assert!(
+            !raw.contains(t.as_str()),
+            "a token or the stub is in the audit log"
+        );
+        assert!(
+            !brain.log().contains(t.as_str()),
+            "a token or the stub is in the brain log"
+        );
     }
     let (_, env_all, _) = sh(&brain, &id, "env; cat /tmp/w/.git/config").await;
     assert!(tokens.iter().all(|t| !env_all.contains(t.as_str())));
@@ -281,7 +356,13 @@ async fn oauth2_refresh_rotates_scrubs_persists_and_fails_closed() {
     let dir = tempfile::tempdir().unwrap();
     let initial_rt = "rt-initial-0123456789abcdefghijklmnopqrstuv";
     let client_secret = "cs-0123456789abcdefghijklmnop";
-    let oauth = FakeOAuth::start("airlock-client", client_secret, initial_rt, Duration::from_secs(2)).await;
+    let oauth = FakeOAuth::start(
+        "airlock-client",
+        client_secret,
+        initial_rt,
+        Duration::from_secs(4),
+    )
+    .await;
     std::fs::write(dir.path().join("oauth-ca.pem"), &oauth.ca_pem).unwrap();
     let port = oauth.port;
     // The refresh token lives in the encrypted store; rotations are written back there.
@@ -308,7 +389,11 @@ async fn oauth2_refresh_rotates_scrubs_persists_and_fails_closed() {
         .expect("vault-proxy secrets put");
     {
         use std::io::Write;
-        put.stdin.take().unwrap().write_all(initial_rt.as_bytes()).unwrap();
+        put.stdin
+            .take()
+            .unwrap()
+            .write_all(initial_rt.as_bytes())
+            .unwrap();
     }
     assert!(put.wait().unwrap().success());
     let brain = BrainProcess::start(BrainOptions {
@@ -325,18 +410,23 @@ async fn oauth2_refresh_rotates_scrubs_persists_and_fails_closed() {
     let (_, stub, _) = sh(&brain, &id, "printf %s \"$OAUTH_API\"").await;
     assert_eq!(stub.len(), 64, "{stub}");
     let api = format!("https://{api_host}:{port}");
-    let me = format!("curl -sS -H \"Authorization: Bearer $OAUTH_API\" -w '\\n%{{http_code}}' {api}/me");
+    let me =
+        format!("curl -sS -H \"Authorization: Bearer $OAUTH_API\" -w '\\n%{{http_code}}' {api}/me");
 
     let (_, out, err) = sh(&brain, &id, &me).await;
-    assert!(out.ends_with("\n200") && out.contains("alice"), "{out} {err}\n{}", brain.log());
+    assert!(
+        out.ends_with("\n200") && out.contains("alice"),
+        "{out} {err}\n{}",
+        brain.log()
+    );
     assert_eq!(oauth.refreshes(), 1);
     // Cached while fresh.
     let (_, out, _) = sh(&brain, &id, &me).await;
     assert!(out.ends_with("\n200"), "{out}");
     assert_eq!(oauth.refreshes(), 1, "the access token is cached");
-    // Expired (2 s) → refreshed with the rotated refresh token (the old one would be
+    // Past half its 4 s lifetime → refreshed with the rotated refresh token (the old one would be
     // invalid_grant), and the rotated one is stored back in the encrypted store.
-    tokio::time::sleep(Duration::from_millis(2200)).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     let (_, out, _) = sh(&brain, &id, &me).await;
     assert!(out.ends_with("\n200"), "{out}");
     assert_eq!(oauth.refreshes(), 2);
@@ -349,43 +439,94 @@ async fn oauth2_refresh_rotates_scrubs_persists_and_fails_closed() {
     );
 
     // A bound API echoing the refresh token, client secret and access token: all scrubbed.
-    let (_, out, _) = sh(&brain, &id, &format!("curl -sS -H \"Authorization: Bearer $OAUTH_API\" {api}/echo")).await;
+    let (_, out, _) = sh(
+        &brain,
+        &id,
+        &format!("curl -sS -H \"Authorization: Bearer $OAUTH_API\" {api}/echo"),
+    )
+    .await;
     let echoed: Value = serde_json::from_str(&out).expect(&out);
     assert_ne!(echoed["refresh_token"], current_rt.as_str(), "{out}");
-    assert!(echoed["refresh_token"].as_str().unwrap().chars().all(|c| c == '*'), "{out}");
-    assert!(echoed["client_secret"].as_str().unwrap().chars().all(|c| c == '*'), "{out}");
-    assert_eq!(echoed["access_token"], stub.as_str(), "the access token reads as the stub");
+    assert!(
+        echoed["refresh_token"]
+            .as_str()
+            .unwrap()
+            .chars()
+            .all(|c| c == '*'),
+        "{out}"
+    );
+    assert!(
+        echoed["client_secret"]
+            .as_str()
+            .unwrap()
+            .chars()
+            .all(|c| c == '*'),
+        "{out}"
+    );
+    assert_eq!(
+        echoed["access_token"],
+        stub.as_str(),
+        "the access token reads as the stub"
+    );
 
     // Attack: the stub sent to the token endpoint itself (as a bearer or as the refresh
     // token) is refused before anything leaves.
     let before = oauth.refreshes();
     let (_, out, _) = sh(&brain, &id, &format!(
         "curl -sS -X POST -H \"Authorization: Bearer $OAUTH_API\" -d grant_type=refresh_token -w '\\n%{{http_code}}' https://{token_host}:{port}/token")).await;
-    assert!(out.ends_with("\n403") && out.contains("credential_path_not_allowed"), "{out}");
+    assert!(
+        out.ends_with("\n403") && out.contains("credential_path_not_allowed"),
+        "{out}"
+    );
     let (_, out, _) = sh(&brain, &id, &format!(
         "curl -sS -X POST -d \"grant_type=refresh_token&refresh_token=$OAUTH_API\" -w '\\n%{{http_code}}' https://{token_host}:{port}/token")).await;
     assert!(out.ends_with("\n403"), "{out}");
     assert_eq!(oauth.refreshes(), before);
-    assert!(oauth.refused().is_empty(), "nothing reached the token endpoint: {:?}", oauth.refused());
+    assert!(
+        oauth.refused().is_empty(),
+        "nothing reached the token endpoint: {:?}",
+        oauth.refused()
+    );
 
     // The grant is revoked at the provider: the next refresh fails → 502, audited.
     oauth.revoke();
-    tokio::time::sleep(Duration::from_millis(2200)).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     let (_, out, _) = sh(&brain, &id, &me).await;
-    assert!(out.ends_with("\n502") && out.contains("credential_refresh_failed"), "{out}");
+    assert!(
+        out.ends_with("\n502") && out.contains("credential_refresh_failed"),
+        "{out}"
+    );
     assert_eq!(oauth.refused(), vec!["invalid_grant".to_string()]);
 
     let records = audit(dir.path());
-    assert!(records.iter().any(|r| r["event"] == "block"
-        && r["status"] == 502
-        && r["credential"] == "OAUTH_API"
-        && r["reason"].as_str().unwrap().contains("credential_refresh_failed: type=oauth2_refresh")
-        && r["reason"].as_str().unwrap().contains("invalid_grant")), "{records:?}");
+    assert!(
+        records.iter().any(|r| r["event"] == "block"
+            && r["status"] == 502
+            && r["credential"] == "OAUTH_API"
+            && r["reason"]
+                .as_str()
+                .unwrap()
+                .contains("credential_refresh_failed: type=oauth2_refresh")
+            && r["reason"].as_str().unwrap().contains("invalid_grant")),
+        "{records:?}"
+    );
     assert!(records.iter().any(|r| r["event"] == "scrub"));
-    assert!(records.iter().any(|r| r["reason"].as_str().unwrap().contains("token_endpoint")));
+    assert!(
+        records
+            .iter()
+            .any(|r| r["reason"].as_str().unwrap().contains("token_endpoint"))
+    );
     let raw = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
-    for secret in oauth.access_tokens().iter().map(String::as_str).chain([initial_rt, current_rt.as_str(), client_secret, stub.as_str()]) {
+    for secret in oauth.access_tokens().iter().map(String::as_str).chain([
+        initial_rt,
+        current_rt.as_str(),
+        client_secret,
+        stub.as_str(),
+    ]) {
         assert!(!raw.contains(secret), "a secret is in the audit log");
-        assert!(!brain.log().contains(secret), "a secret is in the brain log");
+        assert!(
+            !brain.log().contains(secret),
+            "a secret is in the brain log"
+        );
     }
 }

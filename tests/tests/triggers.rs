@@ -734,12 +734,23 @@ async fn labelled_issue_with_a_github_app_pushes_and_opens_a_draft_pr() {
         brain.log()
     );
     let minted = github.installation_tokens();
-    assert_eq!(minted.len(), 1, "one installation token for clone, push and PR");
-    assert!(github.jwt_rejections().is_empty(), "{:?}", github.jwt_rejections());
+    assert_eq!(
+        minted.len(),
+        1,
+        "one installation token for clone, push and PR"
+    );
+    assert!(
+        github.jwt_rejections().is_empty(),
+        "{:?}",
+        github.jwt_rejections()
+    );
     let pulls = github.pulls();
     assert_eq!(pulls.len(), 1, "{pulls:?}");
     assert!(pulls[0].draft);
-    assert_eq!(pulls[0].token, minted[0], "the PR call carried the installation token");
+    assert_eq!(
+        pulls[0].token, minted[0],
+        "the PR call carried the installation token"
+    );
     assert_eq!(
         github
             .file_on_branch("acme", "widgets", "airlock/issue-43", "APP.md")
@@ -764,7 +775,10 @@ async fn labelled_issue_with_a_github_app_pushes_and_opens_a_draft_pr() {
         .await;
     let stub = out["stdout"].as_str().unwrap();
     let (a, b) = stub.split_once(' ').unwrap();
-    assert!(a == b && a.starts_with("ghs_") && a.len() == 40 && a != minted[0], "{stub}");
+    assert!(
+        a == b && a.starts_with("ghs_") && a.len() == 40 && a != minted[0],
+        "{stub}"
+    );
     let leaked = files_containing(&brain.data_dir().join("sandboxes"), minted[0].as_bytes());
     assert!(leaked.is_empty(), "{leaked:?}");
     assert!(!brain.log().contains(&minted[0]));

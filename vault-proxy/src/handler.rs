@@ -496,7 +496,7 @@ async fn process(
         &mut rparts.headers,
         websocket && status == StatusCode::SWITCHING_PROTOCOLS,
     );
-    let replacer = grant.scrubber().clone();
+    let replacer = grant.scrubber();
     let (mut header_scrubs, plan) = match prepare_response(&replacer, &mut rparts.headers, &codings)
     {
         Ok(x) => x,
