@@ -71,7 +71,9 @@ impl Endpoint {
     pub fn parse(url: &str) -> Result<Endpoint, String> {
         let uri: http::Uri = url.parse().map_err(|_| "not a URL".to_string())?;
         if uri.scheme_str() != Some("https") {
-            return Err("must be an https:// URL (the proxy never sends secrets in the clear)".into());
+            return Err(
+                "must be an https:// URL (the proxy never sends secrets in the clear)".into(),
+            );
         }
         let auth = uri.authority().ok_or("has no host")?;
         if auth.as_str().contains('@') {
@@ -188,13 +190,14 @@ pub(super) fn parse(
             None => Ok(()),
         }
     };
-    let value_keys_set =
-        rc.value_env.is_some() || rc.value_file.is_some() || rc.stored.is_some();
+    let value_keys_set = rc.value_env.is_some() || rc.value_file.is_some() || rc.stored.is_some();
     let no_value_keys = |what: &str| -> Result<(), ConfigError> {
         if value_keys_set {
             return Err(invalid(
                 key,
-                format!("typed credentials name their secret with {what}, not value_env/value_file/stored"),
+                format!(
+                    "typed credentials name their secret with {what}, not value_env/value_file/stored"
+                ),
             ));
         }
         Ok(())
@@ -213,7 +216,9 @@ pub(super) fn parse(
         Some("github_app") => {
             foreign(&oauth_keys, "oauth2_refresh")?;
             no_value_keys("private_key_file/private_key_env/private_key_stored")?;
-            let app_id = rc.app_id.ok_or_else(|| invalid(k("app_id"), "is required"))?;
+            let app_id = rc
+                .app_id
+                .ok_or_else(|| invalid(k("app_id"), "is required"))?;
             let installation_id = rc
                 .installation_id
                 .ok_or_else(|| invalid(k("installation_id"), "is required"))?;
@@ -363,7 +368,10 @@ mod tests {
         )
         .unwrap();
         let cc = &c.credentials["APP"];
-        assert_eq!(cc.source, CredentialSource::File("/etc/airlock/app.pem".into()));
+        assert_eq!(
+            cc.source,
+            CredentialSource::File("/etc/airlock/app.pem".into())
+        );
         let CredentialType::GithubApp(g) = &cc.kind else {
             panic!("{:?}", cc.kind)
         };
@@ -390,11 +398,17 @@ mod tests {
         assert!(err("  A: { type: github_app, app_id: 1, installation_id: 2, private_key_env: K, value_env: V, allowed_hosts: [api.github.com] }\n").contains("not value_env"));
         assert!(err("  A: { type: github_app, app_id: 1, installation_id: 2, private_key_env: K, token_url: \"https://x.test/t\", allowed_hosts: [api.github.com] }\n").contains("credentials.A.token_url"));
         assert!(err("  A: { type: github_app, app_id: 1, installation_id: 2, private_key_env: K, api_base: \"http://api.github.com\", allowed_hosts: [api.github.com] }\n").contains("https://"));
-        assert!(err("  A: { value_env: V, app_id: 3, allowed_hosts: [api.github.com] }\n").contains("only applies to `type: github_app`"));
+        assert!(
+            err("  A: { value_env: V, app_id: 3, allowed_hosts: [api.github.com] }\n")
+                .contains("only applies to `type: github_app`")
+        );
         assert!(err("  A: { type: oauth2_refresh, token_url: \"https://o.test/token?x=1\", client_id: c, refresh_token_env: R, allowed_hosts: [api.o.test] }\n").contains("query"));
         assert!(err("  A: { type: oauth2_refresh, token_url: \"https://o.test/token\", refresh_token_env: R, allowed_hosts: [api.o.test] }\n").contains("client_id"));
         assert!(err("  A: { type: oauth2_refresh, token_url: \"https://o.test/token\", client_id: c, allowed_hosts: [api.o.test] }\n").contains("refresh_token_env"));
-        assert!(err("  A: { type: nope, value_env: V, allowed_hosts: [api.o.test] }\n").contains("unknown type"));
+        assert!(
+            err("  A: { type: nope, value_env: V, allowed_hosts: [api.o.test] }\n")
+                .contains("unknown type")
+        );
     }
 
     #[test]

@@ -110,10 +110,16 @@ impl GithubApp {
         auth.set_sensitive(true);
         let mut body = serde_json::Map::new();
         if !self.cfg.repositories.is_empty() {
-            body.insert("repositories".into(), serde_json::json!(self.cfg.repositories));
+            body.insert(
+                "repositories".into(),
+                serde_json::json!(self.cfg.repositories),
+            );
         }
         if !self.cfg.permissions.is_empty() {
-            body.insert("permissions".into(), serde_json::json!(self.cfg.permissions));
+            body.insert(
+                "permissions".into(),
+                serde_json::json!(self.cfg.permissions),
+            );
         }
         let headers = [
             (header::AUTHORIZATION, auth),
@@ -133,7 +139,10 @@ impl GithubApp {
         let (status, bytes) = super::http::post(
             ctx,
             &self.cfg.api,
-            &format!("/app/installations/{}/access_tokens", self.cfg.installation_id),
+            &format!(
+                "/app/installations/{}/access_tokens",
+                self.cfg.installation_id
+            ),
             &headers,
             serde_json::Value::Object(body).to_string().into_bytes(),
         )

@@ -176,7 +176,11 @@ impl Minter {
             Source::GithubApp(a) => &a.config().api,
             Source::OAuth2(o) => &o.config().token_url,
         };
-        if !endpoint.host.eq_ignore_ascii_case(host.trim_end_matches('.')) || endpoint.port != port {
+        if !endpoint
+            .host
+            .eq_ignore_ascii_case(host.trim_end_matches('.'))
+            || endpoint.port != port
+        {
             return false;
         }
         // Compared as the server sees the path; an ambiguous one counts as a match.
@@ -210,9 +214,7 @@ impl Minter {
 
     fn cached(&self) -> Option<Arc<Minted>> {
         let g = self.current.read().unwrap_or_else(|p| p.into_inner());
-        g.as_ref()
-            .filter(|m| Instant::now() < m.renew_at)
-            .cloned()
+        g.as_ref().filter(|m| Instant::now() < m.renew_at).cloned()
     }
 
     /// The current token, renewed first when it is close to expiry.
@@ -317,7 +319,8 @@ impl MintedSwaps {
             format!(
                 "stub_swapped_for_bound_host; type={ty} token={} expires_at={}",
                 m.fingerprint,
-                m.expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                m.expires_at
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
             )
         })
     }

@@ -123,11 +123,8 @@ impl OAuth2 {
         ];
         match (&self.client_secret, self.cfg.client_auth) {
             (Some(secret), ClientAuth::Basic) => {
-                let pair = Zeroizing::new(format!(
-                    "{}:{}",
-                    enc(&self.client_id),
-                    enc(secret.expose())
-                ));
+                let pair =
+                    Zeroizing::new(format!("{}:{}", enc(&self.client_id), enc(secret.expose())));
                 let b64 = Zeroizing::new(
                     base64::engine::general_purpose::STANDARD.encode(pair.as_bytes()),
                 );
@@ -182,8 +179,8 @@ impl OAuth2 {
         };
         // The file write blocks (fsync); it is rare (once per refresh) and small.
         let entry = st.entry.clone();
-        let r = tokio::task::spawn_blocking(move || st.store.put(&st.entry, &new_rt, &st.hosts))
-            .await;
+        let r =
+            tokio::task::spawn_blocking(move || st.store.put(&st.entry, &new_rt, &st.hosts)).await;
         match r {
             Ok(Ok(())) => tracing::info!(entry = %entry, "rotated refresh token stored"),
             Ok(Err(e)) => tracing::error!(entry = %entry, error = %e,

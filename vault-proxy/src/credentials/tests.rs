@@ -16,7 +16,11 @@ fn openssl_key(traditional: bool) -> (String, Vec<u8>) {
         .arg("2048")
         .output()
         .expect("openssl");
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
     let pubder = std::process::Command::new("openssl")
         .args(["rsa", "-RSAPublicKey_out", "-outform", "DER", "-in"])
         .arg(&key)
@@ -40,14 +44,20 @@ fn app_cfg() -> GithubAppConfig {
 fn app_jwt_is_rs256_with_githubs_claims_and_verifies_with_the_public_key() {
     for traditional in [true, false] {
         let (pem, public) = openssl_key(traditional);
-        assert!(pem.contains(if traditional { "BEGIN RSA PRIVATE KEY" } else { "BEGIN PRIVATE KEY" }));
+        assert!(pem.contains(if traditional {
+            "BEGIN RSA PRIVATE KEY"
+        } else {
+            "BEGIN PRIVATE KEY"
+        }));
         let app = GithubApp::new(app_cfg(), &SecretValue::new(pem)).unwrap();
         let jwt = app.jwt(1_700_000_000).unwrap();
         let parts: Vec<&str> = jwt.split('.').collect();
         assert_eq!(parts.len(), 3);
         let dec = |s: &str| {
             use base64::Engine;
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(s).unwrap()
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(s)
+                .unwrap()
         };
         let header: serde_json::Value = serde_json::from_slice(&dec(parts[0])).unwrap();
         assert_eq!(header["alg"], "RS256");
@@ -60,22 +70,40 @@ fn app_jwt_is_rs256_with_githubs_claims_and_verifies_with_the_public_key() {
             &ring::signature::RSA_PKCS1_2048_8192_SHA256,
             &public,
         );
-        pk.verify(format!("{}.{}", parts[0], parts[1]).as_bytes(), &dec(parts[2]))
-            .expect("signature verifies with openssl's public key");
+        pk.verify(
+            format!("{}.{}", parts[0], parts[1]).as_bytes(),
+            &dec(parts[2]),
+        )
+        .expect("signature verifies with openssl's public key");
         // Tampered claims do not verify.
-        assert!(pk.verify(format!("{}.{}x", parts[0], parts[1]).as_bytes(), &dec(parts[2])).is_err());
+        assert!(
+            pk.verify(
+                format!("{}.{}x", parts[0], parts[1]).as_bytes(),
+                &dec(parts[2])
+            )
+            .is_err()
+        );
     }
 }
 
 #[test]
 fn bad_keys_are_refused_without_echoing_them() {
-    let e = GithubApp::new(app_cfg(), &SecretValue::new("not a key at all".into())).err().unwrap();
+    let e = GithubApp::new(app_cfg(), &SecretValue::new("not a key at all".into()))
+        .err()
+        .unwrap();
     assert!(e.contains("PEM"), "{e}");
     let ec = "-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEIBvLrtoP\n-----END EC PRIVATE KEY-----\n";
-    let e = GithubApp::new(app_cfg(), &SecretValue::new(ec.into())).err().unwrap();
-    assert!(e.contains("not an RSA private key") && !e.contains("MHcC"), "{e}");
+    let e = GithubApp::new(app_cfg(), &SecretValue::new(ec.into()))
+        .err()
+        .unwrap();
+    assert!(
+        e.contains("not an RSA private key") && !e.contains("MHcC"),
+        "{e}"
+    );
     let junk = "-----BEGIN RSA PRIVATE KEY-----\nAAAA\n-----END RSA PRIVATE KEY-----\n";
-    let e = GithubApp::new(app_cfg(), &SecretValue::new(junk.into())).err().unwrap();
+    let e = GithubApp::new(app_cfg(), &SecretValue::new(junk.into()))
+        .err()
+        .unwrap();
     assert!(e.contains("not a usable RSA key"), "{e}");
 }
 
@@ -90,9 +118,16 @@ fn token_endpoints_are_recognised_as_the_server_reads_the_path() {
     let host = "ghe.example.test";
     assert!(m.is_token_endpoint(host, 443, "/api/v3/app/installations/7/access_tokens"));
     assert!(m.is_token_endpoint(host, 443, "/api/v3/App/installations"));
-    assert!(m.is_token_endpoint(host, 443, "/api/v3/repos/../app/installations/7/access_tokens"));
+    assert!(m.is_token_endpoint(
+        host,
+        443,
+        "/api/v3/repos/../app/installations/7/access_tokens"
+    ));
     assert!(m.is_token_endpoint(host, 443, "/api/v3/installation/token"));
-    assert!(m.is_token_endpoint(host, 443, "/api/v3/a%2fb"), "ambiguous paths count");
+    assert!(
+        m.is_token_endpoint(host, 443, "/api/v3/a%2fb"),
+        "ambiguous paths count"
+    );
     assert!(!m.is_token_endpoint(host, 443, "/api/v3/repos/acme/app"));
     assert!(!m.is_token_endpoint(host, 8443, "/api/v3/app/installations"));
     assert!(!m.is_token_endpoint("github.com", 443, "/api/v3/app/installations"));
@@ -118,7 +153,10 @@ fn minted_swaps_name_type_fingerprint_and_expiry_never_the_value() {
         ),
     );
     let r = s.audit_reason("APP").unwrap();
-    assert!(r.contains("type=github_app") && r.contains("expires_at=2030-01-01T00:00:00Z"), "{r}");
+    assert!(
+        r.contains("type=github_app") && r.contains("expires_at=2030-01-01T00:00:00Z"),
+        "{r}"
+    );
     assert!(r.contains(&fingerprint(value)) && !r.contains(value), "{r}");
     assert_eq!(s.value_for("APP"), Some(value));
     assert_eq!(MintedSwaps::NONE.value_for("APP"), None);
