@@ -264,8 +264,7 @@ async fn github_app_tokens_are_minted_renewed_and_swapped_for_git_push_and_the_a
     let last_push = github
         .seen()
         .into_iter()
-        .filter(|s| s.path.ends_with("/git-receive-pack"))
-        .last()
+        .rfind(|s| s.path.ends_with("/git-receive-pack"))
         .unwrap();
     assert_eq!(
         last_push.token.as_deref(),
