@@ -16,6 +16,11 @@
 //! Git: `/{owner}/{repo}.git/…` needs `Authorization: Basic` whose password is a known
 //! token; without credentials it answers 401 with `WWW-Authenticate: Basic`, like GitHub.
 //!
+//! GitHub Apps ([`FakeGithub::install_app`]): `POST /app/installations/{id}/access_tokens`
+//! with an App JWT → `201 {token, expires_at, permissions, repository_selection}`; see
+//! [`app`] for what is verified. Installation tokens are accepted (REST and git) until they
+//! expire.
+//!
 //! Every request is recorded with its `Authorization` header, so a test can show which
 //! token reached the host.
 
@@ -79,6 +84,23 @@ struct Inner {
     /// Comment calls to fail with 503 before succeeding.
     fail_comments: usize,
     next_id: u64,
+    /// The installed App, if any.
+    app: Option<app::InstalledApp>,
+    /// Installation tokens issued, in order, with their expiry.
+    installation_tokens: Vec<(String, std::time::Instant)>,
+    /// App JWTs refused (bad signature, claims, app id).
+    jwt_rejections: Vec<String>,
+}
+
+impl Inner {
+    /// Whether `token` authenticates: a configured token or an unexpired installation token.
+    fn accepts(&self, token: &str) -> bool {
+        self.tokens.contains(token)
+            || self
+                .installation_tokens
+                .iter()
+                .any(|(t, exp)| t == token && std::time::Instant::now() < *exp)
+    }
 }
 
 #[derive(Clone)]
@@ -132,6 +154,10 @@ impl FakeGithub {
                 post(create_comment),
             )
             .route("/repos/{owner}/{repo}/pulls", post(create_pull))
+            .route(
+                "/app/installations/{installation_id}/access_tokens",
+                post(app::create_installation_token),
+            )
             .fallback(git_or_404)
             .layer(axum::middleware::from_fn_with_state(shared.clone(), record))
             .with_state(shared.clone());
@@ -232,6 +258,39 @@ impl FakeGithub {
             .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// Installs a GitHub App: its id, one installation, the App's public key (PKCS#1
+    /// `RSAPublicKey` DER, e.g. `openssl rsa -RSAPublicKey_out -outform DER`) and the
+    /// lifetime of the installation tokens it issues (GitHub: one hour).
+    pub fn install_app(
+        &self,
+        app_id: u64,
+        installation_id: u64,
+        public_key_der: Vec<u8>,
+        token_ttl: std::time::Duration,
+    ) {
+        self.shared.inner.lock().unwrap().app = Some(app::InstalledApp {
+            app_id,
+            installation_id,
+            public_key_der,
+            token_ttl,
+        });
+    }
+
+    /// Installation tokens issued so far, oldest first.
+    pub fn installation_tokens(&self) -> Vec<String> {
+        let inner = self.shared.inner.lock().unwrap();
+        inner
+            .installation_tokens
+            .iter()
+            .map(|(t, _)| t.clone())
+            .collect()
+    }
+
+    /// Why App JWTs were refused, in order.
+    pub fn jwt_rejections(&self) -> Vec<String> {
+        self.shared.inner.lock().unwrap().jwt_rejections.clone()
+    }
+
     fn bare_path(&self, owner: &str, repo: &str) -> PathBuf {
         self.shared.root.join(owner).join(format!("{repo}.git"))
     }
@@ -261,6 +320,11 @@ fn git(dir: &Path, args: &[&str]) {
 }
 
 fn tls_config() -> (String, Arc<rustls::ServerConfig>) {
+    tls_config_for(&[API_HOST, GIT_HOST, "127.0.0.1"])
+}
+
+/// A throwaway CA (PEM) and a server config for a leaf naming `names` (HTTP/1.1).
+pub(crate) fn tls_config_for(names: &[&str]) -> (String, Arc<rustls::ServerConfig>) {
     use rcgen::{
         BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
     };
@@ -278,15 +342,12 @@ fn tls_config() -> (String, Arc<rustls::ServerConfig>) {
     let ca_cert = ca_params.self_signed(&ca_key).expect("CA certificate");
     let issuer = Issuer::new(ca_params, ca_key);
     let leaf_key = KeyPair::generate().expect("leaf key");
-    let mut leaf_params = CertificateParams::new(vec![
-        API_HOST.to_string(),
-        GIT_HOST.to_string(),
-        "127.0.0.1".to_string(),
-    ])
-    .expect("leaf params");
+    let mut leaf_params =
+        CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .expect("leaf params");
     leaf_params
         .distinguished_name
-        .push(DnType::CommonName, API_HOST);
+        .push(DnType::CommonName, names[0]);
     let leaf = leaf_params
         .signed_by(&leaf_key, &issuer)
         .expect("leaf certificate");
@@ -299,7 +360,7 @@ fn tls_config() -> (String, Arc<rustls::ServerConfig>) {
     (ca_cert.pem(), Arc::new(config))
 }
 
-async fn serve(
+pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     acceptor: tokio_rustls::TlsAcceptor,
     app: axum::Router,
@@ -359,7 +420,7 @@ async fn record(
         let token = authorization
             .as_deref()
             .and_then(presented_token)
-            .filter(|t| inner.tokens.contains(t));
+            .filter(|t| inner.accepts(t));
         inner.seen.push(GithubSeen {
             method: request.method().to_string(),
             host,
@@ -391,7 +452,7 @@ fn rest_auth(shared: &Shared, headers: &HeaderMap) -> Result<String, (StatusCode
         return Err((StatusCode::UNAUTHORIZED, "Requires authentication"));
     };
     match presented_token(auth) {
-        Some(t) if shared.inner.lock().unwrap().tokens.contains(&t) => Ok(t),
+        Some(t) if shared.inner.lock().unwrap().accepts(&t) => Ok(t),
         _ => Err((StatusCode::UNAUTHORIZED, "Bad credentials")),
     }
 }
@@ -587,7 +648,7 @@ async fn git_or_404(
         .and_then(presented_token);
     let known = token
         .as_ref()
-        .is_some_and(|t| shared.inner.lock().unwrap().tokens.contains(t));
+        .is_some_and(|t| shared.inner.lock().unwrap().accepts(t));
     if !known {
         let mut resp = (StatusCode::UNAUTHORIZED, "Invalid username or token.\n").into_response();
         resp.headers_mut().insert(
@@ -675,4 +736,129 @@ fn cgi_response(out: &[u8]) -> Response {
     builder
         .body(Body::from(out[body_start..].to_vec()))
         .unwrap_or_else(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "bad CGI headers"))
+}
+
+/// GitHub App installation tokens, after GitHub's docs:
+/// - "Generating a JSON Web Token (JWT) for a GitHub App"
+///   (docs.github.com/en/apps/creating-github-apps/authenticating-with-a-github-app/
+///   generating-a-json-web-token-jwt-for-a-github-app): RS256; `iat` ("60 seconds in the
+///   past to allow for clock drift"); `exp` "no more than 10 minutes into the future";
+///   `iss` the App's client id or App id. GitHub answers 401 with a message when the JWT
+///   cannot be decoded or verified or its times are off.
+/// - "Create an installation access token for an app" (docs.github.com/en/rest/apps/
+///   apps#create-an-installation-access-token-for-an-app): `POST /app/installations/
+///   {installation_id}/access_tokens` → `201 {token, expires_at, permissions,
+///   repository_selection}`; 401 (bad JWT), 404 (no such installation). "Installation
+///   access tokens expire after one hour."
+pub mod app {
+    use super::*;
+    use base64::Engine as _;
+
+    pub(super) struct InstalledApp {
+        pub app_id: u64,
+        pub installation_id: u64,
+        pub public_key_der: Vec<u8>,
+        pub token_ttl: std::time::Duration,
+    }
+
+    fn b64(s: &str) -> Option<Vec<u8>> {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(s)
+            .ok()
+    }
+
+    /// Verifies the App JWT as GitHub does; `Err` is GitHub's 401 message.
+    fn verify_jwt(app: &InstalledApp, jwt: &str, now: i64) -> Result<(), String> {
+        let undecodable = || "A JSON web token could not be decoded".to_string();
+        let parts: Vec<&str> = jwt.split('.').collect();
+        if parts.len() != 3 {
+            return Err(undecodable());
+        }
+        let header: Value = serde_json::from_slice(&b64(parts[0]).ok_or_else(undecodable)?)
+            .map_err(|_| undecodable())?;
+        if header["alg"] != "RS256" {
+            return Err(undecodable());
+        }
+        let sig = b64(parts[2]).ok_or_else(undecodable)?;
+        let key = ring::signature::UnparsedPublicKey::new(
+            &ring::signature::RSA_PKCS1_2048_8192_SHA256,
+            &app.public_key_der,
+        );
+        key.verify(format!("{}.{}", parts[0], parts[1]).as_bytes(), &sig)
+            .map_err(|_| "A JSON web token could not be decoded".to_string())?;
+        let claims: Value = serde_json::from_slice(&b64(parts[1]).ok_or_else(undecodable)?)
+            .map_err(|_| undecodable())?;
+        let iss_ok = match &claims["iss"] {
+            Value::String(s) => s == &app.app_id.to_string(),
+            Value::Number(n) => n.as_u64() == Some(app.app_id),
+            _ => false,
+        };
+        if !iss_ok {
+            return Err("Integration not found".into());
+        }
+        let (Some(iat), Some(exp)) = (claims["iat"].as_i64(), claims["exp"].as_i64()) else {
+            return Err(undecodable());
+        };
+        if iat > now {
+            return Err("'Issued at' claim ('iat') must be an Integer representing the time that the assertion was issued.".into());
+        }
+        if exp <= now {
+            return Err("'Expiration time' claim ('exp') must be a numeric value representing the future time at which the assertion expires.".into());
+        }
+        if exp > now + 600 {
+            return Err("'Expiration time' claim ('exp') is too far in the future.".into());
+        }
+        Ok(())
+    }
+
+    pub(super) async fn create_installation_token(
+        State(shared): State<Shared>,
+        UrlPath(installation_id): UrlPath<String>,
+        headers: HeaderMap,
+    ) -> Response {
+        let now = chrono::Utc::now();
+        let mut inner = shared.inner.lock().unwrap();
+        let Some(app) = inner.app.as_ref() else {
+            return error(StatusCode::NOT_FOUND, "Not Found");
+        };
+        let jwt = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|a| a.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if let Err(message) = verify_jwt(app, jwt.trim(), now.timestamp()) {
+            inner.jwt_rejections.push(message.clone());
+            return error(StatusCode::UNAUTHORIZED, &message);
+        }
+        if installation_id.parse::<u64>().ok() != Some(app.installation_id) {
+            return error(StatusCode::NOT_FOUND, "Not Found");
+        }
+        let ttl = app.token_ttl;
+        let token = format!("ghs_{}", random_alnum(36));
+        inner
+            .installation_tokens
+            .push((token.clone(), std::time::Instant::now() + ttl));
+        let expires_at = now + chrono::Duration::from_std(ttl).expect("ttl");
+        (
+            StatusCode::CREATED,
+            axum::Json(json!({
+                "token": token,
+                "expires_at": expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                "permissions": {"contents": "write", "metadata": "read", "pull_requests": "write"},
+                "repository_selection": "all",
+            })),
+        )
+            .into_response()
+    }
+
+    fn random_alnum(n: usize) -> String {
+        const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+        let mut bytes = vec![0u8; n];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+            .expect("random");
+        bytes
+            .iter()
+            .map(|b| A[*b as usize % A.len()] as char)
+            .collect()
+    }
 }

@@ -21,6 +21,7 @@ pub mod fake_daytona;
 pub mod fake_e2b;
 pub mod fake_github;
 pub mod fake_k8s;
+pub mod fake_oauth;
 pub mod fake_slack;
 pub mod spec_schemas;
 pub mod upstream;

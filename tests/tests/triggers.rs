@@ -356,6 +356,22 @@ async fn github_setup() -> GithubSetup {
 
 /// [`github_setup`] with the brain's `triggers:`/`models:` head chosen by `head(&github)`.
 async fn github_setup_with(head: impl FnOnce(&FakeGithub) -> String) -> GithubSetup {
+    github_setup_full(head, |github, _| {
+        format!(
+            "  GITHUB_TOKEN:\n    value_env: REAL_GITHUB_TOKEN\n    allowed_hosts: [\"{GIT_HOST}:{port}\", \"{API_HOST}:{port}\"]\n",
+            port = github.port
+        )
+    }, "GITHUB_TOKEN")
+    .await
+}
+
+/// The GitHub setup with the vault's `credentials:` body from `credentials(&github, dir)`
+/// and the trigger using `credential`.
+async fn github_setup_full(
+    head: impl FnOnce(&FakeGithub) -> String,
+    credentials: impl FnOnce(&FakeGithub, &Path) -> String,
+    credential: &str,
+) -> GithubSetup {
     let github = FakeGithub::start(&[REAL_TOKEN, BRAIN_TOKEN]).await;
     github.create_repo("acme", "widgets");
     github.set_permission("acme/widgets", "alice", "write");
@@ -372,8 +388,8 @@ async fn github_setup_with(head: impl FnOnce(&FakeGithub) -> String) -> GithubSe
              audit_log: audit.jsonl\n\
              egress: {{ default: deny, allow_hosts: [{GIT_HOST}, {API_HOST}] }}\n\
              network:\n  allow_private: true\n  resolve: {{ \"{GIT_HOST}\": \"127.0.0.1\", \"{API_HOST}\": \"127.0.0.1\" }}\n\
-             credentials:\n  GITHUB_TOKEN:\n    value_env: REAL_GITHUB_TOKEN\n    allowed_hosts: [\"{GIT_HOST}:{port}\", \"{API_HOST}:{port}\"]\n",
-            port = github.port,
+             credentials:\n{creds}",
+            creds = credentials(&github, dir.path()),
         ),
     )
     .unwrap();
@@ -381,7 +397,7 @@ async fn github_setup_with(head: impl FnOnce(&FakeGithub) -> String) -> GithubSe
         extra_yaml: format!(
             "vault:\n  config: {vault}\n\
              {head}  reply_retry_base_ms: 100\n  reply_retry_max_ms: 1000\n  \
-             github:\n    api_base_url: {direct}\n    sandbox_api_base_url: {api}\n    ca_file: {ca}\n    git_host: {git}\n",
+             github:\n    api_base_url: {direct}\n    sandbox_api_base_url: {api}\n    ca_file: {ca}\n    git_host: {git}\n    credential: {credential}\n",
             vault = vault.display(),
             head = head(&github),
             direct = github.direct_api_url(),
@@ -656,6 +672,116 @@ async fn labelled_issue_becomes_a_comment_and_a_draft_pr_pushed_with_the_swapped
         "the existing PR was updated, not duplicated"
     );
     assert_eq!(sandboxes(&brain).await.len(), 1);
+}
+
+/// The same flow with a GitHub App: the sandbox holds one `ghs_` stub; the vault proxy mints
+/// installation tokens with the App's key (made here by openssl) and the fake GitHub accepts
+/// only tokens it issued for a JWT that verifies with the App's public key.
+#[tokio::test]
+async fn labelled_issue_with_a_github_app_pushes_and_opens_a_draft_pr() {
+    let key_dir = tempfile::tempdir().unwrap();
+    let key = key_dir.path().join("app.pem");
+    let out = std::process::Command::new("openssl")
+        .args(["genrsa", "-out"])
+        .arg(&key)
+        .arg("2048")
+        .output()
+        .expect("openssl genrsa");
+    assert!(out.status.success());
+    let public = std::process::Command::new("openssl")
+        .args(["rsa", "-RSAPublicKey_out", "-outform", "DER", "-in"])
+        .arg(&key)
+        .output()
+        .expect("openssl rsa")
+        .stdout;
+    let GithubSetup {
+        brain,
+        github,
+        _dir,
+    } = github_setup_full(
+        |_| "triggers:\n  launcher: shell\n".to_string(),
+        |github, _| {
+            github.install_app(7, 99, public.clone(), Duration::from_secs(3600));
+            format!(
+                "  GH_APP:\n    type: github_app\n    app_id: 7\n    installation_id: 99\n    private_key_file: {key}\n    api_base: \"https://{API_HOST}:{port}\"\n    allowed_hosts: [\"{GIT_HOST}:{port}\", \"{API_HOST}:{port}\"]\n",
+                key = key.display(),
+                port = github.port
+            )
+        },
+        "GH_APP",
+    )
+    .await;
+    let task = format!(
+        "GIT_TERMINAL_PROMPT=0 git clone -q \"https://x-access-token:$GH_TOKEN@{git}/acme/widgets.git\" airlock-repo \
+         && cd airlock-repo && printf 'app\\n' > APP.md && git status --porcelain",
+        git = github.git_host()
+    );
+    let issue = labelled_issue(43, "alice", &task);
+    assert_eq!(
+        send_github(&brain, "issues", "dlv-app-1", &issue, None).await,
+        StatusCode::OK
+    );
+    let comment = wait_for("the result comment", Duration::from_secs(90), || {
+        github.comments().into_iter().next()
+    })
+    .await;
+    assert!(
+        comment
+            .body
+            .contains("Draft pull request: https://github.test/acme/widgets/pull/1"),
+        "{}\n{}",
+        comment.body,
+        brain.log()
+    );
+    let minted = github.installation_tokens();
+    assert_eq!(
+        minted.len(),
+        1,
+        "one installation token for clone, push and PR"
+    );
+    assert!(
+        github.jwt_rejections().is_empty(),
+        "{:?}",
+        github.jwt_rejections()
+    );
+    let pulls = github.pulls();
+    assert_eq!(pulls.len(), 1, "{pulls:?}");
+    assert!(pulls[0].draft);
+    assert_eq!(
+        pulls[0].token, minted[0],
+        "the PR call carried the installation token"
+    );
+    assert_eq!(
+        github
+            .file_on_branch("acme", "widgets", "airlock/issue-43", "APP.md")
+            .as_deref(),
+        Some("app\n")
+    );
+    let seen = github.seen();
+    assert!(
+        seen.iter()
+            .filter(|s| s.path.ends_with("/git-receive-pack"))
+            .all(|s| s.token.as_deref() == Some(minted[0].as_str())),
+        "{seen:?}"
+    );
+    // The sandbox holds the stub only.
+    let sbs = sandboxes(&brain).await;
+    let id = sbs[0]["id"].as_str().unwrap();
+    let (_, out) = brain
+        .post_json(
+            &format!("/v1/sandboxes/{id}/exec"),
+            &json!({"command": "printf '%s %s' \"$GH_APP\" \"$GITHUB_TOKEN\""}),
+        )
+        .await;
+    let stub = out["stdout"].as_str().unwrap();
+    let (a, b) = stub.split_once(' ').unwrap();
+    assert!(
+        a == b && a.starts_with("ghs_") && a.len() == 40 && a != minted[0],
+        "{stub}"
+    );
+    let leaked = files_containing(&brain.data_dir().join("sandboxes"), minted[0].as_bytes());
+    assert!(leaked.is_empty(), "{leaked:?}");
+    assert!(!brain.log().contains(&minted[0]));
 }
 
 /// The production launcher: a Slack mention becomes a real agent-loop session (scripted model)

@@ -37,13 +37,14 @@ fn cred(name: &str, value: &str, host: &str, kind: CredentialType) -> Credential
         value: SecretValue::new(value.into()),
         allowed_hosts: vec![HostPattern::parse(host).unwrap()],
         scope: Scope::default(),
-        kind,
         aws: (kind == CredentialType::AwsSigv4).then(|| {
             Arc::new(AwsKeys {
                 access_key_id: "AKIAREALKEY7EXAMPLE2".into(),
                 region: Some("us-east-1".into()),
             })
         }),
+        kind,
+        minter: None,
     }
 }
 

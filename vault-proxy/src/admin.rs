@@ -168,7 +168,8 @@ impl Admin {
                 match self.grants.issue(&g.sandbox, g.session, &g.credentials) {
                     Ok(issued) => json(
                         StatusCode::CREATED,
-                        serde_json::json!({"token": issued.token, "stubs": issued.stubs_json()}),
+                        // `env`: extra stub env vars of typed credentials (additive).
+                        serde_json::json!({"token": issued.token, "stubs": issued.stubs_json(), "env": issued.env}),
                     ),
                     Err(e @ GrantError::UnknownCredential(_)) => error(
                         StatusCode::BAD_REQUEST,

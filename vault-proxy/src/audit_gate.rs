@@ -21,7 +21,12 @@ use crate::handler::{Facts, Target};
 
 /// Commits the swap records (if any) and re-checks the grant. `Err` means
 /// nothing may be sent.
-pub(crate) async fn before_send(t: &Arc<Target>, f: &Facts, swaps: &[String]) -> Result<(), Deny> {
+pub(crate) async fn before_send(
+    t: &Arc<Target>,
+    f: &Facts,
+    swaps: &[String],
+    minted: &crate::credentials::MintedSwaps,
+) -> Result<(), Deny> {
     let audit = &t.shared.audit;
     if swaps.is_empty() {
         if !audit.is_healthy() {
@@ -35,10 +40,15 @@ pub(crate) async fn before_send(t: &Arc<Target>, f: &Facts, swaps: &[String]) ->
                     f,
                     EventKind::Swap,
                     Decision::Allow,
-                    // Typed credentials name their type and upstream key id.
-                    t.grant
-                        .credential(name)
-                        .and_then(|c| crate::aws_sigv4::swap_reason(c))
+                    // Typed credentials name their type and the upstream token's id or
+                    // fingerprint and expiry, never the value.
+                    minted
+                        .audit_reason(name)
+                        .or_else(|| {
+                            t.grant
+                                .credential(name)
+                                .and_then(|c| crate::aws_sigv4::swap_reason(c))
+                        })
                         .unwrap_or_else(|| "stub_swapped_for_bound_host".into()),
                     Some(name.clone()),
                     None,

@@ -20,8 +20,8 @@ use serde::Deserialize;
 
 mod public_suffix;
 mod scope;
-mod typed;
 pub use scope::{PathGlob, Position, Scope, normalize_path};
+pub mod typed;
 pub use typed::{
     AwsKeyIdSource, AwsSigv4Config, CredentialType, is_access_key_id as typed_is_access_key_id,
 };
@@ -150,7 +150,8 @@ pub struct CredentialConfig {
     pub allowed_hosts: Vec<HostPattern>,
     /// Where its stub may stand, and the paths and methods it may be used on.
     pub scope: Scope,
-    /// `type:` what the proxy does with it (default: the plain stub swap).
+    /// `type:` (static when absent). Typed credentials keep their long-lived
+    /// secret (private key, refresh token, AWS secret key) in `source`.
     pub kind: CredentialType,
     /// `type: aws_sigv4`: the access key id and region (the secret is `source`).
     pub aws: Option<typed::AwsSigv4Config>,
@@ -328,15 +329,33 @@ struct RawCredential {
     positions: Option<Vec<String>>,
     paths: Option<Vec<String>>,
     methods: Option<Vec<String>>,
-    /// `type:` (see [`CredentialType`]).
-    #[serde(rename = "type", default)]
-    kind: CredentialType,
+    // --- typed credentials (config/typed.rs) ---
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    app_id: Option<u64>,
+    installation_id: Option<u64>,
+    private_key_file: Option<PathBuf>,
+    private_key_env: Option<String>,
+    private_key_stored: Option<String>,
+    api_base: Option<String>,
+    repositories: Option<Vec<String>>,
+    permissions: Option<BTreeMap<String, String>>,
+    token_url: Option<String>,
+    client_id: Option<String>,
+    client_id_env: Option<String>,
+    client_secret_env: Option<String>,
+    client_auth: Option<String>,
+    scope: Option<String>,
+    refresh_token_env: Option<String>,
+    refresh_token_file: Option<PathBuf>,
+    refresh_token_stored: Option<String>,
     // --- type: aws_sigv4 (config/typed.rs) ---
     access_key_id: Option<String>,
     access_key_id_env: Option<String>,
     secret_access_key_env: Option<String>,
     secret_access_key_file: Option<PathBuf>,
     region: Option<String>,
+    // --- end typed credentials ---
 }
 
 #[derive(Debug, Deserialize)]
@@ -413,8 +432,10 @@ impl RawConfig {
                     "credential names use letters, digits, `_`, `-` and `.` (max 128)",
                 ));
             }
-            let aws = typed::aws_fields(&key, &mut rc)?;
+            let (kind, typed_source) = typed::parse(&key, &rc, base)?;
+            let aws = typed::aws_fields(&key, &kind, &mut rc)?;
             let source = match (rc.value_env, rc.value_file, rc.stored) {
+                _ if typed_source.is_some() => typed_source.expect("checked"),
                 (Some(env), None, None) => {
                     if !is_env_name(&env) {
                         return Err(invalid(
@@ -474,7 +495,7 @@ impl RawConfig {
                     source,
                     allowed_hosts,
                     scope,
-                    kind: rc.kind,
+                    kind,
                     aws,
                 },
             );

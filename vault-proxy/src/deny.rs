@@ -54,6 +54,15 @@ pub enum Deny {
         /// `method_not_allowed: X`, `path_not_allowed`, …
         reason: String,
     },
+    /// A minted credential (`github_app`, `oauth2_refresh`) has no current token: the
+    /// token endpoint refused or failed (→ 502 `credential_refresh_failed`, nothing sent).
+    #[error("credential refresh failed: {reason}")]
+    CredentialRefresh {
+        /// Credential name.
+        credential: String,
+        /// Type and short cause (never a value).
+        reason: String,
+    },
     /// A body holding a stub is larger than can be buffered to check its
     /// positions (→ 413, nothing sent).
     #[error("request body with a stub is too large to inspect")]
@@ -94,7 +103,10 @@ impl Deny {
             | Deny::Egress => StatusCode::FORBIDDEN,
             Deny::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Deny::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Deny::Resolve | Deny::Upstream(_) | Deny::Unscrubbable(_) => StatusCode::BAD_GATEWAY,
+            Deny::Resolve
+            | Deny::Upstream(_)
+            | Deny::Unscrubbable(_)
+            | Deny::CredentialRefresh { .. } => StatusCode::BAD_GATEWAY,
             Deny::Overloaded(_) | Deny::AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Deny::TooManyTunnels | Deny::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
         }
@@ -112,6 +124,7 @@ impl Deny {
             Deny::Credential { .. } => "credential_not_allowed_for_host",
             Deny::Position { .. } => "credential_position_not_allowed",
             Deny::Scope { .. } => "credential_path_not_allowed",
+            Deny::CredentialRefresh { .. } => "credential_refresh_failed",
             Deny::BodyTooLarge => "request_body_too_large",
             Deny::Egress => "egress_denied",
             Deny::Upstream(_) => "upstream_error",
@@ -135,9 +148,9 @@ impl Deny {
             | Deny::Overloaded(d)
             | Deny::TooManyRequests(d) => format!("{}: {d}", self.code()),
             Deny::Credential { reason, .. } => format!("{}: {reason}", self.code()),
-            Deny::Position { reason, .. } | Deny::Scope { reason, .. } => {
-                format!("{}: {reason}", self.code())
-            }
+            Deny::Position { reason, .. }
+            | Deny::Scope { reason, .. }
+            | Deny::CredentialRefresh { reason, .. } => format!("{}: {reason}", self.code()),
             Deny::Revoked
             | Deny::Resolve
             | Deny::Egress
@@ -151,9 +164,9 @@ impl Deny {
     pub fn credential(&self) -> Option<String> {
         match self {
             Deny::Credential { credential, .. } => credential.clone(),
-            Deny::Position { credential, .. } | Deny::Scope { credential, .. } => {
-                Some(credential.clone())
-            }
+            Deny::Position { credential, .. }
+            | Deny::Scope { credential, .. }
+            | Deny::CredentialRefresh { credential, .. } => Some(credential.clone()),
             _ => None,
         }
     }
@@ -230,5 +243,13 @@ mod tests {
         check(Deny::BadRequest("x"), 400, "bad_request");
         check(Deny::TooManyTunnels, 429, "too_many_tunnels");
         check(Deny::AuditUnavailable, 503, "audit_unavailable");
+        check(
+            Deny::CredentialRefresh {
+                credential: "APP".into(),
+                reason: "type=github_app installation token refused: HTTP 401".into(),
+            },
+            502,
+            "credential_refresh_failed",
+        );
     }
 }

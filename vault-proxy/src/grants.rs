@@ -67,10 +67,15 @@ pub struct Grant {
     stubs: BTreeMap<String, String>,
     /// `aws_sigv4` credential name → the stub secret key.
     aws_stub_secrets: BTreeMap<String, SecretValue>,
+    /// The stubs as issued, for rebuilding the scrubber (`stubs` keeps only the key id of
+    /// an `aws_sigv4` pair).
+    scrub_stubs: BTreeMap<String, String>,
     /// Credential name → real credential.
     creds: BTreeMap<String, Arc<Credential>>,
-    /// Real values of *all* credentials → this grant's stub (or a mask).
-    scrubber: Arc<Replacer>,
+    /// Real values of *all* credentials → this grant's stub (or a mask), with the
+    /// scrub generation it was built at (minted tokens grow the set: rebuilt lazily).
+    scrubber: RwLock<(u64, Arc<Replacer>)>,
+    all_creds: Arc<Credentials>,
     revoked: CancellationToken,
     /// Open tunnels, for the per-sandbox limit.
     pub(crate) open_tunnels: AtomicUsize,
@@ -127,9 +132,19 @@ impl Grant {
         self.creds.values().any(|c| c.scope.has_body_positions())
     }
 
-    /// Replacer of real values → stubs for responses.
-    pub fn scrubber(&self) -> &Arc<Replacer> {
-        &self.scrubber
+    /// Replacer of real values → stubs for responses (rebuilt when a minted token or a
+    /// rotated refresh token joined the set since it was built).
+    pub fn scrubber(&self) -> Arc<Replacer> {
+        let generation = self.all_creds.scrub_generation();
+        {
+            let g = self.scrubber.read().unwrap_or_else(|p| p.into_inner());
+            if g.0 == generation {
+                return g.1.clone();
+            }
+        }
+        let fresh = Arc::new(Replacer::for_grant(&self.all_creds, &self.scrub_stubs));
+        *self.scrubber.write().unwrap_or_else(|p| p.into_inner()) = (generation, fresh.clone());
+        fresh
     }
 
     fn token_matches(&self, token: &str) -> bool {
@@ -159,7 +174,12 @@ pub struct IssuedGrant {
     /// `ACCESS_KEY_ID:SECRET`, see [`crate::aws_sigv4::join_pair`]).
     pub stubs: BTreeMap<String, String>,
     /// Names of the `aws_sigv4` credentials among `stubs`.
+    #[serde(skip)]
     pub aws: std::collections::BTreeSet<String>,
+    /// Extra env vars the sandbox gets for typed credentials (`GH_TOKEN`/`GITHUB_TOKEN`
+    /// = the `github_app` stub); a credential's own name always wins over these.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
 }
 
 impl IssuedGrant {
@@ -334,6 +354,9 @@ impl Grants {
         let mut stubs = BTreeMap::new();
         for c in &real {
             let mut minted = None;
+            // Minted credentials: the stub has the shape of the tokens it stands for.
+            let template = c.minter.as_ref().map(|m| m.stub_template());
+            let shape = template.as_deref().unwrap_or(c.value.expose());
             for _ in 0..32 {
                 let (s, searched) = match c
                     .aws
@@ -346,7 +369,7 @@ impl Grants {
                         (pair, id)
                     }
                     None => {
-                        let s = mint_stub(c.value.expose(), &mut rng);
+                        let s = mint_stub(shape, &mut rng);
                         (s.clone(), s)
                     }
                 };
@@ -370,7 +393,13 @@ impl Grants {
             .collect();
         let grant = self.build_grant(sandbox, session, &token, stubs.clone());
         self.install(&mut st, grant);
-        Ok(IssuedGrant { token, stubs, aws })
+        let env = stub_env_aliases(&self.creds, &stubs);
+        Ok(IssuedGrant {
+            token,
+            stubs,
+            aws,
+            env,
+        })
     }
 
     fn build_grant(
@@ -385,6 +414,8 @@ impl Grants {
             .filter_map(|n| self.creds.get(n).map(|c| (n.clone(), c.clone())))
             .collect();
         let scrubber = Arc::new(Replacer::for_grant(&self.creds, &stubs));
+        // The scrubber maps real values to the stubs as issued (an aws_sigv4 pair whole).
+        let scrub_stubs = stubs.clone();
         // aws_sigv4: requests carry the stub key id; the stub secret stays here.
         let mut stubs = stubs;
         let mut aws_stub_secrets = BTreeMap::new();
@@ -401,6 +432,7 @@ impl Grants {
                 *stub = p.access_key_id.to_string();
             }
         }
+        let generation = self.creds.scrub_generation();
         Grant {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             sandbox: sandbox.to_string(),
@@ -408,8 +440,10 @@ impl Grants {
             token_digest: digest(token),
             stubs,
             aws_stub_secrets,
+            scrub_stubs,
             creds,
-            scrubber,
+            scrubber: RwLock::new((generation, scrubber)),
+            all_creds: self.creds.clone(),
             revoked: CancellationToken::new(),
             open_tunnels: AtomicUsize::new(0),
             inflight: AtomicUsize::new(0),
@@ -497,6 +531,28 @@ impl Grants {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// The env vars a typed credential's stub is also known by: the names its clients
+/// read (`gh` reads `GH_TOKEN`, Actions-style tools `GITHUB_TOKEN`). Never one that is
+/// itself a granted credential's name.
+pub fn stub_env_aliases(
+    creds: &Credentials,
+    stubs: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    let mut env = BTreeMap::new();
+    for (name, stub) in stubs {
+        let aliases: &[&str] = match creds.get(name).map(|c| &c.kind) {
+            Some(crate::config::CredentialType::GithubApp(_)) => &["GH_TOKEN", "GITHUB_TOKEN"],
+            _ => &[],
+        };
+        for a in aliases {
+            if !stubs.contains_key(*a) {
+                env.entry(a.to_string()).or_insert_with(|| stub.clone());
+            }
+        }
+    }
+    env
 }
 
 fn check_sandbox(s: &str) -> Result<(), GrantError> {

@@ -27,7 +27,9 @@ use crate::pipeline::scrub_response::{
     ScrubBody, ScrubPlan, prepare_response, restrict_accept_encoding, scrub_reason,
     transfer_codings,
 };
-use crate::pipeline::swap_or_block::{RequestFacts, apply_to_body, apply_to_head, decide};
+use crate::pipeline::swap_or_block::{
+    RequestFacts, apply_to_body_minted, apply_to_head_minted, decide,
+};
 use crate::pipeline::{CheckedDest, PinnedDest, audit_path, redact_stubs};
 use crate::proxy::Shared;
 
@@ -357,10 +359,23 @@ async fn process(
         };
         decide(grant, &t.pinned, &facts, &found)?
     };
-    apply_to_head(grant, &swaps, &mut parts)?;
+    // --- minted credentials (github_app, oauth2_refresh): current tokens ---
+    let minted = crate::credentials::prepare(
+        grant,
+        &swaps,
+        &t.pinned,
+        parts.uri.path(),
+        crate::credentials::MintContext {
+            upstream: &t.shared.upstream,
+            net: &t.shared.net,
+        },
+    )
+    .await?;
+    // --- end minted credentials ---
+    apply_to_head_minted(grant, &swaps, &minted, &mut parts)?;
     let out_body: ProxyBody = match (buffered, stream_body) {
         (Some(b), _) => {
-            let b = apply_to_body(grant, &swaps, kind, b);
+            let b = apply_to_body_minted(grant, &swaps, &minted, kind, b);
             if !empty_body {
                 parts.headers.remove(header::TRANSFER_ENCODING);
                 parts
@@ -448,7 +463,7 @@ async fn process(
 
     // Audit fails closed: the swap records are in the log before the secret
     // leaves, and the grant is checked again after that write (revocation).
-    crate::audit_gate::before_send(t, f, &swaps).await?;
+    crate::audit_gate::before_send(t, f, &swaps, &minted).await?;
 
     let result = if websocket {
         t.shared.upstream.send_upgrade(&dest, upstream_req).await
@@ -517,7 +532,7 @@ async fn process(
         &mut rparts.headers,
         websocket && status == StatusCode::SWITCHING_PROTOCOLS,
     );
-    let replacer = grant.scrubber().clone();
+    let replacer = grant.scrubber();
     let (mut header_scrubs, plan) = match prepare_response(&replacer, &mut rparts.headers, &codings)
     {
         Ok(x) => x,

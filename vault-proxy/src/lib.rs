@@ -18,6 +18,7 @@ pub mod body;
 pub mod ca;
 pub mod config;
 pub mod connect;
+pub mod credentials;
 pub mod deny;
 pub mod grants;
 pub(crate) mod handler;

@@ -26,8 +26,9 @@ pub fn cred(name: &str, value: &str, hosts: &[&str], positions: &[&str]) -> Cred
                 .collect(),
             ..Scope::default()
         },
-        kind: crate::config::CredentialType::Static,
+        kind: Default::default(),
         aws: None,
+        minter: None,
     }
 }
 

@@ -211,7 +211,7 @@ pub(crate) async fn pump<F: FnOnce(&str) + Send, S: FnOnce() + Send>(
             }
         }
     };
-    let replacer = t.grant.scrubber().clone();
+    let replacer = t.grant.scrubber();
     let s2c = async move {
         if replacer.is_empty() {
             // No secret value to scrub (min length, no credentials): frames go through as

@@ -316,6 +316,15 @@ pub fn compose(
     }
 }
 
+/// Adds the extra env vars the proxy names for typed credentials (`GH_TOKEN` and
+/// `GITHUB_TOKEN` = a `github_app` stub). They never replace a variable already set (a
+/// credential's own name, the proxy and CA variables), and are not recorded as stubs.
+pub fn add_stub_aliases(grant: &mut CredentialGrant, aliases: &BTreeMap<String, String>) {
+    for (k, v) in aliases {
+        grant.env.entry(k.clone()).or_insert_with(|| v.clone());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

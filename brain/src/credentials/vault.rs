@@ -155,13 +155,15 @@ impl CredentialBroker for EmbeddedVault {
                 )
             })?
             .map_err(grant_error)?;
-        Ok(compose(
+        let mut grant = compose(
             req,
             &issued.token,
             &issued.stubs,
             &self.proxy_addr,
             &self.ca_pem,
-        ))
+        );
+        super::add_stub_aliases(&mut grant, &issued.env);
+        Ok(grant)
     }
 
     async fn revoke(&self, sandbox_id: &str) -> Result<(), BrokerError> {
@@ -345,6 +347,9 @@ struct IssuedGrantBody {
     /// A string, or an `aws_sigv4` pair object (kept in its one-string form).
     #[serde(default)]
     stubs: BTreeMap<String, serde_json::Value>,
+    /// Extra stub env vars of typed credentials (`GH_TOKEN`/`GITHUB_TOKEN` for `github_app`).
+    #[serde(default)]
+    env: BTreeMap<String, String>,
 }
 
 impl IssuedGrantBody {
@@ -387,13 +392,15 @@ impl CredentialBroker for RemoteVault {
                 .json()
                 .await
                 .map_err(|e| BrokerError::Unavailable(format!("POST /v1/grants: {e}")))?;
-            return Ok(compose(
+            let mut grant = compose(
                 req,
                 &body.token,
                 &body.stubs()?,
                 &self.proxy_addr,
                 &self.ca_pem,
-            ));
+            );
+            super::add_stub_aliases(&mut grant, &body.env);
+            return Ok(grant);
         }
         let body: serde_json::Value = resp.json().await.unwrap_or_default();
         let code = body["error"]["code"].as_str().unwrap_or("");

@@ -65,27 +65,29 @@ impl Replacer {
     pub fn for_grant(creds: &Credentials, stubs: &BTreeMap<String, String>) -> Replacer {
         let mut pairs = Vec::new();
         for c in creds.iter() {
+            let stub = stubs.get(&c.name).map(String::as_str);
             // aws_sigv4: the secret key and the access key id (crate::aws_sigv4).
-            let typed = crate::aws_sigv4::scrub_pairs(c, stubs.get(&c.name).map(String::as_str));
-            let plain = || {
-                let real = c.value.expose().as_bytes().to_vec();
-                let repl = match stubs.get(&c.name) {
-                    Some(s) => s.as_bytes().to_vec(),
-                    None => vec![b'*'; real.len()],
-                };
-                vec![(real, repl)]
-            };
-            let own = if typed.is_empty() { plain() } else { typed };
-            for (real, repl) in own {
-                if real.len() < MIN_SCRUB_LEN {
-                    continue;
+            let typed = crate::aws_sigv4::scrub_pairs(c, stub);
+            if !typed.is_empty() {
+                for (real, repl) in typed {
+                    push_pair(&mut pairs, &real, repl);
                 }
-                for (p, r) in encodings(&real, &repl) {
-                    if p != real && !pairs.iter().any(|(q, _): &(Vec<u8>, Vec<u8>)| *q == p) {
-                        pairs.push((p, r));
+                continue;
+            }
+            match &c.minter {
+                None => push_value(&mut pairs, c.value.expose().as_bytes(), stub),
+                // Minted: tokens map to the stub; the long-lived material (private key,
+                // refresh tokens, client secret) is masked.
+                Some(m) => {
+                    push_value(&mut pairs, c.value.expose().as_bytes(), None);
+                    let (tokens, secrets) = m.scrub_values();
+                    for t in &tokens {
+                        push_value(&mut pairs, t.expose().as_bytes(), stub);
+                    }
+                    for s in &secrets {
+                        push_value(&mut pairs, s.expose().as_bytes(), None);
                     }
                 }
-                pairs.push((real, repl));
             }
         }
         Replacer::new(pairs)
@@ -144,6 +146,28 @@ impl Replacer {
         }
         best
     }
+}
+
+/// Adds `real` and its encodings → the stub (or a same-length mask).
+fn push_value(pairs: &mut Vec<(Vec<u8>, Vec<u8>)>, real: &[u8], stub: Option<&str>) {
+    let repl = match stub {
+        Some(s) => s.as_bytes().to_vec(),
+        None => vec![b'*'; real.len()],
+    };
+    push_pair(pairs, real, repl);
+}
+
+/// `real` and its encodings → `repl` and the same encodings of it.
+fn push_pair(pairs: &mut Vec<(Vec<u8>, Vec<u8>)>, real: &[u8], repl: Vec<u8>) {
+    if real.len() < MIN_SCRUB_LEN || pairs.iter().any(|(q, _)| q == real) {
+        return;
+    }
+    for (p, r) in encodings(real, &repl) {
+        if p != real && !pairs.iter().any(|(q, _)| *q == p) {
+            pairs.push((p, r));
+        }
+    }
+    pairs.push((real.to_vec(), repl));
 }
 
 /// The encoded forms of `real`, each paired with the same encoding of `repl`.

@@ -12,6 +12,7 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use super::find_stubs::{BodyKind, FoundStub, basic_decoded};
 use super::{PinnedDest, Scheme};
 use crate::config::{EgressConfig, Position};
+use crate::credentials::MintedSwaps;
 use crate::deny::Deny;
 use crate::grants::Grant;
 
@@ -165,15 +166,20 @@ pub fn replace_bytes(hay: &[u8], from: &[u8], to: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// The (stub, real value) pairs of `names` in `grant`.
+/// The (stub, real value) pairs of `names` in `grant`. A minted credential's real
+/// value is its current token from `minted`, never its long-lived secret.
 fn pairs<'a>(
     grant: &'a Grant,
     names: &'a [String],
+    minted: &'a MintedSwaps,
 ) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
     names.iter().filter_map(move |n| {
         let stub = grant.stub_for(n)?;
         let cred = grant.credential(n)?;
-        Some((stub, cred.value.expose()))
+        match &cred.minter {
+            None => Some((stub, cred.value.expose())),
+            Some(_) => Some((stub, minted.value_for(n)?)),
+        }
     })
 }
 
@@ -181,7 +187,17 @@ fn pairs<'a>(
 /// credentials) and in the URL (percent-encoded). `decide` has checked that
 /// every occurrence stands at an allowed position.
 pub fn apply_to_head(grant: &Grant, names: &[String], parts: &mut Parts) -> Result<(), Deny> {
-    for (stub, real) in pairs(grant, names) {
+    apply_to_head_minted(grant, names, &MintedSwaps::NONE, parts)
+}
+
+/// [`apply_to_head`] with the current tokens of minted credentials.
+pub fn apply_to_head_minted(
+    grant: &Grant,
+    names: &[String],
+    minted: &MintedSwaps,
+    parts: &mut Parts,
+) -> Result<(), Deny> {
+    for (stub, real) in pairs(grant, names, minted) {
         let (s, r) = (stub.as_bytes(), real.as_bytes());
         for value in parts.headers.values_mut() {
             let mut new = replace_bytes(value.as_bytes(), s, r);
@@ -221,8 +237,19 @@ pub fn apply_to_head(grant: &Grant, names: &[String], parts: &mut Parts) -> Resu
 /// Swaps the decided stubs in a buffered body, encoded for its kind (a form
 /// field is percent-encoded, a JSON string escaped).
 pub fn apply_to_body(grant: &Grant, names: &[String], kind: BodyKind, body: Bytes) -> Bytes {
+    apply_to_body_minted(grant, names, &MintedSwaps::NONE, kind, body)
+}
+
+/// [`apply_to_body`] with the current tokens of minted credentials.
+pub fn apply_to_body_minted(
+    grant: &Grant,
+    names: &[String],
+    minted: &MintedSwaps,
+    kind: BodyKind,
+    body: Bytes,
+) -> Bytes {
     let mut cur = body;
-    for (stub, real) in pairs(grant, names) {
+    for (stub, real) in pairs(grant, names, minted) {
         let enc = match kind {
             BodyKind::Form => utf8_percent_encode(real, COMPONENT).to_string(),
             BodyKind::Json => {

@@ -122,10 +122,13 @@ pub struct Credential {
     pub allowed_hosts: Vec<HostPattern>,
     /// Where its stub may stand, and the paths and methods it may be used on.
     pub scope: Scope,
-    /// `type:` from the config.
+    /// `type:`; for typed credentials `value` is the long-lived secret (private key,
+    /// refresh token, AWS secret key), never what is swapped in.
     pub kind: CredentialType,
     /// `type: aws_sigv4`: the real access key id (`value` is the secret key).
     pub aws: Option<Arc<crate::aws_sigv4::AwsKeys>>,
+    /// Mints the swapped value of `github_app` / `oauth2_refresh` credentials.
+    pub minter: Option<Arc<crate::credentials::Minter>>,
 }
 
 impl Credential {
@@ -139,9 +142,17 @@ impl Credential {
 #[derive(Debug, Clone, Default)]
 pub struct Credentials {
     by_name: BTreeMap<String, Arc<Credential>>,
+    /// Bumped whenever a minter adds a value to scrub (grants rebuild their scrubbers).
+    scrub_generation: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Credentials {
+    /// Changes whenever the set of values to scrub grew (a token was minted).
+    pub fn scrub_generation(&self) -> u64 {
+        self.scrub_generation
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Looks a credential up by name.
     pub fn get(&self, name: &str) -> Option<&Arc<Credential>> {
         self.by_name.get(name)
@@ -279,6 +290,14 @@ pub enum SecretError {
     /// stdin/stdout failed (CLI).
     #[error("i/o: {0}")]
     Io(#[source] std::io::Error),
+    /// A typed credential's material or settings are unusable (bad key, missing env).
+    #[error("credential `{credential}`: {reason}")]
+    Typed {
+        /// Credential name.
+        credential: String,
+        /// What is wrong (never the value).
+        reason: String,
+    },
     /// A crypto primitive failed (random source unavailable, …).
     #[error("crypto failure: {0}")]
     Crypto(&'static str),
@@ -358,7 +377,42 @@ pub fn resolve_credentials_with(
                 value
             }
         };
-        validate_value(name, value.expose())?;
+        // A PEM key has newlines; it is checked by parsing it instead.
+        if !matches!(cc.kind, CredentialType::GithubApp(_)) {
+            validate_value(name, value.expose())?;
+        }
+        let minter = {
+            let refresh_store = match (&cc.kind, &cc.source, &store) {
+                (CredentialType::Oauth2Refresh(_), CredentialSource::Stored(entry), Some(_)) => {
+                    let hosts = SecretStore::list_entries(&config.secrets_store)?
+                        .into_iter()
+                        .find(|e| &e.name == entry)
+                        .map(|e| e.allowed_hosts)
+                        .unwrap_or_default();
+                    Some(crate::credentials::RefreshStore {
+                        store: SecretStore::new(
+                            config.secrets_store.clone(),
+                            StoreKey::from_lookup(env)?,
+                        ),
+                        entry: entry.clone(),
+                        hosts,
+                    })
+                }
+                _ => None,
+            };
+            crate::credentials::build(
+                name,
+                &cc.kind,
+                &value,
+                env,
+                refresh_store,
+                &out.scrub_generation,
+            )
+            .map_err(|reason| SecretError::Typed {
+                credential: name.clone(),
+                reason,
+            })?
+        };
         if allowed_hosts.is_empty() {
             return Err(SecretError::NoAllowedHosts {
                 credential: name.clone(),
@@ -391,8 +445,9 @@ pub fn resolve_credentials_with(
             value,
             allowed_hosts,
             scope: cc.scope.clone(),
-            kind: cc.kind,
+            kind: cc.kind.clone(),
             aws,
+            minter,
         });
     }
     Ok(out)

@@ -33,8 +33,9 @@ fn secret_value_is_redacted() {
         value: v,
         allowed_hosts: vec![HostPattern::parse("api.github.com").unwrap()],
         scope: Scope::default(),
-        kind: crate::config::CredentialType::Static,
+        kind: Default::default(),
         aws: None,
+        minter: None,
     };
     let dbg = format!("{c:?} {:?}", Credentials::default());
     assert!(!dbg.contains(REAL), "{dbg}");
