@@ -26,6 +26,7 @@ pub mod keys;
 pub mod limits;
 pub mod metrics;
 pub mod pricing;
+pub mod prom;
 pub mod providers;
 mod proxy;
 pub mod routing;
@@ -122,7 +123,10 @@ impl Gateway {
                     .filter(|k| !k.is_empty())
             });
         let keys = Keys::load(master, store).await?;
-        let metrics = metrics::Metrics::new(cfg.model_list.iter().map(|e| e.model_name.as_str()));
+        let metrics = metrics::Metrics::new(
+            cfg.model_list.iter().map(|e| e.model_name.as_str()),
+            router.counters.clone(),
+        );
         Ok(Gateway {
             inner: Arc::new(Inner {
                 router,
