@@ -19,6 +19,7 @@ pub mod config;
 pub mod connect;
 pub mod deny;
 pub mod grants;
+pub mod metrics;
 pub(crate) mod handler;
 pub mod pipeline;
 pub mod proxy;
@@ -338,6 +339,13 @@ impl RunningProxy {
     /// `/v1/approvals` and `/v1/grants/{sandbox}/egress` serve).
     pub fn approvals(&self) -> &Arc<approvals::Approvals> {
         &self.approvals
+    }
+
+    /// The proxy's Prometheus text (`airlock_vault_*`), for an embedding app's `/metrics`.
+    pub fn metrics_text(&self) -> String {
+        self.audit
+            .metrics()
+            .render_for(&self.audit, &self.grants, &self.approvals)
     }
 
     /// The audit log handle (flush before reading the file).
