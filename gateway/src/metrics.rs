@@ -136,7 +136,11 @@ impl Metrics {
         });
         let per_model = |name: &str| {
             let m = [("model", name.to_owned())];
-            let t = |kind: &str| tokens.get_or_create(&[m[0].clone(), ("kind", kind.to_owned())]).clone();
+            let t = |kind: &str| {
+                tokens
+                    .get_or_create(&[m[0].clone(), ("kind", kind.to_owned())])
+                    .clone()
+            };
             PerModel {
                 requests: requests.get_or_create(&m).clone(),
                 input: t("input"),
@@ -255,7 +259,9 @@ impl Metrics {
                 "# HELP airlock_gateway_db_last_error_age_seconds Seconds since the database last failed an operation.\n\
                  # TYPE airlock_gateway_db_last_error_age_seconds gauge\n",
             );
-            out.push_str(&format!("airlock_gateway_db_last_error_age_seconds {age}\n"));
+            out.push_str(&format!(
+                "airlock_gateway_db_last_error_age_seconds {age}\n"
+            ));
         }
         out
     }
@@ -298,7 +304,10 @@ mod tests {
             "airlock_gateway_request_duration_seconds_bucket{le=\"0.025\",model=\"gpt-x\"} 1",
             "airlock_gateway_ratelimit_degraded 0",
         ] {
-            assert!(text.lines().any(|l| l == want), "{want:?} missing in\n{text}");
+            assert!(
+                text.lines().any(|l| l == want),
+                "{want:?} missing in\n{text}"
+            );
         }
         assert!(!text.contains("who-knows"));
     }

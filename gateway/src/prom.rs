@@ -168,7 +168,10 @@ mod tests {
             "airlock_test_latency_seconds_count 4",
             "airlock_test_latency_seconds_sum 7.65",
         ] {
-            assert!(text.lines().any(|l| l == want), "{want:?} missing in\n{text}");
+            assert!(
+                text.lines().any(|l| l == want),
+                "{want:?} missing in\n{text}"
+            );
         }
         assert_eq!(h.count(), 4);
     }
@@ -180,8 +183,14 @@ mod tests {
         c.inc_by(3);
         r.register("airlock_test_things", "Things", c);
         let text = render(&r);
-        assert!(text.contains("# HELP airlock_test_things_total Things.\n"), "{text}");
-        assert!(text.contains("# TYPE airlock_test_things_total counter\n"), "{text}");
+        assert!(
+            text.contains("# HELP airlock_test_things_total Things.\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE airlock_test_things_total counter\n"),
+            "{text}"
+        );
         assert!(text.contains("\nairlock_test_things_total 3\n"), "{text}");
         assert!(!text.contains("# EOF"), "{text}");
     }

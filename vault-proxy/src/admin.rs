@@ -113,11 +113,11 @@ impl Admin {
         }
         if req.method() == Method::GET && path == "/metrics" {
             // Open like /healthz: counts only, never a host, sandbox or credential.
-            return Ok(metrics_response(
-                self.audit
-                    .metrics()
-                    .render_for(&self.audit, &self.grants, &self.approvals),
-            ));
+            return Ok(metrics_response(self.audit.metrics().render_for(
+                &self.audit,
+                &self.grants,
+                &self.approvals,
+            )));
         }
         if !self.authorized(&req) {
             let mut r = error(

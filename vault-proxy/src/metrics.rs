@@ -362,8 +362,16 @@ mod tests {
             Decision::Deny,
             "credential_not_allowed_for_host",
         ));
-        m.decision(&ev(EventKind::Connect, Decision::Deny, "tls_error: handshake failed"));
-        m.decision(&ev(EventKind::Block, Decision::Deny, "something new: a.example"));
+        m.decision(&ev(
+            EventKind::Connect,
+            Decision::Deny,
+            "tls_error: handshake failed",
+        ));
+        m.decision(&ev(
+            EventKind::Block,
+            Decision::Deny,
+            "something new: a.example",
+        ));
         m.decision(&ev(EventKind::Scrub, Decision::Allow, "scrubbed"));
         m.audit_write(Duration::from_micros(80));
         let text = m.render(Snapshot {
@@ -386,8 +394,15 @@ mod tests {
             "airlock_vault_audit_write_duration_seconds_count 1",
             "# TYPE airlock_vault_swaps_total counter",
         ] {
-            assert!(text.lines().any(|l| l == want), "{want:?} missing in\n{text}");
+            assert!(
+                text.lines().any(|l| l == want),
+                "{want:?} missing in\n{text}"
+            );
         }
-        assert!(!text.contains("api.example.com") && !text.contains("TOKEN") && !text.contains("a.example"));
+        assert!(
+            !text.contains("api.example.com")
+                && !text.contains("TOKEN")
+                && !text.contains("a.example")
+        );
     }
 }

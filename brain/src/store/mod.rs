@@ -17,6 +17,7 @@
 #[cfg(test)]
 pub(crate) mod faults;
 mod sandboxes;
+mod telemetry;
 #[cfg(test)]
 mod tests;
 

@@ -276,6 +276,7 @@ pub async fn hook(State(state): State<AppState>, headers: HeaderMap, body: Bytes
                 key,
                 "duplicate github delivery ignored (same signed key: a redelivery or a replay)"
             );
+            state.metrics.webhook("github", "deduplicated");
             return StatusCode::OK.into_response();
         }
         Err(e) => {
@@ -284,6 +285,7 @@ pub async fn hook(State(state): State<AppState>, headers: HeaderMap, body: Bytes
         }
     }
     tracing::info!(delivery, repo = %request.repo, issue = request.issue, "github event accepted");
+    state.metrics.webhook("github", "accepted");
     tokio::spawn(async move {
         let _slot = admission.run_slot().await;
         handle_request(&state, &triggers, request).await;

@@ -190,6 +190,7 @@ pub async fn hook(State(state): State<AppState>, headers: HeaderMap, body: Bytes
         Ok(true) => {}
         Ok(false) => {
             tracing::info!(event_id, "duplicate slack event ignored");
+            state.metrics.webhook("slack", "deduplicated");
             return StatusCode::OK.into_response();
         }
         Err(e) => {
@@ -198,6 +199,7 @@ pub async fn hook(State(state): State<AppState>, headers: HeaderMap, body: Bytes
         }
     }
     tracing::info!(event_id, channel = %event.channel, "slack event accepted");
+    state.metrics.webhook("slack", "accepted");
     tokio::spawn(async move {
         let _slot = admission.run_slot().await;
         handle_event(&state, &triggers, event, intent).await;

@@ -517,7 +517,8 @@ fn write_loop(
             // One write(2) for the whole group; an error here (ENOSPC, EFBIG,
             // EIO) fails every commit of the group: their requests are not sent.
             let started = Instant::now();
-            log.write_all(&buf).inspect_err(|_| shared.metrics.audit_write_failed())?;
+            log.write_all(&buf)
+                .inspect_err(|_| shared.metrics.audit_write_failed())?;
             shared.metrics.audit_write(started.elapsed());
             state.good_len += buf.len() as u64;
             let head = Head {
