@@ -184,9 +184,13 @@ impl Metrics {
             m.steps.clone(),
         );
         let tokens = Family::<Labels1, Counter>::default();
+        // One statement each: a family's read guard held while another series is created
+        // (a write lock) would deadlock.
+        let input_tokens = tokens.get_or_create(&[("kind", "input")]).clone();
+        let output_tokens = tokens.get_or_create(&[("kind", "output")]).clone();
         let m = Metrics {
-            input_tokens: tokens.get_or_create(&[("kind", "input")]).clone(),
-            output_tokens: tokens.get_or_create(&[("kind", "output")]).clone(),
+            input_tokens,
+            output_tokens,
             ..m
         };
         r.register(
