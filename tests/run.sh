@@ -29,6 +29,8 @@ if [ "${AIRLOCK_RUN_SH_INNER:-}" = 1 ]; then
         export AIRLOCK_REQUIRE_POSTGRES=1
         log "PostgreSQL: postgres://${PGUSER}:***@${host}:${PGPORT}/${PGDATABASE:-postgres} (AIRLOCK_REQUIRE_POSTGRES=1)"
     fi
+    # Installed in stage 1: a metrics test that finds no promtool then fails instead of skipping.
+    command -v promtool >/dev/null 2>&1 && export AIRLOCK_REQUIRE_PROMTOOL=1
     log "cargo build --workspace --bins"
     cargo build --workspace --bins
     log "cargo test --workspace --no-fail-fast $*"
@@ -54,6 +56,8 @@ if [ "${AIRLOCK_SKIP_IMAGES:-}" != 1 ] && docker_ok; then DOCKER=1; fi
 missing=()
 command -v pg_virtualenv >/dev/null 2>&1 && ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 \
     || missing+=(postgresql)
+# promtool (Debian's prometheus package): /metrics and k8s/observability/ rules are checked with it.
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 # Browser tests of the console (tests/tests/console_browser.rs): headless Chromium over WebDriver.
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)

@@ -28,6 +28,7 @@ pub mod limits;
 pub mod metrics;
 pub mod params;
 pub mod pricing;
+pub mod prom;
 pub mod providers;
 mod proxy;
 pub mod routing;
@@ -130,7 +131,10 @@ impl Gateway {
                     .filter(|k| !k.is_empty())
             });
         let keys = Keys::load(master, store).await?;
-        let metrics = metrics::Metrics::new(cfg.model_list.iter().map(|e| e.model_name.as_str()));
+        let metrics = metrics::Metrics::new(
+            cfg.model_list.iter().map(|e| e.model_name.as_str()),
+            router.counters.clone(),
+        );
         let mut ci_settings = code_interpreter::Settings::default();
         let ci_host = match &cfg.code_interpreter {
             None => None,

@@ -82,7 +82,11 @@ impl Drop for SpendGuard {
             Caller::Key(k) => (k.row.team_id.clone(), k.row.user_id.clone()),
             _ => (None, None),
         };
-        self.inner.metrics.record(&d.model_name, self.usage, cost);
+        let took = chrono::Utc::now().timestamp_millis() - self.start_ms;
+        let took = std::time::Duration::from_millis(u64::try_from(took).unwrap_or(0));
+        self.inner
+            .metrics
+            .record(&d.model_name, self.usage, cost, took);
         self.inner.keys.record(
             &self.caller,
             SpendRecord {

@@ -215,6 +215,8 @@ pub struct Router {
     default_fallbacks: Vec<String>,
     cooldown: Duration,
     max_retry_after: Duration,
+    /// Retries, fallbacks and upstream failures for `/metrics`.
+    pub(crate) counters: Arc<crate::metrics::RouteCounters>,
 }
 
 impl Router {
@@ -257,6 +259,7 @@ impl Router {
             default_fallbacks: cfg.default_fallbacks.clone(),
             cooldown: cfg.cooldown_time,
             max_retry_after: cfg.max_retry_after,
+            counters: Arc::default(),
         })
     }
 
@@ -375,6 +378,7 @@ impl Router {
         for (gi, g) in chain.enumerate() {
             if gi > 0 {
                 tracing::info!(model, to = %g.name, "falling back");
+                self.counters.fallback();
             }
             let mut tried: u64 = 0;
             for attempt in 0..=self.num_retries {
@@ -395,17 +399,22 @@ impl Router {
                 tried |= 1u64 << (i % 64);
                 let dep = g.deployments[i].clone();
                 let mut started = Instant::now();
+                if attempt > 0 {
+                    self.counters.retry();
+                }
                 let mut outcome = call(InFlight::new(dep.clone()), g.clone()).await;
                 // `max_retries`: the deployment's own retries (LiteLLM hands it to the
                 // provider client), before the router's retries and fallbacks.
                 for _ in 0..dep.max_retries {
                     match &outcome {
                         Err(e) if e.retryable() => {
+                            self.counters.upstream_error(e);
                             let wait = e
                                 .retry_after()
                                 .unwrap_or(Duration::from_millis(50))
                                 .min(self.max_retry_after);
                             tokio::time::sleep(wait).await;
+                            self.counters.retry();
                             started = Instant::now();
                             outcome = call(InFlight::new(dep.clone()), g.clone()).await;
                         }
@@ -419,6 +428,7 @@ impl Router {
                     }
                     Err(e) => {
                         tracing::warn!(model = %g.name, deployment = dep.provider.id(), attempt, error = %e, "upstream call failed");
+                        self.counters.upstream_error(&e);
                         let retryable = e.retryable();
                         if retryable {
                             let cool = e

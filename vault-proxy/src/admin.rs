@@ -54,6 +54,15 @@ fn json(status: StatusCode, v: serde_json::Value) -> Response<ProxyBody> {
     r
 }
 
+fn metrics_response(text: String) -> Response<ProxyBody> {
+    let mut r = Response::new(full(Bytes::from(text)));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    r
+}
+
 fn error(status: StatusCode, code: &str, message: &str) -> Response<ProxyBody> {
     json(
         status,
@@ -101,6 +110,14 @@ impl Admin {
                 ));
             }
             return Ok(json(StatusCode::OK, serde_json::json!({"status": "ok"})));
+        }
+        if req.method() == Method::GET && path == "/metrics" {
+            // Open like /healthz: counts only, never a host, sandbox or credential.
+            return Ok(metrics_response(self.audit.metrics().render_for(
+                &self.audit,
+                &self.grants,
+                &self.approvals,
+            )));
         }
         if !self.authorized(&req) {
             let mut r = error(

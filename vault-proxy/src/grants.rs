@@ -527,6 +527,15 @@ impl Grants {
         self.lock().by_sandbox.len()
     }
 
+    /// Open tunnels across every live grant (for `/metrics`).
+    pub fn open_tunnels(&self) -> usize {
+        let st = self.lock();
+        st.by_sandbox
+            .values()
+            .map(|g| g.open_tunnels.load(std::sync::atomic::Ordering::Relaxed))
+            .sum()
+    }
+
     /// Whether there is no live grant.
     pub fn is_empty(&self) -> bool {
         self.len() == 0

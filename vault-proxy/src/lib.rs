@@ -22,6 +22,7 @@ pub mod credentials;
 pub mod deny;
 pub mod grants;
 pub(crate) mod handler;
+pub mod metrics;
 pub mod pipeline;
 pub mod proxy;
 pub mod remote_tls;
@@ -340,6 +341,13 @@ impl RunningProxy {
     /// `/v1/approvals` and `/v1/grants/{sandbox}/egress` serve).
     pub fn approvals(&self) -> &Arc<approvals::Approvals> {
         &self.approvals
+    }
+
+    /// The proxy's Prometheus text (`airlock_vault_*`), for an embedding app's `/metrics`.
+    pub fn metrics_text(&self) -> String {
+        self.audit
+            .metrics()
+            .render_for(&self.audit, &self.grants, &self.approvals)
     }
 
     /// The audit log handle (flush before reading the file).

@@ -146,7 +146,10 @@ pub(crate) async fn serve(
                     let deadline = shared.limits.handshake_timeout;
                     match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
                         Ok(Ok(s)) => serve_client(shared, s, shutdown, gate).await,
-                        _ => tracing::debug!(%peer, "tls proxy handshake failed"),
+                        _ => {
+                            shared.audit.metrics().listener_tls_failure();
+                            tracing::debug!(%peer, "tls proxy handshake failed")
+                        }
                     }
                 }
             }

@@ -38,13 +38,19 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
         active.push((default.to_string(), 0));
         active.sort();
     }
-    let mut text = state.metrics.render(&active);
+    let sessions = state.store.count_sessions_by_status().await?;
+    let replies = state.store.count_pending_replies().await?;
     if !state.pools.configs().is_empty() {
-        text.push_str(&state.metrics.render_pools(&state.pools.depth_by_backend()));
+        state.metrics.set_pool_depth(&state.pools.depth_by_backend());
     }
+    let mut text = state.metrics.render(&active, &sessions, replies);
     // The embedded gateway's own counters (its routes leave /metrics to the brain).
     if let Some(models) = &state.models {
         text.push_str(&models.gateway.metrics_text());
+    }
+    // And the embedded vault proxy's (a standalone one serves its own).
+    if let Some(text_of_vault) = state.broker.as_ref().and_then(|b| b.metrics_text()) {
+        text.push_str(&text_of_vault);
     }
     Ok((
         [(

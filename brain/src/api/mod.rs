@@ -71,6 +71,10 @@ pub fn app(state: AppState) -> Router {
             post(crate::ui::slack::interactive),
         )
         .route("/hooks/github", post(crate::triggers::github::hook))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::metrics::count_refused_webhooks,
+        ))
         .fallback(not_found)
         .layer(middleware::from_fn(log_internal_errors))
         .with_state(state)

@@ -150,6 +150,12 @@ pub trait CredentialBroker: Send + Sync {
         Ok(())
     }
 
+    /// The proxy's Prometheus text when it runs in this process (a standalone proxy serves
+    /// its own on its admin listener).
+    fn metrics_text(&self) -> Option<String> {
+        None
+    }
+
     /// Pending egress approvals (`GET /v1/approvals` on the proxy).
     async fn approvals(&self) -> Result<Vec<PendingApproval>, BrokerError> {
         Err(BrokerError::NotSupported(

@@ -145,6 +145,10 @@ fn grant_error(e: GrantError) -> BrokerError {
 
 #[async_trait]
 impl CredentialBroker for EmbeddedVault {
+    fn metrics_text(&self) -> Option<String> {
+        self.with_proxy(RunningProxy::metrics_text).ok()
+    }
+
     async fn grant(&self, req: GrantRequest<'_>) -> Result<CredentialGrant, BrokerError> {
         let issued = self
             .with_proxy(|p| {

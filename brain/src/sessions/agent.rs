@@ -325,6 +325,7 @@ impl Driver<'_> {
         match self.try_append("status", &data, &patch).await? {
             Some(_) => {
                 tracing::info!(session = %self.id, %status, error = error.unwrap_or(""), "session finished");
+                self.state.metrics.session_finished(status.as_str(), error);
                 Ok(true)
             }
             None if status == SessionStatus::Succeeded => {
@@ -400,6 +401,7 @@ impl Driver<'_> {
                 )
                 .await?;
             conv.apply(&event);
+            self.state.metrics.session_resumed();
             if conv.crash_resumes > config.max_resumes {
                 let reason = format!(
                     "resumed {} times after its brain stopped mid-run (sessions.max_resumes is {}): \
@@ -589,6 +591,7 @@ impl Driver<'_> {
                 )
                 .await?;
             conv.apply(&event);
+            (self.state.metrics).session_step(usage.input_tokens, usage.output_tokens, cost);
         }
     }
 

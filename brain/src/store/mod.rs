@@ -19,6 +19,7 @@ mod audit_heads;
 pub(crate) mod faults;
 pub mod replicas;
 mod sandboxes;
+mod telemetry;
 #[cfg(test)]
 mod tests;
 

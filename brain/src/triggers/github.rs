@@ -285,6 +285,7 @@ pub async fn hook(State(state): State<AppState>, headers: HeaderMap, body: Bytes
                 key,
                 "duplicate github delivery ignored (same signed key: a redelivery or a replay)"
             );
+            state.metrics.webhook("github", "deduplicated");
             return StatusCode::OK.into_response();
         }
         Err(e) => {
@@ -293,6 +294,7 @@ pub async fn hook(State(state): State<AppState>, headers: HeaderMap, body: Bytes
         }
     };
     tracing::info!(delivery, repo = %repo, issue, "github event accepted");
+    state.metrics.webhook("github", "accepted");
     tokio::spawn(inbox::process(state, triggers, claimed, admission));
     StatusCode::OK.into_response()
 }

@@ -181,12 +181,14 @@ pub async fn settle(
         Delivery::Retry { error, .. } if reply.attempts + 1 >= policy.max_attempts => {
             tracing::error!(reply = %reply.id, source, %error, attempts = reply.attempts + 1,
                 "reply still failing after the last attempt; kept as failed");
+            state.metrics.reply_failed(source, true);
             store::reply_failed(&state.store, &reply.id, &error).await
         }
         Delivery::Retry { error, after } => {
             let delay = policy.delay(reply.attempts + 1, after);
             tracing::warn!(reply = %reply.id, source, %error, retry_in_ms = delay.as_millis() as u64,
                 "reply delivery failed; will retry");
+            state.metrics.reply_failed(source, false);
             let next = store::now_ms() + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2);
             store::reply_retry(&state.store, &reply.id, next, &error).await
         }

@@ -204,6 +204,7 @@ pub async fn hook(State(state): State<AppState>, headers: HeaderMap, body: Bytes
         Ok(Some(claimed)) => claimed,
         Ok(None) => {
             tracing::info!(event_id, "duplicate slack event ignored");
+            state.metrics.webhook("slack", "deduplicated");
             return StatusCode::OK.into_response();
         }
         Err(e) => {
@@ -212,6 +213,7 @@ pub async fn hook(State(state): State<AppState>, headers: HeaderMap, body: Bytes
         }
     };
     tracing::info!(event_id, channel = %channel, "slack event accepted");
+    state.metrics.webhook("slack", "accepted");
     tokio::spawn(inbox::process(state, triggers, claimed, admission));
     StatusCode::OK.into_response()
 }

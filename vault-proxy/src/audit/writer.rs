@@ -92,6 +92,8 @@ struct Shared {
     head: Mutex<Head>,
     /// The writer thread, unparked by commits so they skip the coalescing wait.
     writer: OnceLock<std::thread::Thread>,
+    /// The proxy's counters: every record is a decision (`crate::metrics`).
+    metrics: Arc<crate::metrics::VaultMetrics>,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -229,6 +231,7 @@ impl AuditLog {
             healthy: AtomicBool::new(true),
             head: Mutex::new(head),
             writer: OnceLock::new(),
+            metrics: Arc::default(),
         });
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         let thread_shared = shared.clone();
@@ -263,6 +266,7 @@ impl AuditLog {
         if !self.is_healthy() {
             return Err(self.stopped());
         }
+        self.shared.metrics.decision(&event);
         self.tx
             .send(Msg::Record(event))
             .await
@@ -276,6 +280,7 @@ impl AuditLog {
         if !self.is_healthy() {
             return Err(self.stopped());
         }
+        events.iter().for_each(|e| self.shared.metrics.decision(e));
         let (ack, done) = oneshot::channel();
         self.tx
             .send(Msg::Commit(events, ack))
@@ -319,6 +324,16 @@ impl AuditLog {
         done.await
             .map_err(|_| self.stopped())?
             .map_err(AuditError::Writer)
+    }
+
+    /// The proxy's counters (`GET /metrics`).
+    pub fn metrics(&self) -> &Arc<crate::metrics::VaultMetrics> {
+        &self.shared.metrics
+    }
+
+    /// Records (and commits) queued for the writer thread.
+    pub fn queue_depth(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
     }
 
     /// True while the writer accepts records and no write has failed.
@@ -501,7 +516,10 @@ fn write_loop(
         if !buf.is_empty() {
             // One write(2) for the whole group; an error here (ENOSPC, EFBIG,
             // EIO) fails every commit of the group: their requests are not sent.
-            log.write_all(&buf)?;
+            let started = Instant::now();
+            log.write_all(&buf)
+                .inspect_err(|_| shared.metrics.audit_write_failed())?;
+            shared.metrics.audit_write(started.elapsed());
             state.good_len += buf.len() as u64;
             let head = Head {
                 seq: state.next_seq - 1,
