@@ -87,6 +87,13 @@ elif [ "$DOCKER" = 1 ]; then
     if command -v mmdebstrap >/dev/null 2>&1 || docker image inspect airlock-sandbox-base:bookworm >/dev/null 2>&1; then
         log "building the sandbox image (images/build-offline.sh)"
         bash "$ROOT/images/build-offline.sh"
+        # The AWS e2e test's image (sandbox image + Debian's awscli, .debs fetched by the
+        # host's apt); rebuilt only when the sandbox image changed.
+        if [ "$IS_ROOT" = 1 ] && ! apt-cache show awscli >/dev/null 2>&1 && [ "${AIRLOCK_NO_INSTALL:-}" != 1 ]; then
+            apt-get update -qq
+        fi
+        log "building the AWS test image (images/sandbox-aws/build.sh)"
+        bash "$ROOT/images/sandbox-aws/build.sh"
         export AIRLOCK_REQUIRE_DOCKER=1
         log "docker tests enabled (AIRLOCK_REQUIRE_DOCKER=1, image airlock-sandbox:latest)"
     else

@@ -20,6 +20,12 @@ export DOCKER_BUILDKIT=0
 
 docker image inspect "$BASE" >/dev/null 2>&1 || {
     echo "build: $BASE is missing (bash images/build-offline.sh)" >&2; exit 1; }
+# Up to date when built from the current base image.
+BASE_ID="$(docker image inspect -f '{{.Id}}' "$BASE")"
+if [ "$(docker image inspect -f '{{index .Config.Labels "airlock.base"}}' "$OUT" 2>/dev/null || true)" = "$BASE_ID" ]; then
+    echo "build: $OUT is up to date (base $BASE_ID)" >&2
+    exit 0
+fi
 # Packages already in the base image.
 docker run --rm --network none --entrypoint dpkg-query "$BASE" -W -f '${Package}\n' \
     | sort -u >"$CTX/have"
@@ -32,5 +38,5 @@ mkdir -p "$CTX/debs"
 (cd "$CTX/debs" && xargs -a "$CTX/missing" apt-get download -q >/dev/null)
 echo "build: $(ls "$CTX/debs" | wc -l) packages to add to $BASE" >&2
 cp "$HERE/Dockerfile" "$CTX/Dockerfile"
-docker build -q -t "$OUT" --build-arg BASE="$BASE" "$CTX" >/dev/null
+docker build -q -t "$OUT" --label "airlock.base=$BASE_ID" --build-arg BASE="$BASE" "$CTX" >/dev/null
 docker run --rm --network none --entrypoint aws "$OUT" --version

@@ -122,13 +122,10 @@ impl VaultMetrics {
         let tls_f = Family::<Labels1, Counter>::default();
         let tls_client = tls_f.get_or_create(&[("side", "client")]).clone();
         let tls_listener = tls_f.get_or_create(&[("side", "listener")]).clone();
-        let audit_write = Histogram::new(
-            [
-                0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
-                0.5, 1.0,
-            ]
-            .into_iter(),
-        );
+        let audit_write = Histogram::new([
+            0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5,
+            1.0,
+        ]);
         let m = VaultMetrics {
             decisions,
             blocks,

@@ -41,7 +41,9 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
     let sessions = state.store.count_sessions_by_status().await?;
     let replies = state.store.count_pending_replies().await?;
     if !state.pools.configs().is_empty() {
-        state.metrics.set_pool_depth(&state.pools.depth_by_backend());
+        state
+            .metrics
+            .set_pool_depth(&state.pools.depth_by_backend());
     }
     let mut text = state.metrics.render(&active, &sessions, replies);
     // The embedded gateway's own counters (its routes leave /metrics to the brain).

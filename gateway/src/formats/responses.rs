@@ -217,6 +217,12 @@ pub fn decode_request(v: &Value) -> Result<Decoded, GatewayError> {
         stream: v.get("stream").and_then(Value::as_bool).unwrap_or(false),
         parallel_tool_calls: v.get("parallel_tool_calls").and_then(Value::as_bool),
         user: v.get("user").and_then(Value::as_str).map(str::to_owned),
+        reasoning_effort: v
+            .pointer("/reasoning/effort")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        response_format: v.pointer("/text/format").and_then(text_format_to_chat),
+        ..Default::default()
     };
     let g = |k: &str| v.get(k).cloned().unwrap_or(Value::Null);
     let echo = Echo {
@@ -829,6 +835,21 @@ impl StreamEncoder {
         let mut r = self.snapshot("failed");
         r["error"] = json!({"code": "server_error", "message": message});
         self.event("response.failed", json!({ "response": r }), out);
+    }
+}
+
+/// Responses' `text.format` as Chat Completions' `response_format` (the Responses API puts
+/// `name`/`schema`/`strict` beside `type`; chat nests them under `json_schema`). `text` (the
+/// default) is no format at all.
+fn text_format_to_chat(f: &Value) -> Option<Value> {
+    match f.get("type").and_then(Value::as_str)? {
+        "json_object" => Some(json!({"type": "json_object"})),
+        "json_schema" => {
+            let mut inner = f.as_object()?.clone();
+            inner.remove("type");
+            Some(json!({"type": "json_schema", "json_schema": inner}))
+        }
+        _ => None,
     }
 }
 

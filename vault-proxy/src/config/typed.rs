@@ -398,7 +398,9 @@ pub(super) fn aws_fields(
         || rc.secret_access_key_file.is_some()
         || rc.region.is_some();
     match kind {
-        CredentialType::Static | CredentialType::GithubApp(_) | CredentialType::Oauth2Refresh(_) => {
+        CredentialType::Static
+        | CredentialType::GithubApp(_)
+        | CredentialType::Oauth2Refresh(_) => {
             if aws_keys_given {
                 return Err(invalid(
                     key,
