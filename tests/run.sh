@@ -89,9 +89,6 @@ elif [ "$DOCKER" = 1 ]; then
         bash "$ROOT/images/build-offline.sh"
         # The AWS e2e test's image (sandbox image + Debian's awscli, .debs fetched by the
         # host's apt); rebuilt only when the sandbox image changed.
-        if [ "$IS_ROOT" = 1 ] && ! apt-cache show awscli >/dev/null 2>&1 && [ "${AIRLOCK_NO_INSTALL:-}" != 1 ]; then
-            apt-get update -qq
-        fi
         log "building the AWS test image (images/sandbox-aws/build.sh)"
         bash "$ROOT/images/sandbox-aws/build.sh"
         export AIRLOCK_REQUIRE_DOCKER=1

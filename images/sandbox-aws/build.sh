@@ -29,10 +29,17 @@ fi
 # Packages already in the base image.
 docker run --rm --network none --entrypoint dpkg-query "$BASE" -W -f '${Package}\n' \
     | sort -u >"$CTX/have"
+# Debian's docker-clean hook empties /var/lib/apt/lists after every install: without a
+# candidate for awscli the closure below would be empty, so refresh the lists first.
+if ! apt-cache policy awscli 2>/dev/null | grep -q 'Candidate: [0-9]'; then
+    [ "$(id -u)" = 0 ] || { echo "build: apt has no awscli candidate; run apt-get update" >&2; exit 1; }
+    apt-get update -qq
+fi
 # awscli's dependency closure (no recommends), minus what the image has.
 apt-cache depends --recurse --no-recommends --no-suggests --no-conflicts --no-breaks \
     --no-replaces --no-enhances --no-pre-depends awscli 2>/dev/null \
     | grep -v '^ ' | grep -v '^<' | sort -u >"$CTX/want"
+[ -s "$CTX/want" ] || { echo "build: apt found no dependency closure for awscli" >&2; exit 1; }
 comm -23 "$CTX/want" "$CTX/have" >"$CTX/missing"
 mkdir -p "$CTX/debs"
 (cd "$CTX/debs" && xargs -a "$CTX/missing" apt-get download -q >/dev/null)
