@@ -435,7 +435,8 @@ async fn sweep_labelled(state: &AppState) {
             if item.owner.as_deref() != Some(owner) {
                 continue;
             }
-            match state.store.get_sandbox(&item.id).await {
+            // Pooled rows too: an adopted pooled sandbox is live, not an orphan.
+            match state.store.get_sandbox_any(&item.id).await {
                 Ok(Some(row)) if row.status.is_live() => continue,
                 Ok(_) => {}
                 Err(e) => {

@@ -533,11 +533,29 @@ async fn process(
         websocket && status == StatusCode::SWITCHING_PROTOCOLS,
     );
     let replacer = grant.scrubber();
+    // A response with no body (to HEAD, or 204/304) keeps its Content-Length: it states
+    // the size of the representation, not of anything we would scrub here, and clients
+    // rely on it (a HEAD's size is what `aws s3 cp` downloads by).
+    let bodiless = f.method == "HEAD"
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let declared_length = if bodiless {
+        rparts.headers.get(header::CONTENT_LENGTH).cloned()
+    } else {
+        None
+    };
     let (mut header_scrubs, plan) = match prepare_response(&replacer, &mut rparts.headers, &codings)
     {
         Ok(x) => x,
         Err(d) => return Err(d),
     };
+    if let Some(cl) = declared_length
+        && !rparts.headers.contains_key(header::CONTENT_ENCODING)
+        && codings.is_empty()
+        && !matches!(&plan, ScrubPlan::Scrub(chain) if !chain.is_empty())
+    {
+        rparts.headers.insert(header::CONTENT_LENGTH, cl);
+    }
     if scrub_reason(&replacer, &mut rparts.extensions) {
         header_scrubs += 1;
     }

@@ -489,7 +489,8 @@ impl Store {
                 .await?
                 .rows_affected()
             }) == 1;
-            if won && let Some(row) = self.get_sandbox(&id).await? {
+            // Pooled rows included: the pool adopts them back (`pool::adopt_row`).
+            if won && let Some(row) = self.get_sandbox_any(&id).await? {
                 claimed.push(row);
             }
         }
