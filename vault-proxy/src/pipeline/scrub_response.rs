@@ -164,6 +164,14 @@ fn push_pair(pairs: &mut Vec<(Vec<u8>, Vec<u8>)>, real: &[u8], repl: Vec<u8>) {
     }
     for (p, r) in encodings(real, &repl) {
         if p != real && !pairs.iter().any(|(q, _)| *q == p) {
+            // A stub with other characters than the value (an aws_sigv4 secret is random over
+            // base64's alphabet) can percent-encode to another length. A same-length mask
+            // keeps every response's length, so Content-Length survives the scrub.
+            let r = if r.len() != p.len() && repl.len() == real.len() {
+                vec![b'*'; p.len()]
+            } else {
+                r
+            };
             pairs.push((p, r));
         }
     }
