@@ -166,8 +166,16 @@ pub async fn run(
             "draining the warm pools took over {POOL_DRAIN_TIMEOUT:?}; the next start finishes it"
         );
     }
-    let _ = replica.await;
-    replicas::retire(&state).await;
+    // Both may sit on a connection an outage dropped (see below): bounded like the rest.
+    let _ = tokio::time::timeout(SHUTDOWN_STEP_TIMEOUT, replica).await;
+    if tokio::time::timeout(SHUTDOWN_STEP_TIMEOUT, replicas::retire(&state))
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "ending this replica's lease took over {SHUTDOWN_STEP_TIMEOUT:?}; it lapses instead"
+        );
+    }
     // A query stuck on a connection the database (or the network) dropped during an outage
     // has no end of its own: the last writes get a bounded wait, then the process exits. What
     // they did not write is what a crash would lose, and the next start recovers from that.
