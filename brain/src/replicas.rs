@@ -6,7 +6,7 @@
 //! sandboxes to whoever reconnects first). A clean stop ends the lease at once (to 0), so
 //! survivors adopt without waiting.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
@@ -31,24 +31,94 @@ pub async fn register(state: &AppState) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Renews the lease and adopts orphans until `stop`.
-pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
+/// Renews the lease and adopts orphans until `stop`. The two run side by side: an adoption
+/// (health checks with pauses, backend destroys on a loaded host) must never hold up a
+/// renewal, or a live replica's lease lapses while it is busy and a peer takes over the
+/// sandboxes it is provisioning.
+pub async fn run(state: AppState, stop: watch::Receiver<bool>) {
     let lease = Duration::from_millis(u64::try_from(lease_ms(&state)).unwrap_or(u64::MAX));
-    let mut tick = tokio::time::interval((lease / 3).max(Duration::from_millis(200)));
+    let period = (lease / 3).max(Duration::from_millis(200));
+    // `Some(t)`: every renewal since `t` succeeded (registration at start counts).
+    let (healthy_tx, healthy_rx) = watch::channel(Some(Instant::now()));
+    let renewals = renew_until_stopped(state.clone(), stop.clone(), period, healthy_tx);
+    let adoptions = adopt_until_stopped(state, stop, period, lease, healthy_rx);
+    tokio::join!(renewals, adoptions);
+}
+
+async fn renew_until_stopped(
+    state: AppState,
+    mut stop: watch::Receiver<bool>,
+    period: Duration,
+    healthy: watch::Sender<Option<Instant>>,
+) {
+    let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
             _ = tick.tick() => {}
         }
-        if let Err(e) = state.store.renew_replica(lease_ms(&state)).await {
-            tracing::warn!(error = %e, "renewing the replica lease failed");
+        // Bounded: a renewal that cannot finish within a period is as good as failed, and the
+        // next tick must be free to try again on a fresh connection.
+        let renewed = match tokio::time::timeout(period, state.store.renew_replica(lease_ms(&state))).await {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "renewing the replica lease failed");
+                false
+            }
+            Err(_) => {
+                tracing::warn!("renewing the replica lease timed out");
+                false
+            }
+        };
+        healthy.send_if_modified(|since| match (renewed, *since) {
+            (true, None) => {
+                *since = Some(Instant::now());
+                true
+            }
+            (false, Some(_)) => {
+                *since = None;
+                true
+            }
+            _ => false,
+        });
+    }
+}
+
+async fn adopt_until_stopped(
+    state: AppState,
+    mut stop: watch::Receiver<bool>,
+    period: Duration,
+    lease: Duration,
+    healthy: watch::Receiver<Option<Instant>>,
+) {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tick.tick() => {}
+        }
+        if !may_adopt(*healthy.borrow(), Instant::now(), lease) {
             continue;
         }
-        if let Err(e) = lifecycle::adopt_orphans(&state).await {
-            tracing::warn!(error = %e, "adopting a stopped replica's sandboxes failed");
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            result = lifecycle::adopt_orphans(&state) => {
+                if let Err(e) = result {
+                    tracing::warn!(error = %e, "adopting a stopped replica's sandboxes failed");
+                }
+            }
         }
     }
+}
+
+/// Whether this replica may judge others dead: only after its own renewals have succeeded for
+/// a whole lease. After an outage (or a stall of this process) every peer's lease looks lapsed
+/// at once, and a peer that reconnects a moment later than this one is alive, not gone; one
+/// lease of our own good renewals gives every live peer the time to renew too.
+fn may_adopt(healthy_since: Option<Instant>, now: Instant, lease: Duration) -> bool {
+    healthy_since.is_some_and(|since| now.saturating_duration_since(since) >= lease)
 }
 
 /// Ends this replica's lease on a clean stop (after its session loops stopped), so survivors
@@ -64,3 +134,18 @@ pub async fn retire(state: &AppState) {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod gate_tests {
+    use super::*;
+
+    #[test]
+    fn no_adoption_until_a_whole_lease_of_good_renewals() {
+        let lease = Duration::from_secs(3);
+        let t0 = Instant::now();
+        assert!(!may_adopt(None, t0 + lease * 10, lease), "renewals failing");
+        assert!(!may_adopt(Some(t0), t0, lease), "just recovered");
+        assert!(!may_adopt(Some(t0), t0 + lease / 2, lease));
+        assert!(may_adopt(Some(t0), t0 + lease, lease));
+    }
+}
