@@ -28,6 +28,11 @@ impl SseSplitter {
         }
     }
 
+    /// Bytes held back: the start of an event whose end has not arrived yet.
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
     /// The unterminated tail, if any (a stream that ended without a blank line).
     pub fn finish(&mut self, mut f: impl FnMut(&[u8])) {
         if self.pending.iter().any(|b| !b.is_ascii_whitespace()) {
@@ -162,6 +167,9 @@ impl AnUsage {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Scanned {
     Other,
+    /// An event that carries usage (an OpenAI chunk with a `usage` object, an
+    /// Anthropic `message_delta`): where LiteLLM puts the streamed answer's `cost`.
+    Usage,
     /// An OpenAI usage-only chunk (`choices: []`): droppable when the client did not ask for it.
     UsageOnly,
 }
@@ -198,6 +206,7 @@ pub fn scan_usage(format: WireFormat, raw: &[u8], usage: &mut Usage) -> Scanned 
                 if c.choices.as_ref().is_some_and(|c| c.is_empty()) {
                     return Scanned::UsageOnly;
                 }
+                return Scanned::Usage;
             }
             Scanned::Other
         }
@@ -221,11 +230,43 @@ pub fn scan_usage(format: WireFormat, raw: &[u8], usage: &mut Usage) -> Scanned 
                         *usage = u.usage();
                         usage.output_tokens = out;
                     }
+                    return Scanned::Usage;
                 }
             }
             Scanned::Other
         }
     }
+}
+
+/// The same event with `"cost": cost` added to its `usage` object (LiteLLM's
+/// `include_cost_in_streaming_usage`), or None when it has no usage object. Only
+/// the one usage event of a stream comes here, so parsing it whole is fine.
+pub fn with_cost(raw: &[u8], cost: f64) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(raw.len() + 32);
+    let mut done = false;
+    for line in raw.split_inclusive(|&b| b == b'\n') {
+        let body = line.strip_suffix(b"\n").unwrap_or(line);
+        let (body, cr) = match body.strip_suffix(b"\r") {
+            Some(b) => (b, true),
+            None => (body, false),
+        };
+        if !done && let Some(data) = body.strip_prefix(b"data:") {
+            let data = data.strip_prefix(b" ").unwrap_or(data);
+            let mut v: serde_json::Value = serde_json::from_slice(data).ok()?;
+            let u = v.get_mut("usage")?.as_object_mut()?;
+            u.insert("cost".into(), cost.into());
+            out.extend_from_slice(b"data: ");
+            serde_json::to_writer(&mut out, &v).ok()?;
+            if cr {
+                out.push(b'\r');
+            }
+            out.push(b'\n');
+            done = true;
+        } else {
+            out.extend_from_slice(line);
+        }
+    }
+    done.then_some(out)
 }
 
 #[cfg(test)]
@@ -290,5 +331,19 @@ mod tests {
             usage_from_body(WireFormat::OpenAi, body).cache_read_tokens,
             64
         );
+    }
+
+    #[test]
+    fn cost_goes_into_the_usage_event() {
+        let raw = b"event: message_delta\r\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":4}}\r\n\r\n";
+        let out = with_cost(raw, 0.25).unwrap();
+        let ev = parse_event(&out);
+        assert_eq!(ev.name, Some("message_delta"));
+        let v: serde_json::Value = serde_json::from_str(&ev.data).unwrap();
+        assert_eq!(v["usage"]["cost"], 0.25);
+        assert_eq!(v["usage"]["output_tokens"], 4);
+        assert!(out.ends_with(b"\r\n\r\n"));
+        assert_eq!(with_cost(b"data: {\"usage\":null}\n\n", 1.0), None);
+        assert_eq!(with_cost(b"data: [DONE]\n\n", 1.0), None);
     }
 }
