@@ -1309,12 +1309,17 @@ general_settings: {master_key: sk-1234}
              router_settings: {context_window_fallbacks: [{mini: [big, bigger]}]}\n",
         )
         .unwrap();
-        assert_eq!(c.context_window_fallbacks["small"], vec!["large".to_owned()]);
+        assert_eq!(
+            c.context_window_fallbacks["small"],
+            vec!["large".to_owned()]
+        );
         assert_eq!(c.context_window_fallbacks["mini"].len(), 2);
         assert!(!c.include_cost_in_streaming_usage);
         assert!(
-            !c.warnings.iter().any(|w| w.contains("context_window_fallbacks")
-                || w.contains("include_cost_in_streaming_usage")),
+            !c.warnings
+                .iter()
+                .any(|w| w.contains("context_window_fallbacks")
+                    || w.contains("include_cost_in_streaming_usage")),
             "{:?}",
             c.warnings
         );

@@ -577,11 +577,16 @@ mod tests {
         }
         for (s, m) in [
             (400, "Invalid value for 'messages'"),
-            (400, "Invalid 'user': string too long. Expected a string with maximum length 64"),
+            (
+                400,
+                "Invalid 'user': string too long. Expected a string with maximum length 64",
+            ),
             (500, "prompt is too long"),
         ] {
             assert!(!is_context_window_error(&status(s, m)), "{s} {m}");
         }
-        assert!(!is_context_window_error(&ProviderError::Timeout(Duration::from_secs(1))));
+        assert!(!is_context_window_error(&ProviderError::Timeout(
+            Duration::from_secs(1)
+        )));
     }
 }

@@ -274,7 +274,12 @@ model_list:
         .parse()
         .unwrap();
     // The fake answers 9 prompt and 3 completion tokens.
-    let p = gateway::pricing::table().find(Some("azure"), "gpt-4o").unwrap();
+    let p = gateway::pricing::table()
+        .find(Some("azure"), "gpt-4o")
+        .unwrap();
     let want = 9.0 * p.input + 3.0 * p.output;
-    assert!(want > 0.0 && (cost - want).abs() < 1e-12, "{cost} vs {want}");
+    assert!(
+        want > 0.0 && (cost - want).abs() < 1e-12,
+        "{cost} vs {want}"
+    );
 }

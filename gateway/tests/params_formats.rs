@@ -793,11 +793,15 @@ async fn upstream_headers_pass_through_as_litellm_does_and_streams_carry_their_c
 async fn gateway_with_spend_log(u: &Upstreams, extra: &str) -> (Served, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("gw.db").display());
-    let yaml = format!("{}\ngeneral_settings: {{master_key: sk-m}}\n", config(u, extra));
+    let yaml = format!(
+        "{}\ngeneral_settings: {{master_key: sk-m}}\n",
+        config(u, extra)
+    );
     let cfg = yaml_with_env(&yaml, &env(&[]));
-    let gw = gateway::Gateway::from_config(cfg, gateway::store::Store::connect(&url).await.unwrap())
-        .await
-        .unwrap();
+    let gw =
+        gateway::Gateway::from_config(cfg, gateway::store::Store::connect(&url).await.unwrap())
+            .await
+            .unwrap();
     let addr = serve(gw.router()).await;
     let s = Served {
         gw,
@@ -807,8 +811,17 @@ async fn gateway_with_spend_log(u: &Upstreams, extra: &str) -> (Served, tempfile
 }
 
 /// The table's price, applied by hand: uncached input, cache reads and writes, output.
-fn priced(provider: &str, model: &str, input: u64, cache_read: u64, cache_write: u64, output: u64) -> f64 {
-    let p = gateway::pricing::table().find(Some(provider), model).unwrap();
+fn priced(
+    provider: &str,
+    model: &str,
+    input: u64,
+    cache_read: u64,
+    cache_write: u64,
+    output: u64,
+) -> f64 {
+    let p = gateway::pricing::table()
+        .find(Some(provider), model)
+        .unwrap();
     (input - cache_read - cache_write) as f64 * p.input
         + cache_read as f64 * p.cache_read.unwrap()
         + cache_write as f64 * p.cache_creation.unwrap_or(p.input)
@@ -833,18 +846,31 @@ async fn pass_through_and_anthropic_streams_carry_their_cost_and_record_it_as_sp
 
     // OpenAI client, OpenAI upstream (pass-through): the usage chunk gets `cost`.
     let chat_url = format!("{}/v1/chat/completions", gw.base);
-    let req = chat("gpt", json!({"stream": true, "stream_options": {"include_usage": true}}));
+    let req = chat(
+        "gpt",
+        json!({"stream": true, "stream_options": {"include_usage": true}}),
+    );
     let (s, body) = post_text(&chat_url, key, &req).await;
     assert_eq!(s, 200, "{body}");
     let last = chunks(&body).pop().unwrap();
     assert_eq!(last["choices"], json!([]));
-    assert_eq!(last["usage"]["prompt_tokens"], 100, "the upstream's usage, untouched");
-    let cost = last["usage"]["cost"].as_f64().expect("usage.cost on a pass-through stream");
+    assert_eq!(
+        last["usage"]["prompt_tokens"], 100,
+        "the upstream's usage, untouched"
+    );
+    let cost = last["usage"]["cost"]
+        .as_f64()
+        .expect("usage.cost on a pass-through stream");
     assert!((cost - gpt_cost).abs() < 1e-12, "{cost} vs {gpt_cost}");
     assert!(body.ends_with("data: [DONE]\n\n"), "{body}");
     // Without include_usage the client still gets no usage chunk (the gateway asked for it).
     let (_, body) = post_text(&chat_url, key, &chat("gpt", json!({"stream": true}))).await;
-    assert!(chunks(&body).iter().all(|c| c.get("usage").is_none_or(Value::is_null)), "{body}");
+    assert!(
+        chunks(&body)
+            .iter()
+            .all(|c| c.get("usage").is_none_or(Value::is_null)),
+        "{body}"
+    );
 
     // Anthropic client, Anthropic upstream (pass-through): message_delta's usage gets `cost`.
     let msg_url = format!("{}/v1/messages", gw.base);
@@ -852,7 +878,10 @@ async fn pass_through_and_anthropic_streams_carry_their_cost_and_record_it_as_sp
     let (s, body) = post_text(&msg_url, key, &req).await;
     assert_eq!(s, 200, "{body}");
     let cost = message_delta_cost(&body).expect("usage.cost on an Anthropic pass-through stream");
-    assert!((cost - claude_cost).abs() < 1e-12, "{cost} vs {claude_cost}");
+    assert!(
+        (cost - claude_cost).abs() < 1e-12,
+        "{cost} vs {claude_cost}"
+    );
     assert!(body.contains("event: message_stop"), "{body}");
 
     // Anthropic client, OpenAI upstream (translated): the same.
@@ -876,16 +905,31 @@ async fn pass_through_and_anthropic_streams_carry_their_cost_and_record_it_as_sp
         .as_array()
         .unwrap()
         .iter()
-        .map(|l| (l["model_group"].as_str().unwrap().to_owned(), l["spend"].as_f64().unwrap()))
+        .map(|l| {
+            (
+                l["model_group"].as_str().unwrap().to_owned(),
+                l["spend"].as_f64().unwrap(),
+            )
+        })
         .collect();
     spends.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
     assert_eq!(spends.len(), 4, "{logs}");
-    let want = [("claude", claude_cost), ("gpt", gpt_cost), ("gpt", gpt_cost), ("gpt", gpt_cost)];
+    let want = [
+        ("claude", claude_cost),
+        ("gpt", gpt_cost),
+        ("gpt", gpt_cost),
+        ("gpt", gpt_cost),
+    ];
     for ((m, s), (wm, ws)) in spends.iter().zip(want) {
         assert_eq!(m, wm);
         assert!((s - ws).abs() < 1e-9, "{m}: {s} vs {ws}");
     }
-    let claude_log = logs.as_array().unwrap().iter().find(|l| l["model_group"] == "claude").unwrap();
+    let claude_log = logs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["model_group"] == "claude")
+        .unwrap();
     assert_eq!(claude_log["metadata"]["cache_read_input_tokens"], 80);
     assert_eq!(claude_log["metadata"]["cache_creation_input_tokens"], 10);
 }
@@ -893,9 +937,16 @@ async fn pass_through_and_anthropic_streams_carry_their_cost_and_record_it_as_sp
 #[tokio::test]
 async fn include_cost_in_streaming_usage_false_leaves_usage_as_the_upstream_sent_it() {
     let u = upstreams().await;
-    let gw = gateway(&u, "litellm_settings: {include_cost_in_streaming_usage: false}").await;
+    let gw = gateway(
+        &u,
+        "litellm_settings: {include_cost_in_streaming_usage: false}",
+    )
+    .await;
     assert!(gw.gw.warnings().is_empty(), "{:?}", gw.gw.warnings());
-    let req = chat("gpt", json!({"stream": true, "stream_options": {"include_usage": true}}));
+    let req = chat(
+        "gpt",
+        json!({"stream": true, "stream_options": {"include_usage": true}}),
+    );
     let (_, body) = post_text(&format!("{}/v1/chat/completions", gw.base), "k", &req).await;
     let last = chunks(&body).pop().unwrap();
     assert_eq!(last["usage"]["prompt_tokens"], 100);

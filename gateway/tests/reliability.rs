@@ -325,15 +325,19 @@ async fn windowed(
         };
         return (
             axum::http::StatusCode::BAD_REQUEST,
-            axum::Json(json!({"error": {"message": message, "type": "invalid_request_error",
-                "param": "messages", "code": "context_length_exceeded"}})),
+            axum::Json(
+                json!({"error": {"message": message, "type": "invalid_request_error",
+                "param": "messages", "code": "context_length_exceeded"}}),
+            ),
         )
             .into_response();
     }
-    axum::Json(json!({"id": "chatcmpl-w", "object": "chat.completion", "created": 1,
+    axum::Json(
+        json!({"id": "chatcmpl-w", "object": "chat.completion", "created": 1,
         "model": b["model"], "choices": [{"index": 0, "finish_reason": "stop",
         "message": {"role": "assistant", "content": format!("from {}", w.name)}}],
-        "usage": {"prompt_tokens": tokens, "completion_tokens": 2, "total_tokens": tokens + 2}}))
+        "usage": {"prompt_tokens": tokens, "completion_tokens": 2, "total_tokens": tokens + 2}}),
+    )
     .into_response()
 }
 
@@ -386,12 +390,16 @@ litellm_settings:
     );
     let gw = start_gateway(&yaml, gateway::store::Store::Memory).await;
     assert!(
-        !gw.gw.warnings().iter().any(|w| w.contains("context_window")),
+        !gw.gw
+            .warnings()
+            .iter()
+            .any(|w| w.contains("context_window")),
         "{:?}",
         gw.gw.warnings()
     );
     let url = format!("{}/v1/chat/completions", gw.base);
-    let ask = |text: String| json!({"model": "small", "messages": [{"role": "user", "content": text}]});
+    let ask =
+        |text: String| json!({"model": "small", "messages": [{"role": "user", "content": text}]});
 
     // Fits: the model asked for answers.
     let (st, b) = post(&url, "x", &ask("hi".into())).await;
@@ -435,7 +443,8 @@ router_settings:
     );
     let gw = start_gateway(&yaml, gateway::store::Store::Memory).await;
     let url = format!("{}/v1/chat/completions", gw.base);
-    let body = json!({"model": "small", "messages": [{"role": "user", "content": "word ".repeat(1000)}]});
+    let body =
+        json!({"model": "small", "messages": [{"role": "user", "content": "word ".repeat(1000)}]});
     let (st, b) = post(&url, "x", &body).await;
     assert_eq!(st, 200, "{b}");
     assert_eq!(json(&b)["choices"][0]["message"]["content"], "from other");
