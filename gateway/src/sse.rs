@@ -238,32 +238,52 @@ pub fn scan_usage(format: WireFormat, raw: &[u8], usage: &mut Usage) -> Scanned 
     }
 }
 
-/// The same event with `"cost": cost` added to its `usage` object (LiteLLM's
-/// `include_cost_in_streaming_usage`), or None when it has no usage object. Only
-/// the one usage event of a stream comes here, so parsing it whole is fine.
+/// The same event with `"cost": cost` appended to its `usage` object (LiteLLM's
+/// `include_cost_in_streaming_usage`), or None when it has no usage object. The
+/// bytes are spliced, not re-serialized: everything else stays as the upstream sent it.
 pub fn with_cost(raw: &[u8], cost: f64) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(raw.len() + 32);
+    #[derive(Deserialize)]
+    struct UsageSpan<'a> {
+        #[serde(borrow, default)]
+        usage: Option<&'a serde_json::value::RawValue>,
+    }
+    let cost = serde_json::to_string(&cost).ok()?;
+    let mut out = Vec::with_capacity(raw.len() + cost.len() + 8);
     let mut done = false;
     for line in raw.split_inclusive(|&b| b == b'\n') {
-        let body = line.strip_suffix(b"\n").unwrap_or(line);
-        let (body, cr) = match body.strip_suffix(b"\r") {
-            Some(b) => (b, true),
-            None => (body, false),
-        };
-        if !done && let Some(data) = body.strip_prefix(b"data:") {
-            let data = data.strip_prefix(b" ").unwrap_or(data);
-            let mut v: serde_json::Value = serde_json::from_slice(data).ok()?;
-            let u = v.get_mut("usage")?.as_object_mut()?;
-            u.insert("cost".into(), cost.into());
-            out.extend_from_slice(b"data: ");
-            serde_json::to_writer(&mut out, &v).ok()?;
-            if cr {
-                out.push(b'\r');
+        let data = line
+            .strip_prefix(b"data:")
+            .map(|d| d.strip_prefix(b" ").unwrap_or(d));
+        let spliced = match data {
+            Some(d) if !done => {
+                let body = d.strip_suffix(b"\n").unwrap_or(d);
+                let body = body.strip_suffix(b"\r").unwrap_or(body);
+                serde_json::from_slice::<UsageSpan<'_>>(body)
+                    .ok()
+                    .and_then(|u| u.usage)
+                    .map(|u| u.get())
+                    .filter(|u| u.starts_with('{') && u.ends_with('}'))
+                    .map(|u| {
+                        // The closing brace of `usage`, as an offset into `line`.
+                        let close = u.as_ptr() as usize - line.as_ptr() as usize + u.len() - 1;
+                        let empty = u[1..u.len() - 1].trim().is_empty();
+                        (close, empty)
+                    })
             }
-            out.push(b'\n');
-            done = true;
-        } else {
-            out.extend_from_slice(line);
+            _ => None,
+        };
+        match spliced {
+            Some((close, empty)) => {
+                out.extend_from_slice(&line[..close]);
+                if !empty {
+                    out.push(b',');
+                }
+                out.extend_from_slice(b"\"cost\":");
+                out.extend_from_slice(cost.as_bytes());
+                out.extend_from_slice(&line[close..]);
+                done = true;
+            }
+            None => out.extend_from_slice(line),
         }
     }
     done.then_some(out)
@@ -343,6 +363,19 @@ mod tests {
         assert_eq!(v["usage"]["cost"], 0.25);
         assert_eq!(v["usage"]["output_tokens"], 4);
         assert!(out.ends_with(b"\r\n\r\n"));
+        // Spliced, not re-serialized: the upstream's key order and spacing stay.
+        assert_eq!(
+            with_cost(
+                b"data: {\"z\": 1, \"usage\": {\"b\": 2, \"a\": 1}}\n\n",
+                0.5
+            )
+            .unwrap(),
+            b"data: {\"z\": 1, \"usage\": {\"b\": 2, \"a\": 1,\"cost\":0.5}}\n\n"
+        );
+        assert_eq!(
+            with_cost(b"data: {\"usage\":{}}\n\n", 2.0).unwrap(),
+            b"data: {\"usage\":{\"cost\":2.0}}\n\n"
+        );
         assert_eq!(with_cost(b"data: {\"usage\":null}\n\n", 1.0), None);
         assert_eq!(with_cost(b"data: [DONE]\n\n", 1.0), None);
     }
