@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Gateway benchmark: one run, 50 concurrent clients, both routes, side by side:
 #   direct  = the fast local mock upstream (gateway/examples/mock_upstream.rs)
-#   gateway = our gateway in front of it (virtual-key auth + spend recording on)
+#   gateway = our gateway in front of it (virtual-key auth, rpm/tpm limits and
+#             spend recording on every request)
 #   litellm = LiteLLM's Python proxy, same config file, same mock
 # plus the gateway's RSS under that load.
 #
@@ -60,7 +61,7 @@ sed "s/@MOCK@/$MOCK_ADDR/g" "$HERE/config.yaml.in" > "$WORK/config.yaml"
 RUST_LOG=warn "$BIN" --config "$WORK/config.yaml" --listen "$GW_ADDR" --database-url "sqlite://$WORK/gateway.db" > "$WORK/gw.log" 2>&1 & GW_PID=$!; PIDS+=($GW_PID)
 wait_line "$WORK/gw.log" "listening on"
 VKEY="$(curl -fsS "http://$GW_ADDR/key/generate" -H 'Authorization: Bearer sk-bench-master' \
-  -H 'Content-Type: application/json' -d '{"max_budget": 1000000, "models": ["bench-gpt", "bench-claude"], "expires": "1d"}' \
+  -H 'Content-Type: application/json' -d '{"max_budget": 1000000, "rpm_limit": 100000000, "tpm_limit": 100000000000, "models": ["bench-gpt", "bench-claude"], "expires": "1d"}' \
   | python3 -c 'import json,sys;print(json.load(sys.stdin)["key"])')"
 
 if [[ -z "${SKIP_LITELLM:-}" ]]; then

@@ -147,8 +147,16 @@ pub struct Config {
     pub fallbacks: HashMap<String, Vec<String>>,
     /// `litellm_settings.default_fallbacks`: tried for any group without its own fallbacks.
     pub default_fallbacks: Vec<String>,
+    /// `context_window_fallbacks`: `model_name` -> larger-context models, tried in
+    /// order when the upstream says the prompt is too long (LiteLLM's
+    /// `ContextWindowExceededError`); without an entry, the ordinary fallbacks are.
+    pub context_window_fallbacks: HashMap<String, Vec<String>>,
     /// `litellm_settings.drop_params`: the default for every deployment.
     pub drop_params: bool,
+    /// `litellm_settings.include_cost_in_streaming_usage`: a stream's usage event
+    /// carries the answer's `cost`. LiteLLM's default is off; Airlock's is on (an
+    /// extra field clients ignore, and a stream's headers cannot carry the cost).
+    pub include_cost_in_streaming_usage: bool,
     /// Overall default per-attempt timeout.
     pub request_timeout: Duration,
     /// How long a failing deployment is skipped.
@@ -171,7 +179,9 @@ impl Default for Config {
             num_retries: 0,
             fallbacks: HashMap::new(),
             default_fallbacks: Vec::new(),
+            context_window_fallbacks: HashMap::new(),
             drop_params: false,
+            include_cost_in_streaming_usage: true,
             request_timeout: Duration::from_secs(600),
             cooldown_time: Duration::from_secs(5),
             max_retry_after: Duration::from_secs(5),
@@ -435,14 +445,17 @@ const PARAM_KEYS: &[&str] = &[
 const LITELLM_KEYS: &[&str] = &[
     "num_retries",
     "fallbacks",
+    "context_window_fallbacks",
     "request_timeout",
     "drop_params",
     "default_fallbacks",
+    "include_cost_in_streaming_usage",
 ];
 const ROUTER_KEYS: &[&str] = &[
     "routing_strategy",
     "num_retries",
     "fallbacks",
+    "context_window_fallbacks",
     "timeout",
     "cooldown_time",
     "retry_after",
@@ -544,6 +557,17 @@ impl Config {
             if let Some(b) = boolean("litellm_settings.drop_params", ls.get("drop_params"))? {
                 cfg.drop_params = b;
             }
+            if let Some(b) = boolean(
+                "litellm_settings.include_cost_in_streaming_usage",
+                ls.get("include_cost_in_streaming_usage"),
+            )? {
+                cfg.include_cost_in_streaming_usage = b;
+            }
+            parse_fallbacks(
+                "litellm_settings.context_window_fallbacks",
+                ls.get("context_window_fallbacks"),
+                &mut cfg.context_window_fallbacks,
+            )?;
             cfg.default_fallbacks = string_list(
                 "litellm_settings.default_fallbacks",
                 ls.get("default_fallbacks"),
@@ -586,6 +610,11 @@ impl Config {
                 "router_settings.fallbacks",
                 rs.get("fallbacks"),
                 &mut cfg.fallbacks,
+            )?;
+            parse_fallbacks(
+                "router_settings.context_window_fallbacks",
+                rs.get("context_window_fallbacks"),
+                &mut cfg.context_window_fallbacks,
             )?;
         }
         // general_settings (LITELLM_MASTER_KEY / DATABASE_URL as LiteLLM's fallbacks)
@@ -669,7 +698,7 @@ impl Config {
                 });
             }
         }
-        for (from, tos) in &cfg.fallbacks {
+        for (from, tos) in cfg.fallbacks.iter().chain(&cfg.context_window_fallbacks) {
             for to in tos.iter().chain(std::iter::once(from)) {
                 if !cfg
                     .model_list
@@ -1271,5 +1300,29 @@ general_settings: {master_key: sk-1234}
         assert!(e.contains("litellm_settings.num_retries"), "{e}");
         let e = check("model_list: {a: 1}").unwrap_err().to_string();
         assert!(e.contains("model_list"), "{e}");
+    }
+
+    #[test]
+    fn context_window_fallbacks_and_streaming_cost_are_read() {
+        let c = check(
+            "litellm_settings: {context_window_fallbacks: [{small: [large]}], include_cost_in_streaming_usage: false}\n\
+             router_settings: {context_window_fallbacks: [{mini: [big, bigger]}]}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.context_window_fallbacks["small"],
+            vec!["large".to_owned()]
+        );
+        assert_eq!(c.context_window_fallbacks["mini"].len(), 2);
+        assert!(!c.include_cost_in_streaming_usage);
+        assert!(
+            !c.warnings
+                .iter()
+                .any(|w| w.contains("context_window_fallbacks")
+                    || w.contains("include_cost_in_streaming_usage")),
+            "{:?}",
+            c.warnings
+        );
+        assert!(check("").unwrap().include_cost_in_streaming_usage);
     }
 }

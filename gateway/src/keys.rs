@@ -91,6 +91,7 @@ pub struct VirtualKey {
     /// Spend as read from the database plus this replica's spend since (nano-USD).
     spend_nano: AtomicU64,
     team_spend_nano: AtomicU64,
+    user_spend_nano: AtomicU64,
 }
 
 impl VirtualKey {
@@ -109,6 +110,9 @@ impl VirtualKey {
             team_spend_nano: AtomicU64::new(
                 r.team.as_ref().map_or(0, |t| to_nano(t.spend)) + pending_nano,
             ),
+            user_spend_nano: AtomicU64::new(
+                r.user.as_ref().map_or(0, |u| to_nano(u.spend)) + pending_nano,
+            ),
             row: r,
         }
     }
@@ -121,6 +125,17 @@ impl VirtualKey {
         let n = (usd * NANO).round().max(0.0) as u64;
         self.spend_nano.fetch_add(n, Ordering::Relaxed);
         self.team_spend_nano.fetch_add(n, Ordering::Relaxed);
+        self.user_spend_nano.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The user's personal budget, which LiteLLM applies to keys outside a team
+    /// (`_check_user_budget` in litellm/proxy/auth/auth_checks.py; team keys only
+    /// with `apply_user_budget_to_team_keys`, which Airlock does not read).
+    fn user_budget(&self) -> Option<f64> {
+        match (&self.row.team, &self.row.user) {
+            (None, Some(u)) => u.max_budget.filter(|b| b.is_finite()),
+            _ => None,
+        }
     }
 
     pub fn key_name(&self) -> &str {
@@ -139,6 +154,7 @@ impl VirtualKey {
                 .team
                 .as_ref()
                 .is_some_and(|t| t.max_budget.is_some())
+            || self.user_budget().is_some()
     }
 
     pub fn info_json(&self) -> serde_json::Value {
@@ -233,6 +249,15 @@ impl Caller {
                 return Err(GatewayError::BudgetExceeded(format!(
                     "Budget has been exceeded! Team={} Current cost: {spend}, Max budget: {b}",
                     r.team_id.as_deref().unwrap_or("")
+                )));
+            }
+        }
+        if let Some(b) = k.user_budget() {
+            let spend = k.user_spend_nano.load(Ordering::Relaxed) as f64 / NANO;
+            if spend >= b {
+                return Err(GatewayError::BudgetExceeded(format!(
+                    "ExceededBudget: User={} over budget. Spend={spend}, Budget={b}",
+                    r.user_id.as_deref().unwrap_or("")
                 )));
             }
         }

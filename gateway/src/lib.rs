@@ -64,6 +64,8 @@ pub(crate) struct Inner {
     pub(crate) code_interpreter: std::sync::OnceLock<Arc<code_interpreter::CodeInterpreter>>,
     /// `code_interpreter:` bounds from the config (applied to whichever host is set).
     pub(crate) code_interpreter_settings: code_interpreter::Settings,
+    /// `litellm_settings.include_cost_in_streaming_usage`: streams carry `usage.cost`.
+    pub(crate) cost_in_stream_usage: bool,
 }
 
 /// The gateway: cheap to clone, shares one state.
@@ -101,9 +103,14 @@ impl Gateway {
                 && e.output_cost_per_token.is_none()
                 && !e.model.contains('*')
                 && !matches!(e.provider, config::ProviderKind::Scripted(_))
-                && prices
-                    .find(pricing::provider_prefix(&e.provider), &e.model)
-                    .is_none()
+                && {
+                    let (p, m) = pricing::priced_name(
+                        pricing::provider_prefix(&e.provider),
+                        &e.model,
+                        e.model_info.as_ref(),
+                    );
+                    prices.find(p, m).is_none()
+                }
             {
                 let w = format!(
                     "model_list `{}`: no price for `{}` in the price table; its spend counts as $0 \
@@ -169,6 +176,7 @@ impl Gateway {
                 metrics,
                 code_interpreter: std::sync::OnceLock::new(),
                 code_interpreter_settings: ci_settings,
+                cost_in_stream_usage: cfg.include_cost_in_streaming_usage,
             }),
         };
         if let Some(host) = ci_host {

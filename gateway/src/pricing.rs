@@ -297,6 +297,29 @@ pub fn provider_prefix(kind: &crate::config::ProviderKind) -> Option<&'static st
     })
 }
 
+/// The name a deployment is priced under: `model_info.base_model` when set (LiteLLM's
+/// way to price an Azure deployment whose name is the customer's own, e.g.
+/// `base_model: azure/gpt-4o`), else its upstream model. A `base_model` with its own
+/// provider prefix names that provider.
+pub fn priced_name<'a>(
+    provider: Option<&'static str>,
+    model: &'a str,
+    model_info: Option<&'a serde_json::Value>,
+) -> (Option<&'static str>, &'a str) {
+    match model_info
+        .and_then(|i| i.get("base_model"))
+        .and_then(serde_json::Value::as_str)
+        .map(str::trim)
+        .filter(|b| !b.is_empty())
+    {
+        Some(b) => match b.split_once('/') {
+            Some((p, _)) if KNOWN_PREFIXES.contains(&p) => (None, b),
+            _ => (provider, b),
+        },
+        None => (provider, model),
+    }
+}
+
 /// Price of one deployment: the table's, with the config's `input_cost_per_token` /
 /// `output_cost_per_token` on top (LiteLLM custom pricing).
 pub fn for_deployment(
@@ -450,5 +473,23 @@ mod tests {
             load_file(f.to_str().unwrap()),
             Err(PricingError::Parse { .. })
         ));
+    }
+
+    #[test]
+    fn base_model_prices_a_custom_deployment_name() {
+        let info = serde_json::json!({"base_model": "azure/gpt-4o"});
+        assert_eq!(
+            priced_name(Some("azure"), "my-deploy", Some(&info)),
+            (None, "azure/gpt-4o")
+        );
+        let info = serde_json::json!({"base_model": "gpt-4o"});
+        assert_eq!(
+            priced_name(Some("azure"), "my-deploy", Some(&info)),
+            (Some("azure"), "gpt-4o")
+        );
+        assert_eq!(
+            priced_name(Some("azure"), "my-deploy", None),
+            (Some("azure"), "my-deploy")
+        );
     }
 }

@@ -311,16 +311,13 @@ async fn route(
                         set_cost_header(r.headers_mut(), guard.cost());
                         r
                     }
-                    RawResponse::Stream(s) => sse_response(PassThrough {
-                        inner: Some(s),
+                    RawResponse::Stream(s) => pass_through_response(
+                        inner,
+                        s,
                         format,
-                        splitter: SseSplitter::default(),
-                        drop_usage_only: format == WireFormat::OpenAi && !peek.include_usage,
-                        guard: {
-                            guard.arm();
-                            guard
-                        },
-                    }),
+                        format == WireFormat::OpenAi && !peek.include_usage,
+                        guard,
+                    ),
                 };
                 set_upstream_headers(resp.headers_mut(), up_headers.as_ref());
                 Ok(resp)
@@ -358,6 +355,7 @@ async fn route(
                             guard.arm();
                             guard
                         },
+                        cost_in_usage: inner.cost_in_stream_usage,
                     });
                     set_upstream_headers(resp.headers_mut(), up_headers.as_ref());
                     Ok(resp)
@@ -389,30 +387,128 @@ async fn route(
 /// An armed pass-through stream as an SSE response (for the other endpoints,
 /// e.g. `/v1/completions`): spend is recorded when it ends.
 pub(crate) fn pass_through_response(
+    inner: &Inner,
     s: ByteStream,
     format: WireFormat,
     drop_usage_only: bool,
     mut guard: SpendGuard,
 ) -> Response {
     guard.arm();
-    sse_response(PassThrough {
-        inner: Some(s),
+    sse_response(PassThrough::new(
+        s,
         format,
-        splitter: SseSplitter::default(),
         drop_usage_only,
+        inner.cost_in_stream_usage,
         guard,
-    })
+    ))
 }
 
 /// A pass-through stream: forwards upstream chunks untouched (zero-copy) while
 /// scanning the events that can carry usage. When the gateway itself asked an
-/// OpenAI upstream for usage, the extra usage-only chunk is cut out again.
+/// OpenAI upstream for usage, the extra usage-only chunk is cut out again; the
+/// usage event the client does get carries the answer's `cost` (LiteLLM's
+/// `include_cost_in_streaming_usage`: an OpenAI chunk's `usage`, Anthropic's
+/// `message_delta`), since a stream's headers left before the cost was known.
 struct PassThrough {
     inner: Option<ByteStream>,
     format: WireFormat,
     splitter: SseSplitter,
     drop_usage_only: bool,
+    cost_in_usage: bool,
     guard: SpendGuard,
+}
+
+impl PassThrough {
+    fn new(
+        s: ByteStream,
+        format: WireFormat,
+        drop_usage_only: bool,
+        cost_in_usage: bool,
+        guard: SpendGuard,
+    ) -> Self {
+        PassThrough {
+            inner: Some(s),
+            format,
+            splitter: SseSplitter::default(),
+            drop_usage_only,
+            cost_in_usage,
+            guard,
+        }
+    }
+
+    /// What to send instead of this event: None = the event as is, Some(None) =
+    /// nothing, Some(Some(bytes)) = a rewritten event. Updates the usage either way.
+    fn rewrite(
+        format: WireFormat,
+        drop_usage_only: bool,
+        cost_in_usage: bool,
+        guard: &mut SpendGuard,
+        ev: &[u8],
+    ) -> Option<Option<Vec<u8>>> {
+        match sse::scan_usage(format, ev, &mut guard.usage) {
+            Scanned::UsageOnly if drop_usage_only => Some(None),
+            Scanned::Usage | Scanned::UsageOnly if cost_in_usage => {
+                sse::with_cost(ev, guard.cost()).map(Some)
+            }
+            _ => None,
+        }
+    }
+
+    /// Event-aligned forwarding: only complete events leave (an event may be
+    /// rewritten, so none may leave half-sent); still zero-copy when nothing in
+    /// the chunk changes and no earlier partial event is held.
+    fn aligned(&mut self, chunk: Bytes) -> Bytes {
+        let (format, drop_uo, cost) = (self.format, self.drop_usage_only, self.cost_in_usage);
+        let guard = &mut self.guard;
+        if self.splitter.pending_len() == 0 {
+            let base = chunk.as_ptr() as usize;
+            let mut out: Option<Vec<u8>> = None;
+            let mut last = 0;
+            self.splitter.push(&chunk, |ev| {
+                if let Some(rep) = Self::rewrite(format, drop_uo, cost, guard, ev) {
+                    let start = ev.as_ptr() as usize - base;
+                    let o = out.get_or_insert_with(|| Vec::with_capacity(chunk.len() + 32));
+                    o.extend_from_slice(&chunk[last..start]);
+                    if let Some(r) = rep {
+                        o.extend_from_slice(&r);
+                    }
+                    last = start + ev.len();
+                }
+            });
+            let end = chunk.len() - self.splitter.pending_len();
+            match out {
+                None => chunk.slice(..end),
+                Some(mut o) => {
+                    o.extend_from_slice(&chunk[last..end]);
+                    Bytes::from(o)
+                }
+            }
+        } else {
+            let mut out = Vec::with_capacity(self.splitter.pending_len() + chunk.len());
+            self.splitter.push(&chunk, |ev| {
+                match Self::rewrite(format, drop_uo, cost, guard, ev) {
+                    None => out.extend_from_slice(ev),
+                    Some(Some(r)) => out.extend_from_slice(&r),
+                    Some(None) => {}
+                }
+            });
+            Bytes::from(out)
+        }
+    }
+
+    /// The stream ended: an unterminated last event still goes out (and counts).
+    fn tail(&mut self) -> Bytes {
+        let (format, drop_uo, cost) = (self.format, self.drop_usage_only, self.cost_in_usage);
+        let guard = &mut self.guard;
+        let mut out = Vec::new();
+        self.splitter
+            .finish(|ev| match Self::rewrite(format, drop_uo, cost, guard, ev) {
+                None => out.extend_from_slice(ev),
+                Some(Some(r)) => out.extend_from_slice(&r),
+                Some(None) => {}
+            });
+        Bytes::from(out)
+    }
 }
 
 impl Stream for PassThrough {
@@ -420,6 +516,7 @@ impl Stream for PassThrough {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
+        let aligned = this.drop_usage_only || this.cost_in_usage;
         loop {
             let Some(s) = this.inner.as_mut() else {
                 return Poll::Ready(None);
@@ -428,6 +525,12 @@ impl Stream for PassThrough {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(None) => {
                     this.inner = None;
+                    if aligned {
+                        let t = this.tail();
+                        if !t.is_empty() {
+                            return Poll::Ready(Some(Ok(t)));
+                        }
+                    }
                     return Poll::Ready(None);
                 }
                 Poll::Ready(Some(Err(e))) => {
@@ -435,22 +538,16 @@ impl Stream for PassThrough {
                     return Poll::Ready(Some(Ok(error_frame(this.format, e))));
                 }
                 Poll::Ready(Some(Ok(chunk))) => {
-                    let format = this.format;
-                    let usage = &mut this.guard.usage;
-                    if !this.drop_usage_only {
+                    if !aligned {
+                        let (format, usage) = (this.format, &mut this.guard.usage);
                         this.splitter.push(&chunk, |ev| {
                             sse::scan_usage(format, ev, usage);
                         });
                         return Poll::Ready(Some(Ok(chunk)));
                     }
-                    let mut out = Vec::with_capacity(chunk.len());
-                    this.splitter.push(&chunk, |ev| {
-                        if sse::scan_usage(format, ev, usage) != Scanned::UsageOnly {
-                            out.extend_from_slice(ev);
-                        }
-                    });
+                    let out = this.aligned(chunk);
                     if !out.is_empty() {
-                        return Poll::Ready(Some(Ok(Bytes::from(out))));
+                        return Poll::Ready(Some(Ok(out)));
                     }
                 }
             }
@@ -493,6 +590,8 @@ struct Translate {
     inner: Option<EventStream>,
     encoder: Encoder,
     guard: SpendGuard,
+    /// `include_cost_in_streaming_usage`: the usage event carries `cost`.
+    cost_in_usage: bool,
 }
 
 impl Stream for Translate {
@@ -515,8 +614,12 @@ impl Stream for Translate {
                 Poll::Ready(Some(Ok(ev))) => {
                     if let StreamEvent::Finish { usage, .. } = &ev {
                         this.guard.usage = *usage;
-                        if let Encoder::OpenAi(e) = &mut this.encoder {
-                            e.cost = Some(this.guard.cost());
+                        if this.cost_in_usage {
+                            let cost = Some(this.guard.cost());
+                            match &mut this.encoder {
+                                Encoder::OpenAi(e) => e.cost = cost,
+                                Encoder::Anthropic(e) => e.cost = cost,
+                            }
                         }
                     }
                     if let StreamEvent::Start { input_tokens, .. } = &ev {

@@ -69,7 +69,10 @@ impl Deployment {
             (None, None) if matches!(e.provider, crate::config::ProviderKind::Scripted(_)) => {
                 Some(Price::new(0.0, 0.0))
             }
-            (i, o) => Some(pricing::for_deployment(provider_prefix, &e.model, i, o)),
+            (i, o) => {
+                let (p, m) = pricing::priced_name(provider_prefix, &e.model, e.model_info.as_ref());
+                Some(pricing::for_deployment(p, m, i, o))
+            }
         };
         Self {
             provider,
@@ -213,6 +216,7 @@ pub struct Router {
     num_retries: u32,
     fallbacks: HashMap<String, Vec<String>>,
     default_fallbacks: Vec<String>,
+    context_window_fallbacks: HashMap<String, Vec<String>>,
     cooldown: Duration,
     max_retry_after: Duration,
     /// Retries, fallbacks and upstream failures for `/metrics`.
@@ -257,6 +261,7 @@ impl Router {
             num_retries: cfg.num_retries,
             fallbacks: cfg.fallbacks.clone(),
             default_fallbacks: cfg.default_fallbacks.clone(),
+            context_window_fallbacks: cfg.context_window_fallbacks.clone(),
             cooldown: cfg.cooldown_time,
             max_retry_after: cfg.max_retry_after,
             counters: Arc::default(),
@@ -368,21 +373,23 @@ impl Router {
             .or_else(|| self.fallbacks.get(&first.name))
             .map(Vec::as_slice)
             .unwrap_or(&self.default_fallbacks);
-        let chain = std::iter::once(first).chain(
-            fallbacks
-                .iter()
-                .filter(|f| **f != first.name)
-                .filter_map(|f| self.group(f)),
-        );
+        // The groups still to try after the current one: the ordinary fallbacks,
+        // until a context-window error switches to `context_window_fallbacks`
+        // (once; LiteLLM's `async_function_with_fallbacks`).
+        let mut rest: std::slice::Iter<'_, String> = fallbacks.iter();
+        let mut on_context_list = false;
+        let mut g = first.clone();
+        let mut gi = 0usize;
         let mut last_err: Option<ProviderError> = None;
-        for (gi, g) in chain.enumerate() {
+        loop {
             if gi > 0 {
                 tracing::info!(model, to = %g.name, "falling back");
                 self.counters.fallback();
             }
+            gi += 1;
             let mut tried: u64 = 0;
             for attempt in 0..=self.num_retries {
-                let Some(i) = self.pick(g, tried) else {
+                let Some(i) = self.pick(&g, tried) else {
                     if last_err.is_none() {
                         last_err = Some(ProviderError::Status {
                             status: 429,
@@ -440,7 +447,21 @@ impl Router {
                             dep.observe_latency(started.elapsed());
                         }
                         let ra = e.retry_after();
+                        let too_long = is_context_window_error(&e);
                         last_err = Some(e);
+                        if too_long {
+                            // Retrying the same prompt on the same group cannot help.
+                            if !on_context_list
+                                && let Some(cw) = self
+                                    .context_window_fallbacks
+                                    .get(model)
+                                    .or_else(|| self.context_window_fallbacks.get(&first.name))
+                            {
+                                rest = cw.iter();
+                                on_context_list = true;
+                            }
+                            break;
+                        }
                         if !retryable {
                             return Err(last_err
                                 .map(GatewayError::Provider)
@@ -461,6 +482,15 @@ impl Router {
                     }
                 }
             }
+            // The next group that exists and is not the one asked for.
+            match rest
+                .by_ref()
+                .filter(|f| **f != first.name)
+                .find_map(|f| self.group(f))
+            {
+                Some(next) => g = next.clone(),
+                None => break,
+            }
         }
         Err(GatewayError::Provider(last_err.unwrap_or_else(|| {
             ProviderError::Connect("no deployment available".into())
@@ -477,5 +507,86 @@ impl Router {
     /// Expose groups for `/v1/models`.
     pub fn model_names(&self) -> &[String] {
         &self.names
+    }
+}
+
+/// The upstream said the prompt does not fit the model's context window: LiteLLM's
+/// `ContextWindowExceededError`, recognised by the same message fragments
+/// (`ExceptionCheckers.is_error_str_context_window_exceeded` and the per-provider
+/// checks in litellm/litellm_core_utils/exception_mapping_utils.py).
+pub fn is_context_window_error(e: &ProviderError) -> bool {
+    let ProviderError::Status {
+        status, message, ..
+    } = e
+    else {
+        return false;
+    };
+    if !matches!(status, 400 | 413 | 422) {
+        return false;
+    }
+    let m = message.to_ascii_lowercase();
+    // OpenAI's own parameter-length errors are not about the context window.
+    if m.contains("string_above_max_length")
+        || (m.contains("invalid 'user'") && m.contains("string too long"))
+    {
+        return false;
+    }
+    const FRAGMENTS: &[&str] = &[
+        "exceed context limit",
+        "this model's maximum context length is",
+        "string too long. expected a string with maximum length",
+        "model's maximum context limit",
+        "is longer than the model's context length",
+        "input tokens exceed the configured limit",
+        "`inputs` tokens + `max_new_tokens` must be",
+        "exceeds the available context size",
+        "exceeds the maximum number of tokens allowed",
+        "prompt is too long",
+        "input is too long",
+        "too many input tokens",
+        "context_length_exceeded",
+    ];
+    FRAGMENTS.iter().any(|f| m.contains(f))
+        || (m.contains("current length is") && m.contains("while limit is"))
+        || (m.contains("maximum input length is") && m.contains("tokens"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(status: u16, message: &str) -> ProviderError {
+        ProviderError::Status {
+            status,
+            error_type: "invalid_request_error".into(),
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    #[test]
+    fn context_window_errors_are_recognised_as_litellm_does() {
+        for m in [
+            "This model's maximum context length is 8192 tokens. However, your messages resulted in 9000 tokens.",
+            "prompt is too long: 208310 tokens > 200000 maximum",
+            "Input is too long for requested model.",
+            "The input token count (1200000) exceeds the maximum number of tokens allowed (1048576).",
+            "Current length is 9000 while limit is 8192",
+        ] {
+            assert!(is_context_window_error(&status(400, m)), "{m}");
+        }
+        for (s, m) in [
+            (400, "Invalid value for 'messages'"),
+            (
+                400,
+                "Invalid 'user': string too long. Expected a string with maximum length 64",
+            ),
+            (500, "prompt is too long"),
+        ] {
+            assert!(!is_context_window_error(&status(s, m)), "{s} {m}");
+        }
+        assert!(!is_context_window_error(&ProviderError::Timeout(
+            Duration::from_secs(1)
+        )));
     }
 }

@@ -28,6 +28,11 @@ impl SseSplitter {
         }
     }
 
+    /// Bytes held back: the start of an event whose end has not arrived yet.
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
     /// The unterminated tail, if any (a stream that ended without a blank line).
     pub fn finish(&mut self, mut f: impl FnMut(&[u8])) {
         if self.pending.iter().any(|b| !b.is_ascii_whitespace()) {
@@ -162,6 +167,9 @@ impl AnUsage {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Scanned {
     Other,
+    /// An event that carries usage (an OpenAI chunk with a `usage` object, an
+    /// Anthropic `message_delta`): where LiteLLM puts the streamed answer's `cost`.
+    Usage,
     /// An OpenAI usage-only chunk (`choices: []`): droppable when the client did not ask for it.
     UsageOnly,
 }
@@ -198,6 +206,7 @@ pub fn scan_usage(format: WireFormat, raw: &[u8], usage: &mut Usage) -> Scanned 
                 if c.choices.as_ref().is_some_and(|c| c.is_empty()) {
                     return Scanned::UsageOnly;
                 }
+                return Scanned::Usage;
             }
             Scanned::Other
         }
@@ -221,11 +230,63 @@ pub fn scan_usage(format: WireFormat, raw: &[u8], usage: &mut Usage) -> Scanned 
                         *usage = u.usage();
                         usage.output_tokens = out;
                     }
+                    return Scanned::Usage;
                 }
             }
             Scanned::Other
         }
     }
+}
+
+/// The same event with `"cost": cost` appended to its `usage` object (LiteLLM's
+/// `include_cost_in_streaming_usage`), or None when it has no usage object. The
+/// bytes are spliced, not re-serialized: everything else stays as the upstream sent it.
+pub fn with_cost(raw: &[u8], cost: f64) -> Option<Vec<u8>> {
+    #[derive(Deserialize)]
+    struct UsageSpan<'a> {
+        #[serde(borrow, default)]
+        usage: Option<&'a serde_json::value::RawValue>,
+    }
+    let cost = serde_json::to_string(&cost).ok()?;
+    let mut out = Vec::with_capacity(raw.len() + cost.len() + 8);
+    let mut done = false;
+    for line in raw.split_inclusive(|&b| b == b'\n') {
+        let data = line
+            .strip_prefix(b"data:")
+            .map(|d| d.strip_prefix(b" ").unwrap_or(d));
+        let spliced = match data {
+            Some(d) if !done => {
+                let body = d.strip_suffix(b"\n").unwrap_or(d);
+                let body = body.strip_suffix(b"\r").unwrap_or(body);
+                serde_json::from_slice::<UsageSpan<'_>>(body)
+                    .ok()
+                    .and_then(|u| u.usage)
+                    .map(|u| u.get())
+                    .filter(|u| u.starts_with('{') && u.ends_with('}'))
+                    .map(|u| {
+                        // The closing brace of `usage`, as an offset into `line`.
+                        let close = u.as_ptr() as usize - line.as_ptr() as usize + u.len() - 1;
+                        let empty = u[1..u.len() - 1].trim().is_empty();
+                        (close, empty)
+                    })
+            }
+            _ => None,
+        };
+        match spliced {
+            Some((close, empty)) => {
+                out.extend_from_slice(&line[..close]);
+                if !empty {
+                    out.push(b',');
+                }
+                out.extend_from_slice(b"\"cost\":");
+                out.extend_from_slice(cost.as_bytes());
+                out.extend_from_slice(&line[close..]);
+                done = true;
+            }
+            None => out.extend_from_slice(line),
+        }
+    }
+    done.then_some(out)
 }
 
 #[cfg(test)]
@@ -290,5 +351,32 @@ mod tests {
             usage_from_body(WireFormat::OpenAi, body).cache_read_tokens,
             64
         );
+    }
+
+    #[test]
+    fn cost_goes_into_the_usage_event() {
+        let raw = b"event: message_delta\r\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":4}}\r\n\r\n";
+        let out = with_cost(raw, 0.25).unwrap();
+        let ev = parse_event(&out);
+        assert_eq!(ev.name, Some("message_delta"));
+        let v: serde_json::Value = serde_json::from_str(&ev.data).unwrap();
+        assert_eq!(v["usage"]["cost"], 0.25);
+        assert_eq!(v["usage"]["output_tokens"], 4);
+        assert!(out.ends_with(b"\r\n\r\n"));
+        // Spliced, not re-serialized: the upstream's key order and spacing stay.
+        assert_eq!(
+            with_cost(
+                b"data: {\"z\": 1, \"usage\": {\"b\": 2, \"a\": 1}}\n\n",
+                0.5
+            )
+            .unwrap(),
+            b"data: {\"z\": 1, \"usage\": {\"b\": 2, \"a\": 1,\"cost\":0.5}}\n\n"
+        );
+        assert_eq!(
+            with_cost(b"data: {\"usage\":{}}\n\n", 2.0).unwrap(),
+            b"data: {\"usage\":{\"cost\":2.0}}\n\n"
+        );
+        assert_eq!(with_cost(b"data: {\"usage\":null}\n\n", 1.0), None);
+        assert_eq!(with_cost(b"data: [DONE]\n\n", 1.0), None);
     }
 }

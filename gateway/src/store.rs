@@ -58,6 +58,14 @@ pub struct KeyRow {
     pub blocked: bool,
     /// The key's team (LiteLLM databases): its budget, models and block apply too.
     pub team: Option<TeamRow>,
+    /// The key's user (LiteLLM databases): a personal budget applies to keys without a team.
+    pub user: Option<UserRow>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct UserRow {
+    pub max_budget: Option<f64>,
+    pub spend: f64,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -233,17 +241,19 @@ macro_rules! on_pool {
 /// Columns of a key, in `row_to_key` order, for Airlock's table.
 const NATIVE_KEY_COLS: &str = "token_hash, key_name, key_alias, max_budget, models, metadata, spend, \
     expires_at, created_at, budget_duration, budget_reset_at, rpm_limit, tpm_limit, max_parallel_requests, \
-    team_id, user_id, blocked, CAST(NULL AS DOUBLE PRECISION), CAST(NULL AS DOUBLE PRECISION), CAST(NULL AS TEXT), CAST(NULL AS BOOLEAN)";
+    team_id, user_id, blocked, CAST(NULL AS DOUBLE PRECISION), CAST(NULL AS DOUBLE PRECISION), CAST(NULL AS TEXT), CAST(NULL AS BOOLEAN), \
+    CAST(NULL AS DOUBLE PRECISION), CAST(NULL AS DOUBLE PRECISION)";
 
 /// The same columns from LiteLLM's tables (Prisma: DateTime = timestamp(3) in UTC,
-/// String[] = text[], Json = jsonb), joined with the key's team.
+/// String[] = text[], Json = jsonb), joined with the key's team and user.
 const LITELLM_KEY_SELECT: &str = r#"SELECT v.token, COALESCE(v.key_name, ''), v.key_alias, v.max_budget,
     COALESCE(array_to_json(v.models)::text, '[]'), COALESCE(v.metadata::text, '{}'), v.spend,
     EXTRACT(EPOCH FROM v.expires)::bigint, COALESCE(EXTRACT(EPOCH FROM v.created_at)::bigint, 0),
     v.budget_duration, EXTRACT(EPOCH FROM v.budget_reset_at)::bigint, v.rpm_limit, v.tpm_limit,
     v.max_parallel_requests::bigint, v.team_id, v.user_id, COALESCE(v.blocked, false),
-    t.max_budget, t.spend, array_to_json(t.models)::text, t.blocked
-    FROM "LiteLLM_VerificationToken" v LEFT JOIN "LiteLLM_TeamTable" t ON t.team_id = v.team_id"#;
+    t.max_budget, t.spend, array_to_json(t.models)::text, t.blocked, u.max_budget, u.spend
+    FROM "LiteLLM_VerificationToken" v LEFT JOIN "LiteLLM_TeamTable" t ON t.team_id = v.team_id
+    LEFT JOIN "LiteLLM_UserTable" u ON u.user_id = v.user_id"#;
 
 fn row_to_key<R>(r: &R) -> Result<KeyRow, sqlx::Error>
 where
@@ -259,6 +269,7 @@ where
     for<'a> Option<bool>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
 {
     let team_spend: Option<f64> = r.try_get(18)?;
+    let user_spend: Option<f64> = r.try_get(22)?;
     Ok(KeyRow {
         token_hash: r.try_get(0)?,
         key_name: r.try_get(1)?,
@@ -286,6 +297,13 @@ where
                     .try_get::<Option<String>, _>(19)?
                     .unwrap_or_else(|| "[]".into()),
                 blocked: r.try_get::<Option<bool>, _>(20)?.unwrap_or(false),
+            }),
+        },
+        user: match user_spend {
+            None => None,
+            Some(spend) => Some(UserRow {
+                max_budget: r.try_get(21)?,
+                spend,
             }),
         },
     })

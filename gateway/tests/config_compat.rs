@@ -35,11 +35,16 @@ async fn litellm_docs_example_loads() {
         "redis_host",
         "alerting",
         "proxy_batch_write_at",
-        "context_window_fallbacks",
         "max_tokens",
     ] {
         assert!(warned(&c, k), "no warning for {k}: {:?}", c.warnings);
     }
+    // context_window_fallbacks is honoured, not warned about.
+    assert!(!warned(&c, "context_window_fallbacks"), "{:?}", c.warnings);
+    assert_eq!(
+        c.context_window_fallbacks["gpt-3.5-turbo"],
+        vec!["claude-3-5-sonnet".to_owned()]
+    );
     assert!(warned(&c, "usage-based-routing-v2"));
     assert_eq!(c.routing_strategy, RoutingStrategy::SimpleShuffle);
     assert_eq!(c.num_retries, 3);

@@ -238,3 +238,48 @@ async fn litellm_only_fields_stripped_and_reasoning_models_get_max_completion_to
     assert_eq!(s, 200);
     assert_eq!(oa.last_body()["max_tokens"], 300);
 }
+
+#[tokio::test]
+async fn azure_deployment_is_priced_by_its_model_info_base_model() {
+    // LiteLLM's docs for Azure cost tracking: a deployment's own name is not a model
+    // in the price table, so `model_info.base_model` names the model it runs.
+    let (az, _) = azure::start("k", &["prod-4o", "mystery-deploy"]).await;
+    let cfg = yaml_with_env(
+        &format!(
+            r#"
+model_list:
+  - model_name: priced
+    litellm_params: {{model: azure/prod-4o, api_base: '{az}', api_key: k, api_version: '2024-10-21'}}
+    model_info: {{base_model: azure/gpt-4o}}
+  - model_name: unpriced
+    litellm_params: {{model: azure/mystery-deploy, api_base: '{az}', api_key: k, api_version: '2024-10-21'}}
+"#
+        ),
+        &env(&[]),
+    );
+    let gw = serve_config(cfg).await;
+    let w = gw.gw.warnings();
+    assert!(!w.iter().any(|w| w.contains("prod-4o")), "{w:?}");
+    assert!(w.iter().any(|w| w.contains("mystery-deploy")), "{w:?}");
+    let r = client()
+        .post(format!("{}/v1/chat/completions", gw.base))
+        .json(&json!({"model": "priced", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let cost: f64 = r.headers()["x-litellm-response-cost"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // The fake answers 9 prompt and 3 completion tokens.
+    let p = gateway::pricing::table()
+        .find(Some("azure"), "gpt-4o")
+        .unwrap();
+    let want = 9.0 * p.input + 3.0 * p.output;
+    assert!(
+        want > 0.0 && (cost - want).abs() < 1e-12,
+        "{cost} vs {want}"
+    );
+}

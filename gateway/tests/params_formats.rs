@@ -661,7 +661,10 @@ async fn anthropic_client_gets_cache_counts_from_openai_upstream() {
     assert_eq!(s, 200, "{body}");
     let evs = events(&body);
     let (_, md) = evs.iter().find(|(n, _)| n == "message_delta").unwrap();
-    assert_eq!(md["usage"], b["usage"], "streamed usage = unstreamed usage");
+    // The stream's usage also carries its cost (the unstreamed answer has it as a header).
+    let mut su = md["usage"].clone();
+    assert!(su.as_object_mut().unwrap().remove("cost").is_some(), "{su}");
+    assert_eq!(su, b["usage"], "streamed usage = unstreamed usage");
 }
 
 #[tokio::test]
@@ -781,5 +784,180 @@ async fn upstream_headers_pass_through_as_litellm_does_and_streams_carry_their_c
             let want = 5.0 * 3e-6 + 10.0 * 3.75e-6 + 80.0 * 3e-7 + 7.0 * 15e-6;
             assert!((cost - want).abs() < 1e-12, "{cost} vs {want}");
         }
+    }
+}
+
+// ------------------------------------------------------------------ streamed cost and spend
+
+/// A gateway over `u` with a SQLite store (so `/spend/logs` has rows) and a master key.
+async fn gateway_with_spend_log(u: &Upstreams, extra: &str) -> (Served, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("gw.db").display());
+    let yaml = format!(
+        "{}\ngeneral_settings: {{master_key: sk-m}}\n",
+        config(u, extra)
+    );
+    let cfg = yaml_with_env(&yaml, &env(&[]));
+    let gw =
+        gateway::Gateway::from_config(cfg, gateway::store::Store::connect(&url).await.unwrap())
+            .await
+            .unwrap();
+    let addr = serve(gw.router()).await;
+    let s = Served {
+        gw,
+        base: format!("http://{addr}"),
+    };
+    (s, dir)
+}
+
+/// The table's price, applied by hand: uncached input, cache reads and writes, output.
+fn priced(
+    provider: &str,
+    model: &str,
+    input: u64,
+    cache_read: u64,
+    cache_write: u64,
+    output: u64,
+) -> f64 {
+    let p = gateway::pricing::table()
+        .find(Some(provider), model)
+        .unwrap();
+    (input - cache_read - cache_write) as f64 * p.input
+        + cache_read as f64 * p.cache_read.unwrap()
+        + cache_write as f64 * p.cache_creation.unwrap_or(p.input)
+        + output as f64 * p.output
+}
+
+fn message_delta_cost(sse: &str) -> Option<f64> {
+    let evs = events(sse);
+    let (_, d) = evs.iter().find(|(n, _)| n == "message_delta").unwrap();
+    d["usage"]["cost"].as_f64()
+}
+
+#[tokio::test]
+async fn pass_through_and_anthropic_streams_carry_their_cost_and_record_it_as_spend() {
+    let u = upstreams().await;
+    let (gw, _dir) = gateway_with_spend_log(&u, "").await;
+    let key = "sk-m";
+    // gpt-4o: 100 prompt tokens, 64 of them cached, 3 completion tokens.
+    let gpt_cost = priced("openai", "gpt-4o", 100, 64, 0, 3);
+    // claude-sonnet-4-5: 5 plain input, 80 cache reads, 10 cache writes, 7 output.
+    let claude_cost = priced("anthropic", "claude-sonnet-4-5", 95, 80, 10, 7);
+
+    // OpenAI client, OpenAI upstream (pass-through): the usage chunk gets `cost`.
+    let chat_url = format!("{}/v1/chat/completions", gw.base);
+    let req = chat(
+        "gpt",
+        json!({"stream": true, "stream_options": {"include_usage": true}}),
+    );
+    let (s, body) = post_text(&chat_url, key, &req).await;
+    assert_eq!(s, 200, "{body}");
+    let last = chunks(&body).pop().unwrap();
+    assert_eq!(last["choices"], json!([]));
+    assert_eq!(
+        last["usage"]["prompt_tokens"], 100,
+        "the upstream's usage, untouched"
+    );
+    let cost = last["usage"]["cost"]
+        .as_f64()
+        .expect("usage.cost on a pass-through stream");
+    assert!((cost - gpt_cost).abs() < 1e-12, "{cost} vs {gpt_cost}");
+    assert!(body.ends_with("data: [DONE]\n\n"), "{body}");
+    // Without include_usage the client still gets no usage chunk (the gateway asked for it).
+    let (_, body) = post_text(&chat_url, key, &chat("gpt", json!({"stream": true}))).await;
+    assert!(
+        chunks(&body)
+            .iter()
+            .all(|c| c.get("usage").is_none_or(Value::is_null)),
+        "{body}"
+    );
+
+    // Anthropic client, Anthropic upstream (pass-through): message_delta's usage gets `cost`.
+    let msg_url = format!("{}/v1/messages", gw.base);
+    let req = chat("claude", json!({"stream": true}));
+    let (s, body) = post_text(&msg_url, key, &req).await;
+    assert_eq!(s, 200, "{body}");
+    let cost = message_delta_cost(&body).expect("usage.cost on an Anthropic pass-through stream");
+    assert!(
+        (cost - claude_cost).abs() < 1e-12,
+        "{cost} vs {claude_cost}"
+    );
+    assert!(body.contains("event: message_stop"), "{body}");
+
+    // Anthropic client, OpenAI upstream (translated): the same.
+    let (s, body) = post_text(&msg_url, key, &chat("gpt", json!({"stream": true}))).await;
+    assert_eq!(s, 200, "{body}");
+    let cost = message_delta_cost(&body).expect("usage.cost on a translated Anthropic stream");
+    assert!((cost - gpt_cost).abs() < 1e-12, "{cost} vs {gpt_cost}");
+
+    // Every stream above is in the spend log at the cost its client was told.
+    gw.gw.flush().await;
+    let logs: Value = client()
+        .get(format!("{}/spend/logs", gw.base))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut spends: Vec<(String, f64)> = logs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["model_group"].as_str().unwrap().to_owned(),
+                l["spend"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    spends.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
+    assert_eq!(spends.len(), 4, "{logs}");
+    let want = [
+        ("claude", claude_cost),
+        ("gpt", gpt_cost),
+        ("gpt", gpt_cost),
+        ("gpt", gpt_cost),
+    ];
+    for ((m, s), (wm, ws)) in spends.iter().zip(want) {
+        assert_eq!(m, wm);
+        assert!((s - ws).abs() < 1e-9, "{m}: {s} vs {ws}");
+    }
+    let claude_log = logs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["model_group"] == "claude")
+        .unwrap();
+    assert_eq!(claude_log["metadata"]["cache_read_input_tokens"], 80);
+    assert_eq!(claude_log["metadata"]["cache_creation_input_tokens"], 10);
+}
+
+#[tokio::test]
+async fn include_cost_in_streaming_usage_false_leaves_usage_as_the_upstream_sent_it() {
+    let u = upstreams().await;
+    let gw = gateway(
+        &u,
+        "litellm_settings: {include_cost_in_streaming_usage: false}",
+    )
+    .await;
+    assert!(gw.gw.warnings().is_empty(), "{:?}", gw.gw.warnings());
+    let req = chat(
+        "gpt",
+        json!({"stream": true, "stream_options": {"include_usage": true}}),
+    );
+    let (_, body) = post_text(&format!("{}/v1/chat/completions", gw.base), "k", &req).await;
+    let last = chunks(&body).pop().unwrap();
+    assert_eq!(last["usage"]["prompt_tokens"], 100);
+    assert!(last["usage"].get("cost").is_none(), "{last}");
+    for model in ["claude", "gpt"] {
+        let (_, body) = post_text(
+            &format!("{}/v1/messages", gw.base),
+            "k",
+            &chat(model, json!({"stream": true})),
+        )
+        .await;
+        assert_eq!(message_delta_cost(&body), None, "{model}: {body}");
     }
 }

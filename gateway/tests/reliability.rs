@@ -291,3 +291,162 @@ async fn failed_attempts_are_not_counted_as_spend() {
     assert_eq!(spend[0].requests, 1, "three attempts, one answered request");
     assert_eq!(spend[0].input_tokens, 11);
 }
+
+// ------------------------------------------------------------------ context_window_fallbacks
+//
+// A model with a context window, answering as OpenAI does when a prompt does not fit:
+// 400 `invalid_request_error`, code `context_length_exceeded`, "This model's maximum
+// context length is N tokens. However, your messages resulted in M tokens. …"
+// (platform.openai.com/docs/guides/error-codes). Anthropic's wording is handled too:
+// "prompt is too long: M tokens > N maximum". Tokens are estimated as characters / 4.
+
+struct Windowed {
+    name: &'static str,
+    window: usize,
+    anthropic_wording: bool,
+    calls: std::sync::atomic::AtomicUsize,
+}
+
+async fn windowed(
+    axum::extract::State(w): axum::extract::State<std::sync::Arc<Windowed>>,
+    axum::Json(b): axum::Json<serde_json::Value>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    w.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let tokens = b["messages"].to_string().len() / 4;
+    if tokens > w.window {
+        let message = if w.anthropic_wording {
+            format!("prompt is too long: {tokens} tokens > {} maximum", w.window)
+        } else {
+            format!(
+                "This model's maximum context length is {} tokens. However, your messages resulted in {tokens} tokens. Please reduce the length of the messages.",
+                w.window
+            )
+        };
+        return (
+            axum::http::StatusCode::BAD_REQUEST,
+            axum::Json(
+                json!({"error": {"message": message, "type": "invalid_request_error",
+                "param": "messages", "code": "context_length_exceeded"}}),
+            ),
+        )
+            .into_response();
+    }
+    axum::Json(
+        json!({"id": "chatcmpl-w", "object": "chat.completion", "created": 1,
+        "model": b["model"], "choices": [{"index": 0, "finish_reason": "stop",
+        "message": {"role": "assistant", "content": format!("from {}", w.name)}}],
+        "usage": {"prompt_tokens": tokens, "completion_tokens": 2, "total_tokens": tokens + 2}}),
+    )
+    .into_response()
+}
+
+async fn windowed_model(
+    name: &'static str,
+    window: usize,
+    anthropic_wording: bool,
+) -> (String, std::sync::Arc<Windowed>) {
+    let w = std::sync::Arc::new(Windowed {
+        name,
+        window,
+        anthropic_wording,
+        calls: Default::default(),
+    });
+    let app = axum::Router::new()
+        .route("/v1/chat/completions", axum::routing::post(windowed))
+        .with_state(w.clone());
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    (format!("http://{addr}/v1"), w)
+}
+
+fn calls(w: &Windowed) -> usize {
+    w.calls.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+#[tokio::test]
+async fn context_window_fallbacks_take_a_prompt_that_does_not_fit() {
+    let (small, s) = windowed_model("small", 50, false).await;
+    let (medium, m) = windowed_model("medium", 500, true).await;
+    let (large, l) = windowed_model("large", 100_000, false).await;
+    let (other, o) = windowed_model("other", 100_000, false).await;
+    let yaml = format!(
+        r#"
+model_list:
+  - model_name: small
+    litellm_params: {{model: openai/gpt-4o, api_base: '{small}', api_key: k}}
+  - model_name: medium
+    litellm_params: {{model: openai/gpt-4o, api_base: '{medium}', api_key: k}}
+  - model_name: large
+    litellm_params: {{model: openai/gpt-4o, api_base: '{large}', api_key: k}}
+  - model_name: other
+    litellm_params: {{model: openai/gpt-4o, api_base: '{other}', api_key: k}}
+litellm_settings:
+  num_retries: 2
+  fallbacks: [{{small: [other]}}]
+  context_window_fallbacks: [{{small: [medium, large]}}]
+"#
+    );
+    let gw = start_gateway(&yaml, gateway::store::Store::Memory).await;
+    assert!(
+        !gw.gw
+            .warnings()
+            .iter()
+            .any(|w| w.contains("context_window")),
+        "{:?}",
+        gw.gw.warnings()
+    );
+    let url = format!("{}/v1/chat/completions", gw.base);
+    let ask =
+        |text: String| json!({"model": "small", "messages": [{"role": "user", "content": text}]});
+
+    // Fits: the model asked for answers.
+    let (st, b) = post(&url, "x", &ask("hi".into())).await;
+    assert_eq!(st, 200, "{b}");
+    assert_eq!(json(&b)["choices"][0]["message"]["content"], "from small");
+
+    // Too long for small (not retried: the same prompt cannot fit), and for medium
+    // (Anthropic's wording), fits large. The ordinary fallback is not used.
+    let (st, b) = post(&url, "x", &ask("word ".repeat(1000))).await;
+    assert_eq!(st, 200, "{b}");
+    assert_eq!(json(&b)["choices"][0]["message"]["content"], "from large");
+    assert_eq!((calls(&s), calls(&m), calls(&l), calls(&o)), (2, 1, 1, 0));
+
+    // Too long for every model: the provider's 400 comes back, in the caller's format.
+    let (st, b) = post(&url, "x", &ask("word ".repeat(200_000))).await;
+    assert_eq!(st, 400, "{b}");
+    assert!(
+        json(&b)["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("maximum context length"),
+        "{b}"
+    );
+}
+
+#[tokio::test]
+async fn context_window_error_without_its_own_fallbacks_uses_the_ordinary_ones() {
+    // LiteLLM: "No context_window_fallback set. Defaulting to fallbacks, if available."
+    let (small, s) = windowed_model("small", 50, false).await;
+    let (other, o) = windowed_model("other", 100_000, false).await;
+    let yaml = format!(
+        r#"
+model_list:
+  - model_name: small
+    litellm_params: {{model: openai/gpt-4o, api_base: '{small}', api_key: k}}
+  - model_name: other
+    litellm_params: {{model: openai/gpt-4o, api_base: '{other}', api_key: k}}
+router_settings:
+  fallbacks: [{{small: [other]}}]
+"#
+    );
+    let gw = start_gateway(&yaml, gateway::store::Store::Memory).await;
+    let url = format!("{}/v1/chat/completions", gw.base);
+    let body =
+        json!({"model": "small", "messages": [{"role": "user", "content": "word ".repeat(1000)}]});
+    let (st, b) = post(&url, "x", &body).await;
+    assert_eq!(st, 200, "{b}");
+    assert_eq!(json(&b)["choices"][0]["message"]["content"], "from other");
+    assert_eq!((calls(&s), calls(&o)), (1, 1));
+}

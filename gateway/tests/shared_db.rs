@@ -629,6 +629,65 @@ async fn litellm_database_works_as_is_postgres() {
         .unwrap();
 }
 
+#[tokio::test]
+async fn litellm_user_budget_applies_to_keys_outside_a_team_postgres() {
+    let Some((url, schema, admin)) = pg_schema("litellm_user").await else {
+        return;
+    };
+    let mut tx = admin.begin().await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SET LOCAL search_path TO {schema}"
+    )))
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    for stmt in prisma::create_tables_sql() {
+        sqlx::query(sqlx::AssertSqlSafe(stmt.clone()))
+            .execute(&mut *tx)
+            .await
+            .unwrap_or_else(|e| panic!("{e}: {stmt}"));
+    }
+    // A user with a personal budget of $0.05, $0.02 spent; their key has no budget
+    // and no team, so only the user's budget stops it (LiteLLM's _check_user_budget).
+    sqlx::query(r#"INSERT INTO "LiteLLM_UserTable" (user_id, max_budget, spend, models) VALUES ('user-b', 0.05, 0.02, ARRAY[]::text[])"#)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let key = "sk-litellm-user-budget-01";
+    sqlx::query(
+        r#"INSERT INTO "LiteLLM_VerificationToken" (token, key_name, spend, models, user_id)
+           VALUES ($1, 'sk-...et-01', 0, ARRAY[]::text[], 'user-b')"#,
+    )
+    .bind(gateway::keys::sha256_hex(key))
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let up = upstream().await;
+    let gw = start_gateway(&config(&up), Store::connect(&url).await.unwrap()).await;
+    // Each gpt-4o call costs $0.025: 0.02 -> 0.045 -> 0.07, then refused.
+    assert_eq!(call(&gw.base, key, "gpt-4o").await.status(), 200);
+    assert_eq!(call(&gw.base, key, "gpt-4o").await.status(), 200);
+    let r = call(&gw.base, key, "gpt-4o").await;
+    assert_eq!(r.status(), 400);
+    let b: Value = r.json().await.unwrap();
+    assert_eq!(b["error"]["type"], "budget_exceeded");
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("ExceededBudget: User=user-b over budget"),
+        "{b}"
+    );
+    assert_eq!(up.calls.load(Ordering::SeqCst), 2);
+    // An unpriced model is refused for a key under a user budget (spend it could not count).
+    assert_eq!(call(&gw.base, key, "unpriced").await.status(), 400);
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+        .execute(&admin)
+        .await
+        .unwrap();
+}
+
 /// A TCP relay to PostgreSQL that can hold all traffic (a database that stops answering
 /// without closing connections, the failure LiteLLM users hit).
 struct Relay {

@@ -143,6 +143,7 @@ async fn run(
                         Ok(r)
                     }
                     RawResponse::Stream(s) => Ok(pass_through_response(
+                        inner,
                         s,
                         WireFormat::OpenAi,
                         !peek.include_usage,

@@ -625,6 +625,9 @@ pub struct StreamEncoder {
     open: Open,
     /// canonical tool index -> block index
     tool_blocks: Vec<usize>,
+    /// The answer's cost, set by the gateway before `Finish`: LiteLLM's
+    /// `include_cost_in_streaming_usage` puts it in `message_delta`'s usage.
+    pub cost: Option<f64>,
 }
 
 impl StreamEncoder {
@@ -634,6 +637,7 @@ impl StreamEncoder {
             next_block: 0,
             open: Open::None,
             tool_blocks: Vec::new(),
+            cost: None,
         }
     }
 
@@ -739,11 +743,15 @@ impl StreamEncoder {
             }
             StreamEvent::Finish { stop_reason, usage } => {
                 self.close(out);
+                let mut u = usage_json(*usage);
+                if let Some(c) = self.cost {
+                    u["cost"] = c.into();
+                }
                 event(
                     "message_delta",
                     &json!({"type": "message_delta",
                             "delta": {"stop_reason": stop_reason.anthropic(), "stop_sequence": null},
-                            "usage": usage_json(*usage)}),
+                            "usage": u}),
                     out,
                 );
                 event("message_stop", &json!({"type": "message_stop"}), out);
