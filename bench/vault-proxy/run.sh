@@ -10,6 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
+tgt=${CARGO_TARGET_DIR:-target}
 if ! command -v mitmdump >/dev/null; then
   echo "mitmdump not found; installing with pip (pip install mitmproxy)" >&2
   pip install --quiet mitmproxy || echo "could not install mitmproxy: comparison skipped" >&2
@@ -34,4 +35,4 @@ if [ "$rev" != none ]; then
   fi
 fi
 ulimit -n 20000 2>/dev/null || true
-exec target/release/examples/vault_bench --proxy-bin target/release/vault-proxy "${baseline[@]}" "$@"
+exec "$tgt/release/examples/vault_bench" --proxy-bin "$tgt/release/vault-proxy" "${baseline[@]}" "$@"

@@ -224,9 +224,11 @@ async fn http2_streams_are_bounded_per_sandbox() {
         http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>,
     ) {
         let (tx, rx) = tokio::sync::mpsc::channel::<Chunk>(1);
-        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|c| (c, rx))
-        });
+        let stream =
+            futures_util::stream::unfold(
+                rx,
+                |mut rx| async move { rx.recv().await.map(|c| (c, rx)) },
+            );
         (tx, StreamBody::new(stream).boxed())
     }
 
@@ -285,11 +287,7 @@ async fn http2_streams_are_bounded_per_sandbox() {
     let mut s5 = send.clone();
     s5.ready().await.unwrap();
     let resp = s5
-        .send_request(
-            hyper::Request::get(url("/one-more"))
-                .body(rx5)
-                .unwrap(),
-        )
+        .send_request(hyper::Request::get(url("/one-more")).body(rx5).unwrap())
         .await
         .unwrap();
     let status = resp.status().as_u16();
@@ -338,11 +336,7 @@ async fn http2_streams_are_bounded_per_sandbox() {
         let mut s = send.clone();
         s.ready().await.unwrap();
         let r = s
-            .send_request(
-                hyper::Request::get(url("/again"))
-                    .body(rx)
-                    .unwrap(),
-            )
+            .send_request(hyper::Request::get(url("/again")).body(rx).unwrap())
             .await
             .unwrap();
         if r.status() == 200 {
