@@ -49,6 +49,14 @@ struct Args {
     /// Open tunnels for the RSS measurement.
     #[arg(long, default_value_t = 1000)]
     tunnels: usize,
+    /// Each c=1 and c=N phase is split into this many rounds that alternate between the
+    /// targets, so load drifting on a shared machine hits every target alike.
+    #[arg(long, default_value_t = 4)]
+    rounds: u32,
+    /// A v1 vault-proxy binary (before credential positions: commit e9f88af, built by
+    /// `run.sh`), run beside the current one as the `vault-v1` baseline of the same run.
+    #[arg(long)]
+    baseline_bin: Option<PathBuf>,
 }
 
 #[derive(Clone)]
@@ -135,6 +143,22 @@ struct Stats {
 }
 
 impl Stats {
+    fn empty() -> Stats {
+        Stats {
+            lat_us: Vec::new(),
+            errors: 0,
+            secs: 0.0,
+        }
+    }
+    /// Adds one round's samples (call `sort` once all are in).
+    fn merge(&mut self, other: Stats) {
+        self.lat_us.extend(other.lat_us);
+        self.errors += other.errors;
+        self.secs += other.secs;
+    }
+    fn sort(&mut self) {
+        self.lat_us.sort_unstable();
+    }
     fn pct(&self, p: f64) -> f64 {
         if self.lat_us.is_empty() {
             return f64::NAN;
@@ -385,6 +409,40 @@ async fn main() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rss_idle = rss_kb(vpid);
 
+    // --- the v1 proxy (no positions, audit queued after the send), same upstream ---
+    let v1 = match &args.baseline_bin {
+        None => None,
+        Some(bin) => {
+            let v1dir = dir.path().join("v1");
+            std::fs::create_dir_all(&v1dir)?;
+            std::fs::write(v1dir.join("upstream-ca.pem"), &up_pem)?;
+            std::fs::write(v1dir.join("gh.secret"), REAL)?;
+            let (port, admin) = (free_port(), free_port());
+            // v1's config: no `positions`/`limits` keys, bindings without ports.
+            std::fs::write(
+                v1dir.join("vault.yaml"),
+                format!(
+                    "listen: 127.0.0.1:{port}\nadmin_listen: 127.0.0.1:{admin}\nupstream_roots: [upstream-ca.pem]\naudit_log: audit.jsonl\n\
+                     egress: {{ default: deny, allow_hosts: [{HOST}] }}\nnetwork: {{ allow_private: true, resolve: {{ {HOST}: 127.0.0.1 }} }}\n\
+                     credentials:\n  GITHUB_TOKEN: {{ value_file: gh.secret, allowed_hosts: [{HOST}] }}\n\
+                     grants:\n  - sandbox: sb-bench\n    token: bench-token-123\n    credentials: {{ GITHUB_TOKEN: {STUB} }}\n"
+                ),
+            )?;
+            let child = Kill(
+                Command::new(bin)
+                    .args(["serve", "--config"])
+                    .arg(v1dir.join("vault.yaml"))
+                    .env("RUST_LOG", "warn")
+                    .stdout(Stdio::null())
+                    .spawn()?,
+            );
+            let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+            wait_port(addr).await;
+            let ca = std::fs::read_to_string(v1dir.join("ca.pem"))?;
+            Some((child, addr, ca))
+        }
+    };
+
     // --- mitmdump with an equivalent swap + scrub addon ---
     let mport = free_port();
     let mdir = dir.path().join("mitm");
@@ -467,6 +525,14 @@ async fn main() -> anyhow::Result<()> {
         vault_scoped.clone(),
         vault_nostub.clone(),
     ];
+    if let Some((_, addr, ca)) = &v1 {
+        targets.push(Target {
+            name: "vault-v1",
+            proxy: Some(*addr),
+            roots: client_config(ca),
+            ..vault.clone()
+        });
+    }
     targets.extend(mitm_target.clone());
     let dur = Duration::from_secs(args.duration);
 
@@ -477,33 +543,47 @@ async fn main() -> anyhow::Result<()> {
     for t in &targets {
         let _ = run(t, 2, Duration::from_millis(500), true).await;
     }
-    println!("## sequential, keep-alive (added latency)");
+    let rounds = args.rounds.max(1);
+    println!(
+        "## sequential, keep-alive (added latency); {rounds} rounds alternating between targets"
+    );
     let mut p50 = Vec::new();
-    for t in &targets {
-        let s = run(t, 1, Duration::from_secs(3), true).await;
+    let mut acc: Vec<Stats> = targets.iter().map(|_| Stats::empty()).collect();
+    for _ in 0..rounds {
+        for (t, a) in targets.iter().zip(acc.iter_mut()) {
+            a.merge(run(t, 1, Duration::from_secs(3) / rounds, true).await);
+        }
+    }
+    for (t, mut s) in targets.iter().zip(acc) {
+        s.sort();
         report(t.name, "c=1 keep-alive", &s);
         p50.push((t.name, s.pct(0.5), s.pct(0.99)));
     }
     println!("## throughput, keep-alive, c={}", args.concurrency);
     let mut rps = Vec::new();
     let mut rss_load = 0;
-    for t in &targets {
-        let sampler = if t.name == "vault" {
-            Some(tokio::spawn(async move {
-                let mut max = 0;
-                for _ in 0..(args.duration * 10) {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    max = max.max(rss_kb(vpid));
-                }
-                max
-            }))
-        } else {
-            None
-        };
-        let s = run(t, args.concurrency, dur, true).await;
-        if let Some(h) = sampler {
-            rss_load = h.await.unwrap_or(0);
+    let per_round = dur / rounds;
+    let mut acc: Vec<Stats> = targets.iter().map(|_| Stats::empty()).collect();
+    for _ in 0..rounds {
+        for (t, a) in targets.iter().zip(acc.iter_mut()) {
+            let sampler = (t.name == "vault").then(|| {
+                tokio::spawn(async move {
+                    let mut max = 0;
+                    for _ in 0..(per_round.as_millis() / 100) {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        max = max.max(rss_kb(vpid));
+                    }
+                    max
+                })
+            });
+            a.merge(run(t, args.concurrency, per_round, true).await);
+            if let Some(h) = sampler {
+                rss_load = rss_load.max(h.await.unwrap_or(0));
+            }
         }
+    }
+    for (t, mut s) in targets.iter().zip(acc) {
+        s.sort();
         report(t.name, &format!("c={} keep-alive", args.concurrency), &s);
         rps.push((t.name, s.rps()));
     }
@@ -565,7 +645,22 @@ async fn main() -> anyhow::Result<()> {
             sc.0 / v.0
         );
     }
+    if let (Some(v), Some(b)) = (get(&p50, "vault"), get(&p50, "vault-v1")) {
+        println!(
+            "v2 (positions + write-before-send) vs v1 baseline, c=1 p50: {:.3} vs {:.3} ms, ratio {:.3}",
+            v.0,
+            b.0,
+            v.0 / b.0
+        );
+    }
     let r = |n: &str| rps.iter().find(|x| x.0 == n).map(|x| x.1);
+    if let (Some(v), Some(b)) = (r("vault"), r("vault-v1")) {
+        println!(
+            "v2 vs v1 baseline throughput, c={}: ratio {:.3} ({v:.0} vs {b:.0} req/s)",
+            args.concurrency,
+            v / b
+        );
+    }
     if let (Some(v), Some(sc)) = (r("vault"), r("vault-scoped")) {
         println!(
             "position checking throughput ratio vault-scoped / vault: {:.3} ({sc:.0} vs {v:.0} req/s)",
@@ -603,5 +698,6 @@ async fn main() -> anyhow::Result<()> {
     println!("vault audit records written: {audit_lines}");
     drop(held);
     drop(vp);
+    drop(v1);
     Ok(())
 }

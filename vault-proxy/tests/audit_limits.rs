@@ -221,6 +221,97 @@ async fn unwritable_log_refuses_swaps() {
     assert_eq!(code, 0, "the cut-back log verifies: {out}");
 }
 
+/// A mounted tmpfs, unmounted on drop.
+struct TinyFs(PathBuf);
+
+impl Drop for TinyFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Item 3 on a real full filesystem (`ENOSPC`, not the `EFBIG` of `prlimit`): the log on a
+/// 64 KiB tmpfs that another file filled. Swaps go on while the log's last page has room,
+/// each with its record written first; from the first failed write on, every swap gets
+/// `503 audit_unavailable`, nothing more reaches the upstream, and what the file holds
+/// verifies. Needs root (mount); skipped otherwise.
+#[tokio::test]
+async fn full_filesystem_refuses_swaps_and_sends_nothing_unrecorded() {
+    let up = start_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let logdir = dir.path().join("log");
+    std::fs::create_dir(&logdir).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64k,mode=0755", "tmpfs"])
+        .arg(&logdir)
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("SKIP full filesystem: cannot mount a tmpfs (needs root)");
+        return;
+    }
+    let _fs = TinyFs(logdir.clone());
+    write_bin_dir(dir.path(), &up, "");
+    let bin = spawn_bin(dir.path(), None, &[]).unwrap();
+    let ca = std::fs::read_to_string(dir.path().join("ca.pem")).unwrap();
+    let c = bin_client(&bin.addr, &ca);
+    let url = |i: usize| format!("https://api.github.test:{}/echo/{i}", up.port);
+    let r = c.get(url(0)).bearer_auth(STUB).send().await.unwrap();
+    assert_eq!(r.status(), 200, "a swap works while there is room");
+
+    // Fill the filesystem: big blocks, then single bytes, until nothing fits.
+    use std::io::Write;
+    let mut filler = std::fs::File::create(logdir.join("filler")).unwrap();
+    for size in [4096usize, 512, 1] {
+        let block = vec![0u8; size];
+        while filler.write_all(&block).is_ok() {}
+    }
+
+    let mut refused_at = None;
+    for i in 1..200 {
+        let r = c.get(url(i)).bearer_auth(STUB).send().await.unwrap();
+        let status = r.status().as_u16();
+        if status == 503 {
+            assert_eq!(error_code(r).await, (503, "audit_unavailable".into()));
+            refused_at = Some(i);
+            break;
+        }
+        assert_eq!(status, 200, "request {i}: a clear answer, 200 or 503");
+    }
+    let refused_at = refused_at.expect("the swap was never refused on a full filesystem");
+    let health = format!("http://{}/healthz", bin.admin);
+    assert_eq!(
+        admin_client().get(&health).send().await.unwrap().status(),
+        503
+    );
+    let r = c.get(url(999)).bearer_auth(STUB).send().await.unwrap();
+    assert_eq!(error_code(r).await, (503, "audit_unavailable".into()));
+
+    let log = logdir.join("audit.jsonl");
+    let recs = records(&log);
+    let sent: Vec<usize> = up
+        .seen()
+        .iter()
+        .filter_map(|s| s.uri.rsplit("/echo/").next()?.parse().ok())
+        .collect();
+    assert_eq!(
+        sent,
+        (0..refused_at).collect::<Vec<_>>(),
+        "everything before the refusal was sent, nothing from it on"
+    );
+    for i in sent {
+        assert!(
+            recs.iter()
+                .any(|r| r.event == EventKind::Swap && r.path == format!("/echo/{i}")),
+            "/echo/{i} left without its swap record"
+        );
+    }
+    drop(filler);
+    let (code, out) = verify_cli(&log, &[], &[]);
+    assert_eq!(code, 0, "the cut-back log verifies: {out}");
+}
+
 /// Item 3: the swap record is in the file when the upstream receives the
 /// request carrying the secret (the upstream reads the log on receipt).
 #[tokio::test]

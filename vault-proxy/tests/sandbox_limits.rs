@@ -208,6 +208,148 @@ async fn buffered_request_bytes_are_bounded_per_sandbox() {
     p.shutdown().await;
 }
 
+/// HTTP/2 streams draw on the same per-sandbox budget as HTTP/1 requests: one tunnel
+/// multiplexing `max_requests_per_sandbox` hanging uploads gets 429 `too_many_requests` for
+/// one more stream (nothing of it sent), another sandbox is served at once, and a stream that
+/// ends frees its slot.
+#[tokio::test]
+async fn http2_streams_are_bounded_per_sandbox() {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, StreamBody};
+    use hyper::body::Frame;
+    type Chunk = Result<Frame<Bytes>, std::convert::Infallible>;
+    /// A request body that yields what is sent on the channel and ends when it is dropped.
+    fn held_body() -> (
+        tokio::sync::mpsc::Sender<Chunk>,
+        http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>,
+    ) {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Chunk>(1);
+        let stream =
+            futures_util::stream::unfold(
+                rx,
+                |mut rx| async move { rx.recv().await.map(|c| (c, rx)) },
+            );
+        (tx, StreamBody::new(stream).boxed())
+    }
+
+    let up = start_upstream().await;
+    let p = start_proxy(
+        &up,
+        ProxyOpts {
+            limits: vault_proxy::Limits {
+                max_requests_per_sandbox: 4,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    )
+    .await;
+    let (ta, _) = p.grant("sb-a", &[]);
+    let (tb, _) = p.grant("sb-b", &[]);
+    let target = format!("allowed.test:{}", up.port);
+    let (s, head) = raw_connect(p.addr, &target, Some(&basic("sb-a", &ta))).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let tls = tls_over(s, "allowed.test", &p.ca_pem, &[b"h2"])
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let url = |path: &str| format!("https://{target}{path}");
+
+    // Four streams on the one connection, each an upload that sends a few bytes and waits.
+    let mut bodies = Vec::new();
+    let mut streams = Vec::new();
+    for i in 0..4 {
+        let (mut tx, rx) = held_body();
+        tx.try_send(Ok(Frame::data(Bytes::from_static(b"first bytes"))))
+            .unwrap();
+        bodies.push(tx);
+        let req = hyper::Request::post(url(&format!("/hang{i}")))
+            .body(rx)
+            .unwrap();
+        let mut s = send.clone();
+        streams.push(tokio::spawn(async move {
+            s.ready().await?;
+            s.send_request(req).await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // A fifth stream on the same connection: over the sandbox's budget.
+    let (tx5, rx5) = held_body();
+    drop(tx5);
+    let mut s5 = send.clone();
+    s5.ready().await.unwrap();
+    let resp = s5
+        .send_request(hyper::Request::get(url("/one-more")).body(rx5).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(status, 429, "{}", String::from_utf8_lossy(&body));
+    assert!(
+        String::from_utf8_lossy(&body).contains("too_many_requests"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    assert!(
+        up.seen().iter().all(|s| !s.uri.contains("/one-more")),
+        "the refused stream reached the upstream"
+    );
+
+    // sb-b is not held up by sb-a's streams.
+    let b = p.client("sb-b", &tb);
+    let start = Instant::now();
+    for i in 0..5 {
+        let r = b
+            .get(format!("https://allowed.test:{}/b{i}", up.port))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+
+    // One upload ends: its stream completes and sb-a has room again on the same connection.
+    drop(bodies.pop());
+    let done = tokio::time::timeout(Duration::from_secs(10), streams.pop().unwrap())
+        .await
+        .expect("the finished upload was answered")
+        .unwrap()
+        .unwrap();
+    assert_eq!(done.status(), 200);
+    let _ = done.into_body().collect().await;
+    let mut ok = false;
+    for _ in 0..50 {
+        let (tx, rx) = held_body();
+        drop(tx);
+        let mut s = send.clone();
+        s.ready().await.unwrap();
+        let r = s
+            .send_request(hyper::Request::get(url("/again")).body(rx).unwrap())
+            .await
+            .unwrap();
+        if r.status() == 200 {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ok, "a finished stream must free its slot");
+    drop(bodies);
+    p.shutdown().await;
+}
+
 /// An HTTP/2 tunnel whose client sends nothing but PINGs is idle: the proxy answers the PINGs
 /// (their ACKs arrive) yet closes the tunnel after `idle_timeout`, as it would a silent one.
 #[tokio::test]

@@ -432,9 +432,14 @@ pub(crate) async fn remote_egress(
     Ok(RemoteEgress { env, allow_cidrs })
 }
 
-/// `host:port`, also accepting a `http://` prefix and a trailing `/`.
+/// `host:port`, also accepting a `http://` or `https://` prefix and a trailing `/` (the
+/// scheme the sandbox uses comes from the grant's proxy URL, not from here).
 fn split_host_port(s: &str) -> Option<(String, u16)> {
-    let s = s.strip_prefix("http://").unwrap_or(s).trim_end_matches('/');
+    let s = s
+        .strip_prefix("https://")
+        .or_else(|| s.strip_prefix("http://"))
+        .unwrap_or(s)
+        .trim_end_matches('/');
     let (host, port) = s.rsplit_once(':')?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() {
@@ -599,6 +604,40 @@ mod tests {
         assert_eq!(e.env["HTTPS_PROXY"], "http://sb-1:tok@203.0.113.7:8899");
         assert_eq!(e.env["SSL_CERT_FILE"], "/etc/airlock/ca.pem");
         assert_eq!(e.allow_cidrs, ["203.0.113.7/32"]);
+    }
+
+    /// Remote mode over TLS (issue 10): the grant's proxy URL is `https://…` (the proxy's
+    /// `listen_tls`), so `Proxy-Authorization` never crosses the internet in clear. The
+    /// rewrite to the public address keeps that scheme for both providers, and a
+    /// `proxy_url` written with `https://` names the same listener.
+    #[tokio::test]
+    async fn a_tls_proxy_url_stays_tls_for_cloud_sandboxes() {
+        let grant = [
+            ("HTTPS_PROXY", "https://sb-1:tok@127.0.0.1:41443"),
+            ("HTTP_PROXY", "https://sb-1:tok@127.0.0.1:41443"),
+            ("SSL_CERT_FILE", "/etc/airlock/ca.pem"),
+        ];
+        for (provider, proxy_url) in [
+            ("e2b", "203.0.113.7:8443"),
+            ("daytona", "https://203.0.113.7:8443/"),
+        ] {
+            let e = remote_egress(provider, "k", Some(proxy_url), 10, &spec(&grant))
+                .await
+                .unwrap_or_else(|err| panic!("{provider} {proxy_url}: {err}"));
+            for k in ["HTTPS_PROXY", "HTTP_PROXY"] {
+                assert_eq!(e.env[k], "https://sb-1:tok@203.0.113.7:8443", "{provider}");
+            }
+            assert_eq!(e.allow_cidrs, ["203.0.113.7/32"], "{provider}");
+        }
+        assert!(
+            validate_proxy_url(
+                "e2b",
+                "sandbox.e2b.proxy_url",
+                Some("https://127.0.0.1:8443")
+            )
+            .is_err(),
+            "an https prefix is no way around the public-address check"
+        );
     }
 
     #[tokio::test]
