@@ -24,7 +24,7 @@ pub mod ui;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -130,12 +130,15 @@ pub async fn run(
             stop_rx.clone(),
         ));
     }
-    let outbox = start_triggers(&mut state, stop_rx.clone())?;
+    let trigger_workers = start_triggers(&mut state, stop_rx.clone())?;
     let dispatcher = tokio::spawn(sessions::dispatcher(state.clone(), stop_rx.clone()));
     // Refills the warm pools; drains them once shutdown is requested.
     let pools = tokio::spawn(pool::run(state.clone(), stop_rx.clone()));
+    let stop_requested = Arc::new(std::sync::OnceLock::new());
+    let requested = stop_requested.clone();
     tokio::spawn(async move {
         shutdown.await;
+        let _ = requested.set(Instant::now());
         tracing::info!(
             "shutdown requested: no new connections; sandboxes stay running for adoption"
         );
@@ -154,74 +157,126 @@ pub async fn run(
             tokio::time::sleep(DRAIN_TIMEOUT).await;
         } => tracing::warn!("in-flight requests did not finish in {DRAIN_TIMEOUT:?}; exiting"),
     }
-    let _ = reaper.await;
-    tracing::debug!("reaper stopped");
-    let _ = dispatcher.await;
-    tracing::debug!("dispatcher stopped");
-    if tokio::time::timeout(POOL_DRAIN_TIMEOUT, pools)
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            "draining the warm pools took over {POOL_DRAIN_TIMEOUT:?}; the next start finishes it"
+    // Each step logs when it ended (ms since the stop was requested), so a slow stop shows
+    // where its time went.
+    let step = |name: &'static str| {
+        let elapsed = stop_requested
+            .get()
+            .map(Instant::elapsed)
+            .unwrap_or_default();
+        tracing::info!(
+            step = name,
+            elapsed_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+            "shutdown step done"
         );
-    }
-    // Both may sit on a connection an outage dropped (see below): bounded like the rest.
-    let _ = tokio::time::timeout(SHUTDOWN_STEP_TIMEOUT, replica).await;
-    if tokio::time::timeout(SHUTDOWN_STEP_TIMEOUT, replicas::retire(&state))
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            "ending this replica's lease took over {SHUTDOWN_STEP_TIMEOUT:?}; it lapses instead"
-        );
-    }
-    // A query stuck on a connection the database (or the network) dropped during an outage
-    // has no end of its own: the last writes get a bounded wait, then the process exits. What
-    // they did not write is what a crash would lose, and the next start recovers from that.
-    if let Some(models) = &state.models
-        && tokio::time::timeout(SHUTDOWN_STEP_TIMEOUT, models.gateway.flush())
+    };
+    step("http server drained");
+    // The workers stopped when the flag flipped; they end side by side, each bounded (a query
+    // on a connection an outage dropped has no end of its own). The session loops go first
+    // in the dispatcher (dropped as a crash would be, claims released for the next brain).
+    let loops = async {
+        let _ = dispatcher.await;
+        step("session loops stopped, claims released");
+    };
+    let reaper = async {
+        if tokio::time::timeout(SHUTDOWN_STEP_TIMEOUT, reaper)
             .await
             .is_err()
-    {
-        tracing::warn!(
-            "flushing gateway spend took over {SHUTDOWN_STEP_TIMEOUT:?}; exiting without it"
-        );
-    }
-    if let Some(outbox) = outbox {
-        let _ = outbox.await;
-    }
-    if let Some(vault) = embedded {
-        vault.shutdown().await;
-    }
-    // The last head, so a tail cut while the brain is down is caught too.
-    if let Some(broker) = &state.broker
-        && let Ok(Err(e)) = tokio::time::timeout(
-            SHUTDOWN_STEP_TIMEOUT,
-            audit_heads::record(broker.as_ref(), &state.store),
-        )
-        .await
-    {
-        tracing::warn!(error = %e, "recording the final audit head failed");
-    }
-    tracing::debug!("closing the store");
+        {
+            tracing::warn!(
+                "the reaper's pass took over {SHUTDOWN_STEP_TIMEOUT:?}; exiting without it"
+            );
+        }
+        step("reaper stopped");
+    };
+    let pools = async {
+        if tokio::time::timeout(POOL_DRAIN_TIMEOUT, pools)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "draining the warm pools took over {POOL_DRAIN_TIMEOUT:?}; the next start finishes it"
+            );
+        }
+        step("warm pools drained");
+    };
+    let triggers = async {
+        // Outbox pass and the hand-over of owed replies and webhook events.
+        let all = futures_util::future::join_all(trigger_workers);
+        if tokio::time::timeout(SHUTDOWN_STEP_TIMEOUT, all)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "the trigger workers took over {SHUTDOWN_STEP_TIMEOUT:?} to stop; their leases lapse"
+            );
+        }
+        step("trigger workers stopped");
+    };
+    tokio::join!(loops, reaper, pools, triggers);
+    // The last writes, side by side, each bounded. What they did not write is what a crash
+    // would lose, and the next start (or a surviving replica) recovers from that. The replica
+    // lease ends only now: its sandboxes are no longer in use by a loop here.
+    let retire = async {
+        let _ = tokio::time::timeout(SHUTDOWN_STEP_TIMEOUT, replica).await;
+        if tokio::time::timeout(SHUTDOWN_STEP_TIMEOUT, replicas::retire(&state))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "ending this replica's lease took over {SHUTDOWN_STEP_TIMEOUT:?}; it lapses instead"
+            );
+        }
+        step("replica lease ended");
+    };
+    let spend = async {
+        if let Some(models) = &state.models
+            && tokio::time::timeout(SHUTDOWN_STEP_TIMEOUT, models.gateway.flush())
+                .await
+                .is_err()
+        {
+            tracing::warn!(
+                "flushing gateway spend took over {SHUTDOWN_STEP_TIMEOUT:?}; exiting without it"
+            );
+        }
+        step("gateway spend flushed");
+    };
+    let vault = async {
+        if let Some(vault) = embedded {
+            vault.shutdown().await;
+        }
+        // The last head, so a tail cut while the brain is down is caught too.
+        if let Some(broker) = &state.broker
+            && let Ok(Err(e)) = tokio::time::timeout(
+                SHUTDOWN_STEP_TIMEOUT,
+                audit_heads::record(broker.as_ref(), &state.store),
+            )
+            .await
+        {
+            tracing::warn!(error = %e, "recording the final audit head failed");
+        }
+        step("vault stopped, audit head recorded");
+    };
+    tokio::join!(retire, spend, vault);
     if tokio::time::timeout(SHUTDOWN_STEP_TIMEOUT, state.store.close())
         .await
         .is_err()
     {
         tracing::warn!("closing the store took over {SHUTDOWN_STEP_TIMEOUT:?}; exiting without it");
     }
+    step("store closed");
     Ok(())
 }
 
-/// Builds the Slack/GitHub triggers when configured and starts their reply outbox worker.
+/// Builds the Slack/GitHub triggers when configured and starts their workers (the reply
+/// outbox, the owed replies and webhook events); returns the workers to await on shutdown.
 fn start_triggers(
     state: &mut AppState,
     stop: watch::Receiver<bool>,
-) -> Result<Option<tokio::task::JoinHandle<()>>, RunError> {
+) -> Result<Vec<tokio::task::JoinHandle<()>>, RunError> {
     let config = &state.config.triggers;
     let Some(choice) = config.launcher.filter(|_| config.any()) else {
-        return Ok(None);
+        return Ok(Vec::new());
     };
     let launcher = triggers::build_launcher(state, choice);
     let built = Arc::new(triggers::Triggers::from_config(config, launcher, |n| {
@@ -234,7 +289,7 @@ fn start_triggers(
         "webhook triggers ready"
     );
     // Owed replies: renew ours, take over those a stopped brain left (waits.rs).
-    tokio::spawn(triggers::waits::run(
+    let waits = tokio::spawn(triggers::waits::run(
         state.clone(),
         built.clone(),
         stop.clone(),
@@ -247,11 +302,8 @@ fn start_triggers(
             stop.clone(),
         ));
     }
-    Ok(Some(tokio::spawn(triggers::outbox::run(
-        state.clone(),
-        built,
-        stop,
-    ))))
+    let outbox = tokio::spawn(triggers::outbox::run(state.clone(), built, stop));
+    Ok(vec![waits, outbox])
 }
 
 type StartedVault = (

@@ -229,11 +229,23 @@ pub async fn destroy(state: &AppState, id: &str) -> Result<SandboxRow, Lifecycle
             // The provisioning task owns the handle and will destroy it when it sees the row.
             return Ok(row);
         }
-        // Nothing was recorded as created; leftovers (if any) carry our label and are swept.
+        if let Some(replica) = row.replica.as_deref()
+            && replica != state.store.replica()
+            && state.store.replica_alive(replica).await?
+        {
+            // Another live replica is provisioning it: likewise, its task destroys what it
+            // made once it sees the row `destroying`.
+            return Ok(row);
+        }
+        // Nothing was recorded as created, but a provision cut short by a crash may have left
+        // a labelled resource (a container created, never started): remove it now. Waiting for
+        // the label sweep would leave it for good, since that sweep runs only when some row is
+        // taken over or at a restart.
         state
             .store
             .set_destroyed(id, Some("destroyed before it was created"))
             .await?;
+        sweep_one(state, row.backend, id).await;
         return refetch(state, id).await;
     };
     let backend = state.backends.get(row.backend).await?;
@@ -452,6 +464,32 @@ async fn sweep_labelled(state: &AppState) {
                 Err(e) => {
                     tracing::warn!(sandbox = %item.id, error = %e, "removing an orphan sandbox failed")
                 }
+            }
+        }
+    }
+}
+
+/// Removes whatever the backend holds under sandbox `id`'s label (its row is finished).
+async fn sweep_one(state: &AppState, kind: BackendKind, id: &str) {
+    let Ok(backend) = state.backends.get(kind).await else {
+        return;
+    };
+    let found = match backend.list_labelled().await {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::warn!(sandbox = %id, error = %e, "listing labelled sandboxes failed; the next sweep removes leftovers");
+            return;
+        }
+    };
+    for item in found
+        .iter()
+        .filter(|f| f.id == id && f.owner.as_deref() == Some(state.store.owner()))
+    {
+        revoke(state, id).await;
+        match backend.destroy_labelled(item).await {
+            Ok(()) => tracing::info!(sandbox = %id, "removed what an interrupted provision left"),
+            Err(e) => {
+                tracing::warn!(sandbox = %id, error = %e, "removing what an interrupted provision left failed")
             }
         }
     }

@@ -320,7 +320,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
 
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
@@ -332,7 +332,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         brain::run(config, master_key, listener, shutdown_signal())
             .await
             .context("brain stopped")
-    })
+    });
+    // `run` bounded its own last steps; a task still stuck (a query on a connection an outage
+    // dropped, a blocking call) must not hold the exit: dropping the runtime would wait for it.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    result
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -101,6 +101,7 @@ pub async fn create(
     ApiJson(body): ApiJson<CreateBody>,
 ) -> Result<(StatusCode, Json<SessionView>), ApiError> {
     let new = NewSession {
+        id: None,
         task: body.task,
         model: body.model,
         agent: body.agent,

@@ -44,6 +44,10 @@ use store::{NewSessionRow, QueueOutcome};
 /// A task to run, from any trigger.
 #[derive(Debug, Clone, Default)]
 pub struct NewSession {
+    /// A caller-chosen id (`ses-…`) makes the start idempotent: starting again with the same
+    /// id returns that session (a webhook event handled again after a takeover). `None`: a
+    /// fresh id.
+    pub id: Option<String>,
     pub task: String,
     pub model: Option<String>,
     pub agent: Option<String>,
@@ -279,8 +283,22 @@ pub async fn start(state: &AppState, new: NewSession) -> Result<SessionView, Ses
     } else {
         new.origin
     };
+    let id = match new.id {
+        Some(id) => {
+            let valid = id.len() <= 100
+                && id.starts_with("ses-")
+                && id[4..]
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            if !valid {
+                return Err(SessionError::Invalid(format!("invalid session id {id:?}")));
+            }
+            id
+        }
+        None => format!("ses-{}", uuid::Uuid::new_v4().simple()),
+    };
     let row = NewSessionRow {
-        id: format!("ses-{}", uuid::Uuid::new_v4().simple()),
+        id,
         task: task.to_owned(),
         model,
         agent: new.agent,
@@ -293,6 +311,10 @@ pub async fn start(state: &AppState, new: NewSession) -> Result<SessionView, Ses
             + i64::try_from(config.timeout_seconds.saturating_mul(1000)).unwrap_or(i64::MAX),
     };
     let row = state.store.insert_session(&row).await?;
+    if row.status != SessionStatus::Queued {
+        // Started before under this id (idempotent start): as it now is.
+        return view(state, row).await;
+    }
     tracing::info!(session = %row.id, model = %row.model, "session queued");
     state.sessions.wake();
     Ok(SessionView::new(row, Vec::new()))
@@ -359,16 +381,29 @@ pub async fn cancel(state: &AppState, id: &str) -> Result<SessionView, SessionEr
 
 /// Resolves when the session is terminal (succeeded/failed/cancelled) — or, for a session
 /// that answered and waits for follow-ups, when it has produced its latest answer.
+///
+/// A database outage pauses the wait (transient store errors are retried): a caller that
+/// acts on the outcome (a trigger posting the answer) must not take "unreachable" for one.
 pub async fn wait_settled(state: &AppState, id: &str) -> Result<SessionView, SessionError> {
     let mut rx = state.sessions.subscribe(id);
+    let mut pause = Duration::from_millis(200);
     loop {
-        let row = state
-            .store
-            .get_session(id)
-            .await?
-            .ok_or_else(|| view_err(id))?;
-        if row.is_settled() {
-            return view(state, row).await;
+        let settled = match state.store.get_session(id).await {
+            Ok(Some(row)) if row.is_settled() => view(state, row).await.map(Some),
+            Ok(Some(_)) => Ok(None),
+            Ok(None) => return Err(view_err(id)),
+            Err(e) => Err(e.into()),
+        };
+        match settled {
+            Ok(Some(view)) => return Ok(view),
+            Ok(None) => pause = Duration::from_millis(200),
+            Err(SessionError::Store(e)) if e.is_transient() => {
+                tracing::warn!(session = %id, error = %e, "waiting for a session: the database is unreachable; retrying in {pause:?}");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+                continue;
+            }
+            Err(e) => return Err(e),
         }
         // Local commits wake us at once; another replica's are seen by the poll.
         let _ = tokio::time::timeout(Duration::from_millis(500), rx.changed()).await;
@@ -387,6 +422,12 @@ pub async fn dispatcher(state: AppState, mut stop: watch::Receiver<bool>) {
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let poll = Duration::from_millis(config.poll_interval_ms);
     let mut tasks = tokio::task::JoinSet::new();
+    // Since when every store call here succeeded (`None`: the last one failed). Sessions whose
+    // lease lapsed are taken only after a whole lease of that: after a database outage every
+    // lease looks lapsed at once, and the replica that reconnects first must not take a live
+    // peer's sessions (their loops run on; a takeover turns their running tools into
+    // "interrupted" results) before that peer could renew them.
+    let mut healthy_since = Some(std::time::Instant::now());
     loop {
         // The select only decides; the work happens after it, so no borrow of the stop
         // receiver (a non-Send guard) lives across an await.
@@ -398,7 +439,9 @@ pub async fn dispatcher(state: AppState, mut stop: watch::Receiver<bool>) {
             Some(_) = tasks.join_next(), if !tasks.is_empty() => false,
         };
         if beat {
-            heartbeat_once(&state, lease_ms).await;
+            let began = std::time::Instant::now();
+            let ok = heartbeat_once(&state, lease_ms).await;
+            healthy_since = track_health(healthy_since, ok, began.elapsed() < lease / 3);
             continue;
         }
         let free = config.max_concurrent.saturating_sub(rt.running_here());
@@ -407,13 +450,19 @@ pub async fn dispatcher(state: AppState, mut stop: watch::Receiver<bool>) {
         }
         let limit = i64::try_from(free).unwrap_or(i64::MAX);
         let here = rt.live_ids();
+        let take_lapsed = healthy_since.is_some_and(|since| since.elapsed() >= lease);
+        let began = std::time::Instant::now();
         let ids = match state
             .store
-            .claim_sessions(&rt.instance, lease_ms, limit, &here)
+            .claim_sessions_with(&rt.instance, lease_ms, limit, &here, take_lapsed)
             .await
         {
-            Ok(ids) => ids,
+            Ok(ids) => {
+                healthy_since = track_health(healthy_since, true, began.elapsed() < lease / 3);
+                ids
+            }
             Err(e) => {
+                healthy_since = track_health(healthy_since, false, false);
                 tracing::warn!(error = %e, "claiming sessions failed");
                 continue;
             }
@@ -458,17 +507,33 @@ pub async fn dispatcher(state: AppState, mut stop: watch::Receiver<bool>) {
     }
 }
 
+/// The dispatcher's health clock after a store call: reset by a failure, restarted by a slow
+/// success (an outage often shows as no error at all: the pool waits for a connection until
+/// the database is back, and the call then succeeds), started by the first success after one.
+fn track_health(
+    since: Option<std::time::Instant>,
+    ok: bool,
+    prompt: bool,
+) -> Option<std::time::Instant> {
+    match (since, ok, prompt) {
+        (_, false, _) => None,
+        (Some(t), true, true) => Some(t),
+        (_, true, _) => Some(std::time::Instant::now()),
+    }
+}
+
 /// How long a stopping dispatcher tries to hand its claims over.
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Renews the leases of the loops alive here, and only those. Cancels the token of a loop
 /// whose cancel was requested, or whose claim another brain took (it stops at its next
 /// write instead of running a tool for a session it no longer owns).
-pub(crate) async fn heartbeat_once(state: &AppState, lease_ms: i64) {
+/// Returns whether the store answered (no live loop: nothing to ask, `true`).
+pub(crate) async fn heartbeat_once(state: &AppState, lease_ms: i64) -> bool {
     let rt = &state.sessions;
     let live = rt.live_ids();
     if live.is_empty() {
-        return;
+        return true;
     }
     match state
         .store
@@ -485,8 +550,12 @@ pub(crate) async fn heartbeat_once(state: &AppState, lease_ms: i64) {
                     token.cancel();
                 }
             }
+            true
         }
-        Err(e) => tracing::warn!(error = %e, "renewing session leases failed"),
+        Err(e) => {
+            tracing::warn!(error = %e, "renewing session leases failed");
+            false
+        }
     }
 }
 

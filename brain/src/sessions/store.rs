@@ -318,7 +318,8 @@ impl Store {
         const SQL: &str = concat!(
             "INSERT INTO sessions (id, status, task, model, agent, backend, credentials, \
              max_steps, max_cost_usd, origin, deadline_at, created_at, updated_at) \
-             VALUES ($1, 'queued', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11) RETURNING ",
+             VALUES ($1, 'queued', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11) \
+             ON CONFLICT (id) DO NOTHING RETURNING ",
             session_columns!()
         );
         let raw = on_pool!(self.db(), |pool| {
@@ -334,11 +335,26 @@ impl Store {
                 .bind(&origin)
                 .bind(new.deadline_at)
                 .bind(now)
-                .fetch_one(pool)
+                .fetch_optional(pool)
                 .await?;
-            read_session!(&row)
+            match row {
+                Some(row) => Some(read_session!(&row)),
+                None => None,
+            }
         });
-        raw.parse()
+        match raw {
+            Some(raw) => raw.parse(),
+            // The id was taken: the same start was made before (a trigger event handled
+            // again after a takeover, or a retry after a lost answer). Starting is idempotent
+            // per id, so that session is the answer.
+            None => self
+                .get_session(&new.id)
+                .await?
+                .ok_or_else(|| StoreError::Corrupt {
+                    table: "sessions",
+                    message: format!("session {} conflicts but cannot be read", new.id),
+                }),
+        }
     }
 
     pub async fn get_session(&self, id: &str) -> Result<Option<SessionRow>, StoreError> {
@@ -421,7 +437,28 @@ impl Store {
         limit: i64,
         running_here: &[String],
     ) -> Result<Vec<String>, StoreError> {
+        self.claim_sessions_with(owner, lease_ms, limit, running_here, true)
+            .await
+    }
+
+    /// [`Store::claim_sessions`]; with `take_lapsed = false` only sessions nobody claimed
+    /// (queued, or released): a brain whose own store calls only just recovered from an
+    /// outage must not take sessions whose leases lapsed in that same outage, since their
+    /// owners are as likely alive and about to renew (see `sessions::dispatcher`).
+    pub async fn claim_sessions_with(
+        &self,
+        owner: &str,
+        lease_ms: i64,
+        limit: i64,
+        running_here: &[String],
+        take_lapsed: bool,
+    ) -> Result<Vec<String>, StoreError> {
         let now = self.db_now_sql();
+        let claimable = if take_lapsed {
+            format!("(claim_owner IS NULL OR lease_expires_at < {now})")
+        } else {
+            "claim_owner IS NULL".to_string()
+        };
         let here = encode(&running_here, "running sessions")?;
         let not_here = format!("NOT {}", self.id_in_json(4));
         let ids: Vec<String> = match self.db() {
@@ -430,10 +467,10 @@ impl Store {
                     "UPDATE sessions SET claim_owner = $1, lease_expires_at = {now} + $2 \
                      WHERE id IN (SELECT id FROM sessions \
                        WHERE status IN ('queued', 'running') \
-                       AND (claim_owner IS NULL OR lease_expires_at < {now}) AND {not_here} \
+                       AND {claimable} AND {not_here} \
                        ORDER BY created_at LIMIT $3 FOR UPDATE SKIP LOCKED) \
                      AND status IN ('queued', 'running') \
-                     AND (claim_owner IS NULL OR lease_expires_at < {now}) \
+                     AND {claimable} \
                      RETURNING id"
                 );
                 sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
@@ -450,7 +487,7 @@ impl Store {
                     "UPDATE sessions SET claim_owner = $1, lease_expires_at = {now} + $2 \
                      WHERE id IN (SELECT id FROM sessions \
                        WHERE status IN ('queued', 'running') \
-                       AND (claim_owner IS NULL OR lease_expires_at < {now}) AND {not_here} \
+                       AND {claimable} AND {not_here} \
                        ORDER BY created_at LIMIT $3) \
                      RETURNING id"
                 );

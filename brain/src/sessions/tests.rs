@@ -184,3 +184,57 @@ async fn failed_and_cancelled_sessions_take_no_messages() {
             .is_empty()
     );
 }
+
+/// Issue 12 (chaos): a dispatcher that only just got its database back takes queued sessions
+/// but not lapsed claims (their owners are as likely alive after the same outage); once
+/// healthy for a lease it takes those too. Starting again with a session's id returns it.
+#[tokio::test]
+async fn lapsed_claims_wait_for_a_healthy_claimant_and_starts_are_idempotent_per_id() {
+    let store = store_with_session("s1").await;
+    store.claim_sessions("peer", -1, 10, &[]).await.unwrap();
+    store
+        .insert_session(&NewSessionRow {
+            id: "s2".into(),
+            task: "t".into(),
+            model: "m".into(),
+            agent: None,
+            backend: None,
+            credentials: vec![],
+            max_steps: 5,
+            max_cost_usd: None,
+            origin: json!({"kind": "api"}),
+            deadline_at: now_ms() + 60_000,
+        })
+        .await
+        .unwrap();
+    let fresh = store
+        .claim_sessions_with("back", 60_000, 10, &[], false)
+        .await
+        .unwrap();
+    assert_eq!(fresh, vec!["s2".to_string()], "only the unclaimed one");
+    let healthy = store
+        .claim_sessions_with("back", 60_000, 10, &[], true)
+        .await
+        .unwrap();
+    assert_eq!(healthy, vec!["s1".to_string()]);
+
+    let again = store
+        .insert_session(&NewSessionRow {
+            id: "s2".into(),
+            task: "another task".into(),
+            model: "m".into(),
+            agent: None,
+            backend: None,
+            credentials: vec![],
+            max_steps: 5,
+            max_cost_usd: None,
+            origin: json!({"kind": "api"}),
+            deadline_at: now_ms() + 60_000,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        (again.task.as_str(), again.claim_owner.as_deref()),
+        ("t", Some("back"))
+    );
+}

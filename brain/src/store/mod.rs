@@ -445,7 +445,33 @@ pub fn lock_sqlite_file(url: &str) -> Result<Option<std::fs::File>, StoreError> 
 /// This brain's clock, in unix milliseconds. `AIRLOCK_TEST_CLOCK_SKEW_MS` (read once; for
 /// chaos tests only) shifts it, to show that leases do not depend on it.
 pub(crate) fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis() + clock_skew_ms()
+    chrono::Utc::now().timestamp_millis() + clock_skew_ms() + test_skew::get()
+}
+
+/// Unit tests skew this thread's brain clock (a `#[tokio::test]` runs its tasks on its own
+/// thread), to show that what must agree across brains does not read it.
+#[cfg(test)]
+pub(crate) mod test_skew {
+    use std::cell::Cell;
+
+    thread_local! {
+        static SKEW_MS: Cell<i64> = const { Cell::new(0) };
+    }
+
+    pub(crate) fn set(ms: i64) {
+        SKEW_MS.with(|s| s.set(ms));
+    }
+
+    pub(crate) fn get() -> i64 {
+        SKEW_MS.with(Cell::get)
+    }
+}
+
+#[cfg(not(test))]
+mod test_skew {
+    pub(super) fn get() -> i64 {
+        0
+    }
 }
 
 fn clock_skew_ms() -> i64 {

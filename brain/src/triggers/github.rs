@@ -343,7 +343,13 @@ pub(crate) async fn handle_request(
     // Held from the lookup until the new session is bound, so two events for one new
     // thread cannot both start a session (within this brain).
     let start_guard = triggers.thread_lock.lock().await;
-    let existing = match store::thread_session(&state.store, Source::Github, &key).await {
+    // The session this event starts, if the issue has none (idempotent: see below).
+    let own = format!("ses-{}", super::session_key(&ev.id));
+    let existing = match super::retry_store("github: reading the issue mapping", || {
+        store::thread_session(&state.store, Source::Github, &key)
+    })
+    .await
+    {
         Ok(existing) => existing,
         Err(e) => {
             tracing::error!(error = %e, issue = %key, "github: cannot read the issue mapping");
@@ -351,12 +357,13 @@ pub(crate) async fn handle_request(
         }
     };
     let session_id = match existing {
+        // This event started it before a takeover or a lost answer: only the reply is left.
+        Some(session) if session == own => session,
         Some(session) => {
-            if let Err(e) = triggers
-                .launcher
-                .follow_up(&session, req.text.clone())
-                .await
-            {
+            let follow_up = super::retry_launch("github: continuing a session", || {
+                triggers.launcher.follow_up(&session, req.text.clone())
+            });
+            if let Err(e) = follow_up.await {
                 triggers
                     .reply(
                         state,
@@ -388,8 +395,12 @@ pub(crate) async fn handle_request(
                 credentials: vec![config.credential.clone()],
                 origin: json!({"kind": "github", "repo": req.repo, "issue": req.issue,
                                "user": req.actor}),
+                key: Some(super::session_key(&ev.id)),
             };
-            let session = match triggers.launcher.start(task).await {
+            let start = super::retry_launch("github: starting a session", || {
+                triggers.launcher.start(task.clone())
+            });
+            let session = match start.await {
                 Ok(id) => id,
                 Err(e) => {
                     triggers
@@ -401,7 +412,10 @@ pub(crate) async fn handle_request(
                     return None;
                 }
             };
-            if let Err(e) = store::bind_thread(&state.store, Source::Github, &key, &session).await {
+            let bind = super::retry_store("github: recording the issue", || {
+                store::bind_thread(&state.store, Source::Github, &key, &session)
+            });
+            if let Err(e) = bind.await {
                 tracing::error!(error = %e, session = %session, "github: cannot record the issue");
             }
             tracing::info!(session = %session, issue = %key, "github session started");
@@ -410,7 +424,10 @@ pub(crate) async fn handle_request(
     };
     drop(start_guard);
     // A takeover of this event from here on only owes the comment.
-    if let Err(e) = inbox::set_session(&state.store, &ev.id, &session_id).await {
+    let recorded = super::retry_store("github: recording the event's session", || {
+        inbox::set_session(&state.store, &ev.id, &session_id)
+    });
+    if let Err(e) = recorded.await {
         tracing::warn!(event = %ev.id, error = %e, "cannot record the event's session");
     }
     // The comment (and the push) are owed from here on; `waits` keeps that across a restart.

@@ -82,19 +82,21 @@ pub async fn accept(
          VALUES ($1, $2, $3, NULL, $4, {} + $5, $6)",
         store.db_now_sql()
     );
+    // Received at, on the database clock: deliveries are pruned by it.
+    let delivery = format!(
+        "INSERT INTO webhook_deliveries (source, delivery_id, received_at) VALUES ($1, $2, {}) \
+         ON CONFLICT (source, delivery_id) DO NOTHING",
+        store.db_now_sql()
+    );
     let now = now_ms();
     let fresh = on_pool!(store.db(), |pool| {
         let mut tx = pool.begin().await?;
-        let fresh = sqlx::query(
-            "INSERT INTO webhook_deliveries (source, delivery_id, received_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (source, delivery_id) DO NOTHING",
-        )
-        .bind(source)
-        .bind(dedupe_key)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
+        let fresh = sqlx::query(sqlx::AssertSqlSafe(delivery.clone()))
+            .bind(source)
+            .bind(dedupe_key)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
             == 1;
         if fresh {
             sqlx::query(sqlx::AssertSqlSafe(insert.clone()))

@@ -50,6 +50,10 @@ pub struct TriggeredTask {
     pub credentials: Vec<String>,
     /// Where it came from, stored with the session (`{"kind":"slack","channel",…}`, as `sessions` filters by `origin.kind`).
     pub origin: serde_json::Value,
+    /// Makes the start idempotent: a launcher given the same key again (the same webhook
+    /// event, handled again after a takeover or a lost answer) returns the session it started
+    /// the first time instead of starting another.
+    pub key: Option<String>,
 }
 
 /// Where a session stands once it settled (finished, or answered and waits for follow-ups).
@@ -72,6 +76,63 @@ pub enum LaunchError {
     NotFound(String),
     #[error("{0}")]
     Failed(String),
+    /// The database could not be reached: the same call may succeed later (callers retry).
+    #[error("the database is unreachable: {0}")]
+    Unavailable(String),
+}
+
+/// First and longest pause while a webhook event's handling waits out a database outage.
+const RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(200);
+const RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Runs one step of handling a webhook event, retrying while the database is unreachable: an
+/// outage pauses the event (it is held; its steps are idempotent, so a repeat after a lost
+/// answer or a takeover changes nothing) instead of answering the thread with the error and
+/// dropping an event that was acknowledged.
+pub(crate) async fn retry_launch<T, F, Fut>(what: &str, mut op: F) -> Result<T, LaunchError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, LaunchError>>,
+{
+    let mut pause = RETRY_FIRST;
+    loop {
+        match op().await {
+            Err(LaunchError::Unavailable(e)) => {
+                tracing::warn!(error = %e, "{what}: the database is unreachable; retrying in {pause:?}");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(RETRY_MAX);
+            }
+            other => return other,
+        }
+    }
+}
+
+/// [`retry_launch`] for store calls: transient errors are retried, others returned.
+pub(crate) async fn retry_store<T, F, Fut>(
+    what: &str,
+    mut op: F,
+) -> Result<T, crate::store::StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, crate::store::StoreError>>,
+{
+    let mut pause = RETRY_FIRST;
+    loop {
+        match op().await {
+            Err(e) if e.is_transient() => {
+                tracing::warn!(error = %e, "{what}: the database is unreachable; retrying in {pause:?}");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(RETRY_MAX);
+            }
+            other => return other,
+        }
+    }
+}
+
+/// The session an event starts: derived from the event's id, so handling the event again
+/// (after a takeover, or a retry after a lost answer) finds the same session.
+pub(crate) fn session_key(event_id: &str) -> String {
+    event_id.strip_prefix("ev-").unwrap_or(event_id).to_string()
 }
 
 /// The seam between triggers and sessions: start one, send it a follow-up, wait for it to

@@ -1,7 +1,9 @@
 //! Delivers the `trigger_replies` outbox: claims due rows, sends each through its API
 //! client, deletes it on success, and otherwise schedules the next attempt with exponential
 //! backoff (a `Retry-After` from the API wins). Rows survive restarts; a claim is a lease,
-//! so a worker that dies mid-send only delays the reply.
+//! so a worker that dies mid-send only delays the reply. Due times and leases are on the
+//! database clock (`store::claim_due_replies`): a brain whose own clock is skewed sends
+//! nothing early or late.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -75,8 +77,7 @@ pub async fn run(state: AppState, triggers: Arc<Triggers>, mut shutdown: watch::
     loop {
         if last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
             last_prune = Some(std::time::Instant::now());
-            match store::prune_deliveries(&state.store, store::now_ms() - DEDUPE_RETENTION_MS).await
-            {
+            match store::prune_deliveries(&state.store, DEDUPE_RETENTION_MS).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(pruned = n, "forgot old webhook delivery ids"),
                 Err(e) => tracing::warn!(error = %e, "pruning webhook delivery ids failed"),
@@ -92,11 +93,8 @@ pub async fn run(state: AppState, triggers: Arc<Triggers>, mut shutdown: watch::
         if sent > 0 {
             continue;
         }
-        let wait = match store::next_due_at(&state.store).await {
-            Ok(Some(due)) => {
-                let ms = due.saturating_sub(store::now_ms()).max(0);
-                Duration::from_millis(u64::try_from(ms).unwrap_or(0)).min(MAX_IDLE)
-            }
+        let wait = match store::next_due_in_ms(&state.store).await {
+            Ok(Some(ms)) => Duration::from_millis(u64::try_from(ms).unwrap_or(0)).min(MAX_IDLE),
             _ => MAX_IDLE,
         };
         tokio::select! {
@@ -125,10 +123,10 @@ pub async fn pass_with(
     lease_ms: i64,
     batch: i64,
 ) -> Result<usize, crate::store::StoreError> {
-    let due = store::claim_due_replies(&state.store, store::now_ms(), lease_ms, batch).await?;
+    let due = store::claim_due_replies(&state.store, lease_ms, batch).await?;
     let n = due.len();
     for mut reply in due {
-        if !store::extend_reply_lease(&state.store, &mut reply, store::now_ms() + lease_ms).await? {
+        if !store::extend_reply_lease(&state.store, &mut reply, lease_ms).await? {
             tracing::info!(reply = %reply.id, "reply lease lapsed during the batch; another worker sends it");
             continue;
         }
@@ -189,8 +187,8 @@ pub async fn settle(
             tracing::warn!(reply = %reply.id, source, %error, retry_in_ms = delay.as_millis() as u64,
                 "reply delivery failed; will retry");
             state.metrics.reply_failed(source, false);
-            let next = store::now_ms() + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2);
-            store::reply_retry(&state.store, &reply.id, next, &error).await
+            let delay_ms = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2);
+            store::reply_retry(&state.store, &reply.id, delay_ms, &error).await
         }
     }
 }

@@ -21,6 +21,7 @@ impl SessionsLauncher {
 fn launch_error(e: SessionError) -> LaunchError {
     match e {
         SessionError::NotFound(id) => LaunchError::NotFound(id),
+        SessionError::Store(e) if e.is_transient() => LaunchError::Unavailable(e.to_string()),
         other => LaunchError::Failed(other.to_string()),
     }
 }
@@ -38,6 +39,8 @@ impl SessionLauncher for SessionsLauncher {
         let view = sessions::start(
             &self.state,
             NewSession {
+                // Idempotent per trigger event (see `TriggeredTask::key`).
+                id: task.key.map(|key| format!("ses-{key}")),
                 task: task.task,
                 model: None,
                 agent: None,

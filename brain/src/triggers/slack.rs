@@ -251,7 +251,13 @@ pub(crate) async fn handle_event(
         return Some((session.clone(), context));
     }
     let start_guard = triggers.thread_lock.lock().await;
-    let existing = match store::thread_session(&state.store, Source::Slack, &key).await {
+    // The session this event starts, if it is a new thread's task (idempotent: see below).
+    let own = format!("ses-{}", super::session_key(&ev.id));
+    let existing = match super::retry_store("slack: reading the thread mapping", || {
+        store::thread_session(&state.store, Source::Slack, &key)
+    })
+    .await
+    {
         Ok(existing) => existing,
         Err(e) => {
             tracing::error!(error = %e, thread = %key, "slack: cannot read the thread mapping");
@@ -262,8 +268,13 @@ pub(crate) async fn handle_event(
         }
     };
     let session_id = match (existing, intent) {
+        // This event started it before a takeover or a lost answer: only the reply is left.
+        (Some(session), _) if session == own => session,
         (Some(session), _) => {
-            if let Err(e) = triggers.launcher.follow_up(&session, text).await {
+            let follow_up = super::retry_launch("slack: continuing a session", || {
+                triggers.launcher.follow_up(&session, text.clone())
+            });
+            if let Err(e) = follow_up.await {
                 tracing::warn!(session = %session, error = %e, "slack follow-up failed");
                 triggers
                     .reply(state, reply(format!(":warning: could not continue: {e}")))
@@ -297,8 +308,12 @@ pub(crate) async fn handle_event(
                     "kind": "slack", "channel": event.channel, "thread_ts": thread_ts,
                     "user": event.user,
                 }),
+                key: Some(super::session_key(&ev.id)),
             };
-            let session = match triggers.launcher.start(task).await {
+            let start = super::retry_launch("slack: starting a session", || {
+                triggers.launcher.start(task.clone())
+            });
+            let session = match start.await {
                 Ok(id) => id,
                 Err(e) => {
                     tracing::warn!(error = %e, "slack: starting a session failed");
@@ -308,7 +323,10 @@ pub(crate) async fn handle_event(
                     return None;
                 }
             };
-            if let Err(e) = store::bind_thread(&state.store, Source::Slack, &key, &session).await {
+            let bind = super::retry_store("slack: recording the thread", || {
+                store::bind_thread(&state.store, Source::Slack, &key, &session)
+            });
+            if let Err(e) = bind.await {
                 tracing::error!(error = %e, session = %session, "slack: cannot record the thread");
             }
             tracing::info!(session = %session, thread = %key, "slack session started");
@@ -320,7 +338,10 @@ pub(crate) async fn handle_event(
     };
     drop(start_guard);
     // A takeover of this event from here on only owes the reply.
-    if let Err(e) = inbox::set_session(&state.store, &ev.id, &session_id).await {
+    let recorded = super::retry_store("slack: recording the event's session", || {
+        inbox::set_session(&state.store, &ev.id, &session_id)
+    });
+    if let Err(e) = recorded.await {
         tracing::warn!(event = %ev.id, error = %e, "cannot record the event's session");
     }
     // The answer is owed from here on; `waits` keeps that promise across a restart.

@@ -60,9 +60,9 @@ pub struct PendingReply {
     pub lease: i64,
 }
 
-pub(crate) fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
+/// This brain's clock (see [`crate::store::now_ms`]): only for times nobody compares across
+/// brains (creation stamps). Due times and leases use the database clock.
+pub(crate) use crate::store::now_ms;
 
 fn corrupt(message: impl Into<String>) -> StoreError {
     StoreError::Corrupt {
@@ -77,32 +77,36 @@ pub async fn record_delivery(
     source: Source,
     delivery_id: &str,
 ) -> Result<bool, StoreError> {
-    let now = now_ms();
+    let sql = format!(
+        "INSERT INTO webhook_deliveries (source, delivery_id, received_at) VALUES ($1, $2, {}) \
+         ON CONFLICT (source, delivery_id) DO NOTHING",
+        store.db_now_sql()
+    );
     let affected = on_pool!(store.db(), |pool| {
-        sqlx::query(
-            "INSERT INTO webhook_deliveries (source, delivery_id, received_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (source, delivery_id) DO NOTHING",
-        )
-        .bind(source.as_str())
-        .bind(delivery_id)
-        .bind(now)
-        .execute(pool)
-        .await?
-        .rows_affected()
+        sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+            .bind(source.as_str())
+            .bind(delivery_id)
+            .execute(pool)
+            .await?
+            .rows_affected()
     });
     Ok(affected == 1)
 }
 
-/// Forgets deliveries older than `before_ms` (their senders stopped retrying long ago).
-pub async fn prune_deliveries(store: &Store, before_ms: i64) -> Result<u64, StoreError> {
+/// Forgets deliveries received more than `age_ms` ago by the database clock (their senders
+/// stopped retrying long ago).
+pub async fn prune_deliveries(store: &Store, age_ms: i64) -> Result<u64, StoreError> {
+    let now = store.db_now_sql();
+    let keys = format!("DELETE FROM trigger_reply_keys WHERE created_at < {now} - $1");
+    let deliveries = format!("DELETE FROM webhook_deliveries WHERE received_at < {now} - $1");
     Ok(on_pool!(store.db(), |pool| {
         // Reply keys (one per settle of a session) age out with the deliveries.
-        sqlx::query("DELETE FROM trigger_reply_keys WHERE created_at < $1")
-            .bind(before_ms)
+        sqlx::query(sqlx::AssertSqlSafe(keys.clone()))
+            .bind(age_ms)
             .execute(pool)
             .await?;
-        sqlx::query("DELETE FROM webhook_deliveries WHERE received_at < $1")
-            .bind(before_ms)
+        sqlx::query(sqlx::AssertSqlSafe(deliveries.clone()))
+            .bind(age_ms)
             .execute(pool)
             .await?
             .rows_affected()
@@ -149,10 +153,15 @@ pub async fn thread_session(
     }))
 }
 
-/// Inserts one outbox row; binds: id, source, payload JSON, now. Shared by
-/// [`enqueue_reply`] and the transaction in `waits::finish`.
-pub(crate) const INSERT_REPLY: &str = "INSERT INTO trigger_replies (id, source, payload, attempts, next_attempt_at, created_at) \
-     VALUES ($1, $2, $3, 0, $4, $4)";
+/// Inserts one outbox row, due now on the database clock; binds: id, source, payload JSON.
+/// Shared by [`enqueue_reply`] and the transaction in `waits::finish`.
+pub(crate) fn insert_reply_sql(store: &Store) -> String {
+    let now = store.db_now_sql();
+    format!(
+        "INSERT INTO trigger_replies (id, source, payload, attempts, next_attempt_at, created_at) \
+         VALUES ($1, $2, $3, 0, {now}, {now})"
+    )
+}
 
 /// A fresh reply id and the payload's stored JSON, for [`INSERT_REPLY`].
 pub(crate) fn reply_row(payload: &ReplyPayload) -> Result<(String, String), StoreError> {
@@ -164,13 +173,12 @@ pub(crate) fn reply_row(payload: &ReplyPayload) -> Result<(String, String), Stor
 /// Puts a reply in the outbox, due now. Returns its id.
 pub async fn enqueue_reply(store: &Store, payload: &ReplyPayload) -> Result<String, StoreError> {
     let (id, json) = reply_row(payload)?;
-    let now = now_ms();
+    let sql = insert_reply_sql(store);
     on_pool!(store.db(), |pool| {
-        sqlx::query(INSERT_REPLY)
+        sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
             .bind(&id)
             .bind(payload.source().as_str())
             .bind(&json)
-            .bind(now)
             .execute(pool)
             .await?;
     });
@@ -179,54 +187,58 @@ pub async fn enqueue_reply(store: &Store, payload: &ReplyPayload) -> Result<Stri
 
 /// Claims up to `limit` due replies: each claimed row's `next_attempt_at` moves to
 /// `now + lease_ms`, so another worker (replica) skips it while this one sends. A worker that
-/// dies mid-send leaves the row to be claimed again once the lease passes.
+/// dies mid-send leaves the row to be claimed again once the lease passes. "Due" and the lease
+/// are on the database clock: a brain whose own clock runs ahead would send retries early (and
+/// take replies another worker still holds), one running behind would send them late.
 pub async fn claim_due_replies(
     store: &Store,
-    now: i64,
     lease_ms: i64,
     limit: i64,
 ) -> Result<Vec<PendingReply>, StoreError> {
+    let now = store.db_now_sql();
+    let select = format!(
+        "SELECT id, payload, attempts, next_attempt_at FROM trigger_replies \
+         WHERE failed_at IS NULL AND next_attempt_at <= {now} ORDER BY next_attempt_at LIMIT $1"
+    );
+    // Compare-and-set on the due time read: only one claimant's update matches. RETURNING
+    // gives the lease written, which the sends then renew by compare-and-set.
+    let update = format!(
+        "UPDATE trigger_replies SET next_attempt_at = {now} + $1 \
+         WHERE id = $2 AND next_attempt_at = $3 RETURNING next_attempt_at"
+    );
     let rows = on_pool!(store.db(), |pool| {
-        sqlx::query(
-            "SELECT id, payload, attempts, next_attempt_at FROM trigger_replies \
-             WHERE failed_at IS NULL AND next_attempt_at <= $1 ORDER BY next_attempt_at LIMIT $2",
-        )
-        .bind(now)
-        .bind(limit)
-        .fetch_all(pool)
-        .await?
-        .into_iter()
-        .map(|row| {
-            Ok::<_, sqlx::Error>((
-                row.try_get::<String, _>("id")?,
-                row.try_get::<String, _>("payload")?,
-                row.try_get::<i64, _>("attempts")?,
-                row.try_get::<i64, _>("next_attempt_at")?,
-            ))
-        })
-        .collect::<Result<Vec<_>, _>>()?
+        sqlx::query(sqlx::AssertSqlSafe(select.clone()))
+            .bind(limit)
+            .fetch_all(pool)
+            .await?
+            .into_iter()
+            .map(|row| {
+                Ok::<_, sqlx::Error>((
+                    row.try_get::<String, _>("id")?,
+                    row.try_get::<String, _>("payload")?,
+                    row.try_get::<i64, _>("attempts")?,
+                    row.try_get::<i64, _>("next_attempt_at")?,
+                ))
+            })
+            .collect::<Result<Vec<_>, _>>()?
     });
     let mut claimed = Vec::with_capacity(rows.len());
     for (id, payload, attempts, seen_due) in rows {
-        // Compare-and-set on the due time we read: only one claimant's update matches.
-        let won = on_pool!(store.db(), |pool| {
-            sqlx::query(
-                "UPDATE trigger_replies SET next_attempt_at = $1 WHERE id = $2 AND next_attempt_at = $3",
-            )
-            .bind(now + lease_ms)
-            .bind(&id)
-            .bind(seen_due)
-            .execute(pool)
-            .await?
-            .rows_affected()
-        }) == 1;
-        if !won {
+        let lease: Option<i64> = on_pool!(store.db(), |pool| {
+            sqlx::query_scalar(sqlx::AssertSqlSafe(update.clone()))
+                .bind(lease_ms)
+                .bind(&id)
+                .bind(seen_due)
+                .fetch_optional(pool)
+                .await?
+        });
+        let Some(lease) = lease else {
             continue;
-        }
+        };
         let payload: ReplyPayload =
             serde_json::from_str(&payload).map_err(|e| corrupt(format!("reply {id}: {e}")))?;
         claimed.push(PendingReply {
-            lease: now + lease_ms,
+            lease,
             id,
             payload,
             attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
@@ -235,32 +247,37 @@ pub async fn claim_due_replies(
     Ok(claimed)
 }
 
-/// Renews a claimed reply's lease to `until` right before sending it, if this worker still
-/// holds it (`next_attempt_at` is still the value its claim wrote). A batch can outlast one
-/// lease (16 sends of up to 25 s each); renewing per send keeps every send inside a lease, so
-/// a reply whose lease lapsed while earlier ones were sent is either still ours (renewed
-/// here) or another worker's (skipped here): never sent by both.
+/// Renews a claimed reply's lease to `lease_ms` from now (database clock) right before
+/// sending it, if this worker still holds it (`next_attempt_at` is still the value its claim
+/// or last renewal wrote). A batch can outlast one lease (16 sends of up to 25 s each);
+/// renewing per send keeps every send inside a lease, so a reply whose lease lapsed while
+/// earlier ones were sent is either still ours (renewed here) or another worker's (skipped
+/// here): never sent by both.
 pub async fn extend_reply_lease(
     store: &Store,
     reply: &mut PendingReply,
-    until: i64,
+    lease_ms: i64,
 ) -> Result<bool, StoreError> {
-    let won = on_pool!(store.db(), |pool| {
-        sqlx::query(
-            "UPDATE trigger_replies SET next_attempt_at = $1 \
-             WHERE id = $2 AND next_attempt_at = $3 AND failed_at IS NULL",
-        )
-        .bind(until)
-        .bind(&reply.id)
-        .bind(reply.lease)
-        .execute(pool)
-        .await?
-        .rows_affected()
-    }) == 1;
-    if won {
-        reply.lease = until;
+    let sql = format!(
+        "UPDATE trigger_replies SET next_attempt_at = {} + $1 \
+         WHERE id = $2 AND next_attempt_at = $3 AND failed_at IS NULL RETURNING next_attempt_at",
+        store.db_now_sql()
+    );
+    let renewed: Option<i64> = on_pool!(store.db(), |pool| {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql.clone()))
+            .bind(lease_ms)
+            .bind(&reply.id)
+            .bind(reply.lease)
+            .fetch_optional(pool)
+            .await?
+    });
+    match renewed {
+        Some(lease) => {
+            reply.lease = lease;
+            Ok(true)
+        }
+        None => Ok(false),
     }
-    Ok(won)
 }
 
 /// The reply was delivered: it leaves the outbox.
@@ -274,40 +291,42 @@ pub async fn reply_delivered(store: &Store, id: &str) -> Result<(), StoreError> 
     Ok(())
 }
 
-/// A failed attempt: try again at `next_attempt_at`.
+/// A failed attempt: try again `delay_ms` from now on the database clock.
 pub async fn reply_retry(
     store: &Store,
     id: &str,
-    next_attempt_at: i64,
+    delay_ms: i64,
     error: &str,
 ) -> Result<(), StoreError> {
+    let sql = format!(
+        "UPDATE trigger_replies SET attempts = attempts + 1, next_attempt_at = {} + $1, \
+         last_error = $2 WHERE id = $3",
+        store.db_now_sql()
+    );
     on_pool!(store.db(), |pool| {
-        sqlx::query(
-            "UPDATE trigger_replies SET attempts = attempts + 1, next_attempt_at = $1, last_error = $2 \
-             WHERE id = $3",
-        )
-        .bind(next_attempt_at)
-        .bind(error)
-        .bind(id)
-        .execute(pool)
-        .await?;
+        sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+            .bind(delay_ms)
+            .bind(error)
+            .bind(id)
+            .execute(pool)
+            .await?;
     });
     Ok(())
 }
 
 /// The API refused the reply for good; it stays, marked, and is not retried.
 pub async fn reply_failed(store: &Store, id: &str, error: &str) -> Result<(), StoreError> {
-    let now = now_ms();
+    let sql = format!(
+        "UPDATE trigger_replies SET attempts = attempts + 1, failed_at = {}, last_error = $1 \
+         WHERE id = $2",
+        store.db_now_sql()
+    );
     on_pool!(store.db(), |pool| {
-        sqlx::query(
-            "UPDATE trigger_replies SET attempts = attempts + 1, failed_at = $1, last_error = $2 \
-             WHERE id = $3",
-        )
-        .bind(now)
-        .bind(error)
-        .bind(id)
-        .execute(pool)
-        .await?;
+        sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+            .bind(error)
+            .bind(id)
+            .execute(pool)
+            .await?;
     });
     Ok(())
 }
@@ -335,13 +354,17 @@ pub async fn undelivered_replies(
     }))
 }
 
-/// The earliest `next_attempt_at` of a pending reply, so the worker can sleep until then.
-pub async fn next_due_at(store: &Store) -> Result<Option<i64>, StoreError> {
-    Ok(on_pool!(store.db(), |pool| {
-        sqlx::query_scalar(
-            "SELECT MIN(next_attempt_at) FROM trigger_replies WHERE failed_at IS NULL",
-        )
-        .fetch_one(pool)
-        .await?
-    }))
+/// How long until the earliest pending reply is due, in milliseconds on the database clock
+/// (0 when one is due now), so the worker can sleep until then.
+pub async fn next_due_in_ms(store: &Store) -> Result<Option<i64>, StoreError> {
+    let sql = format!(
+        "SELECT MIN(next_attempt_at) - {} FROM trigger_replies WHERE failed_at IS NULL",
+        store.db_now_sql()
+    );
+    let due_in: Option<i64> = on_pool!(store.db(), |pool| {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql.clone()))
+            .fetch_one(pool)
+            .await?
+    });
+    Ok(due_in.map(|ms| ms.max(0)))
 }

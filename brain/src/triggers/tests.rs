@@ -75,9 +75,8 @@ async fn deliveries_are_recorded_once_per_source() {
                 .await
                 .unwrap()
         );
-        let pruned = store::prune_deliveries(&s, store::now_ms() + 1)
-            .await
-            .unwrap();
+        // Received up to now (age -1 ms: everything until a millisecond from now).
+        let pruned = store::prune_deliveries(&s, -1).await.unwrap();
         assert_eq!(pruned, 3);
         assert!(
             store::record_delivery(&s, Source::Slack, "Ev1")
@@ -133,10 +132,10 @@ async fn outbox_claims_are_exclusive_and_retries_are_scheduled() {
             body: "hi".into(),
         };
         let id = store::enqueue_reply(&s, &payload).await.unwrap();
-        let now = store::now_ms();
+        // Leases and due times are lengths from now on the database clock.
         let (first, second) = tokio::join!(
-            store::claim_due_replies(&s, now, 60_000, 10),
-            store::claim_due_replies(&s, now, 60_000, 10),
+            store::claim_due_replies(&s, 300, 10),
+            store::claim_due_replies(&s, 300, 10),
         );
         let (first, second) = (first.unwrap(), second.unwrap());
         assert_eq!(
@@ -151,31 +150,29 @@ async fn outbox_claims_are_exclusive_and_retries_are_scheduled() {
         );
         // Leased: not due again until the lease passes.
         assert!(
-            store::claim_due_replies(&s, now + 1, 60_000, 10)
+            store::claim_due_replies(&s, 60_000, 10)
                 .await
                 .unwrap()
                 .is_empty()
         );
+        tokio::time::sleep(Duration::from_millis(400)).await;
         assert_eq!(
-            store::claim_due_replies(&s, now + 60_001, 60_000, 10)
+            store::claim_due_replies(&s, 60_000, 10)
                 .await
                 .unwrap()
                 .len(),
             1
         );
 
-        store::reply_retry(&s, &id, now + 5_000, "HTTP 500")
-            .await
-            .unwrap();
+        store::reply_retry(&s, &id, 400, "HTTP 500").await.unwrap();
         assert!(
-            store::claim_due_replies(&s, now + 4_999, 1, 10)
+            store::claim_due_replies(&s, 1, 10)
                 .await
                 .unwrap()
                 .is_empty()
         );
-        let again = store::claim_due_replies(&s, now + 5_000, 1, 10)
-            .await
-            .unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let again = store::claim_due_replies(&s, 1, 10).await.unwrap();
         assert_eq!(again[0].attempts, 1);
         assert_eq!(
             store::undelivered_replies(&s).await.unwrap()[0]
@@ -187,8 +184,9 @@ async fn outbox_claims_are_exclusive_and_retries_are_scheduled() {
         store::reply_failed(&s, &id, "channel_not_found")
             .await
             .unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(
-            store::claim_due_replies(&s, i64::MAX / 2, 1, 10)
+            store::claim_due_replies(&s, 1, 10)
                 .await
                 .unwrap()
                 .is_empty()
@@ -203,6 +201,55 @@ async fn outbox_claims_are_exclusive_and_retries_are_scheduled() {
         let id2 = store::enqueue_reply(&s, &payload).await.unwrap();
         store::reply_delivered(&s, &id2).await.unwrap();
         assert_eq!(store::undelivered_replies(&s).await.unwrap().len(), 1);
+    })
+    .await;
+}
+
+/// Issue 12, item 4: outbox due times are on the database clock. A reply one brain scheduled
+/// for a retry in 2 s is not sent early by a brain whose clock runs an hour ahead, and a reply
+/// due now is not held back by a brain whose clock runs an hour behind (with the brain's clock,
+/// the first would be claimed at once and the second an hour late).
+#[tokio::test]
+async fn a_skewed_brain_sends_outbox_replies_neither_early_nor_late() {
+    each_store(async |s: Store| {
+        let payload = ReplyPayload::SlackMessage {
+            channel: "C1".into(),
+            thread_ts: "1.2".into(),
+            text: "retry me".into(),
+        };
+        crate::store::test_skew::set(0);
+        let later = store::enqueue_reply(&s, &payload).await.unwrap();
+        assert_eq!(
+            store::claim_due_replies(&s, 60_000, 10)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        store::reply_retry(&s, &later, 2_000, "HTTP 500")
+            .await
+            .unwrap();
+
+        crate::store::test_skew::set(3_600_000);
+        assert!(
+            store::claim_due_replies(&s, 60_000, 10)
+                .await
+                .unwrap()
+                .is_empty(),
+            "a brain an hour ahead sent a retry that is due in 2 s"
+        );
+        let wait = store::next_due_in_ms(&s).await.unwrap().unwrap();
+        assert!((1..=2_000).contains(&wait), "due in {wait} ms");
+
+        crate::store::test_skew::set(-3_600_000);
+        let now = store::enqueue_reply(&s, &payload).await.unwrap();
+        let due = store::claim_due_replies(&s, 60_000, 10).await.unwrap();
+        assert_eq!(
+            due.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+            vec![now.as_str()],
+            "a brain an hour behind holds back a reply due now"
+        );
+        crate::store::test_skew::set(0);
     })
     .await;
 }
@@ -259,9 +306,7 @@ async fn owed_replies_are_taken_over_after_the_lease_and_queued_once() {
         // The owner's finish queues the reply and removes the wait, once.
         assert!(waits::finish(&s, taker, &wait.id, &payload).await.unwrap());
         assert!(!waits::finish(&s, taker, &wait.id, &payload).await.unwrap());
-        let due = store::claim_due_replies(&s, i64::MAX / 2, 1, 10)
-            .await
-            .unwrap();
+        let due = store::claim_due_replies(&s, 1, 10).await.unwrap();
         assert_eq!(due.len(), 1);
         assert_eq!(due[0].payload, payload);
 
@@ -941,6 +986,7 @@ async fn two_waits_on_one_settle_reply_once() {
             request: "echo hi".into(),
             credentials: Vec::new(),
             origin: json!({}),
+            key: None,
         })
         .await
         .unwrap();

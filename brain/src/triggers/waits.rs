@@ -153,7 +153,7 @@ pub async fn finish(
     payload: &ReplyPayload,
 ) -> Result<bool, StoreError> {
     let (reply_id, json) = store::reply_row(payload)?;
-    let now = now_ms();
+    let insert_reply = store::insert_reply_sql(store);
     Ok(on_pool!(store.db(), |pool| {
         let mut tx = pool.begin().await?;
         let owned = sqlx::query("DELETE FROM trigger_waits WHERE id = $1 AND owner = $2")
@@ -164,11 +164,10 @@ pub async fn finish(
             .rows_affected()
             == 1;
         if owned {
-            sqlx::query(store::INSERT_REPLY)
+            sqlx::query(sqlx::AssertSqlSafe(insert_reply.clone()))
                 .bind(&reply_id)
                 .bind(payload.source().as_str())
                 .bind(&json)
-                .bind(now)
                 .execute(&mut *tx)
                 .await?;
         }
@@ -184,16 +183,17 @@ pub async fn claim_reply_key(
     key: &str,
     wait_id: &str,
 ) -> Result<String, StoreError> {
+    let insert = format!(
+        "INSERT INTO trigger_reply_keys (reply_key, wait_id, created_at) VALUES ($1, $2, {}) \
+         ON CONFLICT (reply_key) DO NOTHING",
+        store.db_now_sql()
+    );
     Ok(on_pool!(store.db(), |pool| {
-        sqlx::query(
-            "INSERT INTO trigger_reply_keys (reply_key, wait_id, created_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (reply_key) DO NOTHING",
-        )
-        .bind(key)
-        .bind(wait_id)
-        .bind(now_ms())
-        .execute(pool)
-        .await?;
+        sqlx::query(sqlx::AssertSqlSafe(insert.clone()))
+            .bind(key)
+            .bind(wait_id)
+            .execute(pool)
+            .await?;
         sqlx::query_scalar("SELECT wait_id FROM trigger_reply_keys WHERE reply_key = $1")
             .bind(key)
             .fetch_one(pool)
@@ -318,7 +318,12 @@ pub async fn complete(state: &AppState, triggers: &Arc<Triggers>, wait: Wait, du
         }) = &outcome
     {
         let key = format!("{}@{settled_at}", wait.session_id);
-        match claim_reply_key(&state.store, &key, &wait.id).await {
+        // Retried through an outage: this brain renews the row for as long as it lives, so
+        // giving up here would leave the reply owed and never taken over.
+        let claimed = super::retry_store("claiming a reply key", || {
+            claim_reply_key(&state.store, &key, &wait.id)
+        });
+        match claimed.await {
             Ok(winner) if winner == wait.id => {}
             Ok(winner) => {
                 tracing::info!(session = %wait.session_id, wait = %wait.id, other = %winner,
@@ -348,7 +353,10 @@ pub async fn complete(state: &AppState, triggers: &Arc<Triggers>, wait: Wait, du
         triggers.reply(state, payload).await;
         return;
     }
-    match finish(&state.store, state.sessions.instance(), &wait.id, &payload).await {
+    let finished = super::retry_store("queuing a trigger reply", || {
+        finish(&state.store, state.sessions.instance(), &wait.id, &payload)
+    });
+    match finished.await {
         Ok(true) => {
             tracing::debug!(session = %wait.session_id, wait = %wait.id, "trigger reply queued");
             triggers.outbox_wakeup.notify_one();
@@ -374,12 +382,23 @@ pub async fn begin_and_complete(
     context: WaitContext,
     event_id: Option<&str>,
 ) {
-    match begin(state, session_id, context, event_id).await {
-        Ok(wait) => complete(state, triggers, wait, true).await,
-        Err((wait, e)) => {
-            tracing::error!(session = %session_id, error = %e,
-                "cannot record the owed reply; it will not survive a restart");
-            complete(state, triggers, wait, false).await
+    let mut pause = std::time::Duration::from_millis(200);
+    loop {
+        match begin(state, session_id, context.clone(), event_id).await {
+            Ok(wait) => return complete(state, triggers, wait, true).await,
+            // An outage pauses it (the event stays held): answering from memory would answer
+            // twice once the event, still in the inbox, is taken over after this brain.
+            Err((_, e)) if e.is_transient() => {
+                tracing::warn!(session = %session_id, error = %e,
+                    "recording the owed reply: the database is unreachable; retrying in {pause:?}");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(5));
+            }
+            Err((wait, e)) => {
+                tracing::error!(session = %session_id, error = %e,
+                    "cannot record the owed reply; it will not survive a restart");
+                return complete(state, triggers, wait, false).await;
+            }
         }
     }
 }
