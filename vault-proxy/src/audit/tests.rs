@@ -30,6 +30,7 @@ fn event(i: usize) -> AuditEvent {
             "bound_host".into()
         },
         status: (i.is_multiple_of(4)).then_some(403),
+        traceparent: None,
     }
 }
 
