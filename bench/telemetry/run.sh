@@ -7,20 +7,24 @@
 #            every audited decision (a swap per request) is a vault.egress span.
 # Rounds alternate off/on; medians and the on/off throughput ratio are printed. The sink runs
 # on the same cores, so its CPU counts against "on" (a real collector runs elsewhere).
-# Env: DURATION (s per phase, default 5), CONNS (default 32), ROUNDS (default 3), SKIP_BUILD=1.
+# Env: DURATION (s per phase, default 5), CONNS (default 32), ROUNDS (default 3), SKIP_BUILD=1,
+# PROFILE (release, the default and the only one whose figures count; debug for a quick look).
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
 DURATION="${DURATION:-5}"
 CONNS="${CONNS:-32}"
 ROUNDS="${ROUNDS:-3}"
+PROFILE="${PROFILE:-release}"
+if [[ "$PROFILE" == release ]]; then PFLAG=--release; else PFLAG=; fi
 cd "$ROOT"
 if [[ -z "${SKIP_BUILD:-}" ]]; then
-  cargo build --release -p gateway --bin gateway --example mock_upstream
-  cargo build --release -p vault-proxy --bin vault-proxy --example telemetry_bench
+  cargo build $PFLAG -p gateway --bin gateway --example mock_upstream
+  cargo build $PFLAG -p vault-proxy --bin vault-proxy --example telemetry_bench
 fi
 TARGET_DIR="$(cargo metadata --format-version 1 --no-deps 2>/dev/null | python3 -c 'import json,sys;print(json.load(sys.stdin)["target_directory"])' || echo "$ROOT/target")"
-REL="$TARGET_DIR/release"
+REL="$TARGET_DIR/$PROFILE"
+echo "# profile: $PROFILE"
 
 WORK="$(mktemp -d)"
 PIDS=()

@@ -84,11 +84,18 @@ async fn run_session(brain: &BrainProcess) -> (String, Vec<Value>) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let (_, s) = brain.get_json(&format!("/v1/sessions/{id}")).await;
-        if matches!(s["status"].as_str(), Some("succeeded" | "failed" | "cancelled")) {
+        if matches!(
+            s["status"].as_str(),
+            Some("succeeded" | "failed" | "cancelled")
+        ) {
             assert_eq!(s["status"], "succeeded", "{s}\n{}", brain.log());
             break;
         }
-        assert!(Instant::now() < deadline, "session stuck: {s}\n{}", brain.log());
+        assert!(
+            Instant::now() < deadline,
+            "session stuck: {s}\n{}",
+            brain.log()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let (_, reply) = brain.get_json(&format!("/v1/sessions/{id}/events")).await;
@@ -135,8 +142,16 @@ async fn one_trace_per_session_joins_the_brain_gateway_and_vault() {
         .map(|(_, token)| token.to_owned())
         .unwrap_or_else(|| panic!("no token in {proxy_url:?}"));
     // The swap reached the upstream with the real token; the block did not.
-    assert!(outputs[1]["stdout"].as_str().unwrap().contains("ok /user"), "{}", outputs[1]);
-    assert!(outputs[2]["stdout"].as_str().unwrap().ends_with("403"), "{}", outputs[2]);
+    assert!(
+        outputs[1]["stdout"].as_str().unwrap().contains("ok /user"),
+        "{}",
+        outputs[1]
+    );
+    assert!(
+        outputs[2]["stdout"].as_str().unwrap().ends_with("403"),
+        "{}",
+        outputs[2]
+    );
     assert!(s.upstream.with_path("/steal").is_empty());
 
     // Spans arrive in batches (every 500 ms); the root ends after the sandbox is destroyed.
@@ -177,7 +192,10 @@ async fn one_trace_per_session_joins_the_brain_gateway_and_vault() {
         .cloned()
         .collect();
     assert_eq!(
-        trace.iter().filter(|sp| sp.parent_span_id.is_empty()).count(),
+        trace
+            .iter()
+            .filter(|sp| sp.parent_span_id.is_empty())
+            .count(),
         1,
         "exactly one root in the trace"
     );
@@ -193,12 +211,19 @@ async fn one_trace_per_session_joins_the_brain_gateway_and_vault() {
     // Model calls: one per step, children of the root, with model, tokens and cost; the
     // gateway's span under each.
     let under_root = children(&trace, root);
-    let models: Vec<&&ReceivedSpan> = under_root.iter().filter(|sp| sp.name == "model.call").collect();
+    let models: Vec<&&ReceivedSpan> = under_root
+        .iter()
+        .filter(|sp| sp.name == "model.call")
+        .collect();
     assert_eq!(models.len(), 4, "{under_root:#?}");
     let mut input_tokens = 0;
     for m in &models {
         assert_eq!(m.attr("gen_ai.request.model"), Some("scripted"), "{m:?}");
-        input_tokens += m.attr("gen_ai.usage.input_tokens").unwrap().parse::<u64>().unwrap();
+        input_tokens += m
+            .attr("gen_ai.usage.input_tokens")
+            .unwrap()
+            .parse::<u64>()
+            .unwrap();
         assert!(m.attr("gen_ai.usage.output_tokens").is_some(), "{m:?}");
         assert!(m.attr("airlock.cost_usd").is_some(), "{m:?}");
         let gw = children(&trace, m);
@@ -207,15 +232,30 @@ async fn one_trace_per_session_joins_the_brain_gateway_and_vault() {
     assert_eq!(input_tokens, 1000);
 
     // Tool calls under the root; provision and exec spans under them.
-    let tools: Vec<&&ReceivedSpan> = under_root.iter().filter(|sp| sp.name == "tool.call").collect();
+    let tools: Vec<&&ReceivedSpan> = under_root
+        .iter()
+        .filter(|sp| sp.name == "tool.call")
+        .collect();
     assert_eq!(tools.len(), 4, "{under_root:#?}");
-    let names: Vec<&str> = tools.iter().filter_map(|t| t.attr("gen_ai.tool.name")).collect();
-    assert_eq!(names.iter().filter(|n| **n == "sandbox_provision").count(), 1);
+    let names: Vec<&str> = tools
+        .iter()
+        .filter_map(|t| t.attr("gen_ai.tool.name"))
+        .collect();
+    assert_eq!(
+        names.iter().filter(|n| **n == "sandbox_provision").count(),
+        1
+    );
     assert_eq!(names.iter().filter(|n| **n == "sandbox_execute").count(), 3);
-    let provision = trace.iter().find(|sp| sp.name == "sandbox.provision").expect("provision span");
+    let provision = trace
+        .iter()
+        .find(|sp| sp.name == "sandbox.provision")
+        .expect("provision span");
     assert!(tools.iter().any(|t| t.span_id == provision.parent_span_id));
     assert_eq!(provision.attr("sandbox.backend"), Some("local"));
-    let execs: Vec<&ReceivedSpan> = trace.iter().filter(|sp| sp.name == "sandbox.exec").collect();
+    let execs: Vec<&ReceivedSpan> = trace
+        .iter()
+        .filter(|sp| sp.name == "sandbox.exec")
+        .collect();
     assert_eq!(execs.len(), 3);
     for e in &execs {
         assert!(tools.iter().any(|t| t.span_id == e.parent_span_id), "{e:?}");
@@ -223,7 +263,10 @@ async fn one_trace_per_session_joins_the_brain_gateway_and_vault() {
     }
 
     // The vault's egress decisions for this session, in the same trace.
-    let egress: Vec<&ReceivedSpan> = trace.iter().filter(|sp| sp.name == "vault.egress").collect();
+    let egress: Vec<&ReceivedSpan> = trace
+        .iter()
+        .filter(|sp| sp.name == "vault.egress")
+        .collect();
     let swap = egress
         .iter()
         .find(|sp| sp.attr("airlock.egress.event") == Some("swap"))
@@ -241,13 +284,24 @@ async fn one_trace_per_session_joins_the_brain_gateway_and_vault() {
         block.attr("airlock.egress.reason"),
         Some("credential_not_allowed_for_host")
     );
-    assert_eq!(swap.service, "airlock-brain", "embedded proxy: the brain's process");
+    assert_eq!(
+        swap.service, "airlock-brain",
+        "embedded proxy: the brain's process"
+    );
 
     // No secret, stub or proxy token anywhere in any span of any trace.
     for sp in &spans {
         for text in &sp.all_text {
-            for (what, secret) in [("secret", REAL_TOKEN), ("stub", stub.as_str()), ("proxy token", proxy_token.as_str())] {
-                assert!(!text.contains(secret), "{what} in span {}: {text:?}", sp.name);
+            for (what, secret) in [
+                ("secret", REAL_TOKEN),
+                ("stub", stub.as_str()),
+                ("proxy token", proxy_token.as_str()),
+            ] {
+                assert!(
+                    !text.contains(secret),
+                    "{what} in span {}: {text:?}",
+                    sp.name
+                );
             }
         }
     }
@@ -261,7 +315,10 @@ async fn one_trace_per_session_joins_the_brain_gateway_and_vault() {
         );
     }
     // … in its audit records …
-    let (status, audit) = s.brain.get_json(&format!("/v1/audit/egress?session={id}")).await;
+    let (status, audit) = s
+        .brain
+        .get_json(&format!("/v1/audit/egress?session={id}"))
+        .await;
     assert_eq!(status, StatusCode::OK, "{audit}");
     let records = audit["records"].as_array().cloned().unwrap_or_default();
     assert!(records.len() >= 2, "{audit}");
@@ -274,32 +331,58 @@ async fn one_trace_per_session_joins_the_brain_gateway_and_vault() {
     let mut traced = Vec::new();
     for line in log.lines().filter(|l| l.starts_with('{')) {
         let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
-        assert!(v["level"].is_string() && v["timestamp"].is_string(), "{line}");
-        assert!(!line.contains(REAL_TOKEN) && !line.contains(&stub), "{line}");
+        assert!(
+            v["level"].is_string() && v["timestamp"].is_string(),
+            "{line}"
+        );
+        assert!(
+            !line.contains(REAL_TOKEN) && !line.contains(&stub),
+            "{line}"
+        );
         let in_session = v["spans"]
             .as_array()
             .is_some_and(|spans| spans.iter().any(|sp| sp["session.id"] == id.as_str()));
         if in_session {
-            assert_eq!(v["trace_id"].as_str(), Some(root.trace_id.as_str()), "{line}");
-            traced.push(v["fields"]["message"].as_str().unwrap_or_default().to_owned());
+            assert_eq!(
+                v["trace_id"].as_str(),
+                Some(root.trace_id.as_str()),
+                "{line}"
+            );
+            traced.push(
+                v["fields"]["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            );
         }
     }
     for message in ["session claimed", "session finished"] {
-        assert!(traced.iter().any(|m| m == message), "{message:?} not traced: {traced:?}\n{log}");
+        assert!(
+            traced.iter().any(|m| m == message),
+            "{message:?} not traced: {traced:?}\n{log}"
+        );
     }
 }
 
 /// `name{labels} value` → value.
 fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
 #[tokio::test]
 async fn metrics_after_a_session_with_a_sandbox_a_swap_a_block_and_a_webhook() {
     let s = setup(
         "triggers:\n  slack:\n    api_base_url: http://127.0.0.1:9/api\n    bot_user_id: UBOT\n",
-        &[("SLACK_SIGNING_SECRET", SLACK_SECRET), ("SLACK_BOT_TOKEN", "xoxb-e2e-unused")],
+        &[
+            ("SLACK_SIGNING_SECRET", SLACK_SECRET),
+            ("SLACK_BOT_TOKEN", "xoxb-e2e-unused"),
+        ],
     )
     .await;
     let (_id, _events) = run_session(&s.brain).await;
@@ -330,23 +413,44 @@ async fn metrics_after_a_session_with_a_sandbox_a_swap_a_block_and_a_webhook() {
         .unwrap();
     let expect: BTreeMap<&str, f64> = [
         // Brain: the sandbox and the session.
-        ("airlock_sandbox_provisions_total{backend=\"local\",outcome=\"ok\"}", 1.0),
-        ("airlock_sandbox_execs_total{backend=\"local\",outcome=\"ok\"}", 3.0),
+        (
+            "airlock_sandbox_provisions_total{backend=\"local\",outcome=\"ok\"}",
+            1.0,
+        ),
+        (
+            "airlock_sandbox_execs_total{backend=\"local\",outcome=\"ok\"}",
+            3.0,
+        ),
         ("airlock_sandbox_exec_duration_seconds_count", 3.0),
         ("airlock_brain_session_steps_total", 4.0),
         ("airlock_brain_session_tokens_total{kind=\"input\"}", 1000.0),
         ("airlock_brain_session_tokens_total{kind=\"output\"}", 65.0),
-        ("airlock_brain_sessions_finished_total{status=\"succeeded\"}", 1.0),
+        (
+            "airlock_brain_sessions_finished_total{status=\"succeeded\"}",
+            1.0,
+        ),
         ("airlock_brain_session_resumes_total", 0.0),
         // Triggers: the refused webhook.
-        ("airlock_triggers_webhooks_total{source=\"slack\",outcome=\"refused\"}", 1.0),
+        (
+            "airlock_triggers_webhooks_total{source=\"slack\",outcome=\"refused\"}",
+            1.0,
+        ),
         // Gateway (embedded): four answered calls.
         ("airlock_gateway_requests_total{model=\"scripted\"}", 4.0),
-        ("airlock_gateway_tokens_total{model=\"scripted\",kind=\"input\"}", 1000.0),
+        (
+            "airlock_gateway_tokens_total{model=\"scripted\",kind=\"input\"}",
+            1000.0,
+        ),
         // Vault (embedded): one swap, one block, the audit healthy.
         ("airlock_vault_swaps_total", 1.0),
-        ("airlock_vault_blocks_total{reason=\"credential_not_allowed_for_host\"}", 1.0),
-        ("airlock_vault_decisions_total{event=\"swap\",decision=\"allow\"}", 1.0),
+        (
+            "airlock_vault_blocks_total{reason=\"credential_not_allowed_for_host\"}",
+            1.0,
+        ),
+        (
+            "airlock_vault_decisions_total{event=\"swap\",decision=\"allow\"}",
+            1.0,
+        ),
         ("airlock_vault_audit_healthy", 1.0),
         ("airlock_vault_approvals_pending", 0.0),
     ]
@@ -389,7 +493,12 @@ async fn metrics_after_a_session_with_a_sandbox_a_swap_a_block_and_a_webhook() {
     match promtool {
         Ok(mut child) => {
             use std::io::Write;
-            child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
             let out = child.wait_with_output().unwrap();
             assert!(
                 out.status.success(),

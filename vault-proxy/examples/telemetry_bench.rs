@@ -145,8 +145,14 @@ async fn run(t: &Target, conc: usize, dur: Duration) -> (f64, f64, usize) {
         errors += e;
     }
     all.sort_unstable();
-    let p50 = all.get(all.len() / 2).map_or(f64::NAN, |v| *v as f64 / 1000.0);
-    (all.len() as f64 / start.elapsed().as_secs_f64(), p50, errors)
+    let p50 = all
+        .get(all.len() / 2)
+        .map_or(f64::NAN, |v| *v as f64 / 1000.0);
+    (
+        all.len() as f64 / start.elapsed().as_secs_f64(),
+        p50,
+        errors,
+    )
 }
 
 fn client_config(pem: &str) -> Arc<rustls::ClientConfig> {
@@ -321,7 +327,8 @@ async fn proxy(
     wait_port(vaddr).await;
     wait_port(aaddr).await;
     // The grant, over the admin API (plain HTTP/1.1 on loopback).
-    let mut body = serde_json::json!({"sandbox": format!("sb-{name}"), "credentials": ["GITHUB_TOKEN"]});
+    let mut body =
+        serde_json::json!({"sandbox": format!("sb-{name}"), "credentials": ["GITHUB_TOKEN"]});
     if otlp.is_some() {
         body["traceparent"] = TRACEPARENT.into();
     }
@@ -350,8 +357,7 @@ async fn proxy(
         .ok_or_else(|| anyhow::anyhow!("no stub in {issued}"))?
         .to_owned();
     use base64::Engine;
-    let proxy_auth =
-        base64::engine::general_purpose::STANDARD.encode(format!("sb-{name}:{token}"));
+    let proxy_auth = base64::engine::general_purpose::STANDARD.encode(format!("sb-{name}:{token}"));
     let ca = std::fs::read_to_string(dir.join("ca.pem"))?;
     Ok((
         child,

@@ -191,12 +191,10 @@ impl Admin {
                     }
                 };
                 let traceparent = g.traceparent.as_deref().or(header_traceparent.as_deref());
-                match self.grants.issue_traced(
-                    &g.sandbox,
-                    g.session,
-                    &g.credentials,
-                    traceparent,
-                ) {
+                match self
+                    .grants
+                    .issue_traced(&g.sandbox, g.session, &g.credentials, traceparent)
+                {
                     Ok(issued) => json(
                         StatusCode::CREATED,
                         // `env`: extra stub env vars of typed credentials (additive).

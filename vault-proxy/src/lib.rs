@@ -23,12 +23,12 @@ pub mod deny;
 pub mod grants;
 pub(crate) mod handler;
 pub mod metrics;
-mod telemetry;
 pub mod pipeline;
 pub mod proxy;
 pub mod remote_tls;
 pub(crate) mod sandbox_limits;
 pub mod secrets;
+mod telemetry;
 #[cfg(test)]
 pub(crate) mod testutil;
 pub(crate) mod websocket;

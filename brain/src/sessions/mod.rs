@@ -24,9 +24,9 @@ pub mod tools;
 
 use std::collections::HashMap;
 
-use tracing::Instrument;
 use std::sync::Mutex;
 use std::time::Duration;
+use tracing::Instrument;
 
 use chrono::{SecondsFormat, TimeZone, Utc};
 use serde::Serialize;

@@ -355,7 +355,10 @@ async fn exec(ctx: &Ctx<'_>, arguments: &str) -> Result<ToolOutput, ToolOutput> 
         "airlock.timed_out" = tracing::field::Empty,
         "error.type" = tracing::field::Empty,
     );
-    let result = backend.exec(&handle, request).instrument(span.clone()).await;
+    let result = backend
+        .exec(&handle, request)
+        .instrument(span.clone())
+        .await;
     match &result {
         Ok(r) => {
             if let Some(code) = r.exit_code {

@@ -36,7 +36,10 @@ pub(crate) fn endpoint_from(
     {
         return Ok(None);
     }
-    for var in ["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"] {
+    for var in [
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+    ] {
         if let Some(value) = set(var) {
             if value.trim() != "http/protobuf" {
                 return Err(TelemetryError::Protocol { var, value });
@@ -45,9 +48,9 @@ pub(crate) fn endpoint_from(
         }
     }
     if let Some(base) = configured.map(str::trim).filter(|s| !s.is_empty()) {
-        let parsed: http::Uri = base
-            .parse()
-            .map_err(|e| TelemetryError::Exporter(format!("telemetry.otlp_endpoint {base:?}: {e}")))?;
+        let parsed: http::Uri = base.parse().map_err(|e| {
+            TelemetryError::Exporter(format!("telemetry.otlp_endpoint {base:?}: {e}"))
+        })?;
         if !matches!(parsed.scheme_str(), Some("http" | "https")) || parsed.host().is_none() {
             return Err(TelemetryError::Exporter(format!(
                 "telemetry.otlp_endpoint {base:?}: expected an http:// or https:// URL"
@@ -237,14 +240,20 @@ mod tests {
             Some(Endpoint::Url("https://c.example/v1/traces".into()))
         );
         assert_eq!(
-            endpoint_from(None, env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318")]))
-                .unwrap(),
+            endpoint_from(
+                None,
+                env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318")])
+            )
+            .unwrap(),
             Some(Endpoint::Env)
         );
         assert_eq!(
             endpoint_from(
                 None,
-                env(&[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://c:4318/v1/traces")])
+                env(&[(
+                    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                    "http://c:4318/v1/traces"
+                )])
             )
             .unwrap(),
             Some(Endpoint::Env)

@@ -38,7 +38,8 @@ where
             return self.inner.format_event(ctx, writer, event);
         };
         let mut line = String::with_capacity(256);
-        self.inner.format_event(ctx, Writer::new(&mut line), event)?;
+        self.inner
+            .format_event(ctx, Writer::new(&mut line), event)?;
         match line.strip_prefix('{') {
             Some(rest) => write!(writer, "{{\"trace_id\":\"{trace_id}\",{rest}"),
             None => writer.write_str(&line),

@@ -3,9 +3,7 @@
 //! Everything here answers `None` / does nothing when tracing is off: a span then has no
 //! OpenTelemetry context.
 
-use opentelemetry::trace::{
-    SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
-};
+use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// The span's W3C `traceparent` header value (`00-<trace id>-<span id>-<flags>`).
@@ -49,8 +47,7 @@ fn parse(value: &str) -> Option<SpanContext> {
     let span = parts.next()?;
     let flags = parts.next()?;
     let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
-    if !hex(version, 2) || version == "ff" || !hex(trace, 32) || !hex(span, 16) || !hex(flags, 2)
-    {
+    if !hex(version, 2) || version == "ff" || !hex(trace, 32) || !hex(span, 16) || !hex(flags, 2) {
         return None;
     }
     if version == "00" && parts.next().is_some() {
@@ -100,9 +97,7 @@ mod tests {
             Some("0af7651916cd43dd8448eb211c80319c")
         );
         // A future version may append fields.
-        assert!(
-            parse("01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra").is_some()
-        );
+        assert!(parse("01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra").is_some());
         for bad in [
             "",
             "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331",
