@@ -355,10 +355,20 @@ async fn exec(ctx: &Ctx<'_>, arguments: &str) -> Result<ToolOutput, ToolOutput> 
         "airlock.timed_out" = tracing::field::Empty,
         "error.type" = tracing::field::Empty,
     );
+    let started = std::time::Instant::now();
     let result = backend
         .exec(&handle, request)
         .instrument(span.clone())
         .await;
+    // Counted like the HTTP API's execs (`airlock_sandbox_execs_total`).
+    let outcome = match &result {
+        Ok(r) if r.timed_out => crate::metrics::Outcome::Timeout,
+        Ok(_) => crate::metrics::Outcome::Ok,
+        Err(_) => crate::metrics::Outcome::Error,
+    };
+    ctx.state
+        .metrics
+        .exec(kind.as_str(), outcome, started.elapsed());
     match &result {
         Ok(r) => {
             if let Some(code) = r.exit_code {
