@@ -280,9 +280,11 @@ async fn one_trace_per_session_joins_the_brain_gateway_and_vault() {
         .unwrap_or_else(|| panic!("no block span: {egress:#?}"));
     assert_eq!(block.attr("server.address"), Some(UNBOUND_HOST));
     assert_eq!(block.attr("airlock.egress.decision"), Some("deny"));
-    assert_eq!(
-        block.attr("airlock.egress.reason"),
-        Some("credential_not_allowed_for_host")
+    assert!(
+        block
+            .attr("airlock.egress.reason")
+            .is_some_and(|r| r.starts_with("credential_not_allowed_for_host")),
+        "{block:?}"
     );
     assert_eq!(
         swap.service, "airlock-brain",
@@ -320,7 +322,7 @@ async fn one_trace_per_session_joins_the_brain_gateway_and_vault() {
         .get_json(&format!("/v1/audit/egress?session={id}"))
         .await;
     assert_eq!(status, StatusCode::OK, "{audit}");
-    let records = audit["records"].as_array().cloned().unwrap_or_default();
+    let records = audit.as_array().cloned().unwrap_or_default();
     assert!(records.len() >= 2, "{audit}");
     for r in &records {
         assert_eq!(r["trace_id"].as_str(), Some(root.trace_id.as_str()), "{r}");
@@ -421,7 +423,7 @@ async fn metrics_after_a_session_with_a_sandbox_a_swap_a_block_and_a_webhook() {
             "airlock_sandbox_execs_total{backend=\"local\",outcome=\"ok\"}",
             3.0,
         ),
-        ("airlock_sandbox_exec_duration_seconds_count", 3.0),
+        ("airlock_sandbox_exec_duration_seconds_count{backend=\"local\"}", 3.0),
         ("airlock_brain_session_steps_total", 4.0),
         ("airlock_brain_session_tokens_total{kind=\"input\"}", 1000.0),
         ("airlock_brain_session_tokens_total{kind=\"output\"}", 65.0),
