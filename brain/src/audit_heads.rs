@@ -177,6 +177,7 @@ mod tests {
             decision: Decision::Allow,
             reason: "bound_host".into(),
             status: None,
+            traceparent: None,
         }
     }
 

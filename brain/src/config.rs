@@ -56,6 +56,8 @@ pub struct Config {
     pub pools: Vec<crate::pool::PoolConfig>,
     /// Code interpreter interception on the gateway routes.
     pub code_interpreter: crate::code_interpreter::CodeInterpreterConfig,
+    /// Traces (OTLP/HTTP) and their endpoint.
+    pub telemetry: TelemetryConfig,
     /// Directory of the file this was read from (not a key).
     #[serde(skip)]
     pub base_dir: Option<PathBuf>,
@@ -77,9 +79,20 @@ impl Default for Config {
             sessions: Default::default(),
             pools: Vec::new(),
             code_interpreter: Default::default(),
+            telemetry: TelemetryConfig::default(),
             base_dir: None,
         }
     }
+}
+
+/// `telemetry:` in the file.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// The OTLP/HTTP collector's base URL (`http://otel-collector:4318`); spans go to
+    /// `<url>/v1/traces`. Unset: the standard `OTEL_EXPORTER_OTLP_*` env vars decide, and
+    /// with none of them set tracing is off.
+    pub otlp_endpoint: Option<String>,
 }
 
 /// `vault:` in the file.

@@ -107,11 +107,15 @@ pub async fn provision(
     state.provisioning_set().insert(id.clone());
     let state2 = state.clone();
     // Spawned so that a dropped HTTP request cannot cancel it between "created" and "recorded".
-    let task = tokio::spawn(async move {
-        let result = provision_steps(&state2, backend, new, params).await;
-        state2.provisioning_set().remove(&id);
-        result
-    });
+    // The caller's span goes along: the grant carries its trace (egress spans join it).
+    let task = tokio::spawn(tracing::Instrument::instrument(
+        async move {
+            let result = provision_steps(&state2, backend, new, params).await;
+            state2.provisioning_set().remove(&id);
+            result
+        },
+        tracing::Span::current(),
+    ));
     task.await
         .map_err(|e| LifecycleError::Task(e.to_string()))?
 }

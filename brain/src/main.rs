@@ -178,17 +178,10 @@ struct ServeArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
     let result = match cli.command {
         Command::Serve(args) => serve(args).map(|()| true),
-        Command::Doctor(args) => doctor(args),
-        other => client_command(other),
+        Command::Doctor(args) => init_telemetry(None).and_then(|_t| doctor(args)),
+        other => init_telemetry(None).and_then(|_t| client_command(other)),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
@@ -200,6 +193,16 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// Logs (text, or JSON with `AIRLOCK_LOG_FORMAT=json`) and, when an endpoint is configured,
+/// OTLP traces. The guard flushes queued spans when dropped.
+fn init_telemetry(otlp_endpoint: Option<&str>) -> anyhow::Result<airlock_telemetry::Telemetry> {
+    Ok(airlock_telemetry::init(&airlock_telemetry::Options {
+        service: "airlock-brain".into(),
+        otlp_endpoint: otlp_endpoint.map(str::to_owned),
+        default_filter: "info".into(),
+    })?)
 }
 
 /// `brain doctor`: exit 0 when every step passed or the run was skipped (no credentials).
@@ -306,6 +309,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         backend: args.backend,
     });
     config.validate()?;
+    let telemetry = init_telemetry(config.telemetry.otlp_endpoint.as_deref())?;
+    if telemetry.tracing() {
+        tracing::info!("exporting traces over OTLP/HTTP");
+    }
     let master_key = match config.master_key(|name| std::env::var(name).ok()) {
         Ok(key) => key,
         Err(ConfigError::NoMasterKey { .. }) if args.dev_generate_key => {

@@ -42,6 +42,7 @@ use crate::keys::{Caller, Keys};
 use crate::providers::{CallOpts, EventStream};
 use crate::store::{Store, StoreError};
 use std::sync::Arc;
+use tracing::Instrument;
 
 /// Errors from building a gateway.
 #[derive(Debug, thiserror::Error)]
@@ -268,7 +269,22 @@ impl Gateway {
         let parallel = &parallel;
         let inner = &self.inner;
         let (req, caller) = (&req, &caller);
-        inner
+        // A child of the caller's span (the brain's model call, or the HTTP request's);
+        // not even created when tracing is off.
+        let span = if airlock_telemetry::tracing_enabled() {
+            tracing::info_span!(
+                target: airlock_telemetry::TARGET,
+                "gateway.chat",
+                "gen_ai.request.model" = %req.model,
+                "gen_ai.response.model" = tracing::field::Empty,
+                "gen_ai.usage.input_tokens" = tracing::field::Empty,
+                "gen_ai.usage.output_tokens" = tracing::field::Empty,
+                "error.type" = tracing::field::Empty,
+            )
+        } else {
+            tracing::Span::none()
+        };
+        let result = inner
             .router
             .execute(&req.model, move |flight, group| async move {
                 let dep = flight.deployment().clone();
@@ -320,7 +336,21 @@ impl Gateway {
                 guard.usage = r.usage;
                 Ok::<_, ProviderError>(r)
             })
-            .await
+            .instrument(span.clone())
+            .await;
+        if !span.is_disabled() {
+            match &result {
+                Ok(r) => {
+                    span.record("gen_ai.response.model", r.model.as_str());
+                    span.record("gen_ai.usage.input_tokens", r.usage.input_tokens);
+                    span.record("gen_ai.usage.output_tokens", r.usage.output_tokens);
+                }
+                Err(_) => {
+                    span.record("error.type", "gateway_error");
+                }
+            }
+        }
+        result
     }
 
     /// Streaming variant of [`Gateway::chat`]: canonical events; spend is

@@ -23,14 +23,14 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     // Only ring is compiled in; make it the process default before any TLS use.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let args = Args::parse();
+    // Logs (text, or JSON with AIRLOCK_LOG_FORMAT=json); traces when OTEL_EXPORTER_OTLP_*
+    // names a collector. Kept until exit: dropping it flushes queued spans.
+    let _telemetry = airlock_telemetry::init(&airlock_telemetry::Options {
+        service: "airlock-gateway".into(),
+        otlp_endpoint: None,
+        default_filter: "info".into(),
+    })?;
     let workers = std::env::var("GATEWAY_WORKER_THREADS")
         .ok()
         .and_then(|v| v.parse().ok())

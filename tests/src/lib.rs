@@ -23,6 +23,7 @@ pub mod fake_github;
 pub mod fake_k8s;
 pub mod fake_oauth;
 pub mod fake_slack;
+pub mod otlp_receiver;
 pub mod spec_schemas;
 pub mod upstream;
 pub mod vault;

@@ -345,6 +345,7 @@ async fn audit_commit_latency(path: &std::path::Path, n: usize) -> Option<(f64, 
             decision: Decision::Allow,
             reason: "bound_host".into(),
             status: None,
+            traceparent: None,
         };
         let t = Instant::now();
         log.commit(vec![ev]).await.ok()?;

@@ -42,6 +42,9 @@ struct GrantRequest {
     credentials: Vec<String>,
     #[serde(default)]
     session: Option<String>,
+    /// The caller's W3C trace context (else the request's `traceparent` header).
+    #[serde(default)]
+    traceparent: Option<String>,
 }
 
 fn json(status: StatusCode, v: serde_json::Value) -> Response<ProxyBody> {
@@ -162,6 +165,11 @@ impl Admin {
                 r
             }
             (Method::POST, "/v1/grants") => {
+                let header_traceparent = req
+                    .headers()
+                    .get("traceparent")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
                 let body = match Limited::new(req.into_body(), 64 * 1024).collect().await {
                     Ok(b) => b.to_bytes(),
                     Err(_) => {
@@ -182,7 +190,11 @@ impl Admin {
                         ));
                     }
                 };
-                match self.grants.issue(&g.sandbox, g.session, &g.credentials) {
+                let traceparent = g.traceparent.as_deref().or(header_traceparent.as_deref());
+                match self
+                    .grants
+                    .issue_traced(&g.sandbox, g.session, &g.credentials, traceparent)
+                {
                     Ok(issued) => json(
                         StatusCode::CREATED,
                         // `env`: extra stub env vars of typed credentials (additive).

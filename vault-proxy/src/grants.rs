@@ -62,6 +62,9 @@ pub struct Grant {
     pub sandbox: String,
     /// Session id, if the brain gave one (audit only).
     pub session: Option<String>,
+    /// The W3C `traceparent` the brain issued the grant under (validated), so audit records
+    /// carry the session's trace id and egress decisions join its trace.
+    pub traceparent: Option<Arc<str>>,
     token_digest: [u8; 32],
     /// Credential name → stub (for `aws_sigv4`, the stub access key id).
     stubs: BTreeMap<String, String>,
@@ -338,6 +341,18 @@ impl Grants {
         session: Option<String>,
         credentials: &[String],
     ) -> Result<IssuedGrant, GrantError> {
+        self.issue_traced(sandbox, session, credentials, None)
+    }
+
+    /// [`Grants::issue`] under a trace: `traceparent` (a W3C header value; ignored when
+    /// malformed) makes the sandbox's egress decisions spans of that trace.
+    pub fn issue_traced(
+        &self,
+        sandbox: &str,
+        session: Option<String>,
+        credentials: &[String],
+        traceparent: Option<&str>,
+    ) -> Result<IssuedGrant, GrantError> {
         check_sandbox(sandbox)?;
         let mut real = Vec::new();
         for name in credentials {
@@ -391,7 +406,10 @@ impl Grants {
             .filter(|c| c.kind == CredentialType::AwsSigv4)
             .map(|c| c.name.clone())
             .collect();
-        let grant = self.build_grant(sandbox, session, &token, stubs.clone());
+        let mut grant = self.build_grant(sandbox, session, &token, stubs.clone());
+        grant.traceparent = traceparent
+            .filter(|tp| airlock_telemetry::trace_id_of_traceparent(tp).is_some())
+            .map(Arc::from);
         self.install(&mut st, grant);
         let env = stub_env_aliases(&self.creds, &stubs);
         Ok(IssuedGrant {
@@ -437,6 +455,7 @@ impl Grants {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             sandbox: sandbox.to_string(),
             session,
+            traceparent: None,
             token_digest: digest(token),
             stubs,
             aws_stub_secrets,

@@ -186,6 +186,7 @@ impl Target {
             decision,
             reason,
             status,
+            traceparent: self.grant.traceparent.clone(),
         }
     }
 

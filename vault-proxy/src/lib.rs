@@ -28,6 +28,7 @@ pub mod proxy;
 pub mod remote_tls;
 pub(crate) mod sandbox_limits;
 pub mod secrets;
+mod telemetry;
 #[cfg(test)]
 pub(crate) mod testutil;
 pub(crate) mod websocket;
@@ -329,6 +330,19 @@ impl RunningProxy {
         session: Option<String>,
     ) -> Result<IssuedGrant, GrantError> {
         self.grants.issue(sandbox, session, credentials)
+    }
+
+    /// [`RunningProxy::grant`] under the caller's trace (a W3C `traceparent` value): the
+    /// sandbox's audit records carry its trace id and its egress decisions become spans.
+    pub fn grant_traced(
+        &self,
+        sandbox: &str,
+        credentials: &[String],
+        session: Option<String>,
+        traceparent: Option<&str>,
+    ) -> Result<IssuedGrant, GrantError> {
+        self.grants
+            .issue_traced(sandbox, session, credentials, traceparent)
     }
 
     /// Revokes the sandbox's grant; open tunnels close. Returns whether one existed.

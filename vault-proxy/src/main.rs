@@ -74,14 +74,15 @@ fn serve(config_path: PathBuf, new_audit_chain: bool) -> ExitCode {
     unsafe {
         libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let result = (|| -> anyhow::Result<()> {
+        // Logs (text, or JSON with AIRLOCK_LOG_FORMAT=json); traces when
+        // OTEL_EXPORTER_OTLP_* names a collector (egress decisions of grants issued under a
+        // trace). Dropped at the end: queued spans are flushed.
+        let _telemetry = airlock_telemetry::init(&airlock_telemetry::Options {
+            service: "airlock-vault-proxy".into(),
+            otlp_endpoint: None,
+            default_filter: "info".into(),
+        })?;
         let mut config = Config::load(&config_path)?;
         config.audit_new_chain |= new_audit_chain;
         let rt = tokio::runtime::Runtime::new()?;

@@ -347,6 +347,7 @@ mod tests {
             decision,
             reason: reason.into(),
             status: Some(403),
+            traceparent: None,
         }
     }
 

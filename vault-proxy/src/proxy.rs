@@ -246,7 +246,7 @@ async fn serve_client<S>(
 fn connect_event(
     shared: &Shared,
     grant_sandbox: &str,
-    session: Option<String>,
+    grant: Option<&Grant>,
     pinned: Option<&PinnedDest>,
     event: EventKind,
     decision: Decision,
@@ -255,7 +255,7 @@ fn connect_event(
 ) -> AuditEvent {
     AuditEvent {
         sandbox: grant_sandbox.to_string(),
-        session,
+        session: grant.and_then(|g| g.session.clone()),
         event,
         host: pinned
             .map(|p| redact_stubs(&shared.grants.index(), p.host()))
@@ -267,6 +267,7 @@ fn connect_event(
         decision,
         reason,
         status: Some(status),
+        traceparent: grant.and_then(|g| g.traceparent.clone()),
     }
 }
 
@@ -298,7 +299,7 @@ async fn outer(
     );
     let fail = |shared: Arc<Shared>,
                 sandbox: String,
-                session: Option<String>,
+                (session, traceparent): (Option<String>, Option<Arc<str>>),
                 method: String,
                 host: String,
                 port: u16,
@@ -315,6 +316,7 @@ async fn outer(
             decision: Decision::Deny,
             reason: d.reason(),
             status: Some(d.status().as_u16()),
+            traceparent,
         };
         audit(&shared, ev).await;
         Ok(d.to_response())
@@ -324,7 +326,7 @@ async fn outer(
     let method = req.method().to_string();
     let grant = match auth.and_then(|g| gate.admit(&shared).map(|_| g)) {
         Ok(g) => g,
-        Err(d) => return fail(shared, sandbox_hint, None, method, host, port, d).await,
+        Err(d) => return fail(shared, sandbox_hint, (None, None), method, host, port, d).await,
     };
     let (parts, body) = req.into_parts();
     let pinned = match pin_absolute(&parts) {
@@ -333,7 +335,7 @@ async fn outer(
             return fail(
                 shared,
                 grant.sandbox.clone(),
-                grant.session.clone(),
+                (grant.session.clone(), grant.traceparent.clone()),
                 method,
                 host,
                 port,
@@ -384,7 +386,7 @@ async fn connect(
         connect_event(
             &shared,
             &sandbox,
-            grant.session.clone(),
+            Some(&*grant),
             pinned,
             EventKind::Connect,
             Decision::Deny,
@@ -446,7 +448,7 @@ async fn connect(
         connect_event(
             &shared,
             &sandbox,
-            grant.session.clone(),
+            Some(&*grant),
             Some(&pinned),
             EventKind::Connect,
             Decision::Allow,
@@ -530,7 +532,7 @@ where
         connect_event(
             &shared,
             &t.grant.sandbox,
-            t.grant.session.clone(),
+            Some(&*t.grant),
             Some(&t.pinned),
             EventKind::Block,
             Decision::Deny,

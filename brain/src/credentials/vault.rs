@@ -150,12 +150,14 @@ impl CredentialBroker for EmbeddedVault {
     }
 
     async fn grant(&self, req: GrantRequest<'_>) -> Result<CredentialGrant, BrokerError> {
+        let traceparent = airlock_telemetry::current_traceparent();
         let issued = self
             .with_proxy(|p| {
-                p.grant(
+                p.grant_traced(
                     req.sandbox_id,
                     req.credentials,
                     req.session_id.map(str::to_string),
+                    traceparent.as_deref(),
                 )
             })?
             .map_err(grant_error)?;
@@ -382,11 +384,18 @@ impl CredentialBroker for RemoteVault {
             .http
             .post(format!("{}/v1/grants", self.admin_url))
             .bearer_auth(&self.admin_token)
-            .json(&serde_json::json!({
-                "sandbox": req.sandbox_id,
-                "credentials": req.credentials,
-                "session": req.session_id,
-            }))
+            .json(&{
+                let mut body = serde_json::json!({
+                    "sandbox": req.sandbox_id,
+                    "credentials": req.credentials,
+                    "session": req.session_id,
+                });
+                // Only when tracing: a proxy from before traces refuses unknown fields.
+                if let Some(tp) = airlock_telemetry::current_traceparent() {
+                    body["traceparent"] = serde_json::Value::String(tp);
+                }
+                body
+            })
             .send()
             .await
             .map_err(|e| BrokerError::Unavailable(format!("POST /v1/grants: {e}")))?;

@@ -21,6 +21,7 @@ use std::time::Duration;
 use gateway::canonical::{ChatRequest, Message, Part, Role, ToolCall};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::store::{EventRow, Patch, SessionRow, SessionStatus};
 use super::tools::{self, ToolOutput};
@@ -289,6 +290,7 @@ impl Driver<'_> {
         data: Value,
         patch: Patch<'_>,
     ) -> Result<EventRow, LoopError> {
+        let data = with_trace_id(data);
         self.try_append(kind, &data, &patch)
             .await?
             .ok_or(LoopError::ClaimLost)
@@ -313,7 +315,7 @@ impl Driver<'_> {
         result: Option<&str>,
         error: Option<&str>,
     ) -> Result<bool, LoopError> {
-        let data = json!({ "status": status, "result": result, "error": error });
+        let data = with_trace_id(json!({ "status": status, "result": result, "error": error }));
         let patch = Patch {
             status: Some(status),
             result,
@@ -536,8 +538,20 @@ impl Driver<'_> {
             };
             let remaining =
                 Duration::from_millis(u64::try_from(row.deadline_at - now).unwrap_or(0));
+            let span = tracing::info_span!(
+                target: airlock_telemetry::TARGET,
+                "model.call",
+                "gen_ai.operation.name" = "chat",
+                "gen_ai.request.model" = %row.model,
+                "airlock.step" = step,
+                "gen_ai.response.model" = tracing::field::Empty,
+                "gen_ai.usage.input_tokens" = tracing::field::Empty,
+                "gen_ai.usage.output_tokens" = tracing::field::Empty,
+                "airlock.cost_usd" = tracing::field::Empty,
+                "error.type" = tracing::field::Empty,
+            );
             let response = tokio::select! {
-                r = models.chat(request) => r,
+                r = models.chat(request).instrument(span.clone()) => r,
                 _ = self.cancel.cancelled() => continue,
                 _ = tokio::time::sleep(remaining) => continue,
             };
@@ -545,6 +559,7 @@ impl Driver<'_> {
                 Ok(r) => r,
                 Err(e) => {
                     let message = e.to_string();
+                    span.record("error.type", "model_error");
                     self.append(
                         "model_error",
                         json!({ "step": step, "error": message }),
@@ -558,6 +573,11 @@ impl Driver<'_> {
                 }
             };
             let cost = models.cost(&row.model, &response);
+            span.record("gen_ai.response.model", response.model.as_str());
+            span.record("gen_ai.usage.input_tokens", response.usage.input_tokens);
+            span.record("gen_ai.usage.output_tokens", response.usage.output_tokens);
+            span.record("airlock.cost_usd", cost);
+            drop(span);
             let mut calls = Vec::new();
             for (i, call) in response.tool_calls().enumerate() {
                 // Ids key tool results; a provider that sends none gets a stable one.
@@ -622,10 +642,21 @@ impl Driver<'_> {
                 .as_deref()
                 .or(row.last_sandbox_id.as_deref()),
         };
+        // Never the arguments or the output: they may hold anything the model or a command
+        // printed.
+        let span = tracing::info_span!(
+            target: airlock_telemetry::TARGET,
+            "tool.call",
+            "gen_ai.tool.name" = %call.name,
+            "gen_ai.tool.call.id" = %call.id,
+            "airlock.is_error" = tracing::field::Empty,
+        );
         let output = tokio::select! {
-            out = tools::execute(&ctx, &call.name, &call.arguments) => out,
+            out = tools::execute(&ctx, &call.name, &call.arguments).instrument(span.clone()) => out,
             _ = self.cancel.cancelled() => ToolOutput::error("cancelled while running"),
         };
+        span.record("airlock.is_error", output.is_error);
+        drop(span);
         let budget = self.state.config.sessions.max_tool_output_bytes;
         let content = tools::truncate_output(output.content, budget);
         self.append(
@@ -641,6 +672,18 @@ impl Driver<'_> {
         )
         .await
     }
+}
+
+/// Adds the current trace id (the session's trace) to an event's data, so a person can go
+/// from an event to its trace; unchanged when tracing is off.
+fn with_trace_id(mut data: Value) -> Value {
+    if airlock_telemetry::tracing_enabled()
+        && let Some(trace_id) = airlock_telemetry::current_trace_id()
+        && let Value::Object(map) = &mut data
+    {
+        map.insert("trace_id".into(), Value::String(trace_id));
+    }
+    data
 }
 
 fn secs_ms(s: u64) -> i64 {

@@ -23,8 +23,10 @@ mod tests;
 pub mod tools;
 
 use std::collections::HashMap;
+
 use std::sync::Mutex;
 use std::time::Duration;
+use tracing::Instrument;
 
 use chrono::{SecondsFormat, TimeZone, Utc};
 use serde::Serialize;
@@ -579,7 +581,21 @@ async fn run_claimed(state: &AppState, id: &str, token: &CancellationToken) {
     }
 }
 
+/// One trace per session: the root of everything done for one run of it (model calls,
+/// tools, sandboxes, the vault's egress decisions). A run resumed elsewhere starts a new
+/// root; its events say which trace they belong to.
 async fn drive(state: &AppState, id: &str, token: &CancellationToken) {
+    let span = tracing::info_span!(
+        target: airlock_telemetry::TARGET,
+        parent: None,
+        "session",
+        "session.id" = %id,
+        "airlock.instance" = %state.sessions.instance,
+    );
+    drive_in_span(state, id, token).instrument(span).await
+}
+
+async fn drive_in_span(state: &AppState, id: &str, token: &CancellationToken) {
     let owner = state.sessions.instance.clone();
     let driver = agent::Driver {
         state,

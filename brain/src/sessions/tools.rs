@@ -11,6 +11,7 @@ use gateway::canonical::Tool;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
+use tracing::Instrument;
 
 use super::store::SessionRow;
 use crate::lifecycle::{self, ProvisionParams};
@@ -223,7 +224,20 @@ async fn provision_for(
         resources: config.resources,
         session_id: Some(ctx.session.id.clone()),
     };
-    match lifecycle::provision(ctx.state, params).await {
+    let span = tracing::info_span!(
+        target: airlock_telemetry::TARGET,
+        "sandbox.provision",
+        "sandbox.backend" = %params.backend,
+        "airlock.credentials" = %params.credentials.join(","),
+        "sandbox.id" = tracing::field::Empty,
+    );
+    let provisioned = lifecycle::provision(ctx.state, params)
+        .instrument(span.clone())
+        .await;
+    if let Ok(row) = &provisioned {
+        span.record("sandbox.id", row.id.as_str());
+    }
+    match provisioned {
         Ok(row) if row.status == SandboxStatus::Running => {
             let params: ProvisionParams = serde_json::from_value(row.request.clone())
                 .map_err(|e| ToolOutput::error(format!("reading the sandbox request: {e}")))?;
@@ -332,7 +346,42 @@ async fn exec(ctx: &Ctx<'_>, arguments: &str) -> Result<ToolOutput, ToolOutput> 
         max_output_bytes: Some(limits.max_output_bytes),
         ..ExecRequest::default()
     };
-    match backend.exec(&handle, request).await {
+    let span = tracing::info_span!(
+        target: airlock_telemetry::TARGET,
+        "sandbox.exec",
+        "sandbox.id" = %id,
+        "sandbox.backend" = %kind,
+        "process.exit.code" = tracing::field::Empty,
+        "airlock.timed_out" = tracing::field::Empty,
+        "error.type" = tracing::field::Empty,
+    );
+    let started = std::time::Instant::now();
+    let result = backend
+        .exec(&handle, request)
+        .instrument(span.clone())
+        .await;
+    // Counted like the HTTP API's execs (`airlock_sandbox_execs_total`).
+    let outcome = match &result {
+        Ok(r) if r.timed_out => crate::metrics::Outcome::Timeout,
+        Ok(_) => crate::metrics::Outcome::Ok,
+        Err(_) => crate::metrics::Outcome::Error,
+    };
+    ctx.state
+        .metrics
+        .exec(kind.as_str(), outcome, started.elapsed());
+    match &result {
+        Ok(r) => {
+            if let Some(code) = r.exit_code {
+                span.record("process.exit.code", code);
+            }
+            span.record("airlock.timed_out", r.timed_out);
+        }
+        Err(_) => {
+            span.record("error.type", "exec_failed");
+        }
+    }
+    drop(span);
+    match result {
         Ok(r) => {
             let mut value = json!({
                 "sandbox_id": id,

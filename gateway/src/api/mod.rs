@@ -66,8 +66,44 @@ pub(crate) fn routes<S: Clone + Send + Sync + 'static>(inner: State) -> Router<S
         .route("/key/update", post(keys::update))
         .route("/key/delete", post(keys::delete))
         .route("/spend/logs", get(keys::spend_logs))
+        .layer(axum::middleware::from_fn(trace_request))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(inner)
+}
+
+/// With tracing on, a span per request, joined to the caller's trace when the request
+/// carries a W3C `traceparent` header (the brain's, or any instrumented client's). Off: one
+/// relaxed load.
+async fn trace_request(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use tracing::Instrument;
+    if !airlock_telemetry::tracing_enabled() {
+        return next.run(req).await;
+    }
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("", |p| p.as_str())
+        .to_owned();
+    let span = tracing::info_span!(
+        target: airlock_telemetry::TARGET,
+        "gateway.request",
+        "http.request.method" = %req.method(),
+        "http.route" = %route,
+        "http.response.status_code" = tracing::field::Empty,
+    );
+    if let Some(tp) = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+    {
+        airlock_telemetry::set_remote_parent(&span, tp);
+    }
+    let response = next.run(req).instrument(span.clone()).await;
+    span.record("http.response.status_code", response.status().as_u16());
+    response
 }
 
 /// The key a client presented: `Authorization: Bearer`, else `x-api-key`, else `api-key`.

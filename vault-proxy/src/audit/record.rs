@@ -14,7 +14,10 @@
 //!   `\n \r \t \b \f` short forms, other control characters `\u00XX`
 //!   (lower-case hex), everything else literal UTF-8 (Python's
 //!   `json.dumps(obj, separators=(",", ":"), ensure_ascii=False)` agrees);
-//! - `seq`, `port` and `status` are plain integers.
+//! - `seq`, `port` and `status` are plain integers;
+//! - `trace_id` (32 hex digits, the session's trace) stands between `status` and `prev`
+//!   only in records of a sandbox whose grant carried a trace; otherwise the key is absent,
+//!   so logs written without tracing keep exactly the keys above.
 //!
 //! The **body** of a record is that same JSON without the `hash` key (so it
 //! ends `…,"prev":"<64 hex>"}`). Then
@@ -137,6 +140,10 @@ pub struct AuditEvent {
     pub reason: String,
     /// HTTP status returned to the sandbox, if any.
     pub status: Option<u16>,
+    /// W3C `traceparent` of the session's trace, when the grant carries one: the record
+    /// gets its trace id and the decision becomes a span of that trace
+    /// ([`crate::telemetry`]).
+    pub traceparent: Option<std::sync::Arc<str>>,
 }
 
 /// One line of the audit log (see the module docs for the canonical form).
@@ -169,6 +176,9 @@ pub struct AuditRecord {
     pub reason: String,
     /// HTTP status.
     pub status: Option<u16>,
+    /// Trace id of the session's trace (only present when the grant carried one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
     /// Hash of the previous record ([`GENESIS_PREV`] for seq 1).
     pub prev: String,
     /// `hex(SHA-256(prev ‖ body))`.
@@ -191,6 +201,8 @@ struct Body<'a> {
     decision: Decision,
     reason: &'a str,
     status: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trace_id: Option<&'a str>,
     prev: &'a str,
 }
 
@@ -250,6 +262,7 @@ impl AuditRecord {
             decision: self.decision,
             reason: &self.reason,
             status: self.status,
+            trace_id: self.trace_id.as_deref(),
             prev: &self.prev,
         }
     }
@@ -270,6 +283,10 @@ impl AuditRecord {
             decision: ev.decision,
             reason: clip(ev.reason, 512),
             status: ev.status,
+            trace_id: ev
+                .traceparent
+                .as_deref()
+                .and_then(airlock_telemetry::trace_id_of_traceparent),
             prev,
             hash: String::new(),
         }

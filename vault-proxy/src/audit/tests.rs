@@ -30,6 +30,7 @@ fn event(i: usize) -> AuditEvent {
             "bound_host".into()
         },
         status: (i.is_multiple_of(4)).then_some(403),
+        traceparent: None,
     }
 }
 
@@ -640,4 +641,51 @@ async fn verify_live_checks_every_recorded_head() {
         verify_live(&path, &h, &heads).unwrap().broken.unwrap().seq,
         1
     );
+}
+
+#[tokio::test]
+async fn a_traced_grant_s_records_carry_the_trace_id_and_still_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let log = AuditLog::open(&path).await.unwrap();
+    let traced = |tp: &str| AuditEvent {
+        traceparent: Some(std::sync::Arc::from(tp)),
+        ..event(1)
+    };
+    log.append(event(0)).await.unwrap();
+    log.append(traced(
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+    ))
+    .await
+    .unwrap();
+    // A malformed value is not a trace: no key, as in an untraced record.
+    log.append(traced("00-nothex-b7ad6b7169203331-01"))
+        .await
+        .unwrap();
+    log.close().await.unwrap();
+    let lines = lines(&path);
+    assert!(!lines[0].contains("trace_id"), "{}", lines[0]);
+    assert!(
+        lines[1].contains(r#""status":null,"trace_id":"0af7651916cd43dd8448eb211c80319c","prev":"#),
+        "{}",
+        lines[1]
+    );
+    assert!(
+        !lines[1].contains("b7ad6b7169203331"),
+        "only the trace id: {}",
+        lines[1]
+    );
+    assert!(!lines[2].contains("trace_id"), "{}", lines[2]);
+    let report = verify(&path).unwrap();
+    assert!(report.is_ok() && report.records == 3, "{report:?}");
+    let recs = read_records(&path, &Filter::default()).unwrap();
+    assert_eq!(
+        recs[1].trace_id.as_deref(),
+        Some("0af7651916cd43dd8448eb211c80319c")
+    );
+    // Editing the trace id breaks the chain like any other field.
+    let mut edited = lines.clone();
+    edited[1] = edited[1].replace("0af7651916cd43dd", "1af7651916cd43dd");
+    write_lines(&path, &edited);
+    assert!(!verify(&path).unwrap().is_ok());
 }

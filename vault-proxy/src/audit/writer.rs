@@ -267,6 +267,7 @@ impl AuditLog {
             return Err(self.stopped());
         }
         self.shared.metrics.decision(&event);
+        crate::telemetry::egress_span(&event);
         self.tx
             .send(Msg::Record(event))
             .await
@@ -280,7 +281,10 @@ impl AuditLog {
         if !self.is_healthy() {
             return Err(self.stopped());
         }
-        events.iter().for_each(|e| self.shared.metrics.decision(e));
+        events.iter().for_each(|e| {
+            self.shared.metrics.decision(e);
+            crate::telemetry::egress_span(e);
+        });
         let (ack, done) = oneshot::channel();
         self.tx
             .send(Msg::Commit(events, ack))
