@@ -17,7 +17,10 @@ use std::sync::{Arc, Mutex};
 /// `response_code_interpreter_tool_call.py`, `response_output_message.py`).
 async fn fake_openai_responses() -> (String, Arc<Mutex<Vec<Value>>>) {
     let seen: Arc<Mutex<Vec<Value>>> = Arc::default();
-    async fn handler(State(seen): State<Arc<Mutex<Vec<Value>>>>, Json(body): Json<Value>) -> Json<Value> {
+    async fn handler(
+        State(seen): State<Arc<Mutex<Vec<Value>>>>,
+        Json(body): Json<Value>,
+    ) -> Json<Value> {
         seen.lock().unwrap().push(body.clone());
         Json(json!({
             "id": "resp_hosted1", "object": "response", "created_at": 1_760_000_000,
@@ -82,7 +85,11 @@ async fn responses_code_interpreter_passes_through_to_openai_unchanged() {
     assert_eq!(v["output"][0]["container_id"], "cntr_openai_hosted");
     let sent = seen.lock().unwrap().clone();
     assert_eq!(sent.len(), 1);
-    assert_eq!(sent[0]["tools"], json!([json(CI_AUTO)]), "the tool went on as sent");
+    assert_eq!(
+        sent[0]["tools"],
+        json!([json(CI_AUTO)]),
+        "the tool went on as sent"
+    );
     assert_eq!(sent[0]["model"], "gpt-4.1");
 }
 
@@ -94,7 +101,10 @@ async fn responses_code_interpreter_on_a_provider_without_it_is_a_clear_400() {
     assert_eq!(status, 400, "{text}");
     let v = json(&text);
     let msg = v["error"]["message"].as_str().unwrap();
-    assert!(msg.contains("does not host the code_interpreter tool"), "{msg}");
+    assert!(
+        msg.contains("does not host the code_interpreter tool"),
+        "{msg}"
+    );
     assert!(msg.contains("code_interpreter.brain_url"), "{msg}");
     assert_eq!(an.count(), 0, "nothing reached the provider");
 }
@@ -105,16 +115,29 @@ async fn chat_completions_code_interpreter_without_sandboxes_is_a_clear_400() {
     for model in ["gpt-chat", "claude"] {
         let body = json!({"model": model, "tools": [json(CI_AUTO)],
                           "messages": [{"role": "user", "content": "sum 0..9"}]});
-        let (status, text) =
-            post(&format!("{}/v1/chat/completions", gw.base), "sk-master", &body).await;
+        let (status, text) = post(
+            &format!("{}/v1/chat/completions", gw.base),
+            "sk-master",
+            &body,
+        )
+        .await;
         assert_eq!(status, 400, "{model}: {text}");
         let msg = json(&text)["error"]["message"].as_str().unwrap().to_owned();
         assert!(msg.contains("code_interpreter.brain_url"), "{msg}");
     }
-    assert_eq!(oa_chat.count() + an.count(), 0, "nothing reached a provider");
+    assert_eq!(
+        oa_chat.count() + an.count(),
+        0,
+        "nothing reached a provider"
+    );
     // A request without the tool is served as always.
     let body = json!({"model": "gpt-chat", "messages": [{"role": "user", "content": "hi"}]});
-    let (status, text) = post(&format!("{}/v1/chat/completions", gw.base), "sk-master", &body).await;
+    let (status, text) = post(
+        &format!("{}/v1/chat/completions", gw.base),
+        "sk-master",
+        &body,
+    )
+    .await;
     assert_eq!(status, 200, "{text}");
 }
 
@@ -127,7 +150,11 @@ async fn messages_code_execution_passes_through_to_anthropic_and_is_refused_else
     let (status, text) = post(&format!("{}/v1/messages", gw.base), "sk-master", &body).await;
     assert_eq!(status, 200, "{text}");
     assert_eq!(an.count(), 1);
-    assert_eq!(an.last_body()["tools"], json!([tool]), "the tool went on as sent");
+    assert_eq!(
+        an.last_body()["tools"],
+        json!([tool]),
+        "the tool went on as sent"
+    );
 
     let body = json!({"model": "gpt-chat", "max_tokens": 64, "tools": [tool],
                       "messages": [{"role": "user", "content": "sum 0..9"}]});

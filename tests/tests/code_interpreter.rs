@@ -231,12 +231,15 @@ async fn start_standalone() -> Env {
     BufReader::new(child.stdout.take().expect("stdout"))
         .read_line(&mut line)
         .expect("gateway stdout");
-    let addr = line.trim().strip_prefix("listening on ").unwrap_or_else(|| {
-        panic!(
-            "gateway did not start: {line:?}\n{}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        )
-    });
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| {
+            panic!(
+                "gateway did not start: {line:?}\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )
+        });
     let gateway = GatewayProcess {
         child,
         base_url: format!("http://{addr}"),
@@ -433,7 +436,10 @@ fn check_libs(env: &Env) {
         .find(|o| o["type"] == "image")
         .unwrap_or_else(|| panic!("no image output: {call}"));
     assert!(
-        image["url"].as_str().unwrap().starts_with("data:image/png;base64,"),
+        image["url"]
+            .as_str()
+            .unwrap()
+            .starts_with("data:image/png;base64,"),
         "{image}"
     );
 }
@@ -503,10 +509,20 @@ async fn code_interpreter_with_the_official_sdks() {
     // Sandbox seconds, and every model call of the loops, were recorded for the
     // caller's key.
     let b = &env.brain;
-    let rows = spend_of(&b.http, &b.base_url, &b.master_key, &env.key, "code_interpreter").await;
+    let rows = spend_of(
+        &b.http,
+        &b.base_url,
+        &b.master_key,
+        &env.key,
+        "code_interpreter",
+    )
+    .await;
     let model_calls = rows.iter().filter(|r| r["model_group"] == "ci-sum").count();
     // responses (2 turns), its stream (2), chat (2), its stream (2), anthropic (2).
-    assert!(model_calls >= 10, "model calls of the loops not all charged to the key: {rows:?}");
+    assert!(
+        model_calls >= 10,
+        "model calls of the loops not all charged to the key: {rows:?}"
+    );
     env.no_sandboxes_left().await;
 }
 
@@ -520,7 +536,10 @@ async fn loop_model_calls_count_against_the_callers_budget() {
     let env = start().await;
     let b = &env.brain;
     let (status, v) = b
-        .post_json("/key/generate", json!({"key_alias": "ci-poor", "max_budget": 0.000001}))
+        .post_json(
+            "/key/generate",
+            json!({"key_alias": "ci-poor", "max_budget": 0.000001}),
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{v}");
     let poor = v["key"].as_str().unwrap().to_owned();
@@ -538,7 +557,10 @@ async fn loop_model_calls_count_against_the_callers_budget() {
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert!(body.contains("Budget has been exceeded"), "{body}");
     let rows = spend_of(&b.http, &b.base_url, &b.master_key, &poor, "ci-priced").await;
-    let first = rows.iter().find(|r| r["model_group"] == "ci-priced").unwrap();
+    let first = rows
+        .iter()
+        .find(|r| r["model_group"] == "ci-priced")
+        .unwrap();
     assert!(first["spend"].as_f64().unwrap_or(0.0) > 0.0, "{first}");
     env.no_sandboxes_left().await;
 }
@@ -560,7 +582,10 @@ async fn code_interpreter_claims_a_warm_pool_sandbox() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    assert!(text.lines().any(|l| l == ready_line), "pool never filled:\n{text}");
+    assert!(
+        text.lines().any(|l| l == ready_line),
+        "pool never filled:\n{text}"
+    );
     check_responses(&env);
     let text = env.metrics().await;
     assert!(
@@ -569,10 +594,10 @@ async fn code_interpreter_claims_a_warm_pool_sandbox() {
         "the container was not claimed from the pool:\n{text}"
     );
     assert!(
-        !text
-            .lines()
-            .any(|l| l.starts_with("airlock_brain_pool_misses_total{backend=\"docker\"}")
-                && !l.ends_with(" 0")),
+        !text.lines().any(
+            |l| l.starts_with("airlock_brain_pool_misses_total{backend=\"docker\"}")
+                && !l.ends_with(" 0")
+        ),
         "{text}"
     );
     env.no_sandboxes_left().await;
@@ -613,6 +638,9 @@ async fn standalone_gateway_with_brain_url_runs_code_in_brain_sandboxes() {
         "code_interpreter",
     )
     .await;
-    assert!(rows.iter().any(|r| r["model_group"] == "ci-sum"), "{rows:?}");
+    assert!(
+        rows.iter().any(|r| r["model_group"] == "ci-sum"),
+        "{rows:?}"
+    );
     env.no_sandboxes_left().await;
 }

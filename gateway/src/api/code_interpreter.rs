@@ -6,13 +6,13 @@
 //! interceptor answers. The container used is named in the response's
 //! `x-airlock-container-id` header so a client can reuse it.
 
+use super::responses::Msg;
 use super::responses::mentions_code_tool;
 use super::{State, authenticate};
 use crate::Inner;
 use crate::canonical::{ChatResponse, StreamEvent};
 use crate::code_interpreter::containers::Containers;
 use crate::code_interpreter::run;
-use super::responses::Msg;
 use crate::error::{GatewayError, WireFormat};
 use crate::formats::openai as oa;
 use crate::keys::Caller;

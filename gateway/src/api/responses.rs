@@ -416,7 +416,10 @@ pub(crate) fn spawn_loop(
         let mut sink = move |step: Step| {
             let _ = tx2.send(Msg::Step(step));
         };
-        let r = run::run(&ci, &inner, &caller, request, &container, parallel, &mut sink).await;
+        let r = run::run(
+            &ci, &inner, &caller, request, &container, parallel, &mut sink,
+        )
+        .await;
         let _ = tx.send(Msg::Done(r));
     });
     rx
