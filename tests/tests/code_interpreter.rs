@@ -48,8 +48,12 @@ fn ready() -> bool {
 struct Env {
     brain: BrainProcess,
     dir: tempfile::TempDir,
+    /// Where the SDKs point: the brain itself, or a standalone gateway.
+    base_url: String,
     key: String,
     other_key: String,
+    /// The standalone gateway, when the SDKs go through one.
+    gateway: Option<GatewayProcess>,
 }
 
 fn call(code: &str, then: &str) -> Value {
@@ -59,9 +63,7 @@ fn call(code: &str, then: &str) -> Value {
     ])
 }
 
-async fn start() -> Env {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let net_probe = r#"
+const NET_PROBE: &str = r#"
 import os, urllib.request
 results = []
 for url in ["http://example.com/", "https://example.com/", "http://169.254.169.254/latest/meta-data/"]:
@@ -80,6 +82,17 @@ for url in ["http://example.com/"]:
 print(results)
 print("creds:", sorted(k for k in os.environ if k.endswith(("_TOKEN", "_KEY")) and k != "AIRLOCK_AGENT_TOKEN"))
 "#;
+
+/// What the image's README promises a code interpreter: numpy, pandas and
+/// matplotlib (a figure left open comes back as an image output).
+const LIBS: &str = "import numpy as np, pandas as pd, matplotlib.pyplot as plt\n\
+df = pd.DataFrame({'a': np.arange(4)})\n\
+plt.plot(df.a, df.a ** 2)\n\
+print(int(df.a.sum()))";
+
+/// The scripted models (each: one code call, then an answer) as a `model_list`
+/// under `indent`, their scripts written into `dir`.
+fn model_list(dir: &std::path::Path, indent: &str) -> String {
     let scripts = [
         (
             "ci-sum",
@@ -87,47 +100,177 @@ print("creds:", sorted(k for k in os.environ if k.endswith(("_TOKEN", "_KEY")) a
         ),
         ("ci-set", call("x = 41\nprint('x is set')", "x is set.")),
         ("ci-get", call("print(x + 4)", "x + 4 is 45.")),
-        ("ci-net", call(net_probe, "I tried the network.")),
+        ("ci-net", call(NET_PROBE, "I tried the network.")),
+        ("ci-libs", call(LIBS, "Plotted.")),
     ];
-    let mut yaml = String::from("models:\n  model_list:\n");
+    let mut yaml = format!("{indent}model_list:\n");
     for (name, script) in &scripts {
-        let path = dir.path().join(format!("{name}.json"));
+        let path = dir.join(format!("{name}.json"));
         std::fs::write(&path, script.to_string()).expect("script");
         yaml.push_str(&format!(
-            "    - model_name: {name}\n      litellm_params:\n        model: scripted/{}\n",
+            "{indent}  - model_name: {name}\n{indent}    litellm_params:\n{indent}      model: scripted/{}\n",
             path.display()
         ));
     }
+    // A priced one, for budgets (scripted models are otherwise unpriced).
+    let path = dir.join("ci-priced.json");
+    std::fs::write(&path, call("print(1)", "done").to_string()).expect("script");
+    yaml.push_str(&format!(
+        "{indent}  - model_name: ci-priced\n{indent}    litellm_params:\n{indent}      model: scripted/{}\n\
+         {indent}      input_cost_per_token: 0.001\n{indent}      output_cost_per_token: 0.001\n",
+        path.display()
+    ));
+    yaml
+}
+
+async fn start_brain(dir: &std::path::Path, models: bool, extra_yaml: &str) -> BrainProcess {
+    let mut yaml = String::new();
+    if models {
+        yaml.push_str("models:\n");
+        yaml.push_str(&model_list(dir, "  "));
+    }
     yaml.push_str(&format!("sandbox:\n  docker:\n    image: {}\n", image()));
-    let brain = BrainProcess::start(BrainOptions {
+    yaml.push_str(extra_yaml);
+    BrainProcess::start(BrainOptions {
         backend: "docker".into(),
         extra_yaml: yaml,
         ..Default::default()
     })
-    .await;
+    .await
+}
+
+/// Two virtual keys made with `master` at `base`.
+async fn two_keys(http: &reqwest::Client, base: &str, master: &str) -> (String, String) {
     let mut keys = Vec::new();
     for alias in ["ci-a", "ci-b"] {
-        let (status, v) = brain
-            .post_json("/key/generate", json!({"key_alias": alias}))
-            .await;
-        assert_eq!(status, StatusCode::OK, "{v}");
+        let r = http
+            .post(format!("{base}/key/generate"))
+            .bearer_auth(master)
+            .json(&json!({"key_alias": alias}))
+            .send()
+            .await
+            .expect("key/generate");
+        assert_eq!(r.status(), StatusCode::OK);
+        let v: Value = r.json().await.expect("key JSON");
         keys.push(v["key"].as_str().expect("key").to_owned());
     }
+    (keys[0].clone(), keys[1].clone())
+}
+
+/// A brain serving the models and the code interpreter itself.
+async fn start() -> Env {
+    start_with("").await
+}
+
+async fn start_with(extra_yaml: &str) -> Env {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let brain = start_brain(dir.path(), true, extra_yaml).await;
+    let (key, other_key) = two_keys(&brain.http, &brain.base_url, &brain.master_key).await;
     std::fs::write(dir.path().join("sdk.py"), SDK_SCRIPT).expect("sdk script");
     Env {
+        base_url: brain.base_url.clone(),
         brain,
         dir,
-        key: keys[0].clone(),
-        other_key: keys[1].clone(),
+        key,
+        other_key,
+        gateway: None,
+    }
+}
+
+/// The real standalone `gateway` binary.
+struct GatewayProcess {
+    child: std::process::Child,
+    base_url: String,
+    log: std::path::PathBuf,
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl GatewayProcess {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// A brain with no models, only sandboxes, and the standalone gateway serving
+/// the models with `code_interpreter.brain_url` pointing at that brain and
+/// authenticating with the brain's key from `key_env`.
+async fn start_standalone() -> Env {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().expect("temp dir");
+    // The brain's sandbox API takes its master key (DESIGN.md, brain HTTP API).
+    let brain = start_brain(dir.path(), false, "").await;
+    let brain_key = brain.master_key.clone();
+    let master = "sk-gw-master-e2e";
+    let cfg = format!(
+        "{}general_settings:\n  master_key: {master}\ncode_interpreter:\n  brain_url: {}\n  key_env: E2E_BRAIN_KEY\n",
+        model_list(dir.path(), ""),
+        brain.base_url
+    );
+    let cfg_path = dir.path().join("gateway.yaml");
+    std::fs::write(&cfg_path, cfg).expect("gateway config");
+    let log = dir.path().join("gateway.log");
+    let mut child = Command::new(airlock_tests::bin_path("gateway"))
+        .arg("--config")
+        .arg(&cfg_path)
+        .args(["--listen", "127.0.0.1:0", "--database-url"])
+        .arg(format!("sqlite://{}", dir.path().join("gw.db").display()))
+        .env("E2E_BRAIN_KEY", &brain_key)
+        .env_remove("LITELLM_MASTER_KEY")
+        .env_remove("DATABASE_URL")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log).expect("gateway log"))
+        .spawn()
+        .expect("gateway binary (cargo build -p gateway)");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("gateway stdout");
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| {
+            panic!(
+                "gateway did not start: {line:?}\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )
+        });
+    let gateway = GatewayProcess {
+        child,
+        base_url: format!("http://{addr}"),
+        log,
+    };
+    let (key, other_key) = two_keys(&brain.http, &gateway.base_url, master).await;
+    std::fs::write(dir.path().join("sdk.py"), SDK_SCRIPT).expect("sdk script");
+    Env {
+        base_url: gateway.base_url.clone(),
+        brain,
+        dir,
+        key,
+        other_key,
+        gateway: Some(gateway),
     }
 }
 
 impl Env {
+    async fn metrics(&self) -> String {
+        let r = self.brain.http.get(self.brain.url("/metrics")).send().await;
+        match r {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    }
+
     fn sdk(&self, scenario: &str) -> Value {
         let out = Command::new("python3")
             .arg(self.dir.path().join("sdk.py"))
             .arg(scenario)
-            .env("BASE_URL", &self.brain.base_url)
+            .env("BASE_URL", &self.base_url)
             .env("API_KEY", &self.key)
             .env("OTHER_KEY", &self.other_key)
             .output()
@@ -135,9 +278,10 @@ impl Env {
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success(),
-            "{scenario}: {}\n{stdout}\nbrain log:\n{}",
+            "{scenario}: {}\n{stdout}\nbrain log:\n{}\ngateway log:\n{}",
             String::from_utf8_lossy(&out.stderr),
-            self.brain.log()
+            self.brain.log(),
+            self.gateway.as_ref().map(|g| g.log()).unwrap_or_default()
         );
         serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("scenario JSON")
     }
@@ -183,14 +327,8 @@ fn logs(item: &Value) -> String {
         .collect()
 }
 
-#[tokio::test]
-async fn code_interpreter_with_the_official_sdks() {
-    if !ready() {
-        return;
-    }
-    let env = start().await;
-
-    // responses.create: the sandbox ran the code; its logs say 45; the answer follows.
+/// responses.create: the sandbox ran the code; its logs say 45; the answer follows.
+fn check_responses(env: &Env) {
     let r = env.sdk("responses_sum");
     let calls = code_calls(&r["output"]);
     assert_eq!(calls.len(), 1, "{r}");
@@ -211,8 +349,12 @@ async fn code_interpreter_with_the_official_sdks() {
     assert_eq!(r["text"], "The sum of 0..9 is 45.");
     assert_eq!(r["status"], "completed");
     assert!(r["usage"]["input_tokens"].as_u64().unwrap() > 0, "{r}");
+}
 
-    // The same streamed: the SDK's accumulator accepted the sequence.
+/// The same streamed: the SDK's accumulator accepted the sequence, and the
+/// answer arrived as the model streamed it (the scripted model sends text in
+/// 16-byte deltas), not as one delta at the end.
+fn check_responses_stream(env: &Env) {
     let s = env.sdk("responses_stream");
     let types: Vec<&str> = s["types"]
         .as_array()
@@ -233,22 +375,33 @@ async fn code_interpreter_with_the_official_sdks() {
         "response.output_item.added",
         "response.content_part.added",
         "response.output_text.delta",
+        "response.output_text.delta",
         "response.output_text.done",
         "response.content_part.done",
         "response.output_item.done",
         "response.completed",
     ];
     assert_eq!(types, expect, "{s}");
+    assert_eq!(s["deltas"], json!(["The sum of 0..9 ", "is 45."]), "{s}");
     assert_eq!(logs(code_calls(&s["output"])[0]).trim(), "45", "{s}");
     assert_eq!(s["text"], "The sum of 0..9 is 45.");
+}
 
-    // chat.completions: the final assistant message.
+/// chat.completions: the final assistant message, unstreamed and streamed
+/// (one role chunk, the model's own deltas, one finish reason).
+fn check_chat(env: &Env) {
     let c = env.sdk("chat_sum");
     assert_eq!(c["content"], "The sum of 0..9 is 45.", "{c}");
     assert_eq!(c["finish"], "stop");
+    let c = env.sdk("chat_stream");
+    assert_eq!(c["deltas"], json!(["The sum of 0..9 ", "is 45."]), "{c}");
+    assert_eq!(c["roles"], json!(["assistant"]), "{c}");
+    assert_eq!(c["finish"], "stop", "{c}");
+}
 
-    // A named container keeps the interpreter's state across requests; another
-    // key cannot use or see it.
+/// A named container keeps the interpreter's state across requests; another
+/// key cannot use or see it.
+fn check_container(env: &Env) {
     let c = env.sdk("container_reuse");
     let first = code_calls(&c["first"]);
     let second = code_calls(&c["second"]);
@@ -259,16 +412,40 @@ async fn code_interpreter_with_the_official_sdks() {
     assert_eq!(c["refused"]["status"], 404, "{c}");
     assert_eq!(c["other_retrieve"], 404, "{c}");
     assert_eq!(c["mine"], c["container"]);
+}
 
-    // Without a grant, code reaches nothing: not the internet, not the metadata
-    // address, not around the proxy; and it holds no credentials.
+/// Without a grant, code reaches nothing: not the internet, not the metadata
+/// address, not around the proxy; and it holds no credentials.
+fn check_network(env: &Env) {
     let n = env.sdk("network");
     let l = logs(code_calls(&n["output"])[0]);
     assert!(!l.contains("GOT'"), "something got through: {l}");
     assert_eq!(l.matches("BLOCKED").count(), 4, "{l}");
     assert!(l.contains("creds: []"), "{l}");
+}
 
-    // The Anthropic SDK with the code_execution server tool: Anthropic's blocks.
+/// numpy, pandas and matplotlib are in the sandbox image; an open figure is an image output.
+fn check_libs(env: &Env) {
+    let r = env.sdk("libs");
+    let call = code_calls(&r["output"])[0].clone();
+    assert_eq!(logs(&call).trim(), "6", "{r}");
+    let image = call["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["type"] == "image")
+        .unwrap_or_else(|| panic!("no image output: {call}"));
+    assert!(
+        image["url"]
+            .as_str()
+            .unwrap()
+            .starts_with("data:image/png;base64,"),
+        "{image}"
+    );
+}
+
+/// The Anthropic SDK with the code_execution server tool: Anthropic's blocks.
+fn check_anthropic(env: &Env) {
     let a = env.sdk("anthropic_sum");
     let blocks = a["content"].as_array().expect("content");
     let kinds: Vec<&str> = blocks.iter().filter_map(|b| b["type"].as_str()).collect();
@@ -285,25 +462,185 @@ async fn code_interpreter_with_the_official_sdks() {
     assert_eq!(blocks[1]["content"]["return_code"], 0);
     assert_eq!(blocks[2]["text"], "The sum of 0..9 is 45.");
     assert_eq!(a["stop"], "end_turn");
+}
 
-    // Sandbox seconds were recorded for the caller's key (the spend writer batches).
-    let path = format!("/spend/logs?api_key={}&limit=500", env.key);
-    let mut found = None;
+/// The spend log of `key` at `base` (read with `master`), once it holds a
+/// record of `model_group` (the spend writer batches).
+async fn spend_of(
+    http: &reqwest::Client,
+    base: &str,
+    master: &str,
+    key: &str,
+    model_group: &str,
+) -> Vec<Value> {
+    let url = format!("{base}/spend/logs?api_key={key}&limit=500");
+    let mut rows = Vec::new();
     for _ in 0..100 {
-        let (status, v) = env.brain.get_json(&path).await;
-        assert_eq!(status, StatusCode::OK, "{v}");
-        found = v
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|r| r["model_group"] == "code_interpreter")
-            .cloned();
-        if found.is_some() {
+        let r = http
+            .get(&url)
+            .bearer_auth(master)
+            .send()
+            .await
+            .expect("spend");
+        assert_eq!(r.status(), StatusCode::OK);
+        rows = r.json::<Vec<Value>>().await.expect("spend JSON");
+        if rows.iter().any(|r| r["model_group"] == model_group) {
+            return rows;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("no {model_group} record for the key: {rows:?}");
+}
+
+#[tokio::test]
+async fn code_interpreter_with_the_official_sdks() {
+    if !ready() {
+        return;
+    }
+    let env = start().await;
+    check_responses(&env);
+    check_responses_stream(&env);
+    check_chat(&env);
+    check_container(&env);
+    check_network(&env);
+    check_anthropic(&env);
+    check_libs(&env);
+
+    // Sandbox seconds, and every model call of the loops, were recorded for the
+    // caller's key.
+    let b = &env.brain;
+    let rows = spend_of(
+        &b.http,
+        &b.base_url,
+        &b.master_key,
+        &env.key,
+        "code_interpreter",
+    )
+    .await;
+    let model_calls = rows.iter().filter(|r| r["model_group"] == "ci-sum").count();
+    // responses (2 turns), its stream (2), chat (2), its stream (2), anthropic (2).
+    assert!(
+        model_calls >= 10,
+        "model calls of the loops not all charged to the key: {rows:?}"
+    );
+    env.no_sandboxes_left().await;
+}
+
+/// The model calls a loop makes count against the caller's budget as they are
+/// made: a key whose budget the first call exhausts is refused the second.
+#[tokio::test]
+async fn loop_model_calls_count_against_the_callers_budget() {
+    if !ready() {
+        return;
+    }
+    let env = start().await;
+    let b = &env.brain;
+    let (status, v) = b
+        .post_json(
+            "/key/generate",
+            json!({"key_alias": "ci-poor", "max_budget": 0.000001}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let poor = v["key"].as_str().unwrap().to_owned();
+    let r = b
+        .http
+        .post(b.url("/v1/responses"))
+        .bearer_auth(&poor)
+        .json(&json!({"model": "ci-priced", "input": "go",
+                      "tools": [{"type": "code_interpreter", "container": {"type": "auto"}}]}))
+        .send()
+        .await
+        .expect("responses");
+    let status = r.status();
+    let body = r.text().await.unwrap_or_default();
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.contains("Budget has been exceeded"), "{body}");
+    let rows = spend_of(&b.http, &b.base_url, &b.master_key, &poor, "ci-priced").await;
+    let first = rows
+        .iter()
+        .find(|r| r["model_group"] == "ci-priced")
+        .unwrap();
+    assert!(first["spend"].as_f64().unwrap_or(0.0) > 0.0, "{first}");
+    env.no_sandboxes_left().await;
+}
+
+/// With `pools:` configured, a code interpreter container is a claimed warm
+/// sandbox, not a cold start.
+#[tokio::test]
+async fn code_interpreter_claims_a_warm_pool_sandbox() {
+    if !ready() {
+        return;
+    }
+    let env = start_with("pools:\n  - {backend: docker, size: 1}\n").await;
+    let ready_line = "airlock_brain_pool_ready_sandboxes{backend=\"docker\"} 1";
+    let mut text = String::new();
+    for _ in 0..600 {
+        text = env.metrics().await;
+        if text.lines().any(|l| l == ready_line) {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    assert!(found.is_some(), "no sandbox-seconds record for the key");
+    assert!(
+        text.lines().any(|l| l == ready_line),
+        "pool never filled:\n{text}"
+    );
+    check_responses(&env);
+    let text = env.metrics().await;
+    assert!(
+        text.lines()
+            .any(|l| l == "airlock_brain_pool_claims_total{backend=\"docker\"} 1"),
+        "the container was not claimed from the pool:\n{text}"
+    );
+    assert!(
+        !text.lines().any(
+            |l| l.starts_with("airlock_brain_pool_misses_total{backend=\"docker\"}")
+                && !l.ends_with(" 0")
+        ),
+        "{text}"
+    );
+    env.no_sandboxes_left().await;
+}
 
+/// The standalone gateway binary with `code_interpreter.brain_url`: the same
+/// SDK calls through it run in the brain's docker sandboxes (asked for over the
+/// brain's HTTP API), and the gateway's own keys own the containers.
+#[tokio::test]
+async fn standalone_gateway_with_brain_url_runs_code_in_brain_sandboxes() {
+    if !ready() {
+        return;
+    }
+    let env = start_standalone().await;
+    check_responses(&env);
+    check_responses_stream(&env);
+    check_chat(&env);
+    check_container(&env);
+    check_network(&env);
+    check_anthropic(&env);
+
+    // The sandboxes were the brain's, made through its API for the interceptor.
+    let (_, v) = env.brain.get_json("/v1/sandboxes").await;
+    let made: Vec<&Value> = v["sandboxes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| s["backend"] == "docker")
+        .collect();
+    assert!(made.len() >= 7, "{v}");
+    // Spend is the gateway's: sandbox seconds and model calls under its key.
+    let gw = env.gateway.as_ref().unwrap();
+    let rows = spend_of(
+        &env.brain.http,
+        &gw.base_url,
+        "sk-gw-master-e2e",
+        &env.key,
+        "code_interpreter",
+    )
+    .await;
+    assert!(
+        rows.iter().any(|r| r["model_group"] == "ci-sum"),
+        "{rows:?}"
+    );
     env.no_sandboxes_left().await;
 }

@@ -23,13 +23,32 @@ def responses_sum():
 
 
 def responses_stream():
-    types, final = [], None
+    types, deltas, final = [], [], None
     with client.responses.stream(model="ci-sum", tools=[CI_AUTO],
                                  input="what is the sum of 0..9? use python") as s:
         for ev in s:
             types.append(ev.type)
+            if ev.type == "response.output_text.delta":
+                deltas.append(ev.delta)
         final = s.get_final_response()
-    return {"types": types, "output": items(final), "text": final.output_text}
+    return {"types": types, "deltas": deltas, "output": items(final),
+            "text": final.output_text}
+
+
+def chat_stream():
+    deltas, finish, roles = [], None, []
+    s = client.chat.completions.create(
+        model="ci-sum", tools=[CI_AUTO], stream=True,
+        messages=[{"role": "user", "content": "what is the sum of 0..9? use python"}])
+    for chunk in s:
+        for c in chunk.choices:
+            if c.delta.role:
+                roles.append(c.delta.role)
+            if c.delta.content:
+                deltas.append(c.delta.content)
+            if c.finish_reason:
+                finish = c.finish_reason
+    return {"deltas": deltas, "finish": finish, "roles": roles}
 
 
 def chat_sum():
@@ -59,6 +78,11 @@ def container_reuse():
     client.containers.delete(c.id)
     return {"container": c.id, "first": items(first), "second": items(second),
             "refused": refused, "other_retrieve": other_retrieve, "mine": mine}
+
+
+def libs():
+    r = client.responses.create(model="ci-libs", tools=[CI_AUTO], input="plot it")
+    return {"output": items(r)}
 
 
 def network():

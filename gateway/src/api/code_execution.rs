@@ -65,9 +65,11 @@ pub(crate) async fn messages(
     caller: &Caller,
     body: &Bytes,
 ) -> Option<Response> {
-    let ci = inner.code_interpreter.get()?;
     memchr::memmem::find(body, b"code_execution_")?;
     let mut v: Value = serde_json::from_slice(body).ok()?;
+    let Some(ci) = inner.code_interpreter.get() else {
+        return not_hosted(inner, &v).map(|e| e.into_response_for(WireFormat::Anthropic));
+    };
     let container = match take_tool(&mut v)? {
         Found::Serve(c) => c,
         Found::Refuse(msg) => {
@@ -75,17 +77,20 @@ pub(crate) async fn messages(
         }
     };
     let r = async {
-        let req = an::decode_request(&v)?;
+        let mut req = an::decode_request(&v)?;
         caller.check(&req.model)?;
         let (rate, parallel) = inner.keys.admit(caller)?;
         let model = req.model.clone();
         let stream = req.stream;
+        // Anthropic's result blocks are sent whole: the loop's turns are collected.
+        req.stream = false;
         let mut content: Vec<Value> = Vec::new();
         let mut sink = |step: Step| match step {
             Step::Turn(t) => {
                 let m = an::encode_response(&t, "");
                 content.extend(m["content"].as_array().cloned().unwrap_or_default());
             }
+            Step::Container(_) | Step::Event(_) => {}
             Step::CodeStart { item_id, code, .. } => content.push(json!({
                 "type": "server_tool_use", "id": server_id(&item_id),
                 "name": "code_execution", "input": {"code": code},
@@ -148,6 +153,27 @@ pub(crate) async fn messages(
         inner.metrics.error(&e);
         e.into_response_for(WireFormat::Anthropic)
     }))
+}
+
+/// Without sandboxes: Anthropic hosts its own code execution tool, so a
+/// request routed only to `anthropic/` deployments passes through unchanged;
+/// any other provider would drop or misread the tool, so it is refused.
+fn not_hosted(inner: &Inner, v: &Value) -> Option<GatewayError> {
+    let declared = v.get("tools")?.as_array()?.iter().any(|t| {
+        t.get("type")
+            .and_then(Value::as_str)
+            .is_some_and(|t| t.starts_with("code_execution_"))
+    });
+    let model = v.get("model")?.as_str()?;
+    let deps = inner.router.deployments(model);
+    // An unknown model gets the router's own 404.
+    if !declared || deps.is_empty() || deps.iter().all(|d| &*d.provider_name == "anthropic") {
+        return None;
+    }
+    Some(GatewayError::BadRequest(format!(
+        "model `{model}` is not served by Anthropic, which hosts the code_execution tool, and this \
+         gateway has no sandboxes for it (set code_interpreter.brain_url to an Airlock brain)"
+    )))
 }
 
 fn server_id(item_id: &str) -> String {

@@ -6,6 +6,7 @@
 //! interceptor answers. The container used is named in the response's
 //! `x-airlock-container-id` header so a client can reuse it.
 
+use super::responses::Msg;
 use super::responses::mentions_code_tool;
 use super::{State, authenticate};
 use crate::Inner;
@@ -51,12 +52,22 @@ fn take_code_tool(v: &mut Value) -> Option<Value> {
 
 /// `Some(answer)` when this chat request is one to intercept.
 pub(crate) async fn chat(inner: &Arc<Inner>, caller: &Caller, body: &Bytes) -> Option<Response> {
-    let ci = inner.code_interpreter.get()?;
     if !mentions_code_tool(body) {
         return None;
     }
     let mut v: Value = serde_json::from_slice(body).ok()?;
     let container = take_code_tool(&mut v)?;
+    let Some(ci) = inner.code_interpreter.get() else {
+        // No provider hosts code_interpreter on Chat Completions (OpenAI only on
+        // Responses): passing it on would drop it or fail upstream.
+        let e = GatewayError::BadRequest(
+            "the code_interpreter tool on /v1/chat/completions needs Airlock sandboxes: set \
+             code_interpreter.brain_url to an Airlock brain (or call /v1/responses with a model \
+             whose provider hosts the tool)"
+                .into(),
+        );
+        return Some(e.into_response_for(WireFormat::OpenAi));
+    };
     let r = async {
         let mut req = oa::decode_request(&v)?;
         if matches!(&req.tool_choice, Some(crate::canonical::ToolChoice::Tool(n)) if n == "code_interpreter")
@@ -72,35 +83,36 @@ pub(crate) async fn chat(inner: &Arc<Inner>, caller: &Caller, body: &Bytes) -> O
             .and_then(Value::as_bool)
             .unwrap_or(false);
         let model = req.model.clone();
-        let mut sink = |_: run::Step| {};
-        let o = run::run(
-            ci,
-            inner,
-            caller,
-            req,
-            &container,
-            parallel.map(Arc::new),
-            &mut sink,
-        )
-        .await?;
-        let mut last: ChatResponse = o.last;
-        last.usage = o.usage;
+        let parallel = parallel.map(Arc::new);
         let mut resp = if stream {
-            let mut out = Vec::new();
-            let mut enc = oa::StreamEncoder::new(&model, include_usage);
-            for ev in events_of(&last) {
-                enc.push(&ev, &mut out);
+            let mut rx = super::responses::spawn_loop(ci, inner, caller.clone(), req, container, parallel);
+            let container_id = match rx.recv().await {
+                Some(Msg::Step(run::Step::Container(id))) => id,
+                Some(Msg::Done(Err(e))) => return Err(e),
+                _ => {
+                    return Err(GatewayError::Internal(
+                        "the code interpreter loop stopped".into(),
+                    ));
+                }
+            };
+            let enc = oa::StreamEncoder::new(&model, include_usage);
+            let mut r = super::responses::sse_response(chat_stream(rx, enc));
+            if let Ok(h) = http::HeaderValue::from_str(&container_id) {
+                r.headers_mut().insert("x-airlock-container-id", h);
             }
-            super::responses::sse_response(futures_util::stream::once(async move {
-                Ok::<_, std::io::Error>(Bytes::from(out))
-            }))
+            r
         } else {
-            json_response(Bytes::from(oa::encode_response(&last, &model).to_string()))
+            let mut sink = |_: run::Step| {};
+            let o = run::run(ci, inner, caller, req, &container, parallel, &mut sink).await?;
+            let mut last: ChatResponse = o.last;
+            last.usage = o.usage;
+            let mut r = json_response(Bytes::from(oa::encode_response(&last, &model).to_string()));
+            if let Ok(h) = http::HeaderValue::from_str(&o.container_id) {
+                r.headers_mut().insert("x-airlock-container-id", h);
+            }
+            r
         };
         set_rate_headers(resp.headers_mut(), rate);
-        if let Ok(h) = http::HeaderValue::from_str(&o.container_id) {
-            resp.headers_mut().insert("x-airlock-container-id", h);
-        }
         Ok::<_, GatewayError>(resp)
     }
     .await;
@@ -110,33 +122,59 @@ pub(crate) async fn chat(inner: &Arc<Inner>, caller: &Caller, body: &Bytes) -> O
     }))
 }
 
-/// A complete answer as the canonical events of one stream.
-pub(crate) fn events_of(r: &ChatResponse) -> Vec<StreamEvent> {
-    let mut evs = vec![StreamEvent::Start {
-        id: r.id.clone(),
-        model: r.model.clone(),
-        input_tokens: r.usage.input_tokens,
-    }];
-    let text = r.text();
-    if !text.is_empty() {
-        evs.push(StreamEvent::TextDelta(text));
-    }
-    for (i, c) in r.tool_calls().enumerate() {
-        evs.push(StreamEvent::ToolCallStart {
-            index: i,
-            id: c.id.clone(),
-            name: c.name.clone(),
-        });
-        evs.push(StreamEvent::ToolCallDelta {
-            index: i,
-            arguments: c.arguments.clone(),
-        });
-    }
-    evs.push(StreamEvent::Finish {
-        stop_reason: r.stop_reason,
-        usage: r.usage,
-    });
-    evs
+/// The loop's streamed model events as one chat completion stream: one role
+/// chunk, every turn's text and client tool call deltas as the model sends
+/// them (code calls run in between, unseen), then one finish chunk with the
+/// last turn's reason and the usage summed over all turns.
+fn chat_stream(
+    rx: tokio::sync::mpsc::UnboundedReceiver<Msg>,
+    mut enc: oa::StreamEncoder,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send {
+    let start = StreamEvent::Start {
+        id: String::new(),
+        model: String::new(),
+        input_tokens: 0,
+    };
+    let mut out = Vec::new();
+    enc.push(&start, &mut out);
+    let init = (rx, enc, Some(out), false);
+    futures_util::stream::unfold(init, |(mut rx, mut enc, first, done)| async move {
+        if let Some(f) = first {
+            return Some((Ok(Bytes::from(f)), (rx, enc, None, false)));
+        }
+        if done {
+            return None;
+        }
+        let mut out = Vec::new();
+        let mut done = false;
+        while out.is_empty() && !done {
+            match rx.recv().await {
+                Some(Msg::Step(run::Step::Event(ev))) => match ev {
+                    StreamEvent::Start { .. } | StreamEvent::Finish { .. } => {}
+                    ev => enc.push(&ev, &mut out),
+                },
+                Some(Msg::Step(_)) => {}
+                Some(Msg::Done(Ok(o))) => {
+                    let finish = StreamEvent::Finish {
+                        stop_reason: o.last.stop_reason,
+                        usage: o.usage,
+                    };
+                    enc.push(&finish, &mut out);
+                    done = true;
+                }
+                Some(Msg::Done(Err(e))) => {
+                    enc.error(&e, &mut out);
+                    done = true;
+                }
+                None => {
+                    let e = GatewayError::Internal("the code interpreter loop stopped".into());
+                    enc.error(&e, &mut out);
+                    done = true;
+                }
+            }
+        }
+        Some((Ok(Bytes::from(out)), (rx, enc, None, done)))
+    })
 }
 
 fn no_sandboxes() -> GatewayError {

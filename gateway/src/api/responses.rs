@@ -322,7 +322,7 @@ async fn intercept(
         let mut sink = |step: Step| match step {
             Step::Turn(t) => rs::output_items(&t, &mut output),
             Step::CodeDone { item, .. } => output.push(item),
-            Step::CodeStart { .. } => {}
+            Step::CodeStart { .. } | Step::Container(_) | Step::Event(_) => {}
         };
         let o = run::run(ci, inner, &caller, request, &container, parallel, &mut sink).await?;
         let incomplete = (o.last.stop_reason == crate::canonical::StopReason::MaxTokens)
@@ -346,19 +346,18 @@ async fn intercept(
     }
     // Streamed: the loop runs in its own task and reports steps over a channel;
     // a client that hangs up drops the receiver, and the loop ends at its next step.
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Msg>();
-    let (ci, inner2) = (ci.clone(), inner.clone());
-    tokio::spawn(async move {
-        let tx2 = tx.clone();
-        let mut sink = move |step: Step| {
-            let _ = tx2.send(Msg::Step(step));
-        };
-        let r = run::run(
-            &ci, &inner2, &caller, request, &container, parallel, &mut sink,
-        )
-        .await;
-        let _ = tx.send(Msg::Done(r.err()));
-    });
+    let mut rx = spawn_loop(ci, inner, caller, request, container, parallel);
+    // Nothing is sent before the container is known: a refused one (another
+    // key's id, no sandbox) is an HTTP error, not a failed stream.
+    match rx.recv().await {
+        Some(Msg::Step(Step::Container(_))) => {}
+        Some(Msg::Done(Err(e))) => return Err(e),
+        _ => {
+            return Err(GatewayError::Internal(
+                "the code interpreter loop stopped".into(),
+            ));
+        }
+    }
     let mut enc = rs::StreamEncoder::new(&model, echo);
     let mut first = Vec::new();
     enc.start(&mut first);
@@ -376,11 +375,11 @@ async fn intercept(
                 encode_step(&mut enc, step, &mut out);
                 false
             }
-            Some(Msg::Done(None)) => {
+            Some(Msg::Done(Ok(_))) => {
                 enc.complete(&mut out);
                 true
             }
-            Some(Msg::Done(Some(e))) => {
+            Some(Msg::Done(Err(e))) => {
                 enc.error(&e, &mut out);
                 true
             }
@@ -400,14 +399,42 @@ async fn intercept(
     Ok(sse_response(s))
 }
 
-enum Msg {
+/// Runs the interception loop in its own task; its steps, then its outcome,
+/// arrive on the returned channel.
+pub(crate) fn spawn_loop(
+    ci: &Arc<crate::code_interpreter::CodeInterpreter>,
+    inner: &Arc<Inner>,
+    caller: Caller,
+    request: ChatRequest,
+    container: Value,
+    parallel: Option<Arc<ParallelGuard>>,
+) -> tokio::sync::mpsc::UnboundedReceiver<Msg> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Msg>();
+    let (ci, inner) = (ci.clone(), inner.clone());
+    tokio::spawn(async move {
+        let tx2 = tx.clone();
+        let mut sink = move |step: Step| {
+            let _ = tx2.send(Msg::Step(step));
+        };
+        let r = run::run(
+            &ci, &inner, &caller, request, &container, parallel, &mut sink,
+        )
+        .await;
+        let _ = tx.send(Msg::Done(r));
+    });
+    rx
+}
+
+pub(crate) enum Msg {
     Step(Step),
-    Done(Option<GatewayError>),
+    Done(Result<run::Outcome, GatewayError>),
 }
 
 fn encode_step(enc: &mut rs::StreamEncoder, step: Step, out: &mut Vec<u8>) {
     match step {
+        Step::Container(_) => {}
         Step::Turn(t) => enc.push_turn(&t, out),
+        Step::Event(ev) => enc.push(&ev, out),
         Step::CodeStart {
             item_id,
             code,

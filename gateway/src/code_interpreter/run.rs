@@ -4,25 +4,39 @@
 //!
 //! Every model call goes through the gateway's routing with the caller's key:
 //! retries, fallbacks, budgets and spend apply to each, as for a client's own.
+//!
+//! A streamed request streams every model turn: the model's own events reach
+//! the client as they arrive ([`Step::Event`]), with the `code_interpreter`
+//! calls taken out (they become the code interpreter items instead).
 
 use super::CodeInterpreter;
 use super::containers::{Containers, Lease};
 use super::python::{self, CellResult};
 use crate::Inner;
-use crate::canonical::{ChatRequest, ChatResponse, Message, Part, Role, Tool, ToolChoice, Usage};
+use crate::canonical::{
+    ChatRequest, ChatResponse, Message, Part, Role, StreamCollector, StreamEvent, Tool, ToolChoice,
+    Usage,
+};
 use crate::error::{GatewayError, ProviderError};
 use crate::formats::responses::CODE_TOOL;
 use crate::keys::Caller;
 use crate::limits::ParallelGuard;
 use crate::providers::CallOpts;
+use futures_util::StreamExt;
 use serde_json::{Value, json};
 use std::sync::Arc;
 
 /// What the loop reports as it goes (the encoders turn these into wire events).
 #[derive(Debug)]
 pub enum Step {
-    /// A model turn, without its code calls (text and the client's own tool calls).
+    /// The container serving this request (before anything else).
+    Container(String),
+    /// A model turn, without its code calls (text and the client's own tool
+    /// calls); unstreamed requests only.
     Turn(ChatResponse),
+    /// A streamed request: one model event as the provider sent it, code calls
+    /// taken out (client tool call indexes renumbered from 0 per turn).
+    Event(StreamEvent),
     /// A code call is about to run.
     CodeStart {
         item_id: String,
@@ -110,6 +124,97 @@ pub(crate) async fn model_call(
         .await
 }
 
+/// A streamed model call with the caller's key (routing, retries before the
+/// first byte, budgets and spend as [`model_call`]): each event goes to
+/// `on_event` as it arrives; the whole turn is returned at its end.
+pub(crate) async fn model_stream(
+    inner: &Arc<Inner>,
+    caller: &Caller,
+    req: &ChatRequest,
+    parallel: &Option<Arc<ParallelGuard>>,
+    on_event: &mut (dyn FnMut(&StreamEvent) + Send),
+) -> Result<ChatResponse, GatewayError> {
+    caller.check(&req.model)?;
+    let (mut events, mut guard) = inner
+        .router
+        .execute(&req.model, move |flight, group| async move {
+            let dep = flight.deployment().clone();
+            let upstream = dep.upstream_for(&req.model, &group.name).into_owned();
+            let price = dep.price_for(&upstream);
+            caller
+                .check_priced(&upstream, &price)
+                .map_err(|e| ProviderError::InvalidRequest(e.to_string()))?;
+            let mut guard = crate::proxy::SpendGuard::new(
+                inner.clone(),
+                caller.clone(),
+                flight,
+                price,
+                &upstream,
+                parallel.clone(),
+            );
+            let opts = CallOpts {
+                model: &upstream,
+                timeout: dep.timeout,
+                idle_timeout: dep.idle_timeout,
+                anthropic_beta: None,
+            };
+            let mut req = req.clone();
+            req.stream = true;
+            let s = dep.provider.stream(&req, opts).await?;
+            guard.arm();
+            Ok::<_, ProviderError>((s, guard))
+        })
+        .await?;
+    let mut turn = StreamCollector::default();
+    while let Some(ev) = events.next().await {
+        let ev = ev.map_err(GatewayError::Provider)?;
+        on_event(&ev);
+        turn.push(ev);
+        // Spend counts what was streamed even if the stream breaks later.
+        guard.usage = turn.response.usage;
+    }
+    Ok(turn.response)
+}
+
+/// Takes the `code_interpreter` calls out of one turn's stream events.
+#[derive(Default)]
+struct HideCodeCalls {
+    /// Per model tool call index: its index among the shown calls, or `None` (a code call).
+    shown: Vec<Option<usize>>,
+    next: usize,
+}
+
+impl HideCodeCalls {
+    fn filter(&mut self, ev: &StreamEvent) -> Option<StreamEvent> {
+        match ev {
+            StreamEvent::ToolCallStart { index, id, name } => {
+                if self.shown.len() <= *index {
+                    self.shown.resize(index + 1, None);
+                }
+                if name == CODE_TOOL {
+                    return None;
+                }
+                let shown = self.next;
+                self.next += 1;
+                self.shown[*index] = Some(shown);
+                Some(StreamEvent::ToolCallStart {
+                    index: shown,
+                    id: id.clone(),
+                    name: name.clone(),
+                })
+            }
+            StreamEvent::ToolCallDelta { index, arguments } => {
+                let shown = self.shown.get(*index).copied().flatten()?;
+                Some(StreamEvent::ToolCallDelta {
+                    index: shown,
+                    arguments: arguments.clone(),
+                })
+            }
+            other => Some(other.clone()),
+        }
+    }
+}
+
 fn code_of(arguments: &str) -> Result<String, String> {
     let v: Value = serde_json::from_str(arguments)
         .map_err(|e| format!("the arguments are not JSON ({e}); pass {{\"code\": \"...\"}}"))?;
@@ -136,6 +241,8 @@ pub(crate) async fn run(
 ) -> Result<Outcome, GatewayError> {
     let lease: Lease = Containers::lease(ci, inner, caller, container).await?;
     let container_id = lease.entry.id.clone();
+    sink(Step::Container(container_id.clone()));
+    let streamed = req.stream;
     req.tools.retain(|t| t.name != CODE_TOOL);
     req.tools.push(code_tool());
     let mut usage = Usage::default();
@@ -145,7 +252,17 @@ pub(crate) async fn run(
             // The last call allowed: ask for an answer, not more code.
             req.tool_choice = Some(ToolChoice::None);
         }
-        let turn = model_call(inner, caller, &req, &parallel).await?;
+        let turn = if streamed {
+            let mut hide = HideCodeCalls::default();
+            let mut on_event = |ev: &StreamEvent| {
+                if let Some(ev) = hide.filter(ev) {
+                    sink(Step::Event(ev));
+                }
+            };
+            model_stream(inner, caller, &req, &parallel, &mut on_event).await?
+        } else {
+            model_call(inner, caller, &req, &parallel).await?
+        };
         usage.input_tokens += turn.usage.input_tokens;
         usage.output_tokens += turn.usage.output_tokens;
         usage.cache_read_tokens += turn.usage.cache_read_tokens;
@@ -161,15 +278,16 @@ pub(crate) async fn run(
             .content
             .retain(|p| !matches!(p, Part::ToolCall(c) if c.name == CODE_TOOL));
         let last_allowed = iteration == max;
-        if code_calls.is_empty() || last_allowed {
+        if !streamed {
             sink(Step::Turn(shown.clone()));
+        }
+        if code_calls.is_empty() || last_allowed {
             return Ok(Outcome {
                 last: shown,
                 usage,
                 container_id,
             });
         }
-        sink(Step::Turn(shown.clone()));
         req.messages.push(Message {
             role: Role::Assistant,
             content: turn.content.clone(),
