@@ -7,8 +7,24 @@
 //! `AlreadyExists`, `Unauthorized`, `Forbidden`, `Invalid`, `BadRequest`, `TooManyRequests`
 //! with `Retry-After`, `InternalError`, `ServiceUnavailable`), bearer-token auth, a namespace
 //! outside the token's RBAC answered 403, `resourceVersion` bumped on every write, and the
-//! garbage collector's owner-reference cascade from a pod to its Secrets. Watches are not
-//! implemented (the backend polls) and are refused with a 400.
+//! garbage collector's owner-reference cascade (any owner: pod, Sandbox, claim, warm pool).
+//!
+//! **Watches** (`watch.rs`) follow the API server: `?watch=true&resourceVersion=N` streams
+//! newline-delimited `{"type":"ADDED|MODIFIED|DELETED|BOOKMARK|ERROR","object":…}` for events
+//! after N, filtered by `labelSelector`/`fieldSelector`, with bookmarks when asked and an end
+//! at `timeoutSeconds`; a resourceVersion older than the retained event window is answered
+//! with HTTP 200 and one `ERROR` event carrying a `410 Expired` Status ("too old resource
+//! version"), as the watch cache does (kubernetes/kubernetes
+//! `staging/src/k8s.io/apiserver/pkg/storage/cacher/cacher.go` `newErrWatcher`,
+//! `watch_cache.go` `getAllEventsSinceLocked`; event framing
+//! `staging/src/k8s.io/apiserver/pkg/endpoints/handlers/watch.go`, `metav1.WatchEvent`).
+//!
+//! **agent-sandbox** (`agent_sandbox.rs`, when `FakeKubeOptions::agent_sandbox`): discovery
+//! and the `Sandbox`, `SandboxTemplate`, `SandboxClaim` and `SandboxWarmPool` resources, with
+//! controllers that behave like kubernetes-sigs/agent-sandbox@2fd412d55e's.
+//!
+//! **Port-forward** (`portforward.rs`): `pods/{name}/portforward?ports=P` over WebSocket
+//! (`v4.channel.k8s.io`), relaying to the pod's agent like the kubelet.
 //!
 //! The kubelet side moves a pod like a real node: `Pending` → scheduled (or `PodScheduled=False,
 //! reason Unschedulable` when its requests exceed the one fake node) → `ContainerCreating`
@@ -54,6 +70,11 @@ pub struct FakeKubeOptions {
     pub node_memory_mib: u64,
     /// `sandbox-agent` binary the kubelet runs for every pod.
     pub agent_path: PathBuf,
+    /// Whether kubernetes-sigs/agent-sandbox's CRDs (and controllers) are installed.
+    pub agent_sandbox: bool,
+    /// Report pod IPs nothing listens on (`127.254.254.254`), as a brain outside the
+    /// cluster sees them; port-forward still reaches the agent.
+    pub unroutable_pod_ips: bool,
 }
 
 impl FakeKubeOptions {
@@ -65,6 +86,8 @@ impl FakeKubeOptions {
             node_cpu_millis: 4000,
             node_memory_mib: 8192,
             agent_path,
+            agent_sandbox: false,
+            unroutable_pod_ips: false,
         }
     }
 }
@@ -87,6 +110,8 @@ pub struct Fault {
 pub struct Seen {
     pub method: Method,
     pub path: String,
+    /// The raw query string ("" when none).
+    pub query: String,
     pub status: u16,
 }
 
@@ -97,12 +122,34 @@ struct PodEntry {
     created: std::time::Instant,
     /// When the kubelet reported the pod Ready (for the benchmark's "fake's own time").
     ready_at: Option<std::time::Instant>,
+    /// Where the agent really listens (port-forward dials it).
+    ip: Option<String>,
 }
+
+/// One stored change, for watches.
+struct Change {
+    rv: u64,
+    resource: String,
+    ns: String,
+    kind: &'static str,
+    object: Value,
+}
+
+/// Events kept for watches to resume from; older resourceVersions get `410 Expired`.
+const EVENT_WINDOW: usize = 4096;
 
 struct Inner {
     rv: u64,
     pods: BTreeMap<(String, String), PodEntry>,
     secrets: BTreeMap<(String, String), Value>,
+    /// Custom resources by (plural, namespace, name).
+    objects: BTreeMap<(String, String, String), Value>,
+    changes: VecDeque<Change>,
+    /// Highest resourceVersion no longer in `changes`.
+    compacted: u64,
+    /// Watch requests still to be answered `410 Expired` whatever their resourceVersion.
+    expire_watches: usize,
+    notify: Arc<tokio::sync::Notify>,
     faults: VecDeque<Fault>,
     seen: Vec<Seen>,
     next_ip: u32,
@@ -134,6 +181,11 @@ impl FakeKube {
                 secrets: BTreeMap::new(),
                 faults: VecDeque::new(),
                 seen: Vec::new(),
+                objects: BTreeMap::new(),
+                changes: VecDeque::new(),
+                compacted: 1000,
+                expire_watches: 0,
+                notify: Arc::new(tokio::sync::Notify::new()),
                 next_ip: u32::from(random_bytes(1)[0]) * 256 + 2,
             }),
         });
@@ -141,7 +193,13 @@ impl FakeKube {
             .await
             .expect("binding the fake API server");
         let addr = listener.local_addr().expect("local addr");
-        let app = Router::new().fallback(handle).with_state(shared.clone());
+        let app = Router::new()
+            .route(
+                "/api/v1/namespaces/{ns}/pods/{name}/portforward",
+                axum::routing::any(portforward::handle),
+            )
+            .fallback(handle)
+            .with_state(shared.clone());
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
@@ -242,6 +300,33 @@ impl FakeKube {
             .collect()
     }
 
+    /// The next `n` watch requests are answered `410 Expired`, as after an etcd compaction
+    /// between the client's list and its watch.
+    pub fn expire_next_watches(&self, n: usize) {
+        self.shared.lock().expire_watches += n;
+    }
+
+    /// A stored custom resource (`plural` e.g. `sandboxes`) by name, in any namespace.
+    pub fn object(&self, plural: &str, name: &str) -> Option<Value> {
+        let inner = self.shared.lock();
+        inner
+            .objects
+            .iter()
+            .find(|(k, _)| k.0 == plural && k.2 == name)
+            .map(|(_, v)| v.clone())
+    }
+
+    /// Names of the stored custom resources of `plural`.
+    pub fn object_names(&self, plural: &str) -> Vec<String> {
+        let inner = self.shared.lock();
+        inner
+            .objects
+            .keys()
+            .filter(|k| k.0 == plural)
+            .map(|k| k.2.clone())
+            .collect()
+    }
+
     /// Simulates a node dying: kills a pod's agent without telling the API server.
     pub fn kill_agent(&self, pod: &str) {
         let mut inner = self.shared.lock();
@@ -268,6 +353,85 @@ impl Drop for FakeKube {
 impl Shared {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Inner {
+    /// Records a change for watches (the object as stored, at its resourceVersion).
+    fn record(&mut self, resource: &str, ns: &str, kind: &'static str, object: &Value) {
+        let rv = object["metadata"]["resourceVersion"]
+            .as_str()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(self.rv);
+        self.changes.push_back(Change {
+            rv,
+            resource: resource.to_string(),
+            ns: ns.to_string(),
+            kind,
+            object: object.clone(),
+        });
+        while self.changes.len() > EVENT_WINDOW {
+            if let Some(old) = self.changes.pop_front() {
+                self.compacted = self.compacted.max(old.rv);
+            }
+        }
+        self.notify.notify_waiters();
+    }
+
+    /// The garbage collector: every object whose owner references name `uid` is deleted
+    /// (background propagation), and so on down.
+    fn collect_garbage(&mut self, uid: &str) {
+        let owned = |obj: &Value| {
+            obj["metadata"]["ownerReferences"]
+                .as_array()
+                .is_some_and(|refs| refs.iter().any(|r| r["uid"] == uid))
+        };
+        let mut gone: Vec<(String, String, Value)> = Vec::new();
+        let pods: Vec<_> = self
+            .pods
+            .iter()
+            .filter(|(_, e)| owned(&e.object))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in pods {
+            if let Some(mut e) = self.pods.remove(&key) {
+                if let Some(child) = e.agent.take() {
+                    kill_group(&child);
+                }
+                gone.push(("pods".into(), key.0, e.object));
+            }
+        }
+        let secrets: Vec<_> = self
+            .secrets
+            .iter()
+            .filter(|(_, v)| owned(v))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in secrets {
+            if let Some(v) = self.secrets.remove(&key) {
+                gone.push(("secrets".into(), key.0, v));
+            }
+        }
+        let objects: Vec<_> = self
+            .objects
+            .iter()
+            .filter(|(_, v)| owned(v))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in objects {
+            if let Some(v) = self.objects.remove(&key) {
+                gone.push((key.0, key.1, v));
+            }
+        }
+        for (resource, ns, mut obj) in gone {
+            self.rv += 1;
+            obj["metadata"]["resourceVersion"] = json!(self.rv.to_string());
+            self.record(&resource, &ns, "DELETED", &obj);
+            if let Some(uid) = obj["metadata"]["uid"].as_str() {
+                let uid = uid.to_string();
+                self.collect_garbage(&uid);
+            }
+        }
     }
 }
 
@@ -425,6 +589,7 @@ async fn handle(
     shared.lock().seen.push(Seen {
         method,
         path,
+        query: uri.query().unwrap_or_default().to_string(),
         status: response.status().as_u16(),
     });
     response
@@ -444,10 +609,10 @@ fn route(
             json!({"kind": "APIVersions", "versions": ["v1"],
                    "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1:6443"}]}),
         ),
-        ["apis"] => reply(
-            200,
-            json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": []}),
-        ),
+        ["apis"] => reply(200, agent_sandbox::group_list(shared.opts.agent_sandbox)),
+        ["apis", ..] if shared.opts.agent_sandbox => {
+            agent_sandbox::route(shared, method, uri, headers, body)
+        }
         ["version"] => reply(
             200,
             json!({"major": "1", "minor": "33", "gitVersion": "v1.33.0-fake", "platform": "linux/amd64"}),
@@ -480,8 +645,8 @@ fn route(
                 );
             }
             let query = query_map(uri);
-            if query.get("watch").is_some_and(|w| w == "true" || w == "1") {
-                return failure(400, "BadRequest", "watch is not implemented by this fake");
+            if query.get("watch").is_some_and(|w| w == "true" || w == "1") && rest.is_empty() {
+                return watch::serve(shared, ns, resource, &query);
             }
             let name = rest.first().copied();
             match (verb, *resource) {
@@ -627,6 +792,7 @@ fn create_secret(shared: &Arc<Shared>, ns: &str, body: &[u8]) -> Response {
         }
     }
     inner.secrets.insert((ns.to_string(), name), obj.clone());
+    inner.record("secrets", ns, "ADDED", &obj);
     reply(201, obj)
 }
 
@@ -691,8 +857,10 @@ fn create_pod(shared: &Arc<Shared>, ns: &str, body: &[u8]) -> Response {
             dir: None,
             created: std::time::Instant::now(),
             ready_at: None,
+            ip: None,
         },
     );
+    inner.record("pods", ns, "ADDED", &obj);
     drop(inner);
     tokio::spawn(kubelet(shared.clone(), ns.to_string(), name, uid, pod));
     reply(201, obj)
@@ -723,6 +891,31 @@ fn get(shared: &Arc<Shared>, ns: &str, resource: &str, name: &str) -> Response {
     }
 }
 
+/// `fieldSelector` terms the API server supports for every resource (`metadata.name`,
+/// `metadata.namespace`; `=`, `==`, `!=`, comma-ANDed). Another field is a 400, worded like
+/// the server's ("field label not supported").
+fn field_selector_matches(selector: &str, obj: &Value) -> Result<bool, String> {
+    let mut all = true;
+    for term in selector.split(',').filter(|t| !t.trim().is_empty()) {
+        let (field, want, negate) = if let Some((f, v)) = term.split_once("!=") {
+            (f, v, true)
+        } else if let Some((f, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
+            (f, v, false)
+        } else {
+            return Err(format!(
+                "invalid selector: '{term}'; can't understand '{term}'"
+            ));
+        };
+        let have = match field.trim() {
+            "metadata.name" => obj["metadata"]["name"].as_str().unwrap_or_default(),
+            "metadata.namespace" => obj["metadata"]["namespace"].as_str().unwrap_or_default(),
+            other => return Err(format!("field label not supported: {other}")),
+        };
+        all &= (have == want.trim()) != negate;
+    }
+    Ok(all)
+}
+
 /// `labelSelector` terms: `k`, `!k`, `k=v`, `k==v`, `k!=v`, comma-separated (ANDed).
 fn selector_matches(selector: &str, labels: &serde_json::Map<String, Value>) -> bool {
     selector.split(',').filter(|t| !t.is_empty()).all(|term| {
@@ -748,6 +941,10 @@ fn list(
 ) -> Response {
     let inner = shared.lock();
     let selector = query.get("labelSelector").cloned().unwrap_or_default();
+    let fields = query.get("fieldSelector").cloned().unwrap_or_default();
+    if let Err(e) = field_selector_matches(&fields, &json!({})) {
+        return failure(400, "BadRequest", &e);
+    }
     let all: Vec<Value> = match resource {
         "pods" => inner
             .pods
@@ -769,7 +966,7 @@ fn list(
             selector_matches(
                 &selector,
                 o["metadata"]["labels"].as_object().unwrap_or(&empty),
-            )
+            ) && field_selector_matches(&fields, o).unwrap_or(false)
         })
         .collect();
     let start = match query.get("continue") {
@@ -829,25 +1026,24 @@ fn delete_pod(shared: &Arc<Shared>, ns: &str, name: &str) -> Response {
         .as_str()
         .unwrap_or_default()
         .to_string();
-    // Garbage collector: dependents whose owner reference names this pod go with it.
-    inner.secrets.retain(|_, s| {
-        !s["metadata"]["ownerReferences"]
-            .as_array()
-            .is_some_and(|refs| refs.iter().any(|r| r["uid"] == uid.as_str()))
-    });
     let mut obj = entry.object;
     obj["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
     obj["metadata"]["deletionGracePeriodSeconds"] = json!(0);
     obj["metadata"]["resourceVersion"] = json!(inner.rv.to_string());
+    inner.record("pods", ns, "DELETED", &obj);
+    // Garbage collector: dependents whose owner reference names this pod go with it.
+    inner.collect_garbage(&uid);
     reply(200, obj)
 }
 
 fn delete_secret(shared: &Arc<Shared>, ns: &str, name: &str) -> Response {
     let mut inner = shared.lock();
-    let Some(obj) = inner.secrets.remove(&(ns.to_string(), name.to_string())) else {
+    let Some(mut obj) = inner.secrets.remove(&(ns.to_string(), name.to_string())) else {
         return not_found("secrets", name);
     };
     inner.rv += 1;
+    obj["metadata"]["resourceVersion"] = json!(inner.rv.to_string());
+    inner.record("secrets", ns, "DELETED", &obj);
     reply(
         200,
         json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
@@ -924,6 +1120,7 @@ fn patch(
     }
     updated["metadata"]["resourceVersion"] = json!(rv);
     *obj = updated.clone();
+    inner.record(resource, ns, "MODIFIED", &updated);
     reply(200, updated)
 }
 
@@ -962,6 +1159,8 @@ fn update(shared: &Shared, ns: &str, name: &str, uid: &str, f: impl FnOnce(&mut 
         Some(e) if e.object["metadata"]["uid"] == uid => {
             f(e);
             e.object["metadata"]["resourceVersion"] = json!(rv);
+            let obj = e.object.clone();
+            inner.record("pods", ns, "MODIFIED", &obj);
             true
         }
         _ => false,
@@ -1133,11 +1332,17 @@ async fn kubelet(shared: Arc<Shared>, ns: String, name: String, uid: String, pod
     };
     let (child, dir) = started;
     let mut child = Some(child);
+    let reported = if shared.opts.unroutable_pod_ips {
+        "127.254.254.254".to_string()
+    } else {
+        ip.to_string()
+    };
     let alive = update(&shared, &ns, &name, &uid, |e| {
+        e.ip = Some(ip.to_string());
         let s = &mut e.object["status"];
         s["phase"] = json!("Running");
-        s["podIP"] = json!(ip.to_string());
-        s["podIPs"] = json!([{"ip": ip.to_string()}]);
+        s["podIP"] = json!(reported);
+        s["podIPs"] = json!([{"ip": reported}]);
         s["conditions"] = conditions(scheduled.clone(), true);
         s["containerStatuses"] = json!([container_status(
             &container.name,
@@ -1365,6 +1570,10 @@ async fn start_agent(
         }
     }
 }
+
+mod agent_sandbox;
+mod portforward;
+mod watch;
 
 // === small helpers (no extra dependencies) ===
 

@@ -1,7 +1,8 @@
 //! The kubernetes backend against the fake API server (`airlock_tests::fake_k8s`), driven
 //! through the real `kube` client: first the backend as a library, then the real
 //! `brain serve --backend kubernetes` over its HTTP API; and the `k8s/` manifests, parsed into
-//! `k8s-openapi` types.
+//! `k8s-openapi` types. With agent-sandbox's CRDs (`FakeKubeOptions::agent_sandbox`): Sandbox,
+//! warm pool and claims; and the agent reached through port-forward.
 //!
 //! Needs `cargo build -p brain -p sandbox-agent` first (the fake kubelet runs the real agent).
 
@@ -11,7 +12,10 @@ use std::time::{Duration, Instant};
 
 use airlock_tests::fake_k8s::{FakeKube, FakeKubeOptions, Fault};
 use airlock_tests::{BrainOptions, BrainProcess, StatusCode, bin_path, eventually};
-use brain::sandbox::kubernetes::{KubernetesBackend, KubernetesConfig, object_name, render};
+use brain::sandbox::kubernetes::{
+    AgentAccess, AgentSandboxMode, Flavor, KubernetesBackend, KubernetesConfig, WarmPoolConfig,
+    object_name, render,
+};
 use brain::sandbox::{
     BackendError, LabelledSandbox, OWNER_LABEL, Resources, SANDBOX_LABEL, SandboxBackend,
     SandboxSpec,
@@ -260,9 +264,10 @@ async fn throttling_and_server_errors_are_retried() {
         retry_after: None,
         times: 2,
     });
+    // The readiness watch's list (no GET by name any more): the watcher retries.
     fake.inject(Fault {
         method: Some(Method::GET),
-        path_contains: format!("/pods/{name}"),
+        path_contains: "/pods".into(),
         status: 500,
         retry_after: None,
         times: 2,
@@ -695,17 +700,36 @@ fn manifests_parse_into_kubernetes_types_and_policy_confines_sandboxes() {
         role.metadata.namespace.as_deref(),
         Some(sandbox_ns.as_str())
     );
+    // Pods and Secrets, and agent-sandbox's objects; no wildcards, no other group.
+    let mut granted = Vec::new();
     for rule in role.rules.as_ref().unwrap() {
-        assert_eq!(rule.api_groups.as_deref(), Some(&[String::new()][..]));
+        let groups = rule.api_groups.clone().unwrap();
+        assert_eq!(groups.len(), 1, "{groups:?}");
         for r in rule.resources.as_ref().unwrap() {
-            assert!(matches!(r.as_str(), "pods" | "secrets"), "{r}");
+            let allowed = match groups[0].as_str() {
+                "" => matches!(r.as_str(), "pods" | "secrets"),
+                "agents.x-k8s.io" => r == "sandboxes",
+                "extensions.agents.x-k8s.io" => matches!(
+                    r.as_str(),
+                    "sandboxclaims" | "sandboxtemplates" | "sandboxwarmpools"
+                ),
+                _ => false,
+            };
+            assert!(allowed, "{}/{r}", groups[0]);
+            granted.push(r.clone());
         }
         for v in &rule.verbs {
             assert!(
-                matches!(v.as_str(), "create" | "get" | "list" | "delete" | "patch"),
+                matches!(
+                    v.as_str(),
+                    "create" | "get" | "list" | "watch" | "delete" | "patch"
+                ),
                 "{v}"
             );
         }
+    }
+    for needed in ["pods", "secrets", "sandboxes", "sandboxclaims"] {
+        assert!(granted.iter().any(|g| g == needed), "{needed} missing");
     }
     let binding = &bindings[0];
     let brain_dep = &deployments["airlock-brain"];
@@ -1051,4 +1075,467 @@ async fn doctor_smoke_tests_the_kubernetes_backend() {
         text.contains("ok    exec after destroy is sandbox_lost"),
         "{text}"
     );
+}
+
+// === watches, agent-sandbox, port-forward ===
+
+/// Requests of `method` to exactly `path` (no sub-resource), with their query strings.
+fn requests(fake: &FakeKube, method: Method, path: &str) -> Vec<String> {
+    fake.seen()
+        .into_iter()
+        .filter(|s| s.method == method && s.path == path)
+        .map(|s| s.query)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_is_watched_not_polled_and_survives_an_expired_watch() {
+    let fake = fake(|o| o.ready_delay = Duration::from_millis(300)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let backend = KubernetesBackend::connect(config(&fake, dir.path(), fake.token()))
+        .await
+        .unwrap();
+    let id = unique_id("watch");
+    let name = object_name(&id);
+    // An etcd compaction between the watcher's list and its watch: 410 Expired, re-list.
+    fake.expire_next_watches(1);
+    let handle = backend.provision(&spec(&id)).await.expect("provision");
+    let pods_path = format!("/api/v1/namespaces/{}/pods", fake.namespace());
+    let queries = requests(&fake, Method::GET, &pods_path);
+    let watches: Vec<_> = queries
+        .iter()
+        .filter(|q| q.contains("watch=true"))
+        .collect();
+    let lists: Vec<_> = queries
+        .iter()
+        .filter(|q| !q.contains("watch=true"))
+        .collect();
+    let by_name = format!("fieldSelector=metadata.name%3D{name}");
+    assert!(
+        watches.len() >= 2 && watches.iter().all(|q| q.contains(&by_name)),
+        "{queries:?}"
+    );
+    assert!(
+        watches.iter().all(|q| q.contains("resourceVersion=")),
+        "{queries:?}"
+    );
+    // The connect probe, the first list, and the re-list after the 410.
+    assert!(
+        lists.iter().filter(|q| q.contains(&by_name)).count() >= 2,
+        "{queries:?}"
+    );
+    // No polling of the pod by name.
+    assert!(
+        requests(&fake, Method::GET, &format!("{pods_path}/{name}")).is_empty(),
+        "{:?}",
+        fake.seen()
+    );
+    backend.destroy(&handle).await.unwrap();
+    assert_nothing_left(&fake).await;
+}
+
+fn sandbox_ready_reason(sb: &Value) -> Option<String> {
+    sb["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .and_then(|c| c["reason"].as_str().map(str::to_string))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_sandbox_crd_is_used_when_installed() {
+    let fake = fake(|o| o.agent_sandbox = true).await;
+    let dir = tempfile::tempdir().unwrap();
+    let backend = KubernetesBackend::connect(config(&fake, dir.path(), fake.token()))
+        .await
+        .expect("connect");
+    assert_eq!(backend.flavor(), Flavor::Sandbox);
+    let id = unique_id("crd");
+    let name = object_name(&id);
+    let handle = backend.provision(&spec(&id)).await.expect("provision");
+    assert_eq!(handle.extra["flavor"], "sandbox");
+    assert_eq!(handle.extra["pod"], name);
+
+    // The Sandbox carries the pod template; the controller made the pod and reported Ready.
+    let sb = fake.object("sandboxes", &name).expect("Sandbox stored");
+    assert_eq!(sb["apiVersion"], "agents.x-k8s.io/v1beta1");
+    assert_eq!(sb["metadata"]["labels"][SANDBOX_LABEL], id.as_str());
+    assert_eq!(sb["spec"]["shutdownPolicy"], "Delete");
+    assert_eq!(
+        sb["spec"]["podTemplate"]["spec"]["containers"][0]["securityContext"]["readOnlyRootFilesystem"],
+        true
+    );
+    assert_eq!(
+        sandbox_ready_reason(&sb).as_deref(),
+        Some("DependenciesReady")
+    );
+    let pod = fake.pod(&name).expect("pod made by the controller");
+    assert_eq!(pod["metadata"]["ownerReferences"][0]["kind"], "Sandbox");
+    assert_eq!(
+        pod["metadata"]["ownerReferences"][0]["uid"],
+        sb["metadata"]["uid"]
+    );
+    assert_eq!(pod["metadata"]["labels"][SANDBOX_LABEL], id.as_str());
+    let secret = fake.secret(&name).expect("secret");
+    assert_eq!(secret["metadata"]["ownerReferences"][0]["kind"], "Sandbox");
+    assert!(!sb.to_string().contains(&handle.agent_token));
+
+    let r = backend
+        .exec(
+            &handle,
+            airlock_wire::ExecRequest {
+                command: Some("echo $GITHUB_TOKEN".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("exec");
+    assert_eq!(r.stdout, "ghp_stubFROMSECRET\n");
+    let found = backend.list_labelled().await.unwrap();
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].backend_ref, name);
+
+    backend.destroy(&handle).await.expect("destroy");
+    assert_nothing_left(&fake).await;
+    assert!(fake.object_names("sandboxes").is_empty());
+    // The Sandbox is gone, so the pod stays gone (the controller would recreate it otherwise).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(fake.pod_names().is_empty());
+    let err = backend
+        .exec(
+            &handle,
+            airlock_wire::ExecRequest {
+                command: Some("true".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect_err("destroyed");
+    assert!(matches!(err, BackendError::NotFound(_)), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_sandbox_failures_are_fast_and_clear() {
+    let fake = fake(|o| o.agent_sandbox = true).await;
+    let dir = tempfile::tempdir().unwrap();
+    let backend = KubernetesBackend::connect(config(&fake, dir.path(), fake.token()))
+        .await
+        .unwrap();
+    // Image pull errors are not mirrored in the Sandbox status: the pod watch catches them.
+    let mut s = spec(&unique_id("crdpull"));
+    s.image = Some("registry.invalid/does-not-exist:3".into());
+    let started = Instant::now();
+    let err = backend.provision(&s).await.expect_err("must fail");
+    assert!(err.to_string().contains("ImagePull"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // Unschedulable comes through the Sandbox's mirrored PodScheduled condition.
+    let mut s = spec(&unique_id("crdbig"));
+    s.resources.memory_mb = 64 * 1024;
+    let err = backend.provision(&s).await.expect_err("must fail");
+    assert!(err.to_string().contains("unschedulable"), "{err}");
+    assert_nothing_left(&fake).await;
+    assert!(fake.object_names("sandboxes").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_sandbox_modes_without_the_crds() {
+    let fake = fake(|_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    // auto: plain pods.
+    let backend = KubernetesBackend::connect(config(&fake, dir.path(), fake.token()))
+        .await
+        .unwrap();
+    assert_eq!(backend.flavor(), Flavor::Pod);
+    // required: a clear refusal at start.
+    let mut cfg = config(&fake, dir.path(), fake.token());
+    cfg.agent_sandbox = AgentSandboxMode::Required;
+    let err = KubernetesBackend::connect(cfg)
+        .await
+        .err()
+        .expect("must fail");
+    assert!(
+        err.to_string()
+            .contains("agents.x-k8s.io/v1beta1 sandboxes")
+            && err.to_string().contains("agent-sandbox"),
+        "{err}"
+    );
+    // A warm pool needs them too.
+    let mut cfg = config(&fake, dir.path(), fake.token());
+    cfg.warm_pool.replicas = 1;
+    assert!(KubernetesBackend::connect(cfg).await.is_err());
+    // off, with the CRDs installed: plain pods.
+    let fake2 = fake_with_crds().await;
+    let mut cfg = config(&fake2, dir.path(), fake2.token());
+    cfg.agent_sandbox = AgentSandboxMode::Off;
+    let backend = KubernetesBackend::connect(cfg).await.unwrap();
+    assert_eq!(backend.flavor(), Flavor::Pod);
+}
+
+async fn fake_with_crds() -> FakeKube {
+    fake(|o| o.agent_sandbox = true).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_pool_claims_hand_over_a_ready_pod_and_configure_it() {
+    let fake = fake_with_crds().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&fake, dir.path(), fake.token());
+    cfg.warm_pool = WarmPoolConfig {
+        name: "warm".into(),
+        replicas: 2,
+    };
+    let backend = KubernetesBackend::connect(cfg.clone())
+        .await
+        .expect("connect");
+    assert_eq!(backend.flavor(), Flavor::Claim);
+    let template = fake
+        .object("sandboxtemplates", "airlock-warm")
+        .expect("template");
+    assert_eq!(template["spec"]["envVarsInjectionPolicy"], "Disallowed");
+    let pool_secret = fake.secret("airlock-pool-warm").expect("pool secret");
+    assert!(pool_secret["metadata"]["labels"][SANDBOX_LABEL].is_null());
+    let warm_ready = |fake: &FakeKube| {
+        fake.object_names("sandboxes")
+            .iter()
+            .filter_map(|n| fake.object("sandboxes", n))
+            .filter(|sb| sandbox_ready_reason(sb).as_deref() == Some("DependenciesReady"))
+            .count()
+    };
+    assert!(
+        eventually(Duration::from_secs(15), || warm_ready(&fake) == 2).await,
+        "pool never warmed"
+    );
+    // The pool is not a leftover sandbox.
+    assert!(backend.list_labelled().await.unwrap().is_empty());
+
+    let id = unique_id("claim");
+    let mut s = spec(&id);
+    let ca = dir.path().join("ca.pem");
+    s.files = vec![(
+        ca.display().to_string(),
+        Bytes::from_static(b"CA FROM CONFIGURE\n"),
+    )];
+    s.env
+        .insert("SSL_CERT_FILE".into(), ca.display().to_string());
+    let started = Instant::now();
+    let handle = backend
+        .provision(&s)
+        .await
+        .expect("provision from the pool");
+    let took = started.elapsed();
+    assert_eq!(handle.extra["flavor"], "claim");
+    let pod = handle.extra["pod"].clone();
+    assert!(pod.starts_with("warm-"), "{pod}");
+    let claim = fake
+        .object("sandboxclaims", &object_name(&id))
+        .expect("claim");
+    assert_eq!(claim["status"]["sandbox"]["name"], pod.as_str());
+    assert!(claim["spec"].get("env").is_none(), "{claim}");
+    let sb = fake.object("sandboxes", &pod).unwrap();
+    assert_eq!(sb["metadata"]["ownerReferences"][0]["kind"], "SandboxClaim");
+
+    // The grant arrived through /configure, not through the API server.
+    let r = backend
+        .exec(
+            &handle,
+            airlock_wire::ExecRequest {
+                command: Some("echo $GITHUB_TOKEN; cat \"$SSL_CERT_FILE\"".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("exec");
+    assert_eq!(r.stdout, "ghp_stubFROMSECRET\nCA FROM CONFIGURE\n", "{r:?}");
+    assert!(
+        !fake
+            .secret("airlock-pool-warm")
+            .unwrap()
+            .to_string()
+            .contains("ghp_stub")
+    );
+    assert!(!claim.to_string().contains("ghp_stub"));
+    println!("claim from a warm pool: {took:?}");
+
+    // The pool refills; destroying the claim removes its sandbox and pod only.
+    assert!(eventually(Duration::from_secs(15), || warm_ready(&fake) == 3).await);
+    backend.destroy(&handle).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || fake.pod(&pod).is_none()
+            && fake.object("sandboxes", &pod).is_none()
+            && fake.object_names("sandboxclaims").is_empty())
+        .await
+    );
+    assert_eq!(fake.object_names("sandboxes").len(), 2);
+
+    // A second brain (or a restart) finds the pool and its token as they are.
+    let again = KubernetesBackend::connect(cfg).await.expect("reconnect");
+    let h2 = again
+        .provision(&spec(&unique_id("claim2")))
+        .await
+        .expect("provision");
+    assert_eq!(h2.agent_token, handle.agent_token);
+    again.destroy(&h2).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_on_a_missing_pool_fails_with_the_controllers_reason() {
+    let fake = fake_with_crds().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&fake, dir.path(), fake.token());
+    cfg.warm_pool = WarmPoolConfig {
+        name: "gone".into(),
+        replicas: 1,
+    };
+    let backend = KubernetesBackend::connect(cfg).await.unwrap();
+    // Someone deletes the pool behind the brain's back.
+    let resp = airlock_tests::http_client()
+        .delete(format!(
+            "{}/apis/extensions.agents.x-k8s.io/v1beta1/namespaces/{}/sandboxwarmpools/gone",
+            fake.url(),
+            fake.namespace()
+        ))
+        .bearer_auth(fake.token())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let err = backend
+        .provision(&spec(&unique_id("nopool")))
+        .await
+        .expect_err("must fail");
+    assert!(err.to_string().contains("WarmPoolNotFound"), "{err}");
+    assert!(fake.object_names("sandboxclaims").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn port_forward_reaches_the_agent_through_the_api_server() {
+    let fake = fake(|_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&fake, dir.path(), fake.token());
+    cfg.agent_access = AgentAccess::PortForward;
+    let backend = KubernetesBackend::connect(cfg.clone()).await.unwrap();
+    let id = unique_id("pf");
+    let name = object_name(&id);
+    let handle = backend.provision(&spec(&id)).await.expect("provision");
+    assert_eq!(handle.extra["access"], "port-forward");
+    let url = handle.agent_url.clone().unwrap();
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    let pod_ip = fake.pod(&name).unwrap()["status"]["podIP"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(!url.contains(&pod_ip));
+    let pf_path = format!(
+        "/api/v1/namespaces/{}/pods/{name}/portforward",
+        fake.namespace()
+    );
+    let upgrades = fake
+        .seen()
+        .into_iter()
+        .filter(|s| s.path == pf_path && s.status == 101)
+        .count();
+    assert!(upgrades >= 1, "{:?}", fake.seen());
+
+    let r = backend
+        .exec(
+            &handle,
+            airlock_wire::ExecRequest {
+                command: Some("echo through the api server".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("exec");
+    assert_eq!(r.stdout, "through the api server\n");
+    backend
+        .write_file(&handle, "big.bin", Bytes::from(vec![7u8; 300_000]))
+        .await
+        .unwrap();
+    assert_eq!(
+        backend.read_file(&handle, "big.bin").await.unwrap().len(),
+        300_000
+    );
+
+    // A restarted brain starts its own listener for the stored handle.
+    let other = KubernetesBackend::connect(cfg).await.unwrap();
+    assert!(other.is_alive(&handle).await);
+
+    backend.destroy(&handle).await.unwrap();
+    assert_nothing_left(&fake).await;
+    let err = other
+        .exec(
+            &handle,
+            airlock_wire::ExecRequest {
+                command: Some("true".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect_err("destroyed");
+    assert!(matches!(err, BackendError::NotFound(_)), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_access_falls_back_to_port_forward_when_pod_ips_do_not_route() {
+    // The fake reports pod IPs nothing listens on, as a brain outside the cluster sees them.
+    let fake = fake(|o| o.unroutable_pod_ips = true).await;
+    let dir = tempfile::tempdir().unwrap();
+    let backend = KubernetesBackend::connect(config(&fake, dir.path(), fake.token()))
+        .await
+        .unwrap();
+    let h = backend
+        .provision(&spec(&unique_id("auto")))
+        .await
+        .expect("provision");
+    assert_eq!(h.extra["access"], "port-forward");
+    // The finding is remembered: the next provision goes straight to port-forward.
+    let started = Instant::now();
+    let h2 = backend.provision(&spec(&unique_id("auto2"))).await.unwrap();
+    assert_eq!(h2.extra["access"], "port-forward");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    let r = backend
+        .exec(
+            &h2,
+            airlock_wire::ExecRequest {
+                command: Some("echo ok".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.stdout, "ok\n");
+    backend.destroy(&h).await.unwrap();
+    backend.destroy(&h2).await.unwrap();
+    assert_nothing_left(&fake).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn brain_serves_agent_sandbox_sandboxes_through_port_forward() {
+    let fake = fake_with_crds().await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    fake.write_kubeconfig(&kubeconfig, fake.token());
+    let brain = BrainProcess::start(BrainOptions {
+        backend: "kubernetes".into(),
+        extra_yaml: brain_yaml(&fake, &kubeconfig, "    agent_access: port_forward\n"),
+        ..BrainOptions::default()
+    })
+    .await;
+    let (status, created) = brain
+        .post_json("/v1/sandboxes", &json!({"task_description": "crd e2e"}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}\n{}", brain.log());
+    let id = created["id"].as_str().unwrap().to_string();
+    assert!(fake.object("sandboxes", &object_name(&id)).is_some());
+    let (status, r) = exec(&brain, &id, "echo hi from $AIRLOCK_SANDBOX_ID").await;
+    assert_eq!(status, StatusCode::OK, "{r}");
+    assert_eq!(r["stdout"], format!("hi from {id}\n"));
+    let (status, _) = brain.delete(&format!("/v1/sandboxes/{id}")).await;
+    assert!(status.is_success());
+    assert_nothing_left(&fake).await;
+    assert!(fake.object_names("sandboxes").is_empty());
 }

@@ -40,18 +40,7 @@ pub const CA_PATH: &str = "/etc/airlock/ca.pem";
 /// CA mounted over it: all TLS goes through the proxy, which verifies upstreams itself, so the
 /// proxy CA is the only root a sandbox needs.
 pub const SYSTEM_BUNDLE_PATH: &str = "/etc/ssl/certs/ca-certificates.crt";
-/// Env vars that name the CA bundle for common tools (OpenSSL/Python, requests, Node, curl,
-/// git, pip).
-pub const CA_ENV_VARS: [&str; 6] = [
-    "SSL_CERT_FILE",
-    "REQUESTS_CA_BUNDLE",
-    "NODE_EXTRA_CA_CERTS",
-    "CURL_CA_BUNDLE",
-    "GIT_SSL_CAINFO",
-    "PIP_CERT",
-];
-/// Hosts that bypass the proxy: the sandbox itself (in docker, loopback is the sandbox's own).
-pub const NO_PROXY: &str = "localhost,127.0.0.1,::1";
+pub use crate::sandbox::{CA_ENV_VARS, NO_PROXY};
 
 /// Keys in [`SandboxHandle::extra`] that keep a sandbox's grant across a brain restart (the
 /// handle is never shown by the API: it already holds the agent token).

@@ -5,6 +5,7 @@
 //! methods. Backends whose provider has its own exec API (e2b, daytona) override them.
 
 pub mod agent_client;
+pub mod config;
 pub mod daytona;
 pub mod docker;
 pub mod e2b;
@@ -28,7 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use agent_client::AgentClient;
 
-use crate::config::{BackendChoice, SandboxConfig};
+use config::{BackendChoice, SandboxConfig};
 
 /// Label (docker/kubernetes) or metadata key (e2b/daytona) every Airlock sandbox carries, so a
 /// restarted brain can find what an earlier run created.
@@ -150,6 +151,20 @@ pub struct SandboxHandle {
     #[serde(default)]
     pub extra: BTreeMap<String, String>,
 }
+
+/// Env vars that name the CA bundle for common tools (OpenSSL/Python, requests, Node, curl,
+/// git, pip).
+pub const CA_ENV_VARS: [&str; 6] = [
+    "SSL_CERT_FILE",
+    "REQUESTS_CA_BUNDLE",
+    "NODE_EXTRA_CA_CERTS",
+    "CURL_CA_BUNDLE",
+    "GIT_SSL_CAINFO",
+    "PIP_CERT",
+];
+
+/// Hosts that bypass the proxy: the sandbox itself (in docker, loopback is the sandbox's own).
+pub const NO_PROXY: &str = "localhost,127.0.0.1,::1";
 
 /// A sandbox a backend found by label when listing for reaping/adoption.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -13,13 +13,13 @@ use bytes::Bytes;
 use reqwest::{Response, StatusCode};
 
 use super::{BackendError, SandboxSpec};
-use crate::credentials::{CA_ENV_VARS, NO_PROXY};
+use super::{CA_ENV_VARS, NO_PROXY};
 
 /// Longest `Retry-After` honoured; a provider asking for more is treated as failing now, so a
 /// request never stalls the brain for minutes.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(20);
 
-/// Env vars [`crate::credentials::compose`] sets that are not credentials.
+/// Env vars the credentials layer (`compose`) sets that are not credentials.
 const PROXY_ENV: [&str; 4] = ["HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"];
 const NO_PROXY_ENV: [&str; 2] = ["NO_PROXY", "no_proxy"];
 
