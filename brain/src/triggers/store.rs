@@ -149,6 +149,24 @@ pub async fn thread_session(
     }))
 }
 
+/// The thread a session was started from (the reverse of [`thread_session`]).
+pub async fn session_thread(
+    store: &Store,
+    source: Source,
+    session_id: &str,
+) -> Result<Option<String>, StoreError> {
+    Ok(on_pool!(store.db(), |pool| {
+        sqlx::query_scalar(
+            "SELECT thread_key FROM trigger_threads WHERE source = $1 AND session_id = $2 \
+             ORDER BY created_at LIMIT 1",
+        )
+        .bind(source.as_str())
+        .bind(session_id)
+        .fetch_optional(pool)
+        .await?
+    }))
+}
+
 /// Inserts one outbox row; binds: id, source, payload JSON, now. Shared by
 /// [`enqueue_reply`] and the transaction in `waits::finish`.
 pub(crate) const INSERT_REPLY: &str = "INSERT INTO trigger_replies (id, source, payload, attempts, next_attempt_at, created_at) \

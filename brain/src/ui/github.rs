@@ -66,16 +66,24 @@ fn same_host(a: &PendingApproval, host: &str) -> bool {
 }
 
 /// The GitHub issue `(repo, number)` of a GitHub-started approval's session.
+/// The session's row says so (`origin`); a launcher that keeps no row (the shell test
+/// launcher) is found through the trigger's issue → session mapping.
 async fn issue_of(state: &AppState, a: &PendingApproval) -> Option<(String, u64)> {
     let session = a.session.as_deref()?;
-    let row = state.store.get_session(session).await.ok()??;
-    if row.origin["kind"] != "github" {
-        return None;
+    if let Ok(Some(row)) = state.store.get_session(session).await {
+        if row.origin["kind"] != "github" {
+            return None;
+        }
+        return Some((
+            row.origin["repo"].as_str()?.to_string(),
+            row.origin["issue"].as_u64()?,
+        ));
     }
-    Some((
-        row.origin["repo"].as_str()?.to_string(),
-        row.origin["issue"].as_u64()?,
-    ))
+    let key = store::session_thread(&state.store, Source::Github, session)
+        .await
+        .ok()??;
+    let (repo, issue) = key.rsplit_once('#')?;
+    Some((repo.to_string(), issue.parse().ok()?))
 }
 
 fn prompt(a: &PendingApproval, prefix: &str) -> String {

@@ -221,17 +221,17 @@ async fn login(
     // A fresh random id per sign-in (never one the browser brought: no fixation); the
     // double-submit cookie of the form is spent.
     let id = auth::sign_in(caller);
-    (
-        [
-            (header::SET_COOKIE, auth::signin_cookie(&id)),
-            (
-                header::SET_COOKIE,
-                auth::set_cookie(auth::LOGIN_COOKIE, "", 0),
-            ),
-        ],
-        Redirect::to("/ui/sessions"),
-    )
-        .into_response()
+    let mut resp = Redirect::to("/ui/sessions").into_response();
+    // Appended, not inserted: both cookies must reach the browser.
+    for cookie in [
+        auth::signin_cookie(&id),
+        auth::set_cookie(auth::LOGIN_COOKIE, "", 0),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(&cookie) {
+            resp.headers_mut().append(header::SET_COOKIE, v);
+        }
+    }
+    resp
 }
 
 async fn logout(headers: HeaderMap, Form(form): Form<HashMap<String, String>>) -> Page {
