@@ -302,6 +302,14 @@ fn start_triggers(
             stop.clone(),
         ));
     }
+    // … and of GitHub-started sessions, commented on their issues.
+    if built.github.is_some() {
+        tokio::spawn(ui::github::notify(
+            state.clone(),
+            built.clone(),
+            stop.clone(),
+        ));
+    }
     let outbox = tokio::spawn(triggers::outbox::run(state.clone(), built, stop));
     Ok(vec![waits, outbox])
 }

@@ -551,3 +551,151 @@ async fn a_slack_thread_gets_the_approval_and_its_button_answers_it() {
         "{recs}"
     );
 }
+
+/// GitHub: a GitHub-started session's held request is commented on its issue; a
+/// `/airlock allow <host>` comment (a signed `issue_comment` webhook) from a user without
+/// write access changes nothing, one from a writer lets the sandbox's `curl` complete, and
+/// the audit names the GitHub user. The fake GitHub follows GitHub's REST docs
+/// (`airlock_tests::fake_github`: collaborator permission, issue comments).
+#[tokio::test]
+async fn a_github_issue_gets_the_approval_and_a_writers_comment_answers_it() {
+    use airlock_tests::fake_github::{FakeGithub, sign};
+    const SECRET: &str = "approvals-github-secret";
+    const BRAIN_TOKEN: &str = "ghp_brainbrainbrainbrainbrainbrainbrain1";
+    let dir = tempfile::tempdir().unwrap();
+    let up = Upstream::start("unused").await;
+    let vault = write_vault_config(dir.path(), &up);
+    let yaml = std::fs::read_to_string(&vault)
+        .unwrap()
+        .replace("default: deny", "default: ask");
+    std::fs::write(&vault, yaml).unwrap();
+    let github = FakeGithub::start(&[BRAIN_TOKEN]).await;
+    github.create_repo("acme", "widgets");
+    github.set_permission("acme/widgets", "alice", "write");
+    github.set_permission("acme/widgets", "mallory", "read");
+    std::fs::write(dir.path().join("github-ca.pem"), &github.ca_pem).unwrap();
+    let brain = BrainProcess::start(BrainOptions {
+        extra_yaml: format!(
+            "vault:\n  config: {vault}\n\
+             triggers:\n  launcher: shell\n  reply_retry_base_ms: 100\n  reply_retry_max_ms: 1000\n  \
+             github:\n    api_base_url: {direct}\n    ca_file: {ca}\n    git_host: {git}\n    credential: GITHUB_TOKEN\n",
+            vault = vault.display(),
+            direct = github.direct_api_url(),
+            ca = dir.path().join("github-ca.pem").display(),
+            git = github.git_host(),
+        ),
+        env: vec![
+            (REAL_TOKEN_ENV.into(), "ghp_realrealrealrealrealrealrealrealreal".into()),
+            ("GITHUB_WEBHOOK_SECRET".into(), SECRET.into()),
+            ("AIRLOCK_GITHUB_TOKEN".into(), BRAIN_TOKEN.into()),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let send = |event: &'static str, delivery: String, body: Value| {
+        let body = body.to_string();
+        brain
+            .http
+            .post(brain.url("/hooks/github"))
+            .header("content-type", "application/json")
+            .header("x-github-event", event)
+            .header("x-github-delivery", delivery)
+            .header("x-hub-signature-256", sign(SECRET, body.as_bytes()))
+            .body(body)
+            .send()
+    };
+    let repo = json!({"full_name": "acme/widgets", "name": "widgets", "default_branch": "main",
+                      "owner": {"login": "acme"}});
+    let issue = json!({"number": 7, "title": "Fetch it", "state": "open",
+        "body": format!("curl -sS -m 60 -o /dev/null -w '%{{http_code}}' https://{UNBOUND_HOST}:{}/from-github", up.port),
+        "labels": [{"name": "airlock"}], "user": {"login": "alice", "type": "User"}});
+    let r = send(
+        "issues",
+        "d-1".into(),
+        json!({"action": "labeled", "label": {"name": "airlock"}, "issue": issue,
+               "repository": repo, "sender": {"login": "alice", "type": "User"}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let a = pending(&brain, "/from-github").await;
+    // Commented on the issue, naming the host and how to answer.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !github
+        .comments()
+        .iter()
+        .any(|c| c.issue == 7 && c.body.contains(&format!("/airlock allow {UNBOUND_HOST}")))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{:?}\n{}",
+            github.comments(),
+            brain.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let comment = |id: u64, who: &str, text: String| {
+        json!({"action": "created", "issue": issue, "repository": repo,
+               "comment": {"id": id, "body": text, "user": {"login": who, "type": "User"}},
+               "sender": {"login": who, "type": "User"}})
+    };
+    // A reader cannot answer: told so, and the request stays held.
+    let r = send(
+        "issue_comment",
+        "d-2".into(),
+        comment(901, "mallory", format!("/airlock allow {UNBOUND_HOST}")),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !github
+        .comments()
+        .iter()
+        .any(|c| c.body.contains("@mallory: only users with write access"))
+    {
+        assert!(Instant::now() < deadline, "{:?}", github.comments());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(pending(&brain, "/from-github").await["id"], a["id"]);
+    assert!(up.with_path("/from-github").is_empty());
+    // A writer allows the host for the session: the held curl completes.
+    let r = send(
+        "issue_comment",
+        "d-3".into(),
+        comment(902, "alice", format!("/airlock allow {UNBOUND_HOST}")),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while up.with_path("/from-github").is_empty() {
+        assert!(Instant::now() < deadline, "{}", brain.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !github
+        .comments()
+        .iter()
+        .any(|c| c.body.contains("@alice chose `allow_session`"))
+    {
+        assert!(Instant::now() < deadline, "{:?}", github.comments());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, recs) = brain.get_json("/v1/audit/egress").await;
+    assert!(
+        recs.as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["event"] == "approval" && r["reason"] == "allow_session by github:alice"),
+        "{recs}"
+    );
+    assert!(
+        !recs
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["reason"].as_str().unwrap_or("").contains("mallory")),
+        "{recs}"
+    );
+}

@@ -162,6 +162,22 @@ impl Driver {
         v.as_array().map_or(0, Vec::len)
     }
 
+    /// Runs `script` in the page (W3C "Execute Script"), returning its value.
+    async fn js(&self, script: &str) -> Value {
+        self.call(
+            reqwest::Method::POST,
+            "/execute/sync",
+            Some(json!({"script": script, "args": []})),
+        )
+        .await
+    }
+
+    /// The browser's view of cookie `name` (W3C "Get Named Cookie": httpOnly, sameSite, …).
+    async fn cookie(&self, name: &str) -> Value {
+        self.call(reqwest::Method::GET, &format!("/cookie/{name}"), None)
+            .await
+    }
+
     async fn screenshot(&self, name: &str) {
         let v = self.call(reqwest::Method::GET, "/screenshot", None).await;
         let png = base64::engine::general_purpose::STANDARD
@@ -239,8 +255,9 @@ async fn the_console_in_chromium_approves_and_denies_held_requests() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    // Approve the first held request from the inbox.
+    // Approve the first held request from the inbox, which follows its SSE stream.
     d.goto(&brain.url("/ui/approvals")).await;
+    d.wait_for("#inbox[data-live='1']").await;
     d.wait_for("tr[data-approval]").await;
     assert!(d.source().await.contains("/browser-allow"));
     d.screenshot("approvals").await;
@@ -280,8 +297,205 @@ async fn the_console_in_chromium_approves_and_denies_held_requests() {
     let page = d.source().await;
     assert!(page.contains("deny by console:master"));
     assert!(!page.contains("allow_once by console:master"));
+    // The chain status (verified in the background, never on the page load itself) and head.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        d.goto(&brain.url(&format!("/ui/audit?session={session}")))
+            .await;
+        d.wait_for("#chain-status").await;
+        if d.source().await.contains("chain intact") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", d.source().await);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    d.wait_for("#chain-head").await;
+    let (_, verify) = brain.get_json("/v1/audit/verify").await;
+    assert_eq!(verify["ok"], true, "{verify}");
     d.screenshot("audit").await;
+    // Credentials and their bindings, never a value.
+    d.goto(&brain.url("/ui/credentials")).await;
+    d.wait_for("tr[data-credential='GITHUB_TOKEN']").await;
+    let page = d.source().await;
+    assert!(
+        page.contains(&format!("api.github.test:{}", up.port)),
+        "{page}"
+    );
+    assert!(page.contains("header:authorization"), "{page}");
+    assert!(!page.contains("ghp_real"), "a value reached the page");
+    assert!(
+        !page.contains(REAL_TOKEN_ENV),
+        "where the value lives reached the page"
+    );
+    d.screenshot("credentials").await;
     d.goto(&brain.url("/ui/sandboxes")).await;
     d.wait_for("table").await;
     d.screenshot("sandboxes").await;
+}
+
+/// A virtual key signs in and sees only the sessions it started (the sessions list, a
+/// session page, the nav), through the API as well; the cookie is `HttpOnly` and
+/// `SameSite=Strict` as the browser holds it; a form whose CSRF token was removed is refused
+/// (403) and changes nothing, the same form with its token works; sign-out ends the sign-in.
+#[tokio::test]
+async fn a_virtual_key_sees_only_its_sessions_and_forms_need_their_csrf_token() {
+    let (Some(chromium), Some(driver)) = (which("chromium"), which("chromedriver")) else {
+        assert!(
+            std::env::var("AIRLOCK_REQUIRE_BROWSER").as_deref() != Ok("1"),
+            "AIRLOCK_REQUIRE_BROWSER=1 but chromium/chromedriver are not installed"
+        );
+        eprintln!("skipping: chromium or chromedriver not installed");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("script.json"),
+        json!({"responses": [{"text": "finished"}]}).to_string(),
+    )
+    .unwrap();
+    let brain = BrainProcess::start(BrainOptions {
+        extra_yaml: format!(
+            "models:\n  model_list:\n    - model_name: scripted\n      litellm_params:\n        model: scripted/{}\n",
+            dir.path().join("script.json").display(),
+        ),
+        ..Default::default()
+    })
+    .await;
+    let mint = || async {
+        let (status, v) = brain.post_json("/key/generate", json!({})).await;
+        assert_eq!(status, reqwest::StatusCode::OK, "{v}");
+        v["key"].as_str().unwrap().to_string()
+    };
+    let (key_a, key_b) = (mint().await, mint().await);
+    let start = |key: String, task: &'static str| {
+        let brain = &brain;
+        async move {
+            let r = brain
+                .http
+                .post(brain.url("/v1/sessions"))
+                .bearer_auth(&key)
+                .json(&json!({"task": task}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), reqwest::StatusCode::CREATED);
+            r.json::<Value>().await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        }
+    };
+    let a = start(key_a.clone(), "task of key A").await;
+    let b = start(key_b.clone(), "task of key B").await;
+    // The API: key A lists and reads only its own sessions; other routes need the master key.
+    let get = |key: &str, path: &str| {
+        brain
+            .http
+            .get(brain.url(path))
+            .bearer_auth(key.to_string())
+            .send()
+    };
+    let list: Value = get(&key_a, "/v1/sessions")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = list["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["id"].as_str())
+        .collect();
+    assert_eq!(ids, vec![a.as_str()], "{list}");
+    for path in [
+        format!("/v1/sessions/{b}"),
+        format!("/v1/sessions/{b}/events"),
+    ] {
+        assert_eq!(
+            get(&key_a, &path).await.unwrap().status(),
+            reqwest::StatusCode::NOT_FOUND
+        );
+    }
+    assert_eq!(
+        get(&key_a, "/v1/sandboxes").await.unwrap().status(),
+        reqwest::StatusCode::FORBIDDEN
+    );
+    let (_, all) = brain.get_json("/v1/sessions").await;
+    assert_eq!(all["sessions"].as_array().unwrap().len(), 2, "{all}");
+
+    let d = Driver::start(&chromium, &driver).await;
+    d.goto(&brain.url("/ui/login")).await;
+    d.type_into("#key", &key_a).await;
+    d.click("button[type=submit]").await;
+    d.wait_for("header form[action='/ui/logout']").await;
+    let cookie = d.cookie("airlock_ui").await;
+    assert_eq!(cookie["httpOnly"], true, "{cookie}");
+    assert_eq!(cookie["sameSite"], "Strict", "{cookie}");
+    assert!(
+        !d.js("return document.cookie")
+            .await
+            .as_str()
+            .unwrap_or("")
+            .contains("airlock_ui="),
+        "page script can read the sign-in cookie"
+    );
+    d.goto(&brain.url("/ui/sessions")).await;
+    d.wait_for(&format!("a[href='/ui/sessions/{a}']")).await;
+    let page = d.source().await;
+    assert!(
+        !page.contains(&b) && !page.contains("task of key B"),
+        "{page}"
+    );
+    assert_eq!(d.count("header a[href='/ui/audit']").await, 0);
+    assert_eq!(d.count("header a[href='/ui/credentials']").await, 0);
+    d.screenshot("sessions-virtual-key").await;
+    d.goto(&brain.url(&format!("/ui/sessions/{b}"))).await;
+    let page = d.source().await;
+    assert!(
+        page.contains("404") && !page.contains("task of key B"),
+        "{page}"
+    );
+    d.goto(&brain.url("/ui/audit")).await;
+    assert!(d.source().await.contains("needs the master key"));
+
+    // A form without its CSRF token: refused, and nothing queued.
+    d.goto(&brain.url(&format!("/ui/sessions/{a}"))).await;
+    d.wait_for("form[action$='/messages'] textarea").await;
+    d.js(
+        "const f = document.querySelector(\"form[action$='/messages']\");
+          f.querySelector('input[name=csrf]').remove();
+          f.querySelector('textarea').value = 'sent without a token';
+          f.submit();",
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !d.source().await.contains("CSRF") {
+        assert!(Instant::now() < deadline, "{}", d.source().await);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    d.screenshot("csrf-refused").await;
+    // The same form with its token is accepted.
+    d.goto(&brain.url(&format!("/ui/sessions/{a}"))).await;
+    d.type_into("form[action$='/messages'] textarea", "sent with the token")
+        .await;
+    d.click("form[action$='/messages'] button").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, ev) = brain.get_json(&format!("/v1/sessions/{a}/events")).await;
+        let text = ev.to_string();
+        assert!(!text.contains("sent without a token"), "{text}");
+        if text.contains("sent with the token") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{text}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Sign out: back to the form, and the console asks to sign in again.
+    d.goto(&brain.url("/ui/sessions")).await;
+    d.click("header form[action='/ui/logout'] button").await;
+    d.wait_for("#key").await;
+    d.goto(&brain.url("/ui/sessions")).await;
+    d.wait_for("#key").await;
 }

@@ -26,6 +26,10 @@ pub struct EgressQuery {
     decision: Option<String>,
     /// RFC 3339.
     since: Option<String>,
+    /// Destination host (case-insensitive).
+    host: Option<String>,
+    /// Only records with a lower seq (paging back).
+    before: Option<u64>,
     limit: Option<usize>,
 }
 
@@ -90,6 +94,8 @@ fn to_filter(q: EgressQuery) -> Result<AuditFilter, ApiError> {
         credential: empty(q.credential),
         decision,
         since,
+        host: empty(q.host),
+        before_seq: q.before,
         limit: Some(q.limit.unwrap_or(MAX_RECORDS).clamp(1, MAX_RECORDS)),
     })
 }

@@ -5,14 +5,15 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 
+use super::Caller;
 use super::extract::ApiJson;
 use crate::credentials::EgressPolicy;
 use crate::error::ApiError;
@@ -98,6 +99,7 @@ impl From<SessionError> for ApiError {
 
 pub async fn create(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     ApiJson(body): ApiJson<CreateBody>,
 ) -> Result<(StatusCode, Json<SessionView>), ApiError> {
     let new = NewSession {
@@ -112,6 +114,9 @@ pub async fn create(
         origin: serde_json::json!({ "kind": "api" }),
     };
     let mut new = new;
+    if let Some(owner) = caller.owner() {
+        new.origin["owner"] = serde_json::Value::from(owner);
+    }
     if let Some(egress) = body.egress {
         if state.broker.is_none() {
             return Err(ApiError::bad_request(
@@ -172,6 +177,7 @@ pub fn session_egress(v: serde_json::Value) -> Result<EgressPolicy, ApiError> {
 
 pub async fn list(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<SessionList>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_request", e.body_text()))?;
@@ -199,6 +205,7 @@ pub async fn list(
         status,
         origin_kind: q.origin.filter(|s| !s.is_empty()),
         before_ms,
+        owner: caller.owner().map(str::to_string),
         limit: q.limit.unwrap_or(LIST_DEFAULT).clamp(1, LIST_MAX),
     };
     Ok(Json(SessionList {
@@ -206,18 +213,34 @@ pub async fn list(
     }))
 }
 
+/// 404 unless the session exists and `caller` may see it (another key's session is not
+/// told apart from a missing one).
+pub(crate) async fn visible(state: &AppState, caller: &Caller, id: &str) -> Result<(), ApiError> {
+    match state.store.get_session(id).await? {
+        Some(row) if caller.may_see(&row.origin) => Ok(()),
+        _ => Err(ApiError::not_found(format!("no session {id}"))),
+    }
+}
+
 pub async fn show(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<SessionView>, ApiError> {
-    Ok(Json(sessions::get(&state, &id).await?))
+    let view = sessions::get(&state, &id).await?;
+    if !caller.may_see(&view.origin) {
+        return Err(ApiError::not_found(format!("no session {id}")));
+    }
+    Ok(Json(view))
 }
 
 pub async fn message(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<MessageBody>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    visible(&state, &caller, &id).await?;
     sessions::post_message(&state, &id, body.text).await?;
     Ok((
         StatusCode::ACCEPTED,
@@ -227,8 +250,10 @@ pub async fn message(
 
 pub async fn cancel(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<SessionView>, ApiError> {
+    visible(&state, &caller, &id).await?;
     // Spawned: a client hanging up must not stop the cancel half-way.
     let task = tokio::spawn(async move { sessions::cancel(&state, &id).await });
     let view = task
@@ -239,6 +264,7 @@ pub async fn cancel(
 
 pub async fn events(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     headers: HeaderMap,
     query: Result<Query<EventsQuery>, QueryRejection>,
@@ -248,6 +274,7 @@ pub async fn events(
         .store
         .get_session(&id)
         .await?
+        .filter(|row| caller.may_see(&row.origin))
         .ok_or_else(|| ApiError::not_found(format!("no session {id}")))?;
     let last_event_id = headers
         .get("last-event-id")

@@ -196,6 +196,56 @@ pub trait CredentialBroker: Send + Sync {
             "this vault proxy's audit log is not readable by the brain".into(),
         ))
     }
+
+    /// The proxy's credentials with their bindings (the console's credentials page); never
+    /// a value, nor where a value is read from.
+    async fn credentials(&self) -> Result<Vec<CredentialInfo>, BrokerError> {
+        Err(BrokerError::NotSupported(
+            "this vault proxy's credentials are configured on its own host; see its vault.yaml"
+                .into(),
+        ))
+    }
+}
+
+/// One credential's bindings, as the console shows them.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CredentialInfo {
+    pub name: String,
+    /// `static`, `aws_sigv4`, `github_app`, `oauth2_refresh`.
+    pub kind: &'static str,
+    /// Hosts its real value may be sent to (empty for a `stored:` one = the store's bindings).
+    pub hosts: Vec<String>,
+    /// Where its stub may stand (`header:authorization`, `query:key`, …).
+    pub positions: Vec<String>,
+    /// Paths it may be used on; empty = any.
+    pub paths: Vec<String>,
+    /// Methods it may be used with; empty = any.
+    pub methods: Vec<String>,
+    /// Its value lives in the proxy's encrypted store (`stored:`).
+    pub stored: bool,
+}
+
+/// The bindings of every credential of a vault-proxy config, by name.
+pub fn credential_infos(config: &vault_proxy::config::Config) -> Vec<CredentialInfo> {
+    use vault_proxy::config::CredentialSource;
+    config
+        .credentials
+        .iter()
+        .map(|(name, c)| CredentialInfo {
+            name: name.clone(),
+            kind: c.kind.as_str(),
+            hosts: c.allowed_hosts.iter().map(ToString::to_string).collect(),
+            positions: c.scope.positions.iter().map(ToString::to_string).collect(),
+            paths: c
+                .scope
+                .paths
+                .iter()
+                .map(|p| p.as_str().to_string())
+                .collect(),
+            methods: c.scope.methods.clone(),
+            stored: matches!(c.source, CredentialSource::Stored(_)),
+        })
+        .collect()
 }
 
 /// Verifies the log at `path` off the async executor (see [`CredentialBroker::verify_audit`]).

@@ -54,6 +54,8 @@ pub struct EmbeddedVault {
     ca_pem: String,
     /// Sandboxes whose recorded grant was re-registered at start.
     restored: HashSet<String>,
+    /// The credentials' bindings (no values), for the console.
+    credentials: Vec<super::CredentialInfo>,
 }
 
 impl EmbeddedVault {
@@ -81,6 +83,7 @@ impl EmbeddedVault {
                         ca_pem: proxy.ca_pem().to_string(),
                         proxy: RwLock::new(Some(proxy)),
                         restored,
+                        credentials: super::credential_infos(&config),
                     });
                 }
                 Err(StartError::Grant { sandbox, source })
@@ -231,6 +234,10 @@ impl CredentialBroker for EmbeddedVault {
             None => ChainHasher::Sha256,
         };
         verify_audit_file(self.audit.path().to_path_buf(), hasher, heads).await
+    }
+
+    async fn credentials(&self) -> Result<Vec<super::CredentialInfo>, BrokerError> {
+        Ok(self.credentials.clone())
     }
 }
 

@@ -52,27 +52,28 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Princ
             AuthError::Missing
         });
     };
+    principal_of(state, token).await.ok_or(AuthError::Invalid)
+}
+
+/// The principal a presented key stands for: the master key, or a live (unexpired, unblocked)
+/// virtual key of the gateway. Shared with the API's session routes and the console sign-in.
+pub async fn principal_of(state: &AppState, token: &str) -> Option<Principal> {
     if state.master_key.matches(token.as_bytes()) {
-        return Ok(Principal {
+        return Some(Principal {
             id: "master".into(),
             kind: PrincipalKind::Master,
         });
     }
-    if let Some(m) = state.models.as_ref()
-        && let Ok(Some(key)) = m.gateway.keys().lookup(token).await
-    {
-        let expired = key
-            .row
-            .expires_at
-            .is_some_and(|at| at <= chrono::Utc::now().timestamp());
-        if !expired && !key.row.blocked {
-            return Ok(Principal {
-                id: format!("vk:{}", key.token_hash),
-                kind: PrincipalKind::VirtualKey,
-            });
-        }
-    }
-    Err(AuthError::Invalid)
+    let m = state.models.as_ref()?;
+    let key = m.gateway.keys().lookup(token).await.ok()??;
+    let expired = key
+        .row
+        .expires_at
+        .is_some_and(|at| at <= chrono::Utc::now().timestamp());
+    (!expired && !key.row.blocked).then(|| Principal {
+        id: format!("vk:{}", key.token_hash),
+        kind: PrincipalKind::VirtualKey,
+    })
 }
 
 #[cfg(test)]

@@ -182,6 +182,8 @@ pub struct ListFilter {
     pub origin_kind: Option<String>,
     /// Only sessions created before this many unix ms (paging, newest first).
     pub before_ms: Option<i64>,
+    /// Only this virtual key's sessions (`vk:<hash>`); `None` = every session (master key).
+    pub owner: Option<String>,
     pub limit: i64,
 }
 
@@ -312,13 +314,15 @@ impl Store {
         let now = now_ms();
         let credentials = encode(&new.credentials, "credentials")?;
         let origin = encode(&new.origin, "origin")?;
+        // The owning virtual key, also a column so listing one key's sessions is an index walk.
+        let owner = new.origin.get("owner").and_then(Value::as_str);
         // RETURNING, not a second SELECT: the row as this insert created it (`queued`). A
         // replica may claim it the moment it commits, and the caller's answer must not
         // depend on that race.
         const SQL: &str = concat!(
             "INSERT INTO sessions (id, status, task, model, agent, backend, credentials, \
-             max_steps, max_cost_usd, origin, deadline_at, created_at, updated_at) \
-             VALUES ($1, 'queued', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11) \
+             max_steps, max_cost_usd, origin, deadline_at, created_at, updated_at, owner) \
+             VALUES ($1, 'queued', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12) \
              ON CONFLICT (id) DO NOTHING RETURNING ",
             session_columns!()
         );
@@ -335,6 +339,7 @@ impl Store {
                 .bind(&origin)
                 .bind(new.deadline_at)
                 .bind(now)
+                .bind(owner)
                 .fetch_optional(pool)
                 .await?;
             match row {
@@ -376,7 +381,7 @@ impl Store {
     pub async fn list_sessions(&self, filter: &ListFilter) -> Result<Vec<SessionRow>, StoreError> {
         let sql = format!(
             "{SELECT_SESSION} WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR created_at < $2) \
-             ORDER BY created_at DESC, id DESC LIMIT $3"
+             AND ($4 IS NULL OR owner = $4) ORDER BY created_at DESC, id DESC LIMIT $3"
         );
         // origin.kind is filtered here rather than in SQL: JSON operators differ per engine.
         let mut out = Vec::new();
@@ -387,6 +392,7 @@ impl Store {
                     .bind(filter.status.map(SessionStatus::as_str))
                     .bind(before)
                     .bind(filter.limit)
+                    .bind(filter.owner.as_deref())
                     .fetch_all(pool)
                     .await?;
                 let mut raws = Vec::with_capacity(rows.len());

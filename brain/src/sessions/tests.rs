@@ -238,3 +238,65 @@ async fn lapsed_claims_wait_for_a_healthy_claimant_and_starts_are_idempotent_per
         ("t", Some("back"))
     );
 }
+
+/// A virtual key's sessions (`origin.owner`, kept in the `owner` column) are listed by the
+/// database on their own, paged like every list; no owner lists them all.
+#[tokio::test]
+async fn sessions_list_by_owner_in_the_database() {
+    use super::store::ListFilter;
+    let store = Store::connect("sqlite::memory:").await.expect("store");
+    for i in 0..7 {
+        let origin = match i % 3 {
+            0 => json!({"kind": "api", "owner": "vk:aaa"}),
+            1 => json!({"kind": "api", "owner": "vk:bbb"}),
+            _ => json!({"kind": "slack"}),
+        };
+        store
+            .insert_session(&NewSessionRow {
+                id: format!("s{i}"),
+                task: "t".into(),
+                model: "m".into(),
+                agent: None,
+                backend: None,
+                credentials: vec![],
+                max_steps: 5,
+                max_cost_usd: None,
+                origin,
+                deadline_at: now_ms() + 60_000,
+            })
+            .await
+            .expect("insert");
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    let list = |owner: Option<&str>, before_ms: Option<i64>, limit: i64| {
+        let filter = ListFilter {
+            owner: owner.map(str::to_string),
+            before_ms,
+            limit,
+            ..ListFilter::default()
+        };
+        let store = store.clone();
+        async move {
+            store
+                .list_sessions(&filter)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|r| (r.id, r.created_at))
+                .collect::<Vec<_>>()
+        }
+    };
+    let ids = |v: &[(String, i64)]| v.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>();
+    assert_eq!(
+        ids(&list(Some("vk:aaa"), None, 50).await),
+        ["s6", "s3", "s0"]
+    );
+    assert_eq!(ids(&list(Some("vk:bbb"), None, 50).await), ["s4", "s1"]);
+    assert!(list(Some("vk:nobody"), None, 50).await.is_empty());
+    assert_eq!(list(None, None, 50).await.len(), 7);
+    // Paged: the second page of vk:aaa starts below the first page's last row.
+    let first = list(Some("vk:aaa"), None, 2).await;
+    assert_eq!(ids(&first), ["s6", "s3"]);
+    let second = list(Some("vk:aaa"), Some(first[1].1), 2).await;
+    assert_eq!(ids(&second), ["s0"]);
+}

@@ -82,6 +82,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "trigger_inbox",
         include_str!("../../migrations/sqlite/0121_trigger_inbox.sql"),
     ),
+    (
+        150,
+        "session_owner",
+        include_str!("../../migrations/sqlite/0150_session_owner.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -128,6 +133,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         121,
         "trigger_inbox",
         include_str!("../../migrations/postgres/0121_trigger_inbox.sql"),
+    ),
+    (
+        150,
+        "session_owner",
+        include_str!("../../migrations/postgres/0150_session_owner.sql"),
     ),
 ];
 

@@ -212,6 +212,36 @@ fn classify(event: &str, p: Payload, config: &GithubConfig) -> Option<Request> {
     })
 }
 
+/// A created comment (from a person) `<prefix> allow|deny …` naming a host.
+fn approval_answer(
+    event: &str,
+    p: &Payload,
+    config: &GithubConfig,
+    replay_key: &str,
+) -> Option<crate::ui::github::Answer> {
+    if event != "issue_comment" || p.action != "created" || !valid_repo(&p.repository.full_name) {
+        return None;
+    }
+    let comment = p.comment.as_ref()?;
+    if comment.user.kind.as_deref() == Some("Bot") || p.sender.kind.as_deref() == Some("Bot") {
+        return None;
+    }
+    let rest = comment
+        .body
+        .trim_start()
+        .strip_prefix(&config.command_prefix)?;
+    if !rest.starts_with(char::is_whitespace) {
+        return None;
+    }
+    Some(crate::ui::github::Answer {
+        repo: p.repository.full_name.clone(),
+        issue: p.issue.number,
+        actor: p.sender.login.clone(),
+        command: crate::ui::github::parse(rest)?,
+        replay_key: replay_key.to_string(),
+    })
+}
+
 pub async fn hook(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
     let Some(triggers) = state.triggers.clone() else {
         return (StatusCode::NOT_FOUND, "no github trigger configured").into_response();
@@ -252,6 +282,16 @@ pub async fn hook(State(state): State<AppState>, headers: HeaderMap, body: Bytes
         }
     };
     let key = replay_key(&event, &payload);
+    // `/airlock allow|deny <host>`: an answer to a held egress request, not a follow-up.
+    if let Some(answer) = approval_answer(&event, &payload, &github.config, &key) {
+        return match crate::ui::github::accept(&state, &triggers, answer).await {
+            Ok(()) => StatusCode::OK.into_response(),
+            Err(e) => {
+                tracing::error!(delivery, error = %e, "github approval answer: cannot record it");
+                (StatusCode::INTERNAL_SERVER_ERROR, "store unavailable").into_response()
+            }
+        };
+    }
     let Some(request) = classify(&event, payload, &github.config) else {
         tracing::debug!(delivery, event, "github event ignored");
         return StatusCode::OK.into_response();
@@ -763,7 +803,11 @@ impl GithubClient {
         Ok(body["permission"].as_str().unwrap_or("none").to_string())
     }
 
-    async fn permission_with_retry(&self, repo: &str, user: &str) -> Result<String, String> {
+    pub(crate) async fn permission_with_retry(
+        &self,
+        repo: &str,
+        user: &str,
+    ) -> Result<String, String> {
         let mut last = String::new();
         for attempt in 0..INLINE_ATTEMPTS {
             match self.permission(repo, user).await {

@@ -163,7 +163,25 @@ pub(crate) fn insert_reply_sql(store: &Store) -> String {
     )
 }
 
-/// A fresh reply id and the payload's stored JSON, for [`INSERT_REPLY`].
+/// The thread a session was started from (the reverse of [`thread_session`]).
+pub async fn session_thread(
+    store: &Store,
+    source: Source,
+    session_id: &str,
+) -> Result<Option<String>, StoreError> {
+    Ok(on_pool!(store.db(), |pool| {
+        sqlx::query_scalar(
+            "SELECT thread_key FROM trigger_threads WHERE source = $1 AND session_id = $2 \
+             ORDER BY created_at LIMIT 1",
+        )
+        .bind(source.as_str())
+        .bind(session_id)
+        .fetch_optional(pool)
+        .await?
+    }))
+}
+
+/// A fresh reply id and the payload's stored JSON, for [`insert_reply_sql`].
 pub(crate) fn reply_row(payload: &ReplyPayload) -> Result<(String, String), StoreError> {
     let id = format!("rp-{}", uuid::Uuid::new_v4().simple());
     let json = serde_json::to_string(payload).map_err(|e| corrupt(e.to_string()))?;

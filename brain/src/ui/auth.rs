@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use axum::http::HeaderMap;
 use axum::http::header;
 
+use crate::api::Caller;
 use crate::config::constant_time_eq;
 
 pub const COOKIE: &str = "airlock_ui";
@@ -24,10 +25,19 @@ const MAX_SIGNINS: usize = 10_000;
 /// A signed-in console user.
 #[derive(Debug, Clone)]
 pub struct Signin {
-    /// Shown in the header and recorded as who decided an approval (`console:<who>`).
+    /// Shown in the header and recorded as who decided an approval (`console:<who>`):
+    /// `master`, or `vk:` and the first 12 hex digits of the virtual key's hash.
     pub who: String,
+    /// What the key may see: everything (master) or its own sessions (a virtual key).
+    pub caller: Caller,
     pub csrf: String,
     expires: Instant,
+}
+
+impl Signin {
+    pub fn is_master(&self) -> bool {
+        self.caller == Caller::Master
+    }
 }
 
 static SIGNINS: LazyLock<Mutex<HashMap<String, Signin>>> = LazyLock::new(Default::default);
@@ -40,7 +50,11 @@ pub fn random_hex(n: usize) -> String {
 }
 
 /// Creates a sign-in; returns its cookie value (the opaque id).
-pub fn sign_in(who: &str) -> String {
+pub fn sign_in(caller: Caller) -> String {
+    let who = match &caller {
+        Caller::Master => "master".to_string(),
+        Caller::Key(id) => id.chars().take(15).collect(),
+    };
     let id = random_hex(32);
     let mut map = SIGNINS.lock().unwrap_or_else(|p| p.into_inner());
     let now = Instant::now();
@@ -58,7 +72,8 @@ pub fn sign_in(who: &str) -> String {
     map.insert(
         id.clone(),
         Signin {
-            who: who.to_string(),
+            who,
+            caller,
             csrf: random_hex(24),
             expires: now + SIGNIN_TTL,
         },
@@ -88,6 +103,12 @@ pub fn current(headers: &HeaderMap) -> Option<(String, Signin)> {
     let map = SIGNINS.lock().unwrap_or_else(|p| p.into_inner());
     let s = map.get(id)?;
     (s.expires > Instant::now()).then(|| (id.to_string(), s.clone()))
+}
+
+/// Whether the sign-in with this id is still live (not signed out, not expired).
+pub fn is_live(id: &str) -> bool {
+    let map = SIGNINS.lock().unwrap_or_else(|p| p.into_inner());
+    map.get(id).is_some_and(|s| s.expires > Instant::now())
 }
 
 /// Whether a submitted CSRF token is this sign-in's (constant time).

@@ -11,10 +11,13 @@
 // only add an allocation per error.
 #![allow(clippy::result_large_err)]
 
+mod audit_status;
 mod auth;
+pub mod github;
 mod pages;
 pub mod slack;
 
+use axum::Extension;
 use axum::Router;
 use axum::extract::{Form, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -25,6 +28,7 @@ use maud::Markup;
 use serde::Deserialize;
 use std::collections::HashMap;
 
+use crate::api::Caller;
 use crate::credentials::{ApprovalDecision, AuditFilter};
 use crate::sessions::{self, ListFilter};
 use crate::state::AppState;
@@ -51,8 +55,11 @@ pub fn routes() -> Router<AppState> {
         .route("/ui/sandboxes/{id}/destroy", post(sandbox_destroy))
         .route("/ui/audit", get(audit_page))
         .route("/ui/audit.jsonl", get(audit_export))
+        .route("/ui/audit/verify", post(audit_verify))
+        .route("/ui/credentials", get(credentials_page))
         .route("/ui/approvals", get(approvals_page))
         .route("/ui/approvals/inbox", get(approvals_inbox))
+        .route("/ui/approvals/stream", get(approvals_stream))
         .route("/ui/approvals/{id}", post(approval_decide))
         .layer(middleware::from_fn(security_headers))
 }
@@ -108,6 +115,26 @@ fn signed_in(headers: &HeaderMap) -> Result<(String, auth::Signin), Response> {
     auth::current(headers).ok_or_else(|| Redirect::to("/ui/login").into_response())
 }
 
+/// Pages that show every sandbox, credential or audit record: the master key only.
+fn master_only(s: &auth::Signin) -> Result<(), Response> {
+    if s.is_master() {
+        Ok(())
+    } else {
+        Err(error_page(
+            s,
+            StatusCode::FORBIDDEN,
+            "Signed in with a virtual key: this page needs the master key.",
+        ))
+    }
+}
+
+/// 404 unless the session exists and this sign-in may see it.
+async fn visible_session(state: &AppState, s: &auth::Signin, id: &str) -> Result<(), Response> {
+    crate::api::sessions::visible(state, &s.caller, id)
+        .await
+        .map_err(|e| error_page(s, StatusCode::NOT_FOUND, &e.message))
+}
+
 /// For POSTs: signed in and the form's CSRF token matches (else 403, nothing done).
 fn checked(headers: &HeaderMap, form: &HashMap<String, String>) -> Result<auth::Signin, Response> {
     let (_, s) = signed_in(headers)?;
@@ -129,7 +156,12 @@ fn forbidden(msg: &str) -> Response {
 }
 
 fn page(title: &str, active: &str, s: &auth::Signin, body: Markup) -> Response {
-    Html(pages::layout(title, active, Some(&s.who), &s.csrf, body).into_string()).into_response()
+    let user = pages::User {
+        who: &s.who,
+        master: s.is_master(),
+        csrf: &s.csrf,
+    };
+    Html(pages::layout(title, active, Some(&user), body).into_string()).into_response()
 }
 
 fn error_page(s: &auth::Signin, status: StatusCode, msg: &str) -> Response {
@@ -147,7 +179,7 @@ fn login_page(headers: &HeaderMap, error: Option<&str>, status: StatusCode) -> R
         .filter(|t| t.len() == 32 && t.bytes().all(|b| b.is_ascii_hexdigit()))
         .map(str::to_string)
         .unwrap_or_else(|| auth::random_hex(16));
-    let html = pages::layout("Sign in", "", None, "", pages::login(&token, error));
+    let html = pages::layout("Sign in", "", None, pages::login(&token, error));
     (
         status,
         [(
@@ -170,20 +202,36 @@ async fn login(
         return forbidden("missing or wrong CSRF token");
     }
     let key = form.get("key").map(|k| k.trim()).unwrap_or("");
-    if key.is_empty() || !state.master_key.matches(key.as_bytes()) {
+    let principal = match key {
+        "" => None,
+        key => crate::mcp::auth::principal_of(&state, key).await,
+    };
+    let Some(principal) = principal else {
         tracing::warn!("console sign-in refused");
         return login_page(
             &headers,
             Some("That key was not accepted."),
             StatusCode::UNAUTHORIZED,
         );
+    };
+    let caller = match principal.kind {
+        crate::mcp::auth::PrincipalKind::Master => Caller::Master,
+        crate::mcp::auth::PrincipalKind::VirtualKey => Caller::Key(principal.id),
+    };
+    // A fresh random id per sign-in (never one the browser brought: no fixation); the
+    // double-submit cookie of the form is spent.
+    let id = auth::sign_in(caller);
+    let mut resp = Redirect::to("/ui/sessions").into_response();
+    // Appended, not inserted: both cookies must reach the browser.
+    for cookie in [
+        auth::signin_cookie(&id),
+        auth::set_cookie(auth::LOGIN_COOKIE, "", 0),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(&cookie) {
+            resp.headers_mut().append(header::SET_COOKIE, v);
+        }
     }
-    let id = auth::sign_in("master");
-    (
-        [(header::SET_COOKIE, auth::signin_cookie(&id))],
-        Redirect::to("/ui/sessions"),
-    )
-        .into_response()
+    resp
 }
 
 async fn logout(headers: HeaderMap, Form(form): Form<HashMap<String, String>>) -> Page {
@@ -236,6 +284,7 @@ async fn sessions_page(
         status,
         origin_kind: (!q.origin.is_empty()).then(|| q.origin.clone()),
         before_ms,
+        owner: s.caller.owner().map(str::to_string),
         limit: PAGE,
     };
     let mut list = sessions::list(&state, &filter)
@@ -269,7 +318,9 @@ async fn session_page(
     let (_, s) = signed_in(&headers)?;
     let view = sessions::get(&state, &id)
         .await
-        .map_err(|e| error_page(&s, StatusCode::NOT_FOUND, &e.to_string()))?;
+        .ok()
+        .filter(|v| s.caller.may_see(&v.origin))
+        .ok_or_else(|| error_page(&s, StatusCode::NOT_FOUND, &format!("no session {id}")))?;
     let events = state
         .store
         .session_events(&id, 0, 500)
@@ -293,12 +344,12 @@ async fn session_events(
         axum::extract::rejection::QueryRejection,
     >,
 ) -> Page {
-    signed_in(&headers)?;
+    let (_, s) = signed_in(&headers)?;
     headers.insert(
         header::ACCEPT,
         HeaderValue::from_static("text/event-stream"),
     );
-    crate::api::sessions::events(state, id, headers, query)
+    crate::api::sessions::events(state, Extension(s.caller), id, headers, query)
         .await
         .map_err(IntoResponse::into_response)
 }
@@ -310,6 +361,7 @@ async fn session_cancel(
     Form(form): Form<HashMap<String, String>>,
 ) -> Page {
     let s = checked(&headers, &form)?;
+    visible_session(&state, &s, &id).await?;
     let st = state.clone();
     let id2 = id.clone();
     tokio::spawn(async move { sessions::cancel(&st, &id2).await })
@@ -326,6 +378,7 @@ async fn session_message(
     Form(form): Form<HashMap<String, String>>,
 ) -> Page {
     let s = checked(&headers, &form)?;
+    visible_session(&state, &s, &id).await?;
     let text = form.get("text").map(|t| t.trim()).unwrap_or("");
     if text.is_empty() {
         return Err(error_page(
@@ -342,6 +395,7 @@ async fn session_message(
 
 async fn sandboxes_page(State(state): State<AppState>, headers: HeaderMap) -> Page {
     let (_, s) = signed_in(&headers)?;
+    master_only(&s)?;
     let list = state
         .store
         .list_sandboxes(false, 200)
@@ -362,6 +416,7 @@ async fn sandbox_destroy(
     Form(form): Form<HashMap<String, String>>,
 ) -> Page {
     let s = checked(&headers, &form)?;
+    master_only(&s)?;
     let st = state.clone();
     tokio::spawn(async move { crate::lifecycle::destroy(&st, &id).await })
         .await
@@ -384,6 +439,9 @@ struct AuditQ {
     host: String,
     #[serde(default)]
     since: String,
+    /// Paging: only records with a lower seq.
+    #[serde(default)]
+    before: Option<u64>,
 }
 
 impl AuditQ {
@@ -408,6 +466,8 @@ impl AuditQ {
                         .with_timezone(&chrono::Utc),
                 ),
             },
+            host: opt(self.host.trim()),
+            before_seq: self.before,
             limit: Some(limit),
         })
     }
@@ -440,15 +500,11 @@ async fn audit_records(
         "no vault proxy is configured: there is no egress audit log".to_string(),
     ))?;
     let filter = q.filter(limit).map_err(|e| (StatusCode::BAD_REQUEST, e))?;
-    let mut recs = broker
+    // One page read backwards from the log's end (or `before`): never the whole log.
+    broker
         .audit(filter)
         .await
-        .map_err(|e| (StatusCode::BAD_GATEWAY, e.to_string()))?;
-    if !q.host.is_empty() {
-        let h = q.host.to_lowercase();
-        recs.retain(|r| r.host.to_lowercase().contains(&h));
-    }
-    Ok(recs)
+        .map_err(|e| (StatusCode::BAD_GATEWAY, e.to_string()))
 }
 
 async fn audit_page(
@@ -457,6 +513,7 @@ async fn audit_page(
     Query(q): Query<AuditQ>,
 ) -> Page {
     let (_, s) = signed_in(&headers)?;
+    master_only(&s)?;
     let mut recs = audit_records(&state, &q, AUDIT_PAGE)
         .await
         .map_err(|(st, e)| error_page(&s, st, &e))?;
@@ -470,11 +527,61 @@ async fn audit_page(
         since: &q.since,
     };
     let export = format!("/ui/audit.jsonl?{}", q.query_string());
+    // The page is newest first; the next one starts below its oldest record.
+    let older = (recs.len() == AUDIT_PAGE)
+        .then(|| {
+            recs.last()
+                .map(|r| format!("/ui/audit?{}&before={}", q.query_string(), r.seq))
+        })
+        .flatten();
+    audit_status::refresh_if_stale(&state);
+    let (checked, running) = audit_status::snapshot();
+    // The live head is the writer's in-memory state (no read of the log).
+    let head = match state.broker.as_ref() {
+        Some(b) => b.audit_head().await.map_err(|e| e.to_string()),
+        None => Err("no vault proxy".to_string()),
+    };
+    let chain = pages::Chain {
+        checked: checked.as_ref(),
+        running,
+        head: head.as_ref().ok(),
+        head_error: head.as_ref().err().map(String::as_str),
+        csrf: &s.csrf,
+    };
     Ok(page(
         "Egress audit",
         "audit",
         &s,
-        pages::audit(&recs, &f, &export),
+        pages::audit(&recs, &f, &export, older.as_deref(), &chain),
+    ))
+}
+
+/// "Verify now": starts a verification of the chain (in the background) and goes back.
+async fn audit_verify(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Page {
+    let s = checked(&headers, &form)?;
+    master_only(&s)?;
+    audit_status::start(&state);
+    Ok(Redirect::to("/ui/audit").into_response())
+}
+
+async fn credentials_page(State(state): State<AppState>, headers: HeaderMap) -> Page {
+    let (_, s) = signed_in(&headers)?;
+    master_only(&s)?;
+    let list = match state.broker.as_ref() {
+        Some(b) => b.credentials().await.map_err(|e| e.to_string()),
+        None => {
+            Err("No vault proxy is configured (vault.mode off): there are no credentials.".into())
+        }
+    };
+    Ok(page(
+        "Credentials",
+        "credentials",
+        &s,
+        pages::credentials(&list),
     ))
 }
 
@@ -484,6 +591,7 @@ async fn audit_export(
     Query(q): Query<AuditQ>,
 ) -> Page {
     let (_, s) = signed_in(&headers)?;
+    master_only(&s)?;
     let recs = audit_records(&state, &q, crate::api::audit::MAX_RECORDS)
         .await
         .map_err(|(st, e)| error_page(&s, st, &e))?;
@@ -516,22 +624,98 @@ async fn approvals_page(State(state): State<AppState>, headers: HeaderMap) -> Pa
     ))
 }
 
-/// The inbox table alone (what app.js re-fetches).
+/// The inbox table alone (what app.js fetches when the stream is unavailable).
 async fn approvals_inbox(State(state): State<AppState>, headers: HeaderMap) -> Page {
     let (_, s) = signed_in(&headers)?;
     let list = pending(&state, &s).await?;
     Ok(Html(pages::inbox(&list, &s.csrf).into_string()).into_response())
 }
 
+/// How often the inbox stream re-reads the pending approvals (an in-memory read of the
+/// embedded proxy, one admin call to a remote one).
+const INBOX_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// `GET /ui/approvals/stream`: the live inbox over SSE. Each `inbox` event carries the
+/// rendered table (escaped by maud, so app.js may set it as HTML); one is sent at once and
+/// then only when the pending set changed. Ends when the sign-in does.
+async fn approvals_stream(State(state): State<AppState>, headers: HeaderMap) -> Page {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    let (id, s) = signed_in(&headers)?;
+    struct Inbox {
+        state: AppState,
+        signin_id: String,
+        s: auth::Signin,
+        last: Option<String>,
+        first: bool,
+    }
+    let init = Inbox {
+        state,
+        signin_id: id,
+        s,
+        last: None,
+        first: true,
+    };
+    let stream = futures_util::stream::unfold(init, |mut f| async move {
+        loop {
+            if !f.first {
+                tokio::time::sleep(INBOX_POLL).await;
+            }
+            f.first = false;
+            if !auth::is_live(&f.signin_id) {
+                return None;
+            }
+            let Ok(list) = pending(&f.state, &f.s).await else {
+                continue;
+            };
+            let html = pages::inbox(&list, &f.s.csrf).into_string();
+            if f.last.as_deref() == Some(html.as_str()) {
+                continue;
+            }
+            let event = Event::default().event("inbox").data(&html);
+            f.last = Some(html);
+            return Some((Ok::<_, std::convert::Infallible>(event), f));
+        }
+    });
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+/// The pending approvals this sign-in may answer: all (master), or those of its own
+/// sessions (a virtual key).
 async fn pending(
     state: &AppState,
     s: &auth::Signin,
 ) -> Result<Vec<crate::credentials::PendingApproval>, Response> {
     let broker = crate::api::approvals::broker(state).map_err(IntoResponse::into_response)?;
-    broker
+    let mut list = broker
         .approvals()
         .await
-        .map_err(|e| error_page(s, StatusCode::BAD_GATEWAY, &e.to_string()))
+        .map_err(|e| error_page(s, StatusCode::BAD_GATEWAY, &e.to_string()))?;
+    if !s.is_master() {
+        let mut seen: HashMap<String, bool> = HashMap::new();
+        let mut keep = Vec::with_capacity(list.len());
+        for a in list {
+            let Some(session) = a.session.clone() else {
+                continue;
+            };
+            let ok = match seen.get(&session) {
+                Some(ok) => *ok,
+                None => {
+                    let ok = crate::api::sessions::visible(state, &s.caller, &session)
+                        .await
+                        .is_ok();
+                    seen.insert(session, ok);
+                    ok
+                }
+            };
+            if ok {
+                keep.push(a);
+            }
+        }
+        list = keep;
+    }
+    Ok(list)
 }
 
 async fn approval_decide(
@@ -548,6 +732,23 @@ async fn approval_decide(
         Some("deny") => ApprovalDecision::Deny,
         _ => return Err(error_page(&s, StatusCode::BAD_REQUEST, "unknown decision")),
     };
+    if !s.is_master() {
+        // A virtual key answers only for its own sessions, and never for every sandbox.
+        if decision == ApprovalDecision::AllowAlways {
+            return Err(error_page(
+                &s,
+                StatusCode::FORBIDDEN,
+                "\"Allow always\" changes every sandbox's egress: it needs the master key.",
+            ));
+        }
+        if !pending(&state, &s).await?.iter().any(|a| a.id == id) {
+            return Err(error_page(
+                &s,
+                StatusCode::NOT_FOUND,
+                "no pending approval with this id for your sessions",
+            ));
+        }
+    }
     let by = format!("console:{}", s.who);
     crate::api::approvals::decide_as(&state, &id, decision, &by)
         .await

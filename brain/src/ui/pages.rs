@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use maud::{DOCTYPE, Markup, html};
 
-use crate::credentials::{AuditRecord, PendingApproval};
+use crate::credentials::{AuditHead, AuditRecord, CredentialInfo, PendingApproval};
 use crate::sessions::{EventRow, SessionView};
 use crate::store::SandboxRow;
 
@@ -16,12 +16,22 @@ pub fn time_dt(ts: &DateTime<Utc>) -> Markup {
     time(&ts.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
 }
 
-pub fn layout(title: &str, active: &str, who: Option<&str>, csrf: &str, body: Markup) -> Markup {
+/// Who is signed in, for the header.
+pub struct User<'a> {
+    pub who: &'a str,
+    /// The master key (every page) or a virtual key (its sessions and their approvals).
+    pub master: bool,
+    pub csrf: &'a str,
+}
+
+pub fn layout(title: &str, active: &str, user: Option<&User>, body: Markup) -> Markup {
+    // (key, href, label, master key only)
     let nav = [
-        ("sessions", "/ui/sessions", "Sessions"),
-        ("sandboxes", "/ui/sandboxes", "Sandboxes"),
-        ("audit", "/ui/audit", "Egress audit"),
-        ("approvals", "/ui/approvals", "Approvals"),
+        ("sessions", "/ui/sessions", "Sessions", false),
+        ("sandboxes", "/ui/sandboxes", "Sandboxes", true),
+        ("audit", "/ui/audit", "Egress audit", true),
+        ("credentials", "/ui/credentials", "Credentials", true),
+        ("approvals", "/ui/approvals", "Approvals", false),
     ];
     html! {
         (DOCTYPE)
@@ -36,13 +46,15 @@ pub fn layout(title: &str, active: &str, who: Option<&str>, csrf: &str, body: Ma
             body {
                 header {
                     span.brand { "Airlock" }
-                    @if let Some(who) = who {
-                        @for (key, href, label) in nav {
-                            a.on[key == active] href=(href) { (label) }
+                    @if let Some(u) = user {
+                        @for (key, href, label, master) in nav {
+                            @if u.master || !master {
+                                a.on[key == active] href=(href) { (label) }
+                            }
                         }
                         form.inline method="post" action="/ui/logout" {
-                            input type="hidden" name="csrf" value=(csrf);
-                            span.mut { (who) " " }
+                            input type="hidden" name="csrf" value=(u.csrf);
+                            span.mut #who { (u.who) " " }
                             button type="submit" { "Sign out" }
                         }
                     }
@@ -60,7 +72,7 @@ pub fn login(csrf: &str, error: Option<&str>) -> Markup {
             @if let Some(e) = error { div.flash { (e) } }
             form method="post" action="/ui/login" {
                 input type="hidden" name="csrf" value=(csrf);
-                label for="key" { "Master key" }
+                label for="key" { "Master key or virtual key" }
                 input #key type="password" name="key" autocomplete="current-password" autofocus required;
                 button.primary type="submit" { "Sign in" }
             }
@@ -95,6 +107,7 @@ pub fn sessions(list: &[SessionView], f: &SessionsQuery, next: Option<&str>) -> 
             label { "Search (task, id — this page)" input type="search" name="q" value=(f.q); }
             button type="submit" { "Filter" }
         }
+        div #sessions data-refresh="3000" {
         @if list.is_empty() { div.empty { "No sessions." } } @else {
             table {
                 thead { tr { th { "Session" } th { "Status" } th { "Origin" } th { "Model" }
@@ -112,6 +125,7 @@ pub fn sessions(list: &[SessionView], f: &SessionsQuery, next: Option<&str>) -> 
                     }
                 } }
             }
+        }
         }
         @if let Some(before) = next {
             div.pager { a href={ "/ui/sessions?status=" (f.status) "&origin=" (f.origin) "&q=" (f.q) "&before=" (before) } { "Older →" } }
@@ -213,9 +227,59 @@ pub struct AuditQuery<'a> {
     pub since: &'a str,
 }
 
-pub fn audit(recs: &[AuditRecord], f: &AuditQuery, export: &str) -> Markup {
+/// The audit chain's state for the audit page.
+pub struct Chain<'a> {
+    pub checked: Option<&'a super::audit_status::Checked>,
+    pub running: bool,
+    pub head: Option<&'a AuditHead>,
+    pub head_error: Option<&'a str>,
+    pub csrf: &'a str,
+}
+
+fn chain(c: &Chain) -> Markup {
+    let at = |ts: &DateTime<Utc>| time_dt(ts);
+    html! {
+        div.chain #chain {
+            @match c.checked.map(|k| (&k.at, &k.result)) {
+                None => { span.st #chain-status { "not verified yet" } }
+                Some((ts, Ok(v))) if v["ok"] == true => {
+                    span class="st st-ok" #chain-status { "chain intact" }
+                    " " (v["records"].to_string()) " records verified against " (v["recorded_heads"].to_string()) " recorded heads, " (at(ts))
+                }
+                Some((ts, Ok(v))) => {
+                    span class="st st-broken" #chain-status { "chain BROKEN" }
+                    " at seq " span.mono { (v["broken"]["seq"].to_string()) } ": " (v["broken"]["reason"].as_str().unwrap_or("")) ", " (at(ts))
+                }
+                Some((ts, Err(e))) => {
+                    span class="st st-failed" #chain-status { "not verified" } " " (e) ", " (at(ts))
+                }
+            }
+            @if c.running { " " span.mut { "(verifying…)" } }
+            " · head "
+            @if let Some(h) = c.head {
+                span.mono #chain-head title=(h.hash) { (h.seq) ":" (truncate(&h.hash, 16)) }
+            } @else {
+                span.mut { (c.head_error.unwrap_or("unknown")) }
+            }
+            " "
+            form.inline method="post" action="/ui/audit/verify" {
+                input type="hidden" name="csrf" value=(c.csrf);
+                button type="submit" { "Verify now" }
+            }
+        }
+    }
+}
+
+pub fn audit(
+    recs: &[AuditRecord],
+    f: &AuditQuery,
+    export: &str,
+    older: Option<&str>,
+    c: &Chain,
+) -> Markup {
     html! {
         h1 { "Egress audit" }
+        (chain(c))
         form.filters method="get" action="/ui/audit" {
             label { "Session" input name="session" value=(f.session); }
             label { "Sandbox" input name="sandbox" value=(f.sandbox); }
@@ -223,7 +287,7 @@ pub fn audit(recs: &[AuditRecord], f: &AuditQuery, export: &str) -> Markup {
             label { "Decision" select name="decision" {
                 @for s in ["", "allow", "deny"] { option value=(s) selected[s == f.decision] { @if s.is_empty() { "any" } @else { (s) } } }
             } }
-            label { "Host" input name="host" value=(f.host); }
+            label { "Host (exact)" input name="host" value=(f.host); }
             label { "Since (RFC 3339)" input name="since" value=(f.since) placeholder="2026-12-01T00:00:00Z"; }
             button type="submit" { "Filter" }
             a href=(export) { "Export JSONL" }
@@ -248,6 +312,9 @@ pub fn audit(recs: &[AuditRecord], f: &AuditQuery, export: &str) -> Markup {
                     }
                 } }
             }
+        }
+        @if let Some(href) = older {
+            div.pager { a #older href=(href) { "Older →" } }
         }
     }
 }
@@ -284,6 +351,41 @@ pub fn approvals(list: &[PendingApproval], csrf: &str) -> Markup {
     html! {
         h1 { "Approvals" }
         p.mut { "Requests held by the vault proxy (egress " code { "ask" } "). Unanswered ones are denied when they expire." }
-        div #inbox data-poll="/ui/approvals/inbox" { (inbox(list, csrf)) }
+        div #inbox data-stream="/ui/approvals/stream" data-poll="/ui/approvals/inbox" { (inbox(list, csrf)) }
+    }
+}
+
+fn list_or(items: &[String], empty: &str) -> Markup {
+    html! {
+        @if items.is_empty() { span.mut { (empty) } }
+        @else { @for (i, v) in items.iter().enumerate() { @if i > 0 { ", " } span.mono { (v) } } }
+    }
+}
+
+pub fn credentials(list: &Result<Vec<CredentialInfo>, String>) -> Markup {
+    html! {
+        h1 { "Credentials" }
+        p.mut { "Where each credential may go. Values never leave the vault proxy; sandboxes hold stubs." }
+        @match list {
+            Err(e) => { div.flash { (e) } }
+            Ok(l) if l.is_empty() => { div.empty { "No credentials are configured." } }
+            Ok(l) => {
+                table {
+                    thead { tr { th { "Name" } th { "Type" } th { "Hosts" } th { "Positions" }
+                        th { "Paths" } th { "Methods" } } }
+                    tbody { @for c in l {
+                        tr data-credential=(c.name) {
+                            td.mono { strong { (c.name) } }
+                            td { (c.kind) }
+                            td { @if c.stored && c.hosts.is_empty() { span.mut { "from the secret store" } }
+                                 @else { (list_or(&c.hosts, "none")) } }
+                            td { (list_or(&c.positions, "none")) }
+                            td { (list_or(&c.paths, "any")) }
+                            td { (list_or(&c.methods, "any")) }
+                        }
+                    } }
+                }
+            }
+        }
     }
 }

@@ -689,3 +689,87 @@ async fn a_traced_grant_s_records_carry_the_trace_id_and_still_verify() {
     write_lines(&path, &edited);
     assert!(!verify(&path).unwrap().is_ok());
 }
+
+/// A limited read goes backwards from the end (or from `before_seq`, found by bisection)
+/// and returns exactly what a full forward scan keeps: the last `limit` matches, oldest
+/// first, over a log several read chunks long, with a partial line being written at its end.
+#[tokio::test]
+async fn limited_reads_from_the_tail_equal_a_full_scan() {
+    let (_dir, path) = log_with(2500).await;
+    // A record being written (no newline yet) is not read.
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
+    std::io::Write::write_all(&mut f, b"{\"seq\":2501,\"ts\":").unwrap();
+    let all = read_records(&path, &Filter::default()).unwrap();
+    assert_eq!(all.len(), 2500);
+    assert!(std::fs::metadata(&path).unwrap().len() > 4 * 64 * 1024);
+    let filters = [
+        Filter::default(),
+        Filter {
+            sandbox: Some("sb-1".into()),
+            ..Default::default()
+        },
+        Filter {
+            decision: Some(Decision::Deny),
+            ..Default::default()
+        },
+        Filter {
+            session: Some("sess-8".into()),
+            ..Default::default()
+        },
+        Filter {
+            host: Some("API.GITHUB.COM".into()),
+            ..Default::default()
+        },
+        Filter {
+            host: Some("other.test".into()),
+            ..Default::default()
+        },
+    ];
+    for base in filters {
+        for before in [
+            None,
+            Some(1),
+            Some(2),
+            Some(700),
+            Some(1999),
+            Some(2500),
+            Some(9999),
+        ] {
+            for limit in [1usize, 7, 200, 5000] {
+                let f = Filter {
+                    before_seq: before,
+                    limit: Some(limit),
+                    ..base.clone()
+                };
+                let want: Vec<u64> = {
+                    let m: Vec<u64> = all.iter().filter(|r| f.matches(r)).map(|r| r.seq).collect();
+                    m[m.len().saturating_sub(limit)..].to_vec()
+                };
+                let got: Vec<u64> = read_records(&path, &f)
+                    .unwrap()
+                    .iter()
+                    .map(|r| r.seq)
+                    .collect();
+                assert_eq!(got, want, "{f:?}");
+            }
+        }
+    }
+    // `since` stops the backwards read at the first older record.
+    let since = chrono::DateTime::parse_from_rfc3339(&all[2000].ts)
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    let got = read_records(
+        &path,
+        &Filter {
+            since: Some(since),
+            limit: Some(10_000),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(got.iter().all(|r| r.ts >= all[2000].ts));
+    assert_eq!(got.last().unwrap().seq, 2500);
+}

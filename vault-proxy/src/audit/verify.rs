@@ -319,6 +319,10 @@ pub struct Filter {
     pub decision: Option<Decision>,
     /// Only records with `ts >= since`.
     pub since: Option<DateTime<Utc>>,
+    /// Only records to this host (case-insensitive).
+    pub host: Option<String>,
+    /// Only records with `seq < before_seq` (paging back from a page's oldest record).
+    pub before_seq: Option<u64>,
     /// At most this many, the most recent ones.
     pub limit: Option<usize>,
 }
@@ -327,6 +331,11 @@ impl Filter {
     /// Whether `r` passes the filter (ignores `limit`).
     pub fn matches(&self, r: &AuditRecord) -> bool {
         self.sandbox.as_ref().is_none_or(|s| *s == r.sandbox)
+            && self.before_seq.is_none_or(|b| r.seq < b)
+            && self
+                .host
+                .as_ref()
+                .is_none_or(|h| h.eq_ignore_ascii_case(&r.host))
             && self
                 .session
                 .as_ref()
@@ -347,7 +356,16 @@ impl Filter {
 /// written) is skipped; a malformed complete line is an error. This does not
 /// verify the chain (use [`verify`]). Blocking: call it from
 /// `spawn_blocking` in async code.
+///
+/// With a `limit` (the most recent matches) the file is read backwards from
+/// its end — or from `before_seq`, found by bisecting the file on `seq`
+/// (lines are in `seq` order) — and reading stops once `limit` records
+/// matched or a record older than `since` was read: a page of a large log
+/// costs what it shows, not the log's size (issue 15: 1,000,000 records).
 pub fn read_records(path: &Path, filter: &Filter) -> Result<Vec<AuditRecord>, AuditError> {
+    if filter.limit.is_some() {
+        return read_tail(path, filter);
+    }
     let io_err = |source| AuditError::Io {
         path: path.to_path_buf(),
         source,
@@ -386,6 +404,151 @@ pub fn read_records(path: &Path, filter: &Filter) -> Result<Vec<AuditRecord>, Au
         }
     }
     Ok(out.into())
+}
+
+/// Bytes read per step when reading backwards.
+const TAIL_CHUNK: usize = 64 * 1024;
+
+/// [`read_records`] with a limit: backwards from the end (or `before_seq`).
+fn read_tail(path: &Path, filter: &Filter) -> Result<Vec<AuditRecord>, AuditError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let io_err = |source| AuditError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let limit = filter.limit.unwrap_or(usize::MAX);
+    let mut file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err(e)),
+    };
+    let len = file.metadata().map_err(io_err)?.len();
+    let mut end = len;
+    if let Some(before) = filter.before_seq {
+        end = bisect_end(&mut file, len, before).map_err(io_err)?;
+    }
+    let mut out = Vec::new();
+    if limit == 0 {
+        return Ok(out);
+    }
+    // `pending` holds the bytes of [pos, end) not yet parsed: complete lines
+    // plus, at its front, the tail of a line that starts before `pos`.
+    let mut pos = end;
+    let mut pending: Vec<u8> = Vec::new();
+    let mut chunk = vec![0u8; TAIL_CHUNK];
+    let mut first = true;
+    loop {
+        let step = (pos.min(TAIL_CHUNK as u64)) as usize;
+        if step > 0 {
+            pos -= step as u64;
+            file.seek(SeekFrom::Start(pos)).map_err(io_err)?;
+            file.read_exact(&mut chunk[..step]).map_err(io_err)?;
+            let mut joined = Vec::with_capacity(step + pending.len());
+            joined.extend_from_slice(&chunk[..step]);
+            joined.extend_from_slice(&pending);
+            pending = joined;
+        }
+        if first {
+            // A trailing partial line (being written) is not a record yet.
+            match pending.iter().rposition(|&b| b == b'\n') {
+                Some(i) => pending.truncate(i + 1),
+                None if pos > 0 => continue,
+                None => return Ok(out),
+            }
+            first = false;
+        }
+        // Parse complete lines from the back; keep the (possibly partial) first one.
+        let keep_first = pos > 0;
+        let mut stop = pending.len();
+        loop {
+            // `stop` is one past a '\n'; the line is (start, stop - 1).
+            let line_end = stop - 1;
+            let start = match pending[..line_end].iter().rposition(|&b| b == b'\n') {
+                Some(i) => i + 1,
+                None if keep_first => break,
+                None => 0,
+            };
+            let line = &pending[start..line_end];
+            if !line.is_empty() {
+                let rec: AuditRecord =
+                    serde_json::from_slice(line).map_err(|e| AuditError::Parse {
+                        path: path.to_path_buf(),
+                        line: 0,
+                        reason: format!("record at byte {}: {e}", pos + start as u64),
+                    })?;
+                let older = filter.since.is_some_and(|since| {
+                    DateTime::parse_from_rfc3339(&rec.ts)
+                        .is_ok_and(|ts| ts.with_timezone(&Utc) < since)
+                });
+                if older {
+                    // Records are written in time order: nothing before this matches.
+                    out.reverse();
+                    return Ok(out);
+                }
+                if filter.matches(&rec) {
+                    out.push(rec);
+                    if out.len() >= limit {
+                        out.reverse();
+                        return Ok(out);
+                    }
+                }
+            }
+            stop = start;
+            if stop == 0 {
+                break;
+            }
+        }
+        pending.truncate(stop);
+        if pos == 0 {
+            out.reverse();
+            return Ok(out);
+        }
+    }
+}
+
+/// The end of the region holding every line with `seq < before`: bisects the
+/// file on byte offsets (lines are in `seq` order), then extends to the end of
+/// the line it lands in, so the region ends on a line boundary.
+fn bisect_end(file: &mut File, len: u64, before: u64) -> std::io::Result<u64> {
+    use std::io::{Seek, SeekFrom};
+    // The seq of the first complete line starting after `at`.
+    fn seq_after(file: &mut File, at: u64) -> std::io::Result<Option<u64>> {
+        use std::io::{Seek, SeekFrom};
+        file.seek(SeekFrom::Start(at))?;
+        let mut reader = BufReader::new(&mut *file);
+        let mut skipped = Vec::new();
+        if at > 0 {
+            reader.read_until(b'\n', &mut skipped)?;
+        }
+        let mut line = Vec::new();
+        reader.read_until(b'\n', &mut line)?;
+        if line.last() != Some(&b'\n') {
+            return Ok(None);
+        }
+        #[derive(serde::Deserialize)]
+        struct Seq {
+            seq: u64,
+        }
+        Ok(serde_json::from_slice::<Seq>(&line).ok().map(|s| s.seq))
+    }
+    let (mut lo, mut hi) = (0u64, len);
+    while hi - lo > TAIL_CHUNK as u64 {
+        let mid = lo + (hi - lo) / 2;
+        match seq_after(file, mid)? {
+            Some(seq) if seq >= before => hi = mid,
+            Some(_) => lo = mid,
+            // Unparseable or at the very end: search the lower half.
+            None => hi = mid,
+        }
+    }
+    // Extend `hi` to the end of the line it falls in.
+    if hi >= len {
+        return Ok(len);
+    }
+    file.seek(SeekFrom::Start(hi))?;
+    let mut rest = Vec::new();
+    BufReader::new(&mut *file).read_until(b'\n', &mut rest)?;
+    Ok(hi + rest.len() as u64)
 }
 
 // === CLI ===

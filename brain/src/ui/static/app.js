@@ -1,7 +1,8 @@
 // Airlock console: progressive enhancement only (every page works without it).
 // - <time data-rel> shows a relative time (absolute stays in the title on hover);
 // - #events[data-stream] follows the session's SSE stream and appends new events;
-// - #inbox[data-poll] refreshes the approvals inbox.
+// - #sessions[data-refresh] re-reads the sessions list (live statuses);
+// - #inbox[data-stream] follows the approvals inbox over SSE (data-poll is the fallback).
 "use strict";
 function rel(iso) {
   const s = Math.round((Date.now() - Date.parse(iso)) / 1000);
@@ -66,6 +67,8 @@ function follow(box) {
    "tool_calls", "tool_started", "tool_result", "error"].forEach(k => src.addEventListener(k, onEvent));
   src.onerror = () => { src.close(); };
 }
+// The inbox follows its SSE stream (the server sends the re-rendered, escaped table when the
+// pending set changes); if the stream fails it falls back to re-fetching every 2 s.
 function pollInbox(box) {
   setInterval(async () => {
     try {
@@ -74,11 +77,38 @@ function pollInbox(box) {
     } catch (_) { /* keep the last view */ }
   }, 2000);
 }
+function streamInbox(box) {
+  if (!window.EventSource) { pollInbox(box); return; }
+  const src = new EventSource(box.dataset.stream);
+  let opened = false;
+  src.addEventListener("open", () => { opened = true; box.dataset.live = "1"; });
+  src.addEventListener("inbox", m => { box.innerHTML = m.data; relTimes(); });
+  src.onerror = () => {
+    if (!opened) { src.close(); delete box.dataset.live; if (box.dataset.poll) pollInbox(box); }
+  };
+}
+// The sessions list keeps its statuses live: it re-reads this same page (same filters, one
+// database page) and swaps the table in.
+function refreshList(box) {
+  setInterval(async () => {
+    if (document.hidden) return;
+    try {
+      const r = await fetch(location.href, { credentials: "same-origin" });
+      if (!r.ok) return;
+      const doc = new DOMParser().parseFromString(await r.text(), "text/html");
+      const fresh = doc.getElementById(box.id);
+      if (fresh) { box.innerHTML = fresh.innerHTML; relTimes(); }
+    } catch (_) { /* keep the last view */ }
+  }, Number(box.dataset.refresh) || 3000);
+}
 document.addEventListener("DOMContentLoaded", () => {
   relTimes();
   setInterval(relTimes, 15000);
   const ev = document.getElementById("events");
   if (ev && ev.dataset.stream) follow(ev);
+  const list = document.getElementById("sessions");
+  if (list && list.dataset.refresh) refreshList(list);
   const inbox = document.getElementById("inbox");
-  if (inbox && inbox.dataset.poll) pollInbox(inbox);
+  if (inbox && inbox.dataset.stream) streamInbox(inbox);
+  else if (inbox && inbox.dataset.poll) pollInbox(inbox);
 });
