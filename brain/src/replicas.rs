@@ -60,17 +60,18 @@ async fn renew_until_stopped(
         }
         // Bounded: a renewal that cannot finish within a period is as good as failed, and the
         // next tick must be free to try again on a fresh connection.
-        let renewed = match tokio::time::timeout(period, state.store.renew_replica(lease_ms(&state))).await {
-            Ok(Ok(())) => true,
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "renewing the replica lease failed");
-                false
-            }
-            Err(_) => {
-                tracing::warn!("renewing the replica lease timed out");
-                false
-            }
-        };
+        let renewed =
+            match tokio::time::timeout(period, state.store.renew_replica(lease_ms(&state))).await {
+                Ok(Ok(())) => true,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "renewing the replica lease failed");
+                    false
+                }
+                Err(_) => {
+                    tracing::warn!("renewing the replica lease timed out");
+                    false
+                }
+            };
         healthy.send_if_modified(|since| match (renewed, *since) {
             (true, None) => {
                 *since = Some(Instant::now());

@@ -19,6 +19,7 @@ mod audit_heads;
 pub(crate) mod faults;
 pub mod replicas;
 mod sandboxes;
+mod snapshots;
 mod telemetry;
 #[cfg(test)]
 mod tests;
@@ -34,6 +35,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 
 pub use audit_heads::{HeadRecord, RecordedHead};
 pub use sandboxes::{NewSandbox, SandboxRow, SandboxStatus};
+pub use snapshots::SnapshotRow;
 
 /// (version, description, SQL) of every brain migration, per engine.
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -82,6 +84,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "trigger_inbox",
         include_str!("../../migrations/sqlite/0121_trigger_inbox.sql"),
     ),
+    (
+        163,
+        "snapshots",
+        include_str!("../../migrations/sqlite/0163_snapshots.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -128,6 +135,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         121,
         "trigger_inbox",
         include_str!("../../migrations/postgres/0121_trigger_inbox.sql"),
+    ),
+    (
+        163,
+        "snapshots",
+        include_str!("../../migrations/postgres/0163_snapshots.sql"),
     ),
 ];
 
