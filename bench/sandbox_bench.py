@@ -17,6 +17,9 @@ and, with a warm pool (`pools: [{backend: docker, size: --pool-size}]`, a second
   - burst: --burst concurrent provisions against the full pool: per-request latency, pool
     hits/misses, and the refill rate (sandboxes/s until the pool is full again)
   - pause / resume: POST /v1/sandboxes/{id}/pause and /resume (docker pause/unpause)
+  - snapshot / restore: POST /v1/sandboxes/{id}/snapshot of a workspace holding a
+    --snapshot-mb checkout (files of 100 KB), then POST /v1/sandboxes {"from_snapshot"}
+    until the restored sandbox answers (memory raised so workspace + tar fit)
 
 Prints p50/p99 for each and the ratios. Usage:
   python3 bench/sandbox_bench.py [--provisions 20] [--execs 200] [--profile release]
@@ -156,6 +159,8 @@ def main():
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--pool-size", type=int, default=8)
     ap.add_argument("--burst", type=int, default=50)
+    ap.add_argument("--snapshot-mb", type=int, default=200)
+    ap.add_argument("--snapshots", type=int, default=3)
     ap.add_argument("--image", help="sandbox image (default $AIRLOCK_SANDBOX_IMAGE or "
                     "airlock-sandbox:latest); needs an agent with POST /configure")
     a = ap.parse_args()
@@ -246,6 +251,34 @@ def main():
         assert r["stdout"] == "back\n", r
         results += [summary("pause", pauses), summary("resume", resumes)]
         pool.call("DELETE", f"/v1/sandboxes/{sb['id']}")
+
+        # Snapshot and restore of a checkout-sized workspace.
+        big = {"resources": {"memory_mb": 1024 + 3 * a.snapshot_mb}}
+        sb = pool.call("POST", "/v1/sandboxes", {"task_description": "snapshot bench", **big})
+        files = a.snapshot_mb * 10
+        fill = ("python3 -c \"import os\n"
+                f"for i in range({files}):\n"
+                " d='repo/d%03d' % (i // 100)\n"
+                " os.makedirs(d, exist_ok=True)\n"
+                " open(d + '/f%05d' % i, 'wb').write(os.urandom(100 * 1024))\"")
+        r = pool.call("POST", f"/v1/sandboxes/{sb['id']}/exec", {"command": fill, "timeout_s": 600})
+        assert r["exit_code"] == 0, r
+        snaps, restores = [], []
+        for _ in range(a.snapshots):
+            dt, snap = timed(lambda: pool.call("POST", f"/v1/sandboxes/{sb['id']}/snapshot"))
+            snaps.append(dt)
+            dt, rb = timed(lambda: pool.call("POST", "/v1/sandboxes", {
+                "task_description": "restore bench", "from_snapshot": snap["snapshot"], **big}))
+            restores.append(dt)
+            r = pool.call("POST", f"/v1/sandboxes/{rb['id']}/exec",
+                          {"command": "find repo -type f | wc -l"})
+            assert r["stdout"].strip() == str(files), r
+            pool.call("DELETE", f"/v1/sandboxes/{rb['id']}")
+            pool.call("DELETE", f"/v1/snapshots/{snap['snapshot']}")
+        extra["snapshot_bytes"] = snap["size_bytes"]
+        results += [summary(f"snapshot {a.snapshot_mb} MB", snaps),
+                    summary(f"provision from {a.snapshot_mb} MB snapshot", restores)]
+        pool.call("DELETE", f"/v1/sandboxes/{sb['id']}")
     finally:
         pool.close()
 
@@ -292,7 +325,8 @@ def main():
     print()
     for k, v in extra.get("burst", {}).items():
         print(f"burst {k:38} {v}")
-    print("snapshot/restore of a 200 MB workspace: not measured (snapshots not implemented yet)")
+    if "snapshot_bytes" in extra:
+        print(f"snapshot size (tar) {extra['snapshot_bytes']} bytes")
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"results": results, "ratios": ratios, **extra}, f, indent=2)

@@ -81,6 +81,8 @@ impl SandboxHost for BrainHost {
             credentials: (!req.credentials.is_empty()).then(|| req.credentials.clone()),
             ttl_s: Some(req.ttl.as_secs().clamp(1, limits.max_ttl_seconds)),
             resources: None,
+            from_snapshot: None,
+            workspace: None,
         };
         let params = sandboxes::validate_provision(&self.state, body).map_err(api_unavailable)?;
         let row = crate::lifecycle::provision(&self.state, params)

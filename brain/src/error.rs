@@ -140,6 +140,7 @@ impl From<BackendError> for ApiError {
             BackendError::NotSupported(_) => {
                 ApiError::new(StatusCode::NOT_IMPLEMENTED, "not_supported", message)
             }
+            BackendError::Conflict(_) => ApiError::conflict("conflict", message),
         }
     }
 }

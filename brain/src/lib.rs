@@ -17,6 +17,7 @@ pub mod pool;
 pub mod replicas;
 pub mod sandbox;
 pub mod sessions;
+pub mod snapshots;
 pub mod state;
 pub mod store;
 pub mod triggers;

@@ -56,6 +56,12 @@ pub struct ProvisionParams {
     pub ttl_s: u64,
     pub resources: Resources,
     pub session_id: Option<String>,
+    /// Start from this snapshot's workspace (`crate::snapshots`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_snapshot: Option<String>,
+    /// Mount this persistent workspace at `/workspace` (backends with `supports_workspaces`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<String>,
 }
 
 /// Sets the sandbox's egress from its session's `egress` (kept in the session's origin, see
@@ -82,17 +88,34 @@ pub(crate) async fn apply_session_egress(
 
 /// Creates a sandbox and returns its row (`running`, or `destroyed` if a delete won the race).
 /// Runs to completion even if the caller goes away, so nothing is left half-made.
+/// With `from_snapshot`, the sandbox (pooled or cold, always with a fresh grant) gets the
+/// snapshot's workspace before it is returned.
 pub async fn provision(
     state: &AppState,
-    params: ProvisionParams,
+    mut params: ProvisionParams,
 ) -> Result<SandboxRow, LifecycleError> {
     if !params.credentials.is_empty() && state.broker.is_none() {
         return Err(LifecycleError::NoBroker);
     }
+    let snapshot = crate::snapshots::for_request(state, &mut params).await?;
+    let row = provision_fresh(state, params).await?;
+    match snapshot {
+        Some(snapshot) => crate::snapshots::restore_into(state, row, &snapshot).await,
+        None => Ok(row),
+    }
+}
+
+async fn provision_fresh(
+    state: &AppState,
+    params: ProvisionParams,
+) -> Result<SandboxRow, LifecycleError> {
     if let Some(row) = crate::pool::claim(state, &params).await? {
         return Ok(row);
     }
     let backend = state.backends.get(params.backend).await?;
+    if params.workspace.is_some() && !backend.supports_workspaces() {
+        return Err(BackendError::not_supported(params.backend, "persistent workspaces").into());
+    }
     let id = format!("sb-{}", uuid::Uuid::new_v4().simple());
     let request = serde_json::to_value(&params).map_err(|e| LifecycleError::Task(e.to_string()))?;
     let ttl = chrono::Duration::seconds(i64::try_from(params.ttl_s).unwrap_or(i64::MAX / 1000));
@@ -168,6 +191,7 @@ async fn provision_steps(
         files: grant.files,
         agent_token: random_token(),
         ttl_s: params.ttl_s,
+        workspace: params.workspace.clone(),
     };
     let kind = params.backend.as_str();
     match backend.provision(&spec).await {

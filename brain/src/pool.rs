@@ -175,7 +175,8 @@ impl Pools {
 
     /// The pool a request would claim from.
     fn matching(&self, params: &ProvisionParams, state: &AppState) -> Option<&PoolConfig> {
-        if params.resources != state.config.sandbox.resources {
+        // A persistent workspace is mounted when the container is created: never pooled.
+        if params.resources != state.config.sandbox.resources || params.workspace.is_some() {
             return None;
         }
         self.configs
@@ -410,6 +411,8 @@ async fn fill_one(state: &AppState, config: &PoolConfig) -> Result<Option<Ready>
         ttl_s: state.config.sandbox.default_ttl_seconds,
         resources: state.config.sandbox.resources,
         session_id: None,
+        from_snapshot: None,
+        workspace: None,
     };
     let new = NewSandbox {
         id: id.clone(),
@@ -429,6 +432,7 @@ async fn fill_one(state: &AppState, config: &PoolConfig) -> Result<Option<Ready>
         files: placeholder_files(state, config.backend),
         agent_token: lifecycle::random_token(),
         ttl_s: params.ttl_s,
+        workspace: None,
     };
     let handle = match backend.provision(&spec).await {
         Ok(handle) => handle,

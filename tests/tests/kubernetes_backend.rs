@@ -64,6 +64,7 @@ fn spec(id: &str) -> SandboxSpec {
         )],
         agent_token: format!("agent-token-{id}"),
         ttl_s: 600,
+        workspace: None,
     }
 }
 
@@ -780,6 +781,7 @@ fn manifests_parse_into_kubernetes_types_and_policy_confines_sandboxes() {
         files: Vec::new(),
         agent_token: "t".into(),
         ttl_s: 60,
+        workspace: None,
     };
     probe
         .env

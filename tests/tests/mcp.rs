@@ -119,6 +119,7 @@ async fn mcp_client_lists_provisions_executes_and_uses_files() {
             "sandbox_provision",
             "sandbox_read_file",
             "sandbox_resume",
+            "sandbox_snapshot",
             "sandbox_write_file"
         ]
     );

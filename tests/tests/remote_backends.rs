@@ -45,6 +45,7 @@ fn spec(id: &str, ttl_s: u64) -> SandboxSpec {
         )],
         agent_token: "unused".into(),
         ttl_s,
+        workspace: None,
     }
 }
 

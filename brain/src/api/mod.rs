@@ -19,7 +19,7 @@ use axum::extract::{Request, State};
 use axum::http::header;
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 
 pub use extract::ApiJson;
 
@@ -36,6 +36,12 @@ pub fn app(state: AppState) -> Router {
         .route("/sandboxes/{id}/exec", post(sandboxes::exec))
         .route("/sandboxes/{id}/pause", post(sandboxes::pause))
         .route("/sandboxes/{id}/resume", post(sandboxes::resume))
+        .route("/sandboxes/{id}/snapshot", post(sandboxes::snapshot))
+        .route(
+            "/snapshots/{id}",
+            get(sandboxes::show_snapshot).delete(sandboxes::delete_snapshot),
+        )
+        .route("/workspaces/{name}", delete(sandboxes::delete_workspace))
         .route("/audit/egress", get(audit::egress))
         .route("/audit/verify", get(audit::verify))
         .route("/approvals", get(approvals::list))

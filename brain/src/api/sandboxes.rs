@@ -24,7 +24,7 @@ use crate::lifecycle::{self, ProvisionParams};
 use crate::metrics::Outcome;
 use crate::sandbox::{BackendKind, Resources, SandboxHandle};
 use crate::state::AppState;
-use crate::store::{SandboxRow, SandboxStatus};
+use crate::store::{SandboxRow, SandboxStatus, SnapshotRow};
 
 /// Most rows `GET /v1/sandboxes` returns.
 const LIST_LIMIT: i64 = 500;
@@ -38,6 +38,10 @@ pub struct ProvisionBody {
     pub credentials: Option<Vec<String>>,
     pub ttl_s: Option<u64>,
     pub resources: Option<ResourcesBody>,
+    /// A snapshot id: start with its workspace.
+    pub from_snapshot: Option<String>,
+    /// A persistent workspace name: mounted at `/workspace`, outlives the sandbox.
+    pub workspace: Option<String>,
 }
 
 /// Requested resources; missing fields come from `sandbox.resources`.
@@ -193,6 +197,9 @@ pub(crate) fn validate_provision(
             "no vault proxy configured: credentials cannot be granted to sandboxes",
         ));
     }
+    if let Some(name) = &body.workspace {
+        crate::sandbox::docker::check_workspace_name(name).map_err(ApiError::from)?;
+    }
     if body.image.as_deref().is_some_and(|i| i.trim().is_empty()) {
         return Err(ApiError::bad_request(
             "invalid_request",
@@ -207,6 +214,8 @@ pub(crate) fn validate_provision(
         ttl_s,
         resources,
         session_id: None,
+        from_snapshot: body.from_snapshot,
+        workspace: body.workspace,
     })
 }
 
@@ -319,6 +328,101 @@ pub(crate) async fn pause_or_resume(
         backend.resume(&handle).await?;
     }
     Ok(Json(SandboxView::from(&row)))
+}
+
+/// `POST /v1/sandboxes/{id}/snapshot` → `201 {"snapshot", …}`: the sandbox's workspace,
+/// never its grant (see `crate::snapshots`).
+pub async fn snapshot(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<SnapshotView>), ApiError> {
+    let row = state
+        .store
+        .get_sandbox(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no sandbox {id}")))?;
+    let handle = usable_handle(&row)?;
+    // Spawned: a client hanging up cannot leave a stored snapshot without its row.
+    let task = tokio::spawn(async move { crate::snapshots::take(&state, &row, &handle).await });
+    let snapshot = task
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))??;
+    Ok((StatusCode::CREATED, Json(SnapshotView::from(&snapshot))))
+}
+
+/// `GET /v1/snapshots/{id}`.
+pub async fn show_snapshot(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<SnapshotView>, ApiError> {
+    let snapshot = state
+        .store
+        .get_snapshot(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no snapshot {id}")))?;
+    Ok(Json(SnapshotView::from(&snapshot)))
+}
+
+/// `DELETE /v1/snapshots/{id}`: removes what the backend stored, then the row.
+pub async fn delete_snapshot(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let id2 = id.clone();
+    let task = tokio::spawn(async move { crate::snapshots::delete(&state, &id2).await });
+    let deleted = task
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))??;
+    if !deleted {
+        return Err(ApiError::not_found(format!("no snapshot {id}")));
+    }
+    Ok(Json(serde_json::json!({ "snapshot": id, "deleted": true })))
+}
+
+/// `DELETE /v1/workspaces/{name}` (default backend, or `?backend=`): removes a persistent
+/// workspace no sandbox uses (`409` while one does).
+pub async fn delete_workspace(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let kind = match query.get("backend") {
+        Some(b) => b.parse::<BackendKind>().map_err(|_| {
+            ApiError::bad_request("invalid_request", format!("unknown backend {b:?}"))
+        })?,
+        None => state.backends.default_kind(),
+    };
+    let backend = state.backends.get(kind).await?;
+    if !backend.delete_workspace(&name).await? {
+        return Err(ApiError::not_found(format!("no workspace {name}")));
+    }
+    Ok(Json(
+        serde_json::json!({ "workspace": name, "deleted": true }),
+    ))
+}
+
+/// What the API shows of a snapshot.
+#[derive(Debug, Serialize)]
+pub struct SnapshotView {
+    pub snapshot: String,
+    pub backend: BackendKind,
+    pub image: Option<String>,
+    pub source_sandbox: String,
+    pub size_bytes: u64,
+    pub created_at: String,
+}
+
+impl From<&SnapshotRow> for SnapshotView {
+    fn from(row: &SnapshotRow) -> Self {
+        Self {
+            snapshot: row.id.clone(),
+            backend: row.backend,
+            image: row.image.clone(),
+            source_sandbox: row.source_sandbox.clone(),
+            size_bytes: row.size_bytes,
+            created_at: rfc3339(row.created_at),
+        }
+    }
 }
 
 /// The handle of a sandbox that can take commands and file operations now, or why not

@@ -79,6 +79,13 @@ const TOOLS: &[Tool] = &[
                 required: false,
                 description: "Names of credentials to grant, e.g. [\"GITHUB_TOKEN\"].",
             },
+            Arg {
+                name: "from_snapshot",
+                kind: Kind::String,
+                required: false,
+                description: "A snapshot id from sandbox_snapshot: start with its workspace \
+                              files (the grant is always fresh).",
+            },
         ],
         output: provision_output_schema,
         read_only: false,
@@ -204,6 +211,18 @@ const TOOLS: &[Tool] = &[
         destructive: false,
     },
     Tool {
+        name: "sandbox_snapshot",
+        title: "Snapshot a sandbox's workspace",
+        description: "Store the files under /workspace of a sandbox of this session and return \
+                      a snapshot id for sandbox_provision's from_snapshot. Never captures \
+                      credentials: a workspace file holding one is refused. Backends without \
+                      snapshots answer not_supported.",
+        args: &[SANDBOX_ID],
+        output: snapshot_output_schema,
+        read_only: false,
+        destructive: false,
+    },
+    Tool {
         name: "sandbox_resume",
         title: "Resume a paused sandbox",
         description: "Undo sandbox_pause.",
@@ -304,6 +323,17 @@ fn list_output_schema() -> Value {
             },
         }),
         &["sandbox_id", "path", "entries"],
+    )
+}
+
+fn snapshot_output_schema() -> Value {
+    object_schema(
+        json!({
+            "sandbox_id": {"type": "string"},
+            "snapshot": {"type": "string"},
+            "size_bytes": {"type": "integer"},
+        }),
+        &["sandbox_id", "snapshot", "size_bytes"],
     )
 }
 
@@ -464,6 +494,7 @@ pub async fn call(
         "sandbox_destroy" => destroy(state, session, args).await,
         "sandbox_pause" => pause_or_resume(state, session, args, true).await,
         "sandbox_resume" => pause_or_resume(state, session, args, false).await,
+        "sandbox_snapshot" => snapshot(state, session, args).await,
         other => {
             tracing::error!(tool = other, "tool listed but not dispatched");
             return Err(RpcError::internal());
@@ -546,6 +577,8 @@ async fn provision(state: &AppState, session: &McpSession, args: &Map<String, Va
         credentials,
         ttl_s: None,
         resources: None,
+        from_snapshot: str_arg(args, "from_snapshot").map(str::to_string),
+        workspace: None,
     };
     let mut params = validate_provision(state, body).map_err(api_error)?;
     params.session_id = Some(session.id.clone());
@@ -679,6 +712,24 @@ async fn pause_or_resume(
         .map_err(api_error)?;
     let status = if pause { "paused" } else { "running" };
     Ok(json!({"sandbox_id": row.id, "status": status}))
+}
+
+async fn snapshot(state: &AppState, session: &McpSession, args: &Map<String, Value>) -> Outcome {
+    let row = resolve(state, session, args).await?;
+    let handle = usable_handle(&row).map_err(api_error)?;
+    let state2 = state.clone();
+    let row2 = row.clone();
+    // Spawned: a dropped MCP request cannot leave a stored snapshot without its row.
+    let task = tokio::spawn(async move { crate::snapshots::take(&state2, &row2, &handle).await });
+    let snapshot = task
+        .await
+        .map_err(|e| format!("internal: {e}"))?
+        .map_err(|e| api_error(e.into()))?;
+    Ok(json!({
+        "sandbox_id": row.id,
+        "snapshot": snapshot.id,
+        "size_bytes": snapshot.size_bytes,
+    }))
 }
 
 #[cfg(test)]

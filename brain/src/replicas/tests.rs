@@ -101,6 +101,8 @@ fn params() -> ProvisionParams {
         ttl_s: 3600,
         resources: Resources::default(),
         session_id: None,
+        from_snapshot: None,
+        workspace: None,
     }
 }
 

@@ -51,6 +51,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use airlock_wire::ExecRequest;
 use async_trait::async_trait;
 use bollard::Docker;
 use bollard::errors::Error as DockerError;
@@ -60,8 +61,9 @@ use bollard::models::{
     RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, ListNetworksOptionsBuilder,
-    LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, DownloadFromContainerOptionsBuilder,
+    ListContainersOptionsBuilder, ListNetworksOptionsBuilder, LogsOptionsBuilder,
+    RemoveContainerOptionsBuilder, RemoveImageOptionsBuilder,
 };
 use futures_util::StreamExt;
 use serde::Deserialize;
@@ -115,6 +117,8 @@ pub fn sandbox_proxy_url(sandbox_id: &str, token: &str) -> String {
 const NETWORK_REF_PREFIX: &str = "network:";
 /// Uid/gid every sandbox process runs as (the image's `sandbox` user).
 const SANDBOX_USER: &str = "1000:1000";
+/// Longest a snapshot's `tar` (pack or unpack) may run inside the sandbox.
+const SNAPSHOT_TOOL_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Settings of the docker backend (`sandbox.docker` in the brain config).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -471,22 +475,36 @@ impl DockerBackend {
         ));
 
         let memory = mib_to_bytes(spec.resources.memory_mb)?;
-        let mut tmpfs = HashMap::from([
-            (
+        let mut labels = labels;
+        if let Some(name) = &spec.workspace {
+            // A persistent workspace: the named volume instead of the tmpfs. A new volume
+            // starts as a copy of the image's `/workspace` (empty, owned by uid 1000).
+            let volume = self.ensure_workspace(name, &labels).await?;
+            labels.insert(WORKSPACE_LABEL.to_string(), name.clone());
+            mounts.push(Mount {
+                target: Some("/workspace".into()),
+                source: Some(volume),
+                typ: Some(MountType::VOLUME),
+                read_only: Some(false),
+                ..Default::default()
+            });
+        }
+        let mut tmpfs = HashMap::from([(
+            "/tmp".to_string(),
+            format!(
+                "rw,exec,nosuid,nodev,size={}m,mode=1777",
+                self.config.tmp_size_mb
+            ),
+        )]);
+        if spec.workspace.is_none() {
+            tmpfs.insert(
                 "/workspace".to_string(),
                 format!(
                     "rw,exec,nosuid,nodev,size={}m,uid=1000,gid=1000,mode=0755",
                     self.config.workspace_size_mb
                 ),
-            ),
-            (
-                "/tmp".to_string(),
-                format!(
-                    "rw,exec,nosuid,nodev,size={}m,mode=1777",
-                    self.config.tmp_size_mb
-                ),
-            ),
-        ]);
+            );
+        }
         if let Some(home) = self
             .config
             .home_dir
@@ -772,6 +790,65 @@ impl DockerBackend {
 
     /// Removes whatever a failed provision created. Errors are logged, not returned: the
     /// provision error is what the caller needs, and the label sweep catches leftovers.
+    /// Repository of snapshot images: `<container_prefix>snapshot`.
+    fn snapshot_repo(&self) -> String {
+        format!("{}snapshot", self.config.container_prefix).to_ascii_lowercase()
+    }
+
+    /// Volume of a persistent workspace: `<container_prefix>ws-<name>`.
+    fn workspace_volume(&self, name: &str) -> String {
+        format!("{}ws-{name}", self.config.container_prefix)
+    }
+
+    /// Creates the workspace's volume unless it exists, after checking no live container
+    /// mounts it (one sandbox at a time: two writers would corrupt a checkout). Returns its
+    /// name.
+    async fn ensure_workspace(
+        &self,
+        name: &str,
+        labels: &HashMap<String, String>,
+    ) -> Result<String, BackendError> {
+        check_workspace_name(name)?;
+        if let Some(user) = self.workspace_user(name).await? {
+            return Err(BackendError::Conflict(format!(
+                "workspace {name} is in use by sandbox {user}"
+            )));
+        }
+        let volume = self.workspace_volume(name);
+        let mut labels = labels.clone();
+        labels.remove(SANDBOX_LABEL);
+        labels.insert(WORKSPACE_LABEL.to_string(), name.to_string());
+        self.docker
+            .create_volume(bollard::models::VolumeCreateRequest {
+                name: Some(volume.clone()),
+                labels: Some(labels),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| engine("create the workspace volume", e))?;
+        Ok(volume)
+    }
+
+    /// The sandbox whose container (any state) mounts workspace `name`, if any.
+    async fn workspace_user(&self, name: &str) -> Result<Option<String>, BackendError> {
+        let filter = HashMap::from([(
+            "label".to_string(),
+            vec![format!("{WORKSPACE_LABEL}={name}")],
+        )]);
+        let options = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filter)
+            .build();
+        let containers = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(|e| engine("list containers", e))?;
+        Ok(containers
+            .into_iter()
+            .find_map(|c| c.labels.and_then(|mut l| l.remove(SANDBOX_LABEL)).or(c.id)))
+    }
+
     async fn cleanup(&self, sandbox_id: &str, created: &Created) {
         if let Err(e) = self
             .remove_all(sandbox_id, created.container.as_deref())
@@ -1074,6 +1151,179 @@ impl SandboxBackend for DockerBackend {
         }
     }
 
+    /// The workspace as a tar, written by the sandbox's own `tar` to its `/tmp` and read back
+    /// through the agent's files API (the engine's archive API cannot see a tmpfs), checked
+    /// for any part of the grant, then imported as a one-layer image
+    /// `<container_prefix>snapshot:<snapshot id>` (labelled, so it can be listed and removed).
+    async fn snapshot(
+        &self,
+        handle: &SandboxHandle,
+        snapshot_id: &str,
+    ) -> Result<super::StoredSnapshot, BackendError> {
+        let tag = snapshot_tag(snapshot_id)?;
+        let agent = self.agent(handle)?;
+        let tar_path = format!("/tmp/.airlock-snapshot-{tag}.tar");
+        // Files the brain placed under /workspace (bind mounts) are not the workspace's.
+        let staged: BTreeMap<String, String> = handle
+            .extra
+            .get(EXTRA_STAGED_FILES)
+            .and_then(|s| serde_json::from_str(s).ok())
+            .unwrap_or_default();
+        let mut argv = vec!["tar".to_string(), "-C".into(), "/".into()];
+        for target in staged.keys() {
+            if let Some(rel) = target.strip_prefix("/workspace/") {
+                argv.push(format!("--exclude=workspace/{rel}"));
+            }
+        }
+        argv.extend(["-cf".into(), tar_path.clone(), "workspace".into()]);
+        let packed = run_tool(&agent, argv).await;
+        let data = match packed {
+            Ok(()) => agent.read_file(&tar_path).await,
+            Err(e) => Err(e),
+        };
+        // Always leave /tmp as it was, whatever happened above.
+        let _ = run_tool(&agent, vec!["rm".into(), "-f".into(), tar_path]).await;
+        let data = data?;
+        super::ensure_no_grant(handle, &data)?;
+        let size_bytes = data.len() as u64;
+        let repo = self.snapshot_repo();
+        let options = CreateImageOptionsBuilder::default()
+            .from_src("-")
+            .repo(&repo)
+            .tag(&tag)
+            .changes(vec![format!("LABEL {SNAPSHOT_LABEL}={tag}")])
+            .build();
+        let mut progress =
+            self.docker
+                .create_image(Some(options), Some(bollard::body_full(data)), None);
+        while let Some(step) = progress.next().await {
+            let step = step.map_err(|e| engine("import the workspace snapshot", e))?;
+            if let Some(err) = step.error_detail.and_then(|d| d.message) {
+                return Err(BackendError::Unavailable(format!(
+                    "importing the workspace snapshot: {err}"
+                )));
+            }
+        }
+        Ok(super::StoredSnapshot {
+            backend_ref: format!("{repo}:{tag}"),
+            size_bytes,
+        })
+    }
+
+    /// Reads the snapshot image's `/workspace` through a container created from it and never
+    /// started (labelled with the sandbox's id, so a destroy or the sweep removes a leftover),
+    /// hands the tar to the sandbox and unpacks it there with its own `tar`.
+    async fn restore_snapshot(
+        &self,
+        handle: &SandboxHandle,
+        backend_ref: &str,
+    ) -> Result<(), BackendError> {
+        let reader = format!(
+            "{}snapshot-reader-{}",
+            self.config.container_prefix, handle.id
+        );
+        let body = ContainerCreateBody {
+            image: Some(backend_ref.to_string()),
+            // Never run: the image holds only the workspace files.
+            cmd: Some(vec!["/airlock-snapshot-is-never-started".into()]),
+            labels: Some(HashMap::from([(
+                SANDBOX_LABEL.to_string(),
+                handle.id.clone(),
+            )])),
+            host_config: Some(HostConfig {
+                network_mode: Some("none".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let options = CreateContainerOptionsBuilder::default()
+            .name(&reader)
+            .build();
+        self.docker
+            .create_container(Some(options), body)
+            .await
+            .map_err(|e| {
+                if status(&e) == Some(404) {
+                    BackendError::Invalid(format!("snapshot image {backend_ref} is gone"))
+                } else {
+                    engine("create the snapshot reader", e)
+                }
+            })?;
+        let read = async {
+            let options = DownloadFromContainerOptionsBuilder::default()
+                .path("/workspace")
+                .build();
+            let mut stream = self.docker.download_from_container(&reader, Some(options));
+            let mut data = bytes::BytesMut::new();
+            while let Some(chunk) = stream.next().await {
+                data.extend_from_slice(&chunk.map_err(|e| engine("read the snapshot", e))?);
+            }
+            Ok::<_, BackendError>(data.freeze())
+        }
+        .await;
+        self.remove_container(&reader).await?;
+        let data = read?;
+        let agent = self.agent(handle)?;
+        let tar_path = "/tmp/.airlock-restore.tar";
+        agent.write_file(tar_path, data).await?;
+        let unpacked = run_tool(
+            &agent,
+            vec![
+                "tar".into(),
+                "-C".into(),
+                "/".into(),
+                "--no-same-owner".into(),
+                "-xf".into(),
+                tar_path.into(),
+            ],
+        )
+        .await;
+        let _ = run_tool(&agent, vec!["rm".into(), "-f".into(), tar_path.into()]).await;
+        unpacked
+    }
+
+    async fn delete_snapshot(&self, backend_ref: &str) -> Result<(), BackendError> {
+        let options = RemoveImageOptionsBuilder::default().force(true).build();
+        match self
+            .docker
+            .remove_image(backend_ref, Some(options), None)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if status(&e) == Some(404) => Ok(()),
+            Err(e) => Err(engine("remove the snapshot image", e)),
+        }
+    }
+
+    fn supports_workspaces(&self) -> bool {
+        true
+    }
+
+    async fn delete_workspace(&self, name: &str) -> Result<bool, BackendError> {
+        check_workspace_name(name)?;
+        if let Some(user) = self.workspace_user(name).await? {
+            return Err(BackendError::Conflict(format!(
+                "workspace {name} is in use by sandbox {user}"
+            )));
+        }
+        let volume = self.workspace_volume(name);
+        match self
+            .docker
+            .remove_volume(
+                &volume,
+                None::<bollard::query_parameters::RemoveVolumeOptions>,
+            )
+            .await
+        {
+            Ok(()) => Ok(true),
+            Err(e) if status(&e) == Some(404) => Ok(false),
+            Err(e) if status(&e) == Some(409) => Err(BackendError::Conflict(format!(
+                "workspace {name} is in use: {e}"
+            ))),
+            Err(e) => Err(engine("remove the workspace volume", e)),
+        }
+    }
+
     /// Re-establishes the brain side of the egress socket (a new brain process has none).
     async fn adopt(&self, handle: &SandboxHandle) -> Result<(), BackendError> {
         // Only a sandbox whose directory is still there: never re-create a destroyed one's.
@@ -1087,6 +1337,71 @@ impl SandboxBackend for DockerBackend {
 }
 
 // === helpers ===
+
+/// Label on snapshot images (value: the snapshot's tag).
+pub const SNAPSHOT_LABEL: &str = "airlock.snapshot";
+
+/// A snapshot id as an image tag (`[A-Za-z0-9_.-]`, at most 128 characters).
+fn snapshot_tag(snapshot_id: &str) -> Result<String, BackendError> {
+    let ok = !snapshot_id.is_empty()
+        && snapshot_id.len() <= 128
+        && snapshot_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if !ok {
+        return Err(BackendError::Invalid(format!(
+            "snapshot id {snapshot_id:?} is not a valid image tag"
+        )));
+    }
+    Ok(snapshot_id.to_ascii_lowercase())
+}
+
+/// Runs one of the image's tools (tar, rm) through the agent; a non-zero exit is an error
+/// carrying its stderr.
+async fn run_tool(agent: &AgentClient, argv: Vec<String>) -> Result<(), BackendError> {
+    let what = argv.first().cloned().unwrap_or_default();
+    let result = agent
+        .exec(ExecRequest {
+            argv: Some(argv),
+            timeout_ms: Some(SNAPSHOT_TOOL_TIMEOUT.as_millis() as u64),
+            max_output_bytes: Some(16 * 1024),
+            ..ExecRequest::default()
+        })
+        .await?;
+    if result.exit_code == Some(0) {
+        return Ok(());
+    }
+    Err(BackendError::Invalid(format!(
+        "{what} in the sandbox failed ({}): {}",
+        match (result.exit_code, result.timed_out) {
+            (_, true) => "timed out".to_string(),
+            (Some(code), _) => format!("exit {code}"),
+            (None, _) => format!("signal {}", result.signal.unwrap_or(0)),
+        },
+        result.stderr.trim()
+    )))
+}
+
+/// Label on workspace volumes and on the containers that mount one (value: the name).
+pub const WORKSPACE_LABEL: &str = "airlock.workspace";
+
+/// A workspace name (`[a-z0-9][a-z0-9_.-]{0,62}`), as it appears in a volume name.
+pub fn check_workspace_name(name: &str) -> Result<(), BackendError> {
+    let mut chars = name.chars();
+    let ok = name.len() <= 63
+        && chars
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && chars
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '.' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(BackendError::Invalid(format!(
+            "workspace name {name:?} must match [a-z0-9][a-z0-9_.-]{{0,62}}"
+        )))
+    }
+}
 
 fn validate(spec: &SandboxSpec) -> Result<(), BackendError> {
     let id_ok = !spec.id.is_empty()
@@ -1398,6 +1713,7 @@ mod tests {
             files: Vec::new(),
             agent_token: format!("tok-{:016x}", rand::random::<u64>()),
             ttl_s: 600,
+            workspace: None,
         }
     }
 

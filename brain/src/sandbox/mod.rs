@@ -119,6 +119,49 @@ pub struct SandboxSpec {
     /// Token the in-sandbox agent must demand (`AIRLOCK_AGENT_TOKEN`).
     pub agent_token: String,
     pub ttl_s: u64,
+    /// A persistent workspace (named volume) mounted at `/workspace` instead of a scratch
+    /// one; only backends whose `supports_workspaces` is true get one.
+    pub workspace: Option<String>,
+}
+
+/// What [`SandboxBackend::snapshot`] stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSnapshot {
+    /// What [`SandboxBackend::restore_snapshot`] and `delete_snapshot` take.
+    pub backend_ref: String,
+    pub size_bytes: u64,
+}
+
+/// Refuses workspace bytes that hold any part of the sandbox's grant (its proxy token, its
+/// stubs): a snapshot never captures one. Scans the whole archive once (Aho-Corasick).
+pub fn ensure_no_grant(handle: &SandboxHandle, data: &[u8]) -> Result<(), BackendError> {
+    let Some((token, stubs)) = crate::credentials::recorded_grant(handle) else {
+        return Ok(());
+    };
+    let mut needles: Vec<(String, &str)> = vec![("the proxy token".into(), token.as_str())];
+    for (name, stub) in &stubs {
+        needles.push((format!("the {name} stub"), stub.as_str()));
+        // Typed stubs kept as one string (`ID:SECRET[:REGION]`) leak part by part too.
+        if stub.contains(':') {
+            for part in stub.split(':').filter(|p| p.len() >= 16) {
+                needles.push((format!("part of the {name} stub"), part));
+            }
+        }
+    }
+    needles.retain(|(_, n)| !n.is_empty());
+    if needles.is_empty() {
+        return Ok(());
+    }
+    let matcher = aho_corasick::AhoCorasick::new(needles.iter().map(|(_, n)| *n))
+        .map_err(|e| BackendError::Unavailable(format!("building the grant scan: {e}")))?;
+    if let Some(found) = matcher.find(data) {
+        return Err(BackendError::Invalid(format!(
+            "the workspace holds {} in a file; a snapshot never captures a sandbox's grant: \
+             remove it from /workspace and snapshot again",
+            needles[found.pattern().as_usize()].0
+        )));
+    }
+    Ok(())
 }
 
 /// `configure` files as the agent takes them (UTF-8 text: CA bundles, config files).
@@ -200,6 +243,9 @@ pub enum BackendError {
     /// The backend does not have this feature (named in the message): `501 not_supported`.
     #[error("{0}")]
     NotSupported(String),
+    /// The request conflicts with the backend's current state (a workspace in use): `409`.
+    #[error("{0}")]
+    Conflict(String),
 }
 
 impl BackendError {
@@ -285,13 +331,13 @@ pub trait SandboxBackend: Send + Sync {
         Err(BackendError::not_supported(self.kind(), "resume"))
     }
 
-    /// Captures the sandbox's workspace (never its env: grants live there) and returns a
-    /// backend reference [`SandboxBackend::restore_snapshot`] takes.
+    /// Captures the sandbox's workspace (never its env: grants live there; see
+    /// [`ensure_no_grant`]) and returns what [`SandboxBackend::restore_snapshot`] takes.
     async fn snapshot(
         &self,
         _handle: &SandboxHandle,
         _snapshot_id: &str,
-    ) -> Result<String, BackendError> {
+    ) -> Result<StoredSnapshot, BackendError> {
         Err(BackendError::not_supported(self.kind(), "snapshots"))
     }
 
@@ -307,6 +353,20 @@ pub trait SandboxBackend: Send + Sync {
     /// Removes what [`SandboxBackend::snapshot`] stored.
     async fn delete_snapshot(&self, _backend_ref: &str) -> Result<(), BackendError> {
         Err(BackendError::not_supported(self.kind(), "snapshots"))
+    }
+
+    /// Whether [`SandboxSpec::workspace`] (a persistent workspace) is honoured.
+    fn supports_workspaces(&self) -> bool {
+        false
+    }
+
+    /// Removes a persistent workspace; `Ok(false)` when there was none, `Conflict` while a
+    /// sandbox uses it.
+    async fn delete_workspace(&self, _name: &str) -> Result<bool, BackendError> {
+        Err(BackendError::not_supported(
+            self.kind(),
+            "persistent workspaces",
+        ))
     }
 
     async fn exec(

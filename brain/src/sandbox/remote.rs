@@ -580,6 +580,7 @@ mod tests {
             files: vec![("/etc/airlock/ca.pem".into(), Bytes::from_static(b"PEM"))],
             agent_token: "t".into(),
             ttl_s: 60,
+            workspace: None,
         }
     }
 

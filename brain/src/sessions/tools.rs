@@ -65,7 +65,9 @@ pub fn definitions() -> Vec<Tool> {
                 "properties": {
                     "task_description": {"type": "string", "description": "What the sandbox is for."},
                     "credentials": {"type": "array", "items": {"type": "string"},
-                        "description": "Credential names to expose (subset of the session's)."}
+                        "description": "Credential names to expose (subset of the session's)."},
+                    "from_snapshot": {"type": "string",
+                        "description": "A snapshot id (snap-…): start with that snapshot's workspace files."}
                 },
                 "required": ["task_description"],
                 "additionalProperties": false
@@ -125,6 +127,8 @@ struct ProvisionArgs {
     task_description: String,
     #[serde(default)]
     credentials: Option<Vec<String>>,
+    #[serde(default)]
+    from_snapshot: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -201,7 +205,13 @@ async fn provision(ctx: &Ctx<'_>, arguments: &str) -> Result<ToolOutput, ToolOut
             asked
         }
     };
-    let row = provision_for(ctx, Some(args.task_description), credentials).await?;
+    let row = provision_for(
+        ctx,
+        Some(args.task_description),
+        credentials,
+        args.from_snapshot,
+    )
+    .await?;
     let value = json!({ "sandbox_id": row.0, "backend": row.1, "credentials": row.2 });
     Ok(ToolOutput::ok(value, Some(row.0)))
 }
@@ -210,6 +220,7 @@ async fn provision_for(
     ctx: &Ctx<'_>,
     task_description: Option<String>,
     credentials: Vec<String>,
+    from_snapshot: Option<String>,
 ) -> Result<(String, String, Vec<String>), ToolOutput> {
     let config = &ctx.state.config.sandbox;
     let params = ProvisionParams {
@@ -223,6 +234,8 @@ async fn provision_for(
         ttl_s: config.default_ttl_seconds,
         resources: config.resources,
         session_id: Some(ctx.session.id.clone()),
+        from_snapshot,
+        workspace: None,
     };
     let span = tracing::info_span!(
         target: airlock_telemetry::TARGET,
@@ -302,10 +315,11 @@ async fn resolve(
         let _ = lifecycle::destroy(ctx.state, &row.id).await;
     }
     let earlier: Option<ProvisionParams> = serde_json::from_value(row.request.clone()).ok();
-    let (task, credentials) = earlier
-        .map(|p| (p.task_description, p.credentials))
-        .unwrap_or((None, ctx.session.credentials.clone()));
-    let (new_id, _, _) = provision_for(ctx, task, credentials).await?;
+    // The replacement starts from the same snapshot as the lost one, if any.
+    let (task, credentials, from_snapshot) = earlier
+        .map(|p| (p.task_description, p.credentials, p.from_snapshot))
+        .unwrap_or((None, ctx.session.credentials.clone(), None));
+    let (new_id, _, _) = provision_for(ctx, task, credentials, from_snapshot).await?;
     let fresh = ctx
         .state
         .store

@@ -19,6 +19,7 @@ mod audit_heads;
 pub(crate) mod faults;
 pub mod replicas;
 mod sandboxes;
+mod snapshots;
 mod telemetry;
 #[cfg(test)]
 mod tests;
@@ -34,6 +35,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 
 pub use audit_heads::{HeadRecord, RecordedHead};
 pub use sandboxes::{NewSandbox, SandboxRow, SandboxStatus};
+pub use snapshots::SnapshotRow;
 
 /// (version, description, SQL) of every brain migration, per engine.
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -87,6 +89,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "session_owner",
         include_str!("../../migrations/sqlite/0150_session_owner.sql"),
     ),
+    (
+        163,
+        "snapshots",
+        include_str!("../../migrations/sqlite/0163_snapshots.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -138,6 +145,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         150,
         "session_owner",
         include_str!("../../migrations/postgres/0150_session_owner.sql"),
+    ),
+    (
+        163,
+        "snapshots",
+        include_str!("../../migrations/postgres/0163_snapshots.sql"),
     ),
 ];
 

@@ -98,6 +98,8 @@ async fn run_turn(
             ttl_s: state.config.sandbox.default_ttl_seconds,
             resources: state.config.sandbox.resources,
             session_id: Some(session_id.to_string()),
+            from_snapshot: None,
+            workspace: None,
         };
         match lifecycle::provision(state, params).await {
             Ok(row) => *sandbox = Some(row.id),

@@ -33,6 +33,7 @@ fn spec() -> SandboxSpec {
         files: vec![("/etc/airlock/ca.pem".into(), Bytes::from_static(b"PEM"))],
         agent_token: "agent-secret-token".into(),
         ttl_s: 600,
+        workspace: None,
     }
 }
 
