@@ -151,6 +151,10 @@ pub struct Config {
     /// order when the upstream says the prompt is too long (LiteLLM's
     /// `ContextWindowExceededError`); without an entry, the ordinary fallbacks are.
     pub context_window_fallbacks: HashMap<String, Vec<String>>,
+    /// `content_policy_fallbacks`: `model_name` -> models tried when the upstream
+    /// refuses the content (LiteLLM's `ContentPolicyViolationError`); without an
+    /// entry, the ordinary fallbacks are.
+    pub content_policy_fallbacks: HashMap<String, Vec<String>>,
     /// `litellm_settings.drop_params`: the default for every deployment.
     pub drop_params: bool,
     /// `litellm_settings.include_cost_in_streaming_usage`: a stream's usage event
@@ -180,6 +184,7 @@ impl Default for Config {
             fallbacks: HashMap::new(),
             default_fallbacks: Vec::new(),
             context_window_fallbacks: HashMap::new(),
+            content_policy_fallbacks: HashMap::new(),
             drop_params: false,
             include_cost_in_streaming_usage: true,
             request_timeout: Duration::from_secs(600),
@@ -446,6 +451,7 @@ const LITELLM_KEYS: &[&str] = &[
     "num_retries",
     "fallbacks",
     "context_window_fallbacks",
+    "content_policy_fallbacks",
     "request_timeout",
     "drop_params",
     "default_fallbacks",
@@ -456,6 +462,7 @@ const ROUTER_KEYS: &[&str] = &[
     "num_retries",
     "fallbacks",
     "context_window_fallbacks",
+    "content_policy_fallbacks",
     "timeout",
     "cooldown_time",
     "retry_after",
@@ -568,6 +575,11 @@ impl Config {
                 ls.get("context_window_fallbacks"),
                 &mut cfg.context_window_fallbacks,
             )?;
+            parse_fallbacks(
+                "litellm_settings.content_policy_fallbacks",
+                ls.get("content_policy_fallbacks"),
+                &mut cfg.content_policy_fallbacks,
+            )?;
             cfg.default_fallbacks = string_list(
                 "litellm_settings.default_fallbacks",
                 ls.get("default_fallbacks"),
@@ -615,6 +627,11 @@ impl Config {
                 "router_settings.context_window_fallbacks",
                 rs.get("context_window_fallbacks"),
                 &mut cfg.context_window_fallbacks,
+            )?;
+            parse_fallbacks(
+                "router_settings.content_policy_fallbacks",
+                rs.get("content_policy_fallbacks"),
+                &mut cfg.content_policy_fallbacks,
             )?;
         }
         // general_settings (LITELLM_MASTER_KEY / DATABASE_URL as LiteLLM's fallbacks)
@@ -698,7 +715,12 @@ impl Config {
                 });
             }
         }
-        for (from, tos) in cfg.fallbacks.iter().chain(&cfg.context_window_fallbacks) {
+        for (from, tos) in cfg
+            .fallbacks
+            .iter()
+            .chain(&cfg.context_window_fallbacks)
+            .chain(&cfg.content_policy_fallbacks)
+        {
             for to in tos.iter().chain(std::iter::once(from)) {
                 if !cfg
                     .model_list

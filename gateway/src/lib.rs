@@ -22,6 +22,7 @@ pub mod canonical;
 pub mod code_interpreter;
 pub mod config;
 pub mod error;
+pub mod fallbacks;
 pub mod formats;
 pub mod keys;
 pub mod limits;

@@ -249,138 +249,143 @@ async fn route(
     let (canon, parallel) = (&canon, &parallel);
     inner
         .router
-        .execute(&peek.model, move |flight, group| async move {
-            let dep = flight.deployment().clone();
-            let upstream = dep.upstream_for(&peek.model, &group.name).into_owned();
-            let price = dep.price_for(&upstream);
-            caller
-                .check_priced(&upstream, &price)
-                .map_err(|e| ProviderError::InvalidRequest(e.to_string()))?;
-            let opts = CallOpts {
-                model: &upstream,
-                timeout: dep.timeout,
-                idle_timeout: dep.idle_timeout,
-                anthropic_beta: beta,
-            };
-            let mut guard = SpendGuard::new(
-                inner.clone(),
-                caller.clone(),
-                flight,
-                price,
-                &upstream,
-                parallel.clone(),
-            );
-            if dep.provider.wire_format() == Some(format) {
-                // Pass-through: the body goes as is, apart from the model name
-                // (and LiteLLM-only fields, which the upstream would reject).
-                let out = formats::rewrite(body, peek, &upstream, format == WireFormat::OpenAi)
-                    .map(Bytes::from)
-                    .unwrap_or_else(|| body.clone());
-                let openai = format == WireFormat::OpenAi;
-                let out = match peek.litellm_fields || (openai && peek.metadata) {
-                    true => formats::strip_litellm_fields(&out, openai)
-                        .map(Bytes::from)
-                        .unwrap_or(out),
-                    false => out,
+        .execute_with(
+            &peek.model,
+            peek.fallbacks.as_deref(),
+            move |flight, group| async move {
+                let dep = flight.deployment().clone();
+                let upstream = dep.upstream_for(&peek.model, &group.name).into_owned();
+                let price = dep.price_for(&upstream);
+                caller
+                    .check_priced(&upstream, &price)
+                    .map_err(|e| ProviderError::InvalidRequest(e.to_string()))?;
+                let opts = CallOpts {
+                    model: &upstream,
+                    timeout: dep.timeout,
+                    idle_timeout: dep.idle_timeout,
+                    anthropic_beta: beta,
                 };
-                let policy = params::DropPolicy::new(
-                    dep.drop_params,
-                    &dep.additional_drop_params,
-                    peek.drop_params,
-                );
-                let out = match params::passthrough_drops(
-                    dep.family,
+                let mut guard = SpendGuard::new(
+                    inner.clone(),
+                    caller.clone(),
+                    flight,
+                    price,
                     &upstream,
-                    peek.temperature,
-                    policy,
-                    &peek.additional_drop_params,
-                )? {
-                    Some(fields) => params::remove_fields(&out, &fields)
-                        .map(Bytes::from)
-                        .unwrap_or(out),
-                    None => out,
-                };
-                let (raw, up_headers) =
-                    providers::capturing_headers(dep.provider.forward(out, peek.stream, opts))
-                        .await;
-                let mut resp = match raw? {
-                    RawResponse::Full(bytes) => {
-                        guard.arm();
-                        guard.usage = sse::usage_from_body(format, &bytes);
-                        let mut r = json_response(bytes);
-                        set_cost_header(r.headers_mut(), guard.cost());
-                        r
-                    }
-                    RawResponse::Stream(s) => pass_through_response(
-                        inner,
-                        s,
-                        format,
-                        format == WireFormat::OpenAi && !peek.include_usage,
-                        guard,
-                    ),
-                };
-                set_upstream_headers(resp.headers_mut(), up_headers.as_ref());
-                Ok(resp)
-            } else {
-                let req = canon
-                    .get_or_init(|| decode_canonical(format, body))
-                    .as_ref()
-                    .map_err(|e| ProviderError::InvalidRequest(e.clone()))?;
-                let policy = params::DropPolicy::new(
-                    dep.drop_params,
-                    &dep.additional_drop_params,
-                    req.drop_params,
+                    parallel.clone(),
                 );
-                let prepared = params::prepare(req, dep.family, &upstream, policy)?;
-                let req = prepared.req.as_ref();
-                if peek.stream {
-                    let (events, up_headers) =
-                        providers::capturing_headers(dep.provider.stream(req, opts)).await;
-                    let mut events = events?;
-                    if prepared.json_mode {
-                        events = params::json_mode_stream(events);
-                    }
-                    let encoder = match format {
-                        WireFormat::OpenAi => {
-                            Encoder::OpenAi(oa::StreamEncoder::new(&peek.model, peek.include_usage))
-                        }
-                        WireFormat::Anthropic => {
-                            Encoder::Anthropic(an::StreamEncoder::new(&peek.model))
-                        }
+                if dep.provider.wire_format() == Some(format) {
+                    // Pass-through: the body goes as is, apart from the model name
+                    // (and LiteLLM-only fields, which the upstream would reject).
+                    let out = formats::rewrite(body, peek, &upstream, format == WireFormat::OpenAi)
+                        .map(Bytes::from)
+                        .unwrap_or_else(|| body.clone());
+                    let openai = format == WireFormat::OpenAi;
+                    let out = match peek.litellm_fields || (openai && peek.metadata) {
+                        true => formats::strip_litellm_fields(&out, openai)
+                            .map(Bytes::from)
+                            .unwrap_or(out),
+                        false => out,
                     };
-                    let mut resp = sse_response(Translate {
-                        inner: Some(events),
-                        encoder,
-                        guard: {
+                    let policy = params::DropPolicy::new(
+                        dep.drop_params,
+                        &dep.additional_drop_params,
+                        peek.drop_params,
+                    );
+                    let out = match params::passthrough_drops(
+                        dep.family,
+                        &upstream,
+                        peek.temperature,
+                        policy,
+                        &peek.additional_drop_params,
+                    )? {
+                        Some(fields) => params::remove_fields(&out, &fields)
+                            .map(Bytes::from)
+                            .unwrap_or(out),
+                        None => out,
+                    };
+                    let (raw, up_headers) =
+                        providers::capturing_headers(dep.provider.forward(out, peek.stream, opts))
+                            .await;
+                    let mut resp = match raw? {
+                        RawResponse::Full(bytes) => {
                             guard.arm();
-                            guard
-                        },
-                        cost_in_usage: inner.cost_in_stream_usage,
-                    });
+                            guard.usage = sse::usage_from_body(format, &bytes);
+                            let mut r = json_response(bytes);
+                            set_cost_header(r.headers_mut(), guard.cost());
+                            r
+                        }
+                        RawResponse::Stream(s) => pass_through_response(
+                            inner,
+                            s,
+                            format,
+                            format == WireFormat::OpenAi && !peek.include_usage,
+                            guard,
+                        ),
+                    };
                     set_upstream_headers(resp.headers_mut(), up_headers.as_ref());
                     Ok(resp)
                 } else {
-                    let (r, up_headers) =
-                        providers::capturing_headers(dep.provider.complete(req, opts)).await;
-                    let mut r = r?;
-                    if prepared.json_mode {
-                        r = params::json_mode_response(r);
+                    let req = canon
+                        .get_or_init(|| decode_canonical(format, body))
+                        .as_ref()
+                        .map_err(|e| ProviderError::InvalidRequest(e.clone()))?;
+                    let policy = params::DropPolicy::new(
+                        dep.drop_params,
+                        &dep.additional_drop_params,
+                        req.drop_params,
+                    );
+                    let prepared = params::prepare(req, dep.family, &upstream, policy)?;
+                    let req = prepared.req.as_ref();
+                    if peek.stream {
+                        let (events, up_headers) =
+                            providers::capturing_headers(dep.provider.stream(req, opts)).await;
+                        let mut events = events?;
+                        if prepared.json_mode {
+                            events = params::json_mode_stream(events);
+                        }
+                        let encoder = match format {
+                            WireFormat::OpenAi => Encoder::OpenAi(oa::StreamEncoder::new(
+                                &peek.model,
+                                peek.include_usage,
+                            )),
+                            WireFormat::Anthropic => {
+                                Encoder::Anthropic(an::StreamEncoder::new(&peek.model))
+                            }
+                        };
+                        let mut resp = sse_response(Translate {
+                            inner: Some(events),
+                            encoder,
+                            guard: {
+                                guard.arm();
+                                guard
+                            },
+                            cost_in_usage: inner.cost_in_stream_usage,
+                        });
+                        set_upstream_headers(resp.headers_mut(), up_headers.as_ref());
+                        Ok(resp)
+                    } else {
+                        let (r, up_headers) =
+                            providers::capturing_headers(dep.provider.complete(req, opts)).await;
+                        let mut r = r?;
+                        if prepared.json_mode {
+                            r = params::json_mode_response(r);
+                        }
+                        guard.arm();
+                        guard.usage = r.usage;
+                        let v = match format {
+                            WireFormat::OpenAi => oa::encode_response(&r, &peek.model),
+                            WireFormat::Anthropic => an::encode_response(&r, &peek.model),
+                        };
+                        let bytes = serde_json::to_vec(&v)
+                            .map_err(|e| ProviderError::Protocol(e.to_string()))?;
+                        let mut r = json_response(Bytes::from(bytes));
+                        set_cost_header(r.headers_mut(), guard.cost());
+                        set_upstream_headers(r.headers_mut(), up_headers.as_ref());
+                        Ok(r)
                     }
-                    guard.arm();
-                    guard.usage = r.usage;
-                    let v = match format {
-                        WireFormat::OpenAi => oa::encode_response(&r, &peek.model),
-                        WireFormat::Anthropic => an::encode_response(&r, &peek.model),
-                    };
-                    let bytes = serde_json::to_vec(&v)
-                        .map_err(|e| ProviderError::Protocol(e.to_string()))?;
-                    let mut r = json_response(Bytes::from(bytes));
-                    set_cost_header(r.headers_mut(), guard.cost());
-                    set_upstream_headers(r.headers_mut(), up_headers.as_ref());
-                    Ok(r)
                 }
-            }
-        })
+            },
+        )
         .await
 }
 

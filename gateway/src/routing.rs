@@ -3,6 +3,7 @@
 
 use crate::config::{Config, ConfigError, ModelEntry, RoutingStrategy};
 use crate::error::{GatewayError, ProviderError};
+use crate::fallbacks::{RequestFallbacks, is_content_policy_error};
 use crate::pricing::{self, Price};
 use crate::providers::{self, Provider};
 use rand::Rng;
@@ -217,6 +218,7 @@ pub struct Router {
     fallbacks: HashMap<String, Vec<String>>,
     default_fallbacks: Vec<String>,
     context_window_fallbacks: HashMap<String, Vec<String>>,
+    content_policy_fallbacks: HashMap<String, Vec<String>>,
     cooldown: Duration,
     max_retry_after: Duration,
     /// Retries, fallbacks and upstream failures for `/metrics`.
@@ -262,6 +264,7 @@ impl Router {
             fallbacks: cfg.fallbacks.clone(),
             default_fallbacks: cfg.default_fallbacks.clone(),
             context_window_fallbacks: cfg.context_window_fallbacks.clone(),
+            content_policy_fallbacks: cfg.content_policy_fallbacks.clone(),
             cooldown: cfg.cooldown_time,
             max_retry_after: cfg.max_retry_after,
             counters: Arc::default(),
@@ -361,23 +364,48 @@ impl Router {
         F: Fn(InFlight, Arc<ModelGroup>) -> Fut,
         Fut: Future<Output = Result<T, ProviderError>>,
     {
+        self.execute_with(model, None, call).await
+    }
+
+    /// [`Router::execute`] with the request's own fallback lists, each of which
+    /// replaces the config's for this call (LiteLLM's router reads them from the
+    /// call's kwargs before its own settings).
+    pub async fn execute_with<T, F, Fut>(
+        &self,
+        model: &str,
+        req: Option<&RequestFallbacks>,
+        call: F,
+    ) -> Result<T, GatewayError>
+    where
+        F: Fn(InFlight, Arc<ModelGroup>) -> Fut,
+        Fut: Future<Output = Result<T, ProviderError>>,
+    {
         let first = self.group(model).ok_or_else(|| {
             GatewayError::NotFound(format!(
                 "Invalid model name passed in model={model}. Call `/v1/models` to view available models."
             ))
         })?;
         // The group itself, then its fallbacks (no allocation on the hot path).
-        let fallbacks = self
-            .fallbacks
-            .get(model)
-            .or_else(|| self.fallbacks.get(&first.name))
-            .map(Vec::as_slice)
-            .unwrap_or(&self.default_fallbacks);
+        let configured = |m| configured_list(m, model, &first.name);
+        let fallbacks: &[String] = match req.and_then(|r| r.fallbacks.as_ref()) {
+            Some(l) => l.for_model(model, &first.name),
+            None => configured(&self.fallbacks).unwrap_or(&self.default_fallbacks),
+        };
+        // Lists for the two error classes LiteLLM reroutes specially; without
+        // one, the ordinary fallbacks go on.
+        let context_window: Option<&[String]> = match req.and_then(|r| r.context_window.as_ref()) {
+            Some(l) => Some(l.for_model(model, &first.name)),
+            None => configured(&self.context_window_fallbacks),
+        };
+        let content_policy: Option<&[String]> = match req.and_then(|r| r.content_policy.as_ref()) {
+            Some(l) => Some(l.for_model(model, &first.name)),
+            None => configured(&self.content_policy_fallbacks),
+        };
         // The groups still to try after the current one: the ordinary fallbacks,
-        // until a context-window error switches to `context_window_fallbacks`
-        // (once; LiteLLM's `async_function_with_fallbacks`).
+        // until a context-window or content-policy error switches to that
+        // error's list (once; LiteLLM's `async_function_with_fallbacks`).
         let mut rest: std::slice::Iter<'_, String> = fallbacks.iter();
-        let mut on_context_list = false;
+        let mut on_special_list = false;
         let mut g = first.clone();
         let mut gi = 0usize;
         let mut last_err: Option<ProviderError> = None;
@@ -447,18 +475,19 @@ impl Router {
                             dep.observe_latency(started.elapsed());
                         }
                         let ra = e.retry_after();
-                        let too_long = is_context_window_error(&e);
+                        let special = if is_context_window_error(&e) {
+                            Some(context_window)
+                        } else if is_content_policy_error(&e) {
+                            Some(content_policy)
+                        } else {
+                            None
+                        };
                         last_err = Some(e);
-                        if too_long {
+                        if let Some(list) = special {
                             // Retrying the same prompt on the same group cannot help.
-                            if !on_context_list
-                                && let Some(cw) = self
-                                    .context_window_fallbacks
-                                    .get(model)
-                                    .or_else(|| self.context_window_fallbacks.get(&first.name))
-                            {
-                                rest = cw.iter();
-                                on_context_list = true;
+                            if !on_special_list && let Some(l) = list {
+                                rest = l.iter();
+                                on_special_list = true;
                             }
                             break;
                         }
@@ -508,6 +537,15 @@ impl Router {
     pub fn model_names(&self) -> &[String] {
         &self.names
     }
+}
+
+/// A config fallback map's entry for `model`, else for the group serving it.
+fn configured_list<'m>(
+    m: &'m HashMap<String, Vec<String>>,
+    model: &str,
+    group: &str,
+) -> Option<&'m [String]> {
+    m.get(model).or_else(|| m.get(group)).map(Vec::as_slice)
 }
 
 /// The upstream said the prompt does not fit the model's context window: LiteLLM's

@@ -304,6 +304,8 @@ struct Windowed {
     name: &'static str,
     window: usize,
     anthropic_wording: bool,
+    /// Refuse prompts containing "forbidden" as Azure OpenAI's content filter does.
+    refuses: bool,
     calls: std::sync::atomic::AtomicUsize,
 }
 
@@ -314,6 +316,19 @@ async fn windowed(
     use axum::response::IntoResponse;
     w.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let tokens = b["messages"].to_string().len() / 4;
+    if w.refuses && b["messages"].to_string().contains("forbidden") {
+        // Azure OpenAI's content-filter refusal (learn.microsoft.com, "Content
+        // filtering": HTTP 400, code `content_filter`, inner `ResponsibleAIPolicyViolation`).
+        return (
+            axum::http::StatusCode::BAD_REQUEST,
+            axum::Json(json!({"error": {
+                "message": "The response was filtered due to the prompt triggering Azure OpenAI's content management policy. Please modify your prompt and retry.",
+                "type": null, "param": "prompt", "code": "content_filter", "status": 400,
+                "innererror": {"code": "ResponsibleAIPolicyViolation",
+                    "content_filter_result": {"hate": {"filtered": true, "severity": "high"}}}}})),
+        )
+            .into_response();
+    }
     if tokens > w.window {
         let message = if w.anthropic_wording {
             format!("prompt is too long: {tokens} tokens > {} maximum", w.window)
@@ -350,6 +365,7 @@ async fn windowed_model(
         name,
         window,
         anthropic_wording,
+        refuses: name.starts_with("strict"),
         calls: Default::default(),
     });
     let app = axum::Router::new()
@@ -449,4 +465,156 @@ router_settings:
     assert_eq!(st, 200, "{b}");
     assert_eq!(json(&b)["choices"][0]["message"]["content"], "from other");
     assert_eq!((calls(&s), calls(&o)), (1, 1));
+}
+
+#[tokio::test]
+async fn request_body_fallbacks_replace_the_configs() {
+    // LiteLLM's router reads `fallbacks` from the call before its own settings
+    // (`kwargs.get("fallbacks", self.fallbacks)`), in either shape.
+    let oa = fake_openai().await;
+    let (cfg, c) = windowed_model("cfgbackup", 100_000, false).await;
+    let (req, r) = windowed_model("reqbackup", 100_000, false).await;
+    let yaml = format!(
+        r#"
+model_list:
+  - model_name: primary
+    litellm_params: {{model: openai/gpt-4o, api_base: '{}/v1', api_key: k}}
+  - model_name: cfgbackup
+    litellm_params: {{model: openai/gpt-4o, api_base: '{cfg}', api_key: k}}
+  - model_name: reqbackup
+    litellm_params: {{model: openai/gpt-4o, api_base: '{req}', api_key: k}}
+litellm_settings:
+  num_retries: 0
+  fallbacks: [{{primary: [cfgbackup]}}]
+"#,
+        oa.base()
+    );
+    let gw = start_gateway(&yaml, gateway::store::Store::Memory).await;
+    let url = format!("{}/v1/chat/completions", gw.base);
+    let with = |f: serde_json::Value| {
+        let mut b = chat("primary");
+        b["fallbacks"] = f;
+        b
+    };
+    for (i, f) in [
+        json!(["reqbackup"]),
+        json!([{"model": "reqbackup"}]),
+        json!([{"other": ["cfgbackup"]}, {"primary": ["reqbackup"]}]),
+        json!([{"*": ["reqbackup"]}]),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        oa.push(Behavior::Status(500, None));
+        let (st, b) = post(&url, "x", &with(f.clone())).await;
+        assert_eq!(st, 200, "{f}: {b}");
+        assert_eq!(
+            json(&b)["choices"][0]["message"]["content"],
+            "from reqbackup",
+            "{f}"
+        );
+        assert_eq!((calls(&r), calls(&c)), (i + 1, 0), "{f}");
+        assert!(
+            oa.last_body().get("fallbacks").is_none(),
+            "stripped upstream"
+        );
+    }
+    // Without its own list, the config's applies.
+    oa.push(Behavior::Status(500, None));
+    let (st, b) = post(&url, "x", &chat("primary")).await;
+    assert_eq!(st, 200, "{b}");
+    assert_eq!(
+        json(&b)["choices"][0]["message"]["content"],
+        "from cfgbackup"
+    );
+    // An empty list means no fallback for this call.
+    oa.push(Behavior::Status(500, None));
+    let (st, _) = post(&url, "x", &with(json!([]))).await;
+    assert_eq!(st, 500);
+    // A shape the gateway cannot honour is a clear 400, before any upstream call.
+    let before = oa.count();
+    let (st, b) = post(
+        &url,
+        "x",
+        &with(json!([{"model": "reqbackup", "temperature": 0}])),
+    )
+    .await;
+    assert_eq!(st, 400, "{b}");
+    assert!(b.contains("not `temperature`"), "{b}");
+    assert_eq!(oa.count(), before);
+}
+
+#[tokio::test]
+async fn request_body_context_window_fallbacks_take_a_long_prompt() {
+    let (small, s) = windowed_model("small", 50, false).await;
+    let (large, l) = windowed_model("large", 100_000, false).await;
+    let yaml = format!(
+        r#"
+model_list:
+  - model_name: small
+    litellm_params: {{model: openai/gpt-4o, api_base: '{small}', api_key: k}}
+  - model_name: large
+    litellm_params: {{model: openai/gpt-4o, api_base: '{large}', api_key: k}}
+"#
+    );
+    let gw = start_gateway(&yaml, gateway::store::Store::Memory).await;
+    let url = format!("{}/v1/chat/completions", gw.base);
+    let body = json!({"model": "small", "context_window_fallbacks": [{"small": ["large"]}],
+        "messages": [{"role": "user", "content": "word ".repeat(1000)}]});
+    let (st, b) = post(&url, "x", &body).await;
+    assert_eq!(st, 200, "{b}");
+    assert_eq!(json(&b)["choices"][0]["message"]["content"], "from large");
+    assert_eq!((calls(&s), calls(&l)), (1, 1));
+}
+
+#[tokio::test]
+async fn content_policy_fallbacks_take_a_refused_prompt() {
+    // LiteLLM maps Azure's content-filter 400 to ContentPolicyViolationError and
+    // sends it to `content_policy_fallbacks`, not the ordinary fallbacks.
+    let (strict, s) = windowed_model("strict", 100_000, false).await;
+    let (lenient, l) = windowed_model("lenient", 100_000, false).await;
+    let (other, o) = windowed_model("other", 100_000, false).await;
+    let yaml = format!(
+        r#"
+model_list:
+  - model_name: strict
+    litellm_params: {{model: openai/gpt-4o, api_base: '{strict}', api_key: k}}
+  - model_name: lenient
+    litellm_params: {{model: openai/gpt-4o, api_base: '{lenient}', api_key: k}}
+  - model_name: other
+    litellm_params: {{model: openai/gpt-4o, api_base: '{other}', api_key: k}}
+litellm_settings:
+  num_retries: 2
+  content_policy_fallbacks: [{{strict: [lenient]}}]
+router_settings:
+  fallbacks: [{{strict: [other]}}]
+"#
+    );
+    let gw = start_gateway(&yaml, gateway::store::Store::Memory).await;
+    assert!(
+        !gw.gw
+            .warnings()
+            .iter()
+            .any(|w| w.contains("content_policy")),
+        "{:?}",
+        gw.gw.warnings()
+    );
+    let url = format!("{}/v1/chat/completions", gw.base);
+    let ask =
+        |text: &str| json!({"model": "strict", "messages": [{"role": "user", "content": text}]});
+    let (st, b) = post(&url, "x", &ask("hello")).await;
+    assert_eq!(st, 200, "{b}");
+    assert_eq!(json(&b)["choices"][0]["message"]["content"], "from strict");
+    // Refused: not retried (the same prompt is refused again), the policy list answers.
+    let (st, b) = post(&url, "x", &ask("something forbidden")).await;
+    assert_eq!(st, 200, "{b}");
+    assert_eq!(json(&b)["choices"][0]["message"]["content"], "from lenient");
+    assert_eq!((calls(&s), calls(&l), calls(&o)), (2, 1, 0));
+    // The request's own list replaces the config's.
+    let mut body = ask("something forbidden");
+    body["content_policy_fallbacks"] = json!(["other"]);
+    let (st, b) = post(&url, "x", &body).await;
+    assert_eq!(st, 200, "{b}");
+    assert_eq!(json(&b)["choices"][0]["message"]["content"], "from other");
+    assert_eq!((calls(&s), calls(&l), calls(&o)), (3, 1, 1));
 }

@@ -94,7 +94,7 @@ async fn run(
     let (caller, parallel, body, peek) = (&caller, &parallel, &body, &peek);
     let mut resp = inner
         .router
-        .execute(&peek.model, move |flight, group| async move {
+        .execute_with(&peek.model, peek.fallbacks.as_deref(), move |flight, group| async move {
             let dep = flight.deployment().clone();
             let upstream = dep.upstream_for(&peek.model, &group.name).into_owned();
             let opts = CallOpts {

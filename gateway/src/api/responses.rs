@@ -106,7 +106,7 @@ async fn route(
     let (decoded, parallel) = (&decoded, &parallel);
     inner
         .router
-        .execute(&peek.model, move |flight, group| async move {
+        .execute_with(&peek.model, peek.fallbacks.as_deref(), move |flight, group| async move {
             let dep = flight.deployment().clone();
             let upstream = dep.upstream_for(&peek.model, &group.name).into_owned();
             let price = dep.price_for(&upstream);

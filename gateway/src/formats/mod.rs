@@ -23,10 +23,13 @@ pub struct Peek<'a> {
     // LiteLLM-only fields: noticed in the same pass, never materialized.
     #[serde(default)]
     metadata: Option<serde::de::IgnoredAny>,
-    #[serde(default)]
-    fallbacks: Option<serde::de::IgnoredAny>,
-    #[serde(default)]
-    context_window_fallbacks: Option<serde::de::IgnoredAny>,
+    // Per-request fallback lists: honoured by the router, then stripped.
+    #[serde(borrow, default)]
+    fallbacks: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    context_window_fallbacks: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    content_policy_fallbacks: Option<&'a RawValue>,
     #[serde(default)]
     num_retries: Option<serde::de::IgnoredAny>,
     #[serde(default)]
@@ -68,6 +71,7 @@ impl Peek<'_> {
     fn has_litellm_only(&self) -> bool {
         self.fallbacks.is_some()
             || self.context_window_fallbacks.is_some()
+            || self.content_policy_fallbacks.is_some()
             || self.num_retries.is_some()
             || self.mock_testing_fallbacks.is_some()
             || self.mock_response.is_some()
@@ -102,6 +106,8 @@ pub struct Peeked {
     /// LiteLLM's per-request `drop_params` / `additional_drop_params`.
     pub drop_params: Option<bool>,
     pub additional_drop_params: Vec<String>,
+    /// The request's own fallback lists (`None` when it sent none).
+    pub fallbacks: Option<Box<crate::fallbacks::RequestFallbacks>>,
     model_span: (usize, usize),
     stream_options_span: Option<(usize, usize)>,
     open_brace: usize,
@@ -125,7 +131,13 @@ pub fn peek(body: &[u8]) -> Result<Peeked, String> {
         .and_then(|r| serde_json::from_str::<serde_json::Value>(r.get()).ok())
         .and_then(|v| v.get("include_usage").and_then(|b| b.as_bool()))
         .unwrap_or(false);
+    let fallbacks = crate::fallbacks::RequestFallbacks::from_body(
+        p.fallbacks,
+        p.context_window_fallbacks,
+        p.content_policy_fallbacks,
+    )?;
     Ok(Peeked {
+        fallbacks,
         litellm_fields: p.has_litellm_only(),
         temperature: p.temperature,
         drop_params: p.drop_params,
@@ -184,6 +196,7 @@ pub fn rewrite(body: &[u8], p: &Peeked, upstream_model: &str, want_usage: bool) 
 const LITELLM_ONLY: &[&str] = &[
     "fallbacks",
     "context_window_fallbacks",
+    "content_policy_fallbacks",
     "num_retries",
     "mock_testing_fallbacks",
     "mock_response",
