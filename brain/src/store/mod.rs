@@ -470,6 +470,16 @@ pub(crate) fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis() + clock_skew_ms() + test_skew::get()
 }
 
+fn clock_skew_ms() -> i64 {
+    static SKEW: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *SKEW.get_or_init(|| {
+        std::env::var("AIRLOCK_TEST_CLOCK_SKEW_MS")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    })
+}
+
 /// Unit tests skew this thread's brain clock (a `#[tokio::test]` runs its tasks on its own
 /// thread), to show that what must agree across brains does not read it.
 #[cfg(test)]
@@ -494,14 +504,4 @@ mod test_skew {
     pub(super) fn get() -> i64 {
         0
     }
-}
-
-fn clock_skew_ms() -> i64 {
-    static SKEW: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
-    *SKEW.get_or_init(|| {
-        std::env::var("AIRLOCK_TEST_CLOCK_SKEW_MS")
-            .ok()
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0)
-    })
 }

@@ -115,8 +115,8 @@ struct User {
 /// What a delivery asks for. Serialised into `trigger_waits` so another brain can finish it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Request {
-    repo: String,
-    issue: u64,
+    pub(crate) repo: String,
+    pub(crate) issue: u64,
     title: String,
     /// The requester's words: the issue body, or the comment after the prefix.
     text: String,
@@ -407,8 +407,10 @@ pub(crate) async fn handle_request(
                 triggers
                     .reply(
                         state,
-                        comment(format!(
-                            "Airlock could not continue session `{session}`: {e}"
+                        comment(super::public_error(
+                            &format!("Airlock could not continue session `{session}`"),
+                            Some(&session),
+                            &e,
                         )),
                     )
                     .await;
@@ -446,7 +448,11 @@ pub(crate) async fn handle_request(
                     triggers
                         .reply(
                             state,
-                            comment(format!("Airlock could not start a session: {e}")),
+                            comment(super::public_error(
+                                "Airlock could not start a session",
+                                None,
+                                &e,
+                            )),
                         )
                         .await;
                     return None;
@@ -491,7 +497,11 @@ pub(crate) async fn settled_reply(
     let outcome = match outcome {
         Ok(outcome) => outcome,
         Err(e) => {
-            return comment(format!("Airlock lost track of session `{session_id}`: {e}"));
+            return comment(super::public_error(
+                &format!("Airlock lost track of session `{session_id}`"),
+                Some(session_id),
+                &e,
+            ));
         }
     };
     let mut body = if outcome.succeeded {
@@ -516,8 +526,8 @@ pub(crate) async fn settled_reply(
             }
             Ok(Published::NoChanges) => body.push_str("\n\nNo code changes to push."),
             Err(e) => {
-                tracing::warn!(session = %session_id, error = %e, "github: publishing the changes failed");
-                body.push_str(&format!("\n\nPushing the changes failed: {e}"));
+                let text = super::public_error("Pushing the changes failed", Some(session_id), &e);
+                body.push_str(&format!("\n\n{text}"));
             }
         }
     }

@@ -129,6 +129,26 @@ where
     }
 }
 
+/// A short id that ties a generic public message to the log line holding its detail.
+pub(crate) fn error_reference() -> String {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    format!("err-{}", &id[..12])
+}
+
+/// The text a thread gets for an error: `what` went wrong and a reference, never the error's
+/// own text (Slack threads and GitHub comments may be public, and a launch error can carry
+/// store or internal details). The detail is logged under the same reference.
+pub(crate) fn public_error(
+    what: &str,
+    session: Option<&str>,
+    error: &dyn std::fmt::Display,
+) -> String {
+    let reference = error_reference();
+    tracing::error!(reference = %reference, session = session.unwrap_or(""), error = %error,
+        "{what}; the thread gets a reference only");
+    format!("{what} (reference `{reference}`; the details are in the Airlock log).")
+}
+
 /// The session an event starts: derived from the event's id, so handling the event again
 /// (after a takeover, or a retry after a lost answer) finds the same session.
 pub(crate) fn session_key(event_id: &str) -> String {
@@ -184,14 +204,18 @@ pub struct Triggers {
     pub thread_lock: tokio::sync::Mutex<()>,
     /// Webhook events ([`inbox`]) whose task lives in this process: only their leases are
     /// renewed, so an event whose task died is taken over once its lease lapses.
-    live_events: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    live_events: LiveSet,
+    /// Owed replies ([`waits`]) whose task lives in this process: only their leases are
+    /// renewed, so a wait whose task ended without settling it (a store error that is not
+    /// an outage, a panic) is released to a takeover instead of being renewed forever.
+    live_waits: LiveSet,
 }
 
-/// Keeps an event's lease renewed while alive (dropped on every exit of its task, panics
-/// included).
+/// Keeps an event's (or a wait's) lease renewed while alive (dropped on every exit of its
+/// task, panics included).
 pub struct EventGuard {
     id: String,
-    live: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    live: LiveSet,
 }
 
 impl Drop for EventGuard {
@@ -241,6 +265,7 @@ impl Triggers {
             outbox_wakeup: Notify::new(),
             thread_lock: tokio::sync::Mutex::new(()),
             live_events: Arc::default(),
+            live_waits: Arc::default(),
             retry: outbox::RetryPolicy {
                 base: std::time::Duration::from_millis(config.reply_retry_base_ms),
                 max: std::time::Duration::from_millis(config.reply_retry_max_ms),
@@ -251,24 +276,22 @@ impl Triggers {
 
     /// Marks a webhook event as handled by a live task here (see [`EventGuard`]).
     pub fn hold_event(&self, id: &str) -> EventGuard {
-        self.live_events
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id.to_string());
-        EventGuard {
-            id: id.to_string(),
-            live: self.live_events.clone(),
-        }
+        hold(&self.live_events, id)
     }
 
     /// Ids of the webhook events handled by live tasks here.
     pub fn live_events(&self) -> Vec<String> {
-        self.live_events
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .cloned()
-            .collect()
+        ids(&self.live_events)
+    }
+
+    /// Marks an owed reply as completed by a live task here (see [`EventGuard`]).
+    pub fn hold_wait(&self, id: &str) -> EventGuard {
+        hold(&self.live_waits, id)
+    }
+
+    /// Ids of the owed replies completed by live tasks here.
+    pub fn live_waits(&self) -> Vec<String> {
+        ids(&self.live_waits)
     }
 
     /// Puts a reply in the outbox (durably) and wakes the worker.
@@ -284,6 +307,26 @@ impl Triggers {
             }
         }
     }
+}
+
+type LiveSet = Arc<std::sync::Mutex<std::collections::HashSet<String>>>;
+
+fn hold(live: &LiveSet, id: &str) -> EventGuard {
+    live.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(id.to_string());
+    EventGuard {
+        id: id.to_string(),
+        live: live.clone(),
+    }
+}
+
+fn ids(live: &LiveSet) -> Vec<String> {
+    live.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .cloned()
+        .collect()
 }
 
 /// Caps concurrent work per trigger: `max_concurrent` run, `max_queued` wait, the rest are

@@ -262,7 +262,13 @@ pub(crate) async fn handle_event(
         Err(e) => {
             tracing::error!(error = %e, thread = %key, "slack: cannot read the thread mapping");
             triggers
-                .reply(state, reply(format!(":warning: could not start: {e}")))
+                .reply(
+                    state,
+                    reply(format!(
+                        ":warning: {}",
+                        super::public_error("Could not start a session", None, &e)
+                    )),
+                )
                 .await;
             return None;
         }
@@ -277,7 +283,17 @@ pub(crate) async fn handle_event(
             if let Err(e) = follow_up.await {
                 tracing::warn!(session = %session, error = %e, "slack follow-up failed");
                 triggers
-                    .reply(state, reply(format!(":warning: could not continue: {e}")))
+                    .reply(
+                        state,
+                        reply(format!(
+                            ":warning: {}",
+                            super::public_error(
+                                "Could not continue the session",
+                                Some(&session),
+                                &e
+                            )
+                        )),
+                    )
                     .await;
                 return None;
             }
@@ -318,7 +334,13 @@ pub(crate) async fn handle_event(
                 Err(e) => {
                     tracing::warn!(error = %e, "slack: starting a session failed");
                     triggers
-                        .reply(state, reply(format!(":warning: could not start: {e}")))
+                        .reply(
+                            state,
+                            reply(format!(
+                                ":warning: {}",
+                                super::public_error("Could not start a session", None, &e)
+                            )),
+                        )
                         .await;
                     return None;
                 }
@@ -362,7 +384,14 @@ pub(crate) fn settled_reply(
     let text = match outcome {
         Ok(outcome) if outcome.succeeded => outcome.summary,
         Ok(outcome) => format!(":x: the task failed:\n{}", outcome.summary),
-        Err(e) => format!(":warning: lost track of session `{session_id}`: {e}"),
+        Err(e) => format!(
+            ":warning: {}",
+            super::public_error(
+                &format!("Lost track of session `{session_id}`"),
+                Some(session_id),
+                &e
+            )
+        ),
     };
     ReplyPayload::SlackMessage {
         channel: channel.to_string(),

@@ -316,7 +316,12 @@ async fn owed_replies_are_taken_over_after_the_lease_and_queued_once() {
             ..wait.clone()
         };
         waits::insert(&s, &w2, "brain-a", 300).await.unwrap();
-        assert_eq!(waits::renew(&s, "brain-a", 90_000).await.unwrap(), 1);
+        assert_eq!(
+            waits::renew(&s, "brain-a", std::slice::from_ref(&w2.id), 90_000)
+                .await
+                .unwrap(),
+            1
+        );
         tokio::time::sleep(Duration::from_millis(400)).await;
         assert!(
             waits::claim_expired(&s, "brain-b", 30_000, 10)
@@ -1129,4 +1134,107 @@ async fn inbox_events_are_durable_deduped_and_taken_over_once() {
         );
     })
     .await;
+}
+
+/// The text of every reply queued and not yet sent.
+async fn queued_texts(s: &Store) -> Vec<String> {
+    store::claim_due_replies(s, 1, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| match r.payload {
+            ReplyPayload::SlackMessage { text, .. } => text,
+            ReplyPayload::GithubComment { body, .. } => body,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_wait_whose_reply_cannot_be_stored_is_settled_generically_or_released() {
+    use crate::store::faults::Action;
+    let h = hooks(Vec::new()).await;
+    let triggers = h.state.triggers.clone().unwrap();
+    let session = triggers
+        .launcher
+        .start(TriggeredTask {
+            task: "t".into(),
+            request: "echo hi".into(),
+            credentials: Vec::new(),
+            origin: json!({}),
+            key: None,
+        })
+        .await
+        .unwrap();
+    let context = || waits::WaitContext::Slack {
+        channel: "C1".into(),
+        thread_ts: "1.0".into(),
+    };
+    // Queuing the reply fails with an error that is not an outage: the owed reply is still
+    // sent, once, as a generic message with a reference (the detail is in the log).
+    h.state
+        .store
+        .faults
+        .arm("finish_wait", None, Action::FailPermanent, 1);
+    waits::begin_and_complete(&h.state, &triggers, &session, context(), None).await;
+    let texts = queued_texts(&h.state.store).await;
+    assert_eq!(texts.len(), 1, "the owed reply is settled: {texts:?}");
+    assert!(
+        texts[0].contains("reference `err-") && !texts[0].contains("injected"),
+        "{texts:?}"
+    );
+
+    // Even the generic reply cannot be stored: the wait is released, not renewed by this
+    // brain (no task completes it any more), and taken over once its lease lapses.
+    triggers
+        .launcher
+        .follow_up(&session, "echo again".into())
+        .await
+        .unwrap();
+    h.state
+        .store
+        .faults
+        .arm("finish_wait", None, Action::FailPermanent, 2);
+    waits::begin_and_complete(&h.state, &triggers, &session, context(), None).await;
+    assert!(triggers.live_waits().is_empty());
+    let owner = h.state.sessions.instance();
+    assert_eq!(
+        waits::renew(&h.state.store, owner, &triggers.live_waits(), 60_000)
+            .await
+            .unwrap(),
+        0
+    );
+    tokio::time::sleep(Duration::from_millis(2_200)).await;
+    let taken = waits::claim_expired(&h.state.store, "brain-b", 30_000, 10)
+        .await
+        .unwrap();
+    assert_eq!(taken.len(), 1, "the released wait is taken over");
+    assert_eq!(taken[0].session_id, session);
+}
+
+#[test]
+fn error_replies_carry_a_reference_not_the_error() {
+    let detail = "error returned from database: relation \"sessions\" password=hunter2";
+    let reply = slack::settled_reply(
+        "C1",
+        "1.0",
+        "ses-1",
+        Err(LaunchError::Failed(detail.into())),
+    );
+    let ReplyPayload::SlackMessage { text, .. } = reply else {
+        panic!("{reply:?}")
+    };
+    assert!(
+        !text.contains("hunter2") && !text.contains("database"),
+        "{text}"
+    );
+    assert!(
+        text.contains("ses-1") && text.contains("reference `err-"),
+        "{text}"
+    );
+    let text = public_error("Could not start a session", None, &detail);
+    assert!(!text.contains("hunter2"), "{text}");
+    assert!(
+        text.starts_with("Could not start a session (reference `err-"),
+        "{text}"
+    );
 }

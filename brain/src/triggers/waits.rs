@@ -152,6 +152,8 @@ pub async fn finish(
     wait_id: &str,
     payload: &ReplyPayload,
 ) -> Result<bool, StoreError> {
+    #[cfg(test)]
+    store.fault("finish_wait", None)?;
     let (reply_id, json) = store::reply_row(payload)?;
     let insert_reply = store::insert_reply_sql(store);
     Ok(on_pool!(store.db(), |pool| {
@@ -214,20 +216,32 @@ pub async fn abandon(store: &Store, owner: &str, wait_id: &str) -> Result<bool, 
     }))
 }
 
-/// Extends, by `lease_ms` on the database clock, the lease of every wait this brain owns.
-pub async fn renew(store: &Store, owner: &str, lease_ms: i64) -> Result<u64, StoreError> {
+/// Extends, by `lease_ms` on the database clock, the leases of the waits `ids` this brain
+/// owns: only those whose task is alive ([`Triggers::live_waits`]), so a wait left by a task
+/// that ended without settling it lapses and is taken over (by this brain too).
+pub async fn renew(
+    store: &Store,
+    owner: &str,
+    ids: &[String],
+    lease_ms: i64,
+) -> Result<u64, StoreError> {
     let sql = format!(
-        "UPDATE trigger_waits SET lease_expires_at = {} + $1 WHERE owner = $2",
+        "UPDATE trigger_waits SET lease_expires_at = {} + $1 WHERE owner = $2 AND id = $3",
         store.db_now_sql()
     );
-    Ok(on_pool!(store.db(), |pool| {
-        sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
-            .bind(lease_ms)
-            .bind(owner)
-            .execute(pool)
-            .await?
-            .rows_affected()
-    }))
+    let mut renewed = 0;
+    for id in ids {
+        renewed += on_pool!(store.db(), |pool| {
+            sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                .bind(lease_ms)
+                .bind(owner)
+                .bind(id)
+                .execute(pool)
+                .await?
+                .rows_affected()
+        });
+    }
+    Ok(renewed)
 }
 
 /// Makes waits claimable now: `owner`'s on a clean stop, or all of them (`None`) when a
@@ -307,6 +321,8 @@ pub async fn claim_expired(
 /// Waits for the session to settle, builds the reply (for GitHub: after pushing the changes)
 /// and queues it, durably when the wait row exists.
 pub async fn complete(state: &AppState, triggers: &Arc<Triggers>, wait: Wait, durable: bool) {
+    // Renewed while this task lives; every exit (a panic included) lets the lease lapse.
+    let _live = durable.then(|| triggers.hold_wait(&wait.id));
     let outcome: Result<TaskOutcome, LaunchError> =
         triggers.launcher.wait_settled(&wait.session_id).await;
     // Two waits on one session (a follow-up while the first was still owed) see the same
@@ -366,10 +382,44 @@ pub async fn complete(state: &AppState, triggers: &Arc<Triggers>, wait: Wait, du
                 "another brain took this reply over; not queuing it twice")
         }
         Err(e) => {
-            // The row stays: once its lease lapses a brain claims it and queues the reply.
-            tracing::error!(session = %wait.session_id, error = %e,
-                "cannot queue the trigger reply now; it will be retried after the lease")
+            // Not an outage: this reply cannot be stored (as it is). Settle the wait with a
+            // generic reply instead; the detail stays in the log under its reference.
+            let reference = super::error_reference();
+            tracing::error!(session = %wait.session_id, wait = %wait.id, reference = %reference,
+                error = %e, "cannot queue the trigger reply; sending a generic one instead");
+            let generic = generic_reply(&wait.context, &wait.session_id, &reference);
+            let settled = super::retry_store("queuing a generic trigger reply", || {
+                finish(&state.store, state.sessions.instance(), &wait.id, &generic)
+            });
+            match settled.await {
+                Ok(true) => triggers.outbox_wakeup.notify_one(),
+                Ok(false) => {}
+                // Released: no longer renewed once this task ends, so after its lease a
+                // brain takes it over and tries again.
+                Err(e) => tracing::error!(session = %wait.session_id, wait = %wait.id, error = %e,
+                    "cannot queue a generic trigger reply either; released for a takeover"),
+            }
         }
+    }
+}
+
+/// The reply owed when the real one cannot be built or stored: says so, with a reference to
+/// the log line that has the detail (the thread may be public).
+fn generic_reply(context: &WaitContext, session_id: &str, reference: &str) -> ReplyPayload {
+    let text = format!(
+        "Airlock could not report the result of session `{session_id}` (reference `{reference}`)."
+    );
+    match context {
+        WaitContext::Slack { channel, thread_ts } => ReplyPayload::SlackMessage {
+            channel: channel.clone(),
+            thread_ts: thread_ts.clone(),
+            text: format!(":warning: {text}"),
+        },
+        WaitContext::Github { request } => ReplyPayload::GithubComment {
+            repo: request.repo.clone(),
+            issue: request.issue,
+            body: text,
+        },
     }
 }
 
@@ -446,7 +496,8 @@ pub async fn run(state: AppState, triggers: Arc<Triggers>, mut stop: watch::Rece
         }
         // Acknowledged webhook events: renew ours, take over those a stopped brain left.
         inbox::take_over(&state, &triggers).await;
-        if let Err(e) = renew(&state.store, &owner, lease_ms(&state)).await {
+        let live = triggers.live_waits();
+        if let Err(e) = renew(&state.store, &owner, &live, lease_ms(&state)).await {
             tracing::warn!(error = %e, "renewing trigger wait leases failed");
         }
         match claim_expired(&state.store, &owner, lease_ms(&state), 100).await {
