@@ -434,8 +434,14 @@ mod tests {
         assert_eq!(config.backend, BackendChoice::Auto);
         assert_eq!(config.sandbox.docker.image, "airlock-sandbox:latest");
         // The remote sections spell out the defaults.
-        assert_eq!(config.sandbox.e2b, E2bConfig::default());
-        assert_eq!(config.sandbox.daytona, DaytonaConfig::default());
+        assert_eq!(
+            config.sandbox.e2b,
+            crate::sandbox::e2b::E2bConfig::default()
+        );
+        assert_eq!(
+            config.sandbox.daytona,
+            crate::sandbox::daytona::DaytonaConfig::default()
+        );
     }
 
     #[test]

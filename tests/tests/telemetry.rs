@@ -423,7 +423,10 @@ async fn metrics_after_a_session_with_a_sandbox_a_swap_a_block_and_a_webhook() {
             "airlock_sandbox_execs_total{backend=\"local\",outcome=\"ok\"}",
             3.0,
         ),
-        ("airlock_sandbox_exec_duration_seconds_count{backend=\"local\"}", 3.0),
+        (
+            "airlock_sandbox_exec_duration_seconds_count{backend=\"local\"}",
+            3.0,
+        ),
         ("airlock_brain_session_steps_total", 4.0),
         ("airlock_brain_session_tokens_total{kind=\"input\"}", 1000.0),
         ("airlock_brain_session_tokens_total{kind=\"output\"}", 65.0),

@@ -266,7 +266,7 @@ async fn http2_streams_are_bounded_per_sandbox() {
     let mut bodies = Vec::new();
     let mut streams = Vec::new();
     for i in 0..4 {
-        let (mut tx, rx) = held_body();
+        let (tx, rx) = held_body();
         tx.try_send(Ok(Frame::data(Bytes::from_static(b"first bytes"))))
             .unwrap();
         bodies.push(tx);

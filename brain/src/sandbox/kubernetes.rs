@@ -856,6 +856,7 @@ impl KubernetesBackend {
             files: Vec::new(),
             agent_token: random_token(),
             ttl_s: 0,
+            workspace: None,
         };
         let (mut pod, mut secret) = render(&self.config, &spec)?;
         // Pool objects are not sandboxes: the reaper must never list them.
