@@ -14,8 +14,8 @@
 //!   Ready", or `PodFailed` / `PodSucceeded`; `PodScheduled` is copied from the pod; `Finished`
 //!   is set when the pod ended; past `shutdownTime` with `shutdownPolicy: Delete` the Sandbox
 //!   is deleted.
-//! - `extensions/controllers/sandboxwarmpool_controller.go`: keeps `spec.replicas` (default
-//!   1) Sandboxes named `<pool>-<suffix>` from the template, labelled
+//! - `extensions/controllers/sandboxwarmpool_controller.go`: keeps `spec.replicas` (by
+//!   default one) Sandboxes named `<pool>-<suffix>` from the template, labelled
 //!   `agents.x-k8s.io/warm-pool-sandbox=<hash of the pool name>`, owned by the pool;
 //!   `status.replicas` / `readyReplicas`.
 //! - `extensions/controllers/sandboxclaim_controller.go`: a claim adopts a Ready warm Sandbox
@@ -218,13 +218,12 @@ fn schema_error(kind: &str, obj: &Value) -> Option<&'static str> {
                 );
             }
         }
-        "SandboxClaim" => {
+        "SandboxClaim"
             if spec["warmPoolRef"]["name"]
                 .as_str()
-                .is_none_or(str::is_empty)
-            {
-                return Some("spec.warmPoolRef.name: Required value");
-            }
+                .is_none_or(str::is_empty) =>
+        {
+            return Some("spec.warmPoolRef.name: Required value");
         }
         _ => {}
     }
@@ -232,6 +231,7 @@ fn schema_error(kind: &str, obj: &Value) -> Option<&'static str> {
 }
 
 /// Stores a new custom resource (as a client or a controller) and starts its controller.
+#[allow(clippy::result_large_err)] // the error is the handler's answer, returned as is
 fn insert(shared: &Arc<Shared>, ns: &str, plural: &str, body: &[u8]) -> Result<Value, Response> {
     let (group, kind) = kind_of(plural).ok_or_else(not_served)?;
     let mut inner = shared.lock();

@@ -165,11 +165,12 @@ where
     let to_pod = async move {
         while let Some(Ok(msg)) = source.next().await {
             match msg {
-                Message::Binary(b) if b.len() > 1 && b[0] == 0 => {
-                    if wr.write_all(&b[1..]).await.is_err() {
-                        break;
-                    }
+                Message::Binary(b)
+                    if b.len() > 1 && b[0] == 0 && wr.write_all(&b[1..]).await.is_err() =>
+                {
+                    break;
                 }
+                Message::Binary(_) => {}
                 Message::Close(_) => break,
                 _ => {}
             }
