@@ -111,39 +111,8 @@ pub fn render(registry: &Registry) -> String {
     openmetrics_to_text(&open)
 }
 
-/// OpenMetrics text (as `prometheus-client` writes it) → Prometheus text 0.0.4.
-pub fn openmetrics_to_text(open: &str) -> String {
-    let mut out = String::with_capacity(open.len());
-    // Counter families whose descriptor lines need the `_total` name.
-    let counters: std::collections::HashSet<&str> = open
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE "))
-        .filter_map(|l| l.strip_suffix(" counter"))
-        .collect();
-    for line in open.lines() {
-        if line == "# EOF" || line.starts_with("# UNIT ") {
-            continue;
-        }
-        let descriptor = line
-            .strip_prefix("# HELP ")
-            .map(|r| ("# HELP ", r))
-            .or_else(|| line.strip_prefix("# TYPE ").map(|r| ("# TYPE ", r)));
-        if let Some((kind, rest)) = descriptor {
-            let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
-            if counters.contains(name) {
-                out.push_str(kind);
-                out.push_str(name);
-                out.push_str("_total ");
-                out.push_str(tail);
-                out.push('\n');
-                continue;
-            }
-        }
-        out.push_str(line);
-        out.push('\n');
-    }
-    out
-}
+/// Shared with the vault proxy (`airlock_telemetry::openmetrics_to_text`).
+pub use airlock_telemetry::openmetrics_to_text;
 
 #[cfg(test)]
 mod tests {

@@ -9,8 +9,8 @@
 //!
 //! Registry and encoding are `prometheus-client`'s; its OpenMetrics text is turned into the
 //! Prometheus 0.0.4 text format (`promtool check metrics` reads only that) by
-//! [`openmetrics_to_text`], the same rewrite as the gateway's `prom` module (the two crates
-//! share no code: neither depends on the other).
+//! [`openmetrics_to_text`], which lives in `airlock-telemetry` so the gateway's `prom` module
+//! uses the same rewrite (neither crate depends on the other).
 
 use std::time::Duration;
 
@@ -296,39 +296,7 @@ fn reason_code(reason: &str) -> &str {
         .unwrap_or("")
 }
 
-/// OpenMetrics text (as `prometheus-client` writes it) → Prometheus text 0.0.4: counter
-/// descriptors take their samples' `_total` name; `# UNIT` and `# EOF` go.
-pub fn openmetrics_to_text(open: &str) -> String {
-    let mut out = String::with_capacity(open.len());
-    let counters: std::collections::HashSet<&str> = open
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE "))
-        .filter_map(|l| l.strip_suffix(" counter"))
-        .collect();
-    for line in open.lines() {
-        if line == "# EOF" || line.starts_with("# UNIT ") {
-            continue;
-        }
-        let descriptor = line
-            .strip_prefix("# HELP ")
-            .map(|r| ("# HELP ", r))
-            .or_else(|| line.strip_prefix("# TYPE ").map(|r| ("# TYPE ", r)));
-        if let Some((kind, rest)) = descriptor {
-            let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
-            if counters.contains(name) {
-                out.push_str(kind);
-                out.push_str(name);
-                out.push_str("_total ");
-                out.push_str(tail);
-                out.push('\n');
-                continue;
-            }
-        }
-        out.push_str(line);
-        out.push('\n');
-    }
-    out
-}
+use airlock_telemetry::openmetrics_to_text;
 
 #[cfg(test)]
 mod tests {

@@ -14,6 +14,7 @@
 
 mod export;
 mod json;
+mod prom_text;
 mod trace_context;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,6 +25,7 @@ use tracing_subscriber::Layer;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
+pub use prom_text::openmetrics_to_text;
 pub use trace_context::{
     current_trace_id, current_traceparent, set_remote_parent, trace_id, trace_id_of_traceparent,
     traceparent,
