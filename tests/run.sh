@@ -31,19 +31,25 @@ if [ "${AIRLOCK_RUN_SH_INNER:-}" = 1 ]; then
     fi
     # Installed in stage 1: a metrics test that finds no promtool then fails instead of skipping.
     command -v promtool >/dev/null 2>&1 && export AIRLOCK_REQUIRE_PROMTOOL=1
-    log "cargo build --workspace --bins"
-    cargo build --workspace --bins
+    # --tests as well: one command resolves the features of the binaries and of the tests
+    # together, so `cargo test` below reuses every dependency instead of building a second
+    # copy of each one whose features the dev-dependencies change (disk and time).
+    log "cargo build --workspace --bins --tests (disk free: $(df -h . | awk 'NR==2{print $4}'))"
+    cargo build --workspace --bins --tests
     log "cargo test --workspace --no-fail-fast $*"
     set +e
     # --no-fail-fast: one failing crate must not hide the results of the others.
     cargo test --workspace --no-fail-fast "$@"
     rc=$?
     set -e
-    log "cargo test exited with $rc"
+    log "cargo test exited with $rc (disk free: $(df -h . | awk 'NR==2{print $4}'), target: $(du -sh target 2>/dev/null | cut -f1))"
     exit "$rc"
 fi
 
 START=$(date +%s)
+# A CI run builds once from a clean clone: incremental-compilation caches would only take
+# disk (gigabytes across the workspace's test binaries) and never be reused.
+if [ "${CI:-}" = true ] && [ -z "${CARGO_INCREMENTAL:-}" ]; then export CARGO_INCREMENTAL=0; fi
 IS_ROOT=0; [ "$(id -u)" = 0 ] && IS_ROOT=1
 
 docker_ok() {
