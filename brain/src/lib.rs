@@ -351,7 +351,17 @@ async fn start_vault(config: &mut Config, store: &store::Store) -> Result<Starte
                         .map_err(RunError::Vault)?,
                 );
                 let addr = vault.proxy_addr().to_string();
-                tracing::info!(proxy = %addr, "embedded vault proxy listening");
+                tracing::info!(proxy = %addr, tls_proxy = %vault.tls_proxy_addr().unwrap_or("-"),
+                    "embedded vault proxy listening");
+                let cloud = config.sandbox.e2b.proxy_url.is_some()
+                    || config.sandbox.daytona.proxy_url.is_some();
+                if cloud && vault.tls_proxy_addr().is_none() {
+                    tracing::warn!(
+                        "sandbox.e2b/daytona.proxy_url is set but the embedded vault has no TLS \
+                         listener (`tls` + `listen_tls` in its vault.yaml): E2B and Daytona \
+                         sandboxes with a vault grant are refused"
+                    );
+                }
                 (vault.clone(), Some(vault), addr)
             }
             VaultMode::Remote => {

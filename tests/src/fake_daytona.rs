@@ -35,7 +35,7 @@ use axum::routing::{get, post};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
-use crate::fake_e2b::{hex, kill_groups, map_path_home, serve};
+use crate::fake_e2b::{hex, kill_groups, map_path_home, route_proxy_env, serve};
 use crate::spec_schemas::{self, Body as Spec};
 
 /// Checks `value` against the spec's schema for `body`, keeping any violation.
@@ -96,6 +96,8 @@ struct Inner {
     list_lag: Duration,
     /// Requests received and responses sent that break the spec's schemas.
     spec_violations: Vec<String>,
+    /// The internet between the cloud and this host (`fake_e2b::route_proxy_env`).
+    routes: Vec<(String, String)>,
 }
 
 struct Shared {
@@ -172,6 +174,15 @@ impl FakeDaytona {
     /// Every request or response so far that broke the spec's schemas (`spec_schemas`).
     pub fn spec_violations(&self) -> Vec<String> {
         self.shared.lock().spec_violations.clone()
+    }
+
+    /// Routes the public `host:port` a sandbox's proxy URL names to `local`
+    /// (`fake_e2b::route_proxy_env`).
+    pub fn route_public(&self, public: &str, local: std::net::SocketAddr) {
+        self.shared
+            .lock()
+            .routes
+            .push((public.to_string(), local.to_string()));
     }
 
     /// Serve files as the v0.190.0 daemon does (see `Inner::legacy_daemon`).
@@ -807,6 +818,7 @@ async fn execute(
         Ok(x) => x,
         Err(r) => return r,
     };
+    let env = route_proxy_env(&env, &shared.lock().routes);
     let path = uri.path().to_string();
     let bad = |m: &str| toolbox_error(StatusCode::BAD_REQUEST, &method, &path, "BAD_REQUEST", m);
     let req: Value = match serde_json::from_slice(&body) {

@@ -97,6 +97,8 @@ struct Inner {
     expired: Vec<String>,
     /// Counted per call: (route, status).
     calls: Vec<(Route, u16)>,
+    /// The internet between the cloud and this host (see [`route_proxy_env`]).
+    routes: Vec<(String, String)>,
 }
 
 impl Default for Inner {
@@ -114,6 +116,7 @@ impl Default for Inner {
             killed: Vec::new(),
             expired: Vec::new(),
             calls: Vec::new(),
+            routes: Vec::new(),
         }
     }
 }
@@ -185,6 +188,15 @@ impl FakeE2b {
             shared,
             tasks: vec![api_task, envd_task, sweeper],
         }
+    }
+
+    /// Routes the public `host:port` a sandbox's proxy URL names to `local` (see
+    /// [`route_proxy_env`]).
+    pub fn route_public(&self, public: &str, local: SocketAddr) {
+        self.shared
+            .lock()
+            .routes
+            .push((public.to_string(), local.to_string()));
     }
 
     /// The next `times` calls of `route` answer `status` (with `Retry-After` when given).
@@ -1050,6 +1062,29 @@ fn envd_sandbox(shared: &Shared, headers: &HeaderMap) -> Result<EnvdTarget, Resp
     })
 }
 
+/// The network between a cloud sandbox and the vault proxy. A real sandbox dials the public
+/// address of its proxy URL (`https://sb:token@203.0.113.7:8443`) and the internet carries
+/// the bytes to the brain's host; these fakes run commands on this host, where that address
+/// goes nowhere. A route (`route_public`) stands for that path: the proxy URL's `host:port`
+/// becomes the local address the bytes reach (a test's relay in front of the proxy), scheme
+/// and credentials unchanged. Without routes the env is passed as is.
+pub(crate) fn route_proxy_env(
+    env: &BTreeMap<String, String>,
+    routes: &[(String, String)],
+) -> BTreeMap<String, String> {
+    let mut env = env.clone();
+    for k in ["HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"] {
+        if let Some(url) = env.get_mut(k) {
+            for (public, local) in routes {
+                if let Some(prefix) = url.strip_suffix(&format!("@{public}")) {
+                    *url = format!("{prefix}@{local}");
+                }
+            }
+        }
+    }
+    env
+}
+
 fn envelope(flags: u8, payload: &[u8]) -> Bytes {
     let mut out = Vec::with_capacity(5 + payload.len());
     out.push(flags);
@@ -1071,6 +1106,7 @@ async fn start_process(
         Ok(t) => (t.id, t.root, t.env),
         Err(r) => return r,
     };
+    let sandbox_env = route_proxy_env(&sandbox_env, &shared.lock().routes);
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

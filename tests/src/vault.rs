@@ -123,3 +123,142 @@ impl Drop for DockerCleanup {
         }
     }
 }
+
+/// The public address cloud sandboxes (the E2B and Daytona fakes) dial for the vault proxy: a
+/// documentation range, which the fakes route to a local address (`route_public`).
+pub const CLOUD_PROXY_IP: &str = "203.0.113.7";
+
+/// Issue 10: gives the vault config at `path` the TLS proxy listener that cloud sandboxes
+/// are granted. A throwaway CA signs a certificate for [`CLOUD_PROXY_IP`] and `127.0.0.1`
+/// (where the fakes route that address); `tls.cert` holds it and the CA (the chain up to its
+/// root, whose certificates the brain adds to cloud sandboxes' bundle), and `tls:` and
+/// `listen_tls: 127.0.0.1:0` are appended to the config. Returns the CA's PEM.
+pub fn add_tls_listener(path: &Path) -> String {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    };
+    let dir = path.parent().expect("config dir");
+    let ca_key = KeyPair::generate().expect("CA key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "airlock e2e proxy listener CA");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_cert = ca_params.self_signed(&ca_key).expect("CA certificate");
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().expect("listener key");
+    let mut params =
+        CertificateParams::new(vec![CLOUD_PROXY_IP.to_string(), "127.0.0.1".to_string()])
+            .expect("listener params");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "airlock vault proxy");
+    let cert = params.signed_by(&key, &issuer).expect("listener cert");
+    std::fs::write(
+        dir.join("proxy-tls.pem"),
+        format!("{}{}", cert.pem(), ca_cert.pem()),
+    )
+    .expect("writing proxy-tls.pem");
+    std::fs::write(dir.join("proxy-tls-key.pem"), key.serialize_pem())
+        .expect("writing proxy-tls-key.pem");
+    let mut yaml = std::fs::read_to_string(path).expect("reading vault config");
+    yaml.push_str(
+        "tls: { cert: proxy-tls.pem, key: proxy-tls-key.pem }\nlisten_tls: 127.0.0.1:0\n",
+    );
+    std::fs::write(path, yaml).expect("writing vault config");
+    ca_cert.pem()
+}
+
+/// For a brain that provisions cloud sandboxes with the default (credential-less) embedded
+/// vault: a vault config with the TLS listener ([`add_tls_listener`]) in a directory that
+/// outlives the brain. Returns the `vault:` YAML to put in `BrainOptions::extra_yaml`.
+pub fn tls_vault_yaml() -> String {
+    let dir = tempfile::Builder::new()
+        .prefix("airlock-vault-tls-")
+        .tempdir()
+        .expect("temp dir")
+        .keep();
+    let path = dir.join("vault.yaml");
+    std::fs::write(
+        &path,
+        "listen: 127.0.0.1:0\nca: { cert: ca.pem, key: ca-key.pem }\naudit_log: audit.jsonl\n",
+    )
+    .expect("writing vault config");
+    add_tls_listener(&path);
+    format!("vault:\n  config: {}\n", path.display())
+}
+
+/// The embedded vault's TLS proxy listener (`listen_tls`), as the brain logs it at start.
+pub fn tls_listener_addr(brain_log: &str) -> Option<std::net::SocketAddr> {
+    let at = brain_log.find("tls_proxy")?;
+    let rest = &brain_log[at..];
+    let start = rest.find("https://")? + "https://".len();
+    let addr: String = rest[start..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+        .collect();
+    addr.parse().ok()
+}
+
+/// A TCP relay standing for the internet between a cloud sandbox and the proxy: forwards
+/// both ways and keeps every byte the sandbox sent, so a test sees what crossed the wire.
+pub struct CaptureRelay {
+    pub addr: std::net::SocketAddr,
+    sent: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+}
+
+impl CaptureRelay {
+    /// Listens on `127.0.0.1:0` and relays each connection to `target`.
+    pub async fn start(target: std::net::SocketAddr) -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binding the relay");
+        let addr = listener.local_addr().expect("relay address");
+        let sent: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>> = Default::default();
+        let log = sent.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let Ok(server) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    let idx = {
+                        let mut l = log.lock().unwrap_or_else(|e| e.into_inner());
+                        l.push(Vec::new());
+                        l.len() - 1
+                    };
+                    let (mut cr, mut cw) = client.into_split();
+                    let (mut sr, mut sw) = server.into_split();
+                    let up = async move {
+                        let mut buf = [0u8; 16 * 1024];
+                        while let Ok(n) = cr.read(&mut buf).await {
+                            if n == 0 {
+                                break;
+                            }
+                            log.lock().unwrap_or_else(|e| e.into_inner())[idx]
+                                .extend_from_slice(&buf[..n]);
+                            if sw.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                        let _ = sw.shutdown().await;
+                    };
+                    let down = async move {
+                        let _ = tokio::io::copy(&mut sr, &mut cw).await;
+                        let _ = cw.shutdown().await;
+                    };
+                    tokio::join!(up, down);
+                });
+            }
+        });
+        Self { addr, sent }
+    }
+
+    /// The bytes each connection's client sent, in accept order.
+    pub fn client_bytes(&self) -> Vec<Vec<u8>> {
+        self.sent.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}

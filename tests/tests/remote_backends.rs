@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use airlock_tests::fake_daytona::{self, FakeDaytona};
 use airlock_tests::fake_e2b::{self, FakeE2b};
+use airlock_tests::vault::tls_vault_yaml;
 use airlock_tests::{BrainOptions, BrainProcess, StatusCode, eventually};
 use airlock_wire::{ExecCollector, ExecEvent, ExecRequest};
 use brain::sandbox::daytona::{DaytonaBackend, DaytonaConfig};
@@ -24,11 +25,12 @@ const CA: &str = "-----BEGIN CERTIFICATE-----\nfake\n-----END CERTIFICATE-----\n
 /// the fakes run commands on this host and never dial it).
 const PROXY: &str = "203.0.113.7:3128";
 
-/// A spec as the brain builds it with a vault grant and one credential.
+/// A spec as the brain builds it with a vault grant (over the proxy's TLS listener, as cloud
+/// sandboxes get it) and one credential.
 fn spec(id: &str, ttl_s: u64) -> SandboxSpec {
     let mut env = BTreeMap::new();
     for k in ["HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"] {
-        env.insert(k.to_string(), format!("http://{id}:tok@127.0.0.1:41000"));
+        env.insert(k.to_string(), format!("https://{id}:tok@127.0.0.1:41443"));
     }
     env.insert("NO_PROXY".into(), "localhost,127.0.0.1,::1".into());
     env.insert("SSL_CERT_FILE".into(), "/etc/airlock/ca.pem".into());
@@ -99,7 +101,7 @@ async fn e2b_provision_restricts_egress_runs_commands_moves_files_and_destroys()
     );
     assert_eq!(
         sb.env_vars["HTTPS_PROXY"],
-        "http://sb-e1:tok@203.0.113.7:3128"
+        "https://sb-e1:tok@203.0.113.7:3128"
     );
     assert_eq!(sb.env_vars["GITHUB_TOKEN"], "ghp_stubstubstub");
     assert_eq!(
@@ -518,7 +520,7 @@ async fn daytona_provision_waits_for_started_restricts_egress_runs_commands_and_
     );
     assert_eq!(sb.request["autoStopInterval"], 15);
     assert_eq!(sb.request["autoDeleteInterval"], 0, "deleted when stopped");
-    assert_eq!(sb.env["HTTPS_PROXY"], "http://sb-d1:tok@203.0.113.7:3128");
+    assert_eq!(sb.env["HTTPS_PROXY"], "https://sb-d1:tok@203.0.113.7:3128");
     assert_eq!(
         fake.file(&sb.id, "/etc/airlock/ca.pem").as_deref(),
         Some(CA.as_bytes())
@@ -856,8 +858,10 @@ fn e2b_brain_options(fake: &FakeE2b, extra: &str) -> BrainOptions {
     BrainOptions {
         backend: "e2b".into(),
         extra_yaml: format!(
-            "sandbox:\n  e2b:\n    api_url: {}\n    envd_url: {}\n    proxy_url: \"{PROXY}\"\n    retry_base_ms: 10\n{extra}",
-            fake.api_url, fake.envd_url
+            "{}sandbox:\n  e2b:\n    api_url: {}\n    envd_url: {}\n    proxy_url: \"{PROXY}\"\n    retry_base_ms: 10\n{extra}",
+            tls_vault_yaml(),
+            fake.api_url,
+            fake.envd_url
         ),
         env: vec![("E2B_API_KEY".into(), fake.api_key.clone())],
         ..BrainOptions::default()
@@ -887,7 +891,7 @@ async fn brain_serve_e2b_provisions_execs_streams_and_deletes_through_the_api() 
         .expect("CA uploaded");
     assert!(String::from_utf8_lossy(&ca).contains("BEGIN CERTIFICATE"));
     assert!(sb.env_vars["HTTPS_PROXY"].ends_with(&format!("@{PROXY}")));
-    assert!(sb.env_vars["HTTPS_PROXY"].starts_with(&format!("http://{id}:")));
+    assert!(sb.env_vars["HTTPS_PROXY"].starts_with(&format!("https://{id}:")));
 
     let (status, r) = brain
         .post_json(
@@ -957,6 +961,7 @@ async fn brain_e2b_credentials_need_a_reachable_proxy_and_only_stubs_reach_the_c
          \x20   allowed_hosts: [api.github.com]\n",
     )
     .unwrap();
+    airlock_tests::vault::add_tls_listener(&vault);
     let real = format!("ghp_{}", "R".repeat(36));
     let options = |proxy: &str| BrainOptions {
         backend: "e2b".into(),
@@ -1086,7 +1091,8 @@ async fn brain_serve_local_default_with_daytona_per_request_and_reaper_on_restar
     let opts = BrainOptions {
         backend: "local".into(),
         extra_yaml: format!(
-            "sandbox:\n  allowed_backends: [daytona]\n  daytona:\n    api_url: {}\n    proxy_url: \"{PROXY}\"\n    retry_base_ms: 10\n",
+            "{}sandbox:\n  allowed_backends: [daytona]\n  daytona:\n    api_url: {}\n    proxy_url: \"{PROXY}\"\n    retry_base_ms: 10\n",
+            tls_vault_yaml(),
             fake.api_url
         ),
         env: vec![("DAYTONA_API_KEY".into(), fake.api_key.clone())],
@@ -1326,7 +1332,8 @@ async fn bench_brain_overhead_over_the_fakes() {
     let brain = BrainProcess::start(BrainOptions {
         backend: "daytona".into(),
         extra_yaml: format!(
-            "sandbox:\n  daytona:\n    api_url: {}\n    proxy_url: \"{PROXY}\"\n",
+            "{}sandbox:\n  daytona:\n    api_url: {}\n    proxy_url: \"{PROXY}\"\n",
+            tls_vault_yaml(),
             fake.api_url
         ),
         env: vec![("DAYTONA_API_KEY".into(), fake.api_key.clone())],

@@ -198,7 +198,7 @@ fn doctor_spec(with_proxy: bool) -> SandboxSpec {
     let mut env = BTreeMap::new();
     if with_proxy {
         for k in ["HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"] {
-            env.insert(k.to_string(), format!("http://{id}:doctor@127.0.0.1:1"));
+            env.insert(k.to_string(), format!("https://{id}:doctor@127.0.0.1:1"));
         }
     }
     SandboxSpec {

@@ -42,6 +42,38 @@ pub const CA_PATH: &str = "/etc/airlock/ca.pem";
 pub const SYSTEM_BUNDLE_PATH: &str = "/etc/ssl/certs/ca-certificates.crt";
 pub use crate::sandbox::{CA_ENV_VARS, NO_PROXY};
 
+/// Where curl reads its `.curlrc` in sandboxes whose proxy URL is `https://` (`CURL_HOME`).
+/// curl verifies an HTTPS proxy against its built-in bundle, never `CURL_CA_BUNDLE` or
+/// `SSL_CERT_FILE`, so that `.curlrc` names the CA bundle with `proxy-cacert`; git reads
+/// `GIT_PROXY_SSL_CAINFO`. Python (urllib3) verifies the proxy with `REQUESTS_CA_BUNDLE`.
+pub const CURL_HOME: &str = "/etc/airlock";
+/// Env vars a grant adds when the proxy URL is `https://` (not credentials).
+pub const PROXY_TLS_ENV: [&str; 2] = ["CURL_HOME", "GIT_PROXY_SSL_CAINFO"];
+
+/// Whether sandboxes of `backend` reach the proxy across the internet (E2B, Daytona): their
+/// proxy URL must be TLS (`listen_tls`), or provisioning refuses them (issue 10).
+pub fn crosses_internet(backend: BackendKind) -> bool {
+    matches!(backend, BackendKind::E2b | BackendKind::Daytona)
+}
+
+/// The `-----BEGIN CERTIFICATE-----` blocks of a PEM file, and nothing else (a combined
+/// cert + key file never ships its key to a sandbox).
+pub fn certificate_blocks(pem: &str) -> String {
+    const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
+    const END: &str = "-----END CERTIFICATE-----";
+    let mut out = String::new();
+    let mut rest = pem;
+    while let Some(start) = rest.find(BEGIN) {
+        let Some(len) = rest[start..].find(END) else {
+            break;
+        };
+        out.push_str(&rest[start..start + len + END.len()]);
+        out.push('\n');
+        rest = &rest[start + len + END.len()..];
+    }
+    out
+}
+
 /// Keys in [`SandboxHandle::extra`] that keep a sandbox's grant across a brain restart (the
 /// handle is never shown by the API: it already holds the agent token).
 pub const HANDLE_TOKEN_KEY: &str = "vault.token";
@@ -350,6 +382,16 @@ pub fn compose(
     }
     let ca = Bytes::from(ca_pem.to_string());
     let mut files = vec![(CA_PATH.to_string(), ca.clone())];
+    if req.backend != BackendKind::Docker && url.starts_with("https://") {
+        // The sandbox speaks TLS to the proxy (`listen_tls`): tools that verify a proxy with
+        // their own setting get the bundle (which holds the listener's certificate) too.
+        env.insert("CURL_HOME".into(), CURL_HOME.into());
+        env.insert("GIT_PROXY_SSL_CAINFO".into(), CA_PATH.into());
+        files.push((
+            format!("{CURL_HOME}/.curlrc"),
+            Bytes::from(format!("proxy-cacert = \"{CA_PATH}\"\n")),
+        ));
+    }
     if req.backend == BackendKind::Docker {
         files.push((SYSTEM_BUNDLE_PATH.to_string(), ca));
     }
@@ -408,6 +450,47 @@ mod tests {
         assert_eq!(g.token.as_deref(), Some("tok"));
         assert!(!format!("{g:?}").contains("tok\""), "token in Debug: {g:?}");
         assert!(!format!("{g:?}").contains("ghp_stub"));
+    }
+
+    /// A cloud sandbox with a TLS proxy URL: `https://…`, and curl and git told to verify the
+    /// proxy with the bundle (curl ignores `CURL_CA_BUNDLE` for a proxy).
+    #[test]
+    fn an_https_proxy_url_points_curl_and_git_at_the_bundle() {
+        let g = compose(
+            req(BackendKind::E2b, &[]),
+            "tok",
+            &BTreeMap::new(),
+            "https://127.0.0.1:8443",
+            "PEM",
+        );
+        assert_eq!(g.env["HTTPS_PROXY"], "https://sb-1:tok@127.0.0.1:8443");
+        assert_eq!(g.env["CURL_HOME"], CURL_HOME);
+        assert_eq!(g.env["GIT_PROXY_SSL_CAINFO"], CA_PATH);
+        let curlrc = g
+            .files
+            .iter()
+            .find(|f| f.0 == "/etc/airlock/.curlrc")
+            .expect(".curlrc");
+        assert_eq!(curlrc.1, "proxy-cacert = \"/etc/airlock/ca.pem\"\n");
+        // Plain: nothing of the kind.
+        let g = compose(
+            req(BackendKind::E2b, &[]),
+            "tok",
+            &BTreeMap::new(),
+            "127.0.0.1:8899",
+            "PEM",
+        );
+        assert!(!g.env.contains_key("CURL_HOME"));
+        assert_eq!(g.files.len(), 1);
+        assert!(crosses_internet(BackendKind::Daytona) && !crosses_internet(BackendKind::Local));
+        let pem = "-----BEGIN CERTIFICATE-----\nAA\n-----END CERTIFICATE-----\n\
+                   -----BEGIN PRIVATE KEY-----\nKK\n-----END PRIVATE KEY-----\n\
+                   -----BEGIN CERTIFICATE-----\nBB\n-----END CERTIFICATE-----";
+        let certs = certificate_blocks(pem);
+        assert!(
+            !certs.contains("KEY") && certs.contains("AA") && certs.contains("BB"),
+            "{certs}"
+        );
     }
 
     #[test]

@@ -52,6 +52,10 @@ pub struct EmbeddedVault {
     audit_key_env: Option<String>,
     proxy_addr: String,
     ca_pem: String,
+    /// The TLS proxy listener (`listen_tls` with `tls:` in the vault config) as
+    /// `https://host:port`, and the bundle sandboxes speaking TLS to it get: the proxy CA plus
+    /// the certificates of `tls.cert`. Cloud sandboxes (E2B, Daytona) are granted this URL.
+    tls: Option<(String, String)>,
     /// Sandboxes whose recorded grant was re-registered at start.
     restored: HashSet<String>,
     /// The credentials' bindings (no values), for the console.
@@ -66,6 +70,22 @@ impl EmbeddedVault {
         mut restore: Vec<GrantConfig>,
     ) -> Result<Self, String> {
         let base = std::mem::take(&mut config.grants);
+        // The listen_tls certificate, for the bundle of sandboxes that speak TLS to it.
+        let tls_certs = match (&config.tls, config.listen_tls) {
+            (Some(t), Some(_)) => {
+                let pem = std::fs::read_to_string(&t.cert)
+                    .map_err(|e| format!("vault tls.cert {}: {e}", t.cert.display()))?;
+                let certs = super::certificate_blocks(&pem);
+                if certs.is_empty() {
+                    return Err(format!(
+                        "vault tls.cert {}: no certificate in file",
+                        t.cert.display()
+                    ));
+                }
+                Some(certs)
+            }
+            _ => None,
+        };
         loop {
             let mut attempt = config.clone();
             attempt.grants = base.iter().chain(restore.iter()).cloned().collect();
@@ -76,11 +96,24 @@ impl EmbeddedVault {
             match VaultProxy::start_with(attempt, opts).await {
                 Ok(proxy) => {
                     let restored = restore.iter().map(|g| g.sandbox.clone()).collect();
+                    let ca_pem = proxy.ca_pem().to_string();
+                    let tls = proxy
+                        .tls_addr()
+                        .zip(tls_certs.as_ref())
+                        .map(|(addr, certs)| {
+                            let mut bundle = ca_pem.clone();
+                            if !bundle.ends_with('\n') {
+                                bundle.push('\n');
+                            }
+                            bundle.push_str(certs);
+                            (format!("https://{addr}"), bundle)
+                        });
                     return Ok(Self {
+                        tls,
                         audit: proxy.audit().clone(),
                         audit_key_env: config.audit_key_env.clone(),
                         proxy_addr: proxy.proxy_addr().to_string(),
-                        ca_pem: proxy.ca_pem().to_string(),
+                        ca_pem,
                         proxy: RwLock::new(Some(proxy)),
                         restored,
                         credentials: super::credential_infos(&config),
@@ -101,6 +134,11 @@ impl EmbeddedVault {
     /// Address of the proxy listener (`host:port`).
     pub fn proxy_addr(&self) -> &str {
         &self.proxy_addr
+    }
+
+    /// The TLS proxy listener (`listen_tls`), `https://host:port`, if configured.
+    pub fn tls_proxy_addr(&self) -> Option<&str> {
+        self.tls.as_ref().map(|t| t.0.as_str())
     }
 
     /// Stops the proxy and flushes its audit log.
@@ -164,13 +202,13 @@ impl CredentialBroker for EmbeddedVault {
                 )
             })?
             .map_err(grant_error)?;
-        let mut grant = compose(
-            req,
-            &issued.token,
-            &issued.stubs,
-            &self.proxy_addr,
-            &self.ca_pem,
-        );
+        // Cloud sandboxes reach the proxy across the internet: over its TLS listener when it
+        // has one (without, the backend refuses the plain URL at provision).
+        let (addr, ca) = match &self.tls {
+            Some((addr, bundle)) if super::crosses_internet(req.backend) => (addr, bundle),
+            _ => (&self.proxy_addr, &self.ca_pem),
+        };
+        let mut grant = compose(req, &issued.token, &issued.stubs, addr, ca);
         super::add_stub_aliases(&mut grant, &issued.env);
         Ok(grant)
     }
@@ -883,6 +921,97 @@ mod tests {
             agent_token: "a".into(),
             extra,
         }
+    }
+
+    /// Issue 10: the embedded vault with `tls` + `listen_tls` in its config serves the TLS
+    /// proxy listener of remote mode; cloud sandboxes are granted `https://…` there with the
+    /// listener's certificate (never its key) in their bundle, other backends keep the plain
+    /// listener, and the proxy token authenticates over the TLS listener.
+    #[tokio::test]
+    async fn embedded_vault_grants_cloud_sandboxes_its_tls_listener() {
+        crate::install_crypto_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        // One file with the certificate and its key: only the certificate reaches sandboxes.
+        std::fs::write(
+            d.join("tls.pem"),
+            format!("{}{}", cert.pem(), key.serialize_pem()),
+        )
+        .unwrap();
+        std::fs::write(d.join("tls-key.pem"), key.serialize_pem()).unwrap();
+        std::fs::write(
+            d.join("vault.yaml"),
+            "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\naudit_log: audit.jsonl\n\
+             ca: { cert: ca.pem, key: ca-key.pem }\n\
+             tls: { cert: tls.pem, key: tls-key.pem }\nlisten_tls: 127.0.0.1:0\n",
+        )
+        .unwrap();
+        let config = ProxyConfig::load(d.join("vault.yaml")).unwrap();
+        let vault = EmbeddedVault::start(config, Vec::new()).await.unwrap();
+        let tls = vault.tls_proxy_addr().expect("tls listener").to_string();
+        assert!(tls.starts_with("https://127.0.0.1:"), "{tls}");
+        let grant = |backend| {
+            vault.grant(GrantRequest {
+                sandbox_id: "sb-c",
+                credentials: &[],
+                session_id: None,
+                backend,
+            })
+        };
+        for backend in [BackendKind::E2b, BackendKind::Daytona] {
+            let g = grant(backend).await.unwrap();
+            let authority = tls.trim_start_matches("https://");
+            assert!(
+                g.env["HTTPS_PROXY"].starts_with("https://sb-c:")
+                    && g.env["HTTPS_PROXY"].ends_with(&format!("@{authority}")),
+                "{backend:?}: {}",
+                g.env["HTTPS_PROXY"]
+            );
+            let bundle = String::from_utf8(g.files[0].1.to_vec()).unwrap();
+            assert!(bundle.contains(vault.ca_pem.trim()), "proxy CA kept");
+            assert!(bundle.contains(cert.pem().trim()), "listen_tls cert added");
+            assert!(!bundle.contains("PRIVATE KEY"), "a key in the bundle");
+        }
+        let local = grant(BackendKind::Local).await.unwrap();
+        assert_eq!(
+            local.env["HTTPS_PROXY"],
+            format!(
+                "http://sb-c:{}@{}",
+                local.token.as_deref().unwrap(),
+                vault.proxy_addr()
+            )
+        );
+        assert!(!String::from_utf8_lossy(&local.files[0].1).contains(cert.pem().trim()));
+
+        // The token authenticates over TLS (trusting only the bundle); a wrong one is a 407.
+        let g = grant(BackendKind::E2b).await.unwrap();
+        let bundle = reqwest::Certificate::from_pem_bundle(&g.files[0].1).unwrap();
+        let client = |url: &str| {
+            reqwest::Client::builder()
+                .tls_certs_only(bundle.clone())
+                .proxy(reqwest::Proxy::all(url).unwrap())
+                .build()
+                .unwrap()
+        };
+        let ok = client(&g.env["HTTPS_PROXY"])
+            .get("http://example.invalid/")
+            .send()
+            .await
+            .unwrap();
+        assert_ne!(ok.status().as_u16(), 407);
+        let bad_url = g.env["HTTPS_PROXY"].replace(g.token.as_deref().unwrap(), "wrong-token");
+        let bad = client(&bad_url)
+            .get("http://example.invalid/")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(bad.status().as_u16(), 407);
+        vault.shutdown().await;
     }
 
     #[tokio::test]

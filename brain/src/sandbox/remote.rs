@@ -14,6 +14,7 @@ use reqwest::{Response, StatusCode};
 
 use super::{BackendError, SandboxSpec};
 use super::{CA_ENV_VARS, NO_PROXY};
+use crate::credentials::PROXY_TLS_ENV;
 
 /// Longest `Retry-After` honoured; a provider asking for more is treated as failing now, so a
 /// request never stalls the brain for minutes.
@@ -349,7 +350,7 @@ pub(crate) async fn remote_egress(
         .keys()
         .map(String::as_str)
         .filter(|k| !PROXY_ENV.contains(k) && !NO_PROXY_ENV.contains(k))
-        .filter(|k| !CA_ENV_VARS.contains(k))
+        .filter(|k| !CA_ENV_VARS.contains(k) && !PROXY_TLS_ENV.contains(k))
         .collect();
     let proxy = proxy_url.map(str::trim).filter(|p| !p.is_empty());
     let Some(proxy) = proxy.filter(|_| has_grant) else {
@@ -362,7 +363,11 @@ pub(crate) async fn remote_egress(
             )));
         }
         // Nothing to reach: drop proxy settings that name a brain-local address.
-        for k in PROXY_ENV.iter().chain(NO_PROXY_ENV.iter()) {
+        for k in PROXY_ENV
+            .iter()
+            .chain(NO_PROXY_ENV.iter())
+            .chain(PROXY_TLS_ENV.iter())
+        {
             env.remove(*k);
         }
         return Ok(RemoteEgress {
@@ -370,6 +375,20 @@ pub(crate) async fn remote_egress(
             allow_cidrs: Vec::new(),
         });
     };
+    // The grant's proxy URL carries the sandbox's proxy token (`Proxy-Authorization` on every
+    // CONNECT): across the internet it must be TLS (issue 10). Fails closed, no opt-out.
+    if let Some(k) = PROXY_ENV
+        .iter()
+        .find(|k| env.get(**k).is_some_and(|url| !url.starts_with("https://")))
+    {
+        return Err(BackendError::Invalid(format!(
+            "{provider}: the vault proxy URL the sandbox would get (`{k}`) is plain http: its \
+             proxy token and CONNECT lines would cross the internet to `{config_key}` in clear. \
+             Give the vault proxy a TLS listener: with the embedded vault add `tls: {{cert, \
+             key}}` and `listen_tls` to its vault.yaml (`vault.config`) and point `{config_key}` \
+             at listen_tls's public address; with `vault.mode: remote` set `vault.remote.tls_url`"
+        )));
+    }
     let (host, port) = split_host_port(proxy).ok_or_else(|| {
         BackendError::Invalid(format!(
             "{provider}: `{config_key}` must be host:port, got `{proxy}`"
@@ -585,7 +604,7 @@ mod tests {
     }
 
     const GRANT: [(&str, &str); 3] = [
-        ("HTTPS_PROXY", "http://sb-1:tok@127.0.0.1:41000"),
+        ("HTTPS_PROXY", "https://sb-1:tok@127.0.0.1:41443"),
         ("NO_PROXY", "localhost"),
         ("SSL_CERT_FILE", "/etc/airlock/ca.pem"),
     ];
@@ -602,9 +621,49 @@ mod tests {
         )
         .await
         .unwrap();
-        assert_eq!(e.env["HTTPS_PROXY"], "http://sb-1:tok@203.0.113.7:8899");
+        assert_eq!(e.env["HTTPS_PROXY"], "https://sb-1:tok@203.0.113.7:8899");
         assert_eq!(e.env["SSL_CERT_FILE"], "/etc/airlock/ca.pem");
         assert_eq!(e.allow_cidrs, ["203.0.113.7/32"]);
+    }
+
+    /// Issue 10: a grant whose proxy URL is plain http never reaches a cloud sandbox, with or
+    /// without credentials (the proxy token alone is a bearer credential for its egress);
+    /// the error names the fix.
+    #[tokio::test]
+    async fn a_plain_http_proxy_url_is_refused_for_cloud_sandboxes() {
+        for (creds, provider) in [(false, "e2b"), (true, "e2b"), (true, "daytona")] {
+            let mut env = vec![
+                ("HTTPS_PROXY", "https://sb-1:tok@127.0.0.1:41443"),
+                ("http_proxy", "http://sb-1:tok@127.0.0.1:41000"),
+            ];
+            if creds {
+                env.push(("GITHUB_TOKEN", "ghp_stub"));
+            }
+            let err = remote_egress(
+                provider,
+                "sandbox.x.proxy_url",
+                Some("203.0.113.7:8443"),
+                10,
+                &spec(&env),
+            )
+            .await
+            .unwrap_err();
+            assert!(matches!(err, BackendError::Invalid(_)), "{err}");
+            let msg = err.to_string();
+            for needle in [
+                "plain http",
+                "http_proxy",
+                "listen_tls",
+                "vault.remote.tls_url",
+                "sandbox.x.proxy_url",
+            ] {
+                assert!(msg.contains(needle), "{needle}: {msg}");
+            }
+            assert!(
+                !msg.contains("tok@"),
+                "the token is not in the error: {msg}"
+            );
+        }
     }
 
     /// Remote mode over TLS (issue 10): the grant's proxy URL is `https://…` (the proxy's
