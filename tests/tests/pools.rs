@@ -532,3 +532,55 @@ async fn local_pool_claim_attaches_the_grant_and_egress_is_swapped() {
     assert_eq!(row["status"], "destroyed", "{row}");
     let _ = brain.delete(&format!("/v1/sandboxes/{second}")).await;
 }
+
+/// Issue 16 item 3: a local pool survives a brain SIGKILL (its agents keep running and are
+/// adopted, nothing new is made) and drains on a graceful shutdown, leaving the claimed one.
+#[tokio::test]
+async fn local_pool_survives_a_brain_sigkill_and_drains_on_shutdown() {
+    let mut brain = BrainProcess::start(BrainOptions {
+        backend: "local".into(),
+        extra_yaml: "pools:\n  - {backend: local, size: 2}\n".into(),
+        ..Default::default()
+    })
+    .await;
+    let root = brain.data_dir().join("sandboxes");
+    let dirs = move || -> BTreeSet<String> {
+        std::fs::read_dir(&root)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()?
+                    .strip_prefix("airlock-sb-")
+                    .map(str::to_string)
+            })
+            .collect()
+    };
+    wait_ready_on(&brain, "local", 2).await;
+    let before = dirs();
+    assert_eq!(before.len(), 2, "{before:?}");
+
+    brain.kill9();
+    brain.restart().await;
+    wait_ready_on(&brain, "local", 2).await;
+    assert_eq!(dirs(), before, "{}", brain.log());
+    assert!(
+        brain.log().contains("adopted pooled sandbox"),
+        "{}",
+        brain.log()
+    );
+    let id = provision(&brain, json!({})).await;
+    assert!(
+        before.contains(&id),
+        "{id} not from the adopted pool {before:?}"
+    );
+    let (code, out, _) = sh(&brain, &id, "echo ok").await;
+    assert_eq!((code, out.as_str()), (0, "ok\n"));
+    wait_ready_on(&brain, "local", 2).await;
+
+    brain.terminate();
+    assert_eq!(dirs(), BTreeSet::from([id.clone()]), "pool not drained");
+    brain.restart().await;
+    let (status, _) = brain.delete(&format!("/v1/sandboxes/{id}")).await;
+    assert_eq!(status, StatusCode::OK);
+}
