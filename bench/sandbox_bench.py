@@ -65,7 +65,8 @@ class Brain:
         self.dir = tempfile.mkdtemp(prefix="airlock-bench-")
         self.key = "bench-" + secrets.token_hex(12)
         env = dict(os.environ, AIRLOCK_MASTER_KEY=self.key, RUST_LOG="warn")
-        binary = os.path.join(ROOT, "target", profile, "brain")
+        # AIRLOCK_BENCH_BRAIN: a brain binary built elsewhere (e.g. a shared CARGO_TARGET_DIR).
+        binary = os.environ.get("AIRLOCK_BENCH_BRAIN") or os.path.join(ROOT, "target", profile, "brain")
         config = os.path.join(self.dir, "airlock.yaml")
         with open(config, "w") as f:
             # JSON is YAML.

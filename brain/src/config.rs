@@ -390,6 +390,19 @@ impl Config {
         }
         self.sessions.validate().map_err(ConfigError::Invalid)?;
         crate::pool::validate(&self.pools).map_err(ConfigError::Invalid)?;
+        if self.sandbox.docker.caches.needs_tenant()
+            && self
+                .pools
+                .iter()
+                .any(|p| p.backend == crate::sandbox::BackendKind::Docker)
+        {
+            // A pooled sandbox is made before its tenant is known: it could never be claimed.
+            return Err(ConfigError::Invalid(
+                "pools: a docker pool cannot serve while sandbox.docker.caches has a `tenant` \
+                 cache (per-tenant caches are mounted at creation); use `shared` or drop the pool"
+                    .into(),
+            ));
+        }
         Ok(())
     }
 

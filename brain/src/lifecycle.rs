@@ -151,6 +151,9 @@ async fn provision_steps(
 ) -> Result<SandboxRow, LifecycleError> {
     let id = new.id.clone();
     state.store.insert_sandbox(&new).await?;
+    if let Some(name) = &params.workspace {
+        claim_workspace(state, &id, params.backend, name).await?;
+    }
     let started = Instant::now();
     // Every sandbox gets a grant when a vault proxy is configured: its token authenticates
     // the sandbox's egress even when it asked for no credentials.
@@ -192,6 +195,7 @@ async fn provision_steps(
         agent_token: random_token(),
         ttl_s: params.ttl_s,
         workspace: params.workspace.clone(),
+        cache_tenant: Some(cache_tenant(state, &params).await?),
     };
     let kind = params.backend.as_str();
     match backend.provision(&spec).await {
@@ -231,6 +235,42 @@ async fn provision_steps(
         .get_sandbox(&id)
         .await?
         .ok_or(LifecycleError::NotFound(id))
+}
+
+/// The tenant whose per-tenant dependency caches a sandbox mounts: its session's owner (the
+/// virtual key that started it, `vk:<sha256>`), else `default` (the master key, triggers,
+/// sandboxes outside a session). Never taken from the request body.
+async fn cache_tenant(
+    state: &AppState,
+    params: &ProvisionParams,
+) -> Result<String, LifecycleError> {
+    if let Some(session_id) = &params.session_id
+        && let Some(row) = state.store.get_session(session_id).await?
+        && let Some(owner) = row.origin.get("owner").and_then(|o| o.as_str())
+    {
+        return Ok(owner.to_string());
+    }
+    Ok("default".to_string())
+}
+
+/// Takes persistent workspace `name` for the just-inserted sandbox `id`, atomically in the
+/// store (one live sandbox per workspace, across replicas); a loser's row is failed and it
+/// gets `409 conflict`.
+async fn claim_workspace(
+    state: &AppState,
+    id: &str,
+    backend: BackendKind,
+    name: &str,
+) -> Result<(), LifecycleError> {
+    if state.store.claim_workspace(id, backend, name).await? {
+        return Ok(());
+    }
+    let message = match state.store.workspace_holder(backend, name).await? {
+        Some(holder) => format!("workspace {name} is in use by sandbox {holder}"),
+        None => format!("workspace {name} is in use"),
+    };
+    state.store.set_failed(id, &message).await?;
+    Err(BackendError::Conflict(message).into())
 }
 
 /// Destroys a sandbox; repeating it on a destroyed sandbox returns the row unchanged.

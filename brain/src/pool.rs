@@ -75,9 +75,9 @@ impl PoolConfig {
 pub fn validate(pools: &[PoolConfig]) -> Result<(), String> {
     let mut seen = std::collections::HashSet::new();
     for p in pools {
-        if p.backend != BackendKind::Docker {
+        if !matches!(p.backend, BackendKind::Docker | BackendKind::Local) {
             return Err(format!(
-                "pools: the {} backend has no warm pools (supported: docker)",
+                "pools: the {} backend has no warm pools (supported: docker, local)",
                 p.backend
             ));
         }
@@ -207,6 +207,10 @@ pub async fn claim(
     let kind = params.backend.as_str();
     let started = Instant::now();
     let backend = state.backends.get(params.backend).await?;
+    if backend.needs_tenant() {
+        // Per-tenant caches are mounted at creation; a pooled sandbox has no tenant.
+        return Ok(None);
+    }
     for _ in 0..CLAIM_ATTEMPTS {
         let Some(ready) = pools.pop(&key) else {
             break;
@@ -433,6 +437,7 @@ async fn fill_one(state: &AppState, config: &PoolConfig) -> Result<Option<Ready>
         agent_token: lifecycle::random_token(),
         ttl_s: params.ttl_s,
         workspace: None,
+        cache_tenant: None,
     };
     let handle = match backend.provision(&spec).await {
         Ok(handle) => handle,
@@ -594,6 +599,7 @@ mod tests {
     #[test]
     fn validate_rejects_unsupported_backends_sizes_and_duplicates() {
         assert!(validate(&[pool(BackendKind::Docker, None, 4)]).is_ok());
+        assert!(validate(&[pool(BackendKind::Local, None, 2)]).is_ok());
         assert!(
             validate(&[
                 pool(BackendKind::Docker, None, 4),
@@ -603,6 +609,7 @@ mod tests {
         );
         for bad in [
             vec![pool(BackendKind::E2b, None, 1)],
+            vec![pool(BackendKind::Kubernetes, None, 1)],
             vec![pool(BackendKind::Docker, None, 0)],
             vec![pool(BackendKind::Docker, None, MAX_POOL_SIZE + 1)],
             vec![pool(BackendKind::Docker, Some(" "), 1)],

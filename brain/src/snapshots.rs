@@ -23,10 +23,15 @@ pub async fn take(
     let backend = state.backends.get(row.backend).await?;
     let id = format!("snap-{}", uuid::Uuid::new_v4().simple());
     let stored = backend.snapshot(handle, &id).await?;
+    let image = if backend.snapshot_is_image() {
+        Some(stored.backend_ref.clone())
+    } else {
+        row.image.clone()
+    };
     let snapshot = SnapshotRow {
         id,
         backend: row.backend,
-        image: row.image.clone(),
+        image,
         source_sandbox: row.id.clone(),
         backend_ref: stored.backend_ref,
         size_bytes: stored.size_bytes,

@@ -5,7 +5,11 @@
 //!
 //! - API (`api_url`): `POST /sandboxes` (201 `Sandbox`), `GET /v2/sandboxes` (metadata/state
 //!   filters, `limit`/`nextToken` paging, `X-Next-Token`), `GET|DELETE /sandboxes/{id}`,
-//!   `POST /sandboxes/{id}/timeout` (204), `POST /sandboxes/{id}/connect` (200); `X-API-Key`
+//!   `POST /sandboxes/{id}/timeout` (204), `POST /sandboxes/{id}/connect` (200; 201 when it
+//!   resumes a paused sandbox), `POST /sandboxes/{id}/pause` (204, 409 already paused),
+//!   `POST /sandboxes/{id}/snapshots` (201 `SnapshotInfo`; a sandbox created from the
+//!   snapshot template gets its files and the env its memory held), `DELETE /templates/{id}`;
+//!   `X-API-Key`
 //!   auth (401 `Error`); request bodies validated against the schema (unknown or missing
 //!   fields → 400 `Error`); configurable slow create; injected 429 (`Retry-After`) and 5xx.
 //! - envd (`envd_url`, one listener for all sandboxes, routed by `E2b-Sandbox-Id` as the real
@@ -50,6 +54,16 @@ pub enum Route {
     Delete,
     Timeout,
     Connect,
+    Pause,
+    Snapshot,
+    DeleteTemplate,
+}
+
+/// A snapshot template (`POST /sandboxes/{id}/snapshots`): the sandbox's files and what its
+/// memory held of the env (envd's `envVars`), as a new sandbox started from it sees them.
+struct Template {
+    root: PathBuf,
+    env_vars: BTreeMap<String, String>,
 }
 
 /// What a recorded sandbox was created with (tests assert egress was restricted).
@@ -73,6 +87,9 @@ struct Sandbox {
     end_at: chrono::DateTime<chrono::Utc>,
     /// Process groups of running commands (killed with the sandbox).
     groups: Vec<i32>,
+    /// Paused (`POST /sandboxes/{id}/pause`): its processes are stopped (SIGSTOP, memory
+    /// kept), envd is unreachable, and E2B's timer does not run until a resume.
+    paused: bool,
 }
 
 struct Inner {
@@ -95,6 +112,8 @@ struct Inner {
     creates: usize,
     killed: Vec<String>,
     expired: Vec<String>,
+    /// Snapshot templates by template id (without the `:tag`).
+    templates: BTreeMap<String, Template>,
     /// Counted per call: (route, status).
     calls: Vec<(Route, u16)>,
     /// The internet between the cloud and this host (see [`route_proxy_env`]).
@@ -115,6 +134,7 @@ impl Default for Inner {
             creates: 0,
             killed: Vec::new(),
             expired: Vec::new(),
+            templates: BTreeMap::new(),
             calls: Vec::new(),
             routes: Vec::new(),
         }
@@ -171,6 +191,9 @@ impl FakeE2b {
             .route("/sandboxes/{id}", get(get_one).delete(delete))
             .route("/sandboxes/{id}/timeout", post(set_timeout))
             .route("/sandboxes/{id}/connect", post(connect))
+            .route("/sandboxes/{id}/pause", post(pause))
+            .route("/sandboxes/{id}/snapshots", post(snapshot))
+            .route("/templates/{id}", axum::routing::delete(delete_template))
             .with_state(shared.clone());
         let envd = Router::new()
             .route("/health", get(|| async { StatusCode::NO_CONTENT }))
@@ -240,6 +263,20 @@ impl FakeE2b {
     /// How long `POST /sandboxes` takes before the sandbox exists and the 201 is sent.
     pub fn set_create_delay(&self, delay: Duration) {
         self.shared.lock().create_delay = delay;
+    }
+
+    /// Ids of the snapshot templates that exist.
+    pub fn templates(&self) -> Vec<String> {
+        self.shared.lock().templates.keys().cloned().collect()
+    }
+
+    /// Whether sandbox `id` (the provider's id) is paused.
+    pub fn is_paused(&self, id: &str) -> bool {
+        self.shared
+            .lock()
+            .sandboxes
+            .get(id)
+            .is_some_and(|s| s.paused)
     }
 
     pub fn sandboxes(&self) -> Vec<SandboxInfo> {
@@ -561,7 +598,7 @@ fn listed_json(sb: &Sandbox) -> Value {
         "cpuCount": 2,
         "memoryMB": 512,
         "diskSizeMB": 1024,
-        "state": "running",
+        "state": if sb.paused { "paused" } else { "running" },
         "envdVersion": sb.envd_version,
         "metadata": sb.info.metadata,
     })
@@ -606,6 +643,16 @@ async fn create(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byt
             format!("template '{template}' not found"),
         );
     }
+    // A snapshot template: the new sandbox starts with its files, and with the env its
+    // memory snapshot holds under the request's `envVars` (envd keeps the env it was given in
+    // memory; /init on resume sets the new values on top).
+    let from_snapshot = {
+        let inner = shared.lock();
+        inner
+            .templates
+            .get(template_name(template))
+            .map(|t| (t.root.clone(), t.env_vars.clone()))
+    };
     let max_s = shared.lock().max_timeout_s;
     let timeout = match timeout_field(&body, max_s) {
         Ok(t) => t,
@@ -617,6 +664,14 @@ async fn create(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byt
     ) {
         (Ok(m), Ok(e)) => (m, e),
         (Err(r), _) | (_, Err(r)) => return r,
+    };
+    let env_vars = match &from_snapshot {
+        Some((_, kept)) => {
+            let mut env = kept.clone();
+            env.extend(env_vars);
+            env
+        }
+        None => env_vars,
     };
     let network = body.get("network").cloned().unwrap_or(Value::Null);
     if !network.is_null() {
@@ -662,6 +717,9 @@ async fn create(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byt
         tokio::time::sleep(delay).await;
         let id = sandbox_id();
         let root = shared2.dir.path().join(&id);
+        if let Some((from, _)) = &from_snapshot {
+            copy_tree(from, &root).expect("copy the snapshot's files");
+        }
         std::fs::create_dir_all(root.join("home/user")).expect("sandbox home");
         let now = chrono::Utc::now();
         let sb = Sandbox {
@@ -680,6 +738,7 @@ async fn create(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byt
             started_at: now,
             end_at: now + chrono::Duration::seconds(timeout),
             groups: Vec::new(),
+            paused: false,
         };
         let reply = sandbox_json(&sb);
         let mut inner = shared2.lock();
@@ -720,16 +779,16 @@ async fn list(
             wanted.push((pct_decode(k), pct_decode(v)));
         }
     }
+    let mut want_running = true;
+    let mut want_paused = true;
     if let Some(states) = q.get("state") {
         for s in states.split(',') {
             if s != "running" && s != "paused" {
                 return error(StatusCode::BAD_REQUEST, format!("invalid state `{s}`"));
             }
         }
-        if !states.split(',').any(|s| s == "running") {
-            record(&shared, Route::List, StatusCode::OK);
-            return axum::Json(json!([])).into_response();
-        }
+        want_running = states.split(',').any(|s| s == "running");
+        want_paused = states.split(',').any(|s| s == "paused");
     }
     let limit = match q.get("limit").map(|l| l.parse::<usize>()) {
         None => 100,
@@ -741,6 +800,7 @@ async fn list(
     let matching: Vec<&Sandbox> = inner
         .sandboxes
         .values()
+        .filter(|s| if s.paused { want_paused } else { want_running })
         .filter(|s| {
             wanted
                 .iter()
@@ -903,14 +963,216 @@ async fn connect(
     let Some(sb) = inner.sandboxes.get_mut(&id) else {
         return not_found(&id);
     };
-    // "TTL is only extended".
     let end = chrono::Utc::now() + chrono::Duration::seconds(timeout);
+    if sb.paused {
+        // A paused sandbox is resumed from its snapshot and started with `timeout` from now
+        // (infra handlers/sandbox_connect.go: `startSandbox(… timeout …)` → 201 `Sandbox`);
+        // its envd access token is derived from the sandbox id, so it does not change.
+        sb.paused = false;
+        sb.end_at = end;
+        sb.info.timeout_s = timeout;
+        signal_groups(&sb.groups, libc::SIGCONT);
+        let reply = sandbox_json(sb);
+        drop(inner);
+        record(&shared, Route::Connect, StatusCode::CREATED);
+        return checked(&shared, StatusCode::CREATED, Spec::E2bSandbox, reply);
+    }
+    // A running sandbox: "TTL is only extended" (`KeepAliveFor(…, false)`) → 200.
     if end > sb.end_at {
         sb.end_at = end;
     }
     let reply = sandbox_json(sb);
     drop(inner);
     checked(&shared, StatusCode::OK, Spec::E2bSandbox, reply)
+}
+
+/// `POST /sandboxes/{id}/pause` (optional `SandboxPauseRequest {memory}`), as
+/// infra handlers/sandbox_pause.go answers: 204 when paused; 409 "Error pausing sandbox -
+/// sandbox '<id>' is already paused" for a paused one (`pauseHandleNotRunningSandbox`); 404
+/// for an unknown one; 400 for a body that does not parse.
+async fn pause(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<String>,
+    body: Bytes,
+) -> Response {
+    if let Err(r) = gate(&shared, &headers, Route::Pause) {
+        return r;
+    }
+    if !body.is_empty() {
+        let body = match parse_json(&body) {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
+        if let Err(r) = check_fields(&body, &["memory"], &[]) {
+            return r;
+        }
+        if body.get("memory").is_some_and(|m| !m.is_boolean()) {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "Error when parsing request: json: cannot unmarshal into field memory of type bool",
+            );
+        }
+    }
+    let mut inner = shared.lock();
+    let Some(sb) = inner.sandboxes.get_mut(&id) else {
+        return not_found(&id);
+    };
+    if sb.paused {
+        return error(
+            StatusCode::CONFLICT,
+            format!("Error pausing sandbox - sandbox '{id}' is already paused"),
+        );
+    }
+    sb.paused = true;
+    signal_groups(&sb.groups, libc::SIGSTOP);
+    inner.calls.push((Route::Pause, 204));
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// `name:tag` → `name` (infra packages/shared/pkg/id `ParseName`).
+fn template_name(id: &str) -> &str {
+    id.split_once(':').map_or(id, |(name, _)| name)
+}
+
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_tree(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
+}
+
+/// `POST /sandboxes/{id}/snapshots` (`SandboxSnapshotRequest {name?}`) as infra
+/// handlers/snapshot_template_create.go answers it: 404 for an unknown sandbox
+/// (`SandboxNotFoundMsg`), 400 "sandbox envd version must be at least 0.5.0 to create
+/// snapshots, …" (`utils.CheckEnvdVersionForSnapshot`, `MinEnvdVersionForSnapshot`), 409 for a
+/// paused one ("cannot be snapshotted while in '<state>' state"), else 201 `SnapshotInfo`
+/// with `snapshotID = <templateID>:default` and no `names` when no name was given. The
+/// snapshot holds the sandbox's files and (memory) its env.
+async fn snapshot(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<String>,
+    body: Bytes,
+) -> Response {
+    if let Err(r) = gate(&shared, &headers, Route::Snapshot) {
+        return r;
+    }
+    let body = match parse_json(&body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    if let Err(r) = check_fields(&body, &["name"], &[]) {
+        return r;
+    }
+    if body.get("name").is_some() {
+        // Named snapshots (team namespaces, aliases) are not modelled.
+        return error(
+            StatusCode::BAD_REQUEST,
+            "Invalid name: not supported by the fake",
+        );
+    }
+    let (root, env_vars) = {
+        let inner = shared.lock();
+        let Some(sb) = inner.sandboxes.get(&id) else {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("Sandbox \"{id}\" doesn't exist or you don't have access to it"),
+            );
+        };
+        if parse_version(&sb.envd_version) < (0, 5, 0) {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "sandbox envd version must be at least 0.5.0 to create snapshots, current version: {}",
+                    sb.envd_version
+                ),
+            );
+        }
+        if sb.paused {
+            return error(
+                StatusCode::CONFLICT,
+                format!("Sandbox '{id}' cannot be snapshotted while in 'paused' state"),
+            );
+        }
+        (sb.info.root.clone(), sb.info.env_vars.clone())
+    };
+    let template_id = sandbox_id();
+    let copy = shared.dir.path().join(format!("template-{template_id}"));
+    if let Err(e) = copy_tree(&root, &copy) {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("Error creating snapshot template: {e}"),
+        );
+    }
+    let mut inner = shared.lock();
+    inner.templates.insert(
+        template_id.clone(),
+        Template {
+            root: copy,
+            env_vars,
+        },
+    );
+    inner.calls.push((Route::Snapshot, 201));
+    drop(inner);
+    (
+        StatusCode::CREATED,
+        axum::Json(json!({"snapshotID": format!("{template_id}:default"), "names": []})),
+    )
+        .into_response()
+}
+
+/// `DELETE /templates/{templateID}` (what the SDK's `deleteSnapshot` calls with a snapshot
+/// id) as infra handlers/template_delete.go answers it: the tag is ignored (`ParseName`), 400
+/// "cannot delete template '<id>' because there are running sandboxes using it", 404 for an
+/// unknown template, else 204.
+async fn delete_template(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<String>,
+) -> Response {
+    if let Err(r) = gate(&shared, &headers, Route::DeleteTemplate) {
+        return r;
+    }
+    let name = template_name(&id).to_string();
+    let mut inner = shared.lock();
+    if !inner.templates.contains_key(&name) {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("template '{name}' not found"),
+        );
+    }
+    if inner
+        .sandboxes
+        .values()
+        .any(|sb| template_name(&sb.info.template_id) == name)
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("cannot delete template '{name}' because there are running sandboxes using it"),
+        );
+    }
+    if let Some(t) = inner.templates.remove(&name) {
+        let _ = std::fs::remove_dir_all(t.root);
+    }
+    inner.calls.push((Route::DeleteTemplate, 204));
+    StatusCode::NO_CONTENT.into_response()
+}
+
+fn signal_groups(groups: &[i32], signal: i32) {
+    for g in groups {
+        // SAFETY: killpg with a group id we created; a stale one is ESRCH.
+        unsafe {
+            libc::killpg(*g, signal);
+        }
+    }
 }
 
 async fn expire_loop(shared: Arc<Shared>) {
@@ -921,7 +1183,8 @@ async fn expire_loop(shared: Arc<Shared>) {
         let gone: Vec<String> = inner
             .sandboxes
             .iter()
-            .filter(|(_, s)| s.end_at <= now)
+            // A paused sandbox keeps no timer: E2B keeps it until it is resumed or killed.
+            .filter(|(_, s)| !s.paused && s.end_at <= now)
             .map(|(id, _)| id.clone())
             .collect();
         for id in gone {
@@ -1026,7 +1289,10 @@ fn envd_sandbox(shared: &Shared, headers: &HeaderMap) -> Result<EnvdTarget, Resp
     // vars carry the status: infra@131b8014:packages/shared/pkg/proxy/template/template.go;
     // message from packages/shared/pkg/proxy/template/sandbox_not_found.go; the live edge
     // answers 502 — the JS SDK maps that body to NotFoundError).
-    let Some(sb) = inner.sandboxes.get(id) else {
+    // A paused sandbox is not routable either: the edge answers the same 502 (no auto-resume
+    // configured: infra packages/client-proxy/internal/proxy/proxy.go → ErrNodeNotFound →
+    // NewErrSandboxNotFound).
+    let Some(sb) = inner.sandboxes.get(id).filter(|sb| !sb.paused) else {
         return Err((
             StatusCode::BAD_GATEWAY,
             axum::Json(

@@ -65,6 +65,7 @@ fn spec(id: &str) -> SandboxSpec {
         agent_token: format!("agent-token-{id}"),
         ttl_s: 600,
         workspace: None,
+        cache_tenant: None,
     }
 }
 
@@ -782,6 +783,7 @@ fn manifests_parse_into_kubernetes_types_and_policy_confines_sandboxes() {
         agent_token: "t".into(),
         ttl_s: 60,
         workspace: None,
+        cache_tenant: None,
     };
     probe
         .env

@@ -133,13 +133,18 @@ fn metric(text: &str, line_prefix: &str) -> Option<u64> {
         .and_then(|n| n.parse().ok())
 }
 
-/// Waits until the pool reports `n` ready sandboxes.
+/// Waits until the docker pool reports `n` ready sandboxes.
 async fn wait_ready(brain: &BrainProcess, n: u64) {
+    wait_ready_on(brain, "docker", n).await
+}
+
+/// Waits until `backend`'s pool reports `n` ready sandboxes.
+async fn wait_ready_on(brain: &BrainProcess, backend: &str, n: u64) {
     for _ in 0..600 {
         let text = metrics(brain).await;
         if metric(
             &text,
-            "airlock_brain_pool_ready_sandboxes{backend=\"docker\"}",
+            &format!("airlock_brain_pool_ready_sandboxes{{backend=\"{backend}\"}}"),
         ) == Some(n)
         {
             return;
@@ -444,4 +449,138 @@ async fn pool_survives_a_brain_sigkill_with_no_orphan_and_drains_on_shutdown() {
         naming.sandbox_ids()
     );
     assert_eq!(naming.networks(), 0);
+}
+
+/// Issue 16 item 3: warm pools on the local backend (no engine needed). A pooled local
+/// sandbox has no grant; the claim stages the CA under the sandbox's own directory, points
+/// the CA env vars there and hands the env to the agent's `/configure`, so the first exec
+/// sees the stub and the proxy, and its egress is swapped. A claimed sandbox never returns.
+#[tokio::test]
+async fn local_pool_claim_attaches_the_grant_and_egress_is_swapped() {
+    let upstream = Upstream::start(REAL_TOKEN).await;
+    let port = upstream.port;
+    let dir = tempfile::tempdir().unwrap();
+    let vault_yaml = write_vault_config(dir.path(), &upstream);
+    let mut opts = brain_options("local", &vault_yaml, REAL_TOKEN);
+    opts.extra_yaml
+        .push_str("pools:\n  - {backend: local, size: 2}\n");
+    let brain = BrainProcess::start(opts).await;
+    wait_ready_on(&brain, "local", 2).await;
+    assert!(
+        live_ids(&brain).await.is_empty(),
+        "pooled sandboxes are hidden"
+    );
+
+    let id = provision(&brain, json!({"credentials": ["GITHUB_TOKEN"]})).await;
+    let text = metrics(&brain).await;
+    assert_eq!(
+        metric(&text, "airlock_brain_pool_claims_total{backend=\"local\"}"),
+        Some(1),
+        "{text}"
+    );
+    let (code, env, err) = sh(&brain, &id, "env").await;
+    assert_eq!(code, 0, "{err}");
+    let stub = env
+        .lines()
+        .find_map(|l| l.strip_prefix("GITHUB_TOKEN="))
+        .expect("stub env var")
+        .to_string();
+    assert!(stub.starts_with("ghp_") && stub != REAL_TOKEN, "{stub}");
+    assert!(env.contains(&format!("HTTPS_PROXY=http://{id}:")), "{env}");
+    let ca = env
+        .lines()
+        .find_map(|l| l.strip_prefix("SSL_CERT_FILE="))
+        .expect("CA env var")
+        .to_string();
+    assert!(
+        !ca.starts_with("/etc/"),
+        "staged in the sandbox's directory: {ca}"
+    );
+    let (code, out, _) = sh(
+        &brain,
+        &id,
+        "grep -c 'BEGIN CERTIFICATE' \"$SSL_CERT_FILE\"",
+    )
+    .await;
+    assert_eq!((code, out.trim()), (0, "1"));
+    let (code, out, err) = sh(
+        &brain,
+        &id,
+        &format!(
+            "curl -sS -m 20 https://api.github.test:{port}/user -H \"Authorization: Bearer $GITHUB_TOKEN\""
+        ),
+    )
+    .await;
+    assert_eq!(
+        (code, out.trim()),
+        (0, "ok /user"),
+        "{err}\n{}",
+        brain.log()
+    );
+    let seen = upstream.with_path("/user");
+    assert_eq!(
+        seen[0].authorization.as_deref(),
+        Some(format!("Bearer {REAL_TOKEN}").as_str())
+    );
+    // Refilled to 2 without the claimed one, which stays a live sandbox after its delete.
+    wait_ready_on(&brain, "local", 2).await;
+    let (status, _) = brain.delete(&format!("/v1/sandboxes/{id}")).await;
+    assert_eq!(status, StatusCode::OK);
+    let second = provision(&brain, json!({})).await;
+    assert_ne!(second, id);
+    let (_, row) = brain.get_json(&format!("/v1/sandboxes/{id}")).await;
+    assert_eq!(row["status"], "destroyed", "{row}");
+    let _ = brain.delete(&format!("/v1/sandboxes/{second}")).await;
+}
+
+/// Issue 16 item 3: a local pool survives a brain SIGKILL (its agents keep running and are
+/// adopted, nothing new is made) and drains on a graceful shutdown, leaving the claimed one.
+#[tokio::test]
+async fn local_pool_survives_a_brain_sigkill_and_drains_on_shutdown() {
+    let mut brain = BrainProcess::start(BrainOptions {
+        backend: "local".into(),
+        extra_yaml: "pools:\n  - {backend: local, size: 2}\n".into(),
+        ..Default::default()
+    })
+    .await;
+    let root = brain.data_dir().join("sandboxes");
+    let dirs = move || -> BTreeSet<String> {
+        std::fs::read_dir(&root)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()?
+                    .strip_prefix("airlock-sb-")
+                    .map(str::to_string)
+            })
+            .collect()
+    };
+    wait_ready_on(&brain, "local", 2).await;
+    let before = dirs();
+    assert_eq!(before.len(), 2, "{before:?}");
+
+    brain.kill9();
+    brain.restart().await;
+    wait_ready_on(&brain, "local", 2).await;
+    assert_eq!(dirs(), before, "{}", brain.log());
+    assert!(
+        brain.log().contains("adopted pooled sandbox"),
+        "{}",
+        brain.log()
+    );
+    let id = provision(&brain, json!({})).await;
+    assert!(
+        before.contains(&id),
+        "{id} not from the adopted pool {before:?}"
+    );
+    let (code, out, _) = sh(&brain, &id, "echo ok").await;
+    assert_eq!((code, out.as_str()), (0, "ok\n"));
+    wait_ready_on(&brain, "local", 2).await;
+
+    brain.terminate();
+    assert_eq!(dirs(), BTreeSet::from([id.clone()]), "pool not drained");
+    brain.restart().await;
+    let (status, _) = brain.delete(&format!("/v1/sandboxes/{id}")).await;
+    assert_eq!(status, StatusCode::OK);
 }

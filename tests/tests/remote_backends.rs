@@ -48,6 +48,7 @@ fn spec(id: &str, ttl_s: u64) -> SandboxSpec {
         agent_token: "unused".into(),
         ttl_s,
         workspace: None,
+        cache_tenant: None,
     }
 }
 
@@ -370,6 +371,140 @@ async fn e2b_lifetime_is_clamped_to_the_teams_cap_on_create_and_connect() {
         .unwrap();
     assert_eq!(sb.timeout_s, 3900);
     // Every body the brain sent and the fake answered matches the provider spec.
+    assert_eq!(fake.spec_violations(), Vec::<String>::new());
+}
+
+/// Issue 16: E2B pause (`POST /sandboxes/{id}/pause`, memory kept) and resume (`POST
+/// /sandboxes/{id}/connect` → 201): a paused sandbox is unreachable but alive (a restarted
+/// brain adopts it), a second pause is not an error, and the resume re-arms E2B's timer to
+/// what is left of the TTL plus the grace (the TTL kept counting while paused).
+#[tokio::test]
+async fn e2b_pause_keeps_the_sandbox_and_resume_rearms_the_remaining_ttl() {
+    let fake = FakeE2b::start().await;
+    let backend = e2b(&fake);
+    let h = backend.provision(&spec("sb-pause", 600)).await.unwrap();
+    let r = backend
+        .exec(&h, cmd("echo kept > state.txt && echo ok"))
+        .await
+        .unwrap();
+    assert_eq!(r.stdout, "ok\n");
+    backend.pause(&h).await.unwrap();
+    assert!(fake.is_paused(&h.backend_ref));
+    // Alive (adopted on restart), but envd is not routable while paused.
+    assert!(backend.is_alive(&h).await);
+    let err = backend.exec(&h, cmd("true")).await.unwrap_err();
+    assert!(matches!(err, BackendError::NotFound(_)), "{err:?}");
+    // A second pause: E2B answers 409 "already paused", which is done, not an error.
+    backend.pause(&h).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    backend.resume(&h).await.unwrap();
+    assert!(!fake.is_paused(&h.backend_ref));
+    let r = backend.exec(&h, cmd("cat state.txt")).await.unwrap();
+    assert_eq!(r.stdout, "kept\n");
+    // TTL 600 + grace 300, minus the time that passed (at least the second slept).
+    let t = fake.sandboxes()[0].timeout_s;
+    assert!((890..900).contains(&t), "resume timeout {t}");
+    // Resuming a running sandbox is a keep-alive (200), not an error.
+    backend.resume(&h).await.unwrap();
+    // Pausing something E2B does not know is the provider's 404.
+    backend.destroy(&h).await.unwrap();
+    let err = backend.pause(&h).await.unwrap_err();
+    assert!(matches!(err, BackendError::NotFound(_)), "{err:?}");
+    assert!(!backend.is_alive(&h).await);
+    assert_eq!(fake.spec_violations(), Vec::<String>::new());
+}
+
+/// Issue 16: an E2B snapshot is an E2B snapshot template (`POST /sandboxes/{id}/snapshots`)
+/// of a helper sandbox that never had a grant, holding the source's home: a sandbox started
+/// from it has the files and its own fresh env, never the source's stubs or proxy token
+/// (the fake carries a snapshotted sandbox's env into sandboxes started from it, as E2B's
+/// memory snapshot does: snapshotting the source itself would leak them). A workspace file
+/// holding the grant is refused; deleting removes the template.
+#[tokio::test]
+async fn e2b_snapshot_holds_the_workspace_and_never_the_grant() {
+    let fake = FakeE2b::start().await;
+    let backend = e2b(&fake);
+    let mut src = spec("sb-snap-src", 600);
+    src.env
+        .insert("SOURCE_ONLY".into(), "from-the-source".into());
+    let mut h = backend.provision(&src).await.unwrap();
+    brain::credentials::CredentialGrant {
+        token: Some("proxytoken-5c1f8e2a9b".into()),
+        stubs: BTreeMap::from([("GITHUB_TOKEN".to_string(), "ghp_stubstubstub".to_string())]),
+        ..Default::default()
+    }
+    .record_in(&mut h);
+    let r = backend
+        .exec(
+            &h,
+            cmd("mkdir -p src/deep && echo fn main > src/deep/main.rs && echo $GITHUB_TOKEN"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.stdout, "ghp_stubstubstub\n");
+    let stored = backend.snapshot(&h, "snap-1").await.unwrap();
+    assert!(
+        stored.backend_ref.ends_with(":default"),
+        "{}",
+        stored.backend_ref
+    );
+    assert!(stored.size_bytes > 0);
+    assert!(backend.snapshot_is_image());
+    // The helper is gone; only the source runs.
+    assert_eq!(fake.sandboxes().len(), 1);
+    assert_eq!(fake.templates().len(), 1);
+    // A sandbox from the snapshot: the files, and only its own (fresh) grant.
+    let mut fresh = spec("sb-snap-dst", 600);
+    fresh.image = Some(stored.backend_ref.clone());
+    fresh
+        .env
+        .insert("GITHUB_TOKEN".into(), "ghp_freshfreshfresh".into());
+    let h2 = backend.provision(&fresh).await.unwrap();
+    backend
+        .restore_snapshot(&h2, &stored.backend_ref)
+        .await
+        .unwrap();
+    let r = backend
+        .exec(
+            &h2,
+            cmd("cat src/deep/main.rs; echo \"[$GITHUB_TOKEN][$SOURCE_ONLY]\""),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        r.stdout, "fn main\n[ghp_freshfreshfresh][]\n",
+        "{}",
+        r.stderr
+    );
+    // A sandbox of another template is not "restored".
+    let err = backend
+        .restore_snapshot(&h, &stored.backend_ref)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, BackendError::Invalid(_)), "{err:?}");
+    // A workspace file holding the grant: refused, and no helper or template is made.
+    backend
+        .exec(
+            &h,
+            cmd("echo \"export GITHUB_TOKEN=$GITHUB_TOKEN\" > .envrc"),
+        )
+        .await
+        .unwrap();
+    let err = backend.snapshot(&h, "snap-2").await.unwrap_err();
+    assert!(err.to_string().contains("GITHUB_TOKEN stub"), "{err}");
+    assert_eq!(fake.templates().len(), 1);
+    assert_eq!(fake.sandboxes().len(), 2);
+    // E2B refuses to delete a template sandboxes still run from (400); then it goes.
+    let err = backend
+        .delete_snapshot(&stored.backend_ref)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, BackendError::Invalid(_)), "{err:?}");
+    backend.destroy(&h2).await.unwrap();
+    backend.delete_snapshot(&stored.backend_ref).await.unwrap();
+    assert!(fake.templates().is_empty());
+    // Deleting again: already gone.
+    backend.delete_snapshot(&stored.backend_ref).await.unwrap();
     assert_eq!(fake.spec_violations(), Vec::<String>::new());
 }
 
@@ -872,6 +1007,80 @@ async fn create(brain: &BrainProcess, body: Value) -> Value {
     let (status, reply) = brain.post_json("/v1/sandboxes", &body).await;
     assert_eq!(status, StatusCode::CREATED, "{reply}\n{}", brain.log());
     reply
+}
+
+/// Issue 16 through the brain's API on E2B: pause/resume, a snapshot, and a sandbox started
+/// `from_snapshot` (an E2B snapshot template) that holds the workspace.
+#[tokio::test]
+async fn brain_serve_e2b_pauses_resumes_snapshots_and_restores_through_the_api() {
+    let fake = FakeE2b::start().await;
+    let brain = BrainProcess::start(e2b_brain_options(&fake, "")).await;
+    let id = create(&brain, json!({})).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let exec = |command: &str| {
+        let path = format!("/v1/sandboxes/{id}/exec");
+        let body = json!({"command": command});
+        let brain = &brain;
+        async move { brain.post_json(&path, &body).await }
+    };
+    let (status, r) = exec("echo v1 > notes.txt && echo ok").await;
+    assert_eq!(
+        (status, r["stdout"].as_str()),
+        (StatusCode::OK, Some("ok\n")),
+        "{r}"
+    );
+    let (status, v) = brain
+        .post_json(&format!("/v1/sandboxes/{id}/pause"), &json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(fake.sandboxes().len(), 1);
+    let (status, _) = exec("true").await;
+    assert_eq!(
+        status,
+        StatusCode::CONFLICT,
+        "a paused sandbox does not run commands"
+    );
+    let (status, v) = brain
+        .post_json(&format!("/v1/sandboxes/{id}/resume"), &json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let (status, r) = exec("cat notes.txt").await;
+    assert_eq!(
+        (status, r["stdout"].as_str()),
+        (StatusCode::OK, Some("v1\n")),
+        "{r}"
+    );
+
+    let (status, snap) = brain
+        .post_json(&format!("/v1/sandboxes/{id}/snapshot"), &json!({}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{snap}\n{}", brain.log());
+    let snap_id = snap["snapshot"].as_str().unwrap().to_string();
+    let restored = create(&brain, json!({"from_snapshot": snap_id})).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (status, r) = brain
+        .post_json(
+            &format!("/v1/sandboxes/{restored}/exec"),
+            &json!({"command": "cat notes.txt"}),
+        )
+        .await;
+    assert_eq!(
+        (status, r["stdout"].as_str()),
+        (StatusCode::OK, Some("v1\n")),
+        "{r}"
+    );
+    for sb in [&id, &restored] {
+        let (status, _) = brain.delete(&format!("/v1/sandboxes/{sb}")).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let (status, v) = brain.delete(&format!("/v1/snapshots/{snap_id}")).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert!(fake.templates().is_empty());
+    assert_eq!(fake.spec_violations(), Vec::<String>::new());
 }
 
 #[tokio::test]

@@ -371,6 +371,29 @@ async fn a_persistent_workspace_outlives_its_sandbox_and_is_used_by_one_sandbox_
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
 
+    // Concurrent provisions of one free workspace: exactly one wins (the store's lease is
+    // atomic; the label check alone let two through), the others get 409.
+    let body = json!({"workspace": "race"});
+    let race =
+        futures_util::future::join_all((0..5).map(|_| brain.post_json("/v1/sandboxes", &body)))
+            .await;
+    let won: Vec<&Value> = race
+        .iter()
+        .filter(|(s, _)| *s == StatusCode::CREATED)
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(won.len(), 1, "{race:?}");
+    assert!(
+        race.iter()
+            .all(|(s, _)| *s == StatusCode::CREATED || *s == StatusCode::CONFLICT),
+        "{race:?}"
+    );
+    let winner = won[0]["id"].as_str().unwrap().to_string();
+    let (status, _) = brain.delete(&format!("/v1/sandboxes/{winner}")).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, v) = brain.delete("/v1/workspaces/race").await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+
     // Deleting a workspace in use is refused; once free it is removed.
     let (status, v) = brain.delete(&format!("/v1/workspaces/{ws}")).await;
     assert_eq!(status, StatusCode::CONFLICT, "{v}");

@@ -22,7 +22,7 @@ use super::extract::ApiJson;
 use crate::error::ApiError;
 use crate::lifecycle::{self, ProvisionParams};
 use crate::metrics::Outcome;
-use crate::sandbox::{BackendKind, Resources, SandboxHandle};
+use crate::sandbox::{BackendError, BackendKind, Resources, SandboxHandle};
 use crate::state::AppState;
 use crate::store::{SandboxRow, SandboxStatus, SnapshotRow};
 
@@ -392,6 +392,13 @@ pub async fn delete_workspace(
         })?,
         None => state.backends.default_kind(),
     };
+    // The store's lease first (a sandbox still provisioning has no container yet).
+    if let Some(holder) = state.store.workspace_holder(kind, &name).await? {
+        return Err(BackendError::Conflict(format!(
+            "workspace {name} is in use by sandbox {holder}"
+        ))
+        .into());
+    }
     let backend = state.backends.get(kind).await?;
     if !backend.delete_workspace(&name).await? {
         return Err(ApiError::not_found(format!("no workspace {name}")));

@@ -211,6 +211,7 @@ fn doctor_spec(with_proxy: bool) -> SandboxSpec {
         agent_token: uuid::Uuid::new_v4().simple().to_string(),
         ttl_s: 600,
         workspace: None,
+        cache_tenant: None,
     }
 }
 

@@ -183,6 +183,8 @@ pub struct DockerConfig {
     pub egress_upstream: Option<String>,
     /// Most concurrent egress connections per sandbox (on each side of the socket).
     pub egress_max_connections: usize,
+    /// Dependency caches (cargo, npm, pip) as named volumes; see `docker_caches`.
+    pub caches: super::docker_caches::CachesConfig,
 }
 
 impl Default for DockerConfig {
@@ -207,6 +209,7 @@ impl Default for DockerConfig {
             runtime_dir: None,
             egress_upstream: None,
             egress_max_connections: 256,
+            caches: Default::default(),
         }
     }
 }
@@ -475,6 +478,7 @@ impl DockerBackend {
         ));
 
         let memory = mib_to_bytes(spec.resources.memory_mb)?;
+        self.add_caches(spec, &image, &mut mounts, &mut env).await?;
         let mut labels = labels;
         if let Some(name) = &spec.workspace {
             // A persistent workspace: the named volume instead of the tmpfs. A new volume
@@ -793,6 +797,33 @@ impl DockerBackend {
     /// Repository of snapshot images: `<container_prefix>snapshot`.
     fn snapshot_repo(&self) -> String {
         format!("{}snapshot", self.config.container_prefix).to_ascii_lowercase()
+    }
+
+    /// Mounts the configured dependency caches (`docker_caches`) and adds their env (a key
+    /// the sandbox's own env sets wins).
+    async fn add_caches(
+        &self,
+        spec: &SandboxSpec,
+        image: &str,
+        mounts: &mut Vec<Mount>,
+        env: &mut Vec<String>,
+    ) -> Result<(), BackendError> {
+        let caches = super::docker_caches::cache_setup(
+            &self.docker,
+            &self.config.caches,
+            &self.config.container_prefix,
+            image,
+            spec.cache_tenant.as_deref(),
+        )
+        .await?;
+        mounts.extend(caches.mounts);
+        for entry in caches.env {
+            let key = entry.split('=').next().unwrap_or_default();
+            if !spec.env.contains_key(key) {
+                env.push(entry);
+            }
+        }
+        Ok(())
     }
 
     /// Volume of a persistent workspace: `<container_prefix>ws-<name>`.
@@ -1299,6 +1330,10 @@ impl SandboxBackend for DockerBackend {
         true
     }
 
+    fn needs_tenant(&self) -> bool {
+        self.config.caches.needs_tenant()
+    }
+
     async fn delete_workspace(&self, name: &str) -> Result<bool, BackendError> {
         check_workspace_name(name)?;
         if let Some(user) = self.workspace_user(name).await? {
@@ -1714,6 +1749,7 @@ mod tests {
             agent_token: format!("tok-{:016x}", rand::random::<u64>()),
             ttl_s: 600,
             workspace: None,
+            cache_tenant: None,
         }
     }
 

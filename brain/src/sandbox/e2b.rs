@@ -54,6 +54,20 @@ const EXTRA_ENVD_URL: &str = "e2b.envd_url";
 const EXTRA_ACCESS_TOKEN: &str = "e2b.envd_access_token";
 const EXTRA_HEADER_ROUTING: &str = "e2b.header_routing";
 const EXTRA_ENVD_VERSION: &str = "e2b.envd_version";
+/// The brain's end of the sandbox's TTL (unix seconds): a resume re-arms E2B's own timer to
+/// what is left of it plus the grace, so a pause never extends the sandbox's life.
+const EXTRA_EXPIRES_AT: &str = "e2b.expires_at";
+/// The template the sandbox was started from, and the brain owner (for a snapshot's helper).
+const EXTRA_TEMPLATE: &str = "e2b.template";
+const EXTRA_OWNER: &str = "e2b.owner";
+/// Where a snapshot's tar is staged in a sandbox (`/tmp`), named relative to the home
+/// directory, the default cwd of a command, so the same command works wherever the home is.
+const SNAPSHOT_TAR_FROM_HOME: &str = "../../tmp/.airlock-snapshot.tar";
+const SNAPSHOT_TAR: &str = "/tmp/.airlock-snapshot.tar";
+/// Longest a snapshot's `tar` (pack or unpack) may run.
+const SNAPSHOT_TOOL_TIMEOUT_MS: u64 = 600_000;
+/// Lifetime of a snapshot's helper sandbox (it is killed as soon as the snapshot is taken).
+const SNAPSHOT_HELPER_TIMEOUT_S: u64 = 900;
 /// envd from which a call may omit the user (the template's default user applies), and from
 /// which `/files` takes a raw `application/octet-stream` body (js-sdk
 /// e2b-dev/E2B@b8029973:packages/js-sdk/src/envd/versions.ts `ENVD_DEFAULT_USER`,
@@ -159,6 +173,13 @@ struct Sandbox {
     /// Required in the schema; absent is treated as the oldest envd.
     #[serde(default)]
     envd_version: Option<String>,
+}
+
+/// `SnapshotInfo` (the field used).
+#[derive(Debug, Deserialize)]
+struct SnapshotInfo {
+    #[serde(rename = "snapshotID")]
+    snapshot_id: String,
 }
 
 /// `ListedSandbox` / `SandboxDetail` (the fields used).
@@ -523,6 +544,156 @@ impl E2bBackend {
         }
     }
 
+    /// `GET /sandboxes/{id}` → its `state` (`running`, `paused`); `None` when E2B does not
+    /// know it.
+    async fn state(&self, sandbox_id: &str) -> Result<Option<String>, BackendError> {
+        let call = "GET /sandboxes/{id}";
+        let path = format!("/sandboxes/{sandbox_id}");
+        let resp = self
+            .idempotent(call, || self.api(reqwest::Method::GET, &path))
+            .await?;
+        match resp.status() {
+            StatusCode::OK => {
+                let listed: Listed = resp.json().await.map_err(|e| {
+                    BackendError::Unavailable(format!(
+                        "{PROVIDER}: {call}: unreadable response: {e}"
+                    ))
+                })?;
+                Ok(Some(listed.state.unwrap_or_else(|| "running".into())))
+            }
+            StatusCode::NOT_FOUND => Ok(None),
+            _ => Err(control_plane_error(
+                PROVIDER,
+                call,
+                provider_error(resp).await,
+            )),
+        }
+    }
+
+    /// Runs `command` (cwd: the home directory) and fails unless it exits 0.
+    async fn run_tool(&self, handle: &SandboxHandle, command: &str) -> Result<(), BackendError> {
+        let req = ExecRequest {
+            command: Some(command.to_string()),
+            timeout_ms: Some(SNAPSHOT_TOOL_TIMEOUT_MS),
+            max_output_bytes: Some(64 * 1024),
+            ..ExecRequest::default()
+        };
+        let r = self.exec(handle, req).await?;
+        if r.exit_code == Some(0) {
+            return Ok(());
+        }
+        Err(BackendError::Unavailable(format!(
+            "{PROVIDER}: `{command}` failed (exit {:?}{}): {}",
+            r.exit_code,
+            if r.timed_out { ", timed out" } else { "" },
+            r.stderr.trim()
+        )))
+    }
+
+    /// A helper sandbox for a snapshot: the source's template, no env at all (no grant, no
+    /// stub, no proxy), no egress, labelled like a sandbox (`airlock.sandbox=<helper id>`) so
+    /// a brain that dies meanwhile sweeps it at its next start.
+    async fn helper(
+        &self,
+        helper_id: &str,
+        template: &str,
+        owner: &str,
+    ) -> Result<SandboxHandle, BackendError> {
+        let spec = SandboxSpec {
+            id: helper_id.to_string(),
+            owner: owner.to_string(),
+            image: Some(template.to_string()),
+            resources: Default::default(),
+            env: BTreeMap::new(),
+            files: Vec::new(),
+            agent_token: String::new(),
+            ttl_s: SNAPSHOT_HELPER_TIMEOUT_S,
+            workspace: None,
+            cache_tenant: None,
+        };
+        let env = BTreeMap::new();
+        let body = NewSandbox {
+            template_id: template,
+            timeout: SNAPSHOT_HELPER_TIMEOUT_S.min(self.config.max_timeout_seconds) as i32,
+            secure: true,
+            env_vars: &env,
+            metadata: BTreeMap::from([(SANDBOX_LABEL, helper_id), (OWNER_LABEL, owner)]),
+            network: Network {
+                allow_out: Vec::new(),
+                deny_out: vec!["0.0.0.0/0".into()],
+            },
+        };
+        let deadline = Instant::now() + Duration::from_millis(self.config.ready_timeout_ms);
+        let sb = match self.create(&spec, &body).await {
+            Ok(sb) => sb,
+            Err(e) => {
+                self.kill_labelled(helper_id).await;
+                return Err(e);
+            }
+        };
+        match self.finish_provision(&spec, &sb, deadline).await {
+            Ok(h) => Ok(h),
+            Err(e) => {
+                let _ = self.kill(&sb.sandbox_id).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Unpacks `tar` into the helper's home and snapshots it: `POST /sandboxes/{id}/snapshots
+    /// {}` → `201 SnapshotInfo {snapshotID, names}` (spec/openapi.yml; infra
+    /// handlers/snapshot_template_create.go: `<templateID>:default` without a name, 400 for
+    /// envd < 0.5.0, 409 while the sandbox changes state, 503 when its node is busy).
+    async fn snapshot_helper(
+        &self,
+        helper: &SandboxHandle,
+        tar: Bytes,
+    ) -> Result<String, BackendError> {
+        self.envd(helper)?.write_file(SNAPSHOT_TAR, tar).await?;
+        self.run_tool(
+            helper,
+            &format!(
+                "tar --no-same-owner -xf {SNAPSHOT_TAR_FROM_HOME} && rm -f {SNAPSHOT_TAR_FROM_HOME}"
+            ),
+        )
+        .await?;
+        let call = "POST /sandboxes/{id}/snapshots";
+        let path = format!("/sandboxes/{}/snapshots", helper.backend_ref);
+        // Not retried blindly: a lost answer would leave a template nobody records.
+        let resp = self
+            .api(reqwest::Method::POST, &path)
+            .json(&serde_json::json!({}))
+            .send()
+            .await
+            .map_err(|e| transport_error(PROVIDER, call, e))?;
+        if resp.status() != StatusCode::CREATED {
+            return Err(control_plane_error(
+                PROVIDER,
+                call,
+                provider_error(resp).await,
+            ));
+        }
+        let info: SnapshotInfo = resp.json().await.map_err(|e| {
+            BackendError::Unavailable(format!("{PROVIDER}: {call}: unreadable response: {e}"))
+        })?;
+        Ok(info.snapshot_id)
+    }
+
+    /// The `timeout` for a resume: what is left of the TTL plus the grace, within E2B's cap.
+    fn resume_timeout(&self, handle: &SandboxHandle) -> i32 {
+        let left = handle
+            .extra
+            .get(EXTRA_EXPIRES_AT)
+            .and_then(|t| t.parse::<i64>().ok())
+            .map_or(0, |end| (end - chrono::Utc::now().timestamp()).max(0));
+        let wanted = u64::try_from(left)
+            .unwrap_or(0)
+            .saturating_add(self.config.ttl_grace_seconds);
+        wanted
+            .min(self.config.max_timeout_seconds)
+            .min(i32::MAX as u64) as i32
+    }
+
     async fn finish_provision(
         &self,
         spec: &SandboxSpec,
@@ -540,6 +711,13 @@ impl E2bBackend {
         if let Some(v) = &sb.envd_version {
             extra.insert(EXTRA_ENVD_VERSION.into(), v.clone());
         }
+        let expires_at = chrono::Utc::now()
+            .timestamp()
+            .saturating_add(i64::try_from(spec.ttl_s).unwrap_or(i64::MAX / 2));
+        extra.insert(EXTRA_EXPIRES_AT.into(), expires_at.to_string());
+        let template = spec.image.as_deref().unwrap_or(&self.config.template);
+        extra.insert(EXTRA_TEMPLATE.into(), template.to_string());
+        extra.insert(EXTRA_OWNER.into(), spec.owner.clone());
         let handle = SandboxHandle {
             id: spec.id.clone(),
             backend: BackendKind::E2b,
@@ -655,9 +833,148 @@ impl SandboxBackend for E2bBackend {
             Ok(resp) if resp.status() == StatusCode::OK => resp
                 .json::<Listed>()
                 .await
-                .is_ok_and(|s| s.state.as_deref() == Some("running")),
+                // A paused sandbox is alive: a restarted brain adopts it (resume brings it
+                // back); the reaper still destroys it at its TTL.
+                .is_ok_and(|s| matches!(s.state.as_deref(), Some("running" | "paused"))),
             _ => false,
         }
+    }
+
+    /// `POST /sandboxes/{id}/pause` with a memory snapshot (`SandboxPauseRequest {memory:
+    /// true}`): E2B keeps memory and processes, envd stops answering until a resume. A `409`
+    /// for a sandbox that is already paused (a retried pause whose first answer was lost, or
+    /// a second pause) counts as done (infra `handlers/sandbox_pause.go`: 409 "already
+    /// paused", 409 while in another transition, 404 unknown).
+    async fn pause(&self, handle: &SandboxHandle) -> Result<(), BackendError> {
+        let call = "POST /sandboxes/{id}/pause";
+        let path = format!("/sandboxes/{}/pause", handle.backend_ref);
+        let body = serde_json::json!({ "memory": true });
+        let resp = self
+            .idempotent(call, || self.api(reqwest::Method::POST, &path).json(&body))
+            .await?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let err = provider_error(resp).await;
+        if status == StatusCode::CONFLICT {
+            if self.state(&handle.backend_ref).await?.as_deref() == Some("paused") {
+                return Ok(());
+            }
+            return Err(BackendError::Conflict(format!(
+                "{PROVIDER} {call} answered 409: {}",
+                err.message
+            )));
+        }
+        Err(control_plane_error(PROVIDER, call, err))
+    }
+
+    /// `POST /sandboxes/{id}/connect` (resumes a paused sandbox: `201`; a running one: `200`)
+    /// with `timeout` = what is left of the TTL plus the grace (the TTL kept counting while
+    /// paused), then waits for envd. The envd access token is derived from the sandbox id
+    /// (infra `handlers/sandbox_get.go` `GenerateEnvdAccessToken(sandboxID)`), so the handle
+    /// stays valid.
+    async fn resume(&self, handle: &SandboxHandle) -> Result<(), BackendError> {
+        let deadline = Instant::now() + Duration::from_millis(self.config.ready_timeout_ms);
+        let sb = self
+            .connect(&handle.backend_ref, self.resume_timeout(handle))
+            .await?;
+        if let (Some(new), Some(old)) = (
+            sb.envd_access_token.as_deref(),
+            handle.extra.get(EXTRA_ACCESS_TOKEN),
+        ) && new != old
+        {
+            return Err(BackendError::Unavailable(format!(
+                "{PROVIDER}: sandbox {} came back with another envd access token",
+                handle.id
+            )));
+        }
+        self.wait_ready(&self.envd(handle)?, deadline).await
+    }
+
+    /// An E2B snapshot template holding the sandbox's home directory (the workspace: the
+    /// default cwd), with no grant. E2B snapshots capture memory too, and a sandbox's memory
+    /// holds its env (envd keeps `envVars`; processes keep theirs): snapshotting the sandbox
+    /// itself would capture its proxy token and stubs. So the home is packed by the sandbox's
+    /// own `tar`, read through envd, refused if it holds any part of the grant
+    /// (`ensure_no_grant`), unpacked in a helper sandbox of the same template created with
+    /// no env and no egress, and the *helper* is snapshotted, then killed.
+    async fn snapshot(
+        &self,
+        handle: &SandboxHandle,
+        snapshot_id: &str,
+    ) -> Result<super::StoredSnapshot, BackendError> {
+        let (Some(template), Some(owner)) = (
+            handle.extra.get(EXTRA_TEMPLATE).cloned(),
+            handle.extra.get(EXTRA_OWNER).cloned(),
+        ) else {
+            return Err(BackendError::Invalid(format!(
+                "sandbox {} was provisioned before E2B snapshots were supported",
+                handle.id
+            )));
+        };
+        self.run_tool(
+            handle,
+            &format!("mkdir -p ../../tmp && tar -cf {SNAPSHOT_TAR_FROM_HOME} ."),
+        )
+        .await?;
+        let envd = self.envd(handle)?;
+        let tar = envd.read_file(SNAPSHOT_TAR).await;
+        let _ = self
+            .run_tool(handle, &format!("rm -f {SNAPSHOT_TAR_FROM_HOME}"))
+            .await;
+        let tar = tar?;
+        super::ensure_no_grant(handle, &tar)?;
+        let size_bytes = tar.len() as u64;
+        let helper = self
+            .helper(&format!("{snapshot_id}-helper"), &template, &owner)
+            .await?;
+        let taken = self.snapshot_helper(&helper, tar).await;
+        if let Err(e) = self.kill(&helper.backend_ref).await {
+            tracing::warn!(snapshot = snapshot_id, error = %e, "e2b: killing the snapshot helper failed");
+        }
+        Ok(super::StoredSnapshot {
+            backend_ref: taken?,
+            size_bytes,
+        })
+    }
+
+    /// Nothing to copy: the sandbox was started from the snapshot template (the request's
+    /// image is the snapshot, see `snapshot_is_image`). Refuses a sandbox of another template.
+    async fn restore_snapshot(
+        &self,
+        handle: &SandboxHandle,
+        backend_ref: &str,
+    ) -> Result<(), BackendError> {
+        match handle.extra.get(EXTRA_TEMPLATE) {
+            Some(t) if t == backend_ref => Ok(()),
+            other => Err(BackendError::Invalid(format!(
+                "sandbox {} was started from template {:?}, not snapshot {backend_ref}",
+                handle.id, other
+            ))),
+        }
+    }
+
+    fn snapshot_is_image(&self) -> bool {
+        true
+    }
+
+    /// `DELETE /templates/{templateID}` with the snapshot id, as the SDK's `deleteSnapshot`
+    /// does (204; 404 = already gone; 400 while sandboxes still use it).
+    async fn delete_snapshot(&self, backend_ref: &str) -> Result<(), BackendError> {
+        let call = "DELETE /templates/{templateID}";
+        let path = format!("/templates/{backend_ref}");
+        let resp = self
+            .idempotent(call, || self.api(reqwest::Method::DELETE, &path))
+            .await?;
+        if resp.status().is_success() || resp.status() == StatusCode::NOT_FOUND {
+            return Ok(());
+        }
+        Err(control_plane_error(
+            PROVIDER,
+            call,
+            provider_error(resp).await,
+        ))
     }
 
     async fn exec(

@@ -857,6 +857,7 @@ impl KubernetesBackend {
             agent_token: random_token(),
             ttl_s: 0,
             workspace: None,
+            cache_tenant: None,
         };
         let (mut pod, mut secret) = render(&self.config, &spec)?;
         // Pool objects are not sandboxes: the reaper must never list them.
@@ -1474,6 +1475,24 @@ impl SandboxBackend for KubernetesBackend {
     async fn destroy(&self, handle: &SandboxHandle) -> Result<(), BackendError> {
         self.delete_objects(&handle.backend_ref, pod_of(handle))
             .await
+    }
+
+    /// Not supported: agent-sandbox's only scale-to-zero (`spec.operatingMode: Suspended`,
+    /// v1alpha1 `replicas: 0`; kubernetes-sigs/agent-sandbox@2fd412d5
+    /// `api/v1beta1/sandbox_types.go`) deletes the pod, so memory and the emptyDir workspace
+    /// are lost and the pod returns with a new IP; plain pods have nothing at all.
+    async fn pause(&self, _handle: &SandboxHandle) -> Result<(), BackendError> {
+        Err(BackendError::NotSupported(
+            "the kubernetes backend does not support pause: agent-sandbox's \
+             operatingMode: Suspended deletes the pod (memory and workspace are lost)"
+                .into(),
+        ))
+    }
+
+    async fn resume(&self, _handle: &SandboxHandle) -> Result<(), BackendError> {
+        Err(BackendError::NotSupported(
+            "the kubernetes backend does not support resume (it has no pause)".into(),
+        ))
     }
 
     /// The agent at the handle's URL, or through this process's port-forward listener when

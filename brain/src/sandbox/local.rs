@@ -325,6 +325,44 @@ impl SandboxBackend for LocalBackend {
         }
     }
 
+    fn supports_pool(&self) -> bool {
+        true
+    }
+
+    /// A pooled local sandbox gets its grant at the claim: the files are staged under its
+    /// directory as at provision (never at their absolute paths: no isolation here), env
+    /// values naming them point at the copies, and the env goes to the agent's one-time
+    /// `POST /configure`, which every later exec inherits.
+    async fn configure(
+        &self,
+        handle: &SandboxHandle,
+        env: &BTreeMap<String, String>,
+        files: &[(String, bytes::Bytes)],
+    ) -> Result<(), BackendError> {
+        let root = handle
+            .extra
+            .get(EXTRA_ROOT)
+            .map(PathBuf::from)
+            .ok_or_else(|| BackendError::Invalid(format!("sandbox {} has no root", handle.id)))?;
+        let staged = stage_files(&root, files).await?;
+        let env = env
+            .iter()
+            .map(|(k, v)| {
+                let v = staged
+                    .get(v)
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| v.clone());
+                (k.clone(), v)
+            })
+            .collect();
+        self.agent(handle)?
+            .configure(&airlock_wire::ConfigureRequest {
+                env,
+                files: BTreeMap::new(),
+            })
+            .await
+    }
+
     async fn destroy(&self, handle: &SandboxHandle) -> Result<(), BackendError> {
         check_id(&handle.id)?;
         let state = match self.read_state(&handle.id).await {

@@ -8,6 +8,7 @@ pub mod agent_client;
 pub mod config;
 pub mod daytona;
 pub mod docker;
+pub mod docker_caches;
 pub mod e2b;
 pub mod egress;
 #[cfg(test)]
@@ -122,6 +123,10 @@ pub struct SandboxSpec {
     /// A persistent workspace (named volume) mounted at `/workspace` instead of a scratch
     /// one; only backends whose `supports_workspaces` is true get one.
     pub workspace: Option<String>,
+    /// Whose per-tenant dependency caches (docker `caches`, mode `tenant`) the sandbox mounts:
+    /// the owner of its session (a virtual key), else `default`. `None` (a warm-pool sandbox,
+    /// no tenant yet): no per-tenant cache is mounted.
+    pub cache_tenant: Option<String>,
 }
 
 /// What [`SandboxBackend::snapshot`] stored.
@@ -350,9 +355,22 @@ pub trait SandboxBackend: Send + Sync {
         Err(BackendError::not_supported(self.kind(), "snapshots"))
     }
 
+    /// Whether a snapshot is itself what a sandbox is started from (E2B: a snapshot
+    /// template): a restore then asks for [`StoredSnapshot::backend_ref`] as the image
+    /// instead of the source's image.
+    fn snapshot_is_image(&self) -> bool {
+        false
+    }
+
     /// Removes what [`SandboxBackend::snapshot`] stored.
     async fn delete_snapshot(&self, _backend_ref: &str) -> Result<(), BackendError> {
         Err(BackendError::not_supported(self.kind(), "snapshots"))
+    }
+
+    /// Whether a sandbox depends on [`SandboxSpec::cache_tenant`] (per-tenant caches): a
+    /// warm-pool sandbox, made before its tenant is known, cannot serve such a backend.
+    fn needs_tenant(&self) -> bool {
+        false
     }
 
     /// Whether [`SandboxSpec::workspace`] (a persistent workspace) is honoured.

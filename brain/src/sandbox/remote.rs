@@ -600,6 +600,7 @@ mod tests {
             agent_token: "t".into(),
             ttl_s: 60,
             workspace: None,
+            cache_tenant: None,
         }
     }
 

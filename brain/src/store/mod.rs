@@ -23,6 +23,7 @@ mod snapshots;
 mod telemetry;
 #[cfg(test)]
 mod tests;
+mod workspaces;
 
 use std::borrow::Cow;
 use std::str::FromStr;
@@ -94,6 +95,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "snapshots",
         include_str!("../../migrations/sqlite/0163_snapshots.sql"),
     ),
+    (
+        164,
+        "workspace_leases",
+        include_str!("../../migrations/sqlite/0164_workspace_leases.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -150,6 +156,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         163,
         "snapshots",
         include_str!("../../migrations/postgres/0163_snapshots.sql"),
+    ),
+    (
+        164,
+        "workspace_leases",
+        include_str!("../../migrations/postgres/0164_workspace_leases.sql"),
     ),
 ];
 

@@ -333,3 +333,127 @@ async fn audit_heads_keep_the_first_hash_per_seq_and_list_by_seq() {
     })
     .await;
 }
+
+/// Two provisions racing for one persistent workspace: exactly one wins, on SQLite (one
+/// brain, concurrent connections) and on PostgreSQL (two replicas on one database). The
+/// lease ends with the holder's row, and names are per backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_workspace_is_claimed_by_one_live_sandbox_at_a_time() {
+    check(|db| async move {
+        let first = db.connect().await;
+        // PostgreSQL: a second replica on the same database; SQLite: one brain per file.
+        let second = if db.schema.is_some() {
+            db.connect().await
+        } else {
+            first.clone()
+        };
+        let ids: Vec<String> = (0..12).map(|i| format!("sb-ws-{i}")).collect();
+        for id in &ids {
+            first
+                .insert_sandbox(&new_sandbox(id, Duration::seconds(60)))
+                .await
+                .unwrap();
+        }
+        let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(ids.len()));
+        let mut tasks = Vec::new();
+        for (i, id) in ids.iter().enumerate() {
+            let store = if i % 2 == 0 {
+                first.clone()
+            } else {
+                second.clone()
+            };
+            let (id, barrier) = (id.clone(), barrier.clone());
+            tasks.push(tokio::spawn(async move {
+                barrier.wait().await;
+                let won = store
+                    .claim_workspace(&id, BackendKind::Local, "repo")
+                    .await
+                    .unwrap();
+                (id, won)
+            }));
+        }
+        let mut winners = Vec::new();
+        for t in tasks {
+            let (id, won) = t.await.unwrap();
+            if won {
+                winners.push(id);
+            }
+        }
+        assert_eq!(winners.len(), 1, "exactly one claim wins: {winners:?}");
+        let holder = winners[0].clone();
+        assert_eq!(
+            first
+                .workspace_holder(BackendKind::Local, "repo")
+                .await
+                .unwrap(),
+            Some(holder.clone())
+        );
+        let loser = ids.iter().find(|id| **id != holder).unwrap().clone();
+        // Still held while the holder is running or being destroyed.
+        first.set_running(&holder, &handle(&holder)).await.unwrap();
+        first.begin_destroy(&holder).await.unwrap();
+        assert!(
+            !second
+                .claim_workspace(&loser, BackendKind::Local, "repo")
+                .await
+                .unwrap()
+        );
+        // Another name, or the same name on another backend, is a separate workspace.
+        assert!(
+            second
+                .claim_workspace(&loser, BackendKind::Local, "other")
+                .await
+                .unwrap()
+        );
+        let docker = format!("{loser}-d");
+        let mut d = new_sandbox(&docker, Duration::seconds(60));
+        d.backend = BackendKind::Docker;
+        first.insert_sandbox(&d).await.unwrap();
+        assert!(
+            first
+                .claim_workspace(&docker, BackendKind::Docker, "repo")
+                .await
+                .unwrap()
+        );
+        // The holder's row ends: the workspace is free for the next sandbox.
+        first.set_destroyed(&holder, None).await.unwrap();
+        assert_eq!(
+            first
+                .workspace_holder(BackendKind::Local, "repo")
+                .await
+                .unwrap(),
+            None
+        );
+        let next = ids
+            .iter()
+            .rev()
+            .find(|id| **id != holder && **id != loser)
+            .unwrap();
+        assert!(
+            second
+                .claim_workspace(next, BackendKind::Local, "repo")
+                .await
+                .unwrap()
+        );
+        // A failed provision frees it too; a row that is no longer provisioning cannot claim.
+        first.set_failed(next, "boom").await.unwrap();
+        assert!(
+            !first
+                .claim_workspace(next, BackendKind::Local, "repo")
+                .await
+                .unwrap()
+        );
+        let last = ids
+            .iter()
+            .find(|id| ![&holder, &loser, next].contains(id))
+            .unwrap();
+        assert!(
+            first
+                .claim_workspace(last, BackendKind::Local, "repo")
+                .await
+                .unwrap()
+        );
+        db
+    })
+    .await;
+}

@@ -34,6 +34,7 @@ fn spec() -> SandboxSpec {
         agent_token: "agent-secret-token".into(),
         ttl_s: 600,
         workspace: None,
+        cache_tenant: None,
     }
 }
 
