@@ -94,6 +94,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "snapshots",
         include_str!("../../migrations/sqlite/0163_snapshots.sql"),
     ),
+    (
+        175,
+        "sessions listing",
+        include_str!("../../migrations/sqlite/0175_sessions_listing.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -150,6 +155,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         163,
         "snapshots",
         include_str!("../../migrations/postgres/0163_snapshots.sql"),
+    ),
+    (
+        175,
+        "sessions listing",
+        include_str!("../../migrations/postgres/0175_sessions_listing.sql"),
     ),
 ];
 
