@@ -740,6 +740,10 @@ async fn exec_output_appears_in_the_transcript_while_the_command_runs() {
         "the command had ended already: {ev}"
     );
     assert!(!d.source().await.contains("late-line-48"));
+    d.js(&format!(
+        "document.querySelector(\"{live}\").scrollIntoView()"
+    ))
+    .await;
     d.screenshot("session-live-output").await;
     // When it ends, the result (both lines) replaces the live block.
     let deadline = Instant::now() + Duration::from_secs(60);
