@@ -699,3 +699,305 @@ async fn a_github_issue_gets_the_approval_and_a_writers_comment_answers_it() {
         "{recs}"
     );
 }
+
+/// A standalone `vault-proxy serve` on free ports with the admin token `admin_token`; killed
+/// on drop.
+struct StandaloneProxy {
+    child: std::process::Child,
+    proxy: String,
+    admin: String,
+}
+
+impl Drop for StandaloneProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn standalone_proxy(
+    dir: &std::path::Path,
+    up: &Upstream,
+    admin_token: &str,
+) -> StandaloneProxy {
+    let vault = write_vault_config(dir, up);
+    let (p, a) = (free_port(), free_port());
+    let yaml = std::fs::read_to_string(&vault)
+        .unwrap()
+        .replace("default: deny", "default: ask")
+        .replace(
+            "listen: 127.0.0.1:0\n",
+            &format!("listen: 127.0.0.1:{p}\nadmin_listen: 127.0.0.1:{a}\nadmin_token_env: TEST_VAULT_ADMIN\n"),
+        );
+    std::fs::write(&vault, yaml).unwrap();
+    let child = std::process::Command::new(airlock_tests::bin_path("vault-proxy"))
+        .arg("serve")
+        .arg("--config")
+        .arg(&vault)
+        .current_dir(dir)
+        .env("TEST_VAULT_ADMIN", admin_token)
+        .env(REAL_TOKEN_ENV, "ghp_realrealrealrealrealrealrealrealreal")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.join("vault.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let sp = StandaloneProxy {
+        child,
+        proxy: format!("127.0.0.1:{p}"),
+        admin: format!("http://127.0.0.1:{a}"),
+    };
+    let http = airlock_tests::http_client();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !http
+        .get(format!("{}/healthz", sp.admin))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "vault-proxy did not start: {}",
+            std::fs::read_to_string(dir.join("vault.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    sp
+}
+
+/// Signs in to the console over HTTP; returns the `airlock_ui=…` cookie.
+async fn sign_in(c: &reqwest::Client, brain: &BrainProcess) -> String {
+    let r = c.get(brain.url("/ui/login")).send().await.unwrap();
+    let login_cookie = set_cookie(&r, "airlock_ui_login").unwrap();
+    let login_cookie = login_cookie.split(';').next().unwrap().to_string();
+    let token = csrf_of(&r.text().await.unwrap());
+    let r = c
+        .post(brain.url("/ui/login"))
+        .header("cookie", &login_cookie)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(enc(&[
+            ("key", brain.master_key.as_str()),
+            ("csrf", token.as_str()),
+        ]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let sc = set_cookie(&r, "airlock_ui").unwrap();
+    sc.split(';').next().unwrap().to_string()
+}
+
+/// With a remote vault proxy (`vault.mode: remote`) an approval outlives a brain restart. Its
+/// GitHub prompt is posted once: the restarted brain finds it already queued (persisted per
+/// approval) and does not comment again, while it still prompts for a new approval. The
+/// console's credentials page shows the remote proxy's bindings (its admin API), never a value.
+#[tokio::test]
+async fn a_github_prompt_is_posted_once_across_a_brain_restart_with_a_remote_vault() {
+    use airlock_tests::fake_github::{FakeGithub, sign};
+    const SECRET: &str = "approvals-restart-secret";
+    const BRAIN_TOKEN: &str = "ghp_brainbrainbrainbrainbrainbrainbrain2";
+    const ADMIN: &str = "vault-admin-token-for-the-restart-test";
+    let dir = tempfile::tempdir().unwrap();
+    let up = Upstream::start("unused").await;
+    let vault = standalone_proxy(dir.path(), &up, ADMIN).await;
+    let github = FakeGithub::start(&[BRAIN_TOKEN]).await;
+    github.create_repo("acme", "widgets");
+    github.set_permission("acme/widgets", "alice", "write");
+    std::fs::write(dir.path().join("github-ca.pem"), &github.ca_pem).unwrap();
+    std::fs::write(
+        dir.path().join("script.json"),
+        json!({"responses": [{"text": "looking into it"}]}).to_string(),
+    )
+    .unwrap();
+    let mut brain = BrainProcess::start(BrainOptions {
+        extra_yaml: format!(
+            "models:\n  model_list:\n    - model_name: scripted\n      litellm_params:\n        model: scripted/{script}\n\
+             vault:\n  mode: remote\n  remote:\n    url: {proxy}\n    admin_url: {admin}\n    admin_token_env: TEST_VAULT_ADMIN\n\
+             triggers:\n  reply_retry_base_ms: 100\n  reply_retry_max_ms: 1000\n  \
+             github:\n    api_base_url: {direct}\n    ca_file: {ca}\n    git_host: {git}\n    credential: GITHUB_TOKEN\n",
+            script = dir.path().join("script.json").display(),
+            proxy = vault.proxy,
+            admin = vault.admin,
+            direct = github.direct_api_url(),
+            ca = dir.path().join("github-ca.pem").display(),
+            git = github.git_host(),
+        ),
+        env: vec![
+            ("TEST_VAULT_ADMIN".into(), ADMIN.into()),
+            ("GITHUB_WEBHOOK_SECRET".into(), SECRET.into()),
+            ("AIRLOCK_GITHUB_TOKEN".into(), BRAIN_TOKEN.into()),
+        ],
+        ..Default::default()
+    })
+    .await;
+    // A GitHub-started session.
+    let repo = json!({"full_name": "acme/widgets", "name": "widgets", "default_branch": "main",
+                      "owner": {"login": "acme"}});
+    let issue = json!({"number": 9, "title": "Fetch it", "state": "open", "body": "please fetch",
+        "labels": [{"name": "airlock"}], "user": {"login": "alice", "type": "User"}});
+    let body = json!({"action": "labeled", "label": {"name": "airlock"}, "issue": issue,
+                      "repository": repo, "sender": {"login": "alice", "type": "User"}})
+    .to_string();
+    let r = brain
+        .http
+        .post(brain.url("/hooks/github"))
+        .header("content-type", "application/json")
+        .header("x-github-event", "issues")
+        .header("x-github-delivery", "restart-1")
+        .header("x-hub-signature-256", sign(SECRET, body.as_bytes()))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let session = loop {
+        let (_, v) = brain.get_json("/v1/sessions?origin=github").await;
+        if let Some(id) = v["sessions"][0]["id"].as_str() {
+            break id.to_string();
+        }
+        assert!(Instant::now() < deadline, "{v}\n{}", brain.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // A sandbox of that session (a grant on the remote proxy) asks for a new host: the request
+    // is held by the proxy, which outlives the brain.
+    let http = airlock_tests::http_client();
+    let grant: Value = http
+        .post(format!("{}/v1/grants", vault.admin))
+        .bearer_auth(ADMIN)
+        .json(&json!({"sandbox": "sb-held", "credentials": [], "session": session}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = grant["token"].as_str().unwrap_or_else(|| panic!("{grant}"));
+    let ca = http
+        .get(format!("{}/v1/ca", vault.admin))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    std::fs::write(dir.path().join("proxy-ca.pem"), ca).unwrap();
+    let held = |path: &str| {
+        ChildGuard(
+            std::process::Command::new("curl")
+                .args(["-sS", "-m", "100", "-o", "/dev/null", "--cacert"])
+                .arg(dir.path().join("proxy-ca.pem"))
+                .arg("--proxy")
+                .arg(format!("http://sb-held:{token}@{}", vault.proxy))
+                .arg(format!("https://{UNBOUND_HOST}:{}{path}", up.port))
+                .env_remove("https_proxy")
+                .env_remove("HTTPS_PROXY")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let _first = held("/held-across-restart");
+    let a = pending(&brain, "/held-across-restart").await;
+    let prompts = |path: &str| {
+        github
+            .comments()
+            .iter()
+            .filter(|c| c.issue == 9 && c.body.contains("wants to reach") && c.body.contains(path))
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while prompts("/held-across-restart") == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "{:?}\n{}",
+            github.comments(),
+            brain.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    brain.restart().await;
+    // Still held by the proxy, under the same id.
+    assert_eq!(pending(&brain, "/held-across-restart").await["id"], a["id"]);
+    // The restarted brain prompts for a new approval (its loop runs)…
+    let _second = held("/asked-after-restart");
+    pending(&brain, "/asked-after-restart").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while prompts("/asked-after-restart") == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "{:?}\n{}",
+            github.comments(),
+            brain.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // …and not again for the one it had prompted for before the restart.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        prompts("/held-across-restart"),
+        1,
+        "{:?}",
+        github.comments()
+    );
+    assert_eq!(
+        prompts("/asked-after-restart"),
+        1,
+        "{:?}",
+        github.comments()
+    );
+
+    // The credentials page with the remote proxy: its bindings, no value.
+    let c = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let cookie = sign_in(&c, &brain).await;
+    let html = c
+        .get(brain.url("/ui/credentials"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(html.contains("data-credential=\"GITHUB_TOKEN\""), "{html}");
+    assert!(
+        html.contains(&format!("api.github.test:{}", up.port)),
+        "{html}"
+    );
+    assert!(
+        !html.contains("ghp_real") && !html.contains(REAL_TOKEN_ENV),
+        "{html}"
+    );
+
+    // Release the held requests.
+    let (_, v) = brain.get_json("/v1/approvals").await;
+    for a in v["approvals"].as_array().unwrap() {
+        let id = a["id"].as_str().unwrap();
+        brain
+            .post_json(&format!("/v1/approvals/{id}"), json!({"decision": "deny"}))
+            .await;
+    }
+}
+
+struct ChildGuard(std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

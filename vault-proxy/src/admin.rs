@@ -6,6 +6,9 @@
 //! - `POST /v1/grants {"sandbox","credentials":[names],"session"?}` → `{"token","stubs"}`
 //! - `DELETE /v1/grants/{sandbox}` → 204 (404 if none)
 //! - `GET /v1/ca` → the CA certificate PEM (public part only)
+//! - `GET /v1/credentials` → `{"credentials":[{"name","kind","hosts","positions","paths",
+//!   "methods","stored"}]}`: the bindings of the configured credentials (the brain's console),
+//!   never a value nor its source
 //! - approvals and per-sandbox egress: see [`crate::approvals::api`]
 
 use std::convert::Infallible;
@@ -33,6 +36,8 @@ pub(crate) struct Admin {
     /// authenticated route answers 401 (fail closed).
     pub token_digest: Option<[u8; 32]>,
     pub ca_pem: String,
+    /// `GET /v1/credentials`, rendered once from the config.
+    pub credentials: Vec<crate::config::CredentialBinding>,
 }
 
 #[derive(serde::Deserialize)]
@@ -156,6 +161,10 @@ impl Admin {
                     serde_json::json!({"seq": h.seq, "hash": h.hash}),
                 )
             }
+            (Method::GET, "/v1/credentials") => json(
+                StatusCode::OK,
+                serde_json::json!({ "credentials": self.credentials }),
+            ),
             (Method::GET, "/v1/ca") => {
                 let mut r = Response::new(full(Bytes::from(self.ca_pem.clone())));
                 r.headers_mut().insert(

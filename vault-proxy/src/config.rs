@@ -909,5 +909,48 @@ impl serde::Serialize for HostPattern {
 mod ops;
 pub use ops::{LimitsConfig, TlsConfig};
 
+/// One credential's bindings as the admin API lists them (`GET /v1/credentials`) and the
+/// brain's console shows them: where its value may go, never the value nor where it is read
+/// from.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CredentialBinding {
+    pub name: String,
+    /// `static`, `aws_sigv4`, `github_app`, `oauth2_refresh`.
+    pub kind: String,
+    /// Hosts its real value may be sent to (empty for a `stored:` one = the store's bindings).
+    pub hosts: Vec<String>,
+    /// Where its stub may stand (`header:authorization`, `query:key`, …).
+    pub positions: Vec<String>,
+    /// Paths it may be used on; empty = any.
+    pub paths: Vec<String>,
+    /// Methods it may be used with; empty = any.
+    pub methods: Vec<String>,
+    /// Its value lives in the proxy's encrypted store (`stored:`).
+    pub stored: bool,
+}
+
+impl Config {
+    /// The bindings of every credential, by name.
+    pub fn credential_bindings(&self) -> Vec<CredentialBinding> {
+        self.credentials
+            .iter()
+            .map(|(name, c)| CredentialBinding {
+                name: name.clone(),
+                kind: c.kind.as_str().to_string(),
+                hosts: c.allowed_hosts.iter().map(ToString::to_string).collect(),
+                positions: c.scope.positions.iter().map(ToString::to_string).collect(),
+                paths: c
+                    .scope
+                    .paths
+                    .iter()
+                    .map(|p| p.as_str().to_string())
+                    .collect(),
+                methods: c.scope.methods.clone(),
+                stored: matches!(c.source, CredentialSource::Stored(_)),
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests;

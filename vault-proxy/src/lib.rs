@@ -266,6 +266,7 @@ impl VaultProxy {
                 approvals: approvals.clone(),
                 token_digest,
                 ca_pem: ca_pem.clone(),
+                credentials: config.credential_bindings(),
             });
             tasks.push(tokio::spawn(admin::serve(
                 admin,

@@ -207,6 +207,7 @@ pub async fn list(
         before_ms,
         owner: caller.owner().map(str::to_string),
         limit: q.limit.unwrap_or(LIST_DEFAULT).clamp(1, LIST_MAX),
+        ..ListFilter::default()
     };
     Ok(Json(SessionList {
         sessions: sessions::list(&state, &filter).await?,
@@ -263,11 +264,25 @@ pub async fn cancel(
 }
 
 pub async fn events(
+    state: State<AppState>,
+    caller: Extension<Caller>,
+    id: Path<String>,
+    headers: HeaderMap,
+    query: Result<Query<EventsQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    events_with(state, caller, id, headers, query, false).await
+}
+
+/// [`events`]; with `live_output`, the SSE stream also carries the live output of running
+/// commands (`event: exec_output`, no id: not part of the durable log), as the console's
+/// transcript shows it.
+pub(crate) async fn events_with(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     headers: HeaderMap,
     query: Result<Query<EventsQuery>, QueryRejection>,
+    live_output: bool,
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_request", e.body_text()))?;
     let row = state
@@ -291,7 +306,7 @@ pub async fn events(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("text/event-stream"));
     if wants_sse {
-        return Ok(follow(state, id, after).into_response());
+        return Ok(follow(state, id, after, live_output).into_response());
     }
     let limit = q.limit.unwrap_or(EVENTS_PAGE).clamp(1, 10 * EVENTS_PAGE);
     let events = state.store.session_events(&id, after, limit).await?;
@@ -309,6 +324,10 @@ struct Follow {
     after: i64,
     buffer: VecDeque<EventRow>,
     rx: tokio::sync::watch::Receiver<i64>,
+    /// Live exec output (the console only).
+    output: Option<tokio::sync::broadcast::Receiver<sessions::ExecOutput>>,
+    /// The last item sent was a live output chunk.
+    quiet: bool,
     done: bool,
 }
 
@@ -319,14 +338,18 @@ fn follow(
     state: AppState,
     id: String,
     after: i64,
+    live_output: bool,
 ) -> Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>> {
     let rx = state.sessions.subscribe(&id);
+    let output = live_output.then(|| state.sessions.subscribe_output(&id));
     let init = Follow {
         state,
         id,
         after,
         buffer: VecDeque::new(),
         rx,
+        output,
+        quiet: false,
         done: false,
     };
     let stream = futures_util::stream::unfold(init, |mut f| async move {
@@ -345,38 +368,62 @@ fn follow(
             if f.done {
                 return None;
             }
-            // Status first, then events: the terminal event commits with the status, so a
-            // settled row guarantees this read includes it.
-            let settled = match f.state.store.get_session(&f.id).await {
-                Ok(Some(row)) => row.is_settled(),
-                Ok(None) => true,
-                Err(e) => {
-                    return Some((Ok(error_event(&e.to_string())), Follow { done: true, ..f }));
-                }
-            };
-            match f
-                .state
-                .store
-                .session_events(&f.id, f.after, EVENTS_PAGE)
-                .await
-            {
-                Ok(events) => {
-                    let full = i64::try_from(events.len()).unwrap_or(0) >= EVENTS_PAGE;
-                    f.buffer.extend(events);
-                    if settled && !full {
-                        f.done = true;
+            // After a live output chunk, wait again without reading the store (a chatty
+            // command must not cost a query per chunk; commits still wake `rx`).
+            if !std::mem::take(&mut f.quiet) {
+                // Status first, then events: the terminal event commits with the status, so a
+                // settled row guarantees this read includes it.
+                let settled = match f.state.store.get_session(&f.id).await {
+                    Ok(Some(row)) => row.is_settled(),
+                    Ok(None) => true,
+                    Err(e) => {
+                        return Some((Ok(error_event(&e.to_string())), Follow { done: true, ..f }));
                     }
-                }
-                Err(e) => {
-                    return Some((Ok(error_event(&e.to_string())), Follow { done: true, ..f }));
+                };
+                match f
+                    .state
+                    .store
+                    .session_events(&f.id, f.after, EVENTS_PAGE)
+                    .await
+                {
+                    Ok(events) => {
+                        let full = i64::try_from(events.len()).unwrap_or(0) >= EVENTS_PAGE;
+                        f.buffer.extend(events);
+                        if settled && !full {
+                            f.done = true;
+                        }
+                    }
+                    Err(e) => {
+                        return Some((Ok(error_event(&e.to_string())), Follow { done: true, ..f }));
+                    }
                 }
             }
             if f.buffer.is_empty() && !f.done {
                 let shutdown = f.state.sessions.shutdown.clone();
-                tokio::select! {
-                    _ = f.rx.changed() => {}
-                    _ = tokio::time::sleep(FOLLOW_POLL) => {}
+                let out = f.output.as_mut();
+                let live = async move {
+                    match out {
+                        Some(rx) => Some(rx.recv().await),
+                        None => std::future::pending().await,
+                    }
+                };
+                let chunk = tokio::select! {
+                    _ = f.rx.changed() => None,
+                    _ = tokio::time::sleep(FOLLOW_POLL) => None,
                     _ = shutdown.cancelled() => return None,
+                    chunk = live => chunk,
+                };
+                use tokio::sync::broadcast::error::RecvError;
+                match chunk {
+                    Some(Ok(chunk)) => {
+                        let data = serde_json::to_string(&chunk).unwrap_or_default();
+                        let sse = Event::default().event("exec_output").data(data);
+                        f.quiet = true;
+                        return Some((Ok(sse), f));
+                    }
+                    // A slow follower skipped some chunks: the tool_result has them all.
+                    Some(Err(RecvError::Lagged(_))) | None => {}
+                    Some(Err(RecvError::Closed)) => f.output = None,
                 }
             }
         }

@@ -239,45 +239,13 @@ pub trait CredentialBroker: Send + Sync {
     }
 }
 
-/// One credential's bindings, as the console shows them.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct CredentialInfo {
-    pub name: String,
-    /// `static`, `aws_sigv4`, `github_app`, `oauth2_refresh`.
-    pub kind: &'static str,
-    /// Hosts its real value may be sent to (empty for a `stored:` one = the store's bindings).
-    pub hosts: Vec<String>,
-    /// Where its stub may stand (`header:authorization`, `query:key`, …).
-    pub positions: Vec<String>,
-    /// Paths it may be used on; empty = any.
-    pub paths: Vec<String>,
-    /// Methods it may be used with; empty = any.
-    pub methods: Vec<String>,
-    /// Its value lives in the proxy's encrypted store (`stored:`).
-    pub stored: bool,
-}
+/// One credential's bindings, as the console shows them (the vault proxy's own type: the
+/// embedded proxy's config and a remote proxy's `GET /v1/credentials` give the same).
+pub use vault_proxy::config::CredentialBinding as CredentialInfo;
 
 /// The bindings of every credential of a vault-proxy config, by name.
 pub fn credential_infos(config: &vault_proxy::config::Config) -> Vec<CredentialInfo> {
-    use vault_proxy::config::CredentialSource;
-    config
-        .credentials
-        .iter()
-        .map(|(name, c)| CredentialInfo {
-            name: name.clone(),
-            kind: c.kind.as_str(),
-            hosts: c.allowed_hosts.iter().map(ToString::to_string).collect(),
-            positions: c.scope.positions.iter().map(ToString::to_string).collect(),
-            paths: c
-                .scope
-                .paths
-                .iter()
-                .map(|p| p.as_str().to_string())
-                .collect(),
-            methods: c.scope.methods.clone(),
-            stored: matches!(c.source, CredentialSource::Stored(_)),
-        })
-        .collect()
+    config.credential_bindings()
 }
 
 /// Verifies the log at `path` off the async executor (see [`CredentialBroker::verify_audit`]).

@@ -589,6 +589,43 @@ impl CredentialBroker for RemoteVault {
         format!("remote:{}", self.admin_url)
     }
 
+    /// `GET /v1/credentials` on the admin API: names and bindings only (the proxy never sends
+    /// a value or where one is read from).
+    async fn credentials(&self) -> Result<Vec<super::CredentialInfo>, BrokerError> {
+        #[derive(serde::Deserialize)]
+        struct List {
+            credentials: Vec<super::CredentialInfo>,
+        }
+        let resp = self
+            .http
+            .get(format!("{}/v1/credentials", self.admin_url))
+            .bearer_auth(&self.admin_token)
+            .send()
+            .await
+            .map_err(|e| BrokerError::Unavailable(format!("GET /v1/credentials: {e}")))?;
+        match resp.status() {
+            s if s.is_success() => {}
+            // An older proxy without the route.
+            reqwest::StatusCode::NOT_FOUND => {
+                return Err(BrokerError::NotSupported(
+                    "this vault proxy does not list its credentials (GET /v1/credentials); see \
+                     its vault.yaml"
+                        .into(),
+                ));
+            }
+            s => {
+                return Err(BrokerError::Unavailable(format!(
+                    "GET /v1/credentials answered {s}"
+                )));
+            }
+        }
+        let list: List = resp
+            .json()
+            .await
+            .map_err(|e| BrokerError::Unavailable(format!("GET /v1/credentials: {e}")))?;
+        Ok(list.credentials)
+    }
+
     async fn audit_head(&self) -> Result<AuditHead, BrokerError> {
         #[derive(serde::Deserialize)]
         struct Body {
@@ -841,6 +878,70 @@ mod tests {
         };
         let err = RemoteVault::connect(&clear, env).await.err().unwrap();
         assert!(err.contains("in clear"), "{err}");
+        proxy.shutdown().await;
+    }
+
+    /// The console's credentials page in remote mode: the bindings come from the real proxy's
+    /// admin API (`GET /v1/credentials`), names and bindings only; no value, nor the file it
+    /// is read from, crosses the wire. Without the admin token: refused.
+    #[tokio::test]
+    async fn remote_vault_lists_the_proxys_credential_bindings() {
+        crate::install_crypto_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        const VALUE: &str = "ghp_R3alT0kenR3alT0kenR3alT0kenR3alT0ken";
+        std::fs::write(d.join("gh.secret"), VALUE).unwrap();
+        std::fs::write(
+            d.join("vault.yaml"),
+            "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\nadmin_token_env: BRAIN_IT_CREDS_ADMIN\n\
+             audit_log: audit.jsonl\n\
+             credentials:\n  GITHUB_TOKEN: { value_file: gh.secret, allowed_hosts: [api.github.com, \"uploads.github.com:443\"] }\n",
+        )
+        .unwrap();
+        // SAFETY: a name only this test uses, set before the proxy reads it.
+        unsafe { std::env::set_var("BRAIN_IT_CREDS_ADMIN", "admin-creds-token") };
+        let cfg = vault_proxy::config::Config::load(d.join("vault.yaml")).unwrap();
+        let want = super::super::credential_infos(&cfg);
+        let proxy = vault_proxy::VaultProxy::start(cfg).await.unwrap();
+        let admin = proxy.admin_addr().unwrap();
+        let config = RemoteVaultConfig {
+            url: proxy.proxy_addr().to_string(),
+            admin_url: format!("http://{admin}"),
+            admin_token_env: "X_ADMIN".into(),
+            ca_file: None,
+            audit_log: None,
+            pin_sha256: None,
+            pin_cert: None,
+            client_cert: None,
+            tls_url: None,
+            tls_ca_file: None,
+        };
+        let env = |n: &str| (n == "X_ADMIN").then(|| "admin-creds-token".to_string());
+        let vault = RemoteVault::connect(&config, env).await.unwrap();
+        let got = vault.credentials().await.unwrap();
+        assert_eq!(got, want);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].name, "GITHUB_TOKEN");
+        assert_eq!(got[0].kind, "static");
+        assert_eq!(got[0].hosts, ["api.github.com", "uploads.github.com:443"]);
+        assert!(!got[0].stored);
+        let raw = reqwest::Client::new()
+            .get(format!("http://{admin}/v1/credentials"))
+            .bearer_auth("admin-creds-token")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(!raw.contains(VALUE) && !raw.contains("gh.secret"), "{raw}");
+        let refused = reqwest::Client::new()
+            .get(format!("http://{admin}/v1/credentials"))
+            .bearer_auth("wrong")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), reqwest::StatusCode::UNAUTHORIZED);
         proxy.shutdown().await;
     }
 

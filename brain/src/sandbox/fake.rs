@@ -152,9 +152,15 @@ impl SandboxBackend for FakeBackend {
             Ok(ExecEvent::Stdout {
                 data: result.stdout,
             }),
+            Ok(ExecEvent::Stderr {
+                data: result.stderr,
+            }),
             Ok(ExecEvent::Exit(ExecExit {
                 exit_code: result.exit_code,
-                ..ExecExit::default()
+                signal: result.signal,
+                timed_out: result.timed_out,
+                truncated: result.truncated,
+                duration_ms: result.duration_ms,
             })),
         ];
         Ok(Box::pin(futures_util::stream::iter(events)))

@@ -637,6 +637,7 @@ impl Driver<'_> {
         let ctx = tools::Ctx {
             state: self.state,
             session: row,
+            call_id: &call.id,
             last_sandbox: conv
                 .last_sandbox
                 .as_deref()

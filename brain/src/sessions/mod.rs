@@ -30,12 +30,12 @@ use tracing::Instrument;
 
 use chrono::{SecondsFormat, TimeZone, Utc};
 use serde::Serialize;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
 pub use config::{ModelsConfig, SessionsConfig};
 pub use model::Models;
-pub use store::{EventRow, ListFilter, SessionRow, SessionStatus};
+pub use store::{Cursor, EventRow, ListFilter, SessionPage, SessionRow, SessionStatus};
 
 use crate::lifecycle;
 use crate::sandbox::BackendKind;
@@ -145,6 +145,19 @@ impl SessionView {
     }
 }
 
+/// Chunks of live output a slow follower may fall behind by before it skips some.
+const OUTPUT_BUFFER: usize = 256;
+
+/// A chunk of a running `sandbox_execute`'s output (SSE event `exec_output` on the console's
+/// transcript stream). Ephemeral: the durable record is the call's `tool_result`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExecOutput {
+    pub call_id: String,
+    /// `stdout` or `stderr`.
+    pub stream: &'static str,
+    pub data: String,
+}
+
 /// Per-process session machinery, in [`AppState::sessions`].
 pub struct Runtime {
     /// Claim owner id of this process (a store is shared by replicas, a process is not).
@@ -154,6 +167,9 @@ pub struct Runtime {
     local: Mutex<HashMap<String, CancellationToken>>,
     /// Latest event seq per session with live followers (SSE, `wait_settled`).
     watchers: Mutex<HashMap<String, watch::Sender<i64>>>,
+    /// Live exec output per session with followers (the console's transcript): chunks as the
+    /// sandbox prints them, never stored (the `tool_result` event holds the whole output).
+    outputs: Mutex<HashMap<String, broadcast::Sender<ExecOutput>>>,
     /// Cancelled when the brain shuts down: live event streams end instead of holding the
     /// graceful shutdown open.
     pub(crate) shutdown: CancellationToken,
@@ -170,6 +186,7 @@ impl Default for Runtime {
             wake: Notify::new(),
             local: Mutex::new(HashMap::new()),
             watchers: Mutex::new(HashMap::new()),
+            outputs: Mutex::new(HashMap::new()),
             shutdown: CancellationToken::new(),
         }
     }
@@ -212,6 +229,35 @@ impl Runtime {
             } else {
                 tx.send_replace(seq);
             }
+        }
+    }
+
+    /// Follow a session's live exec output (chunks printed from now on, on this replica).
+    pub fn subscribe_output(&self, id: &str) -> broadcast::Receiver<ExecOutput> {
+        let mut map = lock(&self.outputs);
+        map.entry(id.to_owned())
+            .or_insert_with(|| broadcast::channel(OUTPUT_BUFFER).0)
+            .subscribe()
+    }
+
+    /// Whether anyone follows `id`'s live output.
+    pub(crate) fn output_followed(&self, id: &str) -> bool {
+        let mut map = lock(&self.outputs);
+        match map.get(id) {
+            Some(tx) if tx.receiver_count() > 0 => true,
+            Some(_) => {
+                map.remove(id);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Hands a chunk of a running command's output to `id`'s followers (dropped when none).
+    pub(crate) fn exec_output(&self, id: &str, chunk: ExecOutput) {
+        let map = lock(&self.outputs);
+        if let Some(tx) = map.get(id) {
+            let _ = tx.send(chunk);
         }
     }
 
@@ -338,6 +384,20 @@ pub async fn list(state: &AppState, filter: &ListFilter) -> Result<Vec<SessionVi
         out.push(view(state, row).await?);
     }
     Ok(out)
+}
+
+/// One page of [`Store::list_sessions_page`](crate::store::Store::list_sessions_page) as
+/// views, with the cursor of the next page.
+pub async fn list_page(
+    state: &AppState,
+    filter: &ListFilter,
+) -> Result<(Vec<SessionView>, Option<Cursor>, usize), SessionError> {
+    let page = state.store.list_sessions_page(filter).await?;
+    let mut out = Vec::with_capacity(page.rows.len());
+    for row in page.rows {
+        out.push(view(state, row).await?);
+    }
+    Ok((out, page.next, page.scanned))
 }
 
 pub async fn post_message(state: &AppState, id: &str, text: String) -> Result<(), SessionError> {

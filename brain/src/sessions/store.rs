@@ -182,9 +182,51 @@ pub struct ListFilter {
     pub origin_kind: Option<String>,
     /// Only sessions created before this many unix ms (paging, newest first).
     pub before_ms: Option<i64>,
+    /// With `before_ms`: also sessions created at exactly `before_ms` whose id sorts below
+    /// this one (the keyset's tie-breaker, so equal timestamps never drop a row).
+    pub before_id: Option<String>,
     /// Only this virtual key's sessions (`vk:<hash>`); `None` = every session (master key).
     pub owner: Option<String>,
+    /// Case-insensitive substring of the task, or of the id.
+    pub search: Option<String>,
     pub limit: i64,
+}
+
+/// Where the next page starts: `(created_at, id)` of the last row looked at.
+pub type Cursor = (i64, String);
+
+/// One page of [`Store::list_sessions_page`].
+#[derive(Debug, Clone, Default)]
+pub struct SessionPage {
+    pub rows: Vec<SessionRow>,
+    /// `None`: there is nothing older that could match.
+    pub next: Option<Cursor>,
+    /// How many sessions the database looked at for this page (at most the window).
+    pub scanned: usize,
+}
+
+/// How many sessions one page may look at, whatever the filters: the query walks one index
+/// (newest first) for at most this many rows and tests the other filters and the search on
+/// those only, so a page load never scans the table.
+pub const LIST_WINDOW: i64 = 2000;
+
+/// `%needle%` for `LIKE … ESCAPE '\'`, lower-cased.
+fn like_pattern(needle: &str) -> String {
+    let mut out = String::from("%");
+    for c in needle.to_lowercase().chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('%');
+    out
+}
+
+/// An argument of a built query.
+pub(crate) enum Arg {
+    S(String),
+    I(i64),
 }
 
 /// The columns `read_session!` reads, for SELECT and RETURNING alike.
@@ -378,46 +420,182 @@ impl Store {
     }
 
     /// Newest first.
+    /// Every session matching `filter`, newest first, up to `filter.limit` (pages of
+    /// [`Store::list_sessions_page`] until the limit is met or nothing older is left).
     pub async fn list_sessions(&self, filter: &ListFilter) -> Result<Vec<SessionRow>, StoreError> {
-        let sql = format!(
-            "{SELECT_SESSION} WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR created_at < $2) \
-             AND ($4 IS NULL OR owner = $4) ORDER BY created_at DESC, id DESC LIMIT $3"
-        );
-        // origin.kind is filtered here rather than in SQL: JSON operators differ per engine.
-        let mut out = Vec::new();
-        let mut before = filter.before_ms;
+        let mut f = filter.clone();
+        let mut out: Vec<SessionRow> = Vec::new();
         loop {
+            let page = self.list_sessions_page(&f).await?;
+            out.extend(page.rows);
+            let want = filter.limit - i64::try_from(out.len()).unwrap_or(i64::MAX);
+            match page.next {
+                Some((ms, id)) if want > 0 => {
+                    f.before_ms = Some(ms);
+                    f.before_id = Some(id);
+                    f.limit = want;
+                }
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    /// SQL for a session's `origin.kind`, per engine (the same expression as the
+    /// `sessions_origin_kind_created_id` index, so the planner uses it).
+    fn origin_kind_sql(&self) -> &'static str {
+        match self.db() {
+            Db::Sqlite(_) => "json_extract(origin, '$.kind')",
+            Db::Postgres(_) => "(CAST(origin AS jsonb) ->> 'kind')",
+        }
+    }
+
+    /// The window query of [`Store::list_sessions_page`] and its arguments: `(id,
+    /// created_at, hit)` of at most `max(LIST_WINDOW, limit)` rows along one index.
+    pub(crate) fn list_window_sql(&self, filter: &ListFilter) -> (String, Vec<Arg>) {
+        let limit = filter.limit.max(1);
+        let mut args: Vec<Arg> = Vec::new();
+        let mut arg = |a: Arg| {
+            args.push(a);
+            format!("${}", args.len())
+        };
+        // The leading (indexed) predicate, then the ones tested on the window's rows.
+        let mut lead: Vec<String> = Vec::new();
+        let mut rest: Vec<String> = Vec::new();
+        let kind_sql = self.origin_kind_sql();
+        if let Some(owner) = &filter.owner {
+            lead.push(format!("owner = {}", arg(Arg::S(owner.clone()))));
+        }
+        if let Some(kind) = &filter.origin_kind {
+            let p = format!("{kind_sql} = {}", arg(Arg::S(kind.clone())));
+            if lead.is_empty() {
+                lead.push(p)
+            } else {
+                rest.push(p)
+            }
+        }
+        if let Some(status) = filter.status {
+            let p = format!("status = {}", arg(Arg::S(status.as_str().to_string())));
+            if lead.is_empty() {
+                lead.push(p)
+            } else {
+                rest.push(p)
+            }
+        }
+        if let Some(ms) = filter.before_ms {
+            let b = arg(Arg::I(ms));
+            match &filter.before_id {
+                Some(id) => {
+                    let i = arg(Arg::S(id.clone()));
+                    lead.push(format!(
+                        "created_at <= {b} AND (created_at < {b} OR id < {i})"
+                    ));
+                }
+                None => lead.push(format!("created_at < {b}")),
+            }
+        }
+        if let Some(needle) = filter
+            .search
+            .as_deref()
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+        {
+            let p = arg(Arg::S(like_pattern(needle)));
+            rest.push(format!(
+                "(lower(task) LIKE {p} ESCAPE '\\' OR lower(id) LIKE {p} ESCAPE '\\')"
+            ));
+        }
+        let window = arg(Arg::I(LIST_WINDOW.max(limit)));
+        let hit = if rest.is_empty() {
+            "1".to_string()
+        } else {
+            format!("CASE WHEN {} THEN 1 ELSE 0 END", rest.join(" AND "))
+        };
+        let lead = if lead.is_empty() {
+            "1 = 1".to_string()
+        } else {
+            lead.join(" AND ")
+        };
+        let sql = format!(
+            "SELECT id, created_at, CAST({hit} AS BIGINT) AS hit FROM sessions WHERE {lead} \
+             ORDER BY created_at DESC, id DESC LIMIT {window}"
+        );
+        (sql, args)
+    }
+
+    /// One page of sessions, newest first, filtered and searched in the database.
+    ///
+    /// Keyset paging on `(created_at, id)`. The query walks one index — owner, origin kind,
+    /// status or creation time, whichever filter is set first, each indexed with
+    /// `(…, created_at, id)` — for at most [`LIST_WINDOW`] rows, and tests the remaining
+    /// filters and the search on those; a second query reads the (at most `limit`) matching
+    /// rows. So a page costs at most the window, never the table. A page may hold fewer than
+    /// `limit` rows and still have a `next` cursor (the window ran out before the page was
+    /// full: "keep looking older").
+    pub async fn list_sessions_page(&self, filter: &ListFilter) -> Result<SessionPage, StoreError> {
+        let limit = filter.limit.max(1);
+        let (sql, args) = self.list_window_sql(filter);
+        let scanned: Vec<(String, i64, i64)> = on_pool!(self.db(), |pool| {
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.clone()));
+            for a in &args {
+                q = match a {
+                    Arg::S(s) => q.bind(s.clone()),
+                    Arg::I(i) => q.bind(*i),
+                };
+            }
+            let rows = q.fetch_all(pool).await?;
+            let mut out = Vec::with_capacity(rows.len());
+            for row in &rows {
+                out.push((
+                    row.try_get("id")?,
+                    row.try_get("created_at")?,
+                    row.try_get("hit")?,
+                ));
+            }
+            out
+        });
+        let window_full =
+            i64::try_from(scanned.len()).unwrap_or(i64::MAX) >= LIST_WINDOW.max(limit);
+        let mut hits: Vec<String> = Vec::new();
+        let mut next: Option<Cursor> = None;
+        for (id, created_at, hit) in &scanned {
+            if *hit != 0 {
+                hits.push(id.clone());
+                if i64::try_from(hits.len()).unwrap_or(i64::MAX) >= limit {
+                    next = Some((*created_at, id.clone()));
+                    break;
+                }
+            }
+        }
+        if next.is_none() && window_full {
+            next = scanned.last().map(|(id, ms, _)| (*ms, id.clone()));
+        }
+        let mut rows = Vec::with_capacity(hits.len());
+        if !hits.is_empty() {
+            let list = encode(&hits, "ids")?;
+            let sql = format!(
+                "{SELECT_SESSION} WHERE {} ORDER BY created_at DESC, id DESC",
+                self.id_in_json(1)
+            );
             let raws = on_pool!(self.db(), |pool| {
-                let rows = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
-                    .bind(filter.status.map(SessionStatus::as_str))
-                    .bind(before)
-                    .bind(filter.limit)
-                    .bind(filter.owner.as_deref())
+                let found = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                    .bind(&list)
                     .fetch_all(pool)
                     .await?;
-                let mut raws = Vec::with_capacity(rows.len());
-                for row in &rows {
+                let mut raws = Vec::with_capacity(found.len());
+                for row in &found {
                     raws.push(read_session!(row));
                 }
                 raws
             });
-            let page_len = raws.len();
             for raw in raws {
-                let row = raw.parse()?;
-                before = Some(row.created_at);
-                let keep = filter.origin_kind.as_deref().is_none_or(|kind| {
-                    row.origin.get("kind").and_then(Value::as_str) == Some(kind)
-                });
-                if keep {
-                    out.push(row);
-                }
-            }
-            let full = i64::try_from(out.len()).unwrap_or(i64::MAX) >= filter.limit;
-            if full || i64::try_from(page_len).unwrap_or(0) < filter.limit {
-                out.truncate(usize::try_from(filter.limit).unwrap_or(usize::MAX));
-                return Ok(out);
+                rows.push(raw.parse()?);
             }
         }
+        Ok(SessionPage {
+            rows,
+            next,
+            scanned: scanned.len(),
+        })
     }
 
     /// SQL for "id is one of the JSON list of strings in `$n`", per engine.

@@ -15,6 +15,7 @@ use tracing::Instrument;
 
 use super::store::SessionRow;
 use crate::lifecycle::{self, ProvisionParams};
+use crate::sandbox::BackendKind;
 use crate::state::AppState;
 use crate::store::SandboxStatus;
 
@@ -162,6 +163,8 @@ struct WriteArgs {
 pub struct Ctx<'a> {
     pub state: &'a AppState,
     pub session: &'a SessionRow,
+    /// The tool call being run (names live output chunks).
+    pub call_id: &'a str,
     /// The session's most recent sandbox, if any.
     pub last_sandbox: Option<&'a str>,
 }
@@ -370,8 +373,7 @@ async fn exec(ctx: &Ctx<'_>, arguments: &str) -> Result<ToolOutput, ToolOutput> 
         "error.type" = tracing::field::Empty,
     );
     let started = std::time::Instant::now();
-    let result = backend
-        .exec(&handle, request)
+    let result = exec_teed(ctx, backend.as_ref(), kind, &handle, request)
         .instrument(span.clone())
         .await;
     // Counted like the HTTP API's execs (`airlock_sandbox_execs_total`).
@@ -417,6 +419,73 @@ async fn exec(ctx: &Ctx<'_>, arguments: &str) -> Result<ToolOutput, ToolOutput> 
             ..ToolOutput::error(format!("exec in {id} failed: {e}"))
         }),
     }
+}
+
+/// Runs the command, handing its output to the session's live followers chunk by chunk as
+/// the sandbox prints it ([`crate::sessions::Runtime::exec_output`]), and returns the
+/// collected result. Backends without a native stream (Daytona's toolbox answers once) run
+/// it plainly.
+async fn exec_teed(
+    ctx: &Ctx<'_>,
+    backend: &dyn crate::sandbox::SandboxBackend,
+    kind: BackendKind,
+    handle: &crate::sandbox::SandboxHandle,
+    request: ExecRequest,
+) -> Result<airlock_wire::ExecResult, crate::sandbox::BackendError> {
+    use airlock_wire::{ExecCollector, ExecEvent};
+    use futures_util::StreamExt;
+    if kind == BackendKind::Daytona {
+        return backend.exec(handle, request).await;
+    }
+    let runtime = &ctx.state.sessions;
+    let session = ctx.session.id.as_str();
+    let mut budget = request
+        .max_output_bytes
+        .map(|cap| usize::try_from(cap).unwrap_or(usize::MAX));
+    let mut dropped = false;
+    let mut stream = backend.exec_stream(handle, request).await?;
+    let mut collector = ExecCollector::default();
+    while let Some(event) = stream.next().await {
+        let mut event = event?;
+        if let (ExecEvent::Stdout { data } | ExecEvent::Stderr { data }, Some(left)) =
+            (&mut event, budget.as_mut())
+        {
+            if data.len() > *left {
+                let mut cut = *left;
+                while !data.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                data.truncate(cut);
+                dropped = true;
+            }
+            *left -= data.len();
+        }
+        let live = match &event {
+            ExecEvent::Stdout { data } if !data.is_empty() => Some(("stdout", data)),
+            ExecEvent::Stderr { data } if !data.is_empty() => Some(("stderr", data)),
+            _ => None,
+        };
+        if let Some((which, data)) = live
+            && runtime.output_followed(session)
+        {
+            runtime.exec_output(
+                session,
+                crate::sessions::ExecOutput {
+                    call_id: ctx.call_id.to_string(),
+                    stream: which,
+                    data: data.clone(),
+                },
+            );
+        }
+        collector.push(event);
+    }
+    let mut result = collector.finish().ok_or_else(|| {
+        crate::sandbox::BackendError::AgentUnreachable(
+            "exec stream ended without an exit record".into(),
+        )
+    })?;
+    result.truncated |= dropped;
+    Ok(result)
 }
 
 async fn read_file(ctx: &Ctx<'_>, arguments: &str) -> Result<ToolOutput, ToolOutput> {

@@ -100,6 +100,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "workspace_leases",
         include_str!("../../migrations/sqlite/0164_workspace_leases.sql"),
     ),
+    (
+        175,
+        "sessions listing",
+        include_str!("../../migrations/sqlite/0175_sessions_listing.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -161,6 +166,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         164,
         "workspace_leases",
         include_str!("../../migrations/postgres/0164_workspace_leases.sql"),
+    ),
+    (
+        175,
+        "sessions listing",
+        include_str!("../../migrations/postgres/0175_sessions_listing.sql"),
     ),
 ];
 

@@ -457,3 +457,200 @@ async fn a_workspace_is_claimed_by_one_live_sandbox_at_a_time() {
     })
     .await;
 }
+
+/// The console's sessions list (issue 15) with more sessions than one page may look at:
+/// filters and the search run in the query, pages follow the `(created_at, id)` keyset (many
+/// sessions share a millisecond), every page looks at no more than [`LIST_WINDOW`] rows, and
+/// walking the pages yields exactly the matching sessions, newest first.
+#[tokio::test]
+async fn sessions_are_filtered_searched_and_paged_in_the_database() {
+    use crate::sessions::store::{LIST_WINDOW, NewSessionRow};
+    use crate::sessions::{ListFilter, SessionStatus};
+    use std::collections::BTreeSet;
+    const N: usize = 2500;
+    check(|db| async move {
+        let store = db.connect().await;
+        let kinds = ["api", "slack", "github", "mcp"];
+        for i in 0..N {
+            let mut origin = serde_json::json!({"kind": kinds[i % 4]});
+            if i % 10 == 0 {
+                origin["owner"] = "vk:x".into();
+            }
+            let task = match i {
+                42 => "100% done".to_string(),
+                i if i % 500 == 7 => format!("deploy the NEEDLE_zz widget {i}"),
+                i => format!("task number {i}"),
+            };
+            store
+                .insert_session(&NewSessionRow {
+                    id: format!("s{i:05}"),
+                    task,
+                    model: "m".into(),
+                    agent: None,
+                    backend: None,
+                    credentials: vec![],
+                    max_steps: 5,
+                    max_cost_usd: None,
+                    origin,
+                    deadline_at: 0,
+                })
+                .await
+                .unwrap();
+        }
+        on_pool!(store.db(), |pool| {
+            let sql = "UPDATE sessions SET status = 'failed' \
+                       WHERE CAST(substr(id, 2) AS BIGINT) % 3 = 0";
+            sqlx::query(sql).execute(pool).await.unwrap();
+        });
+        // SQLite's plan for each leading filter: a walk along an index in its order, never a
+        // table scan or a sort of the matches.
+        if let Db::Sqlite(pool) = store.db() {
+            let filters = [
+                ListFilter::default(),
+                ListFilter {
+                    owner: Some("vk:x".into()),
+                    search: Some("x".into()),
+                    ..ListFilter::default()
+                },
+                ListFilter {
+                    origin_kind: Some("slack".into()),
+                    status: Some(SessionStatus::Failed),
+                    ..ListFilter::default()
+                },
+                ListFilter {
+                    status: Some(SessionStatus::Failed),
+                    before_ms: Some(i64::MAX),
+                    before_id: Some("s".into()),
+                    ..ListFilter::default()
+                },
+            ];
+            for f in filters {
+                let (sql, args) = store.list_window_sql(&f);
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")));
+                for a in &args {
+                    q = match a {
+                        crate::sessions::store::Arg::S(s) => q.bind(s.clone()),
+                        crate::sessions::store::Arg::I(i) => q.bind(*i),
+                    };
+                }
+                let plan: Vec<String> = q
+                    .fetch_all(pool)
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|r| sqlx::Row::get::<String, _>(r, "detail"))
+                    .collect();
+                assert!(
+                    plan.iter().all(|d| d.contains("USING INDEX sessions_")
+                        || d.contains("USING COVERING INDEX sessions_"))
+                        && !plan.iter().any(|d| d.contains("TEMP B-TREE")),
+                    "{f:?}: {plan:?}"
+                );
+            }
+        }
+        let num = |id: &str| id[1..].parse::<usize>().unwrap();
+        // Walks every page of `filter`; returns the ids in page order and the pages' sizes.
+        let walk = |filter: ListFilter| {
+            let store = store.clone();
+            async move {
+                let mut f = filter;
+                let (mut ids, mut sizes) = (Vec::new(), Vec::new());
+                loop {
+                    let page = store.list_sessions_page(&f).await.unwrap();
+                    assert!(page.scanned <= LIST_WINDOW as usize, "{}", page.scanned);
+                    sizes.push(page.rows.len());
+                    ids.extend(page.rows.into_iter().map(|r| (r.created_at, r.id)));
+                    let Some((ms, id)) = page.next else { break };
+                    f.before_ms = Some(ms);
+                    f.before_id = Some(id);
+                    assert!(sizes.len() < 200, "paging does not end");
+                }
+                // Newest first, each row once (the tie-breaker keeps equal times apart).
+                let mut sorted = ids.clone();
+                sorted.sort_by(|a, b| b.cmp(a));
+                sorted.dedup();
+                assert_eq!(sorted, ids, "pages out of order or repeated");
+                (ids.into_iter().map(|(_, id)| id).collect::<Vec<_>>(), sizes)
+            }
+        };
+        let base = ListFilter {
+            limit: 50,
+            ..ListFilter::default()
+        };
+        let set = |ids: &[String]| ids.iter().map(|id| num(id)).collect::<BTreeSet<_>>();
+        let want =
+            |pred: &dyn Fn(usize) -> bool| (0..N).filter(|i| pred(*i)).collect::<BTreeSet<_>>();
+
+        // Everything: 50 full pages.
+        let (all, sizes) = walk(base.clone()).await;
+        assert_eq!(all.len(), N);
+        assert!(
+            sizes[..sizes.len() - 1].iter().all(|s| *s == 50),
+            "{sizes:?}"
+        );
+        // One origin (its index leads): full pages, exactly that origin's sessions.
+        let (slack, sizes) = walk(ListFilter {
+            origin_kind: Some("slack".into()),
+            ..base.clone()
+        })
+        .await;
+        assert_eq!(set(&slack), want(&|i| i % 4 == 1));
+        assert!(
+            sizes[..sizes.len() - 1].iter().all(|s| *s == 50),
+            "{sizes:?}"
+        );
+        // Status and origin together.
+        let (both, _) = walk(ListFilter {
+            origin_kind: Some("github".into()),
+            status: Some(SessionStatus::Failed),
+            ..base.clone()
+        })
+        .await;
+        assert_eq!(set(&both), want(&|i| i % 4 == 2 && i % 3 == 0));
+        // A virtual key's sessions, searched.
+        let (mine, _) = walk(ListFilter {
+            owner: Some("vk:x".into()),
+            search: Some("number 1".into()),
+            ..base.clone()
+        })
+        .await;
+        assert_eq!(
+            set(&mine),
+            want(&|i| i % 10 == 0 && i != 42 && i % 500 != 7 && i.to_string().starts_with('1'))
+        );
+        // A rare needle, any case: the first page looks at one window only and says where
+        // to go on; the walk finds all five.
+        let rare = ListFilter {
+            search: Some("needle_ZZ".into()),
+            ..base.clone()
+        };
+        let first = store.list_sessions_page(&rare).await.unwrap();
+        assert_eq!(first.scanned, LIST_WINDOW as usize);
+        assert!(first.next.is_some());
+        let (found, _) = walk(rare.clone()).await;
+        assert_eq!(set(&found), want(&|i| i % 500 == 7));
+        assert_eq!(store.list_sessions(&rare).await.unwrap().len(), 5);
+        // LIKE wildcards in the search are literal characters.
+        let (pct, _) = walk(ListFilter {
+            search: Some("100%".into()),
+            ..base.clone()
+        })
+        .await;
+        assert_eq!(pct, ["s00042"]);
+        let (under, _) = walk(ListFilter {
+            search: Some("_".into()),
+            ..base.clone()
+        })
+        .await;
+        assert_eq!(set(&under), want(&|i| i % 500 == 7));
+        // By id.
+        let (by_id, _) = walk(ListFilter {
+            search: Some("S0123".into()),
+            ..base.clone()
+        })
+        .await;
+        assert_eq!(set(&by_id), want(&|i| (1230..1240).contains(&i)));
+        db
+    })
+    .await;
+}

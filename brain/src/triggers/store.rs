@@ -203,6 +203,72 @@ pub async fn enqueue_reply(store: &Store, payload: &ReplyPayload) -> Result<Stri
     Ok(id)
 }
 
+/// Puts a reply in the outbox once per `key`, ever (across restarts and replicas): the key is
+/// claimed (`trigger_reply_keys`) and the reply queued in one transaction, so a brain that
+/// dies in between leaves neither. `false` when the key was claimed before (nothing queued).
+/// Keys age out with the webhook deliveries ([`prune_deliveries`]).
+pub async fn enqueue_reply_once(
+    store: &Store,
+    key: &str,
+    payload: &ReplyPayload,
+) -> Result<bool, StoreError> {
+    let (id, json) = reply_row(payload)?;
+    let claim = format!(
+        "INSERT INTO trigger_reply_keys (reply_key, wait_id, created_at) VALUES ($1, $2, {}) \
+         ON CONFLICT (reply_key) DO NOTHING",
+        store.db_now_sql()
+    );
+    let insert = insert_reply_sql(store);
+    Ok(on_pool!(store.db(), |pool| {
+        let mut tx = pool.begin().await?;
+        let claimed = sqlx::query(sqlx::AssertSqlSafe(claim.clone()))
+            .bind(key)
+            .bind(&id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+            == 1;
+        if claimed {
+            sqlx::query(sqlx::AssertSqlSafe(insert.clone()))
+                .bind(&id)
+                .bind(payload.source().as_str())
+                .bind(&json)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        claimed
+    }))
+}
+
+/// Claims `key` for a message sent outside the outbox (a Slack prompt with buttons); `false`
+/// when it was claimed before. [`release_key`] gives it back when the send failed.
+pub async fn claim_key(store: &Store, key: &str) -> Result<bool, StoreError> {
+    let sql = format!(
+        "INSERT INTO trigger_reply_keys (reply_key, wait_id, created_at) VALUES ($1, '', {}) \
+         ON CONFLICT (reply_key) DO NOTHING",
+        store.db_now_sql()
+    );
+    Ok(on_pool!(store.db(), |pool| {
+        sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+            .bind(key)
+            .execute(pool)
+            .await?
+            .rows_affected()
+            == 1
+    }))
+}
+
+pub async fn release_key(store: &Store, key: &str) -> Result<(), StoreError> {
+    on_pool!(store.db(), |pool| {
+        sqlx::query("DELETE FROM trigger_reply_keys WHERE reply_key = $1")
+            .bind(key)
+            .execute(pool)
+            .await?;
+    });
+    Ok(())
+}
+
 /// Claims up to `limit` due replies: each claimed row's `next_attempt_at` moves to
 /// `now + lease_ms`, so another worker (replica) skips it while this one sends. A worker that
 /// dies mid-send leaves the row to be claimed again once the lease passes. "Due" and the lease

@@ -87,6 +87,57 @@ async fn deliveries_are_recorded_once_per_source() {
     .await;
 }
 
+/// An approval prompt is queued once per key, by any brain, whenever asked (a restarted
+/// brain asks again for approvals still pending); a claimed Slack key given back is free.
+#[tokio::test]
+async fn replies_with_a_key_are_queued_once() {
+    each_store(async |s: Store| {
+        let payload = store::ReplyPayload::GithubComment {
+            repo: "acme/widgets".into(),
+            issue: 7,
+            body: "Airlock: sandbox wants to reach x".into(),
+        };
+        assert!(
+            store::enqueue_reply_once(&s, "approval-prompt:github:ap_1", &payload)
+                .await
+                .unwrap()
+        );
+        for _ in 0..3 {
+            assert!(
+                !store::enqueue_reply_once(&s, "approval-prompt:github:ap_1", &payload)
+                    .await
+                    .unwrap()
+            );
+        }
+        assert!(
+            store::enqueue_reply_once(&s, "approval-prompt:github:ap_2", &payload)
+                .await
+                .unwrap()
+        );
+        assert_eq!(store::undelivered_replies(&s).await.unwrap().len(), 2);
+        assert!(
+            store::claim_key(&s, "approval-prompt:slack:ap_1")
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store::claim_key(&s, "approval-prompt:slack:ap_1")
+                .await
+                .unwrap()
+        );
+        store::release_key(&s, "approval-prompt:slack:ap_1")
+            .await
+            .unwrap();
+        assert!(
+            store::claim_key(&s, "approval-prompt:slack:ap_1")
+                .await
+                .unwrap()
+        );
+        assert_eq!(store::undelivered_replies(&s).await.unwrap().len(), 2);
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn threads_map_to_the_first_session() {
     each_store(async |s: Store| {

@@ -106,9 +106,17 @@ fn prompt(a: &PendingApproval, prefix: &str) -> String {
     )
 }
 
-/// Comments each new pending approval of a GitHub-started session on its issue, once.
+/// The outbox key of an approval's prompt on GitHub: one comment per approval, ever.
+fn prompt_key(approval: &str) -> String {
+    format!("approval-prompt:github:{approval}")
+}
+
+/// Comments each new pending approval of a GitHub-started session on its issue, once — also
+/// across brain restarts and replicas (a remote vault proxy keeps its approvals pending while
+/// the brain restarts): the prompt is queued with [`store::enqueue_reply_once`] under a key
+/// per approval. The in-memory set only spares the database a claim per poll.
 pub async fn notify(state: AppState, triggers: Arc<Triggers>, mut stop: watch::Receiver<bool>) {
-    let mut posted: HashSet<String> = HashSet::new();
+    let mut seen: HashSet<String> = HashSet::new();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(POLL) => {}
@@ -120,18 +128,29 @@ pub async fn notify(state: AppState, triggers: Arc<Triggers>, mut stop: watch::R
         let Ok(pending) = broker.approvals().await else {
             continue;
         };
-        posted.retain(|id| pending.iter().any(|a| &a.id == id));
+        seen.retain(|id| pending.iter().any(|a| &a.id == id));
         for a in pending {
-            if !posted.insert(a.id.clone()) {
+            if seen.contains(&a.id) {
                 continue;
             }
             let Some((repo, issue)) = issue_of(&state, &a).await else {
+                seen.insert(a.id.clone());
                 continue;
             };
             let body = prompt(&a, &github.config.command_prefix);
-            triggers
-                .reply(&state, ReplyPayload::GithubComment { repo, issue, body })
-                .await;
+            let payload = ReplyPayload::GithubComment { repo, issue, body };
+            match store::enqueue_reply_once(&state.store, &prompt_key(&a.id), &payload).await {
+                Ok(queued) => {
+                    seen.insert(a.id.clone());
+                    if queued {
+                        triggers.outbox_wakeup.notify_one();
+                    }
+                }
+                // Tried again at the next poll.
+                Err(e) => {
+                    tracing::warn!(approval = %a.id, error = %e, "cannot queue an approval prompt")
+                }
+            }
         }
     }
 }

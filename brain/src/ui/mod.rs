@@ -254,8 +254,12 @@ struct SessionsQ {
     origin: String,
     #[serde(default)]
     q: String,
+    /// Paging: unix ms (or an RFC 3339 time) of the last row of the previous page.
     #[serde(default)]
     before: String,
+    /// Paging: the id of that row (the keyset's tie-breaker).
+    #[serde(default)]
+    before_id: String,
 }
 
 async fn sessions_page(
@@ -273,40 +277,52 @@ async fn sessions_page(
     };
     let before_ms = match q.before.as_str() {
         "" => None,
-        v => Some(
-            chrono::DateTime::parse_from_rfc3339(v)
+        v => Some(match v.parse::<i64>() {
+            Ok(ms) => ms,
+            Err(_) => chrono::DateTime::parse_from_rfc3339(v)
                 .map_err(|e| error_page(&s, StatusCode::BAD_REQUEST, &e.to_string()))?
                 .timestamp_millis(),
-        ),
+        }),
     };
-    // One page from the database (newest first, keyset on created_at).
+    // One page from the database (newest first, keyset on (created_at, id)); the filters
+    // and the search are part of the query, which looks at a bounded window of rows.
     let filter = ListFilter {
         status,
         origin_kind: (!q.origin.is_empty()).then(|| q.origin.clone()),
         before_ms,
+        before_id: (before_ms.is_some() && !q.before_id.is_empty()).then(|| q.before_id.clone()),
         owner: s.caller.owner().map(str::to_string),
+        search: Some(q.q.trim().to_string()).filter(|n| !n.is_empty()),
         limit: PAGE,
     };
-    let mut list = sessions::list(&state, &filter)
+    let (list, next, scanned) = sessions::list_page(&state, &filter)
         .await
         .map_err(|e| error_page(&s, StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()))?;
-    let next = (list.len() as i64 == PAGE)
-        .then(|| list.last().map(|v| v.created_at.clone()))
-        .flatten();
-    let needle = q.q.trim().to_lowercase();
-    if !needle.is_empty() {
-        list.retain(|v| v.task.to_lowercase().contains(&needle) || v.id.contains(&needle));
-    }
     let f = pages::SessionsQuery {
         status: &q.status,
         origin: &q.origin,
         q: &q.q,
     };
+    let next = next.map(|(ms, id)| {
+        let mut href = format!("/ui/sessions?before={ms}&before_id={}", percent(&id));
+        for (k, v) in [("status", &q.status), ("origin", &q.origin), ("q", &q.q)] {
+            if !v.is_empty() {
+                href.push_str(&format!("&{k}={}", percent(v)));
+            }
+        }
+        // A short page with more to look at: the window ran out before the page filled.
+        let short = (list.len() as i64) < PAGE;
+        let oldest = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms).unwrap_or_default();
+        pages::Next {
+            href,
+            searched: short.then_some((scanned, oldest)),
+        }
+    });
     Ok(page(
         "Sessions",
         "sessions",
         &s,
-        pages::sessions(&list, &f, next.as_deref()),
+        pages::sessions(&list, &f, next.as_ref()),
     ))
 }
 
@@ -349,7 +365,7 @@ async fn session_events(
         header::ACCEPT,
         HeaderValue::from_static("text/event-stream"),
     );
-    crate::api::sessions::events(state, Extension(s.caller), id, headers, query)
+    crate::api::sessions::events_with(state, Extension(s.caller), id, headers, query, true)
         .await
         .map_err(IntoResponse::into_response)
 }

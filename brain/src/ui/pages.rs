@@ -90,7 +90,15 @@ pub struct SessionsQuery<'a> {
     pub q: &'a str,
 }
 
-pub fn sessions(list: &[SessionView], f: &SessionsQuery, next: Option<&str>) -> Markup {
+/// The link to the next (older) page of sessions.
+pub struct Next {
+    pub href: String,
+    /// Set when this page is short but there is more to look at: how many sessions this
+    /// page looked at, back to when.
+    pub searched: Option<(usize, DateTime<Utc>)>,
+}
+
+pub fn sessions(list: &[SessionView], f: &SessionsQuery, next: Option<&Next>) -> Markup {
     html! {
         h1 { "Sessions" }
         form.filters method="get" action="/ui/sessions" {
@@ -104,7 +112,7 @@ pub fn sessions(list: &[SessionView], f: &SessionsQuery, next: Option<&str>) -> 
                     option value=(s) selected[s == f.origin] { @if s.is_empty() { "any" } @else { (s) } }
                 }
             } }
-            label { "Search (task, id — this page)" input type="search" name="q" value=(f.q); }
+            label { "Search (task, id)" input type="search" name="q" value=(f.q); }
             button type="submit" { "Filter" }
         }
         div #sessions data-refresh="3000" {
@@ -127,8 +135,13 @@ pub fn sessions(list: &[SessionView], f: &SessionsQuery, next: Option<&str>) -> 
             }
         }
         }
-        @if let Some(before) = next {
-            div.pager { a href={ "/ui/sessions?status=" (f.status) "&origin=" (f.origin) "&q=" (f.q) "&before=" (before) } { "Older →" } }
+        @if let Some(n) = next {
+            div.pager {
+                @if let Some((scanned, until)) = &n.searched {
+                    span.mut #searched { "Looked at " (scanned) " sessions, back to " (time_dt(until)) ". " }
+                }
+                a #older href=(n.href) { "Older →" }
+            }
         }
     }
 }

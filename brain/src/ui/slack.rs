@@ -91,6 +91,20 @@ pub async fn notify(state: AppState, triggers: Arc<Triggers>, mut stop: watch::R
                 posted.insert(a.id.clone());
                 continue;
             };
+            // Once per approval across restarts and replicas: the key is claimed first and
+            // given back if the post fails (then tried again at the next poll).
+            let key = format!("approval-prompt:slack:{}", a.id);
+            match crate::triggers::store::claim_key(&state.store, &key).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    posted.insert(a.id.clone());
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(approval = %a.id, error = %e, "cannot claim an approval prompt");
+                    continue;
+                }
+            }
             let text = format!("Sandbox {} wants to reach {}:{}", a.sandbox, a.host, a.port);
             match slack
                 .client
@@ -101,6 +115,7 @@ pub async fn notify(state: AppState, triggers: Arc<Triggers>, mut stop: watch::R
                     posted.insert(a.id.clone());
                 }
                 Err(e) => {
+                    let _ = crate::triggers::store::release_key(&state.store, &key).await;
                     tracing::warn!(approval = %a.id, error = %e, "posting an approval to Slack failed")
                 }
             }

@@ -1,6 +1,7 @@
 // Airlock console: progressive enhancement only (every page works without it).
 // - <time data-rel> shows a relative time (absolute stays in the title on hover);
-// - #events[data-stream] follows the session's SSE stream and appends new events;
+// - #events[data-stream] follows the session's SSE stream and appends new events, and a
+//   running command's output as it arrives;
 // - #sessions[data-refresh] re-reads the sessions list (live statuses);
 // - #inbox[data-stream] follows the approvals inbox over SSE (data-poll is the fallback).
 "use strict";
@@ -54,6 +55,9 @@ function follow(box) {
     try { ev = JSON.parse(m.data); } catch (_) { return; }
     if (!ev || ev.seq === undefined) return;
     if (box.querySelector('[data-seq="' + ev.seq + '"]')) return;
+    if (ev.kind === "tool_result" && ev.data && ev.data.call_id) {
+      box.querySelectorAll(".ev-running").forEach(d => { if (d.dataset.call === ev.data.call_id) d.remove(); });
+    }
     box.appendChild(renderEvent(ev));
     box.dataset.after = ev.seq;
     relTimes();
@@ -65,6 +69,25 @@ function follow(box) {
   };
   ["message", "status", "user_message", "model_request", "model_response", "model_error",
    "tool_calls", "tool_started", "tool_result", "error"].forEach(k => src.addEventListener(k, onEvent));
+  // A running command's output as the sandbox prints it (not stored: its tool_result,
+  // appended when the command ends, holds all of it and replaces this block).
+  src.addEventListener("exec_output", m => {
+    let c;
+    try { c = JSON.parse(m.data); } catch (_) { return; }
+    if (!c || !c.call_id) return;
+    let live = Array.from(box.querySelectorAll(".ev-running")).find(d => d.dataset.call === c.call_id);
+    if (!live) {
+      live = el("div", "ev ev-running");
+      live.dataset.call = c.call_id;
+      live.appendChild(el("div", "mut", "output of " + c.call_id + " (running…)"));
+      live.appendChild(el("pre", "mono live-out"));
+      box.appendChild(live);
+    }
+    const pre = live.querySelector("pre");
+    const span = el("span", c.stream === "stderr" ? "err" : "", c.data);
+    pre.appendChild(span);
+    pre.scrollTop = pre.scrollHeight;
+  });
   src.onerror = () => { src.close(); };
 }
 // The inbox follows its SSE stream (the server sends the re-rendered, escaped table when the
