@@ -131,6 +131,10 @@ impl Metrics {
         }
         let outbox_retries = Family::<Labels1, Counter>::default();
         let replies_failed = Family::<Labels1, Counter>::default();
+        for s in SOURCES {
+            let _ = outbox_retries.get_or_create(&[("source", *s)]);
+            let _ = replies_failed.get_or_create(&[("source", *s)]);
+        }
         let m = Metrics {
             registry: Registry::default(),
             sandboxes_active,

@@ -171,6 +171,10 @@ pub struct Config {
     pub database_url: Option<String>,
     /// `code_interpreter:` (an Airlock extension; see `code_interpreter/`).
     pub code_interpreter: Option<CodeInterpreterConfig>,
+    /// `telemetry.otlp_endpoint` (an Airlock extension, DESIGN.md "Telemetry"): the OTLP/HTTP
+    /// collector of the standalone gateway's traces. Unset: the `OTEL_EXPORTER_OTLP_*` env
+    /// vars decide. Embedded in a brain, the brain's `telemetry:` applies.
+    pub otlp_endpoint: Option<String>,
     /// Non-fatal findings (unknown keys, unsupported strategies), also logged.
     pub warnings: Vec<String>,
 }
@@ -193,6 +197,7 @@ impl Default for Config {
             master_key: None,
             database_url: None,
             code_interpreter: None,
+            otlp_endpoint: None,
             warnings: Vec::new(),
         }
     }
@@ -398,6 +403,7 @@ const TOP_KEYS: &[&str] = &[
     "router_settings",
     "environment_variables",
     "code_interpreter",
+    "telemetry",
 ];
 const CODE_INTERPRETER_KEYS: &[&str] = &[
     "brain_url",
@@ -680,6 +686,20 @@ impl Config {
                     ci.get("exec_timeout_seconds"),
                 )?,
             });
+        }
+        if let Some(t) = map("telemetry", root.get("telemetry"))? {
+            cx.unknown("telemetry", t, &["otlp_endpoint"]);
+            let url = cx
+                .string("telemetry.otlp_endpoint", t.get("otlp_endpoint"))?
+                .map(|u| u.trim().to_owned())
+                .filter(|u| !u.is_empty());
+            if let Some(u) = &url {
+                airlock_telemetry::check_otlp_endpoint(u).map_err(|e| ConfigError::Invalid {
+                    path: "telemetry.otlp_endpoint".into(),
+                    message: e.to_string(),
+                })?;
+            }
+            cfg.otlp_endpoint = url;
         }
         if cfg.master_key.is_none() {
             cfg.master_key = cx.var("LITELLM_MASTER_KEY").map(Secret);
@@ -1269,6 +1289,27 @@ mod tests {
 
     fn check(yaml: &str) -> Result<Config, ConfigError> {
         Config::from_yaml_str(yaml, Path::new("/cfg"))
+    }
+
+    #[test]
+    fn telemetry_otlp_endpoint() {
+        assert_eq!(check("model_list: []").unwrap().otlp_endpoint, None);
+        let c = check("telemetry: {otlp_endpoint: 'http://otel-collector:4318'}").unwrap();
+        assert_eq!(
+            c.otlp_endpoint.as_deref(),
+            Some("http://otel-collector:4318")
+        );
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        let err = check("telemetry: {otlp_endpoint: 'collector:4318'}")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("telemetry.otlp_endpoint"), "{err}");
+        let c = check("telemetry: {otlp_endpoint: 'http://c:4318', sampler: x}").unwrap();
+        assert!(
+            c.warnings.iter().any(|w| w.contains("sampler")),
+            "{:?}",
+            c.warnings
+        );
     }
 
     #[test]

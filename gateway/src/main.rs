@@ -24,13 +24,20 @@ fn main() -> anyhow::Result<()> {
     // Only ring is compiled in; make it the process default before any TLS use.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let args = Args::parse();
-    // Logs (text, or JSON with AIRLOCK_LOG_FORMAT=json); traces when OTEL_EXPORTER_OTLP_*
-    // names a collector. Kept until exit: dropping it flushes queued spans.
+    let cfg = gateway::config::Config::load(&args.config)
+        .with_context(|| format!("loading {}", args.config.display()))?;
+    // Logs (text, or JSON with AIRLOCK_LOG_FORMAT=json); traces when
+    // `telemetry.otlp_endpoint` or OTEL_EXPORTER_OTLP_* names a collector. Kept until exit:
+    // dropping it flushes queued spans.
     let _telemetry = airlock_telemetry::init(&airlock_telemetry::Options {
         service: "airlock-gateway".into(),
-        otlp_endpoint: None,
+        otlp_endpoint: cfg.otlp_endpoint.clone(),
         default_filter: "info".into(),
     })?;
+    // The config was read before logging existed: its warnings are written now.
+    for w in &cfg.warnings {
+        tracing::warn!("config: {w}");
+    }
     let workers = std::env::var("GATEWAY_WORKER_THREADS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -39,12 +46,10 @@ fn main() -> anyhow::Result<()> {
         .worker_threads(workers)
         .enable_all()
         .build()?
-        .block_on(serve(args))
+        .block_on(serve(args, cfg))
 }
 
-async fn serve(args: Args) -> anyhow::Result<()> {
-    let cfg = gateway::config::Config::load(&args.config)
-        .with_context(|| format!("loading {}", args.config.display()))?;
+async fn serve(args: Args, cfg: gateway::config::Config) -> anyhow::Result<()> {
     let url = args
         .database_url
         .clone()

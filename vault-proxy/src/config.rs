@@ -69,6 +69,8 @@ pub struct Config {
     /// `audit_new_chain: true` (or `serve --new-audit-chain`): start a new
     /// chain although the log does not reach the head in its sidecar.
     pub audit_new_chain: bool,
+    /// `telemetry:` (standalone proxy): the OTLP endpoint of its traces.
+    pub telemetry: TelemetryConfig,
 }
 
 /// Where the interception CA lives.
@@ -291,6 +293,7 @@ struct RawConfig {
     audit_key_env: Option<String>,
     #[serde(default)]
     audit_new_chain: bool,
+    telemetry: Option<ops::RawTelemetry>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -554,6 +557,7 @@ impl RawConfig {
             listen_tls: self.listen_tls,
             audit_key_env: ops::audit_key_env(self.audit_key_env)?,
             audit_new_chain: self.audit_new_chain,
+            telemetry: ops::telemetry(self.telemetry)?,
             listen: self
                 .listen
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8899))),
@@ -907,7 +911,7 @@ impl serde::Serialize for HostPattern {
 }
 
 mod ops;
-pub use ops::{LimitsConfig, TlsConfig};
+pub use ops::{LimitsConfig, TelemetryConfig, TlsConfig};
 
 /// One credential's bindings as the admin API lists them (`GET /v1/credentials`) and the
 /// brain's console shows them: where its value may go, never the value nor where it is read

@@ -75,15 +75,16 @@ fn serve(config_path: PathBuf, new_audit_chain: bool) -> ExitCode {
         libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
     let result = (|| -> anyhow::Result<()> {
+        let mut config = Config::load(&config_path)?;
         // Logs (text, or JSON with AIRLOCK_LOG_FORMAT=json); traces when
-        // OTEL_EXPORTER_OTLP_* names a collector (egress decisions of grants issued under a
-        // trace). Dropped at the end: queued spans are flushed.
+        // `telemetry.otlp_endpoint` or OTEL_EXPORTER_OTLP_* names a collector (egress
+        // decisions of grants issued under a trace). Dropped at the end: queued spans are
+        // flushed.
         let _telemetry = airlock_telemetry::init(&airlock_telemetry::Options {
             service: "airlock-vault-proxy".into(),
-            otlp_endpoint: None,
+            otlp_endpoint: config.telemetry.otlp_endpoint.clone(),
             default_filter: "info".into(),
         })?;
-        let mut config = Config::load(&config_path)?;
         config.audit_new_chain |= new_audit_chain;
         let rt = tokio::runtime::Runtime::new()?;
         rt.block_on(async {

@@ -37,7 +37,17 @@ audit_log: vault-audit.jsonl\n";
 /// [`DEFAULT_EMBEDDED_YAML`] with paths relative to `base_dir`.
 pub fn load_embedded_config(path: Option<&Path>, base_dir: &Path) -> Result<ProxyConfig, String> {
     match path {
-        Some(path) => ProxyConfig::load(path).map_err(|e| format!("{}: {e}", path.display())),
+        Some(path) => {
+            let config = ProxyConfig::load(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            if config.telemetry.otlp_endpoint.is_some() {
+                // One process, one exporter: the brain's `telemetry:` decides.
+                tracing::warn!(
+                    file = %path.display(),
+                    "the embedded vault proxy's `telemetry:` is ignored; the brain's `telemetry:` applies"
+                );
+            }
+            Ok(config)
+        }
         None => {
             ProxyConfig::from_yaml_str(DEFAULT_EMBEDDED_YAML, base_dir).map_err(|e| e.to_string())
         }

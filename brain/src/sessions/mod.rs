@@ -641,17 +641,47 @@ async fn run_claimed(state: &AppState, id: &str, token: &CancellationToken) {
     }
 }
 
-/// One trace per session: the root of everything done for one run of it (model calls,
-/// tools, sandboxes, the vault's egress decisions). A run resumed elsewhere starts a new
-/// root; its events say which trace they belong to.
+/// One trace per session: a `session` span is the root of everything done for one run of
+/// it (model calls, tools, sandboxes, the vault's egress decisions). The first traced run's
+/// span is the trace's root and its `traceparent` is stored with the session; a later run
+/// (resumed after a restart, by another replica, or for a follow-up) is a `session` span
+/// under that root, in the same trace. A root whose brain was killed never ends, so it is
+/// never exported: the resumed run's span then points at a parent the collector lacks.
 async fn drive(state: &AppState, id: &str, token: &CancellationToken) {
+    let stored = if airlock_telemetry::tracing_enabled() {
+        match state.store.session_trace_parent(id).await {
+            Ok(tp) => tp,
+            Err(e) => {
+                // Tracing is best effort: the run goes on in a trace of its own.
+                tracing::warn!(session = %id, error = %e, "reading the session's trace failed");
+                None
+            }
+        }
+    } else {
+        None
+    };
     let span = tracing::info_span!(
         target: airlock_telemetry::TARGET,
         parent: None,
         "session",
         "session.id" = %id,
         "airlock.instance" = %state.sessions.instance,
+        "session.continued" = stored.is_some(),
     );
+    match stored {
+        Some(tp) => {
+            if !airlock_telemetry::set_remote_parent(&span, &tp) {
+                tracing::warn!(session = %id, "the session's stored trace context is unreadable");
+            }
+        }
+        None => {
+            if let Some(tp) = airlock_telemetry::traceparent(&span)
+                && let Err(e) = state.store.set_session_trace_parent(id, &tp).await
+            {
+                tracing::warn!(session = %id, error = %e, "storing the session's trace failed");
+            }
+        }
+    }
     drive_in_span(state, id, token).instrument(span).await
 }
 

@@ -76,6 +76,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0016_pools.sql"),
     ),
     (
+        17,
+        "session_trace",
+        include_str!("../../migrations/sqlite/0017_session_trace.sql"),
+    ),
+    (
         120,
         "replicas",
         include_str!("../../migrations/sqlite/0120_replicas.sql"),
@@ -141,6 +146,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         16,
         "pools",
         include_str!("../../migrations/postgres/0016_pools.sql"),
+    ),
+    (
+        17,
+        "session_trace",
+        include_str!("../../migrations/postgres/0017_session_trace.sql"),
     ),
     (
         120,

@@ -96,6 +96,12 @@ impl Drop for Telemetry {
     }
 }
 
+/// Checks a configured `telemetry.otlp_endpoint` (an `http://` or `https://` base URL) the
+/// way [`init`] reads it, so a config file is refused when loaded rather than at start-up.
+pub fn check_otlp_endpoint(url: &str) -> Result<(), TelemetryError> {
+    export::endpoint_from(Some(url), |_| None).map(|_| ())
+}
+
 /// The log format asked for by `AIRLOCK_LOG_FORMAT`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {

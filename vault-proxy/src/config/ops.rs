@@ -37,6 +37,35 @@ pub struct TlsConfig {
     pub client_ca: Option<PathBuf>,
 }
 
+/// `telemetry:` — where the standalone proxy sends its traces (DESIGN.md, "Telemetry").
+/// Embedded in a brain, the brain's own `telemetry:` applies (one process, one exporter).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TelemetryConfig {
+    /// `otlp_endpoint`: the OTLP/HTTP collector's base URL (`http://otel-collector:4318`);
+    /// spans go to `<url>/v1/traces`. Unset: the standard `OTEL_EXPORTER_OTLP_*` env vars
+    /// decide, and with none of them set tracing is off.
+    pub otlp_endpoint: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTelemetry {
+    otlp_endpoint: Option<String>,
+}
+
+pub(super) fn telemetry(raw: Option<RawTelemetry>) -> Result<TelemetryConfig, ConfigError> {
+    let otlp_endpoint = raw
+        .unwrap_or_default()
+        .otlp_endpoint
+        .map(|u| u.trim().to_owned())
+        .filter(|u| !u.is_empty());
+    if let Some(url) = &otlp_endpoint {
+        airlock_telemetry::check_otlp_endpoint(url)
+            .map_err(|e| invalid("telemetry.otlp_endpoint", e.to_string()))?;
+    }
+    Ok(TelemetryConfig { otlp_endpoint })
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawLimits {

@@ -390,3 +390,25 @@ fn duplicate_keys_are_refused() {
     assert!(parse(yaml).is_err());
     assert!(parse("listen: 127.0.0.1:1\nlisten: 127.0.0.1:2\n").is_err());
 }
+
+#[test]
+fn telemetry_otlp_endpoint() {
+    assert_eq!(parse("").unwrap().telemetry.otlp_endpoint, None);
+    let c = parse("telemetry: { otlp_endpoint: 'http://otel-collector:4318' }\n").unwrap();
+    assert_eq!(
+        c.telemetry.otlp_endpoint.as_deref(),
+        Some("http://otel-collector:4318")
+    );
+    assert_eq!(
+        parse("telemetry: { otlp_endpoint: '  ' }\n")
+            .unwrap()
+            .telemetry
+            .otlp_endpoint,
+        None
+    );
+    check_error(
+        "telemetry: { otlp_endpoint: 'collector:4318' }",
+        "telemetry.otlp_endpoint",
+    );
+    check_error("telemetry: { endpoint: 'http://c:4318' }", "endpoint");
+}
