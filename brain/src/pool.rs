@@ -34,7 +34,8 @@ use crate::credentials::{self, GrantRequest};
 use crate::lifecycle::{self, LifecycleError, ProvisionParams};
 use crate::metrics::Outcome;
 use crate::sandbox::{BackendKind, SandboxBackend, SandboxHandle, SandboxSpec};
-use crate::state::AppState;
+// The lifecycle layer sees only the state below sessions (an `AppState` derefs to it).
+use crate::state::base::BaseState as AppState;
 use crate::store::{NewSandbox, SandboxRow, SandboxStatus};
 
 /// Fills running at once across all pools: the engine serialises much of container creation,
