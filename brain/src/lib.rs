@@ -10,6 +10,8 @@ pub mod code_interpreter;
 pub mod config;
 pub mod credentials;
 pub mod error;
+#[cfg(test)]
+mod layering;
 pub mod lifecycle;
 pub mod mcp;
 pub mod metrics;
