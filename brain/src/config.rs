@@ -41,17 +41,17 @@ pub struct Config {
     /// The vault proxy every sandbox's egress goes through.
     pub vault: VaultConfig,
     /// Slack and GitHub webhook triggers (`/hooks/*`).
-    pub triggers: crate::triggers::TriggersConfig,
+    pub triggers: crate::triggers::config::TriggersConfig,
     /// `POST /mcp`, the MCP server for external harnesses.
-    pub mcp: crate::mcp::McpConfig,
+    pub mcp: crate::mcp::config::McpConfig,
     /// Models the agent loop calls through the in-process gateway.
-    pub models: crate::sessions::ModelsConfig,
+    pub models: crate::sessions::config::ModelsConfig,
     /// Agent-loop limits, concurrency and claims.
-    pub sessions: crate::sessions::SessionsConfig,
+    pub sessions: crate::sessions::config::SessionsConfig,
     /// Warm pools: sandboxes kept started, with no grant, for `sandbox_provision` to claim.
-    pub pools: Vec<crate::pool::PoolConfig>,
+    pub pools: Vec<crate::pool::config::PoolConfig>,
     /// Code interpreter interception on the gateway routes.
-    pub code_interpreter: crate::code_interpreter::CodeInterpreterConfig,
+    pub code_interpreter: crate::code_interpreter::config::CodeInterpreterConfig,
     /// Traces (OTLP/HTTP) and their endpoint.
     pub telemetry: TelemetryConfig,
     /// Directory of the file this was read from (not a key).
@@ -69,8 +69,8 @@ impl Default for Config {
             master_key_file: None,
             sandbox: SandboxConfig::default(),
             vault: VaultConfig::default(),
-            triggers: crate::triggers::TriggersConfig::default(),
-            mcp: crate::mcp::McpConfig::default(),
+            triggers: crate::triggers::config::TriggersConfig::default(),
+            mcp: crate::mcp::config::McpConfig::default(),
             models: Default::default(),
             sessions: Default::default(),
             pools: Vec::new(),
@@ -380,7 +380,7 @@ impl Config {
         self.mcp.validate().map_err(ConfigError::Invalid)?;
         self.models.validate().map_err(ConfigError::Invalid)?;
         if self.triggers.any()
-            && self.triggers.launcher == Some(crate::triggers::LauncherChoice::Sessions)
+            && self.triggers.launcher == Some(crate::triggers::config::LauncherChoice::Sessions)
             && !self.models.is_configured()
         {
             return Err(ConfigError::Invalid(
@@ -389,7 +389,7 @@ impl Config {
             ));
         }
         self.sessions.validate().map_err(ConfigError::Invalid)?;
-        crate::pool::validate(&self.pools).map_err(ConfigError::Invalid)?;
+        crate::pool::config::validate(&self.pools).map_err(ConfigError::Invalid)?;
         if self.sandbox.docker.caches.needs_tenant()
             && self
                 .pools

@@ -10,6 +10,8 @@ pub mod code_interpreter;
 pub mod config;
 pub mod credentials;
 pub mod error;
+#[cfg(test)]
+mod layering;
 pub mod lifecycle;
 pub mod mcp;
 pub mod metrics;
@@ -121,8 +123,8 @@ pub async fn run(
     }
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let reaper = tokio::spawn(lifecycle::reaper(state.clone(), stop_rx.clone()));
-    let replica = tokio::spawn(replicas::run(state.clone(), stop_rx.clone()));
+    let reaper = tokio::spawn(lifecycle::reaper(state.base.clone(), stop_rx.clone()));
+    let replica = tokio::spawn(replicas::run(state.base.clone(), stop_rx.clone()));
     if let Some(broker) = &state.broker {
         tokio::spawn(audit_heads::run(
             broker.clone(),
@@ -134,7 +136,7 @@ pub async fn run(
     let trigger_workers = start_triggers(&mut state, stop_rx.clone())?;
     let dispatcher = tokio::spawn(sessions::dispatcher(state.clone(), stop_rx.clone()));
     // Refills the warm pools; drains them once shutdown is requested.
-    let pools = tokio::spawn(pool::run(state.clone(), stop_rx.clone()));
+    let pools = tokio::spawn(pool::run(state.base.clone(), stop_rx.clone()));
     let stop_requested = Arc::new(std::sync::OnceLock::new());
     let requested = stop_requested.clone();
     tokio::spawn(async move {

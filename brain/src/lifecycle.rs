@@ -22,7 +22,8 @@ use crate::metrics::Outcome;
 use crate::sandbox::{
     BackendError, BackendKind, Resources, SandboxBackend, SandboxHandle, SandboxSpec,
 };
-use crate::state::AppState;
+// The lifecycle layer sees only the state below sessions (an `AppState` derefs to it).
+use crate::state::base::BaseState as AppState;
 use crate::store::{NewSandbox, SandboxRow, SandboxStatus, StoreError};
 
 /// A `destroying` row untouched this long is retried by the reaper.

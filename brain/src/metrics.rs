@@ -384,7 +384,7 @@ impl Metrics {
 /// with an error status as refused (bad signature, bad payload, busy, store down); the
 /// handlers count what they accept or deduplicate.
 pub async fn count_refused_webhooks(
-    axum::extract::State(state): axum::extract::State<crate::state::AppState>,
+    axum::extract::State(metrics): axum::extract::State<std::sync::Arc<Metrics>>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
@@ -398,7 +398,7 @@ pub async fn count_refused_webhooks(
         && (response.status().is_client_error() || response.status().is_server_error())
         && response.status() != axum::http::StatusCode::NOT_FOUND
     {
-        state.metrics.webhook(source, "refused");
+        metrics.webhook(source, "refused");
     }
     response
 }

@@ -24,18 +24,20 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chrono::Utc;
-use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
+
+pub mod config;
+
+pub use config::{MAX_POOL_SIZE, PoolConfig, validate};
 
 use crate::credentials::{self, GrantRequest};
 use crate::lifecycle::{self, LifecycleError, ProvisionParams};
 use crate::metrics::Outcome;
 use crate::sandbox::{BackendKind, SandboxBackend, SandboxHandle, SandboxSpec};
-use crate::state::AppState;
+// The lifecycle layer sees only the state below sessions (an `AppState` derefs to it).
+use crate::state::base::BaseState as AppState;
 use crate::store::{NewSandbox, SandboxRow, SandboxStatus};
 
-/// Largest `size` of one pool (each is a running container holding memory).
-pub const MAX_POOL_SIZE: usize = 256;
 /// Fills running at once across all pools: the engine serialises much of container creation,
 /// so more only queue there while making every fill slower.
 const MAX_CONCURRENT_FILLS: usize = 4;
@@ -47,55 +49,6 @@ const REFILL_TICK: Duration = Duration::from_secs(5);
 const CLAIM_ATTEMPTS: usize = 3;
 /// A pooled row's `expires_at`: far away, the reaper ignores pooled rows anyway.
 const POOLED_EXPIRY_DAYS: i64 = 3650;
-
-/// One entry of `pools:` in the brain config.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PoolConfig {
-    pub backend: BackendKind,
-    /// Image of the pooled sandboxes; unset: the backend's default image. A request claims
-    /// from this pool only when it names the same image (or both name none).
-    #[serde(default)]
-    pub image: Option<String>,
-    /// Sandboxes kept ready.
-    pub size: usize,
-}
-
-impl PoolConfig {
-    /// The value of `sandboxes.pool` for this pool's rows.
-    pub fn key(&self) -> String {
-        match &self.image {
-            Some(image) => format!("{}:{image}", self.backend),
-            None => self.backend.to_string(),
-        }
-    }
-}
-
-/// Config checks: backends with pools, sizes, no duplicate pool.
-pub fn validate(pools: &[PoolConfig]) -> Result<(), String> {
-    let mut seen = std::collections::HashSet::new();
-    for p in pools {
-        if !matches!(p.backend, BackendKind::Docker | BackendKind::Local) {
-            return Err(format!(
-                "pools: the {} backend has no warm pools (supported: docker, local)",
-                p.backend
-            ));
-        }
-        if p.size == 0 || p.size > MAX_POOL_SIZE {
-            return Err(format!(
-                "pools: size must be between 1 and {MAX_POOL_SIZE}, got {}",
-                p.size
-            ));
-        }
-        if p.image.as_deref().is_some_and(|i| i.trim().is_empty()) {
-            return Err("pools: image must not be empty".into());
-        }
-        if !seen.insert(p.key()) {
-            return Err(format!("pools: pool `{}` is listed twice", p.key()));
-        }
-    }
-    Ok(())
-}
 
 /// A pooled sandbox ready to be claimed.
 #[derive(Debug, Clone)]

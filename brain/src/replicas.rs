@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use crate::lifecycle;
-use crate::state::AppState;
+// The lifecycle layer sees only the state below sessions (an `AppState` derefs to it).
+use crate::state::base::BaseState as AppState;
 use crate::store::StoreError;
 
 /// The replica lease, in milliseconds: the sessions lease (a replica whose session leases

@@ -10,7 +10,8 @@
 
 use crate::lifecycle::{self, LifecycleError, ProvisionParams};
 use crate::sandbox::SandboxHandle;
-use crate::state::AppState;
+// The lifecycle layer sees only the state below sessions (an `AppState` derefs to it).
+use crate::state::base::BaseState as AppState;
 use crate::store::{SandboxRow, SandboxStatus, SnapshotRow};
 
 /// Stores `row`'s workspace as a new snapshot. Run it in its own task: a caller that goes

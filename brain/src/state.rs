@@ -1,49 +1,69 @@
 //! Shared state handed to every handler and background task.
+//!
+//! Two parts, by layer: [`base::BaseState`] (config, store, backends, broker, metrics, pools)
+//! is all the lifecycle layer sees; [`AppState`] adds what sessions, triggers and the API
+//! hold (master key, models, triggers, the sessions runtime) and derefs to its base.
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+pub mod base;
+
+use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
 
 use crate::config::{Config, MasterKey};
 use crate::credentials::CredentialBroker;
-use crate::metrics::Metrics;
 use crate::sandbox::Backends;
 use crate::store::Store;
+
+pub use base::BaseState;
 
 /// Cheap to clone: everything is behind `Arc`.
 #[derive(Clone)]
 pub struct AppState {
-    pub config: Arc<Config>,
-    pub store: Store,
-    pub backends: Arc<Backends>,
+    /// Config, store, backends, broker, metrics, provisioning set, pools (read through
+    /// `Deref`: `state.store`).
+    pub base: BaseState,
     pub master_key: Arc<MasterKey>,
-    /// Grants credentials to sandboxes; `None` until a vault proxy is configured.
-    pub broker: Option<Arc<dyn CredentialBroker>>,
-    pub metrics: Arc<Metrics>,
-    /// Sandboxes this process is provisioning right now. A delete that finds one of these
-    /// leaves the backend cleanup to the provisioning task, which owns the handle.
-    pub provisioning: Arc<Mutex<HashSet<String>>>,
     /// Slack/GitHub triggers, when configured (`/hooks/*` answer 404 otherwise).
     pub triggers: Option<Arc<crate::triggers::Triggers>>,
     /// The in-process gateway and default model; `None` when no model is configured.
     pub models: Option<Arc<crate::sessions::Models>>,
     /// Claims, running loops and event followers of this process.
     pub sessions: Arc<crate::sessions::Runtime>,
-    /// Warm pools (`pools:` in the config).
-    pub pools: Arc<crate::pool::Pools>,
+}
+
+impl Deref for AppState {
+    type Target = BaseState;
+
+    fn deref(&self) -> &BaseState {
+        &self.base
+    }
+}
+
+impl DerefMut for AppState {
+    fn deref_mut(&mut self) -> &mut BaseState {
+        &mut self.base
+    }
+}
+
+/// Handlers and middleware of the lower layers extract only what they use.
+impl axum::extract::FromRef<AppState> for BaseState {
+    fn from_ref(state: &AppState) -> Self {
+        state.base.clone()
+    }
+}
+
+/// `metrics::count_refused_webhooks` takes the metrics alone.
+impl axum::extract::FromRef<AppState> for Arc<crate::metrics::Metrics> {
+    fn from_ref(state: &AppState) -> Self {
+        state.base.metrics.clone()
+    }
 }
 
 impl AppState {
     pub fn new(config: Config, store: Store, backends: Backends, master_key: MasterKey) -> Self {
-        let pools = Arc::new(crate::pool::Pools::new(config.pools.clone()));
         Self {
-            pools,
-            config: Arc::new(config),
-            store,
-            backends: Arc::new(backends),
+            base: BaseState::new(config, store, backends),
             master_key: Arc::new(master_key),
-            broker: None,
-            metrics: Arc::new(Metrics::default()),
-            provisioning: Arc::new(Mutex::new(HashSet::new())),
             triggers: None,
             models: None,
             sessions: Arc::new(crate::sessions::Runtime::default()),
@@ -56,14 +76,7 @@ impl AppState {
     }
 
     pub fn with_broker(mut self, broker: Arc<dyn CredentialBroker>) -> Self {
-        self.broker = Some(broker);
+        self.base.broker = Some(broker);
         self
-    }
-
-    pub(crate) fn provisioning_set(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
-        // The set holds plain ids; a panic elsewhere cannot leave it inconsistent.
-        self.provisioning
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }

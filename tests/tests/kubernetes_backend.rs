@@ -1048,6 +1048,86 @@ async fn bench_provision_and_exec_overhead() {
     }
 }
 
+/// `cargo test --workspace --test kubernetes_backend -- --ignored --nocapture bench_warm_pool`
+/// agent-sandbox warm pool: a claim (`SandboxClaim` created → claim Ready → the agent's
+/// `/configure` done) against a cold `Sandbox` (created → Ready → agent healthy), p50 of each in
+/// one run, alternating, as a ratio. Against the fake API server (`ready_delay` 0): its
+/// controllers act at once and re-check every 50–100 ms, and each pod runs a real
+/// `sandbox-agent`. So the figure is our client-side work (requests, the watches until Ready,
+/// `/configure` on a claim) plus the fake's watch latency and, on the cold path, an agent
+/// process start; not a real cluster's scheduling or image pulls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark; run explicitly"]
+async fn bench_warm_pool_claim_vs_cold_sandbox() {
+    let n: usize = std::env::var("BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let fake = fake(|o| {
+        o.agent_sandbox = true;
+        o.ready_delay = Duration::ZERO;
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let cold = KubernetesBackend::connect(config(&fake, dir.path(), fake.token()))
+        .await
+        .unwrap();
+    assert_eq!(cold.flavor(), Flavor::Sandbox);
+    let mut cfg = config(&fake, dir.path(), fake.token());
+    cfg.warm_pool = WarmPoolConfig {
+        name: "bench".into(),
+        replicas: 2,
+    };
+    let warm = KubernetesBackend::connect(cfg).await.unwrap();
+    assert_eq!(warm.flavor(), Flavor::Claim);
+    // Ready sandboxes still in the pool (a claimed one is owned by its claim).
+    let pooled_ready = |fake: &FakeKube| {
+        fake.object_names("sandboxes")
+            .iter()
+            .filter_map(|n| fake.object("sandboxes", n))
+            .filter(|sb| {
+                sb["metadata"]["ownerReferences"][0]["kind"] == "SandboxWarmPool"
+                    && sandbox_ready_reason(sb).as_deref() == Some("DependenciesReady")
+            })
+            .count()
+    };
+    let (mut claims, mut colds) = (Vec::new(), Vec::new());
+    for i in 0..n {
+        assert!(
+            eventually(Duration::from_secs(30), || pooled_ready(&fake) == 2).await,
+            "pool never refilled"
+        );
+        let s = spec(&unique_id(&format!("cold{i}")));
+        let t = Instant::now();
+        let h = cold.provision(&s).await.unwrap();
+        colds.push(t.elapsed());
+        assert_eq!(h.extra["flavor"], "sandbox");
+        cold.destroy(&h).await.unwrap();
+
+        let s = spec(&unique_id(&format!("claim{i}")));
+        let t = Instant::now();
+        let h = warm.provision(&s).await.unwrap();
+        claims.push(t.elapsed());
+        assert_eq!(h.extra["flavor"], "claim");
+        assert!(h.extra["pod"].starts_with("bench-"), "{:?}", h.extra);
+        warm.destroy(&h).await.unwrap();
+    }
+    let p50 = |v: &mut Vec<Duration>| {
+        v.sort();
+        percentile(v, 0.5)
+    };
+    let (claim_p50, cold_p50) = (p50(&mut claims), p50(&mut colds));
+    println!(
+        "{}",
+        summary("warm-pool claim (SandboxClaim -> ready)", claims)
+    );
+    println!("{}", summary("cold Sandbox (Sandbox -> ready)", colds));
+    println!(
+        "claim p50 / cold p50 = {:.3}",
+        claim_p50.as_secs_f64() / cold_p50.as_secs_f64()
+    );
+}
+
 /// `brain doctor --backend kubernetes` (the library entry point the binary calls) against the
 /// fake API server: every step passes, each with its latency.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

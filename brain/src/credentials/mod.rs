@@ -74,10 +74,8 @@ pub fn certificate_blocks(pem: &str) -> String {
     out
 }
 
-/// Keys in [`SandboxHandle::extra`] that keep a sandbox's grant across a brain restart (the
-/// handle is never shown by the API: it already holds the agent token).
-pub const HANDLE_TOKEN_KEY: &str = "vault.token";
-pub const HANDLE_STUBS_KEY: &str = "vault.stubs";
+// The handle's grant keys and their reader live with the handle, in the sandbox layer.
+pub use crate::sandbox::{HANDLE_STUBS_KEY, HANDLE_TOKEN_KEY, recorded_grant};
 
 /// What a sandbox receives: env vars (`HTTPS_PROXY`, stubs, CA paths) and files (the proxy
 /// CA), merged into its [`crate::sandbox::SandboxSpec`]; plus the grant itself, persisted in
@@ -117,17 +115,6 @@ impl CredentialGrant {
             );
         }
     }
-}
-
-/// A grant as recorded in a handle: `(token, stubs)`.
-pub fn recorded_grant(handle: &SandboxHandle) -> Option<(String, BTreeMap<String, String>)> {
-    let token = handle.extra.get(HANDLE_TOKEN_KEY)?.clone();
-    let stubs = handle
-        .extra
-        .get(HANDLE_STUBS_KEY)
-        .and_then(|s| serde_json::from_str(s).ok())
-        .unwrap_or_default();
-    Some((token, stubs))
 }
 
 /// One grant request.

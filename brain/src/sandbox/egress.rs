@@ -1,6 +1,6 @@
 //! Host side of a docker sandbox's only way out.
 //!
-//! A docker sandbox's network has no host address and no route (see `docker.rs`), so its
+//! A docker sandbox's network has no host address and no route (see `docker/`), so its
 //! egress leaves through a unix socket in its bind-mounted runtime directory: inside, the agent
 //! copies `127.0.0.1:3128` to `/run/airlock/egress.sock`; here, the brain listens on that socket
 //! (`<runtime dir>/<id>/egress.sock` on the host) and copies each connection to the vault

@@ -8,7 +8,6 @@ pub mod agent_client;
 pub mod config;
 pub mod daytona;
 pub mod docker;
-pub mod docker_caches;
 pub mod e2b;
 pub mod egress;
 #[cfg(test)]
@@ -137,10 +136,26 @@ pub struct StoredSnapshot {
     pub size_bytes: u64,
 }
 
+/// Keys in [`SandboxHandle::extra`] that keep a sandbox's grant across a brain restart (the
+/// handle is never shown by the API: it already holds the agent token).
+pub const HANDLE_TOKEN_KEY: &str = "vault.token";
+pub const HANDLE_STUBS_KEY: &str = "vault.stubs";
+
+/// A grant as recorded in a handle: `(token, stubs)`.
+pub fn recorded_grant(handle: &SandboxHandle) -> Option<(String, BTreeMap<String, String>)> {
+    let token = handle.extra.get(HANDLE_TOKEN_KEY)?.clone();
+    let stubs = handle
+        .extra
+        .get(HANDLE_STUBS_KEY)
+        .and_then(|s| serde_json::from_str(s).ok())
+        .unwrap_or_default();
+    Some((token, stubs))
+}
+
 /// Refuses workspace bytes that hold any part of the sandbox's grant (its proxy token, its
 /// stubs): a snapshot never captures one. Scans the whole archive once (Aho-Corasick).
 pub fn ensure_no_grant(handle: &SandboxHandle, data: &[u8]) -> Result<(), BackendError> {
-    let Some((token, stubs)) = crate::credentials::recorded_grant(handle) else {
+    let Some((token, stubs)) = recorded_grant(handle) else {
         return Ok(());
     };
     let mut needles: Vec<(String, &str)> = vec![("the proxy token".into(), token.as_str())];

@@ -38,7 +38,7 @@ use bollard::query_parameters::{
 use futures_util::StreamExt;
 use serde::Deserialize;
 
-use super::BackendError;
+use crate::sandbox::BackendError;
 
 /// Label on cache volumes (value: the tool).
 pub const CACHE_LABEL: &str = "airlock.cache";

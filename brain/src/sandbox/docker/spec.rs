@@ -1,0 +1,467 @@
+//! The container spec: validation, image check, staged files, the create call, and waiting
+//! for the agent to answer.
+
+use super::*;
+
+impl DockerBackend {
+    pub(super) async fn provision_steps(
+        &self,
+        spec: &SandboxSpec,
+        created: &mut Created,
+    ) -> Result<SandboxHandle, BackendError> {
+        validate(spec)?;
+        let image = spec
+            .image
+            .clone()
+            .unwrap_or_else(|| self.config.image.clone());
+        self.check_image(&image).await?;
+
+        let labels = HashMap::from([
+            (SANDBOX_LABEL.to_string(), spec.id.clone()),
+            (OWNER_LABEL.to_string(), spec.owner.clone()),
+        ]);
+
+        let t0 = Instant::now();
+        let step = |name: &str| {
+            tracing::debug!(sandbox = %spec.id, step = name, elapsed_ms = t0.elapsed().as_millis() as u64, "docker provision step");
+        };
+
+        // 1. The network: internal (no gateway to the outside), no masquerading.
+        let network_name = self.network_name(&spec.id);
+        let network = self.create_network(&network_name, &labels).await?;
+        created.network = Some(network.id.clone());
+        step("network created");
+
+        if let Some(proxy) = &self.config.proxy {
+            self.docker
+                .connect_network(
+                    &network.id,
+                    NetworkConnectRequest {
+                        container: proxy.container.clone(),
+                        endpoint_config: Some(bollard::models::EndpointSettings {
+                            aliases: proxy.alias.clone().map(|a| vec![a]),
+                            ..Default::default()
+                        }),
+                    },
+                )
+                .await
+                .map_err(|e| engine("connect the vault proxy to the sandbox network", e))?;
+        }
+
+        // 2. Files, staged for read-only bind mounts.
+        let mut mounts = if spec.files.is_empty() {
+            Vec::new()
+        } else {
+            let dir = self.files_dir(&spec.id);
+            created.files_dir = Some(dir.clone());
+            stage_files(&dir, &spec.files).await?
+        };
+
+        // 3. The runtime directory with the sockets; the egress listener exists before the
+        //    container starts, so the sandbox's first request already finds it.
+        let runtime_dir = self.runtime_dir(&spec.id);
+        created.runtime_dir = Some(runtime_dir.clone());
+        prepare_sandbox_dir(&runtime_dir)?;
+        self.ensure_egress(&spec.id, &runtime_dir)?;
+        mounts.push(Mount {
+            target: Some(SANDBOX_RUNTIME_DIR.into()),
+            source: Some(runtime_dir.display().to_string()),
+            typ: Some(MountType::BIND),
+            read_only: Some(false),
+            ..Default::default()
+        });
+        // Appended to the image's entrypoint (`sandbox-agent … --listen 0.0.0.0:7700`); the
+        // agent lets a later `--listen` override the earlier one.
+        let mut cmd = vec![
+            "--listen".to_string(),
+            format!("unix:{SANDBOX_RUNTIME_DIR}/{}", self.agent_socket),
+        ];
+        if self.egress.is_some() {
+            cmd.extend([
+                "--egress-forward".to_string(),
+                format!("{SANDBOX_PROXY_ADDR}=unix:{SANDBOX_RUNTIME_DIR}/{EGRESS_SOCKET}"),
+                "--egress-max-connections".to_string(),
+                self.config.egress_max_connections.max(1).to_string(),
+            ]);
+        }
+
+        // 4. The container.
+        let mut env: Vec<String> = spec
+            .env
+            .iter()
+            .filter(|(k, _)| k.as_str() != airlock_wire::AGENT_TOKEN_ENV)
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        env.push(format!(
+            "{}={}",
+            airlock_wire::AGENT_TOKEN_ENV,
+            spec.agent_token
+        ));
+
+        let memory = mib_to_bytes(spec.resources.memory_mb)?;
+        self.add_caches(spec, &image, &mut mounts, &mut env).await?;
+        let mut labels = labels;
+        if let Some(name) = &spec.workspace {
+            // A persistent workspace: the named volume instead of the tmpfs. A new volume
+            // starts as a copy of the image's `/workspace` (empty, owned by uid 1000).
+            let volume = self.ensure_workspace(name, &labels).await?;
+            labels.insert(WORKSPACE_LABEL.to_string(), name.clone());
+            mounts.push(Mount {
+                target: Some("/workspace".into()),
+                source: Some(volume),
+                typ: Some(MountType::VOLUME),
+                read_only: Some(false),
+                ..Default::default()
+            });
+        }
+        let mut tmpfs = HashMap::from([(
+            "/tmp".to_string(),
+            format!(
+                "rw,exec,nosuid,nodev,size={}m,mode=1777",
+                self.config.tmp_size_mb
+            ),
+        )]);
+        if spec.workspace.is_none() {
+            tmpfs.insert(
+                "/workspace".to_string(),
+                format!(
+                    "rw,exec,nosuid,nodev,size={}m,uid=1000,gid=1000,mode=0755",
+                    self.config.workspace_size_mb
+                ),
+            );
+        }
+        if let Some(home) = self
+            .config
+            .home_dir
+            .as_ref()
+            .filter(|h| h.as_str() != "/workspace")
+        {
+            tmpfs.insert(
+                home.clone(),
+                format!(
+                    "rw,exec,nosuid,nodev,size={}m,uid=1000,gid=1000,mode=0700",
+                    self.config.tmp_size_mb
+                ),
+            );
+        }
+        let host_config = HostConfig {
+            network_mode: Some(network_name.clone()),
+            memory: Some(memory),
+            memory_swap: Some(memory),
+            nano_cpus: Some((spec.resources.cpus * 1e9).round() as i64),
+            pids_limit: Some(i64::try_from(spec.resources.pids).unwrap_or(i64::MAX)),
+            readonly_rootfs: Some(true),
+            tmpfs: Some(tmpfs),
+            mounts: Some(mounts),
+            cap_drop: Some(vec!["ALL".into()]),
+            security_opt: Some(vec!["no-new-privileges:true".into()]),
+            init: self.init.then_some(true),
+            runtime: self.config.runtime.clone(),
+            // Sandboxes are the preferred victims if the host itself runs out of memory.
+            oom_score_adj: Some(500),
+            restart_policy: Some(RestartPolicy {
+                name: Some(RestartPolicyNameEnum::NO),
+                maximum_retry_count: None,
+            }),
+            log_config: Some(HostConfigLogConfig {
+                typ: Some("json-file".into()),
+                config: Some(HashMap::from([
+                    (
+                        "max-size".to_string(),
+                        format!("{}m", self.config.log_max_size_mb.max(1)),
+                    ),
+                    ("max-file".to_string(), "1".to_string()),
+                ])),
+            }),
+            ..Default::default()
+        };
+        let container_name = self.container_name(&spec.id);
+        let body = ContainerCreateBody {
+            image: Some(image.clone()),
+            hostname: Some(hostname(&spec.id)),
+            user: Some(SANDBOX_USER.into()),
+            working_dir: Some("/workspace".into()),
+            cmd: Some(cmd),
+            env: Some(env),
+            labels: Some(labels),
+            host_config: Some(host_config),
+            stop_timeout: Some(2),
+            ..Default::default()
+        };
+        let options = CreateContainerOptionsBuilder::default()
+            .name(&container_name)
+            .build();
+        let container = self
+            .docker
+            .create_container(Some(options), body)
+            .await
+            .map_err(|e| {
+                if status(&e) == Some(404) {
+                    image_missing(&image)
+                } else {
+                    engine("create container", e)
+                }
+            })?;
+        created.container = Some(container.id.clone());
+        step("container created");
+
+        // 5. Start, wait for the agent on its socket.
+        self.docker
+            .start_container(&container.id, None)
+            .await
+            .map_err(|e| engine("start container", e))?;
+        step("container started");
+        let inspect = self
+            .docker
+            .inspect_container(&container.id, None)
+            .await
+            .map_err(|e| engine("inspect container", e))?;
+        let endpoint = inspect
+            .network_settings
+            .and_then(|n| n.networks)
+            .and_then(|mut n| n.remove(&network_name))
+            .ok_or_else(|| {
+                BackendError::Unavailable(format!("container is not attached to {network_name}"))
+            })?;
+        let agent_url = format!("{UNIX_PREFIX}{}", runtime_dir.join(AGENT_SOCKET).display());
+        self.wait_ready(&container.id, &agent_url, &spec.agent_token)
+            .await?;
+
+        let mut extra = BTreeMap::from([
+            (EXTRA_CONTAINER_ID.to_string(), container.id.clone()),
+            (EXTRA_CONTAINER_NAME.to_string(), container_name),
+            (EXTRA_NETWORK_ID.to_string(), network.id),
+            (EXTRA_NETWORK_NAME.to_string(), network_name),
+        ]);
+        if let Some(ip) = endpoint.ip_address.filter(|ip| !ip.is_empty()) {
+            extra.insert(EXTRA_SANDBOX_IP.to_string(), ip);
+        }
+        if let Some(dir) = &created.files_dir {
+            extra.insert(EXTRA_FILES_DIR.to_string(), dir.display().to_string());
+            let staged: BTreeMap<&str, String> = spec
+                .files
+                .iter()
+                .enumerate()
+                .map(|(n, (target, _))| (target.as_str(), staged_name(dir, n)))
+                .collect();
+            extra.insert(
+                EXTRA_STAGED_FILES.to_string(),
+                serde_json::to_string(&staged).unwrap_or_default(),
+            );
+        }
+        extra.insert(
+            EXTRA_RUNTIME_DIR.to_string(),
+            runtime_dir.display().to_string(),
+        );
+        Ok(SandboxHandle {
+            id: spec.id.clone(),
+            backend: BackendKind::Docker,
+            backend_ref: container.id,
+            agent_url: Some(agent_url),
+            agent_token: spec.agent_token.clone(),
+            extra,
+        })
+    }
+
+    pub(super) async fn check_image(&self, image: &str) -> Result<(), BackendError> {
+        match self.docker.inspect_image(image).await {
+            Ok(_) => Ok(()),
+            Err(e) if status(&e) == Some(404) => Err(image_missing(image)),
+            Err(e) => Err(engine("inspect image", e)),
+        }
+    }
+
+    /// Polls `/health` until it answers or the startup timeout passes; fails early (with the
+    /// container's log) if the container exits.
+    pub(super) async fn wait_ready(
+        &self,
+        container: &str,
+        url: &str,
+        token: &str,
+    ) -> Result<(), BackendError> {
+        let agent = AgentClient::new(url, token);
+        let deadline = Instant::now() + Duration::from_secs(self.config.startup_timeout_seconds);
+        let mut delay = Duration::from_millis(10);
+        let mut attempt = 0u32;
+        loop {
+            let last_error = match agent.health().await {
+                Ok(_) => return Ok(()),
+                Err(e) => e.to_string(),
+            };
+            attempt += 1;
+            if attempt.is_multiple_of(5) {
+                let running = self
+                    .docker
+                    .inspect_container(container, None)
+                    .await
+                    .ok()
+                    .and_then(|i| i.state)
+                    .and_then(|s| s.running)
+                    .unwrap_or(false);
+                if !running {
+                    let logs = self.logs_tail(container).await;
+                    return Err(BackendError::NotReady(format!(
+                        "container exited before the agent answered /health; log:\n{logs}"
+                    )));
+                }
+            }
+            if Instant::now() >= deadline {
+                let logs = self.logs_tail(container).await;
+                return Err(BackendError::NotReady(format!(
+                    "agent at {url} did not answer /health within {}s ({last_error}); log:\n{logs}",
+                    self.config.startup_timeout_seconds
+                )));
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(200));
+        }
+    }
+
+    /// The last lines of a container's log, for error messages (never fails).
+    pub(super) async fn logs_tail(&self, container: &str) -> String {
+        let options = LogsOptionsBuilder::default()
+            .stdout(true)
+            .stderr(true)
+            .tail("50")
+            .build();
+        let mut stream = self.docker.logs(container, Some(options));
+        let mut out = String::new();
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(chunk) => out.push_str(&String::from_utf8_lossy(&chunk.into_bytes())),
+                Err(e) => {
+                    out.push_str(&format!("<log unavailable: {e}>"));
+                    break;
+                }
+            }
+            if out.len() > 8192 {
+                break;
+            }
+        }
+        if out.is_empty() {
+            "<empty>".into()
+        } else {
+            out
+        }
+    }
+}
+
+pub(super) fn validate(spec: &SandboxSpec) -> Result<(), BackendError> {
+    let id_ok = !spec.id.is_empty()
+        && spec.id.len() <= 100
+        && spec
+            .id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        && spec.id.starts_with(|c: char| c.is_ascii_alphanumeric());
+    if !id_ok {
+        return Err(BackendError::Invalid(format!(
+            "sandbox id `{}` cannot name a docker container (letters, digits, `-_.`)",
+            spec.id
+        )));
+    }
+    let r = &spec.resources;
+    if !(r.cpus.is_finite() && r.cpus > 0.0 && r.cpus <= 1024.0) {
+        return Err(BackendError::Invalid(format!(
+            "cpus must be in (0, 1024], got {}",
+            r.cpus
+        )));
+    }
+    // Docker refuses memory limits below 6 MiB.
+    if r.memory_mb < 6 {
+        return Err(BackendError::Invalid(format!(
+            "memory_mb must be at least 6, got {}",
+            r.memory_mb
+        )));
+    }
+    if r.pids == 0 {
+        return Err(BackendError::Invalid("pids must be at least 1".into()));
+    }
+    for (path, _) in &spec.files {
+        if !path.starts_with('/') || path.split('/').any(|p| p == "..") || path.ends_with('/') {
+            return Err(BackendError::Invalid(format!(
+                "file path `{path}` must be absolute, without `..`, naming a file"
+            )));
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn mib_to_bytes(mb: u64) -> Result<i64, BackendError> {
+    mb.checked_mul(1024 * 1024)
+        .and_then(|b| i64::try_from(b).ok())
+        .ok_or_else(|| BackendError::Invalid(format!("memory_mb {mb} is too large")))
+}
+
+/// Container hostnames are limited to 63 characters.
+pub(super) fn hostname(id: &str) -> String {
+    id.chars().take(63).collect()
+}
+
+/// Writes each file as `<dir>/f<N>` (mode 0444, readable by the sandbox user) and returns the
+/// read-only bind mounts that place them at their target paths.
+pub(super) async fn stage_files(
+    dir: &Path,
+    files: &[(String, bytes::Bytes)],
+) -> Result<Vec<Mount>, BackendError> {
+    use std::os::unix::fs::PermissionsExt;
+    let io = |what: &str, e: std::io::Error| {
+        BackendError::Unavailable(format!(
+            "stage sandbox files in {}: {what}: {e}",
+            dir.display()
+        ))
+    };
+    tokio::fs::create_dir_all(dir)
+        .await
+        .map_err(|e| io("create dir", e))?;
+    tokio::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+        .await
+        .map_err(|e| io("chmod dir", e))?;
+    let mut mounts = Vec::with_capacity(files.len());
+    for (n, (target, data)) in files.iter().enumerate() {
+        let source = PathBuf::from(staged_name(dir, n));
+        tokio::fs::write(&source, data)
+            .await
+            .map_err(|e| io("write", e))?;
+        tokio::fs::set_permissions(&source, std::fs::Permissions::from_mode(0o444))
+            .await
+            .map_err(|e| io("chmod", e))?;
+        mounts.push(Mount {
+            target: Some(target.clone()),
+            source: Some(source.display().to_string()),
+            typ: Some(MountType::BIND),
+            read_only: Some(true),
+            ..Default::default()
+        });
+    }
+    Ok(mounts)
+}
+
+/// Host path of the `n`th staged file.
+pub(super) fn staged_name(dir: &Path, n: usize) -> String {
+    dir.join(format!("f{n}")).display().to_string()
+}
+
+/// Replaces a staged file's content in place (same inode: the container's bind mount sees it).
+pub(super) async fn rewrite_staged(source: &str, data: &[u8]) -> Result<(), BackendError> {
+    use std::os::unix::fs::PermissionsExt;
+    use tokio::io::AsyncWriteExt;
+    let io = |what: &str, e: std::io::Error| {
+        BackendError::Unavailable(format!("fill staged file {source}: {what}: {e}"))
+    };
+    tokio::fs::set_permissions(source, std::fs::Permissions::from_mode(0o644))
+        .await
+        .map_err(|e| io("chmod", e))?;
+    let mut f = tokio::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(source)
+        .await
+        .map_err(|e| io("open", e))?;
+    f.write_all(data).await.map_err(|e| io("write", e))?;
+    f.flush().await.map_err(|e| io("flush", e))?;
+    drop(f);
+    tokio::fs::set_permissions(source, std::fs::Permissions::from_mode(0o444))
+        .await
+        .map_err(|e| io("chmod", e))
+}
