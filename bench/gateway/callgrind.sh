@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Instructions per request on the gateway's hot path, load-independent:
-# the release gateway runs under `valgrind --tool=callgrind` (collection off during
-# start-up, key creation and a warm-up), then REQUESTS sequential requests on one
+# the release gateway runs under `valgrind --tool=callgrind` (counters zeroed after
+# start-up, key creation and a warm-up; dumped right after the measured requests), then REQUESTS sequential requests on one
 # keep-alive connection (gateway/examples/latency_probe.rs) with a virtual key that
 # has a budget, rpm/tpm limits and a model list (auth, rate limiting and spend
 # recording in SQLite on every request). Prints total instructions (Ir) / REQUESTS
@@ -28,7 +28,7 @@ sed "s/@MOCK@/$MOCK_ADDR/g" "$HERE/config.yaml.in" > "$WORK/config.yaml"
 for route in chat messages; do
   if [[ $route == chat ]]; then path=/v1/chat/completions; body="$HERE/openai_body.json"; else path=/v1/messages; body="$HERE/anthropic_body.json"; fi
   rm -f "$WORK/gw.db"*
-  RUST_LOG=warn GATEWAY_WORKER_THREADS=2 valgrind --tool=callgrind --collect-atstart=no \
+  RUST_LOG=warn GATEWAY_WORKER_THREADS=2 valgrind --tool=callgrind \
     --callgrind-out-file="$OUT/callgrind.$route.out" "$BIN" --config "$WORK/config.yaml" \
     --listen "$GW_ADDR" --database-url "sqlite://$WORK/gw.db" > "$WORK/gw.log" 2>&1 & GW_PID=$!
   for _ in $(seq 600); do grep -q "listening on" "$WORK/gw.log" && break; sleep 0.1; done
@@ -36,13 +36,13 @@ for route in chat messages; do
     -d '{"max_budget": 1000000, "rpm_limit": 100000000, "tpm_limit": 100000000000, "models": ["bench-gpt", "bench-claude"]}' \
     | python3 -c 'import json,sys;print(json.load(sys.stdin)["key"])')"
   "$PROBE" "http://$GW_ADDR$path" "$body" "$VKEY" 200 > /dev/null   # warm-up (pools, caches)
-  callgrind_control -i on "$GW_PID" > /dev/null
+  callgrind_control -z "$GW_PID" > /dev/null   # zero the counters: start-up, key and warm-up excluded
   r="$("$PROBE" "http://$GW_ADDR$path" "$body" "$VKEY" "$REQUESTS")"
   grep -q "non2xx=0" <<<"$r" || { echo "gateway errors: $r" >&2; exit 1; }
   sleep 0.6   # let the spend writer's batch (250 ms) land inside the measurement
-  callgrind_control -i off "$GW_PID" > /dev/null
+  callgrind_control -d "$GW_PID" > /dev/null   # dump: callgrind.$route.out.1
   kill -INT "$GW_PID"; wait "$GW_PID" 2>/dev/null || true
-  total=$(callgrind_annotate "$OUT/callgrind.$route.out" 2>/dev/null | awk '/PROGRAM TOTALS/{gsub(",","",$1); print $1; exit}')
+  total=$(awk "/^(summary|totals):/{print \$2; exit}" "$OUT/callgrind.$route.out.1")
   n=$(( REQUESTS + REQUESTS / 10 ))
   echo "$route: $total instructions for $n requests = $(( total / n )) per request"
 done
