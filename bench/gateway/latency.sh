@@ -11,7 +11,7 @@ ROOT="$(cd "$HERE/../.." && pwd)"
 REQUESTS="${REQUESTS:-5000}"
 ROUNDS="${ROUNDS:-5}"
 if [[ -z "${SKIP_BUILD:-}" ]]; then
-  (cd "$ROOT" && cargo build --release -p gateway --bin gateway --example mock_upstream --example latency_probe)
+  (cd "$ROOT" && cargo build --release --workspace --bins --examples)
 fi
 TARGET_DIR="$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys;print(json.load(sys.stdin)["target_directory"])')"
 BIN="$TARGET_DIR/release/gateway"; MOCK="$TARGET_DIR/release/examples/mock_upstream"; PROBE="$TARGET_DIR/release/examples/latency_probe"

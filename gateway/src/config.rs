@@ -155,6 +155,16 @@ pub struct Config {
     /// refuses the content (LiteLLM's `ContentPolicyViolationError`); without an
     /// entry, the ordinary fallbacks are.
     pub content_policy_fallbacks: HashMap<String, Vec<String>>,
+    /// `router_settings.max_fallbacks` (else `litellm_settings.max_fallbacks`, else
+    /// the `ROUTER_MAX_FALLBACKS` env var, else 5, as LiteLLM's `Router.__init__`):
+    /// how deep a fallback walk may go. A fallback group that fails walks its own
+    /// fallbacks only while the attempts made so far on its path are below this;
+    /// 0 turns fallbacks off (`run_async_fallback`'s "max fallback depth reached").
+    pub max_fallbacks: u32,
+    /// `general_settings.apply_user_budget_to_team_keys` (LiteLLM ≥ 1.97, default
+    /// off): a key that belongs to a team is also held to its owner's personal
+    /// `max_budget`, which otherwise applies only to keys outside a team.
+    pub apply_user_budget_to_team_keys: bool,
     /// `litellm_settings.drop_params`: the default for every deployment.
     pub drop_params: bool,
     /// `litellm_settings.include_cost_in_streaming_usage`: a stream's usage event
@@ -179,6 +189,9 @@ pub struct Config {
     pub warnings: Vec<String>,
 }
 
+/// LiteLLM's `ROUTER_MAX_FALLBACKS` default (litellm/constants.py).
+pub const DEFAULT_MAX_FALLBACKS: u32 = 5;
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -189,6 +202,8 @@ impl Default for Config {
             default_fallbacks: Vec::new(),
             context_window_fallbacks: HashMap::new(),
             content_policy_fallbacks: HashMap::new(),
+            max_fallbacks: DEFAULT_MAX_FALLBACKS,
+            apply_user_budget_to_team_keys: false,
             drop_params: false,
             include_cost_in_streaming_usage: true,
             request_timeout: Duration::from_secs(600),
@@ -462,6 +477,7 @@ const LITELLM_KEYS: &[&str] = &[
     "drop_params",
     "default_fallbacks",
     "include_cost_in_streaming_usage",
+    "max_fallbacks",
 ];
 const ROUTER_KEYS: &[&str] = &[
     "routing_strategy",
@@ -473,8 +489,13 @@ const ROUTER_KEYS: &[&str] = &[
     "cooldown_time",
     "retry_after",
     "max_retry_after",
+    "max_fallbacks",
 ];
-const GENERAL_KEYS: &[&str] = &["master_key", "database_url"];
+const GENERAL_KEYS: &[&str] = &[
+    "master_key",
+    "database_url",
+    "apply_user_budget_to_team_keys",
+];
 
 impl Config {
     /// Read and parse a config file (and its `include`s); `scripted/` and
@@ -550,6 +571,8 @@ impl Config {
         cx.unknown("(root)", root, TOP_KEYS);
         let mut cfg = Config::default();
 
+        let mut litellm_max_fallbacks = None;
+        let mut router_max_fallbacks = None;
         // litellm_settings
         if let Some(ls) = map("litellm_settings", root.get("litellm_settings"))? {
             cx.unknown("litellm_settings", ls, LITELLM_KEYS);
@@ -590,6 +613,9 @@ impl Config {
                 "litellm_settings.default_fallbacks",
                 ls.get("default_fallbacks"),
             )?;
+            // `litellm.max_fallbacks`, which the router takes when its own is unset.
+            litellm_max_fallbacks =
+                cx.uint("litellm_settings.max_fallbacks", ls.get("max_fallbacks"))?;
         }
         // router_settings
         if let Some(rs) = map("router_settings", root.get("router_settings"))? {
@@ -639,6 +665,28 @@ impl Config {
                 rs.get("content_policy_fallbacks"),
                 &mut cfg.content_policy_fallbacks,
             )?;
+            router_max_fallbacks =
+                cx.uint("router_settings.max_fallbacks", rs.get("max_fallbacks"))?;
+        }
+        // Router(max_fallbacks) > litellm.max_fallbacks > ROUTER_MAX_FALLBACKS env > 5.
+        // LiteLLM's `get_env_int`: an unparsable value means the default.
+        let env_max_fallbacks = match cx.var("ROUTER_MAX_FALLBACKS") {
+            Some(v) => match v.trim().parse::<u64>() {
+                Ok(n) => Some(n),
+                Err(_) => {
+                    cx.warn(format!(
+                        "ROUTER_MAX_FALLBACKS={v:?} is not a non-negative integer; using {DEFAULT_MAX_FALLBACKS}"
+                    ));
+                    None
+                }
+            },
+            None => None,
+        };
+        if let Some(n) = router_max_fallbacks
+            .or(litellm_max_fallbacks)
+            .or(env_max_fallbacks)
+        {
+            cfg.max_fallbacks = u32::try_from(n).unwrap_or(u32::MAX);
         }
         // general_settings (LITELLM_MASTER_KEY / DATABASE_URL as LiteLLM's fallbacks)
         if let Some(gs) = map("general_settings", root.get("general_settings"))? {
@@ -658,6 +706,12 @@ impl Config {
                 .map(Secret);
             cfg.database_url =
                 cx.string("general_settings.database_url", gs.get("database_url"))?;
+            if let Some(b) = boolean(
+                "general_settings.apply_user_budget_to_team_keys",
+                gs.get("apply_user_budget_to_team_keys"),
+            )? {
+                cfg.apply_user_budget_to_team_keys = b;
+            }
         }
         if let Some(ci) = map("code_interpreter", root.get("code_interpreter"))? {
             cx.unknown("code_interpreter", ci, CODE_INTERPRETER_KEYS);
@@ -1387,5 +1441,50 @@ general_settings: {master_key: sk-1234}
             c.warnings
         );
         assert!(check("").unwrap().include_cost_in_streaming_usage);
+    }
+
+    #[test]
+    fn max_fallbacks_and_user_budget_on_team_keys_are_read() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                vars.iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let read = |yaml: &str, vars: &'static [(&'static str, &'static str)]| {
+            Config::from_yaml_str_with_env(yaml, Path::new("/cfg"), &env(vars)).unwrap()
+        };
+        let c = read("", &[]);
+        assert_eq!(c.max_fallbacks, DEFAULT_MAX_FALLBACKS);
+        assert!(!c.apply_user_budget_to_team_keys);
+        // Router(max_fallbacks) > litellm.max_fallbacks > ROUTER_MAX_FALLBACKS > 5.
+        assert_eq!(read("", &[("ROUTER_MAX_FALLBACKS", "2")]).max_fallbacks, 2);
+        let bad = read("", &[("ROUTER_MAX_FALLBACKS", "many")]);
+        assert_eq!(bad.max_fallbacks, DEFAULT_MAX_FALLBACKS);
+        assert!(
+            bad.warnings
+                .iter()
+                .any(|w| w.contains("ROUTER_MAX_FALLBACKS"))
+        );
+        let ls = "litellm_settings: {max_fallbacks: 1}\n";
+        assert_eq!(read(ls, &[("ROUTER_MAX_FALLBACKS", "2")]).max_fallbacks, 1);
+        let both = "litellm_settings: {max_fallbacks: 1}\nrouter_settings: {max_fallbacks: 0}\n";
+        let c = read(both, &[("ROUTER_MAX_FALLBACKS", "2")]);
+        assert_eq!(c.max_fallbacks, 0);
+        let c = read(
+            "general_settings: {apply_user_budget_to_team_keys: true}\n",
+            &[],
+        );
+        assert!(c.apply_user_budget_to_team_keys);
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        assert!(
+            Config::from_yaml_str_with_env(
+                "router_settings: {max_fallbacks: -1}",
+                Path::new("/cfg"),
+                &env(&[])
+            )
+            .is_err()
+        );
     }
 }

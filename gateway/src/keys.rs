@@ -92,10 +92,12 @@ pub struct VirtualKey {
     spend_nano: AtomicU64,
     team_spend_nano: AtomicU64,
     user_spend_nano: AtomicU64,
+    /// `general_settings.apply_user_budget_to_team_keys`.
+    user_budget_on_team_keys: bool,
 }
 
 impl VirtualKey {
-    fn from_row(r: KeyRow, pending_nano: u64) -> Self {
+    fn from_row(r: KeyRow, pending_nano: u64, user_budget_on_team_keys: bool) -> Self {
         let to_nano = |usd: f64| (usd * NANO).round().max(0.0) as u64;
         Self {
             token_hash: r.token_hash.as_str().into(),
@@ -113,6 +115,7 @@ impl VirtualKey {
             user_spend_nano: AtomicU64::new(
                 r.user.as_ref().map_or(0, |u| to_nano(u.spend)) + pending_nano,
             ),
+            user_budget_on_team_keys,
             row: r,
         }
     }
@@ -128,14 +131,16 @@ impl VirtualKey {
         self.user_spend_nano.fetch_add(n, Ordering::Relaxed);
     }
 
-    /// The user's personal budget, which LiteLLM applies to keys outside a team
-    /// (`_check_user_budget` in litellm/proxy/auth/auth_checks.py; team keys only
-    /// with `apply_user_budget_to_team_keys`, which Airlock does not read).
+    /// The user's personal budget, which LiteLLM applies to keys outside a team,
+    /// and to a team's keys too with `general_settings.apply_user_budget_to_team_keys`
+    /// (`_user_max_budget_check` in litellm/proxy/auth/auth_checks.py: `is_team_key
+    /// and general_settings.get("apply_user_budget_to_team_keys") is not True` skips it).
     fn user_budget(&self) -> Option<f64> {
-        match (&self.row.team, &self.row.user) {
-            (None, Some(u)) => u.max_budget.filter(|b| b.is_finite()),
-            _ => None,
+        let u = self.row.user.as_ref()?;
+        if self.row.team.is_some() && !self.user_budget_on_team_keys {
+            return None;
         }
+        u.max_budget.filter(|b| b.is_finite())
     }
 
     pub fn key_name(&self) -> &str {
@@ -399,6 +404,8 @@ impl KeySpec {
 /// Keys, master key, limits and the spend channel.
 pub struct Keys {
     master: Option<String>,
+    /// `general_settings.apply_user_budget_to_team_keys`.
+    user_budget_on_team_keys: bool,
     schema: KeySchema,
     cache: RwLock<HashMap<String, Arc<Slot>>>,
     /// Spend recorded on this replica and not yet in the database, per key hash (nano-USD).
@@ -419,6 +426,15 @@ impl Keys {
         master: Option<String>,
         store: Store,
     ) -> Result<Arc<Keys>, crate::store::StoreError> {
+        Self::load_with(master, store, false).await
+    }
+
+    /// [`Keys::load`] with `general_settings.apply_user_budget_to_team_keys`.
+    pub async fn load_with(
+        master: Option<String>,
+        store: Store,
+        apply_user_budget_to_team_keys: bool,
+    ) -> Result<Arc<Keys>, crate::store::StoreError> {
         let schema = store.key_schema().await?;
         if schema == KeySchema::LiteLlm {
             tracing::info!(
@@ -430,6 +446,7 @@ impl Keys {
         let limits = Limiter::new(store.clone());
         let keys = Arc::new(Keys {
             master,
+            user_budget_on_team_keys: apply_user_budget_to_team_keys,
             schema,
             cache: RwLock::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
@@ -537,7 +554,13 @@ impl Keys {
 
     async fn fetch(&self, h: &str) -> Result<Option<Arc<VirtualKey>>, crate::store::StoreError> {
         let row = self.store.get_key(self.schema, h).await?;
-        let vk = row.map(|r| Arc::new(VirtualKey::from_row(r, self.pending_of(h))));
+        let vk = row.map(|r| {
+            Arc::new(VirtualKey::from_row(
+                r,
+                self.pending_of(h),
+                self.user_budget_on_team_keys,
+            ))
+        });
         self.put(h, vk.clone());
         Ok(vk)
     }
@@ -628,7 +651,7 @@ impl Keys {
         let vk = match self.fetch(&h).await {
             Ok(Some(k)) => k,
             _ => {
-                let vk = Arc::new(VirtualKey::from_row(row, 0));
+                let vk = Arc::new(VirtualKey::from_row(row, 0, self.user_budget_on_team_keys));
                 self.put(&h, Some(vk.clone()));
                 vk
             }

@@ -139,7 +139,7 @@ impl Gateway {
                     .ok()
                     .filter(|k| !k.is_empty())
             });
-        let keys = Keys::load(master, store).await?;
+        let keys = Keys::load_with(master, store, cfg.apply_user_budget_to_team_keys).await?;
         let metrics = metrics::Metrics::new(
             cfg.model_list.iter().map(|e| e.model_name.as_str()),
             router.counters.clone(),

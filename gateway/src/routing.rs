@@ -3,7 +3,7 @@
 
 use crate::config::{Config, ConfigError, ModelEntry, RoutingStrategy};
 use crate::error::{GatewayError, ProviderError};
-use crate::fallbacks::{RequestFallbacks, is_content_policy_error};
+use crate::fallbacks::{FallbackList, RequestFallbacks, is_content_policy_error};
 use crate::pricing::{self, Price};
 use crate::providers::{self, Provider};
 use rand::Rng;
@@ -219,6 +219,8 @@ pub struct Router {
     default_fallbacks: Vec<String>,
     context_window_fallbacks: HashMap<String, Vec<String>>,
     content_policy_fallbacks: HashMap<String, Vec<String>>,
+    /// `max_fallbacks`: how deep a fallback walk may go (0 = no fallbacks).
+    max_fallbacks: u32,
     cooldown: Duration,
     max_retry_after: Duration,
     /// Retries, fallbacks and upstream failures for `/metrics`.
@@ -265,6 +267,7 @@ impl Router {
             default_fallbacks: cfg.default_fallbacks.clone(),
             context_window_fallbacks: cfg.context_window_fallbacks.clone(),
             content_policy_fallbacks: cfg.content_policy_fallbacks.clone(),
+            max_fallbacks: cfg.max_fallbacks,
             cooldown: cfg.cooldown_time,
             max_retry_after: cfg.max_retry_after,
             counters: Arc::default(),
@@ -370,6 +373,14 @@ impl Router {
     /// [`Router::execute`] with the request's own fallback lists, each of which
     /// replaces the config's for this call (LiteLLM's router reads them from the
     /// call's kwargs before its own settings).
+    ///
+    /// The walk is LiteLLM's (`Router.async_function_with_fallbacks_common_utils` and
+    /// `run_async_fallback`, litellm 1.108): a group that fails after its retries has
+    /// its own fallback list tried in order, and each of those groups, when it fails,
+    /// its own in turn (a chain `a → b → c`). Every fallback tried adds one to the
+    /// depth of its list's walk; a failed group's list is walked only while that
+    /// depth is below `max_fallbacks` ("max fallback depth reached"), and no model is
+    /// tried twice in one request (`attempted_targets`).
     pub async fn execute_with<T, F, Fut>(
         &self,
         model: &str,
@@ -385,145 +396,202 @@ impl Router {
                 "Invalid model name passed in model={model}. Call `/v1/models` to view available models."
             ))
         })?;
-        // The group itself, then its fallbacks (no allocation on the hot path).
-        let configured = |m| configured_list(m, model, &first.name);
-        let fallbacks: &[String] = match req.and_then(|r| r.fallbacks.as_ref()) {
-            Some(l) => l.for_model(model, &first.name),
-            None => configured(&self.fallbacks).unwrap_or(&self.default_fallbacks),
-        };
-        // Lists for the two error classes LiteLLM reroutes specially; without
-        // one, the ordinary fallbacks go on.
-        let context_window: Option<&[String]> = match req.and_then(|r| r.context_window.as_ref()) {
-            Some(l) => Some(l.for_model(model, &first.name)),
-            None => configured(&self.context_window_fallbacks),
-        };
-        let content_policy: Option<&[String]> = match req.and_then(|r| r.content_policy.as_ref()) {
-            Some(l) => Some(l.for_model(model, &first.name)),
-            None => configured(&self.content_policy_fallbacks),
-        };
-        // The groups still to try after the current one: the ordinary fallbacks,
-        // until a context-window or content-policy error switches to that
-        // error's list (once; LiteLLM's `async_function_with_fallbacks`).
-        let mut rest: std::slice::Iter<'_, String> = fallbacks.iter();
-        let mut on_special_list = false;
-        let mut g = first.clone();
-        let mut gi = 0usize;
         let mut last_err: Option<ProviderError> = None;
-        loop {
-            if gi > 0 {
-                tracing::info!(model, to = %g.name, "falling back");
-                self.counters.fallback();
+        let failed = match self.attempt(first, &call, &mut last_err).await {
+            Ok(v) => return Ok(v),
+            Err(Failed::Abort) => return Err(into_gateway_error(last_err)),
+            Err(Failed::Error(class)) => class,
+        };
+        if self.max_fallbacks == 0 {
+            return Err(into_gateway_error(last_err));
+        }
+        // Lists still being walked (one per failed group whose fallbacks are being
+        // tried), innermost last, each with the depth its walk has reached. Only a
+        // failed request gets here, so the allocations are off the hot path.
+        struct Walk<'l> {
+            list: std::slice::Iter<'l, String>,
+            depth: u32,
+        }
+        let mut walks: Vec<Walk<'_>> = Vec::new();
+        if let Some(l) = self.fallback_list(req, model, &first.name, failed) {
+            walks.push(Walk {
+                list: l.iter(),
+                depth: 0,
+            });
+        }
+        let mut attempted: Vec<&str> = vec![model];
+        while let Some(walk) = walks.last_mut() {
+            let Some(next) = walk.list.next() else {
+                walks.pop();
+                continue;
+            };
+            if attempted.contains(&next.as_str()) {
+                continue;
             }
-            gi += 1;
-            let mut tried: u64 = 0;
-            for attempt in 0..=self.num_retries {
-                let Some(i) = self.pick(&g, tried) else {
-                    if last_err.is_none() {
-                        last_err = Some(ProviderError::Status {
-                            status: 429,
-                            error_type: "rate_limit_error".into(),
-                            message: format!(
-                                "all deployments of {} are at their rpm/tpm limit",
-                                g.name
-                            ),
-                            retry_after: Some(Duration::from_secs(1)),
+            attempted.push(next);
+            walk.depth += 1;
+            let depth = walk.depth;
+            // A name no group serves fails like any other fallback attempt.
+            let Some(g) = self.group(next) else {
+                tracing::warn!(model, to = %next, "fallback model is not in model_list");
+                continue;
+            };
+            tracing::info!(model, to = %g.name, depth, "falling back");
+            self.counters.fallback();
+            match self.attempt(g, &call, &mut last_err).await {
+                Ok(v) => return Ok(v),
+                Err(Failed::Abort) => return Err(into_gateway_error(last_err)),
+                Err(Failed::Error(class)) => {
+                    if depth < self.max_fallbacks
+                        && let Some(l) = self.fallback_list(req, next, &g.name, class)
+                    {
+                        walks.push(Walk {
+                            list: l.iter(),
+                            depth,
                         });
                     }
-                    break;
-                };
-                tried |= 1u64 << (i % 64);
-                let dep = g.deployments[i].clone();
-                let mut started = Instant::now();
-                if attempt > 0 {
-                    self.counters.retry();
                 }
-                let mut outcome = call(InFlight::new(dep.clone()), g.clone()).await;
-                // `max_retries`: the deployment's own retries (LiteLLM hands it to the
-                // provider client), before the router's retries and fallbacks.
-                for _ in 0..dep.max_retries {
-                    match &outcome {
-                        Err(e) if e.retryable() => {
-                            self.counters.upstream_error(e);
-                            let wait = e
-                                .retry_after()
-                                .unwrap_or(Duration::from_millis(50))
-                                .min(self.max_retry_after);
-                            tokio::time::sleep(wait).await;
-                            self.counters.retry();
-                            started = Instant::now();
-                            outcome = call(InFlight::new(dep.clone()), g.clone()).await;
-                        }
-                        _ => break,
-                    }
-                }
-                match outcome {
-                    Ok(v) => {
-                        dep.observe_latency(started.elapsed());
-                        return Ok(v);
-                    }
-                    Err(e) => {
-                        tracing::warn!(model = %g.name, deployment = dep.provider.id(), attempt, error = %e, "upstream call failed");
-                        self.counters.upstream_error(&e);
-                        let retryable = e.retryable();
-                        if retryable {
-                            let cool = e
-                                .retry_after()
-                                .unwrap_or(self.cooldown)
-                                .min(self.cooldown.max(Duration::from_millis(1)));
-                            dep.cooldown_until
-                                .store(now_ms() + cool.as_millis() as u64, Ordering::Relaxed);
-                            dep.observe_latency(started.elapsed());
-                        }
-                        let ra = e.retry_after();
-                        let special = if is_context_window_error(&e) {
-                            Some(context_window)
-                        } else if is_content_policy_error(&e) {
-                            Some(content_policy)
-                        } else {
-                            None
-                        };
-                        last_err = Some(e);
-                        if let Some(list) = special {
-                            // Retrying the same prompt on the same group cannot help.
-                            if !on_special_list && let Some(l) = list {
-                                rest = l.iter();
-                                on_special_list = true;
-                            }
-                            break;
-                        }
-                        if !retryable {
-                            return Err(last_err
-                                .map(GatewayError::Provider)
-                                .unwrap_or_else(|| GatewayError::Internal("no error".into())));
-                        }
-                        if attempt < self.num_retries {
-                            let backoff = Duration::from_millis(50 * (1u64 << attempt.min(5)));
-                            let wait = ra.unwrap_or(backoff).min(self.max_retry_after);
-                            // Another healthy deployment needs no wait.
-                            if g.deployments.len() <= tried.count_ones() as usize
-                                || ra.is_some() && g.deployments.len() == 1
-                            {
-                                tokio::time::sleep(wait).await;
-                            } else {
-                                tokio::time::sleep(backoff.min(Duration::from_millis(50))).await;
-                            }
-                        }
-                    }
-                }
-            }
-            // The next group that exists and is not the one asked for.
-            match rest
-                .by_ref()
-                .filter(|f| **f != first.name)
-                .find_map(|f| self.group(f))
-            {
-                Some(next) => g = next.clone(),
-                None => break,
             }
         }
-        Err(GatewayError::Provider(last_err.unwrap_or_else(|| {
-            ProviderError::Connect("no deployment available".into())
-        })))
+        Err(into_gateway_error(last_err))
+    }
+
+    /// The fallback list for `model` (served by `group`) after an error of `class`:
+    /// a request's plain list (`["a", "b"]`) whatever the error; for a context-window
+    /// or content-policy error, that error's own list when there is one; else the
+    /// ordinary fallbacks (the request's, the config's, or `default_fallbacks`).
+    fn fallback_list<'a>(
+        &'a self,
+        req: Option<&'a RequestFallbacks>,
+        model: &str,
+        group: &str,
+        class: ErrorClass,
+    ) -> Option<&'a [String]> {
+        let req_fallbacks = req.and_then(|r| r.fallbacks.as_ref());
+        if let Some(l @ FallbackList::Ordered(_)) = req_fallbacks {
+            return Some(l.for_model(model, group));
+        }
+        let configured = |m| configured_list(m, model, group);
+        let special = match class {
+            ErrorClass::Other => None,
+            ErrorClass::ContextWindow => match req.and_then(|r| r.context_window.as_ref()) {
+                Some(l) => Some(l.for_model(model, group)),
+                None => configured(&self.context_window_fallbacks),
+            },
+            ErrorClass::ContentPolicy => match req.and_then(|r| r.content_policy.as_ref()) {
+                Some(l) => Some(l.for_model(model, group)),
+                None => configured(&self.content_policy_fallbacks),
+            },
+        };
+        special.or_else(|| match req_fallbacks {
+            Some(l) => Some(l.for_model(model, group)),
+            None => Some(configured(&self.fallbacks).unwrap_or(&self.default_fallbacks)),
+        })
+    }
+
+    /// One model group with its retries: the answer, or how it failed (the error
+    /// itself is left in `last_err`).
+    async fn attempt<T, F, Fut>(
+        &self,
+        g: &Arc<ModelGroup>,
+        call: &F,
+        last_err: &mut Option<ProviderError>,
+    ) -> Result<T, Failed>
+    where
+        F: Fn(InFlight, Arc<ModelGroup>) -> Fut,
+        Fut: Future<Output = Result<T, ProviderError>>,
+    {
+        let mut tried: u64 = 0;
+        for attempt in 0..=self.num_retries {
+            let Some(i) = self.pick(g, tried) else {
+                if last_err.is_none() {
+                    *last_err = Some(ProviderError::Status {
+                        status: 429,
+                        error_type: "rate_limit_error".into(),
+                        message: format!(
+                            "all deployments of {} are at their rpm/tpm limit",
+                            g.name
+                        ),
+                        retry_after: Some(Duration::from_secs(1)),
+                    });
+                }
+                return Err(Failed::Error(ErrorClass::Other));
+            };
+            tried |= 1u64 << (i % 64);
+            let dep = &g.deployments[i];
+            let mut started = Instant::now();
+            if attempt > 0 {
+                self.counters.retry();
+            }
+            let mut outcome = call(InFlight::new(dep.clone()), g.clone()).await;
+            // `max_retries`: the deployment's own retries (LiteLLM hands it to the
+            // provider client), before the router's retries and fallbacks.
+            for _ in 0..dep.max_retries {
+                match &outcome {
+                    Err(e) if e.retryable() => {
+                        self.counters.upstream_error(e);
+                        let wait = e
+                            .retry_after()
+                            .unwrap_or(Duration::from_millis(50))
+                            .min(self.max_retry_after);
+                        tokio::time::sleep(wait).await;
+                        self.counters.retry();
+                        started = Instant::now();
+                        outcome = call(InFlight::new(dep.clone()), g.clone()).await;
+                    }
+                    _ => break,
+                }
+            }
+            match outcome {
+                Ok(v) => {
+                    dep.observe_latency(started.elapsed());
+                    return Ok(v);
+                }
+                Err(e) => {
+                    tracing::warn!(model = %g.name, deployment = dep.provider.id(), attempt, error = %e, "upstream call failed");
+                    self.counters.upstream_error(&e);
+                    let retryable = e.retryable();
+                    if retryable {
+                        let cool = e
+                            .retry_after()
+                            .unwrap_or(self.cooldown)
+                            .min(self.cooldown.max(Duration::from_millis(1)));
+                        dep.cooldown_until
+                            .store(now_ms() + cool.as_millis() as u64, Ordering::Relaxed);
+                        dep.observe_latency(started.elapsed());
+                    }
+                    let ra = e.retry_after();
+                    let class = if is_context_window_error(&e) {
+                        ErrorClass::ContextWindow
+                    } else if is_content_policy_error(&e) {
+                        ErrorClass::ContentPolicy
+                    } else {
+                        ErrorClass::Other
+                    };
+                    *last_err = Some(e);
+                    if class != ErrorClass::Other {
+                        // Retrying the same prompt on the same group cannot help.
+                        return Err(Failed::Error(class));
+                    }
+                    if !retryable {
+                        return Err(Failed::Abort);
+                    }
+                    if attempt < self.num_retries {
+                        let backoff = Duration::from_millis(50 * (1u64 << attempt.min(5)));
+                        let wait = ra.unwrap_or(backoff).min(self.max_retry_after);
+                        // Another healthy deployment needs no wait.
+                        if g.deployments.len() <= tried.count_ones() as usize
+                            || ra.is_some() && g.deployments.len() == 1
+                        {
+                            tokio::time::sleep(wait).await;
+                        } else {
+                            tokio::time::sleep(backoff.min(Duration::from_millis(50))).await;
+                        }
+                    }
+                }
+            }
+        }
+        Err(Failed::Error(ErrorClass::Other))
     }
 
     /// `model_info` of each deployment of a model group (for `/v1/models`, `/model/info`).
@@ -537,6 +605,30 @@ impl Router {
     pub fn model_names(&self) -> &[String] {
         &self.names
     }
+}
+
+/// Which fallback list an upstream error sends the request to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ErrorClass {
+    Other,
+    /// LiteLLM's `ContextWindowExceededError`: `context_window_fallbacks`.
+    ContextWindow,
+    /// LiteLLM's `ContentPolicyViolationError`: `content_policy_fallbacks`.
+    ContentPolicy,
+}
+
+/// How one model group's attempts ended without an answer.
+enum Failed {
+    /// A non-retryable error: no fallback can help, the request ends.
+    Abort,
+    /// Retries used up (or pointless): fallbacks for this class of error may run.
+    Error(ErrorClass),
+}
+
+fn into_gateway_error(e: Option<ProviderError>) -> GatewayError {
+    GatewayError::Provider(
+        e.unwrap_or_else(|| ProviderError::Connect("no deployment available".into())),
+    )
 }
 
 /// A config fallback map's entry for `model`, else for the group serving it.

@@ -668,23 +668,27 @@ impl Store {
                         .execute(&mut *tx)
                         .await?;
                 }
-                for l in logs {
-                    sqlx::query(NATIVE_LOG)
-                        .bind(&l.request_id)
-                        .bind(&l.api_key)
-                        .bind(&l.model)
-                        .bind(&l.model_group)
-                        .bind(l.prompt_tokens)
-                        .bind(l.completion_tokens)
-                        .bind(l.cache_read_tokens)
-                        .bind(l.cache_creation_tokens)
-                        .bind(l.spend)
-                        .bind(l.start_ms)
-                        .bind(l.end_ms)
-                        .bind(&l.team_id)
-                        .bind(&l.user_id)
-                        .execute(&mut *tx)
-                        .await?;
+                // Many rows per statement: one statement per row made the log
+                // writer cost a sizeable share of a core at a few thousand req/s.
+                for (chunk, sql) in log_chunks(logs, NATIVE_LOG) {
+                    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                    for l in chunk {
+                        q = q
+                            .bind(&l.request_id)
+                            .bind(&l.api_key)
+                            .bind(&l.model)
+                            .bind(&l.model_group)
+                            .bind(l.prompt_tokens)
+                            .bind(l.completion_tokens)
+                            .bind(l.cache_read_tokens)
+                            .bind(l.cache_creation_tokens)
+                            .bind(l.spend)
+                            .bind(l.start_ms)
+                            .bind(l.end_ms)
+                            .bind(&l.team_id)
+                            .bind(&l.user_id);
+                    }
+                    q.execute(&mut *tx).await?;
                 }
                 tx.commit().await?;
             }
@@ -717,10 +721,15 @@ impl Store {
                         }
                     }
                 }
-                for l in logs {
-                    match schema {
-                        KeySchema::Native => {
-                            sqlx::query(NATIVE_LOG)
+                let template = match schema {
+                    KeySchema::Native => NATIVE_LOG,
+                    KeySchema::LiteLlm => LITELLM_LOG,
+                };
+                for (chunk, sql) in log_chunks(logs, template) {
+                    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                    for l in chunk {
+                        q = match schema {
+                            KeySchema::Native => q
                                 .bind(&l.request_id)
                                 .bind(&l.api_key)
                                 .bind(&l.model)
@@ -733,12 +742,8 @@ impl Store {
                                 .bind(l.start_ms)
                                 .bind(l.end_ms)
                                 .bind(&l.team_id)
-                                .bind(&l.user_id)
-                                .execute(&mut *tx)
-                                .await?;
-                        }
-                        KeySchema::LiteLlm => {
-                            sqlx::query(LITELLM_LOG)
+                                .bind(&l.user_id),
+                            KeySchema::LiteLlm => q
                                 .bind(&l.request_id)
                                 .bind(&l.api_key)
                                 .bind(l.spend)
@@ -752,11 +757,10 @@ impl Store {
                                 .bind(&l.user_id)
                                 .bind(&l.team_id)
                                 .bind(l.cache_read_tokens)
-                                .bind(l.cache_creation_tokens)
-                                .execute(&mut *tx)
-                                .await?;
-                        }
+                                .bind(l.cache_creation_tokens),
+                        };
                     }
+                    q.execute(&mut *tx).await?;
                 }
                 tx.commit().await?;
             }
@@ -848,4 +852,114 @@ async fn pg_pool(opts: sqlx::postgres::PgConnectOptions) -> Result<PgPool, sqlx:
         .acquire_timeout(std::time::Duration::from_secs(5))
         .connect_with(opts)
         .await
+}
+
+/// Rows per multi-row `INSERT` of spend logs: 14 parameters a row stays far below
+/// SQLite's (32 766) and PostgreSQL's (65 535) limits.
+const LOG_ROWS_PER_STATEMENT: usize = 256;
+
+/// `logs` cut into chunks with the statement for each: `template` is a one-row
+/// `INSERT … VALUES (…$1…$k…) ON CONFLICT …` whose row is repeated once per log, its
+/// placeholders renumbered. Chunk sizes are `LOG_ROWS_PER_STATEMENT` and then powers
+/// of two, so the prepared-statement cache sees a handful of distinct statements.
+fn log_chunks<'l>(
+    logs: &'l [SpendLog],
+    template: &str,
+) -> impl Iterator<Item = (&'l [SpendLog], String)> + 'l {
+    let values = template.find("VALUES").map_or(0, |i| i + "VALUES".len());
+    let open = values + template[values..].find('(').unwrap_or(0);
+    // The row is the parenthesised group after VALUES (nested parentheses included).
+    let mut depth = 0usize;
+    let mut close = open;
+    for (i, c) in template[open..].char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => {
+                depth -= 1;
+                if depth == 0 {
+                    close = open + i + 1;
+                    break;
+                }
+            }
+            _ => {}
+        }
+    }
+    let (head, row, tail) = (
+        template[..open].to_owned(),
+        template[open..close].to_owned(),
+        template[close..].to_owned(),
+    );
+    let per_row = row
+        .split('$')
+        .skip(1)
+        .filter_map(|p| {
+            p.split(|c: char| !c.is_ascii_digit())
+                .next()
+                .and_then(|n| n.parse::<usize>().ok())
+        })
+        .max()
+        .unwrap_or(0);
+    let mut rest = logs;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let n = if rest.len() >= LOG_ROWS_PER_STATEMENT {
+            LOG_ROWS_PER_STATEMENT
+        } else {
+            1 << (usize::BITS - 1 - rest.len().leading_zeros())
+        };
+        let (chunk, more) = rest.split_at(n);
+        rest = more;
+        let mut sql = String::with_capacity(head.len() + n * (row.len() + 16) + tail.len());
+        sql.push_str(&head);
+        for r in 0..n {
+            if r > 0 {
+                sql.push_str(", ");
+            }
+            let mut it = row.split('$');
+            sql.push_str(it.next().unwrap_or(""));
+            for part in it {
+                let digits =
+                    part.len() - part.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+                match part[..digits].parse::<usize>() {
+                    Ok(i) => {
+                        sql.push('$');
+                        sql.push_str(&(r * per_row + i).to_string());
+                        sql.push_str(&part[digits..]);
+                    }
+                    Err(_) => {
+                        sql.push('$');
+                        sql.push_str(part);
+                    }
+                }
+            }
+        }
+        sql.push_str(&tail);
+        Some((chunk, sql))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spend_log_rows_are_batched_with_renumbered_placeholders() {
+        let logs: Vec<SpendLog> = (0..300).map(|_| SpendLog::default()).collect();
+        let t = "INSERT INTO t (a, b, c) VALUES ($1, to_timestamp($2 / 1000.0), $3::int) ON CONFLICT (a) DO NOTHING";
+        let chunks: Vec<_> = log_chunks(&logs, t).collect();
+        let sizes: Vec<usize> = chunks.iter().map(|(c, _)| c.len()).collect();
+        // 300 = 256 + 32 + 8 + 4.
+        assert_eq!(sizes, [256, 32, 8, 4]);
+        let (_, sql) = &chunks[3];
+        assert_eq!(
+            sql,
+            "INSERT INTO t (a, b, c) VALUES ($1, to_timestamp($2 / 1000.0), $3::int), \
+             ($4, to_timestamp($5 / 1000.0), $6::int), ($7, to_timestamp($8 / 1000.0), $9::int), \
+             ($10, to_timestamp($11 / 1000.0), $12::int) ON CONFLICT (a) DO NOTHING"
+        );
+        assert!(chunks[0].1.contains("$768::int)"));
+        assert!(log_chunks(&[], t).next().is_none());
+    }
 }

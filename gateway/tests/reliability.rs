@@ -618,3 +618,92 @@ router_settings:
     assert_eq!(json(&b)["choices"][0]["message"]["content"], "from other");
     assert_eq!((calls(&s), calls(&l), calls(&o)), (3, 1, 1));
 }
+
+// ------------------------------------------------------------------ max_fallbacks
+
+/// Groups `a`, `x`, `b`, `c`, each on its own fake, with fallbacks `a → [x, b]`,
+/// `b → [a, c]`; `extra` goes under `router_settings`. `a`, `x` and `b` fail with a
+/// 500 (retryable); `c` answers. Returns (status, calls to a, x, b, c).
+async fn fallback_chain(extra: &str, env: &[(&str, &str)]) -> (u16, [usize; 4]) {
+    let fakes = [
+        fake_openai().await,
+        fake_openai().await,
+        fake_openai().await,
+        fake_openai().await,
+    ];
+    let mut cfg = String::from("model_list:\n");
+    for (name, f) in ["a", "x", "b", "c"].iter().zip(&fakes) {
+        cfg.push_str(&format!(
+            "  - model_name: {name}\n    litellm_params: {{model: openai/gpt-4o, api_base: '{}/v1'}}\n",
+            f.base()
+        ));
+    }
+    cfg.push_str(&format!(
+        "router_settings:\n  num_retries: 0\n  fallbacks: [{{a: [x, b]}}, {{b: [a, c]}}]\n{extra}"
+    ));
+    let env: std::collections::HashMap<String, String> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let cfg = gateway::config::Config::from_yaml_str_with_env(
+        &cfg,
+        std::path::Path::new("."),
+        &|k: &str| env.get(k).cloned(),
+    )
+    .unwrap();
+    assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
+    let gw = start_gateway_with_config(cfg, gateway::store::Store::Memory).await;
+    for f in &fakes[..3] {
+        f.push(Behavior::Status(500, None));
+    }
+    let (s, _) = post(&format!("{}/v1/chat/completions", gw.base), "x", &chat("a")).await;
+    (s, [0, 1, 2, 3].map(|i| fakes[i].count()))
+}
+
+#[tokio::test]
+async fn fallbacks_of_fallbacks_are_followed_up_to_max_fallbacks() {
+    // LiteLLM's walk (`run_async_fallback`): a fails; its list is walked, x at depth 1,
+    // b at depth 2; b fails and its own list is walked while 2 < max_fallbacks: a is
+    // skipped (already tried in this request), c answers.
+    assert_eq!(
+        fallback_chain("", &[]).await,
+        (200, [1, 1, 1, 1]),
+        "default 5"
+    );
+    assert_eq!(
+        fallback_chain("  max_fallbacks: 3\n", &[]).await,
+        (200, [1, 1, 1, 1])
+    );
+    // max_fallbacks: 2: b was reached at depth 2, so its fallbacks are not walked.
+    assert_eq!(
+        fallback_chain("  max_fallbacks: 2\n", &[]).await,
+        (500, [1, 1, 1, 0])
+    );
+    // The first list is always walked whole once fallbacks are on at all.
+    assert_eq!(
+        fallback_chain("  max_fallbacks: 1\n", &[]).await,
+        (500, [1, 1, 1, 0])
+    );
+    // 0: no fallbacks.
+    assert_eq!(
+        fallback_chain("  max_fallbacks: 0\n", &[]).await,
+        (500, [1, 0, 0, 0])
+    );
+    // Router(max_fallbacks) > litellm.max_fallbacks > ROUTER_MAX_FALLBACKS.
+    assert_eq!(
+        fallback_chain("litellm_settings: {max_fallbacks: 0}\n", &[]).await,
+        (500, [1, 0, 0, 0])
+    );
+    assert_eq!(
+        fallback_chain("", &[("ROUTER_MAX_FALLBACKS", "2")]).await,
+        (500, [1, 1, 1, 0])
+    );
+    assert_eq!(
+        fallback_chain(
+            "  max_fallbacks: 4\nlitellm_settings: {max_fallbacks: 0}\n",
+            &[("ROUTER_MAX_FALLBACKS", "0")]
+        )
+        .await,
+        (200, [1, 1, 1, 1])
+    );
+}

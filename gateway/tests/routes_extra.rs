@@ -516,3 +516,43 @@ async fn translated_completion_stream_records_spend() {
         "{info}"
     );
 }
+
+#[tokio::test]
+async fn every_inference_route_also_answers_without_v1() {
+    // Contract: `/v1/chat/completions`, `/v1/completions`, `/v1/embeddings`,
+    // `/v1/responses`, `/v1/messages`, `/v1/messages/count_tokens`, `/v1/models`,
+    // "each also without /v1".
+    let (gw, _seen, _an) = setup().await;
+    let base = &gw.base;
+    let key = new_key(base, json!([])).await;
+    let hi = json!([{"role": "user", "content": "hi"}]);
+    for (path, body) in [
+        (
+            "/chat/completions",
+            json!({"model": "claude", "messages": hi}),
+        ),
+        (
+            "/messages",
+            json!({"model": "claude", "max_tokens": 5, "messages": hi}),
+        ),
+        ("/completions", json!({"model": "inst", "prompt": "hi"})),
+        ("/embeddings", json!({"model": "emb", "input": "hi"})),
+        ("/responses", json!({"model": "claude", "input": "hi"})),
+        (
+            "/messages/count_tokens",
+            json!({"model": "inst", "messages": hi}),
+        ),
+    ] {
+        let (s, _, b) = call(&format!("{base}{path}"), &key, &body).await;
+        let (s1, _, b1) = call(&format!("{base}/v1{path}"), &key, &body).await;
+        assert_eq!(s, 200, "{path}: {b}");
+        assert_eq!(s1, 200, "/v1{path}: {b1}");
+    }
+    let r = client()
+        .get(format!("{base}/models"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}

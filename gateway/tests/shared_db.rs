@@ -688,6 +688,105 @@ async fn litellm_user_budget_applies_to_keys_outside_a_team_postgres() {
         .unwrap();
 }
 
+/// A LiteLLM database with user `user-t` (personal budget $0.05, $0.02 spent) whose key
+/// `key` belongs to team `team-t` (no team budget): the personal budget applies to it
+/// only with `general_settings.apply_user_budget_to_team_keys: true` (LiteLLM ≥ 1.97,
+/// `_user_max_budget_check` in litellm/proxy/auth/auth_checks.py).
+async fn team_key_of_budgeted_user(apply: Option<bool>) {
+    let Some((url, schema, admin)) = pg_schema("litellm_team_user").await else {
+        return;
+    };
+    let mut tx = admin.begin().await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SET LOCAL search_path TO {schema}"
+    )))
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    for stmt in prisma::create_tables_sql() {
+        sqlx::query(sqlx::AssertSqlSafe(stmt.clone()))
+            .execute(&mut *tx)
+            .await
+            .unwrap_or_else(|e| panic!("{e}: {stmt}"));
+    }
+    sqlx::query(r#"INSERT INTO "LiteLLM_UserTable" (user_id, max_budget, spend, models) VALUES ('user-t', 0.05, 0.02, ARRAY[]::text[])"#)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query(
+        r#"INSERT INTO "LiteLLM_TeamTable" (team_id, admins, members, spend, models, blocked) VALUES ('team-t', ARRAY[]::text[], ARRAY[]::text[], 0, ARRAY[]::text[], false)"#,
+    )
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    let key = "sk-litellm-team-user-budget";
+    sqlx::query(
+        r#"INSERT INTO "LiteLLM_VerificationToken" (token, key_name, spend, models, user_id, team_id)
+           VALUES ($1, 'sk-...dget', 0, ARRAY[]::text[], 'user-t', 'team-t')"#,
+    )
+    .bind(gateway::keys::sha256_hex(key))
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let up = upstream().await;
+    let mut cfg = config(&up);
+    if let Some(b) = apply {
+        cfg = cfg.replace(
+            "general_settings: {master_key: sk-master}",
+            &format!(
+                "general_settings: {{master_key: sk-master, apply_user_budget_to_team_keys: {b}}}"
+            ),
+        );
+        assert!(cfg.contains("apply_user_budget_to_team_keys"));
+    }
+    let gw = start_gateway(&cfg, Store::connect(&url).await.unwrap()).await;
+    assert!(
+        !gw.gw
+            .warnings()
+            .iter()
+            .any(|w| w.contains("apply_user_budget")),
+        "{:?}",
+        gw.gw.warnings()
+    );
+    // Each gpt-4o call costs $0.025: the user's spend goes 0.02 -> 0.045 -> 0.07.
+    assert_eq!(call(&gw.base, key, "gpt-4o").await.status(), 200);
+    assert_eq!(call(&gw.base, key, "gpt-4o").await.status(), 200);
+    let r = call(&gw.base, key, "gpt-4o").await;
+    if apply == Some(true) {
+        assert_eq!(r.status(), 400);
+        let b: Value = r.json().await.unwrap();
+        assert_eq!(b["error"]["type"], "budget_exceeded");
+        assert!(
+            b["error"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("ExceededBudget: User=user-t over budget"),
+            "{b}"
+        );
+        assert_eq!(up.calls.load(Ordering::SeqCst), 2);
+    } else {
+        // Default (and `false`): a team key answers to the team's budget only.
+        assert_eq!(r.status(), 200);
+        assert_eq!(up.calls.load(Ordering::SeqCst), 3);
+    }
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+        .execute(&admin)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn litellm_user_budget_skips_team_keys_by_default_postgres() {
+    team_key_of_budgeted_user(None).await;
+    team_key_of_budgeted_user(Some(false)).await;
+}
+
+#[tokio::test]
+async fn apply_user_budget_to_team_keys_holds_team_keys_to_the_user_budget_postgres() {
+    team_key_of_budgeted_user(Some(true)).await;
+}
+
 /// A TCP relay to PostgreSQL that can hold all traffic (a database that stops answering
 /// without closing connections, the failure LiteLLM users hit).
 struct Relay {

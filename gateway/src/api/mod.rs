@@ -37,6 +37,7 @@ pub(crate) fn routes<S: Clone + Send + Sync + 'static>(inner: State) -> Router<S
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/chat/completions", post(openai::chat_completions))
         .route("/v1/messages", post(anthropic::messages))
+        .route("/messages", post(anthropic::messages))
         .route("/v1/responses", post(responses::create))
         .route("/responses", post(responses::create))
         .route(

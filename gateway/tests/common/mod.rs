@@ -409,6 +409,14 @@ pub async fn start_gateway(yaml: &str, store: gateway::store::Store) -> TestGate
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")),
     )
     .unwrap();
+    start_gateway_with_config(cfg, store).await
+}
+
+/// [`start_gateway`] with an already-parsed config (e.g. one read with a fixed environment).
+pub async fn start_gateway_with_config(
+    cfg: gateway::config::Config,
+    store: gateway::store::Store,
+) -> TestGateway {
     let gw = gateway::Gateway::from_config(cfg, store).await.unwrap();
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", l.local_addr().unwrap());
