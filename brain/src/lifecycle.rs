@@ -126,7 +126,8 @@ async fn provision_fresh(
         image: params.image.clone(),
         request,
         session_id: params.session_id.clone(),
-        expires_at: Utc::now() + ttl,
+        // On the database clock: the reaper of whichever replica holds the row compares it.
+        expires_at: state.store.clock().await? + ttl,
     };
     state.provisioning_set().insert(id.clone());
     let state2 = state.clone();
@@ -595,7 +596,14 @@ pub async fn reap_once(state: &AppState, now: DateTime<Utc>) -> Result<usize, Li
     Ok(reaped)
 }
 
-/// Runs [`reap_once`] every `sandbox.reaper_interval_ms` until `shutdown` flips to true.
+/// One reaper pass at "now" on the database clock, which TTLs are set on: a replica whose own
+/// clock runs ahead must not destroy sandboxes early (nor one whose clock lags, late).
+pub async fn reap_due(state: &AppState) -> Result<usize, LifecycleError> {
+    let now = state.store.clock().await?;
+    reap_once(state, now).await
+}
+
+/// Runs [`reap_due`] every `sandbox.reaper_interval_ms` until `shutdown` flips to true.
 pub async fn reaper(state: AppState, mut shutdown: watch::Receiver<bool>) {
     let interval = Duration::from_millis(state.config.sandbox.reaper_interval_ms);
     loop {
@@ -603,7 +611,7 @@ pub async fn reaper(state: AppState, mut shutdown: watch::Receiver<bool>) {
             _ = tokio::time::sleep(interval) => {}
             _ = shutdown.wait_for(|stop| *stop) => return,
         }
-        if let Err(e) = reap_once(&state, Utc::now()).await {
+        if let Err(e) = reap_due(&state).await {
             tracing::warn!(error = %e, "reaper pass failed");
         }
     }

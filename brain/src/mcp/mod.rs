@@ -177,7 +177,9 @@ async fn resume_session(
     if session.principal != principal.id {
         return Err(gone());
     }
-    let now = session::now_ms();
+    let now = session::now_ms(&state.store)
+        .await
+        .map_err(|e| Box::new(store_failure(&e)))?;
     let idle_ms = state.config.mcp.idle_ms();
     if !session.is_usable(now, idle_ms) {
         if session.closed_at.is_none() {
@@ -422,7 +424,10 @@ async fn initialize(
     } else {
         SUPPORTED_VERSIONS[0]
     };
-    let now = session::now_ms();
+    let now = match session::now_ms(&state.store).await {
+        Ok(now) => now,
+        Err(e) => return store_failure(&e),
+    };
     let session = McpSession {
         id: session::new_id(),
         principal: principal.id.clone(),
@@ -484,7 +489,11 @@ async fn handle_delete(State(state): State<AppState>, headers: HeaderMap) -> Res
         Ok(s) => s,
         Err(response) => return *response,
     };
-    if let Err(e) = session::close(&state.store, &session.id, session::now_ms()).await {
+    let closed = match session::now_ms(&state.store).await {
+        Ok(now) => session::close(&state.store, &session.id, now).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = closed {
         return store_failure(&e);
     }
     tracing::info!(session = %session.id, "mcp session closed by the client");

@@ -21,8 +21,10 @@ impl McpSession {
     }
 }
 
-pub fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
+/// "Now" for `last_seen` and idle timeouts: the database clock ([`Store::clock_ms`]), since
+/// any replica may serve the session's next request and compares with what another wrote.
+pub async fn now_ms(store: &Store) -> Result<i64, StoreError> {
+    store.clock_ms().await
 }
 
 /// A fresh session id: `mcp-` and 128 random bits (visible ASCII, as the transport requires).

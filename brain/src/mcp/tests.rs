@@ -395,7 +395,7 @@ async fn session_header_rules() {
     assert_eq!(r.status, StatusCode::NOT_FOUND);
 
     // Bound to the principal: a session of another key is not found for this one.
-    let now = session::now_ms();
+    let now = session::now_ms(&h.state.store).await.unwrap();
     let other = McpSession {
         id: session::new_id(),
         principal: "vk-someone-else".into(),
@@ -815,4 +815,29 @@ fn config_keys_are_checked() {
         let c = Config::from_yaml(yaml).unwrap();
         assert!(c.validate().is_err(), "{yaml}");
     }
+}
+
+/// Idle timeouts are on the database clock: a session `last_seen` by one replica is not
+/// idled out by another whose own clock runs two hours ahead (an injected offset).
+#[tokio::test]
+async fn a_skewed_brain_does_not_idle_out_a_live_session() {
+    let h = harness_with(|c| c.mcp.session_idle_timeout_seconds = 60).await;
+    let ping = || request(1, "ping", json!({}));
+    crate::store::test_skew::set(0);
+    let id = h.init(LATEST).await;
+    crate::store::test_skew::set(2 * 3_600_000);
+    let r = Call::post(ping())
+        .session(&id)
+        .version(LATEST)
+        .send(&h)
+        .await;
+    crate::store::test_skew::set(0);
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "a brain clock 2 h ahead idled out a live session: {}",
+        r.raw
+    );
+    let row = session::get(&h.state.store, &id).await.unwrap().unwrap();
+    assert_eq!(row.closed_at, None, "{row:?}");
 }

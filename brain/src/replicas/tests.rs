@@ -14,10 +14,11 @@ use crate::sandbox::{BackendKind, Backends, Resources};
 use crate::state::AppState;
 use crate::store::{NewSandbox, SandboxStatus, Store};
 
-/// Records revocations.
+/// Records revocations (also in the backend's call log, when given one, to check order).
 #[derive(Default)]
 struct RecordingBroker {
     revoked: Mutex<Vec<String>>,
+    backend: Option<Arc<FakeBackend>>,
 }
 
 #[async_trait]
@@ -27,6 +28,9 @@ impl CredentialBroker for RecordingBroker {
     }
     async fn revoke(&self, sandbox_id: &str) -> Result<(), BrokerError> {
         self.revoked.lock().unwrap().push(sandbox_id.to_string());
+        if let Some(fake) = &self.backend {
+            fake.lock().calls.push(format!("revoke {sandbox_id}"));
+        }
         Ok(())
     }
 }
@@ -81,7 +85,10 @@ async fn replica(db: &Db) -> Replica {
         .unwrap();
     let fake = Arc::new(FakeBackend::default());
     let backends = Backends::with_backend(BackendKind::Local, fake.clone(), config.sandbox.clone());
-    let broker = Arc::new(RecordingBroker::default());
+    let broker = Arc::new(RecordingBroker {
+        backend: Some(fake.clone()),
+        ..RecordingBroker::default()
+    });
     let state =
         AppState::new(config, store, backends, MasterKey::new("k")).with_broker(broker.clone());
     state.store.renew_replica(60_000).await.unwrap();
@@ -258,4 +265,151 @@ async fn survivors_take_over_a_dead_replicas_sandboxes_once_on(db: &Db) {
     let later = chrono::Utc::now() + chrono::Duration::hours(2);
     assert_eq!(lifecycle::reap_once(&c.state, later).await.unwrap(), 0);
     assert_eq!(lifecycle::reap_once(&b.state, later).await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn a_skewed_replica_reaps_an_adopted_sandbox_neither_early_nor_late() {
+    for db in databases() {
+        a_skewed_replica_reaps_an_adopted_sandbox_neither_early_nor_late_on(&db).await;
+    }
+}
+
+/// TTLs are set and compared on the database clock: a survivor whose own clock runs two hours
+/// ahead (an injected offset) takes over a dead replica's sandbox and keeps it until its TTL
+/// really passes; one whose clock lags two hours still reaps a sandbox whose TTL passed.
+async fn a_skewed_replica_reaps_an_adopted_sandbox_neither_early_nor_late_on(db: &Db) {
+    use crate::store::test_skew;
+    test_skew::set(0);
+    let a = replica(db).await;
+    let id = lifecycle::provision(&a.state, params()).await.unwrap().id;
+    let b = replica(db).await;
+    b.fake.lock().alive.insert(id.clone());
+    a.state.store.retire_replicas(false).await.unwrap();
+    assert_eq!(lifecycle::adopt_orphans(&b.state).await.unwrap(), 1);
+
+    test_skew::set(2 * 3_600_000);
+    let reaped = lifecycle::reap_due(&b.state).await.unwrap();
+    test_skew::set(0);
+    assert_eq!(
+        reaped, 0,
+        "a brain clock 2 h ahead reaped a sandbox 1 h early"
+    );
+    assert_eq!(status(&b.state.store, &id).await, SandboxStatus::Running);
+
+    let short = ProvisionParams {
+        ttl_s: 1,
+        ..params()
+    };
+    let short = lifecycle::provision(&b.state, short).await.unwrap().id;
+    tokio::time::sleep(std::time::Duration::from_millis(1_300)).await;
+    test_skew::set(-2 * 3_600_000);
+    let reaped = lifecycle::reap_due(&b.state).await.unwrap();
+    test_skew::set(0);
+    assert_eq!(
+        reaped, 1,
+        "a brain clock 2 h behind kept an expired sandbox"
+    );
+    assert_eq!(
+        status(&b.state.store, &short).await,
+        SandboxStatus::Destroyed
+    );
+    assert_eq!(status(&b.state.store, &id).await, SandboxStatus::Running);
+}
+
+// --- Lifecycle under backend faults (issue 12, item 9) -----------------------------------
+
+#[tokio::test]
+async fn a_delete_during_provisioning_revokes_before_destroying_and_a_failed_destroy_leaks_no_grant()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db {
+        url: format!("sqlite://{}", dir.path().join("b.db").display()),
+        schema: None,
+        _dir: dir,
+    };
+    let a = replica(&db).await;
+    {
+        let mut fake = a.fake.lock();
+        fake.provision_delay_ms = 300;
+        fake.fail_destroy = true;
+    }
+    let state = a.state.clone();
+    let pending = tokio::spawn(async move { lifecycle::provision(&state, params()).await });
+    let id = loop {
+        let rows = a.state.store.list_sandboxes(true, 10).await.unwrap();
+        if let Some(row) = rows.first() {
+            assert_eq!(row.status, SandboxStatus::Provisioning);
+            break row.id.clone();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
+    // The delete: the provisioning task owns the handle and finishes it.
+    let row = lifecycle::destroy(&a.state, &id).await.unwrap();
+    assert_eq!(row.status, SandboxStatus::Destroying);
+    let outcome = pending.await.unwrap();
+    assert!(
+        outcome.is_err(),
+        "the failed destroy is reported: {outcome:?}"
+    );
+
+    let calls = a.fake.lock().calls.clone();
+    assert_eq!(
+        calls,
+        vec![format!("revoke {id}"), format!("destroy {id}")],
+        "the grant is revoked before the destroy is tried, so its failure leaks no grant"
+    );
+    assert_eq!(
+        status(&a.state.store, &id).await,
+        SandboxStatus::Destroying,
+        "left for the reaper"
+    );
+    // The reaper retries the destroy once the backend is back.
+    a.fake.lock().fail_destroy = false;
+    let later = chrono::Utc::now() + chrono::Duration::minutes(5);
+    assert_eq!(lifecycle::reap_once(&a.state, later).await.unwrap(), 1);
+    assert_eq!(status(&a.state.store, &id).await, SandboxStatus::Destroyed);
+    assert!(!a.fake.lock().alive.contains(&id));
+}
+
+#[tokio::test]
+async fn a_health_check_is_retried_before_a_sandbox_is_concluded_lost() {
+    for failures in [1, 2] {
+        let (kept, checks) = survivor_sees_sandbox_after_failed_checks(failures).await;
+        assert_eq!(
+            kept,
+            SandboxStatus::Running,
+            "{failures} failed health check(s) destroyed a working sandbox"
+        );
+        assert_eq!(checks, failures + 1);
+    }
+    let (kept, checks) = survivor_sees_sandbox_after_failed_checks(u32::MAX).await;
+    assert_eq!(
+        kept,
+        SandboxStatus::Destroyed,
+        "a sandbox that never answers is lost"
+    );
+    assert_eq!(checks, 3, "three attempts before concluding it is lost");
+}
+
+/// A dead replica's running sandbox is taken over by a survivor on the same host whose first
+/// `failures` health checks of it fail. Returns the row's status and how many checks were made.
+async fn survivor_sees_sandbox_after_failed_checks(failures: u32) -> (SandboxStatus, u32) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db {
+        url: format!("sqlite://{}", dir.path().join("b.db").display()),
+        schema: None,
+        _dir: dir,
+    };
+    let a = replica(&db).await;
+    let id = lifecycle::provision(&a.state, params()).await.unwrap().id;
+    let b = replica(&db).await;
+    {
+        let mut fake = b.fake.lock();
+        fake.alive.insert(id.clone());
+        fake.alive_failures = failures;
+    }
+    a.state.store.retire_replicas(false).await.unwrap();
+    assert_eq!(lifecycle::adopt_orphans(&b.state).await.unwrap(), 1);
+    let checks = b.fake.lock().alive_checks;
+    (status(&b.state.store, &id).await, checks)
 }

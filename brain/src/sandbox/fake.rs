@@ -30,6 +30,13 @@ pub struct FakeState {
     /// How long `provision` takes (to test requests racing a provision).
     pub provision_delay_ms: u64,
     pub fail_destroy: bool,
+    /// The next this many `is_alive` checks fail (a health check timing out on a busy host).
+    pub alive_failures: u32,
+    /// How many `is_alive` checks were made.
+    pub alive_checks: u32,
+    /// Backend calls in order (`destroy <id>`, also when it fails); tests may push their own
+    /// (a broker's `revoke <id>`) to check what happened before what.
+    pub calls: Vec<String>,
 }
 
 impl FakeBackend {
@@ -95,6 +102,7 @@ impl SandboxBackend for FakeBackend {
 
     async fn destroy(&self, handle: &SandboxHandle) -> Result<(), BackendError> {
         let mut state = self.lock();
+        state.calls.push(format!("destroy {}", handle.id));
         if state.fail_destroy {
             return Err(BackendError::Unavailable("engine down".into()));
         }
@@ -126,7 +134,13 @@ impl SandboxBackend for FakeBackend {
     }
 
     async fn is_alive(&self, handle: &SandboxHandle) -> bool {
-        self.lock().alive.contains(&handle.id)
+        let mut state = self.lock();
+        state.alive_checks += 1;
+        if state.alive_failures > 0 {
+            state.alive_failures -= 1;
+            return false;
+        }
+        state.alive.contains(&handle.id)
     }
 
     async fn exec(

@@ -26,7 +26,7 @@ use tracing::Instrument;
 use super::store::{EventRow, Patch, SessionRow, SessionStatus};
 use super::tools::{self, ToolOutput};
 use crate::state::AppState;
-use crate::store::{StoreError, now_ms};
+use crate::store::StoreError;
 
 pub const DEFAULT_SYSTEM_PROMPT: &str = "You are a background coding agent working on a ticket. \
 You cannot run anything yourself: create a sandbox with sandbox_provision, run shell commands in \
@@ -375,6 +375,10 @@ impl Driver<'_> {
         } else {
             let interrupted = conv.interrupted();
             let requeued = row.status == SessionStatus::Queued;
+            // Deadlines are on the database clock (any replica compares with them).
+            let db_now = self
+                .retry("reading the database clock", || store.clock_ms())
+                .await?;
             // A model call in flight when the last run stopped was (probably) billed by the
             // provider: count it as a step and charge it at the costliest call so far.
             let abandoned = u32::from(conv.open_request);
@@ -395,7 +399,7 @@ impl Driver<'_> {
                     }),
                     Patch {
                         status: Some(SessionStatus::Running),
-                        deadline_at: requeued.then(|| now_ms() + secs_ms(config.timeout_seconds)),
+                        deadline_at: requeued.then(|| db_now + secs_ms(config.timeout_seconds)),
                         add_steps: i64::from(abandoned),
                         add_cost_usd: charge,
                         ..Patch::default()
@@ -454,7 +458,11 @@ impl Driver<'_> {
                     .await?;
                 return Ok(());
             }
-            let now = now_ms();
+            // The database clock, as the deadline: a replica whose own clock runs ahead must
+            // not time out a session another replica started.
+            let now = self
+                .retry("reading the database clock", || store.clock_ms())
+                .await?;
             if now >= row.deadline_at {
                 let reason = format!("timed out after {} s", config.timeout_seconds);
                 self.finish(SessionStatus::Failed, None, Some(&reason))

@@ -395,3 +395,55 @@ async fn a_crash_between_session_started_and_the_task_still_gives_the_model_the_
     let task = events.iter().find(|e| e.kind == "user_message").unwrap();
     assert_eq!(task.data["text"], "the task");
 }
+
+/// Deadlines are on the database clock: a replica whose own clock runs two hours ahead (an
+/// injected offset) runs a session another replica started, instead of timing it out.
+#[tokio::test]
+async fn a_brain_clock_ahead_does_not_time_out_a_session_early() {
+    let mut h = harness(json!({"responses": [{"text": "done"}]})).await;
+    crate::store::test_skew::set(0);
+    let id = h
+        .new_session("started by a replica with a right clock")
+        .await;
+    crate::store::test_skew::set(2 * 3_600_000);
+    h.start_dispatcher();
+    let view = h.settled(&id, Duration::from_secs(10)).await;
+    crate::store::test_skew::set(0);
+    assert_eq!(
+        view.status,
+        SessionStatus::Succeeded,
+        "timed out early by a skewed brain clock: {view:?}"
+    );
+}
+
+/// ... and one whose clock lags two hours does not run a session past its deadline.
+#[tokio::test]
+async fn a_brain_clock_behind_does_not_run_a_session_past_its_deadline() {
+    let mut h = harness(json!({"responses": [{"text": "done"}]})).await;
+    let db_now = h.store().db_now_ms().await.unwrap();
+    let id = format!("ses-{}", uuid::Uuid::new_v4().simple());
+    h.store()
+        .insert_session(&NewSessionRow {
+            id: id.clone(),
+            task: "the task".into(),
+            model: "scripted".into(),
+            agent: None,
+            backend: None,
+            credentials: vec![],
+            max_steps: 10,
+            max_cost_usd: None,
+            origin: json!({"kind": "api"}),
+            deadline_at: db_now - 1_000,
+        })
+        .await
+        .unwrap();
+    crate::store::test_skew::set(-2 * 3_600_000);
+    h.start_dispatcher();
+    let view = h.settled(&id, Duration::from_secs(10)).await;
+    crate::store::test_skew::set(0);
+    assert_eq!(view.status, SessionStatus::Failed, "{view:?}");
+    assert!(
+        view.error.as_deref().unwrap_or("").contains("timed out"),
+        "{view:?}"
+    );
+}

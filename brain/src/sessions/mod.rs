@@ -40,7 +40,7 @@ pub use store::{Cursor, EventRow, ListFilter, SessionPage, SessionRow, SessionSt
 use crate::lifecycle;
 use crate::sandbox::BackendKind;
 use crate::state::AppState;
-use crate::store::{StoreError, now_ms};
+use crate::store::StoreError;
 use store::{NewSessionRow, QueueOutcome};
 
 /// A task to run, from any trigger.
@@ -355,7 +355,8 @@ pub async fn start(state: &AppState, new: NewSession) -> Result<SessionView, Ses
         max_steps,
         max_cost_usd,
         origin,
-        deadline_at: now_ms()
+        // On the database clock: any replica may run the session and compares with it.
+        deadline_at: state.store.clock_ms().await?
             + i64::try_from(config.timeout_seconds.saturating_mul(1000)).unwrap_or(i64::MAX),
     };
     let row = state.store.insert_session(&row).await?;

@@ -6,7 +6,6 @@
 
 use airlock_wire::ExecRequest;
 use bytes::Bytes;
-use chrono::Utc;
 use gateway::canonical::Tool;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -301,8 +300,15 @@ async fn resolve(
             "no sandbox {id} in this session"
         )));
     };
+    // TTLs are on the database clock (`lifecycle::provision_fresh`).
+    let now = ctx
+        .state
+        .store
+        .clock()
+        .await
+        .map_err(|e| ToolOutput::error(format!("reading the database clock: {e}")))?;
     if row.status == SandboxStatus::Running
-        && row.expires_at > Utc::now()
+        && row.expires_at > now
         && let Some(handle) = row.handle.clone()
     {
         let backend = ctx

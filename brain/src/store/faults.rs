@@ -45,6 +45,15 @@ impl FaultPlan {
         });
     }
 
+    /// How many armed uses of `op` are left (to count how often a path tried it).
+    pub fn remaining(&self, op: &str) -> u32 {
+        self.lock()
+            .iter()
+            .filter(|r| r.op == op)
+            .map(|r| r.remaining)
+            .sum()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Rule>> {
         self.rules.lock().unwrap_or_else(|p| p.into_inner())
     }

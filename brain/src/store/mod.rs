@@ -27,7 +27,10 @@ mod workspaces;
 
 use std::borrow::Cow;
 use std::str::FromStr;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
 
 use sqlx::SqlSafeStr;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
@@ -266,6 +269,9 @@ pub struct Store {
     /// This process's replica id (`replicas.id`): fresh per connect, so a restarted brain is a
     /// new replica and its predecessor's rows are adopted once that one's lease lapsed.
     replica: String,
+    /// The last reading of the database clock and when (monotonic) it was taken: see
+    /// [`Store::clock_ms`].
+    clock: Arc<Mutex<Option<(Instant, i64)>>>,
     /// Test-only fault injection (see [`faults`]).
     #[cfg(test)]
     pub(crate) faults: faults::FaultPlan,
@@ -326,6 +332,7 @@ impl Store {
                 std::process::id(),
                 uuid::Uuid::new_v4().simple()
             ),
+            clock: Arc::default(),
             #[cfg(test)]
             faults: faults::FaultPlan::default(),
         })
@@ -359,6 +366,38 @@ impl Store {
             Db::Sqlite(_) => "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
             Db::Postgres(_) => "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
         }
+    }
+
+    /// "Now" on the database clock, in unix milliseconds: what every time that replicas
+    /// compare is computed from and compared with (session deadlines, sandbox TTLs, MCP idle
+    /// timeouts), like leases. A brain whose own clock is skewed thus expires nothing early or
+    /// late. Read from the database at most every [`CLOCK_REFRESH`] and advanced in between
+    /// by this process's monotonic clock (which a wall-clock skew or jump does not move).
+    pub async fn clock_ms(&self) -> Result<i64, StoreError> {
+        let cached = *self.clock.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, db_ms)) = cached
+            && at.elapsed() < CLOCK_REFRESH
+        {
+            return Ok(db_ms + i64::try_from(at.elapsed().as_millis()).unwrap_or(i64::MAX));
+        }
+        let sql = format!("SELECT {}", self.db_now_sql());
+        let sent = Instant::now();
+        let db_ms: i64 = on_pool!(self.db(), |pool| {
+            sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql.clone()))
+                .fetch_one(pool)
+                .await?
+        });
+        // The reading was taken somewhere in the round trip: credit half of it.
+        let half = sent.elapsed() / 2;
+        let at = sent + half;
+        *self.clock.lock().unwrap_or_else(|p| p.into_inner()) = Some((at, db_ms));
+        Ok(db_ms + i64::try_from(at.elapsed().as_millis()).unwrap_or(i64::MAX))
+    }
+
+    /// [`Store::clock_ms`] as a timestamp.
+    pub async fn clock(&self) -> Result<DateTime<Utc>, StoreError> {
+        let ms = self.clock_ms().await?;
+        Ok(DateTime::from_timestamp_millis(ms).unwrap_or_else(Utc::now))
     }
 
     /// The injected fault for this call, if a test armed one (always `Ok` outside tests).
@@ -494,6 +533,9 @@ pub fn lock_sqlite_file(url: &str) -> Result<Option<std::fs::File>, StoreError> 
         }),
     }
 }
+
+/// How long a reading of the database clock is advanced locally before it is read again.
+const CLOCK_REFRESH: Duration = Duration::from_secs(10);
 
 /// This brain's clock, in unix milliseconds. `AIRLOCK_TEST_CLOCK_SKEW_MS` (read once; for
 /// chaos tests only) shifts it, to show that leases do not depend on it.

@@ -1201,7 +1201,7 @@ async fn queued_texts(s: &Store) -> Vec<String> {
 }
 
 #[tokio::test]
-async fn a_wait_whose_reply_cannot_be_stored_is_settled_generically_or_released() {
+async fn a_wait_whose_reply_cannot_be_stored_is_settled_generically_or_given_up() {
     use crate::store::faults::Action;
     let h = hooks(Vec::new()).await;
     let triggers = h.state.triggers.clone().unwrap();
@@ -1234,32 +1234,39 @@ async fn a_wait_whose_reply_cannot_be_stored_is_settled_generically_or_released(
         "{texts:?}"
     );
 
-    // Even the generic reply cannot be stored: the wait is released, not renewed by this
-    // brain (no task completes it any more), and taken over once its lease lapses.
+    // Even the generic reply cannot be stored: it is tried a bounded number of times with
+    // backoff, then given up (logged, counted); the wait is gone, so no brain takes it over
+    // and tries again after every lease, for ever.
     triggers
         .launcher
         .follow_up(&session, "echo again".into())
         .await
         .unwrap();
-    h.state
-        .store
-        .faults
-        .arm("finish_wait", None, Action::FailPermanent, 2);
+    let faults = &h.state.store.faults;
+    faults.arm("finish_wait", None, Action::FailPermanent, 100);
+    let began = Instant::now();
     waits::begin_and_complete(&h.state, &triggers, &session, context(), None).await;
-    assert!(triggers.live_waits().is_empty());
-    let owner = h.state.sessions.instance();
-    assert_eq!(
-        waits::renew(&h.state.store, owner, &triggers.live_waits(), 60_000)
-            .await
-            .unwrap(),
-        0
+    let took = began.elapsed();
+    let tries = 100 - faults.remaining("finish_wait");
+    assert_eq!(tries, 1 + 4, "the reply once, then the generic one 4 times");
+    assert!(
+        took >= Duration::from_millis(250 + 500 + 1000),
+        "backoff between the attempts: {took:?}"
     );
+    assert!(triggers.live_waits().is_empty());
     tokio::time::sleep(Duration::from_millis(2_200)).await;
     let taken = waits::claim_expired(&h.state.store, "brain-b", 30_000, 10)
         .await
         .unwrap();
-    assert_eq!(taken.len(), 1, "the released wait is taken over");
-    assert_eq!(taken[0].session_id, session);
+    assert!(
+        taken.is_empty(),
+        "a given-up reply is not retried: {taken:?}"
+    );
+    let metrics = h.state.metrics.render(&[], &[], 0);
+    assert!(
+        metrics.contains("airlock_triggers_replies_failed_total{source=\"slack\"} 1"),
+        "{metrics}"
+    );
 }
 
 #[test]

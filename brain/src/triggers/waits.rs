@@ -388,18 +388,62 @@ pub async fn complete(state: &AppState, triggers: &Arc<Triggers>, wait: Wait, du
             tracing::error!(session = %wait.session_id, wait = %wait.id, reference = %reference,
                 error = %e, "cannot queue the trigger reply; sending a generic one instead");
             let generic = generic_reply(&wait.context, &wait.session_id, &reference);
-            let settled = super::retry_store("queuing a generic trigger reply", || {
-                finish(&state.store, state.sessions.instance(), &wait.id, &generic)
-            });
-            match settled.await {
-                Ok(true) => triggers.outbox_wakeup.notify_one(),
-                Ok(false) => {}
-                // Released: no longer renewed once this task ends, so after its lease a
-                // brain takes it over and tries again.
-                Err(e) => tracing::error!(session = %wait.session_id, wait = %wait.id, error = %e,
-                    "cannot queue a generic trigger reply either; released for a takeover"),
+            settle_generically(state, triggers, &wait, &generic, &reference).await;
+        }
+    }
+}
+
+/// Attempts at queuing the generic reply, [`GENERIC_PAUSE`] apart and doubling, before the
+/// owed reply is given up. Bounded: released for a takeover instead, an unstorable reply
+/// would be tried again after every lease, for ever.
+const GENERIC_ATTEMPTS: u32 = 4;
+const GENERIC_PAUSE: Duration = Duration::from_millis(250);
+
+/// Queues the generic reply (retrying an error that is not an outage a few times, with
+/// backoff); if it still cannot be stored, gives the reply up: the wait row is removed (no
+/// brain takes it over again), with an error log under `reference` and
+/// `airlock_triggers_replies_failed_total{source}`.
+async fn settle_generically(
+    state: &AppState,
+    triggers: &Arc<Triggers>,
+    wait: &Wait,
+    generic: &ReplyPayload,
+    reference: &str,
+) {
+    let owner = state.sessions.instance();
+    let mut pause = GENERIC_PAUSE;
+    for attempt in 1..=GENERIC_ATTEMPTS {
+        let settled = super::retry_store("queuing a generic trigger reply", || {
+            finish(&state.store, owner, &wait.id, generic)
+        });
+        match settled.await {
+            Ok(true) => {
+                triggers.outbox_wakeup.notify_one();
+                return;
+            }
+            // Another brain took it over (it replies).
+            Ok(false) => return,
+            Err(e) => {
+                tracing::warn!(session = %wait.session_id, wait = %wait.id, reference = %reference,
+                    error = %e, attempt, "cannot queue a generic trigger reply");
+                if attempt < GENERIC_ATTEMPTS {
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
             }
         }
+    }
+    let source = wait.context.source().as_str();
+    tracing::error!(session = %wait.session_id, wait = %wait.id, reference = %reference, source,
+        attempts = GENERIC_ATTEMPTS,
+        "cannot queue even a generic trigger reply; giving the reply up (the thread gets none)");
+    state.metrics.reply_failed(source, true);
+    let removed = super::retry_store("giving up a trigger reply", || {
+        abandon(&state.store, owner, &wait.id)
+    });
+    if let Err(e) = removed.await {
+        // Left to lapse: a brain takes it over after its lease and tries once more.
+        tracing::error!(wait = %wait.id, error = %e, "removing a given-up trigger wait failed");
     }
 }
 
