@@ -71,8 +71,9 @@ impl SandboxHost for BrainHost {
             .await
             .map_err(unavailable)?
             .ok_or_else(|| HostError::Gone(sandbox_id.to_owned()))?;
-        let handle =
-            sandboxes::usable_handle(&row).map_err(|_| HostError::Gone(sandbox_id.to_owned()))?;
+        let now = self.state.store.clock().await.map_err(unavailable)?;
+        let handle = sandboxes::usable_handle(&row, now)
+            .map_err(|_| HostError::Gone(sandbox_id.to_owned()))?;
         let request = sandboxes::exec_request(
             &self.state,
             ExecBody {

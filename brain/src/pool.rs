@@ -246,13 +246,22 @@ async fn attach(
     let request = serde_json::to_value(params)
         .map_err(|e| Attach::Sandbox(LifecycleError::Task(format!("encode request: {e}"))))?;
     let ttl = chrono::Duration::seconds(i64::try_from(params.ttl_s).unwrap_or(i64::MAX / 1000));
+    // The TTL runs on the database clock, as for a cold provision (`lifecycle`): replicas
+    // with skewed clocks then agree on when the claimed sandbox expires.
+    let now = match state.store.clock().await {
+        Ok(now) => now,
+        Err(e) => {
+            lifecycle::revoke(state, id).await;
+            return Err(Attach::Sandbox(e.into()));
+        }
+    };
     let claimed = state
         .store
         .claim_pooled(
             id,
             &request,
             params.session_id.as_deref(),
-            Utc::now() + ttl,
+            now + ttl,
             &handle,
         )
         .await;

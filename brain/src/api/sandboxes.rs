@@ -262,7 +262,7 @@ pub async fn exec(
         .get_sandbox(&id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no sandbox {id}")))?;
-    let handle = usable_handle(&row)?;
+    let handle = usable_handle(&row, state.store.clock().await?)?;
     let request = exec_request(&state, body)?;
     let wants_stream = query.get("stream").is_some_and(|v| v == "1" || v == "true")
         || headers
@@ -320,7 +320,7 @@ pub(crate) async fn pause_or_resume(
         .get_sandbox(id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no sandbox {id}")))?;
-    let handle = usable_handle(&row)?;
+    let handle = usable_handle(&row, state.store.clock().await?)?;
     let backend = state.backends.get(row.backend).await?;
     if pause {
         backend.pause(&handle).await?;
@@ -341,7 +341,7 @@ pub async fn snapshot(
         .get_sandbox(&id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no sandbox {id}")))?;
-    let handle = usable_handle(&row)?;
+    let handle = usable_handle(&row, state.store.clock().await?)?;
     // Spawned: a client hanging up cannot leave a stored snapshot without its row.
     let task = tokio::spawn(async move { crate::snapshots::take(&state, &row, &handle).await });
     let snapshot = task
@@ -433,11 +433,15 @@ impl From<&SnapshotRow> for SnapshotView {
 }
 
 /// The handle of a sandbox that can take commands and file operations now, or why not
-/// (shared by the HTTP API and the MCP tools).
-pub(crate) fn usable_handle(row: &SandboxRow) -> Result<SandboxHandle, ApiError> {
+/// (shared by the HTTP API and the MCP tools). `now` is the database clock (`Store::clock`),
+/// which TTLs are set on: a replica whose own clock runs ahead must not refuse a live sandbox.
+pub(crate) fn usable_handle(
+    row: &SandboxRow,
+    now: chrono::DateTime<Utc>,
+) -> Result<SandboxHandle, ApiError> {
     let id = &row.id;
     match (row.status, &row.handle) {
-        (SandboxStatus::Running, Some(_)) if row.expires_at <= Utc::now() => {
+        (SandboxStatus::Running, Some(_)) if row.expires_at <= now => {
             Err(ApiError::conflict(
                 "sandbox_destroyed",
                 format!("sandbox {id} expired at {}", rfc3339(row.expires_at)),

@@ -289,10 +289,18 @@ async fn a_skewed_replica_reaps_an_adopted_sandbox_neither_early_nor_late_on(db:
 
     test_skew::set(2 * 3_600_000);
     let reaped = lifecycle::reap_due(&b.state).await.unwrap();
+    // The API / MCP / code-interpreter expiry check compares on the same clock.
+    let row = b.state.store.get_sandbox(&id).await.unwrap().unwrap();
+    let usable = crate::api::sandboxes::usable_handle(&row, b.state.store.clock().await.unwrap());
     test_skew::set(0);
     assert_eq!(
         reaped, 0,
         "a brain clock 2 h ahead reaped a sandbox 1 h early"
+    );
+    assert!(
+        usable.is_ok(),
+        "a brain clock 2 h ahead refused commands to a live sandbox: {:?}",
+        usable.err()
     );
     assert_eq!(status(&b.state.store, &id).await, SandboxStatus::Running);
 
