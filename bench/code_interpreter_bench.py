@@ -20,7 +20,7 @@ Prints p50/p99 and: added per code call = code call - bare exec - 2 x model only
 warm/cold. Usage:
   cargo build --release -p brain && bash images/build-offline.sh
   python3 bench/code_interpreter_bench.py [--calls 100] [--autos 15] [--pool-size 2]
-      [--profile release]
+      [--profile release] [--brain path/to/brain]
 """
 
 import argparse
@@ -52,7 +52,7 @@ def summary(name, samples_s):
 
 
 class Brain:
-    def __init__(self, profile, pool_size=0):
+    def __init__(self, binary, pool_size=0):
         self.dir = tempfile.mkdtemp(prefix="airlock-ci-bench-")
         self.key = "bench-" + secrets.token_hex(12)
         self.pool_size = pool_size
@@ -78,7 +78,7 @@ class Brain:
             json.dump(doc, f)
         env = dict(os.environ, AIRLOCK_MASTER_KEY=self.key, RUST_LOG="warn")
         self.proc = subprocess.Popen(
-            [os.path.join(ROOT, "target", profile, "brain"), "serve", "--config", config,
+            [binary, "serve", "--config", config,
              "--listen", "127.0.0.1:0", "--backend", "docker",
              "--database-url", f"sqlite://{self.dir}/airlock.db"],
             stdout=subprocess.PIPE, stderr=open(os.path.join(self.dir, "brain.log"), "w"),
@@ -165,13 +165,16 @@ def main():
     ap.add_argument("--autos", type=int, default=15)
     ap.add_argument("--pool-size", type=int, default=2)
     ap.add_argument("--profile", default="release", choices=["release", "debug"])
+    ap.add_argument("--brain", help="the brain binary (default: target/<profile>/brain; e.g. one "
+                    "copied out of a shared CARGO_TARGET_DIR)")
     ap.add_argument("--json", help="also write the results here")
     a = ap.parse_args()
     if subprocess.run(["docker", "image", "inspect", IMAGE], capture_output=True).returncode:
         raise SystemExit(f"{IMAGE} missing: run bash images/build-offline.sh")
 
+    binary = a.brain or os.path.join(ROOT, "target", a.profile, "brain")
     results = {}
-    brain = Brain(a.profile)
+    brain = Brain(binary)
     try:
         sb = brain.call("POST", "/v1/sandboxes", {"task_description": "bench"})
         path = f"/v1/sandboxes/{sb['id']}/exec"
@@ -208,7 +211,7 @@ def main():
     finally:
         brain.close()
 
-    brain = Brain(a.profile, a.pool_size)
+    brain = Brain(binary, a.pool_size)
     try:
         autos(brain, 2, True)
         warm = autos(brain, a.autos, True)

@@ -86,6 +86,17 @@ if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&
     export AIRLOCK_REQUIRE_BROWSER=1
 fi
 
+# The code interpreter e2e tests (tests/tests/code_interpreter.rs) drive the brain with the
+# official OpenAI and Anthropic Python SDKs, from PyPI. Without them (and with docker) those
+# tests fail under AIRLOCK_REQUIRE_DOCKER=1 rather than skip.
+if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import openai, anthropic' >/dev/null 2>&1 \
+    && [ "$IS_ROOT" = 1 ] && [ "${AIRLOCK_NO_INSTALL:-}" != 1 ]; then
+    log "installing the openai and anthropic Python SDKs (pip)"
+    python3 -m pip install --quiet openai anthropic >/dev/null 2>&1 \
+        || python3 -m pip install --quiet --break-system-packages openai anthropic >/dev/null 2>&1 \
+        || log "could not install the openai/anthropic Python SDKs"
+fi
+
 # --- 2. sandbox image -----------------------------------------------------------------
 if [ "${AIRLOCK_SKIP_IMAGES:-}" = 1 ]; then
     log "AIRLOCK_SKIP_IMAGES=1: not building images"

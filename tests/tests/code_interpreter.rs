@@ -102,6 +102,13 @@ fn model_list(dir: &std::path::Path, indent: &str) -> String {
         ("ci-get", call("print(x + 4)", "x + 4 is 45.")),
         ("ci-net", call(NET_PROBE, "I tried the network.")),
         ("ci-libs", call(LIBS, "Plotted.")),
+        (
+            "ci-slow",
+            call(
+                "import time\ntime.sleep(2)\nprint(sum(range(10)))",
+                "The sum of 0..9 is 45.",
+            ),
+        ),
     ];
     let mut yaml = format!("{indent}model_list:\n");
     for (name, script) in &scripts {
@@ -124,16 +131,29 @@ fn model_list(dir: &std::path::Path, indent: &str) -> String {
 }
 
 async fn start_brain(dir: &std::path::Path, models: bool, extra_yaml: &str) -> BrainProcess {
+    start_brain_with(dir, models.then_some(""), extra_yaml, Vec::new()).await
+}
+
+/// `models`: `None` for no models, else model-list entries (indented by four)
+/// added to the scripted ones; `env` for the brain process.
+async fn start_brain_with(
+    dir: &std::path::Path,
+    models: Option<&str>,
+    extra_yaml: &str,
+    env: Vec<(String, String)>,
+) -> BrainProcess {
     let mut yaml = String::new();
-    if models {
+    if let Some(extra) = models {
         yaml.push_str("models:\n");
         yaml.push_str(&model_list(dir, "  "));
+        yaml.push_str(extra);
     }
     yaml.push_str(&format!("sandbox:\n  docker:\n    image: {}\n", image()));
     yaml.push_str(extra_yaml);
     BrainProcess::start(BrainOptions {
         backend: "docker".into(),
         extra_yaml: yaml,
+        env,
         ..Default::default()
     })
     .await
@@ -464,6 +484,99 @@ fn check_anthropic(env: &Env) {
     assert_eq!(a["stop"], "end_turn");
 }
 
+/// The Anthropic SDK streaming `code_execution`: the raw events are Anthropic's
+/// sequence (block indexes counting across the loop's turns, the code call
+/// shown before it runs, its result when it ran, the answer as the model
+/// streams it), sent as they happen (a cell that sleeps 2 s separates the call
+/// from its result), and the SDK's accumulated message equals the unstreamed one.
+fn check_anthropic_stream(env: &Env) {
+    let a = env.sdk("anthropic_stream");
+    let raw: Vec<&str> = a["raw"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        raw,
+        [
+            "message_start",
+            "content_block_start",
+            "content_block_delta",
+            "content_block_stop",
+            "content_block_start",
+            "content_block_stop",
+            "content_block_start",
+            "content_block_delta",
+            "content_block_delta",
+            "content_block_stop",
+            "message_delta",
+            "message_stop",
+        ],
+        "{a}"
+    );
+    let ev = |i: usize| &a["raw"][i];
+    assert_eq!(ev(1)["content_block"]["type"], "server_tool_use", "{a}");
+    assert_eq!(ev(1)["content_block"]["name"], "code_execution");
+    assert_eq!(ev(1)["index"], 0);
+    assert_eq!(ev(2)["delta"]["type"], "input_json_delta");
+    assert_eq!(ev(4)["content_block"]["type"], "code_execution_tool_result");
+    assert_eq!(ev(4)["index"], 1);
+    assert_eq!(
+        ev(4)["content_block"]["tool_use_id"],
+        ev(1)["content_block"]["id"]
+    );
+    assert_eq!(ev(4)["content_block"]["content"]["stdout"], "45\n");
+    assert_eq!(ev(6)["content_block"]["type"], "text");
+    assert_eq!(ev(6)["index"], 2);
+    assert_eq!(
+        a["text_deltas"],
+        json!(["The sum of 0..9 ", "is 45."]),
+        "the answer as the model streamed it: {a}"
+    );
+    assert_eq!(ev(10)["delta"]["stop_reason"], "end_turn");
+    assert!(
+        ev(10)["delta"]["container"]["id"]
+            .as_str()
+            .unwrap()
+            .starts_with("cntr_"),
+        "{a}"
+    );
+    // The call went out before the cell ran, the result when it had run.
+    let gap = a["call_to_result_s"].as_f64().unwrap();
+    assert!(
+        gap >= 1.0,
+        "the result came {gap} s after the call: not streamed"
+    );
+    // The SDK's helper accumulated the same message.
+    let m = &a["final"];
+    let kinds: Vec<&str> = m["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|b| b["type"].as_str())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["server_tool_use", "code_execution_tool_result", "text"],
+        "{a}"
+    );
+    assert_eq!(
+        m["content"][0]["input"]["code"],
+        "import time\ntime.sleep(2)\nprint(sum(range(10)))"
+    );
+    assert_eq!(m["content"][1]["content"]["stdout"], "45\n");
+    assert_eq!(m["content"][2]["text"], "The sum of 0..9 is 45.");
+    assert_eq!(m["stop_reason"], "end_turn");
+    assert!(m["usage"]["output_tokens"].as_u64().unwrap() > 0, "{m}");
+    assert!(m["usage"]["input_tokens"].as_u64().unwrap() > 0, "{m}");
+    // (another request, so another `auto` container)
+    assert!(
+        m["container"]["id"].as_str().unwrap().starts_with("cntr_"),
+        "{m}"
+    );
+}
+
 /// The spend log of `key` at `base` (read with `master`), once it holds a
 /// record of `model_group` (the spend writer batches).
 async fn spend_of(
@@ -504,6 +617,7 @@ async fn code_interpreter_with_the_official_sdks() {
     check_container(&env);
     check_network(&env);
     check_anthropic(&env);
+    check_anthropic_stream(&env);
     check_libs(&env);
 
     // Sandbox seconds, and every model call of the loops, were recorded for the
@@ -518,7 +632,8 @@ async fn code_interpreter_with_the_official_sdks() {
     )
     .await;
     let model_calls = rows.iter().filter(|r| r["model_group"] == "ci-sum").count();
-    // responses (2 turns), its stream (2), chat (2), its stream (2), anthropic (2).
+    // responses (2 turns), its stream (2), chat (2), its stream (2), anthropic (2)
+    // (and its stream, on ci-slow).
     assert!(
         model_calls >= 10,
         "model calls of the loops not all charged to the key: {rows:?}"
@@ -618,6 +733,7 @@ async fn standalone_gateway_with_brain_url_runs_code_in_brain_sandboxes() {
     check_container(&env);
     check_network(&env);
     check_anthropic(&env);
+    check_anthropic_stream(&env);
 
     // The sandboxes were the brain's, made through its API for the interceptor.
     let (_, v) = env.brain.get_json("/v1/sandboxes").await;
@@ -643,4 +759,304 @@ async fn standalone_gateway_with_brain_url_runs_code_in_brain_sandboxes() {
         "{rows:?}"
     );
     env.no_sandboxes_left().await;
+}
+
+/// A 1×1 PNG, the image the cell writes.
+const PNG_B64: &str = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4nGP4z8DwHwAFAAH/iZk9HQAAAABJRU5ErkJggg==";
+
+/// A cell that writes an image file into the outputs directory the tool's
+/// description names (`$TMPDIR/airlock-ci/outputs`).
+fn png_cell() -> String {
+    format!(
+        "import base64, os\n\
+         d = os.path.join(os.environ.get('TMPDIR', '/tmp'), 'airlock-ci', 'outputs')\n\
+         os.makedirs(d, exist_ok=True)\n\
+         open(os.path.join(d, 'dot.png'), 'wb').write(base64.b64decode('{PNG_B64}'))\n\
+         print('wrote dot.png')"
+    )
+}
+
+/// A stand-in for OpenAI's Chat Completions API (LLM providers cannot be
+/// reached from tests), answering as the real API shapes a completion
+/// (openai-python `types/chat/chat_completion.py`, `chat_completion_message.py`,
+/// `chat_completion_message_tool_call.py`): a `code_interpreter` call with
+/// [`png_cell`] until the conversation holds a tool result, then a text answer.
+/// Records every request body.
+async fn fake_openai_chat() -> (String, std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
+    use axum::extract::State;
+    use std::sync::{Arc, Mutex};
+    type Seen = Arc<Mutex<Vec<Value>>>;
+    async fn handler(
+        State(seen): State<Seen>,
+        axum::Json(body): axum::Json<Value>,
+    ) -> axum::Json<Value> {
+        seen.lock().unwrap().push(body.clone());
+        let answered = body["messages"]
+            .as_array()
+            .is_some_and(|m| m.iter().any(|m| m["role"] == "tool"));
+        let (message, finish) = if answered {
+            (
+                json!({"role": "assistant", "content": "I drew a dot.", "refusal": null}),
+                "stop",
+            )
+        } else {
+            let args = json!({"code": png_cell()}).to_string();
+            (
+                json!({"role": "assistant", "content": null, "refusal": null, "tool_calls": [
+                    {"id": "call_img1", "type": "function",
+                     "function": {"name": "code_interpreter", "arguments": args}}]}),
+                "tool_calls",
+            )
+        };
+        axum::Json(json!({
+            "id": "chatcmpl-img1", "object": "chat.completion", "created": 1_760_000_000,
+            "model": body["model"], "system_fingerprint": "fp_fake",
+            "choices": [{"index": 0, "message": message, "logprobs": null, "finish_reason": finish}],
+            "usage": {"prompt_tokens": 20, "completion_tokens": 8, "total_tokens": 28}
+        }))
+    }
+    let seen: Seen = Arc::default();
+    let app = axum::Router::new()
+        .route("/v1/chat/completions", axum::routing::post(handler))
+        .with_state(seen.clone());
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    (base, seen)
+}
+
+/// An image file the code writes reaches the model (as an image part of its
+/// next turn, after the tool result) and the client (Responses: an `image`
+/// output of the `code_interpreter_call`), through an `openai/` deployment —
+/// a provider other than the scripted one — with the official SDK. Chat
+/// Completions answers with the final message only (as LiteLLM's interceptor
+/// does: its `code_interpreter_call`s are merged into Responses `output` only),
+/// and its model saw the image too.
+// Multi-threaded: the fake provider serves while the SDK run blocks this thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_the_code_writes_reach_the_model_and_the_response() {
+    if !ready() {
+        return;
+    }
+    let (upstream, seen) = fake_openai_chat().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let models = format!(
+        "    - model_name: ci-img\n      litellm_params:\n        model: openai/gpt-4.1\n        \
+         api_key: sk-fake-upstream\n        api_base: {upstream}/v1\n"
+    );
+    let brain = start_brain_with(dir.path(), Some(&models), "", Vec::new()).await;
+    let (key, other_key) = two_keys(&brain.http, &brain.base_url, &brain.master_key).await;
+    std::fs::write(dir.path().join("sdk.py"), SDK_SCRIPT).expect("sdk script");
+    let env = Env {
+        base_url: brain.base_url.clone(),
+        brain,
+        dir,
+        key,
+        other_key,
+        gateway: None,
+    };
+    let r = env.sdk("image_files");
+    let url = format!("data:image/png;base64,{PNG_B64}");
+
+    // The client: the call's outputs hold the logs and the image.
+    let calls = code_calls(&r["responses"]);
+    assert_eq!(calls.len(), 1, "{r}");
+    assert_eq!(logs(calls[0]).trim(), "wrote dot.png", "{r}");
+    let images: Vec<&Value> = calls[0]["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|o| o["type"] == "image")
+        .collect();
+    assert_eq!(images.len(), 1, "{r}");
+    assert_eq!(images[0]["url"], url.as_str());
+    assert_eq!(r["responses_text"], "I drew a dot.");
+    assert_eq!(r["chat"], "I drew a dot.");
+
+    // The model: each loop's second turn carries the tool result, then the image.
+    let bodies = seen.lock().unwrap().clone();
+    assert_eq!(bodies.len(), 4, "two loops of two turns: {bodies:?}");
+    for second in [&bodies[1], &bodies[3]] {
+        let msgs = second["messages"].as_array().unwrap();
+        let n = msgs.len();
+        assert_eq!(msgs[n - 3]["role"], "assistant", "{second}");
+        assert_eq!(
+            msgs[n - 3]["tool_calls"][0]["function"]["name"],
+            "code_interpreter"
+        );
+        assert_eq!(msgs[n - 2]["role"], "tool", "{second}");
+        assert_eq!(msgs[n - 2]["tool_call_id"], "call_img1");
+        let result = msgs[n - 2]["content"].as_str().unwrap();
+        assert!(result.contains("wrote dot.png"), "{result}");
+        assert!(result.contains("[image dot.png (image/png)"), "{result}");
+        let last = &msgs[n - 1];
+        assert_eq!(last["role"], "user", "{second}");
+        let parts = last["content"].as_array().expect("content parts");
+        assert_eq!(parts[0]["type"], "text");
+        assert_eq!(parts[1]["type"], "image_url", "{last}");
+        assert_eq!(parts[1]["image_url"]["url"], url.as_str());
+    }
+    env.no_sandboxes_left().await;
+}
+
+/// A virtual key whose settings name a credential
+/// (`metadata.code_interpreter_credentials`) gets it in its code's sandbox as
+/// a stub: the code's request to the credential's bound host reaches it with
+/// the real value swapped in, and the swap is audited. A key without gets no
+/// stub, and its request to the same host is blocked by the proxy (egress
+/// `default: deny`): the host sees nothing.
+#[tokio::test]
+async fn a_key_allowed_a_named_credential_gets_it_in_the_code_sandbox() {
+    use airlock_tests::upstream::{BOUND_HOST, Upstream};
+    if !ready() {
+        return;
+    }
+    const REAL: &str = "ghp_CIrealSECRETvalue0123456789abcdefghij";
+    let upstream = Upstream::start(REAL).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("upstream-ca.pem"), &upstream.ca_pem).unwrap();
+    let vault = dir.path().join("vault.yaml");
+    std::fs::write(
+        &vault,
+        format!(
+            "listen: 127.0.0.1:0\n\
+             ca: {{ cert: ca.pem, key: ca-key.pem }}\n\
+             upstream_roots: [upstream-ca.pem]\n\
+             audit_log: audit.jsonl\n\
+             egress: {{ default: deny }}\n\
+             network:\n  allow_private: true\n  resolve: {{ \"{BOUND_HOST}\": \"127.0.0.1\" }}\n\
+             credentials:\n  GITHUB_TOKEN:\n    value_env: CI_REAL_TOKEN\n    allowed_hosts: [\"{BOUND_HOST}:{}\"]\n",
+            upstream.port
+        ),
+    )
+    .unwrap();
+    // One scripted model per key, each calling its own path.
+    let mut models = String::new();
+    for who in ["allowed", "plain"] {
+        let code = format!(
+            "import os, urllib.request, urllib.error\n\
+             tok = os.environ.get('GITHUB_TOKEN', '')\n\
+             print('token:', 'stub' if tok.startswith('ghp_') else 'none')\n\
+             req = urllib.request.Request('https://{BOUND_HOST}:{port}/ci-{who}', headers={{'Authorization': 'Bearer ' + tok}})\n\
+             try:\n    \
+                 with urllib.request.urlopen(req, timeout=20) as r:\n        \
+                     print('status', r.status, r.read().decode().strip())\n\
+             except urllib.error.HTTPError as e:\n    \
+                 print('status', e.code, e.read().decode()[:300])\n\
+             except Exception as e:\n    \
+                 print('failed', type(e).__name__, e)",
+            port = upstream.port
+        );
+        let path = dir.path().join(format!("ci-cred-{who}.json"));
+        std::fs::write(&path, call(&code, "done").to_string()).unwrap();
+        models.push_str(&format!(
+            "    - model_name: ci-cred-{who}\n      litellm_params:\n        model: scripted/{}\n",
+            path.display()
+        ));
+    }
+    let brain = start_brain_with(
+        dir.path(),
+        Some(&models),
+        &format!("vault:\n  config: {}\n", vault.display()),
+        vec![("CI_REAL_TOKEN".into(), REAL.into())],
+    )
+    .await;
+    let (status, v) = brain
+        .post_json(
+            "/key/generate",
+            json!({"key_alias": "ci-cred", "metadata": {"code_interpreter_credentials": ["GITHUB_TOKEN"]}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let allowed = v["key"].as_str().unwrap().to_owned();
+    let (status, v) = brain
+        .post_json("/key/generate", json!({"key_alias": "ci-plain"}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let plain = v["key"].as_str().unwrap().to_owned();
+
+    // Runs the key's model; the call's logs and its container's sandbox.
+    let run = async |key: &str, model: &str| -> (String, String) {
+        let r = brain
+            .http
+            .post(brain.url("/v1/responses"))
+            .bearer_auth(key)
+            .json(&json!({"model": model, "input": "call it",
+                          "tools": [{"type": "code_interpreter", "container": {"type": "auto"}}]}))
+            .send()
+            .await
+            .expect("responses");
+        assert_eq!(r.status(), StatusCode::OK);
+        let v: Value = r.json().await.expect("response JSON");
+        let call = code_calls(&v["output"])[0].clone();
+        let container = call["container_id"].as_str().unwrap().to_owned();
+        let (_, list) = brain.get_json("/v1/sandboxes").await;
+        let sandbox = list["sandboxes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| {
+                s["task_description"]
+                    .as_str()
+                    .is_some_and(|d| d.ends_with(&container))
+            })
+            .unwrap_or_else(|| panic!("no sandbox for {container}: {list}"))["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        (logs(&call), sandbox)
+    };
+
+    let (out, sandbox_a) = run(&allowed, "ci-cred-allowed").await;
+    assert!(out.contains("token: stub"), "{out}\n{}", brain.log());
+    assert!(
+        out.contains("status 200 ok /ci-allowed"),
+        "{out}\n{}",
+        brain.log()
+    );
+    assert!(!out.contains(REAL), "{out}");
+    let seen = upstream.with_path("/ci-allowed");
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(
+        seen[0].authorization.as_deref(),
+        Some(format!("Bearer {REAL}").as_str()),
+        "the real value was swapped in"
+    );
+
+    let (out, sandbox_b) = run(&plain, "ci-cred-plain").await;
+    assert!(out.contains("token: none"), "{out}");
+    assert!(!out.contains("status 200"), "{out}");
+    assert!(
+        upstream.with_path("/ci-plain").is_empty(),
+        "the host saw the plain key's request"
+    );
+
+    // The audit log: a swap for the allowed key's sandbox, a block for the other's.
+    let (status, records) = brain
+        .get_json(&format!("/v1/audit/egress?sandbox={sandbox_a}"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{records}");
+    assert!(
+        records
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["event"] == "swap"
+                && r["decision"] == "allow"
+                && r["credential"] == "GITHUB_TOKEN"
+                && r["host"] == BOUND_HOST),
+        "{records}"
+    );
+    let (_, records) = brain
+        .get_json(&format!("/v1/audit/egress?sandbox={sandbox_b}"))
+        .await;
+    let list = records.as_array().unwrap();
+    // The tunnel opens (the proxy reads the request inside it); the request is blocked.
+    assert!(
+        list.iter()
+            .any(|r| r["event"] == "block" && r["decision"] == "deny" && r["path"] == "/ci-plain"),
+        "{records}"
+    );
+    assert!(!list.iter().any(|r| r["event"] == "swap"), "{records}");
+    assert!(!records.to_string().contains(REAL));
 }

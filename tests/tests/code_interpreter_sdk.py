@@ -100,5 +100,38 @@ def anthropic_sum():
     return {"content": [b.model_dump() for b in m.content], "stop": m.stop_reason}
 
 
+def image_files():
+    r = client.responses.create(model="ci-img", tools=[CI_AUTO], input="draw a dot")
+    c = client.chat.completions.create(
+        model="ci-img", tools=[CI_AUTO], messages=[{"role": "user", "content": "draw a dot"}])
+    return {"responses": items(r), "responses_text": r.output_text,
+            "chat": c.choices[0].message.content}
+
+
+def anthropic_stream():
+    import time
+    import anthropic
+    a = anthropic.Anthropic(base_url=BASE, api_key=KEY, max_retries=0)
+    args = dict(model="ci-slow", max_tokens=256, betas=["code-execution-2025-05-22"],
+                tools=[{"type": "code_execution_20250522", "name": "code_execution"}],
+                messages=[{"role": "user", "content": "what is the sum of 0..9? use python"}])
+    # The raw events as they arrive, with the time the call and its result came.
+    raw, text_deltas, at = [], [], {}
+    for ev in a.beta.messages.create(stream=True, **args):
+        raw.append(ev.model_dump(mode="json"))
+        if ev.type == "content_block_start":
+            at.setdefault(ev.content_block.type, time.monotonic())
+        if ev.type == "content_block_delta" and ev.delta.type == "text_delta":
+            text_deltas.append(ev.delta.text)
+    # The SDK's own accumulation of the stream into a message.
+    with a.beta.messages.stream(**args) as s:
+        for _ in s:
+            pass
+        final = s.get_final_message()
+    return {"raw": raw, "text_deltas": text_deltas,
+            "call_to_result_s": at["code_execution_tool_result"] - at["server_tool_use"],
+            "final": final.model_dump(mode="json")}
+
+
 if __name__ == "__main__":
     print(json.dumps(globals()[sys.argv[1]]()))

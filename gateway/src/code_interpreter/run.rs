@@ -293,6 +293,7 @@ pub(crate) async fn run(
             content: turn.content.clone(),
         });
         let mut results = Vec::with_capacity(code_calls.len());
+        let mut images = Vec::new();
         for call in &code_calls {
             let item_id = format!("ci_{}", uuid::Uuid::new_v4().simple());
             let parsed = code_of(&call.arguments);
@@ -351,6 +352,7 @@ pub(crate) async fn run(
                 content: result.for_model(),
                 is_error: result.error.is_some(),
             });
+            images.extend(images_for_model(&result));
             sink(Step::CodeDone {
                 item_id,
                 code,
@@ -367,10 +369,37 @@ pub(crate) async fn run(
                 container_id,
             });
         }
+        if !images.is_empty() {
+            // The model sees what the code drew, after the tool results (a
+            // user turn: tool results cannot carry images on every provider).
+            images.truncate(MAX_IMAGES_TO_MODEL);
+            results.push(Part::Text("The images the code above produced:".into()));
+            results.extend(images);
+        }
         req.messages.push(Message {
             role: Role::User,
             content: results,
         });
     }
     unreachable!("the last iteration returns")
+}
+
+/// Images attached to the model's next turn, per loop iteration.
+const MAX_IMAGES_TO_MODEL: usize = 4;
+
+/// A cell's images the model can read (the raster formats vision models
+/// accept; an SVG stays a mention in the tool result), as image parts.
+fn images_for_model(result: &CellResult) -> impl Iterator<Item = Part> + '_ {
+    result
+        .images
+        .iter()
+        .filter(|i| {
+            matches!(
+                i.mime.as_str(),
+                "image/png" | "image/jpeg" | "image/gif" | "image/webp"
+            )
+        })
+        .map(|i| Part::Image {
+            url: format!("data:{};base64,{}", i.mime, i.data),
+        })
 }

@@ -759,6 +759,48 @@ impl StreamEncoder {
         }
     }
 
+    /// A block sent whole between model events (a server tool's call, with its
+    /// input as one `input_json_delta`, or its result, complete in
+    /// `content_block_start`), after closing the block that is open.
+    pub fn push_block(&mut self, block: Value, delta: Option<Value>, out: &mut Vec<u8>) {
+        let idx = self.open_block(Open::Tool, block, out);
+        if let Some(d) = delta {
+            event(
+                "content_block_delta",
+                &json!({"type": "content_block_delta", "index": idx, "delta": d}),
+                out,
+            );
+        }
+        self.close(out);
+    }
+
+    /// The message's end with `extra` merged into `message_delta`'s `delta`
+    /// (Anthropic sends a code execution container there: SDK
+    /// `beta_raw_message_delta_event.py`, `Delta.container`).
+    pub fn finish_with(
+        &mut self,
+        stop_reason: StopReason,
+        usage: Usage,
+        extra: Value,
+        out: &mut Vec<u8>,
+    ) {
+        self.close(out);
+        let mut delta = json!({"stop_reason": stop_reason.anthropic(), "stop_sequence": null});
+        if let (Some(d), Value::Object(x)) = (delta.as_object_mut(), extra) {
+            d.extend(x);
+        }
+        let mut u = usage_json(usage);
+        if let Some(c) = self.cost {
+            u["cost"] = c.into();
+        }
+        event(
+            "message_delta",
+            &json!({"type": "message_delta", "delta": delta, "usage": u}),
+            out,
+        );
+        event("message_stop", &json!({"type": "message_stop"}), out);
+    }
+
     /// A mid-stream `error` event.
     pub fn error(&self, err: &GatewayError, out: &mut Vec<u8>) {
         event("error", &err.body(crate::error::WireFormat::Anthropic), out);
