@@ -439,6 +439,21 @@ impl Config {
 mod tests {
     use super::*;
 
+    /// A pooled sandbox is made before its tenant is known (`sandbox/docker/caches.rs`).
+    #[test]
+    fn a_docker_pool_is_refused_with_a_tenant_cache() {
+        let yaml = |caches: &str| {
+            format!(
+                "pools: [{{backend: docker, size: 2}}]\nsandbox:\n  docker:\n    caches: {caches}\n"
+            )
+        };
+        let shared = Config::from_yaml(&yaml("{npm: shared}")).unwrap();
+        assert!(shared.validate().is_ok());
+        let tenant = Config::from_yaml(&yaml("{cargo: tenant}")).unwrap();
+        let err = tenant.validate().unwrap_err().to_string();
+        assert!(err.contains("tenant"), "{err}");
+    }
+
     #[test]
     fn example_config_parses_and_validates() {
         let text = include_str!("../airlock.example.yaml");

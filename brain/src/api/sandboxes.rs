@@ -441,12 +441,10 @@ pub(crate) fn usable_handle(
 ) -> Result<SandboxHandle, ApiError> {
     let id = &row.id;
     match (row.status, &row.handle) {
-        (SandboxStatus::Running, Some(_)) if row.expires_at <= now => {
-            Err(ApiError::conflict(
-                "sandbox_destroyed",
-                format!("sandbox {id} expired at {}", rfc3339(row.expires_at)),
-            ))
-        }
+        (SandboxStatus::Running, Some(_)) if row.expires_at <= now => Err(ApiError::conflict(
+            "sandbox_destroyed",
+            format!("sandbox {id} expired at {}", rfc3339(row.expires_at)),
+        )),
         (SandboxStatus::Running, Some(handle)) => Ok(handle.clone()),
         (SandboxStatus::Destroying | SandboxStatus::Destroyed, _) => Err(ApiError::conflict(
             "sandbox_destroyed",

@@ -40,15 +40,8 @@ pub const CA_PATH: &str = "/etc/airlock/ca.pem";
 /// CA mounted over it: all TLS goes through the proxy, which verifies upstreams itself, so the
 /// proxy CA is the only root a sandbox needs.
 pub const SYSTEM_BUNDLE_PATH: &str = "/etc/ssl/certs/ca-certificates.crt";
-pub use crate::sandbox::{CA_ENV_VARS, NO_PROXY};
-
-/// Where curl reads its `.curlrc` in sandboxes whose proxy URL is `https://` (`CURL_HOME`).
-/// curl verifies an HTTPS proxy against its built-in bundle, never `CURL_CA_BUNDLE` or
-/// `SSL_CERT_FILE`, so that `.curlrc` names the CA bundle with `proxy-cacert`; git reads
-/// `GIT_PROXY_SSL_CAINFO`. Python (urllib3) verifies the proxy with `REQUESTS_CA_BUNDLE`.
-pub const CURL_HOME: &str = "/etc/airlock";
-/// Env vars a grant adds when the proxy URL is `https://` (not credentials).
-pub const PROXY_TLS_ENV: [&str; 2] = ["CURL_HOME", "GIT_PROXY_SSL_CAINFO"];
+// Sandbox-side names, defined in the sandbox layer (backends read them too).
+pub use crate::sandbox::{CA_ENV_VARS, CURL_HOME, NO_PROXY, PROXY_TLS_ENV};
 
 /// Whether sandboxes of `backend` reach the proxy across the internet (E2B, Daytona): their
 /// proxy URL must be TLS (`listen_tls`), or provisioning refuses them (issue 10).

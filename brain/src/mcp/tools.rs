@@ -600,11 +600,7 @@ async fn provision(state: &AppState, session: &McpSession, args: &Map<String, Va
 
 async fn execute(state: &AppState, session: &McpSession, args: &Map<String, Value>) -> Outcome {
     let row = resolve(state, session, args).await?;
-    let now = state
-        .store
-        .clock()
-        .await
-        .map_err(|e| api_error(e.into()))?;
+    let now = state.store.clock().await.map_err(|e| api_error(e.into()))?;
     let handle = usable_handle(&row, now).map_err(api_error)?;
     let body = ExecBody {
         command: str_arg(args, "command").unwrap_or_default().to_string(),
@@ -635,11 +631,7 @@ async fn file_target(
     args: &Map<String, Value>,
 ) -> Result<(SandboxRow, SandboxHandle, Arc<dyn SandboxBackend>), String> {
     let row = resolve(state, session, args).await?;
-    let now = state
-        .store
-        .clock()
-        .await
-        .map_err(|e| api_error(e.into()))?;
+    let now = state.store.clock().await.map_err(|e| api_error(e.into()))?;
     let handle = usable_handle(&row, now).map_err(api_error)?;
     let backend = state
         .backends
@@ -726,11 +718,7 @@ async fn pause_or_resume(
 
 async fn snapshot(state: &AppState, session: &McpSession, args: &Map<String, Value>) -> Outcome {
     let row = resolve(state, session, args).await?;
-    let now = state
-        .store
-        .clock()
-        .await
-        .map_err(|e| api_error(e.into()))?;
+    let now = state.store.clock().await.map_err(|e| api_error(e.into()))?;
     let handle = usable_handle(&row, now).map_err(api_error)?;
     let state2 = state.clone();
     let row2 = row.clone();

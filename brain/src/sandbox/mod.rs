@@ -229,6 +229,14 @@ pub const CA_ENV_VARS: [&str; 6] = [
 /// Hosts that bypass the proxy: the sandbox itself (in docker, loopback is the sandbox's own).
 pub const NO_PROXY: &str = "localhost,127.0.0.1,::1";
 
+/// Where curl reads its `.curlrc` in sandboxes whose proxy URL is `https://` (`CURL_HOME`).
+/// curl verifies an HTTPS proxy against its built-in bundle, never `CURL_CA_BUNDLE` or
+/// `SSL_CERT_FILE`, so that `.curlrc` names the CA bundle with `proxy-cacert`; git reads
+/// `GIT_PROXY_SSL_CAINFO`. Python (urllib3) verifies the proxy with `REQUESTS_CA_BUNDLE`.
+pub const CURL_HOME: &str = "/etc/airlock";
+/// Env vars a grant adds when the proxy URL is `https://` (not credentials).
+pub const PROXY_TLS_ENV: [&str; 2] = ["CURL_HOME", "GIT_PROXY_SSL_CAINFO"];
+
 /// A sandbox a backend found by label when listing for reaping/adoption.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LabelledSandbox {

@@ -14,7 +14,7 @@ use reqwest::{Response, StatusCode};
 
 use super::{BackendError, SandboxSpec};
 use super::{CA_ENV_VARS, NO_PROXY};
-use crate::credentials::PROXY_TLS_ENV;
+use crate::sandbox::PROXY_TLS_ENV;
 
 /// Longest `Retry-After` honoured; a provider asking for more is treated as failing now, so a
 /// request never stalls the brain for minutes.

@@ -261,20 +261,6 @@ mod tests {
     }
 
     #[test]
-    fn a_docker_pool_is_refused_with_a_tenant_cache() {
-        let yaml = |caches: &str| {
-            format!(
-                "pools: [{{backend: docker, size: 2}}]\nsandbox:\n  docker:\n    caches: {caches}\n"
-            )
-        };
-        let shared = crate::config::Config::from_yaml(&yaml("{npm: shared}")).unwrap();
-        assert!(shared.validate().is_ok());
-        let tenant = crate::config::Config::from_yaml(&yaml("{cargo: tenant}")).unwrap();
-        let err = tenant.validate().unwrap_err().to_string();
-        assert!(err.contains("tenant"), "{err}");
-    }
-
-    #[test]
     fn tenant_volumes_are_distinct_and_hide_the_tenant() {
         let a = volume_name("airlock-", "pip", Some("vk:abc"));
         let b = volume_name("airlock-", "pip", Some("vk:abd"));

@@ -120,8 +120,8 @@ const SANDBOX_USER: &str = "1000:1000";
 /// Longest a snapshot's `tar` (pack or unpack) may run inside the sandbox.
 const SNAPSHOT_TOOL_TIMEOUT: Duration = Duration::from_secs(600);
 
-pub mod caches;
 mod backend;
+pub mod caches;
 mod config;
 mod network;
 mod runtime;
