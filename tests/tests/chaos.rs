@@ -417,9 +417,25 @@ async fn deliver(brain: &BrainProcess, body: &str) -> bool {
     matches!(sent, Ok(r) if r.status() == StatusCode::OK)
 }
 
+/// Per owning replica, the acknowledged webhook events that have no session yet (queued for a
+/// run slot), read straight from the database.
+async fn waiting_events_per_owner(url: &str) -> HashMap<String, i64> {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(url).await.expect("connect");
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT owner, COUNT(*) FROM trigger_events WHERE session_id IS NULL GROUP BY owner",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .expect("reading trigger_events");
+    let _ = conn.close().await;
+    rows.into_iter().collect()
+}
+
 /// Two brains with the Slack trigger on one PostgreSQL behind the cuttable proxy. A flood of
 /// mentions, each also redelivered to the other replica (Slack retries), across a SIGKILL of
-/// one replica (events it acknowledged are in flight), a 10 s database outage (deliveries then
+/// one replica (events it acknowledged are in flight: with one Slack run slot per replica,
+/// most still wait for it, recorded only in the trigger inbox), a 10 s database outage (deliveries then
 /// are refused and redelivered after it) and its restart. Invariants: every acknowledged event
 /// gets its session and exactly one answer in its thread; no event starts two sessions or is
 /// answered twice; every session succeeds.
@@ -436,7 +452,7 @@ async fn a_webhook_flood_across_a_kill_and_an_outage_loses_and_doubles_nothing()
         database_url: Some(through(&url, &proxy)),
         extra_yaml: format!(
             "{}triggers:\n  reply_retry_base_ms: 100\n  reply_retry_max_ms: 1000\n  \
-             slack:\n    api_base_url: {}\n    bot_user_id: UBOT\n    max_concurrent: 4\n    \
+             slack:\n    api_base_url: {}\n    bot_user_id: UBOT\n    max_concurrent: 1\n    \
              max_queued: 32\n",
             script.yaml(),
             fake.base_url
@@ -466,9 +482,21 @@ async fn a_webhook_flood_across_a_kill_and_an_outage_loses_and_doubles_nothing()
             unacked.push(i);
         }
     }
-    // 2. A dies with events acknowledged and in flight (queued for a run slot or running).
+    // 2. A dies with events acknowledged and in flight: one running (its session and owed
+    //    reply recorded), the rest still waiting for its single Slack run slot, so they exist
+    //    only as rows of the trigger inbox (no session yet). Only draining that inbox after
+    //    the kill answers those.
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let waiting = waiting_events_per_owner(&url).await;
     a.kill9();
+    println!(
+        "chaos: webhook flood: acknowledged events still waiting for a run slot at the kill, per replica: {waiting:?}"
+    );
+    assert!(
+        waiting.len() == 2 && waiting.values().all(|n| *n >= 2),
+        "the kill must find acknowledged events of both replicas still waiting for a run \
+         slot (no session yet), or the test proves nothing about the inbox: {waiting:?}"
+    );
     // 3. A 10 s database outage while more events arrive: none can be recorded, so none may
     //    be acknowledged; Slack redelivers them later.
     proxy.set_up(false);
