@@ -268,3 +268,59 @@ fn config_leaves_import_only_the_sandbox_layer() {
         bad.join("\n")
     );
 }
+
+/// The modules of the two top layers (api / mcp, then cli): nothing at the sessions /
+/// triggers layer or below may name them.
+const ABOVE_SESSIONS: &[&str] = &["api", "ui", "mcp", "cli", "code_interpreter"];
+
+/// The violations of "names none of `crate::<forbidden>`" in the files given.
+fn forbidden_names(files: &[PathBuf], forbidden: &[&str]) -> Vec<String> {
+    let mut bad = Vec::new();
+    for file in files {
+        let src = std::fs::read_to_string(file).expect("read source");
+        for (line, name) in crate_modules_named(&src) {
+            if forbidden.contains(&name.as_str()) {
+                bad.push(format!("{}:{line}: crate::{name}", file.display()));
+            }
+        }
+    }
+    bad
+}
+
+#[test]
+fn sessions_and_triggers_import_nothing_from_api_ui_mcp_or_cli() {
+    let src = src_dir();
+    let mut files = Vec::new();
+    rust_files(&src.join("sessions"), &mut files);
+    rust_files(&src.join("triggers"), &mut files);
+    // The shared answering of approvals sits at this layer so the triggers can reach it.
+    files.extend(["approvals.rs", "error.rs"].map(|f| src.join(f)));
+    assert!(
+        files.iter().any(|f| f.ends_with("triggers/github.rs"))
+            && files.iter().any(|f| f.ends_with("sessions/agent.rs")),
+        "found the sessions and triggers sources: {files:?}"
+    );
+    let bad = forbidden_names(&files, ABOVE_SESSIONS);
+    assert!(
+        bad.is_empty(),
+        "sessions/ and triggers/ are below api / mcp and cli (ARCHITECTURE.md, \"Layers of the \
+         brain\"); these name modules above them:\n{}",
+        bad.join("\n")
+    );
+}
+
+#[test]
+fn the_denylist_catches_an_upward_name() {
+    let dir = std::env::temp_dir().join(format!("layering-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let file = dir.join("x.rs");
+    std::fs::write(
+        &file,
+        "use crate::{store, ui::github::Answer};\nfn f() { crate::api::approvals::broker(); }\n",
+    )
+    .expect("write");
+    let bad = forbidden_names(std::slice::from_ref(&file), ABOVE_SESSIONS);
+    std::fs::remove_dir_all(&dir).ok();
+    assert_eq!(bad.len(), 2, "{bad:?}");
+    assert!(bad[0].ends_with(":1: crate::ui") && bad[1].ends_with(":2: crate::api"));
+}

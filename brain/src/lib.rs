@@ -4,6 +4,7 @@
 //! a shutdown future; `main.rs` only parses flags and binds.
 
 pub mod api;
+pub mod approvals;
 pub mod audit_heads;
 pub mod cli;
 pub mod code_interpreter;
@@ -307,7 +308,7 @@ fn start_triggers(
     }
     // … and of GitHub-started sessions, commented on their issues.
     if built.github.is_some() {
-        tokio::spawn(ui::github::notify(
+        tokio::spawn(triggers::github_approvals::notify(
             state.clone(),
             built.clone(),
             stop.clone(),

@@ -218,7 +218,7 @@ fn approval_answer(
     p: &Payload,
     config: &GithubConfig,
     replay_key: &str,
-) -> Option<crate::ui::github::Answer> {
+) -> Option<crate::triggers::github_approvals::Answer> {
     if event != "issue_comment" || p.action != "created" || !valid_repo(&p.repository.full_name) {
         return None;
     }
@@ -233,11 +233,11 @@ fn approval_answer(
     if !rest.starts_with(char::is_whitespace) {
         return None;
     }
-    Some(crate::ui::github::Answer {
+    Some(crate::triggers::github_approvals::Answer {
         repo: p.repository.full_name.clone(),
         issue: p.issue.number,
         actor: p.sender.login.clone(),
-        command: crate::ui::github::parse(rest)?,
+        command: crate::triggers::github_approvals::parse(rest)?,
         replay_key: replay_key.to_string(),
     })
 }
@@ -284,7 +284,7 @@ pub async fn hook(State(state): State<AppState>, headers: HeaderMap, body: Bytes
     let key = replay_key(&event, &payload);
     // `/airlock allow|deny <host>`: an answer to a held egress request, not a follow-up.
     if let Some(answer) = approval_answer(&event, &payload, &github.config, &key) {
-        return match crate::ui::github::accept(&state, &triggers, answer).await {
+        return match crate::triggers::github_approvals::accept(&state, &triggers, answer).await {
             Ok(()) => StatusCode::OK.into_response(),
             Err(e) => {
                 tracing::error!(delivery, error = %e, "github approval answer: cannot record it");

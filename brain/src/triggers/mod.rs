@@ -20,6 +20,7 @@
 
 pub mod config;
 pub mod github;
+pub mod github_approvals;
 pub mod inbox;
 pub mod outbox;
 pub mod sessions_launcher;

@@ -13,7 +13,6 @@
 
 mod audit_status;
 mod auth;
-pub mod github;
 mod pages;
 pub mod slack;
 
@@ -703,7 +702,7 @@ async fn pending(
     state: &AppState,
     s: &auth::Signin,
 ) -> Result<Vec<crate::credentials::PendingApproval>, Response> {
-    let broker = crate::api::approvals::broker(state).map_err(IntoResponse::into_response)?;
+    let broker = crate::approvals::broker(state).map_err(IntoResponse::into_response)?;
     let mut list = broker
         .approvals()
         .await
@@ -766,7 +765,7 @@ async fn approval_decide(
         }
     }
     let by = format!("console:{}", s.who);
-    crate::api::approvals::decide_as(&state, &id, decision, &by)
+    crate::approvals::decide_as(&state, &id, decision, &by)
         .await
         .map_err(IntoResponse::into_response)?;
     Ok(Redirect::to("/ui/approvals").into_response())

@@ -211,7 +211,7 @@ pub async fn interactive(
         Some((c, _)) if c == channel => {}
         _ => return (StatusCode::FORBIDDEN, "not this channel's approval").into_response(),
     }
-    match crate::api::approvals::decide_as(&state, &id, decision, &format!("slack:{user}")).await {
+    match crate::approvals::decide_as(&state, &id, decision, &format!("slack:{user}")).await {
         Ok(a) => axum::Json(
             json!({"text": format!("<@{user}> chose {} for {}", decision.as_str(), a.host)}),
         )

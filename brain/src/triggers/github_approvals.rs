@@ -237,7 +237,7 @@ pub async fn answer(state: AppState, triggers: Arc<Triggers>, ans: Answer) {
             return;
         }
     };
-    let pending = match crate::api::approvals::broker(&state) {
+    let pending = match crate::approvals::broker(&state) {
         Ok(b) => b.approvals().await.unwrap_or_default(),
         Err(_) => Vec::new(),
     };
@@ -255,7 +255,7 @@ pub async fn answer(state: AppState, triggers: Arc<Triggers>, ans: Answer) {
     let by = format!("github:{}", ans.actor);
     let mut answered = 0usize;
     for a in &matching {
-        if crate::api::approvals::decide_as(&state, &a.id, ans.command.decision, &by)
+        if crate::approvals::decide_as(&state, &a.id, ans.command.decision, &by)
             .await
             .is_ok()
         {
