@@ -687,7 +687,7 @@ async fn code_interpreter_claims_a_warm_pool_sandbox() {
     if !ready() {
         return;
     }
-    let env = start_with("pools:\n  - {backend: docker, size: 1}\n").await;
+    let mut env = start_with("pools:\n  - {backend: docker, size: 1}\n").await;
     let ready_line = "airlock_brain_pool_ready_sandboxes{backend=\"docker\"} 1";
     let mut text = String::new();
     for _ in 0..600 {
@@ -716,6 +716,46 @@ async fn code_interpreter_claims_a_warm_pool_sandbox() {
         "{text}"
     );
     env.no_sandboxes_left().await;
+    // The pool refilled after the claim: a graceful stop drains it, and no container of this
+    // brain (its owner label) outlives it.
+    let owner = brain_owner(&env.brain).await;
+    env.brain.terminate();
+    let mut left = Vec::new();
+    for _ in 0..100 {
+        left = containers_of_owner(&owner);
+        if left.is_empty() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("containers outlive the brain that pooled them: {left:?}");
+}
+
+/// The owner id the brain labels its sandboxes with (`instance.owner` in its SQLite store).
+async fn brain_owner(brain: &BrainProcess) -> String {
+    let url = format!("sqlite://{}", brain.data_dir().join("brain.db").display());
+    let pool = sqlx::SqlitePool::connect(&url)
+        .await
+        .expect("open the brain's store");
+    let owner: String = sqlx::query_scalar("SELECT owner FROM instance WHERE id = 1")
+        .fetch_one(&pool)
+        .await
+        .expect("read the owner");
+    pool.close().await;
+    owner
+}
+
+/// Containers (any state) labelled with `owner`.
+fn containers_of_owner(owner: &str) -> Vec<String> {
+    let out = std::process::Command::new("docker")
+        .args(["ps", "-aq", "--filter"])
+        .arg(format!("label=airlock.owner={owner}"))
+        .output()
+        .expect("docker ps");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
 }
 
 /// The standalone gateway binary with `code_interpreter.brain_url`: the same
