@@ -747,12 +747,8 @@ async fn brain_owner(brain: &BrainProcess) -> String {
 
 /// Containers (any state) labelled with `owner`.
 fn containers_of_owner(owner: &str) -> Vec<String> {
-    let out = std::process::Command::new("docker")
-        .args(["ps", "-aq", "--filter"])
-        .arg(format!("label=airlock.owner={owner}"))
-        .output()
-        .expect("docker ps");
-    String::from_utf8_lossy(&out.stdout)
+    let filter = format!("label=airlock.owner={owner}");
+    airlock_tests::vault::docker_cli(&["ps", "-aq", "--filter", &filter])
         .split_whitespace()
         .map(str::to_owned)
         .collect()
