@@ -819,9 +819,26 @@ async fn budget_resetter(keys: std::sync::Weak<Keys>) {
     }
 }
 
+/// A spend-log row id, unique across replicas and restarts: a random 64-bit prefix per
+/// process and a counter, in the shape of the earlier `airlock-<uuid simple>` (a v4 UUID
+/// per row cost a `getrandom` system call each, thousands a second under load).
+fn next_request_id() -> String {
+    use std::sync::OnceLock;
+    static PREFIX: OnceLock<u64> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let prefix = *PREFIX.get_or_init(rand::random::<u64>);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("airlock-{prefix:016x}{n:016x}")
+}
+
+/// How long the spend writer gathers records before a transaction.
+const SPEND_BATCH_WAIT: Duration = Duration::from_millis(250);
+/// At most this many records per transaction (a busier replica writes more often).
+const SPEND_BATCH_MAX: usize = 1024;
+
 /// Batches spend messages (aggregated per key and model, plus one log row per request)
-/// into one transaction at most every 250 ms, off the request path. A failed write
-/// keeps its batch for the next attempt.
+/// into one transaction every [`SPEND_BATCH_WAIT`] or [`SPEND_BATCH_MAX`] records, off
+/// the request path. A failed write keeps its batch for the next attempt.
 async fn spend_writer(
     keys: std::sync::Weak<Keys>,
     store: Store,
@@ -832,22 +849,29 @@ async fn spend_writer(
     let mut agg: HashMap<(Arc<str>, Arc<str>), SpendDelta> = HashMap::new();
     let mut logs: Vec<SpendLog> = Vec::new();
     let mut waiters: Vec<oneshot::Sender<()>> = Vec::new();
+    let mut last_trim = Instant::now();
     let schema = match keys.upgrade() {
         Some(k) => k.schema,
         None => return,
     };
     loop {
-        if rx.recv_many(&mut buf, 4096).await == 0 {
+        if rx.recv_many(&mut buf, SPEND_BATCH_MAX).await == 0 {
             break;
         }
-        // Collect a little more so bursts become one transaction, unless someone waits.
-        if !buf.iter().any(|m| matches!(m, SpendMsg::Flush(_))) {
+        // Collect a little more so bursts become one transaction, unless someone waits;
+        // a full batch goes at once, so a batch's rows (and the statement arguments
+        // built from them) stay a few hundred kB however high the request rate.
+        let deadline = tokio::time::Instant::now() + SPEND_BATCH_WAIT;
+        while buf.len() < SPEND_BATCH_MAX && !buf.iter().any(|m| matches!(m, SpendMsg::Flush(_))) {
+            let room = SPEND_BATCH_MAX - buf.len();
             tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
-                _ = notify.notified() => {}
-            }
-            while let Ok(m) = rx.try_recv() {
-                buf.push(m);
+                _ = tokio::time::sleep_until(deadline) => break,
+                _ = notify.notified() => break,
+                n = rx.recv_many(&mut buf, room) => {
+                    if n == 0 {
+                        break;
+                    }
+                }
             }
         }
         for m in buf.drain(..) {
@@ -869,7 +893,7 @@ async fn spend_writer(
                     // Logs are bounded while the database is away: aggregates are what budgets need.
                     if logs.len() < 100_000 {
                         logs.push(SpendLog {
-                            request_id: format!("airlock-{}", uuid::Uuid::new_v4().simple()),
+                            request_id: next_request_id(),
                             api_key: r.bucket.to_string(),
                             model: r.upstream,
                             model_group: r.model.to_string(),
@@ -948,6 +972,25 @@ async fn spend_writer(
         for w in waiters.drain(..) {
             let _ = w.send(());
         }
+        if last_trim.elapsed() >= Duration::from_secs(1) {
+            last_trim = Instant::now();
+            release_freed_memory();
+        }
+    }
+}
+
+/// Hand memory freed since the last call back to the kernel. glibc returns only the
+/// top of each arena on `free`; under load the request buffers, spend batches and
+/// statement arguments of every thread leave free pages in the middle of the arenas,
+/// which stayed resident: 42 MB of anonymous RSS against a live heap of ~15 MB
+/// (heaptrack) at 50 connections. `malloc_trim(0)` releases those pages (madvise), in
+/// about 0.1 ms for this heap, at most once a second and off the request path.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only takes glibc's own arena locks; it is safe to call at any
+    // time from any thread.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
@@ -966,6 +1009,15 @@ mod tests {
         assert!(models_allow(&[], "x"));
         assert!(models_allow(&["all-proxy-models".into()], "x"));
         assert!(!models_allow(&["gpt-4o".into()], "gpt-4o-mini"));
+    }
+
+    #[test]
+    fn request_ids_are_distinct_and_shaped_like_before() {
+        let (a, b) = (next_request_id(), next_request_id());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), "airlock-".len() + 32);
+        assert!(a.starts_with("airlock-") && a[8..].bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_eq!(a[..24], b[..24], "one prefix per process");
     }
 
     #[test]

@@ -21,6 +21,7 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
+    limit_malloc_arenas();
     // Only ring is compiled in; make it the process default before any TLS use.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let args = Args::parse();
@@ -88,4 +89,21 @@ async fn shutdown() {
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+/// One glibc malloc arena for the whole process instead of up to eight per core. Every
+/// thread (two tokio workers, one per SQLite connection) otherwise gets an arena of its
+/// own, and each keeps its freed memory resident: at 50 connections the anonymous RSS
+/// was 15 MB against a live heap of ~8 MB (heaptrack), and 6 MB less with one arena
+/// (bench/gateway: peak 34 → 28 MB) at the same throughput within noise, since
+/// glibc's per-thread caches serve most small allocations without the arena lock.
+/// `MALLOC_ARENA_MAX` in the environment still wins.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: called first thing in main, before any other thread exists.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 1);
+        }
+    }
 }
