@@ -6,7 +6,7 @@ HTTP connections:
   - provision:      POST /v1/sandboxes until the sandbox answers (201)
   - provision+del:  provision then DELETE (comparable to `docker run --rm`)
   - exec true:      POST /v1/sandboxes/{id}/exec {"command":"true"}
-and, on the same image in the same run:
+and, on the same image, interleaved with the cold provisions:
   - docker run -d --entrypoint sleep IMAGE 60   (create + start, no teardown)
   - docker run --rm --entrypoint true IMAGE     (create + start + wait + remove)
   - docker exec CONTAINER true
@@ -21,7 +21,10 @@ and, with a warm pool (`pools: [{backend: docker, size: --pool-size}]`, a second
     --snapshot-mb checkout (files of 100 KB), then POST /v1/sandboxes {"from_snapshot"}
     until the restored sandbox answers (memory raised so workspace + tar fit)
 
-Prints p50/p99 for each and the ratios. Usage:
+The cold provisions and the two `docker run` baselines are measured interleaved (one of each
+per round), so both see the same load. Prints p50/p99 for each, the ratios, and the issue-16
+targets (cold <= 1.0x `docker run -d`, warm p50 <= 50 ms, warm p99 <= 150 ms) with the load
+average. Usage:
   python3 bench/sandbox_bench.py [--provisions 20] [--execs 200] [--profile release]
       [--pool-size 8] [--burst 50] [--image airlock-sandbox:latest]
 """
@@ -179,7 +182,14 @@ def main():
         sb = brain.call("POST", "/v1/sandboxes", {"task_description": "warm-up"})
         brain.call("DELETE", f"/v1/sandboxes/{sb['id']}")
 
-        prov, prov_del = [], []
+        name = "airlock-bench-" + secrets.token_hex(4)
+        docker("run", "-d", "--name", name, "--entrypoint", "sleep", IMAGE, "60")
+        docker("rm", "-f", name)
+
+        # Cold provisions interleaved with the `docker run` baselines, so both see the same
+        # load (this machine's load drifts over a run): provision, delete, docker run -d,
+        # rm -f, docker run --rm.
+        prov, prov_del, run_d, run_rm = [], [], [], []
         for _ in range(a.provisions):
             t0 = time.perf_counter()
             sb = brain.call("POST", "/v1/sandboxes", {"task_description": "bench"})
@@ -188,7 +198,14 @@ def main():
             t2 = time.perf_counter()
             prov.append(t1 - t0)
             prov_del.append(t2 - t0)
-        results += [summary("brain provision", prov), summary("brain provision+delete", prov_del)]
+            name = "airlock-bench-" + secrets.token_hex(4)
+            dt, _ = timed(lambda: docker("run", "-d", "--name", name, "--entrypoint", "sleep", IMAGE, "60"))
+            run_d.append(dt)
+            docker("rm", "-f", name)
+            dt, _ = timed(lambda: docker("run", "--rm", "--entrypoint", "true", IMAGE))
+            run_rm.append(dt)
+        results += [summary("brain provision", prov), summary("brain provision+delete", prov_del),
+                    summary("docker run -d", run_d), summary("docker run --rm true", run_rm)]
 
         sb = brain.call("POST", "/v1/sandboxes", {"task_description": "exec bench"})
         path = f"/v1/sandboxes/{sb['id']}/exec"
@@ -283,16 +300,6 @@ def main():
     finally:
         pool.close()
 
-    run_d, run_rm = [], []
-    for _ in range(a.provisions):
-        name = "airlock-bench-" + secrets.token_hex(4)
-        dt, _ = timed(lambda: docker("run", "-d", "--name", name, "--entrypoint", "sleep", IMAGE, "60"))
-        run_d.append(dt)
-        docker("rm", "-f", name)
-        dt, _ = timed(lambda: docker("run", "--rm", "--entrypoint", "true", IMAGE))
-        run_rm.append(dt)
-    results += [summary("docker run -d", run_d), summary("docker run --rm true", run_rm)]
-
     name = "airlock-bench-exec-" + secrets.token_hex(4)
     docker("run", "-d", "--name", name, "--entrypoint", "sleep", IMAGE, "600")
     try:
@@ -323,6 +330,18 @@ def main():
     print()
     for k, v in ratios.items():
         print(f"{k:44} {v:.3f}")
+    # The issue-16 targets, in one place.
+    warm = by["warm pool provision"]
+    cold_ratio = ratios["provision / docker run -d (p50)"]
+    print()
+    print(f"target cold provision <= 1.0x docker run -d (p50): {cold_ratio:.3f}x "
+          f"({by['brain provision']['p50_ms']} ms vs {by['docker run -d']['p50_ms']} ms) "
+          f"{'MET' if cold_ratio <= 1.0 else 'MISSED'}")
+    print(f"target warm provision p50 <= 50 ms: {warm['p50_ms']} ms "
+          f"{'MET' if warm['p50_ms'] <= 50 else 'MISSED'}")
+    print(f"target warm provision p99 <= 150 ms: {warm['p99_ms']} ms "
+          f"{'MET' if warm['p99_ms'] <= 150 else 'MISSED'}")
+    print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print()
     for k, v in extra.get("burst", {}).items():
         print(f"burst {k:38} {v}")

@@ -62,6 +62,8 @@ struct PoolState {
     ready: VecDeque<Ready>,
     /// Fills in flight.
     filling: usize,
+    /// Claims attaching a sandbox right now: refills wait for them (see [`ClaimGuard`]).
+    claiming: usize,
     retry_at: Option<Instant>,
 }
 
@@ -165,11 +167,14 @@ pub async fn claim(
         return Ok(None);
     }
     for _ in 0..CLAIM_ATTEMPTS {
+        // Taken before the pop, so the refiller never sees the pool one short with no claim.
+        let guard = ClaimGuard::new(pools, &key);
         let Some(ready) = pools.pop(&key) else {
             break;
         };
-        pools.wake.notify_one();
-        match attach(state, backend.as_ref(), params, &ready).await {
+        let attached = attach(state, backend.as_ref(), params, &ready).await;
+        drop(guard);
+        match attached {
             Ok(Some(row)) => {
                 state.metrics.pool_claim(kind, true);
                 state
@@ -192,6 +197,34 @@ pub async fn claim(
     }
     state.metrics.pool_claim(kind, false);
     Ok(None)
+}
+
+/// Marks a claim in progress on a pool. The refill does not start fills for a pool while one
+/// runs (unless the pool ran empty), and is woken when it ends: a fill started alongside would
+/// create a container while the claim configures its sandbox and writes its row, and the
+/// claim would wait on that CPU and I/O (the slow tail of warm claims). Dropped also when the
+/// claim's caller goes away mid-claim.
+struct ClaimGuard<'a> {
+    pools: &'a Pools,
+    key: &'a str,
+}
+
+impl<'a> ClaimGuard<'a> {
+    fn new(pools: &'a Pools, key: &'a str) -> Self {
+        if let Some(p) = pools.lock().get_mut(key) {
+            p.claiming += 1;
+        }
+        Self { pools, key }
+    }
+}
+
+impl Drop for ClaimGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(p) = self.pools.lock().get_mut(self.key) {
+            p.claiming = p.claiming.saturating_sub(1);
+        }
+        self.pools.wake.notify_one();
+    }
 }
 
 enum Attach {
@@ -317,6 +350,11 @@ fn start_fills(state: &AppState, fills: &std::sync::Arc<tokio::sync::Semaphore>)
             if p.retry_at.is_some_and(|t| t > now) {
                 continue;
             }
+            // A claim is being served from a pool that still has sandboxes: fill once it is
+            // done (its guard wakes us), not alongside it.
+            if p.claiming > 0 && !p.ready.is_empty() {
+                continue;
+            }
             let have = p.ready.len() + p.filling;
             for _ in have..config.size {
                 p.filling += 1;
@@ -401,7 +439,7 @@ async fn fill_one(state: &AppState, config: &PoolConfig) -> Result<Option<Ready>
         workspace: None,
         cache_tenant: None,
     };
-    let handle = match backend.provision(&spec).await {
+    let handle = match backend.provision_for_pool(&spec).await {
         Ok(handle) => handle,
         Err(e) => {
             state.store.set_failed(&id, &e.to_string()).await?;

@@ -10,38 +10,13 @@ impl SandboxBackend for DockerBackend {
     }
 
     async fn provision(&self, spec: &SandboxSpec) -> Result<SandboxHandle, BackendError> {
-        let this = self.clone();
-        let owned = spec.clone();
-        let task = tokio::spawn(async move {
-            let spec = owned;
-            let started = Instant::now();
-            let mut created = Created::default();
-            let result = this.provision_steps(&spec, &mut created).await;
-            match &result {
-                Ok(_) => tracing::info!(
-                    sandbox = %spec.id,
-                    elapsed_ms = started.elapsed().as_millis() as u64,
-                    "docker sandbox ready"
-                ),
-                Err(e) => {
-                    tracing::warn!(sandbox = %spec.id, error = %e, "docker provision failed; cleaning up");
-                    this.cleanup(&spec.id, &created).await;
-                }
-            }
-            result
-        });
-        match task.await {
-            Ok(result) => result,
-            Err(e) => {
-                // The task panicked: what it created is unknown, so sweep by label.
-                if let Err(sweep) = self.remove_all(&spec.id, None).await {
-                    tracing::warn!(sandbox = %spec.id, error = %sweep, "cleanup after provision panic");
-                }
-                Err(BackendError::Unavailable(format!(
-                    "provision task failed: {e}"
-                )))
-            }
-        }
+        self.provision_with(spec, true).await
+    }
+
+    /// A warm pool's fill is not waited on by anyone: it leaves the spare networks to the
+    /// provisions that are, and so triggers no spare refill next to the claims it serves.
+    async fn provision_for_pool(&self, spec: &SandboxSpec) -> Result<SandboxHandle, BackendError> {
+        self.provision_with(spec, false).await
     }
 
     async fn destroy(&self, handle: &SandboxHandle) -> Result<(), BackendError> {
@@ -65,6 +40,9 @@ impl SandboxBackend for DockerBackend {
     }
 
     async fn destroy_labelled(&self, found: &LabelledSandbox) -> Result<(), BackendError> {
+        if let Some(network) = found.backend_ref.strip_prefix(SPARE_REF_PREFIX) {
+            return self.remove_spare(network).await;
+        }
         let container = (!found.backend_ref.starts_with(NETWORK_REF_PREFIX)
             && !found.backend_ref.is_empty())
         .then_some(found.backend_ref.as_str());
@@ -116,6 +94,9 @@ impl SandboxBackend for DockerBackend {
                 backend_ref: format!("{NETWORK_REF_PREFIX}{nid}"),
             });
         }
+        // Spare networks another brain process made (a crashed one's, listed under the
+        // network's name, which no sandbox row has).
+        found.extend(self.foreign_spares().await?);
         Ok(found)
     }
 
@@ -145,6 +126,14 @@ impl SandboxBackend for DockerBackend {
 
     fn supports_pool(&self) -> bool {
         true
+    }
+
+    fn warm_up(&self, owner: &str) {
+        self.refill_spares(owner);
+    }
+
+    async fn shutdown(&self) {
+        self.drain_spares().await;
     }
 
     /// Files bind-mounted at creation (the CA placeholders of a pooled sandbox) are filled on
@@ -386,5 +375,52 @@ impl SandboxBackend for DockerBackend {
             return Err(BackendError::NotFound(handle.id.clone()));
         }
         self.ensure_egress(&handle.id, &dir)
+    }
+}
+
+impl DockerBackend {
+    /// Provisions in a task of its own (see the module docs); `spares`: whether it may take a
+    /// spare network (and refill them after).
+    async fn provision_with(
+        &self,
+        spec: &SandboxSpec,
+        spares: bool,
+    ) -> Result<SandboxHandle, BackendError> {
+        let this = self.clone();
+        let owned = spec.clone();
+        let task = tokio::spawn(async move {
+            let spec = owned;
+            let started = Instant::now();
+            let mut created = Created::default();
+            let result = this.provision_steps(&spec, spares, &mut created).await;
+            match &result {
+                Ok(_) => tracing::info!(
+                    sandbox = %spec.id,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "docker sandbox ready"
+                ),
+                Err(e) => {
+                    tracing::warn!(sandbox = %spec.id, error = %e, "docker provision failed; cleaning up");
+                    this.cleanup(&spec.id, &created).await;
+                }
+            }
+            // After the provision, so the fill never competes with it for the engine.
+            if spares {
+                this.refill_spares(&spec.owner);
+            }
+            result
+        });
+        match task.await {
+            Ok(result) => result,
+            Err(e) => {
+                // The task panicked: what it created is unknown, so sweep by label.
+                if let Err(sweep) = self.remove_all(&spec.id, None).await {
+                    tracing::warn!(sandbox = %spec.id, error = %sweep, "cleanup after provision panic");
+                }
+                Err(BackendError::Unavailable(format!(
+                    "provision task failed: {e}"
+                )))
+            }
+        }
     }
 }
