@@ -243,6 +243,11 @@ async fn attach(
 ) -> Result<Option<SandboxRow>, Attach> {
     let id = &ready.id;
     let mut handle = ready.handle.clone();
+    let t0 = Instant::now();
+    // Per-step timings of a claim (`RUST_LOG=brain::pool=debug`).
+    let step = |name: &str| {
+        tracing::debug!(sandbox = %id, step = name, elapsed_us = t0.elapsed().as_micros() as u64, "claim step");
+    };
     let grant = match &state.broker {
         Some(broker) => {
             let req = GrantRequest {
@@ -271,10 +276,12 @@ async fn attach(
         }
         None => credentials::CredentialGrant::default(),
     };
+    step("granted");
     if let Err(e) = backend.configure(&handle, &grant.env, &grant.files).await {
         lifecycle::revoke(state, id).await;
         return Err(Attach::Sandbox(e.into()));
     }
+    step("configured");
     grant.record_in(&mut handle);
     let request = serde_json::to_value(params)
         .map_err(|e| Attach::Sandbox(LifecycleError::Task(format!("encode request: {e}"))))?;
@@ -298,6 +305,7 @@ async fn attach(
             &handle,
         )
         .await;
+    step("row claimed");
     match claimed {
         Ok(true) => {}
         Ok(false) => {

@@ -59,37 +59,26 @@ impl Naming {
         )
     }
 
+    /// One `docker ps --format` field of every container with our prefix (running or not),
+    /// split at commas (a list field) and newlines.
+    fn containers_field(&self, format: &str) -> BTreeSet<String> {
+        let filter = format!("name=^{}", self.prefix);
+        docker_cli(&["ps", "-a", "--filter", &filter, "--format", format])
+            .split([',', '\n'])
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+
     /// Sandbox ids of every container with our prefix (running or not).
     fn sandbox_ids(&self) -> BTreeSet<String> {
-        docker_cli(&[
-            "ps",
-            "-a",
-            "--filter",
-            &format!("name=^{}", self.prefix),
-            "--format",
-            "{{.Label \"airlock.sandbox\"}}",
-        ])
-        .lines()
-        .map(str::to_string)
-        .filter(|l| !l.is_empty())
-        .collect()
+        self.containers_field("{{.Label \"airlock.sandbox\"}}")
     }
 
     /// Names of the networks our sandboxes' containers are on.
     fn sandbox_networks(&self) -> BTreeSet<String> {
-        docker_cli(&[
-            "ps",
-            "-a",
-            "--filter",
-            &format!("name=^{}", self.prefix),
-            "--format",
-            "{{.Networks}}",
-        ])
-        .split([',', '\n'])
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(str::to_string)
-        .collect()
+        self.containers_field("{{.Networks}}")
     }
 
     /// Names of our networks with `label` (e.g. the spare label of one brain process).

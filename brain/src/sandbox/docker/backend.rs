@@ -72,14 +72,7 @@ impl SandboxBackend for DockerBackend {
                 backend_ref: cid,
             });
         }
-        let options = ListNetworksOptionsBuilder::default()
-            .filters(&filter)
-            .build();
-        let networks = self
-            .docker
-            .list_networks(Some(options))
-            .await
-            .map_err(|e| engine("list networks", e))?;
+        let networks = self.networks_with(&filter).await?;
         for n in networks {
             let labels = n.labels.unwrap_or_default();
             let (Some(id), Some(nid)) = (labels.get(SANDBOX_LABEL), n.id) else {
@@ -151,18 +144,34 @@ impl SandboxBackend for DockerBackend {
             .and_then(|s| serde_json::from_str(s).ok())
             .unwrap_or_default();
         let mut rest = Vec::new();
+        let mut fill = Vec::new();
         for (target, data) in files {
             match staged.get(target) {
-                Some(source) => rewrite_staged(source, data).await?,
+                Some(source) => fill.push((source.clone(), data.clone())),
                 None => rest.push((target.clone(), data.clone())),
             }
         }
-        self.agent(handle)?
-            .configure(&airlock_wire::ConfigureRequest {
-                env: env.clone(),
-                files: crate::sandbox::files_as_text(&rest)?,
-            })
-            .await
+        let request = airlock_wire::ConfigureRequest {
+            env: env.clone(),
+            files: crate::sandbox::files_as_text(&rest)?,
+        };
+        let agent = self.agent(handle)?;
+        // Side by side: the claim returns only after both, and nothing runs in the sandbox
+        // before it returns. The host files are written in one blocking task (a claim's
+        // latency is mostly hops between threads on a loaded host).
+        let (filled, configured) = tokio::join!(
+            async {
+                tokio::task::spawn_blocking(move || {
+                    fill.iter()
+                        .try_for_each(|(source, data)| rewrite_staged(source, data))
+                })
+                .await
+                .map_err(|e| BackendError::Unavailable(format!("fill staged files: {e}")))?
+            },
+            agent.configure(&request)
+        );
+        filled?;
+        configured
     }
 
     async fn pause(&self, handle: &SandboxHandle) -> Result<(), BackendError> {

@@ -227,14 +227,7 @@ impl DockerBackend {
     /// this engine), for the label sweep.
     pub(super) async fn foreign_spares(&self) -> Result<Vec<LabelledSandbox>, BackendError> {
         let filter = HashMap::from([("label".to_string(), vec![SPARE_LABEL.to_string()])]);
-        let options = ListNetworksOptionsBuilder::default()
-            .filters(&filter)
-            .build();
-        let networks = self
-            .docker
-            .list_networks(Some(options))
-            .await
-            .map_err(|e| engine("list networks", e))?;
+        let networks = self.networks_with(&filter).await?;
         Ok(networks
             .into_iter()
             .filter_map(|n| {

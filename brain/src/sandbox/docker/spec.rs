@@ -527,26 +527,24 @@ pub(super) fn staged_name(dir: &Path, n: usize) -> String {
     dir.join(format!("f{n}")).display().to_string()
 }
 
-/// Replaces a staged file's content in place (same inode: the container's bind mount sees it).
-pub(super) async fn rewrite_staged(source: &str, data: &[u8]) -> Result<(), BackendError> {
+/// Replaces a staged file's content in place (same inode: the container's bind mount sees
+/// it). Blocking: called from a blocking task.
+pub(super) fn rewrite_staged(source: &str, data: &[u8]) -> Result<(), BackendError> {
+    use std::io::Write;
     use std::os::unix::fs::PermissionsExt;
-    use tokio::io::AsyncWriteExt;
     let io = |what: &str, e: std::io::Error| {
         BackendError::Unavailable(format!("fill staged file {source}: {what}: {e}"))
     };
-    tokio::fs::set_permissions(source, std::fs::Permissions::from_mode(0o644))
-        .await
+    std::fs::set_permissions(source, std::fs::Permissions::from_mode(0o644))
         .map_err(|e| io("chmod", e))?;
-    let mut f = tokio::fs::OpenOptions::new()
+    let mut f = std::fs::OpenOptions::new()
         .write(true)
         .truncate(true)
         .open(source)
-        .await
         .map_err(|e| io("open", e))?;
-    f.write_all(data).await.map_err(|e| io("write", e))?;
-    f.flush().await.map_err(|e| io("flush", e))?;
+    f.write_all(data).map_err(|e| io("write", e))?;
+    f.flush().map_err(|e| io("flush", e))?;
     drop(f);
-    tokio::fs::set_permissions(source, std::fs::Permissions::from_mode(0o444))
-        .await
+    std::fs::set_permissions(source, std::fs::Permissions::from_mode(0o444))
         .map_err(|e| io("chmod", e))
 }

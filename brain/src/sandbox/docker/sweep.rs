@@ -59,14 +59,7 @@ impl DockerBackend {
         for c in containers.into_iter().filter_map(|c| c.id) {
             self.remove_container(&c).await?;
         }
-        let options = ListNetworksOptionsBuilder::default()
-            .filters(&filter)
-            .build();
-        let labelled = self
-            .docker
-            .list_networks(Some(options))
-            .await
-            .map_err(|e| engine("list networks", e))?;
+        let labelled = self.networks_with(&filter).await?;
         networks.extend(labelled.into_iter().filter_map(|n| n.id));
         networks.sort();
         networks.dedup();
