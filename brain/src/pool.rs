@@ -67,6 +67,19 @@ struct PoolState {
     retry_at: Option<Instant>,
 }
 
+impl PoolState {
+    /// How many fills to start now for a pool of `size`: none while a failed fill's back-off
+    /// runs, none while a claim is served from a pool that still has sandboxes (its guard
+    /// wakes the refiller when it is done: fills never run alongside a claim), else what is
+    /// missing beyond the sandboxes ready and the fills in flight.
+    fn fills_to_start(&self, size: usize, now: Instant) -> usize {
+        if self.retry_at.is_some_and(|t| t > now) || (self.claiming > 0 && !self.ready.is_empty()) {
+            return 0;
+        }
+        size.saturating_sub(self.ready.len() + self.filling)
+    }
+}
+
 /// The pools of this brain. Lives in [`AppState`]; the refiller ([`run`]) and [`claim`] share it.
 #[derive(Debug)]
 pub struct Pools {
@@ -355,16 +368,7 @@ fn start_fills(state: &AppState, fills: &std::sync::Arc<tokio::sync::Semaphore>)
             let Some(p) = pools.get_mut(&key) else {
                 continue;
             };
-            if p.retry_at.is_some_and(|t| t > now) {
-                continue;
-            }
-            // A claim is being served from a pool that still has sandboxes: fill once it is
-            // done (its guard wakes us), not alongside it.
-            if p.claiming > 0 && !p.ready.is_empty() {
-                continue;
-            }
-            let have = p.ready.len() + p.filling;
-            for _ in have..config.size {
+            for _ in 0..p.fills_to_start(config.size, now) {
                 p.filling += 1;
                 todo.push(config.clone());
             }
@@ -628,6 +632,57 @@ mod tests {
         ] {
             assert!(validate(&bad).is_err(), "{bad:?}");
         }
+    }
+
+    fn ready(id: &str) -> Ready {
+        Ready {
+            id: id.into(),
+            handle: SandboxHandle {
+                id: id.into(),
+                backend: BackendKind::Docker,
+                backend_ref: id.into(),
+                agent_url: None,
+                agent_token: String::new(),
+                extra: BTreeMap::new(),
+            },
+        }
+    }
+
+    #[test]
+    fn no_fill_starts_while_a_claim_is_served_from_a_non_empty_pool() {
+        let pools = Pools::new(vec![pool(BackendKind::Docker, None, 3)]);
+        let key = pools.configs()[0].key();
+        let now = Instant::now();
+        let fills = |pools: &Pools| pools.lock()[&key].fills_to_start(3, now);
+        for id in ["a", "b", "c"] {
+            pools
+                .lock()
+                .get_mut(&key)
+                .unwrap()
+                .ready
+                .push_back(ready(id));
+        }
+        assert_eq!(fills(&pools), 0);
+
+        // A claim pops one: the pool is short, but nothing starts until the claim ends.
+        let guard = ClaimGuard::new(&pools, &key);
+        assert!(pools.pop(&key).is_some());
+        assert_eq!(pools.lock()[&key].claiming, 1);
+        assert_eq!(fills(&pools), 0);
+        drop(guard);
+        assert_eq!(pools.lock()[&key].claiming, 0);
+        assert_eq!(fills(&pools), 1);
+
+        // A claim on a pool it empties does not hold the refill back.
+        let _one = ClaimGuard::new(&pools, &key);
+        let _two = ClaimGuard::new(&pools, &key);
+        assert!(pools.pop(&key).is_some() && pools.pop(&key).is_some());
+        assert_eq!(fills(&pools), 3);
+        // Fills in flight and a back-off count as before.
+        pools.lock().get_mut(&key).unwrap().filling = 2;
+        assert_eq!(fills(&pools), 1);
+        pools.lock().get_mut(&key).unwrap().retry_at = Some(now + Duration::from_secs(1));
+        assert_eq!(fills(&pools), 0);
     }
 
     #[test]
