@@ -115,6 +115,9 @@ pub async fn run(
         );
     }
     lifecycle::reconcile(&state).await?;
+    for backend in state.backends.built().await {
+        backend.warm_up(state.store.owner());
+    }
     if state.store.engine() == "sqlite" {
         // One brain per SQLite file: every claim left in it belongs to a dead process.
         let released = state.store.release_claims(None).await?;
@@ -203,6 +206,16 @@ pub async fn run(
             );
         }
         step("warm pools drained");
+        // After the pools: a pool fill that was still running may have taken a spare.
+        for backend in state.backends.built().await {
+            if tokio::time::timeout(SHUTDOWN_STEP_TIMEOUT, backend.shutdown())
+                .await
+                .is_err()
+            {
+                tracing::warn!(backend = %backend.kind(), "backend shutdown took over {SHUTDOWN_STEP_TIMEOUT:?}; the next start sweeps the rest");
+            }
+        }
+        step("backends shut down");
     };
     let triggers = async {
         // Outbox pass and the hand-over of owed replies and webhook events.

@@ -152,7 +152,13 @@ async fn provision_steps(
     params: ProvisionParams,
 ) -> Result<SandboxRow, LifecycleError> {
     let id = new.id.clone();
+    let t0 = Instant::now();
+    // Per-step timings of the cold path (`RUST_LOG=brain::lifecycle=debug`).
+    let step = |name: &str| {
+        tracing::debug!(sandbox = %id, step = name, elapsed_us = t0.elapsed().as_micros() as u64, "provision step");
+    };
     state.store.insert_sandbox(&new).await?;
+    step("row inserted");
     if let Some(name) = &params.workspace {
         claim_workspace(state, &id, params.backend, name).await?;
     }
@@ -186,6 +192,7 @@ async fn provision_steps(
         }
         None => CredentialGrant::default(),
     };
+    step("granted");
     let recorded = grant.clone();
     let spec = SandboxSpec {
         id: id.clone(),
@@ -200,8 +207,10 @@ async fn provision_steps(
         cache_tenant: Some(cache_tenant(state, &params).await?),
     };
     let kind = params.backend.as_str();
+    step("spec built");
     match backend.provision(&spec).await {
         Ok(mut handle) => {
+            step("backend provisioned");
             // Kept with the handle so a restarted brain can re-register the grant.
             recorded.record_in(&mut handle);
             state
@@ -219,6 +228,7 @@ async fn provision_steps(
                     .set_destroyed(&id, Some("deleted during provisioning"))
                     .await?;
             } else {
+                step("row running");
                 tracing::info!(sandbox = %id, backend = kind, "sandbox running");
             }
         }

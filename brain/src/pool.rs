@@ -62,7 +62,22 @@ struct PoolState {
     ready: VecDeque<Ready>,
     /// Fills in flight.
     filling: usize,
+    /// Claims attaching a sandbox right now: refills wait for them (see [`ClaimGuard`]).
+    claiming: usize,
     retry_at: Option<Instant>,
+}
+
+impl PoolState {
+    /// How many fills to start now for a pool of `size`: none while a failed fill's back-off
+    /// runs, none while a claim is served from a pool that still has sandboxes (its guard
+    /// wakes the refiller when it is done: fills never run alongside a claim), else what is
+    /// missing beyond the sandboxes ready and the fills in flight.
+    fn fills_to_start(&self, size: usize, now: Instant) -> usize {
+        if self.retry_at.is_some_and(|t| t > now) || (self.claiming > 0 && !self.ready.is_empty()) {
+            return 0;
+        }
+        size.saturating_sub(self.ready.len() + self.filling)
+    }
 }
 
 /// The pools of this brain. Lives in [`AppState`]; the refiller ([`run`]) and [`claim`] share it.
@@ -165,11 +180,14 @@ pub async fn claim(
         return Ok(None);
     }
     for _ in 0..CLAIM_ATTEMPTS {
+        // Taken before the pop, so the refiller never sees the pool one short with no claim.
+        let guard = ClaimGuard::new(pools, &key);
         let Some(ready) = pools.pop(&key) else {
             break;
         };
-        pools.wake.notify_one();
-        match attach(state, backend.as_ref(), params, &ready).await {
+        let attached = attach(state, backend.as_ref(), params, &ready).await;
+        drop(guard);
+        match attached {
             Ok(Some(row)) => {
                 state.metrics.pool_claim(kind, true);
                 state
@@ -194,6 +212,34 @@ pub async fn claim(
     Ok(None)
 }
 
+/// Marks a claim in progress on a pool. The refill does not start fills for a pool while one
+/// runs (unless the pool ran empty), and is woken when it ends: a fill started alongside would
+/// create a container while the claim configures its sandbox and writes its row, and the
+/// claim would wait on that CPU and I/O (the slow tail of warm claims). Dropped also when the
+/// claim's caller goes away mid-claim.
+struct ClaimGuard<'a> {
+    pools: &'a Pools,
+    key: &'a str,
+}
+
+impl<'a> ClaimGuard<'a> {
+    fn new(pools: &'a Pools, key: &'a str) -> Self {
+        if let Some(p) = pools.lock().get_mut(key) {
+            p.claiming += 1;
+        }
+        Self { pools, key }
+    }
+}
+
+impl Drop for ClaimGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(p) = self.pools.lock().get_mut(self.key) {
+            p.claiming = p.claiming.saturating_sub(1);
+        }
+        self.pools.wake.notify_one();
+    }
+}
+
 enum Attach {
     /// The request itself is bad (unknown credential, bad session egress).
     Caller(LifecycleError),
@@ -210,6 +256,11 @@ async fn attach(
 ) -> Result<Option<SandboxRow>, Attach> {
     let id = &ready.id;
     let mut handle = ready.handle.clone();
+    let t0 = Instant::now();
+    // Per-step timings of a claim (`RUST_LOG=brain::pool=debug`).
+    let step = |name: &str| {
+        tracing::debug!(sandbox = %id, step = name, elapsed_us = t0.elapsed().as_micros() as u64, "claim step");
+    };
     let grant = match &state.broker {
         Some(broker) => {
             let req = GrantRequest {
@@ -238,10 +289,12 @@ async fn attach(
         }
         None => credentials::CredentialGrant::default(),
     };
+    step("granted");
     if let Err(e) = backend.configure(&handle, &grant.env, &grant.files).await {
         lifecycle::revoke(state, id).await;
         return Err(Attach::Sandbox(e.into()));
     }
+    step("configured");
     grant.record_in(&mut handle);
     let request = serde_json::to_value(params)
         .map_err(|e| Attach::Sandbox(LifecycleError::Task(format!("encode request: {e}"))))?;
@@ -265,6 +318,7 @@ async fn attach(
             &handle,
         )
         .await;
+    step("row claimed");
     match claimed {
         Ok(true) => {}
         Ok(false) => {
@@ -314,11 +368,7 @@ fn start_fills(state: &AppState, fills: &std::sync::Arc<tokio::sync::Semaphore>)
             let Some(p) = pools.get_mut(&key) else {
                 continue;
             };
-            if p.retry_at.is_some_and(|t| t > now) {
-                continue;
-            }
-            let have = p.ready.len() + p.filling;
-            for _ in have..config.size {
+            for _ in 0..p.fills_to_start(config.size, now) {
                 p.filling += 1;
                 todo.push(config.clone());
             }
@@ -401,7 +451,7 @@ async fn fill_one(state: &AppState, config: &PoolConfig) -> Result<Option<Ready>
         workspace: None,
         cache_tenant: None,
     };
-    let handle = match backend.provision(&spec).await {
+    let handle = match backend.provision_for_pool(&spec).await {
         Ok(handle) => handle,
         Err(e) => {
             state.store.set_failed(&id, &e.to_string()).await?;
@@ -582,6 +632,57 @@ mod tests {
         ] {
             assert!(validate(&bad).is_err(), "{bad:?}");
         }
+    }
+
+    fn ready(id: &str) -> Ready {
+        Ready {
+            id: id.into(),
+            handle: SandboxHandle {
+                id: id.into(),
+                backend: BackendKind::Docker,
+                backend_ref: id.into(),
+                agent_url: None,
+                agent_token: String::new(),
+                extra: BTreeMap::new(),
+            },
+        }
+    }
+
+    #[test]
+    fn no_fill_starts_while_a_claim_is_served_from_a_non_empty_pool() {
+        let pools = Pools::new(vec![pool(BackendKind::Docker, None, 3)]);
+        let key = pools.configs()[0].key();
+        let now = Instant::now();
+        let fills = |pools: &Pools| pools.lock()[&key].fills_to_start(3, now);
+        for id in ["a", "b", "c"] {
+            pools
+                .lock()
+                .get_mut(&key)
+                .unwrap()
+                .ready
+                .push_back(ready(id));
+        }
+        assert_eq!(fills(&pools), 0);
+
+        // A claim pops one: the pool is short, but nothing starts until the claim ends.
+        let guard = ClaimGuard::new(&pools, &key);
+        assert!(pools.pop(&key).is_some());
+        assert_eq!(pools.lock()[&key].claiming, 1);
+        assert_eq!(fills(&pools), 0);
+        drop(guard);
+        assert_eq!(pools.lock()[&key].claiming, 0);
+        assert_eq!(fills(&pools), 1);
+
+        // A claim on a pool it empties does not hold the refill back.
+        let _one = ClaimGuard::new(&pools, &key);
+        let _two = ClaimGuard::new(&pools, &key);
+        assert!(pools.pop(&key).is_some() && pools.pop(&key).is_some());
+        assert_eq!(fills(&pools), 3);
+        // Fills in flight and a back-off count as before.
+        pools.lock().get_mut(&key).unwrap().filling = 2;
+        assert_eq!(fills(&pools), 1);
+        pools.lock().get_mut(&key).unwrap().retry_at = Some(now + Duration::from_secs(1));
+        assert_eq!(fills(&pools), 0);
     }
 
     #[test]

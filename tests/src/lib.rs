@@ -148,6 +148,9 @@ pub struct BrainProcess {
     dir: tempfile::TempDir,
     config_path: PathBuf,
     child: Option<Child>,
+    /// Every brain process started so far (a restart adds one): their spare networks are
+    /// removed on drop.
+    pids: Vec<u32>,
 }
 
 impl BrainProcess {
@@ -194,6 +197,7 @@ impl BrainProcess {
             dir,
             config_path,
             child: None,
+            pids: Vec::new(),
         };
         brain.spawn().await;
         brain
@@ -231,6 +235,7 @@ impl BrainProcess {
             cmd.env(key, value);
         }
         let mut child = cmd.spawn().expect("spawning brain");
+        self.pids.push(child.id());
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, rx) = tokio::sync::oneshot::channel();
         std::thread::spawn(move || {
@@ -421,6 +426,17 @@ impl BrainProcess {
 impl Drop for BrainProcess {
     fn drop(&mut self) {
         self.kill9();
+        // A killed docker brain cannot remove its spare networks (the next start on the same
+        // database would sweep them; a test's database is gone with it).
+        if matches!(self.opts.backend.as_str(), "docker" | "auto") {
+            for pid in &self.pids {
+                let filter = format!("label=airlock.spare.pid={pid}");
+                let nets = vault::docker_cli(&["network", "ls", "-q", "--filter", &filter]);
+                for n in nets.split_whitespace() {
+                    vault::docker_cli(&["network", "rm", n]);
+                }
+            }
+        }
         // Local sandboxes outlive the brain on purpose (adoption); tests must not leak them.
         kill_sessions_under(self.dir.path());
     }

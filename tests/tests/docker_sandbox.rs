@@ -5,6 +5,7 @@
 //! `AIRLOCK_REQUIRE_DOCKER=1`. Every sandbox a test creates is removed by label when the test
 //! ends, passed or not.
 
+use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -53,14 +54,32 @@ fn labelled_containers(id: &str) -> String {
     ])
 }
 
+/// Network ids of the sandboxes provisioned here, read from their containers' `airlock.network`
+/// label: a spare network (made ahead of the provision) carries no sandbox label.
+static NETWORKS: std::sync::Mutex<BTreeMap<String, String>> =
+    std::sync::Mutex::new(BTreeMap::new());
+
+/// The networks of sandbox `id`: labelled with it, or the (spare) one its container was on.
 fn labelled_networks(id: &str) -> String {
-    cli(&[
+    let mut nets: Vec<String> = cli(&[
         "network",
         "ls",
         "-q",
+        "--no-trunc",
         "--filter",
         &format!("label=airlock.sandbox={id}"),
     ])
+    .lines()
+    .map(str::to_string)
+    .collect();
+    let recorded = NETWORKS.lock().unwrap().get(id).cloned();
+    if let Some(net) = recorded
+        && !nets.contains(&net)
+        && cli(&["network", "inspect", "-f", "{{.Id}}", &net]) == net
+    {
+        nets.push(net);
+    }
+    nets.join("\n")
 }
 
 fn assert_nothing_left(id: &str) {
@@ -103,6 +122,10 @@ async fn provision(brain: &BrainProcess, body: Value) -> (String, Cleanup) {
     );
     let id = v["id"].as_str().expect("sandbox id").to_string();
     eprintln!("POST /v1/sandboxes (docker) took {:?}", started.elapsed());
+    let label = "{{index .Config.Labels \"airlock.network\"}}";
+    let net = cli(&["inspect", "-f", label, &container_of(&id)]);
+    assert!(!net.is_empty(), "the container names its network");
+    NETWORKS.lock().unwrap().insert(id.clone(), net);
     assert_eq!(v["backend"], "docker", "{v}");
     assert_eq!(v["status"], "running", "{v}");
     (id.clone(), Cleanup(id))

@@ -59,19 +59,42 @@ impl Naming {
         )
     }
 
+    /// One `docker ps --format` field of every container with our prefix (running or not),
+    /// split at commas (a list field) and newlines.
+    fn containers_field(&self, format: &str) -> BTreeSet<String> {
+        let filter = format!("name=^{}", self.prefix);
+        docker_cli(&["ps", "-a", "--filter", &filter, "--format", format])
+            .split([',', '\n'])
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+
     /// Sandbox ids of every container with our prefix (running or not).
     fn sandbox_ids(&self) -> BTreeSet<String> {
+        self.containers_field("{{.Label \"airlock.sandbox\"}}")
+    }
+
+    /// Names of the networks our sandboxes' containers are on.
+    fn sandbox_networks(&self) -> BTreeSet<String> {
+        self.containers_field("{{.Networks}}")
+    }
+
+    /// Names of our networks with `label` (e.g. the spare label of one brain process).
+    fn networks_labelled(&self, label: &str) -> BTreeSet<String> {
         docker_cli(&[
-            "ps",
-            "-a",
+            "network",
+            "ls",
             "--filter",
-            &format!("name=^{}", self.prefix),
+            &format!("name=^{}net-", self.prefix),
+            "--filter",
+            &format!("label={label}"),
             "--format",
-            "{{.Label \"airlock.sandbox\"}}",
+            "{{.Name}}",
         ])
         .lines()
         .map(str::to_string)
-        .filter(|l| !l.is_empty())
         .collect()
     }
 
@@ -407,13 +430,29 @@ async fn pool_survives_a_brain_sigkill_with_no_orphan_and_drains_on_shutdown() {
     wait_ready(&brain, 2).await;
     let before = naming.sandbox_ids();
     assert_eq!(before.len(), 3, "{before:?}");
+    let killed_pid = brain.pid().expect("brain runs");
+    let killed_spares = format!("airlock.spare.pid={killed_pid}");
 
     brain.kill9();
     brain.restart().await;
     wait_ready(&brain, 2).await;
     // The same sandboxes: the pool was adopted, nothing new made, nothing orphaned.
     assert_eq!(naming.sandbox_ids(), before, "{}", brain.log());
-    assert_eq!(naming.networks(), 3);
+    // One network per sandbox, none shared; of the killed brain's spare networks only those
+    // its sandboxes took are left (the restart's sweep removed the free ones).
+    let in_use = naming.sandbox_networks();
+    assert_eq!(in_use.len(), 3, "{in_use:?}");
+    let left = naming.networks_labelled(&killed_spares);
+    assert!(
+        left.is_subset(&in_use),
+        "leaked spares {left:?}; in use {in_use:?}"
+    );
+    // Every other network of ours is a spare of the running brain (at most spare_networks).
+    let pid = brain.pid().expect("brain runs");
+    let current = naming.networks_labelled(&format!("airlock.spare.pid={pid}"));
+    let current_free = current.difference(&in_use).count();
+    assert!(current_free <= 2, "{current:?}");
+    assert_eq!(naming.networks(), in_use.len() + current_free);
     assert!(brain.log().contains("adopted pooled sandbox"));
     let (code, out, _) = sh(&brain, &claimed, "echo alive").await;
     assert_eq!((code, out.as_str()), (0, "alive\n"));
@@ -432,6 +471,8 @@ async fn pool_survives_a_brain_sigkill_with_no_orphan_and_drains_on_shutdown() {
         BTreeSet::from([claimed.clone(), id.clone()]),
         "pool not drained"
     );
+    // The free spare networks are removed on shutdown: only the two sandboxes' are left.
+    assert_eq!(naming.networks(), 2, "{:?}", naming.sandbox_networks());
 
     // The next start adopts the claimed ones and refills the pool with new sandboxes.
     brain.restart().await;

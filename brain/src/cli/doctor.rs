@@ -118,6 +118,8 @@ pub async fn run(
         Some(h) => h,
         None => {
             sweep(&mut step, backend.as_ref()).await;
+            // What the backend keeps ready (docker spare networks) goes with the doctor.
+            backend.shutdown().await;
             return step.finish();
         }
     };
@@ -144,6 +146,7 @@ pub async fn run(
     })
     .await;
     sweep(&mut step, backend.as_ref()).await;
+    backend.shutdown().await;
     step.finish()
 }
 

@@ -293,6 +293,13 @@ pub trait SandboxBackend: Send + Sync {
     /// Create and start a sandbox and wait until its agent answers `/health`.
     async fn provision(&self, spec: &SandboxSpec) -> Result<SandboxHandle, BackendError>;
 
+    /// [`SandboxBackend::provision`] for a warm pool's background fill, which no caller waits
+    /// on: a backend may leave what it keeps ready for waited-on provisions alone. Default:
+    /// the same as `provision`.
+    async fn provision_for_pool(&self, spec: &SandboxSpec) -> Result<SandboxHandle, BackendError> {
+        self.provision(spec).await
+    }
+
     /// Destroy the sandbox and everything created for it (container, network, temp dir).
     /// Destroying something already gone is `Ok`.
     async fn destroy(&self, handle: &SandboxHandle) -> Result<(), BackendError>;
@@ -321,6 +328,15 @@ pub trait SandboxBackend: Send + Sync {
     fn agent(&self, handle: &SandboxHandle) -> Result<AgentClient, BackendError> {
         AgentClient::for_handle(handle)
     }
+
+    /// Starts whatever the backend keeps ready ahead of provisions for sandboxes of `owner`
+    /// (the docker backend's spare networks). Returns at once; called after the start-up
+    /// reconciliation. Default: nothing.
+    fn warm_up(&self, _owner: &str) {}
+
+    /// Graceful shutdown: removes what [`SandboxBackend::warm_up`] keeps ready and no sandbox
+    /// uses. Sandboxes themselves stay (adopted by the next start). Default: nothing.
+    async fn shutdown(&self) {}
 
     /// Whether this backend's sandboxes can wait in a warm pool: started with no grant, then
     /// given one by [`SandboxBackend::configure`] when claimed.

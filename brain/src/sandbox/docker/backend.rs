@@ -10,38 +10,13 @@ impl SandboxBackend for DockerBackend {
     }
 
     async fn provision(&self, spec: &SandboxSpec) -> Result<SandboxHandle, BackendError> {
-        let this = self.clone();
-        let owned = spec.clone();
-        let task = tokio::spawn(async move {
-            let spec = owned;
-            let started = Instant::now();
-            let mut created = Created::default();
-            let result = this.provision_steps(&spec, &mut created).await;
-            match &result {
-                Ok(_) => tracing::info!(
-                    sandbox = %spec.id,
-                    elapsed_ms = started.elapsed().as_millis() as u64,
-                    "docker sandbox ready"
-                ),
-                Err(e) => {
-                    tracing::warn!(sandbox = %spec.id, error = %e, "docker provision failed; cleaning up");
-                    this.cleanup(&spec.id, &created).await;
-                }
-            }
-            result
-        });
-        match task.await {
-            Ok(result) => result,
-            Err(e) => {
-                // The task panicked: what it created is unknown, so sweep by label.
-                if let Err(sweep) = self.remove_all(&spec.id, None).await {
-                    tracing::warn!(sandbox = %spec.id, error = %sweep, "cleanup after provision panic");
-                }
-                Err(BackendError::Unavailable(format!(
-                    "provision task failed: {e}"
-                )))
-            }
-        }
+        self.provision_with(spec, true).await
+    }
+
+    /// A warm pool's fill is not waited on by anyone: it leaves the spare networks to the
+    /// provisions that are, and so triggers no spare refill next to the claims it serves.
+    async fn provision_for_pool(&self, spec: &SandboxSpec) -> Result<SandboxHandle, BackendError> {
+        self.provision_with(spec, false).await
     }
 
     async fn destroy(&self, handle: &SandboxHandle) -> Result<(), BackendError> {
@@ -65,6 +40,9 @@ impl SandboxBackend for DockerBackend {
     }
 
     async fn destroy_labelled(&self, found: &LabelledSandbox) -> Result<(), BackendError> {
+        if let Some(network) = found.backend_ref.strip_prefix(SPARE_REF_PREFIX) {
+            return self.remove_spare(network).await;
+        }
         let container = (!found.backend_ref.starts_with(NETWORK_REF_PREFIX)
             && !found.backend_ref.is_empty())
         .then_some(found.backend_ref.as_str());
@@ -94,14 +72,7 @@ impl SandboxBackend for DockerBackend {
                 backend_ref: cid,
             });
         }
-        let options = ListNetworksOptionsBuilder::default()
-            .filters(&filter)
-            .build();
-        let networks = self
-            .docker
-            .list_networks(Some(options))
-            .await
-            .map_err(|e| engine("list networks", e))?;
+        let networks = self.networks_with(&filter).await?;
         for n in networks {
             let labels = n.labels.unwrap_or_default();
             let (Some(id), Some(nid)) = (labels.get(SANDBOX_LABEL), n.id) else {
@@ -116,6 +87,9 @@ impl SandboxBackend for DockerBackend {
                 backend_ref: format!("{NETWORK_REF_PREFIX}{nid}"),
             });
         }
+        // Spare networks another brain process made (a crashed one's, listed under the
+        // network's name, which no sandbox row has).
+        found.extend(self.foreign_spares().await?);
         Ok(found)
     }
 
@@ -147,6 +121,14 @@ impl SandboxBackend for DockerBackend {
         true
     }
 
+    fn warm_up(&self, owner: &str) {
+        self.refill_spares(owner);
+    }
+
+    async fn shutdown(&self) {
+        self.drain_spares().await;
+    }
+
     /// Files bind-mounted at creation (the CA placeholders of a pooled sandbox) are filled on
     /// the host, since the root file system is read-only inside; the env and any other file
     /// go to the agent's one-time `POST /configure`.
@@ -162,18 +144,34 @@ impl SandboxBackend for DockerBackend {
             .and_then(|s| serde_json::from_str(s).ok())
             .unwrap_or_default();
         let mut rest = Vec::new();
+        let mut fill = Vec::new();
         for (target, data) in files {
             match staged.get(target) {
-                Some(source) => rewrite_staged(source, data).await?,
+                Some(source) => fill.push((source.clone(), data.clone())),
                 None => rest.push((target.clone(), data.clone())),
             }
         }
-        self.agent(handle)?
-            .configure(&airlock_wire::ConfigureRequest {
-                env: env.clone(),
-                files: crate::sandbox::files_as_text(&rest)?,
-            })
-            .await
+        let request = airlock_wire::ConfigureRequest {
+            env: env.clone(),
+            files: crate::sandbox::files_as_text(&rest)?,
+        };
+        let agent = self.agent(handle)?;
+        // Side by side: the claim returns only after both, and nothing runs in the sandbox
+        // before it returns. The host files are written in one blocking task (a claim's
+        // latency is mostly hops between threads on a loaded host).
+        let (filled, configured) = tokio::join!(
+            async {
+                tokio::task::spawn_blocking(move || {
+                    fill.iter()
+                        .try_for_each(|(source, data)| rewrite_staged(source, data))
+                })
+                .await
+                .map_err(|e| BackendError::Unavailable(format!("fill staged files: {e}")))?
+            },
+            agent.configure(&request)
+        );
+        filled?;
+        configured
     }
 
     async fn pause(&self, handle: &SandboxHandle) -> Result<(), BackendError> {
@@ -386,5 +384,52 @@ impl SandboxBackend for DockerBackend {
             return Err(BackendError::NotFound(handle.id.clone()));
         }
         self.ensure_egress(&handle.id, &dir)
+    }
+}
+
+impl DockerBackend {
+    /// Provisions in a task of its own (see the module docs); `spares`: whether it may take a
+    /// spare network (and refill them after).
+    async fn provision_with(
+        &self,
+        spec: &SandboxSpec,
+        spares: bool,
+    ) -> Result<SandboxHandle, BackendError> {
+        let this = self.clone();
+        let owned = spec.clone();
+        let task = tokio::spawn(async move {
+            let spec = owned;
+            let started = Instant::now();
+            let mut created = Created::default();
+            let result = this.provision_steps(&spec, spares, &mut created).await;
+            match &result {
+                Ok(_) => tracing::info!(
+                    sandbox = %spec.id,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "docker sandbox ready"
+                ),
+                Err(e) => {
+                    tracing::warn!(sandbox = %spec.id, error = %e, "docker provision failed; cleaning up");
+                    this.cleanup(&spec.id, &created).await;
+                }
+            }
+            // After the provision, so the fill never competes with it for the engine.
+            if spares {
+                this.refill_spares(&spec.owner);
+            }
+            result
+        });
+        match task.await {
+            Ok(result) => result,
+            Err(e) => {
+                // The task panicked: what it created is unknown, so sweep by label.
+                if let Err(sweep) = self.remove_all(&spec.id, None).await {
+                    tracing::warn!(sandbox = %spec.id, error = %sweep, "cleanup after provision panic");
+                }
+                Err(BackendError::Unavailable(format!(
+                    "provision task failed: {e}"
+                )))
+            }
+        }
     }
 }

@@ -328,6 +328,7 @@ mod tests {
                 npm: CacheMode::Shared,
                 pip: CacheMode::Tenant,
             },
+            spare_networks: 0,
             ..Default::default()
         })
         .await

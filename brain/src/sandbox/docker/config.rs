@@ -67,6 +67,10 @@ pub struct DockerConfig {
     pub egress_max_connections: usize,
     /// Dependency caches (cargo, npm, pip) as named volumes; see `caches.rs`.
     pub caches: super::caches::CachesConfig,
+    /// Empty sandbox networks kept made ahead of time (`spare.rs`), so a provision skips the
+    /// network create. Each is used by one sandbox and removed with it; they count against
+    /// the engine's (or `subnet_pool`'s) network capacity. 0: every provision creates its own.
+    pub spare_networks: usize,
 }
 
 impl Default for DockerConfig {
@@ -92,6 +96,7 @@ impl Default for DockerConfig {
             egress_upstream: None,
             egress_max_connections: 256,
             caches: Default::default(),
+            spare_networks: 2,
         }
     }
 }

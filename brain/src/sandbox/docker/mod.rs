@@ -1,7 +1,9 @@
 //! Docker backend (`bollard`): one container plus one `--internal` bridge network per sandbox.
 //!
 //! What a sandbox gets (DESIGN.md, "Sandbox backends"):
-//! - its own internal network `<network_prefix><id>` whose bridge has **no host address**
+//! - its own internal network, `<network_prefix><id>` or a spare `<network_prefix>spare-<hex>`
+//!   made empty ahead of time and used by this sandbox alone (`spare.rs`), whose bridge has
+//!   **no host address**
 //!   (`com.docker.network.bridge.inhibit_ipv4`): the sandbox can reach nothing by IP, not the
 //!   outside, not the host, not another sandbox (its only other member is a vault-proxy
 //!   container, when [`DockerProxyConfig`] is set);
@@ -126,6 +128,7 @@ mod config;
 mod network;
 mod runtime;
 mod snapshots;
+mod spare;
 mod spec;
 mod sweep;
 
@@ -135,6 +138,8 @@ pub use runtime::default_runtime_dir;
 use runtime::*;
 use snapshots::*;
 pub use snapshots::{SNAPSHOT_LABEL, WORKSPACE_LABEL, check_workspace_name};
+use spare::*;
+pub use spare::{NETWORK_LABEL, SPARE_LABEL, SPARE_PID_LABEL};
 use spec::*;
 use sweep::*;
 
@@ -153,6 +158,8 @@ pub struct DockerBackend {
     agent_socket: &'static str,
     /// Parsed `subnet_pool`: (first address, prefix length).
     subnet_pool: Option<(u32, u8)>,
+    /// Networks made ahead of provisions (`spare_networks`). Shared by clones.
+    spares: Arc<SpareNetworks>,
 }
 
 impl std::fmt::Debug for DockerBackend {
@@ -231,13 +238,14 @@ impl DockerBackend {
         };
         Ok(Self {
             docker,
-            config: Arc::new(config),
             init,
             files_root,
             runtime_root,
             egress,
             agent_socket: AGENT_SOCKET,
             subnet_pool,
+            spares: Arc::new(SpareNetworks::new(config.spare_networks)),
+            config: Arc::new(config),
         })
     }
 

@@ -71,6 +71,20 @@ impl DockerBackend {
         )))
     }
 
+    /// The networks matching a `list` filter (e.g. [`label_filter`]).
+    pub(super) async fn networks_with(
+        &self,
+        filter: &HashMap<String, Vec<String>>,
+    ) -> Result<Vec<bollard::models::Network>, BackendError> {
+        let options = ListNetworksOptionsBuilder::default()
+            .filters(filter)
+            .build();
+        self.docker
+            .list_networks(Some(options))
+            .await
+            .map_err(|e| engine("list networks", e))
+    }
+
     /// Disconnects whatever is still attached (the proxy) and removes the network.
     pub(super) async fn remove_network(&self, network: &str) -> Result<(), BackendError> {
         let members = match self.docker.inspect_network(network, None).await {

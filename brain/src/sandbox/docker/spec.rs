@@ -3,10 +3,14 @@
 
 use super::*;
 
+/// While waiting for the agent, how often the engine is asked whether the container exited.
+const EXIT_CHECK_EVERY: Duration = Duration::from_millis(250);
+
 impl DockerBackend {
     pub(super) async fn provision_steps(
         &self,
         spec: &SandboxSpec,
+        spares: bool,
         created: &mut Created,
     ) -> Result<SandboxHandle, BackendError> {
         validate(spec)?;
@@ -14,7 +18,8 @@ impl DockerBackend {
             .image
             .clone()
             .unwrap_or_else(|| self.config.image.clone());
-        self.check_image(&image).await?;
+        // No separate image check: the create below answers 404 for a missing image
+        // (reported as such), and what was made before it is cleaned up.
 
         let labels = HashMap::from([
             (SANDBOX_LABEL.to_string(), spec.id.clone()),
@@ -22,31 +27,27 @@ impl DockerBackend {
         ]);
 
         let t0 = Instant::now();
+        // Per-step timings of the cold path (`RUST_LOG=brain::sandbox::docker=debug`).
         let step = |name: &str| {
-            tracing::debug!(sandbox = %spec.id, step = name, elapsed_ms = t0.elapsed().as_millis() as u64, "docker provision step");
+            tracing::debug!(sandbox = %spec.id, step = name, elapsed_us = t0.elapsed().as_micros() as u64, "docker provision step");
         };
 
-        // 1. The network: internal (no gateway to the outside), no masquerading.
-        let network_name = self.network_name(&spec.id);
-        let network = self.create_network(&network_name, &labels).await?;
-        created.network = Some(network.id.clone());
-        step("network created");
-
-        if let Some(proxy) = &self.config.proxy {
-            self.docker
-                .connect_network(
-                    &network.id,
-                    NetworkConnectRequest {
-                        container: proxy.container.clone(),
-                        endpoint_config: Some(bollard::models::EndpointSettings {
-                            aliases: proxy.alias.clone().map(|a| vec![a]),
-                            ..Default::default()
-                        }),
-                    },
-                )
-                .await
-                .map_err(|e| engine("connect the vault proxy to the sandbox network", e))?;
-        }
+        // 1. The network: internal (no gateway to the outside), no masquerading. A spare made
+        //    ahead of time when there is one (`spare.rs`), else the sandbox's own.
+        let mut spare = if spares {
+            self.spares.take(&spec.owner)
+        } else {
+            None
+        };
+        let network_labels = labels.clone();
+        let (network_id, network_name) = self
+            .sandbox_network(spec, &network_labels, spare.clone(), created)
+            .await?;
+        step(if spare.is_some() {
+            "spare network taken"
+        } else {
+            "network created"
+        });
 
         // 2. Files, staged for read-only bind mounts.
         let mut mounts = if spec.files.is_empty() {
@@ -176,7 +177,7 @@ impl DockerBackend {
             ..Default::default()
         };
         let container_name = self.container_name(&spec.id);
-        let body = ContainerCreateBody {
+        let mut body = ContainerCreateBody {
             image: Some(image.clone()),
             hostname: Some(hostname(&spec.id)),
             user: Some(SANDBOX_USER.into()),
@@ -191,46 +192,74 @@ impl DockerBackend {
         let options = CreateContainerOptionsBuilder::default()
             .name(&container_name)
             .build();
-        let container = self
-            .docker
-            .create_container(Some(options), body)
-            .await
-            .map_err(|e| {
-                if status(&e) == Some(404) {
-                    image_missing(&image)
-                } else {
-                    engine("create container", e)
+        let (mut network_id, mut network_name) = (network_id, network_name);
+        let container = loop {
+            // The container records its network, so a sweep by label removes a spare too.
+            if let Some(l) = body.labels.as_mut() {
+                l.insert(NETWORK_LABEL.to_string(), network_id.clone());
+            }
+            if let Some(hc) = body.host_config.as_mut() {
+                hc.network_mode = Some(network_name.clone());
+            }
+            match self
+                .docker
+                .create_container(Some(options.clone()), body.clone())
+                .await
+            {
+                Ok(container) => break container,
+                // A spare another brain's sweep removed meanwhile: make our own and retry.
+                Err(e) if spare.is_some() && status(&e) == Some(404) && !no_such_image(&e) => {
+                    tracing::info!(sandbox = %spec.id, network = %network_name, error = %e, "spare network gone; creating one");
+                    spare = None;
+                    (network_id, network_name) = self
+                        .sandbox_network(spec, &network_labels, None, created)
+                        .await?;
                 }
-            })?;
+                Err(e) if status(&e) == Some(404) && no_such_image(&e) => {
+                    return Err(image_missing(&image));
+                }
+                Err(e) => return Err(engine("create container", e)),
+            }
+        };
         created.container = Some(container.id.clone());
         step("container created");
 
-        // 5. Start, wait for the agent on its socket.
+        // 5. Start, wait for the agent on its socket. The container's address is read while
+        //    the agent starts (the sandbox is not ready before the agent answers anyway).
         self.docker
             .start_container(&container.id, None)
             .await
             .map_err(|e| engine("start container", e))?;
         step("container started");
-        let inspect = self
-            .docker
-            .inspect_container(&container.id, None)
-            .await
-            .map_err(|e| engine("inspect container", e))?;
-        let endpoint = inspect
-            .network_settings
-            .and_then(|n| n.networks)
-            .and_then(|mut n| n.remove(&network_name))
-            .ok_or_else(|| {
-                BackendError::Unavailable(format!("container is not attached to {network_name}"))
-            })?;
         let agent_url = format!("{UNIX_PREFIX}{}", runtime_dir.join(AGENT_SOCKET).display());
-        self.wait_ready(&container.id, &agent_url, &spec.agent_token)
-            .await?;
+        let inspect = async {
+            let inspect = self
+                .docker
+                .inspect_container(&container.id, None)
+                .await
+                .map_err(|e| engine("inspect container", e))?;
+            inspect
+                .network_settings
+                .and_then(|n| n.networks)
+                .and_then(|mut n| n.remove(&network_name))
+                .ok_or_else(|| {
+                    BackendError::Unavailable(format!(
+                        "container is not attached to {network_name}"
+                    ))
+                })
+        };
+        let (endpoint, ready) = tokio::join!(
+            inspect,
+            self.wait_ready(&container.id, &agent_url, &spec.agent_token)
+        );
+        ready?;
+        let endpoint = endpoint?;
+        step("agent ready");
 
         let mut extra = BTreeMap::from([
             (EXTRA_CONTAINER_ID.to_string(), container.id.clone()),
             (EXTRA_CONTAINER_NAME.to_string(), container_name),
-            (EXTRA_NETWORK_ID.to_string(), network.id),
+            (EXTRA_NETWORK_ID.to_string(), network_id),
             (EXTRA_NETWORK_NAME.to_string(), network_name),
         ]);
         if let Some(ip) = endpoint.ip_address.filter(|ip| !ip.is_empty()) {
@@ -263,6 +292,45 @@ impl DockerBackend {
         })
     }
 
+    /// The sandbox's network: `spare` when given, else a new one named after the sandbox.
+    /// Recorded in `created` (removed if the provision fails); the vault proxy container, when
+    /// configured, is connected to it. Returns (network id, name).
+    async fn sandbox_network(
+        &self,
+        spec: &SandboxSpec,
+        labels: &HashMap<String, String>,
+        spare: Option<Spare>,
+        created: &mut Created,
+    ) -> Result<(String, String), BackendError> {
+        let (id, name) = match spare {
+            Some(spare) => (spare.id, spare.name),
+            None => {
+                let name = self.network_name(&spec.id);
+                let network = self.create_network(&name, labels).await?;
+                (network.id, name)
+            }
+        };
+        created.network = Some(id.clone());
+        if let Some(proxy) = &self.config.proxy {
+            self.docker
+                .connect_network(
+                    &id,
+                    NetworkConnectRequest {
+                        container: proxy.container.clone(),
+                        endpoint_config: Some(bollard::models::EndpointSettings {
+                            aliases: proxy.alias.clone().map(|a| vec![a]),
+                            ..Default::default()
+                        }),
+                    },
+                )
+                .await
+                .map_err(|e| engine("connect the vault proxy to the sandbox network", e))?;
+        }
+        Ok((id, name))
+    }
+
+    /// Whether the image is on the engine (tests skip without it).
+    #[cfg(test)]
     pub(super) async fn check_image(&self, image: &str) -> Result<(), BackendError> {
         match self.docker.inspect_image(image).await {
             Ok(_) => Ok(()),
@@ -271,8 +339,14 @@ impl DockerBackend {
         }
     }
 
-    /// Polls `/health` until it answers or the startup timeout passes; fails early (with the
-    /// container's log) if the container exits.
+    /// Waits until the agent answers `/health` or the startup timeout passes; fails early
+    /// (with the container's log) if the container exits.
+    ///
+    /// The agent binds its socket in the bind-mounted runtime directory a few milliseconds
+    /// after `start` returns, so the wait watches for that file on the host: a `stat` every
+    /// 1 ms at first (no engine call, no connection attempt), backing off to 20 ms, and asks
+    /// `/health` once the socket is there. Whether the container still runs is asked of the
+    /// engine only every [`EXIT_CHECK_EVERY`], not per poll.
     pub(super) async fn wait_ready(
         &self,
         container: &str,
@@ -280,16 +354,22 @@ impl DockerBackend {
         token: &str,
     ) -> Result<(), BackendError> {
         let agent = AgentClient::new(url, token);
-        let deadline = Instant::now() + Duration::from_secs(self.config.startup_timeout_seconds);
-        let mut delay = Duration::from_millis(10);
-        let mut attempt = 0u32;
+        let socket = agent_client::unix_socket_path(url).map(Path::to_path_buf);
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(self.config.startup_timeout_seconds);
+        let mut delay = Duration::from_millis(1);
+        let mut next_exit_check = started + EXIT_CHECK_EVERY;
+        let mut last_error = String::from("the agent socket does not exist yet");
         loop {
-            let last_error = match agent.health().await {
-                Ok(_) => return Ok(()),
-                Err(e) => e.to_string(),
-            };
-            attempt += 1;
-            if attempt.is_multiple_of(5) {
+            if socket.as_deref().is_none_or(Path::exists) {
+                match agent.health().await {
+                    Ok(_) => return Ok(()),
+                    Err(e) => last_error = e.to_string(),
+                }
+            }
+            let now = Instant::now();
+            if now >= next_exit_check {
+                next_exit_check = now + EXIT_CHECK_EVERY;
                 let running = self
                     .docker
                     .inspect_container(container, None)
@@ -305,7 +385,7 @@ impl DockerBackend {
                     )));
                 }
             }
-            if Instant::now() >= deadline {
+            if now >= deadline {
                 let logs = self.logs_tail(container).await;
                 return Err(BackendError::NotReady(format!(
                     "agent at {url} did not answer /health within {}s ({last_error}); log:\n{logs}",
@@ -313,7 +393,7 @@ impl DockerBackend {
                 )));
             }
             tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_millis(200));
+            delay = (delay * 3 / 2).min(Duration::from_millis(20));
         }
     }
 
@@ -393,6 +473,11 @@ pub(super) fn mib_to_bytes(mb: u64) -> Result<i64, BackendError> {
         .ok_or_else(|| BackendError::Invalid(format!("memory_mb {mb} is too large")))
 }
 
+/// Whether an engine 404 is about the image (not, say, a network that vanished).
+fn no_such_image(e: &DockerError) -> bool {
+    e.to_string().contains("No such image")
+}
+
 /// Container hostnames are limited to 63 characters.
 pub(super) fn hostname(id: &str) -> String {
     id.chars().take(63).collect()
@@ -442,26 +527,24 @@ pub(super) fn staged_name(dir: &Path, n: usize) -> String {
     dir.join(format!("f{n}")).display().to_string()
 }
 
-/// Replaces a staged file's content in place (same inode: the container's bind mount sees it).
-pub(super) async fn rewrite_staged(source: &str, data: &[u8]) -> Result<(), BackendError> {
+/// Replaces a staged file's content in place (same inode: the container's bind mount sees
+/// it). Blocking: called from a blocking task.
+pub(super) fn rewrite_staged(source: &str, data: &[u8]) -> Result<(), BackendError> {
+    use std::io::Write;
     use std::os::unix::fs::PermissionsExt;
-    use tokio::io::AsyncWriteExt;
     let io = |what: &str, e: std::io::Error| {
         BackendError::Unavailable(format!("fill staged file {source}: {what}: {e}"))
     };
-    tokio::fs::set_permissions(source, std::fs::Permissions::from_mode(0o644))
-        .await
+    std::fs::set_permissions(source, std::fs::Permissions::from_mode(0o644))
         .map_err(|e| io("chmod", e))?;
-    let mut f = tokio::fs::OpenOptions::new()
+    let mut f = std::fs::OpenOptions::new()
         .write(true)
         .truncate(true)
         .open(source)
-        .await
         .map_err(|e| io("open", e))?;
-    f.write_all(data).await.map_err(|e| io("write", e))?;
-    f.flush().await.map_err(|e| io("flush", e))?;
+    f.write_all(data).map_err(|e| io("write", e))?;
+    f.flush().map_err(|e| io("flush", e))?;
     drop(f);
-    tokio::fs::set_permissions(source, std::fs::Permissions::from_mode(0o444))
-        .await
+    std::fs::set_permissions(source, std::fs::Permissions::from_mode(0o444))
         .map_err(|e| io("chmod", e))
 }

@@ -12,6 +12,12 @@ impl DockerBackend {
         {
             tracing::warn!(sandbox = sandbox_id, error = %e, "cleanup after failed provision");
         }
+        // A spare network carries no sandbox label: removed by the id recorded.
+        if let Some(network) = &created.network
+            && let Err(e) = self.remove_network(network).await
+        {
+            tracing::warn!(sandbox = sandbox_id, error = %e, "removing the network after a failed provision");
+        }
         if let Some(dir) = &created.files_dir {
             remove_dir(dir).await;
         }
@@ -21,7 +27,8 @@ impl DockerBackend {
     }
 
     /// Removes every container and network of one sandbox: the known container first, then
-    /// anything else carrying its label (a network is removed after its members).
+    /// anything else carrying its label, then the networks: those labelled with the sandbox
+    /// and the spare its container names in [`NETWORK_LABEL`] (after their members).
     pub(super) async fn remove_all(
         &self,
         sandbox_id: &str,
@@ -31,9 +38,7 @@ impl DockerBackend {
         if let Some(egress) = &self.egress {
             egress.stop(sandbox_id);
         }
-        if let Some(container) = container {
-            self.remove_container(container).await?;
-        }
+        // Listed before anything is removed, so the known container's labels are read too.
         let filter = label_filter(Some(sandbox_id));
         let options = ListContainersOptionsBuilder::default()
             .all(true)
@@ -44,18 +49,21 @@ impl DockerBackend {
             .list_containers(Some(options))
             .await
             .map_err(|e| engine("list containers", e))?;
+        let mut networks: Vec<String> = containers
+            .iter()
+            .filter_map(|c| c.labels.as_ref()?.get(NETWORK_LABEL).cloned())
+            .collect();
+        if let Some(container) = container {
+            self.remove_container(container).await?;
+        }
         for c in containers.into_iter().filter_map(|c| c.id) {
             self.remove_container(&c).await?;
         }
-        let options = ListNetworksOptionsBuilder::default()
-            .filters(&filter)
-            .build();
-        let networks = self
-            .docker
-            .list_networks(Some(options))
-            .await
-            .map_err(|e| engine("list networks", e))?;
-        for n in networks.into_iter().filter_map(|n| n.id) {
+        let labelled = self.networks_with(&filter).await?;
+        networks.extend(labelled.into_iter().filter_map(|n| n.id));
+        networks.sort();
+        networks.dedup();
+        for n in networks {
             self.remove_network(&n).await?;
         }
         remove_dir(&self.files_dir(sandbox_id)).await;

@@ -281,6 +281,7 @@ async fn agent_that_never_answers_fails_with_its_log_and_leaves_nothing() {
     // where we look.
     let config = DockerConfig {
         startup_timeout_seconds: 3,
+        spare_networks: 0,
         ..Default::default()
     };
     let Some(mut b) = backend_with(config).await else {

@@ -43,6 +43,7 @@ async fn backend_with(mut config: DockerConfig) -> Option<DockerBackend> {
 async fn backend() -> Option<DockerBackend> {
     backend_with(DockerConfig {
         startup_timeout_seconds: 60,
+        spare_networks: 0,
         ..Default::default()
     })
     .await
@@ -263,3 +264,4 @@ async fn files_round_trip_through_the_agent() {
 
 mod hardening;
 mod network;
+mod spare;

@@ -72,6 +72,7 @@ async fn proxy_container_joins_the_network_and_is_detached_on_destroy() {
             container: proxy_name.clone(),
             alias: Some("vault-proxy".into()),
         }),
+        spare_networks: 0,
         ..Default::default()
     };
     let b = DockerBackend::connect(config).await.unwrap();
@@ -110,6 +111,7 @@ async fn networks_are_carved_from_the_subnet_pool() {
     let config = DockerConfig {
         image: probe.config.image.clone(),
         subnet_pool: Some("10.213.0.0/16".into()),
+        spare_networks: 0,
         ..Default::default()
     };
     let b = DockerBackend::connect(config).await.unwrap();
@@ -322,6 +324,7 @@ async fn egress_goes_only_through_the_socket_and_survives_a_brain_restart() {
         image: probe_backend.config.image.clone(),
         startup_timeout_seconds: 60,
         egress_upstream: Some(format!("127.0.0.1:{port}")),
+        spare_networks: 0,
         ..Default::default()
     };
     let b = DockerBackend::connect(config.clone()).await.unwrap();
