@@ -115,6 +115,8 @@ pub async fn run(
         );
     }
     lifecycle::reconcile(&state).await?;
+    // After the sandboxes: a dead brain's snapshot helpers are sandboxes too.
+    snapshots::reconcile(&state).await?;
     if state.store.engine() == "sqlite" {
         // One brain per SQLite file: every claim left in it belongs to a dead process.
         let released = state.store.release_claims(None).await?;
