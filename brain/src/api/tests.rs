@@ -894,13 +894,18 @@ async fn workspace_replicas() -> Vec<(Vec<Harness>, Arc<FakeBackend>, Option<(St
 
 /// `DELETE /v1/workspaces/{name}` racing `POST /v1/sandboxes {"workspace"}` for the same
 /// workspace, round after round at varying offsets (the fake creates the volume, then takes
-/// a while before it mounts it, as docker does), on SQLite and on two PostgreSQL replicas.
+/// a while before it mounts it, as docker does; its delete takes a while before the removal,
+/// as docker's listing of the volume's users does), on SQLite and on two PostgreSQL replicas.
 /// Whichever wins, no live sandbox ever mounts a removed volume, the volume exists exactly
 /// when the provision won, no delete mark is left, and the loser gets a 409 naming why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_workspace_delete_racing_a_provision_never_strands_a_sandbox() {
     for (replicas, fake, schema) in workspace_replicas().await {
-        fake.lock().provision_delay_ms = 20;
+        {
+            let mut state = fake.lock();
+            state.provision_delay_ms = 20;
+            state.workspaces.as_mut().unwrap().delete_delay_ms = 15;
+        }
         let ws = |fake: &FakeBackend| {
             let state = fake.lock();
             let w = state.workspaces.as_ref().unwrap();

@@ -52,6 +52,10 @@ pub struct FakeWorkspaces {
     pub mounts: BTreeMap<String, (String, u64)>,
     /// Volumes removed so far (name, generation).
     pub removed: Vec<(String, u64)>,
+    /// How long `delete_workspace` takes before it removes the volume (docker lists the
+    /// containers using it first); the in-use check and the removal are one step, as the
+    /// engine's are.
+    pub delete_delay_ms: u64,
     next: u64,
 }
 
@@ -184,6 +188,12 @@ impl SandboxBackend for FakeBackend {
     }
 
     async fn delete_workspace(&self, name: &str) -> Result<bool, BackendError> {
+        let delay = self
+            .lock()
+            .workspaces
+            .as_ref()
+            .map_or(0, |ws| ws.delete_delay_ms);
+        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
         let mut state = self.lock();
         let alive = state.alive.clone();
         let Some(ws) = &mut state.workspaces else {
