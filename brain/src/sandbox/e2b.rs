@@ -214,6 +214,18 @@ fn snapshot_prefix(owner: &str) -> String {
     format!("airlock-{owner}-")
 }
 
+/// `s` as one URL path segment: everything but unreserved characters and `:` percent-encoded.
+fn path_segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b':' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// The snapshot id a template name (`[namespace/]alias[:tag]`) of brain `owner` carries.
 fn snapshot_of(owner: &str, name: &str) -> Option<String> {
     let name = name.split_once(':').map_or(name, |(n, _)| n);
@@ -1019,10 +1031,12 @@ impl SandboxBackend for E2bBackend {
     }
 
     /// `DELETE /templates/{templateID}` with the snapshot id, as the SDK's `deleteSnapshot`
-    /// does (204; 404 = already gone; 400 while sandboxes still use it).
+    /// does (204; 404 = already gone; 400 while sandboxes still use it). The id of a named
+    /// snapshot holds a `/` (`<team>/<alias>:default`): one path segment, percent-encoded as
+    /// the SDK's client does (`encodeURIComponent`).
     async fn delete_snapshot(&self, backend_ref: &str) -> Result<(), BackendError> {
         let call = "DELETE /templates/{templateID}";
-        let path = format!("/templates/{backend_ref}");
+        let path = format!("/templates/{}", path_segment(backend_ref));
         let resp = self
             .idempotent(call, || self.api(reqwest::Method::DELETE, &path))
             .await?;
@@ -1781,6 +1795,7 @@ mod tests {
         assert_eq!(snapshot_of(owner, "abc123:default"), None);
         assert_eq!(snapshot_of(owner, "airlock-brain0123abcd-"), None);
         assert!(snapshot_name(owner, "snap/../x").is_err());
+        assert_eq!(path_segment("team/a-b_c.d:default"), "team%2Fa-b_c.d:default");
     }
 
     #[test]
