@@ -118,6 +118,8 @@ pub async fn run(
     for backend in state.backends.built().await {
         backend.warm_up(state.store.owner());
     }
+    // After the sandboxes: a dead brain's snapshot helpers are sandboxes too.
+    snapshots::reconcile(&state).await?;
     if state.store.engine() == "sqlite" {
         // One brain per SQLite file: every claim left in it belongs to a dead process.
         let released = state.store.release_claims(None).await?;

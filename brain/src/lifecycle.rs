@@ -24,7 +24,9 @@ use crate::sandbox::{
 };
 // The lifecycle layer sees only the state below sessions (an `AppState` derefs to it).
 use crate::state::base::BaseState as AppState;
-use crate::store::{NewSandbox, SandboxRow, SandboxStatus, StoreError};
+use crate::store::{
+    NewSandbox, SandboxRow, SandboxStatus, SnapshotState, StoreError, WorkspaceClaim,
+};
 
 /// A `destroying` row untouched this long is retried by the reaper.
 const DESTROY_RETRY_AFTER: Duration = Duration::from_secs(30);
@@ -266,23 +268,63 @@ async fn cache_tenant(
 }
 
 /// Takes persistent workspace `name` for the just-inserted sandbox `id`, atomically in the
-/// store (one live sandbox per workspace, across replicas); a loser's row is failed and it
-/// gets `409 conflict`.
+/// store (one live sandbox per workspace, across replicas, and never one being deleted); a
+/// loser's row is failed and it gets `409 conflict`.
 async fn claim_workspace(
     state: &AppState,
     id: &str,
     backend: BackendKind,
     name: &str,
 ) -> Result<(), LifecycleError> {
-    if state.store.claim_workspace(id, backend, name).await? {
-        return Ok(());
-    }
-    let message = match state.store.workspace_holder(backend, name).await? {
-        Some(holder) => format!("workspace {name} is in use by sandbox {holder}"),
-        None => format!("workspace {name} is in use"),
+    let message = match state.store.claim_workspace(id, backend, name).await? {
+        WorkspaceClaim::Won => return Ok(()),
+        WorkspaceClaim::Deleting => format!(
+            "workspace {name} is being deleted (a delete that was interrupted is finished by \
+             repeating DELETE /v1/workspaces/{name})"
+        ),
+        WorkspaceClaim::Held => match state.store.workspace_holder(backend, name).await? {
+            Some(holder) => format!("workspace {name} is in use by sandbox {holder}"),
+            None => format!("workspace {name} is in use"),
+        },
     };
     state.store.set_failed(id, &message).await?;
     Err(BackendError::Conflict(message).into())
+}
+
+/// Deletes persistent workspace `name` on `backend`: `Ok(false)` when there was none,
+/// `Conflict` while a sandbox holds it. The store marks it as being deleted first, in one
+/// transaction with the check that no live sandbox holds it, so a concurrent provision either
+/// claimed it before (this delete fails) or fails itself; only then is the volume removed,
+/// and the mark is dropped once the backend answered. Runs in its own task: a caller that
+/// goes away cannot leave the mark behind.
+pub async fn delete_workspace(
+    state: &AppState,
+    kind: BackendKind,
+    name: &str,
+) -> Result<bool, LifecycleError> {
+    let backend = state.backends.get(kind).await?;
+    if !backend.supports_workspaces() {
+        return Err(BackendError::not_supported(kind, "persistent workspaces").into());
+    }
+    let (state, name) = (state.clone(), name.to_string());
+    let task = tokio::spawn(async move {
+        if let Some(holder) = state.store.begin_workspace_delete(kind, &name).await? {
+            return Err(BackendError::Conflict(format!(
+                "workspace {name} is in use by sandbox {holder}"
+            ))
+            .into());
+        }
+        let removed = backend.delete_workspace(&name).await;
+        // Whatever the backend answered, the workspace is usable again: gone (a new claim
+        // starts an empty one) or, after a failure, still there as it was.
+        state.store.end_workspace_delete(kind, &name).await?;
+        if let Ok(true) = removed {
+            tracing::info!(workspace = %name, backend = %kind, "workspace deleted");
+        }
+        Ok::<bool, LifecycleError>(removed?)
+    });
+    task.await
+        .map_err(|e| LifecycleError::Task(e.to_string()))?
 }
 
 /// Destroys a sandbox; repeating it on a destroyed sandbox returns the row unchanged.
@@ -526,6 +568,19 @@ async fn sweep_labelled(state: &AppState) {
         for item in found {
             if item.owner.as_deref() != Some(owner) {
                 continue;
+            }
+            // A snapshot's helper (`<snapshot id>-helper`, no sandbox row) while its snapshot
+            // is pending: a live replica is using it, or `snapshots::reconcile` removes it
+            // with the rest of what an unfinished snapshot left.
+            if let Some(snapshot) = item.id.strip_suffix("-helper") {
+                match state.store.snapshot_state(snapshot).await {
+                    Ok(Some(SnapshotState::Pending)) => continue,
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(sandbox = %item.id, error = %e, "cannot read a snapshot helper's row; leaving it");
+                        continue;
+                    }
+                }
             }
             // Pooled rows too: an adopted pooled sandbox is live, not an orphan.
             match state.store.get_sandbox_any(&item.id).await {

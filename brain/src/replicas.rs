@@ -106,13 +106,24 @@ async fn adopt_until_stopped(
         }
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
-            result = lifecycle::adopt_orphans(&state) => {
+            result = adopt_once(&state) => {
                 if let Err(e) = result {
                     tracing::warn!(error = %e, "adopting a stopped replica's sandboxes failed");
                 }
             }
         }
     }
+}
+
+/// Takes over what stopped replicas left: their sandboxes, then their unfinished snapshots
+/// (`snapshots::reconcile` lists the backends' snapshots only when there were some, or
+/// when sandboxes were adopted: a stopped replica may have died mid-snapshot either way).
+async fn adopt_once(state: &AppState) -> Result<(), lifecycle::LifecycleError> {
+    let adopted = lifecycle::adopt_orphans(state).await?;
+    if adopted > 0 || state.store.has_orphan_snapshots(lease_ms(state)).await? {
+        crate::snapshots::reconcile(state).await?;
+    }
+    Ok(())
 }
 
 /// Whether this replica may judge others dead: only after its own renewals have succeeded for

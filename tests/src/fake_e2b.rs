@@ -8,7 +8,10 @@
 //!   `POST /sandboxes/{id}/timeout` (204), `POST /sandboxes/{id}/connect` (200; 201 when it
 //!   resumes a paused sandbox), `POST /sandboxes/{id}/pause` (204, 409 already paused),
 //!   `POST /sandboxes/{id}/snapshots` (201 `SnapshotInfo`; a sandbox created from the
-//!   snapshot template gets its files and the env its memory held), `DELETE /templates/{id}`;
+//!   snapshot template gets its files and the env its memory held; `name` makes an aliased
+//!   template in the team's namespace, reused by a later snapshot of the same name),
+//!   `GET /snapshots` (`sandboxID`/`name` filters, `limit`/`nextToken` paging),
+//!   `DELETE /templates/{id}` (a template id or `[namespace/]alias`, `:tag` ignored);
 //!   `X-API-Key`
 //!   auth (401 `Error`); request bodies validated against the schema (unknown or missing
 //!   fields → 400 `Error`); configurable slow create; injected 429 (`Retry-After`) and 5xx.
@@ -56,14 +59,22 @@ pub enum Route {
     Connect,
     Pause,
     Snapshot,
+    ListSnapshots,
     DeleteTemplate,
 }
+
+/// The team's slug: the namespace of named snapshot templates (`<slug>/<alias>`).
+pub const TEAM_SLUG: &str = "fake-team";
 
 /// A snapshot template (`POST /sandboxes/{id}/snapshots`): the sandbox's files and what its
 /// memory held of the env (envd's `envVars`), as a new sandbox started from it sees them.
 struct Template {
     root: PathBuf,
     env_vars: BTreeMap<String, String>,
+    /// The alias a named snapshot gave it (its full name is `<TEAM_SLUG>/<alias>`).
+    alias: Option<String>,
+    /// The sandbox it was snapshotted from (`GET /snapshots?sandboxID=`).
+    sandbox_id: String,
 }
 
 /// What a recorded sandbox was created with (tests assert egress was restricted).
@@ -107,6 +118,9 @@ struct Inner {
     spec_violations: Vec<String>,
     failures: HashMap<Route, VecDeque<(u16, Option<u64>)>>,
     create_delay: Duration,
+    /// How long `POST /sandboxes/{id}/snapshots` waits to answer after the template exists
+    /// (a client that dies meanwhile never learns of it).
+    snapshot_delay: Duration,
     /// Creates that build the sandbox and then answer this status anyway (a lost response).
     lost_creates: VecDeque<u16>,
     creates: usize,
@@ -130,6 +144,7 @@ impl Default for Inner {
             spec_violations: Vec::new(),
             failures: HashMap::new(),
             create_delay: Duration::ZERO,
+            snapshot_delay: Duration::ZERO,
             lost_creates: VecDeque::new(),
             creates: 0,
             killed: Vec::new(),
@@ -193,6 +208,7 @@ impl FakeE2b {
             .route("/sandboxes/{id}/connect", post(connect))
             .route("/sandboxes/{id}/pause", post(pause))
             .route("/sandboxes/{id}/snapshots", post(snapshot))
+            .route("/snapshots", get(list_snapshots))
             .route("/templates/{id}", axum::routing::delete(delete_template))
             .with_state(shared.clone());
         let envd = Router::new()
@@ -268,6 +284,21 @@ impl FakeE2b {
     /// Ids of the snapshot templates that exist.
     pub fn templates(&self) -> Vec<String> {
         self.shared.lock().templates.keys().cloned().collect()
+    }
+
+    /// Full names (`<slug>/<alias>`) of the named snapshot templates that exist.
+    pub fn template_names(&self) -> Vec<String> {
+        self.shared
+            .lock()
+            .templates
+            .values()
+            .filter_map(|t| t.alias.as_ref().map(|a| format!("{TEAM_SLUG}/{a}")))
+            .collect()
+    }
+
+    /// `POST /sandboxes/{id}/snapshots` answers `delay` after the template exists.
+    pub fn set_snapshot_delay(&self, delay: Duration) {
+        self.shared.lock().snapshot_delay = delay;
     }
 
     /// Whether sandbox `id` (the provider's id) is paused.
@@ -648,9 +679,8 @@ async fn create(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byt
     // memory; /init on resume sets the new values on top).
     let from_snapshot = {
         let inner = shared.lock();
-        inner
-            .templates
-            .get(template_name(template))
+        resolve_template(&inner, template)
+            .and_then(|id| inner.templates.get(&id))
             .map(|t| (t.root.clone(), t.env_vars.clone()))
     };
     let max_s = shared.lock().max_timeout_s;
@@ -1030,9 +1060,70 @@ async fn pause(
     StatusCode::NO_CONTENT.into_response()
 }
 
-/// `name:tag` → `name` (infra packages/shared/pkg/id `ParseName`).
-fn template_name(id: &str) -> &str {
-    id.split_once(':').map_or(id, |(name, _)| name)
+/// `[namespace/]alias[:tag]` as infra packages/shared/pkg/id `ParseName` reads it: trimmed,
+/// lowercased, namespace and alias `^[a-z0-9-_]+$`, tag `^[a-z0-9-_.]+$` (`default` = none).
+/// Returns (namespace, alias, tag) or the handler's message.
+fn parse_name(input: &str) -> Result<(Option<String>, String, Option<String>), String> {
+    let ident = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+    };
+    let input = input.trim().to_lowercase();
+    let (identifier, tag) = match input.split_once(':') {
+        Some((i, t)) => {
+            let ok = !t.is_empty()
+                && t.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b));
+            if !ok {
+                return Err(format!("invalid tag: {t}"));
+            }
+            (i, (t != "default").then(|| t.to_string()))
+        }
+        None => (input.as_str(), None),
+    };
+    let (namespace, alias) = match identifier.split_once('/') {
+        Some((n, a)) => {
+            if !ident(n) {
+                return Err(format!("invalid namespace: {n}"));
+            }
+            (Some(n.to_string()), a)
+        }
+        None => (None, identifier),
+    };
+    if !ident(alias) {
+        return Err(format!("invalid template ID: {alias}"));
+    }
+    Ok((namespace, alias.to_string(), tag))
+}
+
+/// The template a reference names: a template id or an alias (bare, or in our team's
+/// namespace), the tag ignored (infra `resolveTemplateAndTeam` via the alias cache).
+fn resolve_template(inner: &Inner, reference: &str) -> Option<String> {
+    let (namespace, alias, _) = parse_name(reference).ok()?;
+    if namespace.as_deref().is_some_and(|n| n != TEAM_SLUG) {
+        return None;
+    }
+    if namespace.is_none() && inner.templates.contains_key(&alias) {
+        return Some(alias);
+    }
+    inner
+        .templates
+        .iter()
+        .find(|(_, t)| t.alias.as_deref() == Some(alias.as_str()))
+        .map(|(id, _)| id.clone())
+}
+
+/// `SnapshotInfo` of a template: named ones by `<slug>/<alias>:default`, others by
+/// `<id>:default` (infra handlers/snapshot_template_create.go and snapshot_template_list.go).
+fn snapshot_info(id: &str, t: &Template) -> Value {
+    match &t.alias {
+        Some(alias) => {
+            let name = format!("{TEAM_SLUG}/{alias}");
+            json!({"snapshotID": format!("{name}:default"), "names": [name]})
+        }
+        None => json!({"snapshotID": format!("{id}:default"), "names": []}),
+    }
 }
 
 fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
@@ -1072,13 +1163,29 @@ async fn snapshot(
     if let Err(r) = check_fields(&body, &["name"], &[]) {
         return r;
     }
-    if body.get("name").is_some() {
-        // Named snapshots (team namespaces, aliases) are not modelled.
-        return error(
-            StatusCode::BAD_REQUEST,
-            "Invalid name: not supported by the fake",
-        );
-    }
+    // A name: `[namespace/]alias[:tag]`, the namespace (if given) the team's own; an alias
+    // the team already has gets a new build of that template, else a new aliased template.
+    let alias = match body.get("name") {
+        None => None,
+        Some(Value::String(name)) => match parse_name(name) {
+            Err(e) => return error(StatusCode::BAD_REQUEST, format!("Invalid name: {e}")),
+            Ok((Some(ns), _, _)) if ns != TEAM_SLUG => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("namespace '{ns}' must match your team '{TEAM_SLUG}'"),
+                );
+            }
+            Ok((_, _, Some(_))) => {
+                // Tags other than `default` are not modelled.
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "Invalid name: tags are not modelled",
+                );
+            }
+            Ok((_, alias, None)) => Some(alias),
+        },
+        Some(_) => return error(StatusCode::BAD_REQUEST, "Invalid name: not a string"),
+    };
     let (root, env_vars) = {
         let inner = shared.lock();
         let Some(sb) = inner.sandboxes.get(&id) else {
@@ -1104,29 +1211,100 @@ async fn snapshot(
         }
         (sb.info.root.clone(), sb.info.env_vars.clone())
     };
-    let template_id = sandbox_id();
-    let copy = shared.dir.path().join(format!("template-{template_id}"));
+    let existing = alias.as_ref().and_then(|a| {
+        let inner = shared.lock();
+        inner
+            .templates
+            .iter()
+            .find(|(_, t)| t.alias.as_ref() == Some(a))
+            .map(|(id, _)| id.clone())
+    });
+    let template_id = existing.unwrap_or_else(sandbox_id);
+    let copy = shared
+        .dir
+        .path()
+        .join(format!("template-{template_id}-{}", hex(8)));
     if let Err(e) = copy_tree(&root, &copy) {
         return error(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("Error creating snapshot template: {e}"),
         );
     }
-    let mut inner = shared.lock();
-    inner.templates.insert(
-        template_id.clone(),
-        Template {
-            root: copy,
-            env_vars,
+    let template = Template {
+        root: copy,
+        env_vars,
+        alias,
+        sandbox_id: id,
+    };
+    let info = snapshot_info(&template_id, &template);
+    let delay = {
+        let mut inner = shared.lock();
+        if let Some(old) = inner.templates.insert(template_id, template) {
+            let _ = std::fs::remove_dir_all(old.root);
+        }
+        inner.calls.push((Route::Snapshot, 201));
+        inner.snapshot_delay
+    };
+    // The template exists from here on, whether or not the caller hears of it.
+    tokio::time::sleep(delay).await;
+    checked(&shared, StatusCode::CREATED, Spec::E2bSnapshotInfo, info)
+}
+
+/// `GET /snapshots` as infra handlers/snapshot_template_list.go answers it: the team's
+/// snapshot templates as `SnapshotInfo`, filtered by `sandboxID` (the source sandbox) and
+/// `name` (an alias or id, `:tag` ignored here), `limit` 1..=100 (default 100) with an
+/// `X-Next-Token` cursor (here: the last template id of the page).
+async fn list_snapshots(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    if let Err(r) = gate(&shared, &headers, Route::ListSnapshots) {
+        return r;
+    }
+    let limit = match q.get("limit").map(|l| l.parse::<usize>()) {
+        None => 100,
+        Some(Ok(l)) if (1..=100).contains(&l) => l,
+        _ => return error(StatusCode::BAD_REQUEST, "limit must be between 1 and 100"),
+    };
+    let inner = shared.lock();
+    let by_name = match q.get("name") {
+        None => None,
+        Some(name) => match parse_name(name) {
+            Err(e) => return error(StatusCode::BAD_REQUEST, format!("Invalid name: {e}")),
+            // An unknown name matches nothing (200, empty).
+            Ok(_) => Some(resolve_template(&inner, name)),
         },
-    );
-    inner.calls.push((Route::Snapshot, 201));
+    };
+    let after = q.get("nextToken").cloned();
+    let matching: Vec<(&String, &Template)> = inner
+        .templates
+        .iter()
+        .filter(|(id, _)| {
+            by_name
+                .as_ref()
+                .is_none_or(|want| want.as_ref() == Some(*id))
+        })
+        .filter(|(_, t)| q.get("sandboxID").is_none_or(|s| *s == t.sandbox_id))
+        .filter(|(id, _)| after.as_ref().is_none_or(|a| id.as_str() > a.as_str()))
+        .collect();
+    let page: Vec<Value> = matching
+        .iter()
+        .take(limit)
+        .map(|(id, t)| snapshot_info(id, t))
+        .collect();
+    let next = (matching.len() > limit).then(|| matching[limit - 1].0.clone());
     drop(inner);
-    (
-        StatusCode::CREATED,
-        axum::Json(json!({"snapshotID": format!("{template_id}:default"), "names": []})),
-    )
-        .into_response()
+    for info in &page {
+        conform(&shared, Spec::E2bSnapshotInfo, info);
+    }
+    record(&shared, Route::ListSnapshots, StatusCode::OK);
+    let mut resp = axum::Json(page).into_response();
+    if let Some(n) = next {
+        resp.headers_mut()
+            .insert("X-Next-Token", n.parse().expect("header"));
+    }
+    resp
 }
 
 /// `DELETE /templates/{templateID}` (what the SDK's `deleteSnapshot` calls with a snapshot
@@ -1141,18 +1319,14 @@ async fn delete_template(
     if let Err(r) = gate(&shared, &headers, Route::DeleteTemplate) {
         return r;
     }
-    let name = template_name(&id).to_string();
     let mut inner = shared.lock();
-    if !inner.templates.contains_key(&name) {
-        return error(
-            StatusCode::NOT_FOUND,
-            format!("template '{name}' not found"),
-        );
-    }
+    let Some(name) = resolve_template(&inner, &id) else {
+        return error(StatusCode::NOT_FOUND, format!("template '{id}' not found"));
+    };
     if inner
         .sandboxes
         .values()
-        .any(|sb| template_name(&sb.info.template_id) == name)
+        .any(|sb| resolve_template(&inner, &sb.info.template_id).as_ref() == Some(&name))
     {
         return error(
             StatusCode::BAD_REQUEST,

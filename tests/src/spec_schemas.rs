@@ -8,7 +8,7 @@
 //! Sources (see tests/fixtures/specs/README.md for how to fetch them):
 //! - e2b-dev/E2B@b8029973aa7da5f741f7bb1a9f833b38a0885438 `spec/openapi.yml` (components
 //!   `NewSandbox`, `SandboxNetworkConfig`, `Sandbox`, `ListedSandbox`, `SandboxDetail`,
-//!   `ConnectSandbox`, `Error`), `spec/envd/process/process.proto` (`StartRequest`),
+//!   `ConnectSandbox`, `Error`, `SnapshotInfo`), `spec/envd/process/process.proto` (`StartRequest`),
 //!   `spec/envd/filesystem/filesystem.proto` (`ListDirRequest`, `EntryInfo`);
 //! - daytona/clients@d94a128145f2dd0ca0d22ba6fd1a5205fc55bcd4 `api-client-go/api/openapi.yaml`
 //!   (`CreateSandbox`, `Sandbox`, `SandboxState`, `ListSandboxesResponse`),
@@ -32,6 +32,7 @@ pub enum Body {
     E2bListedSandbox,
     E2bSandboxDetail,
     E2bError,
+    E2bSnapshotInfo,
     EnvdStartRequest,
     EnvdListDirRequest,
     EnvdListDirResponse,
@@ -172,6 +173,11 @@ fn schema(body: Body) -> Value {
             "properties": {"code": {"type": "integer"}, "message": {"type": "string"},
                 "error_code": {"type": "string"}}
         }),
+        Body::E2bSnapshotInfo => json!({
+            "type": "object", "required": ["snapshotID", "names"],
+            "properties": {"snapshotID": {"type": "string"},
+                "names": {"type": "array", "items": {"type": "string"}}}
+        }),
         Body::EnvdStartRequest => json!({
             "type": "object",
             "required": ["process"],
@@ -261,13 +267,14 @@ fn schema(body: Body) -> Value {
     }
 }
 
-const ALL: [Body; 15] = [
+const ALL: [Body; 16] = [
     Body::E2bNewSandbox,
     Body::E2bConnectSandbox,
     Body::E2bSandbox,
     Body::E2bListedSandbox,
     Body::E2bSandboxDetail,
     Body::E2bError,
+    Body::E2bSnapshotInfo,
     Body::EnvdStartRequest,
     Body::EnvdListDirRequest,
     Body::EnvdListDirResponse,

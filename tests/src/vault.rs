@@ -83,30 +83,194 @@ pub fn docker_cli(args: &[&str]) -> String {
         .unwrap_or_default()
 }
 
-/// Whether [`SANDBOX_IMAGE`] exists on the engine.
+/// The sandbox image docker e2e tests run: `AIRLOCK_SANDBOX_IMAGE`, else [`SANDBOX_IMAGE`].
+pub fn sandbox_image() -> String {
+    std::env::var("AIRLOCK_SANDBOX_IMAGE").unwrap_or_else(|_| SANDBOX_IMAGE.into())
+}
+
+/// Whether [`sandbox_image`] exists on the engine.
 pub fn sandbox_image_present() -> bool {
+    image_present(&sandbox_image())
+}
+
+fn image_present(image: &str) -> bool {
     Command::new("docker")
-        .args(["image", "inspect", SANDBOX_IMAGE])
+        .args(["image", "inspect", image])
         .output()
         .is_ok_and(|o| o.status.success())
+}
+
+/// Whether the docker e2e tests of `what` can run (an engine answers and [`sandbox_image`]
+/// exists). Otherwise prints `SKIP <what>: <why>` and returns false, or fails when
+/// `AIRLOCK_REQUIRE_DOCKER=1`.
+pub fn docker_ready(what: &str) -> bool {
+    docker_ready_with(what, &sandbox_image(), "bash images/build-offline.sh")
+}
+
+/// [`docker_ready`] for another `image`, built by `build` (said when it is missing).
+pub fn docker_ready_with(what: &str, image: &str, build: &str) -> bool {
+    let why = if !crate::docker_available() {
+        "no docker engine answers".to_string()
+    } else if !image_present(image) {
+        format!("image {image} is missing (run `{build}`)")
+    } else {
+        return true;
+    };
+    skip(what, &why)
+}
+
+/// Skips a test of `what` for `why` (prints it, returns false), or fails when
+/// `AIRLOCK_REQUIRE_DOCKER=1`.
+pub fn skip(what: &str, why: &str) -> bool {
+    assert!(
+        std::env::var("AIRLOCK_REQUIRE_DOCKER").as_deref() != Ok("1"),
+        "AIRLOCK_REQUIRE_DOCKER=1 but {why}"
+    );
+    eprintln!("SKIP {what}: {why}");
+    false
+}
+
+/// A per-test name prefix for what a brain makes on the docker engine
+/// (`sandbox.docker.container_prefix`, with `<prefix>net-` as `network_prefix`); everything
+/// carrying it (containers, networks, snapshot images, volumes) is removed on drop.
+pub struct DockerPrefix {
+    pub prefix: String,
+}
+
+impl DockerPrefix {
+    /// `<tag><8 hex>-`, unique per test run.
+    pub fn new(tag: &str) -> Self {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let n = t.subsec_nanos() ^ std::process::id().rotate_left(16);
+        Self {
+            prefix: format!("{tag}{n:08x}-"),
+        }
+    }
+
+    /// The brain YAML for the docker backend with [`sandbox_image`] and these prefixes.
+    pub fn docker_yaml(&self) -> String {
+        format!(
+            "sandbox:\n  docker:\n    image: \"{image}\"\n    container_prefix: \"{p}\"\n    network_prefix: \"{p}net-\"\n",
+            image = sandbox_image(),
+            p = self.prefix
+        )
+    }
+
+    /// Containers (any state) with our prefix.
+    pub fn containers(&self) -> Vec<String> {
+        lines(docker_cli(&[
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("name=^{}", self.prefix),
+        ]))
+    }
+
+    pub fn networks(&self) -> Vec<String> {
+        lines(docker_cli(&[
+            "network",
+            "ls",
+            "-q",
+            "--filter",
+            &format!("name=^{}net-", self.prefix),
+        ]))
+    }
+
+    /// Snapshot images (`<prefix>snapshot:<id>`).
+    pub fn images(&self) -> Vec<String> {
+        lines(docker_cli(&[
+            "images",
+            "--format",
+            "{{.Repository}}:{{.Tag}}",
+            &format!("{}snapshot", self.prefix),
+        ]))
+    }
+
+    pub fn volumes(&self) -> Vec<String> {
+        lines(docker_cli(&[
+            "volume",
+            "ls",
+            "-q",
+            "--filter",
+            &format!("name=^{}", self.prefix),
+        ]))
+    }
+}
+
+impl Drop for DockerPrefix {
+    fn drop(&mut self) {
+        for c in self.containers() {
+            docker_cli(&["rm", "-f", "-v", &c]);
+        }
+        for n in self.networks() {
+            docker_cli(&["network", "rm", &n]);
+        }
+        for i in self.images() {
+            docker_cli(&["rmi", "-f", &i]);
+        }
+        for v in self.volumes() {
+            docker_cli(&["volume", "rm", "-f", &v]);
+        }
+    }
+}
+
+fn lines(out: String) -> Vec<String> {
+    out.split_whitespace().map(str::to_string).collect()
+}
+
+/// Containers (any state) labelled `airlock.owner=<owner>`.
+pub fn owner_containers(owner: &str) -> Vec<String> {
+    lines(docker_cli(&[
+        "ps",
+        "-aq",
+        "--filter",
+        &format!("label=airlock.owner={owner}"),
+    ]))
 }
 
 /// IDs of the containers labelled `airlock.sandbox=<id>`, running or not.
 pub fn labelled_containers(sandbox_id: &str) -> Vec<String> {
     let label = format!("label=airlock.sandbox={sandbox_id}");
-    docker_cli(&["ps", "-aq", "--filter", &label])
-        .split_whitespace()
-        .map(str::to_string)
-        .collect()
+    lines(docker_cli(&["ps", "-aq", "--filter", &label]))
 }
 
 /// IDs of the networks labelled `airlock.sandbox=<id>`.
 pub fn labelled_networks(sandbox_id: &str) -> Vec<String> {
     let label = format!("label=airlock.sandbox={sandbox_id}");
-    docker_cli(&["network", "ls", "-q", "--filter", &label])
-        .split_whitespace()
-        .map(str::to_string)
-        .collect()
+    let mut nets = lines(docker_cli(&[
+        "network", "ls", "-q", "--no-trunc", "--filter", &label,
+    ]));
+    // A spare network (made before the provision) carries no sandbox label: the one its
+    // container named at provision time counts while it still exists.
+    let recorded = SANDBOX_NETWORKS.lock().unwrap().get(sandbox_id).cloned();
+    if let Some(net) = recorded
+        && !nets.contains(&net)
+        && docker_cli(&["network", "inspect", "-f", "{{.Id}}", &net]) == net
+    {
+        nets.push(net);
+    }
+    nets
+}
+
+/// Sandbox id -> network id, read from the container's `airlock.network` label by
+/// [`remember_sandbox_network`].
+static SANDBOX_NETWORKS: std::sync::Mutex<std::collections::BTreeMap<String, String>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+/// Records the network sandbox `sandbox_id`'s container is on (its `airlock.network` label), so
+/// [`labelled_networks`] and [`DockerCleanup`] still see it when it was a spare network.
+pub fn remember_sandbox_network(sandbox_id: &str) {
+    let containers = labelled_containers(sandbox_id);
+    let container = containers.first().expect("the sandbox has a container");
+    let label = "{{index .Config.Labels \"airlock.network\"}}";
+    let net = docker_cli(&["inspect", "-f", label, container]);
+    assert!(!net.is_empty(), "the container names its network");
+    SANDBOX_NETWORKS
+        .lock()
+        .unwrap()
+        .insert(sandbox_id.to_string(), net);
 }
 
 /// Removes a docker sandbox's containers and networks (by label) when dropped, so a failing

@@ -729,54 +729,13 @@ async fn a_resumed_session_never_bills_a_model_call_twice_or_drops_one() {
 
 // === Docker sandboxes under a kill ===
 
-const DOCKER_IMAGE: &str = "airlock-sandbox:latest";
-
-/// True when docker tests can run; otherwise prints why they skip (or fails with
-/// `AIRLOCK_REQUIRE_DOCKER=1`).
-fn docker_ready() -> bool {
-    let why = if !airlock_tests::docker_available() {
-        "no docker engine answers"
-    } else if !std::process::Command::new("docker")
-        .args(["image", "inspect", DOCKER_IMAGE])
-        .output()
-        .is_ok_and(|o| o.status.success())
-    {
-        "image airlock-sandbox:latest is missing (run `bash images/build-offline.sh`)"
-    } else {
-        return true;
-    };
-    assert!(
-        std::env::var("AIRLOCK_REQUIRE_DOCKER").as_deref() != Ok("1"),
-        "AIRLOCK_REQUIRE_DOCKER=1 but {why}"
-    );
-    eprintln!("skipped: {why}");
-    false
-}
-
-/// Containers labelled as `sandbox`.
-fn containers_of(sandbox: &str) -> Vec<String> {
-    let out = std::process::Command::new("docker")
-        .args([
-            "ps",
-            "-aq",
-            "--filter",
-            &format!("label=airlock.sandbox={sandbox}"),
-        ])
-        .output()
-        .expect("docker ps");
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .map(str::to_string)
-        .collect()
-}
-
 /// Two brains on PostgreSQL with the docker backend (real containers). A is SIGKILLed once its
 /// sessions' containers run their commands, and again later while provisioning; B (and A's
 /// restart) settle everything. Invariant: once every session settled, no container of any
 /// sandbox row of the store is left, and no row is live.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docker_sandboxes_leave_no_orphan_after_replica_kills() {
-    if !docker_ready() {
+    if !airlock_tests::vault::docker_ready("docker chaos") {
         return;
     }
     let Some(url) = fresh_postgres_database().await else {
@@ -827,7 +786,7 @@ async fn docker_sandboxes_leave_no_orphan_after_replica_kills() {
             let id = row["id"].as_str().unwrap();
             let (_, now) = b.get_json(&format!("/v1/sandboxes/{id}")).await;
             let live = matches!(now["status"].as_str(), Some("provisioning" | "running"));
-            let containers = containers_of(id);
+            let containers = airlock_tests::vault::labelled_containers(id);
             if live || !containers.is_empty() {
                 left.push(format!("{id}: {} {containers:?}", now["status"]));
             }

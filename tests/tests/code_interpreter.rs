@@ -9,40 +9,25 @@
 
 use std::process::Command;
 
-use airlock_tests::{BrainOptions, BrainProcess, StatusCode, docker_available};
+use airlock_tests::vault;
+use airlock_tests::{BrainOptions, BrainProcess, StatusCode};
 use serde_json::{Value, json};
 
 const SDK_SCRIPT: &str = include_str!("code_interpreter_sdk.py");
 
-fn image() -> String {
-    std::env::var("AIRLOCK_SANDBOX_IMAGE").unwrap_or_else(|_| "airlock-sandbox:latest".into())
-}
-
 fn ready() -> bool {
-    let image = image();
-    let why = if !docker_available() {
-        "no docker engine answers".to_owned()
-    } else if !Command::new("docker")
-        .args(["image", "inspect", &image])
-        .output()
-        .is_ok_and(|o| o.status.success())
-    {
-        format!("image {image} is missing (run `bash images/build-offline.sh`)")
-    } else if !Command::new("python3")
+    const WHAT: &str = "code interpreter e2e";
+    if !vault::docker_ready(WHAT) {
+        return false;
+    }
+    Command::new("python3")
         .args(["-c", "import openai, anthropic"])
         .output()
         .is_ok_and(|o| o.status.success())
-    {
-        "the openai/anthropic Python SDKs are missing (pip install openai anthropic)".to_owned()
-    } else {
-        return true;
-    };
-    assert!(
-        std::env::var("AIRLOCK_REQUIRE_DOCKER").as_deref() != Ok("1"),
-        "AIRLOCK_REQUIRE_DOCKER=1 but {why}"
-    );
-    eprintln!("SKIP code interpreter e2e: {why}");
-    false
+        || vault::skip(
+            WHAT,
+            "the openai/anthropic Python SDKs are missing (pip install openai anthropic)",
+        )
 }
 
 struct Env {
@@ -148,7 +133,10 @@ async fn start_brain_with(
         yaml.push_str(&model_list(dir, "  "));
         yaml.push_str(extra);
     }
-    yaml.push_str(&format!("sandbox:\n  docker:\n    image: {}\n", image()));
+    yaml.push_str(&format!(
+        "sandbox:\n  docker:\n    image: {}\n",
+        vault::sandbox_image()
+    ));
     yaml.push_str(extra_yaml);
     BrainProcess::start(BrainOptions {
         backend: "docker".into(),
@@ -722,7 +710,7 @@ async fn code_interpreter_claims_a_warm_pool_sandbox() {
     env.brain.terminate();
     let mut left = Vec::new();
     for _ in 0..100 {
-        left = containers_of_owner(&owner);
+        left = vault::owner_containers(&owner);
         if left.is_empty() {
             return;
         }
@@ -743,15 +731,6 @@ async fn brain_owner(brain: &BrainProcess) -> String {
         .expect("read the owner");
     pool.close().await;
     owner
-}
-
-/// Containers (any state) labelled with `owner`.
-fn containers_of_owner(owner: &str) -> Vec<String> {
-    let filter = format!("label=airlock.owner={owner}");
-    airlock_tests::vault::docker_cli(&["ps", "-aq", "--filter", &filter])
-        .split_whitespace()
-        .map(str::to_owned)
-        .collect()
 }
 
 /// The standalone gateway binary with `code_interpreter.brain_url`: the same

@@ -5,101 +5,22 @@
 //! `AIRLOCK_REQUIRE_DOCKER=1`. Every sandbox a test creates is removed by label when the test
 //! ends, passed or not.
 
-use std::collections::BTreeMap;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use airlock_tests::{BrainOptions, BrainProcess, StatusCode, docker_available, eventually};
+use airlock_tests::vault::{
+    self, DockerCleanup as Cleanup, docker_cli, labelled_containers, labelled_networks,
+};
+use airlock_tests::{BrainOptions, BrainProcess, StatusCode, eventually};
 use serde_json::{Value, json};
 
-const IMAGE: &str = "airlock-sandbox:latest";
-
-fn require_docker() -> bool {
-    std::env::var("AIRLOCK_REQUIRE_DOCKER").as_deref() == Ok("1")
-}
-
-/// True when the test can run; otherwise prints why it is skipped (or fails when required).
 fn docker_ready() -> bool {
-    let why = if !docker_available() {
-        "no docker engine answers"
-    } else if !Command::new("docker")
-        .args(["image", "inspect", IMAGE])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
-    {
-        "image airlock-sandbox:latest is missing (run `bash images/build-offline.sh`)"
-    } else {
-        return true;
-    };
-    assert!(!require_docker(), "AIRLOCK_REQUIRE_DOCKER=1 but {why}");
-    eprintln!("SKIP docker e2e: {why}");
-    false
-}
-
-fn cli(args: &[&str]) -> String {
-    let out = Command::new("docker")
-        .args(args)
-        .output()
-        .expect("run docker cli");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn labelled_containers(id: &str) -> String {
-    cli(&[
-        "ps",
-        "-aq",
-        "--filter",
-        &format!("label=airlock.sandbox={id}"),
-    ])
-}
-
-/// Network ids of the sandboxes provisioned here, read from their containers' `airlock.network`
-/// label: a spare network (made ahead of the provision) carries no sandbox label.
-static NETWORKS: std::sync::Mutex<BTreeMap<String, String>> =
-    std::sync::Mutex::new(BTreeMap::new());
-
-/// The networks of sandbox `id`: labelled with it, or the (spare) one its container was on.
-fn labelled_networks(id: &str) -> String {
-    let mut nets: Vec<String> = cli(&[
-        "network",
-        "ls",
-        "-q",
-        "--no-trunc",
-        "--filter",
-        &format!("label=airlock.sandbox={id}"),
-    ])
-    .lines()
-    .map(str::to_string)
-    .collect();
-    let recorded = NETWORKS.lock().unwrap().get(id).cloned();
-    if let Some(net) = recorded
-        && !nets.contains(&net)
-        && cli(&["network", "inspect", "-f", "{{.Id}}", &net]) == net
-    {
-        nets.push(net);
-    }
-    nets.join("\n")
+    vault::docker_ready("docker e2e")
 }
 
 fn assert_nothing_left(id: &str) {
     let (c, n) = (labelled_containers(id), labelled_networks(id));
-    assert!(c.is_empty(), "containers left for {id}: {c}");
-    assert!(n.is_empty(), "networks left for {id}: {n}");
-}
-
-/// Removes the sandbox's containers and networks when dropped.
-struct Cleanup(String);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for c in labelled_containers(&self.0).split_whitespace() {
-            cli(&["rm", "-f", "-v", c]);
-        }
-        for n in labelled_networks(&self.0).split_whitespace() {
-            cli(&["network", "rm", n]);
-        }
-    }
+    assert!(c.is_empty(), "containers left for {id}: {c:?}");
+    assert!(n.is_empty(), "networks left for {id}: {n:?}");
 }
 
 async fn start_brain() -> BrainProcess {
@@ -122,10 +43,7 @@ async fn provision(brain: &BrainProcess, body: Value) -> (String, Cleanup) {
     );
     let id = v["id"].as_str().expect("sandbox id").to_string();
     eprintln!("POST /v1/sandboxes (docker) took {:?}", started.elapsed());
-    let label = "{{index .Config.Labels \"airlock.network\"}}";
-    let net = cli(&["inspect", "-f", label, &container_of(&id)]);
-    assert!(!net.is_empty(), "the container names its network");
-    NETWORKS.lock().unwrap().insert(id.clone(), net);
+    vault::remember_sandbox_network(&id);
     assert_eq!(v["backend"], "docker", "{v}");
     assert_eq!(v["status"], "running", "{v}");
     (id.clone(), Cleanup(id))
@@ -150,8 +68,8 @@ async fn delete(brain: &BrainProcess, id: &str) {
 
 fn container_of(id: &str) -> String {
     let c = labelled_containers(id);
-    assert_eq!(c.lines().count(), 1, "expected one container for {id}: {c}");
-    c
+    assert_eq!(c.len(), 1, "expected one container for {id}: {c:?}");
+    c[0].clone()
 }
 
 #[tokio::test]
@@ -166,11 +84,7 @@ async fn docker_sandbox_exec_stream_timeout_and_delete() {
     )
     .await;
     let container = container_of(&id);
-    assert_eq!(
-        labelled_networks(&id).lines().count(),
-        1,
-        "one network per sandbox"
-    );
+    assert_eq!(labelled_networks(&id).len(), 1, "one network per sandbox");
 
     // Exit code, stdout, stderr, default cwd, explicit cwd, user.
     let v = exec(
@@ -246,13 +160,13 @@ async fn docker_sandbox_exec_stream_timeout_and_delete() {
         started.elapsed()
     );
     let no_sleep = eventually(Duration::from_secs(5), || {
-        !cli(&["top", &container]).contains("sleep 30")
+        !docker_cli(&["top", &container]).contains("sleep 30")
     })
     .await;
     assert!(
         no_sleep,
         "processes survived the timeout:\n{}",
-        cli(&["top", &container])
+        docker_cli(&["top", &container])
     );
 
     // DELETE removes the container and the network; a second DELETE is still fine.
@@ -334,7 +248,7 @@ async fn docker_sandbox_caps_huge_output_and_contains_a_fork_bomb() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     assert!(alive, "sandbox unusable after the fork bomb");
-    let top = cli(&["top", &container_of(&id)]);
+    let top = docker_cli(&["top", &container_of(&id)]);
     assert!(top.lines().count() < 10, "fork bomb processes left:\n{top}");
 
     delete(&brain, &id).await;
@@ -367,21 +281,21 @@ async fn docker_sandboxes_are_adopted_or_reaped_after_the_brain_is_killed() {
     });
     let container = container_of(&adopted);
     let running = eventually(Duration::from_secs(10), || {
-        cli(&["top", &container]).contains("sleep 1005")
+        docker_cli(&["top", &container]).contains("sleep 1005")
     })
     .await;
     assert!(running, "the in-flight command never started");
     brain.kill9();
     let _ = in_flight.await;
     assert_eq!(
-        labelled_containers(&adopted).lines().count(),
+        labelled_containers(&adopted).len(),
         1,
         "the sandbox outlives its brain"
     );
 
     // One container dies while the brain is down (its network stays behind).
-    cli(&["rm", "-f", &lost_container]);
-    assert_eq!(labelled_networks(&lost).lines().count(), 1);
+    docker_cli(&["rm", "-f", &lost_container]);
+    assert_eq!(labelled_networks(&lost).len(), 1);
 
     brain.restart().await;
     let (_, row) = brain.get_json(&format!("/v1/sandboxes/{adopted}")).await;

@@ -15,27 +15,15 @@ use std::time::Duration;
 
 use airlock_tests::fake_github::{API_HOST, FakeGithub, GIT_HOST};
 use airlock_tests::fake_oauth::{self, FakeOAuth};
-use airlock_tests::vault::{DockerCleanup as Cleanup, sandbox_image_present};
-use airlock_tests::{BrainOptions, BrainProcess, StatusCode, docker_available};
+use airlock_tests::vault::DockerCleanup as Cleanup;
+use airlock_tests::{BrainOptions, BrainProcess, StatusCode};
 use serde_json::{Value, json};
 
 const APP_ID: u64 = 31337;
 const INSTALLATION_ID: u64 = 4242;
 
 fn docker_ready() -> bool {
-    let why = if !docker_available() {
-        "no docker engine answers"
-    } else if !sandbox_image_present() {
-        "image airlock-sandbox:latest is missing (run `bash images/build-offline.sh`)"
-    } else {
-        return true;
-    };
-    assert!(
-        std::env::var("AIRLOCK_REQUIRE_DOCKER").as_deref() != Ok("1"),
-        "AIRLOCK_REQUIRE_DOCKER=1 but {why}"
-    );
-    eprintln!("SKIP minted credentials e2e: {why}");
-    false
+    airlock_tests::vault::docker_ready("minted credentials e2e")
 }
 
 /// A fresh App key: (private key PEM file, public key as PKCS#1 DER), made by openssl.

@@ -11,58 +11,36 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use airlock_tests::upstream::Upstream;
-use airlock_tests::vault::{brain_options, docker_cli, write_vault_config};
-use airlock_tests::{BrainOptions, BrainProcess, StatusCode, docker_available};
+use airlock_tests::vault::{self, DockerPrefix, brain_options, docker_cli, write_vault_config};
+use airlock_tests::{BrainOptions, BrainProcess, StatusCode};
 use serde_json::{Value, json};
 
 const REAL_TOKEN: &str = "ghp_REALsecretVALUE0123456789abcdefghij";
 
-fn image() -> String {
-    std::env::var("AIRLOCK_SANDBOX_IMAGE").unwrap_or_else(|_| "airlock-sandbox:latest".into())
-}
-
 fn docker_ready() -> bool {
-    let why = if !docker_available() {
-        "no docker engine answers"
-    } else if docker_cli(&["image", "inspect", "-f", "{{.Id}}", &image()]).is_empty() {
-        "the sandbox image is missing (bash images/build-offline.sh)"
-    } else {
-        return true;
-    };
-    assert!(
-        std::env::var("AIRLOCK_REQUIRE_DOCKER").as_deref() != Ok("1"),
-        "AIRLOCK_REQUIRE_DOCKER=1 but {why}"
-    );
-    eprintln!("SKIP pools e2e: {why}");
-    false
+    vault::docker_ready("pools e2e")
 }
 
-/// Per-test container/network prefix, and the YAML that sets it plus the pool.
-struct Naming {
-    prefix: String,
-}
+/// Per-test container/network prefix (removed on drop), and the YAML that sets it plus the
+/// pool.
+struct Naming(DockerPrefix);
 
 impl Naming {
     fn new() -> Self {
-        let n: u32 = rand_u32();
-        Self {
-            prefix: format!("alkpool{n:08x}-"),
-        }
+        Self(DockerPrefix::new("alkpool"))
     }
 
     fn yaml(&self, size: usize) -> String {
         format!(
-            "sandbox:\n  docker:\n    image: \"{image}\"\n    container_prefix: \"{p}\"\n    network_prefix: \"{p}net-\"\n\
-             pools:\n  - {{backend: docker, size: {size}}}\n",
-            image = image(),
-            p = self.prefix
+            "{}pools:\n  - {{backend: docker, size: {size}}}\n",
+            self.0.docker_yaml()
         )
     }
 
     /// One `docker ps --format` field of every container with our prefix (running or not),
     /// split at commas (a list field) and newlines.
     fn containers_field(&self, format: &str) -> BTreeSet<String> {
-        let filter = format!("name=^{}", self.prefix);
+        let filter = format!("name=^{}", self.0.prefix);
         docker_cli(&["ps", "-a", "--filter", &filter, "--format", format])
             .split([',', '\n'])
             .map(str::trim)
@@ -87,7 +65,7 @@ impl Naming {
             "network",
             "ls",
             "--filter",
-            &format!("name=^{}net-", self.prefix),
+            &format!("name=^{}net-", self.0.prefix),
             "--filter",
             &format!("label={label}"),
             "--format",
@@ -99,42 +77,8 @@ impl Naming {
     }
 
     fn networks(&self) -> usize {
-        docker_cli(&[
-            "network",
-            "ls",
-            "-q",
-            "--filter",
-            &format!("name=^{}net-", self.prefix),
-        ])
-        .lines()
-        .count()
+        self.0.networks().len()
     }
-}
-
-impl Drop for Naming {
-    fn drop(&mut self) {
-        let ids = docker_cli(&["ps", "-aq", "--filter", &format!("name=^{}", self.prefix)]);
-        for c in ids.split_whitespace() {
-            docker_cli(&["rm", "-f", "-v", c]);
-        }
-        let nets = docker_cli(&[
-            "network",
-            "ls",
-            "-q",
-            "--filter",
-            &format!("name=^{}net-", self.prefix),
-        ]);
-        for n in nets.split_whitespace() {
-            docker_cli(&["network", "rm", n]);
-        }
-    }
-}
-
-fn rand_u32() -> u32 {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    t.subsec_nanos() ^ std::process::id().rotate_left(16)
 }
 
 async fn metrics(brain: &BrainProcess) -> String {
@@ -237,7 +181,7 @@ async fn pooled_sandbox_first_exec_sees_stubs_proxy_and_ca_and_its_egress_is_swa
             "inspect",
             "-f",
             "{{json .Config.Env}}",
-            &format!("{}{id}", naming.prefix),
+            &format!("{}{id}", naming.0.prefix),
         ]);
         assert!(
             !env.contains("PROXY") && !env.contains("GITHUB_TOKEN") && !env.contains("SSL_CERT"),

@@ -1009,6 +1009,32 @@ async fn create(brain: &BrainProcess, body: Value) -> Value {
     reply
 }
 
+/// Starts a sandbox `from_snapshot`, checks its `notes.txt` holds `notes`, then deletes it,
+/// the source sandbox `source` and the snapshot.
+async fn restore_read_and_delete(brain: &BrainProcess, source: &str, snapshot: &str, notes: &str) {
+    let restored = create(brain, json!({"from_snapshot": snapshot})).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (status, r) = brain
+        .post_json(
+            &format!("/v1/sandboxes/{restored}/exec"),
+            &json!({"command": "cat notes.txt"}),
+        )
+        .await;
+    assert_eq!(
+        (status, r["stdout"].as_str()),
+        (StatusCode::OK, Some(notes)),
+        "{r}"
+    );
+    for sb in [source, restored.as_str()] {
+        let (status, _) = brain.delete(&format!("/v1/sandboxes/{sb}")).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let (status, v) = brain.delete(&format!("/v1/snapshots/{snapshot}")).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+}
+
 /// Issue 16 through the brain's API on E2B: pause/resume, a snapshot, and a sandbox started
 /// `from_snapshot` (an E2B snapshot template) that holds the workspace.
 #[tokio::test]
@@ -1058,27 +1084,7 @@ async fn brain_serve_e2b_pauses_resumes_snapshots_and_restores_through_the_api()
         .await;
     assert_eq!(status, StatusCode::CREATED, "{snap}\n{}", brain.log());
     let snap_id = snap["snapshot"].as_str().unwrap().to_string();
-    let restored = create(&brain, json!({"from_snapshot": snap_id})).await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let (status, r) = brain
-        .post_json(
-            &format!("/v1/sandboxes/{restored}/exec"),
-            &json!({"command": "cat notes.txt"}),
-        )
-        .await;
-    assert_eq!(
-        (status, r["stdout"].as_str()),
-        (StatusCode::OK, Some("v1\n")),
-        "{r}"
-    );
-    for sb in [&id, &restored] {
-        let (status, _) = brain.delete(&format!("/v1/sandboxes/{sb}")).await;
-        assert_eq!(status, StatusCode::OK);
-    }
-    let (status, v) = brain.delete(&format!("/v1/snapshots/{snap_id}")).await;
-    assert_eq!(status, StatusCode::OK, "{v}");
+    restore_read_and_delete(&brain, &id, &snap_id, "v1\n").await;
     assert!(fake.templates().is_empty());
     assert_eq!(fake.spec_violations(), Vec::<String>::new());
 }
@@ -1233,6 +1239,123 @@ async fn brain_e2b_credentials_need_a_reachable_proxy_and_only_stubs_reach_the_c
         )
         .await;
     assert_eq!(r["stdout"], format!("{stub}\n"));
+}
+
+/// Issue 16, crash safety of E2B snapshots: a brain SIGKILLed after E2B created a snapshot
+/// template (and while its helper sandbox still runs) but before the brain recorded it.
+/// After a restart, E2B holds neither that template nor the helper; a template with our
+/// owner's marker and no record at all is swept too, another brain's is left alone, and a
+/// snapshot completed before the crash survives and still restores.
+#[tokio::test]
+async fn brain_killed_mid_snapshot_leaves_no_e2b_template_or_helper_after_restart() {
+    let fake = FakeE2b::start().await;
+    let mut brain = BrainProcess::start(e2b_brain_options(&fake, "")).await;
+    let id = create(&brain, json!({})).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let exec_path = format!("/v1/sandboxes/{id}/exec");
+    let (status, r) = brain
+        .post_json(&exec_path, &json!({"command": "echo kept > notes.txt"}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{r}");
+    let (status, snap) = brain
+        .post_json(&format!("/v1/sandboxes/{id}/snapshot"), &json!({}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{snap}\n{}", brain.log());
+    let kept = snap["snapshot"].as_str().unwrap().to_string();
+    assert_eq!(fake.templates().len(), 1);
+
+    // Leftovers as other crashes leave them: a template with our marker and no row at all,
+    // and one of another brain's.
+    let source = fake.sandboxes()[0].clone();
+    let owner: String = source.metadata["airlock.owner"]
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .collect::<String>()
+        .to_lowercase();
+    let http = airlock_tests::http_client();
+    for name in [
+        format!("airlock-{owner}-snap-ghost"),
+        "airlock-someoneelse-snap-theirs".to_string(),
+    ] {
+        let resp = http
+            .post(format!(
+                "{}/sandboxes/{}/snapshots",
+                fake.api_url, source.id
+            ))
+            .header("X-API-Key", &fake.api_key)
+            .json(&json!({ "name": name }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::CREATED);
+    }
+    assert_eq!(fake.templates().len(), 3);
+
+    // The interrupted snapshot: E2B makes the template but answers only after the kill.
+    fake.set_snapshot_delay(Duration::from_secs(60));
+    let (status, r) = brain
+        .post_json(&exec_path, &json!({"command": "echo lost > notes.txt"}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{r}");
+    let pending = {
+        let req = brain
+            .http
+            .post(brain.url(&format!("/v1/sandboxes/{id}/snapshot")))
+            .bearer_auth(&brain.master_key)
+            .json(&json!({}));
+        // Never answered: the brain dies first.
+        tokio::spawn(async move { req.send().await.map(|r| r.status()) })
+    };
+    assert!(
+        eventually(Duration::from_secs(20), || fake.templates().len() == 4).await,
+        "the template was never made\n{}",
+        brain.log()
+    );
+    let helpers = || {
+        fake.sandboxes()
+            .iter()
+            .filter(|s| s.metadata["airlock.sandbox"].ends_with("-helper"))
+            .count()
+    };
+    assert_eq!(helpers(), 1, "the helper runs while E2B snapshots it");
+    brain.kill9();
+    let _ = pending.await;
+    fake.set_snapshot_delay(Duration::ZERO);
+    brain.restart().await;
+
+    let names = || {
+        let mut v = fake.template_names();
+        v.sort();
+        v
+    };
+    assert!(
+        eventually(Duration::from_secs(20), || helpers() == 0
+            && fake.templates().len() == 2)
+        .await,
+        "templates {:?}, helpers {}\n{}",
+        names(),
+        helpers(),
+        brain.log()
+    );
+    let fake_team = airlock_tests::fake_e2b::TEAM_SLUG;
+    assert_eq!(
+        names(),
+        [
+            format!("{fake_team}/airlock-{owner}-{kept}"),
+            format!("{fake_team}/airlock-someoneelse-snap-theirs"),
+        ],
+        "only the completed snapshot and another brain's template are left"
+    );
+    // The source sandbox was adopted; the completed snapshot still restores.
+    restore_read_and_delete(&brain, &id, &kept, "kept\n").await;
+    assert_eq!(
+        names(),
+        [format!("{fake_team}/airlock-someoneelse-snap-theirs")]
+    );
+    assert!(fake.sandboxes().is_empty());
+    assert_eq!(fake.spec_violations(), Vec::<String>::new());
 }
 
 #[tokio::test]

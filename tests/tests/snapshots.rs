@@ -11,108 +11,38 @@
 use std::time::Duration;
 
 use airlock_tests::upstream::Upstream;
-use airlock_tests::vault::{brain_options, docker_cli, write_vault_config};
-use airlock_tests::{BrainOptions, BrainProcess, StatusCode, docker_available};
+use airlock_tests::vault::{self, DockerPrefix, brain_options, docker_cli, write_vault_config};
+use airlock_tests::{BrainOptions, BrainProcess, StatusCode};
 use serde_json::{Value, json};
 
 const REAL_TOKEN: &str = "ghp_REALsecretVALUE0123456789abcdefghij";
 
-fn image() -> String {
-    std::env::var("AIRLOCK_SANDBOX_IMAGE").unwrap_or_else(|_| "airlock-sandbox:latest".into())
-}
-
 fn docker_ready() -> bool {
-    let why = if !docker_available() {
-        "no docker engine answers"
-    } else if docker_cli(&["image", "inspect", "-f", "{{.Id}}", &image()]).is_empty() {
-        "the sandbox image is missing (bash images/build-offline.sh)"
-    } else {
-        return true;
-    };
-    assert!(
-        std::env::var("AIRLOCK_REQUIRE_DOCKER").as_deref() != Ok("1"),
-        "AIRLOCK_REQUIRE_DOCKER=1 but {why}"
-    );
-    eprintln!("SKIP snapshots e2e: {why}");
-    false
+    vault::docker_ready("snapshots e2e")
 }
 
-/// Per-test prefix for everything the brain creates on the engine.
-struct Naming {
-    prefix: String,
-}
+/// Per-test prefix for everything the brain creates on the engine (removed on drop), and the
+/// YAML that sets it plus an optional pool.
+struct Naming(DockerPrefix);
 
 impl Naming {
     fn new() -> Self {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        let n = t.subsec_nanos() ^ std::process::id().rotate_left(16);
-        Self {
-            prefix: format!("alksnap{n:08x}-"),
-        }
+        Self(DockerPrefix::new("alksnap"))
     }
 
     fn yaml(&self, pool: usize) -> String {
-        let mut yaml = format!(
-            "sandbox:\n  docker:\n    image: \"{image}\"\n    container_prefix: \"{p}\"\n    network_prefix: \"{p}net-\"\n",
-            image = image(),
-            p = self.prefix
-        );
+        let mut yaml = self.0.docker_yaml();
         if pool > 0 {
             yaml.push_str(&format!("pools:\n  - {{backend: docker, size: {pool}}}\n"));
         }
         yaml
     }
-
-    fn images(&self) -> Vec<String> {
-        docker_cli(&[
-            "images",
-            "--format",
-            "{{.Repository}}:{{.Tag}}",
-            &format!("{}snapshot", self.prefix),
-        ])
-        .lines()
-        .map(str::to_string)
-        .collect()
-    }
-
-    fn volumes(&self) -> Vec<String> {
-        docker_cli(&[
-            "volume",
-            "ls",
-            "-q",
-            "--filter",
-            &format!("name=^{}", self.prefix),
-        ])
-        .lines()
-        .map(str::to_string)
-        .collect()
-    }
 }
 
-impl Drop for Naming {
-    fn drop(&mut self) {
-        let ids = docker_cli(&["ps", "-aq", "--filter", &format!("name=^{}", self.prefix)]);
-        for c in ids.split_whitespace() {
-            docker_cli(&["rm", "-f", "-v", c]);
-        }
-        let nets = docker_cli(&[
-            "network",
-            "ls",
-            "-q",
-            "--filter",
-            &format!("name=^{}net-", self.prefix),
-        ]);
-        for n in nets.split_whitespace() {
-            docker_cli(&["network", "rm", n]);
-        }
-        for i in self.images() {
-            docker_cli(&["rmi", "-f", &i]);
-        }
-        for v in self.volumes() {
-            docker_cli(&["volume", "rm", "-f", &v]);
-        }
+impl std::ops::Deref for Naming {
+    type Target = DockerPrefix;
+    fn deref(&self) -> &DockerPrefix {
+        &self.0
     }
 }
 

@@ -19,8 +19,8 @@ use std::io::BufRead;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-use airlock_tests::vault::{DockerCleanup as Cleanup, docker_cli};
-use airlock_tests::{BrainOptions, BrainProcess, StatusCode, docker_available};
+use airlock_tests::vault::DockerCleanup as Cleanup;
+use airlock_tests::{BrainOptions, BrainProcess, StatusCode};
 use serde_json::{Value, json};
 
 const IMAGE: &str = "airlock-sandbox-aws:test";
@@ -30,19 +30,11 @@ const REAL_SECRET: &str = "RealSecretKey/0123456789abcdefghijKLMNOP";
 const REAL_SECRET_ENV: &str = "REAL_AWS_SECRET_ACCESS_KEY";
 
 fn ready() -> bool {
-    let why = if !docker_available() {
-        "no docker engine answers"
-    } else if docker_cli(&["image", "inspect", "-f", "{{.Id}}", IMAGE]).is_empty() {
-        "image airlock-sandbox-aws:test is missing (run `bash images/sandbox-aws/build.sh`)"
-    } else {
-        return true;
-    };
-    assert!(
-        std::env::var("AIRLOCK_REQUIRE_DOCKER").as_deref() != Ok("1"),
-        "AIRLOCK_REQUIRE_DOCKER=1 but {why}"
-    );
-    eprintln!("SKIP vault aws e2e: {why}");
-    false
+    airlock_tests::vault::docker_ready_with(
+        "vault aws e2e",
+        IMAGE,
+        "bash images/sandbox-aws/build.sh",
+    )
 }
 
 /// The fake S3 (python) with a fresh CA and a leaf for [`HOST`].

@@ -18,8 +18,8 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use airlock_tests::vault::{DockerCleanup, sandbox_image_present};
-use airlock_tests::{BrainOptions, BrainProcess, StatusCode, docker_available};
+use airlock_tests::vault::DockerCleanup;
+use airlock_tests::{BrainOptions, BrainProcess, StatusCode};
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use bytes::Bytes;
@@ -31,19 +31,7 @@ const REAL_TOKEN: &str = "ghp_GITrealSECRETvalue0123456789abcdefgh";
 const HOST: &str = "git.test";
 
 fn docker_ready() -> bool {
-    let why = if !docker_available() {
-        "no docker engine answers"
-    } else if !sandbox_image_present() {
-        "image airlock-sandbox:latest is missing (run `bash images/build-offline.sh`)"
-    } else {
-        return true;
-    };
-    assert!(
-        std::env::var("AIRLOCK_REQUIRE_DOCKER").as_deref() != Ok("1"),
-        "AIRLOCK_REQUIRE_DOCKER=1 but {why}"
-    );
-    eprintln!("SKIP vault docker attacks: {why}");
-    false
+    airlock_tests::vault::docker_ready("vault docker attacks")
 }
 
 // === the git.test server ===

@@ -10,10 +10,8 @@
 use std::process::Command;
 
 use airlock_tests::upstream::Upstream;
-use airlock_tests::vault::{
-    DockerCleanup as Cleanup, brain_options, sandbox_image_present, write_vault_config,
-};
-use airlock_tests::{BrainProcess, StatusCode, docker_available};
+use airlock_tests::vault::{DockerCleanup as Cleanup, brain_options, write_vault_config};
+use airlock_tests::{BrainProcess, StatusCode};
 use base64::Engine as _;
 use serde_json::json;
 
@@ -21,19 +19,7 @@ use serde_json::json;
 const REAL_TOKEN: &str = "ghp_REALsecretVALUE0123456789abcdefghij";
 
 fn docker_ready() -> bool {
-    let why = if !docker_available() {
-        "no docker engine answers"
-    } else if !sandbox_image_present() {
-        "image airlock-sandbox:latest is missing (run `bash images/build-offline.sh`)"
-    } else {
-        return true;
-    };
-    assert!(
-        std::env::var("AIRLOCK_REQUIRE_DOCKER").as_deref() != Ok("1"),
-        "AIRLOCK_REQUIRE_DOCKER=1 but {why}"
-    );
-    eprintln!("SKIP vault e2e: {why}");
-    false
+    airlock_tests::vault::docker_ready("vault e2e")
 }
 
 // === brain helpers ===

@@ -22,7 +22,7 @@ use super::extract::ApiJson;
 use crate::error::ApiError;
 use crate::lifecycle::{self, ProvisionParams};
 use crate::metrics::Outcome;
-use crate::sandbox::{BackendError, BackendKind, Resources, SandboxHandle};
+use crate::sandbox::{BackendKind, Resources, SandboxHandle};
 use crate::state::AppState;
 use crate::store::{SandboxRow, SandboxStatus, SnapshotRow};
 
@@ -380,7 +380,8 @@ pub async fn delete_snapshot(
 }
 
 /// `DELETE /v1/workspaces/{name}` (default backend, or `?backend=`): removes a persistent
-/// workspace no sandbox uses (`409` while one does).
+/// workspace no sandbox uses (`409` while one does; a provision racing it either holds it
+/// first, or fails with `409` "being deleted", see `lifecycle::delete_workspace`).
 pub async fn delete_workspace(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -392,15 +393,7 @@ pub async fn delete_workspace(
         })?,
         None => state.backends.default_kind(),
     };
-    // The store's lease first (a sandbox still provisioning has no container yet).
-    if let Some(holder) = state.store.workspace_holder(kind, &name).await? {
-        return Err(BackendError::Conflict(format!(
-            "workspace {name} is in use by sandbox {holder}"
-        ))
-        .into());
-    }
-    let backend = state.backends.get(kind).await?;
-    if !backend.delete_workspace(&name).await? {
+    if !lifecycle::delete_workspace(&state, kind, &name).await? {
         return Err(ApiError::not_found(format!("no workspace {name}")));
     }
     Ok(Json(

@@ -847,3 +847,171 @@ async fn delete_during_provisioning_revokes_the_grant_even_when_destroy_fails() 
         "the grant outlived the delete: {log:?}"
     );
 }
+
+/// One brain per element (several replicas on one PostgreSQL schema; one brain on SQLite),
+/// all on one fake backend with persistent workspaces; the schema to drop, if any.
+async fn workspace_replicas() -> Vec<(Vec<Harness>, Arc<FakeBackend>, Option<(String, String)>)> {
+    let fake = Arc::new(FakeBackend::default());
+    fake.lock().workspaces = Some(Default::default());
+    let build = |store: Store, fake: Arc<FakeBackend>| {
+        let config = Config::default();
+        let backends =
+            Backends::with_backend(BackendKind::Local, fake.clone(), config.sandbox.clone());
+        Harness {
+            state: AppState::new(config, store, backends, MasterKey::new(KEY)),
+            fake,
+            _dir: tempfile::tempdir().unwrap(),
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("b.db").display());
+    let mut sqlite = build(Store::connect(&url).await.unwrap(), fake.clone());
+    sqlite._dir = dir;
+    let mut out = vec![(vec![sqlite], fake, None)];
+    match std::env::var("AIRLOCK_TEST_POSTGRES_URL") {
+        Ok(url) if !url.is_empty() => {
+            let fake = Arc::new(FakeBackend::default());
+            fake.lock().workspaces = Some(Default::default());
+            let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
+            let mut replicas = Vec::new();
+            for _ in 0..2 {
+                let store = Store::connect_in_schema(&url, Some(&schema)).await.unwrap();
+                replicas.push(build(store, fake.clone()));
+            }
+            out.push((replicas, fake, Some((url, schema))));
+        }
+        _ => {
+            assert_ne!(
+                std::env::var("AIRLOCK_REQUIRE_POSTGRES").as_deref(),
+                Ok("1"),
+                "AIRLOCK_REQUIRE_POSTGRES=1 but AIRLOCK_TEST_POSTGRES_URL is not set"
+            );
+            eprintln!("skipping the PostgreSQL half: AIRLOCK_TEST_POSTGRES_URL is not set");
+        }
+    }
+    out
+}
+
+/// `DELETE /v1/workspaces/{name}` racing `POST /v1/sandboxes {"workspace"}` for the same
+/// workspace, round after round at varying offsets (the fake creates the volume, then takes
+/// a while before it mounts it, as docker does; its delete takes a while before the removal,
+/// as docker's listing of the volume's users does), on SQLite and on two PostgreSQL replicas.
+/// Whichever wins, no live sandbox ever mounts a removed volume, the volume exists exactly
+/// when the provision won, no delete mark is left, and the loser gets a 409 naming why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_workspace_delete_racing_a_provision_never_strands_a_sandbox() {
+    for (replicas, fake, schema) in workspace_replicas().await {
+        {
+            let mut state = fake.lock();
+            state.provision_delay_ms = 20;
+            state.workspaces.as_mut().unwrap().delete_delay_ms = 15;
+        }
+        let ws = |fake: &FakeBackend| {
+            let state = fake.lock();
+            let w = state.workspaces.as_ref().unwrap();
+            (w.volumes.clone(), w.mounts.clone(), state.alive.clone())
+        };
+        let mut outcomes = std::collections::BTreeMap::<(u16, u16), u32>::new();
+        for round in 0..24u64 {
+            let (a, b) = (
+                &replicas[round as usize % replicas.len()],
+                &replicas[(round as usize + 1) % replicas.len()],
+            );
+            // The workspace exists: a sandbox used it and ended.
+            let (status, body) = a
+                .call("POST", "/v1/sandboxes", Some(r#"{"workspace":"repo"}"#))
+                .await;
+            assert_eq!(status, StatusCode::CREATED, "{body}");
+            let setup = body["id"].as_str().unwrap().to_string();
+            let (status, _) = a
+                .call("DELETE", &format!("/v1/sandboxes/{setup}"), None)
+                .await;
+            assert_eq!(status, StatusCode::OK);
+            assert!(ws(&fake).0.contains_key("repo"));
+            let offset = std::time::Duration::from_millis(round % 8 * 4);
+            let delete = async {
+                if round % 2 == 0 {
+                    tokio::time::sleep(offset).await;
+                }
+                a.call("DELETE", "/v1/workspaces/repo?backend=local", None)
+                    .await
+            };
+            let provision = async {
+                if round % 2 == 1 {
+                    tokio::time::sleep(offset).await;
+                }
+                b.call("POST", "/v1/sandboxes", Some(r#"{"workspace":"repo"}"#))
+                    .await
+            };
+            let ((del, del_body), (prov, prov_body)) = tokio::join!(delete, provision);
+            *outcomes.entry((del.as_u16(), prov.as_u16())).or_default() += 1;
+            let (volumes, mounts, alive) = ws(&fake);
+            // Never a live sandbox on a removed volume.
+            for (id, (volume, generation)) in &mounts {
+                if alive.contains(id) {
+                    assert_eq!(
+                        volumes.get(volume),
+                        Some(generation),
+                        "round {round}: live sandbox {id} mounts a removed volume \
+                         (delete {del} {del_body}, provision {prov} {prov_body})"
+                    );
+                }
+            }
+            match (del, prov) {
+                (StatusCode::OK, StatusCode::CREATED) => {}
+                (StatusCode::CONFLICT, StatusCode::CREATED) => {
+                    let message = del_body["error"]["message"].as_str().unwrap_or_default();
+                    assert!(message.contains("in use by sandbox"), "{del_body}");
+                }
+                (StatusCode::OK, StatusCode::CONFLICT) => {
+                    let message = prov_body["error"]["message"].as_str().unwrap_or_default();
+                    assert!(message.contains("is being deleted"), "{prov_body}");
+                }
+                other => panic!(
+                    "round {round}: unexpected {other:?}: delete {del_body}, provision {prov_body}"
+                ),
+            }
+            // Not leaked: the volume is there exactly when a sandbox got it.
+            assert_eq!(
+                volumes.contains_key("repo"),
+                prov == StatusCode::CREATED,
+                "round {round}: {volumes:?}"
+            );
+            assert!(
+                !a.state
+                    .store
+                    .workspace_deleting(BackendKind::Local, "repo")
+                    .await
+                    .unwrap(),
+                "round {round}: a delete mark was left"
+            );
+            if prov == StatusCode::CREATED {
+                let id = prov_body["id"].as_str().unwrap();
+                let (status, _) = b.call("DELETE", &format!("/v1/sandboxes/{id}"), None).await;
+                assert_eq!(status, StatusCode::OK);
+            }
+        }
+        eprintln!("delete/provision outcomes (delete, provision) → rounds: {outcomes:?}");
+        // Deleting what is left works, and a second delete finds nothing.
+        let (status, body) = replicas[0]
+            .call("DELETE", "/v1/workspaces/repo?backend=local", None)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let (status, _) = replicas[0]
+            .call("DELETE", "/v1/workspaces/repo?backend=local", None)
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        if let Some((url, schema)) = schema {
+            for r in &replicas {
+                r.state.store.close().await;
+            }
+            let pool = sqlx::PgPool::connect(&url).await.unwrap();
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP SCHEMA \"{schema}\" CASCADE"
+            )))
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+    }
+}

@@ -42,8 +42,8 @@ use super::remote::{
     provider_error, sandbox_api_error, transport_error,
 };
 use super::{
-    BackendError, BackendKind, ExecStream, LabelledSandbox, OWNER_LABEL, SANDBOX_LABEL,
-    SandboxBackend, SandboxHandle, SandboxSpec,
+    BackendError, BackendKind, ExecStream, LabelledSandbox, ListedSnapshot, OWNER_LABEL,
+    SANDBOX_LABEL, SandboxBackend, SandboxHandle, SandboxSpec,
 };
 
 const PROVIDER: &str = "e2b";
@@ -175,11 +175,65 @@ struct Sandbox {
     envd_version: Option<String>,
 }
 
-/// `SnapshotInfo` (the field used).
+/// `SnapshotInfo`.
 #[derive(Debug, Deserialize)]
 struct SnapshotInfo {
     #[serde(rename = "snapshotID")]
     snapshot_id: String,
+    #[serde(default)]
+    names: Vec<String>,
+}
+
+/// The name (alias) a snapshot template of brain `owner` gets for snapshot `snapshot_id`:
+/// `airlock-<owner>-<snapshot id>`, the owner reduced to `[a-z0-9]` so the `-` after it
+/// ends it (no owner's marker is a prefix of another's). E2B aliases are `^[a-z0-9-_]+$`
+/// (infra packages/shared/pkg/id `ParseName`). It is the ownership marker a restarted brain
+/// lists templates by (`list_snapshots`), and makes a repeated create reuse the template
+/// (`SandboxSnapshotRequest.name`: "If a snapshot template with this name already exists, a
+/// new build will be assigned to the existing template").
+fn snapshot_name(owner: &str, snapshot_id: &str) -> Result<String, BackendError> {
+    let id = snapshot_id.to_ascii_lowercase();
+    if id.is_empty()
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+    {
+        return Err(BackendError::Invalid(format!(
+            "snapshot id {snapshot_id:?} is not a valid E2B template name"
+        )));
+    }
+    Ok(format!("{}{id}", snapshot_prefix(owner)))
+}
+
+fn snapshot_prefix(owner: &str) -> String {
+    let owner: String = owner
+        .to_ascii_lowercase()
+        .chars()
+        .filter(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        .collect();
+    format!("airlock-{owner}-")
+}
+
+/// `s` as one URL path segment: everything but unreserved characters and `:` percent-encoded.
+fn path_segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b':' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The snapshot id a template name (`[namespace/]alias[:tag]`) of brain `owner` carries.
+fn snapshot_of(owner: &str, name: &str) -> Option<String> {
+    let name = name.split_once(':').map_or(name, |(n, _)| n);
+    let alias = name.rsplit_once('/').map_or(name, |(_, a)| a);
+    alias
+        .strip_prefix(&snapshot_prefix(owner))
+        .filter(|id| !id.is_empty())
+        .map(str::to_string)
 }
 
 /// `ListedSandbox` / `SandboxDetail` (the fields used).
@@ -374,19 +428,32 @@ impl E2bBackend {
 
     /// Every listed sandbox (running or paused), following `X-Next-Token`.
     async fn list_all(&self) -> Result<Vec<Listed>, BackendError> {
-        let call = "GET /v2/sandboxes";
+        self.list_paged(
+            "GET /v2/sandboxes",
+            "/v2/sandboxes",
+            &[("state", "running,paused"), ("limit", "100")],
+        )
+        .await
+    }
+
+    /// Every item of a paged list (`X-Next-Token` → `nextToken`).
+    async fn list_paged<T: serde::de::DeserializeOwned>(
+        &self,
+        call: &str,
+        path: &str,
+        query: &[(&str, &str)],
+    ) -> Result<Vec<T>, BackendError> {
         let mut out = Vec::new();
         let mut next: Option<String> = None;
         // Bounded: a provider that keeps returning a token cannot loop the brain forever.
         for _ in 0..1000 {
             let resp = self
                 .idempotent(call, || {
-                    let mut q: Vec<(&str, &str)> =
-                        vec![("state", "running,paused"), ("limit", "100")];
+                    let mut q = query.to_vec();
                     if let Some(t) = &next {
                         q.push(("nextToken", t.as_str()));
                     }
-                    self.api(reqwest::Method::GET, "/v2/sandboxes").query(&q)
+                    self.api(reqwest::Method::GET, path).query(&q)
                 })
                 .await?;
             if resp.status() != StatusCode::OK {
@@ -402,7 +469,7 @@ impl E2bBackend {
                 .and_then(|v| v.to_str().ok())
                 .filter(|v| !v.is_empty())
                 .map(str::to_string);
-            let page: Vec<Listed> = resp.json().await.map_err(|e| {
+            let page: Vec<T> = resp.json().await.map_err(|e| {
                 BackendError::Unavailable(format!("{PROVIDER}: {call}: unreadable response: {e}"))
             })?;
             out.extend(page);
@@ -640,14 +707,16 @@ impl E2bBackend {
         }
     }
 
-    /// Unpacks `tar` into the helper's home and snapshots it: `POST /sandboxes/{id}/snapshots
-    /// {}` → `201 SnapshotInfo {snapshotID, names}` (spec/openapi.yml; infra
-    /// handlers/snapshot_template_create.go: `<templateID>:default` without a name, 400 for
-    /// envd < 0.5.0, 409 while the sandbox changes state, 503 when its node is busy).
+    /// Unpacks `tar` into the helper's home and snapshots it under `name`: `POST
+    /// /sandboxes/{id}/snapshots {name}` → `201 SnapshotInfo {snapshotID, names}`
+    /// (spec/openapi.yml; infra handlers/snapshot_template_create.go: `<namespace>/<alias>:
+    /// default` for a name, 400 for an invalid name or envd < 0.5.0, 409 while the sandbox
+    /// changes state, 503 when its node is busy).
     async fn snapshot_helper(
         &self,
         helper: &SandboxHandle,
         tar: Bytes,
+        name: &str,
     ) -> Result<String, BackendError> {
         self.envd(helper)?.write_file(SNAPSHOT_TAR, tar).await?;
         self.run_tool(
@@ -659,10 +728,11 @@ impl E2bBackend {
         .await?;
         let call = "POST /sandboxes/{id}/snapshots";
         let path = format!("/sandboxes/{}/snapshots", helper.backend_ref);
-        // Not retried blindly: a lost answer would leave a template nobody records.
+        // Not retried: a lost answer leaves a template under `name`, which the brain's
+        // snapshot record (pending until this returns) lets `discard_snapshot` remove.
         let resp = self
             .api(reqwest::Method::POST, &path)
-            .json(&serde_json::json!({}))
+            .json(&serde_json::json!({ "name": name }))
             .send()
             .await
             .map_err(|e| transport_error(PROVIDER, call, e))?;
@@ -913,6 +983,7 @@ impl SandboxBackend for E2bBackend {
                 handle.id
             )));
         };
+        let name = snapshot_name(&owner, snapshot_id)?;
         self.run_tool(
             handle,
             &format!("mkdir -p ../../tmp && tar -cf {SNAPSHOT_TAR_FROM_HOME} ."),
@@ -929,7 +1000,7 @@ impl SandboxBackend for E2bBackend {
         let helper = self
             .helper(&format!("{snapshot_id}-helper"), &template, &owner)
             .await?;
-        let taken = self.snapshot_helper(&helper, tar).await;
+        let taken = self.snapshot_helper(&helper, tar, &name).await;
         if let Err(e) = self.kill(&helper.backend_ref).await {
             tracing::warn!(snapshot = snapshot_id, error = %e, "e2b: killing the snapshot helper failed");
         }
@@ -960,10 +1031,12 @@ impl SandboxBackend for E2bBackend {
     }
 
     /// `DELETE /templates/{templateID}` with the snapshot id, as the SDK's `deleteSnapshot`
-    /// does (204; 404 = already gone; 400 while sandboxes still use it).
+    /// does (204; 404 = already gone; 400 while sandboxes still use it). The id of a named
+    /// snapshot holds a `/` (`<team>/<alias>:default`): one path segment, percent-encoded as
+    /// the SDK's client does (`encodeURIComponent`).
     async fn delete_snapshot(&self, backend_ref: &str) -> Result<(), BackendError> {
         let call = "DELETE /templates/{templateID}";
-        let path = format!("/templates/{backend_ref}");
+        let path = format!("/templates/{}", path_segment(backend_ref));
         let resp = self
             .idempotent(call, || self.api(reqwest::Method::DELETE, &path))
             .await?;
@@ -975,6 +1048,38 @@ impl SandboxBackend for E2bBackend {
             call,
             provider_error(resp).await,
         ))
+    }
+
+    /// `GET /snapshots` (spec/openapi.yml "List snapshots"; infra
+    /// handlers/snapshot_template_list.go: the team's snapshot templates as `SnapshotInfo`,
+    /// `limit` ≤ 100, `X-Next-Token` paging), keeping those named with `owner`'s marker.
+    async fn list_snapshots(&self, owner: &str) -> Result<Vec<ListedSnapshot>, BackendError> {
+        let all: Vec<SnapshotInfo> = self
+            .list_paged("GET /snapshots", "/snapshots", &[("limit", "100")])
+            .await?;
+        Ok(all
+            .into_iter()
+            .filter_map(|info| {
+                let snapshot_id = std::iter::once(&info.snapshot_id)
+                    .chain(&info.names)
+                    .find_map(|n| snapshot_of(owner, n))?;
+                Some(ListedSnapshot {
+                    snapshot_id,
+                    backend_ref: info.snapshot_id,
+                })
+            })
+            .collect())
+    }
+
+    /// Kills the snapshot's helper sandbox if it is still there, and deletes the template
+    /// by its name (a bare alias resolves in the team's namespace: infra handlers/auth.go
+    /// `resolveTemplateAndTeam`; 404 = never made).
+    async fn discard_snapshot(&self, owner: &str, snapshot_id: &str) -> Result<(), BackendError> {
+        if let Some(helper) = self.find(&format!("{snapshot_id}-helper")).await? {
+            self.kill(&helper).await?;
+        }
+        self.delete_snapshot(&snapshot_name(owner, snapshot_id)?)
+            .await
     }
 
     async fn exec(
@@ -1669,6 +1774,28 @@ mod tests {
         );
         let (r, _) = decode(&wire, 10);
         assert!(r.unwrap_err().to_string().contains("boom"));
+    }
+
+    /// The template name carries the owner as its marker: listed back (with or without the
+    /// team namespace and tag) it yields the snapshot id for that owner only, never for an
+    /// owner whose marker is a prefix of it.
+    #[test]
+    fn snapshot_names_carry_the_owner_and_parse_back() {
+        let owner = "brain-0123abcd";
+        let name = snapshot_name(owner, "snap-9f").unwrap();
+        assert_eq!(name, "airlock-brain0123abcd-snap-9f");
+        for listed in [
+            name.clone(),
+            format!("team-slug/{name}"),
+            format!("team-slug/{name}:default"),
+        ] {
+            assert_eq!(snapshot_of(owner, &listed).as_deref(), Some("snap-9f"));
+        }
+        assert_eq!(snapshot_of("brain-0123", &name), None);
+        assert_eq!(snapshot_of(owner, "abc123:default"), None);
+        assert_eq!(snapshot_of(owner, "airlock-brain0123abcd-"), None);
+        assert!(snapshot_name(owner, "snap/../x").is_err());
+        assert_eq!(path_segment("team/a-b_c.d:default"), "team%2Fa-b_c.d:default");
     }
 
     #[test]

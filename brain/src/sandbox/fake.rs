@@ -37,6 +37,26 @@ pub struct FakeState {
     /// Backend calls in order (`destroy <id>`, also when it fails); tests may push their own
     /// (a broker's `revoke <id>`) to check what happened before what.
     pub calls: Vec<String>,
+    /// Persistent workspaces, modelled on docker's volumes: `Some` turns them on.
+    pub workspaces: Option<FakeWorkspaces>,
+}
+
+/// Docker's workspace volumes as the fake keeps them: `provision` creates the volume (unless
+/// it exists) before it waits `provision_delay_ms`, then "mounts" it, as docker creates the
+/// volume before the container; `delete_workspace` refuses while a live sandbox mounts it.
+#[derive(Default, Debug)]
+pub struct FakeWorkspaces {
+    /// Volume name → generation (a re-created volume is a new, empty one).
+    pub volumes: BTreeMap<String, u64>,
+    /// Sandbox id → (volume, generation) it mounted.
+    pub mounts: BTreeMap<String, (String, u64)>,
+    /// Volumes removed so far (name, generation).
+    pub removed: Vec<(String, u64)>,
+    /// How long `delete_workspace` takes before it removes the volume (docker lists the
+    /// containers using it first); the in-use check and the removal are one step, as the
+    /// engine's are.
+    pub delete_delay_ms: u64,
+    next: u64,
 }
 
 impl FakeBackend {
@@ -81,12 +101,32 @@ impl SandboxBackend for FakeBackend {
     }
 
     async fn provision(&self, spec: &SandboxSpec) -> Result<SandboxHandle, BackendError> {
-        let delay = self.lock().provision_delay_ms;
+        let (delay, volume) = {
+            let mut state = self.lock();
+            let volume = match (&mut state.workspaces, &spec.workspace) {
+                (Some(ws), Some(name)) => {
+                    let generation = match ws.volumes.get(name) {
+                        Some(g) => *g,
+                        None => {
+                            ws.next += 1;
+                            ws.volumes.insert(name.clone(), ws.next);
+                            ws.next
+                        }
+                    };
+                    Some((name.clone(), generation))
+                }
+                _ => None,
+            };
+            (state.provision_delay_ms, volume)
+        };
         tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
         let mut state = self.lock();
         state.specs.push(spec.clone());
         if let Some(message) = state.fail_provision.clone() {
             return Err(BackendError::Unavailable(message));
+        }
+        if let (Some(ws), Some(volume)) = (&mut state.workspaces, volume) {
+            ws.mounts.insert(spec.id.clone(), volume);
         }
         state.alive.insert(spec.id.clone());
         state.labelled.insert(spec.id.clone(), spec.owner.clone());
@@ -141,6 +181,43 @@ impl SandboxBackend for FakeBackend {
             return false;
         }
         state.alive.contains(&handle.id)
+    }
+
+    fn supports_workspaces(&self) -> bool {
+        self.lock().workspaces.is_some()
+    }
+
+    async fn delete_workspace(&self, name: &str) -> Result<bool, BackendError> {
+        let delay = self
+            .lock()
+            .workspaces
+            .as_ref()
+            .map_or(0, |ws| ws.delete_delay_ms);
+        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+        let mut state = self.lock();
+        let alive = state.alive.clone();
+        let Some(ws) = &mut state.workspaces else {
+            return Err(BackendError::not_supported(
+                BackendKind::Local,
+                "persistent workspaces",
+            ));
+        };
+        if let Some((user, _)) = ws
+            .mounts
+            .iter()
+            .find(|(id, (v, _))| v == name && alive.contains(*id))
+        {
+            return Err(BackendError::Conflict(format!(
+                "workspace {name} is in use by sandbox {user}"
+            )));
+        }
+        match ws.volumes.remove(name) {
+            Some(generation) => {
+                ws.removed.push((name.to_string(), generation));
+                Ok(true)
+            }
+            None => Ok(false),
+        }
     }
 
     async fn exec(

@@ -136,6 +136,16 @@ pub struct StoredSnapshot {
     pub size_bytes: u64,
 }
 
+/// A snapshot a backend holds under a brain's ownership marker
+/// ([`SandboxBackend::list_snapshots`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedSnapshot {
+    /// The brain's snapshot id it was taken for (`snapshots.id`).
+    pub snapshot_id: String,
+    /// What [`SandboxBackend::delete_snapshot`] takes.
+    pub backend_ref: String,
+}
+
 /// Keys in [`SandboxHandle::extra`] that keep a sandbox's grant across a brain restart (the
 /// handle is never shown by the API: it already holds the agent token).
 pub const HANDLE_TOKEN_KEY: &str = "vault.token";
@@ -404,6 +414,21 @@ pub trait SandboxBackend: Send + Sync {
     /// Removes what [`SandboxBackend::snapshot`] stored.
     async fn delete_snapshot(&self, _backend_ref: &str) -> Result<(), BackendError> {
         Err(BackendError::not_supported(self.kind(), "snapshots"))
+    }
+
+    /// The snapshots this backend holds that brain `owner` took (found by the marker
+    /// `snapshot` puts on them), recorded or not: a brain that died between storing a
+    /// snapshot and recording it finds the leftover here (`crate::snapshots::reconcile`).
+    /// Backends that keep no such marker list none.
+    async fn list_snapshots(&self, _owner: &str) -> Result<Vec<ListedSnapshot>, BackendError> {
+        Ok(Vec::new())
+    }
+
+    /// Removes whatever an unfinished `snapshot(_, snapshot_id)` of brain `owner` may have
+    /// left (the stored snapshot and any helper), found from the ids alone: its brain died
+    /// before it recorded what was stored. Nothing left is success.
+    async fn discard_snapshot(&self, _owner: &str, _snapshot_id: &str) -> Result<(), BackendError> {
+        Ok(())
     }
 
     /// Whether a sandbox depends on [`SandboxSpec::cache_tenant`] (per-tenant caches): a

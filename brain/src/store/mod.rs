@@ -39,7 +39,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 
 pub use audit_heads::{HeadRecord, RecordedHead};
 pub use sandboxes::{NewSandbox, SandboxRow, SandboxStatus};
-pub use snapshots::SnapshotRow;
+pub use snapshots::{OrphanSnapshot, SnapshotRow, SnapshotState};
+pub use workspaces::WorkspaceClaim;
 
 /// (version, description, SQL) of every brain migration, per engine.
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -113,6 +114,16 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "sessions listing",
         include_str!("../../migrations/sqlite/0175_sessions_listing.sql"),
     ),
+    (
+        190,
+        "workspace deletes",
+        include_str!("../../migrations/sqlite/0190_workspace_deletes.sql"),
+    ),
+    (
+        191,
+        "snapshot intents",
+        include_str!("../../migrations/sqlite/0191_snapshot_intents.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -184,6 +195,16 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         175,
         "sessions listing",
         include_str!("../../migrations/postgres/0175_sessions_listing.sql"),
+    ),
+    (
+        190,
+        "workspace deletes",
+        include_str!("../../migrations/postgres/0190_workspace_deletes.sql"),
+    ),
+    (
+        191,
+        "snapshot intents",
+        include_str!("../../migrations/postgres/0191_snapshot_intents.sql"),
     ),
 ];
 

@@ -368,7 +368,8 @@ async fn a_workspace_is_claimed_by_one_live_sandbox_at_a_time() {
                 let won = store
                     .claim_workspace(&id, BackendKind::Local, "repo")
                     .await
-                    .unwrap();
+                    .unwrap()
+                    == WorkspaceClaim::Won;
                 (id, won)
             }));
         }
@@ -393,10 +394,11 @@ async fn a_workspace_is_claimed_by_one_live_sandbox_at_a_time() {
         first.set_running(&holder, &handle(&holder)).await.unwrap();
         first.begin_destroy(&holder).await.unwrap();
         assert!(
-            !second
+            second
                 .claim_workspace(&loser, BackendKind::Local, "repo")
                 .await
                 .unwrap()
+                != WorkspaceClaim::Won
         );
         // Another name, or the same name on another backend, is a separate workspace.
         assert!(
@@ -404,6 +406,7 @@ async fn a_workspace_is_claimed_by_one_live_sandbox_at_a_time() {
                 .claim_workspace(&loser, BackendKind::Local, "other")
                 .await
                 .unwrap()
+                == WorkspaceClaim::Won
         );
         let docker = format!("{loser}-d");
         let mut d = new_sandbox(&docker, Duration::seconds(60));
@@ -414,6 +417,7 @@ async fn a_workspace_is_claimed_by_one_live_sandbox_at_a_time() {
                 .claim_workspace(&docker, BackendKind::Docker, "repo")
                 .await
                 .unwrap()
+                == WorkspaceClaim::Won
         );
         // The holder's row ends: the workspace is free for the next sandbox.
         first.set_destroyed(&holder, None).await.unwrap();
@@ -434,14 +438,16 @@ async fn a_workspace_is_claimed_by_one_live_sandbox_at_a_time() {
                 .claim_workspace(next, BackendKind::Local, "repo")
                 .await
                 .unwrap()
+                == WorkspaceClaim::Won
         );
         // A failed provision frees it too; a row that is no longer provisioning cannot claim.
         first.set_failed(next, "boom").await.unwrap();
         assert!(
-            !first
+            first
                 .claim_workspace(next, BackendKind::Local, "repo")
                 .await
                 .unwrap()
+                != WorkspaceClaim::Won
         );
         let last = ids
             .iter()
@@ -452,6 +458,7 @@ async fn a_workspace_is_claimed_by_one_live_sandbox_at_a_time() {
                 .claim_workspace(last, BackendKind::Local, "repo")
                 .await
                 .unwrap()
+                == WorkspaceClaim::Won
         );
         db
     })
@@ -650,6 +657,204 @@ async fn sessions_are_filtered_searched_and_paged_in_the_database() {
         })
         .await;
         assert_eq!(set(&by_id), want(&|i| (1230..1240).contains(&i)));
+        db
+    })
+    .await;
+}
+
+/// A workspace delete racing claims of it, round after round, on SQLite (concurrent
+/// connections) and PostgreSQL (two replicas): in every round exactly one side wins. A
+/// winning claim makes the delete report the holder; a delete under way makes every claim
+/// fail with `Deleting`, until it ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_workspace_delete_and_a_claim_exclude_each_other() {
+    check(|db| async move {
+        let first = db.connect().await;
+        let second = if db.schema.is_some() {
+            db.connect().await
+        } else {
+            first.clone()
+        };
+        let (mut deletes_won, mut claims_won) = (0, 0);
+        for round in 0..30 {
+            let id = format!("sb-wsdel-{round}");
+            first
+                .insert_sandbox(&new_sandbox(&id, Duration::seconds(60)))
+                .await
+                .unwrap();
+            let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(2));
+            let (claimer, deleter) = if round % 2 == 0 {
+                (first.clone(), second.clone())
+            } else {
+                (second.clone(), first.clone())
+            };
+            let b = barrier.clone();
+            let claim_id = id.clone();
+            let claim = tokio::spawn(async move {
+                b.wait().await;
+                claimer
+                    .claim_workspace(&claim_id, BackendKind::Local, "repo")
+                    .await
+                    .unwrap()
+            });
+            let delete = tokio::spawn(async move {
+                barrier.wait().await;
+                deleter
+                    .begin_workspace_delete(BackendKind::Local, "repo")
+                    .await
+                    .unwrap()
+            });
+            let (claim, delete) = (claim.await.unwrap(), delete.await.unwrap());
+            let holder = first
+                .workspace_holder(BackendKind::Local, "repo")
+                .await
+                .unwrap();
+            let deleting = first
+                .workspace_deleting(BackendKind::Local, "repo")
+                .await
+                .unwrap();
+            match (claim, delete) {
+                (WorkspaceClaim::Won, Some(h)) => {
+                    assert_eq!(h, id, "round {round}: the delete names the holder");
+                    assert_eq!(holder, Some(id.clone()));
+                    assert!(!deleting, "round {round}: a refused delete leaves no mark");
+                    claims_won += 1;
+                    // The holder ends; the next round's workspace is free again.
+                    first.set_failed(&id, "done").await.unwrap();
+                }
+                (WorkspaceClaim::Deleting, None) => {
+                    assert_eq!(
+                        holder, None,
+                        "round {round}: no live sandbox on a deleted workspace"
+                    );
+                    assert!(deleting);
+                    // Still refused while the delete is under way, from either replica.
+                    let again = format!("{id}-again");
+                    first
+                        .insert_sandbox(&new_sandbox(&again, Duration::seconds(60)))
+                        .await
+                        .unwrap();
+                    assert_eq!(
+                        second
+                            .claim_workspace(&again, BackendKind::Local, "repo")
+                            .await
+                            .unwrap(),
+                        WorkspaceClaim::Deleting
+                    );
+                    first
+                        .end_workspace_delete(BackendKind::Local, "repo")
+                        .await
+                        .unwrap();
+                    deletes_won += 1;
+                }
+                other => panic!("round {round}: exactly one side wins, got {other:?}"),
+            }
+        }
+        assert!(deletes_won + claims_won == 30);
+        // Once the delete ended, the name can be claimed again (a fresh workspace).
+        let last = "sb-wsdel-last";
+        first
+            .insert_sandbox(&new_sandbox(last, Duration::seconds(60)))
+            .await
+            .unwrap();
+        assert_eq!(
+            second
+                .claim_workspace(last, BackendKind::Local, "repo")
+                .await
+                .unwrap(),
+            WorkspaceClaim::Won
+        );
+        // And a delete while it is held is refused, changing nothing.
+        assert_eq!(
+            first
+                .begin_workspace_delete(BackendKind::Local, "repo")
+                .await
+                .unwrap(),
+            Some(last.to_string())
+        );
+        assert!(
+            !first
+                .workspace_deleting(BackendKind::Local, "repo")
+                .await
+                .unwrap()
+        );
+        db
+    })
+    .await;
+}
+
+/// Crash-safe snapshots (migration 191): a snapshot's row is `pending` until completed and
+/// is not a snapshot until then; a gone replica's pending rows are taken over once, by
+/// compare-and-set, and a taken-over row can no longer be completed by its first replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_snapshots_are_taken_over_once_their_replica_is_gone() {
+    check(|db| async move {
+        let first = db.connect().await;
+        let second = db.connect().await;
+        first.renew_replica(60_000).await.unwrap();
+        second.renew_replica(60_000).await.unwrap();
+        let row = |id: &str| SnapshotRow {
+            id: id.into(),
+            backend: BackendKind::Local,
+            image: Some("img:1".into()),
+            source_sandbox: "sb-1".into(),
+            backend_ref: String::new(),
+            size_bytes: 0,
+            created_at: Utc::now(),
+        };
+        for id in ["snap-a", "snap-b"] {
+            first.begin_snapshot(&row(id)).await.unwrap();
+        }
+        assert_eq!(
+            first.snapshot_state("snap-a").await.unwrap(),
+            Some(SnapshotState::Pending)
+        );
+        assert_eq!(
+            first.get_snapshot("snap-a").await.unwrap(),
+            None,
+            "not usable yet"
+        );
+        let mut done = row("snap-a");
+        done.backend_ref = "ref-a".into();
+        done.size_bytes = 42;
+        assert!(first.complete_snapshot(&done).await.unwrap());
+        let got = first.get_snapshot("snap-a").await.unwrap().unwrap();
+        assert_eq!((got.backend_ref.as_str(), got.size_bytes), ("ref-a", 42));
+        // A live replica's pending snapshot is nobody else's.
+        assert!(!second.has_orphan_snapshots(0).await.unwrap());
+        assert!(second.claim_orphan_snapshots(0).await.unwrap().is_empty());
+        // Its replica stops: the pending one (only) is taken over, once.
+        first.retire_replicas(false).await.unwrap();
+        assert!(second.has_orphan_snapshots(0).await.unwrap());
+        let claimed = second.claim_orphan_snapshots(0).await.unwrap();
+        assert_eq!(
+            claimed,
+            vec![OrphanSnapshot {
+                id: "snap-b".into(),
+                backend: BackendKind::Local
+            }]
+        );
+        assert!(second.claim_orphan_snapshots(0).await.unwrap().is_empty());
+        let mut late = row("snap-b");
+        late.backend_ref = "ref-b".into();
+        assert!(
+            !first.complete_snapshot(&late).await.unwrap(),
+            "a taken-over snapshot cannot be completed"
+        );
+        second.discard_snapshot("snap-b").await.unwrap();
+        assert_eq!(
+            second.snapshot_state("snap-b").await.unwrap(),
+            Some(SnapshotState::Discarded)
+        );
+        assert_eq!(second.get_snapshot("snap-b").await.unwrap(), None);
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        assert_eq!(second.forget_discarded_snapshots(0).await.unwrap(), 1);
+        assert_eq!(second.snapshot_state("snap-b").await.unwrap(), None);
+        assert_eq!(
+            second.snapshot_state("snap-a").await.unwrap(),
+            Some(SnapshotState::Ready),
+            "a completed snapshot is kept"
+        );
         db
     })
     .await;

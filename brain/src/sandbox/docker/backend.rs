@@ -342,6 +342,14 @@ impl SandboxBackend for DockerBackend {
         }
     }
 
+    /// The image `snapshot` imports is named by the snapshot id alone
+    /// (`<container_prefix>snapshot:<id>`): remove it if an interrupted snapshot left it.
+    async fn discard_snapshot(&self, _owner: &str, snapshot_id: &str) -> Result<(), BackendError> {
+        let tag = snapshot_tag(snapshot_id)?;
+        self.delete_snapshot(&format!("{}:{tag}", self.snapshot_repo()))
+            .await
+    }
+
     fn supports_workspaces(&self) -> bool {
         true
     }
