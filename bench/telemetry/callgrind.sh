@@ -2,7 +2,7 @@
 # Telemetry overhead in instructions per request (load-independent, unlike run.sh's req/s):
 # each variant runs under `valgrind --tool=callgrind`, counters zeroed after start-up and a
 # warm-up, dumped after REQUESTS sequential requests on one keep-alive connection plus 2 s, so
-# the batch exporter's encoding and HTTP requests (every 500 ms) are counted: all threads.
+# the batch exporter's encoding and HTTP requests (every second) are counted: all threads.
 #   base: BASE_DIR's gateway / vault-proxy (a build of BASELINE_REF, before tracing existed);
 #   off:  this tree, no endpoint;  on: this tree, exporting to a local OTLP/HTTP sink.
 # gateway: POST /v1/chat/completions with a traceparent (run.sh's setup: memory DB, master key);
@@ -51,7 +51,7 @@ for v in "${VARIANTS[@]}"; do
   callgrind_control -z "$GW_PID" > /dev/null
   r="$(TRACEPARENT="$TP" "$EX_DIR/latency_probe" "http://$GW_ADDR/v1/chat/completions" "$ROOT/bench/gateway/openai_body.json" sk-bench-master "$REQUESTS")"
   grep -q "non2xx=0" <<<"$r" || { echo "gateway $v errors: $r" >&2; exit 1; }
-  sleep 2     # the last batch (exported every 500 ms) is counted
+  sleep 2     # the last batch (exported every second) is counted
   callgrind_control -d "$GW_PID" > /dev/null
   kill -INT "$GW_PID"; wait "$GW_PID" 2>/dev/null || true
   t="$(total "$OUT/gateway.$v.out.1")"; n=$(( REQUESTS + REQUESTS / 10 ))

@@ -501,7 +501,7 @@ async fn main() -> anyhow::Result<()> {
 
 /// Instructions per swap of each variant under callgrind: counters zeroed after start-up, the
 /// grant and a warm-up; dumped after the measured swaps and one more export period (the batch
-/// processor exports every 500 ms), so the exporter's encoding and HTTP requests are counted.
+/// processor exports every second), so the exporter's encoding and HTTP requests are counted.
 async fn callgrind(
     args: &Args,
     requests: usize,
