@@ -551,7 +551,7 @@ async fn callgrind(
                 total = text
                     .lines()
                     .find_map(|l| l.strip_prefix("summary:").or(l.strip_prefix("totals:")))
-                    .and_then(|v| v.trim().split_whitespace().next()?.parse::<u64>().ok());
+                    .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok());
                 if total.is_some() {
                     break;
                 }

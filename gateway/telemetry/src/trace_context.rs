@@ -84,7 +84,10 @@ fn hex_lower(digits: &[u8]) -> Option<u128> {
 
 /// Two hex digits of either case (version and flags).
 fn hex_any_case(digits: &[u8]) -> Option<u128> {
-    hex_lower(&[digits[0].to_ascii_lowercase(), digits[1].to_ascii_lowercase()])
+    hex_lower(&[
+        digits[0].to_ascii_lowercase(),
+        digits[1].to_ascii_lowercase(),
+    ])
 }
 
 /// The trace id inside a valid `traceparent` value.
@@ -127,9 +130,11 @@ mod tests {
         assert_eq!(sc.span_id(), SpanId::from_hex("b7ad6b7169203331").unwrap());
         assert_eq!(sc.trace_flags(), TraceFlags::SAMPLED);
         assert!(sc.is_remote());
-        assert!(!parse("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00")
-            .unwrap()
-            .is_sampled());
+        assert!(
+            !parse("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00")
+                .unwrap()
+                .is_sampled()
+        );
         for bad in [
             "",
             "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331",
