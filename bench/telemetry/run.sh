@@ -14,6 +14,7 @@
 # PROFILE (release, the default and the only one whose figures count; debug for a quick look),
 # BIN_DIR (prebuilt gateway, vault-proxy, mock_upstream, telemetry_bench of this tree),
 # BASE_DIR (prebuilt gateway, vault-proxy of BASELINE_REF; empty string: no baseline).
+# Instructions per request instead of req/s (load-independent): bench/telemetry/callgrind.sh.
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"

@@ -3,7 +3,9 @@
 //! (the "added p50 at one connection" figure), alternating rounds.
 //!
 //! `latency_probe <url> <body.json> <bearer or -> <requests>` prints
-//! `RESULT n=… p50_us=… p90_us=… p99_us=… non2xx=…`.
+//! `RESULT n=… p50_us=… p90_us=… p99_us=… non2xx=…`. With `TRACEPARENT` set, every request
+//! carries it as a W3C `traceparent` header (bench/telemetry/callgrind.sh: a traced gateway
+//! joins each request to it).
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
@@ -20,6 +22,7 @@ async fn main() -> anyhow::Result<()> {
     let body = Bytes::from(std::fs::read(&a[2])?);
     let auth = (a[3] != "-").then(|| format!("Bearer {}", a[3]));
     let n: usize = a[4].parse()?;
+    let traceparent = std::env::var("TRACEPARENT").ok().filter(|t| !t.is_empty());
     let host = uri.authority().map(|x| x.to_string()).unwrap_or_default();
     let stream = tokio::net::TcpStream::connect(&host).await?;
     stream.set_nodelay(true)?;
@@ -35,6 +38,9 @@ async fn main() -> anyhow::Result<()> {
             .header("x-api-key", a[3].as_str());
         if let Some(h) = &auth {
             req = req.header("authorization", h);
+        }
+        if let Some(tp) = &traceparent {
+            req = req.header("traceparent", tp);
         }
         let req = req.body(Full::new(body.clone()))?;
         let t = Instant::now();

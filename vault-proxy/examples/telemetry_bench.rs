@@ -49,6 +49,14 @@ struct Args {
     /// off/on alternations.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// Instead of throughput: run each proxy under `valgrind --tool=callgrind` (one at a time)
+    /// and print its instructions per request (all threads, exporter included) over this many
+    /// sequential swaps on one tunnel, counted after a warm-up and until the last export.
+    #[arg(long)]
+    callgrind: Option<usize>,
+    /// Where the callgrind files go (`vault.<variant>.out.1`, for `callgrind_annotate`).
+    #[arg(long, default_value = "callgrind-out")]
+    callgrind_out: PathBuf,
 }
 
 #[derive(Clone)]
@@ -274,7 +282,8 @@ fn free_port() -> u16 {
 }
 
 async fn wait_port(addr: SocketAddr) {
-    for _ in 0..200 {
+    // Long enough for a proxy starting under valgrind.
+    for _ in 0..2400 {
         if TcpStream::connect(addr).await.is_ok() {
             return;
         }
@@ -299,6 +308,7 @@ async fn proxy(
     up: SocketAddr,
     up_pem: &str,
     otlp: Option<SocketAddr>,
+    callgrind_out: Option<&std::path::Path>,
 ) -> anyhow::Result<(Kill, Target)> {
     let dir = base.join(name);
     std::fs::create_dir_all(&dir)?;
@@ -315,7 +325,17 @@ async fn proxy(
             up.port()
         ),
     )?;
-    let mut cmd = Command::new(bin);
+    let mut cmd = match callgrind_out {
+        None => Command::new(bin),
+        Some(out) => {
+            let mut c = Command::new("valgrind");
+            c.arg("--tool=callgrind")
+                .arg(format!("--callgrind-out-file={}", out.display()))
+                .arg(bin)
+                .stderr(Stdio::null());
+            c
+        }
+    };
     cmd.args(["serve", "--config"])
         .arg(dir.join("vault.yaml"))
         .env("RUST_LOG", "warn")
@@ -389,12 +409,15 @@ async fn main() -> anyhow::Result<()> {
     let (up, up_pem) = upstream().await;
     let (sink_bytes, sink_requests) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let sink_addr = sink(sink_bytes.clone(), sink_requests.clone()).await;
+    if let Some(requests) = args.callgrind {
+        return callgrind(&args, requests, dir.path(), up, &up_pem, sink_addr).await;
+    }
     let mut variants: Vec<(&str, Kill, Target)> = Vec::new();
     if let Some(base) = &args.baseline_bin {
-        let (p, t) = proxy(base, "base", dir.path(), up, &up_pem, None).await?;
+        let (p, t) = proxy(base, "base", dir.path(), up, &up_pem, None, None).await?;
         variants.push(("base", p, t));
     }
-    let (p, t) = proxy(&args.proxy_bin, "off", dir.path(), up, &up_pem, None).await?;
+    let (p, t) = proxy(&args.proxy_bin, "off", dir.path(), up, &up_pem, None, None).await?;
     variants.push(("off", p, t));
     let (p, t) = proxy(
         &args.proxy_bin,
@@ -403,6 +426,7 @@ async fn main() -> anyhow::Result<()> {
         up,
         &up_pem,
         Some(sink_addr),
+        None,
     )
     .await?;
     variants.push(("on", p, t));
@@ -472,5 +496,81 @@ async fn main() -> anyhow::Result<()> {
         sink_requests.load(Ordering::Relaxed),
         sink_bytes.load(Ordering::Relaxed) as f64 / 1e6
     );
+    Ok(())
+}
+
+/// Instructions per swap of each variant under callgrind: counters zeroed after start-up, the
+/// grant and a warm-up; dumped after the measured swaps and one more export period (the batch
+/// processor exports every second), so the exporter's encoding and HTTP requests are counted.
+async fn callgrind(
+    args: &Args,
+    requests: usize,
+    dir: &std::path::Path,
+    up: SocketAddr,
+    up_pem: &str,
+    sink: SocketAddr,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.callgrind_out)?;
+    let out = std::fs::canonicalize(&args.callgrind_out)?;
+    let mut variants: Vec<(&str, &std::path::Path, Option<SocketAddr>)> = Vec::new();
+    if let Some(base) = &args.baseline_bin {
+        variants.push(("base", base, None));
+    }
+    variants.push(("off", &args.proxy_bin, None));
+    variants.push(("on", &args.proxy_bin, Some(sink)));
+    let mut per_request = Vec::new();
+    for (name, bin, otlp) in variants {
+        let file = out.join(format!("vault.{name}.out"));
+        let dumped = out.join(format!("vault.{name}.out.1"));
+        let _ = std::fs::remove_file(&dumped);
+        let (child, t) = proxy(bin, name, dir, up, up_pem, otlp, Some(&file)).await?;
+        let pid = child.0.id().to_string();
+        let mut conn = open(&t).await?;
+        for _ in 0..requests / 10 + 20 {
+            one(&t, &mut conn).await?;
+        }
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let control = |flag: &str| {
+            let ok = Command::new("callgrind_control")
+                .args([flag, pid.as_str()])
+                .stdout(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            anyhow::ensure!(ok, "callgrind_control {flag} {pid} failed");
+            Ok(())
+        };
+        control("-z")?;
+        for _ in 0..requests {
+            one(&t, &mut conn).await?;
+        }
+        tokio::time::sleep(Duration::from_millis(2000)).await;
+        control("-d")?;
+        let mut total = None;
+        for _ in 0..100 {
+            if let Ok(text) = std::fs::read_to_string(&dumped) {
+                total = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("summary:").or(l.strip_prefix("totals:")))
+                    .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok());
+                if total.is_some() {
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let total = total.ok_or_else(|| anyhow::anyhow!("no totals in {}", dumped.display()))?;
+        let each = total / requests as u64;
+        println!("vault {name}: {total} instructions for {requests} swaps = {each} per request");
+        per_request.push((name, each as f64));
+        drop(conn);
+        drop(child);
+    }
+    let of = |n: &str| per_request.iter().find(|(v, _)| *v == n).map(|x| x.1);
+    if let (Some(off), Some(on)) = (of("off"), of("on")) {
+        println!("vault instructions on/off {:.3}", on / off);
+    }
+    if let (Some(base), Some(off)) = (of("base"), of("off")) {
+        println!("vault instructions off/base {:.3}", off / base);
+    }
     Ok(())
 }

@@ -3,6 +3,12 @@
 //! a child of the span that asked for the grant. Attributes name the host, port, method, event,
 //! decision, reason, status and credential, never a value, stub or token; the path is left out
 //! (a stub may stand in it). With tracing off, or a grant without a trace, nothing is created.
+//!
+//! The span is an [`airlock_telemetry::HotSpan`]: started and ended on the SDK tracer with
+//! `&'static str` keys, not through the `tracing` layer (it runs on the request path of every
+//! audited request; see that type for the figures).
+
+use airlock_telemetry::KeyValue;
 
 use crate::audit::AuditEvent;
 
@@ -14,18 +20,25 @@ pub(crate) fn egress_span(ev: &AuditEvent) {
     if !airlock_telemetry::tracing_enabled() {
         return;
     }
-    let span = tracing::info_span!(
-        target: airlock_telemetry::TARGET,
+    airlock_telemetry::emit_span(
         "vault.egress",
-        "sandbox.id" = %ev.sandbox,
-        "server.address" = %ev.host,
-        "server.port" = ev.port,
-        "http.request.method" = %ev.method,
-        "airlock.egress.event" = ev.event.as_str(),
-        "airlock.egress.decision" = ev.decision.as_str(),
-        "airlock.egress.reason" = %ev.reason,
-        "airlock.credential" = ev.credential.as_deref().unwrap_or(""),
-        "http.response.status_code" = ev.status.unwrap_or(0),
+        Some(traceparent),
+        vec![
+            KeyValue::new("sandbox.id", ev.sandbox.clone()),
+            KeyValue::new("server.address", ev.host.clone()),
+            KeyValue::new("server.port", i64::from(ev.port)),
+            KeyValue::new("http.request.method", ev.method.clone()),
+            KeyValue::new("airlock.egress.event", ev.event.as_str()),
+            KeyValue::new("airlock.egress.decision", ev.decision.as_str()),
+            KeyValue::new("airlock.egress.reason", ev.reason.clone()),
+            KeyValue::new(
+                "airlock.credential",
+                ev.credential.clone().unwrap_or_default(),
+            ),
+            KeyValue::new(
+                "http.response.status_code",
+                i64::from(ev.status.unwrap_or(0)),
+            ),
+        ],
     );
-    airlock_telemetry::set_remote_parent(&span, traceparent);
 }

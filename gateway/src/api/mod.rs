@@ -72,14 +72,16 @@ pub(crate) fn routes<S: Clone + Send + Sync + 'static>(inner: State) -> Router<S
         .with_state(inner)
 }
 
-/// With tracing on, a span per request, joined to the caller's trace when the request
-/// carries a W3C `traceparent` header (the brain's, or any instrumented client's). Off: one
-/// relaxed load.
+/// With tracing on, a `gateway.request` span per request, joined to the caller's trace when the
+/// request carries a W3C `traceparent` header (the brain's, or any instrumented client's). It is
+/// a [`airlock_telemetry::HotSpan`] (the SDK span directly, not a `tracing` span entered on every
+/// poll); JSON log lines written while serving the request carry its trace id. Off: one relaxed
+/// load.
 async fn trace_request(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    use tracing::Instrument;
+    use airlock_telemetry::KeyValue;
     if !airlock_telemetry::tracing_enabled() {
         return next.run(req).await;
     }
@@ -88,23 +90,35 @@ async fn trace_request(
         .get::<axum::extract::MatchedPath>()
         .map_or("", |p| p.as_str())
         .to_owned();
-    let span = tracing::info_span!(
-        target: airlock_telemetry::TARGET,
+    let span = airlock_telemetry::HotSpan::start(
         "gateway.request",
-        "http.request.method" = %req.method(),
-        "http.route" = %route,
-        "http.response.status_code" = tracing::field::Empty,
+        req.headers()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok()),
+        vec![
+            method_attribute(req.method()),
+            KeyValue::new("http.route", route),
+        ],
     );
-    if let Some(tp) = req
-        .headers()
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-    {
-        airlock_telemetry::set_remote_parent(&span, tp);
-    }
-    let response = next.run(req).instrument(span.clone()).await;
-    span.record("http.response.status_code", response.status().as_u16());
+    let Some(mut span) = span else {
+        return next.run(req).await;
+    };
+    let response = span.scope(next.run(req)).await;
+    span.set_attribute(KeyValue::new(
+        "http.response.status_code",
+        i64::from(response.status().as_u16()),
+    ));
     response
+}
+
+/// `http.request.method`, a static string for the methods the routes take (no allocation).
+fn method_attribute(m: &http::Method) -> airlock_telemetry::KeyValue {
+    const KEY: &str = "http.request.method";
+    match *m {
+        http::Method::GET => airlock_telemetry::KeyValue::new(KEY, "GET"),
+        http::Method::POST => airlock_telemetry::KeyValue::new(KEY, "POST"),
+        _ => airlock_telemetry::KeyValue::new(KEY, m.as_str().to_owned()),
+    }
 }
 
 /// The key a client presented: `Authorization: Bearer`, else `x-api-key`, else `api-key`.

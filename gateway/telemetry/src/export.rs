@@ -167,6 +167,12 @@ impl opentelemetry_http::HttpClient for ReqwestOnRuntime {
 
 /// Spans queued for export at most; beyond, new spans are dropped (never waited for).
 const MAX_QUEUE: usize = 8192;
+/// Spans per export request (the SDK's default is 512): under load, a quarter of the HTTP
+/// requests and wake-ups of the export thread.
+const MAX_BATCH: usize = 2048;
+/// How often a partial batch goes out (the SDK's default is 5 s; the tests and an operator
+/// watching a session want spans soon).
+const EXPORT_EVERY: Duration = Duration::from_millis(1000);
 
 pub(crate) fn provider(
     service: &str,
@@ -196,7 +202,8 @@ pub(crate) fn provider(
         .with_batch_config(
             BatchConfigBuilder::default()
                 .with_max_queue_size(MAX_QUEUE)
-                .with_scheduled_delay(Duration::from_millis(500))
+                .with_max_export_batch_size(MAX_BATCH)
+                .with_scheduled_delay(EXPORT_EVERY)
                 .build(),
         )
         .build();

@@ -47,7 +47,8 @@ where
     }
 }
 
-/// The trace id of the event's span or its nearest traced ancestor.
+/// The trace id of the event's span or its nearest traced ancestor, else of the
+/// [`crate::HotSpan::scope`] being polled.
 fn trace_id_in_scope<S>(ctx: &FmtContext<'_, S, JsonFields>) -> Option<String>
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
@@ -55,7 +56,7 @@ where
     if !crate::tracing_enabled() {
         return None;
     }
-    for span in ctx.event_scope()? {
+    for span in ctx.event_scope().into_iter().flatten() {
         let id = span.id();
         let found = tracing::dispatcher::get_default(|dispatch| {
             use opentelemetry::trace::TraceContextExt;
@@ -67,5 +68,5 @@ where
             return found;
         }
     }
-    None
+    crate::hot::scoped_trace_id()
 }

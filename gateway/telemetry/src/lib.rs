@@ -13,6 +13,7 @@
 //!   counts, decisions), never a value a dependency happened to put on its own span.
 
 mod export;
+mod hot;
 mod json;
 mod prom_text;
 mod trace_context;
@@ -25,6 +26,9 @@ use tracing_subscriber::Layer;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
+pub use hot::{HotSpan, emit as emit_span};
+/// Attributes of a [`HotSpan`] (`KeyValue::new("http.route", route)`; keys are `&'static str`).
+pub use opentelemetry::KeyValue;
 pub use prom_text::openmetrics_to_text;
 pub use trace_context::{
     current_trace_id, current_traceparent, set_remote_parent, trace_id, trace_id_of_traceparent,
@@ -148,10 +152,18 @@ pub fn init(opts: &Options) -> Result<Telemetry, TelemetryError> {
         }
     };
     let otel = provider.as_ref().map(|p| {
+        let tracer = p.tracer("airlock");
+        hot::install(tracer.clone());
+        // No context activation: entering a span (every poll of an instrumented future) would
+        // clone and attach its OpenTelemetry context, which nothing here reads (parents come
+        // from the `tracing` span tree, `traceparent`s from `OpenTelemetrySpanExt::context`).
+        // No `target` attribute: every exported span has the same one, `TARGET`.
         tracing_opentelemetry::layer()
-            .with_tracer(p.tracer("airlock"))
+            .with_tracer(tracer)
             .with_location(false)
             .with_threads(false)
+            .with_target(false)
+            .with_context_activation(false)
             .with_tracked_inactivity(false)
             .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
                 meta.target() == TARGET

@@ -38,41 +38,64 @@ pub fn current_trace_id() -> Option<String> {
 }
 
 /// Parses a `traceparent` value (version 00 layout; later versions are read by the same
-/// prefix, as the spec asks). `None` for anything malformed or all-zero ids.
-fn parse(value: &str) -> Option<SpanContext> {
-    let value = value.trim();
-    let mut parts = value.split('-');
-    let version = parts.next()?;
-    let trace = parts.next()?;
-    let span = parts.next()?;
-    let flags = parts.next()?;
-    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
-    if !hex(version, 2) || version == "ff" || !hex(trace, 32) || !hex(span, 16) || !hex(flags, 2) {
+/// prefix, as the spec asks). `None` for anything malformed or all-zero ids. Byte by byte,
+/// without splitting or allocating: it runs for every traced request and egress decision.
+pub(crate) fn parse(value: &str) -> Option<SpanContext> {
+    let v = value.trim().as_bytes();
+    // vv-<32 hex>-<16 hex>-ff, then nothing (version 00) or `-…` (a later version).
+    if v.len() < 55 || v[2] != b'-' || v[35] != b'-' || v[52] != b'-' {
         return None;
     }
-    if version == "00" && parts.next().is_some() {
+    let version = hex_any_case(&v[0..2])?;
+    let flags = hex_any_case(&v[53..55])?;
+    if version == 0xff {
         return None;
     }
-    if trace.bytes().any(|b| b.is_ascii_uppercase()) || span.bytes().any(|b| b.is_ascii_uppercase())
-    {
+    match v.get(55) {
+        None => {}
+        Some(b'-') if version != 0 => {}
+        Some(_) => return None,
+    }
+    let trace = hex_lower(&v[3..35])?;
+    let span = hex_lower(&v[36..52])?;
+    if trace == 0 || span == 0 {
         return None;
     }
-    let trace_id = TraceId::from_hex(trace).ok()?;
-    let span_id = SpanId::from_hex(span).ok()?;
-    let flags = u8::from_str_radix(flags, 16).ok()?;
-    let sc = SpanContext::new(
-        trace_id,
-        span_id,
-        TraceFlags::new(flags) & TraceFlags::SAMPLED,
+    Some(SpanContext::new(
+        TraceId::from(trace),
+        SpanId::from(span as u64),
+        TraceFlags::new(flags as u8) & TraceFlags::SAMPLED,
         true,
         TraceState::default(),
-    );
-    sc.is_valid().then_some(sc)
+    ))
+}
+
+/// Lower-case hex digits (ids must be lower case) as a number.
+fn hex_lower(digits: &[u8]) -> Option<u128> {
+    digits.iter().try_fold(0u128, |n, &b| {
+        let d = match b {
+            b'0'..=b'9' => b - b'0',
+            b'a'..=b'f' => b - b'a' + 10,
+            _ => return None,
+        };
+        Some(n << 4 | u128::from(d))
+    })
+}
+
+/// Two hex digits of either case (version and flags).
+fn hex_any_case(digits: &[u8]) -> Option<u128> {
+    hex_lower(&[
+        digits[0].to_ascii_lowercase(),
+        digits[1].to_ascii_lowercase(),
+    ])
 }
 
 /// The trace id inside a valid `traceparent` value.
 pub fn trace_id_of_traceparent(value: &str) -> Option<String> {
-    parse(value).map(|sc| sc.trace_id().to_string())
+    parse(value)?;
+    // Valid, so these are the 32 lower-case hex digits of the id: no formatting needed (this
+    // runs for every audit record of a traced grant).
+    Some(value.trim()[3..35].to_owned())
 }
 
 /// Makes `span` a child of the remote span named by `traceparent` (a W3C header value).
@@ -98,6 +121,20 @@ mod tests {
         );
         // A future version may append fields.
         assert!(parse("01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra").is_some());
+        // Ids, flags (only `sampled` is kept) and remoteness as the SDK's own parser reads them.
+        let sc = parse(" 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-03 ").unwrap();
+        assert_eq!(
+            sc.trace_id(),
+            TraceId::from_hex("0af7651916cd43dd8448eb211c80319c").unwrap()
+        );
+        assert_eq!(sc.span_id(), SpanId::from_hex("b7ad6b7169203331").unwrap());
+        assert_eq!(sc.trace_flags(), TraceFlags::SAMPLED);
+        assert!(sc.is_remote());
+        assert!(
+            !parse("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00")
+                .unwrap()
+                .is_sampled()
+        );
         for bad in [
             "",
             "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331",
@@ -108,6 +145,10 @@ mod tests {
             "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra",
             "00-0af7651916cd43dd8448eb211c8031-b7ad6b7169203331-01",
             "00-zzf7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-0g",
+            "0x-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01x",
+            "00_0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
         ] {
             assert!(parse(bad).is_none(), "{bad}");
         }
