@@ -240,7 +240,12 @@ pub fn labelled_containers(sandbox_id: &str) -> Vec<String> {
 pub fn labelled_networks(sandbox_id: &str) -> Vec<String> {
     let label = format!("label=airlock.sandbox={sandbox_id}");
     let mut nets = lines(docker_cli(&[
-        "network", "ls", "-q", "--no-trunc", "--filter", &label,
+        "network",
+        "ls",
+        "-q",
+        "--no-trunc",
+        "--filter",
+        &label,
     ]));
     // A spare network (made before the provision) carries no sandbox label: the one its
     // container named at provision time counts while it still exists.

@@ -1795,7 +1795,10 @@ mod tests {
         assert_eq!(snapshot_of(owner, "abc123:default"), None);
         assert_eq!(snapshot_of(owner, "airlock-brain0123abcd-"), None);
         assert!(snapshot_name(owner, "snap/../x").is_err());
-        assert_eq!(path_segment("team/a-b_c.d:default"), "team%2Fa-b_c.d:default");
+        assert_eq!(
+            path_segment("team/a-b_c.d:default"),
+            "team%2Fa-b_c.d:default"
+        );
     }
 
     #[test]
