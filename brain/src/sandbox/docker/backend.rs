@@ -409,7 +409,17 @@ impl DockerBackend {
             let spec = owned;
             let started = Instant::now();
             let mut created = Created::default();
-            let result = this.provision_steps(&spec, spares, &mut created).await;
+            let mut result = this.provision_steps(&spec, spares, &mut created).await;
+            if spares && matches!(&result, Err(e) if network_vanished(e)) {
+                // The spare was removed under us between our create and start: another
+                // replica's start-up sweep lists every spare it did not make (it cannot tell a
+                // crashed brain's from a live one's), and the engine lets a network go while its
+                // container is only created. Start over once on a network of the sandbox's own.
+                tracing::info!(sandbox = %spec.id, "spare network vanished during provision; retrying on a new network");
+                this.cleanup(&spec.id, &created).await;
+                created = Created::default();
+                result = this.provision_steps(&spec, false, &mut created).await;
+            }
             match &result {
                 Ok(_) => tracing::info!(
                     sandbox = %spec.id,
@@ -439,5 +449,32 @@ impl DockerBackend {
                 )))
             }
         }
+    }
+}
+
+/// Whether a provision failed because its network disappeared (the engine's 404 naming a
+/// network) rather than for a reason a retry would meet again.
+fn network_vanished(e: &BackendError) -> bool {
+    let text = e.to_string();
+    text.contains("404") && text.contains("network") && text.contains("not found")
+}
+
+#[cfg(test)]
+mod network_vanished_tests {
+    use super::*;
+
+    #[test]
+    fn only_a_missing_network_is_retried() {
+        // The engine's answer seen when another replica's sweep removed a taken spare.
+        let gone = BackendError::Unavailable(
+            "docker start container: Docker responded with status code 404: network airlock-net-spare-2a9e87d73d2d5244 not found".into(),
+        );
+        assert!(network_vanished(&gone));
+        let image = BackendError::Unavailable(
+            "docker create container: Docker responded with status code 404: No such image: x:latest".into(),
+        );
+        assert!(!network_vanished(&image));
+        let busy = BackendError::Unavailable("docker start container: status code 500".into());
+        assert!(!network_vanished(&busy));
     }
 }
