@@ -476,19 +476,14 @@ impl Store {
         });
         let mut claimed = Vec::new();
         for (id, seen) in candidates {
-            let won = on_pool!(self.db(), |pool| {
-                sqlx::query(
-                    "UPDATE sandboxes SET replica = $2 WHERE id = $1 \
-                     AND status IN ('provisioning', 'running', 'destroying') \
-                     AND ((replica IS NULL AND $3 IS NULL) OR replica = $3)",
+            let won = self
+                .take_over_row(
+                    "sandboxes",
+                    "status IN ('provisioning', 'running', 'destroying')",
+                    &id,
+                    &seen,
                 )
-                .bind(&id)
-                .bind(self.replica())
-                .bind(&seen)
-                .execute(pool)
-                .await?
-                .rows_affected()
-            }) == 1;
+                .await?;
             // Pooled rows included: the pool adopts them back (`pool::adopt_row`).
             if won && let Some(row) = self.get_sandbox_any(&id).await? {
                 claimed.push(row);
@@ -551,5 +546,34 @@ impl Store {
             raws
         });
         raws.into_iter().map(RawRow::parse).collect()
+    }
+}
+
+impl Store {
+    /// Moves row `id` of `table` (still matching `live`) to this replica if its replica is
+    /// still `seen`, the one read when it was picked: a compare-and-set, so of two survivors
+    /// taking over a dead replica's rows only one wins each row. `table` and `live` are
+    /// constants of the callers.
+    pub(super) async fn take_over_row(
+        &self,
+        table: &'static str,
+        live: &'static str,
+        id: &str,
+        seen: &Option<String>,
+    ) -> Result<bool, StoreError> {
+        let sql = format!(
+            "UPDATE {table} SET replica = $2 WHERE id = $1 AND {live} \
+             AND ((replica IS NULL AND $3 IS NULL) OR replica = $3)"
+        );
+        let taken = on_pool!(self.db(), |pool| {
+            sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                .bind(id)
+                .bind(self.replica())
+                .bind(seen)
+                .execute(pool)
+                .await?
+                .rows_affected()
+        });
+        Ok(taken == 1)
     }
 }

@@ -163,18 +163,9 @@ impl Store {
         });
         let mut claimed = Vec::new();
         for (id, backend, seen) in candidates {
-            let won = on_pool!(self.db(), |pool| {
-                sqlx::query(
-                    "UPDATE snapshots SET replica = $2 WHERE id = $1 AND state = 'pending' \
-                     AND ((replica IS NULL AND $3 IS NULL) OR replica = $3)",
-                )
-                .bind(&id)
-                .bind(self.replica())
-                .bind(&seen)
-                .execute(pool)
-                .await?
-                .rows_affected()
-            }) == 1;
+            let won = self
+                .take_over_row("snapshots", "state = 'pending'", &id, &seen)
+                .await?;
             if won {
                 let backend = backend.parse().map_err(|_| StoreError::Corrupt {
                     table: "snapshots",
