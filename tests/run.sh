@@ -131,5 +131,23 @@ else
     rc=$?
 fi
 set -e
+# --- 4. leftovers -------------------------------------------------------------------------
+# Every test removes what it made on the engine: a sandbox container created during this
+# run and still there is a leak (or another run's, on a shared engine). Listed with its
+# labels (they name the sandbox, its owner and replica), so it can be traced to a test.
+if [ "$DOCKER" = 1 ]; then
+    since=$(date -u -d "@$START" +%Y-%m-%dT%H:%M:%S)
+    # CreatedAt reads "2026-12-05 06:18:45 +0000 UTC": fields 2 and 3 after the id.
+    left=$(docker ps -a --filter label=airlock.sandbox --format '{{.ID}} {{.CreatedAt}}' 2>/dev/null \
+        | awk -v s="$since" '{ if ($2"T"$3 >= s) print $1 }')
+    if [ -n "$left" ]; then
+        log "LEAK: containers created during this run are still there:"
+        for c in $left; do
+            docker inspect -f '  {{.Name}} created {{.Created}} state {{.State.Status}} labels {{json .Config.Labels}}' "$c" 2>/dev/null
+        done
+    else
+        log "no container of this run was left behind"
+    fi
+fi
 log "finished in $(( $(date +%s) - START ))s with exit code $rc"
 exit "$rc"

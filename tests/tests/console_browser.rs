@@ -608,6 +608,10 @@ async fn sessions_filter_and_pages(database_url: Option<String>, shot: &str) {
         };
         let (status, v) = brain.post_json("/v1/sessions", json!({"task": task})).await;
         assert_eq!(status, StatusCode::CREATED, "{v}");
+        // `created_at` has millisecond resolution and ties are ordered by the (random) id: on a
+        // fast machine two sessions can share a millisecond, and "newest first" below would
+        // then be a coin toss between them.
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
