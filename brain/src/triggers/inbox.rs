@@ -13,10 +13,9 @@
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use sqlx::Row;
 
 use super::store::{Source, now_ms};
-use super::{Admission, Triggers, github, slack, waits};
+use super::{Admission, Triggers, github, lease, slack, waits};
 use crate::state::AppState;
 use crate::store::{Store, StoreError, on_pool};
 
@@ -162,35 +161,14 @@ pub async fn renew(
     ids: &[String],
     lease_ms: i64,
 ) -> Result<(), StoreError> {
-    let sql = format!(
-        "UPDATE trigger_events SET lease_expires_at = {} + $3 WHERE id = $1 AND owner = $2",
-        store.db_now_sql()
-    );
-    for id in ids {
-        on_pool!(store.db(), |pool| {
-            sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
-                .bind(id)
-                .bind(owner)
-                .bind(lease_ms)
-                .execute(pool)
-                .await?;
-        });
-    }
+    lease::EVENTS.renew(store, owner, ids, lease_ms).await?;
     Ok(())
 }
 
 /// Makes events claimable now: `owner`'s on a clean stop, or all (`None`) when one brain owns
 /// the database (SQLite).
 pub async fn release(store: &Store, owner: Option<&str>) -> Result<u64, StoreError> {
-    Ok(on_pool!(store.db(), |pool| {
-        sqlx::query(
-            "UPDATE trigger_events SET lease_expires_at = 0 WHERE ($1 IS NULL OR owner = $1)",
-        )
-        .bind(owner)
-        .execute(pool)
-        .await?
-        .rows_affected()
-    }))
+    lease::EVENTS.release(store, owner).await
 }
 
 /// Takes over up to `limit` events whose lease lapsed (compare-and-set on the lease read).
@@ -200,55 +178,25 @@ pub async fn claim_expired(
     lease_ms: i64,
     limit: i64,
 ) -> Result<Vec<Claimed>, StoreError> {
-    let now = store.db_now_sql();
-    let select = format!(
-        "SELECT id, payload, session_id, lease_expires_at FROM trigger_events \
-         WHERE lease_expires_at < {now} ORDER BY created_at LIMIT $1"
-    );
-    let update = format!(
-        "UPDATE trigger_events SET owner = $1, lease_expires_at = {now} + $2 \
-         WHERE id = $3 AND lease_expires_at = $4"
-    );
-    let rows = on_pool!(store.db(), |pool| {
-        sqlx::query(sqlx::AssertSqlSafe(select.clone()))
-            .bind(limit)
-            .fetch_all(pool)
-            .await?
-            .into_iter()
-            .map(|row| {
-                Ok::<_, sqlx::Error>((
-                    row.try_get::<String, _>("id")?,
-                    row.try_get::<String, _>("payload")?,
-                    row.try_get::<Option<String>, _>("session_id")?,
-                    row.try_get::<i64, _>("lease_expires_at")?,
-                ))
-            })
-            .collect::<Result<Vec<_>, _>>()?
-    });
-    let mut claimed = Vec::new();
-    for (id, payload, session_id, seen) in rows {
-        let won = on_pool!(store.db(), |pool| {
-            sqlx::query(sqlx::AssertSqlSafe(update.clone()))
-                .bind(owner)
-                .bind(lease_ms)
-                .bind(&id)
-                .bind(seen)
-                .execute(pool)
-                .await?
-                .rows_affected()
-        }) == 1;
-        if !won {
-            continue;
-        }
-        let payload: Payload =
-            serde_json::from_str(&payload).map_err(|e| corrupt(format!("event {id}: {e}")))?;
-        claimed.push(Claimed {
-            id,
-            payload,
-            session_id,
-        });
-    }
-    Ok(claimed)
+    let won = lease::EVENTS
+        .claim_expired(store, owner, lease_ms, limit, ["payload", "session_id"])
+        .await?;
+    won.into_iter()
+        .map(
+            |lease::Won {
+                 id,
+                 columns: [payload, session_id],
+             }| {
+                let payload: Payload = serde_json::from_str(payload.as_deref().unwrap_or_default())
+                    .map_err(|e| corrupt(format!("event {id}: {e}")))?;
+                Ok(Claimed {
+                    id,
+                    payload,
+                    session_id,
+                })
+            },
+        )
+        .collect()
 }
 
 /// Handles one event this brain holds: waits for a run slot, then starts or continues its

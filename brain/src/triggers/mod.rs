@@ -22,6 +22,7 @@ pub mod config;
 pub mod github;
 pub mod github_approvals;
 pub mod inbox;
+mod lease;
 pub mod outbox;
 pub mod sessions_launcher;
 pub mod shell_launcher;

@@ -20,11 +20,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use sqlx::Row;
 use tokio::sync::watch;
 
 use super::store::{self, ReplyPayload, Source, now_ms};
-use super::{LaunchError, TaskOutcome, Triggers, github, inbox, slack};
+use super::{LaunchError, TaskOutcome, Triggers, github, inbox, lease, slack};
 use crate::state::AppState;
 use crate::store::{Store, StoreError, on_pool};
 
@@ -225,37 +224,13 @@ pub async fn renew(
     ids: &[String],
     lease_ms: i64,
 ) -> Result<u64, StoreError> {
-    let sql = format!(
-        "UPDATE trigger_waits SET lease_expires_at = {} + $1 WHERE owner = $2 AND id = $3",
-        store.db_now_sql()
-    );
-    let mut renewed = 0;
-    for id in ids {
-        renewed += on_pool!(store.db(), |pool| {
-            sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
-                .bind(lease_ms)
-                .bind(owner)
-                .bind(id)
-                .execute(pool)
-                .await?
-                .rows_affected()
-        });
-    }
-    Ok(renewed)
+    lease::WAITS.renew(store, owner, ids, lease_ms).await
 }
 
 /// Makes waits claimable now: `owner`'s on a clean stop, or all of them (`None`) when a
 /// brain starts on SQLite, where no other brain can be alive.
 pub async fn release(store: &Store, owner: Option<&str>) -> Result<u64, StoreError> {
-    Ok(on_pool!(store.db(), |pool| {
-        sqlx::query(
-            "UPDATE trigger_waits SET lease_expires_at = 0 WHERE ($1 IS NULL OR owner = $1)",
-        )
-        .bind(owner)
-        .execute(pool)
-        .await?
-        .rows_affected()
-    }))
+    lease::WAITS.release(store, owner).await
 }
 
 /// Takes over up to `limit` waits whose lease expired (their brain died). Each is claimed by
@@ -267,55 +242,28 @@ pub async fn claim_expired(
     lease_ms: i64,
     limit: i64,
 ) -> Result<Vec<Wait>, StoreError> {
-    let now = store.db_now_sql();
-    let select = format!(
-        "SELECT id, session_id, context, lease_expires_at FROM trigger_waits \
-         WHERE lease_expires_at < {now} ORDER BY created_at LIMIT $1"
-    );
-    let update = format!(
-        "UPDATE trigger_waits SET owner = $1, lease_expires_at = {now} + $2 \
-         WHERE id = $3 AND lease_expires_at = $4"
-    );
-    let rows = on_pool!(store.db(), |pool| {
-        sqlx::query(sqlx::AssertSqlSafe(select.clone()))
-            .bind(limit)
-            .fetch_all(pool)
-            .await?
-            .into_iter()
-            .map(|row| {
-                Ok::<_, sqlx::Error>((
-                    row.try_get::<String, _>("id")?,
-                    row.try_get::<String, _>("session_id")?,
-                    row.try_get::<String, _>("context")?,
-                    row.try_get::<i64, _>("lease_expires_at")?,
-                ))
-            })
-            .collect::<Result<Vec<_>, _>>()?
-    });
-    let mut claimed = Vec::new();
-    for (id, session_id, context, seen) in rows {
-        let won = on_pool!(store.db(), |pool| {
-            sqlx::query(sqlx::AssertSqlSafe(update.clone()))
-                .bind(owner)
-                .bind(lease_ms)
-                .bind(&id)
-                .bind(seen)
-                .execute(pool)
-                .await?
-                .rows_affected()
-        }) == 1;
-        if !won {
-            continue;
-        }
-        let context: WaitContext =
-            serde_json::from_str(&context).map_err(|e| corrupt(format!("wait {id}: {e}")))?;
-        claimed.push(Wait {
-            id,
-            session_id,
-            context,
-        });
-    }
-    Ok(claimed)
+    let won = lease::WAITS
+        .claim_expired(store, owner, lease_ms, limit, ["session_id", "context"])
+        .await?;
+    won.into_iter()
+        .map(
+            |lease::Won {
+                 id,
+                 columns: [session_id, context],
+             }| {
+                let context: WaitContext =
+                    serde_json::from_str(context.as_deref().unwrap_or_default())
+                        .map_err(|e| corrupt(format!("wait {id}: {e}")))?;
+                let session_id =
+                    session_id.ok_or_else(|| corrupt(format!("wait {id}: no session_id")))?;
+                Ok(Wait {
+                    id,
+                    session_id,
+                    context,
+                })
+            },
+        )
+        .collect()
 }
 
 /// Waits for the session to settle, builds the reply (for GitHub: after pushing the changes)
