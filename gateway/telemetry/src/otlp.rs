@@ -45,7 +45,7 @@ fn varint_len(v: u64) -> usize {
 }
 
 fn tag(buf: &mut Vec<u8>, field: u32, wire: u32) {
-    varint(buf, u64::from(field << 3 | wire));
+    varint(buf, u64::from((field << 3) | wire));
 }
 
 fn bytes_field(buf: &mut Vec<u8>, field: u32, bytes: &[u8]) {
@@ -105,6 +105,11 @@ fn open(buf: &mut Vec<u8>, field: u32, width: usize) -> Open {
 /// the reserved width was not the right one.
 fn close(buf: &mut Vec<u8>, open: Open) {
     let len = buf.len() - open.start;
+    if len < 0x80 && open.width == 1 {
+        // Most messages (attributes, values): one byte, as reserved.
+        buf[open.start - 1] = len as u8;
+        return;
+    }
     let need = varint_len(len as u64);
     let at = open.start - open.width;
     if need != open.width {
@@ -117,7 +122,7 @@ fn close(buf: &mut Vec<u8>, open: Open) {
     }
     let mut v = len as u64;
     for b in &mut buf[at..at + need] {
-        *b = v as u8 & 0x7f | if v >= 0x80 { 0x80 } else { 0 };
+        *b = (v as u8 & 0x7f) | if v >= 0x80 { 0x80 } else { 0 };
         v >>= 7;
     }
 }
@@ -147,10 +152,12 @@ fn trace_state_field(buf: &mut Vec<u8>, field: u32, state: &TraceState) {
     len += n - 1;
     tag(buf, field, LEN);
     varint(buf, len as u64);
-    for (i, (k, v)) in state.into_iter().enumerate() {
-        if i > 0 {
+    let mut first = true;
+    for (k, v) in state {
+        if !first {
             buf.push(b',');
         }
+        first = false;
         buf.extend_from_slice(k.as_bytes());
         buf.push(b'=');
         buf.extend_from_slice(v.as_bytes());
@@ -167,7 +174,7 @@ fn any_str(buf: &mut Vec<u8>, field: u32, s: &str) {
 
 fn any_bool(buf: &mut Vec<u8>, field: u32, b: bool) {
     tag(buf, field, LEN);
-    buf.extend_from_slice(&[2, 2 << 3 | VARINT as u8, u8::from(b)]);
+    buf.extend_from_slice(&[2, (2 << 3) | VARINT as u8, u8::from(b)]);
 }
 
 fn any_i64(buf: &mut Vec<u8>, field: u32, i: i64) {
@@ -179,7 +186,7 @@ fn any_i64(buf: &mut Vec<u8>, field: u32, i: i64) {
 
 fn any_f64(buf: &mut Vec<u8>, field: u32, f: f64) {
     tag(buf, field, LEN);
-    buf.extend_from_slice(&[9, 4 << 3 | FIXED64 as u8]);
+    buf.extend_from_slice(&[9, (4 << 3) | FIXED64 as u8]);
     buf.extend_from_slice(&f.to_bits().to_le_bytes());
 }
 
@@ -244,7 +251,7 @@ pub(crate) struct EncodedResource {
 impl Default for EncodedResource {
     fn default() -> Self {
         Self {
-            field: vec![1 << 3 | LEN as u8, 0],
+            field: vec![(1 << 3) | LEN as u8, 0],
             schema_url: None,
         }
     }
@@ -636,5 +643,88 @@ pub(crate) mod tests {
             assert_eq!(buf.len(), varint_len(v), "{v}");
             assert_eq!(prost::encoding::decode_varint(&mut &buf[..]).unwrap(), v);
         }
+    }
+
+    /// A `vault.egress` span as the proxy emits it (9 attributes), or a `gateway.request` (3).
+    fn bench_span(i: u64, vault: bool, scope: &InstrumentationScope) -> SpanData {
+        let mut s = span(
+            if vault {
+                "vault.egress"
+            } else {
+                "gateway.request"
+            },
+            scope,
+        );
+        s.span_context = context(
+            (u128::from(i) << 64) | 0x77,
+            i + 1,
+            TraceFlags::SAMPLED,
+            false,
+            "",
+        );
+        s.parent_span_id = SpanId::from(0x00f0_67aa_0ba9_02b7);
+        s.parent_span_is_remote = true;
+        s.attributes = if vault {
+            vec![
+                KeyValue::new("sandbox.id", format!("sbx-{i:016x}")),
+                KeyValue::new("server.address", "api.github.com".to_owned()),
+                KeyValue::new("server.port", 443_i64),
+                KeyValue::new("http.request.method", "POST"),
+                KeyValue::new("airlock.egress.event", "swap"),
+                KeyValue::new("airlock.egress.decision", "allow"),
+                KeyValue::new("airlock.egress.reason", "stub_swapped_for_bound_host"),
+                KeyValue::new("airlock.credential", "github_token".to_owned()),
+                KeyValue::new("http.response.status_code", 200_i64),
+            ]
+        } else {
+            vec![
+                KeyValue::new("http.request.method", "POST"),
+                KeyValue::new("http.route", "/v1/chat/completions"),
+                KeyValue::new("http.response.status_code", 200_i64),
+            ]
+        };
+        s
+    }
+
+    /// Export-thread encoding cost, for callgrind (release):
+    /// `OTLP_BENCH=ours|prost|none OTLP_BENCH_SPAN=vault|gateway valgrind --tool=callgrind
+    /// <test binary> --ignored --exact otlp::tests::encoding_cost`; (variant − none) / spans
+    /// is the cost per span. Each round clones a batch of 2048 spans (the batch the SDK hands
+    /// over) and drops it after encoding, in every variant.
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn encoding_cost() {
+        const SPANS: u64 = 2048;
+        const ROUNDS: u64 = 10;
+        let vault = std::env::var("OTLP_BENCH_SPAN").as_deref() != Ok("gateway");
+        let scope = InstrumentationScope::builder("airlock").build();
+        let spans: Vec<SpanData> = (0..SPANS).map(|i| bench_span(i, vault, &scope)).collect();
+        let resource = Resource::builder()
+            .with_service_name("airlock-vault-proxy")
+            .build();
+        let encoded = EncodedResource::new(&resource);
+        let with_schema = ResourceAttributesWithSchema::from(&resource);
+        let variant = std::env::var("OTLP_BENCH").unwrap_or_default();
+        let mut buf = Vec::new();
+        let mut bytes = 0;
+        for _ in 0..ROUNDS {
+            let batch = spans.clone();
+            match variant.as_str() {
+                "ours" => {
+                    buf.clear();
+                    encode_request(&mut buf, &encoded, &batch);
+                    bytes += std::hint::black_box(&buf).len();
+                    drop(batch);
+                }
+                "prost" => {
+                    let request = ExportTraceServiceRequest {
+                        resource_spans: group_spans_by_resource_and_scope(batch, &with_schema),
+                    };
+                    bytes += std::hint::black_box(request.encode_to_vec()).len();
+                }
+                _ => drop(std::hint::black_box(batch)),
+            }
+        }
+        eprintln!("{variant}: {bytes} bytes for {} spans", SPANS * ROUNDS);
     }
 }
