@@ -1,13 +1,20 @@
-//! The OTLP/HTTP exporter: endpoint resolution, its HTTP client and the batch processor.
+//! The OTLP/HTTP exporter: endpoint and settings resolution, our span exporter (encoding in
+//! [`crate::otlp`]), its HTTP client and the batch processor.
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
-use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider};
+use std::io::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, PoisonError};
 
-use crate::TelemetryError;
+use bytes::Bytes;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
+use opentelemetry_sdk::trace::{
+    BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider, SpanData, SpanExporter,
+};
+
+use crate::{TelemetryError, otlp};
 
 /// Where traces go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,42 +134,346 @@ impl Drop for ExportRuntime {
     }
 }
 
-/// The workspace's reqwest (rustls with ring; no aws-lc-rs) running on [`ExportRuntime`].
-#[derive(Debug)]
-struct ReqwestOnRuntime {
-    client: reqwest::Client,
-    runtime: tokio::runtime::Handle,
+/// Where and how spans are sent: the OTLP exporter spec's settings
+/// (<https://opentelemetry.io/docs/specs/otel/protocol/exporter/>), as opentelemetry-otlp
+/// read them.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ExportConfig {
+    /// The full traces URL (`…/v1/traces`).
+    pub url: reqwest::Url,
+    /// `OTEL_EXPORTER_OTLP_(TRACES_)HEADERS`.
+    pub headers: http::HeaderMap,
+    /// `OTEL_EXPORTER_OTLP_(TRACES_)TIMEOUT`: bounds each export, retries included.
+    pub timeout: Duration,
+    /// `OTEL_EXPORTER_OTLP_(TRACES_)COMPRESSION=gzip`.
+    pub gzip: bool,
+}
+
+/// The spec's default export timeout.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl ExportConfig {
+    /// Reads the settings for `endpoint` from `env`; warnings (ignored values, as the spec
+    /// says for unparsable numbers) come back with it. A malformed endpoint, header list or
+    /// an unsupported compression is an error: a start-up failure, not spans silently lost.
+    pub(crate) fn from_env(
+        endpoint: &Endpoint,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<(Self, Vec<String>), TelemetryError> {
+        let set = |name: &str| {
+            env(name)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+        let mut warnings = Vec::new();
+        let url = match endpoint {
+            Endpoint::Url(url) => parse_url("telemetry.otlp_endpoint", url)?,
+            Endpoint::Env => {
+                if let Some(url) = set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
+                    // The signal's own variable is used as is.
+                    parse_url("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", &url)?
+                } else if let Some(base) = set("OTEL_EXPORTER_OTLP_ENDPOINT") {
+                    let url = format!("{}{TRACES_PATH}", base.trim_end_matches('/'));
+                    parse_url("OTEL_EXPORTER_OTLP_ENDPOINT", &url)?
+                } else {
+                    return Err(TelemetryError::Exporter("no endpoint configured".into()));
+                }
+            }
+        };
+        let mut headers = http::HeaderMap::new();
+        for var in [
+            "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+            "OTEL_EXPORTER_OTLP_HEADERS",
+        ] {
+            if let Some(list) = set(var) {
+                headers = parse_headers(&list).map_err(|e| {
+                    TelemetryError::Exporter(format!(
+                        "{var}: {e} (expected comma-separated key=value pairs, values percent-encoded)"
+                    ))
+                })?;
+                break;
+            }
+        }
+        let mut timeout = DEFAULT_TIMEOUT;
+        for var in [
+            "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+            "OTEL_EXPORTER_OTLP_TIMEOUT",
+        ] {
+            if let Some(value) = set(var) {
+                match value.parse::<u64>() {
+                    Ok(ms) if ms > 0 => {
+                        timeout = Duration::from_millis(ms);
+                        break;
+                    }
+                    _ => warnings.push(format!(
+                        "{var}={value:?} ignored: expected a positive number of milliseconds"
+                    )),
+                }
+            }
+        }
+        let mut gzip = false;
+        for var in [
+            "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
+            "OTEL_EXPORTER_OTLP_COMPRESSION",
+        ] {
+            if let Some(value) = set(var) {
+                gzip = if value.eq_ignore_ascii_case("gzip") {
+                    true
+                } else if value.eq_ignore_ascii_case("none") {
+                    false
+                } else {
+                    return Err(TelemetryError::Exporter(format!(
+                        "{var}={value:?}: expected `gzip` or `none`"
+                    )));
+                };
+                break;
+            }
+        }
+        Ok((
+            Self {
+                url,
+                headers,
+                timeout,
+                gzip,
+            },
+            warnings,
+        ))
+    }
+}
+
+fn parse_url(source: &str, url: &str) -> Result<reqwest::Url, TelemetryError> {
+    let parsed = reqwest::Url::parse(url)
+        .map_err(|e| TelemetryError::Exporter(format!("{source} {url:?}: {e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+        return Err(TelemetryError::Exporter(format!(
+            "{source} {url:?}: expected an http:// or https:// URL"
+        )));
+    }
+    Ok(parsed)
+}
+
+/// `key=value,key2=value2`, values percent-decoded (the spec's format for
+/// `OTEL_EXPORTER_OTLP_HEADERS`); empty entries are skipped.
+fn parse_headers(list: &str) -> Result<http::HeaderMap, String> {
+    let mut headers = http::HeaderMap::new();
+    for entry in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let (key, value) = entry
+            .split_once('=')
+            .ok_or_else(|| format!("{entry:?} has no `=`"))?;
+        let name = http::HeaderName::from_bytes(key.trim().as_bytes())
+            .map_err(|_| format!("{:?} is not a header name", key.trim()))?;
+        let decoded = percent_decode(value.trim())
+            .ok_or_else(|| format!("the value of {name} is not valid percent-encoding"))?;
+        let value = http::HeaderValue::from_bytes(&decoded)
+            .map_err(|_| format!("the value of {name} is not a valid header value"))?;
+        headers.append(name, value);
+    }
+    Ok(headers)
+}
+
+fn percent_decode(s: &str) -> Option<Vec<u8>> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            let hex = std::str::from_utf8(hex).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    Some(out)
 }
 
 /// Collector answers are tiny (an `ExportTraceServiceResponse`); a larger one is not read.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+/// The OTLP/HTTP spec's recommended request limit: a bigger batch is dropped, not sent.
+const MAX_REQUEST_BYTES: usize = 64 * 1024 * 1024;
+/// The encoding buffer kept between batches; a rare bigger one is freed after use.
+const KEEP_BUFFER_BYTES: usize = 8 * 1024 * 1024;
+/// Retries of a failed export (connection errors, 429, 502, 503, 504, as the OTLP/HTTP
+/// spec and opentelemetry-otlp do), backing off from 100 ms to at most 1.6 s; all within the
+/// export timeout.
+const MAX_RETRIES: u32 = 3;
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_millis(1600);
 
-#[async_trait::async_trait]
-impl opentelemetry_http::HttpClient for ReqwestOnRuntime {
-    async fn send_bytes(
-        &self,
-        request: http::Request<Bytes>,
-    ) -> Result<http::Response<Bytes>, opentelemetry_http::HttpError> {
-        let request = reqwest::Request::try_from(request)?;
-        let client = self.client.clone();
-        let task = self.runtime.spawn(async move {
-            let mut response = client.execute(request).await?;
-            let status = response.status();
-            let headers = std::mem::take(response.headers_mut());
-            let mut body = Vec::new();
-            while let Some(chunk) = response.chunk().await? {
-                if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
-                    break;
-                }
-                body.extend_from_slice(&chunk);
-            }
-            let mut out = http::Response::new(Bytes::from(body));
-            *out.status_mut() = status;
-            *out.headers_mut() = headers;
-            Ok::<_, reqwest::Error>(out)
-        });
-        Ok(task.await??)
+/// The span exporter: each batch encoded by [`crate::otlp`] into one reused buffer and
+/// POSTed (`application/x-protobuf`) with the workspace's reqwest (rustls with ring; no
+/// aws-lc-rs) on [`ExportRuntime`]. Called by the SDK's batch thread, never on a request path.
+pub(crate) struct OtlpExporter {
+    config: ExportConfig,
+    client: reqwest::Client,
+    runtime: tokio::runtime::Handle,
+    resource: otlp::EncodedResource,
+    buf: Mutex<Vec<u8>>,
+    shut_down: AtomicBool,
+}
+
+impl std::fmt::Debug for OtlpExporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Not the headers: they may hold a collector's credentials.
+        f.debug_struct("OtlpExporter")
+            .field("url", &self.config.url.as_str())
+            .field("timeout", &self.config.timeout)
+            .field("gzip", &self.config.gzip)
+            .finish_non_exhaustive()
     }
+}
+
+impl OtlpExporter {
+    pub(crate) fn new(
+        config: ExportConfig,
+        runtime: tokio::runtime::Handle,
+    ) -> Result<Self, TelemetryError> {
+        let client = reqwest::Client::builder()
+            .user_agent(concat!("airlock-telemetry/", env!("CARGO_PKG_VERSION")))
+            .timeout(config.timeout)
+            .connect_timeout(config.timeout.min(Duration::from_secs(5)))
+            .build()
+            .map_err(|e| TelemetryError::Exporter(format!("building the HTTP client: {e}")))?;
+        Ok(Self {
+            config,
+            client,
+            runtime,
+            resource: otlp::EncodedResource::default(),
+            buf: Mutex::new(Vec::new()),
+            shut_down: AtomicBool::new(false),
+        })
+    }
+
+    /// The request body for `batch`: encoded, then gzipped if configured.
+    fn body(&self, batch: &[SpanData]) -> Result<Bytes, OTelSdkError> {
+        let mut buf = self.buf.lock().unwrap_or_else(PoisonError::into_inner);
+        buf.clear();
+        otlp::encode_request(&mut buf, &self.resource, batch);
+        let body = if buf.len() > MAX_REQUEST_BYTES {
+            Err(OTelSdkError::InternalFailure(format!(
+                "a batch of {} spans encodes to {} bytes, over the {MAX_REQUEST_BYTES} limit: dropped",
+                batch.len(),
+                buf.len()
+            )))
+        } else if self.config.gzip {
+            let mut gz = flate2::write::GzEncoder::new(
+                Vec::with_capacity(buf.len() / 4),
+                flate2::Compression::default(),
+            );
+            gz.write_all(&buf)
+                .and_then(|()| gz.finish())
+                .map(Bytes::from)
+                .map_err(|e| OTelSdkError::InternalFailure(format!("gzip: {e}")))
+        } else {
+            Ok(Bytes::copy_from_slice(&buf))
+        };
+        if buf.capacity() > KEEP_BUFFER_BYTES {
+            *buf = Vec::new();
+        }
+        body
+    }
+}
+
+impl SpanExporter for OtlpExporter {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        if self.shut_down.load(Ordering::Relaxed) {
+            return Err(OTelSdkError::AlreadyShutdown);
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let body = self.body(&batch)?;
+        drop(batch);
+        let send = post(self.client.clone(), self.config.clone(), body);
+        match self.runtime.spawn(send).await {
+            Ok(result) => result.map_err(OTelSdkError::InternalFailure),
+            // The runtime is gone (shutting down): the spans are lost, nothing waits.
+            Err(e) => Err(OTelSdkError::InternalFailure(format!(
+                "the export task did not finish: {e}"
+            ))),
+        }
+    }
+
+    fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
+        if self.shut_down.swap(true, Ordering::Relaxed) {
+            return Err(OTelSdkError::AlreadyShutdown);
+        }
+        Ok(())
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.resource = otlp::EncodedResource::new(resource);
+    }
+}
+
+/// POSTs one batch, retrying what the OTLP/HTTP spec calls retryable, all within the
+/// configured timeout (reqwest's per-request timeout covers connect, send and the answer).
+async fn post(client: reqwest::Client, config: ExportConfig, body: Bytes) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + config.timeout;
+    let attempts = async {
+        let mut attempt = 0;
+        loop {
+            let mut request = client
+                .post(config.url.clone())
+                .headers(config.headers.clone())
+                .header(http::header::CONTENT_TYPE, "application/x-protobuf")
+                .timeout(deadline.saturating_duration_since(tokio::time::Instant::now()))
+                .body(body.clone());
+            if config.gzip {
+                request = request.header(http::header::CONTENT_ENCODING, "gzip");
+            }
+            let (error, retry, after) = match request.send().await {
+                Ok(mut response) => {
+                    let status = response.status();
+                    // Read the (small) answer so the connection can be reused.
+                    let mut read = 0;
+                    while let Ok(Some(chunk)) = response.chunk().await {
+                        read += chunk.len();
+                        if read > MAX_RESPONSE_BYTES {
+                            break;
+                        }
+                    }
+                    if status.is_success() {
+                        return Ok(());
+                    }
+                    let after = response
+                        .headers()
+                        .get(http::header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                        .map(Duration::from_secs);
+                    (
+                        format!("the collector answered {status}"),
+                        matches!(status.as_u16(), 429 | 502 | 503 | 504),
+                        after,
+                    )
+                }
+                Err(e) => (
+                    format!("sending to the collector failed: {e}"),
+                    !e.is_timeout(),
+                    None,
+                ),
+            };
+            let delay =
+                after.unwrap_or_else(|| (FIRST_BACKOFF * 2u32.pow(attempt)).min(MAX_BACKOFF));
+            if !retry || attempt >= MAX_RETRIES || tokio::time::Instant::now() + delay >= deadline {
+                return Err(error);
+            }
+            tokio::time::sleep(delay).await;
+            attempt += 1;
+        }
+    };
+    // Belt and braces: whatever happens inside, the export ends at the deadline.
+    tokio::time::timeout_at(deadline, attempts)
+        .await
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "no answer from the collector within {:?}",
+                config.timeout
+            ))
+        })
 }
 
 /// Spans queued for export at most; beyond, new spans are dropped (never waited for).
@@ -178,26 +489,14 @@ pub(crate) fn provider(
     service: &str,
     endpoint: &Endpoint,
 ) -> Result<(SdkTracerProvider, ExportRuntime), TelemetryError> {
+    let (config, warnings) = ExportConfig::from_env(endpoint, |name| std::env::var(name).ok())?;
+    for warning in warnings {
+        // The log subscriber is not installed yet.
+        eprintln!("telemetry: {warning}");
+    }
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = ExportRuntime::start()?;
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .connect_timeout(Duration::from_secs(5))
-        .build()
-        .map_err(|e| TelemetryError::Exporter(format!("building the HTTP client: {e}")))?;
-    let mut builder = opentelemetry_otlp::SpanExporter::builder()
-        .with_http()
-        .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-        .with_http_client(ReqwestOnRuntime {
-            client,
-            runtime: runtime.handle.clone(),
-        });
-    if let Endpoint::Url(url) = endpoint {
-        builder = builder.with_endpoint(url.clone());
-    }
-    let exporter = builder
-        .build()
-        .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
+    let exporter = OtlpExporter::new(config, runtime.handle.clone())?;
     let processor = BatchSpanProcessor::builder(exporter)
         .with_batch_config(
             BatchConfigBuilder::default()
@@ -294,6 +593,315 @@ mod tests {
         assert!(endpoint_from(None, env(&specific)).unwrap().is_some());
         for bad in ["collector:4318", "ftp://c/", "http://"] {
             assert!(endpoint_from(Some(bad), env(&[])).is_err(), "{bad}");
+        }
+    }
+
+    fn config(env_pairs: &[(&str, &str)]) -> Result<(ExportConfig, Vec<String>), TelemetryError> {
+        ExportConfig::from_env(&Endpoint::Env, env(env_pairs))
+    }
+
+    #[test]
+    fn the_exporter_settings_from_the_env() {
+        let url = |pairs: &[(&str, &str)]| config(pairs).unwrap().0.url.to_string();
+        // The signal's own variable as is; the general one + /v1/traces.
+        assert_eq!(
+            url(&[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://c:4318/custom")]),
+            "http://c:4318/custom"
+        );
+        assert_eq!(
+            url(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318/base/")]),
+            "http://c:4318/base/v1/traces"
+        );
+        assert_eq!(
+            url(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://general:4318"),
+                (
+                    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                    "https://traces:4318/t"
+                ),
+            ]),
+            "https://traces:4318/t"
+        );
+        let configured = Endpoint::Url("https://c.example/v1/traces".into());
+        let general = env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://other:4318")]);
+        let (c, _) = ExportConfig::from_env(&configured, general).unwrap();
+        assert_eq!(c.url.as_str(), "https://c.example/v1/traces");
+        assert!(config(&[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "not a url")]).is_err());
+
+        // Headers: the signal's variable wins; values percent-decoded; empty entries skipped.
+        let (c, warnings) = config(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "ignored=1"),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+                "Authorization=Bearer%20a%20b , x-list = x%2Cy%3Dz,,",
+            ),
+        ])
+        .unwrap();
+        assert!(warnings.is_empty());
+        assert_eq!(c.headers.len(), 2);
+        assert_eq!(c.headers["authorization"], "Bearer a b");
+        assert_eq!(c.headers["x-list"], "x,y=z");
+        assert_eq!(c.timeout, DEFAULT_TIMEOUT);
+        assert!(!c.gzip);
+        for bad in ["novalue", "a=%zz", "bad key=v", "a=%4"] {
+            let err = config(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+                ("OTEL_EXPORTER_OTLP_HEADERS", bad),
+            ])
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains("OTEL_EXPORTER_OTLP_HEADERS"), "{bad}: {err}");
+        }
+
+        // Timeouts in ms; an unparsable one is ignored with a warning.
+        let timeout = |pairs: &[(&str, &str)]| {
+            let mut all = vec![("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318")];
+            all.extend_from_slice(pairs);
+            let (c, w) = config(&all).unwrap();
+            (c.timeout, w.len())
+        };
+        assert_eq!(
+            timeout(&[
+                ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "250"),
+                ("OTEL_EXPORTER_OTLP_TIMEOUT", "900")
+            ]),
+            (Duration::from_millis(250), 0)
+        );
+        assert_eq!(
+            timeout(&[
+                ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "soon"),
+                ("OTEL_EXPORTER_OTLP_TIMEOUT", "500")
+            ]),
+            (Duration::from_millis(500), 1)
+        );
+        assert_eq!(
+            timeout(&[("OTEL_EXPORTER_OTLP_TIMEOUT", "0")]),
+            (DEFAULT_TIMEOUT, 1)
+        );
+
+        // Compression: gzip or none, the signal's variable first; anything else refused.
+        let gzip = |pairs: &[(&str, &str)]| {
+            let mut all = vec![("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318")];
+            all.extend_from_slice(pairs);
+            config(&all).map(|(c, _)| c.gzip)
+        };
+        assert!(gzip(&[("OTEL_EXPORTER_OTLP_COMPRESSION", "GZIP")]).unwrap());
+        assert!(
+            !gzip(&[
+                ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "none"),
+                ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip")
+            ])
+            .unwrap()
+        );
+        let err = gzip(&[("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "zstd")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION"),
+            "{err}"
+        );
+    }
+
+    mod collector {
+        use std::io::{Read, Write};
+        use std::net::{TcpListener, TcpStream};
+        use std::sync::{Arc, Mutex};
+        use std::time::Instant;
+
+        use opentelemetry::InstrumentationScope;
+        use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+        use prost::Message;
+
+        use super::super::*;
+
+        /// One request as the collector saw it: the head (lower-cased) and the body.
+        type Seen = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
+        /// A collector on 127.0.0.1 answering its n-th request with the n-th status line
+        /// (`None`: never answers), one request per connection.
+        fn collector(answers: Vec<Option<&'static str>>) -> (String, Seen) {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let url = format!("http://{}/v1/traces", listener.local_addr().unwrap());
+            let seen = Seen::default();
+            let record = seen.clone();
+            std::thread::spawn(move || {
+                let mut held = Vec::new();
+                for answer in answers {
+                    let Ok((mut stream, _)) = listener.accept() else {
+                        return;
+                    };
+                    let request = read_request(&mut stream);
+                    record.lock().unwrap().push(request);
+                    match answer {
+                        Some(status) => {
+                            let _ = write!(
+                                stream,
+                                "HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                            );
+                        }
+                        None => held.push(stream),
+                    }
+                }
+                // Keep the unanswered connections open until the test ends.
+                std::thread::sleep(Duration::from_secs(30));
+            });
+            (url, seen)
+        }
+
+        fn read_request(stream: &mut TcpStream) -> (String, Vec<u8>) {
+            let mut data = Vec::new();
+            let mut chunk = [0u8; 8192];
+            let head_end = loop {
+                if let Some(i) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break i + 4;
+                }
+                let n = stream.read(&mut chunk).unwrap();
+                assert!(n > 0, "the request ended early");
+                data.extend_from_slice(&chunk[..n]);
+            };
+            let head = String::from_utf8_lossy(&data[..head_end]).to_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            while data.len() < head_end + length {
+                let n = stream.read(&mut chunk).unwrap();
+                assert!(n > 0, "the body ended early");
+                data.extend_from_slice(&chunk[..n]);
+            }
+            (head, data[head_end..head_end + length].to_vec())
+        }
+
+        fn start_exporter(url: &str, extra: &[(&str, &str)]) -> (OtlpExporter, ExportRuntime) {
+            let mut pairs = vec![("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", url)];
+            pairs.extend_from_slice(extra);
+            let (config, _) = ExportConfig::from_env(&Endpoint::Env, super::env(&pairs)).unwrap();
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let runtime = ExportRuntime::start().unwrap();
+            let mut exporter = OtlpExporter::new(config, runtime.handle.clone()).unwrap();
+            exporter.set_resource(
+                &Resource::builder_empty()
+                    .with_service_name("export-test")
+                    .build(),
+            );
+            (exporter, runtime)
+        }
+
+        /// Runs one export as the batch processor would (outside the export runtime).
+        fn export(exporter: &OtlpExporter) -> (OTelSdkResult, Duration) {
+            let scope = InstrumentationScope::builder("airlock").build();
+            let batch = vec![
+                crate::otlp::tests::span("one", &scope),
+                crate::otlp::tests::span("two", &scope),
+            ];
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let started = Instant::now();
+            let result = rt.block_on(exporter.export(batch));
+            (result, started.elapsed())
+        }
+
+        fn decode(body: &[u8]) -> ExportTraceServiceRequest {
+            let request = ExportTraceServiceRequest::decode(body).unwrap();
+            let rs = &request.resource_spans[0];
+            let service = &rs.resource.as_ref().unwrap().attributes[0];
+            assert_eq!(service.key, "service.name");
+            let names: Vec<_> = rs.scope_spans[0]
+                .spans
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect();
+            assert_eq!(names, ["one", "two"]);
+            request
+        }
+
+        #[test]
+        fn posts_protobuf_with_the_configured_headers() {
+            let (url, seen) = collector(vec![Some("200 OK")]);
+            let (exporter, _rt) =
+                start_exporter(&url, &[("OTEL_EXPORTER_OTLP_HEADERS", "x-tenant=t%201")]);
+            let (result, _) = export(&exporter);
+            result.unwrap();
+            let seen = seen.lock().unwrap();
+            let (head, body) = &seen[0];
+            assert!(head.starts_with("post /v1/traces http/1.1\r\n"), "{head}");
+            assert!(
+                head.contains("content-type: application/x-protobuf\r\n"),
+                "{head}"
+            );
+            assert!(head.contains("x-tenant: t 1\r\n"), "{head}");
+            assert!(!head.contains("content-encoding"), "{head}");
+            decode(body);
+        }
+
+        #[test]
+        fn gzip_when_asked() {
+            let (url, seen) = collector(vec![Some("200 OK")]);
+            let (exporter, _rt) =
+                start_exporter(&url, &[("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip")]);
+            export(&exporter).0.unwrap();
+            let seen = seen.lock().unwrap();
+            let (head, body) = &seen[0];
+            assert!(head.contains("content-encoding: gzip\r\n"), "{head}");
+            let mut plain = Vec::new();
+            flate2::read::GzDecoder::new(&body[..])
+                .read_to_end(&mut plain)
+                .unwrap();
+            decode(&plain);
+        }
+
+        #[test]
+        fn an_error_answer_is_an_export_error_and_only_some_are_retried() {
+            let (url, seen) = collector(vec![Some("500 Internal Server Error")]);
+            let (exporter, _rt) = start_exporter(&url, &[]);
+            let (result, took) = export(&exporter);
+            let err = result.unwrap_err().to_string();
+            assert!(err.contains("500"), "{err}");
+            assert!(took < Duration::from_secs(5), "{took:?}");
+            assert_eq!(seen.lock().unwrap().len(), 1, "500 is not retried");
+
+            // 503 is retried (with back-off) until the collector takes the batch.
+            let (url, seen) = collector(vec![
+                Some("503 Service Unavailable"),
+                Some("429 Too Many Requests"),
+                Some("200 OK"),
+            ]);
+            let (exporter, _rt) = start_exporter(&url, &[]);
+            export(&exporter).0.unwrap();
+            let seen = seen.lock().unwrap();
+            assert_eq!(seen.len(), 3);
+            assert_eq!(seen[0].1, seen[2].1, "the same batch each time");
+        }
+
+        #[test]
+        fn a_silent_or_absent_collector_times_out() {
+            let (url, seen) = collector(vec![None]);
+            let (exporter, _rt) =
+                start_exporter(&url, &[("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "300")]);
+            let (result, took) = export(&exporter);
+            assert!(result.is_err());
+            assert!(
+                took >= Duration::from_millis(250) && took < Duration::from_secs(3),
+                "{took:?}"
+            );
+            assert_eq!(seen.lock().unwrap().len(), 1);
+
+            // Nobody listening: connection refused, retried within the timeout, then an error.
+            let port = TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let (exporter, _rt) = start_exporter(
+                &format!("http://127.0.0.1:{port}/v1/traces"),
+                &[("OTEL_EXPORTER_OTLP_TIMEOUT", "500")],
+            );
+            let (result, took) = export(&exporter);
+            assert!(result.is_err());
+            assert!(took < Duration::from_secs(3), "{took:?}");
         }
     }
 }

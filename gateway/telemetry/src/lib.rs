@@ -7,14 +7,17 @@
 //!   (`telemetry.otlp_endpoint`, or the standard `OTEL_EXPORTER_OTLP_ENDPOINT` /
 //!   `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`); off by default. Finished spans go to the SDK's
 //!   batch processor: a bounded queue drained by its own thread, which drops spans when full,
-//!   so no request ever waits on the collector. The exporter's HTTP requests run on a
-//!   one-thread runtime of their own (not the application's).
+//!   so no request ever waits on the collector. The exporter is ours (`export.rs`, `otlp.rs`):
+//!   it writes each batch straight into OTLP protobuf bytes (a fraction of what
+//!   `opentelemetry-otlp`'s conversion to prost structs cost per span) and POSTs them with
+//!   the workspace's reqwest on a one-thread runtime of its own (not the application's).
 //! - Only spans with target [`TARGET`] are exported: their attributes are chosen by us (names,
 //!   counts, decisions), never a value a dependency happened to put on its own span.
 
 mod export;
 mod hot;
 mod json;
+mod otlp;
 mod prom_text;
 mod trace_context;
 
@@ -28,7 +31,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 
 pub use hot::{HotSpan, emit as emit_span};
 /// Attributes of a [`HotSpan`] (`KeyValue::new("http.route", route)`; keys are `&'static str`).
-pub use opentelemetry::KeyValue;
+pub use opentelemetry::{KeyValue, Value};
 pub use prom_text::openmetrics_to_text;
 pub use trace_context::{
     current_trace_id, current_traceparent, set_remote_parent, trace_id, trace_id_of_traceparent,
