@@ -131,6 +131,25 @@ fn config_parses_with_defaults_and_rejects_unknown_fields() {
 }
 
 #[test]
+fn the_network_mode_defaults_to_none_unless_a_proxy_container_needs_one() {
+    let parse = |json: &str| serde_json::from_str::<DockerConfig>(json).unwrap();
+    assert_eq!(parse("{}").sandbox_network(), SandboxNetwork::None);
+    let proxy = r#""proxy":{"container":"vault-proxy"}"#;
+    assert_eq!(
+        parse(&format!("{{{proxy}}}")).sandbox_network(),
+        SandboxNetwork::Internal
+    );
+    for (value, mode) in [
+        ("none", SandboxNetwork::None),
+        ("internal", SandboxNetwork::Internal),
+    ] {
+        let c = parse(&format!(r#"{{"network":"{value}"}}"#));
+        assert_eq!(c.sandbox_network(), mode);
+    }
+    assert!(serde_json::from_str::<DockerConfig>(r#"{"network":"bridge"}"#).is_err());
+}
+
+#[test]
 fn invalid_specs_are_refused_before_touching_the_engine() {
     let check = |edit: &dyn Fn(&mut SandboxSpec)| {
         let mut s = spec("v");

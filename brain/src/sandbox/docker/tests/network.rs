@@ -425,6 +425,18 @@ async fn a_bad_egress_upstream_or_runtime_dir_is_refused() {
     .await
     .expect_err("host:port required");
     assert!(matches!(err, BackendError::Invalid(_)), "{err:?}");
+    // A proxy container joins each sandbox's network: a sandbox without one cannot reach it.
+    let err = DockerBackend::connect(DockerConfig {
+        proxy: Some(DockerProxyConfig {
+            container: "vault-proxy".into(),
+            alias: None,
+        }),
+        network: Some(SandboxNetwork::None),
+        ..Default::default()
+    })
+    .await
+    .expect_err("a proxy container without a network");
+    assert!(err.to_string().contains("network: internal"), "{err}");
     // A runtime dir that is a symlink (e.g. planted in /tmp by someone else) is refused.
     let tmp = tempfile::tempdir().unwrap();
     let link = tmp.path().join("rt");
