@@ -269,6 +269,11 @@ static SANDBOX_NETWORKS: std::sync::Mutex<std::collections::BTreeMap<String, Str
 pub fn remember_sandbox_network(sandbox_id: &str) {
     let containers = labelled_containers(sandbox_id);
     let container = containers.first().expect("the sandbox has a container");
+    // A sandbox without a network (`network: none`, the default) has none to remember.
+    let mode = docker_cli(&["inspect", "-f", "{{.HostConfig.NetworkMode}}", container]);
+    if mode == "none" {
+        return;
+    }
     let label = "{{index .Config.Labels \"airlock.network\"}}";
     let net = docker_cli(&["inspect", "-f", label, container]);
     assert!(!net.is_empty(), "the container names its network");

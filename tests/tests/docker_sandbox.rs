@@ -24,12 +24,21 @@ fn assert_nothing_left(id: &str) {
 }
 
 async fn start_brain() -> BrainProcess {
+    start_brain_with("").await
+}
+
+/// A docker brain with `extra_yaml` merged into its config.
+async fn start_brain_with(extra_yaml: &str) -> BrainProcess {
     BrainProcess::start(BrainOptions {
         backend: "docker".into(),
+        extra_yaml: extra_yaml.into(),
         ..Default::default()
     })
     .await
 }
+
+/// Sandboxes on networks of their own (the mode a proxy container needs).
+const INTERNAL_NETWORK: &str = "sandbox:\n  docker:\n    network: internal\n";
 
 /// Provisions a sandbox and returns its id with a cleanup guard.
 async fn provision(brain: &BrainProcess, body: Value) -> (String, Cleanup) {
@@ -84,7 +93,10 @@ async fn docker_sandbox_exec_stream_timeout_and_delete() {
     )
     .await;
     let container = container_of(&id);
-    assert_eq!(labelled_networks(&id).len(), 1, "one network per sandbox");
+    // The default: no network at all (the agent and egress go over unix sockets).
+    assert!(labelled_networks(&id).is_empty(), "a network for {id}");
+    let mode = docker_cli(&["inspect", "-f", "{{.HostConfig.NetworkMode}}", &container]);
+    assert_eq!(mode, "none");
 
     // Exit code, stdout, stderr, default cwd, explicit cwd, user.
     let v = exec(
@@ -260,7 +272,8 @@ async fn docker_sandboxes_are_adopted_or_reaped_after_the_brain_is_killed() {
     if !docker_ready() {
         return;
     }
-    let mut brain = start_brain().await;
+    // With networks, so that a network left by a dead sandbox is seen to be reaped too.
+    let mut brain = start_brain_with(INTERNAL_NETWORK).await;
     let (adopted, _c1) = provision(&brain, json!({"task_description": "survives"})).await;
     let (lost, _c2) = provision(
         &brain,

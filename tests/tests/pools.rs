@@ -37,6 +37,14 @@ impl Naming {
         )
     }
 
+    /// [`Naming::yaml`] with sandboxes on networks of their own (and spare networks).
+    fn yaml_with_networks(&self, size: usize) -> String {
+        format!(
+            "{}    network: internal\npools:\n  - {{backend: docker, size: {size}}}\n",
+            self.0.docker_yaml()
+        )
+    }
+
     /// One `docker ps --format` field of every container with our prefix (running or not),
     /// split at commas (a list field) and newlines.
     fn containers_field(&self, format: &str) -> BTreeSet<String> {
@@ -365,7 +373,8 @@ async fn pool_survives_a_brain_sigkill_with_no_orphan_and_drains_on_shutdown() {
     let naming = Naming::new();
     let mut brain = BrainProcess::start(BrainOptions {
         backend: "docker".into(),
-        extra_yaml: naming.yaml(2),
+        // Networks, so that leaked ones (spares of the killed brain) would be seen.
+        extra_yaml: naming.yaml_with_networks(2),
         ..Default::default()
     })
     .await;

@@ -70,7 +70,38 @@ pub struct DockerConfig {
     /// Empty sandbox networks kept made ahead of time (`spare.rs`), so a provision skips the
     /// network create. Each is used by one sandbox and removed with it; they count against
     /// the engine's (or `subnet_pool`'s) network capacity. 0: every provision creates its own.
+    /// Only with [`SandboxNetwork::Internal`].
     pub spare_networks: usize,
+    /// How a sandbox is networked. Unset: [`SandboxNetwork::Internal`] when `proxy` is set
+    /// (the proxy container must join the sandbox's network), else [`SandboxNetwork::None`].
+    pub network: Option<SandboxNetwork>,
+}
+
+/// A sandbox's network (`sandbox.docker.network`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SandboxNetwork {
+    /// No network at all (`--network none`): loopback only. The agent's API and the egress
+    /// forward already go over the unix sockets in the runtime directory, so nothing is lost,
+    /// and there is no bridge, no address, no embedded DNS server and no network to sweep.
+    /// Also saves the engine's per-container set-up of a user-defined network at `start`
+    /// (its embedded DNS resolver: a re-exec of dockerd plus iptables calls in the container's
+    /// namespace), the largest step of a cold provision on Docker 20.10.
+    None,
+    /// The sandbox's own `--internal` bridge network without a host address (spare networks,
+    /// `subnet_pool`); the vault proxy container (`proxy`), when set, is its only other member.
+    Internal,
+}
+
+impl DockerConfig {
+    /// The network mode in effect (see [`DockerConfig::network`]).
+    pub fn sandbox_network(&self) -> SandboxNetwork {
+        self.network.unwrap_or(if self.proxy.is_some() {
+            SandboxNetwork::Internal
+        } else {
+            SandboxNetwork::None
+        })
+    }
 }
 
 impl Default for DockerConfig {
@@ -97,6 +128,7 @@ impl Default for DockerConfig {
             egress_max_connections: 256,
             caches: Default::default(),
             spare_networks: 2,
+            network: None,
         }
     }
 }

@@ -1,7 +1,11 @@
-//! Docker backend (`bollard`): one container plus one `--internal` bridge network per sandbox.
+//! Docker backend (`bollard`): one container per sandbox, with no network (the default) or
+//! its own `--internal` bridge network.
 //!
 //! What a sandbox gets (DESIGN.md, "Sandbox backends"):
-//! - its own internal network, `<network_prefix><id>` or a spare `<network_prefix>spare-<hex>`
+//! - by default ([`SandboxNetwork::None`]) no network at all: loopback only, so it can reach
+//!   nothing by IP and its only ways out are the two unix sockets below;
+//! - with [`SandboxNetwork::Internal`] (the default when [`DockerProxyConfig`] is set) its own
+//!   internal network, `<network_prefix><id>` or a spare `<network_prefix>spare-<hex>`
 //!   made empty ahead of time and used by this sandbox alone (`spare.rs`), whose bridge has
 //!   **no host address**
 //!   (`com.docker.network.bridge.inhibit_ipv4`): the sandbox can reach nothing by IP, not the
@@ -19,14 +23,23 @@
 //!   included), CPU and pids limits, a read-only root file system with size-limited tmpfs at
 //!   `/workspace` (owned by uid 1000, exec allowed) and `/tmp`, `docker-init` as PID 1 so
 //!   zombies are reaped, a capped log, no published ports;
-//! - the labels `airlock.sandbox=<id>` and `airlock.owner=<owner>` on both, so a restarted brain
-//!   finds (and reaps) what an earlier run left.
+//! - the labels `airlock.sandbox=<id>` and `airlock.owner=<owner>` on the container and its
+//!   network (if any), so a restarted brain finds (and reaps) what an earlier run left.
 //!
 //! Why unix sockets: on a plain internal network the host owns the bridge's gateway address,
 //! and Docker's isolation rules only drop *forwarded* packets, so a sandbox could open
 //! connections to any host service on `0.0.0.0` or the gateway address (measured on Docker
 //! 20.10). Without a host address on the bridge there is no such path, and also no way for the
 //! host to reach the container by IP, hence the sockets. Nothing is published on a host port.
+//!
+//! Why no network by default: with both sockets, the internal network carries nothing, yet it
+//! costs. Starting a container on any user-defined network makes the engine set up its
+//! embedded DNS server in the container's namespace (a re-exec of dockerd running iptables
+//! there): 60–110 ms of a cold start on Docker 20.10 on a loaded 2-core host, against a
+//! `none` or default-bridge container (`bench/engine_options.py`). That server is also a way
+//! out of its own on engines before 23.0.11/25.0.5/26.0 (CVE-2024-29018: names asked on an
+//! internal network are forwarded through a host loopback resolver). `--network none` has
+//! neither: only loopback, where the agent's egress forward listens.
 //!
 //! Runtime directory permissions: the parent `<runtime_dir>` is created mode 0711 and must be
 //! owned by the brain's uid (refused otherwise, e.g. a pre-planted `/tmp` path). Each
@@ -132,7 +145,7 @@ mod spare;
 mod spec;
 mod sweep;
 
-pub use config::{DockerConfig, DockerProxyConfig};
+pub use config::{DockerConfig, DockerProxyConfig, SandboxNetwork};
 use network::*;
 pub use runtime::default_runtime_dir;
 use runtime::*;
@@ -218,6 +231,13 @@ impl DockerBackend {
             .clone()
             .unwrap_or_else(default_runtime_dir);
         prepare_runtime_root(&runtime_root)?;
+        if config.proxy.is_some() && config.sandbox_network() == SandboxNetwork::None {
+            return Err(BackendError::Invalid(
+                "docker proxy (a vault-proxy container joined to each sandbox network) needs \
+                 network: internal"
+                    .into(),
+            ));
+        }
         let egress = match config.egress_upstream.as_deref() {
             Some(up)
                 if up
@@ -244,7 +264,11 @@ impl DockerBackend {
             egress,
             agent_socket: AGENT_SOCKET,
             subnet_pool,
-            spares: Arc::new(SpareNetworks::new(config.spare_networks)),
+            // Spares are networks: none are made for sandboxes that have none.
+            spares: Arc::new(SpareNetworks::new(match config.sandbox_network() {
+                SandboxNetwork::Internal => config.spare_networks,
+                SandboxNetwork::None => 0,
+            })),
             config: Arc::new(config),
         })
     }

@@ -32,22 +32,29 @@ impl DockerBackend {
             tracing::debug!(sandbox = %spec.id, step = name, elapsed_us = t0.elapsed().as_micros() as u64, "docker provision step");
         };
 
-        // 1. The network: internal (no gateway to the outside), no masquerading. A spare made
-        //    ahead of time when there is one (`spare.rs`), else the sandbox's own.
-        let mut spare = if spares {
+        // 1. The network, if any (`SandboxNetwork`): internal (no gateway to the outside), no
+        //    masquerading. A spare made ahead of time when there is one (`spare.rs`), else the
+        //    sandbox's own.
+        let internal = self.config.sandbox_network() == SandboxNetwork::Internal;
+        let mut spare = if spares && internal {
             self.spares.take(&spec.owner)
         } else {
             None
         };
         let network_labels = labels.clone();
-        let (network_id, network_name) = self
-            .sandbox_network(spec, &network_labels, spare.clone(), created)
-            .await?;
-        step(if spare.is_some() {
-            "spare network taken"
+        let mut network = if internal {
+            let network = self
+                .sandbox_network(spec, &network_labels, spare.clone(), created)
+                .await?;
+            step(if spare.is_some() {
+                "spare network taken"
+            } else {
+                "network created"
+            });
+            Some(network)
         } else {
-            "network created"
-        });
+            None
+        };
 
         // 2. Files, staged for read-only bind mounts.
         let mut mounts = if spec.files.is_empty() {
@@ -71,6 +78,7 @@ impl DockerBackend {
             read_only: Some(false),
             ..Default::default()
         });
+        step("files and runtime dir ready");
         // Appended to the image's entrypoint (`sandbox-agent … --listen 0.0.0.0:7700`); the
         // agent lets a later `--listen` override the earlier one.
         let mut cmd = vec![
@@ -146,7 +154,8 @@ impl DockerBackend {
             );
         }
         let host_config = HostConfig {
-            network_mode: Some(network_name.clone()),
+            // Set per attempt below.
+            network_mode: None,
             memory: Some(memory),
             memory_swap: Some(memory),
             nano_cpus: Some((spec.resources.cpus * 1e9).round() as i64),
@@ -192,14 +201,16 @@ impl DockerBackend {
         let options = CreateContainerOptionsBuilder::default()
             .name(&container_name)
             .build();
-        let (mut network_id, mut network_name) = (network_id, network_name);
         let container = loop {
             // The container records its network, so a sweep by label removes a spare too.
-            if let Some(l) = body.labels.as_mut() {
+            if let (Some(l), Some((network_id, _))) = (body.labels.as_mut(), &network) {
                 l.insert(NETWORK_LABEL.to_string(), network_id.clone());
             }
             if let Some(hc) = body.host_config.as_mut() {
-                hc.network_mode = Some(network_name.clone());
+                hc.network_mode = Some(match &network {
+                    Some((_, name)) => name.clone(),
+                    None => "none".to_string(),
+                });
             }
             match self
                 .docker
@@ -209,11 +220,12 @@ impl DockerBackend {
                 Ok(container) => break container,
                 // A spare another brain's sweep removed meanwhile: make our own and retry.
                 Err(e) if spare.is_some() && status(&e) == Some(404) && !no_such_image(&e) => {
-                    tracing::info!(sandbox = %spec.id, network = %network_name, error = %e, "spare network gone; creating one");
+                    tracing::info!(sandbox = %spec.id, network = ?network.as_ref().map(|n| &n.1), error = %e, "spare network gone; creating one");
                     spare = None;
-                    (network_id, network_name) = self
-                        .sandbox_network(spec, &network_labels, None, created)
-                        .await?;
+                    network = Some(
+                        self.sandbox_network(spec, &network_labels, None, created)
+                            .await?,
+                    );
                 }
                 Err(e) if status(&e) == Some(404) && no_such_image(&e) => {
                     return Err(image_missing(&image));
@@ -224,8 +236,9 @@ impl DockerBackend {
         created.container = Some(container.id.clone());
         step("container created");
 
-        // 5. Start, wait for the agent on its socket. The container's address is read while
-        //    the agent starts (the sandbox is not ready before the agent answers anyway).
+        // 5. Start, wait for the agent on its socket. The container's address on its network
+        //    (if it has one) is read while the agent starts (the sandbox is not ready before
+        //    the agent answers anyway).
         self.docker
             .start_container(&container.id, None)
             .await
@@ -233,6 +246,9 @@ impl DockerBackend {
         step("container started");
         let agent_url = format!("{UNIX_PREFIX}{}", runtime_dir.join(AGENT_SOCKET).display());
         let inspect = async {
+            let Some((_, network_name)) = &network else {
+                return Ok(None);
+            };
             let inspect = self
                 .docker
                 .inspect_container(&container.id, None)
@@ -241,7 +257,8 @@ impl DockerBackend {
             inspect
                 .network_settings
                 .and_then(|n| n.networks)
-                .and_then(|mut n| n.remove(&network_name))
+                .and_then(|mut n| n.remove(network_name))
+                .map(Some)
                 .ok_or_else(|| {
                     BackendError::Unavailable(format!(
                         "container is not attached to {network_name}"
@@ -259,10 +276,15 @@ impl DockerBackend {
         let mut extra = BTreeMap::from([
             (EXTRA_CONTAINER_ID.to_string(), container.id.clone()),
             (EXTRA_CONTAINER_NAME.to_string(), container_name),
-            (EXTRA_NETWORK_ID.to_string(), network_id),
-            (EXTRA_NETWORK_NAME.to_string(), network_name),
         ]);
-        if let Some(ip) = endpoint.ip_address.filter(|ip| !ip.is_empty()) {
+        if let Some((network_id, network_name)) = network {
+            extra.insert(EXTRA_NETWORK_ID.to_string(), network_id);
+            extra.insert(EXTRA_NETWORK_NAME.to_string(), network_name);
+        }
+        if let Some(ip) = endpoint
+            .and_then(|e| e.ip_address)
+            .filter(|ip| !ip.is_empty())
+        {
             extra.insert(EXTRA_SANDBOX_IP.to_string(), ip);
         }
         if let Some(dir) = &created.files_dir {

@@ -4,7 +4,22 @@ use super::*;
 
 #[tokio::test]
 async fn limits_and_hardening_are_in_the_host_config() {
-    let Some(b) = backend().await else { return };
+    for mode in [SandboxNetwork::None, SandboxNetwork::Internal] {
+        let Some(b) = backend_with(DockerConfig {
+            startup_timeout_seconds: 60,
+            spare_networks: 0,
+            network: Some(mode),
+            ..Default::default()
+        })
+        .await
+        else {
+            return;
+        };
+        limits_and_hardening_with(&b, mode).await;
+    }
+}
+
+async fn limits_and_hardening_with(b: &DockerBackend, mode: SandboxNetwork) {
     let mut s = spec("limits");
     s.resources = Resources {
         cpus: 0.5,
@@ -38,10 +53,6 @@ async fn limits_and_hardening_are_in_the_host_config() {
         hc.port_bindings.unwrap_or_default().is_empty(),
         "no published ports"
     );
-    assert_eq!(
-        hc.network_mode.as_deref(),
-        Some(h.extra[EXTRA_NETWORK_NAME].as_str())
-    );
     let tmpfs = hc.tmpfs.unwrap();
     assert!(tmpfs["/workspace"].contains("uid=1000") && tmpfs["/workspace"].contains("size="));
     assert!(tmpfs["/tmp"].contains("size="));
@@ -55,8 +66,33 @@ async fn limits_and_hardening_are_in_the_host_config() {
         labels.get(OWNER_LABEL).map(String::as_str),
         Some(TEST_OWNER)
     );
-    // The only network is the sandbox's own, and it is internal.
     let networks = inspect.network_settings.unwrap().networks.unwrap();
+    if mode == SandboxNetwork::None {
+        // No network: loopback only, and nothing in the handle names one.
+        assert_eq!(hc.network_mode.as_deref(), Some("none"));
+        assert_eq!(networks.keys().collect::<Vec<_>>(), vec!["none"]);
+        for key in [EXTRA_NETWORK_ID, EXTRA_NETWORK_NAME, EXTRA_SANDBOX_IP] {
+            assert!(!h.extra.contains_key(key), "{key} in {:?}", h.extra);
+        }
+        assert!(!labels.contains_key(NETWORK_LABEL));
+        let r = sh(b, &h, "cat /proc/net/dev").await;
+        let interfaces: Vec<&str> = r
+            .stdout
+            .lines()
+            .skip(2)
+            .filter_map(|l| l.split(':').next())
+            .map(str::trim)
+            .collect();
+        assert_eq!(interfaces, vec!["lo"], "{}", r.stdout);
+        b.destroy(&h).await.unwrap();
+        assert_gone(&s.id);
+        return;
+    }
+    assert_eq!(
+        hc.network_mode.as_deref(),
+        Some(h.extra[EXTRA_NETWORK_NAME].as_str())
+    );
+    // The only network is the sandbox's own, and it is internal.
     assert_eq!(
         networks.keys().collect::<Vec<_>>(),
         vec![&h.extra[EXTRA_NETWORK_NAME]]

@@ -112,6 +112,7 @@ async fn networks_are_carved_from_the_subnet_pool() {
         image: probe.config.image.clone(),
         subnet_pool: Some("10.213.0.0/16".into()),
         spare_networks: 0,
+        network: Some(SandboxNetwork::Internal),
         ..Default::default()
     };
     let b = DockerBackend::connect(config).await.unwrap();
@@ -202,7 +203,23 @@ async fn probe(b: &DockerBackend, h: &SandboxHandle, targets: &[String]) -> Vec<
 
 #[tokio::test]
 async fn the_host_and_other_sandboxes_are_unreachable() {
-    let Some(b) = backend().await else { return };
+    for mode in [SandboxNetwork::None, SandboxNetwork::Internal] {
+        let Some(b) = backend_with(DockerConfig {
+            startup_timeout_seconds: 60,
+            spare_networks: 0,
+            network: Some(mode),
+            ..Default::default()
+        })
+        .await
+        else {
+            return;
+        };
+        unreachable_with(&b, mode).await;
+    }
+}
+
+async fn unreachable_with(b: &DockerBackend, mode: SandboxNetwork) {
+    let b = b.clone();
     // Host services a sandbox must not reach: one on every address, one on docker0.
     let any = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
     let any_port = any.local_addr().unwrap().port();
@@ -228,8 +245,12 @@ async fn the_host_and_other_sandboxes_are_unreachable() {
         "host services reachable from a sandbox: {open:?}"
     );
 
-    // Another sandbox's listener: reachable from itself, not from the first sandbox.
-    let other = format!("{}:8000", h2.extra[EXTRA_SANDBOX_IP]);
+    // Another sandbox's listener: reachable from itself, not from the first sandbox. (Without
+    // a network a sandbox has no address another could try; 127.0.0.1 is its own.)
+    let other = match mode {
+        SandboxNetwork::Internal => format!("{}:8000", h2.extra[EXTRA_SANDBOX_IP]),
+        SandboxNetwork::None => "127.0.0.1:8000".to_string(),
+    };
     let serve = "nohup python3 -c 'import socket,time; s=socket.socket(); \
                      s.bind((\"0.0.0.0\", 8000)); s.listen(8); time.sleep(600)' >/dev/null 2>&1 &";
     assert_eq!(sh(&b, &h2, serve).await.exit_code, Some(0));
@@ -250,6 +271,15 @@ async fn the_host_and_other_sandboxes_are_unreachable() {
     );
     let open = probe(&b, &h1, std::slice::from_ref(&other)).await;
     assert!(open.is_empty(), "one sandbox reaches another: {open:?}");
+    if mode == SandboxNetwork::None {
+        let r = sh(&b, &h1, "cat /proc/net/route").await;
+        assert_eq!(
+            r.stdout.lines().count(),
+            1,
+            "routes without a network:\n{}",
+            r.stdout
+        );
+    }
 
     // No IPv6 either: the host side of the bridge has a link-local address, so the
     // sandbox must have no IPv6 address besides loopback (Docker disables IPv6 in
@@ -395,6 +425,18 @@ async fn a_bad_egress_upstream_or_runtime_dir_is_refused() {
     .await
     .expect_err("host:port required");
     assert!(matches!(err, BackendError::Invalid(_)), "{err:?}");
+    // A proxy container joins each sandbox's network: a sandbox without one cannot reach it.
+    let err = DockerBackend::connect(DockerConfig {
+        proxy: Some(DockerProxyConfig {
+            container: "vault-proxy".into(),
+            alias: None,
+        }),
+        network: Some(SandboxNetwork::None),
+        ..Default::default()
+    })
+    .await
+    .expect_err("a proxy container without a network");
+    assert!(err.to_string().contains("network: internal"), "{err}");
     // A runtime dir that is a symlink (e.g. planted in /tmp by someone else) is refused.
     let tmp = tempfile::tempdir().unwrap();
     let link = tmp.path().join("rt");

@@ -9,6 +9,7 @@ async fn spare_backend(size: usize) -> Option<DockerBackend> {
     backend_with(DockerConfig {
         startup_timeout_seconds: 60,
         spare_networks: size,
+        network: Some(SandboxNetwork::Internal),
         ..Default::default()
     })
     .await
