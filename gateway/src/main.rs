@@ -69,6 +69,7 @@ async fn serve(args: Args, cfg: gateway::config::Config) -> anyhow::Result<()> {
         writeln!(out, "listening on {addr}")?;
         out.flush()?;
     }
+    drop_startup_code();
     gateway::run(gw, listener, shutdown()).await?;
     Ok(())
 }
@@ -104,6 +105,62 @@ fn limit_malloc_arenas() {
         // SAFETY: called first thing in main, before any other thread exists.
         unsafe {
             libc::mallopt(libc::M_ARENA_MAX, 1);
+        }
+    }
+}
+
+/// Unmap (from this process only) the code pages that start-up touched, once it is done.
+///
+/// The kernel maps a file-backed page together with its in-page-cache neighbours (fault-around,
+/// 64 KiB windows), so by the time the gateway listens ~11 MB of its ~12 MB `.text` count as
+/// resident: start-up runs clap, the YAML parser, the config and price-table code, sqlx's
+/// migrations and connection set-up, scattered over the whole binary. Serving requests needs
+/// fewer windows (bench/gateway, release, 50 connections: ~9 MB of `.text` back after the drop).
+/// After `MADV_DONTNEED` the pages stay in the page cache and come back on the next execution
+/// (a minor fault, no disk read), so only the start-up-only code leaves the resident set: with
+/// `build.rs`'s packed relocations, idle RSS 17.1 → 14.9 MB and peak VmHWM under load
+/// 22.0–22.7 → 20.2–20.8 MB, same minute (the relocations alone: −0.6 MB, within the run-to-run
+/// noise of `.text`'s windows). The mapping is private, read-only and never written, so no
+/// contents are lost (only breakpoints or uprobes set before this call, since they live in
+/// copied pages). `GATEWAY_DROP_STARTUP_CODE=0` keeps the pages.
+fn drop_startup_code() {
+    #[cfg(target_os = "linux")]
+    {
+        if std::env::var_os("GATEWAY_DROP_STARTUP_CODE").is_some_and(|v| v == "0") {
+            return;
+        }
+        // The executable's code mapping is the one holding this function.
+        let anchor = drop_startup_code as *const () as usize;
+        let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+            return;
+        };
+        for line in maps.lines() {
+            let mut fields = line.split_whitespace();
+            let (Some(range), Some(perms)) = (fields.next(), fields.next()) else {
+                continue;
+            };
+            let Some((start, end)) = range.split_once('-') else {
+                continue;
+            };
+            let (Ok(start), Ok(end)) = (
+                usize::from_str_radix(start, 16),
+                usize::from_str_radix(end, 16),
+            ) else {
+                continue;
+            };
+            if perms == "r-xp" && (start..end).contains(&anchor) {
+                // SAFETY: a private, read-only, file-backed mapping of this executable, page
+                // aligned (from /proc/self/maps): MADV_DONTNEED only drops its page-table
+                // entries and the next access refills them from the same file (which cannot
+                // change while it runs: ETXTBSY). No Rust object lives in it.
+                let rc = unsafe {
+                    libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED)
+                };
+                if rc != 0 {
+                    tracing::debug!("madvise(code pages): {}", std::io::Error::last_os_error());
+                }
+                return;
+            }
         }
     }
 }
