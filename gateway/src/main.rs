@@ -121,10 +121,11 @@ fn limit_malloc_arenas() {
 /// next access (a minor fault, no disk read), so only the start-up-only pages leave the resident
 /// set: with `build.rs`'s packed relocations, idle RSS 17.0 → 14.0 MB and peak VmHWM under load
 /// 22.5–23.0 → 20.3–20.8 MB, same minute, alternating (`.rodata` adds ~0.2 MB of it, the
-/// relocations ~0.6 MB; `.text`'s windows move by ±0.5 MB from run to run). Only read-only mappings of the executable that
-/// hold no private (copied) page are dropped, so no contents are lost: never the RELRO segment
-/// the loader relocated, and a page differs from the file only when a breakpoint or uprobe was
-/// set in it before this call. `GATEWAY_DROP_STARTUP_CODE=0` keeps the pages.
+/// relocations ~0.6 MB; `.text`'s windows move by ±0.5 MB from run to run). Only read-only
+/// mappings of the executable that hold no private (copied) page are dropped, so no contents
+/// are lost: never the RELRO segment the loader relocated, and a page differs from the file
+/// only when a breakpoint or uprobe was set in it before this call.
+/// `GATEWAY_DROP_STARTUP_CODE=0` keeps the pages.
 fn drop_startup_code() {
     #[cfg(target_os = "linux")]
     {
