@@ -69,6 +69,7 @@ async fn serve(args: Args, cfg: gateway::config::Config) -> anyhow::Result<()> {
         writeln!(out, "listening on {addr}")?;
         out.flush()?;
     }
+    drop_startup_code();
     gateway::run(gw, listener, shutdown()).await?;
     Ok(())
 }
@@ -105,5 +106,146 @@ fn limit_malloc_arenas() {
         unsafe {
             libc::mallopt(libc::M_ARENA_MAX, 1);
         }
+    }
+}
+
+/// Unmap (from this process only) the binary's code and read-only data pages that start-up
+/// touched, once it is done.
+///
+/// The kernel maps a file-backed page together with its in-page-cache neighbours (fault-around,
+/// 64 KiB windows), so by the time the gateway listens ~11 MB of its ~12 MB `.text` (and most of
+/// `.rodata`) count as resident: start-up runs clap, the YAML parser, the config and price-table
+/// code, sqlx's migrations and connection set-up, scattered over the whole binary. Serving
+/// requests needs fewer windows (bench/gateway, release, 50 connections: ~9 MB of `.text` back
+/// after the drop). After `MADV_DONTNEED` the pages stay in the page cache and come back on the
+/// next access (a minor fault, no disk read), so only the start-up-only pages leave the resident
+/// set: with `build.rs`'s packed relocations, idle RSS 17.0 → 14.0 MB and peak VmHWM under load
+/// 22.5–23.0 → 20.3–20.8 MB, same minute, alternating (`.rodata` adds ~0.2 MB of it, the
+/// relocations ~0.6 MB; `.text`'s windows move by ±0.5 MB from run to run). Only read-only
+/// mappings of the executable that hold no private (copied) page are dropped, so no contents
+/// are lost: never the RELRO segment the loader relocated, and a page differs from the file
+/// only when a breakpoint or uprobe was set in it before this call.
+/// `GATEWAY_DROP_STARTUP_CODE=0` keeps the pages.
+fn drop_startup_code() {
+    #[cfg(target_os = "linux")]
+    {
+        if std::env::var_os("GATEWAY_DROP_STARTUP_CODE").is_some_and(|v| v == "0") {
+            return;
+        }
+        let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else {
+            return;
+        };
+        for (start, end) in startup_pages(&smaps, drop_startup_code as *const () as usize) {
+            // SAFETY: a private, read-only, file-backed mapping of this executable without
+            // private pages, page aligned (from /proc/self/smaps): MADV_DONTNEED only drops
+            // its page-table entries and the next access refills them from the same file
+            // (which cannot change while it runs: ETXTBSY). No Rust object lives in it.
+            let rc = unsafe {
+                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED)
+            };
+            if rc != 0 {
+                tracing::debug!("madvise(code pages): {}", std::io::Error::last_os_error());
+            }
+        }
+    }
+}
+
+/// The ranges [`drop_startup_code`] may drop, from `/proc/self/smaps` text: the read-only
+/// (`r-xp`, `r--p`) mappings of the file whose mapping holds `anchor` (an address in this
+/// binary's code) that have no anonymous (copied-on-write) page.
+#[cfg(target_os = "linux")]
+fn startup_pages(smaps: &str, anchor: usize) -> Vec<(usize, usize)> {
+    struct Mapping<'a> {
+        start: usize,
+        end: usize,
+        perms: &'a str,
+        file: (&'a str, &'a str),
+        anonymous: Option<u64>,
+    }
+    let mut maps: Vec<Mapping> = Vec::new();
+    for line in smaps.lines() {
+        let mut fields = line.split_whitespace();
+        let Some(first) = fields.next() else { continue };
+        if let Some(v) = first.strip_prefix("Anonymous:").map(|_| fields.next()) {
+            if let (Some(m), Some(kb)) = (maps.last_mut(), v.and_then(|v| v.parse().ok())) {
+                m.anonymous = Some(kb);
+            }
+            continue;
+        }
+        // A mapping's header: `start-end perms offset dev inode [path]`.
+        let Some((start, end)) = first.split_once('-') else {
+            continue;
+        };
+        let (Ok(start), Ok(end)) = (
+            usize::from_str_radix(start, 16),
+            usize::from_str_radix(end, 16),
+        ) else {
+            continue;
+        };
+        let (Some(perms), Some(_offset), Some(dev), Some(inode)) =
+            (fields.next(), fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        maps.push(Mapping {
+            start,
+            end,
+            perms,
+            file: (dev, inode),
+            anonymous: None,
+        });
+    }
+    let Some(own) = maps
+        .iter()
+        .find(|m| (m.start..m.end).contains(&anchor) && m.file.1 != "0")
+        .map(|m| m.file)
+    else {
+        return Vec::new();
+    };
+    maps.iter()
+        .filter(|m| m.file == own && matches!(m.perms, "r-xp" | "r--p") && m.anonymous == Some(0))
+        .map(|m| (m.start, m.end))
+        .collect()
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    #[test]
+    fn only_clean_read_only_mappings_of_the_binary_are_dropped() {
+        let smaps = "\
+55d0a0000000-55d0a0100000 r--p 00000000 fe:01 1234  /usr/bin/gateway
+Rss:                1000 kB
+Anonymous:             0 kB
+55d0a0100000-55d0a0d00000 r-xp 00100000 fe:01 1234  /usr/bin/gateway
+Anonymous:             0 kB
+55d0a0d00000-55d0a0d80000 r--p 00d00000 fe:01 1234  /usr/bin/gateway
+Anonymous:           512 kB
+55d0a0d80000-55d0a0d90000 rw-p 00d80000 fe:01 1234  /usr/bin/gateway
+Anonymous:            32 kB
+7f0000000000-7f0000100000 r-xp 00000000 fe:01 99  /usr/lib/libc.so.6
+Anonymous:             0 kB
+7f0000200000-7f0000300000 rw-p 00000000 00:00 0
+Anonymous:          1024 kB
+";
+        // The anchor in the binary's code: its clean r--p and r-xp go, never the relocated
+        // RELRO segment (anonymous pages), its data or another file.
+        assert_eq!(
+            super::startup_pages(smaps, 0x55d0a0100040),
+            vec![
+                (0x55d0a0000000, 0x55d0a0100000),
+                (0x55d0a0100000, 0x55d0a0d00000)
+            ]
+        );
+        // An anchor nowhere known, or in anonymous memory: nothing.
+        assert!(super::startup_pages(smaps, 0x1000).is_empty());
+        assert!(super::startup_pages(smaps, 0x7f0000200040).is_empty());
+        // This process's own smaps: the test binary's code mapping is found and clean.
+        let own = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let anchor = only_clean_read_only_mappings_of_the_binary_are_dropped as *const () as usize;
+        let got = super::startup_pages(&own, anchor);
+        assert!(
+            got.iter().any(|&(s, e)| (s..e).contains(&anchor)),
+            "{got:x?}"
+        );
     }
 }

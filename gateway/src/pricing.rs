@@ -94,10 +94,14 @@ impl PriceTable {
     /// Parse LiteLLM's JSON format. Entries without token prices (images, audio,
     /// `sample_spec`) are skipped rather than failing the file.
     pub fn parse(json: &str) -> Result<PriceTable, serde_json::Error> {
-        let raw: HashMap<String, serde_json::Value> = serde_json::from_str(json)?;
+        // Each entry is kept as its raw text and decoded alone: the file is never a
+        // `serde_json::Value` tree (~10 allocations per entry, a few MB for LiteLLM's full
+        // file), and an entry of another shape is skipped instead of failing the load.
+        let raw: HashMap<String, &serde_json::value::RawValue> = serde_json::from_str(json)?;
         let mut t = PriceTable::default();
+        t.map.reserve(raw.len());
         for (k, v) in raw {
-            let Ok(e) = serde_json::from_value::<Entry>(v) else {
+            let Ok(e) = serde_json::from_str::<Entry>(v.get()) else {
                 continue;
             };
             let (Some(i), o) = (e.input_cost_per_token, e.output_cost_per_token) else {
@@ -473,6 +477,23 @@ mod tests {
             load_file(f.to_str().unwrap()),
             Err(PricingError::Parse { .. })
         ));
+    }
+
+    #[test]
+    fn entries_of_another_shape_are_skipped_not_fatal() {
+        // LiteLLM's own file has `sample_spec` with prose where the numbers go; keys with
+        // escapes must survive the raw-entry parse too.
+        let t = PriceTable::parse(
+            r#"{"sample_spec": {"input_cost_per_token": "cost per input token", "output_cost_per_token": 0},
+                "list": [1, 2],
+                "a\u002fb": {"input_cost_per_token": 3e-6, "output_cost_per_token": 4e-6, "litellm_provider": "openai"},
+                "c": {"input_cost_per_token": 1e-6}}"#,
+        )
+        .unwrap();
+        assert_eq!(t.len(), 2);
+        assert_eq!(t.find(None, "a/b").unwrap().output, 4e-6);
+        assert_eq!(t.find(None, "c").unwrap().output, 0.0);
+        assert!(t.find(None, "sample_spec").is_none());
     }
 
     #[test]
