@@ -60,8 +60,8 @@ fn proxy_addr_from_log(log: &str) -> String {
         .unwrap_or_else(|| panic!("no proxy address in the brain log:\n{log}"))
 }
 
-/// The IPv4 addresses of the container of sandbox `id` on every network it is attached to.
-fn b_container_addresses(id: &str) -> Vec<String> {
+/// The id of sandbox `id`'s running container.
+fn sandbox_container(id: &str) -> String {
     let out = std::process::Command::new("docker")
         .args([
             "ps",
@@ -71,7 +71,12 @@ fn b_container_addresses(id: &str) -> Vec<String> {
         ])
         .output()
         .expect("docker ps");
-    let container = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The IPv4 addresses of the container of sandbox `id` on every network it is attached to.
+fn b_container_addresses(id: &str) -> Vec<String> {
+    let container = sandbox_container(id);
     let out = std::process::Command::new("docker")
         .args([
             "inspect",
@@ -89,16 +94,7 @@ fn b_container_addresses(id: &str) -> Vec<String> {
 
 /// The network mode docker gave sandbox `id`'s container (`none`, or its network's name).
 fn container_network_mode(id: &str) -> String {
-    let out = std::process::Command::new("docker")
-        .args([
-            "ps",
-            "-q",
-            "--filter",
-            &format!("label=airlock.sandbox={id}"),
-        ])
-        .output()
-        .expect("docker ps");
-    let container = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let container = sandbox_container(id);
     let out = std::process::Command::new("docker")
         .args(["inspect", "-f", "{{.HostConfig.NetworkMode}}", &container])
         .output()

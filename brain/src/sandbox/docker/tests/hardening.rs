@@ -5,14 +5,7 @@ use super::*;
 #[tokio::test]
 async fn limits_and_hardening_are_in_the_host_config() {
     for mode in [SandboxNetwork::None, SandboxNetwork::Internal] {
-        let Some(b) = backend_with(DockerConfig {
-            startup_timeout_seconds: 60,
-            spare_networks: 0,
-            network: Some(mode),
-            ..Default::default()
-        })
-        .await
-        else {
+        let Some(b) = backend_on_network(mode).await else {
             return;
         };
         limits_and_hardening_with(&b, mode).await;

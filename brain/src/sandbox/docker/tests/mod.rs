@@ -17,6 +17,17 @@ fn skip(why: &str) {
     eprintln!("SKIP docker backend test: {why}");
 }
 
+/// A backend whose sandboxes get network `mode`, with no spare networks.
+async fn backend_on_network(mode: SandboxNetwork) -> Option<DockerBackend> {
+    backend_with(DockerConfig {
+        startup_timeout_seconds: 60,
+        spare_networks: 0,
+        network: Some(mode),
+        ..Default::default()
+    })
+    .await
+}
+
 async fn backend_with(mut config: DockerConfig) -> Option<DockerBackend> {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())

@@ -204,14 +204,7 @@ async fn probe(b: &DockerBackend, h: &SandboxHandle, targets: &[String]) -> Vec<
 #[tokio::test]
 async fn the_host_and_other_sandboxes_are_unreachable() {
     for mode in [SandboxNetwork::None, SandboxNetwork::Internal] {
-        let Some(b) = backend_with(DockerConfig {
-            startup_timeout_seconds: 60,
-            spare_networks: 0,
-            network: Some(mode),
-            ..Default::default()
-        })
-        .await
-        else {
+        let Some(b) = backend_on_network(mode).await else {
             return;
         };
         unreachable_with(&b, mode).await;
