@@ -45,6 +45,12 @@ use crate::store::{Store, StoreError};
 use std::sync::Arc;
 use tracing::Instrument;
 
+/// The maps the request path touches (keys by token hash, rate windows, in-flight counts,
+/// per-model metrics, model groups): std's SipHash cost ~1k instructions per lookup of a
+/// 64-character token hash, five to eight times a request (callgrind). foldhash is seeded per
+/// process; these maps hold only names from the config and hashes of stored keys.
+pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
 /// Errors from building a gateway.
 #[derive(Debug, thiserror::Error)]
 pub enum InitError {
@@ -414,24 +420,282 @@ impl Gateway {
     }
 }
 
+/// Serve the gateway on `workers` threads, each running its own single-threaded runtime, until
+/// `shutdown` resolves; then flush spend. The standalone binary's server.
+///
+/// Why not one multi-threaded runtime: a request then hops threads. The server connection's
+/// task, the upstream connection's task (spawned by the client pool wherever it was created)
+/// and the spend writer each ran on whichever worker took them, and every hop is a wake of
+/// another thread (futex): 2.4 futex calls per request at one connection (strace), and the
+/// added latency at one connection was mostly those wake-ups. Here a connection is served and
+/// forwarded upstream on one thread (each thread keeps its own upstream pool, see
+/// [`providers::RawClient`]); threads share only the gateway's state (keys, limits, metrics).
+///
+/// Connections are dealt round-robin by one acceptor. Each thread accepting from the shared
+/// socket itself let the first thread awake take a whole burst of connections (all 50 of a
+/// load test), leaving the others idle.
+///
+/// `rt` is the current-thread runtime the gateway was built on: its background tasks (spend
+/// writer, limit sync, key refresh) and the acceptor live there, and it serves connections too.
+pub fn run_threads(
+    rt: tokio::runtime::Runtime,
+    gw: Gateway,
+    listener: std::net::TcpListener,
+    workers: usize,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    listener.set_nonblocking(true)?;
+    let local = listener.local_addr()?;
+    let app = gw.router().into_make_service();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let workers = workers.max(1);
+    let mut hand = Vec::with_capacity(workers);
+    let (tx, own) = tokio::sync::mpsc::unbounded_channel();
+    hand.push(tx);
+    let mut threads = Vec::with_capacity(workers - 1);
+    for i in 1..workers {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        hand.push(tx);
+        let app = app.clone();
+        let mut stop = stop_rx.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("gateway-{i}"))
+            .spawn(move || -> std::io::Result<()> {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?
+                    .block_on(serve_connections(Handoff { rx, local }, app, async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    }))
+            })?;
+        threads.push(thread);
+    }
+    let served = rt.block_on(async {
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        tokio::spawn(deal_connections(listener, hand, stop_rx));
+        serve_connections(Handoff { rx: own, local }, app, async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        })
+        .await
+    });
+    let mut result = served;
+    for t in threads {
+        let r = t
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("a gateway thread panicked")));
+        if result.is_ok() {
+            result = r;
+        }
+    }
+    rt.block_on(gw.flush());
+    result
+}
+
+/// A connection accepted on the shared socket, for the thread that will serve it.
+type Dealt = (std::net::TcpStream, std::net::SocketAddr);
+
+/// Accepts connections and deals them round-robin to the serving threads until `stop`; then
+/// drops the socket, so later connections are refused rather than left unanswered.
+async fn deal_connections(
+    listener: tokio::net::TcpListener,
+    hand: Vec<tokio::sync::mpsc::UnboundedSender<Dealt>>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut next = 0usize;
+    let stopped = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    tokio::pin!(stopped);
+    loop {
+        let (tcp, addr) = tokio::select! {
+            _ = &mut stopped => return,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // As axum's own accept loop: out of descriptors and the like pass.
+                    tracing::debug!("accept: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                    continue;
+                }
+            },
+        };
+        // Off this runtime's reactor; the serving thread registers it with its own.
+        let Ok(tcp) = tcp.into_std() else { continue };
+        if hand[next % hand.len()].send((tcp, addr)).is_err() {
+            return;
+        }
+        next = next.wrapping_add(1);
+    }
+}
+
+/// The connections dealt to one serving thread, as an axum listener.
+struct Handoff {
+    rx: tokio::sync::mpsc::UnboundedReceiver<Dealt>,
+    local: std::net::SocketAddr,
+}
+
+impl axum::serve::Listener for Handoff {
+    type Io = tokio::net::TcpStream;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Some((tcp, addr)) = self.rx.recv().await else {
+                // The acceptor is gone (shutting down): nothing more comes.
+                return std::future::pending().await;
+            };
+            match tokio::net::TcpStream::from_std(tcp) {
+                Ok(tcp) => return (tcp, addr),
+                Err(e) => tracing::debug!("registering a connection: {e}"),
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
+    }
+}
+
+/// Serve HTTP connections from `listener` on the current runtime until `shutdown` resolves
+/// and the open connections have finished.
+async fn serve_connections<L>(
+    listener: L,
+    app: axum::routing::IntoMakeService<axum::Router>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener<Io = tokio::net::TcpStream, Addr = std::net::SocketAddr>,
+{
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("TCP_NODELAY: {e}");
+        }
+    });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
 /// Serve the gateway on a bound listener until `shutdown` resolves, then flush spend.
 pub async fn run(
     gw: Gateway,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
-    let app = gw.router();
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!("TCP_NODELAY: {e}");
-        }
-    });
     // `into_make_service` turns the routes into services once; serving the `Router`
     // itself rebuilds its route table for every connection (~9 kB each, heaptrack).
-    axum::serve(listener, app.into_make_service())
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    serve_connections(listener, gw.router().into_make_service(), shutdown).await?;
     gw.flush().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod thread_tests {
+    use super::*;
+    use std::collections::HashSet;
+    use std::net::SocketAddr;
+    use std::sync::Mutex;
+
+    /// An OpenAI-shaped upstream that remembers the address of every connection it served.
+    fn upstream() -> (SocketAddr, Arc<Mutex<HashSet<SocketAddr>>>) {
+        let peers: Arc<Mutex<HashSet<SocketAddr>>> = Arc::default();
+        let seen = peers.clone();
+        let app = axum::Router::new().route(
+            "/v1/chat/completions",
+            axum::routing::post(
+                move |axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>| {
+                    seen.lock().unwrap().insert(peer);
+                    async {
+                        axum::Json(serde_json::json!({
+                            "id": "c1", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
+                            "choices": [{"index": 0, "finish_reason": "stop",
+                                         "message": {"role": "assistant", "content": "hi"}}],
+                            "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}
+                        }))
+                    }
+                },
+            ),
+        );
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(async move {
+                    let l = tokio::net::TcpListener::from_std(listener).unwrap();
+                    axum::serve(l, app.into_make_service_with_connect_info::<SocketAddr>())
+                        .await
+                        .unwrap();
+                });
+        });
+        (addr, peers)
+    }
+
+    /// Connections are dealt round-robin to the serving threads and each thread forwards
+    /// through its own upstream pool: six sequential client connections on three threads reach
+    /// the upstream over exactly three connections (one shared pool would reuse one). Shutdown
+    /// ends every thread, refuses new connections and returns.
+    #[test]
+    fn connections_are_dealt_to_every_thread_and_each_keeps_its_own_upstream_pool() {
+        let (up, peers) = upstream();
+        let yaml = format!(
+            "model_list:\n  - model_name: m\n    litellm_params:\n      model: openai/gpt-4o-mini\n      api_base: http://{up}/v1\n      api_key: sk-test\n"
+        );
+        let cfg = Config::from_yaml_str(&yaml, std::path::Path::new(".")).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let gw = rt
+            .block_on(async {
+                Gateway::from_config(cfg, Store::connect("memory").await.unwrap()).await
+            })
+            .unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = std::thread::spawn(move || {
+            run_threads(rt, gw, listener, 3, async move {
+                let _ = stopped.await;
+            })
+        });
+        let client_rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        client_rt.block_on(async {
+            for i in 0..6 {
+                // A new connection each time: no client-side pooling.
+                let c = reqwest::Client::builder()
+                    .pool_max_idle_per_host(0)
+                    .build()
+                    .unwrap();
+                let r = c
+                    .post(format!("http://{addr}/v1/chat/completions"))
+                    .json(&serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "x"}]}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200, "request {i}");
+                let v: serde_json::Value = r.json().await.unwrap();
+                assert_eq!(v["choices"][0]["message"]["content"], "hi");
+            }
+        });
+        assert_eq!(
+            peers.lock().unwrap().len(),
+            3,
+            "one upstream connection per serving thread"
+        );
+        stop.send(()).unwrap();
+        server.join().unwrap().unwrap();
+        assert!(
+            std::net::TcpStream::connect(addr).is_err(),
+            "the socket is closed after shutdown"
+        );
+    }
 }

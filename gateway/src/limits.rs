@@ -15,7 +15,6 @@
 //! stops counting) and learns the other replicas' sum, which admission adds to its own.
 
 use crate::store::Store;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -76,8 +75,8 @@ pub struct Limiter {
     store: Store,
     /// This process's name in `gateway_parallel`.
     replica: String,
-    windows: Mutex<HashMap<Arc<str>, Window>>,
-    parallel: Mutex<HashMap<Arc<str>, Arc<InFlight>>>,
+    windows: Mutex<crate::FastMap<Arc<str>, Window>>,
+    parallel: Mutex<crate::FastMap<Arc<str>, Arc<InFlight>>>,
     /// True while the database cannot be reached: limits are per replica.
     pub degraded: AtomicBool,
 }
@@ -97,8 +96,8 @@ impl Limiter {
         Arc::new(Limiter {
             store,
             replica: uuid::Uuid::new_v4().simple().to_string(),
-            windows: Mutex::new(HashMap::new()),
-            parallel: Mutex::new(HashMap::new()),
+            windows: Mutex::new(crate::FastMap::default()),
+            parallel: Mutex::new(crate::FastMap::default()),
             degraded: AtomicBool::new(false),
         })
     }

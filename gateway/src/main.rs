@@ -42,15 +42,23 @@ fn main() -> anyhow::Result<()> {
     let workers = std::env::var("GATEWAY_WORKER_THREADS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+        .max(1);
+    // One single-threaded runtime per worker thread (see `gateway::run_threads`); this one
+    // builds the gateway, keeps its background tasks and serves as worker 0.
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()?
-        .block_on(serve(args, cfg))
+        .build()?;
+    let (gw, listener) = rt.block_on(start(&args, cfg))?;
+    gateway::run_threads(rt, gw, listener, workers, shutdown())?;
+    Ok(())
 }
 
-async fn serve(args: Args, cfg: gateway::config::Config) -> anyhow::Result<()> {
+/// Opens the database, builds the gateway and binds the listener.
+async fn start(
+    args: &Args,
+    cfg: gateway::config::Config,
+) -> anyhow::Result<(gateway::Gateway, std::net::TcpListener)> {
     let url = args
         .database_url
         .clone()
@@ -70,8 +78,7 @@ async fn serve(args: Args, cfg: gateway::config::Config) -> anyhow::Result<()> {
         out.flush()?;
     }
     drop_startup_code();
-    gateway::run(gw, listener, shutdown()).await?;
-    Ok(())
+    Ok((gw, listener.into_std()?))
 }
 
 async fn shutdown() {

@@ -12,7 +12,6 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
@@ -118,7 +117,7 @@ impl RouteCounters {
 
 pub struct Metrics {
     registry: Registry,
-    models: HashMap<String, PerModel>,
+    models: crate::FastMap<String, PerModel>,
     other: PerModel,
     errors: [Counter; 6],
     key_rate_limited: Counter,
@@ -151,7 +150,7 @@ impl Metrics {
                 latency: latency.get_or_create(&m).clone(),
             }
         };
-        let models: HashMap<String, PerModel> =
+        let models: crate::FastMap<String, PerModel> =
             names.map(|n| (n.to_owned(), per_model(n))).collect();
         let other = per_model("other");
         let errors_family = Family::<OneLabel, Counter>::default();

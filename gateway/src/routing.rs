@@ -209,7 +209,7 @@ fn wildcard_capture<'a>(pattern: &str, name: &'a str) -> Option<&'a str> {
 }
 
 pub struct Router {
-    groups: HashMap<String, Arc<ModelGroup>>,
+    groups: crate::FastMap<String, Arc<ModelGroup>>,
     wildcards: Vec<Arc<ModelGroup>>,
     /// Model names in config order (for /v1/models).
     pub names: Vec<String>,
@@ -242,7 +242,7 @@ impl Router {
                 .or_default()
                 .push(Arc::new(Deployment::new(e, p, cfg)));
         }
-        let mut exact = HashMap::new();
+        let mut exact = crate::FastMap::default();
         let mut wildcards = Vec::new();
         for (name, deployments) in groups {
             let g = Arc::new(ModelGroup {

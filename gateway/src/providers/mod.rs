@@ -322,36 +322,50 @@ pub(crate) fn event_stream<D: SseDecoder>(bytes: ByteStream, mut decoder: D) -> 
     }))
 }
 
-/// A bare hyper client (shared keep-alive pool, TCP_NODELAY) for the
+/// A bare hyper client (a keep-alive pool per thread, TCP_NODELAY) for the
 /// pass-through path, where reqwest's per-request conveniences are overhead.
 #[derive(Clone)]
 pub struct RawClient {
-    inner: hyper_util::client::legacy::Client<
-        hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
-        http_body_util::Full<Bytes>,
-    >,
+    _private: (),
+}
+
+type Pool = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    http_body_util::Full<Bytes>,
+>;
+
+thread_local! {
+    /// One upstream connection pool per thread. A pooled connection is driven by a task on
+    /// the runtime that opened it; shared across the standalone gateway's per-thread runtimes,
+    /// a request on one thread would often get a connection served by another and pay two
+    /// cross-thread wake-ups (futex) per request. Per thread, the whole exchange stays on the
+    /// thread that accepted the client. In a multi-threaded runtime (the brain) each worker
+    /// simply keeps its own idle connections.
+    static POOL: Pool = new_pool();
+}
+
+fn new_pool() -> Pool {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.set_nodelay(true);
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(Duration::from_secs(10)));
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_webpki_roots()
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(1024)
+        .timer(hyper_util::rt::TokioTimer::new())
+        .build(https)
 }
 
 impl RawClient {
     pub fn new() -> Self {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
-        http.set_nodelay(true);
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(Duration::from_secs(10)));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
-        let inner =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .pool_idle_timeout(Duration::from_secs(90))
-                .pool_max_idle_per_host(1024)
-                .timer(hyper_util::rt::TokioTimer::new())
-                .build(https);
-        Self { inner }
+        Self { _private: () }
     }
 
     /// POST `body` with `headers`; non-2xx becomes `ProviderError::Status`.
@@ -372,9 +386,8 @@ impl RawClient {
         {
             req.headers_mut().insert(k, v);
         }
-        let resp = self
-            .inner
-            .request(req)
+        let resp = POOL
+            .with(|pool| pool.request(req))
             .await
             .map_err(|e| ProviderError::Connect(e.to_string()))?;
         if resp.status().is_success() {
