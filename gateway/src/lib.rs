@@ -437,11 +437,13 @@ impl Gateway {
 ///
 /// `rt` is the current-thread runtime the gateway was built on: its background tasks (spend
 /// writer, limit sync, key refresh) and the acceptor live there, and it serves connections too.
+/// `started` runs once every thread has its runtime, before the first connection is dealt.
 pub fn run_threads(
     rt: tokio::runtime::Runtime,
     gw: Gateway,
     listener: std::net::TcpListener,
     workers: usize,
+    started: impl FnOnce(),
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     listener.set_nonblocking(true)?;
@@ -453,23 +455,36 @@ pub fn run_threads(
     let (tx, own) = tokio::sync::mpsc::unbounded_channel();
     hand.push(tx);
     let mut threads = Vec::with_capacity(workers - 1);
+    let (up_tx, up) = std::sync::mpsc::channel::<()>();
     for i in 1..workers {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         hand.push(tx);
         let app = app.clone();
         let mut stop = stop_rx.clone();
+        let up_tx = up_tx.clone();
         let thread = std::thread::Builder::new()
             .name(format!("gateway-{i}"))
             .spawn(move || -> std::io::Result<()> {
-                tokio::runtime::Builder::new_current_thread()
+                let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
-                    .build()?
-                    .block_on(serve_connections(Handoff { rx, local }, app, async move {
-                        let _ = stop.wait_for(|s| *s).await;
-                    }))
+                    .build();
+                let _ = up_tx.send(());
+                drop(up_tx);
+                rt?.block_on(serve_connections(Handoff { rx, local }, app, async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                }))
             })?;
         threads.push(thread);
     }
+    drop(up_tx);
+    // Each thread says once that its runtime is built (or failed to be); a thread that died
+    // before saying so drops its sender, which ends the wait too.
+    for _ in 1..workers {
+        if up.recv().is_err() {
+            break;
+        }
+    }
+    started();
     let served = rt.block_on(async {
         let listener = tokio::net::TcpListener::from_std(listener)?;
         tokio::spawn(deal_connections(listener, hand, stop_rx));
@@ -660,7 +675,7 @@ mod thread_tests {
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = std::thread::spawn(move || {
-            run_threads(rt, gw, listener, 3, async move {
+            run_threads(rt, gw, listener, 3, || {}, async move {
                 let _ = stopped.await;
             })
         });

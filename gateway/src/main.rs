@@ -50,7 +50,8 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let (gw, listener) = rt.block_on(start(&args, cfg))?;
-    gateway::run_threads(rt, gw, listener, workers, shutdown())?;
+    // Start-up code is dropped once every thread is up (building their runtimes is start-up too).
+    gateway::run_threads(rt, gw, listener, workers, drop_startup_code, shutdown())?;
     Ok(())
 }
 
@@ -77,7 +78,6 @@ async fn start(
         writeln!(out, "listening on {addr}")?;
         out.flush()?;
     }
-    drop_startup_code();
     Ok((gw, listener.into_std()?))
 }
 
