@@ -413,11 +413,7 @@ impl SpanExporter for OtlpExporter {
         }
         let body = self.body(&batch)?;
         drop(batch);
-        let send = post(
-            self.poster.client.clone(),
-            self.poster.config.clone(),
-            body,
-        );
+        let send = post(self.poster.client.clone(), self.poster.config.clone(), body);
         match self.runtime.spawn(send).await {
             Ok(result) => result.map_err(OTelSdkError::InternalFailure),
             // The runtime is gone (shutting down): the spans are lost, nothing waits.
@@ -518,7 +514,9 @@ impl Drop for HotExporter {
             && stop.send(()).is_ok()
         {
             // One last export: retries and all, within the timeout (plus encoding time).
-            let _ = self.done.recv_timeout(self.timeout + Duration::from_secs(1));
+            let _ = self
+                .done
+                .recv_timeout(self.timeout + Duration::from_secs(1));
         }
     }
 }

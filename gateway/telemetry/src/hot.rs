@@ -432,7 +432,11 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn start(name: &'static str, traceparent: Option<&str>) -> HotSpan {
-        HotSpan::start_with(&Sampler::DEFAULT, name, traceparent.and_then(parse).as_ref())
+        HotSpan::start_with(
+            &Sampler::DEFAULT,
+            name,
+            traceparent.and_then(parse).as_ref(),
+        )
     }
 
     #[test]

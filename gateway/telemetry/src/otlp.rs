@@ -848,8 +848,14 @@ pub(crate) mod tests {
                 &ResourceAttributesWithSchema::from(&resource),
             ),
         };
-        assert_eq!(ExportTraceServiceRequest::decode(&ours[..]).unwrap(), reference);
-        assert!(ours == reference.encode_to_vec(), "same message, other bytes");
+        assert_eq!(
+            ExportTraceServiceRequest::decode(&ours[..]).unwrap(),
+            reference
+        );
+        assert!(
+            ours == reference.encode_to_vec(),
+            "same message, other bytes"
+        );
         // And the same bytes as the SDK's spans through this encoder.
         let mut sdk = Vec::new();
         encode_request(&mut sdk, &EncodedResource::new(&resource), &as_sdk);
@@ -864,7 +870,10 @@ pub(crate) mod tests {
             request.trace_id,
             0x0af7_6519_16cd_43dd_8448_eb21_1c80_319c_u128.to_be_bytes()
         );
-        assert_eq!(request.parent_span_id, 0xb7ad_6b71_6920_3331_u64.to_be_bytes());
+        assert_eq!(
+            request.parent_span_id,
+            0xb7ad_6b71_6920_3331_u64.to_be_bytes()
+        );
         assert_eq!((request.flags, root.flags), (0x301, 0x101));
         assert_eq!(request.attributes.len(), 6);
         assert_eq!(egress.dropped_attributes_count, 1);

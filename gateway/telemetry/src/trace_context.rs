@@ -137,7 +137,9 @@ mod tests {
 
     #[test]
     fn hex_digits_eight_at_a_time() {
-        for s in ["00000000", "0123abcd", "ffffffff", "89abcdef", "deadbeef", "0000000a"] {
+        for s in [
+            "00000000", "0123abcd", "ffffffff", "89abcdef", "deadbeef", "0000000a",
+        ] {
             let want = u32::from_str_radix(s, 16).unwrap();
             assert_eq!(hex8(s.as_bytes().try_into().unwrap()), Some(want), "{s}");
         }
