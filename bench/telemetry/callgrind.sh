@@ -8,7 +8,7 @@
 # gateway: POST /v1/chat/completions with a traceparent (run.sh's setup: memory DB, master key);
 # vault:   one swap per request through a traced grant (vault-proxy/examples/telemetry_bench.rs).
 # Env: REQUESTS (default 2000), OUT (default ./callgrind-out), BIN_DIR (gateway, vault-proxy,
-# mock_upstream, latency_probe, telemetry_bench of this tree; default the target dir's release
+# mock_upstream, latency_probe, telemetry_bench, otlp_sink of this tree; default the target dir's release
 # binaries), BASE_DIR (gateway, vault-proxy of BASELINE_REF; unset or empty: no baseline).
 # For symbols build with CARGO_PROFILE_RELEASE_STRIP=false CARGO_PROFILE_RELEASE_DEBUG=line-tables-only.
 set -euo pipefail
@@ -32,7 +32,8 @@ total() { awk '/^(summary|totals):/{print $2; exit}' "$1"; }
 echo "## gateway (POST /v1/chat/completions, traceparent on every request)"
 MOCK_ADDR=127.0.0.1:9130; GW_ADDR=127.0.0.1:9230; SINK_PORT=9430
 TP="00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
-python3 "$HERE/otlp_sink.py" "$SINK_PORT" > "$WORK/sink.log" 2>&1 & SINK_PID=$!; PIDS+=($SINK_PID)
+"$EX_DIR/otlp_sink" "$SINK_PORT" > "$WORK/sink.log" 2>&1 & SINK_PID=$!; PIDS+=($SINK_PID)
+wait_line "$WORK/sink.log" "listening on"
 "$EX_DIR/mock_upstream" "$MOCK_ADDR" > "$WORK/mock.log" 2>&1 & PIDS+=($!)
 wait_line "$WORK/mock.log" "listening on"
 sed "s/@MOCK@/$MOCK_ADDR/g" "$ROOT/bench/gateway/config.yaml.in" > "$WORK/config.yaml"

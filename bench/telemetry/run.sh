@@ -8,11 +8,14 @@
 #          "on" makes a gateway.request span per request, joined to it.
 # vault:   three proxies (vault-proxy/examples/telemetry_bench.rs); "on" has a traced grant:
 #          every audited decision (a swap per request) is a vault.egress span.
-# Rounds rotate base/off/on; medians and the ratios on/off, off/base are printed. The sink runs
-# on the same cores, so its CPU counts against "on" (a real collector runs elsewhere).
+# Rounds rotate base/off/on; medians and the ratios on/off, off/base are printed. The OTLP sink
+# (gateway/telemetry/examples/otlp_sink.rs: one thread, reads and discards each request body,
+# answers 200) runs on the same cores, so its CPU still counts against "on", but it is only a
+# stand-in for a collector that runs elsewhere: the figures are Airlock's cost, not a sink's
+# (an earlier Python sink cost more CPU per span than the spans themselves).
 # Env: DURATION (s per phase, default 5), CONNS (default 32), ROUNDS (default 3), SKIP_BUILD=1,
 # PROFILE (release, the default and the only one whose figures count; debug for a quick look),
-# BIN_DIR (prebuilt gateway, vault-proxy, mock_upstream, telemetry_bench of this tree),
+# BIN_DIR (prebuilt gateway, vault-proxy, mock_upstream, telemetry_bench, otlp_sink of this tree),
 # BASE_DIR (prebuilt gateway, vault-proxy of BASELINE_REF; empty string: no baseline).
 # Instructions per request instead of req/s (load-independent): bench/telemetry/callgrind.sh.
 set -euo pipefail
@@ -36,9 +39,9 @@ if [[ -z "${BIN_DIR:-}" ]]; then
   BIN_DIR="$WORK/bin"; mkdir -p "$BIN_DIR"
   if [[ -z "${SKIP_BUILD:-}" ]]; then
     # --workspace: one feature resolution with the other builds of this workspace.
-    cargo build $PFLAG --workspace --bin gateway --bin vault-proxy --example mock_upstream --example telemetry_bench
+    cargo build $PFLAG --workspace --bin gateway --bin vault-proxy --example mock_upstream --example telemetry_bench --example otlp_sink
   fi
-  cp "$REL/gateway" "$REL/vault-proxy" "$REL/examples/mock_upstream" "$REL/examples/telemetry_bench" "$BIN_DIR/"
+  cp "$REL/gateway" "$REL/vault-proxy" "$REL/examples/mock_upstream" "$REL/examples/telemetry_bench" "$REL/examples/otlp_sink" "$BIN_DIR/"
 fi
 if [[ -z "${BASE_DIR+x}" ]]; then
   BASE_DIR="$WORK/base"; mkdir -p "$BASE_DIR" "$WORK/base-src"
@@ -54,7 +57,8 @@ echo "## gateway"
 MOCK_ADDR=127.0.0.1:9110; SINK_PORT=9410
 declare -A ADDR=([base]=127.0.0.1:9212 [off]=127.0.0.1:9210 [on]=127.0.0.1:9211)
 VARIANTS=(off on); [[ -n "$BASE_DIR" ]] && VARIANTS=(base off on)
-python3 "$HERE/otlp_sink.py" "$SINK_PORT" > "$WORK/sink.log" 2>&1 & SINK_PID=$!; PIDS+=($SINK_PID)
+"$BIN_DIR/otlp_sink" "$SINK_PORT" > "$WORK/sink.log" 2>&1 & SINK_PID=$!; PIDS+=($SINK_PID)
+wait_line "$WORK/sink.log" "listening on"
 "$BIN_DIR/mock_upstream" "$MOCK_ADDR" > "$WORK/mock.log" 2>&1 & PIDS+=($!)
 wait_line "$WORK/mock.log" "listening on"
 sed "s/@MOCK@/$MOCK_ADDR/g" "$ROOT/bench/gateway/config.yaml.in" > "$WORK/config.yaml"

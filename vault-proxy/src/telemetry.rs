@@ -4,14 +4,13 @@
 //! decision, reason, status and credential, never a value, stub or token; the path is left out
 //! (a stub may stand in it). With tracing off, or a grant without a trace, nothing is created.
 //!
-//! The span is an [`airlock_telemetry::HotSpan`]: started and ended on the SDK tracer with
-//! `&'static str` keys, not through the `tracing` layer (it runs on the request path of every
-//! audited request; see that type for the figures). Values that are one of a known few (the
-//! method, the reason code, no credential) are `&'static str`s, not copies: a `String` per
-//! attribute is an allocation on the request thread and a free on the export thread.
+//! The span is an [`airlock_telemetry::HotSpan`]: a compact record queued for the exporter,
+//! not a `tracing` span nor an SDK span (it runs on the request path of every audited request;
+//! see that type for the figures). Values that are one of a known few (the method, the reason
+//! code, no credential) are `&'static str`s; others are copied into the record (inline when
+//! short: no allocation).
 
-use airlock_telemetry::KeyValue;
-use airlock_telemetry::Value;
+use airlock_telemetry::AttrValue;
 
 use crate::audit::AuditEvent;
 
@@ -30,10 +29,10 @@ const ALLOW_REASONS: &[&str] = &[
 ];
 
 /// `s` as a value: the static copy when it is one of `known`, else a copy.
-fn value(s: &str, known: &[&[&'static str]]) -> Value {
+fn value(s: &str, known: &[&[&'static str]]) -> AttrValue {
     match known.iter().flat_map(|k| k.iter()).find(|k| **k == s) {
-        Some(k) => Value::from(*k),
-        None => Value::from(s.to_owned()),
+        Some(k) => AttrValue::Static(k),
+        None => AttrValue::text(s),
     }
 }
 
@@ -42,36 +41,33 @@ pub(crate) fn egress_span(ev: &AuditEvent) {
     let Some(traceparent) = ev.traceparent.as_deref() else {
         return;
     };
-    if !airlock_telemetry::tracing_enabled() {
+    let Some(mut span) = airlock_telemetry::HotSpan::start("vault.egress", Some(traceparent))
+    else {
         return;
-    }
-    airlock_telemetry::emit_span(
-        "vault.egress",
-        Some(traceparent),
-        vec![
-            KeyValue::new("sandbox.id", ev.sandbox.clone()),
-            KeyValue::new("server.address", ev.host.clone()),
-            KeyValue::new("server.port", i64::from(ev.port)),
-            KeyValue::new("http.request.method", value(&ev.method, &[METHODS])),
-            KeyValue::new("airlock.egress.event", ev.event.as_str()),
-            KeyValue::new("airlock.egress.decision", ev.decision.as_str()),
-            KeyValue::new(
-                "airlock.egress.reason",
-                value(&ev.reason, &[ALLOW_REASONS, crate::metrics::BLOCK_REASONS]),
-            ),
-            KeyValue::new(
-                "airlock.credential",
-                match &ev.credential {
-                    Some(name) => Value::from(name.clone()),
-                    None => Value::from(""),
-                },
-            ),
-            KeyValue::new(
-                "http.response.status_code",
-                i64::from(ev.status.unwrap_or(0)),
-            ),
-        ],
+    };
+    // `set` on the one value, not `with` (each `with` moves the span's record).
+    span.set("sandbox.id", AttrValue::text(&ev.sandbox));
+    span.set("server.address", AttrValue::text(&ev.host));
+    span.set("server.port", i64::from(ev.port));
+    span.set("http.request.method", value(&ev.method, &[METHODS]));
+    span.set("airlock.egress.event", ev.event.as_str());
+    span.set("airlock.egress.decision", ev.decision.as_str());
+    span.set(
+        "airlock.egress.reason",
+        value(&ev.reason, &[ALLOW_REASONS, crate::metrics::BLOCK_REASONS]),
     );
+    span.set(
+        "airlock.credential",
+        match &ev.credential {
+            Some(name) => AttrValue::text(name),
+            None => AttrValue::Static(""),
+        },
+    );
+    span.set(
+        "http.response.status_code",
+        i64::from(ev.status.unwrap_or(0)),
+    );
+    span.end_at_start();
 }
 
 #[cfg(test)]
@@ -88,7 +84,7 @@ mod tests {
             ("tls_error", &[ALLOW_REASONS, block][..]),
             ("tls_error: handshake failed", &[ALLOW_REASONS, block][..]),
         ] {
-            assert_eq!(value(s, known).as_str(), s);
+            assert_eq!(value(s, known).as_str(), Some(s));
         }
     }
 }

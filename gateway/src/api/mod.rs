@@ -74,50 +74,45 @@ pub(crate) fn routes<S: Clone + Send + Sync + 'static>(inner: State) -> Router<S
 
 /// With tracing on, a `gateway.request` span per request, joined to the caller's trace when the
 /// request carries a W3C `traceparent` header (the brain's, or any instrumented client's). It is
-/// a [`airlock_telemetry::HotSpan`] (the SDK span directly, not a `tracing` span entered on every
-/// poll); JSON log lines written while serving the request carry its trace id. Off: one relaxed
-/// load.
+/// a [`airlock_telemetry::HotSpan`] (a compact record, not a `tracing` span entered on every
+/// poll nor an SDK span); JSON log lines written while serving the request carry its trace id.
+/// Off: one relaxed load.
 async fn trace_request(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    use airlock_telemetry::KeyValue;
-    if !airlock_telemetry::tracing_enabled() {
-        return next.run(req).await;
-    }
-    let route = req
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .map_or("", |p| p.as_str())
-        .to_owned();
+    use airlock_telemetry::AttrValue;
     let span = airlock_telemetry::HotSpan::start(
         "gateway.request",
         req.headers()
             .get("traceparent")
             .and_then(|v| v.to_str().ok()),
-        vec![
-            method_attribute(req.method()),
-            KeyValue::new("http.route", route),
-        ],
     );
     let Some(mut span) = span else {
         return next.run(req).await;
     };
+    span.set("http.request.method", method_attribute(req.method()));
+    span.set(
+        "http.route",
+        req.extensions()
+            .get::<axum::extract::MatchedPath>()
+            .map_or(AttrValue::Static(""), |p| AttrValue::text(p.as_str())),
+    );
     let response = span.scope(next.run(req)).await;
-    span.set_attribute(KeyValue::new(
+    span.set(
         "http.response.status_code",
         i64::from(response.status().as_u16()),
-    ));
+    );
     response
 }
 
-/// `http.request.method`, a static string for the methods the routes take (no allocation).
-fn method_attribute(m: &http::Method) -> airlock_telemetry::KeyValue {
-    const KEY: &str = "http.request.method";
+/// `http.request.method`: a static string for the standard methods (no copy).
+fn method_attribute(m: &http::Method) -> airlock_telemetry::AttrValue {
+    use airlock_telemetry::AttrValue;
     match *m {
-        http::Method::GET => airlock_telemetry::KeyValue::new(KEY, "GET"),
-        http::Method::POST => airlock_telemetry::KeyValue::new(KEY, "POST"),
-        _ => airlock_telemetry::KeyValue::new(KEY, m.as_str().to_owned()),
+        http::Method::GET => AttrValue::Static("GET"),
+        http::Method::POST => AttrValue::Static("POST"),
+        _ => AttrValue::text(m.as_str()),
     }
 }
 

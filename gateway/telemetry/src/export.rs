@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
 use opentelemetry_sdk::Resource;
@@ -14,7 +14,7 @@ use opentelemetry_sdk::trace::{
     BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider, SpanData, SpanExporter,
 };
 
-use crate::{TelemetryError, otlp};
+use crate::{TelemetryError, hot, otlp};
 
 /// Where traces go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -302,12 +302,69 @@ const MAX_RETRIES: u32 = 3;
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_millis(1600);
 
-/// The span exporter: each batch encoded by [`crate::otlp`] into one reused buffer and
-/// POSTed (`application/x-protobuf`) with the workspace's reqwest (rustls with ring; no
-/// aws-lc-rs) on [`ExportRuntime`]. Called by the SDK's batch thread, never on a request path.
-pub(crate) struct OtlpExporter {
+/// Sends encoded batches: the request body (size limit, gzip) and the POST with retries, for
+/// the SDK's spans ([`OtlpExporter`]) and the hot spans ([`HotExporter`]) alike.
+pub(crate) struct Poster {
     config: ExportConfig,
     client: reqwest::Client,
+}
+
+impl Poster {
+    pub(crate) fn new(config: ExportConfig) -> Result<Self, TelemetryError> {
+        let client = reqwest::Client::builder()
+            .user_agent(concat!("airlock-telemetry/", env!("CARGO_PKG_VERSION")))
+            .timeout(config.timeout)
+            .connect_timeout(config.timeout.min(Duration::from_secs(5)))
+            .build()
+            .map_err(|e| TelemetryError::Exporter(format!("building the HTTP client: {e}")))?;
+        Ok(Self { config, client })
+    }
+
+    /// The request body for an encoded batch of `spans` spans: gzipped if configured.
+    fn body(&self, encoded: &[u8], spans: usize) -> Result<Bytes, String> {
+        if encoded.len() > MAX_REQUEST_BYTES {
+            Err(format!(
+                "a batch of {spans} spans encodes to {} bytes, over the {MAX_REQUEST_BYTES} limit: dropped",
+                encoded.len()
+            ))
+        } else if self.config.gzip {
+            let mut gz = flate2::write::GzEncoder::new(
+                Vec::with_capacity(encoded.len() / 4),
+                flate2::Compression::default(),
+            );
+            gz.write_all(encoded)
+                .and_then(|()| gz.finish())
+                .map(Bytes::from)
+                .map_err(|e| format!("gzip: {e}"))
+        } else {
+            Ok(Bytes::copy_from_slice(encoded))
+        }
+    }
+
+    /// Encodes `batch` into `buf` (cleared first; freed after a rare big batch) and returns
+    /// the request body.
+    fn encode<S: otlp::EncodeSpan>(
+        &self,
+        buf: &mut Vec<u8>,
+        resource: &otlp::EncodedResource,
+        batch: &[S],
+    ) -> Result<Bytes, String> {
+        buf.clear();
+        otlp::encode_request(buf, resource, batch);
+        let body = self.body(buf, batch.len());
+        if buf.capacity() > KEEP_BUFFER_BYTES {
+            *buf = Vec::new();
+        }
+        body
+    }
+}
+
+/// The span exporter of the SDK's batch processor (the spans of `tracing` spans): each batch
+/// encoded by [`crate::otlp`] into one reused buffer and POSTed (`application/x-protobuf`)
+/// with the workspace's reqwest (rustls with ring; no aws-lc-rs) on [`ExportRuntime`]. Called
+/// by the SDK's batch thread, never on a request path.
+pub(crate) struct OtlpExporter {
+    poster: Arc<Poster>,
     runtime: tokio::runtime::Handle,
     resource: otlp::EncodedResource,
     buf: Mutex<Vec<u8>>,
@@ -317,62 +374,32 @@ pub(crate) struct OtlpExporter {
 impl std::fmt::Debug for OtlpExporter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Not the headers: they may hold a collector's credentials.
+        let config = &self.poster.config;
         f.debug_struct("OtlpExporter")
-            .field("url", &self.config.url.as_str())
-            .field("timeout", &self.config.timeout)
-            .field("gzip", &self.config.gzip)
+            .field("url", &config.url.as_str())
+            .field("timeout", &config.timeout)
+            .field("gzip", &config.gzip)
             .finish_non_exhaustive()
     }
 }
 
 impl OtlpExporter {
-    pub(crate) fn new(
-        config: ExportConfig,
-        runtime: tokio::runtime::Handle,
-    ) -> Result<Self, TelemetryError> {
-        let client = reqwest::Client::builder()
-            .user_agent(concat!("airlock-telemetry/", env!("CARGO_PKG_VERSION")))
-            .timeout(config.timeout)
-            .connect_timeout(config.timeout.min(Duration::from_secs(5)))
-            .build()
-            .map_err(|e| TelemetryError::Exporter(format!("building the HTTP client: {e}")))?;
-        Ok(Self {
-            config,
-            client,
+    pub(crate) fn new(poster: Arc<Poster>, runtime: tokio::runtime::Handle) -> Self {
+        Self {
+            poster,
             runtime,
             resource: otlp::EncodedResource::default(),
             buf: Mutex::new(Vec::new()),
             shut_down: AtomicBool::new(false),
-        })
+        }
     }
 
     /// The request body for `batch`: encoded, then gzipped if configured.
     fn body(&self, batch: &[SpanData]) -> Result<Bytes, OTelSdkError> {
         let mut buf = self.buf.lock().unwrap_or_else(PoisonError::into_inner);
-        buf.clear();
-        otlp::encode_request(&mut buf, &self.resource, batch);
-        let body = if buf.len() > MAX_REQUEST_BYTES {
-            Err(OTelSdkError::InternalFailure(format!(
-                "a batch of {} spans encodes to {} bytes, over the {MAX_REQUEST_BYTES} limit: dropped",
-                batch.len(),
-                buf.len()
-            )))
-        } else if self.config.gzip {
-            let mut gz = flate2::write::GzEncoder::new(
-                Vec::with_capacity(buf.len() / 4),
-                flate2::Compression::default(),
-            );
-            gz.write_all(&buf)
-                .and_then(|()| gz.finish())
-                .map(Bytes::from)
-                .map_err(|e| OTelSdkError::InternalFailure(format!("gzip: {e}")))
-        } else {
-            Ok(Bytes::copy_from_slice(&buf))
-        };
-        if buf.capacity() > KEEP_BUFFER_BYTES {
-            *buf = Vec::new();
-        }
-        body
+        self.poster
+            .encode(&mut buf, &self.resource, batch)
+            .map_err(OTelSdkError::InternalFailure)
     }
 }
 
@@ -386,7 +413,7 @@ impl SpanExporter for OtlpExporter {
         }
         let body = self.body(&batch)?;
         drop(batch);
-        let send = post(self.client.clone(), self.config.clone(), body);
+        let send = post(self.poster.client.clone(), self.poster.config.clone(), body);
         match self.runtime.spawn(send).await {
             Ok(result) => result.map_err(OTelSdkError::InternalFailure),
             // The runtime is gone (shutting down): the spans are lost, nothing waits.
@@ -405,6 +432,92 @@ impl SpanExporter for OtlpExporter {
 
     fn set_resource(&mut self, resource: &Resource) {
         self.resource = otlp::EncodedResource::new(resource);
+    }
+}
+
+/// The exporter of the hot spans (`crate::hot`): a task on [`ExportRuntime`] that takes the
+/// queued records every [`EXPORT_EVERY`] (sooner when [`hot::WAKE_AT`] are queued), encodes
+/// them in batches of at most [`MAX_BATCH`] with the same encoder, resource and scope as the
+/// SDK's spans, and POSTs them with the same [`Poster`]. Dropping it exports what is queued
+/// (bounded by the export timeout) and stops the task.
+pub(crate) struct HotExporter {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    done: std::sync::mpsc::Receiver<()>,
+    timeout: Duration,
+}
+
+impl HotExporter {
+    pub(crate) fn start(
+        poster: Arc<Poster>,
+        resource: &Resource,
+        runtime: &tokio::runtime::Handle,
+        queue: &'static hot::Queue,
+    ) -> Self {
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let (done_tx, done) = std::sync::mpsc::channel();
+        let resource = otlp::EncodedResource::new(resource);
+        let timeout = poster.config.timeout;
+        runtime.spawn(async move {
+            let mut tick = tokio::time::interval(EXPORT_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut records = Vec::new();
+            let mut buf = Vec::new();
+            let mut failing = false;
+            loop {
+                let last = tokio::select! {
+                    _ = tick.tick() => false,
+                    () = queue.filled() => false,
+                    _ = &mut stopped => true,
+                };
+                queue.take(&mut records);
+                let dropped = queue.take_dropped();
+                if dropped > 0 {
+                    tracing::warn!(
+                        dropped,
+                        "telemetry: the span queue was full ({} spans): spans dropped",
+                        hot::MAX_QUEUE
+                    );
+                }
+                for batch in records.chunks(MAX_BATCH) {
+                    let result = match poster.encode(&mut buf, &resource, batch) {
+                        Ok(body) => post(poster.client.clone(), poster.config.clone(), body).await,
+                        Err(e) => Err(e),
+                    };
+                    // Once per outage, not once per batch (the SDK's processor logs the same).
+                    match result {
+                        Err(e) if !failing => {
+                            failing = true;
+                            tracing::warn!("telemetry: exporting spans failed: {e}");
+                        }
+                        Err(_) => {}
+                        Ok(()) => failing = false,
+                    }
+                }
+                records.clear();
+                if last {
+                    let _ = done_tx.send(());
+                    return;
+                }
+            }
+        });
+        Self {
+            stop: Some(stop),
+            done,
+            timeout,
+        }
+    }
+}
+
+impl Drop for HotExporter {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take()
+            && stop.send(()).is_ok()
+        {
+            // One last export: retries and all, within the timeout (plus encoding time).
+            let _ = self
+                .done
+                .recv_timeout(self.timeout + Duration::from_secs(1));
+        }
     }
 }
 
@@ -485,10 +598,12 @@ const MAX_BATCH: usize = 2048;
 /// watching a session want spans soon).
 const EXPORT_EVERY: Duration = Duration::from_millis(1000);
 
+/// The SDK's provider (for the spans of `tracing` spans), and the hot spans' exporter; both
+/// send with one [`Poster`] from one [`ExportRuntime`].
 pub(crate) fn provider(
     service: &str,
     endpoint: &Endpoint,
-) -> Result<(SdkTracerProvider, ExportRuntime), TelemetryError> {
+) -> Result<(SdkTracerProvider, HotExporter, ExportRuntime), TelemetryError> {
     let (config, warnings) = ExportConfig::from_env(endpoint, |name| std::env::var(name).ok())?;
     for warning in warnings {
         // The log subscriber is not installed yet.
@@ -496,7 +611,8 @@ pub(crate) fn provider(
     }
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = ExportRuntime::start()?;
-    let exporter = OtlpExporter::new(config, runtime.handle.clone())?;
+    let poster = Arc::new(Poster::new(config)?);
+    let exporter = OtlpExporter::new(poster.clone(), runtime.handle.clone());
     let processor = BatchSpanProcessor::builder(exporter)
         .with_batch_config(
             BatchConfigBuilder::default()
@@ -510,11 +626,13 @@ pub(crate) fn provider(
     if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
         resource = resource.with_service_name(service.to_owned());
     }
+    let resource = resource.build();
+    let hot = HotExporter::start(poster, &resource, &runtime.handle, &hot::QUEUE);
     let provider = SdkTracerProvider::builder()
         .with_span_processor(processor)
-        .with_resource(resource.build())
+        .with_resource(resource)
         .build();
-    Ok((provider, runtime))
+    Ok((provider, hot, runtime))
 }
 
 #[cfg(test)]
@@ -779,7 +897,8 @@ mod tests {
             let (config, _) = ExportConfig::from_env(&Endpoint::Env, super::env(&pairs)).unwrap();
             let _ = rustls::crypto::ring::default_provider().install_default();
             let runtime = ExportRuntime::start().unwrap();
-            let mut exporter = OtlpExporter::new(config, runtime.handle.clone()).unwrap();
+            let poster = Arc::new(Poster::new(config).unwrap());
+            let mut exporter = OtlpExporter::new(poster, runtime.handle.clone());
             exporter.set_resource(
                 &Resource::builder_empty()
                     .with_service_name("export-test")

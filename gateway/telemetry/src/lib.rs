@@ -5,12 +5,14 @@
 //!   `"trace_id"`, so a log line, a session event, an audit record and a trace can be joined.
 //! - **Traces** are exported over OTLP/HTTP (protobuf) when an endpoint is configured
 //!   (`telemetry.otlp_endpoint`, or the standard `OTEL_EXPORTER_OTLP_ENDPOINT` /
-//!   `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`); off by default. Finished spans go to the SDK's
-//!   batch processor: a bounded queue drained by its own thread, which drops spans when full,
-//!   so no request ever waits on the collector. The exporter is ours (`export.rs`, `otlp.rs`):
-//!   it writes each batch straight into OTLP protobuf bytes (a fraction of what
-//!   `opentelemetry-otlp`'s conversion to prost structs cost per span) and POSTs them with
-//!   the workspace's reqwest on a one-thread runtime of its own (not the application's).
+//!   `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`); off by default. The spans of `tracing` spans go
+//!   through `tracing-opentelemetry` to the SDK's batch processor (a bounded queue drained by
+//!   its own thread); per-request spans ([`HotSpan`]) bypass the SDK: compact records in a
+//!   bounded queue of their own (`hot.rs`). Both queues drop spans when full, so no request
+//!   ever waits on the collector. The exporter is ours (`export.rs`, `otlp.rs`): it writes
+//!   each batch straight into OTLP protobuf bytes (a fraction of what `opentelemetry-otlp`'s
+//!   conversion to prost structs cost per span) and POSTs them with the workspace's reqwest on
+//!   a one-thread runtime of its own (not the application's).
 //! - Only spans with target [`TARGET`] are exported: their attributes are chosen by us (names,
 //!   counts, decisions), never a value a dependency happened to put on its own span.
 
@@ -29,9 +31,7 @@ use tracing_subscriber::Layer;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
-pub use hot::{HotSpan, emit as emit_span};
-/// Attributes of a [`HotSpan`] (`KeyValue::new("http.route", route)`; keys are `&'static str`).
-pub use opentelemetry::{KeyValue, Value};
+pub use hot::{AttrValue, HotSpan, InlineStr, MAX_ATTRIBUTES};
 pub use prom_text::openmetrics_to_text;
 pub use trace_context::{
     current_trace_id, current_traceparent, set_remote_parent, trace_id, trace_id_of_traceparent,
@@ -40,6 +40,8 @@ pub use trace_context::{
 
 /// The target of every exported span: `tracing::info_span!(target: airlock_telemetry::TARGET, …)`.
 pub const TARGET: &str = "airlock_trace";
+/// The instrumentation scope (tracer name) of every span.
+pub(crate) const SCOPE: &str = "airlock";
 /// `text` (default) or `json`.
 pub const LOG_FORMAT_ENV: &str = "AIRLOCK_LOG_FORMAT";
 
@@ -81,6 +83,7 @@ pub struct Options {
 /// exporter's timeout) and stops the export thread.
 pub struct Telemetry {
     provider: Option<SdkTracerProvider>,
+    hot: Option<export::HotExporter>,
     runtime: Option<export::ExportRuntime>,
 }
 
@@ -99,6 +102,7 @@ impl Drop for Telemetry {
                 eprintln!("telemetry: flushing spans at shutdown failed: {e}");
             }
         }
+        drop(self.hot.take());
         drop(self.runtime.take());
     }
 }
@@ -147,16 +151,16 @@ pub fn init(opts: &Options) -> Result<Telemetry, TelemetryError> {
             .with_filter(filter)
             .boxed(),
     };
-    let (provider, runtime) = match export::endpoint(opts.otlp_endpoint.as_deref())? {
-        None => (None, None),
+    let (provider, hot, runtime) = match export::endpoint(opts.otlp_endpoint.as_deref())? {
+        None => (None, None, None),
         Some(endpoint) => {
-            let (provider, runtime) = export::provider(&opts.service, &endpoint)?;
-            (Some(provider), Some(runtime))
+            let (provider, hot, runtime) = export::provider(&opts.service, &endpoint)?;
+            (Some(provider), Some(hot), Some(runtime))
         }
     };
     let otel = provider.as_ref().map(|p| {
-        let tracer = p.tracer("airlock");
-        hot::install(tracer.clone());
+        let tracer = p.tracer(SCOPE);
+        hot::install();
         // No context activation: entering a span (every poll of an instrumented future) would
         // clone and attach its OpenTelemetry context, which nothing here reads (parents come
         // from the `tracing` span tree, `traceparent`s from `OpenTelemetrySpanExt::context`).
@@ -180,5 +184,9 @@ pub fn init(opts: &Options) -> Result<Telemetry, TelemetryError> {
     if provider.is_some() {
         TRACING.store(true, Ordering::Relaxed);
     }
-    Ok(Telemetry { provider, runtime })
+    Ok(Telemetry {
+        provider,
+        hot,
+        runtime,
+    })
 }

@@ -14,12 +14,15 @@
 //! varints, so the bytes are the ones prost writes (fields in tag order, as prost writes them), which the tests
 //! check against `opentelemetry-proto`'s own conversion.
 
+use std::sync::LazyLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceState};
+use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceState};
 use opentelemetry::{Array, InstrumentationScope, KeyValue, Value};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SpanData;
+
+use crate::hot::{AttrValue, Record};
 
 const VARINT: u32 = 0;
 const FIXED64: u32 = 1;
@@ -31,6 +34,7 @@ const FIXED32: u32 = 5;
 const CONTEXT_HAS_IS_REMOTE: u32 = 0x100;
 const CONTEXT_IS_REMOTE: u32 = 0x200;
 
+#[inline]
 fn varint(buf: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         buf.push(v as u8 | 0x80);
@@ -39,15 +43,18 @@ fn varint(buf: &mut Vec<u8>, mut v: u64) {
     buf.push(v as u8);
 }
 
+#[inline]
 fn varint_len(v: u64) -> usize {
     // 1 byte per 7 bits, at least one.
     (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
 
+#[inline]
 fn tag(buf: &mut Vec<u8>, field: u32, wire: u32) {
     varint(buf, u64::from((field << 3) | wire));
 }
 
+#[inline]
 fn bytes_field(buf: &mut Vec<u8>, field: u32, bytes: &[u8]) {
     tag(buf, field, LEN);
     varint(buf, bytes.len() as u64);
@@ -55,12 +62,14 @@ fn bytes_field(buf: &mut Vec<u8>, field: u32, bytes: &[u8]) {
 }
 
 /// A proto3 string: the empty string is the default and is not written.
+#[inline]
 fn string_field(buf: &mut Vec<u8>, field: u32, s: &str) {
     if !s.is_empty() {
         bytes_field(buf, field, s.as_bytes());
     }
 }
 
+#[inline]
 fn uint_field(buf: &mut Vec<u8>, field: u32, v: u64) {
     if v != 0 {
         tag(buf, field, VARINT);
@@ -68,6 +77,7 @@ fn uint_field(buf: &mut Vec<u8>, field: u32, v: u64) {
     }
 }
 
+#[inline]
 fn fixed64_field(buf: &mut Vec<u8>, field: u32, v: u64) {
     if v != 0 {
         tag(buf, field, FIXED64);
@@ -75,6 +85,7 @@ fn fixed64_field(buf: &mut Vec<u8>, field: u32, v: u64) {
     }
 }
 
+#[inline]
 fn fixed32_field(buf: &mut Vec<u8>, field: u32, v: u32) {
     if v != 0 {
         tag(buf, field, FIXED32);
@@ -92,6 +103,7 @@ struct Open {
 
 /// Starts a nested message, reserving `width` bytes for its length (a guess: 1 below 128
 /// bytes, 2 below 16 KiB, 3 below 2 MiB).
+#[inline]
 fn open(buf: &mut Vec<u8>, field: u32, width: usize) -> Open {
     tag(buf, field, LEN);
     buf.resize(buf.len() + width, 0);
@@ -103,6 +115,7 @@ fn open(buf: &mut Vec<u8>, field: u32, width: usize) -> Open {
 
 /// Ends a nested message: writes its length as a minimal varint, moving the contents when
 /// the reserved width was not the right one.
+#[inline]
 fn close(buf: &mut Vec<u8>, open: Open) {
     let len = buf.len() - open.start;
     if len < 0x80 && open.width == 1 {
@@ -166,17 +179,20 @@ fn trace_state_field(buf: &mut Vec<u8>, field: u32, state: &TraceState) {
 
 // AnyValue (common.proto): a oneof, so even a default value (false, 0, "") is written.
 
+#[inline]
 fn any_str(buf: &mut Vec<u8>, field: u32, s: &str) {
     let o = open(buf, field, 1);
     bytes_field(buf, 1, s.as_bytes());
     close(buf, o);
 }
 
+#[inline]
 fn any_bool(buf: &mut Vec<u8>, field: u32, b: bool) {
     tag(buf, field, LEN);
     buf.extend_from_slice(&[2, (2 << 3) | VARINT as u8, u8::from(b)]);
 }
 
+#[inline]
 fn any_i64(buf: &mut Vec<u8>, field: u32, i: i64) {
     let o = open(buf, field, 1);
     tag(buf, 3, VARINT);
@@ -220,6 +236,42 @@ fn key_value(buf: &mut Vec<u8>, field: u32, key: &str, value: &Value) {
     string_field(buf, 1, key);
     any_value(buf, 2, value);
     close(buf, o);
+}
+
+/// A hot span's attribute (`crate::hot`): the same `KeyValue` message as [`key_value`], its
+/// lengths computed up front (no reserved width to fix up).
+#[inline]
+fn hot_key_value(buf: &mut Vec<u8>, field: u32, key: &str, value: &AttrValue) {
+    // AnyValue: a string (1), a bool (2) or an int (3).
+    let text = match value {
+        AttrValue::I64(_) | AttrValue::Bool(_) => "",
+        other => other.as_str().unwrap_or_default(),
+    };
+    let any_len = match value {
+        AttrValue::I64(i) => 1 + varint_len(*i as u64),
+        AttrValue::Bool(_) => 2,
+        _ => 1 + varint_len(text.len() as u64) + text.len(),
+    };
+    let key_len = if key.is_empty() {
+        0
+    } else {
+        1 + varint_len(key.len() as u64) + key.len()
+    };
+    let kv_len = key_len + 1 + varint_len(any_len as u64) + any_len;
+    buf.reserve(kv_len + 6);
+    tag(buf, field, LEN);
+    varint(buf, kv_len as u64);
+    string_field(buf, 1, key);
+    tag(buf, 2, LEN);
+    varint(buf, any_len as u64);
+    match value {
+        AttrValue::I64(i) => {
+            tag(buf, 3, VARINT);
+            varint(buf, *i as u64);
+        }
+        AttrValue::Bool(b) => buf.extend_from_slice(&[(2 << 3) | VARINT as u8, u8::from(*b)]),
+        _ => bytes_field(buf, 1, text.as_bytes()),
+    }
 }
 
 fn attributes<'a>(buf: &mut Vec<u8>, field: u32, kvs: impl IntoIterator<Item = &'a KeyValue>) {
@@ -269,6 +321,9 @@ impl EncodedResource {
 /// Whether two spans share their instrumentation scope. `InstrumentationScope`'s `==` sorts
 /// copies of both attribute lists; spans of one tracer have equal lists in the same order.
 fn same_scope(a: &InstrumentationScope, b: &InstrumentationScope) -> bool {
+    if std::ptr::eq(a, b) {
+        return true;
+    }
     if a.name() != b.name() || a.version() != b.version() || a.schema_url() != b.schema_url() {
         return false;
     }
@@ -308,34 +363,41 @@ fn span_kind(kind: &SpanKind) -> u64 {
     }
 }
 
-fn span_field(buf: &mut Vec<u8>, span: &SpanData) {
+/// The fields of a `Span` message before its attributes and after its links.
+struct SpanHead<'a> {
+    trace_id: [u8; 16],
+    span_id: [u8; 8],
+    trace_state: Option<&'a TraceState>,
+    /// `None`: a root.
+    parent_span_id: Option<[u8; 8]>,
+    name: &'a str,
+    kind: u64,
+    start_unix_nanos: u64,
+    end_unix_nanos: u64,
+    status: &'a Status,
+    flags: u32,
+}
+
+/// A `Span` message (field 2 of a `ScopeSpans`): `head`'s fields, and fields 9 to 14
+/// (attributes, events, links and their dropped counts) written by `body`.
+fn span_field(buf: &mut Vec<u8>, head: &SpanHead<'_>, body: impl FnOnce(&mut Vec<u8>)) {
     let o = open(buf, 2, 2);
-    ids(buf, &span.span_context);
-    if span.parent_span_id != SpanId::INVALID {
-        bytes_field(buf, 4, &span.parent_span_id.to_bytes());
+    bytes_field(buf, 1, &head.trace_id);
+    bytes_field(buf, 2, &head.span_id);
+    if let Some(state) = head.trace_state {
+        trace_state_field(buf, 3, state);
     }
-    string_field(buf, 5, &span.name);
-    uint_field(buf, 6, span_kind(&span.span_kind));
-    fixed64_field(buf, 7, nanos(span.start_time));
-    fixed64_field(buf, 8, nanos(span.end_time));
-    attributes(buf, 9, &span.attributes);
-    uint_field(buf, 10, u64::from(span.dropped_attributes_count));
-    for event in span.events.iter() {
-        let e = open(buf, 11, 1);
-        fixed64_field(buf, 1, nanos(event.timestamp));
-        string_field(buf, 2, &event.name);
-        attributes(buf, 3, &event.attributes);
-        uint_field(buf, 4, u64::from(event.dropped_attributes_count));
-        close(buf, e);
+    if let Some(parent) = &head.parent_span_id {
+        bytes_field(buf, 4, parent);
     }
-    uint_field(buf, 12, u64::from(span.events.dropped_count));
-    for link in span.links.iter() {
-        link_field(buf, link);
-    }
-    uint_field(buf, 14, u64::from(span.links.dropped_count));
+    string_field(buf, 5, head.name);
+    uint_field(buf, 6, head.kind);
+    fixed64_field(buf, 7, head.start_unix_nanos);
+    fixed64_field(buf, 8, head.end_unix_nanos);
+    body(buf);
     // Always present (opentelemetry-proto's transform sets it for every span).
     let s = open(buf, 15, 1);
-    let code = match &span.status {
+    let code = match head.status {
         Status::Unset => 0,
         Status::Ok => 1,
         Status::Error { description } => {
@@ -345,15 +407,98 @@ fn span_field(buf: &mut Vec<u8>, span: &SpanData) {
     };
     uint_field(buf, 3, code);
     close(buf, s);
-    fixed32_field(
-        buf,
-        16,
-        flags(
-            span.span_context.trace_flags().to_u8(),
-            span.parent_span_is_remote,
-        ),
-    );
+    fixed32_field(buf, 16, head.flags);
     close(buf, o);
+}
+
+/// A span the encoder writes: the SDK's `SpanData` or a hot span's record.
+pub(crate) trait EncodeSpan {
+    fn scope(&self) -> &InstrumentationScope;
+    /// Appends the span's `Span` message (field 2 of a `ScopeSpans`).
+    fn encode(&self, buf: &mut Vec<u8>);
+}
+
+impl<S: EncodeSpan> EncodeSpan for Box<S> {
+    fn scope(&self) -> &InstrumentationScope {
+        (**self).scope()
+    }
+
+    fn encode(&self, buf: &mut Vec<u8>) {
+        (**self).encode(buf);
+    }
+}
+
+impl EncodeSpan for SpanData {
+    fn scope(&self) -> &InstrumentationScope {
+        &self.instrumentation_scope
+    }
+
+    fn encode(&self, buf: &mut Vec<u8>) {
+        let span = self;
+        let sc = &span.span_context;
+        let head = SpanHead {
+            trace_id: sc.trace_id().to_bytes(),
+            span_id: sc.span_id().to_bytes(),
+            trace_state: Some(sc.trace_state()),
+            parent_span_id: (span.parent_span_id != SpanId::INVALID)
+                .then(|| span.parent_span_id.to_bytes()),
+            name: &span.name,
+            kind: span_kind(&span.span_kind),
+            start_unix_nanos: nanos(span.start_time),
+            end_unix_nanos: nanos(span.end_time),
+            status: &span.status,
+            flags: flags(sc.trace_flags().to_u8(), span.parent_span_is_remote),
+        };
+        span_field(buf, &head, |buf| {
+            attributes(buf, 9, &span.attributes);
+            uint_field(buf, 10, u64::from(span.dropped_attributes_count));
+            for event in span.events.iter() {
+                let e = open(buf, 11, 1);
+                fixed64_field(buf, 1, nanos(event.timestamp));
+                string_field(buf, 2, &event.name);
+                attributes(buf, 3, &event.attributes);
+                uint_field(buf, 4, u64::from(event.dropped_attributes_count));
+                close(buf, e);
+            }
+            uint_field(buf, 12, u64::from(span.events.dropped_count));
+            for link in span.links.iter() {
+                link_field(buf, link);
+            }
+            uint_field(buf, 14, u64::from(span.links.dropped_count));
+        });
+    }
+}
+
+/// The scope of every hot span: the tracer's, `airlock` (no version, schema or attributes).
+pub(crate) static HOT_SCOPE: LazyLock<InstrumentationScope> =
+    LazyLock::new(|| InstrumentationScope::builder(crate::SCOPE).build());
+
+impl EncodeSpan for Record {
+    fn scope(&self) -> &InstrumentationScope {
+        &HOT_SCOPE
+    }
+
+    fn encode(&self, buf: &mut Vec<u8>) {
+        let head = SpanHead {
+            trace_id: self.trace_id.to_be_bytes(),
+            span_id: self.span_id.to_be_bytes(),
+            trace_state: None,
+            parent_span_id: (self.parent_span_id != 0).then(|| self.parent_span_id.to_be_bytes()),
+            name: self.name,
+            kind: span_kind(&SpanKind::Internal),
+            start_unix_nanos: self.start_unix_nanos,
+            end_unix_nanos: self.end_unix_nanos,
+            status: &Status::Unset,
+            // Recorded only when sampled.
+            flags: flags(TraceFlags::SAMPLED.to_u8(), self.parent_is_remote),
+        };
+        span_field(buf, &head, |buf| {
+            for (key, value) in self.attributes() {
+                hot_key_value(buf, 9, key, value);
+            }
+            uint_field(buf, 10, u64::from(self.dropped_attributes));
+        });
+    }
 }
 
 fn scope_field(buf: &mut Vec<u8>, scope: &InstrumentationScope) {
@@ -367,7 +512,11 @@ fn scope_field(buf: &mut Vec<u8>, scope: &InstrumentationScope) {
 /// Appends the `ExportTraceServiceRequest` for `spans` to `buf`: one `ResourceSpans`, one
 /// `ScopeSpans` per instrumentation scope in order of first appearance, spans in batch order
 /// (what opentelemetry-proto's `group_spans_by_resource_and_scope` builds).
-pub(crate) fn encode_request(buf: &mut Vec<u8>, resource: &EncodedResource, spans: &[SpanData]) {
+pub(crate) fn encode_request<S: EncodeSpan>(
+    buf: &mut Vec<u8>,
+    resource: &EncodedResource,
+    spans: &[S],
+) {
     let rs = open(buf, 1, 3);
     buf.extend_from_slice(&resource.field);
     // The first span of each scope written so far. Usually every span has the one scope
@@ -376,17 +525,17 @@ pub(crate) fn encode_request(buf: &mut Vec<u8>, resource: &EncodedResource, span
     let mut current = (!spans.is_empty()).then_some(0);
     while let Some(first) = current {
         firsts.push(first);
-        let scope = &spans[first].instrumentation_scope;
+        let scope = spans[first].scope();
         let ss = open(buf, 2, 3);
         scope_field(buf, scope);
         let mut next = None;
         for (i, span) in spans.iter().enumerate().skip(first) {
-            if i == first || same_scope(&span.instrumentation_scope, scope) {
-                span_field(buf, span);
+            if i == first || same_scope(span.scope(), scope) {
+                span.encode(buf);
             } else if next.is_none()
-                && !firsts.iter().any(|&f| {
-                    same_scope(&spans[f].instrumentation_scope, &span.instrumentation_scope)
-                })
+                && !firsts
+                    .iter()
+                    .any(|&f| same_scope(spans[f].scope(), span.scope()))
             {
                 // Every span before `first` is in a scope already written, so this is the
                 // first span of the next one.
@@ -643,6 +792,92 @@ pub(crate) mod tests {
             assert_eq!(buf.len(), varint_len(v), "{v}");
             assert_eq!(prost::encoding::decode_varint(&mut &buf[..]).unwrap(), v);
         }
+    }
+
+    /// The `SpanData` the SDK made of a hot span (for the reference conversion).
+    fn as_span_data(r: &Record) -> SpanData {
+        let mut s = span(r.name, &HOT_SCOPE);
+        s.span_context = context(r.trace_id, r.span_id, TraceFlags::SAMPLED, false, "");
+        s.parent_span_id = SpanId::from(r.parent_span_id);
+        s.parent_span_is_remote = r.parent_is_remote;
+        s.start_time = UNIX_EPOCH + Duration::from_nanos(r.start_unix_nanos);
+        s.end_time = UNIX_EPOCH + Duration::from_nanos(r.end_unix_nanos);
+        s.dropped_attributes_count = r.dropped_attributes;
+        s.attributes = r
+            .attributes()
+            .iter()
+            .map(|(k, v)| match v {
+                AttrValue::I64(i) => KeyValue::new(*k, *i),
+                AttrValue::Bool(b) => KeyValue::new(*k, *b),
+                other => KeyValue::new(*k, other.as_str().unwrap().to_owned()),
+            })
+            .collect();
+        s
+    }
+
+    #[test]
+    fn a_hot_span_encodes_as_the_sdk_span_would() {
+        use crate::hot::tests::{finish, start};
+        let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let request = start("gateway.request", Some(tp))
+            .with("http.request.method", "POST")
+            .with("http.route", AttrValue::text("/v1/chat/completions"))
+            .with("http.response.status_code", 200_i64)
+            .with("ok", true)
+            .with("empty", "")
+            .with("long", AttrValue::text(&"z".repeat(200)));
+        let mut egress = start("vault.egress", Some(tp));
+        for key in [
+            "a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l", "m",
+        ] {
+            egress.set(key, -1_i64);
+        }
+        let records = [
+            finish(request).unwrap(),
+            finish(egress).unwrap(),
+            finish(start("root", None)).unwrap(),
+        ];
+        assert_eq!(records[1].dropped_attributes, 1);
+        let resource = resource();
+        let mut ours = Vec::new();
+        encode_request(&mut ours, &EncodedResource::new(&resource), &records);
+        let as_sdk: Vec<SpanData> = records.iter().map(|r| as_span_data(r)).collect();
+        let reference = ExportTraceServiceRequest {
+            resource_spans: group_spans_by_resource_and_scope(
+                as_sdk.clone(),
+                &ResourceAttributesWithSchema::from(&resource),
+            ),
+        };
+        assert_eq!(
+            ExportTraceServiceRequest::decode(&ours[..]).unwrap(),
+            reference
+        );
+        assert!(
+            ours == reference.encode_to_vec(),
+            "same message, other bytes"
+        );
+        // And the same bytes as the SDK's spans through this encoder.
+        let mut sdk = Vec::new();
+        encode_request(&mut sdk, &EncodedResource::new(&resource), &as_sdk);
+        assert_eq!(ours, sdk);
+
+        let spans = &reference.resource_spans[0].scope_spans[0];
+        assert_eq!(spans.scope.as_ref().unwrap().name, "airlock");
+        let [request, egress, root] = &spans.spans[..] else {
+            panic!("three spans")
+        };
+        assert_eq!(
+            request.trace_id,
+            0x0af7_6519_16cd_43dd_8448_eb21_1c80_319c_u128.to_be_bytes()
+        );
+        assert_eq!(
+            request.parent_span_id,
+            0xb7ad_6b71_6920_3331_u64.to_be_bytes()
+        );
+        assert_eq!((request.flags, root.flags), (0x301, 0x101));
+        assert_eq!(request.attributes.len(), 6);
+        assert_eq!(egress.dropped_attributes_count, 1);
+        assert!(root.parent_span_id.is_empty());
     }
 
     /// A `vault.egress` span as the proxy emits it (9 attributes), or a `gateway.request` (3).
