@@ -290,15 +290,19 @@ pub fn sha256_hex(s: &str) -> String {
     hex(ring::digest::digest(&ring::digest::SHA256, s.as_bytes()).as_ref())
 }
 
-const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
-
 fn hex(b: &[u8]) -> String {
     let mut out = String::with_capacity(b.len() * 2);
-    for &x in b {
-        out.push(HEX_DIGITS[(x >> 4) as usize] as char);
-        out.push(HEX_DIGITS[(x & 15) as usize] as char);
-    }
+    push_hex(&mut out, b);
     out
+}
+
+/// Appends `b` as lower-case hex digits.
+fn push_hex(out: &mut String, b: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for &x in b {
+        out.push(DIGITS[(x >> 4) as usize] as char);
+        out.push(DIGITS[(x & 15) as usize] as char);
+    }
 }
 
 fn ct_eq(a: &[u8], b: &[u8]) -> bool {
@@ -832,11 +836,8 @@ fn next_request_id() -> String {
     // id per request, on the spend writer's thread).
     let mut id = String::with_capacity(8 + 32);
     id.push_str("airlock-");
-    for v in [prefix, n] {
-        for shift in (0..16).rev() {
-            id.push(HEX_DIGITS[((v >> (shift * 4)) & 15) as usize] as char);
-        }
-    }
+    push_hex(&mut id, &prefix.to_be_bytes());
+    push_hex(&mut id, &n.to_be_bytes());
     id
 }
 
