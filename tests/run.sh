@@ -149,5 +149,14 @@ if [ "$DOCKER" = 1 ]; then
         log "no container of this run was left behind"
     fi
 fi
+# A browser test that ends without quitting its Chromium leaves it running, reparented to
+# init, and it goes on using CPU for the rest of the run (and of the machine's life).
+browsers=$(pgrep -P 1 -f '/usr/lib/chromium/chromium' 2>/dev/null | wc -l)
+if [ "$browsers" -gt 0 ]; then
+    log "LEAK: $browsers Chromium process(es) outlived their test; killing them"
+    pkill -9 -P 1 -f '/usr/lib/chromium/chromium' 2>/dev/null || true
+else
+    log "no browser of this run was left behind"
+fi
 log "finished in $(( $(date +%s) - START ))s with exit code $rc"
 exit "$rc"
