@@ -949,10 +949,31 @@ async fn the_standalone_gateway_exports_its_spans_to_its_configured_collector() 
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
+    // The standalone server dispatches the model-call routes ahead of the Router
+    // (`api::HotRoutes`); both kinds of route get the same span. `/v1/messages` is a hot
+    // route (no key here: 401), `/v1/models` a Router one.
+    let resp = airlock_tests::http_client()
+        .post(format!("http://127.0.0.1:{port}/v1/messages"))
+        .header("traceparent", TRACEPARENT)
+        .json(&json!({"model": "scripted", "max_tokens": 8, "messages": [{"role": "user", "content": "hello"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["type"], "error", "an Anthropic-shaped error: {body}");
+    let resp = airlock_tests::http_client()
+        .get(format!("http://127.0.0.1:{port}/v1/models"))
+        .bearer_auth("sk-telemetry-master")
+        .header("traceparent", TRACEPARENT)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
     let deadline = Instant::now() + Duration::from_secs(20);
     let spans = loop {
         let spans = receiver.spans();
-        if spans.iter().any(|s| s.name == "gateway.request") {
+        if spans.iter().filter(|s| s.name == "gateway.request").count() >= 3 {
             break spans;
         }
         assert!(
@@ -968,6 +989,19 @@ async fn the_standalone_gateway_exports_its_spans_to_its_configured_collector() 
     assert_eq!(request.parent_span_id, "00f067aa0ba902b7");
     assert_eq!(request.attr("http.route"), Some("/v1/chat/completions"));
     assert_eq!(request.attr("http.response.status_code"), Some("200"));
+    let route = |r: &str| {
+        spans
+            .iter()
+            .find(|s| s.name == "gateway.request" && s.attr("http.route") == Some(r))
+            .unwrap_or_else(|| panic!("no gateway.request span for {r}: {spans:#?}"))
+    };
+    let messages = route("/v1/messages");
+    assert_eq!(messages.attr("http.request.method"), Some("POST"));
+    assert_eq!(messages.attr("http.response.status_code"), Some("401"));
+    assert_eq!(messages.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+    let models = route("/v1/models");
+    assert_eq!(models.attr("http.request.method"), Some("GET"));
+    assert_eq!(models.attr("http.response.status_code"), Some("200"));
     for sp in &spans {
         for text in &sp.all_text {
             assert!(!text.contains("sk-telemetry-master"), "{sp:?}");
