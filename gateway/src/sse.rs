@@ -175,7 +175,33 @@ pub enum Scanned {
 }
 
 /// Usage from a non-streamed response body, parsing only the `usage` field.
+///
+/// The top-level object is walked structurally ([`top_level_field`]: strings and nested
+/// values are jumped over with `memchr`, not decoded) and only the `usage` value is
+/// deserialized. serde skipping every other field cost ~5k instructions a response
+/// (callgrind, a 600-byte Anthropic message), the largest single item of the proxy's own
+/// code. Anything the walk is unsure of (not an object, an escaped key, a duplicate
+/// `usage`, unbalanced nesting) falls back to deserializing the whole body as before.
 pub fn usage_from_body(format: WireFormat, body: &[u8]) -> Usage {
+    match top_level_field(body, b"usage") {
+        Ok(None) => Usage::default(),
+        Ok(Some(v)) => match format {
+            WireFormat::OpenAi => serde_json::from_slice::<Option<OaUsage>>(v)
+                .ok()
+                .flatten()
+                .map(|u| u.usage())
+                .unwrap_or_default(),
+            WireFormat::Anthropic => serde_json::from_slice::<Option<AnUsage>>(v)
+                .ok()
+                .flatten()
+                .map(|u| u.usage())
+                .unwrap_or_default(),
+        },
+        Err(NotSure) => usage_from_whole_body(format, body),
+    }
+}
+
+fn usage_from_whole_body(format: WireFormat, body: &[u8]) -> Usage {
     match format {
         WireFormat::OpenAi => serde_json::from_slice::<OaUsageOnly>(body)
             .ok()
@@ -187,6 +213,121 @@ pub fn usage_from_body(format: WireFormat, body: &[u8]) -> Usage {
             .and_then(|u| u.usage)
             .map(|u| u.usage())
             .unwrap_or_default(),
+    }
+}
+
+/// The structural walk could not vouch for its answer: parse the whole body instead.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct NotSure;
+
+/// The raw bytes of `key`'s value in the top-level JSON object of `body` (`Ok(None)`: no
+/// such key). Keys are compared as raw bytes, so a key with an escape is `NotSure`, as is
+/// a second `key` (serde refuses duplicate fields) and anything that is not a well-nested
+/// object. Values are not validated beyond their nesting: the one returned is parsed.
+pub(crate) fn top_level_field<'a>(body: &'a [u8], key: &[u8]) -> Result<Option<&'a [u8]>, NotSure> {
+    let mut i = skip_ws(body, 0);
+    if body.get(i) != Some(&b'{') {
+        return Err(NotSure);
+    }
+    i = skip_ws(body, i + 1);
+    if body.get(i) == Some(&b'}') {
+        return Ok(None);
+    }
+    let mut found = None;
+    loop {
+        if body.get(i) != Some(&b'"') {
+            return Err(NotSure);
+        }
+        let end = string_end(body, i)?;
+        let name = &body[i + 1..end];
+        if memchr::memchr(b'\\', name).is_some() {
+            return Err(NotSure);
+        }
+        i = skip_ws(body, end + 1);
+        if body.get(i) != Some(&b':') {
+            return Err(NotSure);
+        }
+        let start = skip_ws(body, i + 1);
+        let stop = value_end(body, start)?;
+        if name == key {
+            if found.is_some() {
+                return Err(NotSure);
+            }
+            found = Some(&body[start..stop]);
+        }
+        i = skip_ws(body, stop);
+        match body.get(i) {
+            Some(b',') => i = skip_ws(body, i + 1),
+            Some(b'}') => {
+                return match skip_ws(body, i + 1) == body.len() {
+                    true => Ok(found),
+                    false => Err(NotSure),
+                };
+            }
+            _ => return Err(NotSure),
+        }
+    }
+}
+
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while let Some(b' ' | b'\n' | b'\r' | b'\t') = b.get(i) {
+        i += 1;
+    }
+    i
+}
+
+/// Index of the quote that closes the string opening at `open`.
+fn string_end(b: &[u8], open: usize) -> Result<usize, NotSure> {
+    let mut i = open + 1;
+    loop {
+        let at = i + memchr::memchr2(b'"', b'\\', b.get(i..).ok_or(NotSure)?).ok_or(NotSure)?;
+        if b[at] == b'"' {
+            return Ok(at);
+        }
+        i = at + 2; // an escape: the next byte is never the string's end
+    }
+}
+
+/// Index just past the value starting at `start`.
+fn value_end(b: &[u8], start: usize) -> Result<usize, NotSure> {
+    let (open, close) = match b.get(start) {
+        Some(b'"') => return Ok(string_end(b, start)? + 1),
+        Some(b'{') => (b'{', b'}'),
+        Some(b'[') => (b'[', b']'),
+        Some(_) => {
+            // A number, `true`, `false` or `null`: up to the next delimiter.
+            let rest = &b[start..];
+            let len = rest
+                .iter()
+                .position(|c| matches!(c, b',' | b'}' | b']' | b' ' | b'\n' | b'\r' | b'\t'))
+                .unwrap_or(rest.len());
+            return match len {
+                0 => Err(NotSure),
+                n => Ok(start + n),
+            };
+        }
+        None => return Err(NotSure),
+    };
+    // Only this value's own bracket kind needs counting: the other kind nests inside it.
+    let mut depth = 0usize;
+    let mut i = start;
+    loop {
+        let at =
+            i + memchr::memchr3(b'"', open, close, b.get(i..).ok_or(NotSure)?).ok_or(NotSure)?;
+        match b[at] {
+            b'"' => i = string_end(b, at)? + 1,
+            c if c == open => {
+                depth += 1;
+                i = at + 1;
+            }
+            _ => {
+                depth -= 1;
+                i = at + 1;
+                if depth == 0 {
+                    return Ok(i);
+                }
+            }
+        }
     }
 }
 
@@ -292,6 +433,81 @@ pub fn with_cost(raw: &[u8], cost: f64) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The structural walk gives what parsing the whole body gives, on real response shapes
+    /// and on bodies built to mislead it: `usage` inside content, strings holding quotes,
+    /// braces and escapes, nested `usage` keys, whitespace everywhere.
+    #[test]
+    fn usage_from_body_agrees_with_parsing_the_whole_body() {
+        let bodies: &[&str] = &[
+            r#"{"id":"msg_1","type":"message","role":"assistant","model":"claude","content":[{"type":"text","text":"Hello!"}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":12,"output_tokens":5,"cache_read_input_tokens":100,"cache_creation_input_tokens":7}}"#,
+            r#"{"id":"c1","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":3,"total_tokens":12,"prompt_tokens_details":{"cached_tokens":4}}}"#,
+            r#"{"usage":{"prompt_tokens":1,"completion_tokens":2,"input_tokens":3,"output_tokens":4},"choices":[]}"#,
+            r#"{"content":[{"type":"tool_use","input":{"usage":{"input_tokens":999999,"output_tokens":999999}}}],"usage":{"input_tokens":1,"output_tokens":2}}"#,
+            r#"{"content":[{"type":"text","text":"\"usage\": {\"input_tokens\": 5} } ] { [ \\"}],"usage":{"input_tokens":6,"output_tokens":7}}"#,
+            r#"{"choices":[{"message":{"content":"{\"usage\":{\"prompt_tokens\":50}}"}}],"usage":{"prompt_tokens":2,"completion_tokens":1}}"#,
+            "  {\n  \"usage\" :\t{ \"input_tokens\" : 8 , \"output_tokens\" : 9 } ,\n \"x\" : [ 1 , 2.5e3 , true , null , { } , [ ] ] }\n",
+            r#"{"usage":null}"#,
+            r#"{"usage":{}}"#,
+            r#"{}"#,
+            r#"{"id":"no usage at all","choices":[]}"#,
+            r#"{"usage":{"prompt_tokens":"not a number"}}"#,
+            r#"{"a":{"usage":{"prompt_tokens":77}},"b":[[{"usage":1}]],"usage":{"prompt_tokens":3,"completion_tokens":4}}"#,
+            r#"{"text":"é ü 漢字 🚀","usage":{"input_tokens":1,"output_tokens":1}}"#,
+        ];
+        for body in bodies {
+            for format in [WireFormat::OpenAi, WireFormat::Anthropic] {
+                assert!(
+                    top_level_field(body.as_bytes(), b"usage").is_ok(),
+                    "the walk should be sure of {body}"
+                );
+                assert_eq!(
+                    usage_from_body(format, body.as_bytes()),
+                    usage_from_whole_body(format, body.as_bytes()),
+                    "{format:?} {body}"
+                );
+            }
+        }
+        let u = usage_from_body(WireFormat::Anthropic, bodies[3].as_bytes());
+        assert_eq!(
+            (u.input_tokens, u.output_tokens),
+            (1, 2),
+            "the top-level usage, not the tool's"
+        );
+    }
+
+    /// What the walk cannot vouch for goes to the whole-body parse, which decides as before.
+    #[test]
+    fn usage_walk_defers_when_unsure() {
+        let unsure: &[&str] = &[
+            r#"{"usag\u0065":{"input_tokens":5,"output_tokens":1}}"#,
+            r#"{"usage":{"input_tokens":1},"usage":{"input_tokens":2}}"#,
+            r#"[{"usage":{"input_tokens":1}}]"#,
+            r#"{"usage":{"input_tokens":1}"#,
+            r#"{"usage":{"input_tokens":1}} trailing"#,
+            r#"{"content":"unterminated,"usage":{"input_tokens":1}}"#,
+            r#"{"usage":}"#,
+            "",
+            "not json",
+        ];
+        for body in unsure {
+            assert_eq!(
+                top_level_field(body.as_bytes(), b"usage"),
+                Err(NotSure),
+                "{body}"
+            );
+            for format in [WireFormat::OpenAi, WireFormat::Anthropic] {
+                assert_eq!(
+                    usage_from_body(format, body.as_bytes()),
+                    usage_from_whole_body(format, body.as_bytes()),
+                    "{format:?} {body}"
+                );
+            }
+        }
+        // An escaped key still counts, through the whole-body parse.
+        let u = usage_from_body(WireFormat::Anthropic, unsure[0].as_bytes());
+        assert_eq!((u.input_tokens, u.output_tokens), (5, 1));
+    }
 
     fn collect(chunks: &[&[u8]]) -> Vec<String> {
         let mut s = SseSplitter::default();
