@@ -151,7 +151,7 @@ if [ "$DOCKER" = 1 ]; then
 fi
 # A browser test that ends without quitting its Chromium leaves it running, reparented to
 # init, and it goes on using CPU for the rest of the run (and of the machine's life).
-browsers=$(pgrep -P 1 -f '/usr/lib/chromium/chromium' 2>/dev/null | wc -l)
+browsers=$( (pgrep -P 1 -f '/usr/lib/chromium/chromium' 2>/dev/null || true) | wc -l)
 if [ "$browsers" -gt 0 ]; then
     log "LEAK: $browsers Chromium process(es) outlived their test; killing them"
     pkill -9 -P 1 -f '/usr/lib/chromium/chromium' 2>/dev/null || true
