@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use airlock_telemetry::TraceParent;
 use bytes::{Buf, Bytes, BytesMut};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -267,7 +268,7 @@ fn connect_event(
         decision,
         reason,
         status: Some(status),
-        traceparent: grant.and_then(|g| g.traceparent.clone()),
+        traceparent: grant.and_then(|g| g.traceparent),
     }
 }
 
@@ -299,7 +300,7 @@ async fn outer(
     );
     let fail = |shared: Arc<Shared>,
                 sandbox: String,
-                (session, traceparent): (Option<String>, Option<Arc<str>>),
+                (session, traceparent): (Option<String>, Option<TraceParent>),
                 method: String,
                 host: String,
                 port: u16,
@@ -335,7 +336,7 @@ async fn outer(
             return fail(
                 shared,
                 grant.sandbox.clone(),
-                (grant.session.clone(), grant.traceparent.clone()),
+                (grant.session.clone(), grant.traceparent),
                 method,
                 host,
                 port,

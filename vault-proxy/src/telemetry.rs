@@ -38,10 +38,10 @@ fn value(s: &str, known: &[&[&'static str]]) -> AttrValue {
 
 /// Emits the decision's span (it starts and ends here: the decision is the moment).
 pub(crate) fn egress_span(ev: &AuditEvent) {
-    let Some(traceparent) = ev.traceparent.as_deref() else {
+    let Some(parent) = &ev.traceparent else {
         return;
     };
-    let Some(mut span) = airlock_telemetry::HotSpan::start("vault.egress", Some(traceparent))
+    let Some(mut span) = airlock_telemetry::HotSpan::start_under("vault.egress", Some(parent))
     else {
         return;
     };
