@@ -177,12 +177,24 @@ impl Record {
         self.dropped_attributes = 0;
     }
 
-    #[inline]
     fn set(&mut self, key: &'static str, value: AttrValue) {
         let len = self.len as usize;
         if let Some(slot) = self.attributes[..len].iter_mut().find(|(k, _)| *k == key) {
             slot.1 = value;
-        } else if len < MAX_ATTRIBUTES {
+        } else {
+            self.add(key, value);
+        }
+    }
+
+    /// Appends an attribute whose key is not set yet.
+    #[inline]
+    fn add(&mut self, key: &'static str, value: AttrValue) {
+        debug_assert!(
+            self.attributes().iter().all(|(k, _)| *k != key),
+            "{key} added twice"
+        );
+        let len = self.len as usize;
+        if len < MAX_ATTRIBUTES {
             self.attributes[len] = (key, value);
             self.len += 1;
         } else {
@@ -484,6 +496,16 @@ impl HotSpan {
         }
     }
 
+    /// [`Self::set`] for a key not set on this span yet, without looking through the keys set
+    /// so far (a caller setting a fixed list of distinct keys: the look-ups were ~0.25k
+    /// instructions a 9-attribute vault span, callgrind). A key added twice would be exported
+    /// twice (debug builds panic).
+    pub fn add(&mut self, key: &'static str, value: impl Into<AttrValue>) {
+        if let Some(record) = &mut self.record {
+            record.add(key, value.into());
+        }
+    }
+
     /// [`Self::set`], for chaining.
     pub fn with(mut self, key: &'static str, value: impl Into<AttrValue>) -> Self {
         self.set(key, value);
@@ -756,6 +778,29 @@ pub(crate) mod tests {
         queue.recycle(&mut many);
         assert!(many.is_empty());
         assert_eq!(queue.spare.lock().unwrap().len(), MAX_SPARE);
+    }
+
+    #[test]
+    fn added_attributes_are_appended_and_counted_beyond_the_limit() {
+        let mut span = start("x", None);
+        for k in [
+            "a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l", "m", "n",
+        ] {
+            span.add(k, 1_i64);
+        }
+        let r = finish(span).unwrap();
+        assert_eq!(r.attributes().len(), MAX_ATTRIBUTES);
+        assert_eq!(r.attributes()[11], ("l", AttrValue::I64(1)));
+        assert_eq!(r.dropped_attributes, 2);
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "added twice")]
+    fn adding_a_key_twice_is_a_bug() {
+        let mut span = start("x", None);
+        span.add("a", 1_i64);
+        span.add("a", 2_i64);
     }
 
     #[test]
