@@ -186,7 +186,7 @@ impl Target {
             decision,
             reason,
             status,
-            traceparent: self.grant.traceparent,
+            traceparent: self.grant.traceparent.clone(),
         }
     }
 

@@ -268,7 +268,7 @@ fn connect_event(
         decision,
         reason,
         status: Some(status),
-        traceparent: grant.and_then(|g| g.traceparent),
+        traceparent: grant.and_then(|g| g.traceparent.clone()),
     }
 }
 
@@ -300,7 +300,7 @@ async fn outer(
     );
     let fail = |shared: Arc<Shared>,
                 sandbox: String,
-                (session, traceparent): (Option<String>, Option<TraceParent>),
+                (session, traceparent): (Option<String>, Option<Arc<TraceParent>>),
                 method: String,
                 host: String,
                 port: u16,
@@ -336,7 +336,7 @@ async fn outer(
             return fail(
                 shared,
                 grant.sandbox.clone(),
-                (grant.session.clone(), grant.traceparent),
+                (grant.session.clone(), grant.traceparent.clone()),
                 method,
                 host,
                 port,

@@ -143,7 +143,7 @@ pub struct AuditEvent {
     /// W3C `traceparent` of the session's trace (parsed), when the grant carries one: the
     /// record gets its trace id and the decision becomes a span of that trace
     /// ([`crate::telemetry`]).
-    pub traceparent: Option<airlock_telemetry::TraceParent>,
+    pub traceparent: Option<std::sync::Arc<airlock_telemetry::TraceParent>>,
 }
 
 /// One line of the audit log (see the module docs for the canonical form).
@@ -252,11 +252,11 @@ impl AuditRecord {
         seq: u64,
         ts: String,
         prev: String,
-        ev: AuditEvent,
+        mut ev: AuditEvent,
         out: &mut Vec<u8>,
         hasher: &ChainHasher,
     ) -> [u8; 64] {
-        let trace = ev.traceparent;
+        let trace = ev.traceparent.take();
         let rec = AuditRecord::untraced(seq, ts, prev, ev);
         let start = out.len();
         // Serialising a struct of strings, integers and unit enums into a Vec cannot fail.
@@ -307,7 +307,10 @@ impl AuditRecord {
     /// Builds a record from an event; `hash` is left empty.
     #[cfg(test)]
     pub(crate) fn unsealed(seq: u64, ts: String, prev: String, ev: AuditEvent) -> AuditRecord {
-        let trace_id = ev.traceparent.map(|tp| tp.trace_id_str().to_owned());
+        let trace_id = ev
+            .traceparent
+            .as_ref()
+            .map(|tp| tp.trace_id_str().to_owned());
         AuditRecord {
             trace_id,
             ..AuditRecord::untraced(seq, ts, prev, ev)

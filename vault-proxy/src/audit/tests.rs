@@ -91,9 +91,9 @@ fn the_writer_s_line_is_the_serialised_record() {
     };
     for hasher in [ChainHasher::Sha256, ChainHasher::hmac(b"k")] {
         for (i, ev) in [event(0), event(1), odd.clone()].into_iter().enumerate() {
-            for traceparent in [None, tp] {
+            for traceparent in [None, tp.map(std::sync::Arc::new)] {
                 let ev = AuditEvent {
-                    traceparent,
+                    traceparent: traceparent.clone(),
                     ..ev.clone()
                 };
                 let (ts, prev) = ("2026-11-23T14:05:09.123Z", "ab".repeat(32));
@@ -697,7 +697,7 @@ async fn a_traced_grant_s_records_carry_the_trace_id_and_still_verify() {
     let path = dir.path().join("audit.jsonl");
     let log = AuditLog::open(&path).await.unwrap();
     let traced = |tp: &str| AuditEvent {
-        traceparent: airlock_telemetry::TraceParent::parse(tp),
+        traceparent: airlock_telemetry::TraceParent::parse(tp).map(std::sync::Arc::new),
         ..event(1)
     };
     log.append(event(0)).await.unwrap();

@@ -56,10 +56,6 @@ const COALESCE: Duration = Duration::from_millis(2);
 
 type Ack<T> = oneshot::Sender<Result<T, String>>;
 
-// `Record` is the big variant (an `AuditEvent` with its parsed `traceparent`, 240 bytes) and
-// the one sent for almost every message: boxing it would add an allocation per record to
-// make the rare ones smaller.
-#[allow(clippy::large_enum_variant)]
 enum Msg {
     Record(AuditEvent),
     Commit(Vec<AuditEvent>, Ack<Head>),
