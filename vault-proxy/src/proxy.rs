@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use airlock_telemetry::TraceParent;
 use bytes::{Buf, Bytes, BytesMut};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -299,7 +300,7 @@ async fn outer(
     );
     let fail = |shared: Arc<Shared>,
                 sandbox: String,
-                (session, traceparent): (Option<String>, Option<Arc<str>>),
+                (session, traceparent): (Option<String>, Option<Arc<TraceParent>>),
                 method: String,
                 host: String,
                 port: u16,

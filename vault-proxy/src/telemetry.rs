@@ -38,32 +38,33 @@ fn value(s: &str, known: &[&[&'static str]]) -> AttrValue {
 
 /// Emits the decision's span (it starts and ends here: the decision is the moment).
 pub(crate) fn egress_span(ev: &AuditEvent) {
-    let Some(traceparent) = ev.traceparent.as_deref() else {
+    let Some(parent) = &ev.traceparent else {
         return;
     };
-    let Some(mut span) = airlock_telemetry::HotSpan::start("vault.egress", Some(traceparent))
+    let Some(mut span) = airlock_telemetry::HotSpan::start_under("vault.egress", Some(parent))
     else {
         return;
     };
-    // `set` on the one value, not `with` (each `with` moves the span's record).
-    span.set("sandbox.id", AttrValue::text(&ev.sandbox));
-    span.set("server.address", AttrValue::text(&ev.host));
-    span.set("server.port", i64::from(ev.port));
-    span.set("http.request.method", value(&ev.method, &[METHODS]));
-    span.set("airlock.egress.event", ev.event.as_str());
-    span.set("airlock.egress.decision", ev.decision.as_str());
-    span.set(
+    // `add` on the one value, not `with` (each `with` moves the span's record); the keys are
+    // distinct, so no look-up of the ones set before.
+    span.add("sandbox.id", AttrValue::text(&ev.sandbox));
+    span.add("server.address", AttrValue::text(&ev.host));
+    span.add("server.port", i64::from(ev.port));
+    span.add("http.request.method", value(&ev.method, &[METHODS]));
+    span.add("airlock.egress.event", ev.event.as_str());
+    span.add("airlock.egress.decision", ev.decision.as_str());
+    span.add(
         "airlock.egress.reason",
         value(&ev.reason, &[ALLOW_REASONS, crate::metrics::BLOCK_REASONS]),
     );
-    span.set(
+    span.add(
         "airlock.credential",
         match &ev.credential {
             Some(name) => AttrValue::text(name),
             None => AttrValue::Static(""),
         },
     );
-    span.set(
+    span.add(
         "http.response.status_code",
         i64::from(ev.status.unwrap_or(0)),
     );

@@ -320,8 +320,10 @@ impl Poster {
         Ok(Self { config, client })
     }
 
-    /// The request body for an encoded batch of `spans` spans: gzipped if configured.
-    fn body(&self, encoded: &[u8], spans: usize) -> Result<Bytes, String> {
+    /// The request body for the encoded batch of `spans` spans in `encoded`: gzipped if
+    /// configured, else `encoded`'s own bytes (no copy: copying them cost ~0.35k
+    /// instructions a vault span, callgrind), `encoded` left empty with room for as many.
+    fn body(&self, encoded: &mut Vec<u8>, spans: usize) -> Result<Bytes, String> {
         if encoded.len() > MAX_REQUEST_BYTES {
             Err(format!(
                 "a batch of {spans} spans encodes to {} bytes, over the {MAX_REQUEST_BYTES} limit: dropped",
@@ -337,7 +339,9 @@ impl Poster {
                 .map(Bytes::from)
                 .map_err(|e| format!("gzip: {e}"))
         } else {
-            Ok(Bytes::copy_from_slice(encoded))
+            // The next batch's buffer: the same size, so it does not grow by copies either.
+            let next = Vec::with_capacity(encoded.capacity().min(KEEP_BUFFER_BYTES));
+            Ok(Bytes::from(std::mem::replace(encoded, next)))
         }
     }
 
@@ -458,6 +462,7 @@ impl HotExporter {
         let resource = otlp::EncodedResource::new(resource);
         let timeout = poster.config.timeout;
         runtime.spawn(async move {
+            queue.prefill(hot::PREFILL);
             let mut tick = tokio::time::interval(EXPORT_EVERY);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut records = Vec::new();
@@ -493,7 +498,8 @@ impl HotExporter {
                         Ok(()) => failing = false,
                     }
                 }
-                records.clear();
+                // Their boxes go to the next spans.
+                queue.recycle(&mut records);
                 if last {
                     let _ = done_tx.send(());
                     return;

@@ -34,8 +34,8 @@ use tracing_subscriber::util::SubscriberInitExt;
 pub use hot::{AttrValue, HotSpan, InlineStr, MAX_ATTRIBUTES};
 pub use prom_text::openmetrics_to_text;
 pub use trace_context::{
-    current_trace_id, current_traceparent, set_remote_parent, trace_id, trace_id_of_traceparent,
-    traceparent,
+    TraceParent, current_trace_id, current_traceparent, set_remote_parent, trace_id,
+    trace_id_of_traceparent, traceparent,
 };
 
 /// The target of every exported span: `tracing::info_span!(target: airlock_telemetry::TARGET, …)`.

@@ -45,8 +45,13 @@ fn varint(buf: &mut Vec<u8>, mut v: u64) {
 
 #[inline]
 fn varint_len(v: u64) -> usize {
-    // 1 byte per 7 bits, at least one.
-    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
+    // Most lengths and tags: one byte, without the bit count (~0.3k instructions a vault
+    // span's encoding, callgrind).
+    if v < 0x80 {
+        return 1;
+    }
+    // 1 byte per 7 bits.
+    (64 - v.leading_zeros() as usize).div_ceil(7)
 }
 
 #[inline]
@@ -238,28 +243,66 @@ fn key_value(buf: &mut Vec<u8>, field: u32, key: &str, value: &Value) {
     close(buf, o);
 }
 
-/// A hot span's attribute (`crate::hot`): the same `KeyValue` message as [`key_value`], its
-/// lengths computed up front (no reserved width to fix up).
+/// Bytes of a length-delimited field (tag, length, contents) of `len` content bytes, for a
+/// field number below 16.
 #[inline]
-fn hot_key_value(buf: &mut Vec<u8>, field: u32, key: &str, value: &AttrValue) {
+fn len_field_size(len: usize) -> usize {
+    1 + varint_len(len as u64) + len
+}
+
+/// A hot span's attribute (`crate::hot`): the same `KeyValue` message (field 9 of a `Span`)
+/// as [`key_value`], its lengths computed up front. When they are all below 128 (every
+/// attribute the gateway and the vault set, unless a value is long), each run of tags and
+/// lengths is one fixed-size copy instead of a `Vec::push` (a capacity check and a length
+/// store) per byte: ~2.1k instructions per 9-attribute span before (callgrind).
+#[inline]
+fn hot_key_value(buf: &mut Vec<u8>, key: &str, value: &AttrValue) {
     // AnyValue: a string (1), a bool (2) or an int (3).
-    let text = match value {
-        AttrValue::I64(_) | AttrValue::Bool(_) => "",
-        other => other.as_str().unwrap_or_default(),
-    };
+    let text = value.as_bytes().unwrap_or_default();
     let any_len = match value {
         AttrValue::I64(i) => 1 + varint_len(*i as u64),
         AttrValue::Bool(_) => 2,
-        _ => 1 + varint_len(text.len() as u64) + text.len(),
+        _ => len_field_size(text.len()),
     };
     let key_len = if key.is_empty() {
         0
     } else {
-        1 + varint_len(key.len() as u64) + key.len()
+        len_field_size(key.len())
     };
-    let kv_len = key_len + 1 + varint_len(any_len as u64) + any_len;
+    let kv_len = key_len + len_field_size(any_len);
+    const KV: u8 = (9 << 3) | LEN as u8;
+    const KEY: u8 = (1 << 3) | LEN as u8;
+    const ANY: u8 = (2 << 3) | LEN as u8;
+    if kv_len < 0x80 {
+        // So is every length inside it: one byte each.
+        if key.is_empty() {
+            buf.extend_from_slice(&[KV, kv_len as u8]);
+        } else {
+            buf.extend_from_slice(&[KV, kv_len as u8, KEY, key.len() as u8]);
+            buf.extend_from_slice(key.as_bytes());
+        }
+        match value {
+            AttrValue::I64(i) => {
+                buf.extend_from_slice(&[ANY, any_len as u8, (3 << 3) | VARINT as u8]);
+                varint(buf, *i as u64);
+            }
+            AttrValue::Bool(b) => {
+                buf.extend_from_slice(&[ANY, 2, (2 << 3) | VARINT as u8, u8::from(*b)]);
+            }
+            _ => {
+                buf.extend_from_slice(&[
+                    ANY,
+                    any_len as u8,
+                    (1 << 3) | LEN as u8,
+                    text.len() as u8,
+                ]);
+                buf.extend_from_slice(text);
+            }
+        }
+        return;
+    }
     buf.reserve(kv_len + 6);
-    tag(buf, field, LEN);
+    tag(buf, 9, LEN);
     varint(buf, kv_len as u64);
     string_field(buf, 1, key);
     tag(buf, 2, LEN);
@@ -270,7 +313,7 @@ fn hot_key_value(buf: &mut Vec<u8>, field: u32, key: &str, value: &AttrValue) {
             varint(buf, *i as u64);
         }
         AttrValue::Bool(b) => buf.extend_from_slice(&[(2 << 3) | VARINT as u8, u8::from(*b)]),
-        _ => bytes_field(buf, 1, text.as_bytes()),
+        _ => bytes_field(buf, 1, text),
     }
 }
 
@@ -478,26 +521,49 @@ impl EncodeSpan for Record {
         &HOT_SCOPE
     }
 
+    /// The fields [`span_field`] writes for a span with these ids, times, attributes and
+    /// dropped count (no trace state, events or links; status unset; kind internal;
+    /// sampled), in the same order and bytes, with runs of fixed-size fields copied at once
+    /// (see [`hot_key_value`]).
     fn encode(&self, buf: &mut Vec<u8>) {
-        let head = SpanHead {
-            trace_id: self.trace_id.to_be_bytes(),
-            span_id: self.span_id.to_be_bytes(),
-            trace_state: None,
-            parent_span_id: (self.parent_span_id != 0).then(|| self.parent_span_id.to_be_bytes()),
-            name: self.name,
-            kind: span_kind(&SpanKind::Internal),
-            start_unix_nanos: self.start_unix_nanos,
-            end_unix_nanos: self.end_unix_nanos,
-            status: &Status::Unset,
-            // Recorded only when sampled.
-            flags: flags(TraceFlags::SAMPLED.to_u8(), self.parent_is_remote),
-        };
-        span_field(buf, &head, |buf| {
-            for (key, value) in self.attributes() {
-                hot_key_value(buf, 9, key, value);
-            }
-            uint_field(buf, 10, u64::from(self.dropped_attributes));
-        });
+        // A span is usually 128 bytes to 16 KiB long: two bytes for its length.
+        let o = open(buf, 2, 2);
+        let mut ids = [0; 28];
+        ids[..2].copy_from_slice(&[(1 << 3) | LEN as u8, 16]);
+        ids[2..18].copy_from_slice(&self.trace_id.to_be_bytes());
+        ids[18..20].copy_from_slice(&[(2 << 3) | LEN as u8, 8]);
+        ids[20..].copy_from_slice(&self.span_id.to_be_bytes());
+        buf.extend_from_slice(&ids);
+        if self.parent_span_id != 0 {
+            let mut parent = [(4 << 3) | LEN as u8, 8, 0, 0, 0, 0, 0, 0, 0, 0];
+            parent[2..].copy_from_slice(&self.parent_span_id.to_be_bytes());
+            buf.extend_from_slice(&parent);
+        }
+        string_field(buf, 5, self.name);
+        let kind = span_kind(&SpanKind::Internal) as u8;
+        if self.start_unix_nanos != 0 && self.end_unix_nanos != 0 {
+            let mut times = [0; 20];
+            times[..3].copy_from_slice(&[(6 << 3) | VARINT as u8, kind, (7 << 3) | FIXED64 as u8]);
+            times[3..11].copy_from_slice(&self.start_unix_nanos.to_le_bytes());
+            times[11] = (8 << 3) | FIXED64 as u8;
+            times[12..].copy_from_slice(&self.end_unix_nanos.to_le_bytes());
+            buf.extend_from_slice(&times);
+        } else {
+            uint_field(buf, 6, u64::from(kind));
+            fixed64_field(buf, 7, self.start_unix_nanos);
+            fixed64_field(buf, 8, self.end_unix_nanos);
+        }
+        for (key, value) in self.attributes() {
+            hot_key_value(buf, key, value);
+        }
+        uint_field(buf, 10, u64::from(self.dropped_attributes));
+        // Status (15): unset, an empty message. Flags (16): fixed32, never 0 (it has
+        // CONTEXT_HAS_IS_REMOTE); its tag (16 << 3) | FIXED32 = 133 is the varint 0x85 0x01.
+        let flags = flags(TraceFlags::SAMPLED.to_u8(), self.parent_is_remote);
+        let mut tail = [(15 << 3) | LEN as u8, 0, 0x85, 0x01, 0, 0, 0, 0];
+        tail[4..].copy_from_slice(&flags.to_le_bytes());
+        buf.extend_from_slice(&tail);
+        close(buf, o);
     }
 }
 
@@ -825,7 +891,10 @@ pub(crate) mod tests {
             .with("http.response.status_code", 200_i64)
             .with("ok", true)
             .with("empty", "")
-            .with("long", AttrValue::text(&"z".repeat(200)));
+            .with("long", AttrValue::text(&"z".repeat(200)))
+            // A `KeyValue` of 127 bytes (the last with one-byte lengths) and of 128.
+            .with("edge", AttrValue::text(&"y".repeat(117)))
+            .with("egde", AttrValue::text(&"y".repeat(118)));
         let mut egress = start("vault.egress", Some(tp));
         for key in [
             "a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l", "m",
@@ -875,7 +944,7 @@ pub(crate) mod tests {
             0xb7ad_6b71_6920_3331_u64.to_be_bytes()
         );
         assert_eq!((request.flags, root.flags), (0x301, 0x101));
-        assert_eq!(request.attributes.len(), 6);
+        assert_eq!(request.attributes.len(), 8);
         assert_eq!(egress.dropped_attributes_count, 1);
         assert!(root.parent_span_id.is_empty());
     }

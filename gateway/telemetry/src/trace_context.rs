@@ -37,37 +37,86 @@ pub fn current_trace_id() -> Option<String> {
     trace_id(&tracing::Span::current())
 }
 
-/// Parses a `traceparent` value (version 00 layout; later versions are read by the same
-/// prefix, as the spec asks). `None` for anything malformed or all-zero ids. Byte by byte,
-/// without splitting or allocating: it runs for every traced request and egress decision.
+/// A valid W3C `traceparent`, parsed once: what a span needs of its remote parent and what
+/// an audit record writes of it. The vault proxy keeps one with each traced grant, instead of
+/// parsing the same header again for every span and every audit record of the sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceParent {
+    /// Non-zero.
+    pub(crate) trace_id: u128,
+    /// Non-zero.
+    pub(crate) span_id: u64,
+    /// The `sampled` flag (the only trace flag kept, as the SDK's parser keeps it).
+    pub(crate) sampled: bool,
+    /// The trace id as it stood in the header: 32 lower-case hex digits (ids must be lower
+    /// case, so these are the id's canonical text; kept to be written without formatting).
+    trace_id_hex: [u8; 32],
+}
+
+impl TraceParent {
+    /// Parses a `traceparent` value (version 00 layout; later versions are read by the same
+    /// prefix, as the spec asks). `None` for anything malformed or all-zero ids. Byte by
+    /// byte, without splitting or allocating.
+    pub fn parse(value: &str) -> Option<Self> {
+        let v = value.trim().as_bytes();
+        // vv-<32 hex>-<16 hex>-ff, then nothing (version 00) or `-…` (a later version).
+        if v.len() < 55 || v[2] != b'-' || v[35] != b'-' || v[52] != b'-' {
+            return None;
+        }
+        let version = hex_any_case(&v[0..2])?;
+        let flags = hex_any_case(&v[53..55])?;
+        if version == 0xff {
+            return None;
+        }
+        match v.get(55) {
+            None => {}
+            Some(b'-') if version != 0 => {}
+            Some(_) => return None,
+        }
+        let trace = (u128::from(hex16(&v[3..19])?) << 64) | u128::from(hex16(&v[19..35])?);
+        let span = hex16(&v[36..52])?;
+        if trace == 0 || span == 0 {
+            return None;
+        }
+        Some(Self {
+            trace_id: trace,
+            span_id: span,
+            sampled: flags & u32::from(TraceFlags::SAMPLED.to_u8()) != 0,
+            trace_id_hex: v[3..35].try_into().ok()?,
+        })
+    }
+
+    /// The trace id: 32 lower-case hex digits, as ASCII bytes (what a JSON string of it
+    /// holds; nothing in it needs escaping).
+    pub fn trace_id_hex(&self) -> &[u8; 32] {
+        &self.trace_id_hex
+    }
+
+    /// The trace id as text.
+    pub fn trace_id_str(&self) -> &str {
+        // Parsed as hex digits: ASCII, so UTF-8 (checked rather than trusted unsafely).
+        std::str::from_utf8(&self.trace_id_hex).unwrap_or_default()
+    }
+
+    /// The remote span context, as the SDK's own `traceparent` parser makes it.
+    pub(crate) fn span_context(&self) -> SpanContext {
+        SpanContext::new(
+            TraceId::from(self.trace_id),
+            SpanId::from(self.span_id),
+            if self.sampled {
+                TraceFlags::SAMPLED
+            } else {
+                TraceFlags::default()
+            },
+            true,
+            TraceState::default(),
+        )
+    }
+}
+
+/// [`TraceParent::parse`], as a remote span context.
 pub(crate) fn parse(value: &str) -> Option<SpanContext> {
-    let v = value.trim().as_bytes();
-    // vv-<32 hex>-<16 hex>-ff, then nothing (version 00) or `-…` (a later version).
-    if v.len() < 55 || v[2] != b'-' || v[35] != b'-' || v[52] != b'-' {
-        return None;
-    }
-    let version = hex_any_case(&v[0..2])?;
-    let flags = hex_any_case(&v[53..55])?;
-    if version == 0xff {
-        return None;
-    }
-    match v.get(55) {
-        None => {}
-        Some(b'-') if version != 0 => {}
-        Some(_) => return None,
-    }
-    let trace = (u128::from(hex16(&v[3..19])?) << 64) | u128::from(hex16(&v[19..35])?);
-    let span = hex16(&v[36..52])?;
-    if trace == 0 || span == 0 {
-        return None;
-    }
-    Some(SpanContext::new(
-        TraceId::from(trace),
-        SpanId::from(span),
-        TraceFlags::new(flags as u8) & TraceFlags::SAMPLED,
-        true,
-        TraceState::default(),
-    ))
+    TraceParent::parse(value).map(|tp| tp.span_context())
 }
 
 /// `n` copies of byte `b`.
@@ -115,10 +164,7 @@ fn hex_any_case(digits: &[u8]) -> Option<u32> {
 
 /// The trace id inside a valid `traceparent` value.
 pub fn trace_id_of_traceparent(value: &str) -> Option<String> {
-    parse(value)?;
-    // Valid, so these are the 32 lower-case hex digits of the id: no formatting needed (this
-    // runs for every audit record of a traced grant).
-    Some(value.trim()[3..35].to_owned())
+    TraceParent::parse(value).map(|tp| tp.trace_id_str().to_owned())
 }
 
 /// Makes `span` a child of the remote span named by `traceparent` (a W3C header value).
@@ -172,6 +218,12 @@ mod tests {
         assert_eq!(sc.span_id(), SpanId::from_hex("b7ad6b7169203331").unwrap());
         assert_eq!(sc.trace_flags(), TraceFlags::SAMPLED);
         assert!(sc.is_remote());
+        // Parsed once, kept: the same context, and the id's text as it stood.
+        let tp = TraceParent::parse(" 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-03 ")
+            .unwrap();
+        assert_eq!(tp.span_context(), sc);
+        assert_eq!(tp.trace_id_hex(), b"0af7651916cd43dd8448eb211c80319c");
+        assert_eq!(tp.trace_id_str(), "0af7651916cd43dd8448eb211c80319c");
         assert!(
             !parse("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00")
                 .unwrap()

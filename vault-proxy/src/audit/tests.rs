@@ -75,6 +75,54 @@ fn sanitize_path_keeps_keys_only() {
     }
 }
 
+/// The writer's line (the trace id written by hand) is the line serde_json makes of the
+/// same record, byte for byte, traced or not, with strings that need escaping, under both
+/// hashers.
+#[test]
+fn the_writer_s_line_is_the_serialised_record() {
+    let tp = airlock_telemetry::TraceParent::parse(
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+    );
+    let odd = AuditEvent {
+        sandbox: "sb-\"quoted\"\\ \u{1} é".into(),
+        reason: "line\nbreak".into(),
+        status: Some(502),
+        ..event(3)
+    };
+    for hasher in [ChainHasher::Sha256, ChainHasher::hmac(b"k")] {
+        for (i, ev) in [event(0), event(1), odd.clone()].into_iter().enumerate() {
+            for traceparent in [None, tp.map(std::sync::Arc::new)] {
+                let ev = AuditEvent {
+                    traceparent: traceparent.clone(),
+                    ..ev.clone()
+                };
+                let (ts, prev) = ("2026-11-23T14:05:09.123Z", "ab".repeat(32));
+                let mut want =
+                    AuditRecord::unsealed(i as u64 + 1, ts.into(), prev.clone(), ev.clone());
+                want.hash = want.compute_hash_with(&hasher);
+                let mut out = b"before".to_vec();
+                let hash = AuditRecord::write_new_line(
+                    i as u64 + 1,
+                    ts.into(),
+                    prev,
+                    ev,
+                    &mut out,
+                    &hasher,
+                );
+                assert_eq!(
+                    String::from_utf8(out).unwrap(),
+                    format!("before{}", want.to_line())
+                );
+                assert_eq!(hash, want.hash.as_bytes());
+                assert_eq!(
+                    want.trace_id.as_deref(),
+                    traceparent.map(|_| "0af7651916cd43dd8448eb211c80319c")
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn canonical_form_and_hash_are_as_documented() {
     let r = AuditRecord::seal(
@@ -649,7 +697,7 @@ async fn a_traced_grant_s_records_carry_the_trace_id_and_still_verify() {
     let path = dir.path().join("audit.jsonl");
     let log = AuditLog::open(&path).await.unwrap();
     let traced = |tp: &str| AuditEvent {
-        traceparent: Some(std::sync::Arc::from(tp)),
+        traceparent: airlock_telemetry::TraceParent::parse(tp).map(std::sync::Arc::new),
         ..event(1)
     };
     log.append(event(0)).await.unwrap();

@@ -469,16 +469,17 @@ fn write_loop(
         files.head.sync_data()
     };
     let seal = |ev: AuditEvent, state: &mut ChainState, buf: &mut Vec<u8>| {
-        let rec = AuditRecord::unsealed(
+        let hash = AuditRecord::write_new_line(
             state.next_seq,
             now_ts(),
             std::mem::take(&mut state.prev),
             ev,
+            buf,
+            hasher,
         );
-        let hash = rec.write_line(buf, hasher);
         buf.push(b'\n');
         state.next_seq += 1;
-        // Invariant: write_line returns 64 ASCII hex digits.
+        // Invariant: write_new_line returns 64 ASCII hex digits.
         state.prev = String::from_utf8_lossy(&hash).into_owned();
     };
 
