@@ -153,34 +153,20 @@ async fn serve_hot(
     hot: Hot,
     req: axum::extract::Request,
 ) -> axum::response::Response {
-    use airlock_telemetry::AttrValue;
-    let span = airlock_telemetry::HotSpan::start(
-        "gateway.request",
-        req.headers()
-            .get("traceparent")
-            .and_then(|v| v.to_str().ok()),
-    );
-    let method = span.as_ref().map(|_| method_attribute(req.method()));
-    let run = async move {
-        match hot {
-            Hot::Chat(_) => openai::chat_completions(axum::extract::State(inner), req).await,
-            Hot::Messages(_) => anthropic::messages(axum::extract::State(inner), req).await,
-        }
-    };
-    let (Some(mut span), Some(method)) = (span, method) else {
-        return run.await;
-    };
     let route = match hot {
         Hot::Chat(r) | Hot::Messages(r) => r,
     };
-    span.set("http.request.method", method);
-    span.set("http.route", AttrValue::Static(route));
-    let response = span.scope(run).await;
-    span.set(
-        "http.response.status_code",
-        i64::from(response.status().as_u16()),
-    );
-    response
+    traced(
+        req,
+        |_| airlock_telemetry::AttrValue::Static(route),
+        |req| async move {
+            match hot {
+                Hot::Chat(_) => openai::chat_completions(axum::extract::State(inner), req).await,
+                Hot::Messages(_) => anthropic::messages(axum::extract::State(inner), req).await,
+            }
+        },
+    )
+    .await
 }
 
 /// With tracing on, a `gateway.request` span per request, joined to the caller's trace when the
@@ -193,6 +179,29 @@ async fn trace_request(
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     use airlock_telemetry::AttrValue;
+    traced(
+        req,
+        |req| {
+            req.extensions()
+                .get::<axum::extract::MatchedPath>()
+                .map_or(AttrValue::Static(""), |p| AttrValue::text(p.as_str()))
+        },
+        |req| next.run(req),
+    )
+    .await
+}
+
+/// `run(req)` inside a `gateway.request` span (when tracing is on) with the method, the
+/// `route` named for the request, and the response's status.
+async fn traced<Run, Fut>(
+    req: axum::extract::Request,
+    route: impl FnOnce(&axum::extract::Request) -> airlock_telemetry::AttrValue,
+    run: Run,
+) -> axum::response::Response
+where
+    Run: FnOnce(axum::extract::Request) -> Fut,
+    Fut: std::future::Future<Output = axum::response::Response>,
+{
     let span = airlock_telemetry::HotSpan::start(
         "gateway.request",
         req.headers()
@@ -200,16 +209,11 @@ async fn trace_request(
             .and_then(|v| v.to_str().ok()),
     );
     let Some(mut span) = span else {
-        return next.run(req).await;
+        return run(req).await;
     };
     span.set("http.request.method", method_attribute(req.method()));
-    span.set(
-        "http.route",
-        req.extensions()
-            .get::<axum::extract::MatchedPath>()
-            .map_or(AttrValue::Static(""), |p| AttrValue::text(p.as_str())),
-    );
-    let response = span.scope(next.run(req)).await;
+    span.set("http.route", route(&req));
+    let response = span.scope(run(req)).await;
     span.set(
         "http.response.status_code",
         i64::from(response.status().as_u16()),
