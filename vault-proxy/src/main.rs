@@ -46,25 +46,7 @@ enum Cmd {
     },
 }
 
-/// mimalloc rather than glibc's malloc: with tracing on, each decision's span is built on a
-/// serving thread and freed on the exporter's, and glibc frees a block under the lock of
-/// the arena it came from, so the exporter and the serving threads queued on each other.
-/// mimalloc hands a block back to its thread without a lock. Tracing's cost fell from
-/// 8.3–12.5 % to 3.0–4.6 % of throughput (`telemetry_bench`, c=32, same minutes, two
-/// runs each), with tracing off unchanged within noise.
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
-    // No transparent huge pages for mimalloc's arenas: each touched 2 MiB region would
-    // count whole in the resident set (bench/gateway saw 47 MB instead of 26 MB).
-    #[cfg(target_os = "linux")]
-    if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
-        // SAFETY: a process attribute; no memory is touched.
-        unsafe {
-            libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
-        }
-    }
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Serve {
