@@ -28,6 +28,16 @@ cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 wait_line() { for _ in $(seq 1 1200); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done; cat "$1" >&2; return 1; }
 total() { awk '/^(summary|totals):/{print $2; exit}' "$1"; }
+# Instructions executed in telemetry source (the airlock-telemetry crate and the vault's
+# telemetry.rs, inlined code included: callgrind attributes by debug line info) in a callgrind
+# file: with tracing off, what the span code costs a request. Needs a build with line tables.
+# (callgrind_annotate prints paths under the working directory relative to it.)
+telemetry_ir() {
+  callgrind_annotate --auto=no --threshold=100 --inclusive=no "$1" 2>/dev/null | awk '
+    /^ *[0-9,]+ +\( *[0-9.]+%\) +[^ ]+:/ { n = $1; gsub(",", "", n); split($0, a, /%\) +/); path = a[2]; sub(/:.*/, "", path)
+      if (path ~ /gateway\/telemetry\/src|vault-proxy\/src\/telemetry\.rs/) s += n }
+    END { print s + 0 }'
+}
 
 echo "## gateway (POST /v1/chat/completions, traceparent on every request)"
 MOCK_ADDR=127.0.0.1:9130; GW_ADDR=127.0.0.1:9230; SINK_PORT=9430
@@ -58,6 +68,7 @@ for v in "${VARIANTS[@]}"; do
   t="$(total "$OUT/gateway.$v.out.1")"; n=$(( REQUESTS + REQUESTS / 10 ))
   IR[$v]=$(( t / n ))
   echo "gateway $v: $t instructions for $n requests = ${IR[$v]} per request"
+  [[ $v == base ]] || echo "  of which in telemetry source: $(telemetry_ir "$OUT/gateway.$v.out.1") (all requests)"
 done
 python3 - "${IR[base]:-}" "${IR[off]}" "${IR[on]}" <<'PY'
 import sys
@@ -71,3 +82,6 @@ kill "$SINK_PID"; wait "$SINK_PID" 2>/dev/null || true; cat "$WORK/sink.log"
 echo "## vault proxy (one swap per request, traced grant)"
 BASE_ARG=(); [[ -n "$BASE_DIR" ]] && BASE_ARG=(--baseline-bin "$BASE_DIR/vault-proxy")
 "$EX_DIR/telemetry_bench" --proxy-bin "$BIN_DIR/vault-proxy" "${BASE_ARG[@]}" --callgrind "$REQUESTS" --callgrind-out "$OUT"
+for v in off on; do
+  [[ -f "$OUT/vault.$v.out.1" ]] && echo "vault $v: of which in telemetry source: $(telemetry_ir "$OUT/vault.$v.out.1") (all requests)"
+done

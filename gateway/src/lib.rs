@@ -17,6 +17,7 @@
 //! # let _ = (app, answer); Ok(()) }
 //! ```
 
+pub mod alloc;
 pub mod api;
 pub mod canonical;
 pub mod code_interpreter;
