@@ -27,11 +27,11 @@ unsafe impl GlobalAlloc for Mimalloc {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         // SAFETY: see the impl's comment.
         unsafe {
-            if layout.align() <= MI_MIN_ALIGN {
-                mi::mi_malloc(layout.size()) as *mut u8
-            } else {
-                mi::mi_malloc_aligned(layout.size(), layout.align()) as *mut u8
-            }
+            allocate(
+                layout,
+                |n| mi::mi_malloc(n),
+                |n, a| mi::mi_malloc_aligned(n, a),
+            )
         }
     }
 
@@ -39,11 +39,11 @@ unsafe impl GlobalAlloc for Mimalloc {
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         // SAFETY: see the impl's comment.
         unsafe {
-            if layout.align() <= MI_MIN_ALIGN {
-                mi::mi_zalloc(layout.size()) as *mut u8
-            } else {
-                mi::mi_zalloc_aligned(layout.size(), layout.align()) as *mut u8
-            }
+            allocate(
+                layout,
+                |n| mi::mi_zalloc(n),
+                |n, a| mi::mi_zalloc_aligned(n, a),
+            )
         }
     }
 
@@ -64,6 +64,21 @@ unsafe impl GlobalAlloc for Mimalloc {
                 mi::mi_realloc_aligned(ptr as *mut c_void, new_size, layout.align()) as *mut u8
             }
         }
+    }
+}
+
+/// A block for `layout` from `plain` (word alignment) or, for a larger alignment, `aligned`
+/// (closures, so each call site is a direct call).
+#[inline(always)]
+fn allocate(
+    layout: Layout,
+    plain: impl FnOnce(usize) -> *mut c_void,
+    aligned: impl FnOnce(usize, usize) -> *mut c_void,
+) -> *mut u8 {
+    if layout.align() <= MI_MIN_ALIGN {
+        plain(layout.size()) as *mut u8
+    } else {
+        aligned(layout.size(), layout.align()) as *mut u8
     }
 }
 
