@@ -22,7 +22,7 @@ struct Args {
 
 /// The Rust heap of the standalone gateway. glibc's malloc, with its single arena (see
 /// [`limit_malloc_arenas`]), made both serving threads queue on one lock whenever a size
-/// missed their per-thread cache (hyper's buffers, header maps, bodies): 0.75 `futex`
+/// missed their per-thread cache (hyper's buffers, header maps, bodies): 0.76 `futex`
 /// calls and a context switch per request under load (strace -c), ~12 % of the gateway's
 /// CPU in malloc/free (perf). mimalloc keeps a heap per thread with no lock on the hot
 /// path: futex calls fell to 0.08 a request and throughput rose 10–20 % (bench/gateway,

@@ -331,9 +331,9 @@ impl Store {
             // One connection: writes serialise in SQLite anyway, and each connection is a
             // thread with its own page cache, statement cache and allocator heap. A second
             // one (so a cold key lookup need not wait for a spend transaction) cost 1.4 MB
-            // of peak RSS under load (bench/gateway, same run); key checks are served from memory, and
-            // a spend transaction of one batch takes a few milliseconds. No code path
-            // takes a second connection while holding one (no nested acquire: deadlock).
+            // of peak RSS under load (bench/gateway, same run); key checks are served from
+            // memory, and a spend transaction of one batch takes a few milliseconds. No
+            // code path takes a second connection while holding one (that would deadlock).
             let pool = sqlx::sqlite::SqlitePoolOptions::new()
                 .max_connections(1)
                 .connect_with(opts)
