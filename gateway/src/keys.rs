@@ -999,7 +999,9 @@ async fn spend_writer(
 /// statement arguments of every thread leave free pages in the middle of the arenas,
 /// which stayed resident: 42 MB of anonymous RSS against a live heap of ~15 MB
 /// (heaptrack) at 50 connections. `malloc_trim(0)` releases those pages (madvise), in
-/// about 0.1 ms for this heap, at most once a second and off the request path.
+/// about 0.1 ms for this heap, at most once a second and off the request path. In the
+/// standalone binary the Rust heap is mimalloc's (which purges on its own, `main.rs`), so
+/// this trims what glibc still holds there: SQLite's memory. The brain uses glibc for all.
 fn release_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only takes glibc's own arena locks; it is safe to call at any
