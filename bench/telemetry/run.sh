@@ -7,10 +7,12 @@
 # gateway: three gateways on the same mock upstream; every request carries a traceparent, so
 #          "on" makes a gateway.request span per request, joined to it.
 # vault:   three proxies (vault-proxy/examples/telemetry_bench.rs); "on" has a traced grant:
-#          every audited decision (a swap per request) is a vault.egress span.
+#          every audited decision is a vault.egress span: two a request (the swap, and the
+#          scrub of the credential the upstream echoes), ~380 bytes each on the wire.
 # Rounds rotate base/off/on; medians and the ratios on/off, off/base are printed. The OTLP sink
 # (gateway/telemetry/examples/otlp_sink.rs: one thread, reads and discards each request body,
-# answers 200) runs on the same cores, so its CPU still counts against "on", but it is only a
+# answers 200; a process of its own for each half, `telemetry_bench --sink` for the vault) runs
+# on the same cores at the same priority, so its CPU still counts against "on", but it is only a
 # stand-in for a collector that runs elsewhere: the figures are Airlock's cost, not a sink's
 # (an earlier Python sink cost more CPU per span than the spans themselves).
 # Env: DURATION (s per phase, default 5), CONNS (default 32), ROUNDS (default 3), SKIP_BUILD=1,
@@ -96,8 +98,14 @@ if "base" in med:
     print(f"gateway off/base throughput {med['off']/med['base']:.3f} (cost {(1-med['off']/med['base'])*100:.1f}%)")
 PY
 sleep 1.5
+# The sink prints its counts when stopped; a fresh one (same program, same priority) for the vault.
 kill "$SINK_PID"; wait "$SINK_PID" 2>/dev/null || true; cat "$WORK/sink.log"
+"$BIN_DIR/otlp_sink" "$SINK_PORT" > "$WORK/sink.log" 2>&1 & SINK_PID=$!; PIDS+=($SINK_PID)
+wait_line "$WORK/sink.log" "listening on"
 
 echo "## vault proxy"
 BASE_ARG=(); [[ -n "$BASE_DIR" ]] && BASE_ARG=(--baseline-bin "$BASE_DIR/vault-proxy")
-"$BIN_DIR/telemetry_bench" --proxy-bin "$BIN_DIR/vault-proxy" "${BASE_ARG[@]}" --duration "$DURATION" --concurrency "$CONNS" --rounds "$ROUNDS"
+"$BIN_DIR/telemetry_bench" --proxy-bin "$BIN_DIR/vault-proxy" "${BASE_ARG[@]}" --duration "$DURATION" --concurrency "$CONNS" --rounds "$ROUNDS" \
+  --sink "127.0.0.1:$SINK_PORT"
+sleep 1.5
+kill "$SINK_PID"; wait "$SINK_PID" 2>/dev/null || true; cat "$WORK/sink.log"

@@ -658,9 +658,16 @@ impl Store {
         // list again per bind, so a 256-row statement (3 328 parameters) cost ~200 M
         // instructions to prepare and as much to bind — 70 % of the gateway's CPU under
         // callgrind. Anonymous `?` parameters are numbered in place: linear.
-        const NATIVE_LOG_SQLITE: &str = "INSERT INTO gateway_spend_logs (request_id, api_key, model, model_group, prompt_tokens, completion_tokens, \
+        // `OR IGNORE` rather than `ON CONFLICT (request_id) DO NOTHING`: the same for these
+        // rows (a repeated id is skipped; no value is ever NULL in a NOT NULL column), but
+        // no row can then abort the statement, so SQLite keeps no statement journal for it.
+        // With the upsert clause the NOT NULL checks could abort, and a multi-row statement
+        // inside a transaction journals every page it touches: past 64 KiB that journal
+        // spilled to a temp file (`/var/tmp/etilqs_*`: open, unlink, a 4 KiB pwrite per
+        // page, close) in every statement under load (strace).
+        const NATIVE_LOG_SQLITE: &str = "INSERT OR IGNORE INTO gateway_spend_logs (request_id, api_key, model, model_group, prompt_tokens, completion_tokens, \
             cache_read_tokens, cache_creation_tokens, spend, start_ms, end_ms, team_id, user_id) \
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (request_id) DO NOTHING";
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
         const LITELLM_LOG: &str = r#"INSERT INTO "LiteLLM_SpendLogs" (request_id, call_type, api_key, spend, total_tokens, prompt_tokens,
             completion_tokens, "startTime", "endTime", model, model_group, "user", team_id, metadata, status, updated_at)
             VALUES ($1, 'acompletion', $2, $3, $4::int, $5::int, $6::int, to_timestamp($7 / 1000.0) AT TIME ZONE 'UTC',
@@ -990,5 +997,67 @@ mod tests {
             sql,
             "INSERT INTO t (a, b) VALUES (?, ?), (?, ?) ON CONFLICT (a) DO NOTHING"
         );
+    }
+
+    /// A batch written twice (a commit that timed out on our side but landed) keeps one
+    /// row per request id, in batches that span several multi-row statements.
+    #[tokio::test]
+    async fn a_rewritten_spend_log_batch_keeps_one_row_per_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("gw.db").display());
+        let store = Store::connect(&url).await.unwrap();
+        store.migrate().await.unwrap();
+        let logs: Vec<SpendLog> = (0..150)
+            .map(|i| SpendLog {
+                request_id: format!("req-{i:03}"),
+                api_key: if i % 2 == 0 { "hash-a" } else { "hash-b" }.into(),
+                model: "gpt-4o".into(),
+                model_group: "gpt".into(),
+                prompt_tokens: i,
+                completion_tokens: 2 * i,
+                spend: i as f64 / 100.0,
+                start_ms: 1_000 + i,
+                end_ms: 2_000 + i,
+                team_id: (i % 3 == 0).then(|| "team".to_string()),
+                ..Default::default()
+            })
+            .collect();
+        store
+            .write_spend(KeySchema::Native, &[], &logs)
+            .await
+            .unwrap();
+        // The retry repeats the batch and adds one new row.
+        let mut again = logs.clone();
+        again.push(SpendLog {
+            request_id: "req-new".into(),
+            api_key: "hash-a".into(),
+            ..logs[0].clone()
+        });
+        store
+            .write_spend(KeySchema::Native, &[], &again)
+            .await
+            .unwrap();
+        let all = store
+            .spend_logs(KeySchema::Native, None, None, None, 1_000)
+            .await
+            .unwrap();
+        assert_eq!(all.len(), 151);
+        let a = store
+            .spend_logs(KeySchema::Native, Some("hash-a"), None, None, 1_000)
+            .await
+            .unwrap();
+        assert_eq!(a.len(), 76);
+        let r = all.iter().find(|l| l.request_id == "req-099").unwrap();
+        assert_eq!(
+            (
+                r.api_key.as_str(),
+                r.prompt_tokens,
+                r.completion_tokens,
+                r.start_ms
+            ),
+            ("hash-b", 99, 198, 1_099)
+        );
+        assert_eq!(r.team_id.as_deref(), Some("team"));
+        assert!((r.spend - 0.99).abs() < 1e-12);
     }
 }

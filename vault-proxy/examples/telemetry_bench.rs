@@ -1,8 +1,9 @@
 //! Load driver for bench/telemetry: the vault proxy's throughput with tracing off vs on (and,
 //! with `--baseline-bin`, a build from before tracing existed), in one run. Release proxies,
-//! same config; "on" exports to an OTLP/HTTP sink in this process and its grant carries a
-//! `traceparent`, so every audited decision (a swap per request, plus the tunnel's connect
-//! record) becomes a `vault.egress` span. Rounds rotate the variants; medians are reported.
+//! same config; "on" exports to an OTLP/HTTP sink (in this process, or `--sink`) and its grant
+//! carries a `traceparent`, so every audited decision (a swap and a scrub per request — the
+//! upstream echoes the credential — plus the tunnel's connect record) becomes a `vault.egress`
+//! span. Rounds rotate the variants; medians are reported.
 //! Loopback only.
 //!
 //! `cargo run --release -p vault-proxy --example telemetry_bench -- --help`
@@ -57,6 +58,13 @@ struct Args {
     /// Where the callgrind files go (`vault.<variant>.out.1`, for `callgrind_annotate`).
     #[arg(long, default_value = "callgrind-out")]
     callgrind_out: PathBuf,
+    /// Export to this OTLP/HTTP sink (`host:port`, e.g. the `otlp_sink` example in a process
+    /// of its own, as bench/telemetry/run.sh starts it) instead of one in this process. The
+    /// in-process sink reads every export on the runtime that also drives the load and the
+    /// upstream, so its work slows the load generator in the "on" phases only; a separate
+    /// sink stands in better for a collector that runs elsewhere.
+    #[arg(long)]
+    sink: Option<SocketAddr>,
 }
 
 #[derive(Clone)]
@@ -408,7 +416,10 @@ async fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let (up, up_pem) = upstream().await;
     let (sink_bytes, sink_requests) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let sink_addr = sink(sink_bytes.clone(), sink_requests.clone()).await;
+    let sink_addr = match args.sink {
+        Some(addr) => addr,
+        None => sink(sink_bytes.clone(), sink_requests.clone()).await,
+    };
     if let Some(requests) = args.callgrind {
         return callgrind(&args, requests, dir.path(), up, &up_pem, sink_addr).await;
     }
@@ -491,11 +502,15 @@ async fn main() -> anyhow::Result<()> {
             (1.0 - off / base) * 100.0
         );
     }
-    println!(
-        "OTLP sink: {} export requests, {:.1} MB of spans",
-        sink_requests.load(Ordering::Relaxed),
-        sink_bytes.load(Ordering::Relaxed) as f64 / 1e6
-    );
+    if args.sink.is_none() {
+        println!(
+            "OTLP sink: {} export requests, {:.1} MB of spans",
+            sink_requests.load(Ordering::Relaxed),
+            sink_bytes.load(Ordering::Relaxed) as f64 / 1e6
+        );
+    } else {
+        println!("OTLP sink: the one at {sink_addr} (it prints its own counts)");
+    }
     Ok(())
 }
 
