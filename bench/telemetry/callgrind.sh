@@ -79,7 +79,7 @@ if base:
 PY
 kill "$SINK_PID"; wait "$SINK_PID" 2>/dev/null || true; cat "$WORK/sink.log"
 
-echo "## vault proxy (one swap per request, traced grant)"
+echo "## vault proxy (a swap and a scrub per request, traced grant)"
 BASE_ARG=(); [[ -n "$BASE_DIR" ]] && BASE_ARG=(--baseline-bin "$BASE_DIR/vault-proxy")
 "$EX_DIR/telemetry_bench" --proxy-bin "$BIN_DIR/vault-proxy" "${BASE_ARG[@]}" --callgrind "$REQUESTS" --callgrind-out "$OUT"
 for v in off on; do

@@ -59,8 +59,13 @@ echo "## gateway"
 MOCK_ADDR=127.0.0.1:9110; SINK_PORT=9410
 declare -A ADDR=([base]=127.0.0.1:9212 [off]=127.0.0.1:9210 [on]=127.0.0.1:9211)
 VARIANTS=(off on); [[ -n "$BASE_DIR" ]] && VARIANTS=(base off on)
-"$BIN_DIR/otlp_sink" "$SINK_PORT" > "$WORK/sink.log" 2>&1 & SINK_PID=$!; PIDS+=($SINK_PID)
-wait_line "$WORK/sink.log" "listening on"
+# The OTLP sink: a fresh one per half; it prints its counts when stopped.
+start_sink() {
+  "$BIN_DIR/otlp_sink" "$SINK_PORT" > "$WORK/sink.log" 2>&1 & SINK_PID=$!; PIDS+=($SINK_PID)
+  wait_line "$WORK/sink.log" "listening on"
+}
+stop_sink() { sleep 1.5; kill "$SINK_PID"; wait "$SINK_PID" 2>/dev/null || true; cat "$WORK/sink.log"; }
+start_sink
 "$BIN_DIR/mock_upstream" "$MOCK_ADDR" > "$WORK/mock.log" 2>&1 & PIDS+=($!)
 wait_line "$WORK/mock.log" "listening on"
 sed "s/@MOCK@/$MOCK_ADDR/g" "$ROOT/bench/gateway/config.yaml.in" > "$WORK/config.yaml"
@@ -97,15 +102,11 @@ print(f"gateway on/off throughput {med['on']/med['off']:.3f} (cost {(1-med['on']
 if "base" in med:
     print(f"gateway off/base throughput {med['off']/med['base']:.3f} (cost {(1-med['off']/med['base'])*100:.1f}%)")
 PY
-sleep 1.5
-# The sink prints its counts when stopped; a fresh one (same program, same priority) for the vault.
-kill "$SINK_PID"; wait "$SINK_PID" 2>/dev/null || true; cat "$WORK/sink.log"
-"$BIN_DIR/otlp_sink" "$SINK_PORT" > "$WORK/sink.log" 2>&1 & SINK_PID=$!; PIDS+=($SINK_PID)
-wait_line "$WORK/sink.log" "listening on"
+stop_sink
+start_sink
 
 echo "## vault proxy"
 BASE_ARG=(); [[ -n "$BASE_DIR" ]] && BASE_ARG=(--baseline-bin "$BASE_DIR/vault-proxy")
 "$BIN_DIR/telemetry_bench" --proxy-bin "$BIN_DIR/vault-proxy" "${BASE_ARG[@]}" --duration "$DURATION" --concurrency "$CONNS" --rounds "$ROUNDS" \
   --sink "127.0.0.1:$SINK_PORT"
-sleep 1.5
-kill "$SINK_PID"; wait "$SINK_PID" 2>/dev/null || true; cat "$WORK/sink.log"
+stop_sink

@@ -59,10 +59,10 @@ struct Args {
     #[arg(long, default_value = "callgrind-out")]
     callgrind_out: PathBuf,
     /// Export to this OTLP/HTTP sink (`host:port`, e.g. the `otlp_sink` example in a process
-    /// of its own, as bench/telemetry/run.sh starts it) instead of one in this process. The
-    /// in-process sink reads every export on the runtime that also drives the load and the
-    /// upstream, so its work slows the load generator in the "on" phases only; a separate
-    /// sink stands in better for a collector that runs elsewhere.
+    /// of its own, as bench/telemetry/run.sh starts it) instead of one in this process, whose
+    /// reads share the runtime that drives the load and the upstream. Measured, the place
+    /// hardly matters (on/off 0.929 / 0.928 separate, 0.921 / 0.904 in-process); the
+    /// separate sink keeps both halves of run.sh alike.
     #[arg(long)]
     sink: Option<SocketAddr>,
 }
