@@ -161,9 +161,10 @@ try:
 except anthropic.APIStatusError as x:
     out["anthropic_bad_key"] = [type(x).__name__, x.status_code]
 
-# Past the key's rpm_limit: the SDK's RateLimitError.
+# Past the key's rpm_limit (9): the SDK's RateLimitError. Twenty tries, so that a new
+# minute's window starting mid-loop still ends in a refusal.
 out["rate_limited"] = None
-for _ in range(10):
+for _ in range(20):
     x = err(lambda: c.chat.completions.create(model="gpt", messages=[{"role": "user", "content": "hi"}]))
     if x:
         out["rate_limited"] = x

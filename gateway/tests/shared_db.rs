@@ -204,6 +204,7 @@ async fn key_limits_are_enforced_with_litellm_errors_and_headers() {
     let base = gw.base.clone();
 
     // rpm_limit: the third call in the minute is a 429 with LiteLLM's error body.
+    clear_of_minute_end(Duration::from_secs(10)).await;
     let key = generate(&base, json!({"rpm_limit": 2, "tpm_limit": 1000000, "models": ["gpt-*"], "key_alias": "ci", "team_id": "t1", "user_id": "u1", "metadata": {"env": "test"}})).await;
     let r = call(&base, &key, "gpt-4o").await;
     assert_eq!(r.status(), 200);
@@ -390,6 +391,29 @@ async fn pg_schema(prefix: &str) -> Option<(String, String, sqlx::PgPool)> {
     Some((scoped, schema, admin))
 }
 
+/// Wait until the replicas have pushed `requests` into the key's shared rate window, then
+/// for a few more sync periods, so that every replica has pulled that total too.
+async fn window_reaches(admin: &sqlx::PgPool, schema: &str, requests: i64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (seen,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT COALESCE(MAX(requests), 0) FROM {schema}.gateway_ratelimit"
+        )))
+        .fetch_one(admin)
+        .await
+        .unwrap();
+        if seen >= requests {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the replicas never pushed {requests} requests (saw {seen})"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(gateway::limits::SYNC_EVERY * 4).await;
+}
+
 #[tokio::test]
 async fn two_replicas_share_keys_limits_and_spend_postgres() {
     let Some((url, schema, admin)) = pg_schema("gw_replicas").await else {
@@ -399,14 +423,16 @@ async fn two_replicas_share_keys_limits_and_spend_postgres() {
     let a = start_gateway(&config(&up), Store::connect(&url).await.unwrap()).await;
     let b = start_gateway(&config(&up), Store::connect(&url).await.unwrap()).await;
 
+    // The rpm calls below must fall in one minute window.
+    clear_of_minute_end(Duration::from_secs(15)).await;
     // A key made on A works on B at once.
     let key = generate(&a.base, json!({"rpm_limit": 3, "max_budget": 0.06})).await;
     assert_eq!(call(&b.base, &key, "gpt-4o").await.status(), 200);
     // rpm is shared: 1 on B, 1 on A, (sync) 1 on B, then the 4th anywhere is refused.
     assert_eq!(call(&a.base, &key, "gpt-4o").await.status(), 200);
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    window_reaches(&admin, &schema, 2).await;
     assert_eq!(call(&b.base, &key, "gpt-4o").await.status(), 200);
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    window_reaches(&admin, &schema, 3).await;
     assert_eq!(call(&a.base, &key, "gpt-4o").await.status(), 429);
     assert_eq!(call(&b.base, &key, "gpt-4o").await.status(), 429);
 

@@ -425,6 +425,19 @@ pub async fn start_gateway_with_config(
     TestGateway { gw, base }
 }
 
+/// Rate limits count over fixed wall-clock minutes (LiteLLM's windows), so calls meant to
+/// share a window must not straddle a minute's end: if less than `need` is left of the
+/// current minute, wait for the next one.
+pub async fn clear_of_minute_end(need: Duration) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let left = Duration::from_millis(60_000 - (now.as_millis() % 60_000) as u64);
+    if left < need {
+        tokio::time::sleep(left + Duration::from_millis(100)).await;
+    }
+}
+
 pub fn client() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder().no_proxy().build().unwrap()
