@@ -34,6 +34,7 @@ pub mod prom;
 pub mod providers;
 mod proxy;
 pub mod routing;
+pub mod spin;
 pub mod sse;
 pub mod store;
 
@@ -448,11 +449,14 @@ impl Gateway {
 /// `rt` is the current-thread runtime the gateway was built on: its background tasks (spend
 /// writer, limit sync, key refresh) and the acceptor live there, and it serves connections too.
 /// `started` runs once every thread has its runtime, before the first connection is dealt.
+/// Each thread spins for `spin` after a request starts on it before it parks ([`spin`]; zero:
+/// never).
 pub fn run_threads(
     rt: tokio::runtime::Runtime,
     gw: Gateway,
     listener: std::net::TcpListener,
     workers: usize,
+    spin: std::time::Duration,
     started: impl FnOnce(),
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
@@ -480,9 +484,17 @@ pub fn run_threads(
                     .build();
                 let _ = up_tx.send(());
                 drop(up_tx);
-                rt?.block_on(serve_connections(Handoff { rx, local }, app, async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                }))
+                rt?.block_on(async move {
+                    let spinner = spawn_spinner(spin);
+                    let served = serve_connections(Handoff { rx, local }, app, async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    })
+                    .await;
+                    if let Some(s) = spinner {
+                        s.abort();
+                    }
+                    served
+                })
             })?;
         threads.push(thread);
     }
@@ -498,11 +510,16 @@ pub fn run_threads(
     let served = rt.block_on(async {
         let listener = tokio::net::TcpListener::from_std(listener)?;
         tokio::spawn(deal_connections(listener, hand, stop_rx));
-        serve_connections(Handoff { rx: own, local }, app, async move {
+        let spinner = spawn_spinner(spin);
+        let served = serve_connections(Handoff { rx: own, local }, app, async move {
             shutdown.await;
             let _ = stop_tx.send(true);
         })
-        .await
+        .await;
+        if let Some(s) = spinner {
+            s.abort();
+        }
+        served
     });
     let mut result = served;
     for t in threads {
@@ -515,6 +532,11 @@ pub fn run_threads(
     }
     rt.block_on(gw.flush());
     result
+}
+
+/// This thread's spin-before-park task, unless `window` is zero.
+fn spawn_spinner(window: std::time::Duration) -> Option<tokio::task::JoinHandle<()>> {
+    (!window.is_zero()).then(|| tokio::spawn(spin::spin_before_park(window)))
 }
 
 /// A connection accepted on the shared socket, for the thread that will serve it.
@@ -683,9 +705,17 @@ mod thread_tests {
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = std::thread::spawn(move || {
-            run_threads(rt, gw, listener, 3, || {}, async move {
-                let _ = stopped.await;
-            })
+            run_threads(
+                rt,
+                gw,
+                listener,
+                3,
+                spin::DEFAULT_WINDOW,
+                || {},
+                async move {
+                    let _ = stopped.await;
+                },
+            )
         });
         let client_rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()

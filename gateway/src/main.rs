@@ -63,7 +63,15 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     let (gw, listener) = rt.block_on(start(&args, cfg))?;
     // Start-up code is dropped once every thread is up (building their runtimes is start-up too).
-    gateway::run_threads(rt, gw, listener, workers, drop_startup_code, shutdown())?;
+    gateway::run_threads(
+        rt,
+        gw,
+        listener,
+        workers,
+        gateway::spin::window_from_env(),
+        drop_startup_code,
+        shutdown(),
+    )?;
     Ok(())
 }
 

@@ -140,9 +140,12 @@ impl tower_service::Service<axum::extract::Request> for HotRoutes {
             return Either::Right(self.router.call(req));
         };
         let inner = self.inner.clone();
-        Either::Left(Box::pin(
-            async move { Ok(serve_hot(inner, hot, req).await) },
-        ))
+        let in_flight = crate::spin::note_request();
+        Either::Left(Box::pin(async move {
+            let answer = serve_hot(inner, hot, req).await;
+            drop(in_flight);
+            Ok(answer)
+        }))
     }
 }
 
