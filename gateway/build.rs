@@ -15,9 +15,9 @@ fn main() {
     if os == "linux" && env == "gnu" && !features.split(',').any(|f| f == "crt-static") {
         println!("cargo:rustc-link-arg-bin=gateway=-Wl,-z,pack-relative-relocs");
     }
-    // The functions serving a request, packed together at the start of `.text` (`hot-code.ld`, written
-    // by bench/gateway/hot-code.sh): the kernel maps code in 64 KiB windows around each fault,
-    // and scattered over the whole `.text` the ~1.3 MB of functions a request runs kept ~9 MB
+    // The functions serving a request, packed together at the start of `.text` (`hot-code.ld`,
+    // written by bench/gateway/hot-code.sh): the kernel maps code in 64 KiB windows around each
+    // fault, and scattered over the whole `.text` the ~1.3 MB of functions a request runs kept ~8 MB
     // of it resident. An INSERT script adds to the linker's default layout instead of
     // replacing it (GNU ld, gold and lld alike); `GATEWAY_HOT_CODE=0` leaves it out.
     let script = std::path::Path::new(&std::env::var("CARGO_MANIFEST_DIR").unwrap_or_default())
