@@ -484,17 +484,9 @@ pub fn run_threads(
                     .build();
                 let _ = up_tx.send(());
                 drop(up_tx);
-                rt?.block_on(async move {
-                    let spinner = spawn_spinner(spin);
-                    let served = serve_connections(Handoff { rx, local }, app, async move {
-                        let _ = stop.wait_for(|s| *s).await;
-                    })
-                    .await;
-                    if let Some(s) = spinner {
-                        s.abort();
-                    }
-                    served
-                })
+                rt?.block_on(serve_thread(Handoff { rx, local }, app, spin, async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                }))
             })?;
         threads.push(thread);
     }
@@ -510,16 +502,11 @@ pub fn run_threads(
     let served = rt.block_on(async {
         let listener = tokio::net::TcpListener::from_std(listener)?;
         tokio::spawn(deal_connections(listener, hand, stop_rx));
-        let spinner = spawn_spinner(spin);
-        let served = serve_connections(Handoff { rx: own, local }, app, async move {
+        serve_thread(Handoff { rx: own, local }, app, spin, async move {
             shutdown.await;
             let _ = stop_tx.send(true);
         })
-        .await;
-        if let Some(s) = spinner {
-            s.abort();
-        }
-        served
+        .await
     });
     let mut result = served;
     for t in threads {
@@ -534,9 +521,20 @@ pub fn run_threads(
     result
 }
 
-/// This thread's spin-before-park task, unless `window` is zero.
-fn spawn_spinner(window: std::time::Duration) -> Option<tokio::task::JoinHandle<()>> {
-    (!window.is_zero()).then(|| tokio::spawn(spin::spin_before_park(window)))
+/// One serving thread's work: its dealt connections until `shutdown`, with its
+/// spin-before-park task beside them (none when `spin` is zero), stopped with them.
+async fn serve_thread(
+    dealt: Handoff,
+    app: axum::routing::IntoMakeService<api::HotRoutes>,
+    spin: std::time::Duration,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let spinner = (!spin.is_zero()).then(|| tokio::spawn(spin::spin_before_park(spin)));
+    let served = serve_connections(dealt, app, shutdown).await;
+    if let Some(s) = spinner {
+        s.abort();
+    }
+    served
 }
 
 /// A connection accepted on the shared socket, for the thread that will serve it.
