@@ -692,11 +692,14 @@ async fn slack_hook_verifies_dedupes_and_threads() {
     );
 
     // Refused: wrong secret, stale, from the future, unsigned. No session.
+    // The skews are 10 s past the limit: the hook reads the clock a little
+    // later than the test, and a second boundary in between would otherwise
+    // bring "301 s in the future" down to the 300 s that is still allowed.
     let ev = mention("Ev1", "<@UBOT> echo one", "1.0", None);
     for (ts, secret) in [
         (now(), "nope"),
-        (now() - 301, SLACK_SECRET),
-        (now() + 301, SLACK_SECRET),
+        (now() - 310, SLACK_SECRET),
+        (now() + 310, SLACK_SECRET),
     ] {
         assert_eq!(h.slack(&ev, ts, secret).await.0, StatusCode::UNAUTHORIZED);
     }
