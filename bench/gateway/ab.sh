@@ -8,7 +8,8 @@
 # Env: ROUNDS (4), DURATION (s per round, 5), CONNS (50), ROUTES ("chat messages"),
 # LAT_REQUESTS (requests per one-connection round, 3000; 0 skips that part),
 # MOCK_BIN / PROBE_BIN (default: the target dir's release examples), DBURL (default: a SQLite
-# file per gateway). Runs in a private network namespace when it can (as run.sh).
+# file per gateway), DBURLS (one database URL per build, space-separated, `-` for the default;
+# e.g. `DBURLS="- memory"` to see what the SQLite writes cost). Runs in a private network namespace when it can (as run.sh).
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
@@ -24,12 +25,14 @@ W=$(mktemp -d); PIDS=()
 trap 'for p in "${PIDS[@]}"; do kill $p 2>/dev/null||true; done; wait 2>/dev/null; rm -rf $W' EXIT
 "$MOCK" 127.0.0.1:9100 > "$W/mock.log" 2>&1 & PIDS+=($!)
 sleep 0.3; sed "s/@MOCK@/127.0.0.1:9100/g" "$HERE/config.yaml.in" > "$W/config.yaml"
+read -r -a DBURL_LIST <<< "${DBURLS:-}"
+dburl_of() { local u="${DBURL_LIST[$1]:--}"; [[ "$u" == - ]] && u="${DBURL:-sqlite://$W/gw$1.db}"; echo "$u"; }
 i=0; declare -a KEYS GWP
 for spec in "$@"; do
   port=$((9200+i)); bin=${spec##*::}; envs=""; [[ "$spec" == *::* ]] && envs=${spec%%::*}
   # shellcheck disable=SC2086
   env ${envs//,/ } RUST_LOG=warn "$bin" --config "$W/config.yaml" --listen 127.0.0.1:$port \
-    --database-url "${DBURL:-sqlite://$W/gw$i.db}" > "$W/gw$i.log" 2>&1 & GWP[$i]=$!; PIDS+=($!)
+    --database-url "$(dburl_of $i)" > "$W/gw$i.log" 2>&1 & GWP[$i]=$!; PIDS+=($!)
   for _ in $(seq 100); do grep -q "listening on" "$W/gw$i.log" && break; sleep 0.1; done
   KEYS[$i]="$(curl -fsS "http://127.0.0.1:$port/key/generate" -H 'Authorization: Bearer sk-bench-master' -H 'Content-Type: application/json' \
     -d '{"max_budget": 1000000, "rpm_limit": 100000000, "tpm_limit": 100000000000, "models": ["bench-gpt", "bench-claude"], "expires": "1d"}' \

@@ -71,6 +71,7 @@ impl Anthropic {
             path: format!("model_list[{}].litellm_params.api_base", entry.model_name),
             message: format!("`{url}` is not a URI: {e}"),
         })?;
+        super::set_host_header(&mut headers, &uri);
         let count_s = format!("{url_s}/count_tokens");
         let count_uri: http::Uri = count_s.parse().map_err(|e| ConfigError::Invalid {
             path: format!("model_list[{}].litellm_params.api_base", entry.model_name),

@@ -89,6 +89,7 @@ impl OpenAi {
             path: format!("model_list[{}].litellm_params.api_base", entry.model_name),
             message: format!("`{url}` is not a URI: {e}"),
         })?;
+        super::set_host_header(&mut headers, &uri);
         Ok(Self {
             id: format!("{}:{}", entry.provider_name, url),
             azure,
