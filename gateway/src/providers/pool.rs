@@ -331,6 +331,20 @@ mod tests {
     }
 
     #[tokio::test(flavor = "current_thread")]
+    async fn user_info_in_the_uri_is_neither_dialled_nor_sent() {
+        let (addr, conns, heads) = server(usize::MAX).await;
+        let mut req = post(&addr);
+        *req.uri_mut() = format!("http://user:pw@{addr}/v1/x").parse().unwrap();
+        let resp = send(req).await.unwrap();
+        assert_eq!(body(resp).await, "ok");
+        assert_eq!(conns.load(Ordering::SeqCst), 1);
+        let head = heads.lock().unwrap()[0].to_ascii_lowercase();
+        assert!(head.starts_with("post /v1/x http/1.1\r\n"), "{head}");
+        assert!(head.contains(&format!("\r\nhost: {addr}\r\n")), "{head}");
+        assert!(!head.contains("user") && !head.contains("pw@"), "{head}");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
     async fn a_body_left_unread_does_not_return_its_connection() {
         let (addr, conns, _) = server(usize::MAX).await;
         let resp = send(post(&addr)).await.unwrap();
