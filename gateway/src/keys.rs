@@ -355,41 +355,37 @@ mod token_memo {
         }
     }
 
-    fn compute(token: &[u8]) -> HexHash {
-        const DIGITS: &[u8; 16] = b"0123456789abcdef";
-        let d = ring::digest::digest(&ring::digest::SHA256, token);
+    /// On a miss only (a key not seen lately on this thread), so its `String` does not matter.
+    fn compute(token: &str) -> HexHash {
         let mut out = [0u8; 64];
-        for (i, &x) in d.as_ref().iter().enumerate() {
-            out[2 * i] = DIGITS[(x >> 4) as usize];
-            out[2 * i + 1] = DIGITS[(x & 15) as usize];
-        }
+        out.copy_from_slice(super::sha256_hex(token).as_bytes());
         HexHash(out)
     }
 
     /// `super::sha256_hex(token)`, from this thread's memo when `token` was seen lately.
     pub(super) fn sha256_hex(token: &str) -> HexHash {
-        let token = token.as_bytes();
         if token.len() > MAX_TOKEN {
             return compute(token);
         }
         MEMO.with(|m| {
             let mut m = m.borrow_mut();
+            let bytes = token.as_bytes();
             let tag = {
                 let mut h = m.seed.build_hasher();
-                h.write(token);
+                h.write(bytes);
                 h.finish()
             };
             if let Some(e) = m
                 .entries
                 .iter()
-                .find(|e| e.tag == tag && super::ct_eq(&e.token, token))
+                .find(|e| e.tag == tag && super::ct_eq(&e.token, bytes))
             {
                 return e.hash;
             }
             let hash = compute(token);
             let entry = Entry {
                 tag,
-                token: token.into(),
+                token: bytes.into(),
                 hash,
             };
             if m.entries.len() < SLOTS {

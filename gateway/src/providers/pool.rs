@@ -41,7 +41,7 @@ struct Idle {
 }
 
 thread_local! {
-    /// Idle connections by origin (`host:port` as in the URI), most recently used last.
+    /// Idle connections by origin (`host:port`, see [`send`]), most recently used last.
     static IDLE: RefCell<crate::FastMap<Box<str>, Vec<Idle>>> = RefCell::default();
 }
 
@@ -107,10 +107,7 @@ fn put_back(l: Lease) {
     let now = Instant::now();
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
-        let list = match idle.get_mut(&*l.origin) {
-            Some(list) => list,
-            None => idle.entry(l.origin).or_default(),
-        };
+        let list = idle.entry(l.origin).or_default();
         // One look at the oldest per release: under traffic the list is pruned as it is
         // used; without traffic nothing is kept long enough to matter (the upstream's own
         // keep-alive timeout closes the sockets, and a closed one is skipped).
